@@ -1,0 +1,196 @@
+"""Database engines behind a CDM handle: each runs dialect SQL with bound parameters.
+
+Code above `cdm/` never sees these; it builds sqlglot trees and the handle renders them for the engine.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from mercia.errors import CdmError
+
+
+class Engine(Protocol):
+    dialect: str
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None: ...
+    def fetch_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table: ...
+    def fetch_all(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]: ...
+    def insert_arrow(self, qualified_table: str, data: pa.Table) -> None: ...
+    def begin(self) -> None: ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+    def table_columns(self, schema: str, table: str) -> list[str] | None: ...
+    def close(self) -> None: ...
+
+
+class DuckDBEngine:
+    dialect = "duckdb"
+
+    def __init__(self, path: str | None, read_only: bool = False) -> None:
+        import duckdb
+
+        self.path = path
+        try:
+            self.con = duckdb.connect(path or ":memory:", read_only=read_only)
+        except duckdb.Error as e:  # unreadable, locked or not a DuckDB file
+            raise CdmError(f"cannot open DuckDB database {path!r}: {e}") from e
+        self._n = 0
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        self.con.execute(sql, params or None)
+
+    def fetch_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+        rel = self.con.sql(sql, params=params or None)
+        return rel.to_arrow_table() if rel is not None else pa.table({})
+
+    def fetch_all(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        return self.con.execute(sql, params or None).fetchall()
+
+    def insert_arrow(self, qualified_table: str, data: pa.Table) -> None:
+        self._n += 1
+        view = f"__mercia_in_{self._n}"
+        self.con.register(view, data)
+        try:
+            cols = ", ".join(f'"{c}"' for c in data.column_names)
+            self.con.execute(f"INSERT INTO {qualified_table} ({cols}) SELECT {cols} FROM {view}")
+        finally:
+            self.con.unregister(view)
+
+    def begin(self) -> None:
+        self.con.begin()
+
+    def commit(self) -> None:
+        self.con.commit()
+
+    def rollback(self) -> None:
+        self.con.rollback()
+
+    def table_columns(self, schema: str, table: str) -> list[str] | None:
+        rows = self.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = $s AND table_name = $t "
+            "ORDER BY ordinal_position",
+            {"s": schema, "t": table},
+        ).fetchall()
+        return [r[0].lower() for r in rows] or None
+
+    def close(self) -> None:
+        self.con.close()
+
+
+class PostgresEngine:
+    dialect = "postgres"
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        try:
+            self.con = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        except psycopg.Error as e:
+            raise CdmError(f"cannot connect to PostgreSQL at {_redact(url)}: {e}") from e
+
+    def _run(self, sql: str, params: dict[str, Any] | None):
+        # psycopg treats '%' as a parameter marker only when parameters are passed.
+        return self.con.execute(sql, params if params else None)
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        self._run(sql, params)
+
+    def fetch_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+        cur = self._run(sql, params)
+        names = [d.name for d in cur.description or []]
+        rows = cur.fetchall()
+        return pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)}) if names else pa.table({})
+
+    def fetch_all(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        cur = self._run(sql, params)
+        return cur.fetchall() if cur.description else []
+
+    def insert_arrow(self, qualified_table: str, data: pa.Table) -> None:
+        if data.num_rows == 0:
+            return
+        # COPY of a CSV rendering is far faster than row inserts; NULL is the unquoted empty field.
+        buf = io.BytesIO()
+        pacsv.write_csv(data, buf, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+        cols = ", ".join(f'"{c}"' for c in data.column_names)
+        with self.con.cursor() as cur, cur.copy(f"COPY {qualified_table} ({cols}) FROM STDIN (FORMAT csv)") as cp:
+            cp.write(buf.getvalue())
+
+    def begin(self) -> None:
+        self.con.execute("BEGIN")
+
+    def commit(self) -> None:
+        self.con.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self.con.execute("ROLLBACK")
+
+    def table_columns(self, schema: str, table: str) -> list[str] | None:
+        rows = self.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %(s)s AND table_name = %(t)s "
+            "ORDER BY ordinal_position",
+            {"s": schema, "t": table},
+        ).fetchall()
+        return [r[0].lower() for r in rows] or None
+
+    def close(self) -> None:
+        self.con.close()
+
+
+class SparkEngine:
+    """Apache Spark through a SparkSession. Spark SQL has no multi-statement transactions: `begin`,
+    `commit` and `rollback` are no-ops, so writers must stage and swap tables themselves."""
+
+    dialect = "spark"
+
+    def __init__(self, session: Any) -> None:
+        self.spark = session
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        self.spark.sql(sql, args=params or None).collect()
+
+    def fetch_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+        return self.spark.sql(sql, args=params or None).toArrow()
+
+    def fetch_all(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        return [tuple(r) for r in self.spark.sql(sql, args=params or None).collect()]
+
+    def insert_arrow(self, qualified_table: str, data: pa.Table) -> None:
+        if data.num_rows == 0:
+            return
+        target_cols = [f.name for f in self.spark.table(qualified_table).schema.fields]
+        df = self.spark.createDataFrame(data.to_pandas())
+        for c in target_cols:
+            if c not in data.column_names:
+                from pyspark.sql import functions as F
+
+                df = df.withColumn(c, F.lit(None))
+        df.select(*target_cols).write.insertInto(qualified_table)
+
+    def begin(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def rollback(self) -> None:
+        pass
+
+    def table_columns(self, schema: str, table: str) -> list[str] | None:
+        if not self.spark.catalog.tableExists(f"{schema}.{table}"):
+            return None
+        return [f.name.lower() for f in self.spark.table(f"{schema}.{table}").schema.fields]
+
+    def close(self) -> None:
+        pass
+
+
+def _redact(url: str) -> str:
+    """A connection URL without its password, for messages."""
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)

@@ -1,0 +1,246 @@
+"""The CDM handle: one connection, its dialect, and where each table lives.
+
+Everything above `cdm/` talks to a database through a `Cdm`: it builds sqlglot trees, the handle
+renders them in the engine's dialect with bound parameters, and resolves table names to schemas.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from sqlglot import exp
+
+from mercia.cdm.engines import DuckDBEngine, Engine, PostgresEngine, SparkEngine
+from mercia.cdm.spec import DEFAULT_VERSION, CdmSpec, TableSpec, cdm_spec
+from mercia.errors import CdmError, ConfigError
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_ident(kind: str, name: str) -> str:
+    # Schema names come from users (CLI options, URLs); they become identifiers, so only plain names pass.
+    if not _IDENT.match(name):
+        raise ConfigError(f"invalid {kind} {name!r}: use letters, digits and underscores only")
+    return name
+
+
+class Cdm:
+    """An OMOP CDM in one database: DuckDB (file or memory), PostgreSQL or Spark."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        cdm_schema: str,
+        vocab_schema: str | None = None,
+        results_schema: str | None = None,
+        version: str | None = None,
+        target: str = "",
+    ) -> None:
+        self.engine = engine
+        self.cdm_schema = _check_ident("CDM schema", cdm_schema)
+        self.vocab_schema = _check_ident("vocabulary schema", vocab_schema or cdm_schema)
+        self.results_schema = _check_ident("results schema", results_schema or cdm_schema)
+        self.target = target
+        self._tx_depth = 0
+        self.version = version or self._detect_version() or DEFAULT_VERSION
+        self.spec: CdmSpec = cdm_spec(self.version)
+
+    # ---- opening ----------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        target: str | Path | None = None,
+        *,
+        cdm_schema: str | None = None,
+        vocab_schema: str | None = None,
+        results_schema: str | None = None,
+        version: str | None = None,
+        create: bool = True,
+        read_only: bool = False,
+    ) -> Cdm:
+        """Open a CDM. `target` is None (in-memory DuckDB), a `.duckdb` path, or a `postgresql://` URL.
+
+        With `create=False` a DuckDB file that does not exist is an error rather than a new database.
+        """
+        if target is None or str(target) == ":memory:":
+            return cls(DuckDBEngine(None), cdm_schema=cdm_schema or "main", vocab_schema=vocab_schema,
+                       results_schema=results_schema, version=version, target=":memory:")
+        t = str(target)
+        if t.startswith(("postgresql://", "postgres://")):
+            engine: Engine = PostgresEngine(t)
+            return cls(engine, cdm_schema=cdm_schema or "cdm", vocab_schema=vocab_schema or cdm_schema or "cdm",
+                       results_schema=results_schema or "results", version=version, target=t)
+        if "://" in t:
+            raise ConfigError(f"unsupported CDM target {t!r}: give a .duckdb path or a postgresql:// URL")
+        path = Path(t)
+        if path.is_dir():
+            raise ConfigError(f"CDM target {t!r} is a folder; give a .duckdb file path")
+        if not path.exists():
+            if not create:
+                raise CdmError(f"no CDM database at {t!r} (file not found)")
+            if not path.parent.exists():
+                raise ConfigError(f"cannot create {t!r}: folder {str(path.parent)!r} does not exist")
+        return cls(DuckDBEngine(t, read_only=read_only), cdm_schema=cdm_schema or "main",
+                   vocab_schema=vocab_schema, results_schema=results_schema, version=version, target=t)
+
+    @classmethod
+    def from_spark(cls, session: Any, *, cdm_schema: str = "default", vocab_schema: str | None = None,
+                   results_schema: str | None = None, version: str | None = None) -> Cdm:
+        return cls(SparkEngine(session), cdm_schema=cdm_schema, vocab_schema=vocab_schema,
+                   results_schema=results_schema, version=version, target="spark")
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> Cdm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- naming -----------------------------------------------------------------------------
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect
+
+    def schema_of(self, table: str) -> str:
+        role = self.spec.table(table).schema_role if table.lower() in self.spec.tables else "CDM"
+        return {"VOCAB": self.vocab_schema, "RESULTS": self.results_schema}.get(role, self.cdm_schema)
+
+    def table(self, name: str, alias: str | None = None) -> exp.Table:
+        """A CDM table as a sqlglot Table, qualified with the schema it lives in."""
+        t = exp.Table(this=exp.to_identifier(name.lower()), db=exp.to_identifier(self.schema_of(name)))
+        if alias:
+            t.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
+        return t
+
+    def qualified(self, name: str) -> str:
+        return self.table(name).sql(dialect=self.dialect)
+
+    # ---- running ----------------------------------------------------------------------------
+    def render(self, expr: exp.Expression | str) -> str:
+        if isinstance(expr, str):
+            return expr
+        return expr.sql(dialect=self.dialect)
+
+    def execute(self, expr: exp.Expression | str, params: dict[str, Any] | None = None) -> None:
+        self.engine.execute(self.render(expr), params)
+
+    def fetch_arrow(self, expr: exp.Expression | str, params: dict[str, Any] | None = None) -> pa.Table:
+        return self.engine.fetch_arrow(self.render(expr), params)
+
+    def fetch_all(self, expr: exp.Expression | str, params: dict[str, Any] | None = None) -> list[tuple]:
+        return self.engine.fetch_all(self.render(expr), params)
+
+    def scalar(self, expr: exp.Expression | str, params: dict[str, Any] | None = None) -> Any:
+        rows = self.fetch_all(expr, params)
+        return rows[0][0] if rows else None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cdm]:
+        """All-or-nothing. Nested uses join the outer transaction."""
+        if self._tx_depth:
+            self._tx_depth += 1
+            try:
+                yield self
+            finally:
+                self._tx_depth -= 1
+            return
+        self.engine.begin()
+        self._tx_depth = 1
+        try:
+            yield self
+        except BaseException:
+            self._tx_depth = 0
+            self.engine.rollback()
+            raise
+        self._tx_depth = 0
+        self.engine.commit()
+
+    # ---- schema -----------------------------------------------------------------------------
+    def create_schemas(self) -> None:
+        if self.dialect == "spark":
+            for s in {self.cdm_schema, self.vocab_schema, self.results_schema}:
+                self.execute(f"CREATE DATABASE IF NOT EXISTS {exp.to_identifier(s).sql(dialect='spark')}")
+            return
+        for s in {self.cdm_schema, self.vocab_schema, self.results_schema}:
+            self.execute(exp.Create(this=exp.Table(this=exp.to_identifier(s)), kind="SCHEMA", exists=True))
+
+    def create_table_expr(self, spec: TableSpec) -> exp.Create:
+        columns = []
+        for f in spec.fields:
+            constraints = []
+            if f.required and self.dialect != "spark":
+                constraints.append(exp.ColumnConstraint(kind=exp.NotNullColumnConstraint()))
+            columns.append(exp.ColumnDef(this=exp.to_identifier(f.name), kind=f.sql_type(), constraints=constraints))
+        return exp.Create(
+            this=exp.Schema(this=self.table(spec.name), expressions=columns), kind="TABLE", exists=True
+        )
+
+    def create_tables(self, tables: list[str] | None = None) -> None:
+        """Create the CDM tables that do not exist yet (all of them by default)."""
+        names = tables or list(self.spec.tables)
+        with self.transaction():
+            self.create_schemas()
+            for name in names:
+                self.execute(self.create_table_expr(self.spec.table(name)))
+
+    def table_exists(self, name: str) -> bool:
+        return self.engine.table_columns(self.schema_of(name), name.lower()) is not None
+
+    def columns(self, name: str) -> list[str] | None:
+        return self.engine.table_columns(self.schema_of(name), name.lower())
+
+    def row_count(self, name: str) -> int:
+        return int(self.scalar(exp.select(exp.Count(this=exp.Star())).from_(self.table(name))))
+
+    def _detect_version(self) -> str | None:
+        try:
+            if self.engine.table_columns(self.cdm_schema, "episode") is not None:
+                return "5.4"
+            visit = self.engine.table_columns(self.cdm_schema, "visit_occurrence")
+        except Exception:
+            return None
+        if visit is None:
+            return None
+        return "5.4" if "admitted_from_concept_id" in visit else "5.3"
+
+    # ---- bulk writes ------------------------------------------------------------------------
+    def conform(self, name: str, data: pa.Table) -> pa.Table:
+        """Arrange `data` as the spec table: columns by name (any case), missing nullable ones null,
+        values cast to the spec types. Unknown or missing required columns are errors."""
+        spec = self.spec.table(name)
+        by_lower = {c.lower(): c for c in data.column_names}
+        unknown = sorted(set(by_lower) - set(spec.column_names))
+        if unknown:
+            raise CdmError(f"table {name}: unknown column(s) {', '.join(unknown)}")
+        arrays = []
+        for f in spec.fields:
+            if f.name in by_lower:
+                col = data.column(by_lower[f.name])
+                try:
+                    col = pc.cast(col, f.arrow_type())
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                    raise CdmError(f"table {name}, column {f.name}: cannot read as {f.type}: {e}") from e
+            elif f.required:
+                raise CdmError(f"table {name}: required column {f.name} is missing")
+            else:
+                col = pa.nulls(data.num_rows, f.arrow_type())
+            arrays.append(col)
+        return pa.Table.from_arrays(arrays, schema=spec.arrow_schema())
+
+    def insert_arrow(self, name: str, data: pa.Table) -> None:
+        """Append rows to a CDM table (created if missing)."""
+        conformed = self.conform(name, data)
+        if not self.table_exists(name):
+            self.create_tables([name])
+        existing = self.columns(name) or []
+        keep = [c for c in conformed.column_names if c in existing]
+        self.engine.insert_arrow(self.qualified(name), conformed.select(keep))

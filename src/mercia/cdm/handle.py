@@ -179,7 +179,7 @@ class Cdm:
             constraints = []
             if f.required and self.dialect != "spark":
                 constraints.append(exp.ColumnConstraint(kind=exp.NotNullColumnConstraint()))
-            columns.append(exp.ColumnDef(this=exp.to_identifier(f.name), kind=f.sql_type(), constraints=constraints))
+            columns.append(exp.ColumnDef(this=exp.to_identifier(f.name, quoted=True), kind=f.sql_type(), constraints=constraints))
         return exp.Create(
             this=exp.Schema(this=self.table(spec.name), expressions=columns), kind="TABLE", exists=True
         )

@@ -23,6 +23,10 @@ from mercia.errors import CdmError, ConfigError
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def _default(value: str | None, default: str) -> str:
+    return default if value is None else value
+
+
 def _check_ident(kind: str, name: str) -> str:
     # Schema names come from users (CLI options, URLs); they become identifiers, so only plain names pass.
     if not _IDENT.match(name):
@@ -45,8 +49,8 @@ class Cdm:
     ) -> None:
         self.engine = engine
         self.cdm_schema = _check_ident("CDM schema", cdm_schema)
-        self.vocab_schema = _check_ident("vocabulary schema", vocab_schema or cdm_schema)
-        self.results_schema = _check_ident("results schema", results_schema or cdm_schema)
+        self.vocab_schema = _check_ident("vocabulary schema", _default(vocab_schema, cdm_schema))
+        self.results_schema = _check_ident("results schema", _default(results_schema, cdm_schema))
         self.target = target
         self._tx_depth = 0
         self.version = version or self._detect_version() or DEFAULT_VERSION
@@ -70,13 +74,14 @@ class Cdm:
         With `create=False` a DuckDB file that does not exist is an error rather than a new database.
         """
         if target is None or str(target) == ":memory:":
-            return cls(DuckDBEngine(None), cdm_schema=cdm_schema or "main", vocab_schema=vocab_schema,
+            return cls(DuckDBEngine(None), cdm_schema=_default(cdm_schema, "main"), vocab_schema=vocab_schema,
                        results_schema=results_schema, version=version, target=":memory:")
         t = str(target)
         if t.startswith(("postgresql://", "postgres://")):
             engine: Engine = PostgresEngine(t)
-            return cls(engine, cdm_schema=cdm_schema or "cdm", vocab_schema=vocab_schema or cdm_schema or "cdm",
-                       results_schema=results_schema or "results", version=version, target=t)
+            cdm_s = _default(cdm_schema, "cdm")
+            return cls(engine, cdm_schema=cdm_s, vocab_schema=_default(vocab_schema, cdm_s),
+                       results_schema=_default(results_schema, "results"), version=version, target=t)
         if "://" in t:
             raise ConfigError(f"unsupported CDM target {t!r}: give a .duckdb path or a postgresql:// URL")
         path = Path(t)
@@ -87,7 +92,7 @@ class Cdm:
                 raise CdmError(f"no CDM database at {t!r} (file not found)")
             if not path.parent.exists():
                 raise ConfigError(f"cannot create {t!r}: folder {str(path.parent)!r} does not exist")
-        return cls(DuckDBEngine(t, read_only=read_only), cdm_schema=cdm_schema or "main",
+        return cls(DuckDBEngine(t, read_only=read_only), cdm_schema=_default(cdm_schema, "main"),
                    vocab_schema=vocab_schema, results_schema=results_schema, version=version, target=t)
 
     @classmethod
@@ -95,6 +100,12 @@ class Cdm:
                    results_schema: str | None = None, version: str | None = None) -> Cdm:
         return cls(SparkEngine(session), cdm_schema=cdm_schema, vocab_schema=vocab_schema,
                    results_schema=results_schema, version=version, target="spark")
+
+    def set_version(self, version: str) -> None:
+        """Switch the CDM version this handle speaks (a loader does this for an empty CDM whose files
+        turn out to be another version). The caller checks that no tables of the old version exist."""
+        self.spec = cdm_spec(version)
+        self.version = version
 
     def close(self) -> None:
         self.engine.close()

@@ -1,0 +1,1 @@
+"""Cohorts: the cohort model, the OHDSI Circe (ATLAS JSON) importer, the compiler and generation."""

@@ -74,14 +74,26 @@ class Cdm:
         With `create=False` a DuckDB file that does not exist is an error rather than a new database.
         """
         if target is None or str(target) == ":memory:":
-            return cls(DuckDBEngine(None), cdm_schema=_default(cdm_schema, "main"), vocab_schema=vocab_schema,
-                       results_schema=results_schema, version=version, target=":memory:")
+            return cls(
+                DuckDBEngine(None),
+                cdm_schema=_default(cdm_schema, "main"),
+                vocab_schema=vocab_schema,
+                results_schema=results_schema,
+                version=version,
+                target=":memory:",
+            )
         t = str(target)
         if t.startswith(("postgresql://", "postgres://")):
             engine: Engine = PostgresEngine(t)
             cdm_s = _default(cdm_schema, "cdm")
-            return cls(engine, cdm_schema=cdm_s, vocab_schema=_default(vocab_schema, cdm_s),
-                       results_schema=_default(results_schema, "results"), version=version, target=t)
+            return cls(
+                engine,
+                cdm_schema=cdm_s,
+                vocab_schema=_default(vocab_schema, cdm_s),
+                results_schema=_default(results_schema, "results"),
+                version=version,
+                target=t,
+            )
         if "://" in t:
             raise ConfigError(f"unsupported CDM target {t!r}: give a .duckdb path or a postgresql:// URL")
         path = Path(t)
@@ -92,14 +104,33 @@ class Cdm:
                 raise CdmError(f"no CDM database at {t!r} (file not found)")
             if not path.parent.exists():
                 raise ConfigError(f"cannot create {t!r}: folder {str(path.parent)!r} does not exist")
-        return cls(DuckDBEngine(t, read_only=read_only), cdm_schema=_default(cdm_schema, "main"),
-                   vocab_schema=vocab_schema, results_schema=results_schema, version=version, target=t)
+        return cls(
+            DuckDBEngine(t, read_only=read_only),
+            cdm_schema=_default(cdm_schema, "main"),
+            vocab_schema=vocab_schema,
+            results_schema=results_schema,
+            version=version,
+            target=t,
+        )
 
     @classmethod
-    def from_spark(cls, session: Any, *, cdm_schema: str = "default", vocab_schema: str | None = None,
-                   results_schema: str | None = None, version: str | None = None) -> Cdm:
-        return cls(SparkEngine(session), cdm_schema=cdm_schema, vocab_schema=vocab_schema,
-                   results_schema=results_schema, version=version, target="spark")
+    def from_spark(
+        cls,
+        session: Any,
+        *,
+        cdm_schema: str = "default",
+        vocab_schema: str | None = None,
+        results_schema: str | None = None,
+        version: str | None = None,
+    ) -> Cdm:
+        return cls(
+            SparkEngine(session),
+            cdm_schema=cdm_schema,
+            vocab_schema=vocab_schema,
+            results_schema=results_schema,
+            version=version,
+            target="spark",
+        )
 
     def set_version(self, version: str) -> None:
         """Switch the CDM version this handle speaks (a loader does this for an empty CDM whose files
@@ -190,7 +221,15 @@ class Cdm:
             constraints = []
             if f.required and self.dialect != "spark":
                 constraints.append(exp.ColumnConstraint(kind=exp.NotNullColumnConstraint()))
-            columns.append(exp.ColumnDef(this=exp.to_identifier(f.name, quoted=True), kind=f.sql_type(), constraints=constraints))
+            kind = f.sql_type()
+            if kind.this == exp.DataType.Type.VARCHAR:
+                # Text is unbounded: real OHDSI data exceed the spec's lengths (Eunomia puts '0.0' in the
+                # varchar(1) relationship.is_hierarchical); DuckDB ignores lengths, PostgreSQL would reject
+                # the row, and engines must accept the same data.
+                kind = exp.DataType.build("VARCHAR")
+            columns.append(
+                exp.ColumnDef(this=exp.to_identifier(f.name, quoted=True), kind=kind, constraints=constraints)
+            )
         return exp.Create(
             this=exp.Schema(this=self.table(spec.name), expressions=columns), kind="TABLE", exists=True
         )

@@ -1,0 +1,102 @@
+"""Shared fixtures: CDMs on every engine, the real PostgreSQL server, the Eunomia test data."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mercia.cdm import Cdm
+
+EUNOMIA = Path(os.environ.get("MERCIA_EUNOMIA", "/work/shared/data/eunomia_gibleed"))
+PG_ENV = "MERCIA_TEST_PG_URL"
+
+
+def _pg_url() -> str:
+    """The test server's URL; without one, skip loudly, or fail in CI where a skip would hide a gap."""
+    url = os.environ.get(PG_ENV)
+    if url:
+        return url
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{PG_ENV} is not set but CI=true: PostgreSQL tests must run in CI, set the URL")
+    pytest.skip(f"PostgreSQL TESTS NOT RUN: set {PG_ENV}=postgresql://user@host:port/db to run them")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    return _pg_url()
+
+
+@pytest.fixture
+def pg_cdm_factory(pg_url: str) -> Iterator[Callable[..., Cdm]]:
+    """Opens CDMs on PostgreSQL, each in its own fresh schema, dropped afterwards."""
+    opened: list[tuple[Cdm, str]] = []
+
+    def make(**kwargs) -> Cdm:
+        schema = "mercia_test_" + secrets.token_hex(6)
+        cdm = Cdm.open(pg_url, cdm_schema=schema, vocab_schema=schema, results_schema=schema, **kwargs)
+        opened.append((cdm, schema))
+        return cdm
+
+    yield make
+    for cdm, schema in opened:
+        with contextlib.suppress(Exception):
+            cdm.engine.rollback()  # a test that failed inside a transaction leaves it open
+        cdm.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        cdm.close()
+
+
+@pytest.fixture
+def pg_cdm(pg_cdm_factory: Callable[..., Cdm]) -> Cdm:
+    return pg_cdm_factory()
+
+
+@pytest.fixture
+def duck_cdm() -> Iterator[Cdm]:
+    cdm = Cdm.open()
+    yield cdm
+    cdm.close()
+
+
+ENGINES = ["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def cdm_factory(engine: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., Cdm]]:
+    """Opens empty CDMs on each engine in turn: a test using it runs on DuckDB and on PostgreSQL."""
+    if engine == "postgres":
+        yield request.getfixturevalue("pg_cdm_factory")
+        return
+    opened: list[Cdm] = []
+
+    def make(**kwargs) -> Cdm:
+        cdm = Cdm.open(**kwargs)
+        opened.append(cdm)
+        return cdm
+
+    yield make
+    for cdm in opened:
+        cdm.close()
+
+
+@pytest.fixture
+def any_cdm(cdm_factory: Callable[..., Cdm]) -> Cdm:
+    return cdm_factory()
+
+
+@pytest.fixture(scope="session")
+def eunomia_dir() -> Path:
+    if not EUNOMIA.is_dir():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"Eunomia test data not found at {EUNOMIA} (set MERCIA_EUNOMIA)")
+        pytest.skip(f"Eunomia test data not found at {EUNOMIA} (set MERCIA_EUNOMIA)")
+    return EUNOMIA

@@ -219,7 +219,7 @@ def load_athena(
             existing = cdm.row_count(table)
             if existing and not replace:
                 raise VocabularyError(
-                    f"table {table} already holds {existing} rows; load into an empty vocabulary or pass "
+                    f"table {table} already holds {existing} row{'' if existing == 1 else 's'}; load into an empty vocabulary or pass "
                     "replace=True to replace it"
                 )
             data = read_athena_file(path, cdm.spec.table(table))

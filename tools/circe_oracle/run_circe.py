@@ -1,0 +1,326 @@
+#!/usr/bin/env python3
+"""Run OHDSI's own cohort SQL (Circe-BE, via ohdsi-circepy) on a DuckDB CDM: Mercia's oracle.
+
+This script runs INSIDE the oracle venv (/work/main/.venv-oracle, made by setup.sh), never in
+Mercia's main venv: ohdsi-circepy pins sqlglot < 30.18 and pulls ibis, which Mercia must not inherit.
+Mercia's tests call it through tests/oracle_support.py.
+
+Pipeline, as OHDSI documents it (and as /work/shared/data/README.md describes):
+  cohort_expression_from_json -> build_cohort_query(expr, BuildExpressionQueryOptions(generate_stats))
+  -> sqlrender.render -> sqlrender.translate(sql, "duckdb") -> sqlrender.split_sql -> execute one by one.
+
+Writes go only to the results schema (the cohort table and the Circe statistics tables) and to
+connection-local TEMP tables; every write target is checked before anything runs, and the CDM tables'
+row counts are compared before and after.
+
+Outputs:
+  OUT.parquet  cohort rows (subject_id, cohort_start_date, cohort_end_date), sorted
+  OUT.json     counts, inclusion statistics and masks, summary/censor stats, SQL wall time, versions
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+# Results tables as OHDSI's CohortGenerator / WebAPI create them (column names and order are what the
+# Circe SQL inserts into; types follow CohortGenerator's DDL). CREATE IF NOT EXISTS keeps earlier runs'
+# rows for other cohort ids, exactly like a shared OHDSI results schema.
+RESULTS_DDL = {
+    "cohort": """(
+        cohort_definition_id BIGINT NOT NULL,
+        subject_id BIGINT NOT NULL,
+        cohort_start_date DATE NOT NULL,
+        cohort_end_date DATE NOT NULL)""",
+    "cohort_inclusion": """(
+        cohort_definition_id BIGINT NOT NULL,
+        rule_sequence INTEGER NOT NULL,
+        name VARCHAR,
+        description VARCHAR)""",
+    "cohort_inclusion_result": """(
+        cohort_definition_id BIGINT NOT NULL,
+        inclusion_rule_mask BIGINT NOT NULL,
+        person_count BIGINT NOT NULL,
+        mode_id INTEGER)""",
+    "cohort_inclusion_stats": """(
+        cohort_definition_id BIGINT NOT NULL,
+        rule_sequence INTEGER NOT NULL,
+        person_count BIGINT NOT NULL,
+        gain_count BIGINT NOT NULL,
+        person_total BIGINT NOT NULL,
+        mode_id INTEGER)""",
+    "cohort_summary_stats": """(
+        cohort_definition_id BIGINT NOT NULL,
+        base_count BIGINT NOT NULL,
+        final_count BIGINT NOT NULL,
+        mode_id INTEGER)""",
+    "cohort_censor_stats": """(
+        cohort_definition_id BIGINT NOT NULL,
+        lost_count BIGINT NOT NULL)""",
+}
+
+_IDENT = r"[A-Za-z_][\w$]*"
+_WRITE_RE = re.compile(
+    rf"\b(?:insert\s+into|delete\s+from|update|truncate\s+table|drop\s+table(?:\s+if\s+exists)?|"
+    rf"alter\s+table|create\s+(?:or\s+replace\s+)?(?:temp(?:orary)?\s+)?table(?:\s+if\s+not\s+exists)?)"
+    rf"\s+((?:{_IDENT}\.)?{_IDENT})",
+    re.IGNORECASE,
+)
+_CREATE_TEMP_RE = re.compile(rf"\bcreate\s+temp(?:orary)?\s+table\s+({_IDENT})", re.IGNORECASE)
+
+
+def restore_censor_stats(sql: str, expression: Any, results_schema: str, cohort_id: int) -> tuple[str, int]:
+    """Put back Circe-BE's censored-stats insert, which ohdsi-circepy 0.3.0 leaves out.
+
+    Circe-BE (Java) fills @cohortCensoredStatsQuery whenever the CensorWindow has a start or end date:
+    people in #final_cohort minus distinct subjects written to the cohort table (CohortGenerator's
+    expected cohort_censor_stats for Eunomia cohort 4, lost_count 50, comes from it). circepy emits the
+    DELETE but not the INSERT. The statement is added in T-SQL, before translation, so it goes through
+    the same SqlRender translation as the rest. A future circepy that emits it is left alone.
+    """
+    window = getattr(expression, "censor_window", None)
+    if window is None or not (window.start_date or window.end_date):
+        return sql, 0
+    table = f"{results_schema}.cohort_censor_stats"
+    if re.search(rf"insert\s+into\s+{re.escape(table)}\b", sql, re.IGNORECASE):
+        return sql, 0
+    delete = re.search(rf"delete\s+from\s+{re.escape(table)}\s+where[^;]*;", sql, re.IGNORECASE)
+    if delete is None:
+        raise SystemExit("censor window set but no cohort_censor_stats section found in Circe's SQL")
+    insert = (
+        f"\ninsert into {table} (cohort_definition_id, lost_count)\n"
+        f"select {cohort_id} as cohort_definition_id, coalesce(fc.n_people - tc.n_subjects, 0) as lost_count\n"
+        "from (select count_big(distinct person_id) as n_people from #final_cohort) fc,\n"
+        f"     (select count_big(distinct subject_id) as n_subjects from {results_schema}.cohort c\n"
+        f"      where c.cohort_definition_id = {cohort_id}) tc;\n"
+    )
+    return sql[: delete.end()] + insert + sql[delete.end() :], 1
+
+
+def build_sql(json_text: str, args: argparse.Namespace) -> tuple[str, dict[str, int]]:
+    """Render and translate OHDSI's SQL for one definition; returns it and the fix-ups applied."""
+    import circe
+    from circe import sqlrender
+    from circe.cohortdefinition.cohort_expression_query_builder import BuildExpressionQueryOptions
+
+    expression = circe.cohort_expression_from_json(json_text)
+    options = BuildExpressionQueryOptions()
+    options.cdm_schema = args.cdm_schema
+    options.vocabulary_schema = args.vocab_schema
+    options.result_schema = args.results_schema
+    # Circe (Java and this port) replaces the whole "@target_database_schema.@target_cohort_table" with
+    # target_table, so it is given schema-qualified, as WebAPI does; a bare 'cohort' would resolve to
+    # the CDM schema and write there.
+    options.target_table = f"{args.results_schema}.cohort"
+    options.cohort_id = args.cohort_id
+    options.generate_stats = True
+    sql = circe.build_cohort_query(expression, options)
+    # The options above already substitute every parameter; render() still has to run because it
+    # evaluates SqlRender's {cond}?{then}:{else} blocks. The named parameters are passed anyway so a
+    # future circepy that leaves them in still renders the same thing.
+    sql = sqlrender.render(
+        sql,
+        cdm_database_schema=args.cdm_schema,
+        vocabulary_database_schema=args.vocab_schema,
+        results_database_schema=args.results_schema,
+        target_database_schema=args.results_schema,
+        target_cohort_table="cohort",
+        target_cohort_id=args.cohort_id,
+    )
+    leftover = sorted(set(re.findall(r"@\w+", sql)))
+    if leftover:
+        raise SystemExit(f"unrendered SqlRender parameters left in the SQL: {leftover}")
+    applied: dict[str, int] = {}
+    sql, n = restore_censor_stats(sql, expression, args.results_schema, args.cohort_id)
+    if n:
+        applied["restore_censor_stats"] = n
+    return sqlrender.translate(sql, "duckdb"), applied
+
+
+# DuckDB 2.0 fix-ups applied to the translated statements. Each entry is (name, regex, replacement,
+# reason). Keep this list minimal: each one must leave the SQL's meaning unchanged.
+FIXUPS: list[tuple[str, re.Pattern[str], str, str]] = []
+
+
+def apply_fixups(statements: list[str]) -> tuple[list[str], dict[str, int]]:
+    applied: dict[str, int] = {}
+    out = []
+    for stmt in statements:
+        for name, pattern, repl, _why in FIXUPS:
+            stmt, n = pattern.subn(repl, stmt)
+            if n:
+                applied[name] = applied.get(name, 0) + n
+        out.append(stmt)
+    return out, applied
+
+
+def check_write_targets(statements: list[str], results_schema: str) -> None:
+    """Refuse to run if any statement would write outside the results schema or our temp tables."""
+    temp_tables = {m.lower() for s in statements for m in _CREATE_TEMP_RE.findall(s)}
+    for stmt in statements:
+        # Comments can hold words like "update"; strip them before looking for write targets.
+        code = re.sub(r"--[^\n]*", "", stmt)
+        for target in _WRITE_RE.findall(code):
+            t = target.lower()
+            if "." in t:
+                if t.split(".", 1)[0] != results_schema.lower():
+                    raise SystemExit(f"refusing to run: statement writes to {target}:\n{stmt}")
+            elif t not in temp_tables:
+                raise SystemExit(f"refusing to run: statement writes to non-temp table {target}:\n{stmt}")
+
+
+def cdm_fingerprint(con: duckdb.DuckDBPyConnection, schema: str) -> dict[str, int]:
+    names = [
+        r[0]
+        for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = ? AND NOT temporary "
+            "AND database_name = current_database() ORDER BY 1",
+            [schema],
+        ).fetchall()
+    ]
+    return {n: con.execute(f'SELECT count(*) FROM "{schema}"."{n}"').fetchone()[0] for n in names}
+
+
+def rows_as_dicts(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    cur = con.execute(sql, params)
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cdm", required=True, type=Path, help="DuckDB database file holding the CDM")
+    ap.add_argument("--cdm-schema", default="main")
+    ap.add_argument("--vocab-schema", default="main")
+    ap.add_argument("--results-schema", default="circe")
+    ap.add_argument("--json", required=True, type=Path, help="Circe cohort expression (ATLAS export)")
+    ap.add_argument("--cohort-id", required=True, type=int)
+    ap.add_argument("--out", type=Path, help="Parquet file for the cohort rows (JSON written beside it)")
+    ap.add_argument("--sql-only", action="store_true", help="print the DuckDB SQL and exit")
+    args = ap.parse_args(argv)
+
+    if args.results_schema.lower() in (args.cdm_schema.lower(), args.vocab_schema.lower()):
+        ap.error("--results-schema must differ from the CDM and vocabulary schemas (the CDM is read-only)")
+    if not re.fullmatch(_IDENT, args.results_schema):
+        ap.error("--results-schema must be a plain identifier")
+
+    from circe import sqlrender
+
+    t0 = time.perf_counter()
+    translated, fixups_applied = build_sql(args.json.read_text(encoding="utf-8"), args)
+    statements = [s for s in (x.strip() for x in sqlrender.split_sql(translated)) if s and s != ";"]
+    statements, applied = apply_fixups(statements)
+    fixups_applied.update(applied)
+    render_seconds = time.perf_counter() - t0
+    check_write_targets(statements, args.results_schema)
+
+    if args.sql_only:
+        sys.stdout.write(";\n".join(s.rstrip(";") for s in statements) + ";\n")
+        return 0
+
+    if not args.cdm.exists():
+        ap.error(f"no such DuckDB file: {args.cdm}")
+    out = args.out or Path(f"circe_cohort_{args.cohort_id}.parquet")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    con = duckdb.connect(str(args.cdm))
+    try:
+        before = cdm_fingerprint(con, args.cdm_schema)
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {args.results_schema}")
+        for table, cols in RESULTS_DDL.items():
+            con.execute(f"CREATE TABLE IF NOT EXISTS {args.results_schema}.{table} {cols}")
+        # Circe never fills cohort_inclusion (WebAPI/CohortGenerator do, from the JSON); do the same so
+        # the rule names travel with the statistics.
+        con.execute(
+            f"DELETE FROM {args.results_schema}.cohort_inclusion WHERE cohort_definition_id = ?",
+            [args.cohort_id],
+        )
+        rules = json.loads(args.json.read_text(encoding="utf-8")).get("InclusionRules") or []
+        for seq, rule in enumerate(rules):
+            con.execute(
+                f"INSERT INTO {args.results_schema}.cohort_inclusion VALUES (?, ?, ?, ?)",
+                [args.cohort_id, seq, rule.get("name"), rule.get("description")],
+            )
+
+        t1 = time.perf_counter()
+        for i, stmt in enumerate(statements):
+            try:
+                # DuckDB 2.0 keeps an unread result open on the connection; drain it before the next one.
+                con.execute(stmt).fetchall()
+            except duckdb.Error as e:
+                raise SystemExit(f"statement {i + 1}/{len(statements)} failed: {e}\n---\n{stmt}") from e
+        sql_seconds = time.perf_counter() - t1
+
+        rs = args.results_schema
+        cid = [args.cohort_id]
+        # cohort_id is an int from argparse, so inlining it is safe; con.sql avoids DB-API's extra copy.
+        rows = con.sql(
+            f"SELECT subject_id, cohort_start_date, cohort_end_date FROM {rs}.cohort "
+            f"WHERE cohort_definition_id = {int(args.cohort_id)} "
+            "ORDER BY subject_id, cohort_start_date, cohort_end_date"
+        ).to_arrow_table()
+        import pyarrow.parquet as pq
+
+        pq.write_table(rows, out)
+        persons, entries = con.execute(
+            f"SELECT count(DISTINCT subject_id), count(*) FROM {rs}.cohort WHERE cohort_definition_id = ?",
+            cid,
+        ).fetchone()
+        report = {
+            "cohort_id": args.cohort_id,
+            "definition": str(args.json),
+            "cdm": str(args.cdm),
+            "results_schema": rs,
+            "persons": persons,
+            "entries": entries,
+            "inclusion_rules": [{"rule_sequence": i, "name": r.get("name")} for i, r in enumerate(rules)],
+            "inclusion_stats": rows_as_dicts(
+                con,
+                f"SELECT rule_sequence, person_count, gain_count, person_total, mode_id "
+                f"FROM {rs}.cohort_inclusion_stats WHERE cohort_definition_id = ? ORDER BY mode_id, rule_sequence",
+                cid,
+            ),
+            "inclusion_result": rows_as_dicts(
+                con,
+                f"SELECT inclusion_rule_mask, person_count, mode_id FROM {rs}.cohort_inclusion_result "
+                "WHERE cohort_definition_id = ? ORDER BY mode_id, inclusion_rule_mask",
+                cid,
+            ),
+            "summary_stats": rows_as_dicts(
+                con,
+                f"SELECT base_count, final_count, mode_id FROM {rs}.cohort_summary_stats "
+                "WHERE cohort_definition_id = ? ORDER BY mode_id",
+                cid,
+            ),
+            "censor_stats": rows_as_dicts(
+                con,
+                f"SELECT lost_count FROM {rs}.cohort_censor_stats WHERE cohort_definition_id = ?",
+                cid,
+            ),
+            "seconds": sql_seconds,
+            "render_seconds": render_seconds,
+            "statements": len(statements),
+            "fixups_applied": fixups_applied,
+            "versions": {p: md.version(p) for p in ("ohdsi-circepy", "duckdb", "sqlglot")},
+        }
+        after = cdm_fingerprint(con, args.cdm_schema)
+        if after != before:
+            raise SystemExit(f"CDM schema {args.cdm_schema} changed during the run: {before} -> {after}")
+    finally:
+        con.close()
+
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    print(json.dumps({k: report[k] for k in ("cohort_id", "persons", "entries", "seconds")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,7 +16,8 @@ What goes in, and why each part can be trusted:
   class, code and standard flag as ATLAS exported them from Athena);
 - every catalog concept (see catalog.py for which ids are confirmed);
 - CONCEPT_ANCESTOR: Eunomia's real rows between included concepts, plus the subsumptions in
-  `EXTRA_IS_A` (each a real SNOMED / ATC relation), closed transitively, with a self row for every
+  `EXTRA_IS_A` (each a real SNOMED / ATC relation) and the drug ancestry in `EXTRA_ANCESTRY`, closed
+  transitively, with a self row for every
   standard or classification concept as OMOP has;
 - CONCEPT_RELATIONSHIP: Eunomia's rows, plus 'Maps to' / 'Mapped from' from every standard concept
   to itself (OMOP's convention, which makes 'include mapped' return the standard concept too).
@@ -80,6 +81,14 @@ EXTRA_IS_A: tuple[tuple[int, int], ...] = (
     (19059796, 21600744),
     (45774751, 21600744),
     (44785829, 21600744),
+)
+
+# (ancestor, descendant, min, max) drug ancestry Eunomia lacks although its concepts are real RxNorm
+# products of these ingredients. Levels follow the pattern of Eunomia's own ingredient -> clinical
+# drug rows (2, 3), one more for the branded drug; they are approximations, not OHDSI's numbers.
+EXTRA_ANCESTRY: tuple[tuple[int, int, int, int], ...] = (
+    (1124300, 40162359, 2, 3),  # diclofenac -> Diclofenac Sodium 75 MG Delayed Release Oral Tablet
+    (1118084, 1118088, 3, 4),  # celecoxib -> celecoxib 200 MG Oral Capsule [Celebrex]
 )
 
 CONCEPT_COLUMNS = (
@@ -229,9 +238,11 @@ def build(
     }
     for cid in in_hierarchy:
         known.setdefault((cid, cid), (0, 0))
-    missing = {x for edge in EXTRA_IS_A for x in edge} - ids
+    missing = ({x for edge in EXTRA_IS_A for x in edge} | {x for r in EXTRA_ANCESTRY for x in r[:2]}) - ids
     if missing:
         raise ValueError(f"EXTRA_IS_A names concepts not in the subset: {sorted(missing)}")
+    for a, d, mn, mx in EXTRA_ANCESTRY:
+        known.setdefault((a, d), (mn, mx))
     ancestors = _closure(known, EXTRA_IS_A)
 
     relationships: dict[tuple[int, int, str], tuple] = {}

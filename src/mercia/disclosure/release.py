@@ -1,0 +1,675 @@
+"""`release()`: the single door through which every result table leaves a site.
+
+Writers of results elsewhere (node responses, reports, files) accept only a `ReleasedTable`, and only
+this module can build one: its constructor wants a private token. Every decision is written to the
+`DisclosureLog` passed in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from mercia.disclosure.log import DisclosureLog
+from mercia.disclosure.policy import DisclosurePolicy
+from mercia.disclosure.suppression import CellStructure, is_small, suppress
+from mercia.disclosure.tables import SURVIVAL_COLUMNS, ResultTable
+from mercia.errors import DisclosureError
+
+_RELEASE_TOKEN = object()
+
+
+class ReleasedTable:
+    """A result table that has passed disclosure control. Built only by `release()`."""
+
+    __slots__ = ("_data", "kind", "model_info", "name", "policy", "site", "status")
+
+    def __init__(
+        self,
+        *,
+        _token: object,
+        name: str,
+        kind: str,
+        data: pd.DataFrame,
+        policy: DisclosurePolicy,
+        site: str | None,
+        status: str,
+        model_info: dict[str, Any] | None = None,
+    ) -> None:
+        if _token is not _RELEASE_TOKEN:
+            raise DisclosureError(
+                "a ReleasedTable can only be made by mercia.disclosure.release(); pass your ResultTable "
+                "through release() with the site's policy"
+            )
+        self.name = name
+        self.kind = kind
+        self._data = data.reset_index(drop=True)
+        self.policy = policy
+        self.site = site
+        self.status = status
+        self.model_info = model_info
+
+    @property
+    def data(self) -> pd.DataFrame:
+        # A copy, so nobody can change a released table after the fact.
+        return self._data.copy()
+
+    def to_arrow(self) -> pa.Table:
+        return pa.Table.from_pandas(self._data, preserve_index=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "site": self.site,
+            "status": self.status,
+            "policy": self.policy.model_dump(),
+            "model_info": self.model_info,
+            "columns": [str(c) for c in self._data.columns],
+            "rows": json.loads(self._data.to_json(orient="values")),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def __repr__(self) -> str:
+        return f"ReleasedTable({self.name!r}, kind={self.kind!r}, status={self.status!r}, rows={len(self._data)})"
+
+
+def round_count(value: int, base: int) -> int:
+    """Round to the nearest multiple of `base`, halves up (integers only, so no float error)."""
+    if base == 1:
+        return int(value)
+    return ((2 * int(value) + base) // (2 * base)) * base
+
+
+def release(
+    table: ResultTable, policy: DisclosurePolicy, *, site: str | None = None, log: DisclosureLog
+) -> ReleasedTable:
+    """Apply `policy` to `table` and return what may leave the site; record each decision in `log`.
+
+    `policy` should already be the site's effective policy (`effective_policy(site_min, requested)`).
+    """
+    if not isinstance(table, ResultTable):
+        raise DisclosureError(
+            f"release() takes a ResultTable, not {type(table).__name__}; wrap the result first"
+        )
+    handler = {
+        "counts": _release_counts,
+        "rates": _release_counts,
+        "magnitudes": _release_magnitudes,
+        "model": _release_model,
+        "survival": _release_survival,
+    }[table.kind]
+    data, status, model_info = handler(table, policy, log)
+    log.record(
+        table.name,
+        rule="policy",
+        outcome="blocked" if status == "blocked" else "released",
+        reason=f"{policy.rule_summary()}" + (f" at site {site}" if site else ""),
+    )
+    return ReleasedTable(
+        _token=_RELEASE_TOKEN,
+        name=table.name,
+        kind=table.kind,
+        data=data,
+        policy=policy,
+        site=site,
+        status=status,
+        model_info=model_info,
+    )
+
+
+# --------------------------------------------------------------------------------------------- counts
+
+
+def _suppression_reason(value: int, policy: DisclosurePolicy) -> tuple[str, str]:
+    if value == 0:
+        return "primary:zero", "zero count, and this policy treats zeros as disclosive"
+    return "primary:threshold", f"count at or below the threshold {policy.threshold}"
+
+
+class _Cube:
+    """Interior cells of a count table plus every margin and hierarchical subtotal."""
+
+    def __init__(self, table: ResultTable, value_columns: list[str]) -> None:
+        self.dims = list(table.dimensions)
+        self.total = table.total_label
+        self.parent: list[dict[Any, Any]] = []
+        for d in self.dims:
+            h = dict(table.hierarchies.get(d, {}))
+            leaves = list(pd.unique(table.data[d]))
+            internal = set(h.values())
+            clash = [v for v in leaves if v in internal or v == self.total]
+            if clash:
+                raise DisclosureError(
+                    f"result table {table.name!r}: dimension {d!r} has data rows at levels {clash} that are "
+                    "subtotals (hierarchy parents or the total label); give leaf rows only, subtotals are "
+                    "computed"
+                )
+            if d in table.margins:
+                for node in [*leaves, *internal]:
+                    if node not in h:
+                        h[node] = self.total
+            self.parent.append(h)
+        self.keys: list[tuple[Any, ...]] = []
+        self.values: dict[tuple[Any, ...], np.ndarray] = {}
+        for row in table.data[self.dims + value_columns].itertuples(index=False):
+            key = tuple(row[: len(self.dims)])
+            self.keys.append(key)
+            self.values[key] = np.array(row[len(self.dims) :], dtype=float)
+        self.n_interior = len(self.keys)
+        for i in range(len(self.dims)):
+            for key in list(self.keys):
+                v = key[i]
+                while v in self.parent[i]:
+                    v = self.parent[i][v]
+                    k2 = (*key[:i], v, *key[i + 1 :])
+                    if k2 not in self.values:
+                        self.keys.append(k2)
+                        self.values[k2] = np.zeros_like(self.values[key])
+                    self.values[k2] = self.values[k2] + self.values[key]
+        self.index = {k: j for j, k in enumerate(self.keys)}
+
+    def is_total(self, j: int) -> bool:
+        return j >= self.n_interior
+
+    def relations(self) -> list[tuple[int, tuple[int, ...]]]:
+        children: list[dict[Any, list[Any]]] = []
+        for i in range(len(self.dims)):
+            ch: dict[Any, list[Any]] = {}
+            for c, p in self.parent[i].items():
+                ch.setdefault(p, []).append(c)
+            children.append(ch)
+        rels = []
+        for key in self.keys:
+            for i in range(len(self.dims)):
+                kids = children[i].get(key[i])
+                if not kids:
+                    continue
+                parts = tuple(
+                    self.index[k2] for c in kids if (k2 := (*key[:i], c, *key[i + 1 :])) in self.index
+                )
+                if parts:
+                    rels.append((self.index[key], parts))
+        return rels
+
+
+def _release_counts(
+    table: ResultTable, policy: DisclosurePolicy, log: DisclosureLog
+) -> tuple[pd.DataFrame, str, None]:
+    if table.sequential:
+        return _release_attrition(table, policy, log)
+    value_cols = table.count_columns + table.exposure_columns
+    cube = _Cube(table, value_cols)
+    rels = cube.relations()
+    n = len(cube.keys)
+    out = pd.DataFrame(
+        {d: pd.Series([k[i] for k in cube.keys], dtype=object) for i, d in enumerate(cube.dims)}
+    )
+    any_suppressed = np.zeros(n, dtype=bool)
+    for ci, col in enumerate(table.count_columns):
+        vals = [int(np.rint(cube.values[k][ci])) for k in cube.keys]
+        structure = CellStructure(
+            values=vals, is_total=[cube.is_total(j) for j in range(n)], published=[True] * n, relations=rels
+        )
+        res = suppress(
+            structure,
+            threshold=policy.threshold,
+            zeros_disclosive=policy.zeros_disclosive,
+            secondary=policy.secondary_suppression,
+        )
+        released: list[Any] = []
+        for j, key in enumerate(cube.keys):
+            where = dict(zip(cube.dims, key, strict=True))
+            if j in res.primary:
+                rule, reason = _suppression_reason(vals[j], policy)
+                log.record(table.name, key=where, column=col, rule=rule, outcome="suppressed", reason=reason)
+                released.append(pd.NA)
+            elif j in res.secondary:
+                log.record(
+                    table.name,
+                    key=where,
+                    column=col,
+                    rule="secondary",
+                    outcome="suppressed",
+                    reason="complementary suppression: otherwise a suppressed cell follows from the totals",
+                )
+                released.append(pd.NA)
+            else:
+                released.append(_log_released_count(table.name, where, col, vals[j], policy, log))
+        any_suppressed |= np.array([j in res.suppressed for j in range(n)])
+        out[col] = pd.array(released, dtype="Int64")
+    for ei, col in enumerate(table.exposure_columns, start=len(table.count_columns)):
+        ev: list[Any] = []
+        for j, key in enumerate(cube.keys):
+            where = dict(zip(cube.dims, key, strict=True))
+            if any_suppressed[j]:
+                # Person-time of a suppressed cell is (nearly) the follow-up of its few patients.
+                log.record(
+                    table.name,
+                    key=where,
+                    column=col,
+                    rule="exposure",
+                    outcome="suppressed",
+                    reason="a count in this row is suppressed, so its person-time is too",
+                )
+                ev.append(np.nan)
+            else:
+                log.record(
+                    table.name,
+                    key=where,
+                    column=col,
+                    rule="exposure",
+                    outcome="released",
+                    reason="person-time released as computed (no dominance check on follow-up)",
+                )
+                ev.append(float(cube.values[key][ei]))
+        out[col] = ev
+    _derive_rates(table, out, cube, log)
+    return out, "released", None
+
+
+def _log_released_count(
+    table: str, where: dict[str, Any], col: str, value: int, policy: DisclosurePolicy, log: DisclosureLog
+) -> int:
+    r = round_count(value, policy.rounding_base)
+    if policy.rounding_base > 1:
+        log.record(
+            table,
+            key=where,
+            column=col,
+            rule="rounding",
+            outcome="rounded",
+            reason=f"rounded to the nearest {policy.rounding_base}",
+        )
+    else:
+        log.record(
+            table, key=where, column=col, rule="threshold", outcome="released", reason="above threshold"
+        )
+    return r
+
+
+def _derive_rates(table: ResultTable, out: pd.DataFrame, cube: _Cube, log: DisclosureLog) -> None:
+    """Rates and proportions from released (suppressed, rounded) values only, so they reveal nothing
+    the released counts do not."""
+    for name, spec in table.rates.items():
+        rates: list[float] = []
+        for j, key in enumerate(cube.keys):
+            num = out.at[j, spec.numerator]
+            if spec.within:
+                k2 = tuple(cube.total if d in spec.within else v for d, v in zip(cube.dims, key, strict=True))
+                den = out.at[cube.index[k2], spec.denominator] if k2 in cube.index else pd.NA
+            else:
+                den = out.at[j, spec.denominator]
+            if pd.isna(num) or pd.isna(den) or float(den) == 0:
+                rates.append(np.nan)
+            else:
+                rates.append(float(num) / float(den) * spec.per)
+        out[name] = rates
+        log.record(
+            table.name,
+            column=name,
+            rule="derived",
+            outcome="recomputed",
+            reason=f"{spec.numerator}/{spec.denominator}"
+            + (f" within {spec.within}" if spec.within else "")
+            + f" x {spec.per:g} from released values; missing where either is suppressed",
+        )
+
+
+def _release_attrition(
+    table: ResultTable, policy: DisclosurePolicy, log: DisclosureLog
+) -> tuple[pd.DataFrame, str, None]:
+    """Each step's count = the next step's count + those it excluded. The excluded counts are not
+    published but follow by subtraction, so they are hidden cells that must be protected too."""
+    out = table.data[table.dimensions].copy().reset_index(drop=True)
+    k = len(out)
+    for col in table.count_columns:
+        steps = [int(v) for v in table.data[col]]
+        excluded = [steps[i - 1] - steps[i] for i in range(1, k)]
+        if any(e < 0 for e in excluded):
+            raise DisclosureError(
+                f"result table {table.name!r}: attrition column {col!r} grows from one step to the next; each "
+                "step must be a subset of the one before (or set sequential=False)"
+            )
+        values = steps + excluded
+        rels = [(i - 1, (i, k + i - 1)) for i in range(1, k)]
+        structure = CellStructure(
+            values=values,
+            is_total=[False] * len(values),
+            published=[True] * k + [False] * (k - 1),
+            relations=rels,
+        )
+        res = suppress(
+            structure,
+            threshold=policy.threshold,
+            zeros_disclosive=policy.zeros_disclosive,
+            secondary=policy.secondary_suppression,
+        )
+        released: list[Any] = []
+        for j in range(k):
+            where = {d: out.at[j, d] for d in table.dimensions} or {"step": j}
+            if j in res.primary:
+                rule, reason = _suppression_reason(values[j], policy)
+                log.record(table.name, key=where, column=col, rule=rule, outcome="suppressed", reason=reason)
+                released.append(pd.NA)
+            elif j in res.secondary:
+                log.record(
+                    table.name,
+                    key=where,
+                    column=col,
+                    rule="secondary",
+                    outcome="suppressed",
+                    reason="complementary suppression: the patients excluded at a step would follow by subtraction",
+                )
+                released.append(pd.NA)
+            else:
+                released.append(_log_released_count(table.name, where, col, values[j], policy, log))
+        if not policy.secondary_suppression:
+            for i, e in enumerate(excluded, start=1):
+                if is_small(e, policy.threshold, policy.zeros_disclosive):
+                    where = {d: out.at[i, d] for d in table.dimensions} or {"step": i}
+                    log.record(
+                        table.name,
+                        key=where,
+                        column=col,
+                        rule="differencing",
+                        outcome="released",
+                        reason="the number excluded at this step is small; only rounding protects it "
+                        "(secondary suppression is off in this policy)",
+                    )
+        out[col] = pd.array(released, dtype="Int64")
+    return out, "released", None
+
+
+# ----------------------------------------------------------------------------------------- magnitudes
+
+
+def _release_magnitudes(
+    table: ResultTable, policy: DisclosurePolicy, log: DisclosureLog
+) -> tuple[pd.DataFrame, str, None]:
+    """Per-cell threshold, N-k dominance and p% rules. Top contributions never leave.
+
+    Reimplemented rather than run through acro: acro needs the row-level data frame to aggregate
+    itself, and its N-k n is a process-wide module global."""
+    assert table.n_column is not None
+    data = table.data.reset_index(drop=True)
+    out = data[table.dimensions].copy()
+    n_released: list[Any] = []
+    for j in range(len(data)):
+        where = {d: data.at[j, d] for d in table.dimensions}
+        n = int(data.at[j, table.n_column])
+        if is_small(n, policy.threshold, policy.zeros_disclosive):
+            rule, reason = _suppression_reason(n, policy)
+            log.record(
+                table.name, key=where, column=table.n_column, rule=rule, outcome="suppressed", reason=reason
+            )
+            n_released.append(pd.NA)
+        else:
+            n_released.append(_log_released_count(table.name, where, table.n_column, n, policy, log))
+    out[table.n_column] = pd.array(n_released, dtype="Int64")
+    for col in table.magnitude_columns:
+        stat = table.magnitude_statistic.get(col, "sum")
+        tops = table.top_columns[col]
+        if policy.nk_n is not None and len(tops) < policy.nk_n:
+            raise DisclosureError(
+                f"result table {table.name!r}: the N-k rule needs the {policy.nk_n} largest contributions of "
+                f"{col!r}, but top_columns has {len(tops)}; add more top columns"
+            )
+        if policy.p_percent is not None and len(tops) < 2:
+            raise DisclosureError(
+                f"result table {table.name!r}: the p% rule needs the 2 largest contributions of {col!r}; "
+                "add a second top column"
+            )
+        released_m: list[float] = []
+        for j in range(len(data)):
+            where = {d: data.at[j, d] for d in table.dimensions}
+            n = int(data.at[j, table.n_column])
+            value = float(data.at[j, col])
+            top = [float(data.at[j, t]) if not pd.isna(data.at[j, t]) else 0.0 for t in tops]
+            if any(t < 0 for t in top):
+                raise DisclosureError(
+                    f"result table {table.name!r}: negative contributions in {col!r}; dominance rules need "
+                    "non-negative values (shift or split the variable)"
+                )
+            decision = magnitude_decision(value, n, top, stat, policy)
+            if decision is None:
+                log.record(
+                    table.name,
+                    key=where,
+                    column=col,
+                    rule="magnitude",
+                    outcome="released",
+                    reason="enough contributors and no dominance",
+                )
+                released_m.append(value if n > 0 else np.nan)
+            else:
+                rule, reason = decision
+                log.record(table.name, key=where, column=col, rule=rule, outcome="suppressed", reason=reason)
+                released_m.append(np.nan)
+        out[col] = released_m
+    return out, "released", None
+
+
+def magnitude_decision(
+    value: float, n: int, top: list[float], statistic: str, policy: DisclosurePolicy
+) -> tuple[str, str] | None:
+    """None if the cell may be released, else (rule, reason)."""
+    if is_small(n, policy.threshold, policy.zeros_disclosive):
+        return "threshold", f"{'no' if n == 0 else 'too few'} contributors (threshold {policy.threshold})"
+    if n == 0:
+        return None
+    total = value * n if statistic == "mean" else value
+    if total <= 0:
+        return None  # dominance is not defined on a zero total; nothing to dominate
+    if policy.nk_n is not None and policy.nk_k is not None:
+        top_n = sum(sorted(top, reverse=True)[: policy.nk_n])
+        # acro fails a cell when the share reaches k (>=), and so do we.
+        if top_n >= policy.nk_k * total - 1e-12 * total:
+            return "nk", f"the {policy.nk_n} largest contributions make {policy.nk_k:.0%} or more of the cell"
+    if policy.p_percent is not None:
+        s = [*sorted(top, reverse=True), 0.0, 0.0]
+        rest = total - s[0] - s[1]
+        # The second largest contributor knows their own value and can bound the largest within p%.
+        if rest < policy.p_percent * s[0]:
+            return "p_percent", f"the others are less than {policy.p_percent:.0%} of the largest contribution"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def _release_model(
+    table: ResultTable, policy: DisclosurePolicy, log: DisclosureLog
+) -> tuple[pd.DataFrame, str, dict[str, Any]]:
+    assert table.model is not None
+    info = table.model
+    data = table.data.reset_index(drop=True).copy()
+    blocked_reason = None
+    if info.df_resid < policy.min_model_dof:
+        blocked_reason = ("min_dof", f"residual degrees of freedom below {policy.min_model_dof}")
+    elif info.n_events is not None and is_small(info.n_events, policy.threshold, policy.zeros_disclosive):
+        blocked_reason = ("threshold", f"the model rests on {policy.threshold} or fewer events")
+    elif info.n_obs is not None and is_small(info.n_obs, policy.threshold, policy.zeros_disclosive):
+        blocked_reason = ("threshold", f"the model rests on {policy.threshold} or fewer observations")
+    model_info: dict[str, Any] = {
+        "df_resid": None if blocked_reason else math.floor(info.df_resid),
+        "n_obs": None
+        if blocked_reason or info.n_obs is None
+        else round_count(info.n_obs, policy.rounding_base),
+        "n_events": None
+        if blocked_reason or info.n_events is None
+        else round_count(info.n_events, policy.rounding_base),
+    }
+    numeric = [c for c in data.columns if pd.api.types.is_numeric_dtype(data[c])]
+    if blocked_reason:
+        rule, reason = blocked_reason
+        log.record(table.name, rule=rule, outcome="blocked", reason=reason + "; no estimate is released")
+        for c in numeric:
+            data[c] = np.nan
+        return data, "blocked", model_info
+    log.record(
+        table.name, rule="min_dof", outcome="released", reason=f"residual dof >= {policy.min_model_dof}"
+    )
+    for col in table.count_columns:
+        released: list[Any] = []
+        for j in range(len(data)):
+            where = {"row": j, **{c: data.at[j, c] for c in data.columns if c not in numeric}}
+            v = int(data.at[j, col])
+            if is_small(v, policy.threshold, policy.zeros_disclosive):
+                # A coefficient resting on a handful of persons describes them; drop the whole term.
+                rule, reason = _suppression_reason(v, policy)
+                log.record(
+                    table.name,
+                    key=where,
+                    column=None,
+                    rule=rule,
+                    outcome="suppressed",
+                    reason=f"term rests on a small count ({reason})",
+                )
+                for c in numeric:
+                    data.at[j, c] = np.nan
+                released.append(pd.NA)
+            else:
+                released.append(_log_released_count(table.name, where, col, v, policy, log))
+        data[col] = pd.array(released, dtype="Int64")
+    return data, "released", model_info
+
+
+# ------------------------------------------------------------------------------------------- survival
+
+
+def _release_survival(
+    table: ResultTable, policy: DisclosurePolicy, log: DisclosureLog
+) -> tuple[pd.DataFrame, str, None]:
+    """Kaplan-Meier steps pooled until each released step holds enough events, risk sets below the
+    minimum cut off, counts rounded, and the estimate and its CI recomputed from released numbers only
+    (exact step heights would let products of small fractions be factorised back into counts)."""
+    frames = []
+    groups = (
+        table.data.groupby(table.dimensions, sort=False, dropna=False)
+        if table.dimensions
+        else [((), table.data)]
+    )
+    for gkey, g in groups:
+        gkey_t = gkey if isinstance(gkey, tuple) else (gkey,)
+        where = dict(zip(table.dimensions, gkey_t, strict=True))
+        frames.append(_coarsen_curve(table.name, where, g, policy, log))
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    cols = [*table.dimensions, *SURVIVAL_COLUMNS, "estimate", "ci_lower", "ci_upper"]
+    if out.empty:
+        return pd.DataFrame(columns=cols), "released", None
+    return out[cols], "released", None
+
+
+def _coarsen_curve(
+    name: str, where: dict[str, Any], g: pd.DataFrame, policy: DisclosurePolicy, log: DisclosureLog
+) -> pd.DataFrame:
+    g = g.sort_values("time")
+    times = g["time"].to_numpy(dtype=float)
+    at_risk = g["n_at_risk"].to_numpy(dtype=int)
+    events = g["n_events"].to_numpy(dtype=int)
+    censored = g["n_censored"].to_numpy(dtype=int)
+    unit = policy.survival_time_unit
+    if unit:
+        # Report at coarse times: each time moves up to the end of its interval.
+        binned = np.ceil(times / unit) * unit
+        df = pd.DataFrame({"t": binned, "r": at_risk, "d": events, "c": censored})
+        agg = df.groupby("t", sort=True).agg(r=("r", "first"), d=("d", "sum"), c=("c", "sum")).reset_index()
+        times, at_risk, events, censored = (
+            agg["t"].to_numpy(float),
+            agg["r"].to_numpy(int),
+            agg["d"].to_numpy(int),
+            agg["c"].to_numpy(int),
+        )
+        log.record(
+            name,
+            key=where,
+            rule="survival_time_unit",
+            outcome="coarsened",
+            reason=f"times reported at multiples of {unit}",
+        )
+    base = policy.rounding_base
+    rows: list[dict[str, Any]] = []
+    start_risk = int(at_risk[0]) if len(at_risk) else 0
+    if start_risk < policy.risk_set_minimum:
+        log.record(
+            name,
+            key=where,
+            rule="min_risk_set",
+            outcome="suppressed",
+            reason=f"the whole curve starts with fewer than {policy.risk_set_minimum} at risk",
+        )
+        return pd.DataFrame(columns=[*where, *SURVIVAL_COLUMNS, "estimate", "ci_lower", "ci_upper"])
+    surv, var_sum = 1.0, 0.0
+    rows.append(_km_row(where, 0.0, round_count(start_risk, base), 0, 0, surv, var_sum))
+    pool_d = pool_c = 0
+    pool_risk: int | None = None
+    pooled_steps = 0
+    for t, r, d, c in zip(times, at_risk, events, censored, strict=True):
+        if r < policy.risk_set_minimum:
+            log.record(
+                name,
+                key=where,
+                rule="min_risk_set",
+                outcome="dropped",
+                reason=f"curve cut where fewer than {policy.risk_set_minimum} remain at risk",
+            )
+            break
+        if pool_risk is None:
+            pool_risk = int(r)
+        pool_d += int(d)
+        pool_c += int(c)
+        pooled_steps += 1
+        if pool_d >= policy.step_min_events and not is_small(pool_c, policy.threshold, False):
+            n_rel, d_rel, c_rel = (round_count(x, base) for x in (pool_risk, pool_d, pool_c))
+            if n_rel > 0:
+                surv *= 1 - d_rel / n_rel
+                if n_rel > d_rel:
+                    var_sum += d_rel / (n_rel * (n_rel - d_rel))
+            rows.append(_km_row(where, float(t), n_rel, d_rel, c_rel, surv, var_sum))
+            log.record(
+                name,
+                key={**where, "time": t},
+                rule="survival_pooling",
+                outcome="coarsened" if pooled_steps > 1 else "rounded" if base > 1 else "released",
+                reason=f"step pools {pooled_steps} event time(s) to reach {policy.step_min_events}+ events",
+            )
+            pool_d = pool_c = pooled_steps = 0
+            pool_risk = None
+    if pooled_steps:
+        log.record(
+            name,
+            key=where,
+            rule="survival_pooling",
+            outcome="dropped",
+            reason="the tail after the last released step holds too few events or censorings",
+        )
+    return pd.DataFrame(rows)
+
+
+def _km_row(
+    where: dict[str, Any], t: float, n: int, d: int, c: int, surv: float, var_sum: float
+) -> dict[str, Any]:
+    # Log-log 95% CI from Greenwood's variance, as lifelines and R's survival do by default.
+    lo = hi = surv
+    if 0 < surv < 1 and var_sum > 0:
+        se = math.sqrt(var_sum) / abs(math.log(surv))
+        lo = surv ** math.exp(1.959963984540054 * se)
+        hi = surv ** math.exp(-1.959963984540054 * se)
+    return {
+        **where,
+        "time": t,
+        "n_at_risk": n,
+        "n_events": d,
+        "n_censored": c,
+        "estimate": surv,
+        "ci_lower": lo,
+        "ci_upper": hi,
+    }

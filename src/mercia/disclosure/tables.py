@@ -1,0 +1,157 @@
+"""Result tables: what analyses hand to `release()`.
+
+A `ResultTable` is still inside the site: it holds exact numbers (and, for magnitude tables, the largest
+contributions per cell, which are single persons' values). Only `release()` turns it into a
+`ReleasedTable`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mercia.errors import DisclosureError
+
+Kind = Literal["counts", "magnitudes", "rates", "model", "survival"]
+
+
+class RateSpec(BaseModel):
+    """A derived column `numerator / denominator * per`, recomputed from *released* values only.
+
+    `denominator` names a count column of the same row or, with `within`, the released margin of that
+    column totalled over the `within` dimensions (e.g. a column percentage of a Table 1: numerator 'n',
+    denominator 'n', within ['level'], per 100). A denominator in `exposure_columns` (person-time) is
+    used as given.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    numerator: str
+    denominator: str
+    per: float = 1.0
+    within: list[str] | None = None
+
+
+class ModelInfo(BaseModel):
+    """What a fitted model rests on: residual degrees of freedom, observations and events."""
+
+    model_config = ConfigDict(frozen=True)
+
+    df_resid: float
+    n_obs: int | None = None
+    n_events: int | None = None
+
+
+SURVIVAL_COLUMNS = ("time", "n_at_risk", "n_events", "n_censored")
+
+
+class ResultTable(BaseModel):
+    """An analysis result waiting for disclosure control.
+
+    kinds and the columns they use:
+    - counts: `dimensions` (category labels) and `count_columns`; `margins` lists the dimensions to
+      total over (totals are computed and released by `release()`, labelled `total_label`);
+      `hierarchies[dim]` maps a level to its parent level for hierarchical totals; `sequential` marks
+      an attrition table (rows in order, each a subset of the one before).
+    - rates: like counts, plus `rates` (derived columns) and optional `exposure_columns` (person-time).
+    - magnitudes: `magnitude_columns` (per-cell sums or means, see `magnitude_statistic`),
+      `n_column` (contributors per cell) and `top_columns[col]` (the largest contributions, largest
+      first, at least as many as the policy's N-k n and 2 for the p% rule). Top columns never leave.
+    - model: a coefficient table (any columns) with `model` info; optional per-term `count_columns`.
+    - survival: one row per distinct time (per group in `dimensions`) with columns time, n_at_risk,
+      n_events, n_censored; estimates are recomputed from released numbers.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    kind: Kind
+    data: pd.DataFrame
+    dimensions: list[str] = Field(default_factory=list)
+    count_columns: list[str] = Field(default_factory=list)
+    margins: list[str] = Field(default_factory=list)
+    hierarchies: dict[str, dict[str, str]] = Field(default_factory=dict)
+    total_label: str = "Total"
+    sequential: bool = False
+    rates: dict[str, RateSpec] = Field(default_factory=dict)
+    exposure_columns: list[str] = Field(default_factory=list)
+    magnitude_columns: list[str] = Field(default_factory=list)
+    magnitude_statistic: dict[str, Literal["sum", "mean"]] = Field(default_factory=dict)
+    n_column: str | None = None
+    top_columns: dict[str, list[str]] = Field(default_factory=dict)
+    model: ModelInfo | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ResultTable:
+        cols = set(self.data.columns)
+        where = f"result table {self.name!r} ({self.kind})"
+
+        def need(names: list[str], what: str) -> None:
+            missing = [c for c in names if c not in cols]
+            if missing:
+                raise DisclosureError(
+                    f"{where}: {what} {missing} not in the data (columns: {sorted(map(str, cols))}); "
+                    "name existing columns"
+                )
+
+        need(self.dimensions, "dimensions")
+        need(self.count_columns, "count_columns")
+        need(self.exposure_columns, "exposure_columns")
+        need(self.magnitude_columns, "magnitude_columns")
+        bad_margins = [m for m in self.margins if m not in self.dimensions]
+        if bad_margins:
+            raise DisclosureError(
+                f"{where}: margins {bad_margins} must be among dimensions {self.dimensions}"
+            )
+        bad_h = [h for h in self.hierarchies if h not in self.dimensions]
+        if bad_h:
+            raise DisclosureError(f"{where}: hierarchies {bad_h} must be among dimensions {self.dimensions}")
+        for c in self.count_columns:
+            s = self.data[c]
+            if s.isna().any() or not pd.api.types.is_numeric_dtype(s) or (s < 0).any() or (s % 1 != 0).any():
+                raise DisclosureError(
+                    f"{where}: count column {c!r} must hold non-negative whole numbers with no missing "
+                    "values; fill missing counts with 0 before release"
+                )
+        if self.dimensions and self.data.duplicated(self.dimensions).any():
+            raise DisclosureError(
+                f"{where}: two rows share the same {self.dimensions}; aggregate to one row per cell first"
+            )
+        for name, spec in self.rates.items():
+            if spec.numerator not in self.count_columns:
+                raise DisclosureError(
+                    f"{where}: rate {name!r} numerator {spec.numerator!r} must be a count column"
+                )
+            if spec.denominator not in self.count_columns + self.exposure_columns:
+                raise DisclosureError(
+                    f"{where}: rate {name!r} denominator {spec.denominator!r} must be a count or exposure column"
+                )
+            if spec.within and any(w not in self.margins for w in spec.within):
+                raise DisclosureError(
+                    f"{where}: rate {name!r} is within {spec.within}, which must be margins ({self.margins}) so "
+                    "its released total exists"
+                )
+        if self.kind == "magnitudes":
+            if not self.magnitude_columns or self.n_column is None:
+                raise DisclosureError(f"{where}: give magnitude_columns and n_column (contributors per cell)")
+            need([self.n_column], "n_column")
+            for m in self.magnitude_columns:
+                tops = self.top_columns.get(m)
+                if not tops:
+                    raise DisclosureError(
+                        f"{where}: magnitude column {m!r} needs top_columns (largest contributions per cell, "
+                        "largest first) for the dominance rules"
+                    )
+                need(tops, f"top_columns of {m!r}")
+        if self.kind == "model" and self.model is None:
+            raise DisclosureError(f"{where}: give model=ModelInfo(df_resid=..., n_obs=..., n_events=...)")
+        if self.kind == "survival":
+            need(list(SURVIVAL_COLUMNS), "survival columns")
+        if self.sequential and (self.margins or len(self.dimensions) > 1):
+            raise DisclosureError(
+                f"{where}: an attrition (sequential) table has at most one dimension (the step label) and "
+                "no margins"
+            )
+        return self

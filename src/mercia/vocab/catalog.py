@@ -296,31 +296,23 @@ UNITS: dict[str, Concept] = {
     "umol_per_l": _unit(8749, "micromole per liter", "umol/L"),
 }
 
-# Ids believed correct (from OMOP practice) but not confirmed against material we hold.
-# Confirm against Athena before citing them in a publication.
+# Ids believed correct (from OMOP practice) whose id-to-meaning could not be confirmed against material
+# we hold (Eunomia, the OHDSI cohort files, or at least one public OMOP ETL / analysis naming the id
+# with this meaning). Confirm them against Athena before citing them in a publication. Names and
+# concept_codes of catalog concepts absent from Eunomia and the cohort files are from OMOP practice too.
 UNVERIFIED_CONCEPT_IDS: frozenset[int] = frozenset(
     {
         8522,  # Other Race
         38003563,  # Hispanic or Latino
-        581477,  # Office Visit
-        32817,
-        32838,
-        32827,
-        32856,
-        32815,
-        32879,
-        32880,  # type concepts (32818, 32828 were seen)
-        320128,
-        316139,
-        255573,
-        440383,
-        443388,  # conditions not in Eunomia or the cohort files
-        3038553,
-        3004249,
-        3012888,
-        3027114,
-        3049187,  # measurements not in Eunomia
-        9531,  # kg/m2
+        32838,  # EHR prescription
+        32827,  # EHR encounter record
+        32856,  # Lab
+        32815,  # Death Certificate
+        32879,  # Registry
+        32880,  # Standard algorithm
+        255573,  # Chronic obstructive pulmonary disease (seen only as a covariate id)
+        440383,  # Depressive disorder (seen only as a covariate id)
+        443388,  # Malignant tumor of lung
     }
 )
 

@@ -148,3 +148,15 @@ def test_loading_twice_needs_replace(duck_cdm: Cdm, tmp_path: Path) -> None:
         load_athena(duck_cdm, folder)
     assert load_athena(duck_cdm, folder, replace=True)["concept"] == 3
     assert duck_cdm.row_count("concept") == 3
+
+
+@pytest.mark.parametrize("version", ["5.3", "5.4"])
+def test_bundled_vocabulary_loads_on_each_engine_and_cdm_version(cdm_factory, version: str) -> None:
+    from mercia.vocab import load_bundled_vocabulary
+    from mercia.vocab.athena import BUNDLED_DIR
+
+    cdm = cdm_factory(version=version)
+    counts = load_bundled_vocabulary(cdm)
+    for name, n in counts.items():
+        lines = (BUNDLED_DIR / f"{name.upper()}.csv").read_text().count("\n") - 1
+        assert n == lines == cdm.row_count(name), name

@@ -307,8 +307,17 @@ def build(
         )
         for r in _read(eunomia, "vocabulary")
     }
-    for row in concepts.values():
-        vocab_rows.setdefault(row[3], (row[3], row[3], None, None, 0))
+    used = {row[3] for row in concepts.values()}
+    for vid in used:
+        vocab_rows.setdefault(vid, (vid, vid, None, None, 0))
+    # Only the vocabularies our concepts use. Eunomia leaves the reference empty for OMOP's own
+    # vocabularies (Gender, Visit, ...), which CDM v5.3 forbids; Athena's value for those is
+    # "OMOP generated".
+    vocab_rows = {
+        vid: (r[0], r[1], r[2] or "OMOP generated", r[3], r[4])
+        for vid, r in vocab_rows.items()
+        if vid in used
+    }
     counts["VOCABULARY.csv"] = _write(
         out / "VOCABULARY.csv",
         (

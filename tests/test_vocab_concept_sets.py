@@ -261,3 +261,12 @@ def test_random_expressions_match_the_model(
     load_vocab(cdm, {**concepts, **{s: None for s, _, _ in maps}}, ancestors, maps)
     expected = circe_model({**concepts, **{s: None for s, _, _ in maps}}, ancestors, maps, items)
     assert resolve_concept_set(cdm, ConceptSet(id=1, items=items)) == sorted(expected)
+
+
+def test_codesets_query_tags_each_set(small_vocab: Cdm) -> None:
+    from mercia.vocab.concept_sets import codesets_query
+
+    sets = [ConceptSet(id=7, items=[item(1, d=True)]), ConceptSet(id=9, items=[item(3, m=True)])]
+    rows = sorted(small_vocab.fetch_all(codesets_query(small_vocab, sets)))
+    assert rows == [(7, 1), (7, 2), (7, 3), (9, 3), (9, 10)]
+    assert small_vocab.fetch_all(codesets_query(small_vocab, [])) == []

@@ -201,3 +201,26 @@ def unknown_concept_ids(cdm: Cdm, ids: Iterable[int]) -> list[int]:
     )
     known = {int(r[0]) for r in cdm.fetch_all(query)}
     return [i for i in wanted if i not in known]
+
+
+def codesets_query(cdm: Cdm, concept_sets: Sequence[ConceptSet]) -> exp.Query:
+    """``(codeset_id, concept_id)`` rows for several concept sets, as Circe fills its #Codesets table.
+
+    With no concept sets the query is empty (but still has both columns).
+    """
+    parts: list[exp.Query] = [
+        exp.select(
+            exp.alias_(exp.Literal.number(int(cs.id)), "codeset_id"), _col("concept_id", "cs_q")
+        ).from_(concept_set_query(cdm, cs).subquery("cs_q"))
+        for cs in concept_sets
+    ]
+    if not parts:
+        return (
+            exp.select(exp.alias_(exp.Literal.number(0), "codeset_id"), _col("concept_id"))
+            .from_(cdm.table("concept"))
+            .where(exp.false())
+        )
+    out = parts[0]
+    for q in parts[1:]:
+        out = exp.union(out, q, distinct=False)
+    return out

@@ -115,9 +115,10 @@ class ResultTable(BaseModel):
                     f"{where}: count column {c!r} must hold non-negative whole numbers with no missing "
                     "values; fill missing counts with 0 before release"
                 )
-        if self.dimensions and self.data.duplicated(self.dimensions).any():
+        key = [*self.dimensions, "time"] if self.kind == "survival" else self.dimensions
+        if key and key[0] in cols and all(k in cols for k in key) and self.data.duplicated(key).any():
             raise DisclosureError(
-                f"{where}: two rows share the same {self.dimensions}; aggregate to one row per cell first"
+                f"{where}: two rows share the same {key}; aggregate to one row per cell first"
             )
         for name, spec in self.rates.items():
             if spec.numerator not in self.count_columns:

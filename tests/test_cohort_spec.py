@@ -1,4 +1,4 @@
-"""Spec tests: small definitions on a hand-made CDM (tests/cohort_world.py), expected rows worked out
+"""Spec tests: small definitions on a hand-made CDM (tests/test_cohort_world.py), expected rows worked out
 by hand from Circe's rules. Each runs on DuckDB and, with MERCIA_TEST_PG_URL set, on PostgreSQL."""
 
 from __future__ import annotations
@@ -8,7 +8,11 @@ from typing import Any
 
 import pytest
 
-from cohort_world import (
+from mercia.cdm import Cdm
+from mercia.cohorts.circe import from_circe_json
+from mercia.cohorts.compiler import compile_cohort
+from mercia.cohorts.generate import generate_cohorts
+from test_cohort_world import (
     COND,
     COND_FAMILY,
     DRUG,
@@ -21,10 +25,6 @@ from cohort_world import (
     load_world,
     window,
 )
-from mercia.cdm import Cdm
-from mercia.cohorts.circe import from_circe_json
-from mercia.cohorts.compiler import compile_cohort
-from mercia.cohorts.generate import generate_cohorts
 
 D = dt.date.fromisoformat
 

@@ -1,4 +1,4 @@
-"""A small hand-made CDM and Circe-JSON builders for the cohort spec tests (tests/test_cohort_*.py).
+"""A small hand-made CDM and Circe-JSON builders for the cohort spec tests (tests/test_cohort_*.py); it holds no tests itself.
 
 Three people, dates chosen so each construct of a cohort definition changes the answer:
 

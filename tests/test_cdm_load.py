@@ -322,3 +322,43 @@ def test_million_rows_load_in_seconds(tmp_path: Path, duck_cdm: Cdm) -> None:
     started = time.perf_counter()
     assert load_folder(duck_cdm, tmp_path / "in") == {"observation_period": n}
     assert time.perf_counter() - started < 20
+
+
+def test_tab_files_without_quoting_keep_bare_quotes(tmp_path: Path, duck_cdm: Cdm) -> None:
+    """Athena-style: tab separated, unquoted, YYYYMMDD dates, and a bare quote inside a value."""
+    text = (
+        "concept_id\tconcept_name\tdomain_id\tvocabulary_id\tconcept_class_id\tstandard_concept\tconcept_code\t"
+        "valid_start_date\tvalid_end_date\tinvalid_reason\n"
+        '1\tTablet 5" long\tDrug\tRxNorm\tClinical Drug\tS\t123\t19700101\t20991231\t\n'
+    )
+    load_folder(duck_cdm, write(tmp_path / "in", {"CONCEPT.csv": text}))
+    assert duck_cdm.fetch_all("SELECT concept_name, valid_start_date FROM concept") == [
+        ('Tablet 5" long', dt.date(1970, 1, 1))
+    ]
+
+
+def test_quoted_tab_file(tmp_path: Path, duck_cdm: Cdm) -> None:
+    header = "\t".join(f'"{c}"' for c in PERSON_HEADER.split(",")) + '\t"person_source_value"'
+    text = f'{header}\n1\t8507\t1970\t0\t0\t"a\tb"\n'
+    load_folder(duck_cdm, write(tmp_path / "in", {"person.tsv": text}))
+    assert duck_cdm.fetch_all("SELECT person_source_value FROM person") == [("a\tb",)]
+
+
+def test_parquet_dictionary_and_nanosecond_columns(tmp_path: Path, duck_cdm: Cdm) -> None:
+    (tmp_path / "in").mkdir()
+    table = pa.table(
+        {
+            "person_id": [1],
+            "gender_concept_id": [8507],
+            "year_of_birth": [1970],
+            "race_concept_id": [0],
+            "ethnicity_concept_id": [0],
+            "person_source_value": pa.array(["p1"]).dictionary_encode(),
+            "birth_datetime": pa.array([1_000_000_000_123_456_789], pa.timestamp("ns")),
+        }
+    )
+    pq.write_table(table, tmp_path / "in" / "person.parquet")
+    load_folder(duck_cdm, tmp_path / "in")
+    assert duck_cdm.fetch_all("SELECT person_source_value, birth_datetime FROM person") == [
+        ("p1", dt.datetime(2001, 9, 9, 1, 46, 40, 123456))
+    ]

@@ -117,7 +117,8 @@ def _header(s: _Source) -> list[str]:
                 raise LoadError(
                     f"{s.name}, line 1: the header row is empty; the first line must name the columns"
                 )
-            names = next(csv.reader([first], delimiter=_delimiter(s.path, first)))
+            delimiter = _delimiter(s.path, first)
+            names = next(csv.reader([first], **_csv_kwargs(delimiter, _quoted(delimiter, first))))
     except pa.ArrowInvalid as e:
         raise LoadError(f"{s.name}: not a readable Parquet file ({e}); re-export it") from e
     except OSError as e:
@@ -132,6 +133,17 @@ def _delimiter(path: Path, header_line: str) -> str:
         return "\t"
     # OHDSI tools write both; a header line never holds a data value, so counting is reliable.
     return "\t" if header_line.count("\t") > header_line.count(",") else ","
+
+
+def _quoted(delimiter: str, header_line: str) -> bool:
+    """Whether quotes delimit values. Tab-separated OHDSI files (Athena's vocabulary among them) do not
+    quote, and their text holds bare quotes (a concept name like 'Tablet 5" long'); a tab file quotes
+    only when its header does."""
+    return delimiter == "," or header_line.lstrip("\ufeff").startswith('"')
+
+
+def _csv_kwargs(delimiter: str, quoted: bool) -> dict:
+    return {"delimiter": delimiter} if quoted else {"delimiter": delimiter, "quoting": csv.QUOTE_NONE}
 
 
 def _choose_version(cdm: Cdm, headers: dict[str, list[str]], version: str | None) -> str:
@@ -195,13 +207,17 @@ def _read_parquet(s: _Source) -> pa.Table:
 
 def _read_csv(s: _Source, header: list[str]) -> pa.Table:
     with open(s.path, encoding="utf-8-sig", newline="") as fh:
-        delimiter = _delimiter(s.path, fh.readline())
+        first = fh.readline()
+    delimiter = _delimiter(s.path, first)
+    quoted = _quoted(delimiter, first)
     try:
         # Everything as text: types are checked per column below so that errors can name a line.
         table = pacsv.read_csv(
             s.path,
             read_options=pacsv.ReadOptions(column_names=header, skip_rows=1, block_size=1 << 24),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter, quote_char='"' if quoted else False, newlines_in_values=quoted
+            ),
             convert_options=pacsv.ConvertOptions(
                 column_types=dict.fromkeys(header, pa.string()),
                 null_values=[""],
@@ -211,13 +227,13 @@ def _read_csv(s: _Source, header: list[str]) -> pa.Table:
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
         # Arrow's parse errors carry no line number; re-read with the csv module to find it.
-        raise _locate_csv_problem(s, delimiter, len(header)) or LoadError(
+        raise _locate_csv_problem(s, delimiter, quoted, len(header)) or LoadError(
             f"{s.name}: cannot parse the file as {'tab' if delimiter == chr(9) else 'comma'}-separated "
             f"text ({e})"
         ) from e
-    if _odd_quotes(s.path):
+    if quoted and _odd_quotes(s.path):
         # Arrow takes a quote left open at the end of the file as a value running to the end.
-        raise _locate_csv_problem(s, delimiter, len(header)) or LoadError(
+        raise _locate_csv_problem(s, delimiter, quoted, len(header)) or LoadError(
             f"{s.name}: a quote is never closed; the file may be truncated"
         )
     return table
@@ -233,10 +249,10 @@ def _odd_quotes(path: Path) -> bool:
     return n % 2 == 1
 
 
-def _locate_csv_problem(s: _Source, delimiter: str, width: int) -> LoadError | None:
+def _locate_csv_problem(s: _Source, delimiter: str, quoted: bool, width: int) -> LoadError | None:
     try:
         with open(s.path, encoding="utf-8-sig", newline="") as fh:
-            reader = csv.reader(fh, delimiter=delimiter, strict=True)
+            reader = csv.reader(fh, strict=True, **_csv_kwargs(delimiter, quoted))
             next(reader, None)
             start = 2
             for row in reader:
@@ -262,9 +278,10 @@ def _row_to_line(s: _Source, row: int) -> str:
     if s.kind == "parquet":
         return f"row {row + 1}"
     with open(s.path, encoding="utf-8-sig", newline="") as fh:
-        delimiter = _delimiter(s.path, fh.readline())
+        first = fh.readline()
         fh.seek(0)
-        reader = csv.reader(fh, delimiter=delimiter)
+        delimiter = _delimiter(s.path, first)
+        reader = csv.reader(fh, **_csv_kwargs(delimiter, _quoted(delimiter, first)))
         next(reader, None)
         start = reader.line_num + 1
         i = 0
@@ -340,6 +357,8 @@ def _conform(s: _Source, raw: pa.Table, spec: TableSpec) -> pa.Table:
             columns.append(pa.nulls(raw.num_rows, f.arrow_type()))
             continue
         col = raw.column(f.name).combine_chunks()
+        if pa.types.is_dictionary(col.type):
+            col = col.dictionary_decode()
         is_text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
         if is_text:
             caster = _text_caster(f)
@@ -348,8 +367,11 @@ def _conform(s: _Source, raw: pa.Table, spec: TableSpec) -> pa.Table:
         else:
             target = f.arrow_type()
 
-            def caster(a: pa.Array, target: pa.DataType = target) -> pa.Array:
-                return pc.cast(a, target)
+            # Sub-microsecond digits of a timestamp are dropped, not an error: the CDM keeps microseconds.
+            lossy = pa.types.is_timestamp(col.type) and f.type == "datetime"
+
+            def caster(a: pa.Array, target: pa.DataType = target, lossy: bool = lossy) -> pa.Array:
+                return pc.cast(a, target, safe=not lossy)
 
         try:
             out = caster(col)

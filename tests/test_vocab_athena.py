@@ -160,3 +160,23 @@ def test_bundled_vocabulary_loads_on_each_engine_and_cdm_version(cdm_factory, ve
     for name, n in counts.items():
         lines = (BUNDLED_DIR / f"{name.upper()}.csv").read_text().count("\n") - 1
         assert n == lines == cdm.row_count(name), name
+
+
+def test_line_numbers_hold_across_read_blocks(tmp_path: Path) -> None:
+    from mercia.cdm import cdm_spec
+    from mercia.vocab.athena import iter_athena_file, read_athena_file
+
+    spec = cdm_spec("5.4").table("concept_ancestor")
+    rows = [ANCESTOR[0]] + [f"{i}\t{i}\t0\t0" for i in range(1, 400)]
+    path = tmp_path / "CONCEPT_ANCESTOR.csv"
+    path.write_text("\n".join(rows) + "\n")
+    assert sum(t.num_rows for t in iter_athena_file(path, spec, block_size=512)) == 399
+    assert read_athena_file(path, spec).num_rows == 399
+    rows[350] = "350\tx\t0\t0"  # file line 351
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(VocabularyError, match=r"line 351, column descendant_concept_id"):
+        list(iter_athena_file(path, spec, block_size=512))
+    rows[350] = "350\t350\t0"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(VocabularyError, match=r"line 351: expected 4 tab-separated fields, found 3"):
+        list(iter_athena_file(path, spec, block_size=512))

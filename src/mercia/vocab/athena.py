@@ -9,6 +9,7 @@ vocabulary tables exactly as they were.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -78,13 +79,18 @@ def _first(mask: pa.ChunkedArray | pa.Array) -> int | None:
     return None if idx < 0 else idx
 
 
-def _convert(path: Path, f: FieldSpec, col: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Check and convert one column of strings to its CDM type; raises at the first bad cell."""
+def _convert(
+    path: Path, f: FieldSpec, col: pa.ChunkedArray | pa.Array, line0: int
+) -> pa.ChunkedArray | pa.Array:
+    """Check and convert one column of strings to its CDM type; raises at the first bad cell.
+
+    `line0` is the file line of the column's first value.
+    """
     empty = pc.equal(pc.utf8_length(col), 0)
     if f.required:
         i = _first(empty)
         if i is not None:
-            raise _bad(path, i + 2, f.name, "a value is required here but the field is empty")
+            raise _bad(path, line0 + i, f.name, "a value is required here but the field is empty")
     target = f.arrow_type()
     nonempty = pc.invert(empty)
     t = f.type
@@ -94,7 +100,7 @@ def _convert(path: Path, f: FieldSpec, col: pa.ChunkedArray) -> pa.ChunkedArray:
         if i is not None:
             raise _bad(
                 path,
-                i + 2,
+                line0 + i,
                 f.name,
                 f"expected {'a number' if t == 'float' else 'a whole number'}",
                 col[i].as_py(),
@@ -110,7 +116,9 @@ def _convert(path: Path, f: FieldSpec, col: pa.ChunkedArray) -> pa.ChunkedArray:
             out = pc.or_(pc.less(ints, _INT32[0]), pc.greater(ints, _INT32[1]))
             i = _first(out)
             if i is not None:
-                raise _bad(path, i + 2, f.name, "number out of range for a 32-bit integer", col[i].as_py())
+                raise _bad(
+                    path, line0 + i, f.name, "number out of range for a 32-bit integer", col[i].as_py()
+                )
         return pc.cast(ints, target)
     if t in ("date", "datetime"):
         # Athena writes YYYYMMDD; ISO dates (YYYY-MM-DD) from other exports are accepted too.
@@ -121,7 +129,7 @@ def _convert(path: Path, f: FieldSpec, col: pa.ChunkedArray) -> pa.ChunkedArray:
         same = pc.equal(pc.strftime(parsed, format="%Y%m%d"), compact)
         i = _first(pc.and_(nonempty, pc.invert(pc.and_(shape_ok, same))))
         if i is not None:
-            raise _bad(path, i + 2, f.name, "expected a date as YYYYMMDD", col[i].as_py())
+            raise _bad(path, line0 + i, f.name, "expected a date as YYYYMMDD", col[i].as_py())
         dates = pc.if_else(empty, pa.scalar(None, pa.timestamp("s")), parsed)
         return pc.cast(dates, target)
     # varchar(n) / varchar(max)
@@ -130,13 +138,18 @@ def _convert(path: Path, f: FieldSpec, col: pa.ChunkedArray) -> pa.ChunkedArray:
         i = _first(pc.greater(pc.utf8_length(col), limit))
         if i is not None:
             raise _bad(
-                path, i + 2, f.name, f"text longer than the {limit} characters the CDM allows", col[i].as_py()
+                path,
+                line0 + i,
+                f.name,
+                f"text longer than the {limit} characters the CDM allows",
+                col[i].as_py(),
             )
     return pc.if_else(empty, pa.scalar(None, pa.string()), col)
 
 
-def read_athena_file(path: str | Path, spec: TableSpec) -> pa.Table:
-    """Read and check one Athena file; returns an Arrow table with the spec's columns and types."""
+def iter_athena_file(path: str | Path, spec: TableSpec, *, block_size: int = 32 << 20) -> Iterator[pa.Table]:
+    """Read and check one Athena file a block at a time (memory stays bounded on Athena's largest
+    files); yields Arrow tables with the spec's columns and types."""
     path = Path(path)
     names = _header(path)
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -162,10 +175,19 @@ def read_athena_file(path: str | Path, spec: TableSpec) -> pa.Table:
         bad_rows.append((row.number, row.text, row.expected_columns, row.actual_columns))
         return "skip"
 
+    def check_rows() -> None:
+        if bad_rows:
+            number, text, expected, actual = bad_rows[0]
+            line = number if number is not None else _line_of(path, text)
+            raise VocabularyError(
+                f"{path.name}, line {line}: expected {expected} tab-separated fields, found {actual}; "
+                "correct the file or download it again from Athena"
+            )
+
     try:
-        data = pacsv.read_csv(
+        reader = pacsv.open_csv(
             path,
-            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_size),
             parse_options=pacsv.ParseOptions(
                 delimiter="\t", quote_char=False, escape_char=False, invalid_row_handler=on_invalid
             ),
@@ -175,22 +197,28 @@ def read_athena_file(path: str | Path, spec: TableSpec) -> pa.Table:
                 quoted_strings_can_be_null=False,
             ),
         )
+        line0 = 2
+        for batch in reader:
+            check_rows()
+            columns = []
+            for f in spec.fields:
+                if f.name in names:
+                    columns.append(_convert(path, f, batch.column(f.name), line0))
+                else:
+                    columns.append(pa.nulls(batch.num_rows, f.arrow_type()))
+            line0 += batch.num_rows
+            yield pa.Table.from_arrays(columns, schema=spec.arrow_schema())
+        check_rows()
     except pa.ArrowInvalid as e:
         raise VocabularyError(f"{path.name}: cannot be read as a tab-separated Athena file ({e})") from e
-    if bad_rows:
-        number, text, expected, actual = bad_rows[0]
-        line = number if number is not None else _line_of(path, text)
-        raise VocabularyError(
-            f"{path.name}, line {line}: expected {expected} tab-separated fields, found {actual}; "
-            "correct the file or download it again from Athena"
-        )
-    columns = []
-    for f in spec.fields:
-        if f.name in names:
-            columns.append(_convert(path, f, data.column(f.name)))
-        else:
-            columns.append(pa.chunked_array([pa.nulls(data.num_rows, f.arrow_type())]))
-    return pa.Table.from_arrays(columns, schema=spec.arrow_schema())
+
+
+def read_athena_file(path: str | Path, spec: TableSpec) -> pa.Table:
+    """Read and check one whole Athena file; an Arrow table with the spec's columns and types."""
+    batches = list(iter_athena_file(path, spec))
+    if not batches:
+        return spec.arrow_schema().empty_table()
+    return pa.concat_tables(batches)
 
 
 def _line_of(path: Path, text: str) -> int | str:
@@ -222,11 +250,12 @@ def load_athena(
                     f"table {table} already holds {existing} row{'' if existing == 1 else 's'}; load into an empty vocabulary or pass "
                     "replace=True to replace it"
                 )
-            data = read_athena_file(path, cdm.spec.table(table))
             if existing:
                 cdm.execute(exp.Delete(this=cdm.table(table)))
-            cdm.insert_arrow(table, data)
-            counts[table] = data.num_rows
+            counts[table] = 0
+            for data in iter_athena_file(path, cdm.spec.table(table)):
+                cdm.insert_arrow(table, data)
+                counts[table] += data.num_rows
     return counts
 
 

@@ -1,0 +1,308 @@
+"""Write synthetic sites into CDM handles: chunks of persons -> Arrow tables -> ``Cdm.insert_arrow``."""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mercia.errors import ConfigError, MerciaError
+from mercia.synth.concepts import concept_tables
+from mercia.synth.nhs import MAX_PERSON_ID, nhs_numbers
+from mercia.synth.population import ChunkResult, simulate_chunk
+from mercia.synth.profiles import SiteProfile, federation_profiles
+from mercia.synth.truth import build_truth
+
+# Persons per chunk. Part of the data's definition: chunk i draws from its own seeded stream, so the
+# same (seed, site, persons) gives the same rows whatever the machine.
+CHUNK = 100_000
+TABLES = ("person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
+          "measurement", "death")
+Progress = Callable[[str, int, int], None]
+
+
+def _date(x: np.ndarray) -> pa.Array:
+    return pa.array(x.astype(np.int32), type=pa.date32())
+
+
+def _i64(x: np.ndarray) -> pa.Array:
+    return pa.array(x.astype(np.int64))
+
+
+def _i32(x: np.ndarray) -> pa.Array:
+    return pa.array(x.astype(np.int32))
+
+
+def _fk(x: np.ndarray, base: int) -> pa.Array:
+    """Local index -> id, null where the index is -1."""
+    return pa.array(x + base, type=pa.int64(), mask=x < 0)
+
+
+def _lookup(codes: np.ndarray, values: list[str]) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(values)).cast(pa.string())
+
+
+class _Ids:
+    def __init__(self, first_person_id: int) -> None:
+        self.person = first_person_id
+        self.observation_period = 1
+        self.visit_occurrence = 1
+        self.condition_occurrence = 1
+        self.drug_exposure = 1
+        self.measurement = 1
+
+
+def _arrow_tables(res: ChunkResult, ids: _Ids) -> dict[str, pa.Table]:
+    ct = concept_tables()
+    t = res.tables
+    out: dict[str, pa.Table] = {}
+    per = t["person"]
+    n = len(per["birth"])
+    pid0 = ids.person
+    pid = np.arange(pid0, pid0 + n, dtype=np.int64)
+    bd = per["birth"].astype("datetime64[D]")
+    y = bd.astype("datetime64[Y]")
+    mth = bd.astype("datetime64[M]")
+    out["person"] = pa.table({
+        "person_id": _i64(pid),
+        "gender_concept_id": _i32(np.where(per["male"], ct.gender["male"], ct.gender["female"])),
+        "year_of_birth": _i32(y.astype(np.int64) + 1970),
+        "month_of_birth": _i32((mth - y).astype(np.int64) + 1),
+        "day_of_birth": _i32((bd - mth).astype(np.int64) + 1),
+        "race_concept_id": _i32(np.asarray(ct.race)[per["race"]]),
+        "ethnicity_concept_id": _i32(np.full(n, ct.not_hispanic)),
+        "person_source_value": pa.array(nhs_numbers(pid)).cast(pa.string()),
+        "gender_source_value": _lookup(per["male"].astype(np.int32), ["F", "M"]),
+        "race_source_value": _lookup(per["race"], ct.race_source),
+    })
+
+    o = t["observation_period"]
+    k = len(o["p"])
+    out["observation_period"] = pa.table({
+        "observation_period_id": _i64(np.arange(ids.observation_period, ids.observation_period + k)),
+        "person_id": _i64(o["p"] + pid0),
+        "observation_period_start_date": _date(o["start"]),
+        "observation_period_end_date": _date(o["end"]),
+        "period_type_concept_id": _i32(np.full(k, ct.type_registration)),
+    })
+
+    v = t["visit_occurrence"]
+    k = len(v["p"])
+    vbase = ids.visit_occurrence
+    out["visit_occurrence"] = pa.table({
+        "visit_occurrence_id": _i64(np.arange(vbase, vbase + k)),
+        "person_id": _i64(v["p"] + pid0),
+        "visit_concept_id": _i32(ct.visit[v["kind"]]),
+        "visit_start_date": _date(v["start"]),
+        "visit_end_date": _date(v["end"]),
+        "visit_type_concept_id": _i32(np.full(k, ct.type_ehr)),
+        "visit_source_value": _lookup(v["kind"], ct.visit_source),
+    })
+
+    c = t["condition_occurrence"]
+    k = len(c["p"])
+    out["condition_occurrence"] = pa.table({
+        "condition_occurrence_id": _i64(np.arange(ids.condition_occurrence, ids.condition_occurrence + k)),
+        "person_id": _i64(c["p"] + pid0),
+        "condition_concept_id": _i32(ct.condition[c["code"]]),
+        "condition_start_date": _date(c["day"]),
+        "condition_type_concept_id": _i32(np.full(k, ct.type_ehr)),
+        "visit_occurrence_id": _fk(c["visit"], vbase),
+        "condition_source_value": _lookup(c["code"], ct.condition_source),
+        "condition_source_concept_id": _i32(ct.condition_source_concept[c["code"]]),
+    })
+
+    d = t["drug_exposure"]
+    k = len(d["p"])
+    out["drug_exposure"] = pa.table({
+        "drug_exposure_id": _i64(np.arange(ids.drug_exposure, ids.drug_exposure + k)),
+        "person_id": _i64(d["p"] + pid0),
+        "drug_concept_id": _i32(ct.drug[d["drug"]]),
+        "drug_exposure_start_date": _date(d["start"]),
+        "drug_exposure_end_date": _date(d["end"]),
+        "drug_type_concept_id": _i32(np.full(k, ct.type_prescription)),
+        "quantity": pa.array(d["supply"].astype(np.float64)),
+        "days_supply": _i32(d["supply"]),
+        "visit_occurrence_id": _fk(d["visit"], vbase),
+        "drug_source_value": _lookup(d["drug"], ct.drug_source),
+        "drug_source_concept_id": _i32(ct.drug_source_concept[d["drug"]]),
+    })
+
+    m = t["measurement"]
+    k = len(m["p"])
+    out["measurement"] = pa.table({
+        "measurement_id": _i64(np.arange(ids.measurement, ids.measurement + k)),
+        "person_id": _i64(m["p"] + pid0),
+        "measurement_concept_id": _i32(ct.measurement[m["key"]]),
+        "measurement_date": _date(m["day"]),
+        "measurement_type_concept_id": _i32(np.full(k, ct.type_lab)),
+        "value_as_number": pa.array(m["value"].astype(np.float64)),
+        "unit_concept_id": _i32(ct.unit[m["key"]]),
+        "visit_occurrence_id": _fk(m["visit"], vbase),
+        "measurement_source_value": _lookup(m["key"], ct.measurement_source),
+        "unit_source_value": _lookup(m["key"], ct.unit_source),
+    })
+
+    de = t["death"]
+    k = len(de["p"])
+    cause = de["cause"]
+    out["death"] = pa.table({
+        "person_id": _i64(de["p"] + pid0),
+        "death_date": _date(de["day"]),
+        "death_type_concept_id": _i32(np.full(k, ct.type_ehr)),
+        "cause_concept_id": pa.array(ct.condition[np.maximum(cause, 0)].astype(np.int32), mask=cause < 0),
+        "cause_source_value": pa.array(np.asarray(ct.condition_source, dtype=object)[np.maximum(cause, 0)],
+                                       type=pa.string(), mask=cause < 0),
+    })
+
+    ids.person += n
+    ids.observation_period += len(o["p"])
+    ids.visit_occurrence += len(v["p"])
+    ids.condition_occurrence += len(c["p"])
+    ids.drug_exposure += len(d["p"])
+    ids.measurement += len(m["p"])
+    return out
+
+
+def chunk_rng(seed: int, profile: SiteProfile, chunk: int) -> np.random.Generator:
+    site_key = zlib.crc32(profile.name.encode())
+    return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, site_key, chunk]))
+
+
+def generate_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, first_person_id: int = 1,
+                  progress: Progress | None = None) -> dict[str, Any]:
+    """Write one synthetic site into ``cdm`` (tables created when missing); return its truth dict.
+
+    Persons are simulated in chunks of 100,000; while one chunk is written the next is simulated.
+    """
+    if persons < 1:
+        raise ConfigError(f"persons must be at least 1, got {persons}")
+    if seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed}")
+    if first_person_id < 1 or first_person_id + persons > MAX_PERSON_ID:
+        raise ConfigError(f"person_ids {first_person_id}..{first_person_id + persons - 1} out of range: "
+                          f"synthetic sites hold person_ids 1..{MAX_PERSON_ID - 1} (NHS number scheme)")
+    for name in TABLES:
+        if cdm.table_exists(name) and cdm.row_count(name) > 0:
+            raise MerciaError(f"table {name} already has rows; write a synthetic site into an empty CDM")
+    cdm.create_tables()
+    _load_vocabulary(cdm)
+    ids = _Ids(first_person_id)
+    stats: dict[str, float] = {}
+    rows = dict.fromkeys(TABLES, 0)
+    nchunks = (persons + CHUNK - 1) // CHUNK
+    step = f"{profile.name}: persons"
+
+    # One writer thread: DuckDB releases the GIL while it inserts, so simulation and writing overlap.
+    # The queue holds one chunk, which bounds memory to about three chunks.
+    q: queue.Queue[dict[str, pa.Table] | None] = queue.Queue(maxsize=1)
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        while (item := q.get()) is not None:
+            if errors:
+                continue
+            try:
+                for name, table in item.items():
+                    cdm.insert_arrow(name, table)
+            except BaseException as e:  # re-raised in the caller's thread
+                errors.append(e)
+
+    th = threading.Thread(target=writer, name="mercia-synth-writer", daemon=True)
+    th.start()
+    done = 0
+    try:
+        if progress:
+            progress(step, 0, persons)
+        for i in range(nchunks):
+            n = min(CHUNK, persons - i * CHUNK)
+            res = simulate_chunk(n, chunk_rng(seed, profile, i), profile)
+            tables = _arrow_tables(res, ids)
+            for k2, v2 in res.stats.items():
+                stats[k2] = stats.get(k2, 0.0) + v2
+            for name, table in tables.items():
+                rows[name] += table.num_rows
+            if errors:
+                break
+            q.put(tables)
+            done += n
+            if progress:
+                progress(step, done, persons)
+    finally:
+        q.put(None)
+        th.join()
+    if errors:
+        raise errors[0]
+    eras = _derive_eras(cdm)
+    for name in ("drug_era", "condition_era"):
+        if eras and cdm.table_exists(name):
+            rows[name] = cdm.row_count(name)
+    return build_truth(profile=profile, seed=seed, persons=persons, first_person_id=first_person_id,
+                       stats=stats, rows=rows, eras=eras)
+
+
+def _load_vocabulary(cdm: Any) -> None:
+    try:
+        from mercia.vocab import load_bundled_vocabulary
+    except ImportError:  # the bundled vocabulary is optional for the generator itself
+        return
+    load_bundled_vocabulary(cdm)
+
+
+def _derive_eras(cdm: Any) -> bool:
+    try:
+        from mercia.cdm.eras import derive_eras
+    except ImportError:
+        return False
+    derive_eras(cdm)
+    return True
+
+
+def generate_federation(out_dir: str | Path, *, persons: int, sites: int, seed: int,
+                        progress: Progress | None = None) -> list[Path]:
+    """Write ``sites`` synthetic sites as ``out_dir/<site>.duckdb`` with ``out_dir/<site>.truth.json``.
+
+    Persons are split as evenly as possible; person_ids are unique across the federation. Existing
+    files are never overwritten. Returns the database paths.
+    """
+    from mercia.cdm import Cdm
+
+    if persons < sites:
+        raise ConfigError(f"need at least one person per site: {persons} persons for {sites} sites")
+    profiles = federation_profiles(sites)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder")
+    targets = [(p, out / f"{p.name}.duckdb", out / f"{p.name}.truth.json") for p in profiles]
+    clash = [str(x) for _, db, tr in targets for x in (db, tr, db.with_name(db.name + ".partial")) if x.exists()]
+    if clash:
+        raise MerciaError(f"refusing to overwrite existing file(s): {', '.join(clash)}; "
+                          "choose another --out folder or delete them")
+    out.mkdir(parents=True, exist_ok=True)
+    shares = [persons // sites + (1 if i < persons % sites else 0) for i in range(sites)]
+    first = 1
+    paths: list[Path] = []
+    for (profile, db, tr), n in zip(targets, shares, strict=True):
+        partial = db.with_name(db.name + ".partial")
+        cdm = Cdm.open(partial)
+        try:
+            truth = generate_site(cdm, persons=n, seed=seed, profile=profile, first_person_id=first,
+                                  progress=progress)
+        except BaseException:
+            cdm.close()
+            partial.unlink(missing_ok=True)
+            Path(str(partial) + ".wal").unlink(missing_ok=True)
+            raise
+        cdm.close()
+        partial.rename(db)
+        tr.write_text(json.dumps(truth, indent=2, sort_keys=False) + "\n")
+        paths.append(db)
+        first += n
+    return paths

@@ -129,22 +129,22 @@ def test_explicit_version_argument(tmp_path: Path, duck_cdm: Cdm) -> None:
         ),
         (
             {"person.csv": f"{PERSON_HEADER}\n1,8507,1970,0,0\n2,8507,abc,0,0\n"},
-            r"person\.csv, line 3, column year_of_birth: 'abc' is not a valid integer",
+            r"person\.csv, line 3, column year_of_birth: the value is not a valid integer",
         ),
         (
             {"person.csv": f"{PERSON_HEADER}\n1,8507,1970,0,0\n2,8507,1970.5,0,0\n"},
-            r"person\.csv, line 3, column year_of_birth: '1970\.5' is not a valid integer",
+            r"person\.csv, line 3, column year_of_birth: the value is not a valid integer",
         ),
         (
             {
                 "observation_period.csv": f"{OBS_HEADER}\n1,1,2010-01-01,2015-12-31,1\n2,2,2010-01-01,2015-12-31,1\n"
                 "3,3,2010-02-30,2015-12-31,1\n"
             },
-            r"observation_period\.csv, line 4, column observation_period_start_date: '2010-02-30' is not a valid date",
+            r"observation_period\.csv, line 4, column observation_period_start_date: the value is not a valid date",
         ),
         (
             {"observation_period.csv": f"{OBS_HEADER}\n1,1,2010-01-01,31/12/2015,1\n"},
-            r"line 2, column observation_period_end_date: '31/12/2015' is not a valid date; use YYYY-MM-DD",
+            r"line 2, column observation_period_end_date: the value is not a valid date; use YYYY-MM-DD",
         ),
         (
             {"person.csv": f"{PERSON_HEADER}\n1,8507,1970,0,0\n2,,1980,0,0\n"},
@@ -176,7 +176,7 @@ def test_errors_name_file_line_column(
 
 def test_line_numbers_count_multiline_values(tmp_path: Path, duck_cdm: Cdm) -> None:
     text = f'{PERSON_HEADER},person_source_value\n1,8507,1970,0,0,"a\nb\nc"\n2,8507,19x0,0,0,d\n'
-    with pytest.raises(LoadError, match=r"line 5, column year_of_birth: '19x0'"):
+    with pytest.raises(LoadError, match=r"line 5, column year_of_birth: the value is not"):
         load_folder(duck_cdm, write(tmp_path / "in", {"person.csv": text}))
 
 
@@ -195,7 +195,7 @@ def test_parquet_errors_name_row(tmp_path: Path, duck_cdm: Cdm) -> None:
         tmp_path / "in" / "person.parquet",
     )
     with pytest.raises(
-        LoadError, match=r"person\.parquet, row 2, column person_id: 'x' is not a valid integer"
+        LoadError, match=r"person\.parquet, row 2, column person_id: the value is not a valid integer"
     ):
         load_folder(duck_cdm, tmp_path / "in")
 
@@ -362,3 +362,28 @@ def test_parquet_dictionary_and_nanosecond_columns(tmp_path: Path, duck_cdm: Cdm
     assert duck_cdm.fetch_all("SELECT person_source_value, birth_datetime FROM person") == [
         ("p1", dt.datetime(2001, 9, 9, 1, 46, 40, 123456))
     ]
+
+
+def test_errors_never_quote_clinical_values(tmp_path: Path, duck_cdm: Cdm) -> None:
+    """Error messages leave the node (logs, HTTP); a clinical cell may be a date of birth or an id."""
+    text = f"{PERSON_HEADER},birth_datetime\n1,8507,1970,0,0,1970-13-45 SECRET\n"
+    with pytest.raises(LoadError) as info:
+        load_folder(duck_cdm, write(tmp_path / "in", {"person.csv": text}))
+    assert "SECRET" not in str(info.value) and info.value.__cause__ is None
+    assert "line 2, column birth_datetime" in str(info.value)
+    text = f"{PERSON_HEADER}\n1,8507,1970,0\n1,8507,1971,0,SECRET\n"
+    with pytest.raises(LoadError) as info:
+        load_folder(duck_cdm, write(tmp_path / "in2", {"person.csv": text}))
+    assert "SECRET" not in str(info.value) and "line 2: too few fields" in str(info.value)
+
+
+def test_vocabulary_errors_show_the_value(tmp_path: Path, duck_cdm: Cdm) -> None:
+    text = (
+        "concept_id\tconcept_name\tdomain_id\tvocabulary_id\tconcept_class_id\tstandard_concept\tconcept_code\t"
+        "valid_start_date\tvalid_end_date\tinvalid_reason\n"
+        "1\tx\tDrug\tRxNorm\tClinical Drug\tS\t123\t19701301\t20991231\t\n"
+    )
+    with pytest.raises(
+        LoadError, match=r"CONCEPT\.csv, line 2, column valid_start_date: '19701301' is not a valid date"
+    ):
+        load_folder(duck_cdm, write(tmp_path / "in", {"CONCEPT.csv": text}))

@@ -225,12 +225,12 @@ def _read_csv(s: _Source, header: list[str]) -> pa.Table:
                 quoted_strings_can_be_null=False,
             ),
         )
-    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
-        # Arrow's parse errors carry no line number; re-read with the csv module to find it.
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        # Arrow's parse errors carry no line number (and quote the row, which may be a person's data);
+        # re-read with the csv module to find the line.
         raise _locate_csv_problem(s, delimiter, quoted, len(header)) or LoadError(
-            f"{s.name}: cannot parse the file as {'tab' if delimiter == chr(9) else 'comma'}-separated "
-            f"text ({e})"
-        ) from e
+            f"{s.name}: cannot parse the file as {'tab' if delimiter == chr(9) else 'comma'}-separated text"
+        ) from None
     if quoted and _odd_quotes(s.path):
         # Arrow takes a quote left open at the end of the file as a value running to the end.
         raise _locate_csv_problem(s, delimiter, quoted, len(header)) or LoadError(
@@ -390,13 +390,18 @@ def _conform(s: _Source, raw: pa.Table, spec: TableSpec) -> pa.Table:
 
         try:
             out = caster(col)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             i = _first_bad(col, caster)
-            value = col[i].as_py()
-            shown = repr(value) if not isinstance(value, str) or len(value) <= 40 else repr(value[:40] + "…")
+            # A clinical table's cell may be a person's data (a date of birth, a source identifier), and
+            # messages leave the node in logs and HTTP replies: only public vocabulary values are shown.
+            if spec.schema_role == "VOCAB":
+                value = str(col[i].as_py())
+                what = repr(value if len(value) <= 40 else value[:40] + "…")
+            else:
+                what = "the value"
             raise LoadError(
-                f"{s.name}, {_row_to_line(s, i)}, column {f.name}: {shown} is not a valid {f.type}{_type_hint(f)}"
-            ) from e
+                f"{s.name}, {_row_to_line(s, i)}, column {f.name}: {what} is not a valid {f.type}{_type_hint(f)}"
+            ) from None  # Arrow's message quotes the value
         if f.required and out.null_count:
             i = pc.index(pc.is_null(out), True).as_py()
             raise LoadError(

@@ -387,3 +387,15 @@ def test_vocabulary_errors_show_the_value(tmp_path: Path, duck_cdm: Cdm) -> None
         LoadError, match=r"CONCEPT\.csv, line 2, column valid_start_date: '19701301' is not a valid date"
     ):
         load_folder(duck_cdm, write(tmp_path / "in", {"CONCEPT.csv": text}))
+
+
+def test_unreadable_folder(tmp_path: Path, duck_cdm: Cdm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Permissions cannot be taken from root, who runs these tests in CI: simulate the refusal."""
+    folder = write(tmp_path / "in", good_files())
+
+    def refuse(self: Path):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    with pytest.raises(LoadError, match=r"cannot read folder .*Permission denied; check its permissions"):
+        load_folder(duck_cdm, folder)

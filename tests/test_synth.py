@@ -364,3 +364,16 @@ def test_profile_validation():
     with pytest.raises(ValueError):
         SiteProfile(name="Bad Name!")
     assert len({p.name for p in DEFAULT_SITES}) >= 3
+
+
+def test_generated_eras_equal_derived_eras():
+    from mercia.cdm.eras import derive_eras
+
+    cdm = Cdm.open(None)
+    generate_site(cdm, persons=3_000, seed=9, profile=DEFAULT_SITES[2])
+    before = {t: cdm.fetch_all(f"SELECT * FROM {t} ORDER BY ALL") for t in ("drug_era", "condition_era")}
+    assert len(before["drug_era"]) > 1000 and len(before["condition_era"]) > 500
+    derive_eras(cdm)
+    after = {t: cdm.fetch_all(f"SELECT * FROM {t} ORDER BY ALL") for t in ("drug_era", "condition_era")}
+    cdm.close()
+    assert before == after

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from mercia.errors import ConfigError, MerciaError
 from mercia.synth.concepts import concept_tables
+from mercia.synth.eras import condition_eras, drug_eras
 from mercia.synth.nhs import MAX_PERSON_ID, nhs_numbers
 from mercia.synth.population import ChunkResult, simulate_chunk
 from mercia.synth.profiles import SiteProfile, federation_profiles
@@ -24,7 +25,7 @@ from mercia.synth.truth import build_truth
 # same (seed, site, persons) gives the same rows whatever the machine.
 CHUNK = 100_000
 TABLES = ("person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
-          "measurement", "death")
+          "measurement", "death", "drug_era", "condition_era")
 Progress = Callable[[str, int, int], None]
 
 
@@ -57,6 +58,8 @@ class _Ids:
         self.condition_occurrence = 1
         self.drug_exposure = 1
         self.measurement = 1
+        self.drug_era = 1
+        self.condition_era = 1
 
 
 def _arrow_tables(res: ChunkResult, ids: _Ids) -> dict[str, pa.Table]:
@@ -162,6 +165,32 @@ def _arrow_tables(res: ChunkResult, ids: _Ids) -> dict[str, pa.Table]:
                                        type=pa.string(), mask=cause < 0),
     })
 
+    # Eras per chunk: a person's rows never span chunks, and chunks run in person order, so era ids
+    # follow (person, concept, start) across the whole site as OHDSI's numbering does.
+    er = drug_eras(d["p"], ct.drug_ingredient[d["drug"]], d["start"], d["end"])
+    k = len(er["person"])
+    out["drug_era"] = pa.table({
+        "drug_era_id": _i64(np.arange(ids.drug_era, ids.drug_era + k)),
+        "person_id": _i64(er["person"] + pid0),
+        "drug_concept_id": _i64(er["concept"]),
+        "drug_era_start_date": _date(er["start"]),
+        "drug_era_end_date": _date(er["end"]),
+        "drug_exposure_count": _i32(er["count"]),
+        "gap_days": _i32(er["gap_days"]),
+    })
+    ids.drug_era += k
+    er = condition_eras(c["p"], ct.condition[c["code"]], c["day"])
+    k = len(er["person"])
+    out["condition_era"] = pa.table({
+        "condition_era_id": _i64(np.arange(ids.condition_era, ids.condition_era + k)),
+        "person_id": _i64(er["person"] + pid0),
+        "condition_concept_id": _i64(er["concept"]),
+        "condition_era_start_date": _date(er["start"]),
+        "condition_era_end_date": _date(er["end"]),
+        "condition_occurrence_count": _i32(er["count"]),
+    })
+    ids.condition_era += k
+
     ids.person += n
     ids.observation_period += len(o["p"])
     ids.visit_occurrence += len(v["p"])
@@ -240,12 +269,8 @@ def generate_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, fi
         th.join()
     if errors:
         raise errors[0]
-    eras = _derive_eras(cdm)
-    for name in ("drug_era", "condition_era"):
-        if eras and cdm.table_exists(name):
-            rows[name] = cdm.row_count(name)
     return build_truth(profile=profile, seed=seed, persons=persons, first_person_id=first_person_id,
-                       stats=stats, rows=rows, eras=eras)
+                       stats=stats, rows=rows)
 
 
 def _load_vocabulary(cdm: Any) -> None:
@@ -254,15 +279,6 @@ def _load_vocabulary(cdm: Any) -> None:
     except ImportError:  # the bundled vocabulary is optional for the generator itself
         return
     load_bundled_vocabulary(cdm)
-
-
-def _derive_eras(cdm: Any) -> bool:
-    try:
-        from mercia.cdm.eras import derive_eras
-    except ImportError:
-        return False
-    derive_eras(cdm)
-    return True
 
 
 def generate_federation(out_dir: str | Path, *, persons: int, sites: int, seed: int,

@@ -67,7 +67,7 @@ def _rate_ratio(stats: dict[str, float], a: list[str], b: list[str], tag: str) -
 
 
 def build_truth(*, profile: SiteProfile, seed: int, persons: int, first_person_id: int,
-                stats: dict[str, float], rows: dict[str, int], eras: bool) -> dict[str, Any]:
+                stats: dict[str, float], rows: dict[str, int]) -> dict[str, Any]:
     gi = P.ACUTE_BY_KEY["gi_bleeding"]
     hf = P.ACUTE_BY_KEY["heart_failure_admission"]
     nsaid = {
@@ -167,7 +167,8 @@ def build_truth(*, profile: SiteProfile, seed: int, persons: int, first_person_i
                        "(two periods); every record lies inside a period; periods end at death.",
         "nhs_numbers": "person_source_value: synthetic 10-digit NHS numbers starting with 9 (not an issued "
                        "range) with valid modulus-11 check digits; unique across a federation",
-        "eras_derived": eras,
+        "eras": "drug_era and condition_era written by the generator by OHDSI's rules (persistence "
+                "window 30 days), identical to mercia.cdm.eras.derive_eras",
         "realised_counts": {k: v for k, v in stats.items()},
         "rows": rows,
     }

@@ -73,16 +73,31 @@ def feasible_interval(structure: CellStructure, unknown: set[int], cell: int) ->
     if cell not in unknown:
         v = float(structure.values[cell])
         return v, v
+    return _optimum(structure, unknown, cell, 1.0), _optimum(structure, unknown, cell, -1.0)
+
+
+def is_protected(structure: CellStructure, unknown: set[int], cell: int) -> bool:
+    """Whether the feasible interval of `cell` is at least 1 wide. The true value is feasible, so
+    one LP suffices when the minimum is already 1 below it (halves the work on most cells)."""
+    if cell not in unknown:
+        return False
+    lo = _optimum(structure, unknown, cell, 1.0)
+    if structure.values[cell] - lo >= 1 - 1e-9:
+        return True
+    return _optimum(structure, unknown, cell, -1.0) - lo >= 1 - 1e-9
+
+
+def _optimum(structure: CellStructure, unknown: set[int], cell: int, sign: float) -> float:
+    """min (sign=1) or max (sign=-1) of `cell` subject to the relations, known cells fixed, x >= 0."""
     idx = sorted(unknown)
     col = {c: i for i, c in enumerate(idx)}
     rows: list[np.ndarray] = []
     rhs: list[float] = []
     for tot, parts in structure.relations:
-        coeffs = [(tot, 1.0)] + [(p, -1.0) for p in parts]
         row = np.zeros(len(idx))
         b = 0.0
         touches = False
-        for c, a in coeffs:
+        for c, a in [(tot, 1.0), *((p, -1.0) for p in parts)]:
             if c in col:
                 row[col[c]] += a
                 touches = True
@@ -92,15 +107,19 @@ def feasible_interval(structure: CellStructure, unknown: set[int], cell: int) ->
             rows.append(row)
             rhs.append(b)
     c_vec = np.zeros(len(idx))
-    c_vec[col[cell]] = 1.0
-    a_eq = np.array(rows) if rows else None
-    b_eq = np.array(rhs) if rows else None
-    lo = linprog(c_vec, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
-    hi = linprog(-c_vec, A_eq=a_eq, b_eq=b_eq, bounds=(0, None), method="highs")
-    if lo.status != 0:  # cannot happen with consistent true values; be conservative
-        return float(structure.values[cell]), float(structure.values[cell])
-    upper = float("inf") if hi.status == 3 else float(-hi.fun)
-    return float(lo.fun), upper
+    c_vec[col[cell]] = sign
+    res = linprog(
+        c_vec,
+        A_eq=np.array(rows) if rows else None,
+        b_eq=np.array(rhs) if rows else None,
+        bounds=(0, None),
+        method="highs",
+    )
+    if res.status == 3:  # unbounded: only possible when maximising
+        return float("inf")
+    if res.status != 0:  # cannot happen with consistent true values; answer "pinned" to stay safe
+        return float(structure.values[cell])
+    return float(sign * res.fun)
 
 
 @dataclass
@@ -147,8 +166,7 @@ def suppress(
         targets = sorted(result.suppressed | sensitive_hidden)
         exposed = None
         for t in targets:
-            lo, hi = feasible_interval(structure, unk, t)
-            if hi - lo < 1 - 1e-9:
+            if not is_protected(structure, unk, t):
                 exposed = t
                 break
         if exposed is None:

@@ -24,6 +24,9 @@ app = typer.Typer(help="Mercia: federated health-data research on the OMOP CDM."
                   pretty_exceptions_enable=False, add_completion=False)
 cdm_app = typer.Typer(help="Load, export and inspect OMOP CDM databases.", no_args_is_help=True)
 app.add_typer(cdm_app, name="cdm")
+cohort_app = typer.Typer(help="Check, compile and generate cohort definitions (.json, .yaml, .py).",
+                         no_args_is_help=True)
+app.add_typer(cohort_app, name="cohort")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -167,6 +170,191 @@ def print_info(info: dict[str, Any], title: str | None = None) -> None:
         if n:
             rows.add_row(table, f"{n:,}")
     console.print(rows)
+
+
+# ---- cohort ----------------------------------------------------------------------------------
+DIALECTS = ("duckdb", "postgres", "spark", "trino", "bigquery", "snowflake", "tsql")
+DefsArg = Annotated[list[Path], typer.Argument(help="Cohort definition files: ATLAS .json, .yaml/.yml or .py.")]
+
+
+def _load_all(paths: list[Path]) -> list[Any]:
+    from mercia.cohorts.loader import load_definition
+
+    return [load_definition(p) for p in paths]
+
+
+def _attrition(result: Any) -> list[dict[str, Any]]:
+    """Persons and events left after each inclusion rule in turn (ATLAS's attrition view), from the
+    per-bitmask counts: mode 1 counts each person's best event, mode 0 every event."""
+    rules = [s for s in result.attrition if s.mode_id == 1]
+    events = {s.rule_sequence: s for s in result.attrition if s.mode_id == 0}
+    out = []
+    for s in rules:
+        need = (1 << (s.rule_sequence + 1)) - 1
+        left = {mode: sum(n for (md, mask), n in result.mask_counts.items() if md == mode and mask & need == need)
+                for mode in (0, 1)}
+        ev = events.get(s.rule_sequence)
+        out.append({"rule": s.rule_sequence, "name": s.name, "persons_remaining": left[1],
+                    "events_remaining": left[0], "persons_meeting_rule": s.person_count,
+                    "events_meeting_rule": ev.person_count if ev else None,
+                    "persons_gained_without_rule": s.gain_count})
+    return out
+
+
+def _initial(result: Any) -> dict[str, int] | None:
+    base = {s.mode_id: s.base_count for s in result.summary}
+    return {"persons": base.get(1, 0), "events": base.get(0, 0)} if base else None
+
+
+@cohort_app.command("run")
+@user_errors
+def cohort_run(
+    definitions: DefsArg,
+    cdm: TargetOpt,
+    cohort_id: Annotated[int, typer.Option("--cohort-id", min=0, help="Id of the first cohort; the rest follow.")] = 1,
+    format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+    results_schema: ResultsSchemaOpt = None,
+) -> None:
+    """Generate cohorts into the results schema's cohort table and show persons, entries and attrition."""
+    import warnings
+
+    from mercia.cohorts.generate import generate_cohorts
+
+    if format not in ("table", "json"):
+        raise MerciaError(f"unknown format {format!r}: use table or json")
+    defs = _load_all(definitions)  # every file is read and checked before the database is touched
+    results = []
+    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema) as handle, progress_bar() as progress, \
+            warnings.catch_warnings():
+        # Unknown concept ids come back in each result's warnings; they are printed once, below.
+        warnings.simplefilter("ignore")
+        # One transaction for all: generate_cohorts joins it, so a failure leaves every cohort as it was.
+        with handle.transaction():
+            for i, d in enumerate(defs):
+                progress("generating cohorts", i, len(defs))
+                results += generate_cohorts(handle, [(cohort_id + i, d)])
+            progress("generating cohorts", len(defs), len(defs))
+    for path, r in zip(definitions, results, strict=True):
+        for w in r.warnings:
+            err_console.print(f"[yellow]warning:[/] {path.name}: {w}", highlight=False, soft_wrap=True)
+    if format == "json":
+        out = [{"cohort_id": r.cohort_id, "name": r.name, "definition": str(p), "persons": r.persons,
+                "entries": r.entries, "initial": _initial(r), "attrition": _attrition(r), "warnings": r.warnings,
+                "definition_hash": r.definition_hash} for p, r in zip(definitions, results, strict=True)]
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        return
+    for r in results:
+        summary = Table(title=f"cohort {r.cohort_id}: {r.name}", show_header=False)
+        summary.add_row("persons", f"{r.persons:,}")
+        summary.add_row("entries", f"{r.entries:,}")
+        console.print(summary)
+        steps = _attrition(r)
+        if steps:
+            initial = _initial(r) or {"persons": 0, "events": 0}
+            t = Table("rule", "persons remaining", "%", "events remaining")
+            t.add_row("initial events", f"{initial['persons']:,}", "100.0", f"{initial['events']:,}")
+            for s in steps:
+                pct = 100.0 * s["persons_remaining"] / initial["persons"] if initial["persons"] else 0.0
+                t.add_row(f"{s['rule'] + 1}. {s['name']}", f"{s['persons_remaining']:,}", f"{pct:.1f}",
+                          f"{s['events_remaining']:,}")
+            console.print(t)
+
+
+@cohort_app.command("sql")
+@user_errors
+def cohort_sql(
+    definition: Annotated[Path, typer.Argument(help="A cohort definition: ATLAS .json, .yaml/.yml or .py.")],
+    dialect: Annotated[str, typer.Option("--dialect", help=f"One of {', '.join(DIALECTS)}.")] = "duckdb",
+    cdm_schema: Annotated[str, typer.Option("--cdm-schema", help="Schema of the clinical tables.")] = "cdm",
+    vocab_schema: VocabSchemaOpt = None,
+    results_schema: ResultsSchemaOpt = None,
+    pretty: Annotated[bool, typer.Option("--pretty/--compact", help="One clause per line.")] = True,
+) -> None:
+    """Print the SQL that selects the cohort's rows (subject_id, cohort_start_date, cohort_end_date).
+
+    Dates from the definition are bound parameters: the SQL holds placeholders, listed in a comment."""
+    from mercia.cohorts.compiler import compile_cohort
+    from mercia.cohorts.loader import SchemaTables
+
+    if dialect not in DIALECTS:
+        raise MerciaError(f"unknown dialect {dialect!r}: use one of {', '.join(DIALECTS)}")
+    d = _load_all([definition])[0]
+    compiled = compile_cohort(SchemaTables(cdm_schema, vocab_schema, results_schema), d.expression)
+    lines = [f"-- cohort: {d.name}".replace("\n", " ")]
+    for name, value in compiled.params.items():
+        lines.append(f"-- parameter {name} = {value.isoformat()} (DATE)")
+    sys.stdout.write("\n".join(lines) + "\n" + compiled.rows_query().sql(dialect=dialect, pretty=pretty) + ";\n")
+
+
+@cohort_app.command("check")
+@user_errors
+def cohort_check(
+    definitions: DefsArg,
+    cdm: Annotated[str | None, typer.Option("--cdm", help="Also look the concept ids up in this CDM.")] = None,
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+    results_schema: ResultsSchemaOpt = None,
+) -> None:
+    """Validate definitions without running them (and, with --cdm, warn of unknown concept ids)."""
+    from mercia.cohorts.compiler import compile_cohort
+    from mercia.cohorts.loader import SchemaTables, load_definition
+
+    failed = 0
+    checked = []
+    for p in definitions:
+        try:
+            d = load_definition(p)
+            compile_cohort(SchemaTables(), d.expression)
+        except MerciaError as e:
+            failed += 1
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            continue
+        checked.append((p, d))
+    if cdm is not None and checked:
+        from mercia.vocab.concept_sets import unknown_concept_ids
+
+        with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True) as handle:
+            if not handle.table_exists("concept"):
+                raise MerciaError(f"the CDM at {cdm!r} has no concept table to check concept ids against")
+            for p, d in checked:
+                for cs in d.expression.concept_sets:
+                    ids = [i.concept.concept_id for i in cs.expression.items]
+                    unknown = unknown_concept_ids(handle, ids)
+                    if unknown:
+                        err_console.print(
+                            f"[yellow]warning:[/] {p.name}: concept set {cs.id} ({cs.name!r}): concept id(s) "
+                            f"{', '.join(map(str, unknown))} are not in this CDM's vocabulary and match nothing",
+                            highlight=False, soft_wrap=True)
+    for p, d in checked:
+        x = d.expression
+        console.print(f"ok: {p.name}: {d.name!r} ({len(x.concept_sets)} concept sets, "
+                      f"{len(x.primary_criteria.criteria_list)} entry events, {len(x.inclusion_rules)} inclusion rules)",
+                      highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@cohort_app.command("convert")
+@user_errors
+def cohort_convert(
+    definition: Annotated[Path, typer.Argument(help="A cohort definition: ATLAS .json, .yaml/.yml or .py.")],
+    to: Annotated[str, typer.Option("--to", help="yaml (the cohort language), circe (ATLAS JSON) or json (Mercia's model).")] = "yaml",
+) -> None:
+    """Print a definition in another form, e.g. an ATLAS export as the cohort language's YAML."""
+    from mercia.cohorts.circe import to_circe_dict
+    from mercia.cohorts.dsl import to_yaml
+
+    d = _load_all([definition])[0]
+    if to == "yaml":
+        sys.stdout.write(to_yaml(d))
+    elif to == "circe":
+        sys.stdout.write(json.dumps(to_circe_dict(d.expression), indent=2) + "\n")
+    elif to == "json":
+        sys.stdout.write(d.to_json() + "\n")
+    else:
+        raise MerciaError(f"unknown form {to!r}: use yaml, circe or json")
 
 
 # ---- demo ------------------------------------------------------------------------------------

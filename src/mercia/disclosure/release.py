@@ -99,6 +99,11 @@ def release(
         raise DisclosureError(
             f"release() takes a ResultTable, not {type(table).__name__}; wrap the result first"
         )
+    if not isinstance(policy, DisclosurePolicy):
+        raise DisclosureError(
+            f"release() takes a DisclosurePolicy, not {type(policy).__name__}; "
+            "use effective_policy(site_min, requested)"
+        )
     handler = {
         "counts": _release_counts,
         "rates": _release_counts,

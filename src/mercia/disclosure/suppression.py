@@ -29,6 +29,7 @@ tests repeat independently) but not minimal: optimal complementary suppression i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -160,15 +161,19 @@ def suppress(
     def add(c: int) -> None:
         result.secondary.add(c)
 
+    # Suppressing one more cell only frees a value that was fixed, so every earlier feasible table
+    # stays feasible and intervals can only widen: a cell found protected stays protected.
+    protected: set[int] = set()
     while True:
         _quick_pass(structure, unknown, add)
         unk = unknown()
-        targets = sorted(result.suppressed | sensitive_hidden)
+        targets = sorted((result.suppressed | sensitive_hidden) - protected)
         exposed = None
         for t in targets:
             if not is_protected(structure, unk, t):
                 exposed = t
                 break
+            protected.add(t)
         if exposed is None:
             return result
         cand = _candidates_near(structure, unk, exposed)
@@ -179,7 +184,9 @@ def suppress(
         add(min(cand, key=lambda c: _complement_key(structure, c)))
 
 
-def _quick_pass(structure: CellStructure, unknown, add) -> None:  # type: ignore[no-untyped-def]
+def _quick_pass(
+    structure: CellStructure, unknown: Callable[[], set[int]], add: Callable[[int], None]
+) -> None:
     changed = True
     while changed:
         changed = False

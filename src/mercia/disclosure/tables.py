@@ -150,6 +150,12 @@ class ResultTable(BaseModel):
             raise DisclosureError(f"{where}: give model=ModelInfo(df_resid=..., n_obs=..., n_events=...)")
         if self.kind == "survival":
             need(list(SURVIVAL_COLUMNS), "survival columns")
+            for c in SURVIVAL_COLUMNS[1:]:
+                s = self.data[c]
+                if s.isna().any() or (s < 0).any() or (s % 1 != 0).any():
+                    raise DisclosureError(
+                        f"{where}: survival column {c!r} must hold non-negative whole numbers"
+                    )
         if self.sequential and (self.margins or len(self.dimensions) > 1):
             raise DisclosureError(
                 f"{where}: an attrition (sequential) table has at most one dimension (the step label) and "

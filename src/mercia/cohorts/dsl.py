@@ -1239,15 +1239,27 @@ def from_dict(data: Any) -> m.CohortDefinition:
     return _Reader().cohort(data).build()
 
 
-def from_yaml(text: str) -> m.CohortDefinition:
-    """A definition from the YAML form's text."""
+class _YamlLoader(yaml.SafeLoader):
+    """Safe YAML with dates left as text: the cohort reader checks them itself, so a date like
+    2020-02-30 is an error naming its path rather than a crash inside the YAML library."""
+
+
+_YamlLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text (safe loader, dates as text); malformed YAML is a CohortDefinitionError."""
     try:
-        data = yaml.safe_load(text)
+        return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise CohortDefinitionError(f"$: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
-    return from_dict(data)
+        raise CohortDefinitionError(f"malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+
+
+def from_yaml(text: str) -> m.CohortDefinition:
+    """A definition from the YAML form's text."""
+    return from_dict(load_yaml(text))
 
 
 # ---- the YAML form: writing any model ---------------------------------------------------------

@@ -17,7 +17,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import yaml
 from sqlglot import exp
 
 from mercia.cohorts import dsl
@@ -52,12 +51,7 @@ def _from_json(text: str, p: Path) -> CohortDefinition:
 
 
 def _from_yaml(text: str) -> CohortDefinition:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise CohortDefinitionError(f"malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    data = dsl.load_yaml(text)
     if data is None:
         raise CohortDefinitionError("the file is empty; write a cohort (name:, concepts:, entry: ...)")
     if isinstance(data, dict) and "expression" in data:

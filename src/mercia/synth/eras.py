@@ -35,9 +35,31 @@ def _islands(group: np.ndarray, start: np.ndarray, end: np.ndarray, pad: int) ->
     return np.cumsum(new) - 1
 
 
+# Sorting packs (person, concept rank, start, end) into one int64: far cheaper than a 4-key lexsort.
+_DAY_BITS = 17  # days since 1880-01-01 fit in 17 bits until 2238
+_DAY0 = -32872  # 1880-01-01 as days since 1970-01-01
+
+
 def _sorted(person: np.ndarray, concept: np.ndarray, start: np.ndarray, end: np.ndarray):
-    o = np.lexsort((end, start, concept, person))
-    return person[o], concept[o], start[o], end[o]
+    # Concepts are few: rank them through their distinct values (a sort of a handful, not of all rows).
+    ids = np.unique(concept[:: max(len(concept) // 4096, 1)])
+    ids = np.union1d(ids, concept[~np.isin(concept, ids)])
+    rank = np.searchsorted(ids, concept)
+    rbits = max(int(len(ids) - 1).bit_length(), 1)
+    pbits = max(int(person.max(initial=0)).bit_length(), 1)
+    if pbits + rbits + 2 * _DAY_BITS > 63:
+        o = np.lexsort((end, start, concept, person))
+        return person[o], concept[o], start[o], end[o]
+    key = person.astype(np.int64)
+    key = (key << rbits) | rank
+    key = (key << _DAY_BITS) | (start - _DAY0)
+    key = (key << _DAY_BITS) | (end - _DAY0)
+    key.sort()
+    mask = (1 << _DAY_BITS) - 1
+    e = (key & mask) + _DAY0
+    s = ((key >> _DAY_BITS) & mask) + _DAY0
+    r = (key >> (2 * _DAY_BITS)) & ((1 << rbits) - 1)
+    return key >> (2 * _DAY_BITS + rbits), ids[r], s, e
 
 
 def _group_key(person: np.ndarray, concept: np.ndarray) -> np.ndarray:

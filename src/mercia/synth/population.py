@@ -419,17 +419,17 @@ class Chunk:
         return p[idx], d
 
     def poisson_multi(self, p, s, e, rates: list[np.ndarray]):
-        """Several independent Poisson processes on the same segments, drawn as their superposition
-        (one count per segment) with each event's stream chosen in proportion to the rates."""
-        r = np.stack(rates, axis=1)
-        cum = np.cumsum(r, axis=1)
-        tot = cum[:, -1]
-        cnt = self.rng.poisson(tot * (e - s + 1) / YEAR)
-        idx = np.repeat(np.arange(len(p)), cnt)
+        """Several independent Poisson processes on the same segments: one count per segment and
+        stream from a single draw, then the events of every (segment, stream) cell, uniform in days."""
+        k = len(rates)
+        length = (e - s + 1) / YEAR
+        lam = np.empty((len(p), k))
+        for j, r in enumerate(rates):
+            lam[:, j] = r * length
+        cell = np.repeat(np.arange(len(p) * k), self.rng.poisson(lam).ravel())
+        idx = cell // k
         d = s[idx] + np.floor(self.rng.random(len(idx)) * (e[idx] - s[idx] + 1)).astype(np.int64)
-        u = self.rng.random(len(idx)) * tot[idx]
-        kind = (u[:, None] >= cum[idx, :-1]).sum(axis=1)
-        return p[idx], d, kind
+        return p[idx], d, cell - idx * k
 
     def exposed_poisson(self, a: P.Acute, cp, cs, ce, hr):
         """Extra events at rate base*(hr-1) over exposure courses, split by calendar year so the base

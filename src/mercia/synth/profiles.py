@@ -86,7 +86,7 @@ DEFAULT_SITES: list[SiteProfile] = [
     SiteProfile(
         name="fenwold",
         description="Rural market-town practice: old, white, affluent, stable list, cautious prescribing.",
-        age_tilt=0.25,
+        age_tilt=0.15,
         young_adult_boost=0.75,
         race_mix=(0.96, 0.005, 0.02, 0.01, 0.005),
         deprivation_mix=(0.30, 0.30, 0.20, 0.12, 0.08),

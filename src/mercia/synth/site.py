@@ -23,7 +23,7 @@ from mercia.synth.truth import build_truth
 
 # Persons per chunk. Part of the data's definition: chunk i draws from its own seeded stream, so the
 # same (seed, site, persons) gives the same rows whatever the machine.
-CHUNK = 100_000
+CHUNK = 50_000
 TABLES = ("person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
           "measurement", "death", "drug_era", "condition_era")
 Progress = Callable[[str, int, int], None]
@@ -47,7 +47,9 @@ def _fk(x: np.ndarray, base: int) -> pa.Array:
 
 
 def _lookup(codes: np.ndarray, values: list[str]) -> pa.Array:
-    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(values)).cast(pa.string())
+    # Left dictionary-encoded: the CDM handle casts it to text in the writer thread, off the
+    # simulation's critical path.
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(values))
 
 
 class _Ids:
@@ -209,7 +211,7 @@ def generate_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, fi
                   progress: Progress | None = None) -> dict[str, Any]:
     """Write one synthetic site into ``cdm`` (tables created when missing); return its truth dict.
 
-    Persons are simulated in chunks of 100,000; while one chunk is written the next is simulated.
+    Persons are simulated in chunks of 50,000; while one chunk is written the next is simulated.
     """
     if persons < 1:
         raise ConfigError(f"persons must be at least 1, got {persons}")

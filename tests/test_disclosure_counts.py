@@ -133,7 +133,17 @@ def test_no_small_count_and_all_rounded(
 ) -> None:
     data, dims = tab
     t = ResultTable(name="t", kind="counts", data=data, dimensions=dims, count_columns=["n"], margins=dims)
-    rel = release(t, policy, log=DisclosureLog())
+    log = DisclosureLog()
+    rel = release(t, policy, log=log)
+    # One decision per released cell, and the suppressed ones are exactly the blanks.
+    decisions = {tuple(e.key[d] for d in dims): e.outcome for e in log.entries if e.column == "n"}
+    assert len(decisions) == len(rel.data) == sum(e.column == "n" for e in log.entries)
+    blanks = {
+        tuple(map(str, k))
+        for k, v in zip(rel.data[dims].itertuples(index=False), rel.data["n"], strict=True)
+        if pd.isna(v)
+    }
+    assert {k for k, o in decisions.items() if o == "suppressed"} == blanks
     truth = true_cells(data, dims, "n")
     for key, v in zip(rel.data[dims].itertuples(index=False), rel.data["n"], strict=True):
         true = truth[tuple(key)]

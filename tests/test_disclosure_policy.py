@@ -96,3 +96,10 @@ def test_effective_policy_never_weaker_than_site(site: DisclosurePolicy, req: Di
         eff = effective_policy(site, req, strict=False)
     assert eff.at_least_as_strict_as(site)
     assert eff.at_least_as_strict_as(req)
+
+
+def test_threshold_rises_so_no_count_rounds_into_the_small_range() -> None:
+    assert OPENSAFELY.suppress_up_to == 7  # 8 rounds to 10 already
+    assert DisclosurePolicy(name="x", threshold=5, rounding_base=5).suppress_up_to == 7  # 6 and 7 show as 5
+    assert DisclosurePolicy(name="x", threshold=0, rounding_base=5).suppress_up_to == 2  # 1 and 2 show as 0
+    assert SACRO.suppress_up_to == 9

@@ -8,8 +8,18 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from mercia.disclosure import SACRO, DisclosureLog, DisclosurePolicy, ModelInfo, ResultTable, release
+from mercia.disclosure import (
+    SACRO,
+    DisclosureLog,
+    DisclosurePolicy,
+    ModelInfo,
+    ResultTable,
+    release,
+    round_count,
+)
 from mercia.disclosure.release import magnitude_decision
 from mercia.errors import DisclosureError
 
@@ -262,3 +272,31 @@ def test_survival_time_coarsening_and_tiny_groups() -> None:
     assert set(out["arm"]) == {"big"}  # a curve starting with 8 at risk is withheld whole
     assert (out["time"] % 30 == 0).all()
     assert any(e.rule == "min_risk_set" and e.key.get("arm") == "tiny" for e in log.entries)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(1, 300),
+    st.integers(0, 10_000),
+    st.integers(0, 12),
+    st.sampled_from([1, 5]),
+    st.one_of(st.none(), st.sampled_from([7, 30])),
+)
+def test_survival_release_properties(n: int, seed: int, threshold: int, base: int, unit: int | None) -> None:
+    policy = DisclosurePolicy(name="s", threshold=threshold, rounding_base=base, survival_time_unit=unit)
+    out = release(
+        ResultTable(name="km", kind="survival", data=_event_table(n, seed)), policy, log=DisclosureLog()
+    ).data
+    if out.empty:
+        return
+    steps = out.iloc[1:]
+    assert (out["n_at_risk"] >= round_count(policy.risk_set_minimum, base) - base).all()
+    assert (steps["n_events"] % base == 0).all() and (out["n_at_risk"] % base == 0).all()
+    if base == 1:
+        assert (steps["n_events"] >= policy.step_min_events).all()
+        assert not steps["n_censored"].between(1, threshold).any()
+        assert (out["n_at_risk"] >= policy.risk_set_minimum).all()
+    assert out["estimate"].is_monotonic_decreasing
+    assert ((out["estimate"] >= 0) & (out["estimate"] <= 1)).all()
+    if unit:
+        assert (out["time"] % unit == 0).all()

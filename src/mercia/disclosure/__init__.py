@@ -10,9 +10,10 @@ from mercia.disclosure.policy import (
     SACRO,
     DisclosurePolicy,
     effective_policy,
+    round_count,
     strictest,
 )
-from mercia.disclosure.release import ReleasedTable, release, round_count
+from mercia.disclosure.release import ReleasedTable, release
 from mercia.disclosure.tables import ModelInfo, RateSpec, ResultTable
 
 __all__ = [

@@ -68,6 +68,15 @@ class DisclosurePolicy(BaseModel):
             )
         return self
 
+    @property
+    def suppress_up_to(self) -> int:
+        """Counts up to this are suppressed: the threshold, raised where needed so that no released
+        count rounds into 1..threshold (threshold 5 with base 5 would show a 6 as 5)."""
+        v = self.threshold
+        while round_count(v + 1, self.rounding_base) <= self.threshold:
+            v += 1
+        return v
+
     # Derived settings: survival defaults follow the count threshold, so a policy that only sets
     # `threshold` still protects KM curves with the same number.
     @property
@@ -131,6 +140,13 @@ class DisclosurePolicy(BaseModel):
     def at_least_as_strict_as(self, other: DisclosurePolicy) -> bool:
         """True when every setting of this policy protects at least as much as `other`'s."""
         return not self.weaker_settings_than(other)
+
+
+def round_count(value: int, base: int) -> int:
+    """Round to the nearest multiple of `base`, halves up (integers only, so no float error)."""
+    if base == 1:
+        return int(value)
+    return ((2 * int(value) + base) // (2 * base)) * base
 
 
 def _lcm_opt(a: int | None, b: int | None) -> int | None:

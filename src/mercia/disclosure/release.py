@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mercia.disclosure.log import DisclosureLog
-from mercia.disclosure.policy import DisclosurePolicy
+from mercia.disclosure.policy import DisclosurePolicy, round_count
 from mercia.disclosure.suppression import CellStructure, is_small, suppress
 from mercia.disclosure.tables import SURVIVAL_COLUMNS, ResultTable
 from mercia.errors import DisclosureError
@@ -62,6 +64,9 @@ class ReleasedTable:
     def to_arrow(self) -> pa.Table:
         return pa.Table.from_pandas(self._data, preserve_index=False)
 
+    def to_parquet(self, path: str | Path) -> None:
+        pq.write_table(self.to_arrow(), path)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -79,13 +84,6 @@ class ReleasedTable:
 
     def __repr__(self) -> str:
         return f"ReleasedTable({self.name!r}, kind={self.kind!r}, status={self.status!r}, rows={len(self._data)})"
-
-
-def round_count(value: int, base: int) -> int:
-    """Round to the nearest multiple of `base`, halves up (integers only, so no float error)."""
-    if base == 1:
-        return int(value)
-    return ((2 * int(value) + base) // (2 * base)) * base
 
 
 def release(
@@ -136,6 +134,11 @@ def release(
 def _suppression_reason(value: int, policy: DisclosurePolicy) -> tuple[str, str]:
     if value == 0:
         return "primary:zero", "zero count, and this policy treats zeros as disclosive"
+    if policy.suppress_up_to > policy.threshold:
+        return "primary:threshold", (
+            f"count at or below {policy.suppress_up_to} (threshold {policy.threshold}, raised so that no "
+            f"count rounds into 1..{policy.threshold})"
+        )
     return "primary:threshold", f"count at or below the threshold {policy.threshold}"
 
 
@@ -225,7 +228,7 @@ def _release_counts(
         )
         res = suppress(
             structure,
-            threshold=policy.threshold,
+            threshold=policy.suppress_up_to,
             zeros_disclosive=policy.zeros_disclosive,
             secondary=policy.secondary_suppression,
         )
@@ -353,7 +356,7 @@ def _release_attrition(
         )
         res = suppress(
             structure,
-            threshold=policy.threshold,
+            threshold=policy.suppress_up_to,
             zeros_disclosive=policy.zeros_disclosive,
             secondary=policy.secondary_suppression,
         )
@@ -378,7 +381,7 @@ def _release_attrition(
                 released.append(_log_released_count(table.name, where, col, values[j], policy, log))
         if not policy.secondary_suppression:
             for i, e in enumerate(excluded, start=1):
-                if is_small(e, policy.threshold, policy.zeros_disclosive):
+                if is_small(e, policy.suppress_up_to, policy.zeros_disclosive):
                     where = {d: out.at[i, d] for d in table.dimensions} or {"step": i}
                     log.record(
                         table.name,
@@ -410,7 +413,7 @@ def _release_magnitudes(
     for j in range(len(data)):
         where = {d: data.at[j, d] for d in table.dimensions}
         n = int(data.at[j, table.n_column])
-        if is_small(n, policy.threshold, policy.zeros_disclosive):
+        if is_small(n, policy.suppress_up_to, policy.zeros_disclosive):
             rule, reason = _suppression_reason(n, policy)
             log.record(
                 table.name, key=where, column=table.n_column, rule=rule, outcome="suppressed", reason=reason
@@ -466,8 +469,8 @@ def magnitude_decision(
     value: float, n: int, top: list[float], statistic: str, policy: DisclosurePolicy
 ) -> tuple[str, str] | None:
     """None if the cell may be released, else (rule, reason)."""
-    if is_small(n, policy.threshold, policy.zeros_disclosive):
-        return "threshold", f"{'no' if n == 0 else 'too few'} contributors (threshold {policy.threshold})"
+    if is_small(n, policy.suppress_up_to, policy.zeros_disclosive):
+        return "threshold", f"{'no' if n == 0 else 'too few'} contributors (at most {policy.suppress_up_to})"
     if n == 0:
         return None
     total = value * n if statistic == "mean" else value
@@ -499,10 +502,12 @@ def _release_model(
     blocked_reason = None
     if info.df_resid < policy.min_model_dof:
         blocked_reason = ("min_dof", f"residual degrees of freedom below {policy.min_model_dof}")
-    elif info.n_events is not None and is_small(info.n_events, policy.threshold, policy.zeros_disclosive):
-        blocked_reason = ("threshold", f"the model rests on {policy.threshold} or fewer events")
-    elif info.n_obs is not None and is_small(info.n_obs, policy.threshold, policy.zeros_disclosive):
-        blocked_reason = ("threshold", f"the model rests on {policy.threshold} or fewer observations")
+    elif info.n_events is not None and is_small(
+        info.n_events, policy.suppress_up_to, policy.zeros_disclosive
+    ):
+        blocked_reason = ("threshold", f"the model rests on {policy.suppress_up_to} or fewer events")
+    elif info.n_obs is not None and is_small(info.n_obs, policy.suppress_up_to, policy.zeros_disclosive):
+        blocked_reason = ("threshold", f"the model rests on {policy.suppress_up_to} or fewer observations")
     model_info: dict[str, Any] = {
         "df_resid": None if blocked_reason else math.floor(info.df_resid),
         "n_obs": None
@@ -527,7 +532,7 @@ def _release_model(
         for j in range(len(data)):
             where = {"row": j, **{c: data.at[j, c] for c in data.columns if c not in numeric}}
             v = int(data.at[j, col])
-            if is_small(v, policy.threshold, policy.zeros_disclosive):
+            if is_small(v, policy.suppress_up_to, policy.zeros_disclosive):
                 # A coefficient resting on a handful of persons describes them; drop the whole term.
                 rule, reason = _suppression_reason(v, policy)
                 log.record(
@@ -632,7 +637,7 @@ def _coarsen_curve(
         pool_d += int(d)
         pool_c += int(c)
         pooled_steps += 1
-        if pool_d >= policy.step_min_events and not is_small(pool_c, policy.threshold, False):
+        if pool_d >= policy.step_min_events and not is_small(pool_c, policy.suppress_up_to, False):
             n_rel, d_rel, c_rel = (round_count(x, base) for x in (pool_risk, pool_d, pool_c))
             if n_rel > 0:
                 surv *= 1 - d_rel / n_rel

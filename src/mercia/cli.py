@@ -246,7 +246,8 @@ def cohort_run(
         sys.stdout.write(json.dumps(out, indent=2) + "\n")
         return
     for r in results:
-        summary = Table(title=f"cohort {r.cohort_id}: {r.name}", show_header=False)
+        console.print(f"[bold]cohort {r.cohort_id}: {r.name}[/]", highlight=False, soft_wrap=True)
+        summary = Table(show_header=False)
         summary.add_row("persons", f"{r.persons:,}")
         summary.add_row("entries", f"{r.entries:,}")
         console.print(summary)

@@ -105,6 +105,44 @@ def restore_censor_stats(sql: str, expression: Any, results_schema: str, cohort_
     return sql[: delete.end()] + insert + sql[delete.end() :], 1
 
 
+_SPECIMEN_BLOCK = re.compile(r"-- Begin Specimen Criteria\n.*?-- End Specimen Criteria", re.DOTALL)
+# circepy 0.3.0's specimen template vs Circe-BE's specimen.sql: exact text of the port -> Java's form.
+_SPECIMEN_PARITY = [
+    # The port lists columns including s.visit_occurrence_id, which the SPECIMEN table has in neither
+    # CDM 5.3 nor 5.4 (so every Specimen criterion fails to bind), and omits specimen_type_concept_id
+    # and the *_source_value columns its own filters may use. Circe-BE selects s.*.
+    (
+        "SELECT s.person_id, s.specimen_id, s.specimen_concept_id, s.specimen_date, s.visit_occurrence_id, "
+        "s.quantity, s.unit_concept_id, s.anatomic_site_concept_id, s.disease_status_concept_id, "
+        "s.specimen_source_id",
+        "SELECT s.*",
+    ),
+    # Circe-BE: no visit on a specimen, and end_date one day after specimen_date (as the port already
+    # does for procedures, conditions and devices).
+    ("C.specimen_date as end_date,", "DATEADD(day,1,C.specimen_date) as end_date,"),
+    (
+        "C.visit_occurrence_id, C.specimen_date as sort_date",
+        "CAST(NULL as bigint) as visit_occurrence_id, C.specimen_date as sort_date",
+    ),
+]
+
+
+def specimen_parity(sql: str) -> tuple[str, int]:
+    """Make ohdsi-circepy 0.3.0's Specimen criteria SQL match Circe-BE's specimen.sql (see above)."""
+    count = 0
+
+    def fix(m: re.Match[str]) -> str:
+        nonlocal count
+        block = m.group(0)
+        for old, new in _SPECIMEN_PARITY:
+            if old in block:
+                block = block.replace(old, new)
+                count += 1
+        return block
+
+    return _SPECIMEN_BLOCK.sub(fix, sql), count
+
+
 def build_sql(json_text: str, args: argparse.Namespace) -> tuple[str, dict[str, int]]:
     """Render and translate OHDSI's SQL for one definition; returns it and the fix-ups applied."""
     import circe
@@ -142,6 +180,9 @@ def build_sql(json_text: str, args: argparse.Namespace) -> tuple[str, dict[str, 
     sql, n = restore_censor_stats(sql, expression, args.results_schema, args.cohort_id)
     if n:
         applied["restore_censor_stats"] = n
+    sql, n = specimen_parity(sql)
+    if n:
+        applied["specimen_parity"] = n
     return sqlrender.translate(sql, "duckdb"), applied
 
 

@@ -11,7 +11,7 @@ import pytest
 from mercia.cdm import Cdm
 from mercia.cohorts.circe import from_circe_json
 from mercia.cohorts.compiler import compile_cohort
-from mercia.cohorts.generate import generate_cohorts
+from mercia.cohorts.generate import cohort_rows, generate_cohorts
 from test_cohort_world import (
     COND,
     COND_FAMILY,
@@ -271,6 +271,10 @@ def test_spec(world: Cdm, case: tuple[str, dict, list]) -> None:
     c = compile_cohort(world, from_circe_json(definition).expression)
     got = sorted((int(p), s, e) for p, s, e in world.fetch_all(c.rows_query(), c.params))
     assert got == expected
+    # the same pipeline as temporary tables (how generate_cohorts runs it) gives the same rows
+    (res,) = generate_cohorts(world, [(1, from_circe_json(definition, name="spec"))])
+    assert [(int(p), s, e) for p, s, e in cohort_rows(world, 1)] == expected
+    assert (res.persons, res.entries) == (len({r[0] for r in expected}), len(expected))
 
 
 def test_attrition_of_an_exclusion_rule(world: Cdm) -> None:

@@ -337,6 +337,49 @@ class CompiledCohort:
     def sql(self, dialect: str) -> str:
         return self.rows_query().sql(dialect=dialect)
 
+    def steps(self, prefix: str) -> Steps:
+        """The same pipeline as statements: each CTE becomes a temporary table named prefix + name.
+
+        PostgreSQL plans a long CTE chain badly (it cannot estimate the rows of a CTE, and re-runs
+        correlated subqueries per row); materialised, analysed steps keep every join a hash join.
+        """
+        names = {n: f"{prefix}{n}" for n, _ in self.ctes}
+        creates: list[exp.Expression] = []
+        for n, q in self.ctes:
+            body = _rename_tables(q.copy(), names)
+            creates.append(exp.Create(this=exp.Table(this=exp.to_identifier(names[n])), kind="TABLE",
+                                      expression=body,
+                                      properties=exp.Properties(expressions=[exp.TemporaryProperty()])))
+            creates.append(exp.Analyze(tables=[exp.Table(this=exp.to_identifier(names[n]))]))
+        drops = [exp.Drop(tables=[exp.Table(this=exp.to_identifier(names[n]))], kind="TABLE", exists=True)
+                 for n, _ in reversed(self.ctes)]
+        rows = exp.select("subject_id", "cohort_start_date", "cohort_end_date").from_(names["cohort_out"])
+        masks = exp.select("mode_id", "inclusion_rule_mask", "person_count").from_(names["cohort_mask_counts"])
+        return Steps(creates=creates, drops=drops, rows=rows, mask_counts=masks)
+
+
+@dataclass
+class Steps:
+    """A compiled cohort as statements: run `creates`, read `rows` / `mask_counts`, then run `drops`."""
+
+    creates: list[exp.Expression]
+    drops: list[exp.Expression]
+    rows: exp.Select
+    mask_counts: exp.Select
+
+
+def bound(tree: exp.Expression, params: dict[str, Any]) -> dict[str, Any] | None:
+    """The parameters one statement uses (DuckDB rejects unused named parameters)."""
+    used = {p.name for p in tree.find_all(exp.Placeholder)}
+    return {k: v for k, v in params.items() if k in used} or None
+
+
+def _rename_tables(tree: exp.Expression, names: dict[str, str]) -> exp.Expression:
+    for t in tree.find_all(exp.Table):
+        if not t.args.get("db") and t.name in names:
+            t.set("this", exp.to_identifier(names[t.name]))
+    return tree
+
 
 class _Compiler:
     def __init__(self, tables: TableResolver, expression: m.CohortExpression,

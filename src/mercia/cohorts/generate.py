@@ -7,7 +7,10 @@ by its new ones, and on any error the cohort tables are exactly as before.
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import pyarrow as pa
@@ -15,7 +18,7 @@ from pydantic import BaseModel, Field
 from sqlglot import exp
 
 from mercia.cdm import Cdm
-from mercia.cohorts.compiler import CompiledCohort, compile_cohort, lit
+from mercia.cohorts.compiler import CompiledCohort, bound, compile_cohort, lit
 from mercia.cohorts.model import CohortDefinition
 from mercia.errors import CohortDefinitionError
 
@@ -152,21 +155,21 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]]) 
                 warnings.warn(f"cohort {cid} ({d.name!r}): {w}", UnknownConceptWarning, stacklevel=2)
             where_id = exp.EQ(this=exp.column("cohort_definition_id"), expression=lit(cid))
             cdm.execute(exp.delete(cohort.copy(), where=where_id.copy()))
-            rows = c.rows_query()
-            insert = exp.insert(
-                rows.select(lit(cid).as_("cohort_definition_id"), append=False).select(
-                    "subject_id", "cohort_start_date", "cohort_end_date"),
-                cohort.copy(),
-                columns=["cohort_definition_id", "subject_id", "cohort_start_date", "cohort_end_date"],
-            )
-            cdm.execute(insert, c.params)
+            masks: dict[tuple[int, int], int] = {}
+            with _materialised(cdm, c, cid) as (rows, mask_query):
+                insert = exp.insert(
+                    rows.select(lit(cid).as_("cohort_definition_id"), append=False).select(
+                        "subject_id", "cohort_start_date", "cohort_end_date"),
+                    cohort.copy(),
+                    columns=["cohort_definition_id", "subject_id", "cohort_start_date", "cohort_end_date"],
+                )
+                cdm.execute(insert, bound(insert, c.params))
+                if c.rule_count:
+                    for mode, mask, n in cdm.fetch_all(mask_query, bound(mask_query, c.params)):
+                        masks[(int(mode), int(mask))] = int(n)
             persons, entries = cdm.fetch_all(
                 exp.select(exp.Count(this=exp.Distinct(expressions=[exp.column("subject_id")])),
                            exp.Count(this=exp.Star())).from_(cohort.copy()).where(where_id.copy()))[0]
-            masks: dict[tuple[int, int], int] = {}
-            if c.rule_count:
-                for mode, mask, n in cdm.fetch_all(c.mask_counts_query(), c.params):
-                    masks[(int(mode), int(mask))] = int(n)
             stats, summary = inclusion_stats(masks, c.rule_names) if c.rule_count else ([], [])
             cdm.execute(exp.delete(cdm.table("cohort_definition"), where=where_id.copy()))
             cdm.insert_arrow("cohort_definition", pa.table({
@@ -183,6 +186,28 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]]) 
                 summary=summary, mask_counts=masks, warnings=warns, definition_hash=d.definition_hash(),
             ))
     return results
+
+
+@contextmanager
+def _materialised(cdm: Cdm, c: CompiledCohort, cohort_id: int) -> Iterator[tuple[exp.Select, exp.Select]]:
+    """The rows and mask-count queries, over temporary tables where the engine has them.
+
+    On DuckDB and PostgreSQL each step of the pipeline becomes an analysed temporary table (see
+    CompiledCohort.steps); elsewhere (Spark) the single CTE query runs as it is.
+    """
+    if cdm.dialect not in ("duckdb", "postgres"):
+        yield c.rows_query(), c.mask_counts_query()
+        return
+    steps = c.steps(f"mercia_tmp_{cohort_id}_{secrets.token_hex(4)}_")
+    try:
+        for stmt in steps.creates:
+            cdm.execute(stmt, bound(stmt, c.params))
+        yield steps.rows, steps.mask_counts
+    finally:
+        # After a failure PostgreSQL refuses statements until rollback, which drops the tables anyway.
+        for stmt in steps.drops:
+            with suppress(Exception):
+                cdm.execute(stmt)
 
 
 def cohort_rows(cdm: Cdm, cohort_id: int) -> list[tuple[Any, ...]]:

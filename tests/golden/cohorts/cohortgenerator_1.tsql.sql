@@ -1,0 +1,237 @@
+-- 1
+WITH codesets AS (
+  SELECT
+    codeset_id AS codeset_id,
+    concept_id AS concept_id
+  FROM (
+    SELECT
+      0 AS codeset_id,
+      c.concept_id AS concept_id
+    FROM (
+      SELECT DISTINCT
+        i_set.concept_id AS concept_id
+      FROM (
+        SELECT
+          concept_id AS concept_id
+        FROM vocab.concept
+        WHERE
+          concept_id IN (1118084)
+      ) AS i_set
+    ) AS c
+  ) AS cs
+), cohort_primary_events AS (
+  SELECT
+    P.ordinal AS event_id,
+    P.person_id AS person_id,
+    P.start_date AS start_date,
+    P.end_date AS end_date,
+    P.op_start_date AS op_start_date,
+    P.op_end_date AS op_end_date,
+    P.visit_occurrence_id AS visit_occurrence_id
+  FROM (
+    SELECT
+      E.person_id AS person_id,
+      E.start_date AS start_date,
+      E.end_date AS end_date,
+      ROW_NUMBER() OVER (
+        PARTITION BY E.person_id
+        ORDER BY E.sort_date ASC, E.event_id ASC, E.criteria_index ASC, OP.observation_period_start_date ASC
+      ) AS ordinal,
+      OP.observation_period_start_date AS op_start_date,
+      OP.observation_period_end_date AS op_end_date,
+      CAST(E.visit_occurrence_id AS BIGINT) AS visit_occurrence_id
+    FROM (
+      SELECT
+        *,
+        0 AS criteria_index
+      FROM (
+        SELECT
+          C.person_id AS person_id,
+          C.drug_era_id AS event_id,
+          C.start_date AS start_date,
+          C.end_date AS end_date,
+          CAST(NULL AS BIGINT) AS visit_occurrence_id,
+          C.start_date AS sort_date,
+          C.drug_concept_id AS domain_concept_id
+        FROM (
+          SELECT
+            de.*,
+            de.drug_era_start_date AS start_date,
+            de.drug_era_end_date AS end_date
+          FROM cdm.drug_era AS de
+          JOIN codesets AS cs
+            ON de.drug_concept_id = cs.concept_id AND cs.codeset_id = 0
+        ) AS C
+      ) AS q
+    ) AS E
+    JOIN cdm.observation_period AS OP
+      ON E.person_id = OP.person_id
+      AND E.start_date >= OP.observation_period_start_date
+      AND E.start_date <= OP.observation_period_end_date
+    WHERE
+      OP.observation_period_start_date <= E.start_date
+      AND E.start_date <= OP.observation_period_end_date
+  ) AS P
+  WHERE
+    P.ordinal = 1
+), cohort_qualified_events AS (
+  SELECT
+    QE.person_id AS person_id,
+    QE.event_id AS event_id,
+    QE.start_date AS start_date,
+    QE.end_date AS end_date,
+    QE.op_start_date AS op_start_date,
+    QE.op_end_date AS op_end_date,
+    QE.visit_occurrence_id AS visit_occurrence_id
+  FROM (
+    SELECT
+      pe.person_id AS person_id,
+      pe.event_id AS event_id,
+      pe.start_date AS start_date,
+      pe.end_date AS end_date,
+      pe.op_start_date AS op_start_date,
+      pe.op_end_date AS op_end_date,
+      pe.visit_occurrence_id AS visit_occurrence_id,
+      ROW_NUMBER() OVER (PARTITION BY pe.person_id ORDER BY pe.start_date ASC, pe.event_id ASC) AS ordinal
+    FROM cohort_primary_events AS pe
+  ) AS QE
+), cohort_masked_events AS (
+  SELECT
+    Q.person_id AS person_id,
+    Q.event_id AS event_id,
+    Q.start_date AS start_date,
+    Q.end_date AS end_date,
+    Q.op_start_date AS op_start_date,
+    Q.op_end_date AS op_end_date,
+    0 AS inclusion_rule_mask,
+    0 AS rule_count,
+    0 AS min_rule_id
+  FROM cohort_qualified_events AS Q
+), cohort_included_events AS (
+  SELECT
+    R.person_id AS person_id,
+    R.event_id AS event_id,
+    R.start_date AS start_date,
+    R.end_date AS end_date,
+    R.op_start_date AS op_start_date,
+    R.op_end_date AS op_end_date
+  FROM (
+    SELECT
+      MG.person_id AS person_id,
+      MG.event_id AS event_id,
+      MG.start_date AS start_date,
+      MG.end_date AS end_date,
+      MG.op_start_date AS op_start_date,
+      MG.op_end_date AS op_end_date,
+      ROW_NUMBER() OVER (PARTITION BY MG.person_id ORDER BY MG.start_date ASC, MG.event_id ASC) AS ordinal
+    FROM cohort_masked_events AS MG
+  ) AS R
+  WHERE
+    R.ordinal = 1
+), cohort_ends AS (
+  SELECT
+    *
+  FROM (
+    SELECT
+      event_id AS event_id,
+      person_id AS person_id,
+      op_end_date AS end_date
+    FROM cohort_included_events
+  ) AS ce
+), cohort_rows AS (
+  SELECT
+    I.person_id AS person_id,
+    I.start_date AS start_date,
+    MIN(CE.end_date) AS end_date
+  FROM cohort_included_events AS I
+  JOIN cohort_ends AS CE
+    ON I.event_id = CE.event_id
+    AND I.person_id = CE.person_id
+    AND CE.end_date >= I.start_date
+  GROUP BY
+    I.person_id,
+    I.event_id,
+    I.start_date
+), cohort_final AS (
+  SELECT
+    person_id AS person_id,
+    MIN(start_date) AS start_date,
+    MAX(end_date) AS end_date
+  FROM (
+    SELECT
+      person_id AS person_id,
+      start_date AS start_date,
+      end_date AS end_date,
+      SUM(is_start) OVER (
+        PARTITION BY person_id
+        ORDER BY start_date, is_start DESC, end_date
+        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+      ) AS group_idx
+    FROM (
+      SELECT
+        person_id AS person_id,
+        start_date AS start_date,
+        end_date AS end_date,
+        CASE
+          WHEN MAX(end_date) OVER (
+            PARTITION BY person_id
+            ORDER BY start_date, end_date
+            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+          ) >= start_date
+          THEN 0
+          ELSE 1
+        END AS is_start
+      FROM (
+        SELECT
+          person_id AS person_id,
+          start_date AS start_date,
+          end_date AS end_date
+        FROM cohort_rows
+      ) AS CR
+    ) AS ST
+  ) AS GR
+  GROUP BY
+    person_id,
+    group_idx
+), cohort_out AS (
+  SELECT
+    person_id AS subject_id,
+    start_date AS cohort_start_date,
+    end_date AS cohort_end_date
+  FROM cohort_final
+), cohort_mask_counts AS (
+  SELECT
+    *
+  FROM (
+    SELECT
+      0 AS mode_id,
+      inclusion_rule_mask,
+      COUNT(*) AS person_count
+    FROM cohort_masked_events
+    GROUP BY
+      inclusion_rule_mask
+    UNION ALL
+    SELECT
+      1 AS mode_id,
+      inclusion_rule_mask,
+      COUNT(*) AS person_count
+    FROM (
+      SELECT
+        inclusion_rule_mask AS inclusion_rule_mask,
+        ROW_NUMBER() OVER (
+          PARTITION BY person_id
+          ORDER BY rule_count DESC, min_rule_id ASC, start_date ASC, event_id ASC
+        ) AS rank_value
+      FROM cohort_masked_events
+    ) AS B
+    WHERE
+      B.rank_value = 1
+    GROUP BY
+      inclusion_rule_mask
+  ) AS mc
+)
+SELECT
+  subject_id,
+  cohort_start_date,
+  cohort_end_date
+FROM cohort_out

@@ -112,6 +112,6 @@ NSAID_CHOICE = {
 }
 # Choice of second-line diabetes drug (added to metformin): logistic for SGLT2i vs gliclazide.
 # Unavailable before 2014 (gliclazide only). year is calendar year - 2019.
-SGLT2_CHOICE = {"intercept": -0.3, "year": 0.35, "age": -0.02, "ckd": 1.2, "heart_failure": 0.8,
-                "atrial_fibrillation": 0.6, "hypertension": 0.4}
+SGLT2_CHOICE = {"intercept": -0.5, "year": 0.35, "age": 0.0, "ckd": 1.5, "heart_failure": 1.5,
+                "atrial_fibrillation": 1.0, "hypertension": 0.5}
 SGLT2_FIRST_YEAR = 2014

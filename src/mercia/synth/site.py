@@ -276,10 +276,11 @@ def generate_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, fi
 
 
 def _load_vocabulary(cdm: Any) -> None:
-    try:
-        from mercia.vocab import load_bundled_vocabulary
-    except ImportError:  # the bundled vocabulary is optional for the generator itself
+    """The bundled vocabulary subset, unless the CDM already has a vocabulary (kept as it is)."""
+    if cdm.table_exists("concept") and cdm.row_count("concept") > 0:
         return
+    from mercia.vocab import load_bundled_vocabulary
+
     load_bundled_vocabulary(cdm)
 
 

@@ -1,0 +1,745 @@
+"""Time to event: Kaplan-Meier curves and Cox proportional hazards, with what a federated Cox fit needs.
+
+Time is in days from index (the target cohort's start). The event is the first outcome cohort start
+on or after index + `tar_start` and on or before the end of time at risk, which is the earliest of the
+observation period's end, the cohort's end (`censor_at="cohort_end"`), death (`censor_at_death`) and
+index + `tar_end`. A person whose time at risk ends before it starts is not analysed.
+
+Kaplan-Meier curves are computed from per-distinct-time aggregates (n_at_risk, n_events, n_censored)
+made in SQL; only those leave the database. Cox models need one row per person: those rows are
+fetched into this process at the site and never leave it; what leaves is coefficients (or, for a
+federated fit, the log partial likelihood, score and information at a given beta, `CoxSiteSummary`).
+
+Ties: Efron's method throughout (lifelines' and R's default); Breslow's is available for the site
+summaries. A federated fit over sites treats each site as a stratum (its risk sets are its own), so
+pooled Newton-Raphson on the summed summaries reproduces a site-stratified Cox model exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from scipy import stats
+
+from mercia.analyses._sql import DOMAINS, build, check_cohort_id, fetch_df, require_tables
+from mercia.analyses.result import AnalysisResult
+from mercia.cdm import Cdm
+from mercia.disclosure import ModelInfo, ResultTable
+from mercia.errors import StudyError
+
+Z95 = float(stats.norm.ppf(0.975))
+MALE = 8507
+
+
+class SurvivalSettings(BaseModel):
+    """Time at risk and censoring, in days relative to index (the target cohort start)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tar_start: int = Field(0, ge=0, description="first day at risk, days after index")
+    tar_end: int | None = Field(None, ge=0, description="last day at risk, days after index (None: no cap)")
+    censor_at: Literal["observation_end", "cohort_end"] = "observation_end"
+    censor_at_death: bool = True
+    first_entry_only: bool = Field(True, description="each person's first cohort entry only")
+    exclude_prior_outcome: bool = Field(
+        False, description="drop persons with an outcome cohort start before index + tar_start"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SurvivalSettings:
+        if self.tar_end is not None and self.tar_end < self.tar_start:
+            raise StudyError(
+                f"time at risk ends (day {self.tar_end}) before it starts (day {self.tar_start}); "
+                "make tar_end >= tar_start"
+            )
+        return self
+
+
+class CovariateSpec(BaseModel):
+    """A 0/1 covariate: any record of the concepts (and their descendants) in a window before index."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    concept_ids: list[int] = Field(min_length=1)
+    domain: Literal["condition", "drug", "procedure", "measurement", "observation"] = "condition"
+    include_descendants: bool = True
+    window_start: int = Field(-365, description="days relative to index, inclusive")
+    window_end: int = Field(0, description="days relative to index, inclusive")
+
+    @model_validator(mode="after")
+    def _check(self) -> CovariateSpec:
+        if self.window_end < self.window_start:
+            raise StudyError(f"covariate {self.name!r}: window_end is before window_start")
+        return self
+
+
+class CoxSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    survival: SurvivalSettings = SurvivalSettings()
+    age: bool = True
+    sex: bool = True
+    covariates: list[CovariateSpec] = Field(default_factory=list)
+    ph_test: bool = True
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> CoxSettings:
+        names = [c.name for c in self.covariates]
+        clash = sorted({n for n in names if names.count(n) > 1 or n in ("treatment", "age", "male")})
+        if clash:
+            raise StudyError(f"covariate names {clash} are repeated or reserved; give each a distinct name")
+        return self
+
+
+# ------------------------------------------------------------------------------------ time to event SQL
+
+
+def _tte_template(settings: SurvivalSettings, with_person: bool) -> str:
+    """Per-person (cohort_id, person_id, time, event) as a query; the clauses chosen come from the
+    validated settings only, every value is a bound parameter."""
+    ends = ["op.observation_period_end_date"]
+    if settings.censor_at == "cohort_end":
+        ends.append("i.cohort_end_date")
+    if settings.censor_at_death:
+        ends.append("COALESCE(dd.death_date, op.observation_period_end_date)")
+    if settings.tar_end is not None:
+        ends.append("CAST(i.cohort_start_date + CAST($tar_end AS INTEGER) AS DATE)")
+    end_expr = ends[0] if len(ends) == 1 else f"LEAST({', '.join(ends)})"
+    death_join = (
+        "LEFT JOIN (SELECT person_id, MIN(death_date) AS death_date FROM death GROUP BY person_id) dd "
+        "ON dd.person_id = i.subject_id"
+        if settings.censor_at_death
+        else ""
+    )
+    first = "WHERE i.rn = 1" if settings.first_entry_only else ""
+    prior = (
+        """AND NOT EXISTS (SELECT 1 FROM cohort po WHERE po.cohort_definition_id = $outcome_id
+             AND po.subject_id = b.person_id AND po.cohort_start_date < b.tar_start_date)"""
+        if settings.exclude_prior_outcome
+        else ""
+    )
+    person_cols = ", b.index_date, b.tar_start_date" if with_person else ""
+    return f"""
+    WITH idx AS (
+      SELECT t.cohort_definition_id, t.subject_id, t.cohort_start_date, t.cohort_end_date,
+             ROW_NUMBER() OVER (PARTITION BY t.cohort_definition_id, t.subject_id
+                                ORDER BY t.cohort_start_date, t.cohort_end_date) AS rn
+      FROM cohort t
+      WHERE t.cohort_definition_id IN (SELECT cid FROM cohort_ids)
+    ),
+    base AS (
+      SELECT i.cohort_definition_id AS cohort_id, i.subject_id AS person_id,
+             i.cohort_start_date AS index_date,
+             CAST(i.cohort_start_date + CAST($tar_start AS INTEGER) AS DATE) AS tar_start_date,
+             {end_expr} AS end_date
+      FROM (SELECT * FROM idx i {first}) i
+      JOIN observation_period op ON op.person_id = i.subject_id
+        AND i.cohort_start_date >= op.observation_period_start_date
+        AND i.cohort_start_date <= op.observation_period_end_date
+      {death_join}
+    ),
+    ev AS (
+      SELECT b.cohort_id, b.person_id, b.index_date, MIN(o.cohort_start_date) AS event_date
+      FROM base b
+      JOIN cohort o ON o.cohort_definition_id = $outcome_id AND o.subject_id = b.person_id
+        AND o.cohort_start_date >= b.tar_start_date AND o.cohort_start_date <= b.end_date
+      GROUP BY b.cohort_id, b.person_id, b.index_date
+    ),
+    tte AS (
+      SELECT b.cohort_id, b.person_id{person_cols},
+             CASE WHEN ev.event_date IS NULL THEN DATE_DIFF('day', b.index_date, b.end_date)
+                  ELSE DATE_DIFF('day', b.index_date, ev.event_date) END AS time,
+             CASE WHEN ev.event_date IS NULL THEN 0 ELSE 1 END AS event
+      FROM base b
+      LEFT JOIN ev ON ev.cohort_id = b.cohort_id AND ev.person_id = b.person_id
+        AND ev.index_date = b.index_date
+      WHERE b.end_date >= b.tar_start_date {prior}
+    )
+    """
+
+
+def _params(settings: SurvivalSettings, outcome_id: int) -> dict[str, object]:
+    p: dict[str, object] = {"tar_start": settings.tar_start, "outcome_id": outcome_id}
+    if settings.tar_end is not None:
+        p["tar_end"] = settings.tar_end
+    return p
+
+
+def _ids_values(ids: Sequence[int]) -> dict[str, tuple[list[str], list[list[int]]]]:
+    return {"cohort_ids": (["cid"], [[i] for i in ids])}
+
+
+def time_to_event_counts(
+    cdm: Cdm, cohort_ids: Sequence[int], outcome_id: int, settings: SurvivalSettings | None = None
+) -> pd.DataFrame:
+    """Per cohort and distinct time: n_at_risk, n_events, n_censored, aggregated in the database."""
+    settings = settings or SurvivalSettings()
+    ids = [check_cohort_id(c, "cohort id") for c in cohort_ids]
+    check_cohort_id(outcome_id, "outcome cohort id")
+    if not ids:
+        raise StudyError("give at least one target cohort id")
+    require_tables(
+        cdm,
+        ["cohort", "observation_period", *(["death"] if settings.censor_at_death else [])],
+        "survival analysis",
+    )
+    sql = (
+        _tte_template(settings, with_person=False)
+        + """
+    , agg AS (
+      SELECT cohort_id, time, COUNT(*) AS n, SUM(event) AS d FROM tte GROUP BY cohort_id, time
+    )
+    SELECT cohort_id, time,
+           SUM(n) OVER (PARTITION BY cohort_id ORDER BY time DESC
+                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS n_at_risk,
+           d AS n_events, n - d AS n_censored
+    FROM agg ORDER BY cohort_id, time
+    """
+    )
+    df = fetch_df(cdm, build(sql, cdm, _ids_values(ids)), _params(settings, outcome_id))
+    for c in ("cohort_id", "time", "n_at_risk", "n_events", "n_censored"):
+        df[c] = df[c].astype("int64")
+    return df
+
+
+# ------------------------------------------------------------------------------------------ Kaplan-Meier
+
+
+def km_estimates(counts: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Kaplan-Meier estimate and log-log (exponential Greenwood) CI from per-time counts of one group,
+    computed exactly as lifelines' KaplanMeierFitter does. Works on released counts too."""
+    g = counts.sort_values("time").reset_index(drop=True)
+    n = g["n_at_risk"].to_numpy(dtype=float)
+    d = g["n_events"].to_numpy(dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_s = np.cumsum(np.log(n - d) - np.log(n))
+        surv = np.exp(log_s)
+        var_terms = np.where(n > d, d / (n * (n - d)), 0.0)
+        cum = np.cumsum(var_terms)
+        z = float(stats.norm.ppf(1 - alpha / 2))
+        v = np.log(surv)
+        lower = np.exp(-np.exp(np.log(-v) - z * np.sqrt(cum) / v))
+        upper = np.exp(-np.exp(np.log(-v) + z * np.sqrt(cum) / v))
+    out = g.copy()
+    out["estimate"] = surv
+    # lifelines fills undefined bounds (S = 1, or S = 0) with 1.0; so do we, to stay comparable.
+    out["ci_lower"] = np.nan_to_num(lower, nan=1.0)
+    out["ci_upper"] = np.nan_to_num(upper, nan=1.0)
+    return out
+
+
+def median_survival(est: pd.DataFrame) -> tuple[float, float, float]:
+    """(median, lower, upper): the first time each curve (estimate, CI bounds) is at or below 0.5;
+    infinity where it never is (as lifelines' median_survival_times)."""
+
+    def first(col: str) -> float:
+        hit = est.loc[est[col] <= 0.5, "time"]
+        return float(hit.min()) if len(hit) else math.inf
+
+    return first("estimate"), first("ci_lower"), first("ci_upper")
+
+
+def kaplan_meier(
+    cdm: Cdm,
+    target_cohort_ids: Sequence[int],
+    outcome_cohort_id: int,
+    settings: SurvivalSettings | None = None,
+    *,
+    alpha: float = 0.05,
+    name: str = "km",
+) -> AnalysisResult:
+    """Kaplan-Meier curves of time to outcome, one per target cohort.
+
+    Tables: `{name}` (survival: cohort_id, time, n_at_risk, n_events, n_censored, and the site-side
+    estimate/ci_lower/ci_upper, which release() recomputes from released counts) and `{name}_summary`
+    (counts: persons and events per cohort; median and CI as site-side columns).
+    """
+    counts = time_to_event_counts(cdm, target_cohort_ids, outcome_cohort_id, settings)
+    frames, summary = [], []
+    for cid in target_cohort_ids:
+        g = counts[counts["cohort_id"] == cid]
+        if g.empty:
+            summary.append(
+                {
+                    "cohort_id": cid,
+                    "n_persons": 0,
+                    "n_events": 0,
+                    "median": np.nan,
+                    "median_lower": np.nan,
+                    "median_upper": np.nan,
+                }
+            )
+            continue
+        est = km_estimates(g, alpha)
+        frames.append(est)
+        med, lo, hi = median_survival(est)
+        summary.append(
+            {
+                "cohort_id": cid,
+                "n_persons": int(g["n_at_risk"].max()),
+                "n_events": int(g["n_events"].sum()),
+                "median": med,
+                "median_lower": lo,
+                "median_upper": hi,
+            }
+        )
+    cols = ["cohort_id", "time", "n_at_risk", "n_events", "n_censored", "estimate", "ci_lower", "ci_upper"]
+    curve = (
+        pd.concat(frames, ignore_index=True)[cols]
+        if frames
+        else pd.DataFrame({c: pd.Series(dtype="float64" if c in cols[5:] else "int64") for c in cols})
+    )
+    summ = pd.DataFrame(summary)
+    empty = curve.empty
+    notes = [f"cohort {s['cohort_id']} has nobody with time at risk" for s in summary if s["n_persons"] == 0]
+    return AnalysisResult(
+        analysis="kaplan_meier",
+        tables={
+            name: ResultTable(name=name, kind="survival", data=curve, dimensions=["cohort_id"]),
+            f"{name}_summary": ResultTable(
+                name=f"{name}_summary",
+                kind="counts",
+                data=summ,
+                dimensions=["cohort_id"],
+                count_columns=["n_persons", "n_events"],
+            ),
+        },
+        empty=empty,
+        notes=notes,
+    )
+
+
+# -------------------------------------------------------------------------------------------- Cox model
+
+
+@dataclass
+class CoxData:
+    """Per-person rows for a Cox model. Row-level data: it stays at the site."""
+
+    X: np.ndarray
+    time: np.ndarray
+    event: np.ndarray
+    terms: list[str]
+    strata: np.ndarray | None = None
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.time)
+
+    @property
+    def n_events(self) -> int:
+        return int(self.event.sum())
+
+    def frame(self) -> pd.DataFrame:
+        df = pd.DataFrame(self.X, columns=self.terms)
+        df["time"] = self.time
+        df["event"] = self.event
+        if self.strata is not None:
+            df["stratum"] = self.strata
+        return df
+
+
+@dataclass
+class CoxSiteSummary:
+    """What one site sends in a federated Cox round: sums over its own risk sets at `beta`."""
+
+    beta: np.ndarray
+    loglik: float
+    score: np.ndarray
+    information: np.ndarray
+    n_obs: int
+    n_events: int
+    ties: str
+
+    def __add__(self, other: CoxSiteSummary) -> CoxSiteSummary:
+        if self.ties != other.ties or not np.array_equal(self.beta, other.beta):
+            raise StudyError("site summaries can only be pooled at the same beta with the same ties method")
+        return CoxSiteSummary(
+            self.beta,
+            self.loglik + other.loglik,
+            self.score + other.score,
+            self.information + other.information,
+            self.n_obs + other.n_obs,
+            self.n_events + other.n_events,
+            self.ties,
+        )
+
+
+def _stratum_terms(
+    X: np.ndarray, t: np.ndarray, e: np.ndarray, beta: np.ndarray, efron: bool
+) -> tuple[float, np.ndarray, np.ndarray]:
+    n, p = X.shape
+    if n == 0 or not e.any():
+        return 0.0, np.zeros(p), np.zeros((p, p))
+    order = np.argsort(-t, kind="stable")  # latest first: the risk set of a time is a prefix
+    X, t, e = X[order], t[order], e[order].astype(float)
+    eta = X @ beta
+    m = float(eta.max())  # shift so exp() cannot overflow; cancels in score and information
+    w = np.exp(eta - m)
+    start = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
+    wX = w[:, None] * X
+    s0 = np.cumsum(np.add.reduceat(w, start))
+    s1 = np.cumsum(np.add.reduceat(wX, start, axis=0), axis=0)
+    s2 = np.empty((len(start), p, p))
+    for j in range(p):
+        s2[:, j, :] = np.add.reduceat(wX[:, j, None] * X, start, axis=0)
+    s2 = np.cumsum(s2, axis=0)
+    d = np.add.reduceat(e, start)
+    we = w * e
+    t0 = np.add.reduceat(we, start)
+    t1 = np.add.reduceat(we[:, None] * X, start, axis=0)
+    t2 = np.empty((len(start), p, p))
+    for j in range(p):
+        t2[:, j, :] = np.add.reduceat((we * X[:, j])[:, None] * X, start, axis=0)
+    di = d.astype(int)
+    rep = np.repeat(np.arange(len(start)), di)  # one entry per event
+    if efron:
+        offs = np.arange(len(rep)) - np.repeat(np.cumsum(di) - di, di)
+        c = offs / d[rep]
+    else:
+        c = np.zeros(len(rep))
+    phi0 = s0[rep] - c * t0[rep]
+    phi1 = s1[rep] - c[:, None] * t1[rep]
+    phi2 = s2[rep] - c[:, None, None] * t2[rep]
+    loglik = float((eta * e).sum() - np.sum(np.log(phi0) + m))
+    score = (X * e[:, None]).sum(axis=0) - (phi1 / phi0[:, None]).sum(axis=0)
+    info = (phi2 / phi0[:, None, None]).sum(axis=0) - np.einsum(
+        "ki,kj->ij", phi1 / phi0[:, None], phi1 / phi0[:, None]
+    )
+    return loglik, score, info
+
+
+def cox_site_summary(
+    data: CoxData, beta: Sequence[float] | np.ndarray, ties: Literal["efron", "breslow"] = "efron"
+) -> CoxSiteSummary:
+    """Log partial likelihood, score (gradient) and information (negative Hessian) of this site's
+    data at `beta`, with its own strata (if any) as separate risk sets."""
+    b = np.asarray(beta, dtype=float)
+    p = data.X.shape[1]
+    if b.shape != (p,):
+        raise StudyError(f"beta has {b.size} values but the model has {p} terms ({', '.join(data.terms)})")
+    strata = data.strata if data.strata is not None else np.zeros(data.n_obs, dtype=int)
+    ll, sc, inf = 0.0, np.zeros(p), np.zeros((p, p))
+    for s in np.unique(strata):
+        k = strata == s
+        a, b_, c = _stratum_terms(data.X[k], data.time[k], data.event[k], b, ties == "efron")
+        ll, sc, inf = ll + a, sc + b_, inf + c
+    return CoxSiteSummary(b.copy(), ll, sc, inf, data.n_obs, data.n_events, ties)
+
+
+@dataclass
+class CoxFit:
+    terms: list[str]
+    coef: np.ndarray
+    se: np.ndarray
+    loglik: float
+    information: np.ndarray
+    n_obs: int
+    n_events: int
+    iterations: int
+    converged: bool
+
+    def summary(self, alpha: float = 0.05) -> pd.DataFrame:
+        z = float(stats.norm.ppf(1 - alpha / 2))
+        zs = self.coef / self.se
+        return pd.DataFrame(
+            {
+                "term": self.terms,
+                "coef": self.coef,
+                "se": self.se,
+                "hr": np.exp(self.coef),
+                "hr_lower": np.exp(self.coef - z * self.se),
+                "hr_upper": np.exp(self.coef + z * self.se),
+                "z": zs,
+                "p": 2 * stats.norm.sf(np.abs(zs)),
+            }
+        )
+
+
+def newton_raphson(
+    summarise: Callable[[np.ndarray], CoxSiteSummary],
+    p: int,
+    terms: list[str] | None = None,
+    *,
+    tol: float = 1e-10,
+    max_iter: int = 100,
+) -> CoxFit:
+    """Maximise a (pooled) partial likelihood: `summarise(beta)` returns the summed site summaries.
+
+    For a federated fit, `summarise` asks every site for `cox_site_summary(its data, beta)` and adds
+    them; the hub sees only those sums. Steps are halved while the likelihood falls.
+    """
+    beta = np.zeros(p)
+    cur = summarise(beta)
+    converged = False
+    iterations = 0
+    for _ in range(max_iter):
+        iterations += 1
+        try:
+            step = np.linalg.solve(cur.information, cur.score)
+        except np.linalg.LinAlgError:
+            raise StudyError(
+                "the Cox model's information matrix is singular: a covariate is constant or collinear "
+                "with others in these data; drop it"
+            ) from None
+        new = summarise(beta + step)
+        halvings = 0
+        while (not np.isfinite(new.loglik) or new.loglik < cur.loglik - 1e-12) and halvings < 30:
+            step = step / 2
+            new = summarise(beta + step)
+            halvings += 1
+        beta, cur = beta + step, new
+        if np.max(np.abs(step)) < tol:
+            converged = True
+            break
+    if not np.all(np.isfinite(beta)) or not converged:
+        warnings.warn(
+            "Cox fit did not converge (possible separation: a covariate with no events)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    try:
+        cov = np.linalg.inv(cur.information)
+    except np.linalg.LinAlgError:
+        cov = np.full((p, p), np.nan)
+    se = np.sqrt(np.diag(cov))
+    return CoxFit(
+        terms or [f"x{i}" for i in range(p)],
+        beta,
+        se,
+        cur.loglik,
+        cur.information,
+        cur.n_obs,
+        cur.n_events,
+        iterations,
+        converged,
+    )
+
+
+def fit_cox(data: CoxData | Sequence[CoxData], ties: Literal["efron", "breslow"] = "efron") -> CoxFit:
+    """Fit on one site's data, or on several (each its own stratum) pooled in-process."""
+    sites = [data] if isinstance(data, CoxData) else list(data)
+    if not sites or sum(s.n_obs for s in sites) == 0:
+        raise StudyError("no persons to fit a Cox model on")
+    p = sites[0].X.shape[1]
+
+    def summarise(beta: np.ndarray) -> CoxSiteSummary:
+        out = cox_site_summary(sites[0], beta, ties)
+        for s in sites[1:]:
+            out = out + cox_site_summary(s, beta, ties)
+        return out
+
+    return newton_raphson(summarise, p, sites[0].terms)
+
+
+def _covariate_template(
+    covs: Sequence[CovariateSpec],
+) -> tuple[str, dict[str, tuple[list[str], list[list[int]]]]]:
+    """Per (person, covariate index) where the covariate is present; concept lists and windows are
+    validated integers and become VALUES rows."""
+    rows = [
+        [k, cid, int(c.include_descendants), c.window_start, c.window_end]
+        for k, c in enumerate(covs)
+        for cid in c.concept_ids
+    ]
+    parts = []
+    for domain in sorted({c.domain for c in covs}):
+        table, concept_col, date_col = DOMAINS[domain]
+        ks = [k for k, c in enumerate(covs) if c.domain == domain]
+        parts.append(f"""
+        SELECT DISTINCT b.person_id, cc.k FROM tte b
+        JOIN {table} r ON r.person_id = b.person_id
+        JOIN cov_concepts cc ON cc.concept_id = r.{concept_col}
+          AND r.{date_col} >= CAST(b.index_date + cc.ws AS DATE)
+          AND r.{date_col} <= CAST(b.index_date + cc.we AS DATE)
+        WHERE cc.k IN ({", ".join(str(k) for k in ks)})""")
+    sql = (
+        """
+    , cov_concepts AS (
+      SELECT v.k, v.concept_id, v.ws, v.we FROM covdefs v
+      UNION
+      SELECT v.k, ca.descendant_concept_id AS concept_id, v.ws, v.we FROM covdefs v
+      JOIN concept_ancestor ca ON ca.ancestor_concept_id = v.concept_id WHERE v.descendants = 1
+    )
+    """
+        + "SELECT person_id, k FROM ("
+        + " UNION ".join(parts)
+        + ") u"
+    )
+    return sql, {"covdefs": (["k", "concept_id", "descendants", "ws", "we"], rows)}
+
+
+def cox_data(
+    cdm: Cdm,
+    target_cohort_id: int,
+    comparator_cohort_id: int,
+    outcome_cohort_id: int,
+    settings: CoxSettings | None = None,
+) -> CoxData:
+    """Per-person rows (treatment = target 1 / comparator 0, age at index in years, male, covariates).
+
+    Persons in both cohorts are dropped (their exposure is ambiguous), as CohortMethod does by default.
+    """
+    settings = settings or CoxSettings()
+    t_id = check_cohort_id(target_cohort_id, "target cohort id")
+    c_id = check_cohort_id(comparator_cohort_id, "comparator cohort id")
+    if t_id == c_id:
+        raise StudyError("target and comparator are the same cohort; give two different cohort ids")
+    s = settings.survival
+    require_tables(
+        cdm,
+        ["cohort", "observation_period", "person", *(["death"] if s.censor_at_death else [])],
+        "Cox model",
+    )
+    if any(c.include_descendants for c in settings.covariates):
+        require_tables(cdm, ["concept_ancestor"], "covariates with descendants")
+    for c in settings.covariates:
+        require_tables(cdm, [DOMAINS[c.domain][0]], f"covariate {c.name!r}")
+    values = _ids_values([t_id, c_id])
+    # Time to event, age (year difference, as FeatureExtraction) and sex; one row per person.
+    sql = (
+        _tte_template(s, with_person=True)
+        + """
+    SELECT b.person_id, b.time, b.event,
+           CASE WHEN b.cohort_id = $target_id THEN 1 ELSE 0 END AS treatment,
+           EXTRACT(YEAR FROM b.index_date) - p.year_of_birth AS age,
+           CASE WHEN p.gender_concept_id = 8507 THEN 1 ELSE 0 END AS male
+    FROM tte b JOIN person p ON p.person_id = b.person_id
+    WHERE b.person_id NOT IN (SELECT person_id FROM tte GROUP BY person_id HAVING COUNT(DISTINCT cohort_id) > 1)
+    ORDER BY b.person_id
+    """
+    )
+    params = {**_params(s, outcome_cohort_id), "target_id": t_id}
+    rows = fetch_df(cdm, build(sql, cdm, values), params)
+    terms = ["treatment"] + (["age"] if settings.age else []) + (["male"] if settings.sex else [])
+    X = rows[terms].to_numpy(dtype=float) if len(rows) else np.zeros((0, len(terms)))
+    if settings.covariates:
+        cov_sql, cov_values = _covariate_template(settings.covariates)
+        q = build(_tte_template(s, with_person=True) + cov_sql, cdm, {**values, **cov_values})
+        present = fetch_df(cdm, q, _params(s, outcome_cohort_id))
+        C = np.zeros((len(rows), len(settings.covariates)))
+        if len(rows) and len(present):
+            pos = pd.Series(np.arange(len(rows)), index=rows["person_id"].to_numpy())
+            present = present[present["person_id"].isin(pos.index)]
+            C[pos[present["person_id"]].to_numpy(), present["k"].to_numpy(dtype=int)] = 1.0
+        X = np.hstack([X, C])
+        terms += [c.name for c in settings.covariates]
+    return CoxData(
+        X=X, time=rows["time"].to_numpy(dtype=float), event=rows["event"].to_numpy(dtype=float), terms=terms
+    )
+
+
+def ph_test(data: CoxData) -> pd.DataFrame:
+    """Proportional-hazards check: lifelines' Schoenfeld-residual test (rank time transform)."""
+    from lifelines import CoxPHFitter
+    from lifelines.statistics import proportional_hazard_test
+
+    df = data.frame()
+    cph = CoxPHFitter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cph.fit(
+            df,
+            duration_col="time",
+            event_col="event",
+            strata=["stratum"] if data.strata is not None else None,
+        )
+        res = proportional_hazard_test(cph, df, time_transform="rank")
+    out = res.summary.reset_index()
+    out = out.rename(columns={out.columns[0]: "term"})
+    return out[["term", "test_statistic", "p"]]
+
+
+def cox_model(
+    cdm: Cdm,
+    target_cohort_id: int,
+    comparator_cohort_id: int,
+    outcome_cohort_id: int,
+    settings: CoxSettings | None = None,
+    *,
+    name: str = "cox",
+) -> AnalysisResult:
+    """Cox proportional hazards, target vs comparator, adjusted for age, sex and named covariates.
+
+    Tables: `{name}` (model: term, coef, se, hr, hr_lower, hr_upper, z, p; count columns n_nonzero
+    and n_events_nonzero per term) and `{name}_ph_test` (model: Schoenfeld test per term).
+    """
+    settings = settings or CoxSettings()
+    data = cox_data(cdm, target_cohort_id, comparator_cohort_id, outcome_cohort_id, settings)
+    p = len(data.terms)
+    coef_cols = [
+        "term",
+        "coef",
+        "se",
+        "hr",
+        "hr_lower",
+        "hr_upper",
+        "z",
+        "p",
+        "n_nonzero",
+        "n_events_nonzero",
+    ]
+    notes: list[str] = []
+    if data.n_obs == 0 or data.n_events == 0:
+        notes.append("no persons with time at risk" if data.n_obs == 0 else "no outcome events")
+        empty = pd.DataFrame({c: pd.Series(dtype="object" if c == "term" else "float64") for c in coef_cols})
+        empty[["n_nonzero", "n_events_nonzero"]] = empty[["n_nonzero", "n_events_nonzero"]].astype("int64")
+        info = ModelInfo(df_resid=0, n_obs=data.n_obs, n_events=data.n_events)
+        ph = pd.DataFrame(
+            {
+                "term": pd.Series(dtype="object"),
+                "test_statistic": pd.Series(dtype="float64"),
+                "p": pd.Series(dtype="float64"),
+            }
+        )
+        return AnalysisResult(
+            "cox_model",
+            {
+                name: ResultTable(
+                    name=name,
+                    kind="model",
+                    data=empty,
+                    model=info,
+                    count_columns=["n_nonzero", "n_events_nonzero"],
+                ),
+                f"{name}_ph_test": ResultTable(name=f"{name}_ph_test", kind="model", data=ph, model=info),
+            },
+            empty=True,
+            notes=notes,
+        )
+    fit = fit_cox(data)
+    table = fit.summary(settings.alpha)
+    nz = data.X != 0
+    table["n_nonzero"] = nz.sum(axis=0).astype("int64")
+    table["n_events_nonzero"] = (nz & (data.event[:, None] == 1)).sum(axis=0).astype("int64")
+    info = ModelInfo(df_resid=data.n_obs - p, n_obs=data.n_obs, n_events=data.n_events)
+    tables = {
+        name: ResultTable(
+            name=name, kind="model", data=table, model=info, count_columns=["n_nonzero", "n_events_nonzero"]
+        )
+    }
+    if settings.ph_test:
+        try:
+            ph = ph_test(data)
+        except Exception as e:  # lifelines refuses degenerate data; the model itself still stands
+            notes.append(f"proportional-hazards test not computed: {e}")
+            ph = pd.DataFrame(
+                {
+                    "term": pd.Series(dtype="object"),
+                    "test_statistic": pd.Series(dtype="float64"),
+                    "p": pd.Series(dtype="float64"),
+                }
+            )
+        tables[f"{name}_ph_test"] = ResultTable(name=f"{name}_ph_test", kind="model", data=ph, model=info)
+    if not fit.converged:
+        notes.append("the fit did not converge; estimates may be infinite (separation)")
+    return AnalysisResult("cox_model", tables, empty=False, notes=notes)

@@ -77,12 +77,12 @@ def _arrow_tables(res: ChunkResult, ids: _Ids) -> dict[str, pa.Table]:
     mth = bd.astype("datetime64[M]")
     out["person"] = pa.table({
         "person_id": _i64(pid),
-        "gender_concept_id": _i32(np.where(per["male"], ct.gender["male"], ct.gender["female"])),
+        "gender_concept_id": _i64(np.where(per["male"], ct.gender["male"], ct.gender["female"])),
         "year_of_birth": _i32(y.astype(np.int64) + 1970),
         "month_of_birth": _i32((mth - y).astype(np.int64) + 1),
         "day_of_birth": _i32((bd - mth).astype(np.int64) + 1),
-        "race_concept_id": _i32(np.asarray(ct.race)[per["race"]]),
-        "ethnicity_concept_id": _i32(np.full(n, ct.not_hispanic)),
+        "race_concept_id": _i64(np.asarray(ct.race)[per["race"]]),
+        "ethnicity_concept_id": _i64(np.full(n, ct.not_hispanic)),
         "person_source_value": pa.array(nhs_numbers(pid)).cast(pa.string()),
         "gender_source_value": _lookup(per["male"].astype(np.int32), ["F", "M"]),
         "race_source_value": _lookup(per["race"], ct.race_source),
@@ -95,7 +95,7 @@ def _arrow_tables(res: ChunkResult, ids: _Ids) -> dict[str, pa.Table]:
         "person_id": _i64(o["p"] + pid0),
         "observation_period_start_date": _date(o["start"]),
         "observation_period_end_date": _date(o["end"]),
-        "period_type_concept_id": _i32(np.full(k, ct.type_registration)),
+        "period_type_concept_id": _i64(np.full(k, ct.type_registration)),
     })
 
     v = t["visit_occurrence"]
@@ -104,11 +104,10 @@ def _arrow_tables(res: ChunkResult, ids: _Ids) -> dict[str, pa.Table]:
     out["visit_occurrence"] = pa.table({
         "visit_occurrence_id": _i64(np.arange(vbase, vbase + k)),
         "person_id": _i64(v["p"] + pid0),
-        "visit_concept_id": _i32(ct.visit[v["kind"]]),
+        "visit_concept_id": _i64(ct.visit[v["kind"]]),
         "visit_start_date": _date(v["start"]),
         "visit_end_date": _date(v["end"]),
-        "visit_type_concept_id": _i32(np.full(k, ct.type_ehr)),
-        "visit_source_value": _lookup(v["kind"], ct.visit_source),
+        "visit_type_concept_id": _i64(np.full(k, ct.type_ehr)),
     })
 
     c = t["condition_occurrence"]
@@ -116,12 +115,12 @@ def _arrow_tables(res: ChunkResult, ids: _Ids) -> dict[str, pa.Table]:
     out["condition_occurrence"] = pa.table({
         "condition_occurrence_id": _i64(np.arange(ids.condition_occurrence, ids.condition_occurrence + k)),
         "person_id": _i64(c["p"] + pid0),
-        "condition_concept_id": _i32(ct.condition[c["code"]]),
+        "condition_concept_id": _i64(ct.condition[c["code"]]),
         "condition_start_date": _date(c["day"]),
-        "condition_type_concept_id": _i32(np.full(k, ct.type_ehr)),
+        "condition_type_concept_id": _i64(np.full(k, ct.type_ehr)),
         "visit_occurrence_id": _fk(c["visit"], vbase),
         "condition_source_value": _lookup(c["code"], ct.condition_source),
-        "condition_source_concept_id": _i32(ct.condition_source_concept[c["code"]]),
+        "condition_source_concept_id": _i64(ct.condition_source_concept[c["code"]]),
     })
 
     d = t["drug_exposure"]
@@ -129,15 +128,15 @@ def _arrow_tables(res: ChunkResult, ids: _Ids) -> dict[str, pa.Table]:
     out["drug_exposure"] = pa.table({
         "drug_exposure_id": _i64(np.arange(ids.drug_exposure, ids.drug_exposure + k)),
         "person_id": _i64(d["p"] + pid0),
-        "drug_concept_id": _i32(ct.drug[d["drug"]]),
+        "drug_concept_id": _i64(ct.drug[d["drug"]]),
         "drug_exposure_start_date": _date(d["start"]),
         "drug_exposure_end_date": _date(d["end"]),
-        "drug_type_concept_id": _i32(np.full(k, ct.type_prescription)),
+        "drug_type_concept_id": _i64(np.full(k, ct.type_prescription)),
         "quantity": pa.array(d["supply"].astype(np.float64)),
         "days_supply": _i32(d["supply"]),
         "visit_occurrence_id": _fk(d["visit"], vbase),
         "drug_source_value": _lookup(d["drug"], ct.drug_source),
-        "drug_source_concept_id": _i32(ct.drug_source_concept[d["drug"]]),
+        "drug_source_concept_id": _i64(ct.drug_source_concept[d["drug"]]),
     })
 
     m = t["measurement"]
@@ -145,14 +144,13 @@ def _arrow_tables(res: ChunkResult, ids: _Ids) -> dict[str, pa.Table]:
     out["measurement"] = pa.table({
         "measurement_id": _i64(np.arange(ids.measurement, ids.measurement + k)),
         "person_id": _i64(m["p"] + pid0),
-        "measurement_concept_id": _i32(ct.measurement[m["key"]]),
+        "measurement_concept_id": _i64(ct.measurement[m["key"]]),
         "measurement_date": _date(m["day"]),
-        "measurement_type_concept_id": _i32(np.full(k, ct.type_lab)),
+        "measurement_type_concept_id": _i64(np.full(k, ct.type_lab)),
         "value_as_number": pa.array(m["value"].astype(np.float64)),
-        "unit_concept_id": _i32(ct.unit[m["key"]]),
+        "unit_concept_id": _i64(ct.unit[m["key"]]),
         "visit_occurrence_id": _fk(m["visit"], vbase),
         "measurement_source_value": _lookup(m["key"], ct.measurement_source),
-        "unit_source_value": _lookup(m["key"], ct.unit_source),
     })
 
     de = t["death"]
@@ -161,7 +159,7 @@ def _arrow_tables(res: ChunkResult, ids: _Ids) -> dict[str, pa.Table]:
     out["death"] = pa.table({
         "person_id": _i64(de["p"] + pid0),
         "death_date": _date(de["day"]),
-        "death_type_concept_id": _i32(np.full(k, ct.type_ehr)),
+        "death_type_concept_id": _i64(np.full(k, ct.type_ehr)),
         "cause_concept_id": pa.array(ct.condition[np.maximum(cause, 0)].astype(np.int32), mask=cause < 0),
         "cause_source_value": pa.array(np.asarray(ct.condition_source, dtype=object)[np.maximum(cause, 0)],
                                        type=pa.string(), mask=cause < 0),

@@ -323,16 +323,16 @@ class CompiledCohort:
 
     def _with(self, final: exp.Select) -> exp.Select:
         for name, q in self.ctes:
-            final = final.with_(name, as_=q.copy())
+            final = final.with_(name, as_=q.copy(), copy=False)
         return final
 
     def rows_query(self) -> exp.Select:
         """subject_id, cohort_start_date, cohort_end_date: the cohort's rows."""
-        return self._with(exp.select("subject_id", "cohort_start_date", "cohort_end_date").from_("cohort_out"))
+        return self._with(exp.select("subject_id", "cohort_start_date", "cohort_end_date", copy=False).from_("cohort_out", copy=False))
 
     def mask_counts_query(self) -> exp.Select:
         """mode_id, inclusion_rule_mask, person_count (events per mask), as Circe's cohort_inclusion_result."""
-        return self._with(exp.select("mode_id", "inclusion_rule_mask", "person_count").from_("cohort_mask_counts"))
+        return self._with(exp.select("mode_id", "inclusion_rule_mask", "person_count", copy=False).from_("cohort_mask_counts", copy=False))
 
     def sql(self, dialect: str) -> str:
         return self.rows_query().sql(dialect=dialect)
@@ -353,8 +353,8 @@ class CompiledCohort:
             creates.append(exp.Analyze(tables=[exp.Table(this=exp.to_identifier(names[n]))]))
         drops = [exp.Drop(tables=[exp.Table(this=exp.to_identifier(names[n]))], kind="TABLE", exists=True)
                  for n, _ in reversed(self.ctes)]
-        rows = exp.select("subject_id", "cohort_start_date", "cohort_end_date").from_(names["cohort_out"])
-        masks = exp.select("mode_id", "inclusion_rule_mask", "person_count").from_(names["cohort_mask_counts"])
+        rows = exp.select("subject_id", "cohort_start_date", "cohort_end_date", copy=False).from_(names["cohort_out"], copy=False)
+        masks = exp.select("mode_id", "inclusion_rule_mask", "person_count", copy=False).from_(names["cohort_mask_counts"], copy=False)
         return Steps(creates=creates, drops=drops, rows=rows, mask_counts=masks)
 
 
@@ -418,9 +418,9 @@ class _Compiler:
             )
 
     def codeset_in(self, e: exp.Expression, codeset_id: int) -> exp.Expression:
-        sub = (exp.select("concept_id").from_("codesets")
-               .where(eq(col(None, "codeset_id"), lit(codeset_id))))
-        return exp.In(this=e, query=sub.subquery())
+        sub = (exp.select("concept_id", copy=False).from_("codesets", copy=False)
+               .where(eq(col(None, "codeset_id"), lit(codeset_id)), copy=False))
+        return exp.In(this=e, query=sub.subquery(copy=False))
 
     # ---- ranges -----------------------------------------------------------------------------
     def numeric(self, e: exp.Expression, r: m.NumericRange, integer: bool) -> exp.Expression:
@@ -448,15 +448,15 @@ class _Compiler:
         parts: list[exp.Select] = []
         for cs in self.x.concept_sets:
             q = self.concept_set_query(cs)
-            parts.append(exp.select(lit(cs.id).as_("codeset_id"), col("c", "concept_id")).from_(q.subquery("c")))
+            parts.append(exp.select(lit(cs.id).as_("codeset_id"), col("c", "concept_id"), copy=False).from_(q.subquery("c"), copy=False))
         if parts:
             union: exp.Select | exp.Union = parts[0]
             for p in parts[1:]:
-                union = exp.union(union, p, distinct=False)
-            q = exp.select("codeset_id", "concept_id").from_(union.subquery("cs"))
+                union = exp.union(union, p, distinct=False, copy=False)
+            q = exp.select("codeset_id", "concept_id", copy=False).from_(union.subquery("cs"), copy=False)
         else:
             q = (exp.select(exp.Cast(this=exp.null(), to=INT.copy()).as_("codeset_id"),
-                            exp.Cast(this=exp.null(), to=BIGINT.copy()).as_("concept_id")).where(exp.false()))
+                            exp.Cast(this=exp.null(), to=BIGINT.copy()).as_("concept_id"), copy=False).where(exp.false(), copy=False))
         self.ctes.append(("codesets", q))
 
     # ---- one domain criterion → (person_id, event_id, start_date, end_date, visit_occurrence_id,
@@ -470,13 +470,13 @@ class _Compiler:
         start = col(a, d.start_col)
         # All of the row's columns (filters read them as C.x) plus its start and end dates.
         inner = exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier(a)),
-                           start.as_("start_date"), d.end(a).as_("end_date"))
-        inner = inner.from_(self.t(d.table, a))
+                           start.as_("start_date"), d.end(a).as_("end_date"), copy=False)
+        inner = inner.from_(self.t(d.table, a), copy=False)
         fields = body.model_fields_set | {k for k, v in body if v is not None}
         codeset_id = getattr(body, "codeset_id", None)
         if codeset_id is not None:
             self.check_codeset(codeset_id, f"{bpath}.CodesetId")
-            inner = inner.join(self.codeset_join(col(a, d.concept_col), codeset_id, "cs"))
+            inner = inner.join(self.codeset_join(col(a, d.concept_col), codeset_id, "cs"), copy=False)
         where: list[exp.Expression] = []
         joins_p = joins_v = False
         table = FILTERS[domain]
@@ -492,7 +492,7 @@ class _Compiler:
             if kind == "source":
                 self.check_codeset(value, fpath)
                 assert d.source_col is not None
-                inner = inner.join(self.codeset_join(col(a, d.source_col), value, "cns"))
+                inner = inner.join(self.codeset_join(col(a, d.source_col), value, "cns"), copy=False)
                 continue
             if target.startswith("P.") or target in ("age_start", "age_end"):
                 joins_p = True
@@ -521,7 +521,7 @@ class _Compiler:
             order_cols = [(col(a, d.start_col), False)]
             if d.id_col:
                 order_cols.append((col(a, d.id_col), False))
-            inner = inner.select(row_number([col(a, "person_id")], order_cols).as_("ordinal"))
+            inner = inner.select(row_number([col(a, "person_id")], order_cols).as_("ordinal"), copy=False)
             where.insert(0, eq(col("C", "ordinal"), lit(1)))
         event_id = col("C", d.id_col or "person_id")
         visit = (col("C", "visit_occurrence_id") if d.visit else exp.Cast(this=exp.null(), to=BIGINT.copy()))
@@ -529,17 +529,17 @@ class _Compiler:
         outer = exp.select(
             col("C", "person_id"), event_id.as_("event_id"), col("C", "start_date"), col("C", "end_date"),
             visit.as_("visit_occurrence_id"), col("C", "start_date").as_("sort_date"),
-            concept.as_("domain_concept_id"),
-        ).from_(inner.subquery("C"))
+            concept.as_("domain_concept_id"), copy=False
+        ).from_(inner.subquery("C"), copy=False)
         if joins_p:
-            outer = outer.join(self.t("person", "P"), on=eq(col("C", "person_id"), col("P", "person_id")))
+            outer = outer.join(self.t("person", "P"), on=eq(col("C", "person_id"), col("P", "person_id")), copy=False)
         if joins_v:
             outer = outer.join(self.t("visit_occurrence", "V"), on=and_(
                 eq(col("C", "visit_occurrence_id"), col("V", "visit_occurrence_id")),
-                eq(col("C", "person_id"), col("V", "person_id"))))
+                eq(col("C", "person_id"), col("V", "person_id"))), copy=False)
         w = and_(*where)
         if w is not None:
-            outer = outer.where(w)
+            outer = outer.where(w, copy=False)
         if body.correlated_criteria is not None and not body.correlated_criteria.is_empty():
             outer = self.wrap_correlated(outer, body.correlated_criteria, f"{bpath}.CorrelatedCriteria")
         return outer
@@ -580,28 +580,28 @@ class _Compiler:
             exp.select(col("Q", "person_id"), col("Q", "event_id"), col("Q", "start_date"), col("Q", "end_date"),
                        col("Q", "visit_occurrence_id"),
                        col("OP", "observation_period_start_date").as_("op_start_date"),
-                       col("OP", "observation_period_end_date").as_("op_end_date"))
-            .from_(self.ref(crit, "Q"))
+                       col("OP", "observation_period_end_date").as_("op_end_date"), copy=False)
+            .from_(self.ref(crit, "Q"), copy=False)
             .join(self.t("observation_period", "OP"), on=and_(
                 eq(col("Q", "person_id"), col("OP", "person_id")),
                 exp.LTE(this=col("OP", "observation_period_start_date"), expression=col("Q", "start_date")),
-                exp.GTE(this=col("OP", "observation_period_end_date"), expression=col("Q", "start_date"))))
+                exp.GTE(this=col("OP", "observation_period_end_date"), expression=col("Q", "start_date"))), copy=False)
         )
         ev = self.cte("crit_events", events)
         ac = self.group(group, ev, 0, path)
         return (
             exp.select(*[col("PE", c) for c in ("person_id", "event_id", "start_date", "end_date",
-                                                 "visit_occurrence_id", "sort_date", "domain_concept_id")])
-            .from_(self.ref(crit, "PE"))
+                                                 "visit_occurrence_id", "sort_date", "domain_concept_id")], copy=False)
+            .from_(self.ref(crit, "PE"), copy=False)
             .join(ac.subquery("AC"), on=and_(eq(col("AC", "person_id"), col("PE", "person_id")),
-                                              eq(col("AC", "event_id"), col("PE", "event_id"))))
+                                              eq(col("AC", "event_id"), col("PE", "event_id"))), copy=False)
         )
 
     # ---- groups ---------------------------------------------------------------------------------
     def group(self, g: m.CriteriaGroup, ev: str, index: int, path: str) -> exp.Select:
         """(index_id, person_id, event_id) of the events in `ev` that satisfy the group."""
         if g.is_empty():
-            return exp.select(lit(index).as_("index_id"), "person_id", "event_id").from_(ev)
+            return exp.select(lit(index).as_("index_id"), "person_id", "event_id", copy=False).from_(ev, copy=False)
         parts: list[exp.Select] = []
         i = 0
         for k, cc in enumerate(g.criteria_list):
@@ -615,7 +615,7 @@ class _Compiler:
             i += 1
         union: exp.Select | exp.Union = parts[0]
         for p in parts[1:]:
-            union = exp.union(union, p, distinct=False)
+            union = exp.union(union, p, distinct=False, copy=False)
         count = exp.Count(this=col("CQ", "index_id"))
         join_kind = "INNER"
         if g.type == "ALL":
@@ -630,15 +630,15 @@ class _Compiler:
         if g.type in ("AT_LEAST", "AT_MOST") and g.count == 0:
             join_kind = "LEFT"  # a zero count must keep events that meet none of the criteria
         inner = (
-            exp.select(col("E", "person_id"), col("E", "event_id"))
-            .from_(self.ref(ev, "E"))
+            exp.select(col("E", "person_id"), col("E", "event_id"), copy=False)
+            .from_(self.ref(ev, "E"), copy=False)
             .join(union.subquery("CQ"), on=and_(eq(col("E", "person_id"), col("CQ", "person_id")),
                                                  eq(col("E", "event_id"), col("CQ", "event_id"))),
-                  join_type=join_kind)
-            .group_by(col("E", "person_id"), col("E", "event_id"))
-            .having(having)
+                  join_type=join_kind, copy=False)
+            .group_by(col("E", "person_id"), col("E", "event_id"), copy=False)
+            .having(having, copy=False)
         )
-        return exp.select(lit(index).as_("index_id"), "person_id", "event_id").from_(inner.subquery("G"))
+        return exp.select(lit(index).as_("index_id"), "person_id", "event_id", copy=False).from_(inner.subquery("G"), copy=False)
 
     def demographic(self, dc: m.DemographicCriteria, ev: str, index: int, path: str) -> exp.Select:
         where: list[exp.Expression] = []
@@ -656,13 +656,13 @@ class _Compiler:
             where.append(self.dates(col("E", "start_date"), dc.occurrence_start_date))
         if dc.occurrence_end_date is not None:
             where.append(self.dates(col("E", "end_date"), dc.occurrence_end_date))
-        q = (exp.select(lit(index).as_("index_id"), col("E", "person_id"), col("E", "event_id"))
-             .from_(self.ref(ev, "E"))
-             .join(self.t("person", "P"), on=eq(col("P", "person_id"), col("E", "person_id"))))
+        q = (exp.select(lit(index).as_("index_id"), col("E", "person_id"), col("E", "event_id"), copy=False)
+             .from_(self.ref(ev, "E"), copy=False)
+             .join(self.t("person", "P"), on=eq(col("P", "person_id"), col("E", "person_id")), copy=False))
         w = and_(*where)
         if w is not None:
-            q = q.where(w)
-        return q.group_by(col("E", "person_id"), col("E", "event_id"))
+            q = q.where(w, copy=False)
+        return q.group_by(col("E", "person_id"), col("E", "event_id"), copy=False)
 
     def correlated(self, cc: m.CorrelatedCriteria, ev: str, index: int, path: str) -> exp.Select:
         occ = cc.occurrence
@@ -682,10 +682,10 @@ class _Compiler:
             clauses += self.window(cc.end_window, check_op, event_end_default=True)
         if cc.restrict_visit:
             clauses.append(eq(col("A", "visit_occurrence_id"), col("P", "visit_occurrence_id")))
-        windowed = exp.select(col("P", "person_id"), col("P", "event_id"))
+        windowed = exp.select(col("P", "person_id"), col("P", "event_id"), copy=False)
         if count_col != "event_id":
-            windowed = windowed.select(col("A", count_col).as_("count_value"))
-        windowed = windowed.from_(self.ref(ev, "P")).join(crit.subquery("A"), on=and_(*clauses))
+            windowed = windowed.select(col("A", count_col).as_("count_value"), copy=False)
+        windowed = windowed.from_(self.ref(ev, "P"), copy=False).join(crit.subquery("A"), on=and_(*clauses), copy=False)
         counted = col("cc", "count_value" if count_col != "event_id" else "event_id")
         count = exp.Count(this=exp.Distinct(expressions=[counted]) if occ.is_distinct else counted)
         op = {"exactly": exp.EQ, "at_most": exp.LTE, "at_least": exp.GTE}[occ.type]
@@ -693,19 +693,19 @@ class _Compiler:
         if occ.type == "at_most" or occ.count == 0:
             # Counting zero needs every index event, so start from the event table (Circe's "exclude" form).
             return (
-                exp.select(lit(index).as_("index_id"), col("p", "person_id"), col("p", "event_id"))
-                .from_(self.ref(ev, "p"))
+                exp.select(lit(index).as_("index_id"), col("p", "person_id"), col("p", "event_id"), copy=False)
+                .from_(self.ref(ev, "p"), copy=False)
                 .join(windowed.subquery("cc"), on=and_(eq(col("p", "person_id"), col("cc", "person_id")),
                                                         eq(col("p", "event_id"), col("cc", "event_id"))),
-                      join_type="LEFT")
-                .group_by(col("p", "person_id"), col("p", "event_id"))
-                .having(having)
+                      join_type="LEFT", copy=False)
+                .group_by(col("p", "person_id"), col("p", "event_id"), copy=False)
+                .having(having, copy=False)
             )
         return (
-            exp.select(lit(index).as_("index_id"), col("cc", "person_id"), col("cc", "event_id"))
-            .from_(windowed.subquery("cc"))
-            .group_by(col("cc", "person_id"), col("cc", "event_id"))
-            .having(having)
+            exp.select(lit(index).as_("index_id"), col("cc", "person_id"), col("cc", "event_id"), copy=False)
+            .from_(windowed.subquery("cc"), copy=False)
+            .group_by(col("cc", "person_id"), col("cc", "event_id"), copy=False)
+            .having(having, copy=False)
         )
 
     def window(self, w: m.Window, check_op: bool, event_end_default: bool) -> list[exp.Expression]:
@@ -732,10 +732,10 @@ class _Compiler:
         parts = []
         for k, c in enumerate(pc.criteria_list):
             q = self.criteria(c, f"$.PrimaryCriteria.CriteriaList[{k}]")
-            parts.append(exp.select("*", lit(k).as_("criteria_index")).from_(q.subquery("q")))
+            parts.append(exp.select("*", lit(k).as_("criteria_index"), copy=False).from_(q.subquery("q"), copy=False))
         union: exp.Select | exp.Union = parts[0]
         for p in parts[1:]:
-            union = exp.union(union, p, distinct=False)
+            union = exp.union(union, p, distinct=False, copy=False)
         last = pc.primary_limit.type == "Last"
         E, OP = "E", "OP"
         ordered = (
@@ -746,23 +746,23 @@ class _Compiler:
                                                     (col(OP, "observation_period_start_date"), False)]).as_("ordinal"),
                 col(OP, "observation_period_start_date").as_("op_start_date"),
                 col(OP, "observation_period_end_date").as_("op_end_date"),
-                exp.Cast(this=col(E, "visit_occurrence_id"), to=BIGINT.copy()).as_("visit_occurrence_id"),
+                exp.Cast(this=col(E, "visit_occurrence_id"), to=BIGINT.copy()).as_("visit_occurrence_id"), copy=False
             )
-            .from_(union.subquery(E))
+            .from_(union.subquery(E), copy=False)
             .join(self.t("observation_period", OP), on=and_(
                 eq(col(E, "person_id"), col(OP, "person_id")),
                 exp.GTE(this=col(E, "start_date"), expression=col(OP, "observation_period_start_date")),
-                exp.LTE(this=col(E, "start_date"), expression=col(OP, "observation_period_end_date"))))
+                exp.LTE(this=col(E, "start_date"), expression=col(OP, "observation_period_end_date"))), copy=False)
             .where(and_(
                 exp.LTE(this=date_add(col(OP, "observation_period_start_date"), pc.observation_window.prior_days),
                         expression=col(E, "start_date")),
                 exp.LTE(this=date_add(col(E, "start_date"), pc.observation_window.post_days),
-                        expression=col(OP, "observation_period_end_date"))))
+                        expression=col(OP, "observation_period_end_date"))), copy=False)
         )
         primary = exp.select(col("P", "ordinal").as_("event_id"), *[col("P", c) for c in EVENT_COLUMNS[0:1]],
-                             *[col("P", c) for c in EVENT_COLUMNS[2:]]).from_(ordered.subquery("P"))
+                             *[col("P", c) for c in EVENT_COLUMNS[2:]], copy=False).from_(ordered.subquery("P"), copy=False)
         if pc.primary_limit.type != "All":
-            primary = primary.where(eq(col("P", "ordinal"), lit(1)))
+            primary = primary.where(eq(col("P", "ordinal"), lit(1)), copy=False)
         pe = self.cte("cohort_primary_events", primary)
 
         # qualified events: primary events meeting the additional criteria, then the qualified limit
@@ -770,16 +770,16 @@ class _Compiler:
         qe_inner = exp.select(*[col("pe", c) for c in EVENT_COLUMNS],
                               row_number([col("pe", "person_id")], [(col("pe", "start_date"), q_last),
                                                                      (col("pe", "event_id"), False)]).as_("ordinal")
-                              ).from_(self.ref(pe, "pe"))
+                              , copy=False).from_(self.ref(pe, "pe"), copy=False)
         ac = x.additional_criteria
         if ac is not None and not ac.is_empty():
             acq = self.group(ac, pe, 0, "$.AdditionalCriteria")
             qe_inner = qe_inner.join(acq.subquery("AC"), on=and_(eq(col("AC", "person_id"), col("pe", "person_id")),
-                                                                 eq(col("AC", "event_id"), col("pe", "event_id"))))
-        qualified = exp.select(*[col("QE", c) for c in EVENT_COLUMNS]).from_(qe_inner.subquery("QE"))
+                                                                 eq(col("AC", "event_id"), col("pe", "event_id"))), copy=False)
+        qualified = exp.select(*[col("QE", c) for c in EVENT_COLUMNS], copy=False).from_(qe_inner.subquery("QE"), copy=False)
         # Circe applies the qualified limit only when the definition has additional criteria at all.
         if ac is not None and x.qualified_limit.type != "All":
-            qualified = qualified.where(eq(col("QE", "ordinal"), lit(1)))
+            qualified = qualified.where(eq(col("QE", "ordinal"), lit(1)), copy=False)
         qe = self.cte("cohort_qualified_events", qualified)
 
         # inclusion rules: one bit per rule, set on the qualified events that satisfy it
@@ -788,28 +788,28 @@ class _Compiler:
         for i, rule in enumerate(x.inclusion_rules):
             g = self.group(rule.expression, qe, 0, f"$.InclusionRules[{i}].expression")
             rule_parts.append(exp.select(lit(i).as_("inclusion_rule_id"), lit(2**i).as_("rule_bit"),
-                                         col("g", "person_id"), col("g", "event_id")).from_(g.subquery("g")))
+                                         col("g", "person_id"), col("g", "event_id"), copy=False).from_(g.subquery("g"), copy=False))
         mg_cols = [col("Q", c) for c in EVENT_COLUMNS if c != "visit_occurrence_id"]
         if rule_parts:
             ru: exp.Select | exp.Union = rule_parts[0]
             for p in rule_parts[1:]:
-                ru = exp.union(ru, p, distinct=False)
-            ie = self.cte("cohort_inclusion_events", exp.select("*").from_(ru.subquery("ir")))
+                ru = exp.union(ru, p, distinct=False, copy=False)
+            ie = self.cte("cohort_inclusion_events", exp.select("*", copy=False).from_(ru.subquery("ir"), copy=False))
             masked = (
                 exp.select(*mg_cols,
                            exp.Coalesce(this=exp.Sum(this=col("I", "rule_bit")), expressions=[lit(0)])
                            .as_("inclusion_rule_mask"),
                            exp.Count(this=exp.Distinct(expressions=[col("I", "inclusion_rule_id")])).as_("rule_count"),
                            exp.Coalesce(this=exp.Min(this=col("I", "inclusion_rule_id")), expressions=[lit(0)])
-                           .as_("min_rule_id"))
-                .from_(self.ref(qe, "Q"))
+                           .as_("min_rule_id"), copy=False)
+                .from_(self.ref(qe, "Q"), copy=False)
                 .join(self.ref(ie, "I"), on=and_(eq(col("I", "person_id"), col("Q", "person_id")),
-                                                  eq(col("I", "event_id"), col("Q", "event_id"))), join_type="LEFT")
-                .group_by(*[c.copy() for c in mg_cols])
+                                                  eq(col("I", "event_id"), col("Q", "event_id"))), join_type="LEFT", copy=False)
+                .group_by(*[c.copy() for c in mg_cols], copy=False)
             )
         else:
             masked = exp.select(*mg_cols, lit(0).as_("inclusion_rule_mask"), lit(0).as_("rule_count"),
-                                lit(0).as_("min_rule_id")).from_(self.ref(qe, "Q"))
+                                lit(0).as_("min_rule_id"), copy=False).from_(self.ref(qe, "Q"), copy=False)
         mev = self.cte("cohort_masked_events", masked)
 
         # included events: all rules met, then the expression limit
@@ -818,50 +818,50 @@ class _Compiler:
         inc_inner = exp.select(*[col("MG", c) for c in inc_cols],
                                row_number([col("MG", "person_id")], [(col("MG", "start_date"), e_last),
                                                                       (col("MG", "event_id"), False)]).as_("ordinal")
-                               ).from_(self.ref(mev, "MG"))
+                               , copy=False).from_(self.ref(mev, "MG"), copy=False)
         if n_rules:
-            inc_inner = inc_inner.where(eq(col("MG", "inclusion_rule_mask"), lit(2**n_rules - 1)))
-        included = exp.select(*[col("R", c) for c in inc_cols]).from_(inc_inner.subquery("R"))
+            inc_inner = inc_inner.where(eq(col("MG", "inclusion_rule_mask"), lit(2**n_rules - 1)), copy=False)
+        included = exp.select(*[col("R", c) for c in inc_cols], copy=False).from_(inc_inner.subquery("R"), copy=False)
         if x.expression_limit.type != "All":
-            included = included.where(eq(col("R", "ordinal"), lit(1)))
+            included = included.where(eq(col("R", "ordinal"), lit(1)), copy=False)
         inc = self.cte("cohort_included_events", included)
 
         # candidate end dates
         ends: list[exp.Select] = []
         es = x.end_strategy
         if es is None or es.date_offset is None:
-            ends.append(exp.select("event_id", "person_id", col(None, "op_end_date").as_("end_date")).from_(inc))
+            ends.append(exp.select("event_id", "person_id", col(None, "op_end_date").as_("end_date"), copy=False).from_(inc, copy=False))
         if es is not None and es.date_offset is not None:
             base = col(None, "start_date" if es.date_offset.date_field == "StartDate" else "end_date")
             shifted = date_add(base, es.date_offset.offset)
             ends.append(exp.select("event_id", "person_id", exp.Case(
                 ifs=[exp.If(this=exp.GT(this=shifted, expression=col(None, "op_end_date")),
-                            true=col(None, "op_end_date"))], default=shifted.copy()).as_("end_date")).from_(inc))
+                            true=col(None, "op_end_date"))], default=shifted.copy()).as_("end_date"), copy=False).from_(inc, copy=False))
         if es is not None and es.custom_era is not None:
             ends.append(self.custom_era(es.custom_era, inc))
         for k, c in enumerate(x.censoring_criteria):
             cq = self.criteria(c, f"$.CensoringCriteria[{k}]")
             ends.append(
-                exp.select(col("I", "event_id"), col("I", "person_id"), exp.Min(this=col("C", "start_date")).as_("end_date"))
-                .from_(self.ref(inc, "I"))
+                exp.select(col("I", "event_id"), col("I", "person_id"), exp.Min(this=col("C", "start_date")).as_("end_date"), copy=False)
+                .from_(self.ref(inc, "I"), copy=False)
                 .join(cq.subquery("C"), on=and_(
                     eq(col("C", "person_id"), col("I", "person_id")),
                     exp.GTE(this=col("C", "start_date"), expression=col("I", "start_date")),
-                    exp.LTE(this=col("C", "start_date"), expression=col("I", "op_end_date"))))
-                .group_by(col("I", "event_id"), col("I", "person_id"))
+                    exp.LTE(this=col("C", "start_date"), expression=col("I", "op_end_date"))), copy=False)
+                .group_by(col("I", "event_id"), col("I", "person_id"), copy=False)
             )
         eu: exp.Select | exp.Union = ends[0]
         for p in ends[1:]:
-            eu = exp.union(eu, p, distinct=False)
-        ce = self.cte("cohort_ends", exp.select("*").from_(eu.subquery("ce")))
+            eu = exp.union(eu, p, distinct=False, copy=False)
+        ce = self.cte("cohort_ends", exp.select("*", copy=False).from_(eu.subquery("ce"), copy=False))
         # each event ends at its earliest candidate end on or after its start
         rows = (
-            exp.select(col("I", "person_id"), col("I", "start_date"), exp.Min(this=col("CE", "end_date")).as_("end_date"))
-            .from_(self.ref(inc, "I"))
+            exp.select(col("I", "person_id"), col("I", "start_date"), exp.Min(this=col("CE", "end_date")).as_("end_date"), copy=False)
+            .from_(self.ref(inc, "I"), copy=False)
             .join(self.ref(ce, "CE"), on=and_(eq(col("I", "event_id"), col("CE", "event_id")),
                                               eq(col("I", "person_id"), col("CE", "person_id")),
-                                              exp.GTE(this=col("CE", "end_date"), expression=col("I", "start_date"))))
-            .group_by(col("I", "person_id"), col("I", "event_id"), col("I", "start_date"))
+                                              exp.GTE(this=col("CE", "end_date"), expression=col("I", "start_date"))), copy=False)
+            .group_by(col("I", "person_id"), col("I", "event_id"), col("I", "start_date"), copy=False)
         )
         cr = self.cte("cohort_rows", rows)
         final = self.cte("cohort_final", self.collapse(cr, x.collapse_settings.era_pad))
@@ -870,7 +870,7 @@ class _Compiler:
         start: exp.Expression = col(None, "start_date")
         end: exp.Expression = col(None, "end_date")
         cw = x.censor_window
-        out = exp.select().from_(final)
+        out = exp.select(copy=False).from_(final, copy=False)
         if cw.start_date is not None:
             p = self.param(cw.start_date)
             start = exp.Case(ifs=[exp.If(this=exp.GT(this=col(None, "start_date"), expression=p),
@@ -880,28 +880,28 @@ class _Compiler:
             end = exp.Case(ifs=[exp.If(this=exp.LT(this=col(None, "end_date"), expression=p),
                                        true=col(None, "end_date"))], default=p.copy())
         out = out.select(col(None, "person_id").as_("subject_id"), start.as_("cohort_start_date"),
-                         end.as_("cohort_end_date"))
+                         end.as_("cohort_end_date"), copy=False)
         if cw.start_date is not None or cw.end_date is not None:
-            out = out.where(exp.LTE(this=start.copy(), expression=end.copy()))
+            out = out.where(exp.LTE(this=start.copy(), expression=end.copy()), copy=False)
         self.cte("cohort_out", out)
 
         # attrition: events per mask, over all qualified events (mode 0) and each person's best (mode 1)
-        mode0 = (exp.select(lit(0).as_("mode_id"), "inclusion_rule_mask", exp.Count(this=exp.Star()).as_("person_count"))
-                 .from_(mev).group_by("inclusion_rule_mask"))
+        mode0 = (exp.select(lit(0).as_("mode_id"), "inclusion_rule_mask", exp.Count(this=exp.Star()).as_("person_count"), copy=False)
+                 .from_(mev, copy=False).group_by("inclusion_rule_mask", copy=False))
         ranked = exp.select("inclusion_rule_mask", row_number(
             [col(None, "person_id")],
             [(col(None, "rule_count"), True), (col(None, "min_rule_id"), False), (col(None, "start_date"), False),
-             (col(None, "event_id"), False)]).as_("rank_value")).from_(mev)
-        mode1 = (exp.select(lit(1).as_("mode_id"), "inclusion_rule_mask", exp.Count(this=exp.Star()).as_("person_count"))
-                 .from_(ranked.subquery("B")).where(eq(col("B", "rank_value"), lit(1))).group_by("inclusion_rule_mask"))
-        self.cte("cohort_mask_counts", exp.select("*").from_(exp.union(mode0, mode1, distinct=False).subquery("mc")))
+             (col(None, "event_id"), False)]).as_("rank_value"), copy=False).from_(mev, copy=False)
+        mode1 = (exp.select(lit(1).as_("mode_id"), "inclusion_rule_mask", exp.Count(this=exp.Star()).as_("person_count"), copy=False)
+                 .from_(ranked.subquery("B"), copy=False).where(eq(col("B", "rank_value"), lit(1)), copy=False).group_by("inclusion_rule_mask", copy=False))
+        self.cte("cohort_mask_counts", exp.select("*", copy=False).from_(exp.union(mode0, mode1, distinct=False).subquery("mc"), copy=False))
         return CompiledCohort(ctes=self.ctes, params=self.params, rule_count=n_rules,
                               rule_names=[r.name for r in x.inclusion_rules])
 
     def collapse(self, source: str, pad: int) -> exp.Select:
         """Circe's era constructor: rows whose (padded) spans overlap merge into one era."""
         part = [col(None, "person_id")]
-        padded = exp.select("person_id", "start_date", date_add(col(None, "end_date"), pad).as_("end_date")).from_(source)
+        padded = exp.select("person_id", "start_date", date_add(col(None, "end_date"), pad).as_("end_date"), copy=False).from_(source, copy=False)
         prev_max = exp.Window(
             this=exp.Max(this=col(None, "end_date")), partition_by=[c.copy() for c in part],
             order=exp.Order(expressions=[exp.Ordered(this=col(None, "start_date"), nulls_first=True),
@@ -911,7 +911,7 @@ class _Compiler:
         )
         is_start = exp.Case(ifs=[exp.If(this=exp.GTE(this=prev_max, expression=col(None, "start_date")), true=lit(0))],
                             default=lit(1))
-        st = exp.select("person_id", "start_date", "end_date", is_start.as_("is_start")).from_(padded.subquery("CR"))
+        st = exp.select("person_id", "start_date", "end_date", is_start.as_("is_start"), copy=False).from_(padded.subquery("CR"), copy=False)
         group_idx = exp.Window(
             this=exp.Sum(this=col(None, "is_start")), partition_by=[c.copy() for c in part],
             order=exp.Order(expressions=[exp.Ordered(this=col(None, "start_date"), nulls_first=True),
@@ -919,14 +919,14 @@ class _Compiler:
                                          exp.Ordered(this=col(None, "end_date"), nulls_first=True)]),
             spec=exp.WindowSpec(kind="ROWS", start="UNBOUNDED", start_side="PRECEDING", end="CURRENT ROW"),
         )
-        gr = exp.select("person_id", "start_date", "end_date", group_idx.as_("group_idx")).from_(st.subquery("ST"))
+        gr = exp.select("person_id", "start_date", "end_date", group_idx.as_("group_idx"), copy=False).from_(st.subquery("ST"), copy=False)
         return (exp.select("person_id", exp.Min(this=col(None, "start_date")).as_("start_date"),
-                           date_add(exp.Max(this=col(None, "end_date")), -pad).as_("end_date"))
-                .from_(gr.subquery("GR")).group_by("person_id", "group_idx"))
+                           date_add(exp.Max(this=col(None, "end_date")), -pad).as_("end_date"), copy=False)
+                .from_(gr.subquery("GR"), copy=False).group_by("person_id", "group_idx", copy=False))
 
     def custom_era(self, s: m.CustomEraStrategy, inc: str) -> exp.Select:
         self.check_codeset(s.drug_codeset_id, "$.EndStrategy.CustomEra.DrugCodesetId")
-        persons = self.cte("era_persons", exp.select("person_id").distinct().from_(inc))
+        persons = self.cte("era_persons", exp.select("person_id", copy=False).distinct(copy=False).from_(inc, copy=False))
         if s.days_supply_override is not None:
             end_expr: exp.Expression = date_add(col("de", "drug_exposure_start_date"), s.days_supply_override)
         else:
@@ -935,28 +935,28 @@ class _Compiler:
         for concept_col in ("drug_concept_id", "drug_source_concept_id"):
             parts.append(
                 exp.select(col("de", "person_id"), col("de", "drug_exposure_start_date").as_("start_date"),
-                           end_expr.copy().as_("end_date"))
-                .from_(self.t("drug_exposure", "de"))
-                .join(self.ref(persons, "p"), on=eq(col("de", "person_id"), col("p", "person_id")))
+                           end_expr.copy().as_("end_date"), copy=False)
+                .from_(self.t("drug_exposure", "de"), copy=False)
+                .join(self.ref(persons, "p"), on=eq(col("de", "person_id"), col("p", "person_id")), copy=False)
                 .join(self.ref("codesets", "cs"), on=and_(eq(col("cs", "codeset_id"), lit(s.drug_codeset_id)),
-                                                          eq(col("de", concept_col), col("cs", "concept_id"))))
+                                                          eq(col("de", concept_col), col("cs", "concept_id"))), copy=False)
             )
-        target = self.cte("era_drug_target", exp.select("*").from_(
-            exp.union(parts[0], parts[1], distinct=False).subquery("dt")))
+        target = self.cte("era_drug_target", exp.select("*", copy=False).from_(
+            exp.union(parts[0], parts[1], distinct=False).subquery("dt"), copy=False))
         shifted = self.cte("era_shifted", exp.select(
             "person_id", "start_date", date_add(col(None, "end_date"), s.gap_days + s.offset).as_("end_date")
-        ).from_(target))
+        , copy=False).from_(target, copy=False))
         eras = self.collapse(shifted, 0)
         # collapse() undoes a pad it added itself; here the gap was added above and comes off the end
         eras = exp.select("person_id", col(None, "start_date").as_("era_start_date"),
-                          date_add(col(None, "end_date"), -s.gap_days).as_("era_end_date")).from_(eras.subquery("er"))
+                          date_add(col(None, "end_date"), -s.gap_days).as_("era_end_date"), copy=False).from_(eras.subquery("er"), copy=False)
         return (
-            exp.select(col("et", "event_id"), col("et", "person_id"), col("ERAS", "era_end_date").as_("end_date"))
-            .from_(self.ref(inc, "et"))
+            exp.select(col("et", "event_id"), col("et", "person_id"), col("ERAS", "era_end_date").as_("end_date"), copy=False)
+            .from_(self.ref(inc, "et"), copy=False)
             .join(eras.subquery("ERAS"), on=and_(
                 eq(col("ERAS", "person_id"), col("et", "person_id")),
                 exp.Between(this=col("et", "start_date"), low=col("ERAS", "era_start_date"),
-                            high=col("ERAS", "era_end_date"))))
+                            high=col("ERAS", "era_end_date"))), copy=False)
         )
 
 
@@ -980,17 +980,17 @@ def _concept_set_select(tables: TableResolver, cs: m.ConceptSet) -> exp.Select:
         return sorted({i.concept.concept_id for i in items})
 
     def sub(items: list[m.ConceptSetItem]) -> exp.Select | exp.Union:
-        plain = exp.select(col("c", "concept_id")).from_(tables.table("concept", "c")).where(
-            in_list(col("c", "concept_id"), ids(items)))
+        plain = exp.select(col("c", "concept_id"), copy=False).from_(tables.table("concept", "c"), copy=False).where(
+            in_list(col("c", "concept_id"), ids(items)), copy=False)
         q: exp.Select | exp.Union = plain
         desc = [i for i in items if i.include_descendants]
         if desc:
-            d = (exp.select(col("c", "concept_id")).from_(tables.table("concept", "c"))
+            d = (exp.select(col("c", "concept_id"), copy=False).from_(tables.table("concept", "c"), copy=False)
                  .join(tables.table("concept_ancestor", "ca"),
-                       on=eq(col("c", "concept_id"), col("ca", "descendant_concept_id")))
+                       on=eq(col("c", "concept_id"), col("ca", "descendant_concept_id")), copy=False)
                  .where(and_(exp.Is(this=col("c", "invalid_reason"), expression=exp.null()),
-                             in_list(col("ca", "ancestor_concept_id"), ids(desc)))))
-            q = exp.union(q, d, distinct=True)
+                             in_list(col("ca", "ancestor_concept_id"), ids(desc))), copy=False))
+            q = exp.union(q, d, distinct=True, copy=False)
         return q
 
     def full(items: list[m.ConceptSetItem]) -> exp.Select | exp.Union:
@@ -998,21 +998,21 @@ def _concept_set_select(tables: TableResolver, cs: m.ConceptSet) -> exp.Select:
         mapped = [i for i in items if i.include_mapped]
         if mapped:
             # 'Maps to' is a fixed vocabulary relationship name, not user text.
-            mq = (exp.select(col("cr", "concept_id_1").as_("concept_id")).distinct()
-                  .from_(sub(mapped).subquery("C"))
+            mq = (exp.select(col("cr", "concept_id_1").as_("concept_id"), copy=False).distinct(copy=False)
+                  .from_(sub(mapped).subquery("C"), copy=False)
                   .join(tables.table("concept_relationship", "cr"), on=and_(
                       eq(col("C", "concept_id"), col("cr", "concept_id_2")),
                       eq(col("cr", "relationship_id"), exp.Literal.string("Maps to")),
-                      exp.Is(this=col("cr", "invalid_reason"), expression=exp.null()))))
-            q = exp.union(q, mq, distinct=True)
+                      exp.Is(this=col("cr", "invalid_reason"), expression=exp.null())), copy=False))
+            q = exp.union(q, mq, distinct=True, copy=False)
         return q
 
     if not inc:
-        return exp.select(col("c", "concept_id")).from_(tables.table("concept", "c")).where(exp.false())
-    q = exp.select(col("I", "concept_id")).distinct().from_(full(inc).subquery("I"))
+        return exp.select(col("c", "concept_id"), copy=False).from_(tables.table("concept", "c"), copy=False).where(exp.false(), copy=False)
+    q = exp.select(col("I", "concept_id"), copy=False).distinct(copy=False).from_(full(inc).subquery("I"), copy=False)
     if exc:
-        q = q.join(full(exc).subquery("E"), on=eq(col("I", "concept_id"), col("E", "concept_id")), join_type="LEFT")
-        q = q.where(exp.Is(this=col("E", "concept_id"), expression=exp.null()))
+        q = q.join(full(exc).subquery("E"), on=eq(col("I", "concept_id"), col("E", "concept_id")), join_type="LEFT", copy=False)
+        q = q.where(exp.Is(this=col("E", "concept_id"), expression=exp.null()), copy=False)
     return q
 
 

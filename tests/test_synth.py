@@ -377,3 +377,18 @@ def test_generated_eras_equal_derived_eras():
     after = {t: cdm.fetch_all(f"SELECT * FROM {t} ORDER BY ALL") for t in ("drug_era", "condition_era")}
     cdm.close()
     assert before == after
+
+
+@pytest.mark.parametrize("persons", [1, 2, 7])
+def test_tiny_sites(persons):
+    cdm = Cdm.open(None)
+    truth = generate_site(cdm, persons=persons, seed=persons, profile=DEFAULT_SITES[1])
+    assert scalar(cdm, "SELECT COUNT(*) FROM person") == persons == truth["rows"]["person"]
+    cdm.close()
+
+
+def test_more_sites_than_profiles_get_distinct_names():
+    from mercia.synth.profiles import federation_profiles
+
+    names = [p.name for p in federation_profiles(9)]
+    assert len(set(names)) == 9 and names[:3] == ["northgate", "fenwold", "ashby"]

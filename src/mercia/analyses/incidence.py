@@ -1,0 +1,496 @@
+"""Incidence rates, prevalence and cohort entry counts, computed in the database.
+
+Incidence. The denominator is the persons of a target cohort (time in each cohort entry, within an
+observation period) or the whole observed population (observation periods). A day `t` of a
+denominator period is *at risk* when
+  - the person has been observed for at least `washout_days` days before it
+    (t - washout_days >= the observation period's start), and
+  - with `repeated_events`: no outcome start in the `washout_days` days before it ([t - w, t - 1]);
+    without: no outcome start on any day before it (first events only).
+An outcome start on an at-risk day is an event; others (in a washout) are not counted. After an
+event, time at risk restarts the day after its washout ends (repeated events) or never.
+Person-time is counted in days (both ends inclusive) and split in SQL across calendar years and age
+bands (age in whole years from the date of birth; a 29 February birthday falls on 28 February).
+Rates are per 1,000 person-years (365.25 days) with exact Poisson 95% CIs.
+
+Prevalence. For each point date (or interval [start, end]) the denominator is the persons in the
+denominator population on that date (at any time in the interval) with `washout_days` of prior
+observation; a case is one with an outcome cohort entry that overlaps [start - lookback_days, end].
+Proportions have Wilson score CIs.
+
+Outcome starts count once per person and day (same-day outcome entries are one event).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from scipy import stats
+
+from mercia.analyses._sql import bound, build, check_cohort_id, fetch_df, require_tables
+from mercia.analyses.result import AnalysisResult
+from mercia.cdm import Cdm
+from mercia.disclosure import RateSpec, ResultTable
+from mercia.errors import StudyError
+
+DAYS_PER_YEAR = 365.25
+Dimension = Literal["age_group", "sex", "calendar_year"]
+DEFAULT_AGE_GROUPS: list[tuple[int, int | None]] = [(0, 17), (18, 39), (40, 64), (65, None)]
+_MAX_AGE = 200  # the open band's upper end, in years
+
+
+# ------------------------------------------------------------------------------------------- statistics
+
+
+def poisson_ci(events: np.ndarray | float, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (Garwood) confidence limits for a Poisson count: chi-square quantiles, 0 below at k = 0."""
+    k = np.asarray(events, dtype=float)
+    lower = np.where(k > 0, stats.chi2.ppf(alpha / 2, 2 * k) / 2, 0.0)
+    upper = stats.chi2.ppf(1 - alpha / 2, 2 * k + 2) / 2
+    return lower, upper
+
+
+def rate_ci(
+    events: np.ndarray | float, person_years: np.ndarray | float, per: float = 1000.0, alpha: float = 0.05
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rate, lower, upper) per `per` person-years; NaN where there is no person-time."""
+    k = np.asarray(events, dtype=float)
+    py = np.asarray(person_years, dtype=float)
+    lo, hi = poisson_ci(k, alpha)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(py > 0, per / py, np.nan)
+    return k * scale, lo * scale, hi * scale
+
+
+def wilson_ci(
+    cases: np.ndarray | float, n: np.ndarray | float, alpha: float = 0.05
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(proportion, lower, upper) with Wilson score limits; NaN where n = 0."""
+    x = np.asarray(cases, dtype=float)
+    m = np.asarray(n, dtype=float)
+    z = stats.norm.ppf(1 - alpha / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(m > 0, x / m, np.nan)
+        denom = 1 + z**2 / m
+        centre = (p + z**2 / (2 * m)) / denom
+        half = z * np.sqrt(p * (1 - p) / m + z**2 / (4 * m**2)) / denom
+    return p, centre - half, centre + half
+
+
+# --------------------------------------------------------------------------------------------- settings
+
+
+def age_label(lo: int, hi: int | None) -> str:
+    return f"{lo}+" if hi is None else f"{lo}-{hi}"
+
+
+def sex_label(gender_concept_id: object) -> str:
+    return {8507: "Male", 8532: "Female"}.get(int(gender_concept_id), "Unknown")  # type: ignore[call-overload]
+
+
+class _Population(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    denominator_cohort_id: int | None = Field(
+        None, description="target cohort whose entries are the denominator; None: the observed population"
+    )
+    washout_days: int = Field(0, ge=0, description="days of (clean) prior history required")
+    age_groups: list[tuple[int, int | None]] = Field(default_factory=lambda: list(DEFAULT_AGE_GROUPS))
+
+    @field_validator("age_groups")
+    @classmethod
+    def _bands(cls, v: list[tuple[int, int | None]]) -> list[tuple[int, int | None]]:
+        if not v:
+            raise StudyError("give at least one age group, e.g. [(0, None)] for all ages")
+        spans = sorted((lo, _MAX_AGE if hi is None else hi) for lo, hi in v)
+        for lo, hi in spans:
+            if lo < 0 or hi < lo:
+                raise StudyError(f"age group ({lo}, {hi}): give 0 <= lower <= upper (years, inclusive)")
+        for (_, h1), (l2, _) in itertools.pairwise(spans):
+            if l2 <= h1:
+                raise StudyError(f"age groups overlap at {l2} years; each age must be in one group at most")
+        return v
+
+
+class IncidenceSettings(_Population):
+    outcome_cohort_id: int
+    repeated_events: bool = False
+    study_start: dt.date | None = None
+    study_end: dt.date | None = None
+    by: list[Dimension] = Field(default_factory=lambda: ["age_group", "sex", "calendar_year"])
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> IncidenceSettings:
+        if self.study_start and self.study_end and self.study_end < self.study_start:
+            raise StudyError("study_end is before study_start")
+        if len(set(self.by)) != len(self.by):
+            raise StudyError(f"'by' repeats a dimension: {self.by}")
+        return self
+
+
+class PrevalenceSettings(_Population):
+    outcome_cohort_id: int
+    points: list[dt.date] = Field(default_factory=list, description="point prevalence dates")
+    intervals: list[tuple[dt.date, dt.date]] = Field(default_factory=list, description="period prevalence")
+    lookback_days: int = Field(0, ge=0, description="an outcome entry ending this many days before counts")
+    by: list[Literal["age_group", "sex"]] = Field(default_factory=lambda: ["age_group", "sex"])
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> PrevalenceSettings:
+        if not self.points and not self.intervals:
+            raise StudyError("give prevalence points (dates) or intervals ((start, end) date pairs)")
+        for a, b in self.intervals:
+            if b < a:
+                raise StudyError(f"prevalence interval {a}..{b} ends before it starts")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ SQL pieces
+
+
+def _denominator_sql(pop: _Population, study: bool = True) -> str:
+    """CTE `den`: (person_id, s, e) at-risk-eligible spans: observed with washout_days of history."""
+    clip_s = ", CAST($study_start AS DATE)" if study else ""
+    clip_e = ", CAST($study_end AS DATE)" if study else ""
+    if pop.denominator_cohort_id is None:
+        return f"""
+        den AS (
+          SELECT op.person_id,
+                 GREATEST(CAST(op.observation_period_start_date + CAST($washout AS INTEGER) AS DATE){clip_s}) AS s,
+                 LEAST(op.observation_period_end_date{clip_e}) AS e
+          FROM observation_period op
+        )"""
+    return f"""
+        den AS (
+          SELECT c.subject_id AS person_id,
+                 GREATEST(c.cohort_start_date,
+                          CAST(op.observation_period_start_date + CAST($washout AS INTEGER) AS DATE){clip_s}) AS s,
+                 LEAST(c.cohort_end_date, op.observation_period_end_date{clip_e}) AS e
+          FROM cohort c
+          JOIN observation_period op ON op.person_id = c.subject_id
+            AND c.cohort_start_date >= op.observation_period_start_date
+            AND c.cohort_start_date <= op.observation_period_end_date
+          WHERE c.cohort_definition_id = $denominator_id
+        )"""
+
+
+def _bands(pop: _Population, by_age: bool) -> list[tuple[int, int | None]]:
+    return list(pop.age_groups) if by_age else [(0, None)]
+
+
+def _band_rows(bands: Sequence[tuple[int, int | None]]) -> list[list[int]]:
+    return [[k, lo, _MAX_AGE if hi is None else hi] for k, (lo, hi) in enumerate(bands)]
+
+
+_DOB = "MAKE_DATE(p.year_of_birth, COALESCE(p.month_of_birth, 1), COALESCE(p.day_of_birth, 1))"
+
+
+def _pop_params(pop: _Population) -> dict[str, object]:
+    params: dict[str, object] = {"washout": pop.washout_days}
+    if pop.denominator_cohort_id is not None:
+        params["denominator_id"] = check_cohort_id(pop.denominator_cohort_id, "denominator cohort id")
+    return params
+
+
+def _needed(cdm: Cdm, pop: _Population, what: str) -> None:
+    require_tables(cdm, ["person", "observation_period", "cohort"], what)
+
+
+# -------------------------------------------------------------------------------------------- incidence
+
+
+def _incidence_sql(s: IncidenceSettings) -> str:
+    if s.repeated_events:
+        counted = "ev.prev IS NULL OR DATE_DIFF('day', ev.prev, ev.x) > CAST($washout AS INTEGER)"
+        tail = """
+          UNION ALL
+          -- free again after the last outcome's washout
+          SELECT person_id, CAST(MAX(x) + CAST($washout AS INTEGER) + 1 AS DATE), DATE '9999-12-31', 0
+          FROM ev GROUP BY person_id"""
+    else:
+        counted = "ev.prev IS NULL"
+        tail = ""
+    return f"""
+    WITH {_denominator_sql(s).strip()},
+    ev AS (
+      SELECT person_id, x, LAG(x) OVER (PARTITION BY person_id ORDER BY x) AS prev
+      FROM (SELECT DISTINCT o.subject_id AS person_id, o.cohort_start_date AS x
+            FROM cohort o WHERE o.cohort_definition_id = $outcome_id
+              AND o.subject_id IN (SELECT person_id FROM den)) o
+    ),
+    seg AS (
+      -- Spans free of any outcome washout, each ending with the (counted) outcome that closes it.
+      SELECT ev.person_id,
+             CASE WHEN ev.prev IS NULL THEN DATE '1000-01-01'
+                  ELSE CAST(ev.prev + CAST($washout AS INTEGER) + 1 AS DATE) END AS seg_start,
+             ev.x AS seg_end, 1 AS has_event
+      FROM ev WHERE {counted}
+      {tail}
+      UNION ALL
+      SELECT DISTINCT d.person_id, DATE '1000-01-01', DATE '9999-12-31', 0
+      FROM den d WHERE d.person_id NOT IN (SELECT person_id FROM ev)
+    ),
+    atrisk AS (
+      SELECT d.person_id, GREATEST(d.s, g.seg_start) AS a, LEAST(d.e, g.seg_end) AS b,
+             CASE WHEN g.has_event = 1 AND g.seg_end <= d.e THEN 1 ELSE 0 END AS has_event
+      FROM den d JOIN seg g ON g.person_id = d.person_id
+      WHERE GREATEST(d.s, g.seg_start) <= LEAST(d.e, g.seg_end)
+    ),
+    pieces AS (
+      SELECT r.person_id, p.gender_concept_id AS gender, y.yr, ag.k AS age_k, r.b, r.has_event,
+             GREATEST(r.a, MAKE_DATE(y.yr, 1, 1), CAST({_DOB} + INTERVAL (ag.lo) YEAR AS DATE)) AS a2,
+             LEAST(r.b, MAKE_DATE(y.yr, 12, 31),
+                   CAST(CAST({_DOB} + INTERVAL (ag.hi + 1) YEAR AS DATE) - 1 AS DATE)) AS b2
+      FROM atrisk r
+      JOIN person p ON p.person_id = r.person_id
+      JOIN years y ON y.yr >= EXTRACT(YEAR FROM r.a) AND y.yr <= EXTRACT(YEAR FROM r.b)
+      JOIN bands ag ON TRUE
+    )
+    SELECT yr, age_k, gender,
+           COUNT(DISTINCT person_id) AS n_persons,
+           SUM(DATE_DIFF('day', a2, b2) + 1) AS person_days,
+           SUM(CASE WHEN has_event = 1 AND b2 = b THEN 1 ELSE 0 END) AS n_events
+    FROM pieces WHERE a2 <= b2
+    GROUP BY yr, age_k, gender
+    """
+
+
+def _span_sql(pop: _Population) -> str:
+    return f"WITH {_denominator_sql(pop).strip()} SELECT MIN(s), MAX(e) FROM den WHERE s <= e"
+
+
+def person_time(cdm: Cdm, settings: IncidenceSettings) -> pd.DataFrame:
+    """Events, person-days and persons per (calendar year, age band index, gender concept), finest
+    level, computed in the database."""
+    _needed(cdm, settings, "incidence")
+    check_cohort_id(settings.outcome_cohort_id, "outcome cohort id")
+    params = {
+        **_pop_params(settings),
+        "outcome_id": settings.outcome_cohort_id,
+        "study_start": settings.study_start or dt.date(1000, 1, 1),
+        "study_end": settings.study_end or dt.date(9999, 12, 31),
+    }
+    span_q = build(_span_sql(settings), cdm)
+    lo, hi = cdm.fetch_all(span_q, bound(span_q, params))[0]
+    cols = ["yr", "age_k", "gender", "n_persons", "person_days", "n_events"]
+    if lo is None:
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in cols})
+    years = [[y] for y in range(lo.year, hi.year + 1)]
+    bands = _bands(settings, "age_group" in settings.by)
+    q = build(
+        _incidence_sql(settings),
+        cdm,
+        {"years": (["yr"], years), "bands": (["k", "lo", "hi"], _band_rows(bands))},
+    )
+    df = fetch_df(cdm, q, params)
+    for c in cols:
+        df[c] = df[c].astype("int64")
+    return df[cols]
+
+
+def incidence(cdm: Cdm, settings: IncidenceSettings, *, name: str = "incidence") -> AnalysisResult:
+    """Incidence rates per 1,000 person-years by the `by` dimensions.
+
+    Table `{name}` (rates): dimensions `by`, count column n_events, exposure person_years, derived
+    rate `incidence_per_1000py` (recomputed by release() from released values, with totals over
+    every dimension); site-side columns n_persons, person_days, rate, ci_lower, ci_upper.
+    """
+    fine = person_time(cdm, settings)
+    bands = _bands(settings, "age_group" in settings.by)
+    by = list(settings.by)
+    df = fine.copy()
+    df["age_group"] = [age_label(*bands[k]) for k in df["age_k"]]
+    df["sex"] = [sex_label(g) for g in df["gender"]]
+    df["calendar_year"] = df["yr"].astype(str)
+    if by:
+        agg = df.groupby(by, sort=True).agg(person_days=("person_days", "sum"), n_events=("n_events", "sum"))
+        agg = agg.reset_index()
+    else:
+        agg = pd.DataFrame(
+            {"person_days": [int(df["person_days"].sum())], "n_events": [int(df["n_events"].sum())]}
+        )
+    if set(by) == {"age_group", "sex", "calendar_year"}:
+        # Distinct persons add up only at the finest level (a person is in several years and bands);
+        # a site-side column, not released.
+        agg = agg.merge(df.groupby(by)["n_persons"].sum().reset_index(), on=by)
+    agg["person_years"] = agg["person_days"] / DAYS_PER_YEAR
+    rate, lo, hi = rate_ci(agg["n_events"], agg["person_years"], 1000.0, settings.alpha)
+    agg["incidence_per_1000py"] = rate
+    agg["ci_lower"] = lo
+    agg["ci_upper"] = hi
+    agg["n_events"] = agg["n_events"].astype("int64")
+    table = ResultTable(
+        name=name,
+        kind="rates",
+        data=agg,
+        dimensions=by,
+        count_columns=["n_events"],
+        exposure_columns=["person_years"],
+        margins=by,
+        rates={
+            "incidence_per_1000py": RateSpec(numerator="n_events", denominator="person_years", per=1000.0)
+        },
+    )
+    empty = fine.empty
+    return AnalysisResult(
+        "incidence",
+        {name: table},
+        empty=empty,
+        notes=["nobody in the denominator has time at risk"] if empty else [],
+    )
+
+
+# ------------------------------------------------------------------------------------------- prevalence
+
+
+def _prevalence_sql(s: PrevalenceSettings, n: int) -> str:
+    periods = " UNION ALL ".join(
+        f"SELECT {k} AS k, CAST($pa{k} AS DATE) AS pa, CAST($pb{k} AS DATE) AS pb" for k in range(n)
+    )
+    return f"""
+    WITH {_denominator_sql(s, study=False).strip()},
+    periods AS ({periods}),
+    pop AS (
+      SELECT DISTINCT pr.k, d.person_id, p.gender_concept_id AS gender,
+             -- age in whole years at the period's start
+             EXTRACT(YEAR FROM pr.pa) - p.year_of_birth
+               - CASE WHEN CAST({_DOB} + INTERVAL (EXTRACT(YEAR FROM pr.pa) - p.year_of_birth) YEAR AS DATE)
+                           > pr.pa THEN 1 ELSE 0 END AS age
+      FROM den d JOIN periods pr ON d.s <= pr.pb AND d.e >= pr.pa AND d.s <= d.e
+      JOIN person p ON p.person_id = d.person_id
+    ),
+    cases AS (
+      SELECT DISTINCT pr.k, o.subject_id AS person_id
+      FROM cohort o JOIN periods pr ON o.cohort_start_date <= pr.pb
+        AND o.cohort_end_date >= CAST(pr.pa - CAST($lookback AS INTEGER) AS DATE)
+      WHERE o.cohort_definition_id = $outcome_id
+    )
+    SELECT pop.k, b.k AS age_k, pop.gender, COUNT(*) AS n_persons,
+           SUM(CASE WHEN cases.person_id IS NULL THEN 0 ELSE 1 END) AS n_cases
+    FROM pop
+    JOIN bands b ON pop.age >= b.lo AND pop.age <= b.hi
+    LEFT JOIN cases ON cases.k = pop.k AND cases.person_id = pop.person_id
+    GROUP BY pop.k, b.k, pop.gender
+    """
+
+
+def prevalence(cdm: Cdm, settings: PrevalenceSettings, *, name: str = "prevalence") -> AnalysisResult:
+    """Point and period prevalence with Wilson CIs.
+
+    Table `{name}` (counts): dimensions period (ISO date, or 'start..end'), then `by`; counts
+    n_persons and n_cases, margins over `by`; derived `prevalence_percent`; site-side prevalence,
+    ci_lower, ci_upper (proportions).
+    """
+    _needed(cdm, settings, "prevalence")
+    check_cohort_id(settings.outcome_cohort_id, "outcome cohort id")
+    periods = [(d, d) for d in settings.points] + list(settings.intervals)
+    labels = [
+        a.isoformat() if k < len(settings.points) else f"{a.isoformat()}..{b.isoformat()}"
+        for k, (a, b) in enumerate(periods)
+    ]
+    params: dict[str, object] = {
+        **_pop_params(settings),
+        "outcome_id": settings.outcome_cohort_id,
+        "lookback": settings.lookback_days,
+    }
+    for k, (a, b) in enumerate(periods):
+        params[f"pa{k}"], params[f"pb{k}"] = a, b
+    bands = _bands(settings, "age_group" in settings.by)
+    q = build(_prevalence_sql(settings, len(periods)), cdm, {"bands": (["k", "lo", "hi"], _band_rows(bands))})
+    fine = fetch_df(cdm, q, params)
+    fine["period"] = [labels[int(k)] for k in fine["k"]]
+    fine["age_group"] = [age_label(*bands[int(k)]) for k in fine["age_k"]]
+    fine["sex"] = [sex_label(g) for g in fine["gender"]]
+    dims = ["period", *settings.by]
+    agg = fine.groupby(dims, sort=False).agg(n_persons=("n_persons", "sum"), n_cases=("n_cases", "sum"))
+    agg = (
+        agg.reset_index()
+        if len(fine)
+        else pd.DataFrame(
+            {
+                **{d: pd.Series(dtype="object") for d in dims},
+                "n_persons": pd.Series(dtype="int64"),
+                "n_cases": pd.Series(dtype="int64"),
+            }
+        )
+    )
+    agg["n_persons"] = agg["n_persons"].astype("int64")
+    agg["n_cases"] = agg["n_cases"].astype("int64")
+    p, lo, hi = wilson_ci(agg["n_cases"], agg["n_persons"], settings.alpha)
+    agg["prevalence"], agg["ci_lower"], agg["ci_upper"] = p, lo, hi
+    table = ResultTable(
+        name=name,
+        kind="counts",
+        data=agg,
+        dimensions=dims,
+        count_columns=["n_persons", "n_cases"],
+        margins=list(settings.by),
+        rates={"prevalence_percent": RateSpec(numerator="n_cases", denominator="n_persons", per=100.0)},
+    )
+    empty = agg.empty
+    return AnalysisResult(
+        "prevalence",
+        {name: table},
+        empty=empty,
+        notes=["nobody in the denominator at any prevalence date"] if empty else [],
+    )
+
+
+# --------------------------------------------------------------------------------------- cohort entries
+
+
+def cohort_entries(
+    cdm: Cdm,
+    cohort_ids: Sequence[int],
+    interval: Literal["year", "month"] = "year",
+    *,
+    name: str = "cohort_entries",
+) -> AnalysisResult:
+    """Cohort entries (rows) and distinct persons entering, per cohort and year or month of entry.
+
+    Table `{name}` (counts): dimensions cohort_id, period ('2021' or '2021-03'); counts n_entries
+    and n_persons (persons entering in that period).
+    """
+    ids = [check_cohort_id(c, "cohort id") for c in cohort_ids]
+    if not ids:
+        raise StudyError("give at least one cohort id")
+    if interval not in ("year", "month"):
+        raise StudyError(f"interval {interval!r}: use 'year' or 'month'")
+    require_tables(cdm, ["cohort"], "cohort entry counts")
+    month = "EXTRACT(MONTH FROM c.cohort_start_date)" if interval == "month" else "0"
+    q = build(
+        f"""
+    SELECT c.cohort_definition_id AS cohort_id, EXTRACT(YEAR FROM c.cohort_start_date) AS yr, {month} AS mo,
+           COUNT(*) AS n_entries, COUNT(DISTINCT c.subject_id) AS n_persons
+    FROM cohort c WHERE c.cohort_definition_id IN (SELECT cid FROM ids)
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    """,
+        cdm,
+        {"ids": (["cid"], [[i] for i in ids])},
+    )
+    df = fetch_df(cdm, q)
+    if interval == "month":
+        df["period"] = [f"{int(y):04d}-{int(m):02d}" for y, m in zip(df["yr"], df["mo"], strict=True)]
+    else:
+        df["period"] = [f"{int(y):04d}" for y in df["yr"]]
+    df = df[["cohort_id", "period", "n_entries", "n_persons"]].copy()
+    for c in ("cohort_id", "n_entries", "n_persons"):
+        df[c] = df[c].astype("int64")
+    table = ResultTable(
+        name=name,
+        kind="counts",
+        data=df,
+        dimensions=["cohort_id", "period"],
+        count_columns=["n_entries", "n_persons"],
+    )
+    return AnalysisResult(
+        "cohort_entries", {name: table}, empty=df.empty, notes=["no cohort entries"] if df.empty else []
+    )

@@ -253,6 +253,50 @@ CASES: list[tuple[str, dict[str, Any], list]] = [
         rows((1, "2000-01-01", "2010-12-31"), (2, "2005-01-01", "2006-12-31"), (3, "2000-01-01", "2000-12-31")),
     ),
     (
+        "a procedure ends, without an end strategy, at the end of observation",
+        cohort({"ProcedureOccurrence": {"CodesetId": 5}}),
+        rows((1, "2001-05-05", "2010-12-31")),
+    ),
+    (
+        "an observation with a value above 2",
+        cohort({"Observation": {"CodesetId": 6, "ValueAsNumber": {"Value": 2, "Op": "gt"}}}),
+        rows((2, "2005-03-03", "2006-12-31")),
+    ),
+    (
+        "a device exposure without an end date ends the day after it starts",
+        cohort({"DeviceExposure": {"CodesetId": 7}}, EndStrategy=ends_at("EndDate")),
+        rows((3, "2002-02-02", "2002-02-03")),
+    ),
+    (
+        "death by cause, as the primary event",
+        cohort({"Death": {"CodesetId": 8}}),
+        rows((3, "2002-12-01", "2002-12-31")),
+    ),
+    (
+        "no death in the year after (a death in another observation period does not count)",
+        cohort(A, EndStrategy=ends_at(), AdditionalCriteria=group(
+            correlated({"Death": {}}, window(0, 365), exactly=0))),
+        rows((1, "2001-03-01", "2001-03-01"), (1, "2002-06-01", "2002-06-01"), (2, "2005-01-10", "2005-01-10"),
+             (3, "2000-12-20", "2000-12-20")),
+    ),
+    (
+        "a condition era of 2+ occurrences lasting over 100 days",
+        cohort({"ConditionEra": {"CodesetId": COND["id"], "OccurrenceCount": {"Value": 2, "Op": "gte"},
+                                 "EraLength": {"Value": 100, "Op": "gt"}}}, EndStrategy=ends_at("EndDate")),
+        rows((1, "2001-03-01", "2002-06-10")),
+    ),
+    (
+        "a drug era with exactly 10 gap days",
+        cohort({"DrugEra": {"CodesetId": DRUG["id"], "GapDays": {"Value": 10, "Op": "eq"}}},
+               EndStrategy=ends_at("EndDate")),
+        rows((1, "2001-02-01", "2001-04-10")),
+    ),
+    (
+        "a visit detail",
+        cohort({"VisitDetail": {"CodesetId": INPATIENT["id"]}}, EndStrategy=ends_at("EndDate")),
+        rows((1, "2002-06-02", "2002-06-05")),
+    ),
+    (
         "two primary criteria are a union of events",
         cohort(X, VISIT, limit="First", EndStrategy=ends_at()),
         rows((1, "2001-02-01", "2001-02-01"), (2, "2005-01-01", "2005-01-01")),

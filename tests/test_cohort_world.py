@@ -29,7 +29,8 @@ from mercia.cdm import Cdm
 D = dt.date.fromisoformat
 
 CONCEPTS = {100: "Condition A", 101: "Condition A, child", 200: "Drug X", 300: "Lab M", 9201: "Inpatient Visit",
-            8507: "MALE", 8532: "FEMALE", 8554: "percent"}
+            8507: "MALE", 8532: "FEMALE", 8554: "percent", 400: "Procedure P", 500: "Observation O",
+            600: "Device V", 700: "Cause of death K"}
 ANCESTRY = [(100, 101)]  # (ancestor, descendant); every concept is also its own ancestor
 
 TABLES: dict[str, list[dict[str, Any]]] = {
@@ -79,6 +80,34 @@ TABLES: dict[str, list[dict[str, Any]]] = {
         {"measurement_id": 2, "person_id": 2, "measurement_concept_id": 300, "measurement_date": D("2005-02-01"),
          "measurement_type_concept_id": 0, "value_as_number": 6.0, "unit_concept_id": 8554},
     ],
+    # one row in each remaining domain (no specimen table: a test relies on its absence)
+    "procedure_occurrence": [
+        {"procedure_occurrence_id": 1, "person_id": 1, "procedure_concept_id": 400, "procedure_date": D("2001-05-05"),
+         "procedure_type_concept_id": 0},
+    ],
+    "observation": [
+        {"observation_id": 1, "person_id": 2, "observation_concept_id": 500, "observation_date": D("2005-03-03"),
+         "observation_type_concept_id": 0, "value_as_number": 3.0},
+    ],
+    "device_exposure": [
+        {"device_exposure_id": 1, "person_id": 3, "device_concept_id": 600,
+         "device_exposure_start_date": D("2002-02-02"), "device_type_concept_id": 0},
+    ],
+    "death": [{"person_id": 3, "death_date": D("2002-12-01"), "cause_concept_id": 700}],
+    "condition_era": [
+        {"condition_era_id": 1, "person_id": 1, "condition_concept_id": 100,
+         "condition_era_start_date": D("2001-03-01"), "condition_era_end_date": D("2002-06-10"),
+         "condition_occurrence_count": 2},
+    ],
+    "drug_era": [
+        {"drug_era_id": 1, "person_id": 1, "drug_concept_id": 200, "drug_era_start_date": D("2001-02-01"),
+         "drug_era_end_date": D("2001-04-10"), "drug_exposure_count": 2, "gap_days": 10},
+    ],
+    "visit_detail": [
+        {"visit_detail_id": 111, "person_id": 1, "visit_detail_concept_id": 9201,
+         "visit_detail_start_date": D("2002-06-02"), "visit_detail_end_date": D("2002-06-05"),
+         "visit_detail_type_concept_id": 0, "visit_occurrence_id": 11},
+    ],
     "visit_occurrence": [
         {"visit_occurrence_id": 11, "person_id": 1, "visit_concept_id": 9201, "visit_start_date": D("2002-06-01"),
          "visit_end_date": D("2002-06-12"), "visit_type_concept_id": 0},
@@ -125,7 +154,11 @@ COND_FAMILY = concept_set(1, 100, descendants=True)  # condition A and its child
 DRUG = concept_set(2, 200)
 LAB = concept_set(3, 300)
 INPATIENT = concept_set(4, 9201)
-SETS = [COND, COND_FAMILY, DRUG, LAB, INPATIENT]
+PROC = concept_set(5, 400)
+OBS = concept_set(6, 500)
+DEVICE = concept_set(7, 600)
+DEATH_CAUSE = concept_set(8, 700)
+SETS = [COND, COND_FAMILY, DRUG, LAB, INPATIENT, PROC, OBS, DEVICE, DEATH_CAUSE]
 
 
 def window(start: int | None, end: int | None, **flags: bool) -> dict:

@@ -34,6 +34,7 @@ def load(
     drugs: pd.DataFrame | None = None,
     measurements: pd.DataFrame | None = None,
     ancestors: pd.DataFrame | None = None,
+    concepts: pd.DataFrame | None = None,
 ) -> Cdm:
     """Write the given rows (only the columns that matter; the rest are filled) into `cdm`."""
     cdm.create_tables(
@@ -84,6 +85,14 @@ def load(
         a["min_levels_of_separation"] = 0
         a["max_levels_of_separation"] = 0
         cdm.insert_arrow("concept_ancestor", pa.Table.from_pandas(a, preserve_index=False))
+    if concepts is not None and len(concepts):
+        c = concepts.copy()
+        for col, v in (("domain_id", "Drug"), ("vocabulary_id", "Test"), ("concept_code", "x")):
+            if col not in c:
+                c[col] = v
+        c["valid_start_date"] = dt.date(1970, 1, 1)
+        c["valid_end_date"] = dt.date(2099, 12, 31)
+        cdm.insert_arrow("concept", pa.Table.from_pandas(c, preserve_index=False))
     return cdm
 
 

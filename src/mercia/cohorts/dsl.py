@@ -407,6 +407,9 @@ class Event:
         ``drug(x).filter(days_supply={"value": 30, "op": "gte"})``."""
         e = self
         for k, v in fields.items():
+            if k in ("codeset_id", "correlated_criteria"):
+                raise CohortDefinitionError(f"{self.domain}.filter: {k} is set by the concept set and .where(), "
+                                            "not as a filter")
             e = e._set(k, v.model_dump(mode="json", exclude_none=True) if isinstance(v, BaseModel) else v)
         return e
 

@@ -28,7 +28,11 @@ def write_site(persons: int, path: str) -> dict:
         cdm.execute("CHECKPOINT")
     finally:
         cdm.close()
-    return {"rows": truth["rows"], "bytes": os.path.getsize(path)}
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    # CPU seconds (all threads) are the load-independent figure on a shared machine.
+    return {"rows": truth["rows"], "bytes": os.path.getsize(path), "cpu": ru.ru_utime + ru.ru_stime}
 
 
 def main(sizes: list[int]) -> None:
@@ -43,7 +47,8 @@ def main(sizes: list[int]) -> None:
         first = first or per_m
         print(f"\n{n:>9,} persons: {r['seconds']:6.1f} s wall, {n / r['seconds']:9,.0f} persons/s, "
               f"{total / r['seconds'] / 1e6:5.2f} M rows/s, peak RSS {r['peak_rss_mib']:,.0f} MiB, "
-              f"file {r['value']['bytes'] / 2**20:,.0f} MiB, {per_m / first:4.2f}x the first size's cost per person")
+              f"file {r['value']['bytes'] / 2**20:,.0f} MiB, {per_m / first:4.2f}x the first size's cost per person, "
+              f"CPU {r['value']['cpu']:,.0f} s, load average now {os.getloadavg()[0]:.1f}")
         for table, k in rows.items():
             print(f"    {table:<22} {k:>12,}")
 

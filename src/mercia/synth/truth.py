@@ -93,6 +93,9 @@ def build_truth(*, profile: SiteProfile, seed: int, persons: int, first_person_i
         "expected_bias": "celecoxib is channelled to older patients and those with AF or CKD, who bleed "
                          "more: the crude diclofenac-vs-celecoxib ratio is below 1.5; adjusting for age, "
                          "sex, AF and CKD recovers it (calendar year changes the choice but not the outcome).",
+        "recommended_analysis": "new-user cohort of first diclofenac vs first celecoxib courses, on-treatment "
+                                "time at risk, first GI bleed; Cox PH with age (linear), sex, AF and CKD "
+                                "recorded on or before the course start",
         "realised": _rate_ratio(stats, ["diclofenac"], ["celecoxib"], "gi_bleeding"),
     }
     sglt2 = {
@@ -121,6 +124,10 @@ def build_truth(*, profile: SiteProfile, seed: int, persons: int, first_person_i
         "expected_bias": "SGLT2 inhibitors are channelled to patients with CKD, heart failure, AF and "
                          "hypertension, who are admitted more: the crude ratio is above 0.7 (towards or past "
                          "1); adjusting for the listed confounders recovers 0.7.",
+        "recommended_analysis": "new-user cohort of first SGLT2i vs first gliclazide courses, on-treatment "
+                                "time at risk, first heart-failure admission; Cox PH with age (linear), sex, "
+                                "CKD, hypertension, AF and heart failure recorded (GP/outpatient) on or before "
+                                "the course start",
         "realised": _rate_ratio(stats, list(P.SGLT2S), ["gliclazide"], "heart_failure_admission"),
     }
     negative_controls = [

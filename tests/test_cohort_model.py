@@ -123,5 +123,14 @@ def test_atlas_export_wrapper_is_accepted() -> None:
 def test_occurrence_type_names_and_numbers_agree() -> None:
     by_number = parse_circe(cohort(A, AdditionalCriteria=group(correlated(X, window(None, 0), at_most=2))))
     c = copy.deepcopy(to_circe_dict(by_number))
-    assert c["AdditionalCriteria"]["CriteriaList"][0]["Occurrence"]["Type"] == "at_most"
+    assert c["AdditionalCriteria"]["CriteriaList"][0]["Occurrence"]["Type"] == 1  # Circe's number again
     assert parse_circe(c) == by_number
+    mercia_form = by_number.model_dump(mode="json")
+    assert mercia_form["additional_criteria"]["criteria_list"][0]["occurrence"]["type"] == "at_most"
+
+
+def test_unset_unsupported_elements_are_harmless_but_set_ones_fail() -> None:
+    x = cohort({"ConditionOccurrence": {"CodesetId": COND["id"], "ProviderSpecialty": [], "DateAdjustment": None}})
+    assert parse_circe(x).primary_criteria.criteria_list[0].condition_occurrence is not None
+    x["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"]["ProviderSpecialty"] = [{"CONCEPT_ID": 1}]
+    assert "ConditionOccurrence.ProviderSpecialty: not supported" in error_of(x)

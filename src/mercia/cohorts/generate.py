@@ -96,9 +96,10 @@ def _unknown_concepts(cdm: Cdm, definition: CohortDefinition) -> list[str]:
     for cs in definition.expression.concept_sets:
         missing = sorted({i.concept.concept_id for i in cs.expression.items} & unknown)
         if missing:
+            shown = ", ".join(map(str, missing[:20])) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
             out.append(
-                f"concept set {cs.id} ({cs.name!r}): concept id(s) {', '.join(map(str, missing))} are not in "
-                "this CDM's vocabulary and match nothing"
+                f"concept set {cs.id} ({cs.name!r}): concept id(s) {shown} are not in this CDM's vocabulary "
+                "and match nothing"
             )
     return out
 

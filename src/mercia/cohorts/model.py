@@ -19,7 +19,16 @@ import re
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from mercia.errors import CohortDefinitionError
 
@@ -30,6 +39,15 @@ NUMERIC_OPS = ("lt", "lte", "eq", "!eq", "gt", "gte", "bt", "!bt")
 class _Model(BaseModel):
     # populate_by_name: the Mercia form uses field names, the Circe form aliases; both validate.
     model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_unset_unsupported(cls, data: Any) -> Any:
+        # ATLAS writes unset elements as null or []; an unset element asks for nothing, so even an
+        # element Mercia cannot compile is harmless then. Set ones still fail as "not supported".
+        if isinstance(data, dict) and any(k in NOT_SUPPORTED and v in (None, []) for k, v in data.items()):
+            return {k: v for k, v in data.items() if not (k in NOT_SUPPORTED and v in (None, []))}
+        return data
 
 
 # ---- small value types ---------------------------------------------------------------------------
@@ -412,6 +430,11 @@ class Occurrence(_Model):
     count_column: Literal["DOMAIN_CONCEPT", "START_DATE", "END_DATE", "VISIT_ID"] | None = Field(
         None, alias="CountColumn"
     )
+
+    @field_serializer("type")
+    def _type_out(self, v: str, info: SerializationInfo) -> str | int:
+        # Written with Circe's names (by_alias) the type is Circe's number again.
+        return {n: i for i, n in _OCCURRENCE_NAMES.items()}[v] if info.by_alias else v
 
     @field_validator("type", mode="before")
     @classmethod

@@ -53,6 +53,15 @@ def _drug(key: str) -> dict[str, Any]:
             "drug_concept_id": int(ct.drug[DRUG[key]]), "drug_source_value": ct.drug_source[DRUG[key]]}
 
 
+def _age_sex() -> list[dict[str, Any]]:
+    from mercia.vocab import catalog as c
+
+    return [{"name": "age", "definition": "years on the course's start day; log-hazard linear in age "
+             "(coefficient per decade in baseline_hazard.age_per_decade)"},
+            {"name": "sex", "definition": "person.gender_concept_id",
+             "concept_ids": {k: v.concept_id for k, v in c.GENDER.items()}}]
+
+
 def _rate_ratio(stats: dict[str, float], a: list[str], b: list[str], tag: str) -> dict[str, Any]:
     def rate(names: list[str]) -> tuple[float, float]:
         ev = sum(stats.get(f"{n}.{tag}_events_exposed", 0.0) for n in names)
@@ -84,7 +93,7 @@ def build_truth(*, profile: SiteProfile, seed: int, persons: int, first_person_i
                                  "(no NSAID before); each person only ever uses one NSAID",
         "time_at_risk": TIME_AT_RISK,
         "baseline_hazard": _acute_spec(gi),
-        "confounders": [{"name": "age"}, {"name": "sex"}, _cond("atrial_fibrillation"), _cond("ckd")],
+        "confounders": [*_age_sex(), _cond("atrial_fibrillation"), _cond("ckd")],
         "treatment_assignment": {
             "model": "multinomial logit at the course's first prescription, diclofenac the reference; "
                      "age = (age-65) in years; year_after_2013 = max(year-2013, 0); celecoxib also gets "
@@ -114,7 +123,7 @@ def build_truth(*, profile: SiteProfile, seed: int, persons: int, first_person_i
                                  "course vs first gliclazide course; each person only ever uses one",
         "time_at_risk": TIME_AT_RISK,
         "baseline_hazard": _acute_spec(hf),
-        "confounders": [{"name": "age"}, {"name": "sex"}, _cond("ckd"), _cond("hypertension"),
+        "confounders": [*_age_sex(), _cond("ckd"), _cond("hypertension"),
                         _cond("atrial_fibrillation"), _cond("heart_failure"), _cond("type2_diabetes")],
         "treatment_assignment": {
             "model": "logistic P(SGLT2i) at the second-line start: intercept + site sglt2_uptake + "

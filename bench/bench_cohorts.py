@@ -1,0 +1,255 @@
+"""Cohort generation: Mercia's compiler vs OHDSI's Circe SQL (ohdsi-circepy) on the same DuckDB CDM.
+
+    .venv/bin/python bench/bench_cohorts.py [--persons 100000 1000000] [--skip-oracle]
+
+For each population size a synthetic site is made with mercia.synth (cached as
+bench/out/synth_<persons>.duckdb, gitignored) and these definitions are generated on it:
+
+* the 9 Circe definitions in /work/shared/data/cohorts/ (OHDSI CohortGenerator tests, Phenotype Library);
+* 4 of our own on the synthetic vocabulary (new metformin users, T2DM with HbA1c > 58 mmol/mol, AF on
+  anticoagulants, long statin eras with hypertension), written as Circe JSON to bench/out/defs/.
+
+Mercia: ``generate_cohorts`` one definition at a time (compile, insert into the cohort table, counts,
+inclusion masks), all in one fresh process (bench/harness.py), timed per cohort. Circe: run_circe.py in
+the oracle venv on the same file, timed on its SQL alone (rendering and translation excluded, so the
+comparison favours Circe). Rows are compared per cohort. Figures are printed and written to
+bench/out/bench_cohorts_<persons>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+OUT = BENCH / "out"
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(REPO / "tests"))
+
+SEED = 20261125  # the synthetic population's seed: part of the benchmark's definition
+
+
+def database(persons: int) -> Path:
+    """The cached synthetic site of this size, made on first use."""
+    path = OUT / f"synth_{persons}.duckdb"
+    if path.exists():
+        return path
+    from mercia.cdm import Cdm
+    from mercia.synth import DEFAULT_SITES, generate_site
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")  # a half-written file is never taken for a cache hit
+    partial.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    cdm = Cdm.open(partial)
+    try:
+        generate_site(cdm, persons=persons, seed=SEED, profile=DEFAULT_SITES[0])
+    finally:
+        cdm.close()
+    partial.rename(path)
+    print(f"generated {path.name} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return path
+
+
+# ---- definitions -----------------------------------------------------------------------------------
+def _items(*concepts: tuple[int, str], descendants: bool = True) -> dict[str, Any]:
+    return {"items": [{"concept": {"CONCEPT_ID": c, "CONCEPT_NAME": n}, "isExcluded": False,
+                       "includeDescendants": descendants, "includeMapped": False} for c, n in concepts]}
+
+
+def _window(start: int | None, end: int | None) -> dict[str, Any]:
+    def bound(days: int | None, side: int) -> dict[str, Any]:
+        return {"Coeff": side} if days is None else {"Days": abs(days), "Coeff": -1 if days < 0 else 1}
+
+    return {"Start": bound(start, -1), "End": bound(end, 1)}
+
+
+def own_definitions() -> dict[str, dict[str, Any]]:
+    """Our definitions, as Circe JSON, on the concepts mercia.synth writes (ids from the catalog)."""
+    from mercia.vocab import catalog as c
+
+    def ing(k: str) -> tuple[int, str]:
+        return c.DRUG_INGREDIENTS[k].concept_id, k
+
+    def cond(k: str) -> tuple[int, str]:
+        return c.CONDITIONS[k].concept_id, k
+
+    def cs(id_: int, name: str, *concepts: tuple[int, str]) -> dict[str, Any]:
+        return {"id": id_, "name": name, "expression": _items(*concepts)}
+
+    def at_least(n: int, criteria: dict[str, Any], window: dict[str, Any]) -> dict[str, Any]:
+        return {"Criteria": criteria, "StartWindow": window, "Occurrence": {"Type": 2, "Count": n}}
+
+    def exactly_none(criteria: dict[str, Any], window: dict[str, Any]) -> dict[str, Any]:
+        return {"Criteria": criteria, "StartWindow": window, "Occurrence": {"Type": 0, "Count": 0}}
+
+    def rule(name: str, *criteria: dict[str, Any], demographic: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        return {"name": name, "expression": {"Type": "ALL", "CriteriaList": list(criteria),
+                                             "DemographicCriteriaList": demographic or [], "Groups": []}}
+
+    hba1c = c.MEASUREMENTS["hba1c"].concept_id
+    mmol_mol = c.UNITS["mmol_per_mol"].concept_id
+    return {
+        "new_metformin_users": {
+            "ConceptSets": [cs(1, "metformin", ing("metformin")), cs(2, "type 2 diabetes", cond("type2_diabetes"))],
+            "PrimaryCriteria": {"CriteriaList": [{"DrugExposure": {"CodesetId": 1, "First": True}}],
+                                "ObservationWindow": {"PriorDays": 365, "PostDays": 0},
+                                "PrimaryCriteriaLimit": {"Type": "First"}},
+            "InclusionRules": [
+                rule("adult", demographic=[{"Age": {"Value": 18, "Op": "gte"}}]),
+                rule("T2DM before", at_least(1, {"ConditionOccurrence": {"CodesetId": 2}}, _window(None, 0))),
+            ],
+            "EndStrategy": {"CustomEra": {"DrugCodesetId": 1, "GapDays": 30, "Offset": 0}},
+            "CollapseSettings": {"CollapseType": "ERA", "EraPad": 0},
+        },
+        "t2dm_hba1c_over_58": {
+            "ConceptSets": [cs(1, "type 2 diabetes", cond("type2_diabetes")),
+                            {"id": 2, "name": "HbA1c", "expression": _items((hba1c, "HbA1c"), descendants=False)}],
+            "PrimaryCriteria": {"CriteriaList": [{"ConditionOccurrence": {"CodesetId": 1, "First": True}}],
+                                "ObservationWindow": {"PriorDays": 0, "PostDays": 0},
+                                "PrimaryCriteriaLimit": {"Type": "First"}},
+            "InclusionRules": [rule("HbA1c > 58 mmol/mol within a year", at_least(1, {"Measurement": {
+                "CodesetId": 2, "ValueAsNumber": {"Value": 58, "Op": "gt"},
+                "Unit": [{"CONCEPT_ID": mmol_mol, "CONCEPT_NAME": "mmol/mol"}]}}, _window(-365, 30)))],
+            "CollapseSettings": {"CollapseType": "ERA", "EraPad": 0},
+        },
+        "af_on_anticoagulants": {
+            "ConceptSets": [cs(1, "atrial fibrillation", cond("atrial_fibrillation")),
+                            cs(2, "anticoagulants", ing("warfarin"), ing("apixaban"), ing("rivaroxaban")),
+                            cs(3, "GI bleeding", cond("gi_bleeding"))],
+            "PrimaryCriteria": {"CriteriaList": [{"ConditionOccurrence": {"CodesetId": 1}}],
+                                "ObservationWindow": {"PriorDays": 180, "PostDays": 0},
+                                "PrimaryCriteriaLimit": {"Type": "All"}},
+            "QualifiedLimit": {"Type": "All"}, "ExpressionLimit": {"Type": "All"},
+            "InclusionRules": [
+                rule("anticoagulant within 90 days", at_least(1, {"DrugExposure": {"CodesetId": 2}}, _window(0, 90))),
+                rule("no prior GI bleed", exactly_none({"ConditionOccurrence": {"CodesetId": 3}}, _window(None, -1))),
+            ],
+            "EndStrategy": {"DateOffset": {"DateField": "StartDate", "Offset": 365}},
+            "CensoringCriteria": [{"ConditionOccurrence": {"CodesetId": 3}}],
+            "CollapseSettings": {"CollapseType": "ERA", "EraPad": 30},
+        },
+        "statin_eras_with_hypertension": {
+            "ConceptSets": [cs(1, "statins", ing("atorvastatin"), ing("simvastatin")),
+                            cs(2, "hypertension", cond("hypertension"))],
+            "PrimaryCriteria": {"CriteriaList": [{"DrugEra": {"CodesetId": 1, "EraLength": {"Value": 180, "Op": "gte"}}}],
+                                "ObservationWindow": {"PriorDays": 0, "PostDays": 0},
+                                "PrimaryCriteriaLimit": {"Type": "All"}},
+            "AdditionalCriteria": {"Type": "ANY", "CriteriaList": [
+                at_least(1, {"ConditionOccurrence": {"CodesetId": 2}}, _window(None, 0))],
+                "DemographicCriteriaList": [], "Groups": []},
+            "QualifiedLimit": {"Type": "All"}, "ExpressionLimit": {"Type": "All"},
+            "InclusionRules": [],
+            "CollapseSettings": {"CollapseType": "ERA", "EraPad": 0},
+        },
+    }
+
+
+def definitions() -> list[tuple[int, str, Path]]:
+    """(cohort_id, name, Circe JSON file): the shared definitions, then ours (ids 1001...)."""
+    from oracle_support import COHORTS_DIR
+
+    out = [(int(p.stem), f"{p.parent.name}/{p.stem}", p) for p in sorted(COHORTS_DIR.glob("*/*.json"))]
+    defs_dir = OUT / "defs"
+    defs_dir.mkdir(parents=True, exist_ok=True)
+    for i, (name, d) in enumerate(own_definitions().items()):
+        path = defs_dir / f"{name}.json"
+        path.write_text(json.dumps(d, indent=1) + "\n", encoding="utf-8")
+        out.append((1001 + i, f"own/{name}", path))
+    return out
+
+
+# ---- the two runs -----------------------------------------------------------------------------------
+def run_mercia(db: str, defs: list[tuple[int, str, str]]) -> dict[str, Any]:
+    """In a fresh process: generate each definition, one call each; per-cohort seconds and rows."""
+    from mercia.cdm import Cdm
+    from mercia.cohorts.circe import load_circe_file
+    from mercia.cohorts.generate import cohort_rows, generate_cohorts
+
+    times: dict[int, float] = {}
+    rows: dict[int, list[tuple[int, str, str]]] = {}
+    warnings.simplefilter("ignore")  # unknown concept ids of the shared definitions: expected here
+    with Cdm.open(db, results_schema="mercia") as cdm:
+        cdm.execute("CREATE SCHEMA IF NOT EXISTS mercia")
+        parsed = [(cid, load_circe_file(path)) for cid, _, path in defs]
+        for cid, d in parsed:
+            t0 = time.perf_counter()
+            generate_cohorts(cdm, [(cid, d)])
+            times[cid] = time.perf_counter() - t0
+        for cid, _ in parsed:
+            rows[cid] = [(int(s), str(a), str(b)) for s, a, b in cohort_rows(cdm, cid)]
+    return {"seconds": times, "rows": rows}
+
+
+def run_oracle(db: Path, defs: list[tuple[int, str, Path]]) -> dict[int, Any]:
+    from oracle_support import run_circe
+
+    out = {}
+    for cid, name, path in defs:
+        t0 = time.perf_counter()
+        res = run_circe(db, path, cid, results_schema="circe", timeout=3600)
+        out[cid] = {"seconds": res.seconds, "wall": time.perf_counter() - t0,
+                    "rows": [(int(r["subject_id"]), str(r["cohort_start_date"]), str(r["cohort_end_date"]))
+                             for r in res.rows.to_pylist()]}
+        print(f"  circe {name}: {res.seconds:.2f} s SQL ({out[cid]['wall']:.0f} s with rendering)", flush=True)
+    return out
+
+
+def bench(persons: int, skip_oracle: bool) -> dict[str, Any]:
+    from harness import machine, measure
+
+    db = database(persons)
+    defs = definitions()
+    print(f"\n== {persons:,} persons: {len(defs)} cohorts on {db.name} ==", flush=True)
+    m = measure(run_mercia, str(db), [(cid, name, str(p)) for cid, name, p in defs])
+    mercia = m["value"]
+    oracle = {} if skip_oracle else run_oracle(db, defs)
+    per = []
+    for cid, name, _ in defs:
+        ms = mercia["seconds"][cid]
+        mine = sorted(tuple(r) for r in mercia["rows"][cid])
+        row: dict[str, Any] = {"cohort_id": cid, "name": name, "mercia_s": ms, "entries": len(mine),
+                               "persons": len({r[0] for r in mine})}
+        if oracle:
+            theirs = sorted(tuple(r) for r in oracle[cid]["rows"])
+            row.update(circe_s=oracle[cid]["seconds"], circe_entries=len(theirs),
+                       circe_persons=len({r[0] for r in theirs}))
+            row["same_rows"] = mine == theirs
+            row["same_counts"] = (row["entries"], row["persons"]) == (len(theirs), row["circe_persons"])
+        per.append(row)
+    total_m = sum(r["mercia_s"] for r in per)
+    total_c = sum(r.get("circe_s", 0.0) for r in per)
+    print(f"{'cohort':42} {'persons':>9} {'entries':>9} {'Mercia s':>9} {'Circe s':>9} {'ratio':>6}  rows")
+    for r in per:
+        ratio = r["mercia_s"] / r["circe_s"] if r.get("circe_s") else float("nan")
+        same = "" if not oracle else ("same" if r["same_rows"] else ("counts only" if r["same_counts"] else "DIFFER"))
+        print(f"{r['name']:42} {r['persons']:>9,} {r['entries']:>9,} {r['mercia_s']:>9.2f} "
+              f"{r.get('circe_s', float('nan')):>9.2f} {ratio:>6.2f}  {same}")
+    print(f"{'TOTAL':42} {'':>9} {'':>9} {total_m:>9.2f} {total_c:>9.2f} "
+          f"{(total_m / total_c if total_c else float('nan')):>6.2f}")
+    print(f"Mercia process: {m['seconds']:.1f} s wall incl. parsing and reading rows back, "
+          f"peak RSS {m['peak_rss_mib']:.0f} MiB")
+    result = {"persons": persons, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "mercia_total_s": total_m, "circe_total_s": total_c, "mercia_peak_rss_mib": m["peak_rss_mib"],
+              "cohorts": per}
+    (OUT / f"bench_cohorts_{persons}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--persons", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--skip-oracle", action="store_true", help="time Mercia only")
+    args = ap.parse_args()
+    for n in args.persons:
+        bench(n, args.skip_oracle)
+
+
+if __name__ == "__main__":
+    main()

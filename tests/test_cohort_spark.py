@@ -16,7 +16,7 @@ import pytest
 from mercia.cdm import Cdm
 from mercia.cdm.load import load_folder
 from mercia.cohorts.circe import load_circe_file
-from mercia.cohorts.compiler import compile_cohort
+from mercia.cohorts.compiler import bound, compile_cohort
 from mercia.cohorts.generate import cohort_rows, generate_cohorts
 from mercia.cohorts.model import CohortDefinition
 
@@ -103,7 +103,8 @@ def _sorted(rows: list[tuple]) -> list[tuple]:
 def test_cohort_rows_match_duckdb(spark_cdm: Cdm, duck: Cdm, definitions: dict[int, CohortDefinition],
                                   cid: int) -> None:
     compiled = compile_cohort(spark_cdm, definitions[cid].expression)
-    on_spark = _sorted(spark_cdm.fetch_all(compiled.rows_query(), compiled.params))
+    q = compiled.rows_query()
+    on_spark = _sorted(spark_cdm.fetch_all(q, bound(q, compiled.params)))
     assert on_spark == _sorted(cohort_rows(duck, cid))
     assert on_spark  # OHDSI's counts: 1,800 / 569 / 266 / 1,750
 
@@ -111,7 +112,8 @@ def test_cohort_rows_match_duckdb(spark_cdm: Cdm, duck: Cdm, definitions: dict[i
 def test_inclusion_rule_masks_match_duckdb(spark_cdm: Cdm, duck: Cdm, definitions: dict[int, CohortDefinition]) -> None:
     def masks(cdm: Cdm) -> list[tuple[int, int, int]]:
         c = compile_cohort(cdm, definitions[3].expression)
-        return sorted((int(a), int(b), int(n)) for a, b, n in cdm.fetch_all(c.mask_counts_query(), c.params))
+        q = c.mask_counts_query()
+        return sorted((int(a), int(b), int(n)) for a, b, n in cdm.fetch_all(q, bound(q, c.params)))
 
     assert masks(spark_cdm) == masks(duck)
 
@@ -141,7 +143,8 @@ def test_dsl_cohort_on_spark(spark_cdm: Cdm, duck: Cdm) -> None:
 
     def rows(cdm: Cdm) -> list[tuple]:
         c = compile_cohort(cdm, d.expression)
-        return _sorted(cdm.fetch_all(c.rows_query(), c.params))
+        q = c.rows_query()
+        return _sorted(cdm.fetch_all(q, bound(q, c.params)))
 
     on_spark = rows(spark_cdm)
     assert on_spark and on_spark == rows(duck)

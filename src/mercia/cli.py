@@ -276,17 +276,18 @@ def cohort_sql(
     """Print the SQL that selects the cohort's rows (subject_id, cohort_start_date, cohort_end_date).
 
     Dates from the definition are bound parameters: the SQL holds placeholders, listed in a comment."""
-    from mercia.cohorts.compiler import compile_cohort
+    from mercia.cohorts.compiler import bound, compile_cohort
     from mercia.cohorts.loader import SchemaTables
 
     if dialect not in DIALECTS:
         raise MerciaError(f"unknown dialect {dialect!r}: use one of {', '.join(DIALECTS)}")
     d = _load_all([definition])[0]
     compiled = compile_cohort(SchemaTables(cdm_schema, vocab_schema, results_schema), d.expression)
+    query = compiled.rows_query()
     lines = [f"-- cohort: {d.name}".replace("\n", " ")]
-    for name, value in compiled.params.items():
+    for name, value in (bound(query, compiled.params) or {}).items():
         lines.append(f"-- parameter {name} = {value.isoformat()} (DATE)")
-    sys.stdout.write("\n".join(lines) + "\n" + compiled.rows_query().sql(dialect=dialect, pretty=pretty) + ";\n")
+    sys.stdout.write("\n".join(lines) + "\n" + query.sql(dialect=dialect, pretty=pretty) + ";\n")
 
 
 @cohort_app.command("check")

@@ -23,6 +23,7 @@ from mercia.analyses.survival import (
     km_estimates,
     median_survival,
     newton_raphson,
+    ph_test,
     time_to_event_counts,
 )
 from mercia.disclosure import SACRO, DisclosureLog, release
@@ -202,6 +203,24 @@ def test_federated_newton_equals_stratified_lifelines():
     assert abs(fit.loglik - cph.log_likelihood_) < 1e-8
     # In-process pooling (fit_cox over a list) is the same computation.
     np.testing.assert_allclose(fit_cox(sites).coef, fit.coef, atol=1e-10)
+
+
+def test_ph_test_stratified_equals_lifelines():
+    sites = _sites(5)
+    df = pd.concat([s.frame().assign(site=k) for k, s in enumerate(sites)], ignore_index=True)
+    terms = sites[0].terms
+    data = CoxData(
+        X=df[terms].to_numpy(),
+        time=df["time"].to_numpy(),
+        event=df["event"].to_numpy(),
+        terms=terms,
+        strata=df["site"].to_numpy(),
+    )
+    mine = ph_test(data).set_index("term")
+    cph = _lifelines_cox(df, strata=["site"], fit_options={"precision": 1e-12})
+    ref = proportional_hazard_test(cph, df, time_transform="rank").summary
+    np.testing.assert_allclose(mine.loc[ref.index, "test_statistic"], ref["test_statistic"], atol=1e-6)
+    np.testing.assert_allclose(mine.loc[ref.index, "p"], ref["p"], atol=1e-6)
 
 
 def test_site_summary_derivatives_and_breslow():

@@ -638,25 +638,66 @@ def cox_data(
     )
 
 
-def ph_test(data: CoxData) -> pd.DataFrame:
-    """Proportional-hazards check: lifelines' Schoenfeld-residual test (rank time transform)."""
-    from lifelines import CoxPHFitter
-    from lifelines.statistics import proportional_hazard_test
+def ph_test(data: CoxData, fit: CoxFit | None = None) -> pd.DataFrame:
+    """Proportional-hazards check per term: the Grambsch-Therneau score test on scaled Schoenfeld
+    residuals (Efron means) against the rank of event times, computed as lifelines'
+    `proportional_hazard_test(cph, df, time_transform="rank")` does (equal to it; lifelines' own
+    residual loop is quadratic in the number of rows, so it is reimplemented here).
 
-    df = data.frame()
-    cph = CoxPHFitter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cph.fit(
-            df,
-            duration_col="time",
-            event_col="event",
-            strata=["stratum"] if data.strata is not None else None,
-        )
-        res = proportional_hazard_test(cph, df, time_transform="rank")
-    out = res.summary.reset_index()
-    out = out.rename(columns={out.columns[0]: "term"})
-    return out[["term", "test_statistic", "p"]]
+    Like lifelines, rows are ordered by (stratum,) time and event, stably, so tied events take
+    consecutive ranks in their original row order.
+    """
+    fit = fit or fit_cox(data)
+    X, t, e = data.X, data.time, data.event.astype(float)
+    strata = data.strata if data.strata is not None else np.zeros(len(t), dtype=int)
+    keys = (e, t) if data.strata is None else (e, t, strata)
+    order = np.lexsort(keys)
+    X, t, e, strata = X[order], t[order], e[order], strata[order]
+    n, p = X.shape
+    resid = np.zeros((n, p))
+    for s in np.unique(strata):
+        k = np.flatnonzero(strata == s)
+        resid[k] = _schoenfeld(X[k], t[k], e[k], fit.coef)
+    S = resid[e == 1]
+    D = len(S)
+    V = np.linalg.inv(fit.information)
+    se2 = np.diag(V)
+    scaled = D * S @ V
+    ranks = np.arange(1, D + 1, dtype=float)
+    dm = ranks - ranks.mean()
+    stat = (dm @ scaled) ** 2 / (D * se2 * (dm**2).sum())
+    return pd.DataFrame({"term": data.terms, "test_statistic": stat, "p": stats.chi2.sf(stat, 1)})
+
+
+def _schoenfeld(X: np.ndarray, t: np.ndarray, e: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Schoenfeld residuals (x_i minus the Efron-weighted risk-set mean at its time) of one stratum
+    sorted by time ascending; zero for censored rows."""
+    n, p = X.shape
+    out = np.zeros((n, p))
+    if n == 0 or not e.any():
+        return out
+    eta = X @ beta
+    w = np.exp(eta - eta.max())
+    start = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
+    group = np.repeat(np.arange(len(start)), np.diff(np.r_[start, n]))
+    wX = w[:, None] * X
+    # Risk set of a time: rows at or after it, so reverse cumulative sums over time groups.
+    s0 = np.cumsum(np.add.reduceat(w, start)[::-1])[::-1]
+    s1 = np.cumsum(np.add.reduceat(wX, start, axis=0)[::-1], axis=0)[::-1]
+    we = w * e
+    t0 = np.add.reduceat(we, start)
+    t1 = np.add.reduceat(we[:, None] * X, start, axis=0)
+    d = np.add.reduceat(e, start)
+    di = d.astype(int)
+    rep = np.repeat(np.arange(len(start)), di)
+    c = (np.arange(len(rep)) - np.repeat(np.cumsum(di) - di, di)) / np.maximum(d[rep], 1)
+    ratio = (s1[rep] - c[:, None] * t1[rep]) / (s0[rep] - c * t0[rep])[:, None]
+    means = np.zeros((len(start), p))
+    np.add.at(means, rep, ratio)
+    means /= np.maximum(d, 1)[:, None]
+    ev = e == 1
+    out[ev] = X[ev] - means[group[ev]]
+    return out
 
 
 def cox_model(
@@ -729,8 +770,8 @@ def cox_model(
     }
     if settings.ph_test:
         try:
-            ph = ph_test(data)
-        except Exception as e:  # lifelines refuses degenerate data; the model itself still stands
+            ph = ph_test(data, fit)
+        except np.linalg.LinAlgError as e:  # a singular information matrix; the model table still stands
             notes.append(f"proportional-hazards test not computed: {e}")
             ph = pd.DataFrame(
                 {

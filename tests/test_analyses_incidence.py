@@ -236,6 +236,80 @@ def test_person_time_split_equals_day_by_day_reference(world, washout, repeated,
     assert mine == reference(world, s)
 
 
+def seeded_world(seed: int, n: int = 12) -> dict:
+    """The same shape as `worlds()`, drawn with numpy, for the engine comparison below."""
+    rng = np.random.default_rng(seed)
+    persons, ops, cohorts = [], [], []
+    for pid in range(1, n + 1):
+        dob = (
+            dt.date(2000, 2, 29)
+            if pid % 4 == 0
+            else dt.date(1995, 1, 1) + dt.timedelta(days=int(rng.integers(0, 2920)))
+        )
+        persons.append(
+            {
+                "person_id": pid,
+                "gender_concept_id": int(rng.choice([MALE, FEMALE])),
+                "year_of_birth": dob.year,
+                "month_of_birth": dob.month,
+                "day_of_birth": dob.day,
+            }
+        )
+        start = int(rng.integers(0, 400))
+        end = start + int(rng.integers(0, 700))
+        ops.append(
+            {
+                "person_id": pid,
+                "observation_period_start_date": d(start),
+                "observation_period_end_date": d(end),
+            }
+        )
+        for x in rng.integers(start - 100, end + 100, int(rng.integers(0, 5))):
+            cohorts.append(
+                {
+                    "cohort_definition_id": 3,
+                    "subject_id": pid,
+                    "cohort_start_date": d(int(x)),
+                    "cohort_end_date": d(int(x) + 3),
+                }
+            )
+        cs = int(rng.integers(start, end + 1))
+        cohorts.append(
+            {
+                "cohort_definition_id": 1,
+                "subject_id": pid,
+                "cohort_start_date": d(cs),
+                "cohort_end_date": d(cs + int(rng.integers(0, 500))),
+            }
+        )
+    return {
+        "persons": pd.DataFrame(persons),
+        "observation_periods": pd.DataFrame(ops),
+        "cohorts": pd.DataFrame(cohorts),
+    }
+
+
+@pytest.mark.parametrize("washout,repeated,denominator", [(0, True, None), (30, True, 1), (90, False, None)])
+def test_person_time_on_every_engine(cdm_factory, washout, repeated, denominator):
+    world = seeded_world(washout + int(repeated))
+    s = IncidenceSettings(
+        outcome_cohort_id=3,
+        washout_days=washout,
+        repeated_events=repeated,
+        denominator_cohort_id=denominator,
+        age_groups=[(0, 17), (18, 19), (20, None)],
+    )
+    cdm = load(cdm_factory(), **world)
+    got = person_time(cdm, s)
+    mine = {
+        (int(r.yr), int(r.age_k), int(r.gender)): [int(r.person_days), int(r.n_events)]
+        for r in got.itertuples()
+        if r.person_days
+    }
+    ref = reference(world, s)
+    assert mine == ref and sum(v[1] for v in ref.values()) > 0
+
+
 # ------------------------------------------------------------------------------- end to end
 
 

@@ -254,6 +254,9 @@ def test_compare_cohorts_smd(cdm_factory):
     )
     assert abs(cont.loc["age", "smd"] - exp) < 1e-12
     assert len(cont) > 1  # measurement values too
+    log = DisclosureLog()
+    for t in res.tables.values():
+        assert release(t, SACRO, log=log).status == "released"
 
 
 def test_empty_cohort(cdm_factory):

@@ -262,9 +262,22 @@ def test_empty_cohorts(cdm_factory):
     assert km["km_summary"].data["n_persons"].tolist() == [0]
     cox = cox_model(cdm, 1, 2, 3)
     assert cox.empty and len(cox["cox"].data) == 0
+    assert cox.notes == ["no persons with time at risk"]
     log = DisclosureLog()
     assert len(release(km["km"], SACRO, log=log).data) == 0
     assert release(cox["cox"], SACRO, log=log).status == "blocked"
+
+
+def test_one_empty_arm_says_so(duck_cdm, world):
+    w = dict(world)
+    w["cohorts"] = w["cohorts"][w["cohorts"]["cohort_definition_id"] != 2]
+    cdm = load_world(duck_cdm, w)
+    cox = cox_model(cdm, 1, 2, 3)
+    assert cox.empty and cox.notes == ["comparator cohort has nobody with time at risk"]
+    km = kaplan_meier(cdm, [1, 2], 3)
+    assert not km.empty and km.notes == ["cohort 2 has nobody with time at risk"]
+    released = release(km["km"], SACRO, log=DisclosureLog())
+    assert len(released.data) > 0 and set(released.data["cohort_id"]) == {1}
 
 
 def test_bad_settings():

@@ -730,8 +730,14 @@ def cox_model(
         "n_events_nonzero",
     ]
     notes: list[str] = []
-    if data.n_obs == 0 or data.n_events == 0:
-        notes.append("no persons with time at risk" if data.n_obs == 0 else "no outcome events")
+    arms = set(np.unique(data.X[:, 0])) if data.n_obs else set()
+    if data.n_obs == 0 or data.n_events == 0 or arms != {0.0, 1.0}:
+        if data.n_obs == 0:
+            notes.append("no persons with time at risk")
+        elif arms != {0.0, 1.0}:
+            notes.append(f"{'comparator' if arms == {1.0} else 'target'} cohort has nobody with time at risk")
+        else:
+            notes.append("no outcome events")
         empty = pd.DataFrame({c: pd.Series(dtype="object" if c == "term" else "float64") for c in coef_cols})
         empty[["n_nonzero", "n_events_nonzero"]] = empty[["n_nonzero", "n_events_nonzero"]].astype("int64")
         info = ModelInfo(df_resid=0, n_obs=data.n_obs, n_events=data.n_events)

@@ -24,8 +24,9 @@ from mercia.synth.truth import build_truth
 # Persons per chunk. Part of the data's definition: chunk i draws from its own seeded stream, so the
 # same (seed, site, persons) gives the same rows whatever the machine.
 CHUNK = 50_000
+CARE_SITE_ID = 1
 TABLES = ("person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
-          "measurement", "death", "drug_era", "condition_era")
+          "measurement", "death", "drug_era", "condition_era", "care_site")
 Progress = Callable[[str, int, int], None]
 
 
@@ -83,6 +84,7 @@ def _arrow_tables(res: ChunkResult, ids: _Ids) -> dict[str, pa.Table]:
         "day_of_birth": _i32((bd - mth).astype(np.int64) + 1),
         "race_concept_id": _i64(np.asarray(ct.race)[per["race"]]),
         "ethnicity_concept_id": _i64(np.full(n, ct.not_hispanic)),
+        "care_site_id": _i64(np.full(n, CARE_SITE_ID)),
         "person_source_value": pa.array(nhs_numbers(pid)).cast(pa.string()),
         "gender_source_value": _lookup(per["male"].astype(np.int32), ["F", "M"]),
         "race_source_value": _lookup(per["race"], ct.race_source),
@@ -223,9 +225,16 @@ def generate_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, fi
             raise MerciaError(f"table {name} already has rows; write a synthetic site into an empty CDM")
     cdm.create_tables()
     _load_vocabulary(cdm)
+    # The site is one GP practice: every person is registered there.
+    cdm.insert_arrow("care_site", pa.table({
+        "care_site_id": pa.array([CARE_SITE_ID], pa.int64()),
+        "care_site_name": pa.array([profile.description or profile.name]),
+        "care_site_source_value": pa.array([profile.name]),
+    }))
     ids = _Ids(first_person_id)
     stats: dict[str, float] = {}
     rows = dict.fromkeys(TABLES, 0)
+    rows["care_site"] = 1
     nchunks = (persons + CHUNK - 1) // CHUNK
     step = f"{profile.name}: persons"
 

@@ -268,6 +268,45 @@ def test_empty_cohorts(cdm_factory):
     assert release(cox["cox"], SACRO, log=log).status == "blocked"
 
 
+def test_all_entries_keep_covariates_per_entry(duck_cdm, world):
+    w = dict(world)
+    c = w["cohorts"]
+    ops = w["observation_periods"].set_index("person_id")
+    # A second entry into cohort 1, 100 days later, for persons still observed then; their condition
+    # (10 days before the first index) is outside a 30-day window of the second.
+    again = c[c["cohort_definition_id"] == 1].copy()
+    again["cohort_start_date"] = [x + pd.Timedelta(days=100) for x in again["cohort_start_date"]]
+    again["cohort_end_date"] = again["cohort_start_date"]
+    death = w["deaths"].set_index("person_id")["death_date"]
+    again = again[
+        [
+            ops.loc[p, "observation_period_end_date"] >= d and death.get(p, d) >= d
+            for p, d in zip(again["subject_id"], again["cohort_start_date"], strict=True)
+        ]
+    ]
+    w["cohorts"] = pd.concat([c, again])
+    cdm = load_world(duck_cdm, w)
+    cov = [CovariateSpec(name="cond", concept_ids=[100], window_start=-30)]
+    first = cox_data(cdm, 1, 2, 3, CoxSettings(covariates=cov))
+    every = cox_data(
+        cdm, 1, 2, 3, CoxSettings(survival=SurvivalSettings(first_entry_only=False), covariates=cov)
+    )
+    assert len(again) > 10 and every.n_obs == first.n_obs + len(again)
+    assert every.X[:, -1].sum() == first.X[:, -1].sum()
+    wide = cox_data(
+        cdm,
+        1,
+        2,
+        3,
+        CoxSettings(
+            survival=SurvivalSettings(first_entry_only=False),
+            covariates=[CovariateSpec(name="cond", concept_ids=[100], window_start=-200)],
+        ),
+    )
+    cond = world["expected"].set_index("person_id")["cond"]
+    assert wide.X[:, -1].sum() == first.X[:, -1].sum() + cond.loc[again["subject_id"]].sum()
+
+
 def test_one_empty_arm_says_so(duck_cdm, world):
     w = dict(world)
     w["cohorts"] = w["cohorts"][w["cohorts"]["cohort_definition_id"] != 2]

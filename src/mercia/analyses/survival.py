@@ -556,7 +556,7 @@ def _covariate_template(
         table, concept_col, date_col = DOMAINS[domain]
         ks = [k for k, c in enumerate(covs) if c.domain == domain]
         parts.append(f"""
-        SELECT DISTINCT b.person_id, cc.k FROM tte b
+        SELECT DISTINCT b.person_id, b.index_date, cc.k FROM tte b
         JOIN {table} r ON r.person_id = b.person_id
         JOIN cov_concepts cc ON cc.concept_id = r.{concept_col}
           AND r.{date_col} >= CAST(b.index_date + cc.ws AS DATE)
@@ -571,7 +571,7 @@ def _covariate_template(
       JOIN concept_ancestor ca ON ca.ancestor_concept_id = v.concept_id WHERE v.descendants = 1
     )
     """
-        + "SELECT person_id, k FROM ("
+        + "SELECT person_id, index_date, k FROM ("
         + " UNION ".join(parts)
         + ") u"
     )
@@ -609,13 +609,13 @@ def cox_data(
     sql = (
         _tte_template(s, with_person=True)
         + """
-    SELECT b.person_id, b.time, b.event,
+    SELECT b.person_id, b.index_date, b.time, b.event,
            CASE WHEN b.cohort_id = $target_id THEN 1 ELSE 0 END AS treatment,
            EXTRACT(YEAR FROM b.index_date) - p.year_of_birth AS age,
            CASE WHEN p.gender_concept_id = 8507 THEN 1 ELSE 0 END AS male
     FROM tte b JOIN person p ON p.person_id = b.person_id
     WHERE b.person_id NOT IN (SELECT person_id FROM tte GROUP BY person_id HAVING COUNT(DISTINCT cohort_id) > 1)
-    ORDER BY b.person_id
+    ORDER BY b.person_id, b.index_date
     """
     )
     params = {**_params(s, outcome_cohort_id), "target_id": t_id}
@@ -628,9 +628,11 @@ def cox_data(
         present = fetch_df(cdm, q, _params(s, outcome_cohort_id))
         C = np.zeros((len(rows), len(settings.covariates)))
         if len(rows) and len(present):
-            pos = pd.Series(np.arange(len(rows)), index=rows["person_id"].to_numpy())
-            present = present[present["person_id"].isin(pos.index)]
-            C[pos[present["person_id"]].to_numpy(), present["k"].to_numpy(dtype=int)] = 1.0
+            # Covariates belong to an entry (person and index date): without first_entry_only a
+            # person has several rows.
+            keys = rows[["person_id", "index_date"]].assign(row=np.arange(len(rows)))
+            hit = present.merge(keys, on=["person_id", "index_date"], how="inner")
+            C[hit["row"].to_numpy(dtype=int), hit["k"].to_numpy(dtype=int)] = 1.0
         X = np.hstack([X, C])
         terms += [c.name for c in settings.covariates]
     return CoxData(

@@ -89,6 +89,7 @@ class CoxSettings(BaseModel):
     sex: bool = True
     covariates: list[CovariateSpec] = Field(default_factory=list)
     ph_test: bool = True
+    ties: Literal["efron", "breslow"] = "efron"
     alpha: float = Field(0.05, gt=0, lt=1)
 
     @model_validator(mode="after")
@@ -765,7 +766,7 @@ def cox_model(
             empty=True,
             notes=notes,
         )
-    fit = fit_cox(data)
+    fit = fit_cox(data, settings.ties)
     table = fit.summary(settings.alpha)
     nz = data.X != 0
     table["n_nonzero"] = nz.sum(axis=0).astype("int64")

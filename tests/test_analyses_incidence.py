@@ -509,3 +509,55 @@ def test_settings_errors():
         IncidenceSettings(outcome_cohort_id=1, study_start=dt.date(2020, 1, 1), study_end=dt.date(2019, 1, 1))
     with pytest.raises(StudyError, match="points"):
         PrevalenceSettings(outcome_cohort_id=1)
+
+
+def test_spec_washout_repeated_events_and_a_birthday(cdm_factory):
+    """One person, born 1990-03-15, observed from 2019; study year 2020; washout 30 days, repeated events.
+
+    Outcomes on 1 Feb (counted), 20 Feb (in the washout of 1 Feb: not counted, but it washes out too,
+    to 21 Mar), 1 Jun (counted; washes out to 1 Jul).
+      age 29: 1 Jan .. 1 Feb              = 32 days, 1 event
+      age 30: 22 Mar .. 1 Jun, 2 Jul .. 31 Dec = 72 + 183 = 255 days, 1 event
+    """
+    cdm = load(
+        cdm_factory(),
+        persons=pd.DataFrame(
+            {
+                "person_id": [1],
+                "gender_concept_id": [FEMALE],
+                "year_of_birth": [1990],
+                "month_of_birth": [3],
+                "day_of_birth": [15],
+            }
+        ),
+        observation_periods=pd.DataFrame(
+            {
+                "person_id": [1],
+                "observation_period_start_date": [dt.date(2019, 1, 1)],
+                "observation_period_end_date": [dt.date(2021, 6, 30)],
+            }
+        ),
+        cohorts=pd.DataFrame(
+            {
+                "cohort_definition_id": 3,
+                "subject_id": 1,
+                "cohort_start_date": [dt.date(2020, 2, 1), dt.date(2020, 2, 20), dt.date(2020, 6, 1)],
+                "cohort_end_date": [dt.date(2020, 2, 1), dt.date(2020, 2, 20), dt.date(2020, 6, 1)],
+            }
+        ),
+    )
+    s = IncidenceSettings(
+        outcome_cohort_id=3,
+        washout_days=30,
+        repeated_events=True,
+        study_start=dt.date(2020, 1, 1),
+        study_end=dt.date(2020, 12, 31),
+        age_groups=[(0, 29), (30, None)],
+        by=["age_group"],
+    )
+    t = incidence(cdm, s)["incidence"].data.set_index("age_group")
+    assert t.loc["0-29", ["person_days", "n_events"]].tolist() == [32, 1]
+    assert t.loc["30+", ["person_days", "n_events"]].tolist() == [255, 1]
+    # First events only: time ends at the first outcome.
+    first = incidence(cdm, s.model_copy(update={"repeated_events": False}))["incidence"].data
+    assert first[["age_group", "person_days", "n_events"]].values.tolist() == [["0-29", 32, 1]]

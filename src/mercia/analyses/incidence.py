@@ -11,7 +11,9 @@ An outcome start on an at-risk day is an event; others (in a washout) are not co
 event, time at risk restarts the day after its washout ends (repeated events) or never.
 Person-time is counted in days (both ends inclusive) and split in SQL across calendar years and age
 bands (age in whole years from the date of birth; a 29 February birthday falls on 28 February).
-Rates are per 1,000 person-years (365.25 days) with exact Poisson 95% CIs.
+Rates are per 1,000 person-years (365.25 days) with exact Poisson 95% CIs. Time at ages outside
+every age group is not counted. Denominator periods of one person are assumed not to overlap (as
+observation periods and collapsed cohort eras do not).
 
 Prevalence. For each point date (or interval [start, end]) the denominator is the persons in the
 denominator population on that date (at any time in the interval) with `washout_days` of prior

@@ -481,11 +481,6 @@ def test_empty_denominator(cdm_factory):
     assert entries.empty
 
 
-@pytest.mark.xfail(
-    reason="disclosure.release() of a zero-row counts table fails in numpy (reported to the disclosure owner)",
-    raises=TypeError,
-    strict=False,
-)
 def test_empty_tables_pass_release(duck_cdm):
     cdm = load(
         duck_cdm,

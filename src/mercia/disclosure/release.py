@@ -251,7 +251,7 @@ def _release_counts(
                 released.append(pd.NA)
             else:
                 released.append(_log_released_count(table.name, where, col, vals[j], policy, log))
-        any_suppressed |= np.array([j in res.suppressed for j in range(n)])
+        any_suppressed |= np.array([j in res.suppressed for j in range(n)], dtype=bool)
         out[col] = pd.array(released, dtype="Int64")
     for ei, col in enumerate(table.exposure_columns, start=len(table.count_columns)):
         ev: list[Any] = []

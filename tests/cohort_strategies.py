@@ -414,8 +414,12 @@ def correlated(draw: st.DrawFn, depth: int) -> dict[str, Any]:
                            "IsDistinct": draw(st.booleans())}
     if occ["IsDistinct"] and draw(st.booleans()):
         occ["CountColumn"] = draw(st.sampled_from(["DOMAIN_CONCEPT", "START_DATE"]))
-    out: dict[str, Any] = {"Criteria": draw(criterion(depth=depth)), "StartWindow": draw(window()),
-                           "Occurrence": occ}
+    crit = draw(criterion(depth=depth))
+    if any("CorrelatedCriteria" in body for body in crit.values()):
+        # ohdsi-circepy 0.3.0 writes invalid SQL (Binder Error: Referenced table "A" not found) for a
+        # distinct count over a criterion that has correlated criteria of its own: no oracle answer.
+        occ = {"Type": occ["Type"], "Count": occ["Count"], "IsDistinct": False}
+    out: dict[str, Any] = {"Criteria": crit, "StartWindow": draw(window()), "Occurrence": occ}
     if draw(st.integers(0, 3)) == 0:
         out["EndWindow"] = draw(window())
     if draw(st.integers(0, 4)) == 0:

@@ -136,8 +136,10 @@ class Oracle:
     def run(self, definition: dict[str, Any]) -> Outcome:
         path = self._write(definition)
         out = self.work / f"circe_{self.n}.parquet"  # its report goes to circe_N.json, beside def_N.json
+        # A fresh cohort id per run: Circe leaves an id's old inclusion statistics in place when the new
+        # definition has no inclusion rules, so reusing an id would mix two definitions' statistics.
         reply = self._call(["--cdm", str(self.db), "--results-schema", "circe", "--json", str(path),
-                            "--cohort-id", "1", "--out", str(out)])
+                            "--cohort-id", str(self.n), "--out", str(out)])
         if reply["rc"] != 0:
             raise OracleFailed(f"Circe oracle failed on {path}:\n{reply.get('error', '')[-4000:]}")
         report = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))

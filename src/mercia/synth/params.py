@@ -5,11 +5,10 @@ Conventions:
   H(a) = r * b/c * (exp(c (a - a0)) - 1), where r = exp(linear predictor) holds the person's risk
   factors (sex, BMI per 5 kg/m2 above 27.5, IMD quintile above 3, smoking, ethnicity and the person's
   lifetime propensity to earlier conditions in the list).
-- Acute outcomes: Poisson processes (recurrent events) whose rate per person-year is
-  exp(log_rate + age * (age - 60) / 10 + sum(coef * x)), x evaluated at the start of each
-  calendar-year segment of observation (age at that day; conditions *recorded* on or before it),
-  multiplied by the site's acute_rate_multiplier and, for planted effects, by a hazard ratio on
-  every day of exposure.
+- Acute outcomes: Poisson processes (recurrent events) whose rate per person-year on a day is
+  exp(log_rate + age * (age - 60) / 10 + sum(coef * x)), age on 1 January of that year and x the
+  person's sex, smoking and conditions *recorded* on or before that day, multiplied by the site's
+  acute_rate_multiplier and, for planted effects, by a hazard ratio on every day of exposure.
 """
 
 from __future__ import annotations

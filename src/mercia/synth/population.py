@@ -6,7 +6,7 @@ Every step works on whole arrays (no per-person Python loop). Days are int64 day
 Order of simulation (each step may only use what came before it):
 persons -> chronic onsets (Gompertz) -> registration periods -> deaths from background and chronic
 excess mortality -> recorded diagnoses -> prescribing courses -> acute events (Poisson processes on
-calendar-year segments, with planted drug effects) -> deaths from acute events (periods shortened,
+segments of constant hazard, with planted drug effects) -> deaths from acute events (periods shortened,
 later records dropped) -> visits, measurements, rows.
 """
 
@@ -46,6 +46,25 @@ LENGTH_OF_STAY = {"myocardial_infarction": 4, "stroke": 9, "gi_bleeding": 3, "hi
 
 def year_of(d: np.ndarray) -> np.ndarray:
     return np.searchsorted(JAN1, d, side="right") - 1 + Y0
+
+
+# numpy's unique() hashes before it sorts, which is several times slower than one sort for these
+# int64 keys.
+def _sorted_unique(key: np.ndarray) -> np.ndarray:
+    key = np.sort(key)
+    if len(key) == 0:
+        return key
+    return key[np.r_[True, key[1:] != key[:-1]]]
+
+
+def _unique_inverse(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    o = np.argsort(key)
+    ks = key[o]
+    first = np.ones(len(ks), dtype=bool)
+    first[1:] = ks[1:] != ks[:-1]
+    inv = np.empty(len(ks), dtype=np.int64)
+    inv[o] = np.cumsum(first) - 1
+    return ks[first], inv
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -108,6 +127,7 @@ class Chunk:
         self.profile = profile
         self.req = Requests()
         self.stats: dict[str, float] = {}
+        self.planted_drugs = np.array([DRUG[k] for k in (*P.NSAIDS, *P.SGLT2S)])
 
     # ---- persons -----------------------------------------------------------------------------
     def persons(self) -> None:
@@ -396,21 +416,75 @@ class Chunk:
 
     # ---- acute events ------------------------------------------------------------------------
     def segments(self) -> None:
-        """Observed time split at calendar-year boundaries: (person, start, end) inclusive."""
+        """Observed time cut into segments on which every acute hazard is constant: at calendar-year
+        boundaries (age is taken on 1 January), on every recorded chronic diagnosis, and at the first
+        day of each planted-exposure course and the day after it ends. (person, start, end) inclusive."""
         allp = np.arange(self.n, dtype=np.int64)
         p2 = allp[self.has2]
         pp = np.concatenate([allp, p2])
         a = np.concatenate([self.s1, self.s2[p2]])
         b = np.concatenate([self.e1, self.e2[p2]])
-        idx, s, e = _split_years(pp, a, b)
-        self.seg_p, self.seg_s, self.seg_e = pp[idx], s, e
+        idx, ys, _ = _split_years(pp, a, b)
+        bp = [pp[idx]]
+        bd = [ys]
+        for k in P.CHRONIC_KEYS:
+            r = self.rec[k]
+            w = np.flatnonzero(r < INF)
+            bp.append(w)
+            bd.append(r[w])
+        c = self.courses
+        w = np.flatnonzero(np.isin(c["drug"], self.planted_drugs))
+        bp += [c["p"][w], c["p"][w]]
+        bd += [c["start"][w], c["end"][w] + 1]
+        bp_p, bp_d = np.concatenate(bp), np.concatenate(bd)
+        pe = self.period_end(bp_p, bp_d)
+        ok = pe >= 0  # breakpoints outside observation cut nothing
+        key = _sorted_unique((bp_p[ok] << 17) | (bp_d[ok] - DAY_BASE))
+        sp = key >> 17
+        ss = (key & ((1 << 17) - 1)) + DAY_BASE
+        se = self.period_end(sp, ss)
+        nxt = np.empty_like(ss)
+        nxt[:-1] = ss[1:] - 1
+        same = np.zeros(len(sp), dtype=bool)
+        same[:-1] = (sp[1:] == sp[:-1]) & (ss[1:] <= se[:-1])
+        self.seg_p, self.seg_s, self.seg_e = sp, ss, np.where(same, nxt, se)
 
-    def acute_rate(self, a: P.Acute, p: np.ndarray, at: np.ndarray) -> np.ndarray:
-        """Events per person-year (the exact formula in truth.json)."""
-        lp = a.log_rate + a.age * (self.age_at(p, at) - 60) / 10
-        for k, v in a.coef.items():
-            lp = lp + v * (self.x[k][p] if k in self.x else self.has(k, p, at))
-        return np.exp(lp) * self.profile.acute_rate_multiplier
+    def acute_rates(self, p: np.ndarray, at: np.ndarray) -> list[np.ndarray]:
+        """Events per person-year on day `at` without exposure, per acute outcome (the exact formula
+        in truth.json): age on 1 January of the day's year; conditions recorded on or before the day."""
+        age10 = (self.age_at(p, JAN1[year_of(at) - Y0]) - 60) / 10
+        cache: dict[str, np.ndarray] = {}
+
+        def x(k: str) -> np.ndarray:
+            if k not in cache:
+                cache[k] = self.x[k][p] if k in self.x else self.has(k, p, at)
+            return cache[k]
+
+        out = []
+        for a in P.ACUTE:
+            lp = a.log_rate + a.age * age10
+            for k, v in a.coef.items():
+                lp = lp + v * x(k)
+            out.append(np.exp(lp) * self.profile.acute_rate_multiplier)
+        return out
+
+    def exposure_hr(self, key: str, p: np.ndarray, day: np.ndarray) -> np.ndarray:
+        """The planted hazard ratio in force on `day` (1 outside the planted courses)."""
+        hr_of = np.ones(len(DRUG))
+        if key == "gi_bleeding":
+            for name, hr in P.NSAID_GI_HR.items():
+                hr_of[DRUG[name]] = hr
+        elif key == "heart_failure_admission":
+            for name in P.SGLT2S:
+                hr_of[DRUG[name]] = P.SGLT2_HF_HR
+        else:
+            return np.ones(len(p))
+        c = self.courses
+        w = np.flatnonzero(hr_of[c["drug"]] != 1.0)
+        if len(w) == 0:
+            return np.ones(len(p))
+        j = _in_intervals(p, day, c["p"][w], c["start"][w], c["end"][w])
+        return np.where(j >= 0, hr_of[c["drug"][w][np.maximum(j, 0)]], 1.0)
 
     def poisson(self, p, s, e, rate_py):
         cnt = self.rng.poisson(rate_py * (e - s + 1) / YEAR)
@@ -431,42 +505,14 @@ class Chunk:
         d = s[idx] + np.floor(self.rng.random(len(idx)) * (e[idx] - s[idx] + 1)).astype(np.int64)
         return p[idx], d, cell - idx * k
 
-    def exposed_poisson(self, a: P.Acute, cp, cs, ce, hr):
-        """Extra events at rate base*(hr-1) over exposure courses, split by calendar year so the base
-        rate is the one of the segment that holds each day (same covariate day as the base process)."""
-        ok = ce >= cs
-        cp, cs, ce, hr = cp[ok], cs[ok], ce[ok], hr[ok]
-        idx, s, e = _split_years(cp, cs, ce)
-        p = cp[idx]
-        at = np.maximum(JAN1[year_of(s) - Y0], self.period_start(p, s))
-        rate = self.acute_rate(a, p, at) * (hr[idx] - 1.0)
-        return self.poisson(p, s, e, rate)
-
     def acute(self) -> None:
         rng = self.rng
         self.segments()
-        c = self.courses
-        ev_p, ev_d, ev_k = [], [], []
-        bp, bd, bk = self.poisson_multi(self.seg_p, self.seg_s, self.seg_e,
-                                        [self.acute_rate(a, self.seg_p, self.seg_s) for a in P.ACUTE])
-        for i, a in enumerate(P.ACUTE):
-            p, d = bp[bk == i], bd[bk == i]
-            if a.key == "gi_bleeding":
-                hr_of = np.ones(len(DRUG))
-                for name, hr in P.NSAID_GI_HR.items():
-                    hr_of[DRUG[name]] = hr
-                sel = hr_of[c["drug"]] != 1.0
-                xp, xd = self.exposed_poisson(a, c["p"][sel], c["start"][sel], c["end"][sel], hr_of[c["drug"][sel]])
-                p, d = np.concatenate([p, xp]), np.concatenate([d, xd])
-            if a.key == "heart_failure_admission":
-                sel = np.isin(c["drug"], [DRUG[k] for k in P.SGLT2S])
-                inside = _in_intervals(p, d, c["p"][sel], c["start"][sel], c["end"][sel]) >= 0
-                keep = ~inside | (rng.random(len(p)) < P.SGLT2_HF_HR)
-                p, d = p[keep], d[keep]
-            ev_p.append(p)
-            ev_d.append(d)
-            ev_k.append(np.full(len(p), i, dtype=np.int64))
-        p, d, k = np.concatenate(ev_p), np.concatenate(ev_d), np.concatenate(ev_k)
+        # Each segment has constant covariates and exposure, so the hazard there is constant and the
+        # events a Poisson process with rate = base rate x planted hazard ratio.
+        sp, ss = self.seg_p, self.seg_s
+        rates = [r * self.exposure_hr(a.key, sp, ss) for a, r in zip(P.ACUTE, self.acute_rates(sp, ss), strict=True)]
+        p, d, k = self.poisson_multi(sp, ss, self.seg_e, rates)
         # Deaths within 30 days of a fatal event (inside the same period, so the period ends there).
         cf = np.array([a.case_fatality for a in P.ACUTE])
         cfa = np.array([a.case_fatality_age for a in P.ACUTE])
@@ -659,7 +705,7 @@ class Chunk:
         rvalid = rd <= self.death[rp]
         key = ((rp << 17) | (rd - DAY_BASE)) << 2 | rk
         key[~rvalid] = -1
-        uniq, inv = np.unique(key, return_inverse=True)
+        uniq, inv = _unique_inverse(key)
         # A request dropped after death falls into the -1 bucket, which is not a visit.
         shift = 1 if (len(uniq) and uniq[0] == -1) else 0
         vis_of_req = inv - shift

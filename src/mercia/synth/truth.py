@@ -20,15 +20,15 @@ TIME_AT_RISK = (
 )
 
 HAZARD_MODEL = (
-    "Events are a Poisson process (recurrent) with rate per person-year "
-    "exp(log_rate + age_per_decade*(age-60)/10 + sum(coef*x)) * acute_rate_multiplier * HR(exposure), "
-    "where age and x are evaluated on the first observed day of each calendar year segment "
-    "(max(1 January, observation_period_start_date)): age in years on that day, x_condition = 1 when "
-    "the condition's first condition_occurrence (GP or outpatient record of the chronic condition) is on "
-    "or before that day, x_male = 1 for men, x_smoker = ever smoked (not recorded in the CDM). Age "
-    "therefore steps once a year. Days are uniform within a segment. An event is fatal (death within 30 "
-    "days, inside the observation period) with probability logistic(logit(case_fatality) + "
-    "case_fatality_age*(age-60)/10); nothing is recorded after death."
+    "Events are a Poisson process (recurrent) whose rate per person-year on day t is "
+    "exp(log_rate + age_per_decade*(age-60)/10 + sum(coef*x)) * acute_rate_multiplier * HR(t), where "
+    "age = whole-day age in years on 1 January of t's calendar year, x_condition = 1 when the "
+    "condition's first record (the GP or outpatient diagnosis of the chronic condition) is on or before "
+    "t, x_male = 1 for men, x_smoker = ever smoked (not recorded in the CDM), and HR(t) is the planted "
+    "hazard ratio of the exposure course covering t (1 outside courses). The rate is constant between "
+    "changes of these, so event days are exact draws of that process. An event is fatal (death within "
+    "30 days, inside the observation period) with probability logistic(logit(case_fatality) + "
+    "case_fatality_age*(age-60)/10), age on the event day; nothing is recorded after death."
 )
 
 

@@ -7,6 +7,8 @@ figures: /work/shared/data/README.md and CohortGenerator's expected_results CSVs
 from __future__ import annotations
 
 import csv
+import datetime
+import json
 import warnings
 from pathlib import Path
 
@@ -183,3 +185,50 @@ def test_cdm_untouched_and_results_schema_used(cdm: Path, first_run: dict[int, O
 def test_refuses_results_schema_equal_to_cdm(cdm: Path) -> None:
     with pytest.raises(OracleError, match="results-schema must differ"):
         run_circe(cdm, CG / "1.json", 1, results_schema="main")
+
+
+def test_specimen_criteria_as_circe_be(tmp_path: Path) -> None:
+    # ohdsi-circepy 0.3.0 selects specimen.visit_occurrence_id, which no CDM has; run_circe.py rewrites
+    # the Specimen block to Circe-BE's form (s.*, NULL visit, end = specimen_date + 1 day). One specimen
+    # and an end strategy of "end date + 0 days" make that end date visible in the cohort row.
+    cdm = eunomia_duckdb(tmp_path)
+    con = duckdb.connect(str(cdm))
+    try:
+        con.execute(
+            "INSERT INTO main.specimen (specimen_id, person_id, specimen_concept_id, specimen_type_concept_id,"
+            " specimen_date) VALUES (1, 1, 1118084, 0, DATE '2000-03-15')"
+        )
+    finally:
+        con.close()
+    definition = {
+        "ConceptSets": [
+            {
+                "id": 0,
+                "name": "any concept present in the trimmed vocabulary",
+                "expression": {"items": [{"concept": {"CONCEPT_ID": 1118084}}]},
+            }
+        ],
+        "PrimaryCriteria": {
+            "CriteriaList": [{"Specimen": {"CodesetId": 0}}],
+            "ObservationWindow": {"PriorDays": 0, "PostDays": 0},
+            "PrimaryCriteriaLimit": {"Type": "First"},
+        },
+        "QualifiedLimit": {"Type": "First"},
+        "ExpressionLimit": {"Type": "First"},
+        "InclusionRules": [],
+        "EndStrategy": {"DateOffset": {"DateField": "EndDate", "Offset": 0}},
+        "CensoringCriteria": [],
+        "CollapseSettings": {"CollapseType": "ERA", "EraPad": 0},
+        "CensorWindow": {},
+    }
+    path = tmp_path / "specimen.json"
+    path.write_text(json.dumps(definition), encoding="utf-8")
+    res = run_circe(cdm, path, 99)
+    assert res.report["fixups_applied"].get("specimen_parity", 0) >= 3
+    assert res.rows.to_pylist() == [
+        {
+            "subject_id": 1,
+            "cohort_start_date": datetime.date(2000, 3, 15),
+            "cohort_end_date": datetime.date(2000, 3, 16),
+        }
+    ]

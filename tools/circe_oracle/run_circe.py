@@ -21,8 +21,10 @@ Outputs:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.metadata as md
 import json
+import os
 import re
 import sys
 import time
@@ -183,7 +185,43 @@ def build_sql(json_text: str, args: argparse.Namespace) -> tuple[str, dict[str, 
     sql, n = specimen_parity(sql)
     if n:
         applied["specimen_parity"] = n
-    return sqlrender.translate(sql, "duckdb"), applied
+    return translate_cached(sql), applied
+
+
+def _cache_dir() -> Path | None:
+    env = os.environ.get("MERCIA_CIRCE_CACHE")
+    if env is not None:
+        return Path(env) if env else None  # set but empty: no cache
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mercia" / "circe-sql"
+
+
+def translate_cached(sql: str) -> str:
+    """sqlrender.translate(sql, "duckdb"), memoised on disk.
+
+    circepy's pure-Python SqlRender port re-tokenises the whole script for every replacement, so its
+    cost grows with the square of the SQL's length: ~1 s for the Eunomia definitions, minutes for the
+    largest Phenotype Library ones (about 200 s for 1318). Translation is a pure function of the rendered SQL
+    and the package version, so its output is cached under that key; $MERCIA_CIRCE_CACHE= (empty)
+    turns this off.
+    """
+    from circe import sqlrender
+
+    cache = _cache_dir()
+    key = hashlib.sha256(f"{md.version('ohdsi-circepy')}\0duckdb\0{sql}".encode()).hexdigest()
+    path = cache / f"{key}.sql" if cache else None
+    if path is not None and path.is_file():
+        return path.read_text(encoding="utf-8")
+    translated = sqlrender.translate(sql, "duckdb")
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write then rename, so a parallel run never reads a half-written file.
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(translated, encoding="utf-8")
+            tmp.replace(path)
+        except OSError:
+            pass  # a read-only or full cache only costs speed
+    return translated
 
 
 # DuckDB 2.0 fix-ups applied to the translated statements. Each entry is (name, regex, replacement,

@@ -1,0 +1,442 @@
+"""Study packages: cohorts, analyses and a disclosure policy in one file, and the hash that names them.
+
+A package is a YAML/JSON file (or a Python file setting ``STUDY`` to such a dict):
+
+    name: NSAIDs and GI bleeding
+    cohorts:                      # key -> a definition: inline cohort language, or a file
+      diclofenac: {file: cohorts/diclofenac.yaml}        # .json (Circe or Mercia), .yaml, .py
+      gi_bleed:   {id: 3, definition: {name: GI bleed, concepts: ..., entry: ...}}
+    analyses:
+      - {type: characterization, cohorts: [diclofenac, celecoxib]}
+      - {type: cox, name: cox_adjusted, target: diclofenac, comparator: celecoxib, outcome: gi_bleed,
+         settings: {survival: {censor_at: cohort_end}}}
+    disclosure: opensafely        # or sacro, or explicit DisclosurePolicy settings
+
+Analyses refer to cohorts by key, never by id. Cohort ids are given or assigned 1, 2, ... in the
+sorted order of the keys, so reordering the file changes nothing. `StudyPackage.canonical()` is the
+package with every cohort resolved and embedded (no paths) and every setting spelled out with its
+default; its sha256 (`content_hash`) identifies exactly what will run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import runpy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mercia.analyses import (
+    CharacterizationSettings,
+    CoxSettings,
+    IncidenceSettings,
+    PrevalenceSettings,
+    SurvivalSettings,
+)
+from mercia.cohorts.model import CohortDefinition
+from mercia.disclosure import BUILTIN_POLICIES, DisclosurePolicy, effective_policy
+from mercia.errors import MerciaError, StudyError
+
+PACKAGE_FORMAT = "mercia-study/1"
+_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CohortRef(_Strict):
+    """One cohort of the package: exactly one of `file` (relative to the package) and `definition`."""
+
+    id: int | None = Field(None, ge=1, description="cohort_definition_id; default 1, 2, ... by sorted key")
+    file: str | None = Field(None, description="a .json (Circe or Mercia), .yaml/.yml or .py definition")
+    definition: dict[str, Any] | None = Field(
+        None, description="inline cohort language (YAML form) or Mercia's model form (with `expression`)"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CohortRef:
+        if (self.file is None) == (self.definition is None):
+            raise ValueError("give exactly one of `file` (a path) and `definition` (inline)")
+        return self
+
+
+class _Analysis(_Strict):
+    name: str | None = Field(
+        None, pattern=_KEY, description="prefix of the result tables; default the analysis type"
+    )
+
+    def cohorts_used(self) -> list[str]:
+        raise NotImplementedError
+
+    def table_prefix(self) -> str:
+        return self.name or self.type  # type: ignore[attr-defined]
+
+
+class CharacterizationAnalysis(_Analysis):
+    type: Literal["characterization"]
+    cohorts: list[str] = Field(min_length=1)
+    settings: CharacterizationSettings = CharacterizationSettings()
+
+    def cohorts_used(self) -> list[str]:
+        return list(self.cohorts)
+
+
+class CompareCohortsAnalysis(_Analysis):
+    type: Literal["compare_cohorts"]
+    target: str
+    comparator: str
+    settings: CharacterizationSettings = CharacterizationSettings()
+
+    def cohorts_used(self) -> list[str]:
+        return [self.target, self.comparator]
+
+
+class CohortEntriesAnalysis(_Analysis):
+    type: Literal["cohort_entries"]
+    cohorts: list[str] = Field(min_length=1)
+    interval: Literal["year", "month"] = "year"
+
+    def cohorts_used(self) -> list[str]:
+        return list(self.cohorts)
+
+
+def _no_ids(settings: dict[str, Any], what: str, fields: dict[str, str]) -> dict[str, Any]:
+    for f, instead in fields.items():
+        if f in settings:
+            raise ValueError(f"{what} settings: remove {f!r}; name the cohort with `{instead}:` instead")
+    return settings
+
+
+class IncidenceAnalysis(_Analysis):
+    type: Literal["incidence"]
+    outcome: str
+    denominator: str | None = Field(None, description="a cohort key; None: the whole observed population")
+    settings: dict[str, Any] = Field(default_factory=dict, description="IncidenceSettings without cohort ids")
+
+    @field_validator("settings")
+    @classmethod
+    def _settings(cls, v: dict[str, Any]) -> dict[str, Any]:
+        _no_ids(v, "incidence", {"outcome_cohort_id": "outcome", "denominator_cohort_id": "denominator"})
+        # Validated (and defaults filled in) with placeholder ids; the real ids come at run time.
+        return IncidenceSettings(**v, outcome_cohort_id=0).model_dump(
+            mode="json", exclude={"outcome_cohort_id", "denominator_cohort_id"}
+        )
+
+    def cohorts_used(self) -> list[str]:
+        return [self.outcome, *([self.denominator] if self.denominator else [])]
+
+    def build(self, ids: dict[str, int]) -> IncidenceSettings:
+        return IncidenceSettings(
+            **self.settings,
+            outcome_cohort_id=ids[self.outcome],
+            denominator_cohort_id=ids[self.denominator] if self.denominator else None,
+        )
+
+
+class PrevalenceAnalysis(_Analysis):
+    type: Literal["prevalence"]
+    outcome: str
+    denominator: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict, description="PrevalenceSettings without cohort ids")
+
+    @field_validator("settings")
+    @classmethod
+    def _settings(cls, v: dict[str, Any]) -> dict[str, Any]:
+        _no_ids(v, "prevalence", {"outcome_cohort_id": "outcome", "denominator_cohort_id": "denominator"})
+        return PrevalenceSettings(**v, outcome_cohort_id=0).model_dump(
+            mode="json", exclude={"outcome_cohort_id", "denominator_cohort_id"}
+        )
+
+    def cohorts_used(self) -> list[str]:
+        return [self.outcome, *([self.denominator] if self.denominator else [])]
+
+    def build(self, ids: dict[str, int]) -> PrevalenceSettings:
+        return PrevalenceSettings(
+            **self.settings,
+            outcome_cohort_id=ids[self.outcome],
+            denominator_cohort_id=ids[self.denominator] if self.denominator else None,
+        )
+
+
+class KaplanMeierAnalysis(_Analysis):
+    type: Literal["kaplan_meier"]
+    targets: list[str] = Field(min_length=1)
+    outcome: str
+    settings: SurvivalSettings = SurvivalSettings()
+    alpha: float = Field(0.05, gt=0, lt=1)
+
+    def cohorts_used(self) -> list[str]:
+        return [*self.targets, self.outcome]
+
+
+class CoxAnalysis(_Analysis):
+    type: Literal["cox"]
+    target: str
+    comparator: str
+    outcome: str
+    settings: CoxSettings = CoxSettings()
+
+    def cohorts_used(self) -> list[str]:
+        return [self.target, self.comparator, self.outcome]
+
+
+Analysis = Annotated[
+    CharacterizationAnalysis
+    | CompareCohortsAnalysis
+    | CohortEntriesAnalysis
+    | IncidenceAnalysis
+    | PrevalenceAnalysis
+    | KaplanMeierAnalysis
+    | CoxAnalysis,
+    Field(discriminator="type"),
+]
+ANALYSIS_TYPES = (
+    "characterization",
+    "compare_cohorts",
+    "cohort_entries",
+    "incidence",
+    "prevalence",
+    "kaplan_meier",
+    "cox",
+)
+
+
+class StudySpec(_Strict):
+    """The package file as written (cohorts not yet resolved)."""
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    cohorts: dict[str, CohortRef] = Field(min_length=1)
+    analyses: list[Analysis] = Field(min_length=1)
+    disclosure: Literal["opensafely", "sacro"] | DisclosurePolicy | None = Field(
+        None, description="the policy the study asks for; None: the site's own policy"
+    )
+
+    @field_validator("cohorts")
+    @classmethod
+    def _keys(cls, v: dict[str, CohortRef]) -> dict[str, CohortRef]:
+        import re
+
+        bad = [k for k in v if not re.match(_KEY, k)]
+        if bad:
+            raise ValueError(f"cohort keys {bad}: use letters, digits and underscores (not starting with a digit)")
+        return v
+
+    @model_validator(mode="after")
+    def _references(self) -> StudySpec:
+        for a in self.analyses:
+            unknown = [c for c in a.cohorts_used() if c not in self.cohorts]
+            if unknown:
+                raise ValueError(
+                    f"analysis {a.table_prefix()!r} ({a.type}) refers to cohort(s) {unknown} that the package "  # type: ignore[attr-defined]
+                    f"does not define; defined: {sorted(self.cohorts)}"
+                )
+        prefixes = [a.table_prefix() for a in self.analyses]
+        dupes = sorted({p for p in prefixes if prefixes.count(p) > 1})
+        if dupes:
+            raise ValueError(f"analyses {dupes} appear more than once; give each a distinct `name:`")
+        reserved = {"cohort_counts"} | {f"attrition_{k}" for k in self.cohorts}
+        clash = [p for p in prefixes if p in reserved or p.startswith("attrition_")]
+        if clash:
+            raise ValueError(f"analysis names {clash} are reserved for the study's own tables; rename them")
+        ids = [r.id for r in self.cohorts.values() if r.id is not None]
+        if len(ids) != len(set(ids)):
+            raise ValueError(f"cohort ids repeat: {sorted(ids)}; give each cohort a distinct id")
+        return self
+
+    def requested_policy(self) -> DisclosurePolicy | None:
+        if isinstance(self.disclosure, str):
+            return BUILTIN_POLICIES[self.disclosure]
+        return self.disclosure
+
+
+def _format_validation(e: ValidationError, where: str) -> StudyError:
+    lines = []
+    for err in e.errors()[:6]:
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting (not allowed here; check the spelling against the reference)"
+        elif err["type"] == "missing":
+            msg = "required, missing"
+        elif err["type"] == "union_tag_invalid":
+            tag = err.get("ctx", {}).get("tag")
+            msg = f"unknown analysis type {tag!r}; use one of {', '.join(ANALYSIS_TYPES)}"
+        elif err["type"] == "union_tag_not_found":
+            msg = f"give the analysis `type:` ({', '.join(ANALYSIS_TYPES)})"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc or '(top level)'}: {msg}")
+    if len(e.errors()) > 6:
+        lines.append(f"(and {len(e.errors()) - 6} more)")
+    return StudyError(f"{where}: " + "; ".join(lines))
+
+
+def _canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+class StudyPackage:
+    """A validated study package with every cohort resolved: what a site approves and runs."""
+
+    def __init__(self, spec: StudySpec, definitions: dict[str, CohortDefinition]) -> None:
+        self.spec = spec
+        self.definitions = definitions
+        free = iter(i for i in range(1, 10_000) if i not in {r.id for r in spec.cohorts.values()})
+        # Ids by sorted key, so the order of keys in the file never changes what runs.
+        self.cohort_ids: dict[str, int] = {
+            k: spec.cohorts[k].id if spec.cohorts[k].id is not None else next(free)  # type: ignore[misc]
+            for k in sorted(spec.cohorts)
+        }
+
+    # ---- construction ------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Any, *, base_dir: str | Path | None = None, source: str = "study package") -> StudyPackage:
+        """Validate a package already parsed; `file:` paths are relative to `base_dir`."""
+        if not isinstance(data, dict):
+            raise StudyError(f"{source}: a study package is a mapping (name:, cohorts:, analyses:, disclosure:)")
+        if data.get("format") not in (None, PACKAGE_FORMAT):
+            raise StudyError(f"{source}: format {data.get('format')!r} is not {PACKAGE_FORMAT!r}")
+        data = {k: v for k, v in data.items() if k != "format"}
+        try:
+            spec = StudySpec.model_validate(data)
+        except ValidationError as e:
+            raise _format_validation(e, source) from None
+        except MerciaError as e:  # raised inside the analyses' own settings validators
+            raise StudyError(f"{source}: {e}") from None
+        base = Path(base_dir) if base_dir is not None else None
+        defs: dict[str, CohortDefinition] = {}
+        for key, ref in spec.cohorts.items():
+            try:
+                defs[key] = _resolve(ref, base)
+            except MerciaError as e:
+                raise StudyError(f"{source}: cohort {key!r}: {e}") from None
+        return cls(spec, defs)
+
+    @classmethod
+    def from_canonical(cls, data: dict[str, Any]) -> StudyPackage:
+        """Rebuild a package from its canonical form (what a hub sends to a site)."""
+        return cls.from_dict(data, source="canonical study package")
+
+    # ---- identity ----------------------------------------------------------------------------------
+    def canonical(self) -> dict[str, Any]:
+        """Every cohort embedded with its id (no paths), settings with their defaults spelled out."""
+        spec = self.spec
+        disclosure: Any = spec.disclosure
+        if isinstance(disclosure, DisclosurePolicy):
+            disclosure = disclosure.model_dump(mode="json")
+        return {
+            "format": PACKAGE_FORMAT,
+            "name": spec.name,
+            "description": spec.description,
+            "cohorts": {
+                k: {"id": self.cohort_ids[k], "definition": self.definitions[k].to_dict()} for k in spec.cohorts
+            },
+            "analyses": [a.model_dump(mode="json") for a in spec.analyses],
+            "disclosure": disclosure,
+        }
+
+    def canonical_json(self) -> str:
+        """Sorted keys, no whitespace: the bytes that are hashed."""
+        return _canonical_json(self.canonical())
+
+    @property
+    def content_hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    # ---- use ---------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def analyses(self) -> list[Any]:
+        return list(self.spec.analyses)
+
+    def cohort_name(self, key: str) -> str:
+        return self.definitions[key].name
+
+    def effective_policy(self, site_policy: DisclosurePolicy | str | None = None) -> DisclosurePolicy:
+        """The policy results pass: the site's minimum, or the package's request if at least as strict.
+
+        A request weaker than the site minimum in any setting is refused (not silently tightened), so
+        the author learns that the outputs would differ from what they asked for.
+        """
+        site = policy_from_name(site_policy) if isinstance(site_policy, str) else site_policy
+        requested = self.spec.requested_policy()
+        if site is None:
+            # No site minimum given: the package's request, and never less than OpenSAFELY's rules.
+            site = BUILTIN_POLICIES["opensafely"] if requested is None else requested
+        try:
+            return effective_policy(site, requested, strict=True)
+        except MerciaError as e:
+            raise StudyError(str(e)) from None
+
+
+def policy_from_name(name: str) -> DisclosurePolicy:
+    try:
+        return BUILTIN_POLICIES[name.lower()]
+    except KeyError:
+        raise StudyError(
+            f"unknown disclosure policy {name!r}; use one of {', '.join(sorted(BUILTIN_POLICIES))}"
+        ) from None
+
+
+def _resolve(ref: CohortRef, base: Path | None) -> CohortDefinition:
+    from mercia.cohorts import dsl
+    from mercia.cohorts.loader import load_definition
+
+    if ref.definition is not None:
+        if "expression" in ref.definition:
+            return CohortDefinition.from_dict(ref.definition)
+        return dsl.from_dict(ref.definition)
+    assert ref.file is not None
+    p = Path(ref.file)
+    if p.is_absolute():
+        raise StudyError(f"file {ref.file!r}: give a path relative to the package file, so the package travels")
+    if base is None:
+        raise StudyError(f"file {ref.file!r}: a package given as data has no folder; embed the definition")
+    return load_definition(base / p)
+
+
+def load_package(path: str | Path) -> StudyPackage:
+    """A study package from a .yaml/.yml, .json or .py file (the .py sets ``STUDY`` to a dict)."""
+    from mercia.cohorts import dsl
+
+    p = Path(path)
+    where = p.name
+    if not p.is_file():
+        raise StudyError(f"study package {str(p)!r} not found (or not a file)")
+    suffix = p.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        try:
+            data = dsl.load_yaml(p.read_text(encoding="utf-8"))
+        except MerciaError as e:
+            raise StudyError(f"{where}: {e}") from None
+    elif suffix == ".json":
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise StudyError(f"{where}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    elif suffix == ".py":
+        try:
+            ns = runpy.run_path(str(p), run_name="__mercia_study__")
+        except Exception as e:  # the user's own code
+            raise StudyError(f"{where}: running it failed: {type(e).__name__}: {e}") from None
+        data = ns.get("STUDY")
+        if isinstance(data, StudyPackage):
+            return data
+        if data is None:
+            raise StudyError(f"{where}: set STUDY = {{...}} (the package as a dict) at module level")
+    else:
+        raise StudyError(f"{where}: a study package is a .yaml, .yml, .json or .py file")
+    if data is None:
+        raise StudyError(f"{where}: the file is empty")
+    return StudyPackage.from_dict(data, base_dir=p.parent, source=where)
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=True)

@@ -1,0 +1,323 @@
+"""Run a study package on one CDM: generate its cohorts, run its analyses, release, write.
+
+The only way a number reaches the output folder is `write_released()`, which accepts a
+`ReleasedTable` and nothing else; a `ReleasedTable` is made only by `mercia.disclosure.release()`.
+The folder is written under a temporary sibling name and renamed at the end, so a failed run leaves
+nothing half-written, and an existing folder with content is refused, never overwritten.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mercia.analyses import (
+    AnalysisResult,
+    characterize,
+    cohort_entries,
+    compare_cohorts,
+    cox_model,
+    incidence,
+    kaplan_meier,
+    prevalence,
+)
+from mercia.cdm import Cdm
+from mercia.disclosure import DisclosureLog, DisclosurePolicy, ReleasedTable, ResultTable, release
+from mercia.errors import MerciaError, StudyError
+from mercia.study.package import StudyPackage, load_package
+
+Progress = Callable[[str, int, int], None]
+RESULTS = "results"
+
+
+@dataclass
+class StudyRun:
+    """What a run wrote and released (every table here passed `release()`)."""
+
+    out_dir: Path
+    package_hash: str
+    policy: DisclosurePolicy
+    tables: dict[str, ReleasedTable]
+    log: DisclosureLog
+    manifest: dict[str, Any]
+    notes: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def report_path(self) -> Path:
+        return self.out_dir / "report.html"
+
+
+def write_released(table: ReleasedTable, results_dir: Path) -> list[Path]:
+    """Write one released table as Parquet and JSON. The only writer of result numbers."""
+    if not isinstance(table, ReleasedTable):
+        raise StudyError(
+            f"only released tables can be written, not {type(table).__name__}; pass it through "
+            "mercia.disclosure.release() first"
+        )
+    data = table.data
+    for c in data.columns:
+        # Margins put a 'Total' label among integer levels; Parquet wants one type per column.
+        if data[c].dtype == object and data[c].map(type).nunique() > 1:
+            data[c] = data[c].map(lambda v: None if v is None or v is pd.NA else str(v))
+    parquet = results_dir / f"{table.name}.parquet"
+    pq.write_table(pa.Table.from_pandas(data, preserve_index=False), parquet)
+    js = results_dir / f"{table.name}.json"
+    js.write_text(json.dumps(table.to_dict(), indent=1, default=str) + "\n")
+    return [parquet, js]
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise StudyError(f"output {str(out)!r} exists and is not a folder; choose a new folder")
+        if any(out.iterdir()):
+            raise StudyError(
+                f"output folder {str(out)!r} is not empty; choose a new folder (results are never overwritten)"
+            )
+
+
+def _attrition_table(key: str, result: Any) -> ResultTable:
+    """Persons and entries after each step: initial events, each inclusion rule in turn, final cohort."""
+    rows: list[tuple[str, int, int]] = []
+    base = {s.mode_id: s.base_count for s in result.summary}
+    if base:
+        rows.append(("initial events", base.get(1, 0), base.get(0, 0)))
+        for s in sorted((s for s in result.attrition if s.mode_id == 1), key=lambda s: s.rule_sequence):
+            need = (1 << (s.rule_sequence + 1)) - 1
+            left = [
+                sum(n for (md, mask), n in result.mask_counts.items() if md == mode and mask & need == need)
+                for mode in (1, 0)
+            ]
+            rows.append((f"{s.rule_sequence + 1}. {s.name}", left[0], left[1]))
+    final = ("final cohort", int(result.persons), int(result.entries))
+    # Era collapsing can merge entries, so the final row might not be a subset in both columns:
+    # keep the table a valid attrition sequence (release() checks it) by dropping the last rule row then.
+    if rows and (final[1] > rows[-1][1] or final[2] > rows[-1][2]):
+        rows = []
+    rows.append(final)
+    df = pd.DataFrame(rows, columns=["step", "persons", "entries"])
+    df[["persons", "entries"]] = df[["persons", "entries"]].astype("int64")
+    return ResultTable(
+        name=f"attrition_{key}",
+        kind="counts",
+        data=df,
+        dimensions=["step"],
+        count_columns=["persons", "entries"],
+        sequential=True,
+    )
+
+
+def _run_analysis(cdm: Cdm, pkg: StudyPackage, a: Any) -> AnalysisResult:
+    ids = pkg.cohort_ids
+    name = a.table_prefix()
+    if a.type == "characterization":
+        return characterize(cdm, [ids[c] for c in a.cohorts], a.settings, name=name)
+    if a.type == "compare_cohorts":
+        return compare_cohorts(cdm, ids[a.target], ids[a.comparator], a.settings, name=name)
+    if a.type == "cohort_entries":
+        return cohort_entries(cdm, [ids[c] for c in a.cohorts], a.interval, name=name)
+    if a.type == "incidence":
+        return incidence(cdm, a.build(ids), name=name)
+    if a.type == "prevalence":
+        return prevalence(cdm, a.build(ids), name=name)
+    if a.type == "kaplan_meier":
+        return kaplan_meier(cdm, [ids[c] for c in a.targets], ids[a.outcome], a.settings, alpha=a.alpha, name=name)
+    if a.type == "cox":
+        return cox_model(cdm, ids[a.target], ids[a.comparator], ids[a.outcome], a.settings, name=name)
+    raise StudyError(f"analysis type {a.type!r} is not runnable")  # pragma: no cover - schema forbids it
+
+
+def _versions() -> dict[str, str]:
+    import duckdb
+    import sqlglot
+
+    from mercia import __version__
+
+    return {
+        "mercia": __version__,
+        "python": platform.python_version(),
+        "duckdb": duckdb.__version__,
+        "sqlglot": sqlglot.__version__,
+        "pandas": pd.__version__,
+        "numpy": np.__version__,
+        "pyarrow": pa.__version__,
+    }
+
+
+def run_study(
+    package: StudyPackage | str | Path,
+    cdm: Cdm,
+    out_dir: str | Path,
+    *,
+    site_policy: DisclosurePolicy | str | None = None,
+    site: str | None = None,
+    progress: Progress | None = None,
+) -> StudyRun:
+    """Run `package` on `cdm` and write DIR/results/, disclosure.json, report.html, manifest.json.
+
+    `site_policy` is the site's minimum disclosure policy (a policy or 'opensafely'/'sacro'); a
+    package asking for a weaker one is refused before anything runs. `site` names the site in the
+    results and the manifest. The CDM must be writable: cohorts are generated into its cohort table.
+    """
+    from mercia.cdm.info import cdm_info
+    from mercia.cohorts.generate import generate_cohorts
+    from mercia.study.report import render_report
+
+    pkg = package if isinstance(package, StudyPackage) else load_package(package)
+    policy = pkg.effective_policy(site_policy)
+    out = Path(out_dir)
+    _check_out_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    steps = 3 + len(pkg.analyses)
+    done = 0
+    label = f"study {pkg.name}"
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(label, done, steps)
+
+    if progress:
+        progress(label, 0, steps)
+    timings: dict[str, float] = {}
+    started = dt.datetime.now(dt.UTC)
+    t_all = time.perf_counter()
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        results_dir = staging / RESULTS
+        results_dir.mkdir()
+        log = DisclosureLog()
+        released: dict[str, ReleasedTable] = {}
+        notes: dict[str, list[str]] = {}
+
+        def out_table(table: ResultTable) -> None:
+            if table.name in released:
+                raise StudyError(f"two analyses produce a table named {table.name!r}; rename one of them")
+            r = release(table, policy, site=site, log=log)
+            write_released(r, results_dir)
+            released[r.name] = r
+
+        # 1. cohorts
+        t0 = time.perf_counter()
+        defs = [(pkg.cohort_ids[k], pkg.definitions[k]) for k in sorted(pkg.cohort_ids, key=pkg.cohort_ids.get)]  # type: ignore[arg-type]
+        try:
+            generated = generate_cohorts(cdm, defs)
+        except MerciaError as e:
+            raise StudyError(f"generating the study's cohorts failed: {e}") from None
+        by_id = {g.cohort_id: g for g in generated}
+        keys = {v: k for k, v in pkg.cohort_ids.items()}
+        counts = pd.DataFrame(
+            {
+                "cohort_id": [g.cohort_id for g in generated],
+                "cohort": [keys[g.cohort_id] for g in generated],
+                "cohort_name": [g.name for g in generated],
+                "persons": [g.persons for g in generated],
+                "entries": [g.entries for g in generated],
+            }
+        ).astype({"cohort_id": "int64", "persons": "int64", "entries": "int64"})
+        out_table(
+            ResultTable(
+                name="cohort_counts",
+                kind="counts",
+                data=counts,
+                dimensions=["cohort_id", "cohort", "cohort_name"],
+                count_columns=["persons", "entries"],
+            )
+        )
+        for cid, g in sorted(by_id.items()):
+            out_table(_attrition_table(keys[cid], g))
+            if g.persons == 0:
+                notes.setdefault("cohorts", []).append(f"cohort {keys[cid]!r} ({g.name}) has no entries")
+        timings["cohorts"] = round(time.perf_counter() - t0, 3)
+        tick()
+
+        # 2. analyses
+        analyses_meta = []
+        for a in pkg.analyses:
+            t0 = time.perf_counter()
+            try:
+                res = _run_analysis(cdm, pkg, a)
+            except MerciaError as e:
+                # The data defeated this analysis (e.g. a covariate constant in this site's cohort):
+                # say so and go on, as a site with an empty cohort does. The message holds no rows.
+                res = AnalysisResult(a.type, {}, empty=True, notes=[f"not run: {e}"])
+                failed = True
+            else:
+                failed = False
+            for table in res.tables.values():
+                out_table(table)
+            if res.notes:
+                notes[a.table_prefix()] = list(res.notes)
+            timings[a.table_prefix()] = round(time.perf_counter() - t0, 3)
+            analyses_meta.append(
+                {
+                    "name": a.table_prefix(),
+                    "type": a.type,
+                    "status": "failed" if failed else "empty" if res.empty else "done",
+                    "tables": sorted(res.tables),
+                    "notes": list(res.notes),
+                }
+            )
+            tick()
+
+        # 3. disclosure log, report, manifest
+        (staging / "disclosure.json").write_text(log.to_json(public=True) + "\n")
+        info = cdm_info(cdm)
+        manifest: dict[str, Any] = {
+            "study": pkg.name,
+            "package_hash": pkg.content_hash,
+            "site": site,
+            "policy": policy.model_dump(mode="json"),
+            "policy_summary": policy.rule_summary(),
+            # cdm_info holds aggregates only (row counts per table, the observation span); no rows.
+            "cdm": info,
+            "cohorts": {k: {"id": pkg.cohort_ids[k], "name": pkg.cohort_name(k)} for k in sorted(pkg.cohort_ids)},
+            "analyses": analyses_meta,
+            "tables": sorted(released),
+            "notes": notes,
+            "versions": _versions(),
+            "started": started.isoformat(timespec="seconds"),
+            "timings_seconds": timings,
+        }
+        (staging / "package.json").write_text(
+            json.dumps(pkg.canonical(), indent=1, sort_keys=True) + "\n"
+        )
+        tick()
+        t0 = time.perf_counter()
+        html = render_report(pkg, released, log, policy, manifest)
+        (staging / "report.html").write_text(html, encoding="utf-8")
+        timings["report"] = round(time.perf_counter() - t0, 3)
+        timings["total"] = round(time.perf_counter() - t_all, 3)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        tick()
+        if out.exists():
+            _check_out_dir(out)  # still empty: someone may have written into it meanwhile
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return StudyRun(
+        out_dir=out,
+        package_hash=pkg.content_hash,
+        policy=policy,
+        tables=released,
+        log=log,
+        manifest=manifest,
+        notes=notes,
+    )

@@ -14,6 +14,7 @@ no tests itself.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
 from typing import Any
 
@@ -289,9 +290,14 @@ def cs_selection(set_ids: list[int]) -> st.SearchStrategy[dict[str, Any]]:
 AGES = [0, 10, 30, 50, 60, 65, 70, 80]
 
 
+# Circe elements to leave out of the draws, comma-separated (e.g. MERCIA_GENERATIVE_SKIP=Abnormal): to
+# look past a known bug for others while it is being fixed. Empty by default: everything is drawn.
+SKIP = {x.strip() for x in os.environ.get("MERCIA_GENERATIVE_SKIP", "").split(",") if x.strip()}
+
+
 def optional(fields: dict[str, st.SearchStrategy[Any]], max_fields: int = 2) -> st.SearchStrategy[dict[str, Any]]:
     """Up to max_fields of the named filters, each drawn from its strategy."""
-    names = sorted(fields)
+    names = sorted(k for k in fields if k not in SKIP)
 
     @st.composite
     def build(draw: st.DrawFn) -> dict[str, Any]:

@@ -377,5 +377,37 @@ def demo(
     console.print(f"[bold]demo output:[/] {result['out']}")
 
 
+
+# ---- study -------------------------------------------------------------------------------------
+study_app = typer.Typer(help="Run study packages (cohorts + analyses + disclosure policy).", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+
+@study_app.command("run")
+@user_errors
+def study_run(
+    package: Annotated[Path, typer.Argument(help="The study package (.yaml, .json or .py).")],
+    target: TargetOpt,
+    out: Annotated[Path, typer.Option("--out", help="A new (or empty) folder for the results.")],
+    site_policy: Annotated[str | None, typer.Option(
+        "--site-policy", help="The site's minimum disclosure policy: opensafely or sacro.")] = None,
+    site: Annotated[str | None, typer.Option("--site", help="The site's name, recorded in the results.")] = None,
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+    results_schema: ResultsSchemaOpt = None,
+) -> None:
+    """Generate the package's cohorts, run its analyses, release every result and write a report."""
+    from mercia.study import load_package, run_study
+
+    pkg = load_package(package)
+    with open_cdm(target, cdm_schema, vocab_schema, results_schema) as cdm, progress_bar() as progress:
+        run = run_study(pkg, cdm, out, site_policy=site_policy, site=site, progress=progress)
+    console.print(f"[bold]study:[/] {pkg.name}  [dim]sha256 {run.package_hash}[/]", highlight=False)
+    console.print(f"[bold]policy:[/] {run.policy.rule_summary()}", highlight=False)
+    for where, notes in run.notes.items():
+        for note in notes:
+            console.print(f"[yellow]note:[/] {where}: {note}", highlight=False)
+    console.print(f"[bold]released tables:[/] {len(run.tables)}; report: {run.report_path}", highlight=False)
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

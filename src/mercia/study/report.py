@@ -256,6 +256,7 @@ class _Builder:
                         m &= (d[other].astype(str) == TOTAL).to_numpy()
                 margin |= m
             shown = d.loc[margin, cols]
+        shown = shown.sort_values(by, key=lambda s: s.astype(str).replace(TOTAL, "~"))  # totals last
         out["table"] = _table_html(shown)
         return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -198,6 +199,10 @@ def run_study(
     started = dt.datetime.now(dt.UTC)
     t_all = time.perf_counter()
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    # mkdtemp makes the folder private (0700); the results folder gets the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
     try:
         results_dir = staging / RESULTS
         results_dir.mkdir()

@@ -1,0 +1,470 @@
+"""Exact federated regression, the DataSHIELD way: Newton-Raphson over summed site summaries.
+
+Each round the hub sends the current coefficients `beta` to every site. A site answers with sums over
+its own rows only: the score X'(y - mu), the information X'WX, its log-likelihood and its counts.
+The log-likelihood of the pooled rows is the sum of the sites' log-likelihoods, so its gradient and
+Hessian are the sums of theirs: the hub's Newton step is exactly the step a pooled-data fit would
+take, and it converges to the same estimates (to floating-point rounding). No row leaves a site.
+
+Site side:  glm_site_summary(X, y, beta, "binomial" | "poisson", offset=None) -> SiteSummary
+            cox_summary(CoxData, beta, ties) -> SiteSummary   (each site its own stratum)
+Hub side:   federated_glm(site_summaries_fn, p, family) -> FederatedFit
+            federated_cox(site_summaries_fn, p) -> FederatedFit
+
+`site_summaries_fn(beta)` returns one SiteSummary per site; in-process it is a closure over site
+data, later the hub calls nodes over HTTP. A site with fewer than `min_count` rows or events (or
+non-events, for a binary outcome) is refused before its summary is used: see
+docs/explanation/pooling.md for why.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy import special, stats
+
+from mercia.analyses.survival import CoxData, cox_site_summary
+from mercia.errors import DisclosureError
+from mercia.federation.pooling import PoolingError
+
+__all__ = [
+    "ConvergenceError",
+    "FederatedFit",
+    "SiteRefusedError",
+    "SiteSummary",
+    "cox_summary",
+    "federated_cox",
+    "federated_glm",
+    "glm_site_summary",
+    "in_process",
+]
+
+Family = Literal["binomial", "poisson"]
+DEFAULT_MIN_COUNT = 10
+
+
+class ConvergenceError(PoolingError):
+    """Newton-Raphson did not converge (e.g. perfect separation, a constant or collinear covariate)."""
+
+
+class SiteRefusedError(PoolingError, DisclosureError):
+    """A site's summary would disclose too much (too few rows or events) and is not used."""
+
+
+@dataclass
+class SiteSummary:
+    """What one site sends in one round: sums over its rows at `beta`, never the rows themselves."""
+
+    beta: np.ndarray
+    score: np.ndarray
+    information: np.ndarray
+    loglik: float
+    n: int
+    n_events: int
+    site: str = "site"
+    # rows without the event (binary outcomes): as disclosive as events when few
+    n_nonevents: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form for the node's HTTP answer."""
+        return {
+            "beta": self.beta.tolist(),
+            "score": self.score.tolist(),
+            "information": self.information.tolist(),
+            "loglik": self.loglik,
+            "n": self.n,
+            "n_events": self.n_events,
+            "site": self.site,
+            "n_nonevents": self.n_nonevents,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> SiteSummary:
+        return cls(
+            beta=np.asarray(d["beta"], dtype=float),
+            score=np.asarray(d["score"], dtype=float),
+            information=np.asarray(d["information"], dtype=float),
+            loglik=float(d["loglik"]),  # type: ignore[arg-type]
+            n=int(d["n"]),  # type: ignore[call-overload]
+            n_events=int(d["n_events"]),  # type: ignore[call-overload]
+            site=str(d.get("site", "site")),
+            n_nonevents=None if d.get("n_nonevents") is None else int(d["n_nonevents"]),  # type: ignore[call-overload]
+        )
+
+
+@dataclass
+class FederatedFit:
+    """A model fitted across sites; the same shape for logistic, Poisson and Cox."""
+
+    model: str
+    terms: list[str]
+    coef: np.ndarray
+    se: np.ndarray
+    covariance: np.ndarray
+    loglik: float
+    n: int
+    n_events: int
+    n_sites: int
+    iterations: int
+    converged: bool
+    alpha: float = 0.05
+    sites: list[str] = field(default_factory=list)
+
+    @property
+    def z(self) -> np.ndarray:
+        return self.coef / self.se
+
+    @property
+    def p_values(self) -> np.ndarray:
+        return 2 * stats.norm.sf(np.abs(self.z))
+
+    @property
+    def ci_lower(self) -> np.ndarray:
+        return self.coef - float(stats.norm.ppf(1 - self.alpha / 2)) * self.se
+
+    @property
+    def ci_upper(self) -> np.ndarray:
+        return self.coef + float(stats.norm.ppf(1 - self.alpha / 2)) * self.se
+
+    @property
+    def ratio_name(self) -> str:
+        return {"logistic": "or", "poisson": "rr", "cox": "hr"}.get(self.model, "ratio")
+
+    def summary(self) -> pd.DataFrame:
+        """One row per term: coefficient, SE, z, p, Wald interval, and exp() of them (OR, RR, HR)."""
+        r = self.ratio_name
+        return pd.DataFrame(
+            {
+                "term": self.terms,
+                "coef": self.coef,
+                "se": self.se,
+                "z": self.z,
+                "p": self.p_values,
+                "ci_lower": self.ci_lower,
+                "ci_upper": self.ci_upper,
+                r: np.exp(self.coef),
+                f"{r}_lower": np.exp(self.ci_lower),
+                f"{r}_upper": np.exp(self.ci_upper),
+            }
+        )
+
+
+# ------------------------------------------------------------------------------------------ site side
+
+
+def _site_arrays(
+    X: np.ndarray, y: np.ndarray, beta: Sequence[float] | np.ndarray, offset: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    X = np.asarray(X, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if X.ndim != 2:
+        raise PoolingError(f"X must be a 2-D matrix (rows x terms), got shape {X.shape}")
+    n, p = X.shape
+    if y.shape != (n,):
+        raise PoolingError(f"y has shape {y.shape} but X has {n} rows; give one outcome per row")
+    b = np.asarray(beta, dtype=float)
+    if b.shape != (p,):
+        raise PoolingError(f"beta has {b.size} values but the model has {p} terms")
+    off = np.zeros(n) if offset is None else np.asarray(offset, dtype=float)
+    if off.shape != (n,):
+        raise PoolingError(f"offset has shape {off.shape} but X has {n} rows; give one offset per row")
+    for name, a in (("X", X), ("y", y), ("offset", off), ("beta", b)):
+        if not np.isfinite(a).all():
+            raise PoolingError(f"{name} holds missing or infinite values; drop or impute those rows first")
+    return X, y, b, off
+
+
+def glm_site_summary(
+    X: np.ndarray,
+    y: np.ndarray,
+    beta: Sequence[float] | np.ndarray,
+    family: Family,
+    offset: np.ndarray | None = None,
+    *,
+    site: str = "site",
+    min_count: int = DEFAULT_MIN_COUNT,
+) -> SiteSummary:
+    """This site's score, information and log-likelihood at `beta` (canonical links: logit, log).
+
+    `offset` is added to the linear predictor (log person-time for Poisson rates). The site refuses
+    (SiteRefusedError) when it has too few rows or events to answer safely, so nothing leaves.
+    """
+    X, y, b, off = _site_arrays(X, y, beta, offset)
+    eta = X @ b + off
+    if family == "binomial":
+        if not np.isin(y, (0.0, 1.0)).all():
+            raise PoolingError("a logistic model needs y coded 0/1 (no other values)")
+        mu = special.expit(eta)
+        w = mu * (1 - mu)
+        # log(1 + e^eta) without overflow for large |eta|
+        loglik = float(y @ eta - np.logaddexp(0.0, eta).sum())
+        n_non: int | None = int(len(y) - y.sum())
+    elif family == "poisson":
+        if (y < 0).any():
+            raise PoolingError("a Poisson model needs non-negative counts in y")
+        with np.errstate(over="ignore"):
+            mu = np.exp(eta)
+        w = mu
+        loglik = float(y @ eta - mu.sum() - special.gammaln(y + 1).sum())
+        n_non = None
+    else:
+        raise PoolingError(f"unknown family {family!r}: use 'binomial' (logistic) or 'poisson'")
+    summary = SiteSummary(
+        beta=b.copy(),
+        score=X.T @ (y - mu),
+        information=(X * w[:, None]).T @ X,
+        loglik=loglik,
+        n=len(y),
+        n_events=round(float(y.sum())),
+        site=site,
+        n_nonevents=n_non,
+    )
+    _guard(summary, min_count, X.shape[1])
+    return summary
+
+
+def cox_summary(
+    data: CoxData,
+    beta: Sequence[float] | np.ndarray,
+    ties: Literal["efron", "breslow"] = "efron",
+    *,
+    site: str = "site",
+    min_count: int = DEFAULT_MIN_COUNT,
+) -> SiteSummary:
+    """This site's Cox partial-likelihood summary at `beta`; its risk sets never mix with another site's,
+    so the federated fit is stratified by site (and by any strata within the site)."""
+    c = cox_site_summary(data, beta, ties)
+    summary = SiteSummary(c.beta, c.score, c.information, c.loglik, c.n_obs, c.n_events, site)
+    _guard(summary, min_count, data.X.shape[1])
+    return summary
+
+
+def _guard(s: SiteSummary, min_count: int, p: int) -> None:
+    """Refuse a summary that rests on too few rows or events.
+
+    The score at beta is X'(y - mu): with few rows, or few events, it comes close to listing them
+    (one event: X'y is that person's covariates). The same check runs at the site (nothing leaves)
+    and again at the hub (a remote node may be misconfigured).
+    """
+    reasons = []
+    if s.n < min_count:
+        reasons.append(f"{s.n} rows")
+    if s.n <= p:
+        reasons.append(f"{s.n} rows for {p} terms (the summaries would determine the rows)")
+    if s.n_events < min_count:
+        reasons.append(f"{s.n_events} events")
+    if s.n_nonevents is not None and s.n_nonevents < min_count:
+        reasons.append(f"{s.n_nonevents} rows without the event")
+    if reasons:
+        raise SiteRefusedError(
+            f"site {s.site!r} is refused: {', '.join(reasons)}, below the minimum of {min_count}. Its "
+            "score and information at a given beta could reveal individual rows; leave the site out "
+            "or pool it with another at the site, not at the hub"
+        )
+
+
+# ------------------------------------------------------------------------------------------- hub side
+
+
+def in_process(
+    summarise: Callable[..., SiteSummary], sites: Sequence[object], **kwargs: object
+) -> Callable[[np.ndarray], list[SiteSummary]]:
+    """A `site_summaries_fn` over in-process site data: `summarise(site_data, beta, **kwargs)` for each.
+
+    Example: in_process(lambda d, b: glm_site_summary(d.X, d.y, b, "binomial"), datasets).
+    """
+
+    def fn(beta: np.ndarray) -> list[SiteSummary]:
+        return [summarise(s, beta, **kwargs) for s in sites]
+
+    return fn
+
+
+def _collect(
+    fn: Callable[[np.ndarray], list[SiteSummary]], beta: np.ndarray, p: int, min_count: int
+) -> tuple[float, np.ndarray, np.ndarray, list[SiteSummary]]:
+    summaries = list(fn(beta))
+    if not summaries:
+        raise PoolingError("no site answered: at least one site summary is needed for a federated fit")
+    for s in summaries:
+        if s.score.shape != (p,) or s.information.shape != (p, p):
+            raise PoolingError(
+                f"site {s.site!r} answered for {s.score.shape[0]} terms but the model has {p}; "
+                "every site must use the same design (same terms, same order)"
+            )
+        if not np.array_equal(s.beta, beta):
+            raise PoolingError(f"site {s.site!r} answered for a different beta than the hub sent")
+        _guard(s, min_count, p)
+    ll = math.fsum(s.loglik for s in summaries)
+    score = np.sum([s.score for s in summaries], axis=0)
+    info = np.sum([s.information for s in summaries], axis=0)
+    return ll, score, info, summaries
+
+
+def _newton(
+    fn: Callable[[np.ndarray], list[SiteSummary]],
+    p: int,
+    *,
+    max_iter: int,
+    tol: float,
+    min_count: int,
+    what: str,
+    strict: bool,
+    perfect_fit_possible: bool = False,
+) -> tuple[np.ndarray, np.ndarray, float, list[SiteSummary], int, bool]:
+    if p < 1:
+        raise PoolingError("the model has no terms; give at least one column (e.g. an intercept)")
+    if max_iter < 1 or not tol > 0:
+        raise PoolingError(f"max_iter must be >= 1 and tol > 0 (got {max_iter}, {tol})")
+    beta = np.zeros(p)
+    ll, score, info, summaries = _collect(fn, beta, p, min_count)
+    converged = False
+    it = 0
+    hint = (
+        "this is what perfect or quasi-perfect separation looks like (a covariate, or a combination, "
+        "predicts the outcome exactly, or a level has no events), or a constant or collinear covariate; "
+        "drop or merge that covariate"
+    )
+    while it < max_iter:
+        it += 1
+        try:
+            step = np.linalg.solve(info, score)
+        except np.linalg.LinAlgError:
+            raise ConvergenceError(f"{what}: the summed information matrix is singular; {hint}") from None
+        if not np.isfinite(step).all():
+            raise ConvergenceError(f"{what}: the Newton step is not finite; {hint}")
+        # halve the step while the pooled log-likelihood falls (guards the first rounds from far away)
+        for _ in range(40):
+            cand = beta + step
+            new = _collect(fn, cand, p, min_count)
+            if math.isfinite(new[0]) and new[0] >= ll - 1e-12 * (1 + abs(ll)):
+                break
+            step = step / 2
+        else:
+            raise ConvergenceError(
+                f"{what} did not converge: after {it} rounds no step increases the log-likelihood "
+                f"(largest |coefficient| {np.max(np.abs(beta)):.3g}); {hint}"
+            )
+        old_ll = ll
+        beta = cand
+        ll, score, info, summaries = new
+        small_step = float(np.max(np.abs(step))) <= tol * (1 + float(np.max(np.abs(beta))))
+        # -2 loglik is the deviance up to a constant, so this is glm.fit's relative deviance test
+        small_dev = abs(ll - old_ll) <= tol * (abs(ll) + 0.1)
+        # both: under separation the deviance creeps to 0 while coefficients keep marching away
+        if small_step and small_dev:
+            converged = True
+            break
+    if converged and perfect_fit_possible and ll > -1e-8:
+        # A binary outcome fitted perfectly: every fitted probability is numerically 0 or 1, so the
+        # score and information vanish and the step is 0, which looks like convergence. The MLE is
+        # at infinity; the coefficients returned here would be arbitrary.
+        raise ConvergenceError(
+            f"{what} did not converge: the outcome is predicted perfectly (log-likelihood "
+            f"{ll:.3g}, largest |coefficient| {np.max(np.abs(beta)):.3g}); {hint}"
+        )
+    if not converged:
+        msg = (
+            f"{what} did not converge in {it} rounds (largest |coefficient| {np.max(np.abs(beta)):.3g}, "
+            f"last step {np.max(np.abs(step)):.3g}); {hint}"
+        )
+        if strict:
+            raise ConvergenceError(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    try:
+        cov = np.linalg.inv(info)
+    except np.linalg.LinAlgError:
+        raise ConvergenceError(f"{what}: the information at the estimate is singular; {hint}") from None
+    return beta, cov, ll, summaries, it, converged
+
+
+def _fit(
+    model: str,
+    beta: np.ndarray,
+    cov: np.ndarray,
+    ll: float,
+    summaries: list[SiteSummary],
+    it: int,
+    converged: bool,
+    terms: Sequence[str] | None,
+    alpha: float,
+) -> FederatedFit:
+    p = len(beta)
+    names = list(terms) if terms is not None else [f"x{i}" for i in range(p)]
+    if len(names) != p:
+        raise PoolingError(f"{len(names)} term names for {p} coefficients")
+    diag = np.diag(cov)
+    if (diag <= 0).any():
+        raise ConvergenceError(f"{model}: the estimated variance of a coefficient is not positive")
+    return FederatedFit(
+        model=model,
+        terms=names,
+        coef=beta,
+        se=np.sqrt(diag),
+        covariance=cov,
+        loglik=ll,
+        n=sum(s.n for s in summaries),
+        n_events=sum(s.n_events for s in summaries),
+        n_sites=len(summaries),
+        iterations=it,
+        converged=converged,
+        alpha=alpha,
+        sites=[s.site for s in summaries],
+    )
+
+
+def federated_glm(
+    site_summaries_fn: Callable[[np.ndarray], list[SiteSummary]],
+    p: int,
+    family: Family,
+    max_iter: int = 50,
+    tol: float = 1e-10,
+    *,
+    terms: Sequence[str] | None = None,
+    min_count: int = DEFAULT_MIN_COUNT,
+    alpha: float = 0.05,
+    strict: bool = True,
+) -> FederatedFit:
+    """Fit a logistic ('binomial') or Poisson GLM across sites by Newton-Raphson on summed summaries.
+
+    Converges when both the step (relative to the coefficients) and the relative change in deviance
+    are below `tol`. Raises ConvergenceError when it does not (`strict=False`: warns and returns the
+    last iterate with converged=False), SiteRefusedError when a site is below `min_count`.
+    """
+    if family not in ("binomial", "poisson"):
+        raise PoolingError(f"unknown family {family!r}: use 'binomial' (logistic) or 'poisson'")
+    model = "logistic" if family == "binomial" else "poisson"
+    beta, cov, ll, summaries, it, conv = _newton(
+        site_summaries_fn, p, max_iter=max_iter, tol=tol, min_count=min_count,
+        what=f"federated {model} regression", strict=strict, perfect_fit_possible=family == "binomial",
+    )  # fmt: skip
+    return _fit(model, beta, cov, ll, summaries, it, conv, terms, alpha)
+
+
+def federated_cox(
+    site_summaries_fn: Callable[[np.ndarray], list[SiteSummary]],
+    p: int,
+    max_iter: int = 50,
+    tol: float = 1e-10,
+    *,
+    terms: Sequence[str] | None = None,
+    min_count: int = DEFAULT_MIN_COUNT,
+    alpha: float = 0.05,
+    strict: bool = True,
+) -> FederatedFit:
+    """Fit a Cox model across sites, stratified by site: each site returns `cox_summary(...)` at beta.
+
+    The summed partial log-likelihood is that of a pooled fit with `strata=site`, so the estimates
+    equal lifelines' CoxPHFitter(strata=...) on the pooled rows.
+    """
+    beta, cov, ll, summaries, it, conv = _newton(
+        site_summaries_fn, p, max_iter=max_iter, tol=tol, min_count=min_count,
+        what="federated Cox regression", strict=strict,
+    )  # fmt: skip
+    return _fit("cox", beta, cov, ll, summaries, it, conv, terms, alpha)

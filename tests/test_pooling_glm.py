@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from lifelines import CoxPHFitter
 
 from mercia.analyses.survival import CoxData
+from mercia.disclosure import SACRO, DisclosureLog, release
 from mercia.errors import DisclosureError, MerciaError
 from mercia.federation import (
     ConvergenceError,
@@ -26,6 +27,8 @@ from mercia.federation import (
     federated_glm,
     glm_site_summary,
     in_process,
+    summary_from_released,
+    summary_table,
 )
 
 TOL = 1e-8
@@ -275,3 +278,36 @@ def test_any_split_gives_the_pooled_fit(family, perm_seed, cuts):
     assert fit.n == len(_YB) and fit.n_sites == len(cuts) + 1
     np.testing.assert_allclose(fit.coef, ref.params, atol=TOL, rtol=0)
     np.testing.assert_allclose(fit.se, ref.bse, atol=TOL, rtol=0)
+
+
+def test_summaries_sent_through_release_give_the_same_fit(logistic_rows):
+    # The node's path: summary -> 'model' ResultTable -> release() with the site's policy -> hub.
+    X, y, site = logistic_rows
+    log = DisclosureLog()
+    direct = _glm_fn(X, y, site, "binomial")
+
+    def via_release(beta):
+        out = []
+        for s in direct(beta):
+            released = release(summary_table(s), SACRO, site=s.site, log=log)
+            out.append(summary_from_released(released))
+        return out
+
+    fit = federated_glm(via_release, 4, "binomial")
+    ref = federated_glm(direct, 4, "binomial")
+    np.testing.assert_array_equal(fit.coef, ref.coef)
+    np.testing.assert_array_equal(fit.se, ref.se)
+    assert fit.sites == ["site0", "site1", "site2"] and fit.n == N
+    assert log.entries  # every round's release is on the record
+
+
+def test_a_policy_that_blocks_the_site_refuses_it_at_the_hub(logistic_rows):
+    X, y, _ = logistic_rows
+    # 24 rows (12 events): passes min_count and SACRO, but a stricter policy blocks it.
+    rows = np.r_[np.flatnonzero(y == 1)[:12], np.flatnonzero(y == 0)[:12]]
+    s = glm_site_summary(X[rows], y[rows], np.zeros(4), "binomial", site="small")
+    strict = SACRO.model_copy(update={"min_model_dof": 50})
+    released = release(summary_table(s), strict, site="small", log=DisclosureLog())
+    assert released.status == "blocked"
+    with pytest.raises(SiteRefusedError, match="'small' did not release"):
+        summary_from_released(released)

@@ -14,6 +14,8 @@ from mercia.federation.glm import (
     federated_glm,
     glm_site_summary,
     in_process,
+    summary_from_released,
+    summary_table,
 )
 from mercia.federation.pooling import (
     MetaAnalysis,
@@ -38,4 +40,6 @@ __all__ = [
     "in_process",
     "meta_analyse",
     "site_estimates_from_ci",
+    "summary_from_released",
+    "summary_table",
 ]

@@ -30,6 +30,7 @@ import pandas as pd
 from scipy import special, stats
 
 from mercia.analyses.survival import CoxData, cox_site_summary
+from mercia.disclosure import ModelInfo, ReleasedTable, ResultTable
 from mercia.errors import DisclosureError
 from mercia.federation.pooling import PoolingError
 
@@ -43,6 +44,8 @@ __all__ = [
     "federated_glm",
     "glm_site_summary",
     "in_process",
+    "summary_from_released",
+    "summary_table",
 ]
 
 Family = Literal["binomial", "poisson"]
@@ -202,8 +205,9 @@ def glm_site_summary(
             raise PoolingError("a logistic model needs y coded 0/1 (no other values)")
         mu = special.expit(eta)
         w = mu * (1 - mu)
-        # log(1 + e^eta) without overflow for large |eta|
-        loglik = float(y @ eta - np.logaddexp(0.0, eta).sum())
+        # -log(1 + e^(-eta)) for events, -log(1 + e^eta) otherwise: no overflow for large |eta| and
+        # no cancellation between large terms (y'eta - sum log(1 + e^eta) loses digits when fitted well)
+        loglik = float(-np.logaddexp(0.0, np.where(y == 1.0, -eta, eta)).sum())
         n_non: int | None = int(len(y) - y.sum())
     elif family == "poisson":
         if (y < 0).any():
@@ -267,6 +271,50 @@ def _guard(s: SiteSummary, min_count: int, p: int) -> None:
             "score and information at a given beta could reveal individual rows; leave the site out "
             "or pool it with another at the site, not at the hub"
         )
+
+
+def summary_table(summary: SiteSummary, name: str = "federated_round") -> ResultTable:
+    """The summary as a 'model' ResultTable, so the node sends it through `release()` like any result.
+
+    One row per term: beta, score, a row of the information matrix, and the log-likelihood (repeated).
+    The site's policy then blocks it when the model rests on too few rows or events (or too few
+    residual degrees of freedom), on top of the `min_count` guard.
+    """
+    p = len(summary.beta)
+    data = pd.DataFrame({"term": [f"b{j}" for j in range(p)], "beta": summary.beta, "score": summary.score})
+    for j in range(p):
+        data[f"info_{j}"] = summary.information[:, j]
+    data["loglik"] = summary.loglik
+    # non-events (binary outcomes) are not in ModelInfo: the min_count guard has checked them already
+    return ResultTable(
+        name=name,
+        kind="model",
+        data=data,
+        model=ModelInfo(df_resid=summary.n - p, n_obs=summary.n, n_events=summary.n_events),
+    )
+
+
+def summary_from_released(released: ReleasedTable) -> SiteSummary:
+    """Back from a released 'model' table to a SiteSummary at the hub (counts as released: rounded)."""
+    site = released.site or released.name
+    if released.kind != "model" or released.status == "blocked":
+        raise SiteRefusedError(
+            f"site {site!r} did not release its summary ({released.kind}, {released.status}): its "
+            "disclosure policy blocks a model resting on so few rows or events; leave the site out"
+        )
+    d = released.data
+    p = len(d)
+    info = d[[f"info_{j}" for j in range(p)]].to_numpy(dtype=float)
+    mi = released.model_info or {}
+    return SiteSummary(
+        beta=d["beta"].to_numpy(dtype=float),
+        score=d["score"].to_numpy(dtype=float),
+        information=info,
+        loglik=float(d["loglik"].iloc[0]),
+        n=int(mi.get("n_obs") or 0),
+        n_events=int(mi.get("n_events") or 0),
+        site=site,
+    )
 
 
 # ------------------------------------------------------------------------------------------- hub side

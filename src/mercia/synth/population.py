@@ -486,12 +486,6 @@ class Chunk:
         j = _in_intervals(p, day, c["p"][w], c["start"][w], c["end"][w])
         return np.where(j >= 0, hr_of[c["drug"][w][np.maximum(j, 0)]], 1.0)
 
-    def poisson(self, p, s, e, rate_py):
-        cnt = self.rng.poisson(rate_py * (e - s + 1) / YEAR)
-        idx = np.repeat(np.arange(len(p)), cnt)
-        d = s[idx] + np.floor(self.rng.random(len(idx)) * (e[idx] - s[idx] + 1)).astype(np.int64)
-        return p[idx], d
-
     def poisson_multi(self, p, s, e, rates: list[np.ndarray]):
         """Several independent Poisson processes on the same segments: one count per segment and
         stream from a single draw, then the events of every (segment, stream) cell, uniform in days."""

@@ -1,0 +1,258 @@
+"""Running a study on a small synthetic site: the files it writes, and that only released numbers leave."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from mercia.cdm import Cdm
+from mercia.disclosure import OPENSAFELY, ReleasedTable, ResultTable
+from mercia.errors import DisclosureError, StudyError
+from mercia.study import StudyPackage, run_study, write_released
+from mercia.study import runner as runner_mod
+from mercia.synth import DEFAULT_SITES, generate_site
+
+FIRST_PERSON_ID = 7_300_001  # distinctive 7-digit ids, so a leak into the report would be visible
+PERSONS = 4000
+
+
+def cond(name: str, key: str, *, keep_all: bool = False, **event: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "name": name,
+        "concepts": {"c": {"name": name, "conditions": [key]}},
+        "entry": [{"condition": "c", **event}],
+    }
+    if keep_all:
+        d.update(keep="all", exit={"after": {"days": 1}})
+    return d
+
+
+STUDY: dict[str, Any] = {
+    "name": "Hypertension vs diabetes and pneumonia",
+    "cohorts": {
+        "htn": {"definition": cond("Hypertension", "hypertension", first=True)},
+        "t2d": {"definition": cond("Type 2 diabetes", "type2_diabetes", first=True)},
+        "nobody": {"definition": cond("Infants with prostate cancer", "prostate_cancer", age={"max": 0})},
+        "pneumonia": {"definition": cond("Pneumonia", "pneumonia", keep_all=True)},
+    },
+    "analyses": [
+        {"type": "compare_cohorts", "name": "table1", "target": "htn", "comparator": "t2d",
+         "settings": {"domains": ["condition", "drug"]}},
+        {"type": "characterization", "name": "empty_table1", "cohorts": ["nobody"]},
+        {"type": "incidence", "name": "inc", "outcome": "pneumonia", "denominator": "htn",
+         "settings": {"by": ["age_group", "calendar_year"]}},
+        {"type": "prevalence", "name": "prev", "outcome": "t2d", "settings": {"points": ["2020-01-01"]}},
+        {"type": "cohort_entries", "name": "entries", "cohorts": ["htn", "t2d", "nobody"]},
+        {"type": "kaplan_meier", "name": "km", "targets": ["htn", "t2d", "nobody"], "outcome": "pneumonia"},
+        {"type": "cox", "name": "cox", "target": "htn", "comparator": "t2d", "outcome": "pneumonia"},
+        {"type": "cox", "name": "cox_empty", "target": "nobody", "comparator": "t2d", "outcome": "pneumonia"},
+    ],
+    "disclosure": "opensafely",
+}
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "cohorts": {"htn": {"definition": cond("Hypertension", "hypertension", first=True)}},
+    "analyses": [{"type": "cohort_entries", "cohorts": ["htn"]}],
+}
+# Every count column an analysis writes; a released one is suppressed (missing), 0, or above the
+# threshold and a multiple of the rounding base.
+COUNT_COLUMNS = {
+    "n", "n_cohort", "persons", "entries", "n_events", "n_persons", "n_cases", "n_entries", "n_target",
+    "n_comparator", "n_at_risk", "n_censored", "n_nonzero", "n_events_nonzero",
+}
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Cdm]:
+    cdm = Cdm.open(None)
+    generate_site(cdm, persons=PERSONS, seed=11, profile=DEFAULT_SITES[0], first_person_id=FIRST_PERSON_ID)
+    yield cdm
+    cdm.close()
+
+
+@pytest.fixture(scope="module")
+def study(site: Cdm, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    written: list[Any] = []
+    real = runner_mod.write_released
+
+    def spy(table: Any, results_dir: Path) -> list[Path]:
+        written.append(table)
+        return real(table, results_dir)
+
+    out = tmp_path_factory.mktemp("study") / "out"
+    pkg = StudyPackage.from_dict(STUDY)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner_mod, "write_released", spy)
+        steps: list[tuple[str, int, int]] = []
+        run = run_study(pkg, site, out, site_policy="opensafely", site="northgate",
+                        progress=lambda s, d, n: steps.append((s, d, n)))
+    return {"run": run, "out": out, "pkg": pkg, "written": written, "steps": steps}
+
+
+def test_writes_the_expected_files(study: dict[str, Any]) -> None:
+    out: Path = study["out"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "disclosure.json", "manifest.json", "package.json", "report.html", "results",
+    ]
+    names = set(study["run"].tables)
+    assert {"cohort_counts", "attrition_htn", "table1_demographics", "table1_smd", "inc", "prev", "entries",
+            "km", "km_summary", "cox", "cox_ph_test", "cox_empty"} <= names
+    files = sorted(p.name for p in (out / "results").iterdir())
+    assert files == sorted([f"{n}.json" for n in names] + [f"{n}.parquet" for n in names])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["package_hash"] == study["pkg"].content_hash == study["run"].package_hash
+    assert manifest["site"] == "northgate"
+    assert manifest["policy"]["name"] == "opensafely"
+    assert manifest["cdm"]["persons"] == PERSONS
+    assert {"mercia", "duckdb", "python"} <= set(manifest["versions"])
+    assert {"cohorts", "table1", "cox", "report", "total"} <= set(manifest["timings_seconds"])
+    assert json.loads((out / "package.json").read_text()) == study["pkg"].canonical()
+    assert study["steps"][-1][1] == study["steps"][-1][2]  # the progress reached its end
+    assert not list(out.parent.glob(".*partial*"))  # the staging folder was renamed, not left behind
+
+
+def test_every_result_file_is_a_release_in_the_disclosure_log(study: dict[str, Any]) -> None:
+    out: Path = study["out"]
+    assert study["written"] and all(isinstance(t, ReleasedTable) for t in study["written"])
+    written = {t.name for t in study["written"]}
+    log = json.loads((out / "disclosure.json").read_text())
+    released = {e["table"] for e in log["entries"] if e["rule"] == "policy"}
+    stems = {p.stem for p in (out / "results").iterdir()}
+    assert stems == written == released
+    assert all(e["outcome"] in ("released", "blocked") for e in log["entries"] if e["rule"] == "policy")
+    # The log that leaves does not tell primary from secondary suppression.
+    assert not any(e["rule"].startswith("primary") for e in log["entries"])
+
+
+def test_every_released_count_passes_the_policy(study: dict[str, Any]) -> None:
+    base, small = OPENSAFELY.rounding_base, OPENSAFELY.suppress_up_to
+    checked = 0
+    for path in sorted((study["out"] / "results").glob("*.parquet")):
+        df = pd.read_parquet(path)
+        for col in COUNT_COLUMNS & set(df.columns):
+            for v in pd.to_numeric(df[col], errors="coerce").dropna():
+                assert v == 0 or (v > small and v % base == 0), f"{path.stem}.{col} = {v}"
+                checked += 1
+        meta = json.loads(path.with_suffix(".json").read_text())
+        for key in ("n_obs", "n_events"):
+            v = (meta.get("model_info") or {}).get(key)
+            assert v is None or v == 0 or (v > small and v % base == 0), f"{path.stem} {key} = {v}"
+    assert checked > 100
+
+
+def test_empty_cohorts_are_reported_not_crashed(study: dict[str, Any]) -> None:
+    run = study["run"]
+    counts = run.tables["cohort_counts"].data.set_index("cohort")
+    assert counts.loc["nobody", "persons"] == 0
+    assert counts.loc["htn", "persons"] > 100
+    assert any("'nobody'" in n and "no entries" in n for n in run.notes["cohorts"])
+    assert run.notes["cox_empty"] and run.tables["cox_empty"].data.empty
+    assert "km" in run.notes  # the empty cohort has no curve
+    report = study["out"].joinpath("report.html").read_text()
+    assert "has no entries" in report
+
+
+def _without_library(html: str) -> str:
+    # plotly.js (the library, a few MB of minified code) is not data; the figures' own scripts stay.
+    return re.sub(r"<script[^>]*>\s*/\*\*\s*\* plotly\.js v.*?</script>", "", html, count=1, flags=re.S)
+
+
+def test_report_sections_plots_and_no_network(study: dict[str, Any]) -> None:
+    html = (study["out"] / "report.html").read_text()
+    for heading in ("Cohorts and attrition", "Attrition: htn", "Table 1", "Covariate balance",
+                    "Standardized mean differences", "incidence by age group", "incidence by calendar year",
+                    "Kaplan-Meier (95% CI)", "Number at risk", "hazard ratios (95% CI)", "Disclosure control",
+                    study["pkg"].content_hash):
+        assert heading in html, heading
+    assert html.count("plotly.js v") >= 1
+    rest = _without_library(html)
+    assert "plotly.js v" not in rest  # the library is embedded once
+    assert rest.count("Plotly.newPlot") == 5  # SMD, incidence by age and by year, KM, Cox
+    assert not re.search(r"<script[^>]+src=|<link[^>]+href=|@import|<img[^>]+src=\"?http", html)
+
+
+def test_report_holds_no_person_ids(study: dict[str, Any], site: Cdm) -> None:
+    html = _without_library((study["out"] / "report.html").read_text())
+    tokens = set(re.findall(r"\d+", html))
+    ids = {str(r[0]) for r in site.fetch_all("SELECT DISTINCT subject_id FROM cohort")}
+    assert ids and not ids & tokens
+    nhs = {str(r[0]) for r in site.fetch_all("SELECT person_source_value FROM person")}
+    assert not nhs & tokens
+    for f in (study["out"] / "results").glob("*.json"):
+        assert not ids & set(re.findall(r"\d+", f.read_text())), f.name
+
+
+def test_the_writer_takes_only_released_tables(tmp_path: Path) -> None:
+    df = pd.DataFrame({"n": [3]})
+    table = ResultTable(name="t", kind="counts", data=df, count_columns=["n"])
+    for thing in (df, table, {"n": 3}):
+        with pytest.raises(StudyError, match="only released tables can be written"):
+            write_released(thing, tmp_path)  # type: ignore[arg-type]
+    with pytest.raises(DisclosureError, match=r"only be made by mercia\.disclosure\.release"):
+        ReleasedTable(_token=object(), name="t", kind="counts", data=df, policy=OPENSAFELY, site=None,
+                      status="released")
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_existing_folder_with_content_is_refused(site: Cdm, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(StudyError, match="is not empty; choose a new folder"):
+        run_study(StudyPackage.from_dict(TINY), site, out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StudyError, match="is not a folder"):
+        run_study(StudyPackage.from_dict(TINY), site, tmp_path / "file")
+
+
+def test_an_empty_folder_is_used_and_a_failure_leaves_nothing(
+    site: Cdm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "empty"
+    out.mkdir()
+    run = run_study(StudyPackage.from_dict(TINY), site, out)
+    assert (out / "report.html").exists() and "cohort_entries" in run.tables
+
+    def boom(*args: Any, **kwargs: Any) -> str:
+        raise RuntimeError("report failed")
+
+    import mercia.study.report as report_mod
+
+    monkeypatch.setattr(report_mod, "render_report", boom)
+    with pytest.raises(RuntimeError, match="report failed"):
+        run_study(StudyPackage.from_dict(TINY), site, tmp_path / "failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_a_weaker_package_policy_is_refused_before_anything_runs(site: Cdm, tmp_path: Path) -> None:
+    pkg = StudyPackage.from_dict({**TINY, "disclosure": {"name": "lax", "threshold": 2}})
+    with pytest.raises(StudyError, match="weaker than this site's minimum"):
+        run_study(pkg, site, tmp_path / "out", site_policy="opensafely")
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_study_run(tmp_path: Path) -> None:
+    from mercia.cli import app
+
+    db = tmp_path / "site.duckdb"
+    with Cdm.open(db) as cdm:
+        generate_site(cdm, persons=600, seed=3, profile=DEFAULT_SITES[0])
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(TINY))
+    cli = CliRunner()
+    args = ["study", "run", str(tmp_path / "study.yaml"), "--cdm", str(db), "--out", str(tmp_path / "out")]
+    res = cli.invoke(app, [*args, "--site-policy", "sacro", "--site", "t"])
+    assert res.exit_code == 0, res.output
+    assert "released tables: 3" in res.output and (tmp_path / "out" / "report.html").exists()
+    res = cli.invoke(app, args)
+    assert res.exit_code == 1 and "is not empty" in res.output and "Traceback" not in res.output
+    res = cli.invoke(app, ["study", "run", str(tmp_path / "nope.yaml"), "--cdm", str(db), "--out", "x"])
+    assert res.exit_code == 1 and "not found" in res.output

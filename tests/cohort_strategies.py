@@ -378,7 +378,7 @@ def criterion(draw: st.DrawFn, depth: int = 0, domains: list[str] | None = None)
         if k in body and draw(st.booleans()):
             body[flag] = True
     if depth < 1 and draw(st.integers(0, 6)) == 0:
-        body["CorrelatedCriteria"] = draw(group(depth + 1))
+        body["CorrelatedCriteria"] = draw(group(depth + 1, in_criterion=True))
     return {domain: body}
 
 
@@ -415,15 +415,17 @@ def window(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
-def correlated(draw: st.DrawFn, depth: int) -> dict[str, Any]:
+def correlated(draw: st.DrawFn, depth: int, in_criterion: bool = False) -> dict[str, Any]:
     occ: dict[str, Any] = {"Type": draw(st.sampled_from([0, 1, 2])), "Count": draw(st.sampled_from([0, 1, 1, 2, 3])),
                            "IsDistinct": draw(st.booleans())}
     if occ["IsDistinct"] and draw(st.booleans()):
         occ["CountColumn"] = draw(st.sampled_from(["DOMAIN_CONCEPT", "START_DATE"]))
     crit = draw(criterion(depth=depth))
-    if any("CorrelatedCriteria" in body for body in crit.values()):
+    zero_side = occ["Type"] == 1 or occ["Count"] == 0  # Circe's LEFT JOIN ("exclusion") form
+    if any("CorrelatedCriteria" in body for body in crit.values()) or (in_criterion and zero_side):
         # ohdsi-circepy 0.3.0 writes invalid SQL (Binder Error: Referenced table "A" not found) for a
-        # distinct count over a criterion that has correlated criteria of its own: no oracle answer.
+        # distinct count over a criterion that has correlated criteria of its own, and for a distinct
+        # at-most/zero count inside a criterion's correlated criteria: there is no oracle answer.
         occ = {"Type": occ["Type"], "Count": occ["Count"], "IsDistinct": False}
     out: dict[str, Any] = {"Criteria": crit, "StartWindow": draw(window()), "Occurrence": occ}
     if draw(st.integers(0, 3)) == 0:
@@ -443,12 +445,12 @@ def demographic(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
-def group(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
+def group(draw: st.DrawFn, depth: int = 0, in_criterion: bool = False) -> dict[str, Any]:
     """A Circe CriteriaGroup: ALL/ANY/AT_LEAST/AT_MOST of correlated criteria, demographics, subgroups."""
     kind = draw(st.sampled_from(["ALL", "ANY", "AT_LEAST", "AT_MOST"]))
-    crits = draw(st.lists(correlated(depth), min_size=0 if depth else 1, max_size=3 if depth < 2 else 1))
+    crits = draw(st.lists(correlated(depth, in_criterion), min_size=0 if depth else 1, max_size=3 if depth < 2 else 1))
     demos = draw(st.lists(demographic(), max_size=1))
-    subs = draw(st.lists(group(depth + 1), max_size=1)) if depth < 2 else []
+    subs = draw(st.lists(group(depth + 1, in_criterion), max_size=1)) if depth < 2 else []
     g: dict[str, Any] = {"Type": kind, "CriteriaList": crits, "DemographicCriteriaList": demos, "Groups": subs}
     if kind in ("AT_LEAST", "AT_MOST"):
         g["Count"] = draw(st.integers(0, max(1, len(crits) + len(demos) + len(subs))))

@@ -309,17 +309,17 @@ class _Builder:
             height=420,
         )
         out["plot"] = self.plots.html(fig)
-        # Number at risk at six times: the released risk set of the last released step at or before.
+        # Number at risk at six evenly spaced times, from released risk sets only.
         tmax = max(grid) if grid else 0.0
         times = sorted({round(tmax * k / 5) for k in range(6)})
         rows = []
         for cid, est in curves.items():
             row: dict[str, Any] = {"cohort": self.label(cid)}
             for t in times:
-                before = est[est["time"] <= t]
+                # At risk at t: the risk set of the next released step (pooled steps carry the risk
+                # set at their first event time); after a curve's last released step it is unknown.
                 after = est[est["time"] >= t]
-                # Those at risk at t are the risk set of the next released step (or of the last one).
-                n = after["n_at_risk"].iloc[0] if len(after) else (before["n_at_risk"].iloc[-1] if len(before) else np.nan)
+                n = after["n_at_risk"].iloc[0] if len(after) else np.nan
                 row[f"day {t}"] = int(n) if not pd.isna(n) else None
             rows.append(row)
         out["risk"] = _table_html(pd.DataFrame(rows))
@@ -411,6 +411,9 @@ def render_report(
             sections["incidence"].append(b.incidence(p, list(a.settings["by"]), float(a.settings["alpha"])))
         elif a.type == "prevalence":
             d = b.data(p)
+            if d is not None and len(d):
+                dims = [c for c in ("period", "age_group", "sex") if c in d.columns]
+                d = d.sort_values(dims, key=lambda s: s.astype(str).replace(TOTAL, "~"))
             sections["prevalence"].append({"title": p, "table": _table_html(d if d is not None else pd.DataFrame())})
         elif a.type == "kaplan_meier":
             sections["km"].append(b.km(p, a.alpha))

@@ -256,3 +256,16 @@ def test_cli_study_run(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "is not empty" in res.output and "Traceback" not in res.output
     res = cli.invoke(app, ["study", "run", str(tmp_path / "nope.yaml"), "--cdm", str(db), "--out", "x"])
     assert res.exit_code == 1 and "not found" in res.output
+    with Cdm.open(db, create=False, read_only=True) as cdm, pytest.raises(StudyError, match="open it writable"):
+        run_study(StudyPackage.from_dict(TINY), cdm, tmp_path / "ro")
+    assert not (tmp_path / "ro").exists()
+
+
+def test_the_demo_study_is_an_example() -> None:
+    from mercia.study import example_package
+
+    pkg = example_package()
+    assert pkg.cohort_ids == {"sglt2": 11, "gliclazide": 12, "hf_admission": 13}
+    assert {a.type for a in pkg.analyses} >= {"compare_cohorts", "incidence", "kaplan_meier", "cox"}
+    with pytest.raises(StudyError, match="no example study 'nope'"):
+        example_package("nope")

@@ -440,3 +440,20 @@ def load_package(path: str | Path) -> StudyPackage:
 
 def dump_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=True)
+
+
+# The examples live in the source checkout (examples/studies/), beside src/.
+EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples" / "studies"
+DEMO_STUDY = "sglt2_heart_failure"
+
+
+def example_package(name: str = DEMO_STUDY) -> StudyPackage:
+    """An example study from examples/studies/<name>/study.yaml; by default the demo study."""
+    path = EXAMPLES_DIR / name / "study.yaml"
+    if not path.is_file():
+        found = sorted(p.parent.name for p in EXAMPLES_DIR.glob("*/study.yaml"))
+        raise StudyError(
+            f"no example study {name!r} at {path}; "
+            + (f"examples: {', '.join(found)}" if found else "the examples folder ships with a source checkout")
+        )
+    return load_package(path)

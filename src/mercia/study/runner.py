@@ -224,6 +224,13 @@ def run_study(
             generated = generate_cohorts(cdm, defs)
         except MerciaError as e:
             raise StudyError(f"generating the study's cohorts failed: {e}") from None
+        except Exception as e:
+            if "read-only" in str(e).lower() or "read only" in str(e).lower():
+                raise StudyError(
+                    "the CDM is open read-only, but a study writes its cohorts into the CDM's cohort table; "
+                    "open it writable (Cdm.open(target) without read_only=True)"
+                ) from None
+            raise
         by_id = {g.cohort_id: g for g in generated}
         keys = {v: k for k, v in pkg.cohort_ids.items()}
         counts = pd.DataFrame(

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from mercia.cdm import Cdm
+from shared_data import EUNOMIA as SHARED_EUNOMIA
 
-EUNOMIA = Path(os.environ.get("MERCIA_EUNOMIA", "/work/shared/data/eunomia_gibleed"))
+EUNOMIA = Path(os.environ["MERCIA_EUNOMIA"]) if os.environ.get("MERCIA_EUNOMIA") else SHARED_EUNOMIA
 PG_ENV = "MERCIA_TEST_PG_URL"
 
 

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from mercia.cdm import Cdm
 from mercia.cli import app
+from shared_data import EUNOMIA
 
 runner = CliRunner()
-EUNOMIA = Path("/work/shared/data/eunomia_gibleed")
 
 
 def run(*args: str):

@@ -14,6 +14,7 @@ from mercia.cdm import Cdm
 from mercia.vocab import catalog, load_bundled_vocabulary
 from mercia.vocab.athena import BUNDLED_DIR
 from mercia.vocab.build_subset import EXTRA_IS_A, build
+from shared_data import COHORTS
 
 REQUIRED_KEYS = {
     "GENDER": {"male", "female"},
@@ -123,7 +124,7 @@ def test_every_eunomia_and_cohort_concept_is_bundled(vocab: Cdm, eunomia_dir: Pa
     )
     assert eunomia <= bundled
     cohort_ids = set()
-    for path in Path("/work/shared/data/cohorts").rglob("*.json"):
+    for path in COHORTS.rglob("*.json"):
         for cs in json.loads(path.read_text()).get("ConceptSets", []):
             cohort_ids |= {it["concept"]["CONCEPT_ID"] for it in cs["expression"]["items"]}
     assert cohort_ids <= bundled
@@ -178,7 +179,7 @@ def test_source_codes_map_to_standard(vocab: Cdm) -> None:
 
 
 def test_bundle_rebuilds_identically(tmp_path: Path, eunomia_dir: Path) -> None:
-    build(eunomia_dir, Path("/work/shared/data/cohorts"), tmp_path)
+    build(eunomia_dir, COHORTS, tmp_path)
     for committed in sorted(BUNDLED_DIR.glob("*.csv")):
         assert (tmp_path / committed.name).read_bytes() == committed.read_bytes(), committed.name
 

@@ -14,6 +14,7 @@ from mercia.cdm import Cdm
 from mercia.vocab import load_bundled_vocabulary
 from mercia.vocab.concept_sets import ConceptSet, ConceptSetItem, resolve_concept_set
 from oracle_support import circe_available, circe_python
+from shared_data import COHORTS
 from test_vocab_concept_sets import ANCESTORS, CASES, CONCEPTS, MAPS, load_vocab
 
 pytestmark = [
@@ -133,7 +134,7 @@ def test_random_expressions_match_circe(tmp_path: Path, seed: int) -> None:
 
 def test_cohort_file_concept_sets_on_the_bundled_vocabulary_match_circe(tmp_path: Path) -> None:
     expressions = []
-    for path in sorted(Path("/work/shared/data/cohorts").rglob("*.json")):
+    for path in sorted(COHORTS.rglob("*.json")):
         for cs in json.loads(path.read_text()).get("ConceptSets", []):
             expressions.append(ConceptSet.from_atlas(cs).items)
     assert expressions

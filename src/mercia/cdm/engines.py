@@ -39,6 +39,8 @@ class DuckDBEngine:
             self.con = duckdb.connect(path or ":memory:", read_only=read_only)
         except duckdb.Error as e:  # unreadable, locked or not a DuckDB file
             raise CdmError(f"cannot open DuckDB database {path!r}: {e}") from e
+        # DuckDB draws its own progress bar on long statements; ours (rich) is the one users see.
+        self.con.execute("SET enable_progress_bar = false")
         self._n = 0
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:

@@ -363,17 +363,40 @@ def cohort_convert(
 @app.command()
 @user_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the demo federation.")] = Path("demo"),
-    persons: Annotated[int, typer.Option(min=300, help="Persons in all, across three sites.")] = 30_000,
+    out: Annotated[Path, typer.Option(help="Folder for the demo federation and its outputs.")] = Path("demo"),
+    persons: Annotated[int, typer.Option(min=300, help="Persons in all, across three sites.")] = 300_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 2026,
 ) -> None:
-    """Build a three-site synthetic federation under ./demo and summarise each site."""
+    """Build a three-site synthetic federation under ./demo, run the demo study at every site and pool."""
+    import math
+
     from mercia.demo import run_demo
 
     with progress_bar() as progress:
         result = run_demo(out, persons=persons, seed=seed, progress=progress)
-    for site, info in result["sites"].items():
-        print_info(info, title=f"site {site}")
+    console.print(f"[bold]{result['study']}[/] at {len(result['sites'])} sites "
+                  "(disclosure policy: SACRO; only released numbers are shown)")
+    sites = Table("site", "persons", "observation", "HR (95% CI), released")
+    for site, entry in result["sites"].items():
+        info = entry["info"]
+        est = result["site_estimates"].get(site)
+        hr = (f"{math.exp(est[0]):.2f} ({math.exp(est[0] - 1.96 * est[1]):.2f}-"
+              f"{math.exp(est[0] + 1.96 * est[1]):.2f})") if est else "not released"
+        sites.add_row(site, f"{info.get('persons', 0):,}",
+                      f"{info.get('observation_start')} to {info.get('observation_end')}", hr)
+    console.print(sites)
+    for site, entry in result["sites"].items():
+        console.print(f"report for {site}: {entry['report']}", highlight=False, soft_wrap=True)
+    pooled = result["pooled"]
+    if pooled:
+        for kind in ("fixed", "random"):
+            p = pooled[kind]
+            console.print(f"pooled HR, {kind} effect: [bold]{math.exp(p['estimate']):.2f}[/] "
+                          f"(95% CI {math.exp(p['ci_lower']):.2f}-{math.exp(p['ci_upper']):.2f})")
+        console.print(f"heterogeneity: I² = {pooled['i2'] if pooled['i2'] is not None else 'n/a'}, "
+                      f"tau² = {pooled['tau2']:.4f}")
+    else:
+        console.print("no site released an estimate to pool (too few events under the policy)")
     console.print(f"[bold]demo output:[/] {result['out']}")
 
 
@@ -408,6 +431,7 @@ def study_run(
         for note in notes:
             console.print(f"[yellow]note:[/] {where}: {note}", highlight=False)
     console.print(f"[bold]released tables:[/] {len(run.tables)}; report: {run.report_path}", highlight=False)
+
 
 def main() -> None:  # pragma: no cover - console entry point
     app()

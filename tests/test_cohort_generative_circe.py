@@ -310,3 +310,23 @@ KNOWN_BUGS = [
 @pytest.mark.parametrize("definition", KNOWN_BUGS)
 def test_known_compiler_bugs(duck_world: Cdm, oracle: Oracle, definition: dict[str, Any]) -> None:
     compare_with_oracle(duck_world, oracle, definition)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Circe-BE parity: Circe-BE's DrugExposureSqlBuilder applies OccurrenceEndDate to C.start_date "
+    "(buildDateRangeClause(\"C.start_date\", criteria.occurrenceEndDate)); Mercia, like circepy, applies it "
+    "to the end date. ATLAS/WebAPI results follow Circe-BE."))
+def test_drug_exposure_occurrence_end_date_as_circe_be(duck_world: Cdm) -> None:
+    day = "2005-09-26"  # person 6 has drug exposures starting that day in observation; none ends that day
+    definition = _definition({"DrugExposure": {"OccurrenceEndDate": {"Value": day, "Op": "eq"}}})
+    definition["PrimaryCriteria"]["PrimaryCriteriaLimit"] = {"Type": "All"}
+    definition.update(QualifiedLimit={"Type": "All"}, ExpressionLimit={"Type": "All"},
+                      EndStrategy={"DateOffset": {"DateField": "StartDate", "Offset": 0}})
+    # Circe-BE: the exposures STARTING on that day (in an observation period), one day long.
+    starts = duck_world.fetch_all(
+        "SELECT de.person_id, de.drug_exposure_start_date FROM drug_exposure de JOIN observation_period op "
+        "ON op.person_id = de.person_id AND de.drug_exposure_start_date BETWEEN op.observation_period_start_date "
+        f"AND op.observation_period_end_date WHERE de.drug_exposure_start_date = DATE '{day}'")
+    expected = sorted({(int(p), d, d) for p, d in starts})
+    assert expected, "the world should have exposures starting that day"
+    assert mercia_outcome(duck_world, definition).rows == expected

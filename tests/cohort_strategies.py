@@ -429,11 +429,11 @@ def correlated(draw: st.DrawFn, depth: int, in_criterion: bool = False) -> dict[
     if occ["IsDistinct"] and draw(st.booleans()):
         occ["CountColumn"] = draw(st.sampled_from(["DOMAIN_CONCEPT", "START_DATE"]))
     crit = draw(criterion(depth=depth))
-    zero_side = occ["Type"] == 1 or occ["Count"] == 0  # Circe's LEFT JOIN ("exclusion") form
-    if any("CorrelatedCriteria" in body for body in crit.values()) or (in_criterion and zero_side):
-        # ohdsi-circepy 0.3.0 writes invalid SQL (Binder Error: Referenced table "A" not found) for a
-        # distinct count over a criterion that has correlated criteria of its own, and for a distinct
-        # at-most/zero count inside a criterion's correlated criteria: there is no oracle answer.
+    if any("CorrelatedCriteria" in body for body in crit.values()) or in_criterion:
+        # ohdsi-circepy 0.3.0 writes invalid SQL (Binder Error: Referenced table "A" not found: the
+        # counted column is not selected) for a distinct count over a criterion that has correlated
+        # criteria of its own, and for any distinct count inside a criterion's correlated criteria:
+        # there is no oracle answer. Distinct counts in inclusion rules and additional criteria stay.
         occ = {"Type": occ["Type"], "Count": occ["Count"], "IsDistinct": False}
     out: dict[str, Any] = {"Criteria": crit, "StartWindow": draw(window()), "Occurrence": occ}
     if draw(st.integers(0, 3)) == 0:

@@ -146,6 +146,16 @@ CASES: list[tuple[str, dict[str, Any], list]] = [
         rows((2, "2005-02-01", "2006-12-31")),
     ),
     (
+        "abnormal measurements: outside the reference range (person 2's 6.0 is below 6.5)",
+        cohort({"Measurement": {"CodesetId": LAB["id"], "Abnormal": True}}),
+        rows((2, "2005-02-01", "2006-12-31")),
+    ),
+    (
+        "Abnormal false filters nothing",
+        cohort({"Measurement": {"CodesetId": LAB["id"], "Abnormal": False}}, limit="First"),
+        rows((1, "2001-03-05", "2010-12-31"), (2, "2005-02-01", "2006-12-31")),
+    ),
+    (
         "demographic inclusion rules: aged 50 or more at index, and male",
         cohort(A, limit="First", EndStrategy=ends_at(), InclusionRules=[
             {"name": "age >= 50", "expression": group(demographics=[AGE_50])},

@@ -78,7 +78,8 @@ TABLES: dict[str, list[dict[str, Any]]] = {
         {"measurement_id": 1, "person_id": 1, "measurement_concept_id": 300, "measurement_date": D("2001-03-05"),
          "measurement_type_concept_id": 0, "value_as_number": 7.0, "unit_concept_id": 8554},
         {"measurement_id": 2, "person_id": 2, "measurement_concept_id": 300, "measurement_date": D("2005-02-01"),
-         "measurement_type_concept_id": 0, "value_as_number": 6.0, "unit_concept_id": 8554},
+         "measurement_type_concept_id": 0, "value_as_number": 6.0, "unit_concept_id": 8554,
+         "range_low": 6.5, "range_high": 9.0},
     ],
     # one row in each remaining domain (no specimen table: a test relies on its absence)
     "procedure_occurrence": [

@@ -494,6 +494,15 @@ class _Compiler:
                 assert d.source_col is not None
                 inner = inner.join(self.codeset_join(col(a, d.source_col), value, "cns"), copy=False)
                 continue
+            if kind == "abnormal":
+                # Circe: abnormal = outside the reference range, or flagged abnormal (high/low); false adds nothing.
+                if value:
+                    where.append(exp.Paren(this=exp.or_(
+                        exp.LT(this=col("C", "value_as_number"), expression=col("C", "range_low")),
+                        exp.GT(this=col("C", "value_as_number"), expression=col("C", "range_high")),
+                        in_list(col("C", "value_as_concept_id"), [4155142, 4155143]),
+                    )))
+                continue
             if target.startswith("P.") or target in ("age_start", "age_end"):
                 joins_p = True
             if target.startswith("V."):
@@ -509,12 +518,6 @@ class _Compiler:
                 where.append(self.numeric(e, value, integer=kind == "int"))
             elif kind == "date":
                 where.append(self.dates(e, value))
-            elif kind == "abnormal" and value:
-                where.append(exp.Paren(this=exp.or_(
-                    exp.LT(this=col("C", "value_as_number"), expression=col("C", "range_low")),
-                    exp.GT(this=col("C", "value_as_number"), expression=col("C", "range_high")),
-                    in_list(col("C", "value_as_concept_id"), [4155142, 4155143]),
-                )))
         if getattr(body, "first", None):
             if domain == "death":
                 raise CohortDefinitionError(f"{bpath}.First: not supported for Death")

@@ -173,6 +173,13 @@ class SparkEngine:
                 df = df.withColumn(c, F.lit(None))
         df.select(*target_cols).write.insertInto(qualified_table)
 
+    def overwrite_arrow(self, qualified_table: str, data: pa.Table) -> None:
+        """Replace every row of a table (Spark has no DELETE on file tables)."""
+        target = self.spark.table(qualified_table).schema
+        df = self.spark.createDataFrame(data.to_pandas(), schema=target) if data.num_rows else \
+            self.spark.createDataFrame([], schema=target)
+        df.select(*[f.name for f in target.fields]).write.insertInto(qualified_table, overwrite=True)
+
     def begin(self) -> None:
         pass
 

@@ -20,6 +20,9 @@ from mercia.cdm.engines import DuckDBEngine, Engine, PostgresEngine, SparkEngine
 from mercia.cdm.spec import DEFAULT_VERSION, CdmSpec, TableSpec, cdm_spec
 from mercia.errors import CdmError, ConfigError
 
+# Tables partitioned on Spark, and by which column (see create_table_expr).
+SPARK_PARTITIONS = {"cohort": "cohort_definition_id"}
+
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -230,9 +233,17 @@ class Cdm:
             columns.append(
                 exp.ColumnDef(this=exp.to_identifier(f.name, quoted=True), kind=kind, constraints=constraints)
             )
-        return exp.Create(
+        create = exp.Create(
             this=exp.Schema(this=self.table(spec.name), expressions=columns), kind="TABLE", exists=True
         )
+        if self.dialect == "spark" and spec.name in SPARK_PARTITIONS:
+            # Spark's file tables cannot DELETE; a cohort's rows are replaced by overwriting its partition.
+            create.set("properties", exp.Properties(expressions=[
+                exp.FileFormatProperty(this=exp.Var(this="PARQUET")),
+                exp.PartitionedByProperty(this=exp.Schema(
+                    expressions=[exp.to_identifier(SPARK_PARTITIONS[spec.name])])),
+            ]))
+        return create
 
     def create_tables(self, tables: list[str] | None = None) -> None:
         """Create the CDM tables that do not exist yet (all of them by default)."""

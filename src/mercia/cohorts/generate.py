@@ -155,15 +155,19 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]]) 
             for w in warns:
                 warnings.warn(f"cohort {cid} ({d.name!r}): {w}", UnknownConceptWarning, stacklevel=2)
             where_id = exp.EQ(this=exp.column("cohort_definition_id"), expression=lit(cid))
-            cdm.execute(exp.delete(cohort.copy(), where=where_id.copy()))
+            if cdm.dialect != "spark":
+                cdm.execute(exp.delete(cohort.copy(), where=where_id.copy()))
             masks: dict[tuple[int, int], int] = {}
             with _materialised(cdm, c, cid) as (rows, mask_query):
-                insert = exp.insert(
-                    rows.select(lit(cid).as_("cohort_definition_id"), append=False).select(
-                        "subject_id", "cohort_start_date", "cohort_end_date"),
-                    cohort.copy(),
-                    columns=["cohort_definition_id", "subject_id", "cohort_start_date", "cohort_end_date"],
-                )
+                if cdm.dialect == "spark":
+                    insert = _overwrite_partition(cohort.copy(), cid, rows)
+                else:
+                    insert = exp.insert(
+                        rows.select(lit(cid).as_("cohort_definition_id"), append=False).select(
+                            "subject_id", "cohort_start_date", "cohort_end_date"),
+                        cohort.copy(),
+                        columns=["cohort_definition_id", "subject_id", "cohort_start_date", "cohort_end_date"],
+                    )
                 cdm.execute(insert, bound(insert, c.params))
                 if c.rule_count:
                     for mode, mask, n in cdm.fetch_all(mask_query, bound(mask_query, c.params)):
@@ -172,7 +176,7 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]]) 
                 exp.select(exp.Count(this=exp.Distinct(expressions=[exp.column("subject_id")])),
                            exp.Count(this=exp.Star())).from_(cohort.copy()).where(where_id.copy()))[0]
             stats, summary = inclusion_stats(masks, c.rule_names) if c.rule_count else ([], [])
-            cdm.execute(exp.delete(cdm.table("cohort_definition"), where=where_id.copy()))
+            _delete_definition_row(cdm, cid, where_id)
             cdm.insert_arrow("cohort_definition", pa.table({
                 "cohort_definition_id": [cid],
                 "cohort_definition_name": [d.name],
@@ -187,6 +191,27 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]]) 
                 summary=summary, mask_counts=masks, warnings=warns, definition_hash=d.definition_hash(),
             ))
     return results
+
+
+def _overwrite_partition(cohort: exp.Table, cohort_id: int, rows: exp.Select) -> exp.Insert:
+    """Spark: replace one cohort's rows by overwriting its partition (Spark's file tables cannot DELETE).
+
+    Spark has no transactions, so on Spark a failed run is not all-or-nothing across definitions.
+    """
+    cohort.set("partition", exp.Partition(expressions=[
+        exp.EQ(this=exp.column("cohort_definition_id"), expression=lit(cohort_id))]))
+    select = rows.select("subject_id", "cohort_start_date", "cohort_end_date", append=False)
+    return exp.Insert(this=cohort, expression=select, overwrite=True)
+
+
+def _delete_definition_row(cdm: Cdm, cohort_id: int, where_id: exp.Expression) -> None:
+    if cdm.dialect != "spark":
+        cdm.execute(exp.delete(cdm.table("cohort_definition"), where=where_id.copy()))
+        return
+    # cohort_definition is small: read the other rows, then overwrite the table with them.
+    others = cdm.fetch_arrow(exp.select("*").from_(cdm.table("cohort_definition")).where(
+        exp.not_(where_id.copy())))
+    cdm.engine.overwrite_arrow(cdm.qualified("cohort_definition"), others)
 
 
 @contextmanager

@@ -489,6 +489,15 @@ class _Compiler:
                 raise CohortDefinitionError(f"{bpath}.{alias}: not supported for {type(body).__name__}")
             kind, target = table[name]
             fpath = f"{bpath}.{type(body).model_fields[name].alias}"
+            # Two Circe-BE quirks kept on purpose, so an imported ATLAS definition selects what ATLAS
+            # selects: DrugExposureSqlBuilder applies OccurrenceEndDate to the START date, and
+            # DrugEraSqlBuilder compares gap_days with the EraLength range (GapDays' own range unused).
+            if domain == "drug_exposure" and name == "occurrence_end_date":
+                target = "C.start_date"
+            if domain == "drug_era" and name == "gap_days":
+                value = getattr(body, "era_length", None)
+                if value is None:
+                    continue
             if kind == "source":
                 self.check_codeset(value, fpath)
                 assert d.source_col is not None

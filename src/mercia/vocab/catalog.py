@@ -238,37 +238,12 @@ DRUG_PRODUCTS: dict[str, Concept] = {
     "amoxicillin": _clinical_drug(19073188, "Amoxicillin 500 MG Oral Tablet", "308192"),
 }
 
-# dm+d codes could not be verified from material we hold, so these are placeholders in a
-# recognisable local form ("MERCIA-" prefix, never a real SNOMED/dm+d identifier) and unmapped
-# (concept_id 0). The name is the dm+d-style virtual product description.
-_DMD_NAMES: dict[str, str] = {
-    "metformin": "Metformin 500mg tablets",
-    "empagliflozin": "Empagliflozin 10mg tablets",
-    "dapagliflozin": "Dapagliflozin 10mg tablets",
-    "gliclazide": "Gliclazide 80mg tablets",
-    "atorvastatin": "Atorvastatin 20mg tablets",
-    "simvastatin": "Simvastatin 40mg tablets",
-    "ramipril": "Ramipril 5mg capsules",
-    "lisinopril": "Lisinopril 10mg tablets",
-    "amlodipine": "Amlodipine 5mg tablets",
-    "bisoprolol": "Bisoprolol 5mg tablets",
-    "furosemide": "Furosemide 40mg tablets",
-    "warfarin": "Warfarin 1mg tablets",
-    "apixaban": "Apixaban 5mg tablets",
-    "rivaroxaban": "Rivaroxaban 20mg tablets",
-    "celecoxib": "Celecoxib 200mg capsules",
-    "diclofenac": "Diclofenac sodium 50mg gastro-resistant tablets",
-    "ibuprofen": "Ibuprofen 400mg tablets",
-    "naproxen": "Naproxen 500mg tablets",
-    "omeprazole": "Omeprazole 20mg gastro-resistant capsules",
-    "lansoprazole": "Lansoprazole 30mg gastro-resistant capsules",
-    "salbutamol": "Salbutamol 100micrograms/dose inhaler CFC free",
-    "sertraline": "Sertraline 50mg tablets",
-    "levothyroxine": "Levothyroxine sodium 50microgram tablets",
-    "amoxicillin": "Amoxicillin 500mg capsules",
-}
+# Drug source codes are the RxNorm codes of the prescribed products (what a site whose prescribing
+# system speaks RxNorm records). dm+d codes, which an English GP system records, could not be verified
+# from material we hold, and a made-up dm+d code would not be a realistic source code.
 DRUG_SOURCE_CODES: dict[str, SourceCode] = {
-    key: SourceCode("dm+d", f"MERCIA-{key.upper()}", name, 0) for key, name in _DMD_NAMES.items()
+    key: SourceCode("RxNorm", product.concept_code, product.name, product.concept_id)
+    for key, product in DRUG_PRODUCTS.items()
 }
 
 MEASUREMENTS: dict[str, Concept] = {

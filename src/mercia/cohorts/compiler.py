@@ -982,52 +982,6 @@ def vocab_concept_set_query(tables: TableResolver, cs: m.ConceptSet) -> exp.Sele
     return concept_set_query(tables, ConceptSet(id=cs.id, name=cs.name, items=items))  # type: ignore[arg-type]
 
 
-def _concept_set_select(tables: TableResolver, cs: m.ConceptSet) -> exp.Select:
-    """Circe's concept set expression: included concepts (with descendants and mapped concepts)
-    minus the excluded ones. Ids are validated integers, so they are literals."""
-    inc = [i for i in cs.expression.items if not i.is_excluded]
-    exc = [i for i in cs.expression.items if i.is_excluded]
-
-    def ids(items: list[m.ConceptSetItem]) -> list[int]:
-        return sorted({i.concept.concept_id for i in items})
-
-    def sub(items: list[m.ConceptSetItem]) -> exp.Select | exp.Union:
-        plain = exp.select(col("c", "concept_id"), copy=False).from_(tables.table("concept", "c"), copy=False).where(
-            in_list(col("c", "concept_id"), ids(items)), copy=False)
-        q: exp.Select | exp.Union = plain
-        desc = [i for i in items if i.include_descendants]
-        if desc:
-            d = (exp.select(col("c", "concept_id"), copy=False).from_(tables.table("concept", "c"), copy=False)
-                 .join(tables.table("concept_ancestor", "ca"),
-                       on=eq(col("c", "concept_id"), col("ca", "descendant_concept_id")), copy=False)
-                 .where(and_(exp.Is(this=col("c", "invalid_reason"), expression=exp.null()),
-                             in_list(col("ca", "ancestor_concept_id"), ids(desc))), copy=False))
-            q = exp.union(q, d, distinct=True, copy=False)
-        return q
-
-    def full(items: list[m.ConceptSetItem]) -> exp.Select | exp.Union:
-        q = sub(items)
-        mapped = [i for i in items if i.include_mapped]
-        if mapped:
-            # 'Maps to' is a fixed vocabulary relationship name, not user text.
-            mq = (exp.select(col("cr", "concept_id_1").as_("concept_id"), copy=False).distinct(copy=False)
-                  .from_(sub(mapped).subquery("C"), copy=False)
-                  .join(tables.table("concept_relationship", "cr"), on=and_(
-                      eq(col("C", "concept_id"), col("cr", "concept_id_2")),
-                      eq(col("cr", "relationship_id"), exp.Literal.string("Maps to")),
-                      exp.Is(this=col("cr", "invalid_reason"), expression=exp.null())), copy=False))
-            q = exp.union(q, mq, distinct=True, copy=False)
-        return q
-
-    if not inc:
-        return exp.select(col("c", "concept_id"), copy=False).from_(tables.table("concept", "c"), copy=False).where(exp.false(), copy=False)
-    q = exp.select(col("I", "concept_id"), copy=False).distinct(copy=False).from_(full(inc).subquery("I"), copy=False)
-    if exc:
-        q = q.join(full(exc).subquery("E"), on=eq(col("I", "concept_id"), col("E", "concept_id")), join_type="LEFT", copy=False)
-        q = q.where(exp.Is(this=col("E", "concept_id"), expression=exp.null()), copy=False)
-    return q
-
-
 def compile_cohort(tables: TableResolver, expression: m.CohortExpression,
                    concept_set_query: ConceptSetQuery | None = None) -> CompiledCohort:
     """Compile a cohort expression against a CDM's table names (a Cdm, or any TableResolver)."""

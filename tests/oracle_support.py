@@ -31,18 +31,8 @@ RUN_CIRCE = REPO_ROOT / "tools" / "circe_oracle" / "run_circe.py"
 SETUP_SH = REPO_ROOT / "tools" / "circe_oracle" / "setup.sh"
 
 
-def _shared_data() -> Path:
-    # CI lays shared/ beside the clone; a developer checkout has it at /work/shared.
-    env = os.environ.get("MERCIA_SHARED_DATA")
-    if env:
-        return Path(env)
-    for cand in (REPO_ROOT.parent / "shared" / "data", Path("/work/shared/data")):
-        if cand.is_dir():
-            return cand
-    return Path("/work/shared/data")
+from shared_data import SHARED_DATA  # noqa: E402  (one locator for ../shared/data)
 
-
-SHARED_DATA = _shared_data()
 EUNOMIA_DIR = SHARED_DATA / "eunomia_gibleed"
 COHORTS_DIR = SHARED_DATA / "cohorts"
 

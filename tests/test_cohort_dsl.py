@@ -38,6 +38,7 @@ from mercia.cohorts.generate import cohort_rows, generate_cohorts
 from mercia.cohorts.loader import load_definition
 from mercia.cohorts.model import CohortDefinition
 from mercia.errors import CohortDefinitionError
+from shared_data import COHORTS
 from test_cohort_world import COND, DRUG, correlated, group, load_world, window
 from test_cohort_world import cohort as circe_cohort
 
@@ -45,15 +46,9 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "cohorts"
 
 
-def _shared_cohorts() -> Path:
-    # CI lays shared/ beside the clone; a developer checkout has it at /work/shared.
-    for cand in (REPO.parent / "shared" / "data" / "cohorts", Path("/work/shared/data/cohorts")):
-        if cand.is_dir():
-            return cand
-    return Path("/work/shared/data/cohorts")
 
 
-SHARED = _shared_cohorts()
+SHARED = COHORTS
 NSAID = concepts("NSAIDs", ingredients=["celecoxib", "diclofenac"], descendants=True)
 GI_BLEED = concepts("GI bleed", 192671, descendants=True)
 

@@ -19,6 +19,7 @@ from mercia.cohorts.circe import load_circe_file
 from mercia.cohorts.compiler import bound, compile_cohort
 from mercia.cohorts.generate import cohort_rows, generate_cohorts
 from mercia.cohorts.model import CohortDefinition
+from shared_data import COHORTS
 
 pytestmark = pytest.mark.spark
 
@@ -26,12 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 CG_IDS = (1, 2, 3, 4)
 
 
-def _shared_cohorts() -> Path:
-    # CI lays shared/ beside the clone; a developer checkout has it at /work/shared.
-    for cand in (REPO.parent / "shared" / "data" / "cohorts", Path("/work/shared/data/cohorts")):
-        if cand.is_dir():
-            return cand
-    return Path("/work/shared/data/cohorts")
 
 
 def _require_spark() -> None:
@@ -70,7 +65,7 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def definitions() -> dict[int, CohortDefinition]:
-    cg = _shared_cohorts() / "cohortgenerator"
+    cg = COHORTS / "cohortgenerator"
     if not cg.is_dir():
         pytest.fail(f"OHDSI CohortGenerator definitions not found at {cg}")
     return {i: load_circe_file(cg / f"{i}.json") for i in CG_IDS}

@@ -28,6 +28,17 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+def _information_schema_columns(con: Any, schema: str, table: str, s_marker: str, t_marker: str) -> list[str] | None:
+    """Lower-cased column names of schema.table in order, or None when it does not exist (DuckDB and
+    PostgreSQL share information_schema; only their parameter markers differ)."""
+    rows = con.execute(
+        "SELECT column_name FROM information_schema.columns "
+        f"WHERE table_schema = {s_marker} AND table_name = {t_marker} ORDER BY ordinal_position",
+        {"s": schema, "t": table},
+    ).fetchall()
+    return [r[0].lower() for r in rows] or None
+
+
 class DuckDBEngine:
     dialect = "duckdb"
 
@@ -73,12 +84,7 @@ class DuckDBEngine:
         self.con.rollback()
 
     def table_columns(self, schema: str, table: str) -> list[str] | None:
-        rows = self.con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = $s AND table_name = $t "
-            "ORDER BY ordinal_position",
-            {"s": schema, "t": table},
-        ).fetchall()
-        return [r[0].lower() for r in rows] or None
+        return _information_schema_columns(self.con, schema, table, "$s", "$t")
 
     def close(self) -> None:
         self.con.close()
@@ -132,12 +138,7 @@ class PostgresEngine:
         self.con.execute("ROLLBACK")
 
     def table_columns(self, schema: str, table: str) -> list[str] | None:
-        rows = self.con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = %(s)s AND table_name = %(t)s "
-            "ORDER BY ordinal_position",
-            {"s": schema, "t": table},
-        ).fetchall()
-        return [r[0].lower() for r in rows] or None
+        return _information_schema_columns(self.con, schema, table, "%(s)s", "%(t)s")
 
     def close(self) -> None:
         self.con.close()

@@ -433,5 +433,37 @@ def study_run(
     console.print(f"[bold]released tables:[/] {len(run.tables)}; report: {run.report_path}", highlight=False)
 
 
+# ---- audit -------------------------------------------------------------------------------------
+audit_app = typer.Typer(help="Check the hash-chained audit logs of nodes and the hub.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+@user_errors
+def audit_verify(
+    path: Annotated[Path, typer.Argument(help="The audit log (JSON Lines) to check.")],
+    anchor: Annotated[str | None, typer.Option(
+        "--anchor", help="SEQ:HASH of a head kept elsewhere; detects a cut tail or a rewritten chain.")] = None,
+) -> None:
+    """Check every record's hash and link; exit 0 if intact, 1 listing each problem."""
+    from mercia.federation.audit import verify_log
+
+    anchor_head = None
+    if anchor is not None:
+        seq, _, head_hash = anchor.partition(":")
+        if not seq.isdigit() or len(head_hash) != 64:
+            raise MerciaError(f"--anchor {anchor!r} is not SEQ:HASH (a record number, a colon, 64 hex digits)")
+        anchor_head = {"seq": int(seq), "hash": head_hash.lower()}
+    result = verify_log(path, anchor=anchor_head)
+    if not result.ok:
+        for problem in result.problems:
+            err_console.print(f"[bold red]problem:[/] {problem}", highlight=False, soft_wrap=True)
+        err_console.print(f"{path}: {len(result.problems)} problem(s) in {result.records} records",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"ok: {result.records} records, chain intact; head {result.head['seq']}:{result.head['hash']}",
+                  highlight=False, soft_wrap=True)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

@@ -433,6 +433,95 @@ def study_run(
     console.print(f"[bold]released tables:[/] {len(run.tables)}; report: {run.report_path}", highlight=False)
 
 
+# ---- node ------------------------------------------------------------------------------------
+node_app = typer.Typer(help="Run a node beside a site's CDM; the custodian's approvals.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+NodeConfigOpt = Annotated[Path, typer.Option("--config", help="The node's node.yaml.")]
+
+
+@node_app.command("serve")
+@user_errors
+def node_serve(
+    config: NodeConfigOpt,
+    cdm: Annotated[str | None, typer.Option("--cdm", help="The CDM target (overrides node.yaml's cdm).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8700,
+) -> None:
+    """Serve the node's API (HTTPS when node.yaml has tls: cert and key)."""
+    from mercia.federation.node import load_node_config
+    from mercia.federation.node.app import create_app
+    from mercia.federation.serving import serve
+
+    cfg = load_node_config(config, cdm=cdm)
+    app_ = create_app(cfg)
+    scheme = "https" if cfg.tls else "http"
+    err_console.print(f"node {cfg.site} on {scheme}://{host}:{port} (CDM {cfg.cdm})", highlight=False)
+    serve(app_, host=host, port=port, cert=cfg.tls.cert if cfg.tls else None, key=cfg.tls.key if cfg.tls else None)
+
+
+@node_app.command("list")
+@user_errors
+def node_list(
+    config: NodeConfigOpt,
+    status: Annotated[str | None, typer.Option(help="Only studies with this status.")] = None,
+) -> None:
+    """The node's studies and their status."""
+    from mercia.federation.node import load_node_config
+    from mercia.federation.node.local import list_studies
+
+    t = Table("hash", "study", "project", "requested by", "status", "updated")
+    for r in list_studies(load_node_config(config), status):
+        t.add_row(r.hash[:16], r.name, r.project, r.requested_by, r.status, r.updated_at)
+    console.print(t)
+
+
+@node_app.command("approve")
+@user_errors
+def node_approve(
+    content_hash: Annotated[str, typer.Argument(metavar="HASH", help="The package's hash (or a unique prefix).")],
+    config: NodeConfigOpt,
+    reason: Annotated[str | None, typer.Option(help="A note kept in the audit log.")] = None,
+) -> None:
+    """Approve exactly this package hash: the node then runs it."""
+    from mercia.federation.node import load_node_config
+    from mercia.federation.node.local import decide
+
+    rec = decide(load_node_config(config), content_hash, approve=True, reason=reason)
+    console.print(f"approved {rec.hash} ({rec.name})", highlight=False)
+
+
+@node_app.command("reject")
+@user_errors
+def node_reject(
+    content_hash: Annotated[str, typer.Argument(metavar="HASH", help="The package's hash (or a unique prefix).")],
+    config: NodeConfigOpt,
+    reason: Annotated[str | None, typer.Option(help="Why; the hub shows it to the researcher.")] = None,
+) -> None:
+    """Reject this package hash: it never runs."""
+    from mercia.federation.node import load_node_config
+    from mercia.federation.node.local import decide
+
+    rec = decide(load_node_config(config), content_hash, approve=False, reason=reason)
+    console.print(f"rejected {rec.hash} ({rec.name})", highlight=False)
+
+
+@node_app.command("token")
+@user_errors
+def node_token(
+    name: Annotated[str, typer.Argument(help="Who the token is for (the hub, a custodian, a researcher).")],
+    config: NodeConfigOpt,
+    role: Annotated[str, typer.Option(help="hub, custodian, researcher or admin.")] = "hub",
+    project: Annotated[list[str] | None, typer.Option("--project", help="Projects (repeat); * for all.")] = None,
+) -> None:
+    """Issue (or rotate) a token in the node's token file; printed once, stored only as a hash."""
+    from mercia.federation.auth import TokenStore
+    from mercia.federation.node import load_node_config
+
+    cfg = load_node_config(config)
+    token = TokenStore(cfg.tokens).issue(name, role, project or ["*"])
+    sys.stdout.write(token + "\n")
+
+
 # ---- audit -------------------------------------------------------------------------------------
 audit_app = typer.Typer(help="Check the hash-chained audit logs of nodes and the hub.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")

@@ -1,0 +1,363 @@
+"""The node's HTTP API (FastAPI): studies in, released results out, nothing row-level at all.
+
+Every route but /health needs a bearer token (see mercia.federation.auth). What each role may do:
+
+    hub         submit studies, read their status and released results, ask regression rounds,
+                ask feasibility counts (if `feasibility_roles` lists it)
+    custodian   list studies, approve or reject one by its content hash
+    researcher  feasibility counts only, in their projects, if the site allows it
+    admin       list studies and read their status
+
+No route returns a package's rows or anything built from rows but released tables: results are read
+from the study's results folder, which `run_study` fills only with tables that passed `release()`.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures' Annotated types.
+
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from mercia.errors import MerciaError
+from mercia.federation.audit import AuditLog
+from mercia.federation.auth import (
+    CountQueryGuard,
+    Principal,
+    TokenStore,
+    authenticator,
+    require_project,
+    verify_package_signature,
+)
+from mercia.federation.auth import query_key as count_query_key
+from mercia.federation.node.cdm_access import CdmAccess
+from mercia.federation.node.config import NodeConfig
+from mercia.federation.node.feasibility import feasibility_count, parse_definition
+from mercia.federation.node.rounds import load_design, released_round
+from mercia.federation.node.state import NodeStore, StudyRecord
+from mercia.federation.node.worker import StudyWorker, designs_dir, results_dir
+from mercia.study.package import StudyPackage
+
+logger = logging.getLogger("mercia.node")
+
+API = "/api/v1"
+HASH_PATTERN = r"^[0-9a-f]{64}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
+HashParam = Annotated[str, PathParam(pattern=HASH_PATTERN, description="the package's content hash (sha256)")]
+
+
+# ---- request and response models ----------------------------------------------------------------
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubmitStudy(_In):
+    package: dict[str, Any] = Field(description="the package's canonical form (StudyPackage.canonical())")
+    hash: str = Field(pattern=HASH_PATTERN, description="sha256 of the canonical JSON; the node recomputes it")
+    signature: str = Field(min_length=1, max_length=200, description="the hub's Ed25519 signature of `hash`, base64")
+    project: str = Field(pattern=NAME_PATTERN)
+    requested_by: str = Field(pattern=NAME_PATTERN, description="the researcher who submitted it at the hub")
+
+
+class Decision(_In):
+    reason: str | None = Field(None, max_length=2000)
+
+
+StatusValue = Literal["pending_approval", "approved", "running", "finished", "failed", "rejected"]
+
+
+class StudyStatus(BaseModel):
+    hash: str
+    name: str
+    project: str
+    requested_by: str
+    status: StatusValue
+    submitted_at: str
+    updated_at: str
+    decided_by: str | None
+    reason: str | None
+    error: str | None
+    runs: int
+    released_at: str | None
+
+
+class StudyList(BaseModel):
+    site: str
+    studies: list[StudyStatus]
+
+
+class StudyResults(BaseModel):
+    hash: str
+    site: str
+    tables: list[dict[str, Any]] = Field(description="ReleasedTable.to_dict() of every released table")
+    disclosure: dict[str, Any] = Field(description="the public disclosure log of the run (summary, entries)")
+    manifest: dict[str, Any]
+
+
+class FeasibilityQuery(_In):
+    definition: dict[str, Any] = Field(description="a cohort definition (cohort language or Mercia's model form)")
+    project: str = Field(pattern=NAME_PATTERN)
+
+
+class FeasibilityAnswer(BaseModel):
+    site: str
+    definition_hash: str
+    persons: int | None = Field(description="released persons count; null where suppressed")
+    entries: int | None
+    attrition: dict[str, Any]
+    disclosure: dict[str, Any]
+
+
+class RoundQuery(_In):
+    analysis: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=100)
+    model: Literal["cox", "logistic", "poisson"]
+    beta: list[float] = Field(min_length=1, max_length=200)
+
+
+class RoundAnswer(BaseModel):
+    site: str
+    model: str
+    terms: list[str]
+    beta: list[float]
+    score: list[float]
+    information: list[list[float]]
+    loglik: float
+    n: int
+    n_events: int
+    n_nonevents: int | None
+    policy: dict[str, Any]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem} for code in (400, 401, 403, 404, 409, 422, 429)
+}
+
+
+# ---- the app ----------------------------------------------------------------------------------------
+class NodeServices:
+    """What the routes share: the queue, the audit log, the CDM, the worker and the count guard."""
+
+    def __init__(self, config: NodeConfig, *, start_worker: bool = True) -> None:
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = NodeStore(config.state_dir / "node.sqlite")
+        self.audit = AuditLog(config.state_dir / "audit.jsonl")
+        self.tokens = TokenStore(config.tokens)
+        self.hub_key = config.hub_key_pem()
+        self.cdm = CdmAccess(config)
+        limits = config.count_limits
+        self.guard = CountQueryGuard(max_queries=limits.per_window, window_seconds=limits.window_seconds,
+                                     max_repeats=limits.near_identical)
+        self.worker = StudyWorker(config, self.store, self.cdm, self.audit)
+        self._start_worker = start_worker
+        # Regression rounds load a study's rows from disk once, then keep them while rounds go on.
+        self._designs: dict[tuple[str, str], Any] = {}
+        self._designs_lock = threading.Lock()
+
+    def start(self) -> None:
+        self.cdm.writer()  # open the CDM now: a wrong target fails at start, not at the first study
+        if self._start_worker:
+            self.worker.start()
+        self.audit.append("node.started", "node", site=self.config.site)
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.audit.append("node.stopped", "node", site=self.config.site)
+
+    def design(self, content_hash: str, analysis: str) -> Any:
+        key = (content_hash, analysis)
+        with self._designs_lock:
+            if key not in self._designs:
+                pkg = StudyPackage.from_canonical(self.store.package(content_hash))
+                self._designs[key] = load_design(pkg, designs_dir(self.config.state_dir, content_hash), analysis)
+            return self._designs[key]
+
+
+def _status(rec: StudyRecord) -> StudyStatus:
+    return StudyStatus(**rec.public())
+
+
+def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
+    services = NodeServices(config, start_worker=start_worker)
+    auth = authenticator(services.tokens)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.start()
+        try:
+            yield
+        finally:
+            services.stop()
+
+    app = FastAPI(title=f"Mercia node ({config.site})", version="1", lifespan=lifespan,
+                  description="A Mercia node beside one site's OMOP CDM. Only released aggregates leave it.")
+    app.state.services = services
+    app.state.authenticator = auth
+
+    @app.exception_handler(MerciaError)
+    async def _user_error(request: Request, e: MerciaError) -> JSONResponse:
+        code = getattr(e, "status_code", status.HTTP_400_BAD_REQUEST)
+        headers = e.headers() if hasattr(e, "headers") and callable(e.headers) else None
+        return JSONResponse({"detail": str(e)}, status_code=code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        # The message names the field and the problem, never echoes the input (it could be anything).
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
+        return JSONResponse({"detail": f"invalid request: {problems}"}, status_code=422)
+
+    @app.middleware("http")
+    async def _audit_requests(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        if request.url.path != "/health":
+            services.audit.append("request", "http", method=request.method, path=request.url.path[:200],
+                                  status=response.status_code,
+                                  client=request.client.host if request.client else None)
+        return response
+
+    def role(*roles: str) -> Any:
+        return Depends(auth.require_role(*roles))
+
+    @app.get("/health", response_model=Health, tags=["service"])
+    def health() -> Health:
+        """Liveness only: says nothing about the site, its studies or its data."""
+        return Health(status="ok")
+
+    @app.post(f"{API}/studies", status_code=202, response_model=StudyStatus, responses=ERRORS, tags=["studies"])
+    def submit_study(body: SubmitStudy, principal: Annotated[Principal, role("hub")]) -> StudyStatus:
+        """Queue a signed package for the custodian's approval (idempotent on its hash)."""
+        require_project(principal, body.project)
+        existing = services.store.get(body.hash)
+        if existing is not None:
+            return _status(existing)
+        pkg = StudyPackage.from_canonical(body.package)
+        if pkg.content_hash != body.hash:
+            services.audit.append("study.refused", principal.name, hash=body.hash, reason="hash mismatch")
+            raise HTTPException(400, detail=(
+                "the package does not match its hash (it was changed after hashing, or the hash is wrong); "
+                "submit the package exactly as the hub hashed and signed it"))
+        if not verify_package_signature(services.hub_key, body.hash, body.signature):
+            services.audit.append("study.refused", principal.name, hash=body.hash, reason="bad signature")
+            raise HTTPException(403, detail="the package's signature does not verify with the key of the hub "
+                                            "this node trusts; only packages signed by that hub run here")
+        pkg.effective_policy(config.site_policy)  # a package asking for less than the site minimum: 400
+        auto = body.hash in config.auto_approve.studies
+        rec, created = services.store.submit(
+            body.hash, name=pkg.name, project=body.project, requested_by=body.requested_by,
+            package=pkg.canonical(), signature=body.signature, approved=auto)
+        if created:
+            services.audit.append("study.received", principal.name, hash=body.hash, project=body.project,
+                                  requested_by=body.requested_by, name=pkg.name)
+            if auto:
+                services.audit.append("study.approved", "auto-approve", hash=body.hash)
+                services.worker.wake()
+        return _status(rec)
+
+    @app.get(f"{API}/studies", response_model=StudyList, responses=ERRORS, tags=["studies"])
+    def list_studies(principal: Annotated[Principal, role("custodian", "hub", "admin")],
+                     status_filter: Annotated[StatusValue | None, Query(alias="status")] = None) -> StudyList:
+        """Every study at this node (status records only)."""
+        return StudyList(site=config.site, studies=[_status(r) for r in services.store.list(status_filter)])
+
+    @app.get(f"{API}/studies/{{content_hash}}", response_model=StudyStatus, responses=ERRORS, tags=["studies"])
+    def study_status(content_hash: HashParam,
+                     principal: Annotated[Principal, role("custodian", "hub", "admin")]) -> StudyStatus:
+        return _status(services.store.require(content_hash))
+
+    def decide(content_hash: str, principal: Principal, approve: bool, reason: str | None) -> StudyStatus:
+        rec = services.store.decide(content_hash, approve=approve, actor=principal.name, reason=reason)
+        services.audit.append("study.approved" if approve else "study.rejected", principal.name,
+                              hash=content_hash, reason=reason)
+        if approve:
+            services.worker.wake()
+        return _status(rec)
+
+    @app.post(f"{API}/studies/{{content_hash}}/approve", response_model=StudyStatus, responses=ERRORS,
+              tags=["studies"])
+    def approve_study(content_hash: HashParam, principal: Annotated[Principal, role("custodian")],
+                      body: Decision | None = None) -> StudyStatus:
+        """The custodian approves exactly this hash: the package then runs."""
+        return decide(content_hash, principal, True, body.reason if body else None)
+
+    @app.post(f"{API}/studies/{{content_hash}}/reject", response_model=StudyStatus, responses=ERRORS,
+              tags=["studies"])
+    def reject_study(content_hash: HashParam, principal: Annotated[Principal, role("custodian")],
+                     body: Decision | None = None) -> StudyStatus:
+        return decide(content_hash, principal, False, body.reason if body else None)
+
+    @app.get(f"{API}/studies/{{content_hash}}/results", response_model=StudyResults, responses=ERRORS,
+             tags=["studies"])
+    def study_results(content_hash: HashParam, principal: Annotated[Principal, role("hub")]) -> StudyResults:
+        """The released tables, the public disclosure log and the manifest; 409 until finished."""
+        rec = services.store.require(content_hash)
+        require_project(principal, rec.project)
+        if rec.status != "finished":
+            raise HTTPException(409, detail=f"study {content_hash[:12]} is {rec.status}; results come when it "
+                                            "is finished")
+        out = results_dir(config.state_dir, content_hash)
+        tables = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
+        disclosure = json.loads((out / "disclosure.json").read_text())
+        manifest = json.loads((out / "manifest.json").read_text())
+        services.audit.append("results.sent", principal.name, hash=content_hash, tables=len(tables))
+        return StudyResults(hash=content_hash, site=config.site, tables=tables,
+                            disclosure=disclosure,
+                            manifest=manifest)
+
+    @app.post(f"{API}/studies/{{content_hash}}/rounds", response_model=RoundAnswer, responses=ERRORS,
+              tags=["regression"])
+    def regression_round(content_hash: HashParam, body: RoundQuery,
+                         principal: Annotated[Principal, role("hub")]) -> RoundAnswer:
+        """This site's score and information at the hub's coefficients (federated GLM and Cox)."""
+        rec = services.store.require(content_hash)
+        require_project(principal, rec.project)
+        if not config.federated_rounds:
+            raise HTTPException(403, detail="this site does not answer regression rounds (federated_rounds: false)")
+        if rec.status != "finished":
+            raise HTTPException(409, detail=f"study {content_hash[:12]} is {rec.status}; regression rounds run on "
+                                            "a finished study's rows")
+        design = services.design(content_hash, body.analysis)
+        pkg_policy = StudyPackage.from_canonical(services.store.package(content_hash)).effective_policy(
+            config.site_policy)
+        answer = released_round(design, body.model, body.beta, pkg_policy, site=config.site, min_count=max(
+            10, pkg_policy.suppress_up_to + 1))
+        services.audit.append("round.released", principal.name, hash=content_hash, analysis=body.analysis,
+                              model=body.model)
+        return RoundAnswer(**answer)
+
+    @app.post(f"{API}/feasibility", response_model=FeasibilityAnswer, responses=ERRORS, tags=["feasibility"])
+    def feasibility(body: FeasibilityQuery, principal: Annotated[Principal, role("hub", "researcher")]
+                    ) -> FeasibilityAnswer:
+        """The released persons count and attrition of a cohort definition (auto-approved counts only)."""
+        if principal.role not in config.feasibility_roles:
+            raise HTTPException(403, detail=f"this site answers feasibility counts for "
+                                            f"{', '.join(config.feasibility_roles)} only")
+        require_project(principal, body.project)
+        if not config.auto_approve.feasibility:
+            raise HTTPException(403, detail="this site's custodian has not allowed automatic feasibility counts "
+                                            "(auto_approve.feasibility in node.yaml)")
+        definition = parse_definition(body.definition)
+        services.guard.check(principal, count_query_key(body.definition))
+        with services.cdm.reader() as cdm:
+            answer = feasibility_count(cdm, definition, config.site_policy, site=config.site)
+        services.audit.append("feasibility.released", principal.name, project=body.project,
+                              definition_hash=answer["definition_hash"], persons=answer["persons"])
+        return FeasibilityAnswer(**answer)
+
+    return app
+

@@ -1,0 +1,110 @@
+"""The node's configuration file (node.yaml): which CDM, where its state lives, the site's rules.
+
+    site: leeds
+    cdm: /data/leeds.duckdb            # or postgresql://...
+    state_dir: state                   # relative paths are relative to this file
+    policy: sacro                      # the site's minimum disclosure policy (or explicit settings)
+    hub_public_key: hub.pub.pem        # only packages signed by this hub are accepted
+    tokens: tokens.json                # hashed bearer tokens of the hub and the custodians
+    auto_approve:
+      feasibility: true                # answer count queries without asking the custodian
+      studies: []                      # content hashes approved in advance
+    feasibility_roles: [hub]           # who may ask for counts (hub, researcher)
+    count_limits: {per_window: 60, window_seconds: 60, near_identical: 5}
+    tls: {cert: node.crt, key: node.key}
+    federated_rounds: true             # approving a package with a Cox analysis allows score rounds on it
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mercia.disclosure import BUILTIN_POLICIES, DisclosurePolicy
+from mercia.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AutoApprove(_Strict):
+    feasibility: bool = Field(False, description="answer feasibility counts without the custodian")
+    studies: list[str] = Field(default_factory=list, description="package content hashes approved in advance")
+
+
+class CountLimits(_Strict):
+    per_window: int = Field(60, ge=1, description="count queries one principal may ask per window")
+    window_seconds: float = Field(60.0, gt=0)
+    near_identical: int = Field(5, ge=1, description="repeats of one query before the principal is locked out")
+
+
+class Tls(_Strict):
+    cert: Path
+    key: Path
+
+
+class NodeConfig(_Strict):
+    site: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    cdm: str = Field(min_length=1, description="a .duckdb path or a postgresql:// URL")
+    cdm_schema: str | None = None
+    vocab_schema: str | None = None
+    results_schema: str | None = None
+    state_dir: Path
+    policy: Literal["opensafely", "sacro"] | DisclosurePolicy = "opensafely"
+    hub_public_key: Path
+    tokens: Path
+    auto_approve: AutoApprove = AutoApprove()
+    feasibility_roles: list[Literal["hub", "researcher"]] = Field(default_factory=lambda: ["hub"])
+    count_limits: CountLimits = CountLimits()
+    tls: Tls | None = None
+    federated_rounds: bool = True
+
+    @property
+    def site_policy(self) -> DisclosurePolicy:
+        return BUILTIN_POLICIES[self.policy] if isinstance(self.policy, str) else self.policy
+
+    def hub_key_pem(self) -> str:
+        try:
+            return self.hub_public_key.read_text()
+        except OSError as e:
+            raise ConfigError(
+                f"cannot read the hub's public key {str(self.hub_public_key)!r} ({e.strerror}); copy the "
+                "hub's public key (mercia hub init prints where it is) and set hub_public_key in node.yaml"
+            ) from None
+
+
+def _resolve(base: Path, value: Any) -> Any:
+    return str((base / value).resolve()) if value is not None and not Path(str(value)).is_absolute() else value
+
+
+def load_node_config(path: str | Path, *, cdm: str | None = None) -> NodeConfig:
+    """Read node.yaml; paths in it are relative to its folder. `cdm` overrides the file's target."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read node config {str(p)!r}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"node config {str(p)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"node config {str(p)!r}: expected a mapping (site:, cdm:, state_dir:, ...)")
+    if cdm is not None:
+        data["cdm"] = cdm
+    base = p.resolve().parent
+    for key in ("state_dir", "hub_public_key", "tokens"):
+        if key in data:
+            data[key] = _resolve(base, data[key])
+    if isinstance(data.get("tls"), dict):
+        data["tls"] = {k: _resolve(base, v) for k, v in data["tls"].items()}
+    target = data.get("cdm")
+    if isinstance(target, str) and "://" not in target and target != ":memory:":
+        data["cdm"] = _resolve(base, target)
+    try:
+        return NodeConfig.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in e.errors()[:6])
+        raise ConfigError(f"node config {str(p)!r}: {problems}") from None

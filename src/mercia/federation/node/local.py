@@ -1,0 +1,53 @@
+"""The custodian's commands on the node's own machine (no HTTP): list, approve, reject.
+
+They change the node's SQLite queue directly (a running node's worker sees an approval within its
+poll interval) and write the same audit records as the API does.
+"""
+
+from __future__ import annotations
+
+import getpass
+
+from mercia.federation.audit import AuditLog
+from mercia.federation.node.config import NodeConfig
+from mercia.federation.node.state import NodeStore, StudyRecord
+
+
+def _actor() -> str:
+    try:
+        return f"custodian:{getpass.getuser()}"
+    except Exception:  # no user name in this environment (containers)
+        return "custodian:local"
+
+
+def _open(config: NodeConfig) -> tuple[NodeStore, AuditLog]:
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    return NodeStore(config.state_dir / "node.sqlite"), AuditLog(config.state_dir / "audit.jsonl")
+
+
+def list_studies(config: NodeConfig, status: str | None = None) -> list[StudyRecord]:
+    store, _ = _open(config)
+    return store.list(status)
+
+
+def resolve_hash(store: NodeStore, prefix: str) -> str:
+    """A full hash from a unique prefix (custodians read short hashes)."""
+    from mercia.federation.node.state import UnknownStudyError
+
+    matches = [r.hash for r in store.list() if r.hash.startswith(prefix.lower())] if prefix else []
+    if len(matches) != 1:
+        raise UnknownStudyError(
+            f"{'no' if not matches else len(matches)} studies match {prefix!r}; give more of the hash "
+            "(mercia node list shows them)"
+        )
+    return matches[0]
+
+
+def decide(config: NodeConfig, hash_prefix: str, *, approve: bool, reason: str | None = None) -> StudyRecord:
+    store, audit = _open(config)
+    content_hash = resolve_hash(store, hash_prefix)
+    actor = _actor()
+    rec = store.decide(content_hash, approve=approve, actor=actor, reason=reason)
+    audit.append("study.approved" if approve else "study.rejected", actor, hash=content_hash, reason=reason,
+                 via="cli")
+    return rec

@@ -1,0 +1,233 @@
+"""The node's study queue and release records: SQLite (WAL) in the node's state folder.
+
+One row per study, keyed by the package's content hash, so a resubmitted package is the same study
+and can never run twice. A release is recorded once per hash, in the same transaction that marks the
+study finished. The API, the worker and `mercia node approve` (another process) share the file: WAL
+lets them read while one writes, and every change is a single short transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mercia.errors import MerciaError
+
+STATUSES = ("pending_approval", "approved", "running", "finished", "failed", "rejected")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    hash TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    project TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    package TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    status TEXT NOT NULL,
+    submitted_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    decided_by TEXT,
+    reason TEXT,
+    error TEXT,
+    runs INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS releases (
+    hash TEXT PRIMARY KEY REFERENCES studies(hash),
+    released_at TEXT NOT NULL,
+    tables INTEGER NOT NULL
+);
+"""
+
+
+class StudyStateError(MerciaError):
+    """A study is not in a state that allows the request (e.g. approving a finished study)."""
+
+    status_code = 409
+
+
+class UnknownStudyError(MerciaError):
+    status_code = 404
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    hash: str
+    name: str
+    project: str
+    requested_by: str
+    status: str
+    submitted_at: str
+    updated_at: str
+    decided_by: str | None
+    reason: str | None
+    error: str | None
+    runs: int
+    released_at: str | None
+
+    def public(self) -> dict[str, Any]:
+        """The status record the API returns: no package, no data."""
+        return {
+            "hash": self.hash,
+            "name": self.name,
+            "project": self.project,
+            "requested_by": self.requested_by,
+            "status": self.status,
+            "submitted_at": self.submitted_at,
+            "updated_at": self.updated_at,
+            "decided_by": self.decided_by,
+            "reason": self.reason,
+            "error": self.error,
+            "runs": self.runs,
+            "released_at": self.released_at,
+        }
+
+
+class NodeStore:
+    """The queue. Thread-safe (one connection per thread); safe across processes (SQLite locking)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._tx() as con:
+            con.executescript(_SCHEMA)
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=FULL")
+            con.row_factory = sqlite3.Row
+            self._local.con = con
+        return con
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    # ---- reading ---------------------------------------------------------------------------------
+    _SELECT = (
+        "SELECT s.*, r.released_at FROM studies s LEFT JOIN releases r ON r.hash = s.hash"
+    )
+
+    @staticmethod
+    def _record(row: sqlite3.Row) -> StudyRecord:
+        return StudyRecord(
+            hash=row["hash"], name=row["name"], project=row["project"], requested_by=row["requested_by"],
+            status=row["status"], submitted_at=row["submitted_at"], updated_at=row["updated_at"],
+            decided_by=row["decided_by"], reason=row["reason"], error=row["error"], runs=row["runs"],
+            released_at=row["released_at"],
+        )
+
+    def get(self, content_hash: str) -> StudyRecord | None:
+        row = self._con().execute(self._SELECT + " WHERE s.hash = ?", (content_hash,)).fetchone()
+        return self._record(row) if row else None
+
+    def require(self, content_hash: str) -> StudyRecord:
+        rec = self.get(content_hash)
+        if rec is None:
+            raise UnknownStudyError(f"no study with hash {content_hash!r} at this node; list them with GET studies")
+        return rec
+
+    def list(self, status: str | None = None) -> list[StudyRecord]:
+        if status is not None and status not in STATUSES:
+            raise MerciaError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+        q = self._SELECT + (" WHERE s.status = ?" if status else "") + " ORDER BY s.submitted_at, s.hash"
+        return [self._record(r) for r in self._con().execute(q, (status,) if status else ())]
+
+    def package(self, content_hash: str) -> dict[str, Any]:
+        row = self._con().execute("SELECT package FROM studies WHERE hash = ?", (content_hash,)).fetchone()
+        if row is None:
+            raise UnknownStudyError(f"no study with hash {content_hash!r} at this node")
+        return json.loads(row["package"])
+
+    # ---- changing --------------------------------------------------------------------------------
+    def submit(self, content_hash: str, *, name: str, project: str, requested_by: str,
+               package: dict[str, Any], signature: str, approved: bool) -> tuple[StudyRecord, bool]:
+        """Queue a study; (record, created). A hash already here is returned as it is (idempotent)."""
+        now = _now()
+        with self._tx() as con:
+            cur = con.execute(
+                "INSERT OR IGNORE INTO studies (hash, name, project, requested_by, package, signature, status, "
+                "submitted_at, updated_at, decided_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (content_hash, name, project, requested_by, json.dumps(package, sort_keys=True), signature,
+                 "approved" if approved else "pending_approval", now, now, "auto-approve" if approved else None),
+            )
+            created = cur.rowcount == 1
+        return self.require(content_hash), created
+
+    def decide(self, content_hash: str, *, approve: bool, actor: str, reason: str | None = None) -> StudyRecord:
+        """The custodian's decision on a pending study."""
+        with self._tx() as con:
+            row = con.execute("SELECT status FROM studies WHERE hash = ?", (content_hash,)).fetchone()
+            if row is None:
+                raise UnknownStudyError(f"no study with hash {content_hash!r} at this node")
+            if row["status"] != "pending_approval":
+                raise StudyStateError(
+                    f"study {content_hash[:12]} is {row['status']}, not pending_approval; only a pending "
+                    "study can be approved or rejected"
+                )
+            con.execute(
+                "UPDATE studies SET status = ?, decided_by = ?, reason = ?, updated_at = ? WHERE hash = ?",
+                ("approved" if approve else "rejected", actor, reason, _now(), content_hash),
+            )
+        return self.require(content_hash)
+
+    def claim_next(self) -> StudyRecord | None:
+        """The oldest approved study, now marked running (one claimant wins)."""
+        with self._tx() as con:
+            row = con.execute(
+                "SELECT hash FROM studies WHERE status = 'approved' ORDER BY updated_at, hash LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            con.execute(
+                "UPDATE studies SET status = 'running', runs = runs + 1, error = NULL, updated_at = ? "
+                "WHERE hash = ?",
+                (_now(), row["hash"]),
+            )
+        return self.require(row["hash"])
+
+    def finish(self, content_hash: str, *, tables: int) -> bool:
+        """Mark finished and record the release; False if it was already released (never twice)."""
+        now = _now()
+        with self._tx() as con:
+            cur = con.execute(
+                "INSERT OR IGNORE INTO releases (hash, released_at, tables) VALUES (?, ?, ?)",
+                (content_hash, now, tables),
+            )
+            con.execute("UPDATE studies SET status = 'finished', updated_at = ? WHERE hash = ?",
+                        (now, content_hash))
+            return cur.rowcount == 1
+
+    def fail(self, content_hash: str, error: str) -> None:
+        with self._tx() as con:
+            con.execute("UPDATE studies SET status = 'failed', error = ?, updated_at = ? WHERE hash = ?",
+                        (error, _now(), content_hash))
+
+    def requeue_interrupted(self) -> list[str]:
+        """Studies left 'running' by a stopped node go back to 'approved' (they re-run from scratch)."""
+        with self._tx() as con:
+            hashes = [r["hash"] for r in con.execute("SELECT hash FROM studies WHERE status = 'running'")]
+            con.execute("UPDATE studies SET status = 'approved', updated_at = ? WHERE status = 'running'",
+                        (_now(),))
+        return hashes

@@ -1,0 +1,130 @@
+"""The node's study worker: runs approved studies one at a time, beside the API.
+
+A thread in the node process: DuckDB lets one process hold the file writable, and the API's readers
+use connections to the same database, so counts still answer while a study runs. A study found
+'running' when the node starts was interrupted (the node stopped mid-run): it goes back to the queue
+and re-runs from scratch into a fresh staging folder. Nothing of it had left the node (results are
+served only once a study is finished), and the release is recorded once per hash, so a restart never
+releases twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, Protocol
+
+from mercia.errors import MerciaError
+from mercia.federation.node.cdm_access import CdmAccess
+from mercia.federation.node.config import NodeConfig
+from mercia.federation.node.rounds import has_designs, save_design
+from mercia.federation.node.state import NodeStore
+from mercia.study.package import StudyPackage
+
+logger = logging.getLogger("mercia.node")
+
+
+class Audit(Protocol):
+    def append(self, event: str, actor: str, **details: Any) -> dict[str, Any]: ...
+
+
+def results_dir(state_dir: Path, content_hash: str) -> Path:
+    return state_dir / "results" / content_hash
+
+
+def designs_dir(state_dir: Path, content_hash: str) -> Path:
+    return state_dir / "designs" / content_hash
+
+
+class StudyWorker:
+    """Claims approved studies from the store and runs them; `wake()` after an approval."""
+
+    def __init__(self, config: NodeConfig, store: NodeStore, cdm: CdmAccess, audit: Audit,
+                 *, poll_seconds: float = 0.5) -> None:
+        self.config = config
+        self.store = store
+        self.cdm = cdm
+        self.audit = audit
+        self.poll_seconds = poll_seconds
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        for h in self.store.requeue_interrupted():
+            self.audit.append("study_requeued", "node", hash=h, reason="the node stopped while it ran")
+        self._thread = threading.Thread(target=self._loop, name="mercia-node-worker", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ran = self.run_next()
+            except Exception:  # the worker must outlive one bad study; run_next records failures
+                logger.exception("node worker: unexpected error")
+                ran = False
+            if not ran:
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()
+
+    def run_next(self) -> bool:
+        """Run the oldest approved study, if any; True if one ran."""
+        rec = self.store.claim_next()
+        if rec is None:
+            return False
+        h = rec.hash
+        self.audit.append("run_started", "node", hash=h, run=rec.runs)
+        try:
+            tables = self._run(h)
+        except MerciaError as e:
+            self.store.fail(h, str(e))
+            self.audit.append("run_failed", "node", hash=h, error=str(e))
+            return True
+        except Exception as e:
+            # Not the user's fault: keep the trace in the server log, send only the error's type out
+            # (a message from deep inside a driver might quote data).
+            logger.error("study %s failed:\n%s", h, traceback.format_exc())
+            self.store.fail(h, f"internal error ({type(e).__name__}); see the node's log")
+            self.audit.append("run_failed", "node", hash=h, error=type(e).__name__)
+            return True
+        if self.store.finish(h, tables=tables):
+            self.audit.append("released", "node", hash=h, tables=tables)
+        self.audit.append("run_finished", "node", hash=h, tables=tables)
+        return True
+
+    def _run(self, content_hash: str) -> int:
+        from mercia.study import run_study
+
+        pkg = StudyPackage.from_canonical(self.store.package(content_hash))
+        if pkg.content_hash != content_hash:  # the store is the node's own, but check what runs
+            raise MerciaError("the stored package no longer matches its hash; resubmit it")
+        state = self.config.state_dir
+        out = results_dir(state, content_hash)
+        designs = designs_dir(state, content_hash)
+        complete = (out / "manifest.json").is_file() and (
+            not self.config.federated_rounds or has_designs(pkg, designs))
+        if not complete:
+            # An interrupted run: start again from nothing (results are written atomically, so a
+            # folder here is whole, but the regression rows may be missing).
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(designs, ignore_errors=True)
+            for partial in out.parent.glob(f".{content_hash}.partial-*"):
+                shutil.rmtree(partial, ignore_errors=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            cdm = self.cdm.writer()
+            run_study(pkg, cdm, out, site_policy=self.config.site_policy, site=self.config.site)
+            if self.config.federated_rounds:
+                save_design(cdm, pkg, designs)
+        return len(list((out / "results").glob("*.json")))

@@ -100,8 +100,7 @@ class NodeStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._tx() as con:
-            con.executescript(_SCHEMA)
+        self._con().executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)

@@ -20,7 +20,14 @@ at most `max_queries` per `window_seconds`, and a principal who repeats a near-i
 within `repeat_window_seconds` is locked out of count queries for `lockout_seconds` (or until an admin
 calls `unlock`). Repeats are what averaging attacks on noisy or rounded counts need.
 
-FastAPI is imported here (not in `mercia.federation`): only the services need this module.
+FastAPI is imported here (not in `mercia.federation`): only the services need this module. Use:
+
+    auth = authenticator(TokenStore(path)); app.state.authenticator = auth
+    def approve(p: Annotated[Principal, Depends(auth.require_role("custodian"))]): ...
+    def submit(p: Annotated[Principal, Depends(require_role("hub"))]): ...   # via app.state.authenticator
+
+(a module that builds endpoints in a closure over a local `auth` must not use `from __future__ import
+annotations`: FastAPI could not resolve the dependency from the string annotation).
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real Annotated dependencies of the

@@ -522,6 +522,162 @@ def node_token(
     sys.stdout.write(token + "\n")
 
 
+# ---- hub -------------------------------------------------------------------------------------
+hub_app = typer.Typer(help="Run the hub; register nodes, projects and users.", no_args_is_help=True)
+app.add_typer(hub_app, name="hub")
+HubConfigOpt = Annotated[Path, typer.Option("--config", help="The hub's hub.yaml.")]
+
+
+@hub_app.command("init")
+@user_errors
+def hub_init(folder: Annotated[Path, typer.Argument(help="A new folder for the hub.")]) -> None:
+    """Create a hub: hub.yaml, its Ed25519 signing key, and an admin token (printed once)."""
+    from mercia.federation.hub import init_hub
+
+    config, _public, token = init_hub(folder)
+    console.print(f"hub config: {config}\npublic key for the nodes (hub_public_key): {folder / 'hub_public.pem'}",
+                  highlight=False)
+    console.print(f"admin token (shown once): {token}", highlight=False)
+
+
+@hub_app.command("serve")
+@user_errors
+def hub_serve(
+    config: HubConfigOpt,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8600,
+) -> None:
+    """Serve the hub's API (HTTPS when hub.yaml has tls: cert and key)."""
+    from mercia.federation.hub import load_hub_config
+    from mercia.federation.hub.app import create_app
+    from mercia.federation.serving import serve
+
+    cfg = load_hub_config(config)
+    app_ = create_app(cfg)
+    err_console.print(f"hub on {'https' if cfg.tls else 'http'}://{host}:{port}", highlight=False)
+    serve(app_, host=host, port=port, cert=cfg.tls.cert if cfg.tls else None, key=cfg.tls.key if cfg.tls else None)
+
+
+@hub_app.command("node-add")
+@user_errors
+def hub_node_add(
+    name: Annotated[str, typer.Argument(help="The site's name (as in its node.yaml).")],
+    url: Annotated[str, typer.Argument(help="The node's base URL, http(s)://host:port.")],
+    config: HubConfigOpt,
+    token: Annotated[str, typer.Option(help="The token the node issued to this hub (role hub).")],
+    verify: Annotated[str | None, typer.Option(help="A CA bundle for the node's certificate, or 'false'.")] = None,
+) -> None:
+    """Register (or update) a node."""
+    from mercia.federation.hub import HubStore, load_hub_config
+
+    cfg = load_hub_config(config)
+    HubStore(cfg.state_dir / "hub.sqlite").add_node(name, url, token, verify)
+    console.print(f"node {name} at {url}", highlight=False)
+
+
+@hub_app.command("project-add")
+@user_errors
+def hub_project_add(
+    name: Annotated[str, typer.Argument(help="The project's name.")],
+    config: HubConfigOpt,
+    site: Annotated[list[str], typer.Option("--site", help="A site of the project (repeat).")],
+) -> None:
+    """Create (or change) a project and the sites its studies may run at."""
+    from mercia.federation.hub import HubStore, load_hub_config
+
+    cfg = load_hub_config(config)
+    p = HubStore(cfg.state_dir / "hub.sqlite").add_project(name, site)
+    console.print(f"project {p['name']}: {', '.join(p['sites'])}", highlight=False)
+
+
+@hub_app.command("user-add")
+@user_errors
+def hub_user_add(
+    name: Annotated[str, typer.Argument(help="The user's name.")],
+    config: HubConfigOpt,
+    role: Annotated[str, typer.Option(help="researcher or admin.")] = "researcher",
+    project: Annotated[list[str] | None, typer.Option("--project", help="A project (repeat); * for all.")] = None,
+) -> None:
+    """Issue (or rotate) a user's token; printed once, stored only as a hash."""
+    from mercia.federation.auth import TokenStore
+    from mercia.federation.hub import load_hub_config
+
+    cfg = load_hub_config(config)
+    sys.stdout.write(TokenStore(cfg.tokens).issue(name, role, project or []) + "\n")
+
+
+# ---- client ----------------------------------------------------------------------------------
+client_app = typer.Typer(help="Use a hub: submit studies, follow them, get pooled results.", no_args_is_help=True)
+app.add_typer(client_app, name="client")
+HubUrlOpt = Annotated[str, typer.Option("--hub", envvar="MERCIA_HUB", help="The hub's URL (or MERCIA_HUB).")]
+TokenOpt = Annotated[str, typer.Option("--token", envvar="MERCIA_TOKEN", help="Your token (or MERCIA_TOKEN).")]
+
+
+def _client(hub: str, token: str) -> Any:
+    from mercia.federation.client import Client
+
+    return Client(hub, token)
+
+
+@client_app.command("submit")
+@user_errors
+def client_submit(
+    package: Annotated[Path, typer.Argument(help="The study package (.yaml, .json or .py).")],
+    project: Annotated[str, typer.Option(help="The project to run it in.")],
+    hub: HubUrlOpt,
+    token: TokenOpt,
+    site: Annotated[list[str] | None, typer.Option("--site", help="A site (repeat); default all of the project.")] = None,
+) -> None:
+    """Send a package to sites; prints its hash."""
+    with _client(hub, token) as c:
+        s = c.submit(package, project=project, sites=site)
+    console.print(f"submitted {s['hash']} to {', '.join(x['site'] for x in s['sites'])}", highlight=False)
+
+
+@client_app.command("status")
+@user_errors
+def client_status(
+    content_hash: Annotated[str, typer.Argument(metavar="HASH")], hub: HubUrlOpt, token: TokenOpt,
+) -> None:
+    """A study's status at each site."""
+    with _client(hub, token) as c:
+        s = c.status(content_hash)
+    t = Table("site", "status", "reachable", "note")
+    for x in s["sites"]:
+        t.add_row(x["site"], x["status"], "yes" if x["reachable"] else "no", x["last_error"] or x["detail"] or "")
+    console.print(f"{s['name']} ({s['status']})", highlight=False)
+    console.print(t)
+
+
+@client_app.command("close")
+@user_errors
+def client_close(content_hash: Annotated[str, typer.Argument(metavar="HASH")], hub: HubUrlOpt, token: TokenOpt) -> None:
+    """Finish a study with the sites that have answered."""
+    with _client(hub, token) as c:
+        s = c.close_study(content_hash)
+    states = ", ".join(f"{x['site']} ({x['status']})" for x in s["sites"])
+    console.print(f"closed; sites: {states}", highlight=False)
+
+
+@client_app.command("results")
+@user_errors
+def client_results(
+    content_hash: Annotated[str, typer.Argument(metavar="HASH")], hub: HubUrlOpt, token: TokenOpt,
+    out: Annotated[Path | None, typer.Option(help="Write results.json and report.html into this folder.")] = None,
+) -> None:
+    """Pooled results (JSON on stdout, or files with --out)."""
+    with _client(hub, token) as c:
+        res = c.results(content_hash)
+        report = c.report(content_hash) if out else None
+    if out is None:
+        sys.stdout.write(json.dumps(res, indent=2) + "\n")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    (out / "report.html").write_text(report or "", encoding="utf-8")
+    console.print(f"wrote {out / 'results.json'} and {out / 'report.html'}", highlight=False)
+
+
 # ---- audit -------------------------------------------------------------------------------------
 audit_app = typer.Typer(help="Check the hash-chained audit logs of nodes and the hub.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")

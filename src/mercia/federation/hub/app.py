@@ -1,0 +1,371 @@
+"""The hub's HTTP API (FastAPI): researchers submit studies to sites, follow them, get pooled results.
+
+    researcher  submit a package to sites of a project they belong to; status; pooled results and
+                report; close a study with the sites that answered; federated regression; counts
+    admin       everything a researcher can, in every project, plus nodes, projects and users
+
+The hub never sees rows: it stores what nodes released and pools it.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures' Annotated types.
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from mercia.errors import MerciaError
+from mercia.federation.audit import AuditLog
+from mercia.federation.auth import (
+    ROLES,
+    CountQueryGuard,
+    Principal,
+    TokenStore,
+    authenticator,
+    require_project,
+    sign_package_hash,
+)
+from mercia.federation.auth import query_key as count_query_key
+from mercia.federation.hub.config import HubConfig
+from mercia.federation.hub.dispatcher import Dispatcher
+from mercia.federation.hub.federated import feasibility_across, federated_fit
+from mercia.federation.hub.registry import HubStore
+from mercia.federation.hub.report import render_pooled_report
+from mercia.study.package import StudyPackage
+
+API = "/api/v1"
+HASH_PATTERN = r"^[0-9a-f]{64}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
+HashParam = Annotated[str, PathParam(pattern=HASH_PATTERN, description="the package's content hash (sha256)")]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubmitStudy(_In):
+    package: dict[str, Any] = Field(description="a study package as data (cohorts inline; no file: paths)")
+    project: Name
+    sites: list[Name] | None = Field(None, min_length=1, max_length=100,
+                                     description="sites to run at; default every site of the project")
+
+
+class SiteState(BaseModel):
+    site: str
+    status: str
+    reachable: bool
+    attempts: int
+    last_error: str | None
+    detail: str | None
+    updated_at: str
+
+
+class StudyState(BaseModel):
+    hash: str
+    name: str
+    project: str
+    submitted_by: str
+    status: Literal["open", "closed"]
+    submitted_at: str
+    closed_at: str | None
+    sites: list[SiteState]
+
+
+class StudySummary(BaseModel):
+    hash: str
+    name: str
+    project: str
+    submitted_by: str
+    status: str
+    submitted_at: str
+    closed_at: str | None
+
+
+class StudyResults(BaseModel):
+    hash: str
+    status: str
+    pooled: dict[str, Any]
+    sites: dict[str, Any] = Field(description="each site's released tables, disclosure log and manifest")
+    federated: list[dict[str, Any]]
+
+
+class FederatedQuery(_In):
+    analysis: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=100)
+    model: Literal["cox", "logistic", "poisson"]
+
+
+class FeasibilityQuery(_In):
+    definition: dict[str, Any]
+    project: Name
+    sites: list[Name] | None = Field(None, min_length=1, max_length=100)
+
+
+class NodeIn(_In):
+    name: Name
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=500)
+    token: str = Field(min_length=1, max_length=500)
+    verify: str | None = Field(None, max_length=500, description="'false' (no TLS check) or a CA bundle path")
+
+
+class NodeOut(BaseModel):
+    name: str
+    url: str
+
+
+class ProjectIn(_In):
+    name: Name
+    sites: list[Name] = Field(min_length=1, max_length=100)
+
+
+class ProjectOut(BaseModel):
+    name: str
+    sites: list[str]
+
+
+class UserIn(_In):
+    name: Name
+    role: Literal["researcher", "custodian", "admin"]
+    projects: list[Annotated[str, Field(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_.@-]{0,127})$")]] = Field(
+        default_factory=list, max_length=100)
+
+
+class UserToken(BaseModel):
+    name: str
+    role: str
+    token: str = Field(description="shown once; the hub keeps only its hash")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": Problem} for code in (400, 401, 403, 404, 409, 422, 429)}
+
+
+class HubServices:
+    def __init__(self, config: HubConfig, *, start_dispatcher: bool = True) -> None:
+        self.config = config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = HubStore(config.state_dir / "hub.sqlite")
+        self.audit = AuditLog(config.state_dir / "audit.jsonl")
+        self.tokens = TokenStore(config.tokens)
+        self.guard = CountQueryGuard()
+        self.dispatcher = Dispatcher(config, self.store, self.audit)
+        self._start_dispatcher = start_dispatcher
+
+    def start(self) -> None:
+        if self._start_dispatcher:
+            self.dispatcher.start()
+        self.audit.append("hub.started", "hub")
+
+    def stop(self) -> None:
+        self.dispatcher.stop()
+        self.audit.append("hub.stopped", "hub")
+
+    def federated(self, content_hash: str) -> list[dict[str, Any]]:
+        path = self.config.state_dir / "federated" / f"{content_hash}.json"
+        return json.loads(path.read_text()) if path.exists() else []
+
+    def add_federated(self, content_hash: str, fit: dict[str, Any]) -> None:
+        import os
+        import tempfile
+
+        folder = self.config.state_dir / "federated"
+        folder.mkdir(parents=True, exist_ok=True)
+        fits = [f for f in self.federated(content_hash)
+                if (f["analysis"], f["model"]) != (fit["analysis"], fit["model"])] + [fit]
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(fits, f)
+        os.replace(tmp, folder / f"{content_hash}.json")
+
+
+def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
+    services = HubServices(config, start_dispatcher=start_dispatcher)
+    auth = authenticator(services.tokens)
+    store = services.store
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.start()
+        try:
+            yield
+        finally:
+            services.stop()
+
+    app = FastAPI(title="Mercia hub", version="1", lifespan=lifespan,
+                  description="Submit study packages to sites, follow them, and pool what they release.")
+    app.state.services = services
+    app.state.authenticator = auth
+
+    @app.exception_handler(MerciaError)
+    async def _user_error(request: Request, e: MerciaError) -> JSONResponse:
+        code = getattr(e, "status_code", status.HTTP_400_BAD_REQUEST)
+        headers = e.headers() if hasattr(e, "headers") and callable(e.headers) else None
+        return JSONResponse({"detail": str(e)}, status_code=code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
+        return JSONResponse({"detail": f"invalid request: {problems}"}, status_code=422)
+
+    @app.middleware("http")
+    async def _audit_requests(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        if request.url.path != "/health":
+            services.audit.append("request", "http", method=request.method, path=request.url.path[:200],
+                                  status=response.status_code,
+                                  client=request.client.host if request.client else None)
+        return response
+
+    def role(*roles: str) -> Any:
+        return Depends(auth.require_role(*roles))
+
+    def visible(principal: Principal, content_hash: str) -> dict[str, Any]:
+        study = store.study(content_hash)
+        require_project(principal, study["project"])
+        return study
+
+    def state(content_hash: str) -> StudyState:
+        s = store.study(content_hash)
+        return StudyState(hash=s["hash"], name=s["name"], project=s["project"], submitted_by=s["submitted_by"],
+                          status=s["status"], submitted_at=s["submitted_at"], closed_at=s["closed_at"],
+                          sites=[SiteState(**r.public()) for r in store.site_runs(content_hash)])
+
+    @app.get("/health", response_model=Health, tags=["service"])
+    def health() -> Health:
+        """Liveness only."""
+        return Health(status="ok")
+
+    @app.post(f"{API}/studies", status_code=202, response_model=StudyState, responses=ERRORS, tags=["studies"])
+    def submit(body: SubmitStudy, principal: Annotated[Principal, role("researcher", "admin")]) -> StudyState:
+        """Hash and sign the package and send it to the chosen sites of the project (idempotent on hash)."""
+        require_project(principal, body.project)
+        project_sites = store.project_sites(body.project)
+        sites = sorted(set(body.sites)) if body.sites else project_sites
+        outside = sorted(set(sites) - set(project_sites))
+        if outside:
+            raise HTTPException(403, detail=f"sites {outside} are not in project {body.project!r} "
+                                            f"(its sites: {project_sites})")
+        pkg = StudyPackage.from_dict(body.package, source="submitted package")
+        h = pkg.content_hash
+        signature = sign_package_hash(config.signing_key, h)
+        created = store.add_study(h, name=pkg.name, project=body.project, submitted_by=principal.name,
+                                  package=pkg.canonical(), signature=signature, sites=sites)
+        if created:
+            services.audit.append("study.submitted", principal.name, hash=h, project=body.project, sites=sites)
+            services.dispatcher.wake()
+        else:
+            require_project(principal, store.study(h)["project"])
+        return state(h)
+
+    @app.get(f"{API}/studies", response_model=list[StudySummary], responses=ERRORS, tags=["studies"])
+    def list_studies(principal: Annotated[Principal, role("researcher", "admin")]) -> list[StudySummary]:
+        return [StudySummary(**s) for s in store.studies() if principal.in_project(s["project"])]
+
+    @app.get(f"{API}/studies/{{content_hash}}", response_model=StudyState, responses=ERRORS, tags=["studies"])
+    def study_state(content_hash: HashParam, principal: Annotated[Principal, role("researcher", "admin")]
+                    ) -> StudyState:
+        """The study and each site's status (including whether the site's node is answering)."""
+        visible(principal, content_hash)
+        return state(content_hash)
+
+    @app.post(f"{API}/studies/{{content_hash}}/close", response_model=StudyState, responses=ERRORS,
+              tags=["studies"])
+    def close(content_hash: HashParam, principal: Annotated[Principal, role("researcher", "admin")]) -> StudyState:
+        """Finish now with the sites that answered; the others are excluded (their late results are not used)."""
+        visible(principal, content_hash)
+        services.dispatcher.close_study(content_hash, by=principal.name)
+        return state(content_hash)
+
+    @app.get(f"{API}/studies/{{content_hash}}/results", response_model=StudyResults, responses=ERRORS,
+             tags=["studies"])
+    def results(content_hash: HashParam, principal: Annotated[Principal, role("researcher", "admin")]
+                ) -> StudyResults:
+        """Pooled estimates and every site's released tables; 409 while the study is open."""
+        study = visible(principal, content_hash)
+        if study["status"] != "closed":
+            raise HTTPException(409, detail="the study is still open: results come when every site has answered, "
+                                            "or close it with the sites that answered (POST .../close)")
+        return StudyResults(hash=content_hash, status=study["status"], pooled=json.loads(study["pooled"] or "{}"),
+                            sites=store.results(content_hash), federated=services.federated(content_hash))
+
+    @app.get(f"{API}/studies/{{content_hash}}/report", response_class=HTMLResponse, responses=ERRORS,
+             tags=["studies"])
+    def report(content_hash: HashParam, principal: Annotated[Principal, role("researcher", "admin")]) -> HTMLResponse:
+        study = visible(principal, content_hash)
+        if study["status"] != "closed":
+            raise HTTPException(409, detail="the study is still open; the pooled report comes when it is closed")
+        html = render_pooled_report(study, [r.public() for r in store.site_runs(content_hash)],
+                                    json.loads(study["pooled"] or "{}"), services.federated(content_hash))
+        return HTMLResponse(html)
+
+    @app.post(f"{API}/studies/{{content_hash}}/federated", response_model=dict[str, Any], responses=ERRORS,
+              tags=["regression"])
+    def federated(content_hash: HashParam, body: FederatedQuery,
+                  principal: Annotated[Principal, role("researcher", "admin")]) -> dict[str, Any]:
+        """Fit the model exactly across the finished sites (Newton-Raphson on their score and information)."""
+        visible(principal, content_hash)
+        fit = federated_fit(store, content_hash, body.analysis, body.model, timeout=config.node_timeout_seconds)
+        services.add_federated(content_hash, fit)
+        services.audit.append("federated.fit", principal.name, hash=content_hash, analysis=body.analysis,
+                              model=body.model, sites=fit["sites"])
+        return fit
+
+    @app.post(f"{API}/feasibility", response_model=dict[str, Any], responses=ERRORS, tags=["feasibility"])
+    def feasibility(body: FeasibilityQuery, principal: Annotated[Principal, role("researcher", "admin")]
+                    ) -> dict[str, Any]:
+        """Released persons counts of a cohort definition at each site of the project, and their sum."""
+        require_project(principal, body.project)
+        project_sites = store.project_sites(body.project)
+        sites = sorted(set(body.sites)) if body.sites else project_sites
+        outside = sorted(set(sites) - set(project_sites))
+        if outside:
+            raise HTTPException(403, detail=f"sites {outside} are not in project {body.project!r}")
+        services.guard.check(principal, count_query_key(body.definition))
+        answer = feasibility_across(store, sites, body.definition, body.project, timeout=config.node_timeout_seconds)
+        services.audit.append("feasibility.asked", principal.name, project=body.project, sites=sites,
+                              persons=answer["persons"])
+        return answer
+
+    # ---- administration -------------------------------------------------------------------------------
+    @app.post(f"{API}/nodes", response_model=NodeOut, status_code=201, responses=ERRORS, tags=["admin"])
+    def add_node(body: NodeIn, principal: Annotated[Principal, role("admin")]) -> NodeOut:
+        node = store.add_node(body.name, body.url, body.token, body.verify)
+        services.audit.append("node.registered", principal.name, node=body.name, url=body.url)
+        return NodeOut(**node.public())
+
+    @app.get(f"{API}/nodes", response_model=list[NodeOut], responses=ERRORS, tags=["admin"])
+    def list_nodes(principal: Annotated[Principal, role("admin", "researcher")]) -> list[NodeOut]:
+        return [NodeOut(**n.public()) for n in store.nodes()]
+
+    @app.post(f"{API}/projects", response_model=ProjectOut, status_code=201, responses=ERRORS, tags=["admin"])
+    def add_project(body: ProjectIn, principal: Annotated[Principal, role("admin")]) -> ProjectOut:
+        p = store.add_project(body.name, body.sites)
+        services.audit.append("project.saved", principal.name, project=body.name, sites=p["sites"])
+        return ProjectOut(**p)
+
+    @app.get(f"{API}/projects", response_model=list[ProjectOut], responses=ERRORS, tags=["admin"])
+    def list_projects(principal: Annotated[Principal, role("admin", "researcher")]) -> list[ProjectOut]:
+        return [ProjectOut(**p) for p in store.projects() if principal.in_project(p["name"])]
+
+    @app.post(f"{API}/users", response_model=UserToken, status_code=201, responses=ERRORS, tags=["admin"])
+    def add_user(body: UserIn, principal: Annotated[Principal, role("admin")]) -> UserToken:
+        assert body.role in ROLES
+        token = services.tokens.issue(body.name, body.role, body.projects)
+        services.audit.append("user.token_issued", principal.name, user=body.name, role=body.role,
+                              projects=body.projects)
+        return UserToken(name=body.name, role=body.role, token=token)
+
+    return app

@@ -1,0 +1,86 @@
+"""The hub's configuration file (hub.yaml), written by `mercia hub init`.
+
+    state_dir: state                 # registry (SQLite), audit log, pooled reports
+    tokens: tokens.json              # hashed bearer tokens of researchers and admins
+    signing_key: hub_signing.pem     # Ed25519; nodes trust its public key
+    tls: {cert: hub.crt, key: hub.key}   # optional: serve HTTPS
+    retry: {base_seconds: 0.5, max_seconds: 30}   # back-off towards a node that does not answer
+    poll_seconds: 1.0                # how often the dispatcher asks nodes about open studies
+    node_timeout_seconds: 30
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mercia.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Retry(_Strict):
+    base_seconds: float = Field(0.5, gt=0, description="first wait after a failed call")
+    max_seconds: float = Field(30.0, gt=0, description="the longest wait between calls to one node")
+
+
+class Tls(_Strict):
+    cert: Path
+    key: Path
+
+
+class HubConfig(_Strict):
+    state_dir: Path
+    tokens: Path
+    signing_key: Path
+    tls: Tls | None = None
+    retry: Retry = Retry()
+    poll_seconds: float = Field(1.0, gt=0)
+    node_timeout_seconds: float = Field(30.0, gt=0)
+
+
+def load_hub_config(path: str | Path) -> HubConfig:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read hub config {str(p)!r}: {e.strerror}; create one with mercia hub init") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"hub config {str(p)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"hub config {str(p)!r}: expected a mapping (state_dir:, tokens:, signing_key:)")
+    base = p.resolve().parent
+    for key in ("state_dir", "tokens", "signing_key"):
+        if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
+            data[key] = str(base / data[key])
+    if isinstance(data.get("tls"), dict):
+        data["tls"] = {k: str(base / v) if isinstance(v, str) and not Path(v).is_absolute() else v
+                       for k, v in data["tls"].items()}
+    try:
+        return HubConfig.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in e.errors()[:6])
+        raise ConfigError(f"hub config {str(p)!r}: {problems}") from None
+
+
+def init_hub(folder: str | Path) -> tuple[Path, str, str]:
+    """A new hub in `folder`: hub.yaml, a signing key, and an admin token.
+
+    Returns (config path, the public key PEM for the nodes, the admin token, shown once)."""
+    from mercia.federation.auth import TokenStore, generate_signing_key
+
+    f = Path(folder)
+    config = f / "hub.yaml"
+    if config.exists():
+        raise ConfigError(f"{config} exists: this folder already holds a hub")
+    f.mkdir(parents=True, exist_ok=True)
+    public = generate_signing_key(f / "hub_signing.pem")
+    (f / "hub_public.pem").write_text(public)
+    config.write_text(yaml.safe_dump({"state_dir": "state", "tokens": "tokens.json",
+                                      "signing_key": "hub_signing.pem"}))
+    token = TokenStore(f / "tokens.json").issue("admin", "admin", ["*"])
+    return config, public, token

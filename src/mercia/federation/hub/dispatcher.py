@@ -1,0 +1,136 @@
+"""The hub's dispatcher: carries each open study to its sites and its results back, exactly once.
+
+A thread. Each pass takes the site runs that are due, and for each:
+  not yet submitted -> POST the signed package (the node is idempotent on the hash)
+  submitted         -> GET its status; when 'finished', GET the released results and store them
+                       once per (hash, site); the site becomes 'collected'
+A node that does not answer (or answers 5xx/429) is retried after base * 2^attempts seconds (with
+jitter, capped at max_seconds); its status stays what it last was and `reachable` turns false, so
+the researcher sees it. A node that says no (4xx) fails that site with the node's message. A study
+whose sites are all done (collected, failed, rejected) is pooled and closed; `close_study` closes it
+with the sites that answered when the researcher says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+from mercia.federation.audit import AuditLog
+from mercia.federation.hub.config import HubConfig
+from mercia.federation.hub.node_link import NodeLink, NodeRefused, NodeUnavailable
+from mercia.federation.hub.pool import pool_results
+from mercia.federation.hub.registry import TERMINAL, HubStore, SiteRun
+
+logger = logging.getLogger("mercia.hub")
+
+
+class Dispatcher:
+    def __init__(self, config: HubConfig, store: HubStore, audit: AuditLog) -> None:
+        self.config = config
+        self.store = store
+        self.audit = audit
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # One pass at a time, and close_study waits for it: a result is never stored after the close.
+        self._pass_lock = threading.Lock()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="mercia-hub-dispatcher", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_pass()
+            except Exception:  # keep dispatching whatever one study does
+                logger.exception("hub dispatcher: unexpected error")
+            self._wake.wait(self.config.poll_seconds)
+            self._wake.clear()
+
+    def run_pass(self) -> None:
+        with self._pass_lock:
+            touched = set()
+            for run in self.store.due_runs():
+                self._advance(run)
+                touched.add(run.hash)
+            for h in touched:
+                self._close_if_done(h)
+
+    def _backoff(self, attempts: int) -> float:
+        r = self.config.retry
+        delay = min(r.max_seconds, r.base_seconds * 2 ** max(0, attempts - 1))
+        return delay * (0.75 + 0.5 * random.random())
+
+    def _advance(self, run: SiteRun) -> None:
+        h, site = run.hash, run.site
+        try:
+            node = self.store.node(site)
+        except Exception as e:
+            self.store.update_run(h, site, status="failed", last_error=str(e))
+            return
+        try:
+            with NodeLink(node, timeout=self.config.node_timeout_seconds) as link:
+                if not run.submitted:
+                    study = self.store.study(h)
+                    answer = link.submit({"package": json.loads(study["package"]), "hash": h,
+                                          "signature": study["signature"], "project": study["project"],
+                                          "requested_by": study["submitted_by"]})
+                    self.audit.append("study.sent", "hub", hash=h, site=site, node_status=answer["status"])
+                    self.store.update_run(h, site, submitted=1)
+                else:
+                    answer = link.status(h)
+                status = answer["status"]
+                if status == "finished":
+                    results = link.results(h)
+                    if self.store.store_results(h, site, results):
+                        self.audit.append("results.collected", "hub", hash=h, site=site,
+                                          tables=len(results.get("tables", [])))
+                    return
+                fields: dict[str, Any] = {"status": status, "reachable": 1, "attempts": 0, "last_error": None,
+                                          "next_try": time.time() + self.config.poll_seconds}
+                if status in ("failed", "rejected"):
+                    fields["detail"] = answer.get("error") or answer.get("reason")
+                self.store.update_run(h, site, **fields)
+        except NodeUnavailable as e:
+            attempts = run.attempts + 1
+            self.store.update_run(h, site, reachable=0, attempts=attempts, last_error=str(e),
+                                  next_try=time.time() + self._backoff(attempts))
+        except NodeRefused as e:
+            self.store.update_run(h, site, status="failed", last_error=str(e))
+            self.audit.append("site.failed", "hub", hash=h, site=site, error=str(e)[:500])
+
+    def _close_if_done(self, content_hash: str) -> None:
+        runs = self.store.site_runs(content_hash)
+        if runs and all(r.status in TERMINAL for r in runs) and self.store.study(content_hash)["status"] == "open":
+            self._close(content_hash, by="hub")
+
+    def _close(self, content_hash: str, by: str) -> dict[str, Any]:
+        excluded = self.store.close(content_hash)
+        pooled = pool_results(self.store.results(content_hash))
+        pooled["excluded"] = excluded
+        self.store.set_pooled(content_hash, pooled)
+        self.audit.append("study.closed", by, hash=content_hash, sites=sorted(pooled["sites"]), excluded=excluded)
+        return pooled
+
+    def close_study(self, content_hash: str, by: str) -> dict[str, Any]:
+        """Finish now with the sites that answered; sites still out are excluded."""
+        with self._pass_lock:
+            study = self.store.study(content_hash)
+            if study["status"] != "open":
+                return json.loads(study["pooled"]) if study["pooled"] else {}
+            return self._close(content_hash, by)

@@ -1,0 +1,136 @@
+"""What the hub asks of several nodes at once: exact federated regression and feasibility counts.
+
+Federated regression: the Cox analysis named in an approved, finished study fixes the rows at each
+site; the hub runs Newton-Raphson (mercia.federation.glm) with a round function that asks every
+node, in parallel, for its released score and information at the current coefficients. A site that
+refuses at the start (too few rows or events, blocked by its policy) is left out, and the answer says so.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from mercia.errors import MerciaError
+from mercia.federation.glm import SiteSummary, federated_cox, federated_glm
+from mercia.federation.hub.node_link import NodeLink, NodeRefused, NodeUnavailable
+from mercia.federation.hub.registry import HubStore, NotFoundError
+from mercia.study.package import StudyPackage
+
+
+class FederatedError(MerciaError):
+    status_code = 409
+
+
+def model_terms(pkg: StudyPackage, analysis: str, model: str) -> list[str]:
+    """The design's terms as the nodes build them (see node/rounds.py)."""
+    found = [a for a in pkg.analyses if a.type == "cox" and a.table_prefix() == analysis]
+    if not found:
+        names = [a.table_prefix() for a in pkg.analyses if a.type == "cox"]
+        raise NotFoundError(f"study has no Cox analysis named {analysis!r}; its Cox analyses: {names or 'none'}")
+    s = found[0].settings
+    terms = ["treatment", *(["age"] if s.age else []), *(["male"] if s.sex else []), *(c.name for c in s.covariates)]
+    return terms if model == "cox" else ["intercept", *terms]
+
+
+def _summary(answer: dict[str, Any]) -> SiteSummary:
+    return SiteSummary(beta=np.asarray(answer["beta"], dtype=float), score=np.asarray(answer["score"], dtype=float),
+                       information=np.asarray(answer["information"], dtype=float), loglik=float(answer["loglik"]),
+                       n=int(answer["n"]), n_events=int(answer["n_events"]), site=answer["site"],
+                       n_nonevents=answer.get("n_nonevents"))
+
+
+def federated_fit(store: HubStore, content_hash: str, analysis: str, model: str, *, timeout: float = 60.0,
+                  sites: list[str] | None = None) -> dict[str, Any]:
+    study = store.study(content_hash)
+    pkg = StudyPackage.from_canonical(json.loads(study["package"]))
+    terms = model_terms(pkg, analysis, model)
+    available = sorted(store.results(content_hash))
+    chosen = [s for s in available if sites is None or s in sites]
+    if not chosen:
+        raise FederatedError("no site has finished this study yet; regression rounds need finished sites")
+    links = {s: NodeLink(store.node(s), timeout=timeout) for s in chosen}
+    left_out: dict[str, str] = {}
+    try:
+        with ThreadPoolExecutor(max_workers=len(links)) as pool:
+
+            def ask(beta: np.ndarray, names: list[str]) -> dict[str, Any]:
+                futures = {s: pool.submit(links[s].round, content_hash, analysis, model, beta.tolist()) for s in names}
+                out: dict[str, Any] = {}
+                for s, f in futures.items():
+                    try:
+                        out[s] = f.result()
+                    except (NodeRefused, NodeUnavailable) as e:
+                        out[s] = e
+                return out
+
+            first = ask(np.zeros(len(terms)), chosen)
+            for s, a in first.items():
+                if isinstance(a, Exception):
+                    left_out[s] = str(a)
+            used = [s for s in chosen if s not in left_out]
+            if not used:
+                raise FederatedError("every site refused the regression round: " + "; ".join(
+                    f"{s}: {m}" for s, m in left_out.items()))
+
+            def round_fn(beta: np.ndarray) -> list[SiteSummary]:
+                answers = ask(beta, used)
+                failed = {s: a for s, a in answers.items() if isinstance(a, Exception)}
+                if failed:
+                    # A site lost mid-fit cannot be dropped quietly: the sums would change under Newton.
+                    raise FederatedError("a site stopped answering during the fit: " + "; ".join(
+                        f"{s}: {e}" for s, e in failed.items()) + "; try again")
+                return [_summary(answers[s]) for s in used]
+
+            if model == "cox":
+                fit = federated_cox(round_fn, len(terms), terms=terms)
+            else:
+                fit = federated_glm(round_fn, len(terms), "binomial" if model == "logistic" else "poisson",
+                                    terms=terms)
+    finally:
+        for link in links.values():
+            link.close()
+    table = fit.summary()
+    return {
+        "analysis": analysis,
+        "model": model,
+        "sites": used,
+        "left_out": left_out,
+        "terms": list(fit.terms),
+        "coef": fit.coef.tolist(),
+        "se": fit.se.tolist(),
+        "covariance": fit.covariance.tolist(),
+        "summary": {"columns": list(table.columns), "rows": table.to_numpy().tolist()},
+        "loglik": fit.loglik,
+        "n": fit.n,
+        "n_events": fit.n_events,
+        "iterations": fit.iterations,
+        "converged": fit.converged,
+    }
+
+
+def feasibility_across(store: HubStore, sites: list[str], definition: dict[str, Any], project: str, *,
+                       timeout: float = 30.0) -> dict[str, Any]:
+    """Ask every site at once; the total counts only the sites that released a number."""
+    nodes = [store.node(s) for s in sites]
+
+    def ask(node: Any) -> Any:
+        with NodeLink(node, timeout=timeout) as link:
+            try:
+                return link.feasibility(definition, project)
+            except (NodeRefused, NodeUnavailable) as e:
+                return {"site": node.name, "error": str(e)}
+
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        answers = list(pool.map(ask, nodes))
+    released = [a for a in answers if a.get("persons") is not None]
+    return {
+        "sites": answers,
+        "persons": sum(a["persons"] for a in released),
+        "entries": sum(a["entries"] for a in released if a.get("entries") is not None),
+        "counted_sites": [a["site"] for a in released],
+        "not_counted": sorted(a["site"] for a in answers if a.get("persons") is None),
+    }

@@ -1,0 +1,72 @@
+"""The pooled report: one HTML page per study at the hub, from released numbers only.
+
+Per site: its status and its released model estimates; pooled: fixed-effect and DerSimonian-Laird
+estimates with I² for every released model term, and any federated regression fits. The table
+rendering is the site report's (mercia.study.report), so both read the same way.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+import pandas as pd
+
+from mercia.study.report import _table_html
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.note{color:#8a5a00}code{font-size:.9em}
+"""
+
+
+def _exp(v: Any) -> float:
+    return math.exp(v) if isinstance(v, int | float) and math.isfinite(v) else float("nan")
+
+
+def render_pooled_report(study: dict[str, Any], sites: list[dict[str, Any]], pooled: dict[str, Any],
+                         federated: list[dict[str, Any]] | None = None) -> str:
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(study['name'])}: pooled results</title>"
+             f"<style>{_STYLE}</style></head><body>",
+             f"<h1>{e(study['name'])}</h1>",
+             f"<p>Package <code>{e(study['hash'])}</code>, project {e(study['project'])}, submitted by "
+             f"{e(study['submitted_by'])} at {e(study['submitted_at'])}; status {e(study['status'])}.</p>",
+             "<p>Every number here was released by a site's disclosure control; the hub only pools them.</p>",
+             "<h2>Sites</h2>"]
+    site_df = pd.DataFrame([{"site": s["site"], "status": s["status"], "note": s.get("last_error") or s.get("detail")
+                             or ""} for s in sites])
+    parts.append(_table_html(site_df))
+    parts.append("<h2>Meta-analysis of released estimates</h2>")
+    if not pooled.get("tables"):
+        parts.append("<p>No site released a model estimate to pool.</p>")
+    for table, terms in pooled.get("tables", {}).items():
+        rows = []
+        for term, m in terms.items():
+            for site, est, se in zip(m["sites"], m["estimates"], m["se"], strict=True):
+                rows.append({"term": term, "source": site, "ratio": _exp(est), "lower": _exp(est - 1.96 * se),
+                             "upper": _exp(est + 1.96 * se), "I²": None})
+            for kind in ("fixed", "random"):
+                p = m[kind]
+                rows.append({"term": term, "source": f"pooled, {kind} effect", "ratio": _exp(p["estimate"]),
+                             "lower": _exp(p["ci_lower"]), "upper": _exp(p["ci_upper"]),
+                             "I²": m["i2"] if kind == "random" else None})
+        parts.append(f"<h3>{e(table)}</h3>")
+        parts.append(_table_html(pd.DataFrame(rows)))
+    for note in pooled.get("notes", []):
+        parts.append(f"<p class='note'>{e(note)}</p>")
+    if pooled.get("excluded"):
+        parts.append(f"<p class='note'>Closed without: {e(', '.join(pooled['excluded']))}.</p>")
+    for fit in federated or []:
+        parts.append(f"<h2>Federated {e(fit['model'])} model on {e(fit['analysis'])} "
+                     f"(exact, {len(fit['sites'])} sites)</h2>")
+        s = fit["summary"]
+        parts.append(_table_html(pd.DataFrame(s["rows"], columns=s["columns"]), digits=3))
+        parts.append(f"<p>{fit['n']:,} rows, {fit['n_events']:,} events, {fit['iterations']} Newton rounds; "
+                     f"converged: {fit['converged']}.</p>")
+        for site, why in fit.get("left_out", {}).items():
+            parts.append(f"<p class='note'>left out: {e(site)}: {e(why)}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -7,10 +7,9 @@ by its new ones, and on any error the cohort tables are exactly as before.
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -20,6 +19,7 @@ from sqlglot import exp
 from mercia.cdm import Cdm
 from mercia.cohorts.compiler import CompiledCohort, bound, compile_cohort, lit
 from mercia.cohorts.model import CohortDefinition
+from mercia.cohorts.plan import PLANS, CohortPlan, plan_cohort
 from mercia.errors import CohortDefinitionError
 
 # The OMOP concept for "cohort" definitions (definition_type_concept_id / subject_concept_id unknown = 0).
@@ -81,39 +81,73 @@ def inclusion_stats(
     return stats, summary
 
 
-def _concept_ids(definition: CohortDefinition) -> list[int]:
-    return [i.concept.concept_id for cs in definition.expression.concept_sets for i in cs.expression.items]
-
-
-def _unknown_concepts(cdm: Cdm, definition: CohortDefinition) -> list[str]:
+def _unknown_concepts(cdm: Cdm, definitions: list[CohortDefinition]) -> list[list[str]]:
+    """Per definition, a message for each concept set naming ids the vocabulary lacks (one query for all)."""
     from mercia.vocab.concept_sets import unknown_concept_ids
 
-    ids = _concept_ids(definition)
+    ids = [i.concept.concept_id for d in definitions for cs in d.expression.concept_sets for i in cs.expression.items]
     if not ids or not cdm.table_exists("concept"):
-        return []
+        return [[] for _ in definitions]
     unknown = set(unknown_concept_ids(cdm, ids))
-    out = []
-    for cs in definition.expression.concept_sets:
-        missing = sorted({i.concept.concept_id for i in cs.expression.items} & unknown)
-        if missing:
-            shown = ", ".join(map(str, missing[:20])) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
-            out.append(
-                f"concept set {cs.id} ({cs.name!r}): concept id(s) {shown} are not in this CDM's vocabulary "
-                "and match nothing"
-            )
+    out: list[list[str]] = []
+    for d in definitions:
+        messages = []
+        for cs in d.expression.concept_sets:
+            missing = sorted({i.concept.concept_id for i in cs.expression.items} & unknown)
+            if missing:
+                shown = ", ".join(map(str, missing[:20])) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+                messages.append(
+                    f"concept set {cs.id} ({cs.name!r}): concept id(s) {shown} are not in this CDM's vocabulary "
+                    "and match nothing"
+                )
+        out.append(messages)
     return out
 
 
 def _existing_definitions(cdm: Cdm, ids: list[int]) -> dict[int, tuple[str, str | None]]:
     q = (exp.select("cohort_definition_id", "cohort_definition_name", "cohort_definition_syntax")
          .from_(cdm.table("cohort_definition"))
-         .where(exp.In(this=exp.column("cohort_definition_id"), expressions=[lit(i) for i in ids])))
+         .where(_id_in(ids)))
     return {int(r[0]): (r[1], r[2]) for r in cdm.fetch_all(q)}
 
 
-def _syntax(definition: CohortDefinition) -> str:
+def _id_in(ids: list[int]) -> exp.Expression:
+    return exp.In(this=exp.column("cohort_definition_id"), expressions=[lit(i) for i in ids])
+
+
+def _syntax(definition: CohortDefinition, definition_hash: str) -> str:
     # The hash first, so a reader can compare without parsing; the definition itself follows.
-    return f"{_SYNTAX_PREFIX}{definition.definition_hash()}\n{definition.to_json()}"
+    return f"{_SYNTAX_PREFIX}{definition_hash}\n{definition.to_json()}"
+
+
+@dataclass
+class _Prepared:
+    """One definition of a run, ready to generate: a rendered plan, or (Spark) the compiled CTE query."""
+
+    cohort_id: int
+    definition: CohortDefinition
+    definition_hash: str
+    plan: CohortPlan | None
+    compiled: CompiledCohort | None
+
+    @property
+    def rule_names(self) -> list[str]:
+        return list(self.plan.rule_names) if self.plan else self.compiled.rule_names  # type: ignore[union-attr]
+
+
+def _prepare(cdm: Cdm, cohort_id: int, definition: CohortDefinition) -> _Prepared:
+    """Compile and render a definition, or take its plan from this process's cache."""
+    h = definition.definition_hash()
+    if cdm.dialect not in ("duckdb", "postgres"):
+        return _Prepared(cohort_id, definition, h, None, compile_cohort(cdm, definition.expression))
+    # The plan depends on the definition, the SQL dialect and where each table lives (version: which
+    # tables the CDM has, and so their schemas); never on the data or the cohort id (a parameter).
+    key = (h, cdm.dialect, cdm.cdm_schema, cdm.vocab_schema, cdm.results_schema, cdm.version)
+    plan = PLANS.get(key)
+    if plan is None:
+        plan = plan_cohort(compile_cohort(cdm, definition.expression), cdm.dialect, cdm.table("cohort"))
+        PLANS.put(key, plan)
+    return _Prepared(cohort_id, definition, h, plan, None)
 
 
 def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]]) -> list[CohortResult]:
@@ -127,70 +161,93 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]]) 
         raise CohortDefinitionError(f"cohort id(s) {dupes} given to more than one definition in this run")
     if not definitions:
         return []
-    compiled: list[tuple[int, CohortDefinition, CompiledCohort, list[str]]] = []
+    prepared: list[_Prepared] = []
     for cid, d in definitions:
         try:
-            c = compile_cohort(cdm, d.expression)
+            prepared.append(_prepare(cdm, cid, d))
         except CohortDefinitionError as e:
             raise CohortDefinitionError(f"cohort {cid} ({d.name!r}): {e}") from None
-        compiled.append((cid, d, c, _unknown_concepts(cdm, d)))
+    unknown = _unknown_concepts(cdm, [p.definition for p in prepared])
 
     if not (cdm.table_exists("cohort") and cdm.table_exists("cohort_definition")):
         cdm.create_tables(["cohort", "cohort_definition"])
     existing = _existing_definitions(cdm, ids)
-    for cid, d, _, _ in compiled:
-        if cid in existing:
-            name, syntax = existing[cid]
-            same_hash = (syntax or "").startswith(_SYNTAX_PREFIX + d.definition_hash())
-            if name != d.name or not same_hash:
+    for p in prepared:
+        if p.cohort_id in existing:
+            name, syntax = existing[p.cohort_id]
+            same_hash = (syntax or "").startswith(_SYNTAX_PREFIX + p.definition_hash)
+            if name != p.definition.name or not same_hash:
                 raise CohortDefinitionError(
-                    f"cohort id {cid} is already used by another definition ({name!r}) in this CDM's "
-                    f"cohort_definition table; choose another id, or delete cohort {cid} first"
+                    f"cohort id {p.cohort_id} is already used by another definition ({name!r}) in this CDM's "
+                    f"cohort_definition table; choose another id, or delete cohort {p.cohort_id} first"
                 )
 
-    results: list[CohortResult] = []
     cohort = cdm.table("cohort")
     with cdm.transaction():
-        for cid, d, c, warns in compiled:
+        for p, warns in zip(prepared, unknown, strict=True):
             for w in warns:
-                warnings.warn(f"cohort {cid} ({d.name!r}): {w}", UnknownConceptWarning, stacklevel=2)
-            where_id = exp.EQ(this=exp.column("cohort_definition_id"), expression=lit(cid))
-            if cdm.dialect != "spark":
-                cdm.execute(exp.delete(cohort.copy(), where=where_id.copy()))
-            masks: dict[tuple[int, int], int] = {}
-            with _materialised(cdm, c, cid) as (rows, mask_query):
-                if cdm.dialect == "spark":
-                    insert = _overwrite_partition(cohort.copy(), cid, rows)
-                else:
-                    insert = exp.insert(
-                        rows.select(lit(cid).as_("cohort_definition_id"), append=False).select(
-                            "subject_id", "cohort_start_date", "cohort_end_date"),
-                        cohort.copy(),
-                        columns=["cohort_definition_id", "subject_id", "cohort_start_date", "cohort_end_date"],
-                    )
-                cdm.execute(insert, bound(insert, c.params))
-                if c.rule_count:
-                    for mode, mask, n in cdm.fetch_all(mask_query, bound(mask_query, c.params)):
-                        masks[(int(mode), int(mask))] = int(n)
-            persons, entries = cdm.fetch_all(
-                exp.select(exp.Count(this=exp.Distinct(expressions=[exp.column("subject_id")])),
-                           exp.Count(this=exp.Star())).from_(cohort.copy()).where(where_id.copy()))[0]
-            stats, summary = inclusion_stats(masks, c.rule_names) if c.rule_count else ([], [])
-            _delete_definition_row(cdm, cid, where_id)
-            cdm.insert_arrow("cohort_definition", pa.table({
-                "cohort_definition_id": [cid],
-                "cohort_definition_name": [d.name],
-                "cohort_definition_description": [d.description],
-                "definition_type_concept_id": [0],
-                "cohort_definition_syntax": [_syntax(d)],
-                "subject_concept_id": [0],
-                "cohort_initiation_date": [dt.date.today()],
-            }))
-            results.append(CohortResult(
-                cohort_id=cid, name=d.name, persons=int(persons), entries=int(entries), attrition=stats,
-                summary=summary, mask_counts=masks, warnings=warns, definition_hash=d.definition_hash(),
-            ))
+                warnings.warn(f"cohort {p.cohort_id} ({p.definition.name!r}): {w}", UnknownConceptWarning,
+                              stacklevel=2)
+        if cdm.dialect != "spark":
+            cdm.execute(exp.delete(cohort.copy(), where=_id_in(ids)))
+        masks = {p.cohort_id: (_run_plan(cdm, p.cohort_id, p.plan) if p.plan is not None
+                               else _run_compiled(cdm, p.cohort_id, p.compiled, cohort))  # type: ignore[arg-type]
+                 for p in prepared}
+        counted = (exp.select("cohort_definition_id", exp.Count(this=exp.Distinct(expressions=[
+                       exp.column("subject_id")])), exp.Count(this=exp.Star()))
+                   .from_(cohort.copy()).where(_id_in(ids)).group_by("cohort_definition_id"))
+        counts = {int(r[0]): (int(r[1]), int(r[2])) for r in cdm.fetch_all(counted)}
+        _delete_definition_rows(cdm, ids)
+        cdm.insert_arrow("cohort_definition", pa.table({
+            "cohort_definition_id": ids,
+            "cohort_definition_name": [p.definition.name for p in prepared],
+            "cohort_definition_description": [p.definition.description for p in prepared],
+            "definition_type_concept_id": [0] * len(prepared),
+            "cohort_definition_syntax": [_syntax(p.definition, p.definition_hash) for p in prepared],
+            "subject_concept_id": [0] * len(prepared),
+            "cohort_initiation_date": [dt.date.today()] * len(prepared),
+        }))
+    results: list[CohortResult] = []
+    for p, warns in zip(prepared, unknown, strict=True):
+        mask_counts = masks[p.cohort_id]
+        stats, summary = inclusion_stats(mask_counts, p.rule_names) if p.rule_names else ([], [])
+        persons, entries = counts.get(p.cohort_id, (0, 0))
+        results.append(CohortResult(
+            cohort_id=p.cohort_id, name=p.definition.name, persons=persons, entries=entries, attrition=stats,
+            summary=summary, mask_counts=mask_counts, warnings=warns, definition_hash=p.definition_hash,
+        ))
     return results
+
+
+def _run_plan(cdm: Cdm, cohort_id: int, plan: CohortPlan) -> dict[tuple[int, int], int]:
+    """Insert one cohort's rows by its plan; its (mode, mask) -> events counts."""
+    values = plan.values(cohort_id)
+    masks: dict[tuple[int, int], int] = {}
+    try:
+        for stmt in plan.creates:
+            cdm.execute(stmt.sql, stmt.bind(values))
+        cdm.execute(plan.insert.sql, plan.insert.bind(values))
+        if plan.mask_counts is not None:
+            for mode, mask, n in cdm.fetch_all(plan.mask_counts.sql, plan.mask_counts.bind(values)):
+                masks[(int(mode), int(mask))] = int(n)
+    finally:
+        # After a failure PostgreSQL refuses statements until rollback, which drops the tables anyway.
+        for stmt in plan.drops:
+            with suppress(Exception):
+                cdm.execute(stmt.sql)
+    return masks
+
+
+def _run_compiled(cdm: Cdm, cohort_id: int, c: CompiledCohort, cohort: exp.Table) -> dict[tuple[int, int], int]:
+    """Engines without temporary tables (Spark): the single CTE query, the partition overwritten."""
+    insert = _overwrite_partition(cohort.copy(), cohort_id, c.rows_query())
+    cdm.execute(insert, bound(insert, c.params))
+    masks: dict[tuple[int, int], int] = {}
+    if c.rule_count:
+        mask_query = c.mask_counts_query()
+        for mode, mask, n in cdm.fetch_all(mask_query, bound(mask_query, c.params)):
+            masks[(int(mode), int(mask))] = int(n)
+    return masks
 
 
 def _overwrite_partition(cohort: exp.Table, cohort_id: int, rows: exp.Select) -> exp.Insert:
@@ -204,36 +261,13 @@ def _overwrite_partition(cohort: exp.Table, cohort_id: int, rows: exp.Select) ->
     return exp.Insert(this=cohort, expression=select, overwrite=True)
 
 
-def _delete_definition_row(cdm: Cdm, cohort_id: int, where_id: exp.Expression) -> None:
+def _delete_definition_rows(cdm: Cdm, ids: list[int]) -> None:
     if cdm.dialect != "spark":
-        cdm.execute(exp.delete(cdm.table("cohort_definition"), where=where_id.copy()))
+        cdm.execute(exp.delete(cdm.table("cohort_definition"), where=_id_in(ids)))
         return
     # cohort_definition is small: read the other rows, then overwrite the table with them.
-    others = cdm.fetch_arrow(exp.select("*").from_(cdm.table("cohort_definition")).where(
-        exp.not_(where_id.copy())))
+    others = cdm.fetch_arrow(exp.select("*").from_(cdm.table("cohort_definition")).where(exp.not_(_id_in(ids))))
     cdm.engine.overwrite_arrow(cdm.qualified("cohort_definition"), others)
-
-
-@contextmanager
-def _materialised(cdm: Cdm, c: CompiledCohort, cohort_id: int) -> Iterator[tuple[exp.Select, exp.Select]]:
-    """The rows and mask-count queries, over temporary tables where the engine has them.
-
-    On DuckDB and PostgreSQL each step of the pipeline becomes an analysed temporary table (see
-    CompiledCohort.steps); elsewhere (Spark) the single CTE query runs as it is.
-    """
-    if cdm.dialect not in ("duckdb", "postgres"):
-        yield c.rows_query(), c.mask_counts_query()
-        return
-    steps = c.steps(f"mercia_tmp_{cohort_id}_{secrets.token_hex(4)}_")
-    try:
-        for stmt in steps.creates:
-            cdm.execute(stmt, bound(stmt, c.params))
-        yield steps.rows, steps.mask_counts
-    finally:
-        # After a failure PostgreSQL refuses statements until rollback, which drops the tables anyway.
-        for stmt in steps.drops:
-            with suppress(Exception):
-                cdm.execute(stmt)
 
 
 def cohort_rows(cdm: Cdm, cohort_id: int) -> list[tuple[Any, ...]]:

@@ -109,12 +109,19 @@ class _Server:
     def command(self) -> list[str]:
         raise NotImplementedError
 
-    def start(self) -> None:
+    def launch(self) -> None:
+        """Start the process without waiting for it (start several, then `wait_ready` each)."""
         log = open(self.folder / "server.log", "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         log.close()
+
+    def wait_ready(self) -> None:
         wait_healthy(self.url, self.proc, verify=self.verify)
+
+    def start(self) -> None:
+        self.launch()
+        self.wait_ready()
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -221,3 +228,88 @@ def small_study(name: str = "small test study") -> Any:
             a["settings"]["ph_test"] = False
     canonical["disclosure"] = None
     return StudyPackage.from_canonical(canonical)
+
+
+class HubServer(_Server):
+    """A hub (made by `init_hub`) with fast polling and short back-off, for tests."""
+
+    def __init__(self, folder: Path, *, port: int | None = None, tls: tuple[Path, Path] | None = None,
+                 poll_seconds: float = 0.2, retry: tuple[float, float] = (0.2, 2.0)) -> None:
+        from mercia.federation.hub import init_hub
+
+        super().__init__(folder, port)
+        self.config_path, _, self.admin_token = init_hub(folder)
+        data = yaml.safe_load(self.config_path.read_text())
+        data.update({"poll_seconds": poll_seconds, "retry": {"base_seconds": retry[0], "max_seconds": retry[1]},
+                     "node_timeout_seconds": 30})
+        if tls is not None:
+            data["tls"] = {"cert": str(tls[0]), "key": str(tls[1])}
+            self.scheme = "https"
+            self.verify = False
+        self.config_path.write_text(yaml.safe_dump(data))
+        self.key = HubKey(folder)  # the key init_hub wrote
+        self.state_dir = folder / "state"
+
+    def command(self) -> list[str]:
+        return [MERCIA, "hub", "serve", "--config", str(self.config_path), "--port", str(self.port)]
+
+    def client(self, token: str) -> Any:
+        from mercia.federation.client import Client
+
+        return Client(self.url, token, verify=self.verify)
+
+
+class Federation:
+    """A hub and one node per site, registered in project PROJECT, with a researcher's token.
+
+    `fed.client()` is the researcher's mercia.Client; `fed.admin()` the admin's; `fed.nodes[site]`
+    the NodeServer (approve, kill, start ...)."""
+
+    def __init__(self, folder: Path, sites: dict[str, Path], *, policy: str = "opensafely",
+                 node_config: dict[str, Any] | None = None) -> None:
+        self.folder = folder
+        self.hub = HubServer(folder / "hub")
+        self.nodes = {name: NodeServer(folder / f"node_{name}", cdm=cdm, hub_key=self.hub.key, site=name,
+                                       policy=policy, **(node_config or {}))
+                      for name, cdm in sites.items()}
+        self.researcher_token = ""
+
+    def client(self) -> Any:
+        return self.hub.client(self.researcher_token)
+
+    def admin(self) -> Any:
+        return self.hub.client(self.hub.admin_token)
+
+    def start(self) -> Federation:
+        servers = [*self.nodes.values(), self.hub]
+        for server in servers:  # in parallel: each takes seconds to import and open its CDM
+            server.launch()
+        for server in servers:
+            server.wait_ready()
+        with self.admin() as admin:
+            for name, node in self.nodes.items():
+                admin.add_node(name, node.url, node.tokens["hub"])
+            admin.add_project(PROJECT, sorted(self.nodes))
+            self.researcher_token = admin.add_user("alice", "researcher", [PROJECT])["token"]
+        return self
+
+    def stop(self) -> None:
+        self.hub.stop()
+        for node in self.nodes.values():
+            node.stop()
+
+    def __enter__(self) -> Federation:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def approve_all(self, content_hash: str) -> None:
+        for node in self.nodes.values():
+            if node.wait_status(content_hash, {"pending_approval", "approved", "running", "finished"})[
+                    "status"] == "pending_approval":
+                node.approve(content_hash)

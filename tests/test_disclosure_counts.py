@@ -296,7 +296,64 @@ def test_exposure_suppressed_with_its_counts() -> None:
     )
     rel = release(t, SACRO, log=DisclosureLog()).data
     assert pd.isna(rel.loc[0, "pyears"]) and pd.isna(rel.loc[0, "rate"])
-    assert rel.loc[1, "rate"] == pytest.approx(40 / 800.2 * 1000)
+    # SACRO does not round counts; person-time is still released in whole units, and the rate is
+    # recomputed from the released values.
+    assert rel.loc[1, "pyears"] == 800.0
+    assert rel.loc[1, "rate"] == pytest.approx(40 / 800 * 1000)
+
+
+def _pyears_table(events: list[int], pyears: list[float]) -> ResultTable:
+    data = pd.DataFrame({"band": [f"b{i}" for i in range(len(events))], "events": events, "pyears": pyears})
+    return ResultTable(
+        name="inc",
+        kind="rates",
+        data=data,
+        dimensions=["band"],
+        count_columns=["events"],
+        exposure_columns=["pyears"],
+        margins=["band"],
+        rates={"rate": RateSpec(numerator="events", denominator="pyears", per=1000)},
+    )
+
+
+def test_person_time_rounded_to_the_policy_base_and_logged() -> None:
+    t = _pyears_table([40, 25, 3], [812.6, 402.4, 97.3])
+    log = DisclosureLog()
+    rel = release(t, OPENSAFELY, log=log).data.set_index("band")
+    # OpenSAFELY rounds counts to 5, and person-time to 5 person-years with them.
+    assert rel.loc["b0", "pyears"] == 815.0 and rel.loc["b1", "pyears"] == 400.0
+    assert pd.isna(rel.loc["b2", "pyears"])  # its event count (3) is redacted
+    assert rel.loc["Total", "pyears"] == 1310.0  # 1312.3
+    assert rel.loc["b0", "rate"] == pytest.approx(40 / 815 * 1000)
+    entries = [e for e in log.for_table("inc") if e.column == "pyears"]
+    assert len(entries) == 4
+    assert [e.outcome for e in entries].count("rounded") == 3
+    assert [e.outcome for e in entries].count("suppressed") == 1
+    assert "812.6" not in log.to_json() and "1312.3" not in log.to_json()
+    custom = OPENSAFELY.model_copy(update={"exposure_rounding": 100, "name": "coarse"})
+    assert release(t, custom, log=DisclosureLog()).data.set_index("band").loc["b0", "pyears"] == 800.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 60), min_size=2, max_size=6),
+    st.lists(st.floats(0.5, 500.0, allow_nan=False), min_size=6, max_size=6),
+)
+def test_suppressed_person_time_not_exact_from_the_margin(events: list[int], pyears: list[float]) -> None:
+    """OpenSAFELY does no secondary suppression: the total minus the released cells bounds a redacted
+    cell's person-time, but rounding keeps it from being exact (it is off by up to half a base per
+    released cell)."""
+    py = pyears[: len(events)]
+    rel = release(_pyears_table(events, py), OPENSAFELY, log=DisclosureLog()).data.set_index("band")
+    hidden = [b for b in rel.index if b != "Total" and pd.isna(rel.loc[b, "pyears"])]
+    for v in rel["pyears"].dropna():
+        assert v % OPENSAFELY.exposure_base == 0  # nothing released exact
+    if len(hidden) == 1 and not pd.isna(rel.loc["Total", "pyears"]):
+        guess = rel.loc["Total", "pyears"] - rel["pyears"].drop(index=["Total", hidden[0]]).sum()
+        true = py[int(hidden[0][1:])]
+        # The attacker's guess is a multiple of the base; the truth is a multiple only by chance.
+        assert guess % OPENSAFELY.exposure_base == 0
+        assert abs(guess - true) <= OPENSAFELY.exposure_base / 2 * len(events) + 1e-9
 
 
 def test_log_records_every_cell_without_values() -> None:

@@ -103,3 +103,17 @@ def test_threshold_rises_so_no_count_rounds_into_the_small_range() -> None:
     assert DisclosurePolicy(name="x", threshold=5, rounding_base=5).suppress_up_to == 7  # 6 and 7 show as 5
     assert DisclosurePolicy(name="x", threshold=0, rounding_base=5).suppress_up_to == 2  # 1 and 2 show as 0
     assert SACRO.suppress_up_to == 9
+
+
+def test_person_time_rounding_is_a_policy_setting() -> None:
+    # By default person-time follows the count rounding base: 5 person-years for OpenSAFELY, whole
+    # units for SACRO (which does not round counts).
+    assert OPENSAFELY.exposure_base == 5 and SACRO.exposure_base == 1
+    coarse = OPENSAFELY.model_copy(update={"name": "coarse", "exposure_rounding": 10})
+    fine = OPENSAFELY.model_copy(update={"name": "fine", "exposure_rounding": 1})
+    assert coarse.at_least_as_strict_as(OPENSAFELY)
+    assert any("person-time" in w for w in fine.weaker_settings_than(OPENSAFELY))
+    with pytest.raises(DisclosureError, match="person-time rounding 1 is not a multiple of 5"):
+        effective_policy(OPENSAFELY, fine)
+    assert strictest(SACRO, coarse).exposure_base == 10
+    assert "person-time to 5" in OPENSAFELY.rule_summary()

@@ -141,7 +141,19 @@ _TABLES: dict[str, list[str]] = {
 }
 
 
-def _binary_sql(domain: str, windows: Sequence[Window], first_only: bool) -> str:
+def _name_join(with_names: bool, alias: str) -> tuple[str, str]:
+    """The concept name column and its join: names are looked up in the database, in the same query,
+    rather than by a second query listing every concept id (a 1,000-id VALUES list costs seconds in
+    sqlglot)."""
+    if not with_names:
+        return "CAST('' AS VARCHAR) AS concept_name", ""
+    return (
+        "COALESCE(cn.concept_name, '') AS concept_name",
+        f"LEFT JOIN concept cn ON cn.concept_id = {alias}.concept_id",
+    )
+
+
+def _binary_sql(domain: str, windows: Sequence[Window], first_only: bool, with_names: bool = False) -> str:
     """Persons with a record of each concept in each window, one pass per distinct window end: a
     person has the concept in [start, end] iff their latest record on or before `end` is on or after
     `start`."""
@@ -165,37 +177,53 @@ def _binary_sql(domain: str, windows: Sequence[Window], first_only: bool) -> str
         ) pc
         GROUP BY cohort_id, concept_id""")
     sums = ", ".join(f"SUM(n_{k}) AS n_{k}" for k in range(len(windows)))
+    name_col, name_join = _name_join(with_names, "g")
     return f"""
-    WITH {_idx_sql(first_only).strip()}
-    SELECT cohort_id, concept_id, {sums} FROM ({" UNION ALL ".join(parts)}) u
-    GROUP BY cohort_id, concept_id
+    WITH {_idx_sql(first_only).strip()},
+    g AS (
+      SELECT cohort_id, concept_id, {sums} FROM ({" UNION ALL ".join(parts)}) u
+      GROUP BY cohort_id, concept_id
+    )
+    SELECT g.*, {name_col} FROM g {name_join}
     """
 
 
-def _values_sql(first_only: bool) -> str:
+def _values_sql(first_only: bool, with_names: bool = False) -> str:
+    """Each person's latest value per concept and unit in each window; n, mean, SD and the largest
+    absolute values per cell. As in `_binary_sql`, one ranking per distinct window end (the `ends`
+    table: end and the earliest start of the windows ending there): the latest record in [start, end]
+    is the latest in [earliest start, end] when that one is on or after `start`, and there is none
+    otherwise."""
     tops = ", ".join(f"MAX(CASE WHEN r = {j} THEN ABS(v) END) AS top{j}" for j in range(1, _TOPS + 1))
+    name_col, name_join = _name_join(with_names, "a")
     return f"""
     WITH {_idx_sql(first_only).strip()},
     latest AS (
-      SELECT i.cohort_id, w.k, m.measurement_concept_id AS concept_id,
-             COALESCE(m.unit_concept_id, 0) AS unit_concept_id, m.value_as_number AS v,
-             ROW_NUMBER() OVER (PARTITION BY i.cohort_id, w.k, i.person_id, i.index_date,
-                                             m.measurement_concept_id, COALESCE(m.unit_concept_id, 0)
-                                ORDER BY m.measurement_date DESC, m.measurement_id DESC) AS rn
-      FROM idx i
-      JOIN measurement m ON m.person_id = i.person_id AND m.value_as_number IS NOT NULL
-      JOIN windows w ON m.measurement_date >= CAST(i.index_date + w.lo AS DATE)
-                    AND m.measurement_date <= CAST(i.index_date + w.hi AS DATE)
+      SELECT cohort_id, e, concept_id, unit_concept_id, v, off FROM (
+        SELECT i.cohort_id, ends.e, m.measurement_concept_id AS concept_id,
+               COALESCE(m.unit_concept_id, 0) AS unit_concept_id, m.value_as_number AS v,
+               DATE_DIFF('day', i.index_date, m.measurement_date) AS off,
+               ROW_NUMBER() OVER (PARTITION BY i.cohort_id, ends.e, i.person_id, i.index_date,
+                                               m.measurement_concept_id, COALESCE(m.unit_concept_id, 0)
+                                  ORDER BY m.measurement_date DESC, m.measurement_id DESC) AS rn
+        FROM idx i
+        JOIN measurement m ON m.person_id = i.person_id AND m.value_as_number IS NOT NULL
+        JOIN ends ON m.measurement_date >= CAST(i.index_date + ends.lo AS DATE)
+                 AND m.measurement_date <= CAST(i.index_date + ends.e AS DATE)
+      ) x WHERE rn = 1
     ),
     ranked AS (
-      SELECT cohort_id, k, concept_id, unit_concept_id, v,
-             ROW_NUMBER() OVER (PARTITION BY cohort_id, k, concept_id, unit_concept_id
-                                ORDER BY ABS(v) DESC) AS r
-      FROM latest WHERE rn = 1
+      SELECT l.cohort_id, w.k, l.concept_id, l.unit_concept_id, l.v,
+             ROW_NUMBER() OVER (PARTITION BY l.cohort_id, w.k, l.concept_id, l.unit_concept_id
+                                ORDER BY ABS(l.v) DESC) AS r
+      FROM latest l JOIN windows w ON w.hi = l.e AND l.off >= w.lo
+    ),
+    a AS (
+      SELECT cohort_id, k, concept_id, unit_concept_id, COUNT(*) AS n, AVG(v) AS mean,
+             STDDEV_SAMP(v) AS sd, {tops}
+      FROM ranked GROUP BY cohort_id, k, concept_id, unit_concept_id
     )
-    SELECT cohort_id, k, concept_id, unit_concept_id, COUNT(*) AS n, AVG(v) AS mean,
-           STDDEV_SAMP(v) AS sd, {tops}
-    FROM ranked GROUP BY cohort_id, k, concept_id, unit_concept_id
+    SELECT a.*, {name_col} FROM a {name_join}
     """
 
 
@@ -225,17 +253,6 @@ def _demographics_sql(first_only: bool) -> str:
     UNION ALL
     SELECT 'group', g.cohort_id, g.variable, g.level, g.n, NULL, NULL, NULL, NULL, NULL FROM groups g
     """
-
-
-def _names(cdm: Cdm, ids: Sequence[int]) -> dict[int, str]:
-    if not ids or not cdm.table_exists("concept"):
-        return {}
-    q = build(
-        "SELECT concept_id, concept_name FROM concept WHERE concept_id IN (SELECT cid FROM wanted)",
-        cdm,
-        {"wanted": (["cid"], [[int(i)] for i in ids])},
-    )
-    return {int(a): str(b) for a, b in cdm.fetch_all(q)}
 
 
 # ---------------------------------------------------------------------------------------------- Table 1
@@ -317,11 +334,12 @@ def characterize(
 
     # -- binary covariates per window
     frames = []
+    with_names = cdm.table_exists("concept")
     for domain in settings.domains:
         require_tables(cdm, _TABLES[domain], f"{domain} covariates")
-        wide = fetch_df(cdm, build(_binary_sql(domain, settings.windows, first), cdm, values))
+        wide = fetch_df(cdm, build(_binary_sql(domain, settings.windows, first, with_names), cdm, values))
         for k, w in enumerate(settings.windows):
-            part = wide[["cohort_id", "concept_id", f"n_{k}"]].rename(columns={f"n_{k}": "n"})
+            part = wide[["cohort_id", "concept_id", "concept_name", f"n_{k}"]].rename(columns={f"n_{k}": "n"})
             part = part[part["n"] > 0].assign(window=w.name, domain=domain)
             frames.append(part)
     cov_cols = ["cohort_id", "window", "domain", "concept_id", "concept_name", "n", "n_cohort", "proportion"]
@@ -329,9 +347,8 @@ def characterize(
         cov = pd.concat(frames, ignore_index=True)
         for c in ("cohort_id", "concept_id", "n"):
             cov[c] = cov[c].astype("int64")
-        names = _names(cdm, sorted(set(cov["concept_id"])))
-        cov["concept_name"] = [names.get(int(c), "") for c in cov["concept_id"]]
-        cov["n_cohort"] = [sizes[int(c)] for c in cov["cohort_id"]]
+        cov["concept_name"] = cov["concept_name"].astype(object)
+        cov["n_cohort"] = cov["cohort_id"].map(sizes).astype("int64")
         cov["proportion"] = cov["n"] / cov["n_cohort"]
         cov = cov.sort_values(["cohort_id", "window", "domain", "concept_id"], kind="stable")[cov_cols]
         cov = cov.reset_index(drop=True)
@@ -352,8 +369,10 @@ def characterize(
         wv = {
             **values,
             "windows": (["k", "lo", "hi"], [[k, w.lo, w.end] for k, w in enumerate(settings.windows)]),
+            "ends": (["e", "lo"], [[e, min(w.lo for w in settings.windows if w.end == e)]
+                                   for e in sorted({w.end for w in settings.windows})]),
         }
-        mv = fetch_df(cdm, build(_values_sql(first), cdm, wv))
+        mv = fetch_df(cdm, build(_values_sql(first, with_names), cdm, wv))
         m_cols = [
             "cohort_id",
             "window",
@@ -366,9 +385,8 @@ def characterize(
             *tops,
         ]
         if len(mv):
-            names = _names(cdm, sorted(set(mv["concept_id"])))
             mv["window"] = [settings.windows[int(k)].name for k in mv["k"]]
-            mv["concept_name"] = [names.get(int(c), "") for c in mv["concept_id"]]
+            mv["concept_name"] = mv["concept_name"].astype(object)
             for c in ("cohort_id", "concept_id", "unit_concept_id", "n"):
                 mv[c] = mv[c].astype("int64")
             for c in ("mean", "sd", *tops):

@@ -58,6 +58,12 @@ class DisclosurePolicy(BaseModel):
     survival_time_unit: int | None = Field(
         default=None, ge=1, description="survival times are coarsened up to multiples of this many days"
     )
+    exposure_rounding: int | None = Field(
+        default=None,
+        ge=1,
+        description="person-time is released rounded to multiples of this (in the column's unit, e.g. "
+        "person-years); None = the count rounding_base, so at least whole units",
+    )
 
     @model_validator(mode="after")
     def _nk_complete(self) -> DisclosurePolicy:
@@ -87,6 +93,13 @@ class DisclosurePolicy(BaseModel):
     def step_min_events(self) -> int:
         return self.survival_min_events if self.survival_min_events is not None else self.threshold + 1
 
+    @property
+    def exposure_base(self) -> int:
+        """Person-time is released as a multiple of this: it is a sum of per-person follow-up, and an
+        exact sum lets two overlapping releases (or a margin minus its released cells) give one
+        person's follow-up to the day."""
+        return self.exposure_rounding if self.exposure_rounding is not None else self.rounding_base
+
     def rule_summary(self) -> str:
         """One line for logs and reports."""
         parts = [f"suppress counts 1..{self.threshold}" + (" and zeros" if self.zeros_disclosive else "")]
@@ -100,6 +113,7 @@ class DisclosurePolicy(BaseModel):
             parts.append(f"N-k {self.nk_n}/{self.nk_k:.0%}")
         if self.min_model_dof:
             parts.append(f"model dof >= {self.min_model_dof}")
+        parts.append(f"person-time to {self.exposure_base}")
         return f"{self.name}: " + ", ".join(parts)
 
     def weaker_settings_than(self, other: DisclosurePolicy) -> list[str]:
@@ -123,6 +137,10 @@ class DisclosurePolicy(BaseModel):
             # as (n', k') when n >= n' and k <= k'.
             if self.nk_n is None or self.nk_k is None or self.nk_n < other.nk_n or self.nk_k > other.nk_k:
                 weaker.append(f"N-k rule ({self.nk_n}, {self.nk_k}) weaker than ({other.nk_n}, {other.nk_k})")
+        if self.exposure_base % other.exposure_base != 0:
+            weaker.append(
+                f"person-time rounding {self.exposure_base} is not a multiple of {other.exposure_base}"
+            )
         if self.min_model_dof < other.min_model_dof:
             weaker.append(f"min_model_dof {self.min_model_dof} < {other.min_model_dof}")
         if self.risk_set_minimum < other.risk_set_minimum:
@@ -189,6 +207,7 @@ def strictest(a: DisclosurePolicy, b: DisclosurePolicy, *, name: str | None = No
         min_risk_set=max(a.risk_set_minimum, b.risk_set_minimum),
         survival_min_events=max(a.step_min_events, b.step_min_events),
         survival_time_unit=_lcm_opt(a.survival_time_unit, b.survival_time_unit),
+        exposure_rounding=math.lcm(a.exposure_base, b.exposure_base),
     )
 
 

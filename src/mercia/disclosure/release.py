@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from mercia.disclosure.log import DisclosureLog
 from mercia.disclosure.policy import DisclosurePolicy, round_count
-from mercia.disclosure.suppression import CellStructure, is_small, suppress
+from mercia.disclosure.suppression import CellStructure, SuppressionResult, is_small, suppress
 from mercia.disclosure.tables import SURVIVAL_COLUMNS, ResultTable
 from mercia.errors import DisclosureError
 
@@ -211,18 +211,22 @@ class _Cube:
 def _release_counts(
     table: ResultTable, policy: DisclosurePolicy, log: DisclosureLog
 ) -> tuple[pd.DataFrame, str, None]:
+    """Counts and rates tables: the cube of cells and margins, each count column suppressed and
+    rounded, person-time protected with its row, rates derived from what was released."""
     if table.sequential:
         return _release_attrition(table, policy, log)
     value_cols = table.count_columns + table.exposure_columns
     cube = _Cube(table, value_cols)
     rels = cube.relations()
     n = len(cube.keys)
+    keys = [dict(zip(cube.dims, k, strict=True)) for k in cube.keys]
     out = pd.DataFrame(
         {d: pd.Series([k[i] for k in cube.keys], dtype=object) for i, d in enumerate(cube.dims)}
     )
+    values = np.array([cube.values[k] for k in cube.keys]).reshape(n, len(value_cols))
     any_suppressed = np.zeros(n, dtype=bool)
     for ci, col in enumerate(table.count_columns):
-        vals = [int(np.rint(cube.values[k][ci])) for k in cube.keys]
+        vals = [int(v) for v in np.rint(values[:, ci])]
         structure = CellStructure(
             values=vals, is_total=[cube.is_total(j) for j in range(n)], published=[True] * n, relations=rels
         )
@@ -232,55 +236,94 @@ def _release_counts(
             zeros_disclosive=policy.zeros_disclosive,
             secondary=policy.secondary_suppression,
         )
-        released: list[Any] = []
-        for j, key in enumerate(cube.keys):
-            where = dict(zip(cube.dims, key, strict=True))
-            if j in res.primary:
-                rule, reason = _suppression_reason(vals[j], policy)
-                log.record(table.name, key=where, column=col, rule=rule, outcome="suppressed", reason=reason)
-                released.append(pd.NA)
-            elif j in res.secondary:
-                log.record(
-                    table.name,
-                    key=where,
-                    column=col,
-                    rule="secondary",
-                    outcome="suppressed",
-                    reason="complementary suppression: otherwise a suppressed cell follows from the totals",
-                )
-                released.append(pd.NA)
-            else:
-                released.append(_log_released_count(table.name, where, col, vals[j], policy, log))
-        any_suppressed |= np.array([j in res.suppressed for j in range(n)], dtype=bool)
-        out[col] = pd.array(released, dtype="Int64")
+        out[col] = _publish_counts(
+            table.name,
+            keys,
+            col,
+            vals,
+            res,
+            policy,
+            log,
+            secondary_reason="complementary suppression: otherwise a suppressed cell follows from the totals",
+        )
+        any_suppressed[sorted(res.suppressed)] = True
     for ei, col in enumerate(table.exposure_columns, start=len(table.count_columns)):
-        ev: list[Any] = []
-        for j, key in enumerate(cube.keys):
-            where = dict(zip(cube.dims, key, strict=True))
-            if any_suppressed[j]:
-                # Person-time of a suppressed cell is (nearly) the follow-up of its few patients.
-                log.record(
-                    table.name,
-                    key=where,
-                    column=col,
-                    rule="exposure",
-                    outcome="suppressed",
-                    reason="a count in this row is suppressed, so its person-time is too",
-                )
-                ev.append(np.nan)
-            else:
-                log.record(
-                    table.name,
-                    key=where,
-                    column=col,
-                    rule="exposure",
-                    outcome="released",
-                    reason="person-time released as computed (no dominance check on follow-up)",
-                )
-                ev.append(float(cube.values[key][ei]))
-        out[col] = ev
+        out[col] = _publish_exposure(table.name, keys, col, values[:, ei], any_suppressed, policy, log)
     _derive_rates(table, out, cube, log)
     return out, "released", None
+
+
+def _publish_counts(
+    table: str,
+    keys: list[dict[str, Any]],
+    col: str,
+    values: list[int],
+    res: SuppressionResult,
+    policy: DisclosurePolicy,
+    log: DisclosureLog,
+    *,
+    secondary_reason: str,
+) -> pd.arrays.IntegerArray:
+    """One count column's released values (missing where suppressed, rounded elsewhere), with one log
+    entry per cell: the single place where a count cell is decided, for every kind of count table."""
+    released: list[Any] = []
+    for j, where in enumerate(keys):
+        if j in res.primary:
+            rule, reason = _suppression_reason(values[j], policy)
+            log.record(table, key=where, column=col, rule=rule, outcome="suppressed", reason=reason)
+            released.append(pd.NA)
+        elif j in res.secondary:
+            log.record(
+                table, key=where, column=col, rule="secondary", outcome="suppressed", reason=secondary_reason
+            )
+            released.append(pd.NA)
+        else:
+            released.append(_log_released_count(table, where, col, values[j], policy, log))
+    return pd.array(released, dtype="Int64")
+
+
+def _publish_exposure(
+    table: str,
+    keys: list[dict[str, Any]],
+    col: str,
+    values: np.ndarray,
+    suppressed: np.ndarray,
+    policy: DisclosurePolicy,
+    log: DisclosureLog,
+) -> np.ndarray:
+    """Person-time: a sum of each person's follow-up, so it is protected like the row's counts and
+    never released exact.
+
+    - Missing where a count of its row is suppressed (primary or secondary): a small cell's person-time
+      is its few patients' follow-up, and with secondary suppression the same pattern keeps it from
+      following out of the margins.
+    - Rounded elsewhere to a multiple of `policy.exposure_base` (the count rounding base unless the
+      policy says otherwise; whole units at least): exact sums let a margin minus its released cells,
+      or two releases differing by one patient, give that patient's follow-up to the day.
+    """
+    base = policy.exposure_base
+    rounded = np.floor(np.asarray(values, dtype=float) / base + 0.5) * base
+    released = np.where(suppressed, np.nan, rounded)
+    for j, where in enumerate(keys):
+        if suppressed[j]:
+            log.record(
+                table,
+                key=where,
+                column=col,
+                rule="exposure",
+                outcome="suppressed",
+                reason="a count in this row is suppressed, so its person-time is too",
+            )
+        else:
+            log.record(
+                table,
+                key=where,
+                column=col,
+                rule="exposure",
+                outcome="rounded",
+                reason=f"person-time rounded to the nearest {base}",
+            )
+    return released
 
 
 def _log_released_count(
@@ -303,23 +346,35 @@ def _log_released_count(
     return r
 
 
+def _as_float(s: pd.Series) -> np.ndarray:
+    """Released values as floats, NaN where suppressed (Int64 columns hold pd.NA there)."""
+    return pd.to_numeric(s, errors="coerce").astype("float64").to_numpy(na_value=np.nan)
+
+
 def _derive_rates(table: ResultTable, out: pd.DataFrame, cube: _Cube, log: DisclosureLog) -> None:
     """Rates and proportions from released (suppressed, rounded) values only, so they reveal nothing
     the released counts do not."""
     for name, spec in table.rates.items():
-        rates: list[float] = []
-        for j, key in enumerate(cube.keys):
-            num = out.at[j, spec.numerator]
-            if spec.within:
-                k2 = tuple(cube.total if d in spec.within else v for d, v in zip(cube.dims, key, strict=True))
-                den = out.at[cube.index[k2], spec.denominator] if k2 in cube.index else pd.NA
-            else:
-                den = out.at[j, spec.denominator]
-            if pd.isna(num) or pd.isna(den) or float(den) == 0:
-                rates.append(np.nan)
-            else:
-                rates.append(float(num) / float(den) * spec.per)
-        out[name] = rates
+        num = _as_float(out[spec.numerator])
+        den = _as_float(out[spec.denominator])
+        if spec.within:
+            # The denominator is the released margin of the row's cell over the `within` dimensions.
+            at = np.array(
+                [
+                    cube.index.get(
+                        tuple(
+                            cube.total if d in spec.within else v for d, v in zip(cube.dims, key, strict=True)
+                        ),
+                        -1,
+                    )
+                    for key in cube.keys
+                ],
+                dtype=int,
+            )
+            den = np.where(at >= 0, den[np.maximum(at, 0)], np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rates = num / den * spec.per
+        out[name] = np.where(np.isnan(num) | np.isnan(den) | (den == 0), np.nan, rates)
         log.record(
             table.name,
             column=name,
@@ -338,6 +393,7 @@ def _release_attrition(
     published but follow by subtraction, so they are hidden cells that must be protected too."""
     out = table.data[table.dimensions].copy().reset_index(drop=True)
     k = len(out)
+    keys = [{d: out.at[j, d] for d in table.dimensions} or {"step": j} for j in range(k)]
     for col in table.count_columns:
         steps = [int(v) for v in table.data[col]]
         excluded = [steps[i - 1] - steps[i] for i in range(1, k)]
@@ -360,39 +416,28 @@ def _release_attrition(
             zeros_disclosive=policy.zeros_disclosive,
             secondary=policy.secondary_suppression,
         )
-        released: list[Any] = []
-        for j in range(k):
-            where = {d: out.at[j, d] for d in table.dimensions} or {"step": j}
-            if j in res.primary:
-                rule, reason = _suppression_reason(values[j], policy)
-                log.record(table.name, key=where, column=col, rule=rule, outcome="suppressed", reason=reason)
-                released.append(pd.NA)
-            elif j in res.secondary:
-                log.record(
-                    table.name,
-                    key=where,
-                    column=col,
-                    rule="secondary",
-                    outcome="suppressed",
-                    reason="complementary suppression: the patients excluded at a step would follow by subtraction",
-                )
-                released.append(pd.NA)
-            else:
-                released.append(_log_released_count(table.name, where, col, values[j], policy, log))
+        out[col] = _publish_counts(
+            table.name,
+            keys,
+            col,
+            values[:k],
+            res,
+            policy,
+            log,
+            secondary_reason="complementary suppression: the patients excluded at a step would follow by subtraction",
+        )
         if not policy.secondary_suppression:
             for i, e in enumerate(excluded, start=1):
                 if is_small(e, policy.suppress_up_to, policy.zeros_disclosive):
-                    where = {d: out.at[i, d] for d in table.dimensions} or {"step": i}
                     log.record(
                         table.name,
-                        key=where,
+                        key=keys[i],
                         column=col,
                         rule="differencing",
                         outcome="released",
                         reason="the number excluded at this step is small; only rounding protects it "
                         "(secondary suppression is off in this policy)",
                     )
-        out[col] = pd.array(released, dtype="Int64")
     return out, "released", None
 
 

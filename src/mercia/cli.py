@@ -466,10 +466,13 @@ def node_list(
     status: Annotated[str | None, typer.Option(help="Only studies with this status.")] = None,
 ) -> None:
     """The node's studies and their status."""
+    from rich.table import Column
+
     from mercia.federation.node import load_node_config
     from mercia.federation.node.local import list_studies
 
-    t = Table("hash", "study", "project", "requested by", "status", "updated")
+    t = Table("study", "project", "requested by", "status", "updated")
+    t.columns.insert(0, Column("hash", no_wrap=True, min_width=16))
     for r in list_studies(load_node_config(config), status):
         t.add_row(r.hash[:16], r.name, r.project, r.requested_by, r.status, r.updated_at)
     console.print(t)

@@ -55,7 +55,7 @@ class StudyWorker:
 
     def start(self) -> None:
         for h in self.store.requeue_interrupted():
-            self.audit.append("study_requeued", "node", hash=h, reason="the node stopped while it ran")
+            self.audit.append("study.requeued", "node", hash=h, reason="the node stopped while it ran")
         self._thread = threading.Thread(target=self._loop, name="mercia-node-worker", daemon=True)
         self._thread.start()
 
@@ -85,23 +85,23 @@ class StudyWorker:
         if rec is None:
             return False
         h = rec.hash
-        self.audit.append("run_started", "node", hash=h, run=rec.runs)
+        self.audit.append("run.started", "node", hash=h, run=rec.runs)
         try:
             tables = self._run(h)
         except MerciaError as e:
             self.store.fail(h, str(e))
-            self.audit.append("run_failed", "node", hash=h, error=str(e))
+            self.audit.append("run.failed", "node", hash=h, error=str(e))
             return True
         except Exception as e:
             # Not the user's fault: keep the trace in the server log, send only the error's type out
             # (a message from deep inside a driver might quote data).
             logger.error("study %s failed:\n%s", h, traceback.format_exc())
             self.store.fail(h, f"internal error ({type(e).__name__}); see the node's log")
-            self.audit.append("run_failed", "node", hash=h, error=type(e).__name__)
+            self.audit.append("run.failed", "node", hash=h, error=type(e).__name__)
             return True
         if self.store.finish(h, tables=tables):
-            self.audit.append("released", "node", hash=h, tables=tables)
-        self.audit.append("run_finished", "node", hash=h, tables=tables)
+            self.audit.append("release", "node", hash=h, tables=tables)
+        self.audit.append("run.finished", "node", hash=h, tables=tables)
         return True
 
     def _run(self, content_hash: str) -> int:

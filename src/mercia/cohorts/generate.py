@@ -198,15 +198,7 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]]) 
                    .from_(cohort.copy()).where(_id_in(ids)).group_by("cohort_definition_id"))
         counts = {int(r[0]): (int(r[1]), int(r[2])) for r in cdm.fetch_all(counted)}
         _delete_definition_rows(cdm, ids)
-        cdm.insert_arrow("cohort_definition", pa.table({
-            "cohort_definition_id": ids,
-            "cohort_definition_name": [p.definition.name for p in prepared],
-            "cohort_definition_description": [p.definition.description for p in prepared],
-            "definition_type_concept_id": [0] * len(prepared),
-            "cohort_definition_syntax": [_syntax(p.definition, p.definition_hash) for p in prepared],
-            "subject_concept_id": [0] * len(prepared),
-            "cohort_initiation_date": [dt.date.today()] * len(prepared),
-        }))
+        _insert_definition_rows(cdm, prepared)
     results: list[CohortResult] = []
     for p, warns in zip(prepared, unknown, strict=True):
         mask_counts = masks[p.cohort_id]
@@ -259,6 +251,24 @@ def _overwrite_partition(cohort: exp.Table, cohort_id: int, rows: exp.Select) ->
         exp.EQ(this=exp.column("cohort_definition_id"), expression=lit(cohort_id))]))
     select = rows.select("subject_id", "cohort_start_date", "cohort_end_date", append=False)
     return exp.Insert(this=cohort, expression=select, overwrite=True)
+
+
+def _insert_definition_rows(cdm: Cdm, prepared: list[_Prepared]) -> None:
+    today = dt.date.today()
+    rows = [{"cohort_definition_id": p.cohort_id, "cohort_definition_name": p.definition.name,
+             "cohort_definition_description": p.definition.description, "definition_type_concept_id": 0,
+             "cohort_definition_syntax": _syntax(p.definition, p.definition_hash), "subject_concept_id": 0,
+             "cohort_initiation_date": today} for p in prepared]
+    if cdm.dialect == "spark":
+        cdm.insert_arrow("cohort_definition", pa.Table.from_pylist(rows))
+        return
+    # A few rows: bound parameters, not Arrow (DuckDB imports pandas, about a second, to register Arrow).
+    columns = list(rows[0])
+    params = {f"v{i}_{j}": value for i, row in enumerate(rows) for j, value in enumerate(row.values())}
+    values = exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder(this=f"v{i}_{j}")
+                                                            for j in range(len(columns))]) for i in range(len(rows))])
+    insert = exp.insert(values, cdm.table("cohort_definition"), columns=columns)
+    cdm.execute(insert, params)
 
 
 def _delete_definition_rows(cdm: Cdm, ids: list[int]) -> None:

@@ -103,7 +103,10 @@ class TrainedModel:
         if self.kind == "lasso_logistic":
             eta = self.intercept + np.asarray(X @ self.coefficients).ravel()
             return 1.0 / (1.0 + np.exp(-eta))
-        return self.estimator.predict_proba(_dense(X))[:, 1]
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="openmp"):
+            return self.estimator.predict_proba(_dense(X))[:, 1]
 
     @property
     def n_parameters(self) -> int:
@@ -197,7 +200,17 @@ def _gbm(lr: float, leaves: int, s: GradientBoostingSettings, seed: int) -> Any:
 def _fit_gbm(
     X: sp.csr_matrix, y: NDArray[np.int64], folds: NDArray[np.int64], s: GradientBoostingSettings, seed: int
 ) -> tuple[TrainedModel, NDArray[np.float64]]:
-    Xd = _dense(X)
+    from threadpoolctl import threadpool_limits
+
+    # One OpenMP thread: on a busy shared server (a site's) OpenMP threads spin against each other;
+    # we measured a 1,500 x 20 fit at 0.6 s on one thread and 13.7 s on all, under load.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return _fit_gbm_grid(_dense(X), y, folds, s, seed)
+
+
+def _fit_gbm_grid(
+    Xd: NDArray[np.float32], y: NDArray[np.int64], folds: NDArray[np.int64], s: GradientBoostingSettings, seed: int
+) -> tuple[TrainedModel, NDArray[np.float64]]:
     fold_ids = np.unique(folds)
     scores: list[dict[str, Any]] = []
     oof_by: dict[tuple[float, int], NDArray[np.float64]] = {}

@@ -179,6 +179,59 @@ def test_report_sections_plots_and_no_network(study: dict[str, Any]) -> None:
     assert not re.search(r"<script[^>]+src=|<link[^>]+href=|@import|<img[^>]+src=\"?http", html)
 
 
+def test_report_shows_continuous_smds_from_released_means(study: dict[str, Any]) -> None:
+    """Age (and measurement values, when the package asks for them) enter the balance plot with
+    (m1 - m2) / sqrt((s1^2 + s2^2) / 2) computed from the released means and SDs only."""
+    from mercia.analyses.characterization import smd_continuous
+    from mercia.study.report import _Builder
+
+    run = study["run"]
+    html = (study["out"] / "report.html").read_text()
+    assert "Continuous covariates: released means and SDs" in html
+    assert "index · age (years)" in html
+    ids = study["pkg"].cohort_ids
+    age = run.tables["table1_age"].data.set_index("cohort_id")
+    t, c = age.loc[ids["htn"]], age.loc[ids["t2d"]]
+    expected = float(smd_continuous(t["age_mean"], t["age_sd"], c["age_mean"], c["age_sd"]))
+    b = _Builder(study["pkg"], run.tables, run.log, run.policy, run.manifest)
+    got = b._continuous_smd("table1", ids["htn"], ids["t2d"]).set_index("label")
+    assert got.loc["index · age (years)", "smd"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_continuous_smd_skips_withheld_means() -> None:
+    """A measurement mean withheld by the magnitude rules (too few contributors in one cohort) has no
+    SMD; the others are computed from what was released."""
+    from mercia.disclosure import DisclosureLog, release
+    from mercia.study.report import _Builder
+
+    pkg = StudyPackage.from_dict(
+        {"name": "two", "cohorts": {"a": {"definition": cond("A", "hypertension")},
+                                    "b": {"definition": cond("B", "type2_diabetes")}},
+         "analyses": [{"type": "cohort_entries", "cohorts": ["a", "b"]}]}
+    )
+    a, b = pkg.cohort_ids["a"], pkg.cohort_ids["b"]
+    tops = ["top1", "top2", "top3"]
+    meas = pd.DataFrame({
+        "cohort_id": [a, b, a, b], "window": ["w"] * 4, "concept_id": [1, 1, 2, 2],
+        "concept_name": ["hba1c", "hba1c", "ldl", "ldl"], "unit_concept_id": [0] * 4,
+        "n": [400, 300, 500, 4], "mean": [50.0, 55.0, 3.0, 3.5], "sd": [10.0, 12.0, 1.0, 1.1],
+        "top1": [90.0, 95.0, 8.0, 5.0], "top2": [89.0, 94.0, 7.5, 4.9], "top3": [88.0, 93.0, 7.0, 4.8],
+    })
+    log = DisclosureLog()
+    released = {
+        "t1_measurements": release(
+            ResultTable(name="t1_measurements", kind="magnitudes", data=meas,
+                        dimensions=["cohort_id", "window", "concept_id", "concept_name", "unit_concept_id"],
+                        n_column="n", magnitude_columns=["mean", "sd"],
+                        magnitude_statistic={"mean": "mean", "sd": "mean"},
+                        top_columns={"mean": tops, "sd": tops}),
+            OPENSAFELY, log=log),
+    }
+    got = _Builder(pkg, released, log, OPENSAFELY, {})._continuous_smd("t1", a, b)
+    assert list(got["label"]) == ["w · hba1c (latest value)"]
+    assert got["smd"].iloc[0] == pytest.approx((50 - 55) / ((10**2 + 12**2) / 2) ** 0.5)
+
+
 def test_report_holds_no_person_ids(study: dict[str, Any], site: Cdm) -> None:
     html = _without_library((study["out"] / "report.html").read_text())
     tokens = set(re.findall(r"\d+", html))

@@ -15,7 +15,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from mercia.analyses.characterization import smd_binary
+from mercia.analyses.characterization import smd_binary, smd_continuous
 from mercia.analyses.incidence import rate_ci
 from mercia.analyses.survival import km_estimates
 from mercia.disclosure import DisclosureLog, DisclosurePolicy, ReleasedTable
@@ -165,38 +165,119 @@ class _Builder:
         return {"title": prefix, "table": "".join(parts) or '<p class="empty">No rows released.</p>', "top": top}
 
     # ---- SMD -----------------------------------------------------------------------------------------
-    def smd(self, prefix: str, target: int, comparator: int) -> dict[str, Any] | None:
-        import plotly.graph_objects as go
-
+    def _binary_smd(self, prefix: str, target: int, comparator: int) -> pd.DataFrame:
+        """Binary covariates (demographic levels, concepts per window) from released counts and released
+        cohort sizes (never the site-side column)."""
         df = self.data(f"{prefix}_smd")
         age = self.data(f"{prefix}_age")
+        empty = pd.DataFrame(columns=["label", "smd", "kind"])
         if df is None or age is None or df.empty or age.empty:
-            return None
+            return empty
         sizes = {int(r.cohort_id): r.n for r in age.itertuples(index=False)}
         nt, nc = sizes.get(target), sizes.get(comparator)
         if nt is None or nc is None or pd.isna(nt) or pd.isna(nc) or not nt or not nc:
-            return None
+            return empty
         d = df.dropna(subset=["n_target", "n_comparator"]).copy()
         d = d[d["concept_name"].astype(str) != TOTAL]
-        # SMDs recomputed from released counts and released cohort sizes (never the site-side column).
         d["smd"] = smd_binary(_num(d["n_target"]) / float(nt), _num(d["n_comparator"]) / float(nc))
-        d = d.dropna(subset=["smd"])
+        d["label"] = [f"{w} · {n}" for w, n in zip(d["window"], d["concept_name"], strict=True)]
+        return d.assign(kind="binary")[["label", "smd", "kind"]].dropna(subset=["smd"])
+
+    def _continuous_smd(self, prefix: str, target: int, comparator: int) -> pd.DataFrame:
+        """Age and measurement values: (m1 - m2) / sqrt((s1^2 + s2^2) / 2) from the released means and
+        SDs of each cohort (missing where either was withheld by the magnitude rules)."""
+        rows: list[dict[str, Any]] = []
+        age = self.data(f"{prefix}_age")
+        if age is not None and len(age):
+            a = age.assign(cohort_id=pd.to_numeric(age["cohort_id"], errors="coerce")).set_index("cohort_id")
+            if target in a.index and comparator in a.index:
+                rows.append(
+                    {
+                        "label": "index · age (years)",
+                        "mean_target": a.loc[target, "age_mean"],
+                        "sd_target": a.loc[target, "age_sd"],
+                        "mean_comparator": a.loc[comparator, "age_mean"],
+                        "sd_comparator": a.loc[comparator, "age_sd"],
+                    }
+                )
+        meas = self.data(f"{prefix}_measurements")
+        if meas is not None and len(meas):
+            key = ["window", "concept_id", "concept_name", "unit_concept_id"]
+            m = meas.assign(cohort_id=pd.to_numeric(meas["cohort_id"], errors="coerce"))
+            t = m[m["cohort_id"] == target].set_index(key)[["mean", "sd"]]
+            c = m[m["cohort_id"] == comparator].set_index(key)[["mean", "sd"]]
+            both = t.join(c, how="inner", lsuffix="_target", rsuffix="_comparator").reset_index()
+            for r in both.itertuples(index=False):
+                rows.append(
+                    {
+                        "label": f"{r.window} · {r.concept_name or r.concept_id} (latest value)",
+                        "mean_target": r.mean_target,
+                        "sd_target": r.sd_target,
+                        "mean_comparator": r.mean_comparator,
+                        "sd_comparator": r.sd_comparator,
+                    }
+                )
+        cols = ["label", "mean_target", "sd_target", "mean_comparator", "sd_comparator"]
+        d = pd.DataFrame(rows, columns=cols)
+        for c in cols[1:]:
+            d[c] = _num(d[c])
+        d["smd"] = smd_continuous(d["mean_target"], d["sd_target"], d["mean_comparator"], d["sd_comparator"])
+        return d.assign(kind="continuous").dropna(subset=["smd"])
+
+    def smd(self, prefix: str, target: int, comparator: int) -> dict[str, Any] | None:
+        import plotly.graph_objects as go
+
+        binary = self._binary_smd(prefix, target, comparator)
+        continuous = self._continuous_smd(prefix, target, comparator)
+        d = pd.concat([binary, continuous[["label", "smd", "kind"]]], ignore_index=True)
         if d.empty:
             return None
         d["abs"] = d["smd"].abs()
         d = d.sort_values("abs", ascending=False).head(40).iloc[::-1]
-        labels = [f"{w} · {n}" for w, n in zip(d["window"], d["concept_name"], strict=True)]
-        fig = go.Figure(go.Scatter(x=d["smd"], y=labels, mode="markers", marker={"size": 8}))
+        fig = go.Figure()
+        for kind, symbol in (("binary", "circle"), ("continuous", "diamond")):
+            part = d[d["kind"] == kind]
+            if len(part):
+                fig.add_trace(
+                    go.Scatter(
+                        x=part["smd"],
+                        y=part["label"],
+                        mode="markers",
+                        name=f"{kind} covariates",
+                        marker={"size": 8, "symbol": symbol},
+                    )
+                )
         for x in (-0.1, 0.1):
             fig.add_vline(x=x, line_dash="dash", line_color="grey")
         fig.update_layout(
             title=f"Standardized mean differences: {self.label(target)} vs {self.label(comparator)}",
-            xaxis_title="SMD (binary covariates)",
+            xaxis_title="SMD (binary: proportions; continuous: means and SDs)",
             height=max(350, 18 * len(d) + 120),
             margin={"l": 260},
+            yaxis={"categoryorder": "array", "categoryarray": list(d["label"])},
         )
         n_big = int((d["abs"] > 0.1).sum())
-        return {"title": prefix, "plot": self.plots.html(fig), "n_imbalanced": n_big}
+        table = ""
+        if len(continuous):
+            shown = continuous.rename(
+                columns={
+                    "label": "covariate",
+                    "mean_target": "mean (target)",
+                    "sd_target": "SD (target)",
+                    "mean_comparator": "mean (comparator)",
+                    "sd_comparator": "SD (comparator)",
+                    "smd": "SMD",
+                }
+            ).drop(columns=["kind"])
+            table = _table_html(shown, 2)
+        return {
+            "title": prefix,
+            "plot": self.plots.html(fig),
+            "n_imbalanced": n_big,
+            "n_binary": len(binary),
+            "n_continuous": len(continuous),
+            "continuous": table,
+        }
 
     # ---- incidence -----------------------------------------------------------------------------------
     def incidence(self, prefix: str, by: list[str], alpha: float) -> dict[str, Any]:

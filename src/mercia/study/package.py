@@ -36,6 +36,7 @@ from mercia.analyses import (
     PrevalenceSettings,
     SurvivalSettings,
 )
+from mercia.analyses.prediction import PredictionSettings
 from mercia.cohorts.model import CohortDefinition
 from mercia.disclosure import BUILTIN_POLICIES, DisclosurePolicy, effective_policy
 from mercia.errors import MerciaError, StudyError
@@ -184,6 +185,18 @@ class CoxAnalysis(_Analysis):
         return [self.target, self.comparator, self.outcome]
 
 
+class PredictionAnalysis(_Analysis):
+    """Patient-level prediction: a model of `outcome` in `target`, internally validated."""
+
+    type: Literal["prediction"]
+    target: str
+    outcome: str
+    settings: PredictionSettings = PredictionSettings()
+
+    def cohorts_used(self) -> list[str]:
+        return [self.target, self.outcome]
+
+
 Analysis = Annotated[
     CharacterizationAnalysis
     | CompareCohortsAnalysis
@@ -191,7 +204,8 @@ Analysis = Annotated[
     | IncidenceAnalysis
     | PrevalenceAnalysis
     | KaplanMeierAnalysis
-    | CoxAnalysis,
+    | CoxAnalysis
+    | PredictionAnalysis,
     Field(discriminator="type"),
 ]
 ANALYSIS_TYPES = (
@@ -202,6 +216,7 @@ ANALYSIS_TYPES = (
     "prevalence",
     "kaplan_meier",
     "cox",
+    "prediction",
 )
 
 

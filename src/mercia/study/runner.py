@@ -35,6 +35,7 @@ from mercia.analyses import (
     kaplan_meier,
     prevalence,
 )
+from mercia.analyses.prediction import prediction
 from mercia.cdm import Cdm
 from mercia.disclosure import DisclosureLog, DisclosurePolicy, ReleasedTable, ResultTable, release
 from mercia.errors import MerciaError, StudyError
@@ -138,6 +139,8 @@ def _run_analysis(cdm: Cdm, pkg: StudyPackage, a: Any) -> AnalysisResult:
         return kaplan_meier(cdm, [ids[c] for c in a.targets], ids[a.outcome], a.settings, alpha=a.alpha, name=name)
     if a.type == "cox":
         return cox_model(cdm, ids[a.target], ids[a.comparator], ids[a.outcome], a.settings, name=name)
+    if a.type == "prediction":
+        return prediction(cdm, ids[a.target], ids[a.outcome], a.settings, name=name)
     raise StudyError(f"analysis type {a.type!r} is not runnable")  # pragma: no cover - schema forbids it
 
 

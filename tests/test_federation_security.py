@@ -288,9 +288,9 @@ def test_the_audit_log_records_every_step_and_verifies(world, recorder, finished
     node = world["node"]
     h = finished_study.content_hash
     events = [r["event"] for r in audit_events(node, h)]
-    for step in ("study.received", "study.approved", "run_started", "released", "results.sent"):
+    for step in ("study.received", "study.approved", "run.started", "release", "results.sent"):
         assert step in events, (step, events)
-    assert events.count("released") == 1
+    assert events.count("release") == 1
     rounds_answered = sum(1 for what, code, _ in recorder.bodies if what.endswith(f"{h}/rounds") and code == 200)
     assert events.count("round.released") == rounds_answered
     requests = [r for r in audit_events(node) if r["event"] == "request"]
@@ -321,7 +321,7 @@ def test_an_unapproved_or_rejected_package_never_runs(tmp_path):
             assert r.status_code == 409
     # The node is stopped: its CDM can be opened to check nothing ran there.
     events = [r["event"] for r in read_records(node.state_dir / "audit.jsonl") if r["event"] not in ("request",)]
-    assert "run_started" not in events and "released" not in events
+    assert "run.started" not in events and "release" not in events
     assert not (node.state_dir / "results" / pending.content_hash).exists()
     assert not (node.state_dir / "results" / rejected.content_hash).exists()
     con = duckdb.connect(str(site), read_only=True)

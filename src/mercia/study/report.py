@@ -456,6 +456,31 @@ class _Builder:
             out["table"] += "<h4>Proportional hazards (Schoenfeld residuals)</h4>" + _table_html(ph, 3)
         return out
 
+    # ---- prediction ----------------------------------------------------------------------------------
+    def prediction(self, prefix: str) -> dict[str, Any]:
+        from mercia.analyses.prediction.plots import prediction_figures
+
+        perf = self.tables.get(f"{prefix}_performance")
+        info = (perf.model_info or {}) if perf is not None else {}
+        return {
+            "title": prefix,
+            "status": perf.status if perf is not None else "not run",
+            "info": ", ".join(f"{k} {_fmt(v)}" for k, v in info.items()),
+            "plots": prediction_figures(
+                self.data(f"{prefix}_risk_strata"), self.data(f"{prefix}_performance"), prefix, self.plots.html
+            ),
+            "tables": [
+                (title, _table_html(d, 3))
+                for title, d in (
+                    ("Performance", self.data(f"{prefix}_performance")),
+                    ("Attrition", self.data(f"{prefix}_attrition")),
+                    ("Risk strata", self.data(f"{prefix}_risk_strata")),
+                    ("Coefficients", self.data(f"{prefix}_coefficients")),
+                )
+                if d is not None
+            ],
+        }
+
     # ---- disclosure ----------------------------------------------------------------------------------
     def disclosure(self) -> str:
         summ = self.log.summary()
@@ -478,7 +503,7 @@ def render_report(
 
         raise StudyError(f"the report is built from released tables only; {bad} were not released")
     b = _Builder(pkg, tables, log, policy, manifest)
-    sections: dict[str, list[Any]] = {"table1": [], "smd": [], "incidence": [], "prevalence": [], "km": [], "cox": [], "other": []}
+    sections: dict[str, list[Any]] = {"table1": [], "smd": [], "incidence": [], "prevalence": [], "km": [], "cox": [], "prediction": [], "other": []}
     ids = pkg.cohort_ids
     for a in pkg.analyses:
         p = a.table_prefix()
@@ -500,6 +525,8 @@ def render_report(
             sections["km"].append(b.km(p, a.alpha))
         elif a.type == "cox":
             sections["cox"].append(b.cox(p, a.target, a.comparator))
+        elif a.type == "prediction":
+            sections["prediction"].append(b.prediction(p))
         elif a.type == "cohort_entries":
             d = b.data(p)
             sections["other"].append({"title": p, "table": _table_html(d if d is not None else pd.DataFrame())})

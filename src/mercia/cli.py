@@ -367,7 +367,8 @@ def demo(
     persons: Annotated[int, typer.Option(min=300, help="Persons in all, across three sites.")] = 300_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 2026,
 ) -> None:
-    """Build a three-site synthetic federation under ./demo, run the demo study at every site and pool."""
+    """Build three synthetic sites under ./demo, start a hub and three nodes on 127.0.0.1, submit the demo
+    study, approve it as each custodian, pool the released results and write the report."""
     import math
 
     from mercia.demo import run_demo
@@ -397,6 +398,19 @@ def demo(
                       f"tau² = {pooled['tau2']:.4f}")
     else:
         console.print("no site released an estimate to pool (too few events under the policy)")
+    fed = result.get("federated_cox") or {}
+    if "terms" in fed and "treatment" in fed["terms"]:
+        i = fed["terms"].index("treatment")
+        coef, se = fed["coef"][i], fed["se"][i]
+        console.print(f"exact federated Cox HR ({len(fed['sites'])} sites, stratified by site): [bold]"
+                      f"{math.exp(coef):.2f}[/] (95% CI {math.exp(coef - 1.96 * se):.2f}-"
+                      f"{math.exp(coef + 1.96 * se):.2f})")
+    elif fed.get("error"):
+        console.print(f"federated Cox not fitted: {fed['error']}", highlight=False, soft_wrap=True)
+    for site, why in result.get("failed_sites", {}).items():
+        console.print(f"[yellow]site {site} did not answer:[/] {why}", highlight=False, soft_wrap=True)
+    if result.get("report"):
+        console.print(f"[bold]pooled report:[/] {result['report']}", highlight=False, soft_wrap=True)
     console.print(f"[bold]demo output:[/] {result['out']}")
 
 

@@ -447,6 +447,48 @@ def study_run(
     console.print(f"[bold]released tables:[/] {len(run.tables)}; report: {run.report_path}", highlight=False)
 
 
+# ---- model -----------------------------------------------------------------------------------
+model_app = typer.Typer(help="Apply saved prediction models (external validation).", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("apply")
+@user_errors
+def model_apply(
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="A saved prediction model folder.")],
+    target: TargetOpt,
+    out: Annotated[Path, typer.Option("--out", help="A new (or empty) folder for the released results.")],
+    policy: Annotated[str, typer.Option("--policy", help="The site's disclosure policy: opensafely or sacro.")]
+    = "opensafely",
+    target_id: Annotated[int | None, typer.Option(
+        "--target-id", help="Target cohort id at this site (default: the model's).")] = None,
+    outcome_id: Annotated[int | None, typer.Option(
+        "--outcome-id", help="Outcome cohort id at this site (default: the model's).")] = None,
+    allow_missing: Annotated[bool, typer.Option(
+        "--allow-missing-covariates", help="Take covariates this CDM lacks as absent instead of failing.")] = False,
+    site: Annotated[str | None, typer.Option("--site", help="The site's name, recorded in the results.")] = None,
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+    results_schema: ResultsSchemaOpt = None,
+) -> None:
+    """Validate a saved model on this CDM's cohorts; write only released results (AUC, calibration)."""
+    from mercia.analyses.prediction import external_validation
+
+    with open_cdm(target, cdm_schema, vocab_schema, results_schema, read_only=True) as cdm:
+        manifest = external_validation(model_dir, cdm, out, policy=policy, site=site, target_id=target_id,
+                                       outcome_id=outcome_id, allow_missing_covariates=allow_missing)
+    for note in manifest["notes"]:
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    import pyarrow.parquet as pq
+
+    for row in pq.read_table(out / "external_performance.parquet").to_pylist():
+        if row.get("auc") is not None and row["auc"] == row["auc"]:  # released, not NaN
+            console.print(f"external AUC [bold]{row['auc']:.3f}[/] (95% CI {row['auc_lower']:.3f}-"
+                          f"{row['auc_upper']:.3f}); calibration slope {row['calibration_slope']:.3f}",
+                          highlight=False)
+    console.print(f"[bold]released tables:[/] {', '.join(manifest['tables'])} in {out}", highlight=False)
+
+
 # ---- node ------------------------------------------------------------------------------------
 node_app = typer.Typer(help="Run a node beside a site's CDM; the custodian's approvals.", no_args_is_help=True)
 app.add_typer(node_app, name="node")

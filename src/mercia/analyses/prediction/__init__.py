@@ -18,6 +18,7 @@ from mercia.analyses.prediction.evaluation import (
     risk_strata,
     weak_calibration,
 )
+from mercia.analyses.prediction.external import external_validation
 from mercia.analyses.prediction.model_io import (
     LoadedModel,
     ModelFileError,
@@ -52,6 +53,7 @@ __all__ = [
     "build_population",
     "develop_model",
     "evaluate",
+    "external_validation",
     "fit_model",
     "load_model",
     "person_split",

@@ -2,7 +2,7 @@
 
 Runs in Mercia's MAIN venv and never imports circe: the oracle lives in its own venv (ohdsi-circepy
 pins sqlglot < 30.18 and pulls ibis), made by tools/circe_oracle/setup.sh, and is called here in a
-subprocess through tools/circe_oracle/run_circe.py.
+long-lived subprocess running tools/circe_oracle/run_circe.py --serve.
 
     from oracle_support import circe_available, eunomia_duckdb, run_circe
 
@@ -15,10 +15,12 @@ The oracle python is $MERCIA_CIRCE_PYTHON if set, else <repo>/.venv-oracle/bin/p
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,59 @@ class OracleError(RuntimeError):
     pass
 
 
+class OracleServer:
+    """One long-lived ``run_circe.py --serve`` process: importing circe costs 5-10 s, so a test
+    session starts it once (``server()``) and sends it one definition at a time."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(circe_python()), str(RUN_CIRCE), "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True)
+        self.lock = threading.Lock()
+
+    def call(self, argv: list[str], timeout: float = 600) -> dict[str, Any]:
+        """run_circe.py's main(argv) in the server: {"rc": 0, "stdout": ...} or {"rc": n, "error": ...}."""
+        with self.lock:
+            assert self.proc.stdin and self.proc.stdout
+            # A run that hangs is killed (and the reply is then empty) rather than stalling the session.
+            watchdog = threading.Timer(timeout, self.proc.kill)
+            watchdog.start()
+            try:
+                self.proc.stdin.write(json.dumps(argv) + "\n")
+                self.proc.stdin.flush()
+                line = self.proc.stdout.readline()
+            finally:
+                watchdog.cancel()
+        if not line:
+            raise OracleError(f"the Circe oracle process died (or ran longer than {timeout:.0f} s) on {argv}")
+        return json.loads(line)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+_SERVER: OracleServer | None = None
+
+
+def server() -> OracleServer:
+    """The session's oracle process, started on first use (and again if it died), closed at exit."""
+    global _SERVER
+    if not circe_available():
+        raise OracleError(CIRCE_UNAVAILABLE_REASON)
+    if _SERVER is None or not _SERVER.alive():
+        _SERVER = OracleServer()
+        atexit.register(_SERVER.close)
+    return _SERVER
+
+
 def run_circe(
     cdm_path: Path,
     json_path: Path,
@@ -107,15 +162,14 @@ def run_circe(
     """Run OHDSI's Circe SQL for one definition on a DuckDB CDM file, in the oracle venv.
 
     The DuckDB file must not be open for writing in this process (DuckDB allows one writer process).
-    Only `results_schema` of the file is written to; the CDM tables are checked unchanged.
+    Only `results_schema` of the file is written to; the CDM tables are checked unchanged. Runs in the
+    session's one oracle process (``server()``), which opens and closes the file for each call.
     """
     if not circe_available():
         raise OracleError(CIRCE_UNAVAILABLE_REASON)
     with tempfile.TemporaryDirectory(prefix="circe-oracle-") as tmp:
         out = (out_dir or Path(tmp)) / f"circe_{results_schema}_{cohort_id}.parquet"
-        cmd = [
-            str(circe_python()),
-            str(RUN_CIRCE),
+        argv = [
             "--cdm", str(cdm_path),
             "--cdm-schema", cdm_schema,
             "--vocab-schema", vocab_schema,
@@ -124,11 +178,11 @@ def run_circe(
             "--cohort-id", str(cohort_id),
             "--out", str(out),
         ]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-        if proc.returncode != 0:
+        reply = server().call(argv, timeout=timeout)
+        if reply["rc"] != 0:
             raise OracleError(
-                f"run_circe.py failed ({proc.returncode}) for {json_path} on {cdm_path}:\n"
-                f"{proc.stderr[-4000:]}\n{proc.stdout[-2000:]}"
+                f"run_circe.py failed ({reply['rc']}) for {json_path} on {cdm_path}:\n"
+                f"{reply.get('error', '')[-4000:]}\n{reply.get('stdout', '')[-2000:]}"
             )
         report = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
         # read_table memory-maps nothing here, but read it fully before the temp dir goes away.

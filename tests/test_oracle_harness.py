@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import os
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -55,7 +57,7 @@ def cdm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def first_run(cdm: Path) -> dict[int, OracleResult]:
-    # One oracle run per definition, shared by the tests below (each run is a subprocess, ~2 s).
+    # One oracle run per definition, shared by the tests below (each in the session's oracle process).
     return {cid: run_circe(cdm, path, cid, results_schema="circe") for path, cid, _, _ in REFERENCE}
 
 
@@ -232,3 +234,46 @@ def test_specimen_criteria_as_circe_be(tmp_path: Path) -> None:
             "cohort_end_date": datetime.date(2000, 3, 16),
         }
     ]
+
+
+_TRANSLATION_CHECK = r"""
+import argparse, json, re, sys
+sys.path.insert(0, sys.argv[1])
+import run_circe
+from circe import sqlrender
+
+def statements(sql):
+    # Comments aside: a whole-script translation keeps a few comment lines that sit between statements.
+    out = []
+    for s in sqlrender.split_sql(sql):
+        s = re.sub(r"--[^\n]*", "", s).strip()
+        if s and s != ";":
+            out.append(re.sub(r"\s+", " ", s.rstrip(";")))
+    return out
+
+args = argparse.Namespace(cdm_schema="main", vocab_schema="main", results_schema="circe", cohort_id=1)
+for path in sys.argv[2:]:
+    sql, _ = run_circe.render_sql(open(path, encoding="utf-8").read(), args)
+    whole = sqlrender.translate(sql, "duckdb")  # what OHDSI's pipeline does, no memo, no cache
+    fast = run_circe.translate_cached(sql)  # by statement, memoised tokenizer, on-disk cache
+    assert statements(fast) == statements(whole), path
+    print(path, len(statements(whole)))
+"""
+
+
+@pytest.mark.slow
+def test_translation_by_statement_is_identical(tmp_path: Path) -> None:
+    """run_circe.py translates statement by statement, with a memoised tokenizer and a disk cache: the
+    same statements as circepy's translate() of the whole script (comments aside). The definitions
+    cover inclusion rules and their statistics (3), a censor window (4) and a date-offset end (482).
+    tests/test_cohort_generative_circe.py's sweep runs every other template through the fast path
+    against Mercia, which would catch a translation that changed the SQL's meaning."""
+    from oracle_support import RUN_CIRCE, circe_python
+
+    env = {**os.environ, "MERCIA_CIRCE_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [str(circe_python()), "-c", _TRANSLATION_CHECK, str(RUN_CIRCE.parent), str(CG / "3.json"), str(CG / "4.json"),
+         str(PL / "482.json")],
+        capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(proc.stdout.splitlines()) == 3

@@ -21,8 +21,11 @@ Outputs:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import hashlib
 import importlib.metadata as md
+import io
 import json
 import os
 import re
@@ -147,6 +150,12 @@ def specimen_parity(sql: str) -> tuple[str, int]:
 
 def build_sql(json_text: str, args: argparse.Namespace) -> tuple[str, dict[str, int]]:
     """Render and translate OHDSI's SQL for one definition; returns it and the fix-ups applied."""
+    sql, applied = render_sql(json_text, args)
+    return translate_cached(sql), applied
+
+
+def render_sql(json_text: str, args: argparse.Namespace) -> tuple[str, dict[str, int]]:
+    """OHDSI's SQL for one definition in SqlRender's SQL Server dialect (before translation)."""
     import circe
     from circe import sqlrender
     from circe.cohortdefinition.cohort_expression_query_builder import BuildExpressionQueryOptions
@@ -185,43 +194,97 @@ def build_sql(json_text: str, args: argparse.Namespace) -> tuple[str, dict[str, 
     sql, n = specimen_parity(sql)
     if n:
         applied["specimen_parity"] = n
-    return translate_cached(sql), applied
+    return sql, applied
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def _cache_dir() -> Path | None:
+    """Where translated statements are kept: $MERCIA_CIRCE_CACHE, else <repo>/.cache/circe-sql.
+
+    The folder is inside the checkout (so CI can keep it between runs with its cache action) and
+    ignores itself in git. Set $MERCIA_CIRCE_CACHE to an empty string to turn the cache off.
+    """
     env = os.environ.get("MERCIA_CIRCE_CACHE")
     if env is not None:
         return Path(env) if env else None  # set but empty: no cache
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mercia" / "circe-sql"
+    return REPO_ROOT / ".cache" / "circe-sql"
+
+
+def _cache_path(cache: Path | None, statement: str) -> Path | None:
+    if cache is None:
+        return None
+    key = hashlib.sha256(f"{md.version('ohdsi-circepy')}\0duckdb\0{statement}".encode()).hexdigest()
+    return cache / key[:2] / f"{key}.sql"
+
+
+def _cache_write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ignore = REPO_ROOT / ".cache" / ".gitignore"
+        if path.is_relative_to(ignore.parent) and not ignore.exists():
+            ignore.write_text("*\n", encoding="utf-8")  # the cache ignores itself, as the oracle venv does
+        # Write then rename, so a parallel run never reads a half-written file.
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only or full cache only costs speed
+
+
+_TOKENIZER_MEMOISED = False
+
+
+def _memoise_tokenizer() -> None:
+    """Let translate() tokenise each string once, not once per replacement pattern.
+
+    tokenize_sql is a pure function of its string and its callers only read the tokens, so the
+    translation is unchanged (tests/test_oracle_harness.py checks it), in about a third of the time.
+    """
+    global _TOKENIZER_MEMOISED
+    if not _TOKENIZER_MEMOISED:
+        from circe.sqlrender import translator
+
+        translator.tokenize_sql = functools.lru_cache(maxsize=8)(translator.tokenize_sql)
+        _TOKENIZER_MEMOISED = True
+
+
+def translate_statement(statement: str, *, memoise: bool = True) -> str:
+    """One statement as sqlrender.translate(statement + ";", "duckdb") gives it, memoised on disk."""
+    from circe import sqlrender
+
+    if memoise:
+        _memoise_tokenizer()
+    statement = statement.strip().rstrip(";").rstrip()
+    # The ';' goes on a line of its own when the statement ends in a comment (it would be commented out).
+    statement += "\n;" if "--" in statement.rsplit("\n", 1)[-1] else ";"
+    path = _cache_path(_cache_dir(), statement)
+    if path is not None and path.is_file():
+        return path.read_text(encoding="utf-8")
+    translated = sqlrender.translate(statement, "duckdb")
+    if path is not None:
+        _cache_write(path, translated)
+    return translated
 
 
 def translate_cached(sql: str) -> str:
-    """sqlrender.translate(sql, "duckdb"), memoised on disk.
+    """sqlrender.translate(sql, "duckdb"), one statement at a time, each memoised on disk.
 
-    circepy's pure-Python SqlRender port re-tokenises the whole script for every replacement, so its
-    cost grows with the square of the SQL's length: ~1 s for the Eunomia definitions, minutes for the
-    largest Phenotype Library ones (about 200 s for 1318). Translation is a pure function of the rendered SQL
-    and the package version, so its output is cached under that key; $MERCIA_CIRCE_CACHE= (empty)
-    turns this off.
+    circepy's pure-Python SqlRender port re-tokenises the whole script for every replacement pattern,
+    so translating a script costs the square of its length: 10-20 s for a small random definition,
+    minutes for the largest Phenotype Library ones. SqlRender's patterns never reach across a
+    statement's end (each ends at a ';' or inside one statement), so translating statement by
+    statement gives the same statements, comments aside (checked by
+    tests/test_oracle_harness.py::test_translation_by_statement_is_identical), about ten times
+    faster; and most statements (the statistics, the clean-up) recur in every definition, so the
+    on-disk cache, keyed by the statement's text and the circepy version, serves them after the
+    first run.
     """
     from circe import sqlrender
 
-    cache = _cache_dir()
-    key = hashlib.sha256(f"{md.version('ohdsi-circepy')}\0duckdb\0{sql}".encode()).hexdigest()
-    path = cache / f"{key}.sql" if cache else None
-    if path is not None and path.is_file():
-        return path.read_text(encoding="utf-8")
-    translated = sqlrender.translate(sql, "duckdb")
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Write then rename, so a parallel run never reads a half-written file.
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(translated, encoding="utf-8")
-            tmp.replace(path)
-        except OSError:
-            pass  # a read-only or full cache only costs speed
-    return translated
+    statements = [s for s in (x.strip() for x in sqlrender.split_sql(sql)) if s and s != ";"]
+    return "\n".join(translate_statement(s) for s in statements) + "\n"
 
 
 # DuckDB 2.0 fix-ups applied to the translated statements. Each entry is (name, regex, replacement,
@@ -401,5 +464,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def serve() -> int:
+    """Run main() once per line of stdin (a JSON list of arguments); one JSON reply per line on stdout.
+
+    Importing circe costs 5-10 s (it pulls ibis); a test session that runs hundreds of definitions
+    keeps one process (tests/oracle_support.py's OracleServer) instead of starting one per definition.
+    Reply: {"rc": 0, "stdout": ...} or {"rc": n, "error": ...}.
+    """
+    import traceback
+
+    for line in sys.stdin:
+        argv = json.loads(line)
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                rc = main(argv)
+            reply: dict[str, Any] = {"rc": rc or 0, "stdout": out.getvalue()}
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) and e.code else 1
+            reply = {"rc": code, "error": (e.code if isinstance(e.code, str) else "") + err.getvalue()}
+        except BaseException:  # the reply carries any failure; the server keeps serving
+            reply = {"rc": 1, "error": traceback.format_exc() + err.getvalue()}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve() if sys.argv[1:] == ["--serve"] else main())

@@ -67,9 +67,11 @@ class Node:
     verify: str | None  # None: the system's CAs; "false": no check (tests); else a CA bundle path
 
     def httpx_verify(self) -> Any:
+        import ssl
+
         if self.verify is None:
             return True
-        return False if self.verify == "false" else self.verify
+        return False if self.verify == "false" else ssl.create_default_context(cafile=self.verify)
 
     def public(self) -> dict[str, Any]:
         return {"name": self.name, "url": self.url}

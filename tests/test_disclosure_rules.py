@@ -151,6 +151,74 @@ def test_magnitude_rules_agree_with_acro(
     assert checked > 40
 
 
+def _quiet_acro(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> object:
+    acro = pytest.importorskip("acro")
+    monkeypatch.chdir(tmp_path)  # acro writes acro_artifacts/ into the working directory
+    for name in ("acro", "acro:records", "acro:summary"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return acro
+
+
+def test_frequency_threshold_agrees_with_acro(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Oracle: on frequency crosstabs, acro (suppress=True) and release() with SACRO's rules less our
+    secondary suppression blank exactly the same interior cells (counts below 10, and zeros)."""
+    acro = _quiet_acro(monkeypatch, tmp_path)
+    session = acro.ACRO(suppress=True)
+    rng = np.random.default_rng(11)
+    policy = SACRO.model_copy(update={"name": "sacro-primary", "secondary_suppression": False})
+    checked = 0
+    for trial in range(10):
+        n = int(rng.integers(30, 300))
+        df = pd.DataFrame(
+            {
+                "g": rng.choice(["a", "b", "c", "d"], n, p=[0.5, 0.3, 0.15, 0.05]),
+                "h": rng.choice(["x", "y", "z"], n),
+            }
+        )
+        theirs = session.crosstab(df.g, df.h)
+        counts = pd.crosstab(df.g, df.h).stack().rename("n").reset_index()
+        rel = release(
+            ResultTable(name="t", kind="counts", data=counts, dimensions=["g", "h"], count_columns=["n"]),
+            policy,
+            log=DisclosureLog(),
+        ).data
+        ours = {(g, h) for g, h, v in zip(rel["g"], rel["h"], rel["n"], strict=True) if pd.isna(v)}
+        # acro drops rows and columns whose every cell it suppressed: those cells are blanks too.
+        shown = {(g, h) for g in theirs.index for h in theirs.columns if not pd.isna(theirs.loc[g, h])}
+        acro_blank = {(g, h) for g, h in zip(counts["g"], counts["h"], strict=True)} - shown
+        assert ours == acro_blank, f"trial {trial}"
+        released = rel.dropna(subset=["n"])
+        for g, h, v in zip(released["g"], released["h"], released["n"], strict=True):
+            assert theirs.loc[g, h] == v  # no rounding in either
+        checked += len(counts)
+    assert checked >= 100
+
+
+@pytest.mark.parametrize("n_obs", [11, 12, 13])
+def test_model_dof_rule_agrees_with_acro(
+    n_obs: int, tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Oracle: acro's MinimumDoFCheck (residual dof >= 10 passes) and our min_model_dof block the
+    same models."""
+    acro = _quiet_acro(monkeypatch, tmp_path)
+    sm = pytest.importorskip("statsmodels.api")
+    session = acro.ACRO(suppress=True)
+    rng = np.random.default_rng(n_obs)
+    x = rng.normal(size=n_obs)
+    y = 1 + 2 * x + rng.normal(size=n_obs)
+    fit = session.ols(y, sm.add_constant(x))
+    status = session.results.results[list(session.results.results)[-1]].status
+    coefs = pd.DataFrame({"term": ["const", "x"], "estimate": list(fit.params), "se": list(fit.bse)})
+    ours = release(
+        ResultTable(name="m", kind="model", data=coefs, model=ModelInfo(df_resid=fit.df_resid, n_obs=n_obs)),
+        SACRO,
+        log=DisclosureLog(),
+    )
+    assert (ours.status == "blocked") == (status == "fail"), (fit.df_resid, status)
+
+
 # ----------------------------------------------------------------------------------------------- model
 
 

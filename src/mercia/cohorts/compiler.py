@@ -448,12 +448,12 @@ class _Compiler:
         parts: list[exp.Select] = []
         for cs in self.x.concept_sets:
             q = self.concept_set_query(cs)
-            parts.append(exp.select(lit(cs.id).as_("codeset_id"), col("c", "concept_id"), copy=False).from_(q.subquery("c"), copy=False))
+            parts.append(exp.select(lit(cs.id).as_("codeset_id"), col("c", "concept_id"), copy=False).from_(q.subquery("c", copy=False), copy=False))
         if parts:
             union: exp.Select | exp.Union = parts[0]
             for p in parts[1:]:
                 union = exp.union(union, p, distinct=False, copy=False)
-            q = exp.select("codeset_id", "concept_id", copy=False).from_(union.subquery("cs"), copy=False)
+            q = exp.select("codeset_id", "concept_id", copy=False).from_(union.subquery("cs", copy=False), copy=False)
         else:
             q = (exp.select(exp.Cast(this=exp.null(), to=INT.copy()).as_("codeset_id"),
                             exp.Cast(this=exp.null(), to=BIGINT.copy()).as_("concept_id"), copy=False).where(exp.false(), copy=False))
@@ -542,7 +542,7 @@ class _Compiler:
             col("C", "person_id"), event_id.as_("event_id"), col("C", "start_date"), col("C", "end_date"),
             visit.as_("visit_occurrence_id"), col("C", "start_date").as_("sort_date"),
             concept.as_("domain_concept_id"), copy=False
-        ).from_(inner.subquery("C"), copy=False)
+        ).from_(inner.subquery("C", copy=False), copy=False)
         if joins_p:
             outer = outer.join(self.t("person", "P"), on=eq(col("C", "person_id"), col("P", "person_id")), copy=False)
         if joins_v:
@@ -605,7 +605,7 @@ class _Compiler:
             exp.select(*[col("PE", c) for c in ("person_id", "event_id", "start_date", "end_date",
                                                  "visit_occurrence_id", "sort_date", "domain_concept_id")], copy=False)
             .from_(self.ref(crit, "PE"), copy=False)
-            .join(ac.subquery("AC"), on=and_(eq(col("AC", "person_id"), col("PE", "person_id")),
+            .join(ac.subquery("AC", copy=False), on=and_(eq(col("AC", "person_id"), col("PE", "person_id")),
                                               eq(col("AC", "event_id"), col("PE", "event_id"))), copy=False)
         )
 
@@ -644,13 +644,13 @@ class _Compiler:
         inner = (
             exp.select(col("E", "person_id"), col("E", "event_id"), copy=False)
             .from_(self.ref(ev, "E"), copy=False)
-            .join(union.subquery("CQ"), on=and_(eq(col("E", "person_id"), col("CQ", "person_id")),
+            .join(union.subquery("CQ", copy=False), on=and_(eq(col("E", "person_id"), col("CQ", "person_id")),
                                                  eq(col("E", "event_id"), col("CQ", "event_id"))),
                   join_type=join_kind, copy=False)
             .group_by(col("E", "person_id"), col("E", "event_id"), copy=False)
             .having(having, copy=False)
         )
-        return exp.select(lit(index).as_("index_id"), "person_id", "event_id", copy=False).from_(inner.subquery("G"), copy=False)
+        return exp.select(lit(index).as_("index_id"), "person_id", "event_id", copy=False).from_(inner.subquery("G", copy=False), copy=False)
 
     def demographic(self, dc: m.DemographicCriteria, ev: str, index: int, path: str) -> exp.Select:
         where: list[exp.Expression] = []
@@ -697,7 +697,7 @@ class _Compiler:
         windowed = exp.select(col("P", "person_id"), col("P", "event_id"), copy=False)
         if count_col != "event_id":
             windowed = windowed.select(col("A", count_col).as_("count_value"), copy=False)
-        windowed = windowed.from_(self.ref(ev, "P"), copy=False).join(crit.subquery("A"), on=and_(*clauses), copy=False)
+        windowed = windowed.from_(self.ref(ev, "P"), copy=False).join(crit.subquery("A", copy=False), on=and_(*clauses), copy=False)
         counted = col("cc", "count_value" if count_col != "event_id" else "event_id")
         count = exp.Count(this=exp.Distinct(expressions=[counted]) if occ.is_distinct else counted)
         op = {"exactly": exp.EQ, "at_most": exp.LTE, "at_least": exp.GTE}[occ.type]
@@ -707,7 +707,7 @@ class _Compiler:
             return (
                 exp.select(lit(index).as_("index_id"), col("p", "person_id"), col("p", "event_id"), copy=False)
                 .from_(self.ref(ev, "p"), copy=False)
-                .join(windowed.subquery("cc"), on=and_(eq(col("p", "person_id"), col("cc", "person_id")),
+                .join(windowed.subquery("cc", copy=False), on=and_(eq(col("p", "person_id"), col("cc", "person_id")),
                                                         eq(col("p", "event_id"), col("cc", "event_id"))),
                       join_type="LEFT", copy=False)
                 .group_by(col("p", "person_id"), col("p", "event_id"), copy=False)
@@ -715,7 +715,7 @@ class _Compiler:
             )
         return (
             exp.select(lit(index).as_("index_id"), col("cc", "person_id"), col("cc", "event_id"), copy=False)
-            .from_(windowed.subquery("cc"), copy=False)
+            .from_(windowed.subquery("cc", copy=False), copy=False)
             .group_by(col("cc", "person_id"), col("cc", "event_id"), copy=False)
             .having(having, copy=False)
         )
@@ -744,7 +744,7 @@ class _Compiler:
         parts = []
         for k, c in enumerate(pc.criteria_list):
             q = self.criteria(c, f"$.PrimaryCriteria.CriteriaList[{k}]")
-            parts.append(exp.select("*", lit(k).as_("criteria_index"), copy=False).from_(q.subquery("q"), copy=False))
+            parts.append(exp.select("*", lit(k).as_("criteria_index"), copy=False).from_(q.subquery("q", copy=False), copy=False))
         union: exp.Select | exp.Union = parts[0]
         for p in parts[1:]:
             union = exp.union(union, p, distinct=False, copy=False)
@@ -772,7 +772,7 @@ class _Compiler:
                         expression=col(OP, "observation_period_end_date"))), copy=False)
         )
         primary = exp.select(col("P", "ordinal").as_("event_id"), *[col("P", c) for c in EVENT_COLUMNS[0:1]],
-                             *[col("P", c) for c in EVENT_COLUMNS[2:]], copy=False).from_(ordered.subquery("P"), copy=False)
+                             *[col("P", c) for c in EVENT_COLUMNS[2:]], copy=False).from_(ordered.subquery("P", copy=False), copy=False)
         if pc.primary_limit.type != "All":
             primary = primary.where(eq(col("P", "ordinal"), lit(1)), copy=False)
         pe = self.cte("cohort_primary_events", primary)
@@ -786,9 +786,9 @@ class _Compiler:
         ac = x.additional_criteria
         if ac is not None and not ac.is_empty():
             acq = self.group(ac, pe, 0, "$.AdditionalCriteria")
-            qe_inner = qe_inner.join(acq.subquery("AC"), on=and_(eq(col("AC", "person_id"), col("pe", "person_id")),
+            qe_inner = qe_inner.join(acq.subquery("AC", copy=False), on=and_(eq(col("AC", "person_id"), col("pe", "person_id")),
                                                                  eq(col("AC", "event_id"), col("pe", "event_id"))), copy=False)
-        qualified = exp.select(*[col("QE", c) for c in EVENT_COLUMNS], copy=False).from_(qe_inner.subquery("QE"), copy=False)
+        qualified = exp.select(*[col("QE", c) for c in EVENT_COLUMNS], copy=False).from_(qe_inner.subquery("QE", copy=False), copy=False)
         # Circe applies the qualified limit only when the definition has additional criteria at all.
         if ac is not None and x.qualified_limit.type != "All":
             qualified = qualified.where(eq(col("QE", "ordinal"), lit(1)), copy=False)
@@ -800,13 +800,13 @@ class _Compiler:
         for i, rule in enumerate(x.inclusion_rules):
             g = self.group(rule.expression, qe, 0, f"$.InclusionRules[{i}].expression")
             rule_parts.append(exp.select(lit(i).as_("inclusion_rule_id"), lit(2**i).as_("rule_bit"),
-                                         col("g", "person_id"), col("g", "event_id"), copy=False).from_(g.subquery("g"), copy=False))
+                                         col("g", "person_id"), col("g", "event_id"), copy=False).from_(g.subquery("g", copy=False), copy=False))
         mg_cols = [col("Q", c) for c in EVENT_COLUMNS if c != "visit_occurrence_id"]
         if rule_parts:
             ru: exp.Select | exp.Union = rule_parts[0]
             for p in rule_parts[1:]:
                 ru = exp.union(ru, p, distinct=False, copy=False)
-            ie = self.cte("cohort_inclusion_events", exp.select("*", copy=False).from_(ru.subquery("ir"), copy=False))
+            ie = self.cte("cohort_inclusion_events", exp.select("*", copy=False).from_(ru.subquery("ir", copy=False), copy=False))
             masked = (
                 exp.select(*mg_cols,
                            exp.Coalesce(this=exp.Sum(this=col("I", "rule_bit")), expressions=[lit(0)])
@@ -833,7 +833,7 @@ class _Compiler:
                                , copy=False).from_(self.ref(mev, "MG"), copy=False)
         if n_rules:
             inc_inner = inc_inner.where(eq(col("MG", "inclusion_rule_mask"), lit(2**n_rules - 1)), copy=False)
-        included = exp.select(*[col("R", c) for c in inc_cols], copy=False).from_(inc_inner.subquery("R"), copy=False)
+        included = exp.select(*[col("R", c) for c in inc_cols], copy=False).from_(inc_inner.subquery("R", copy=False), copy=False)
         if x.expression_limit.type != "All":
             included = included.where(eq(col("R", "ordinal"), lit(1)), copy=False)
         inc = self.cte("cohort_included_events", included)
@@ -856,7 +856,7 @@ class _Compiler:
             ends.append(
                 exp.select(col("I", "event_id"), col("I", "person_id"), exp.Min(this=col("C", "start_date")).as_("end_date"), copy=False)
                 .from_(self.ref(inc, "I"), copy=False)
-                .join(cq.subquery("C"), on=and_(
+                .join(cq.subquery("C", copy=False), on=and_(
                     eq(col("C", "person_id"), col("I", "person_id")),
                     exp.GTE(this=col("C", "start_date"), expression=col("I", "start_date")),
                     exp.LTE(this=col("C", "start_date"), expression=col("I", "op_end_date"))), copy=False)
@@ -865,7 +865,7 @@ class _Compiler:
         eu: exp.Select | exp.Union = ends[0]
         for p in ends[1:]:
             eu = exp.union(eu, p, distinct=False, copy=False)
-        ce = self.cte("cohort_ends", exp.select("*", copy=False).from_(eu.subquery("ce"), copy=False))
+        ce = self.cte("cohort_ends", exp.select("*", copy=False).from_(eu.subquery("ce", copy=False), copy=False))
         # each event ends at its earliest candidate end on or after its start
         rows = (
             exp.select(col("I", "person_id"), col("I", "start_date"), exp.Min(this=col("CE", "end_date")).as_("end_date"), copy=False)
@@ -905,8 +905,8 @@ class _Compiler:
             [(col(None, "rule_count"), True), (col(None, "min_rule_id"), False), (col(None, "start_date"), False),
              (col(None, "event_id"), False)]).as_("rank_value"), copy=False).from_(mev, copy=False)
         mode1 = (exp.select(lit(1).as_("mode_id"), "inclusion_rule_mask", exp.Count(this=exp.Star()).as_("person_count"), copy=False)
-                 .from_(ranked.subquery("B"), copy=False).where(eq(col("B", "rank_value"), lit(1)), copy=False).group_by("inclusion_rule_mask", copy=False))
-        self.cte("cohort_mask_counts", exp.select("*", copy=False).from_(exp.union(mode0, mode1, distinct=False).subquery("mc"), copy=False))
+                 .from_(ranked.subquery("B", copy=False), copy=False).where(eq(col("B", "rank_value"), lit(1)), copy=False).group_by("inclusion_rule_mask", copy=False))
+        self.cte("cohort_mask_counts", exp.select("*", copy=False).from_(exp.union(mode0, mode1, distinct=False, copy=False).subquery("mc", copy=False), copy=False))
         return CompiledCohort(ctes=self.ctes, params=self.params, rule_count=n_rules,
                               rule_names=[r.name for r in x.inclusion_rules])
 
@@ -923,7 +923,7 @@ class _Compiler:
         )
         is_start = exp.Case(ifs=[exp.If(this=exp.GTE(this=prev_max, expression=col(None, "start_date")), true=lit(0))],
                             default=lit(1))
-        st = exp.select("person_id", "start_date", "end_date", is_start.as_("is_start"), copy=False).from_(padded.subquery("CR"), copy=False)
+        st = exp.select("person_id", "start_date", "end_date", is_start.as_("is_start"), copy=False).from_(padded.subquery("CR", copy=False), copy=False)
         group_idx = exp.Window(
             this=exp.Sum(this=col(None, "is_start")), partition_by=[c.copy() for c in part],
             order=exp.Order(expressions=[exp.Ordered(this=col(None, "start_date"), nulls_first=True),
@@ -931,10 +931,10 @@ class _Compiler:
                                          exp.Ordered(this=col(None, "end_date"), nulls_first=True)]),
             spec=exp.WindowSpec(kind="ROWS", start="UNBOUNDED", start_side="PRECEDING", end="CURRENT ROW"),
         )
-        gr = exp.select("person_id", "start_date", "end_date", group_idx.as_("group_idx"), copy=False).from_(st.subquery("ST"), copy=False)
+        gr = exp.select("person_id", "start_date", "end_date", group_idx.as_("group_idx"), copy=False).from_(st.subquery("ST", copy=False), copy=False)
         return (exp.select("person_id", exp.Min(this=col(None, "start_date")).as_("start_date"),
                            date_add(exp.Max(this=col(None, "end_date")), -pad).as_("end_date"), copy=False)
-                .from_(gr.subquery("GR"), copy=False).group_by("person_id", "group_idx", copy=False))
+                .from_(gr.subquery("GR", copy=False), copy=False).group_by("person_id", "group_idx", copy=False))
 
     def custom_era(self, s: m.CustomEraStrategy, inc: str) -> exp.Select:
         self.check_codeset(s.drug_codeset_id, "$.EndStrategy.CustomEra.DrugCodesetId")
@@ -954,18 +954,18 @@ class _Compiler:
                                                           eq(col("de", concept_col), col("cs", "concept_id"))), copy=False)
             )
         target = self.cte("era_drug_target", exp.select("*", copy=False).from_(
-            exp.union(parts[0], parts[1], distinct=False).subquery("dt"), copy=False))
+            exp.union(parts[0], parts[1], distinct=False, copy=False).subquery("dt", copy=False), copy=False))
         shifted = self.cte("era_shifted", exp.select(
             "person_id", "start_date", date_add(col(None, "end_date"), s.gap_days + s.offset).as_("end_date")
         , copy=False).from_(target, copy=False))
         eras = self.collapse(shifted, 0)
         # collapse() undoes a pad it added itself; here the gap was added above and comes off the end
         eras = exp.select("person_id", col(None, "start_date").as_("era_start_date"),
-                          date_add(col(None, "end_date"), -s.gap_days).as_("era_end_date"), copy=False).from_(eras.subquery("er"), copy=False)
+                          date_add(col(None, "end_date"), -s.gap_days).as_("era_end_date"), copy=False).from_(eras.subquery("er", copy=False), copy=False)
         return (
             exp.select(col("et", "event_id"), col("et", "person_id"), col("ERAS", "era_end_date").as_("end_date"), copy=False)
             .from_(self.ref(inc, "et"), copy=False)
-            .join(eras.subquery("ERAS"), on=and_(
+            .join(eras.subquery("ERAS", copy=False), on=and_(
                 eq(col("ERAS", "person_id"), col("et", "person_id")),
                 exp.Between(this=col("et", "start_date"), low=col("ERAS", "era_start_date"),
                             high=col("ERAS", "era_end_date"))), copy=False)

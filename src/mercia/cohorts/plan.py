@@ -88,6 +88,7 @@ def plan_cohort(compiled: CompiledCohort, dialect: str, cohort_table: exp.Table)
     order = [name for name, _ in compiled.ctes]
     temp = {name: f"{_TEMP_PREFIX}{name}" for name in order if name in wanted}
     reads = _reads(compiled.ctes)
+    placed: set[str] = set()  # steps already inlined into a statement
     for body in bodies.values():
         _rename(body, temp)
 
@@ -103,12 +104,16 @@ def plan_cohort(compiled: CompiledCohort, dialect: str, cohort_table: exp.Table)
             stack.extend(reads[name])
         for name in order:
             if name in inlined:
-                query = query.with_(name, as_=bodies[name], copy=False)
+                # A step inlined into a second statement is copied: rendering may rewrite a tree in place.
+                body = bodies[name].copy() if name in placed else bodies[name]
+                placed.add(name)
+                query = query.with_(name, as_=body, copy=False)
         return query
 
     def render(tree: exp.Expression) -> Statement:
         names = tuple(dict.fromkeys(p.name for p in tree.find_all(exp.Placeholder)))
-        return Statement(tree.sql(dialect=dialect), names)
+        # copy=False: the tree is spent here, and copying it first costs a third of rendering.
+        return Statement(tree.sql(dialect=dialect, copy=False), names)
 
     creates: list[Statement] = []
     for name in order:

@@ -93,6 +93,8 @@ class PredictionRun:
     covariate_names: dict[int, str]
     covariate_persons: dict[int, int]
     performance: dict[str, Performance] = field(default_factory=dict)
+    # row-level (split, person_id, outcome, predicted_risk): stays at the site, for local checks
+    predictions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def population_with_covariates(
@@ -273,6 +275,16 @@ def develop_model(
         covariate_names=covariate_names,
         covariate_persons=covariate_persons,
         performance=perf,
+        predictions=pd.concat(
+            [
+                pd.DataFrame(
+                    {"split": k, "person_id": pop["person_id"].to_numpy()[train if k != "test" else test],
+                     "outcome": truths[k], "predicted_risk": preds[k]}
+                )
+                for k in preds
+            ],
+            ignore_index=True,
+        ),
     )
     if model.kind == "lasso_logistic":
         t = coefficient_table(name, run, info, n_train)

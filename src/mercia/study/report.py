@@ -143,7 +143,8 @@ class _Builder:
         top = ""
         if cov is not None and len(cov):
             c = cov.dropna(subset=["n"]).copy()
-            c = c[c["window"] == c["window"].iloc[0]]
+            # every count suppressed (a small site): no top covariates to show
+            c = c[c["window"] == c["window"].iloc[0]] if len(c) else c
             c["n_num"] = _num(c["n"])
             frames = []
             for cid, g in c.groupby("cohort_id", sort=True):

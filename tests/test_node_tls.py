@@ -38,6 +38,7 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+@pytest.mark.slow
 def test_node_and_hub_over_https(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path / "tls")
     site = make_site(tmp_path / "site.duckdb", persons=3000, seed=1)

@@ -175,7 +175,10 @@ def test_report_sections_plots_and_no_network(study: dict[str, Any]) -> None:
     assert html.count("plotly.js v") >= 1
     rest = _without_library(html)
     assert "plotly.js v" not in rest  # the library is embedded once
-    assert rest.count("Plotly.newPlot") == 5  # SMD, incidence by age and by year, KM, Cox
+    # An attrition plot per cohort (4), SMD, incidence by age and by year, KM, Cox.
+    assert rest.count("Plotly.newPlot") == 9
+    # plotly.js comes before the first figure that uses it.
+    assert html.index("plotly.js v") < html.index("Plotly.newPlot")
     assert not re.search(r"<script[^>]+src=|<link[^>]+href=|@import|<img[^>]+src=\"?http", html)
 
 
@@ -230,6 +233,25 @@ def test_continuous_smd_skips_withheld_means() -> None:
     got = _Builder(pkg, released, log, OPENSAFELY, {})._continuous_smd("t1", a, b)
     assert list(got["label"]) == ["w · hba1c (latest value)"]
     assert got["smd"].iloc[0] == pytest.approx((50 - 55) / ((10**2 + 12**2) / 2) ** 0.5)
+
+
+def test_report_km_median_from_the_released_curve(study: dict[str, Any]) -> None:
+    """The median and its CI in the report are read off the curve recomputed from released counts."""
+    from mercia.analyses.survival import km_estimates, median_survival
+
+    run = study["run"]
+    curve = run.tables["km"].data
+    html = (study["out"] / "report.html").read_text()
+    assert "median (days)" in html
+    cid = study["pkg"].cohort_ids["htn"]
+    g = curve[curve["cohort_id"] == cid][["time", "n_at_risk", "n_events", "n_censored"]].astype(float)
+    med, lo, hi = median_survival(km_estimates(g, 0.05))
+    from mercia.study.report import _fmt
+
+    row = re.search(r"<tr><td>htn \(Hypertension\)</td>(.*?)</tr>", html.split("median (days)")[1])
+    assert row is not None
+    cells = re.findall(r"<td>(.*?)</td>", row.group(1))
+    assert cells[-3:] == [_fmt(med, 0), _fmt(lo, 0), _fmt(hi, 0)]
 
 
 def test_report_holds_no_person_ids(study: dict[str, Any], site: Cdm) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from mercia.analyses.characterization import smd_binary, smd_continuous
 from mercia.analyses.incidence import rate_ci
-from mercia.analyses.survival import km_estimates
+from mercia.analyses.survival import km_estimates, median_survival
 from mercia.disclosure import DisclosureLog, DisclosurePolicy, ReleasedTable
 from mercia.study.package import StudyPackage
 
@@ -106,11 +106,45 @@ class _Builder:
         for key in sorted(self.pkg.cohort_ids, key=self.pkg.cohort_ids.get):  # type: ignore[arg-type]
             df = self.data(f"attrition_{key}")
             if df is not None:
-                attrition.append({"title": self.label(self.pkg.cohort_ids[key]), "html": _table_html(df)})
+                attrition.append(
+                    {
+                        "title": self.label(self.pkg.cohort_ids[key]),
+                        "html": _table_html(df),
+                        "plot": self._attrition_plot(df),
+                    }
+                )
         return {
             "counts": _table_html(counts.drop(columns=["cohort"], errors="ignore")) if counts is not None else "",
             "attrition": attrition,
         }
+
+    def _attrition_plot(self, df: pd.DataFrame) -> str:
+        """Persons left after each step as bars, from the released counts; a suppressed step has no
+        bar and says so."""
+        import plotly.graph_objects as go
+
+        if df.empty or "persons" not in df.columns:
+            return ""
+        persons = _num(df["persons"])
+        steps = [str(x) for x in df["step"]]
+        text = ["suppressed" if np.isnan(v) else f"{int(v):,}" for v in persons]
+        fig = go.Figure(
+            go.Bar(
+                x=np.nan_to_num(persons),
+                y=steps,
+                orientation="h",
+                text=text,
+                textposition="auto",
+                hovertemplate="%{y}: %{text}<extra></extra>",
+            )
+        )
+        fig.update_layout(
+            xaxis_title="persons",
+            yaxis={"autorange": "reversed"},
+            height=90 + 34 * len(steps),
+            margin={"l": 260, "t": 20},
+        )
+        return self.plots.html(fig)
 
     # ---- Table 1 -------------------------------------------------------------------------------------
     def table1(self, prefix: str) -> dict[str, Any]:
@@ -405,6 +439,19 @@ class _Builder:
                 row[f"day {t}"] = int(n) if not pd.isna(n) else None
             rows.append(row)
         out["risk"] = _table_html(pd.DataFrame(rows))
+        if summ is not None:
+            # Median survival and its CI read off the curve recomputed from released counts (the
+            # site-side medians are not released): the first time each of the estimate and its bounds
+            # is at or below 0.5; infinite where the curve never gets there.
+            medians = {cid: median_survival(est) for cid, est in curves.items()}
+            s = summ.copy()
+            s.insert(0, "cohort", [self.label(c) for c in s["cohort_id"]])
+            key = pd.to_numeric(s["cohort_id"], errors="coerce")
+            nan3 = (math.nan, math.nan, math.nan)
+            s["median (days)"] = [medians.get(c, nan3)[0] for c in key]
+            s["median lower"] = [medians.get(c, nan3)[1] for c in key]
+            s["median upper"] = [medians.get(c, nan3)[2] for c in key]
+            out["summary"] = _table_html(s.drop(columns=["cohort_id"]), 0)
         return out
 
     # ---- Cox -----------------------------------------------------------------------------------------
@@ -504,6 +551,8 @@ def render_report(
 
         raise StudyError(f"the report is built from released tables only; {bad} were not released")
     b = _Builder(pkg, tables, log, policy, manifest)
+    # Built first: the first figure made carries plotly.js, and the attrition plots come first on the page.
+    cohort_section = b.cohorts()
     sections: dict[str, list[Any]] = {"table1": [], "smd": [], "incidence": [], "prevalence": [], "km": [], "cox": [], "prediction": [], "other": []}
     ids = pkg.cohort_ids
     for a in pkg.analyses:
@@ -551,7 +600,7 @@ def render_report(
             "observation": f"{cdm.get('observation_start')} to {cdm.get('observation_end')}",
             "source": cdm.get("cdm_source_name"),
         },
-        cohorts=b.cohorts(),
+        cohorts=cohort_section,
         notes=manifest.get("notes", {}),
         sections=sections,
         disclosure=b.disclosure(),

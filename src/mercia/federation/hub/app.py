@@ -250,7 +250,8 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
 
     @app.post(f"{API}/studies", status_code=202, response_model=StudyState, responses=ERRORS, tags=["studies"])
     def submit(body: SubmitStudy, principal: Annotated[Principal, role("researcher", "admin")]) -> StudyState:
-        """Hash and sign the package and send it to the chosen sites of the project (idempotent on hash)."""
+        """Hash and sign the package and send it to the chosen sites of the project (idempotent on hash).
+        Roles: researcher (in the project), admin."""
         require_project(principal, body.project)
         project_sites = store.project_sites(body.project)
         sites = sorted(set(body.sites)) if body.sites else project_sites
@@ -272,19 +273,22 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
 
     @app.get(f"{API}/studies", response_model=list[StudySummary], responses=ERRORS, tags=["studies"])
     def list_studies(principal: Annotated[Principal, role("researcher", "admin")]) -> list[StudySummary]:
+        """The studies of the caller's projects. Roles: researcher, admin."""
         return [StudySummary(**s) for s in store.studies() if principal.in_project(s["project"])]
 
     @app.get(f"{API}/studies/{{content_hash}}", response_model=StudyState, responses=ERRORS, tags=["studies"])
     def study_state(content_hash: HashParam, principal: Annotated[Principal, role("researcher", "admin")]
                     ) -> StudyState:
-        """The study and each site's status (including whether the site's node is answering)."""
+        """The study and each site's status (including whether the site's node is answering).
+        Roles: researcher (in the project), admin."""
         visible(principal, content_hash)
         return state(content_hash)
 
     @app.post(f"{API}/studies/{{content_hash}}/close", response_model=StudyState, responses=ERRORS,
               tags=["studies"])
     def close(content_hash: HashParam, principal: Annotated[Principal, role("researcher", "admin")]) -> StudyState:
-        """Finish now with the sites that answered; the others are excluded (their late results are not used)."""
+        """Finish now with the sites that answered; the others are excluded (their late results are not
+        used). Roles: researcher (in the project), admin."""
         visible(principal, content_hash)
         services.dispatcher.close_study(content_hash, by=principal.name)
         return state(content_hash)
@@ -293,7 +297,8 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
              tags=["studies"])
     def results(content_hash: HashParam, principal: Annotated[Principal, role("researcher", "admin")]
                 ) -> StudyResults:
-        """Pooled estimates and every site's released tables; 409 while the study is open."""
+        """Pooled estimates and every site's released tables; 409 while the study is open.
+        Roles: researcher (in the project), admin."""
         study = visible(principal, content_hash)
         if study["status"] != "closed":
             raise HTTPException(409, detail="the study is still open: results come when every site has answered, "
@@ -301,9 +306,12 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         return StudyResults(hash=content_hash, status=study["status"], pooled=json.loads(study["pooled"] or "{}"),
                             sites=store.results(content_hash), federated=services.federated(content_hash))
 
-    @app.get(f"{API}/studies/{{content_hash}}/report", response_class=HTMLResponse, responses=ERRORS,
-             tags=["studies"])
+    # The report is HTML but its errors are JSON: say so, or the errors are documented as text/html.
+    @app.get(f"{API}/studies/{{content_hash}}/report", response_class=HTMLResponse, tags=["studies"],
+             responses={code: {**spec, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+                        for code, spec in ERRORS.items()})
     def report(content_hash: HashParam, principal: Annotated[Principal, role("researcher", "admin")]) -> HTMLResponse:
+        """The pooled report (HTML); 409 while the study is open. Roles: researcher (in the project), admin."""
         study = visible(principal, content_hash)
         if study["status"] != "closed":
             raise HTTPException(409, detail="the study is still open; the pooled report comes when it is closed")
@@ -315,7 +323,8 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
               tags=["regression"])
     def federated(content_hash: HashParam, body: FederatedQuery,
                   principal: Annotated[Principal, role("researcher", "admin")]) -> dict[str, Any]:
-        """Fit the model exactly across the finished sites (Newton-Raphson on their score and information)."""
+        """Fit the model exactly across the finished sites (Newton-Raphson on their score and information).
+        Roles: researcher (in the project), admin."""
         visible(principal, content_hash)
         fit = federated_fit(store, content_hash, body.analysis, body.model, timeout=config.node_timeout_seconds)
         services.add_federated(content_hash, fit)
@@ -326,7 +335,8 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
     @app.post(f"{API}/feasibility", response_model=dict[str, Any], responses=ERRORS, tags=["feasibility"])
     def feasibility(body: FeasibilityQuery, principal: Annotated[Principal, role("researcher", "admin")]
                     ) -> dict[str, Any]:
-        """Released persons counts of a cohort definition at each site of the project, and their sum."""
+        """Released persons counts of a cohort definition at each site of the project, and their sum.
+        Roles: researcher (in the project), admin; rate-limited with a lockout after repeats (429)."""
         require_project(principal, body.project)
         project_sites = store.project_sites(body.project)
         sites = sorted(set(body.sites)) if body.sites else project_sites
@@ -342,26 +352,31 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
     # ---- administration -------------------------------------------------------------------------------
     @app.post(f"{API}/nodes", response_model=NodeOut, status_code=201, responses=ERRORS, tags=["admin"])
     def add_node(body: NodeIn, principal: Annotated[Principal, role("admin")]) -> NodeOut:
+        """Register (or update) a node and the token the hub presents to it. Role: admin."""
         node = store.add_node(body.name, body.url, body.token, body.verify)
         services.audit.append("node.registered", principal.name, node=body.name, url=body.url)
         return NodeOut(**node.public())
 
     @app.get(f"{API}/nodes", response_model=list[NodeOut], responses=ERRORS, tags=["admin"])
     def list_nodes(principal: Annotated[Principal, role("admin", "researcher")]) -> list[NodeOut]:
+        """Registered nodes (names and URLs; never their tokens). Roles: admin, researcher."""
         return [NodeOut(**n.public()) for n in store.nodes()]
 
     @app.post(f"{API}/projects", response_model=ProjectOut, status_code=201, responses=ERRORS, tags=["admin"])
     def add_project(body: ProjectIn, principal: Annotated[Principal, role("admin")]) -> ProjectOut:
+        """Create or change a project and its sites. Role: admin."""
         p = store.add_project(body.name, body.sites)
         services.audit.append("project.saved", principal.name, project=body.name, sites=p["sites"])
         return ProjectOut(**p)
 
     @app.get(f"{API}/projects", response_model=list[ProjectOut], responses=ERRORS, tags=["admin"])
     def list_projects(principal: Annotated[Principal, role("admin", "researcher")]) -> list[ProjectOut]:
+        """The caller's projects. Roles: admin, researcher."""
         return [ProjectOut(**p) for p in store.projects() if principal.in_project(p["name"])]
 
     @app.post(f"{API}/users", response_model=UserToken, status_code=201, responses=ERRORS, tags=["admin"])
     def add_user(body: UserIn, principal: Annotated[Principal, role("admin")]) -> UserToken:
+        """Issue (or rotate) a user's token, shown once; the hub keeps its hash. Role: admin."""
         assert body.role in ROLES
         token = services.tokens.issue(body.name, body.role, body.projects)
         services.audit.append("user.token_issued", principal.name, user=body.name, role=body.role,

@@ -241,7 +241,10 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
 
     @app.post(f"{API}/studies", status_code=202, response_model=StudyStatus, responses=ERRORS, tags=["studies"])
     def submit_study(body: SubmitStudy, principal: Annotated[Principal, role("hub")]) -> StudyStatus:
-        """Queue a signed package for the custodian's approval (idempotent on its hash)."""
+        """Queue a signed package for the custodian's approval (idempotent on its hash). Role: hub.
+
+        The node recomputes the hash (400 if the package does not match it), checks the hub's signature
+        (403) and the package's disclosure policy against the site minimum (400 if weaker)."""
         require_project(principal, body.project)
         existing = services.store.get(body.hash)
         if existing is not None:
@@ -272,12 +275,13 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     @app.get(f"{API}/studies", response_model=StudyList, responses=ERRORS, tags=["studies"])
     def list_studies(principal: Annotated[Principal, role("custodian", "hub", "admin")],
                      status_filter: Annotated[StatusValue | None, Query(alias="status")] = None) -> StudyList:
-        """Every study at this node (status records only)."""
+        """Every study at this node (status records only). Roles: custodian, hub, admin."""
         return StudyList(site=config.site, studies=[_status(r) for r in services.store.list(status_filter)])
 
     @app.get(f"{API}/studies/{{content_hash}}", response_model=StudyStatus, responses=ERRORS, tags=["studies"])
     def study_status(content_hash: HashParam,
                      principal: Annotated[Principal, role("custodian", "hub", "admin")]) -> StudyStatus:
+        """One study's status record (no package, no data). Roles: custodian, hub, admin."""
         return _status(services.store.require(content_hash))
 
     def decide(content_hash: str, principal: Principal, approve: bool, reason: str | None) -> StudyStatus:
@@ -292,19 +296,20 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
               tags=["studies"])
     def approve_study(content_hash: HashParam, principal: Annotated[Principal, role("custodian")],
                       body: Decision | None = None) -> StudyStatus:
-        """The custodian approves exactly this hash: the package then runs."""
+        """The custodian approves exactly this hash: the package then runs. Role: custodian."""
         return decide(content_hash, principal, True, body.reason if body else None)
 
     @app.post(f"{API}/studies/{{content_hash}}/reject", response_model=StudyStatus, responses=ERRORS,
               tags=["studies"])
     def reject_study(content_hash: HashParam, principal: Annotated[Principal, role("custodian")],
                      body: Decision | None = None) -> StudyStatus:
+        """The custodian rejects this hash: it never runs. Role: custodian."""
         return decide(content_hash, principal, False, body.reason if body else None)
 
     @app.get(f"{API}/studies/{{content_hash}}/results", response_model=StudyResults, responses=ERRORS,
              tags=["studies"])
     def study_results(content_hash: HashParam, principal: Annotated[Principal, role("hub")]) -> StudyResults:
-        """The released tables, the public disclosure log and the manifest; 409 until finished."""
+        """The released tables, the public disclosure log and the manifest; 409 until finished. Role: hub."""
         rec = services.store.require(content_hash)
         require_project(principal, rec.project)
         if rec.status != "finished":
@@ -323,7 +328,8 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
               tags=["regression"])
     def regression_round(content_hash: HashParam, body: RoundQuery,
                          principal: Annotated[Principal, role("hub")]) -> RoundAnswer:
-        """This site's score and information at the hub's coefficients (federated GLM and Cox)."""
+        """This site's released score and information at the hub's coefficients (federated GLM and Cox).
+        Role: hub. Only for a finished study, on one of its Cox analyses (see node/rounds.py)."""
         rec = services.store.require(content_hash)
         require_project(principal, rec.project)
         if not config.federated_rounds:
@@ -343,7 +349,9 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     @app.post(f"{API}/feasibility", response_model=FeasibilityAnswer, responses=ERRORS, tags=["feasibility"])
     def feasibility(body: FeasibilityQuery, principal: Annotated[Principal, role("hub", "researcher")]
                     ) -> FeasibilityAnswer:
-        """The released persons count and attrition of a cohort definition (auto-approved counts only)."""
+        """The released persons count and attrition of a cohort definition. Roles: those in the site's
+        feasibility_roles (hub, researcher), when the custodian allows automatic counts; rate-limited
+        per caller, with a lockout after repeats of one query (429)."""
         if principal.role not in config.feasibility_roles:
             raise HTTPException(403, detail=f"this site answers feasibility counts for "
                                             f"{', '.join(config.feasibility_roles)} only")

@@ -36,6 +36,7 @@ from mercia.analyses import (
     PrevalenceSettings,
     SurvivalSettings,
 )
+from mercia.analyses.cohort_method import CohortMethodSettings
 from mercia.analyses.prediction import PredictionSettings
 from mercia.cohorts.model import CohortDefinition
 from mercia.disclosure import BUILTIN_POLICIES, DisclosurePolicy, effective_policy
@@ -197,6 +198,22 @@ class PredictionAnalysis(_Analysis):
         return [self.target, self.outcome]
 
 
+class CohortMethodAnalysis(_Analysis):
+    """Comparative cohort analysis (OHDSI CohortMethod): target vs comparator new users, a large-scale
+    propensity model, matching or stratification, balance, outcome models; negative controls are
+    outcome cohorts with no effect, run through the same steps and used to calibrate."""
+
+    type: Literal["cohort_method"]
+    target: str
+    comparator: str
+    outcomes: list[str] = Field(min_length=1)
+    negative_controls: list[str] = Field(default_factory=list)
+    settings: CohortMethodSettings = CohortMethodSettings()
+
+    def cohorts_used(self) -> list[str]:
+        return [self.target, self.comparator, *self.outcomes, *self.negative_controls]
+
+
 Analysis = Annotated[
     CharacterizationAnalysis
     | CompareCohortsAnalysis
@@ -205,7 +222,8 @@ Analysis = Annotated[
     | PrevalenceAnalysis
     | KaplanMeierAnalysis
     | CoxAnalysis
-    | PredictionAnalysis,
+    | PredictionAnalysis
+    | CohortMethodAnalysis,
     Field(discriminator="type"),
 ]
 ANALYSIS_TYPES = (
@@ -217,6 +235,7 @@ ANALYSIS_TYPES = (
     "kaplan_meier",
     "cox",
     "prediction",
+    "cohort_method",
 )
 
 

@@ -141,6 +141,13 @@ def _run_analysis(cdm: Cdm, pkg: StudyPackage, a: Any) -> AnalysisResult:
         return cox_model(cdm, ids[a.target], ids[a.comparator], ids[a.outcome], a.settings, name=name)
     if a.type == "prediction":
         return prediction(cdm, ids[a.target], ids[a.outcome], a.settings, name=name)
+    if a.type == "cohort_method":
+        from mercia.analyses.cohort_method import cohort_method
+
+        keys = [*a.outcomes, *[k for k in a.negative_controls if k not in a.outcomes]]
+        return cohort_method(cdm, ids[a.target], ids[a.comparator], [ids[k] for k in a.outcomes], a.settings,
+                             negative_control_ids=[ids[k] for k in a.negative_controls if k not in a.outcomes],
+                             labels={ids[k]: k for k in keys}, name=name)
     raise StudyError(f"analysis type {a.type!r} is not runnable")  # pragma: no cover - schema forbids it
 
 

@@ -235,6 +235,15 @@ def test_continuous_smd_skips_withheld_means() -> None:
     assert got["smd"].iloc[0] == pytest.approx((50 - 55) / ((10**2 + 12**2) / 2) ** 0.5)
 
 
+def test_report_disclosure_log_by_rule_is_the_public_one(study: dict[str, Any]) -> None:
+    html = (study["out"] / "report.html").read_text()
+    section = html.split('id="disclosure"')[1]
+    assert "The log by table, rule and reason" in section
+    assert "suppressed by disclosure control" in section  # suppressions merged, as in disclosure.json
+    assert "primary:" not in section and ">secondary<" not in section
+    assert "person-time rounded to the nearest 5" in section  # the incidence table's exposure decisions
+
+
 def test_report_km_median_from_the_released_curve(study: dict[str, Any]) -> None:
     """The median and its CI in the report are read off the curve recomputed from released counts."""
     from mercia.analyses.survival import km_estimates, median_survival

@@ -8,6 +8,7 @@ in the file, so the report opens offline and loads nothing from the network.
 from __future__ import annotations
 
 import html
+import json
 import math
 from typing import Any
 
@@ -534,7 +535,23 @@ class _Builder:
         summ = self.log.summary()
         outcomes = sorted({o for c in summ.values() for o in c})
         rows = [{"table": t, **{o: c.get(o, 0) for o in outcomes}} for t, c in sorted(summ.items())]
-        return _table_html(pd.DataFrame(rows))
+        # The log by rule, in its public form (as disclosure.json): primary and secondary suppressions
+        # are merged, so the report does not say which suppressed cells were the small ones.
+        entries = json.loads(self.log.to_json(public=True, indent=None))["entries"]
+        by_rule = pd.DataFrame(entries, columns=["table", "rule", "outcome", "reason"])
+        if len(by_rule):
+            by_rule = (
+                by_rule.groupby(["table", "rule", "outcome", "reason"], sort=True)
+                .size()
+                .rename("cells")
+                .reset_index()
+            )
+        detail = (
+            "<details><summary>The log by table, rule and reason</summary>"
+            + _table_html(by_rule)
+            + "</details>"
+        )
+        return _table_html(pd.DataFrame(rows)) + detail
 
 
 def render_report(

@@ -7,6 +7,7 @@ by its new ones, and on any error the cohort tables are exactly as before.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import warnings
 from contextlib import suppress
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from sqlglot import exp
 from mercia.cdm import Cdm
 from mercia.cohorts.compiler import CompiledCohort, bound, compile_cohort, lit
 from mercia.cohorts.model import CohortDefinition
-from mercia.cohorts.plan import PLANS, CohortPlan, plan_cohort
+from mercia.cohorts.plan import PLANS, CohortPlan, TempStep, plan_cohort
 from mercia.errors import CohortDefinitionError
 
 # The OMOP concept for "cohort" definitions (definition_type_concept_id / subject_concept_id unknown = 0).
@@ -190,9 +191,7 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]]) 
                               stacklevel=2)
         if cdm.dialect != "spark":
             cdm.execute(exp.delete(cohort.copy(), where=_id_in(ids)))
-        masks = {p.cohort_id: (_run_plan(cdm, p.cohort_id, p.plan) if p.plan is not None
-                               else _run_compiled(cdm, p.cohort_id, p.compiled, cohort))  # type: ignore[arg-type]
-                 for p in prepared}
+        masks = _run_all(cdm, prepared, cohort)
         counted = (exp.select("cohort_definition_id", exp.Count(this=exp.Distinct(expressions=[
                        exp.column("subject_id")])), exp.Count(this=exp.Star()))
                    .from_(cohort.copy()).where(_id_in(ids)).group_by("cohort_definition_id"))
@@ -211,22 +210,67 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]]) 
     return results
 
 
-def _run_plan(cdm: Cdm, cohort_id: int, plan: CohortPlan) -> dict[tuple[int, int], int]:
+class _TempTables:
+    """The temporary tables of one run, and the content each holds now: a step whose statement, parameter
+    values and inputs match what its table already holds is not run again (definitions sharing concept
+    sets and primary criteria share those steps)."""
+
+    def __init__(self, cdm: Cdm) -> None:
+        self.cdm = cdm
+        self.content: dict[str, str] = {}  # table -> key of what fills it
+        self.drops: dict[str, str] = {}  # table -> its DROP statement
+
+    def fill(self, step: TempStep, values: dict[str, Any]) -> None:
+        params = step.create.bind(values)
+        key = hashlib.sha256(repr((step.create.sql, sorted((params or {}).items()),
+                                   [self.content[t] for t in step.reads])).encode()).hexdigest()
+        if self.content.get(step.table) == key:
+            return
+        if step.table in self.content:
+            self.cdm.execute(step.drop.sql)
+            del self.content[step.table]
+        self.cdm.execute(step.create.sql, params)
+        if step.analyse is not None:
+            self.cdm.execute(step.analyse.sql)
+        self.content[step.table] = key
+        self.drops[step.table] = step.drop.sql
+
+    def drop_all(self) -> None:
+        # After a failure PostgreSQL refuses statements until rollback, which drops the tables anyway.
+        for sql in self.drops.values():
+            with suppress(Exception):
+                self.cdm.execute(sql)
+        self.content.clear()
+
+
+def _run_plan(cdm: Cdm, temp: _TempTables, cohort_id: int, plan: CohortPlan) -> dict[tuple[int, int], int]:
     """Insert one cohort's rows by its plan; its (mode, mask) -> events counts."""
     values = plan.values(cohort_id)
+    for step in plan.steps:
+        temp.fill(step, values)
+    cdm.execute(plan.insert.sql, plan.insert.bind(values))
     masks: dict[tuple[int, int], int] = {}
+    if plan.mask_counts is not None:
+        for mode, mask, n in cdm.fetch_all(plan.mask_counts.sql, plan.mask_counts.bind(values)):
+            masks[(int(mode), int(mask))] = int(n)
+    return masks
+
+
+def _run_all(cdm: Cdm, prepared: list[_Prepared], cohort: exp.Table) -> dict[int, dict[tuple[int, int], int]]:
+    """Each cohort's rows inserted; their mask counts by cohort id."""
+    masks: dict[int, dict[tuple[int, int], int]] = {}
+    temp = _TempTables(cdm)
+    # Definitions with the same first steps run one after another, so the shared steps run once.
+    planned = sorted((p for p in prepared if p.plan is not None),
+                     key=lambda p: [s.create.sql for s in p.plan.steps])  # type: ignore[union-attr]
     try:
-        for stmt in plan.creates:
-            cdm.execute(stmt.sql, stmt.bind(values))
-        cdm.execute(plan.insert.sql, plan.insert.bind(values))
-        if plan.mask_counts is not None:
-            for mode, mask, n in cdm.fetch_all(plan.mask_counts.sql, plan.mask_counts.bind(values)):
-                masks[(int(mode), int(mask))] = int(n)
+        for p in planned:
+            masks[p.cohort_id] = _run_plan(cdm, temp, p.cohort_id, p.plan)  # type: ignore[arg-type]
     finally:
-        # After a failure PostgreSQL refuses statements until rollback, which drops the tables anyway.
-        for stmt in plan.drops:
-            with suppress(Exception):
-                cdm.execute(stmt.sql)
+        temp.drop_all()
+    for p in prepared:
+        if p.compiled is not None:
+            masks[p.cohort_id] = _run_compiled(cdm, p.cohort_id, p.compiled, cohort)
     return masks
 
 

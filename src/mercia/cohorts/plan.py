@@ -1,7 +1,9 @@
 """A compiled cohort as the statements one engine runs, rendered once and cached per definition.
 
 generate_cohorts runs each cohort as: create some temporary tables, insert the cohort's rows into the
-results `cohort` table, read the inclusion-rule mask counts, drop the temporary tables. Which steps of
+results `cohort` table, read the inclusion-rule mask counts; the temporary tables are dropped at the end
+of the run. A step whose statement and inputs are those of a step already materialised in the run (the
+same concept sets and primary criteria in several definitions, say) is not run again. Which steps of
 the compiled pipeline (CompiledCohort.ctes) become temporary tables depends on the engine:
 
 * PostgreSQL: every step, analysed. It cannot estimate a CTE's rows and re-runs correlated subqueries
@@ -54,13 +56,23 @@ class Statement:
 
 
 @dataclass(frozen=True)
-class CohortPlan:
-    """A cohort's statements for one engine: run `creates`, `insert`, read `mask_counts`, run `drops`."""
+class TempStep:
+    """A step materialised as a temporary table: its name, the statements that fill it, what it reads."""
 
-    creates: tuple[Statement, ...]
+    table: str
+    create: Statement
+    analyse: Statement | None  # PostgreSQL: statistics for the planner
+    reads: tuple[str, ...]  # the temporary tables its create reads (their contents decide this one's)
+    drop: Statement
+
+
+@dataclass(frozen=True)
+class CohortPlan:
+    """A cohort's statements for one engine: fill `steps`, run `insert`, read `mask_counts`, drop `steps`."""
+
+    steps: tuple[TempStep, ...]
     insert: Statement  # binds COHORT_ID_PARAM
     mask_counts: Statement | None  # None: the definition has no inclusion rules
-    drops: tuple[Statement, ...]
     params: dict[str, Any]  # the compiled parameters (dates), by name
     rule_names: tuple[str, ...]
 
@@ -87,18 +99,21 @@ def plan_cohort(compiled: CompiledCohort, dialect: str, cohort_table: exp.Table)
     bodies = dict(compiled.ctes)
     order = [name for name, _ in compiled.ctes]
     temp = {name: f"{_TEMP_PREFIX}{name}" for name in order if name in wanted}
-    reads = _reads(compiled.ctes)
+    reads = _reads_and_rename(compiled.ctes, temp)
     placed: set[str] = set()  # steps already inlined into a statement
-    for body in bodies.values():
-        _rename(body, temp)
 
-    def with_inlined(query: exp.Select, needs: set[str]) -> exp.Select:
-        """`query` with the non-materialised steps it reads (directly or through others) as CTEs."""
+    def with_inlined(query: exp.Select, needs: set[str]) -> tuple[exp.Select, tuple[str, ...]]:
+        """`query` with the non-materialised steps it reads (directly or through others) as CTEs, and
+        the temporary tables it reads in the end."""
         inlined: set[str] = set()
+        inputs: set[str] = set()
         stack = list(needs)
         while stack:
             name = stack.pop()
-            if name in temp or name in inlined:
+            if name in temp:
+                inputs.add(temp[name])
+                continue
+            if name in inlined:
                 continue
             inlined.add(name)
             stack.extend(reads[name])
@@ -108,23 +123,26 @@ def plan_cohort(compiled: CompiledCohort, dialect: str, cohort_table: exp.Table)
                 body = bodies[name].copy() if name in placed else bodies[name]
                 placed.add(name)
                 query = query.with_(name, as_=body, copy=False)
-        return query
+        return query, tuple(sorted(inputs))
 
     def render(tree: exp.Expression) -> Statement:
         names = tuple(dict.fromkeys(p.name for p in tree.find_all(exp.Placeholder)))
         # copy=False: the tree is spent here, and copying it first costs a third of rendering.
         return Statement(tree.sql(dialect=dialect, copy=False), names)
 
-    creates: list[Statement] = []
+    steps: list[TempStep] = []
     for name in order:
         if name not in temp:
             continue
-        body = with_inlined(bodies[name], set(reads[name]))
+        body, inputs = with_inlined(bodies[name], reads[name])
         table = exp.Table(this=exp.to_identifier(temp[name]))
-        creates.append(render(exp.Create(this=table, kind="TABLE", expression=body,
-                                         properties=exp.Properties(expressions=[exp.TemporaryProperty()]))))
-        if analyse:
-            creates.append(render(exp.Analyze(tables=[table.copy()])))
+        create = render(exp.Create(this=table, kind="TABLE", expression=body,
+                                   properties=exp.Properties(expressions=[exp.TemporaryProperty()])))
+        steps.append(TempStep(
+            table=temp[name], create=create, reads=inputs,
+            analyse=render(exp.Analyze(tables=[table.copy()])) if analyse else None,
+            drop=render(exp.Drop(tables=[table.copy()], kind="TABLE", exists=True)),
+        ))
 
     def step(name: str) -> str:
         return temp.get(name, name)
@@ -133,30 +151,29 @@ def plan_cohort(compiled: CompiledCohort, dialect: str, cohort_table: exp.Table)
     cohort_id = exp.Cast(this=exp.Placeholder(this=COHORT_ID_PARAM), to=exp.DataType.build("BIGINT"))
     rows = exp.select(cohort_id, "subject_id", "cohort_start_date", "cohort_end_date",
                       copy=False).from_(step("cohort_out"), copy=False)
-    insert = exp.insert(with_inlined(rows, {"cohort_out"}), cohort_table, columns=_COHORT_COLUMNS)
+    insert = exp.insert(with_inlined(rows, {"cohort_out"})[0], cohort_table, columns=_COHORT_COLUMNS)
     mask_counts = None
     if compiled.rule_count:
         masks = exp.select("mode_id", "inclusion_rule_mask", "person_count", copy=False).from_(
             step("cohort_mask_counts"), copy=False)
-        mask_counts = render(with_inlined(masks, {"cohort_mask_counts"}))
-    drops = tuple(Statement(exp.Drop(this=None, tables=[exp.Table(this=exp.to_identifier(temp[name]))],
-                                     kind="TABLE", exists=True).sql(dialect=dialect))
-                  for name in reversed(order) if name in temp)
-    return CohortPlan(creates=tuple(creates), insert=render(insert), mask_counts=mask_counts, drops=drops,
+        mask_counts = render(with_inlined(masks, {"cohort_mask_counts"})[0])
+    return CohortPlan(steps=tuple(steps), insert=render(insert), mask_counts=mask_counts,
                       params=dict(compiled.params), rule_names=tuple(compiled.rule_names))
 
 
-def _reads(ctes: list[tuple[str, exp.Select]]) -> dict[str, set[str]]:
-    """For each step, the earlier steps its body reads (a step is referenced as a table without a schema)."""
+def _reads_and_rename(ctes: list[tuple[str, exp.Select]], temp: dict[str, str]) -> dict[str, set[str]]:
+    """For each step, the earlier steps its body reads (a step is read as a table without a schema);
+    references to materialised steps are renamed to their temporary tables on the way (one walk)."""
     names = {name for name, _ in ctes}
-    return {name: {t.name for t in body.find_all(exp.Table) if not t.args.get("db") and t.name in names}
-            for name, body in ctes}
-
-
-def _rename(tree: exp.Expression, names: dict[str, str]) -> None:
-    for t in tree.find_all(exp.Table):
-        if not t.args.get("db") and t.name in names:
-            t.set("this", exp.to_identifier(names[t.name]))
+    reads: dict[str, set[str]] = {}
+    for name, body in ctes:
+        read = reads[name] = set()
+        for t in body.find_all(exp.Table):
+            if not t.args.get("db") and t.name in names:
+                read.add(t.name)
+                if t.name in temp:
+                    t.set("this", exp.to_identifier(temp[t.name]))
+    return reads
 
 
 class PlanCache:

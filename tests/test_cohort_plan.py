@@ -1,0 +1,170 @@
+"""generate_cohorts' plans: rendered once per definition, steps shared across a run, same rows as alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlglot import exp
+
+from mercia.cdm import Cdm
+from mercia.cohorts import generate as generate_module
+from mercia.cohorts.circe import from_circe_json
+from mercia.cohorts.compiler import compile_cohort
+from mercia.cohorts.generate import cohort_rows, generate_cohorts
+from mercia.cohorts.plan import PLANS, PlanCache, plan_cohort
+from test_cohort_world import COND, DRUG, cohort, correlated, ends_at, group, load_world, window
+
+A = {"ConditionOccurrence": {"CodesetId": COND["id"]}}
+DRUG_BEFORE = correlated({"DrugExposure": {"CodesetId": DRUG["id"]}}, window(None, 0), at_least=1)
+
+
+@pytest.fixture
+def world(any_cdm: Cdm) -> Iterator[Cdm]:
+    PLANS.clear()  # each test sees a first run
+    yield load_world(any_cdm)
+    PLANS.clear()
+
+
+def definition(name: str, rules: list[dict[str, Any]] | None = None, **primary: Any) -> Any:
+    criterion = {"ConditionOccurrence": {"CodesetId": COND["id"], **primary}}
+    return from_circe_json(cohort(criterion, EndStrategy=ends_at(offset=30), InclusionRules=rules or []), name=name)
+
+
+def rule(name: str, *criteria: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    return {"name": name, "expression": group(*criteria, **kw)}
+
+
+def statements(cdm: Cdm, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the SQL text of every statement the CDM runs from now on."""
+    seen: list[str] = []
+    real = cdm.execute
+
+    def execute(expr: exp.Expression | str, params: dict[str, Any] | None = None) -> None:
+        seen.append(cdm.render(expr))
+        real(expr, params)
+
+    monkeypatch.setattr(cdm, "execute", execute)
+    return seen
+
+
+def creates(sql: list[str], step: str) -> int:
+    """How many statements created the temporary table of this step."""
+    return sum(1 for s in sql if s.startswith("CREATE") and s.split(" AS ", 1)[0].endswith(f"_{step}"))
+
+
+def test_a_set_gives_the_rows_each_definition_gives_alone(world: Cdm) -> None:
+    defs = [
+        (1, definition("all events")),
+        (2, definition("drug before", [rule("drug", DRUG_BEFORE)])),
+        (3, definition("adult, drug before", [rule("adult", demographics=[{"Age": {"Value": 18, "Op": "gte"}}]),
+                                              rule("drug", DRUG_BEFORE)])),
+        (4, definition("first only", First=True)),
+        (5, definition("after 2002", OccurrenceStartDate={"Value": "2002-01-01", "Op": "gt"})),
+    ]
+    together = generate_cohorts(world, defs)
+    rows_together = {cid: cohort_rows(world, cid) for cid, _ in defs}
+    for (cid, d), res in zip(defs, together, strict=True):
+        PLANS.clear()
+        (alone,) = generate_cohorts(world, [(cid, d)])
+        assert cohort_rows(world, cid) == rows_together[cid]
+        assert (alone.persons, alone.entries, alone.mask_counts) == (res.persons, res.entries, res.mask_counts)
+    assert [r.cohort_id for r in together] == [1, 2, 3, 4, 5]  # results in the order given
+    assert rows_together[1] and rows_together[5] and rows_together[1] != rows_together[5]
+
+
+def test_shared_steps_run_once(world: Cdm, monkeypatch: pytest.MonkeyPatch) -> None:
+    sql = statements(world, monkeypatch)
+    generate_cohorts(world, [(1, definition("plain")), (2, definition("drug before", [rule("drug", DRUG_BEFORE)])),
+                             (3, definition("after 2002", OccurrenceStartDate={"Value": "2002-01-01", "Op": "gt"})),
+                             (4, definition("plain, again"))])
+    # cohorts 1, 2 and 4 share concept sets and primary events; 3's date (a bound value) makes its own
+    assert creates(sql, "cohort_primary_events") == 2
+    assert creates(sql, "codesets") == 1
+    assert sum(1 for s in sql if s.startswith("INSERT INTO") and "cohort_definition_id, subject_id" in s) == 4
+    # and every temporary table is gone afterwards
+    left = world.fetch_all("SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'mercia_tmp_%'")
+    assert left == []
+
+
+def test_a_definition_is_compiled_once_per_process(world: Cdm, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = generate_module.compile_cohort
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "compile_cohort", counting)
+    d = definition("plain", [rule("drug", DRUG_BEFORE)])
+    (first,) = generate_cohorts(world, [(1, d)])
+    (again,) = generate_cohorts(world, [(1, d)])
+    (other_id,) = generate_cohorts(world, [(7, definition("plain, another name", [rule("drug", DRUG_BEFORE)]))])
+    assert len(calls) == 1  # the same expression (name aside) under any id: one compilation
+    assert first.mask_counts == again.mask_counts == other_id.mask_counts
+    assert cohort_rows(world, 1) == cohort_rows(world, 7)
+    generate_cohorts(world, [(8, definition("first", First=True))])
+    assert len(calls) == 2
+
+
+def test_a_failing_step_leaves_no_temporary_tables_and_no_rows(world: Cdm) -> None:
+    broken = from_circe_json(cohort({"Specimen": {}}), name="needs specimen")  # the world has no specimen table
+    with pytest.raises(Exception):  # noqa: B017 - the engine's own error type
+        generate_cohorts(world, [(1, definition("plain")), (2, broken)])
+    assert cohort_rows(world, 1) == []
+    if world.dialect == "duckdb":
+        left = world.fetch_all("SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'mercia_tmp_%'")
+        assert left == []
+    generate_cohorts(world, [(1, definition("plain"))])  # and the next run is unaffected
+    assert cohort_rows(world, 1)
+
+
+def test_plans_bind_the_cohort_id_and_dates_never_write_them() -> None:
+    cdm = Cdm.open()
+    try:
+        d = definition("dated", OccurrenceStartDate={"Value": "2002-01-01", "Op": "gt"})
+        plan = plan_cohort(compile_cohort(cdm, d.expression), "duckdb", cdm.table("cohort"))
+        texts = [s.create.sql for s in plan.steps] + [plan.insert.sql]
+        assert not any("2002" in t for t in texts)
+        assert "cohort_id" in plan.insert.param_names
+        assert plan.values(42)["cohort_id"] == 42
+        assert {n for s in plan.steps for n in s.create.param_names} == set(plan.params)
+    finally:
+        cdm.close()
+
+
+def test_no_plan_for_engines_without_temporary_tables() -> None:
+    cdm = Cdm.open()
+    try:
+        compiled = compile_cohort(cdm, definition("plain").expression)
+        with pytest.raises(ValueError, match="no temporary-table plan for dialect 'spark'"):
+            plan_cohort(compiled, "spark", cdm.table("cohort"))
+    finally:
+        cdm.close()
+
+
+def test_the_plan_cache_is_bounded_and_least_recently_used_goes_first() -> None:
+    cache = PlanCache(size=2)
+    cdm = Cdm.open()
+    try:
+        plans = [plan_cohort(compile_cohort(cdm, definition(f"d{i}").expression), "duckdb", cdm.table("cohort"))
+                 for i in range(3)]
+    finally:
+        cdm.close()
+    cache.put(("a",), plans[0])
+    cache.put(("b",), plans[1])
+    assert cache.get(("a",)) is plans[0]  # a is now the most recently used
+    cache.put(("c",), plans[2])
+    assert cache.get(("b",)) is None and cache.get(("a",)) is plans[0] and cache.get(("c",)) is plans[2]
+
+
+def test_hostile_names_stay_data_in_a_set(world: Cdm) -> None:
+    hostile = "x'); DROP TABLE person; --"
+    results = generate_cohorts(world, [(1, definition(hostile, [rule(hostile, DRUG_BEFORE)])),
+                                       (2, definition("plain"))])
+    assert results[0].name == hostile and results[0].attrition[0].name == hostile
+    assert world.row_count("person") == 3
+    names = sorted(r[0] for r in world.fetch_all("SELECT cohort_definition_name FROM "
+                                                 + world.qualified("cohort_definition")))
+    assert names == sorted([hostile, "plain"])

@@ -13,7 +13,7 @@ Federation: `mercia demo`'s set-up (a hub and one node per site as separate proc
 Timed from the researcher's submit to the closed study (the custodians approve as soon as the
 package reaches them: the approvals are part of the time, a human's delay is not); the pooled results
 and report fetched; then the exact federated Cox fit; then feasibility counts across the three sites
-(the gliclazide new-user cohort, five times: the first is cold), and one count asked while a study
+(the gliclazide new-user cohort, four times: the first is cold), and one count asked while a study
 runs at every node (the node must stay responsive).
 Peer: `run_study` of the same package on each CDM in turn, in one fresh process, no servers.
 """
@@ -113,8 +113,9 @@ def federated(databases: list[Path], persons: int) -> dict[str, Any]:
             except Exception as e:
                 figures["federated_cox_error"] = str(e)
             counts = []
-            for i in range(5):
-                d = dict(definition, name=f"count {i}")  # the guard sees the same query: 5 repeats allowed
+            for i in range(4):
+                # the count guard allows 5 repeats of one query (the one during the study was the first)
+                d = dict(definition, name=f"count {i}")
                 t0 = time.perf_counter()
                 answer = c.feasibility(d, project=PROJECT)
                 counts.append(time.perf_counter() - t0)

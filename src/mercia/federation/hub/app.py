@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -224,9 +225,9 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
     async def _audit_requests(request: Request, call_next: Any) -> Any:
         response = await call_next(request)
         if request.url.path != "/health":
-            services.audit.append("request", "http", method=request.method, path=request.url.path[:200],
-                                  status=response.status_code,
-                                  client=request.client.host if request.client else None)
+            await run_in_threadpool(services.audit.append, "request", "http", method=request.method,
+                                    path=request.url.path[:200], status=response.status_code,
+                                    client=request.client.host if request.client else None)
         return response
 
     def role(*roles: str) -> Any:
@@ -344,7 +345,8 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         if outside:
             raise HTTPException(403, detail=f"sites {outside} are not in project {body.project!r}")
         services.guard.check(principal, count_query_key(body.definition))
-        answer = feasibility_across(store, sites, body.definition, body.project, timeout=config.node_timeout_seconds)
+        answer = feasibility_across(store, sites, body.definition, body.project, requested_by=principal.name,
+                                    timeout=config.node_timeout_seconds)
         services.audit.append("feasibility.asked", principal.name, project=body.project, sites=sites,
                               persons=answer["persons"])
         return answer

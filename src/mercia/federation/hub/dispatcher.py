@@ -111,6 +111,10 @@ class Dispatcher:
             self.store.update_run(h, site, reachable=0, attempts=attempts, last_error=str(e),
                                   next_try=time.time() + self._backoff(attempts))
         except NodeRefused as e:
+            if e.status == 404 and run.submitted:
+                # The node no longer knows the study (its state was reset): send the package again.
+                self.store.update_run(h, site, submitted=0, last_error=str(e), next_try=time.time())
+                return
             self.store.update_run(h, site, status="failed", last_error=str(e))
             self.audit.append("site.failed", "hub", hash=h, site=site, error=str(e)[:500])
 

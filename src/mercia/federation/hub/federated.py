@@ -113,14 +113,14 @@ def federated_fit(store: HubStore, content_hash: str, analysis: str, model: str,
 
 
 def feasibility_across(store: HubStore, sites: list[str], definition: dict[str, Any], project: str, *,
-                       timeout: float = 30.0) -> dict[str, Any]:
+                       requested_by: str, timeout: float = 30.0) -> dict[str, Any]:
     """Ask every site at once; the total counts only the sites that released a number."""
     nodes = [store.node(s) for s in sites]
 
     def ask(node: Any) -> Any:
         with NodeLink(node, timeout=timeout) as link:
             try:
-                return link.feasibility(definition, project)
+                return link.feasibility(definition, project, requested_by)
             except (NodeRefused, NodeUnavailable) as e:
                 return {"site": node.name, "error": str(e)}
 

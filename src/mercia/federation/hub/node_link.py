@@ -76,5 +76,6 @@ class NodeLink:
         return self._call("POST", f"/studies/{content_hash}/rounds",
                           {"analysis": analysis, "model": model, "beta": beta})
 
-    def feasibility(self, definition: dict[str, Any], project: str) -> dict[str, Any]:
-        return self._call("POST", "/feasibility", {"definition": definition, "project": project})
+    def feasibility(self, definition: dict[str, Any], project: str, requested_by: str) -> dict[str, Any]:
+        return self._call("POST", "/feasibility",
+                          {"definition": definition, "project": project, "requested_by": requested_by})

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -105,6 +106,8 @@ class StudyResults(BaseModel):
 class FeasibilityQuery(_In):
     definition: dict[str, Any] = Field(description="a cohort definition (cohort language or Mercia's model form)")
     project: str = Field(pattern=NAME_PATTERN)
+    requested_by: str | None = Field(None, pattern=NAME_PATTERN, description=(
+        "the researcher a hub asks for: the count limits apply to each researcher, not to the hub as one"))
 
 
 class FeasibilityAnswer(BaseModel):
@@ -226,9 +229,10 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     async def _audit_requests(request: Request, call_next: Any) -> Any:
         response = await call_next(request)
         if request.url.path != "/health":
-            services.audit.append("request", "http", method=request.method, path=request.url.path[:200],
-                                  status=response.status_code,
-                                  client=request.client.host if request.client else None)
+            # fsync'd append: off the event loop, so one slow disk write does not stall every request
+            await run_in_threadpool(services.audit.append, "request", "http", method=request.method,
+                                    path=request.url.path[:200], status=response.status_code,
+                                    client=request.client.host if request.client else None)
         return response
 
     def role(*roles: str) -> Any:
@@ -246,9 +250,8 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         The node recomputes the hash (400 if the package does not match it), checks the hub's signature
         (403) and the package's disclosure policy against the site minimum (400 if weaker)."""
         require_project(principal, body.project)
-        existing = services.store.get(body.hash)
-        if existing is not None:
-            return _status(existing)
+        # Hash and signature are checked on every submission, a repeated one too: a resubmission
+        # changes nothing, but a tampered one is refused as such.
         pkg = StudyPackage.from_canonical(body.package)
         if pkg.content_hash != body.hash:
             services.audit.append("study.refused", principal.name, hash=body.hash, reason="hash mismatch")
@@ -259,6 +262,9 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
             services.audit.append("study.refused", principal.name, hash=body.hash, reason="bad signature")
             raise HTTPException(403, detail="the package's signature does not verify with the key of the hub "
                                             "this node trusts; only packages signed by that hub run here")
+        existing = services.store.get(body.hash)
+        if existing is not None:
+            return _status(existing)
         pkg.effective_policy(config.site_policy)  # a package asking for less than the site minimum: 400
         auto = body.hash in config.auto_approve.studies
         rec, created = services.store.submit(
@@ -360,7 +366,9 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
             raise HTTPException(403, detail="this site's custodian has not allowed automatic feasibility counts "
                                             "(auto_approve.feasibility in node.yaml)")
         definition = parse_definition(body.definition)
-        services.guard.check(principal, count_query_key(body.definition))
+        # The hub asks for many researchers: limit each of them (the hub is trusted to name them).
+        who = f"{principal.name}/{body.requested_by}" if principal.role == "hub" and body.requested_by else principal.name
+        services.guard.check(who, count_query_key(body.definition))
         with services.cdm.reader() as cdm:
             answer = feasibility_count(cdm, definition, config.site_policy, site=config.site)
         services.audit.append("feasibility.released", principal.name, project=body.project,

@@ -436,6 +436,60 @@ def _population(cdm: Cdm, t_id: int, c_id: int, s: CohortMethodSettings, notes: 
     return _Population(frame, cov, ps, attrition)
 
 
+def _outcome_population(frame: pd.DataFrame, hits: pd.DataFrame, o: int, attrition0: list[dict[str, object]],
+                        p: StudyPopulationSettings) -> tuple[pd.DataFrame, np.ndarray, list[dict[str, object]]]:
+    """The PS population with this outcome's time at risk and events, the rows that stay, and the
+    attrition so far."""
+    h = hits[hits["outcome_id"] == o].drop(columns="outcome_id") if len(hits) else None
+    d = frame.copy()
+    if h is not None and len(h):
+        d = d.merge(h, on=_KEY, how="left")
+    else:
+        d["prior_outcome"], d["first_event"], d["n_events"] = 0, np.nan, 0
+    d["prior_outcome"] = d["prior_outcome"].fillna(0).astype(int)
+    d["n_events"] = d["n_events"].fillna(0).astype(int)
+    attrition = list(attrition0)
+    keep = np.ones(len(d), dtype=bool)
+    if p.remove_subjects_with_prior_outcome:
+        keep &= d["prior_outcome"].to_numpy() == 0
+        attrition.append(_counts(d[keep], "no prior outcome"))
+    d["days_at_risk"] = d["risk_end"] - d["risk_start"] + 1
+    keep &= (d["days_at_risk"] >= max(p.min_days_at_risk, 1)).to_numpy()
+    attrition.append(_counts(d[keep], f"at least {max(p.min_days_at_risk, 1)} day(s) at risk"))
+    d["event"] = d["first_event"].notna().astype(int)
+    d["time"] = np.where(d["event"] == 1, d["first_event"] - d["risk_start"] + 1, d["days_at_risk"])
+    return d, keep, attrition
+
+
+def _outcome_hits(cdm: Cdm, t_id: int, c_id: int, outcome_ids: list[int], p: StudyPopulationSettings) -> pd.DataFrame:
+    values = {"cohort_ids": (["cid"], [[t_id], [c_id]]), "outcome_ids": (["oid"], [[o] for o in outcome_ids])}
+    hits = fetch_df(cdm, build(_outcomes_sql(p), cdm, values),
+                    {"ws": p.risk_window_start, "we": p.risk_window_end, "lookback": p.prior_outcome_lookback})
+    return _frame_dates(hits) if len(hits) else hits
+
+
+def cohort_method_populations(
+    cdm: Cdm, target_cohort_id: int, comparator_cohort_id: int, outcome_cohort_ids: Sequence[int],
+    settings: CohortMethodSettings | None = None,
+) -> tuple[PsFit, dict[int, pd.DataFrame]]:
+    """The rows `cohort_method` analyses, per outcome (row-level: for checks at the site, never
+    released): person_id, treatment, propensity_score, stratum (-1: not matched), time, event,
+    n_events, days_at_risk, for the persons left after the population steps."""
+    s = settings or CohortMethodSettings()
+    pop = _population(cdm, target_cohort_id, comparator_cohort_id, s, [])
+    hits = _outcome_hits(cdm, target_cohort_id, comparator_cohort_id, list(outcome_cohort_ids), s.population)
+    out = {}
+    for o in outcome_cohort_ids:
+        d, keep, _ = _outcome_population(pop.frame, hits, o, pop.attrition, s.population)
+        idx = np.flatnonzero(keep)
+        dk = d.iloc[idx].reset_index(drop=True)
+        dk["propensity_score"] = pop.ps.ps[idx]
+        dk["stratum"] = _adjust(pop.ps.ps[idx], dk["treatment"].to_numpy(), s) if pop.ps.ok else -1
+        out[o] = dk[["person_id", "treatment", "propensity_score", "stratum", "time", "event", "n_events",
+                     "days_at_risk"]]
+    return pop.ps, out
+
+
 def _analyse(cdm: Cdm, pop: _Population, t_id: int, c_id: int, outcomes: list[int], ncs: list[int],
              all_outcomes: list[int], s: CohortMethodSettings, labels: dict[int, str], name: str,
              notes: list[str]) -> AnalysisResult:
@@ -443,33 +497,13 @@ def _analyse(cdm: Cdm, pop: _Population, t_id: int, c_id: int, outcomes: list[in
     frame = pop.frame
     X_pop = pop.covariates.X[frame["row"].to_numpy()]
     ps_all = pop.ps.ps
-    values = {"cohort_ids": (["cid"], [[t_id], [c_id]]), "outcome_ids": (["oid"], [[o] for o in all_outcomes])}
-    hits = fetch_df(cdm, build(_outcomes_sql(p), cdm, values),
-                    {"ws": p.risk_window_start, "we": p.risk_window_end, "lookback": p.prior_outcome_lookback})
-    hits = _frame_dates(hits) if len(hits) else hits
+    hits = _outcome_hits(cdm, t_id, c_id, all_outcomes, p)
     tables: dict[str, ResultTable] = {}
     estimates: list[dict[str, object]] = []
     dist_frames = [_pref_hist(pop.ps.preference, frame["treatment"].to_numpy(), "before", s.preference_bins)]
     for o in all_outcomes:
         kind = "outcome" if o in outcomes else "negative_control"
-        h = hits[hits["outcome_id"] == o].drop(columns="outcome_id") if len(hits) else None
-        d = frame.copy()
-        if h is not None and len(h):
-            d = d.merge(h, on=_KEY, how="left")
-        else:
-            d["prior_outcome"], d["first_event"], d["n_events"] = 0, np.nan, 0
-        d["prior_outcome"] = d["prior_outcome"].fillna(0).astype(int)
-        d["n_events"] = d["n_events"].fillna(0).astype(int)
-        attrition = list(pop.attrition)
-        keep = np.ones(len(d), dtype=bool)
-        if p.remove_subjects_with_prior_outcome:
-            keep &= d["prior_outcome"].to_numpy() == 0
-            attrition.append(_counts(d[keep], "no prior outcome"))
-        d["days_at_risk"] = d["risk_end"] - d["risk_start"] + 1
-        keep &= (d["days_at_risk"] >= max(p.min_days_at_risk, 1)).to_numpy()
-        attrition.append(_counts(d[keep], f"at least {max(p.min_days_at_risk, 1)} day(s) at risk"))
-        d["event"] = d["first_event"].notna().astype(int)
-        d["time"] = np.where(d["event"] == 1, d["first_event"] - d["risk_start"] + 1, d["days_at_risk"])
+        d, keep, attrition = _outcome_population(frame, hits, o, pop.attrition, p)
         idx = np.flatnonzero(keep)
         dk = d.iloc[idx].reset_index(drop=True)
         t = dk["treatment"].to_numpy()

@@ -200,6 +200,7 @@ def _gbm(lr: float, leaves: int, s: GradientBoostingSettings, seed: int) -> Any:
 def _fit_gbm(
     X: sp.csr_matrix, y: NDArray[np.int64], folds: NDArray[np.int64], s: GradientBoostingSettings, seed: int
 ) -> tuple[TrainedModel, NDArray[np.float64]]:
+    import sklearn.ensemble  # noqa: F401 - its OpenMP runtime must be loaded before it can be limited
     from threadpoolctl import threadpool_limits
 
     # One OpenMP thread: on a busy shared server (a site's) OpenMP threads spin against each other;

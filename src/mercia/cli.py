@@ -276,18 +276,22 @@ def cohort_sql(
     """Print the SQL that selects the cohort's rows (subject_id, cohort_start_date, cohort_end_date).
 
     Dates from the definition are bound parameters: the SQL holds placeholders, listed in a comment."""
-    from mercia.cohorts.compiler import bound, compile_cohort
+    from mercia.cohorts.compiler import compile_cohort
     from mercia.cohorts.loader import SchemaTables
+    from mercia.cohorts.render import render
 
     if dialect not in DIALECTS:
         raise MerciaError(f"unknown dialect {dialect!r}: use one of {', '.join(DIALECTS)}")
     d = _load_all([definition])[0]
     compiled = compile_cohort(SchemaTables(cdm_schema, vocab_schema, results_schema), d.expression)
-    query = compiled.rows_query()
+    # Placeholders in the dialect's own form (@name for SQL Server and BigQuery, ? for Trino, ...).
+    rendered = render(compiled.rows_query(), compiled.params, dialect, pretty=pretty)
     lines = [f"-- cohort: {d.name}".replace("\n", " ")]
-    for name, value in (bound(query, compiled.params) or {}).items():
-        lines.append(f"-- parameter {name} = {value.isoformat()} (DATE)")
-    sys.stdout.write("\n".join(lines) + "\n" + query.sql(dialect=dialect, pretty=pretty) + ";\n")
+    for name in dict.fromkeys(rendered.order):
+        lines.append(f"-- parameter {name} = {compiled.params[name].isoformat()} (DATE)")
+    if rendered.style == "qmark" and rendered.order:
+        lines.append(f"-- positional parameters (?), in order: {', '.join(rendered.order)}")
+    sys.stdout.write("\n".join(lines) + "\n" + rendered.sql + ";\n")
 
 
 @cohort_app.command("check")

@@ -1,5 +1,6 @@
 -- 4
 -- parameter d1 = 2000-01-01 (DATE)
+-- numbered parameters: :1 = d1
 WITH codesets AS (
   SELECT
     codeset_id,
@@ -203,11 +204,11 @@ WITH codesets AS (
 ), cohort_out AS (
   SELECT
     person_id AS subject_id,
-    CASE WHEN start_date > CAST(:d1 AS DATE) THEN start_date ELSE CAST(:d1 AS DATE) END AS cohort_start_date,
+    CASE WHEN start_date > CAST(:1 AS DATE) THEN start_date ELSE CAST(:1 AS DATE) END AS cohort_start_date,
     end_date AS cohort_end_date
   FROM cohort_final
   WHERE
-    CASE WHEN start_date > CAST(:d1 AS DATE) THEN start_date ELSE CAST(:d1 AS DATE) END <= end_date
+    CASE WHEN start_date > CAST(:1 AS DATE) THEN start_date ELSE CAST(:1 AS DATE) END <= end_date
 ), cohort_mask_counts AS (
   SELECT
     *

@@ -63,22 +63,7 @@ WITH codesets AS (
           concept_id
         FROM vocab.concept
         WHERE
-          concept_id IN (9201, 9203)
-      ) AS i_set
-    ) AS c
-    UNION ALL
-    SELECT
-      3 AS codeset_id,
-      c.concept_id
-    FROM (
-      SELECT DISTINCT
-        i_set.concept_id
-      FROM (
-        SELECT
-          concept_id
-        FROM vocab.concept
-        WHERE
-          concept_id IN (3049187)
+          concept_id IN (9201)
       ) AS i_set
     ) AS c
   ) AS cs
@@ -124,7 +109,11 @@ WITH codesets AS (
               de.drug_exposure_end_date,
               CAST(DATE_ADD(de.drug_exposure_start_date, INTERVAL de.days_supply DAY) AS DATE),
               CAST(DATE_ADD(de.drug_exposure_start_date, INTERVAL 1 DAY) AS DATE)
-            ) AS end_date
+            ) AS end_date,
+            ROW_NUMBER() OVER (
+              PARTITION BY de.person_id
+              ORDER BY de.drug_exposure_start_date ASC, de.drug_exposure_id ASC
+            ) AS ordinal
           FROM cdm.drug_exposure AS de
           JOIN codesets AS cs
             ON de.drug_concept_id = cs.concept_id AND cs.codeset_id = 0
@@ -132,7 +121,7 @@ WITH codesets AS (
         JOIN cdm.person AS P
           ON C.person_id = P.person_id
         WHERE
-          EXTRACT(YEAR FROM C.start_date) - P.year_of_birth >= 18
+          C.ordinal = 1 AND EXTRACT(YEAR FROM C.start_date) - P.year_of_birth >= 18
       ) AS q
       UNION ALL
       SELECT
@@ -170,7 +159,7 @@ WITH codesets AS (
       AND E.start_date >= OP.observation_period_start_date
       AND E.start_date <= OP.observation_period_end_date
     WHERE
-      CAST(DATE_ADD(OP.observation_period_start_date, INTERVAL 180 DAY) AS DATE) <= E.start_date
+      CAST(DATE_ADD(OP.observation_period_start_date, INTERVAL 365 DAY) AS DATE) <= E.start_date
       AND CAST(DATE_ADD(E.start_date, INTERVAL 30 DAY) AS DATE) <= OP.observation_period_end_date
   ) AS P
 ), cohort_qualified_events AS (
@@ -243,55 +232,13 @@ WITH codesets AS (
             cc.event_id
           HAVING
             COUNT(cc.event_id) >= 1
-          UNION ALL
-          SELECT
-            1 AS index_id,
-            cc.person_id,
-            cc.event_id
-          FROM (
-            SELECT
-              P.person_id,
-              P.event_id
-            FROM cohort_primary_events AS P
-            JOIN (
-              SELECT
-                C.person_id,
-                C.measurement_id AS event_id,
-                C.start_date,
-                C.end_date,
-                C.visit_occurrence_id AS visit_occurrence_id,
-                C.start_date AS sort_date,
-                C.measurement_concept_id AS domain_concept_id
-              FROM (
-                SELECT
-                  m.*,
-                  m.measurement_date AS start_date,
-                  CAST(DATE_ADD(m.measurement_date, INTERVAL 1 DAY) AS DATE) AS end_date
-                FROM cdm.measurement AS m
-                JOIN codesets AS cs
-                  ON m.measurement_concept_id = cs.concept_id AND cs.codeset_id = 3
-              ) AS C
-              WHERE
-                C.value_as_number < 60.0000
-            ) AS A
-              ON A.person_id = P.person_id
-              AND A.start_date >= P.op_start_date
-              AND A.start_date <= P.op_end_date
-              AND A.start_date >= CAST(DATE_ADD(P.start_date, INTERVAL -365 DAY) AS DATE)
-              AND A.start_date <= P.start_date
-          ) AS cc
-          GROUP BY
-            cc.person_id,
-            cc.event_id
-          HAVING
-            COUNT(cc.event_id) >= 1
         ) AS CQ
           ON E.person_id = CQ.person_id AND E.event_id = CQ.event_id
         GROUP BY
           E.person_id,
           E.event_id
         HAVING
-          COUNT(CQ.index_id) > 0
+          COUNT(CQ.index_id) = 1
       ) AS G
     ) AS AC
       ON AC.person_id = pe.person_id AND AC.event_id = pe.event_id
@@ -331,29 +278,30 @@ WITH codesets AS (
             JOIN (
               SELECT
                 C.person_id,
-                C.condition_occurrence_id AS event_id,
+                C.drug_exposure_id AS event_id,
                 C.start_date,
                 C.end_date,
                 C.visit_occurrence_id AS visit_occurrence_id,
                 C.start_date AS sort_date,
-                C.condition_concept_id AS domain_concept_id
+                C.drug_concept_id AS domain_concept_id
               FROM (
                 SELECT
-                  co.*,
-                  co.condition_start_date AS start_date,
+                  de.*,
+                  de.drug_exposure_start_date AS start_date,
                   COALESCE(
-                    co.condition_end_date,
-                    CAST(DATE_ADD(co.condition_start_date, INTERVAL 1 DAY) AS DATE)
+                    de.drug_exposure_end_date,
+                    CAST(DATE_ADD(de.drug_exposure_start_date, INTERVAL de.days_supply DAY) AS DATE),
+                    CAST(DATE_ADD(de.drug_exposure_start_date, INTERVAL 1 DAY) AS DATE)
                   ) AS end_date
-                FROM cdm.condition_occurrence AS co
+                FROM cdm.drug_exposure AS de
                 JOIN codesets AS cs
-                  ON co.condition_concept_id = cs.concept_id AND cs.codeset_id = 1
+                  ON de.drug_concept_id = cs.concept_id AND cs.codeset_id = 0
               ) AS C
             ) AS A
               ON A.person_id = P.person_id
               AND A.start_date >= P.op_start_date
               AND A.start_date <= P.op_end_date
-              AND A.start_date >= P.op_start_date
+              AND A.start_date >= CAST(DATE_ADD(P.start_date, INTERVAL -365 DAY) AS DATE)
               AND A.start_date <= CAST(DATE_ADD(P.start_date, INTERVAL -1 DAY) AS DATE)
           ) AS cc
           GROUP BY
@@ -361,13 +309,57 @@ WITH codesets AS (
             cc.event_id
           HAVING
             COUNT(DISTINCT cc.count_value) >= 2
+          UNION ALL
+          SELECT
+            1 AS index_id,
+            person_id,
+            event_id
+          FROM (
+            SELECT
+              E.person_id,
+              E.event_id
+            FROM cohort_qualified_events AS E
+            INNER JOIN (
+              SELECT
+                0 AS index_id,
+                E.person_id,
+                E.event_id
+              FROM cohort_qualified_events AS E
+              JOIN cdm.person AS P
+                ON P.person_id = E.person_id
+              WHERE
+                EXTRACT(YEAR FROM E.start_date) - P.year_of_birth >= 40
+              GROUP BY
+                E.person_id,
+                E.event_id
+              UNION ALL
+              SELECT
+                1 AS index_id,
+                E.person_id,
+                E.event_id
+              FROM cohort_qualified_events AS E
+              JOIN cdm.person AS P
+                ON P.person_id = E.person_id
+              WHERE
+                P.gender_concept_id IN (8532)
+              GROUP BY
+                E.person_id,
+                E.event_id
+            ) AS CQ
+              ON E.person_id = CQ.person_id AND E.event_id = CQ.event_id
+            GROUP BY
+              E.person_id,
+              E.event_id
+            HAVING
+              COUNT(CQ.index_id) = 2
+          ) AS G
         ) AS CQ
           ON E.person_id = CQ.person_id AND E.event_id = CQ.event_id
         GROUP BY
           E.person_id,
           E.event_id
         HAVING
-          COUNT(CQ.index_id) = 1
+          COUNT(CQ.index_id) > 0
       ) AS G
     ) AS g
     UNION ALL
@@ -400,35 +392,39 @@ WITH codesets AS (
             JOIN (
               SELECT
                 C.person_id,
-                C.visit_occurrence_id AS event_id,
+                C.condition_occurrence_id AS event_id,
                 C.start_date,
                 C.end_date,
                 C.visit_occurrence_id AS visit_occurrence_id,
                 C.start_date AS sort_date,
-                C.visit_concept_id AS domain_concept_id
+                C.condition_concept_id AS domain_concept_id
               FROM (
                 SELECT
-                  vo.*,
-                  vo.visit_start_date AS start_date,
-                  vo.visit_end_date AS end_date
-                FROM cdm.visit_occurrence AS vo
+                  co.*,
+                  co.condition_start_date AS start_date,
+                  COALESCE(
+                    co.condition_end_date,
+                    CAST(DATE_ADD(co.condition_start_date, INTERVAL 1 DAY) AS DATE)
+                  ) AS end_date
+                FROM cdm.condition_occurrence AS co
                 JOIN codesets AS cs
-                  ON vo.visit_concept_id = cs.concept_id AND cs.codeset_id = 2
+                  ON co.condition_concept_id = cs.concept_id AND cs.codeset_id = 1
               ) AS C
             ) AS A
               ON A.person_id = P.person_id
               AND A.start_date >= P.op_start_date
               AND A.start_date <= P.op_end_date
-              AND A.start_date >= P.end_date
-              AND A.start_date <= CAST(DATE_ADD(P.end_date, INTERVAL 7 DAY) AS DATE)
-              AND A.visit_occurrence_id = P.visit_occurrence_id
+              AND A.start_date >= CAST(DATE_ADD(P.start_date, INTERVAL -365 DAY) AS DATE)
+              AND A.start_date <= P.start_date
+              AND A.end_date >= CAST(DATE_ADD(P.start_date, INTERVAL -365 DAY) AS DATE)
+              AND A.end_date <= P.start_date
           ) AS cc
             ON p.person_id = cc.person_id AND p.event_id = cc.event_id
           GROUP BY
             p.person_id,
             p.event_id
           HAVING
-            COUNT(cc.event_id) <= 1
+            COUNT(cc.event_id) = 0
         ) AS CQ
           ON E.person_id = CQ.person_id AND E.event_id = CQ.event_id
         GROUP BY
@@ -485,7 +481,7 @@ WITH codesets AS (
               ON A.person_id = P.person_id
               AND A.start_date >= P.op_start_date
               AND A.start_date <= P.op_end_date
-              AND A.start_date >= P.start_date
+              AND A.start_date >= CAST(DATE_ADD(P.start_date, INTERVAL -10000 DAY) AS DATE)
               AND A.start_date <= P.start_date
           ) AS cc
             ON p.person_id = cc.person_id AND p.event_id = cc.event_id
@@ -494,44 +490,6 @@ WITH codesets AS (
             p.event_id
           HAVING
             COUNT(cc.event_id) = 0
-        ) AS CQ
-          ON E.person_id = CQ.person_id AND E.event_id = CQ.event_id
-        GROUP BY
-          E.person_id,
-          E.event_id
-        HAVING
-          COUNT(CQ.index_id) = 1
-      ) AS G
-    ) AS g
-    UNION ALL
-    SELECT
-      3 AS inclusion_rule_id,
-      8 AS rule_bit,
-      g.person_id,
-      g.event_id
-    FROM (
-      SELECT
-        0 AS index_id,
-        person_id,
-        event_id
-      FROM (
-        SELECT
-          E.person_id,
-          E.event_id
-        FROM cohort_qualified_events AS E
-        INNER JOIN (
-          SELECT
-            0 AS index_id,
-            E.person_id,
-            E.event_id
-          FROM cohort_qualified_events AS E
-          JOIN cdm.person AS P
-            ON P.person_id = E.person_id
-          WHERE
-            P.gender_concept_id IN (8532)
-          GROUP BY
-            E.person_id,
-            E.event_id
         ) AS CQ
           ON E.person_id = CQ.person_id AND E.event_id = CQ.event_id
         GROUP BY
@@ -582,8 +540,10 @@ WITH codesets AS (
       ROW_NUMBER() OVER (PARTITION BY MG.person_id ORDER BY MG.start_date ASC, MG.event_id ASC) AS ordinal
     FROM cohort_masked_events AS MG
     WHERE
-      MG.inclusion_rule_mask = 15
+      MG.inclusion_rule_mask = 7
   ) AS R
+  WHERE
+    R.ordinal = 1
 ), era_persons_6 AS (
   SELECT DISTINCT
     person_id
@@ -700,18 +660,23 @@ WITH codesets AS (
     JOIN (
       SELECT
         C.person_id,
-        C.person_id AS event_id,
+        C.condition_occurrence_id AS event_id,
         C.start_date,
         C.end_date,
-        CAST(NULL AS INT64) AS visit_occurrence_id,
+        C.visit_occurrence_id AS visit_occurrence_id,
         C.start_date AS sort_date,
-        COALESCE(C.cause_concept_id, 0) AS domain_concept_id
+        C.condition_concept_id AS domain_concept_id
       FROM (
         SELECT
-          d.*,
-          d.death_date AS start_date,
-          CAST(DATE_ADD(d.death_date, INTERVAL 1 DAY) AS DATE) AS end_date
-        FROM cdm.death AS d
+          co.*,
+          co.condition_start_date AS start_date,
+          COALESCE(
+            co.condition_end_date,
+            CAST(DATE_ADD(co.condition_start_date, INTERVAL 1 DAY) AS DATE)
+          ) AS end_date
+        FROM cdm.condition_occurrence AS co
+        JOIN codesets AS cs
+          ON co.condition_concept_id = cs.concept_id AND cs.codeset_id = 1
       ) AS C
     ) AS C
       ON C.person_id = I.person_id
@@ -739,7 +704,7 @@ WITH codesets AS (
   SELECT
     person_id,
     MIN(start_date) AS start_date,
-    CAST(DATE_ADD(MAX(end_date), INTERVAL -14 DAY) AS DATE) AS end_date
+    CAST(DATE_ADD(MAX(end_date), INTERVAL -7 DAY) AS DATE) AS end_date
   FROM (
     SELECT
       person_id,
@@ -768,7 +733,7 @@ WITH codesets AS (
         SELECT
           person_id,
           start_date,
-          CAST(DATE_ADD(end_date, INTERVAL 14 DAY) AS DATE) AS end_date
+          CAST(DATE_ADD(end_date, INTERVAL 7 DAY) AS DATE) AS end_date
         FROM cohort_rows
       ) AS CR
     ) AS ST

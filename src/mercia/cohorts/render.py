@@ -1,0 +1,137 @@
+"""SQL text with bound parameters in the form each engine's Python connector accepts.
+
+A compiled cohort binds the definition's dates as ``exp.Placeholder`` nodes named ``d1``, ``d2`` …
+(never as SQL text). sqlglot prints a named placeholder as ``:name`` in most dialects, which no
+SQL Server, Trino or Snowflake client accepts; ``render`` prints each dialect's own form and says how
+to pass the values:
+
+* duckdb: ``$name``, values a dict (duckdb's named parameters);
+* postgres: ``%(name)s``, a dict (psycopg's ``pyformat``);
+* spark: ``:name``, a dict (``spark.sql(sql, args=...)``);
+* trino: ``?``, a list in the order the placeholders appear (the trino client's ``qmark``);
+* bigquery: ``@name``, a dict (google-cloud-bigquery's named query parameters);
+* snowflake: ``:1``, ``:2`` …, a list, value i for ``:i`` (snowflake-connector-python with
+  ``paramstyle="numeric"``: bound by the server, where the default ``pyformat`` splices values into the
+  text in the client);
+* tsql: ``@name``, a dict (SQL Server's ``sp_executesql`` parameters).
+"""
+
+from __future__ import annotations
+
+import itertools
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
+from sqlglot.tokens import TokenType
+
+ParamStyle = Literal["dollar", "pyformat", "colon", "qmark", "numeric", "at"]
+
+PARAM_STYLES: dict[str, ParamStyle] = {
+    "duckdb": "dollar",
+    "postgres": "pyformat",
+    "spark": "colon",
+    "trino": "qmark",
+    "bigquery": "at",
+    "snowflake": "numeric",
+    "tsql": "at",
+}
+
+
+@dataclass(frozen=True)
+class RenderedSql:
+    """SQL text and the values to pass with it: a dict by name, or (qmark, numeric) a list."""
+
+    sql: str
+    dialect: str
+    style: ParamStyle
+    params: dict[str, Any] | list[Any]
+    # qmark: the parameter name of each placeholder, in text order (what the list follows);
+    # otherwise each name once (numeric: name i is ':i').
+    order: tuple[str, ...]
+
+
+# numeric style: the number of each parameter name in the tree being rendered.
+_NUMBERS: ContextVar[dict[str, int]] = ContextVar("_NUMBERS")
+
+
+def _placeholder_text(name: str, style: ParamStyle) -> str:
+    if style == "numeric":
+        return f":{_NUMBERS.get()[name]}"
+    if style == "dollar":
+        return f"${name}"
+    if style == "pyformat":
+        return f"%({name})s"
+    if style == "colon":
+        return f":{name}"
+    if style == "at":
+        return f"@{name}"
+    return "?"
+
+
+def _generator_for(dialect: str, style: ParamStyle) -> type[Dialect]:
+    """The dialect with its placeholders printed in `style` (every other construct unchanged)."""
+    base = Dialect.get_or_raise(dialect).__class__
+
+    class Generator(base.Generator):  # type: ignore[name-defined,misc]
+        def placeholder_sql(self, expression: exp.Placeholder) -> str:
+            # qmark: printed named first; render() reads their order from the text, then blanks them.
+            return _placeholder_text(expression.name, "colon" if style == "qmark" else style)
+
+    # A subclass of a registered dialect registers itself under its class name; the name says whose it is.
+    return type(f"MerciaParams{dialect.title()}{style.title()}", (base,), {"Generator": Generator})
+
+
+_DIALECTS: dict[tuple[str, ParamStyle], type[Dialect]] = {}
+
+
+def _positional(sql: str, dialect: str, names: set[str]) -> tuple[str, tuple[str, ...]]:
+    """`:name` placeholders as `?`, and the names in the order they appear in the text.
+
+    The generator does not print in tree order (a SELECT's WITH is printed after its body is built),
+    so the order is read from the printed SQL with the dialect's own tokenizer: a `:` directly
+    followed by one of the tree's parameter names, outside strings and comments.
+    """
+    tokens = Dialect.get_or_raise(dialect).tokenize(sql)
+    spans: list[tuple[int, int, str]] = []
+    for colon, name in itertools.pairwise(tokens):
+        if (colon.token_type == TokenType.COLON and name.start == colon.end + 1 and name.text in names):
+            spans.append((colon.start, name.end + 1, name.text))
+    out, at = [], 0
+    for start, end, _ in spans:
+        out += [sql[at:start], "?"]
+        at = end
+    out.append(sql[at:])
+    return "".join(out), tuple(n for _, _, n in spans)
+
+
+def _named_order(tree: exp.Expression) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p.name for p in tree.find_all(exp.Placeholder, bfs=False)))
+
+
+def render(tree: exp.Expression, params: dict[str, Any], dialect: str, *, pretty: bool = False) -> RenderedSql:
+    """`tree` as `dialect` SQL text, its placeholders in the dialect's form, with the values it uses."""
+    if dialect not in PARAM_STYLES:
+        raise ValueError(f"no parameter style for dialect {dialect!r} (known: {', '.join(PARAM_STYLES)})")
+    style = PARAM_STYLES[dialect]
+    key = (dialect, style)
+    if key not in _DIALECTS:
+        _DIALECTS[key] = _generator_for(dialect, style)
+    if any(not p.args.get("this") for p in tree.find_all(exp.Placeholder)):
+        raise ValueError("an unnamed placeholder cannot be rendered: compiled trees name every parameter")
+    names = {p.name for p in tree.find_all(exp.Placeholder)}
+    numbers = _NUMBERS.set({n: i for i, n in enumerate(_named_order(tree), start=1)})
+    try:
+        sql = tree.sql(dialect=_DIALECTS[key], pretty=pretty)
+    finally:
+        _NUMBERS.reset(numbers)
+    sql, order = _positional(sql, dialect, names) if style == "qmark" else (sql, _named_order(tree))
+    missing = sorted(set(order) - set(params))
+    if missing:
+        raise ValueError(f"placeholders without a value: {', '.join(missing)}")
+    # numeric: `order` is each name once, in its number's order, so the list is indexed by number - 1.
+    positional = style in ("qmark", "numeric")
+    values: dict[str, Any] | list[Any] = [params[n] for n in order] if positional else {n: params[n] for n in order}
+    return RenderedSql(sql=sql, dialect=dialect, style=style, params=values, order=order)

@@ -325,3 +325,39 @@ def test_population_bad_settings() -> None:
         PopulationSettings(risk_window_start=10, risk_window_end=5)
     with pytest.raises(ValidationError, match="min_time_at_risk"):
         PopulationSettings(min_time_at_risk=-1)
+
+
+# ------------------------------------------------------------------------------ curves from released strata
+
+
+def _released_like(y: np.ndarray, p: np.ndarray, split: str = "test") -> pd.DataFrame:
+    s = risk_strata(y, p, 10)
+    s["stratum"] = s["stratum"].astype(str).str.zfill(3)
+    total = {"stratum": "Total", "n_persons": s["n_persons"].sum(), "n_outcomes": s["n_outcomes"].sum(),
+             "expected_outcomes": s["expected_outcomes"].sum()}
+    return pd.concat([s, pd.DataFrame([total])], ignore_index=True).assign(split=split)
+
+
+def test_roc_and_calibration_points_from_strata() -> None:
+    from mercia.analyses.prediction.plots import calibration_points, prediction_figures, roc_points
+
+    y, p = _data(2000, 11)
+    strata = _released_like(y, p)
+    roc = roc_points(strata, "test")
+    assert roc is not None and len(roc) == 11
+    assert (roc.iloc[0]["fpr"], roc.iloc[0]["tpr"]) == (0.0, 0.0)
+    assert (roc.iloc[-1]["fpr"], roc.iloc[-1]["tpr"]) == (1.0, 1.0)
+    assert np.all(np.diff(roc["fpr"]) >= 0) and np.all(np.diff(roc["tpr"]) >= 0)
+    # the 11-point curve's area is close to the exact AUC
+    area = float(np.sum(np.diff(roc["fpr"]) * (roc["tpr"].to_numpy()[1:] + roc["tpr"].to_numpy()[:-1]) / 2))
+    assert area == pytest.approx(roc_auc_score(y, p), abs=0.02)
+    cal = calibration_points(strata, "test")
+    assert len(cal) == 10 and cal["predicted"].is_monotonic_increasing
+    assert (cal["observed"] * strata["n_persons"].iloc[:10]).sum() == pytest.approx(y.sum())
+    # a suppressed stratum: no ROC curve, the calibration plot leaves that stratum out
+    strata.loc[3, "n_outcomes"] = np.nan
+    strata.loc[3, "expected_outcomes"] = np.nan
+    assert roc_points(strata, "test") is None
+    assert len(calibration_points(strata, "test")) == 9
+    figs = prediction_figures(strata, None, "m", lambda fig: "<figure>")
+    assert figs[0].startswith('<p class="empty">No ROC') and figs[1] == "<figure>"

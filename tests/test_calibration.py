@@ -567,3 +567,26 @@ def test_error_model_with_positive_controls_restores_coverage_when_bias_grows_wi
         assert model.mean_slope == pytest.approx(0.8, abs=0.12)
     assert 0.91 <= cov_model / n <= 0.98
     assert cov_null / n < 0.85
+
+
+def test_calibrate_estimates_on_the_southworth_replication() -> None:
+    from mercia.analyses.calibration import calibrate_estimates
+
+    log_rr, se, true = _southworth()
+    res = calibrate_estimates([*log_rr, GI_BLEED[0]], [*se, GI_BLEED[1]], [*true, np.nan])
+    row = res.table.iloc[-1]
+    assert (row["calibrated_log_rr"], row["calibrated_ci_lower"], row["calibrated_ci_upper"]) == pytest.approx(
+        (-0.3117702, -0.733957, 0.1067054), abs=1e-4
+    )
+    assert row["p"] == pytest.approx(2 * stats.norm.sf(abs(GI_BLEED[0] / GI_BLEED[1])))
+    negatives = true == 0
+    assert res.null == fit_null(log_rr[negatives], se[negatives])
+    assert res.table["calibrated_p"].iloc[-1] == calibrate_p(res.null, [GI_BLEED[0]], [GI_BLEED[1]])[0]
+    # calibrated controls: about 95% of the intervals cover the truth, far more than uncalibrated
+    cal_cover = (res.table["calibrated_ci_lower"] <= res.table["true_log_rr"]) & (
+        res.table["true_log_rr"] <= res.table["calibrated_ci_upper"]
+    )
+    raw_cover = np.abs(log_rr - true) <= 1.96 * se
+    assert cal_cover.iloc[:-1].mean() > 0.9 > raw_cover.mean()
+    with pytest.raises(CalibrationError, match="no negative controls"):
+        calibrate_estimates([0.1, 0.2], [0.1, 0.1], [np.nan, 0.5])

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy import optimize, stats
 
@@ -388,3 +389,55 @@ def calibrate_ci(
     hi[ok] = _bounds(model, -z, x[ok], se[ok])
     se_cal = (hi - lo) / (2 * z)
     return point, lo, hi, se_cal
+
+
+# ----------------------------------------------------------------------------------- all at once
+
+
+@dataclass(frozen=True)
+class CalibratedEstimates:
+    """Estimates with their calibrated p-values and intervals, and the fits that calibrated them."""
+
+    table: pd.DataFrame
+    null: NullDistribution
+    model: SystematicErrorModel
+    ease: float
+
+
+def calibrate_estimates(
+    log_rr: ArrayLike, se_log_rr: ArrayLike, true_log_rr: ArrayLike, alpha: float = 0.05
+) -> CalibratedEstimates:
+    """Calibrate a set of estimates run through one pipeline: negative controls (true_log_rr 0),
+    positive controls (true_log_rr known, non-zero) and estimates of interest (true_log_rr NaN).
+
+    The null is fitted on the negative controls, the systematic error model on all controls (the null
+    when there are no positive controls); every row gets its traditional and calibrated p-value
+    (against the null) and its calibrated log RR, CI and SE (from the model). Controls are calibrated
+    too, as OHDSI does, which shows how well calibration works on them.
+    """
+    x, se, t = _as_vectors(log_rr, se_log_rr, true_log_rr, names=("log_rr", "se_log_rr", "true_log_rr"))
+    negative = t == 0
+    if not negative.any():
+        raise CalibrationError(
+            "no negative controls (true_log_rr = 0); empirical calibration needs them, a dozen or more"
+        )
+    null = fit_null(x[negative], se[negative])
+    control = np.isfinite(t)
+    model = fit_systematic_error_model(x[control], se[control], t[control])
+    point, lo, hi, se_cal = calibrate_ci(model, x, se, alpha)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = 2 * stats.norm.sf(np.abs(x / se))
+    table = pd.DataFrame(
+        {
+            "log_rr": x,
+            "se_log_rr": se,
+            "true_log_rr": t,
+            "p": p,
+            "calibrated_p": calibrate_p(null, x, se),
+            "calibrated_log_rr": point,
+            "calibrated_ci_lower": lo,
+            "calibrated_ci_upper": hi,
+            "calibrated_se_log_rr": se_cal,
+        }
+    )
+    return CalibratedEstimates(table, null, model, expected_absolute_systematic_error(null))

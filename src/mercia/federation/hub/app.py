@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from mercia.errors import MerciaError
+from mercia.errors import MerciaError, StudyError
 from mercia.federation.audit import AuditLog
 from mercia.federation.auth import (
     ROLES,
@@ -260,7 +260,13 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         if outside:
             raise HTTPException(403, detail=f"sites {outside} are not in project {body.project!r} "
                                             f"(its sites: {project_sites})")
-        pkg = StudyPackage.from_dict(body.package, source="submitted package")
+        try:
+            pkg = StudyPackage.from_dict(body.package, source="submitted package")
+        except MerciaError:
+            raise
+        except Exception as e:  # odd shapes deep inside a definition: still bad input, never a 500
+            raise StudyError(f"the package could not be read ({type(e).__name__}); check it with "
+                             "mercia study run on a local CDM first") from None
         h = pkg.content_hash
         signature = sign_package_hash(config.signing_key, h)
         created = store.add_study(h, name=pkg.name, project=body.project, submitted_by=principal.name,

@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from mercia.errors import MerciaError
+from mercia.errors import MerciaError, StudyError
 from mercia.federation.audit import AuditLog
 from mercia.federation.auth import (
     CountQueryGuard,
@@ -192,6 +192,16 @@ class NodeServices:
             return self._designs[key]
 
 
+def read_package(data: dict[str, Any]) -> StudyPackage:
+    """A package sent as data; anything that is not a valid package is the sender's error (400)."""
+    try:
+        return StudyPackage.from_canonical(data)
+    except MerciaError:
+        raise
+    except Exception as e:  # odd shapes deep inside a definition: still bad input, never a 500
+        raise StudyError(f"the package could not be read ({type(e).__name__}); send StudyPackage.canonical()") from None
+
+
 def _status(rec: StudyRecord) -> StudyStatus:
     return StudyStatus(**rec.public())
 
@@ -252,7 +262,7 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         require_project(principal, body.project)
         # Hash and signature are checked on every submission, a repeated one too: a resubmission
         # changes nothing, but a tampered one is refused as such.
-        pkg = StudyPackage.from_canonical(body.package)
+        pkg = read_package(body.package)
         if pkg.content_hash != body.hash:
             services.audit.append("study.refused", principal.name, hash=body.hash, reason="hash mismatch")
             raise HTTPException(400, detail=(

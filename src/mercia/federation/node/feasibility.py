@@ -43,7 +43,12 @@ def query_key(definition: CohortDefinition) -> str:
 
 
 def feasibility_count(cdm: Cdm, definition: CohortDefinition, policy: DisclosurePolicy, *, site: str) -> dict[str, Any]:
-    compiled = compile_cohort(cdm, definition.expression)
+    try:
+        compiled = compile_cohort(cdm, definition.expression)
+    except MerciaError:
+        raise
+    except Exception as e:  # a definition the model accepted but the compiler cannot take: the sender's
+        raise CohortDefinitionError(f"definition: cannot be compiled ({type(e).__name__})") from None
     rows = compiled.rows_query().subquery("c")
     count_q = exp.select(
         exp.Count(this=exp.Distinct(expressions=[exp.column("subject_id")])).as_("persons"),

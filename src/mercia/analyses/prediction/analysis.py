@@ -20,7 +20,6 @@ Nothing row-level is in any table: no predictions, no person ids, no thresholds 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -97,32 +96,15 @@ class PredictionRun:
     predictions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def population_with_covariates(
-    cdm: Cdm, target_id: int, outcome_id: int, population: PopulationSettings, covariates: CovariateSettings
-) -> tuple[pd.DataFrame, pd.DataFrame, CovariateData]:
-    """(population, attrition, covariates of exactly the population's rows in its order)."""
-    pop, attrition = build_population(cdm, target_id, outcome_id, population)
-    if pop.empty:
-        return pop, attrition, CovariateData(
-            pd.DataFrame(columns=["row_id", "person_id", "cohort_definition_id", "cohort_start_date"]),
-            _empty_csr(0, 0),
-            pd.DataFrame(
-                columns=["covariate_id", "covariate_name", "analysis_id", "analysis_name", "concept_id", "window", "kind"]
-            ),
-        )
+def covariates_for(cdm: Cdm, target_id: int, pop: pd.DataFrame, covariates: CovariateSettings) -> CovariateData:
+    """Covariates of exactly the population's rows, in its order."""
     cd = build_covariates(cdm, [target_id], covariates, first_entry_only=False)
     rows = cd.rows.assign(cohort_start_date=pd.to_datetime(cd.rows["cohort_start_date"]))
     key = rows[["person_id", "cohort_start_date", "row_id"]]
     matched = pop[["person_id", "cohort_start_date"]].merge(key, how="left", on=["person_id", "cohort_start_date"])
     if matched["row_id"].isna().any():  # pragma: no cover - both read the same cohort rows
         raise StudyError("covariates are missing for some population rows; regenerate the target cohort")
-    return pop, attrition, cd.subset_rows(matched["row_id"].to_numpy(dtype=np.int64))
-
-
-def _empty_csr(n: int, p: int) -> Any:
-    import scipy.sparse as sp
-
-    return sp.csr_matrix((n, p))
+    return cd.subset_rows(matched["row_id"].to_numpy(dtype=np.int64))
 
 
 def attrition_table(name: str, attrition: pd.DataFrame) -> ResultTable:
@@ -191,9 +173,7 @@ def develop_model(
 ) -> PredictionRun:
     """Develop (train and internally validate) a prediction model on `cdm`; see the module doc."""
     settings = settings or PredictionSettings()
-    pop, attrition, cd = population_with_covariates(
-        cdm, target_id, outcome_id, settings.population, settings.covariates
-    )
+    pop, attrition = build_population(cdm, target_id, outcome_id, settings.population)
     n_outcomes = int(pop["outcome"].sum()) if len(pop) else 0
     if pop.empty:
         raise StudyError(
@@ -209,6 +189,7 @@ def develop_model(
     y = pop["outcome"].to_numpy(dtype=np.int64)
     if n_outcomes == len(y):
         raise StudyError("every person in the target population has the outcome; there is nothing to predict")
+    cd = covariates_for(cdm, target_id, pop, settings.covariates)
     folds = person_split(pop["person_id"].to_numpy(), y, settings.test_fraction, settings.n_folds, settings.seed)
     train, test = folds > 0, folds == 0
     for part, mask in (("test", test), ("training", train)):

@@ -33,12 +33,13 @@ from mercia.analyses.prediction.analysis import (
     PredictionRun,
     PredictionSettings,
     attrition_table,
+    covariates_for,
     performance_table,
-    population_with_covariates,
     strata_table,
 )
 from mercia.analyses.prediction.evaluation import Performance, evaluate, risk_strata
 from mercia.analyses.prediction.models import TrainedModel, check_finite
+from mercia.analyses.prediction.population import build_population
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
 from mercia.disclosure import OPENSAFELY, DisclosurePolicy, ModelInfo
@@ -216,7 +217,7 @@ def apply_model(
     s = loaded.settings
     # Every covariate present, however rare: the model's own columns must not be filtered away here.
     cov_settings = s.covariates.model_copy(update={"min_persons": 1, "min_fraction": 0.0})
-    pop, attrition, cd = population_with_covariates(cdm, target, outcome, s.population, cov_settings)
+    pop, attrition = build_population(cdm, target, outcome, s.population)
     if pop.empty:
         raise StudyError(
             f"the target cohort {target} has no entries at this site after the population steps; "
@@ -228,6 +229,7 @@ def apply_model(
             f"no outcomes: no one in the target population (cohort {target}) has an outcome (cohort {outcome}) "
             "during time at risk at this site, so the model cannot be validated here"
         )
+    cd = covariates_for(cdm, target, pop, cov_settings)
     used = [int(c) for c in man["covariates_used"]]
     have = set(cd.covariate_ids.tolist())
     missing = [c for c in used if c not in have]

@@ -468,3 +468,26 @@ def test_column_percentages_use_released_margins() -> None:
     assert out.loc[("40-69", "A"), "pct"] == pytest.approx(50.0)
     assert pd.isna(out.loc[("70+", "B"), "pct"])
     assert out.loc[(T, "B"), "pct"] == pytest.approx(100.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 12), min_size=1, max_size=6),
+    st.data(),
+)
+def test_one_relation_shortcut_equals_the_linear_programme(parts: list[int], data: st.DataObject) -> None:
+    """A cell alone in one relation (a one-way table and its total) is decided without LP; the
+    shortcut must say exactly what the two linear programmes say."""
+    from mercia.disclosure.suppression import CellStructure, _alone_in_one_relation, feasible_interval
+
+    n = len(parts)
+    structure = CellStructure(
+        values=[*parts, sum(parts)],
+        is_total=[False] * n + [True],
+        published=[True] * (n + 1),
+        relations=[(n, tuple(range(n)))],
+    )
+    unknown = set(data.draw(st.lists(st.integers(0, n), min_size=1, unique=True)))
+    for cell in unknown:
+        lo, hi = feasible_interval(structure, unknown, cell)
+        assert _alone_in_one_relation(structure, unknown, cell) == (hi - lo >= 1 - 1e-9)

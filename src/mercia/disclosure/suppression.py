@@ -82,10 +82,39 @@ def is_protected(structure: CellStructure, unknown: set[int], cell: int) -> bool
     one LP suffices when the minimum is already 1 below it (halves the work on most cells)."""
     if cell not in unknown:
         return False
+    alone = _alone_in_one_relation(structure, unknown, cell)
+    if alone is not None:
+        return alone
     lo = _optimum(structure, unknown, cell, 1.0)
     if structure.values[cell] - lo >= 1 - 1e-9:
         return True
     return _optimum(structure, unknown, cell, -1.0) - lo >= 1 - 1e-9
+
+
+def _alone_in_one_relation(structure: CellStructure, unknown: set[int], cell: int) -> bool | None:
+    """The answer of `is_protected` without linear programming when `cell` and every unknown cell of its
+    relation belong to that one relation only (a one-way table and its total; a Table 1 level within
+    its variable): then the unknowns are tied by nothing but `total = sum(parts)` and x >= 0. None when
+    the cell is linked further (n-way margins, hierarchies), where the LP decides.
+
+    - `cell` is a part and the total is unknown: the total absorbs any value, so [0, inf).
+    - `cell` is the total: fixed by its parts unless one of them is unknown too.
+    - `cell` is a part and the total is known: the unknown parts share S = total - known parts; with
+      two or more of them each lies anywhere in [0, S], with one it is S exactly.
+    """
+    rels = structure.relations_of(cell)
+    if len(rels) != 1:
+        return None
+    tot, parts = structure.relations[rels[0]]
+    if any(c in unknown and len(structure.relations_of(c)) != 1 for c in (tot, *parts)):
+        return None
+    unknown_parts = [p for p in parts if p in unknown]
+    if cell == tot:
+        return bool(unknown_parts)
+    if tot in unknown:
+        return True
+    share = sum(structure.values[p] for p in unknown_parts)
+    return len(unknown_parts) >= 2 and share >= 1
 
 
 def _optimum(structure: CellStructure, unknown: set[int], cell: int, sign: float) -> float:

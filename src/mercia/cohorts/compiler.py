@@ -176,6 +176,8 @@ _COMMON: dict[str, tuple[str, str]] = {
     "gender_cs": ("cs", "P.gender_concept_id"),
     "visit_type": ("concepts", "V.visit_concept_id"),
     "visit_type_cs": ("cs", "V.visit_concept_id"),
+    "provider_specialty": ("concepts", "PR.specialty_concept_id"),
+    "provider_specialty_cs": ("cs", "PR.specialty_concept_id"),
 }
 _ERA = {
     "era_start_date": ("date", "C.start_date"),
@@ -203,6 +205,8 @@ FILTERS: dict[str, dict[str, tuple[str, str]]] = {
         "refills": ("int", "C.refills"),
         "route_concept": ("concepts", "C.route_concept_id"),
         "route_concept_cs": ("cs", "C.route_concept_id"),
+        "stop_reason": ("text", "C.stop_reason"),
+        "lot_number": ("text", "C.lot_number"),
     },
     "procedure_occurrence": _COMMON | {
         "procedure_type": ("concepts", "C.procedure_type_concept_id"),
@@ -234,6 +238,7 @@ FILTERS: dict[str, dict[str, tuple[str, str]]] = {
         "observation_type_cs": ("cs", "C.observation_type_concept_id"),
         "observation_source_concept": ("source", ""),
         "value_as_number": ("dec", "C.value_as_number"),
+        "value_as_string": ("text", "C.value_as_string"),
         "value_as_concept": ("concepts", "C.value_as_concept_id"),
         "value_as_concept_cs": ("cs", "C.value_as_concept_id"),
         "qualifier": ("concepts", "C.qualifier_concept_id"),
@@ -246,6 +251,7 @@ FILTERS: dict[str, dict[str, tuple[str, str]]] = {
         "device_type_cs": ("cs", "C.device_type_concept_id"),
         "device_source_concept": ("source", ""),
         "quantity": ("int", "C.quantity"),
+        "unique_device_id": ("text", "C.unique_device_id"),
     },
     "visit_occurrence": {
         k: v for k, v in _COMMON.items() if not k.startswith("visit_type")
@@ -254,6 +260,8 @@ FILTERS: dict[str, dict[str, tuple[str, str]]] = {
         "visit_type_cs": ("cs", "C.visit_type_concept_id"),
         "visit_source_concept": ("source", ""),
         "visit_length": ("int", "duration"),
+        "place_of_service": ("concepts", "CS.place_of_service_concept_id"),
+        "place_of_service_cs": ("cs", "CS.place_of_service_concept_id"),
     },
     "visit_detail": {
         "visit_detail_start_date": ("date", "C.start_date"),
@@ -287,6 +295,7 @@ FILTERS: dict[str, dict[str, tuple[str, str]]] = {
         "period_length": ("int", "duration"),
         "age_at_start": ("int", "age_start"),
         "age_at_end": ("int", "age_end"),
+        "user_defined_period": ("user_period", ""),
     },
     "specimen": {
         "occurrence_start_date": ("date", "C.start_date"),
@@ -305,7 +314,21 @@ FILTERS: dict[str, dict[str, tuple[str, str]]] = {
     },
 }
 # Fields handled outside the filter table (or flags read by a sibling filter).
-_STRUCTURAL = {"codeset_id", "first", "correlated_criteria"}
+_STRUCTURAL = {"codeset_id", "first", "correlated_criteria", "date_adjustment"}
+
+
+def adjusted_dates(domain: str, d: Domain, a: str, adj: m.DateAdjustment) -> tuple[exp.Expression, exp.Expression]:
+    """Circe-BE's DateAdjustment (dateAdjustment.sql): start = StartWith + StartOffset days, end = EndWith
+    + EndOffset days, StartWith/EndWith naming the domain's own start and end expressions. As in
+    Circe-BE's builders, Death always adjusts (death_date, death_date + 1) whatever StartWith/EndWith say,
+    and Specimen keeps its dates (SpecimenSqlBuilder has no adjustment)."""
+    start, end = col(a, d.start_col), d.end(a)
+    if domain == "specimen":
+        return start, end
+    if domain != "death":
+        start, end = (start if adj.start_with == "START_DATE" else end.copy(),
+                      col(a, d.start_col) if adj.end_with == "START_DATE" else end)
+    return date_add(start, adj.start_offset), date_add(end, adj.end_offset)
 
 # The columns of every event table (what a correlated criterion can look at on its index event).
 EVENT_COLUMNS = ("person_id", "event_id", "start_date", "end_date", "op_start_date", "op_end_date",
@@ -468,9 +491,13 @@ class _Compiler:
         bpath = f"{path}.{type(body).__name__}"
         a = d.alias
         start = col(a, d.start_col)
+        start_date, end_date = start.copy(), d.end(a)
+        adjust = getattr(body, "date_adjustment", None)
+        if adjust is not None:
+            start_date, end_date = adjusted_dates(domain, d, a, adjust)
         # All of the row's columns (filters read them as C.x) plus its start and end dates.
         inner = exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier(a)),
-                           start.as_("start_date"), d.end(a).as_("end_date"), copy=False)
+                           start_date.as_("start_date"), end_date.as_("end_date"), copy=False)
         inner = inner.from_(self.t(d.table, a), copy=False)
         fields = body.model_fields_set | {k for k, v in body if v is not None}
         codeset_id = getattr(body, "codeset_id", None)
@@ -478,7 +505,8 @@ class _Compiler:
             self.check_codeset(codeset_id, f"{bpath}.CodesetId")
             inner = inner.join(self.codeset_join(col(a, d.concept_col), codeset_id, "cs"), copy=False)
         where: list[exp.Expression] = []
-        joins_p = joins_v = False
+        joins_p = joins_v = joins_pr = joins_cs = False
+        user_period: m.Period | None = None
         table = FILTERS[domain]
         for name in sorted(fields):
             value = getattr(body, name)
@@ -512,10 +540,20 @@ class _Compiler:
                         in_list(col("C", "value_as_concept_id"), [4155142, 4155143]),
                     )))
                 continue
+            if kind == "user_period":
+                # ObservationPeriodSqlBuilder: periods covering each given date, which become the event's dates.
+                user_period = value
+                for day in (value.start_date, value.end_date):
+                    if day is not None:
+                        where.append(and_(exp.LTE(this=col("C", "start_date"), expression=self.param(day)),
+                                          exp.GTE(this=col("C", "end_date"), expression=self.param(day))))
+                continue
             if target.startswith("P.") or target in ("age_start", "age_end"):
                 joins_p = True
             if target.startswith("V."):
                 joins_v = True
+            joins_pr = joins_pr or target.startswith("PR.")
+            joins_cs = joins_cs or target.startswith("CS.")
             e = self.target(target)
             if kind == "concepts":
                 if value:
@@ -527,6 +565,11 @@ class _Compiler:
                 where.append(self.numeric(e, value, integer=kind == "int"))
             elif kind == "date":
                 where.append(self.dates(e, value))
+            elif kind == "text":
+                where.append(self.text(e, value))
+        if adjust is not None:
+            # CriteriaSqlBuilder: an adjusted event counts only if it still ends on or after its start.
+            where.append(exp.GTE(this=col("C", "end_date"), expression=col("C", "start_date")))
         if getattr(body, "first", None):
             if domain == "death":
                 raise CohortDefinitionError(f"{bpath}.First: not supported for Death")
@@ -538,8 +581,14 @@ class _Compiler:
         event_id = col("C", d.id_col or "person_id")
         visit = (col("C", "visit_occurrence_id") if d.visit else exp.Cast(this=exp.null(), to=BIGINT.copy()))
         concept = d.distinct_concept("C") if d.distinct_concept else col("C", d.concept_col)
+        out_start: exp.Expression = col("C", "start_date")
+        out_end: exp.Expression = col("C", "end_date")
+        if user_period is not None and user_period.start_date is not None:
+            out_start = self.param(user_period.start_date)
+        if user_period is not None and user_period.end_date is not None:
+            out_end = self.param(user_period.end_date)
         outer = exp.select(
-            col("C", "person_id"), event_id.as_("event_id"), col("C", "start_date"), col("C", "end_date"),
+            col("C", "person_id"), event_id.as_("event_id"), out_start.as_("start_date"), out_end.as_("end_date"),
             visit.as_("visit_occurrence_id"), col("C", "start_date").as_("sort_date"),
             concept.as_("domain_concept_id"), copy=False
         ).from_(inner.subquery("C", copy=False), copy=False)
@@ -549,6 +598,12 @@ class _Compiler:
             outer = outer.join(self.t("visit_occurrence", "V"), on=and_(
                 eq(col("C", "visit_occurrence_id"), col("V", "visit_occurrence_id")),
                 eq(col("C", "person_id"), col("V", "person_id"))), copy=False)
+        if joins_pr:  # Circe-BE: LEFT JOIN PROVIDER PR on C.provider_id = PR.provider_id
+            outer = outer.join(self.t("provider", "PR"), on=eq(col("C", "provider_id"), col("PR", "provider_id")),
+                               join_type="LEFT", copy=False)
+        if joins_cs:  # Circe-BE: JOIN CARE_SITE CS on C.care_site_id = CS.care_site_id
+            outer = outer.join(self.t("care_site", "CS"), on=eq(col("C", "care_site_id"), col("CS", "care_site_id")),
+                               copy=False)
         w = and_(*where)
         if w is not None:
             outer = outer.where(w, copy=False)
@@ -575,6 +630,15 @@ class _Compiler:
                            expression=exp.Nullif(this=col("C", "range_high"), expression=lit(0)))
         table, name = target.split(".")
         return col(table, name)
+
+    def text(self, e: exp.Expression, f: m.TextFilter) -> exp.Expression:
+        """Circe-BE's buildTextFilterClause: e [NOT] LIKE '[%]text[%]', the pattern a bound parameter."""
+        pattern = ("%" if f.op.endswith(("endsWith", "contains")) else "") + f.text + (
+            "%" if f.op.endswith(("startsWith", "contains")) else "")
+        name = f"t{len(self.params) + 1}"
+        self.params[name] = pattern
+        cond = exp.Like(this=e, expression=exp.Placeholder(this=name))
+        return exp.Not(this=cond) if f.op.startswith("!") else cond
 
     def cs(self, e: exp.Expression, sel: m.ConceptSetSelection, path: str) -> exp.Expression:
         if sel.codeset_id is not None:
@@ -664,6 +728,12 @@ class _Compiler:
                 where.append(in_list(col("P", column), [c.concept_id for c in value]))
         if dc.gender_cs is not None:
             where.append(self.cs(col("P", "gender_concept_id"), dc.gender_cs, f"{path}.GenderCS"))
+        # Circe-BE parity, kept on purpose like the quirks in criteria(): getDemographicCriteriaQuery tests
+        # RaceCS and EthnicityCS against P.gender_concept_id (not race/ethnicity), so ATLAS selects that.
+        if dc.race_cs is not None:
+            where.append(self.cs(col("P", "gender_concept_id"), dc.race_cs, f"{path}.RaceCS"))
+        if dc.ethnicity_cs is not None:
+            where.append(self.cs(col("P", "gender_concept_id"), dc.ethnicity_cs, f"{path}.EthnicityCS"))
         if dc.occurrence_start_date is not None:
             where.append(self.dates(col("E", "start_date"), dc.occurrence_start_date))
         if dc.occurrence_end_date is not None:

@@ -152,6 +152,36 @@ class DateRange(_Model):
         return self
 
 
+# Circe-BE accepts any operator: '!' negates, startsWith/endsWith/contains add the % wildcards, anything
+# else (ATLAS writes eq/!eq) compares with LIKE 'text' as written.
+TEXT_OPS = ("startsWith", "contains", "endsWith", "eq", "!startsWith", "!contains", "!endsWith", "!eq")
+
+
+class TextFilter(_Model):
+    """Circe's text filter: the column LIKE the text with % before/after as the operator says (the
+    text's own % and _ are wildcards too, as in Circe-BE's BuilderUtils.buildTextFilterClause)."""
+
+    text: str = Field(alias="Text")
+    op: str = Field(alias="Op")
+
+    @field_validator("op")
+    @classmethod
+    def _op(cls, v: str) -> str:
+        if v not in TEXT_OPS:
+            raise ValueError(f"unknown text operator {v!r} (expected one of {', '.join(TEXT_OPS)})")
+        return v
+
+
+class DateAdjustment(_Model):
+    """Circe's DateAdjustment: the event's start and end become (StartWith + StartOffset days,
+    EndWith + EndOffset days); events whose adjusted end is before their adjusted start are dropped."""
+
+    start_with: Literal["START_DATE", "END_DATE"] = Field("START_DATE", alias="StartWith")
+    start_offset: int = Field(0, alias="StartOffset")
+    end_with: Literal["START_DATE", "END_DATE"] = Field("END_DATE", alias="EndWith")
+    end_offset: int = Field(0, alias="EndOffset")
+
+
 class Period(_Model):
     start_date: dt.date | None = Field(None, alias="StartDate")
     end_date: dt.date | None = Field(None, alias="EndDate")
@@ -174,6 +204,7 @@ class _Criteria(_Model):
     """Fields every domain criterion has. `correlated_criteria` restricts the events themselves."""
 
     correlated_criteria: CriteriaGroup | None = Field(None, alias="CorrelatedCriteria")
+    date_adjustment: DateAdjustment | None = Field(None, alias="DateAdjustment")
 
 
 class _EventCriteria(_Criteria):
@@ -190,6 +221,9 @@ class _VisitFiltered(_EventCriteria):
     # The kind of visit the event happened in (visit_occurrence.visit_concept_id).
     visit_type: list[Concept] | None = Field(None, alias="VisitType")
     visit_type_cs: ConceptSetSelection | None = Field(None, alias="VisitTypeCS")
+    # The specialty of the event's provider (provider.specialty_concept_id).
+    provider_specialty: list[Concept] | None = Field(None, alias="ProviderSpecialty")
+    provider_specialty_cs: ConceptSetSelection | None = Field(None, alias="ProviderSpecialtyCS")
 
 
 class ConditionOccurrence(_VisitFiltered):
@@ -211,6 +245,8 @@ class DrugExposure(_VisitFiltered):
     refills: NumericRange | None = Field(None, alias="Refills")
     route_concept: list[Concept] | None = Field(None, alias="RouteConcept")
     route_concept_cs: ConceptSetSelection | None = Field(None, alias="RouteConceptCS")
+    stop_reason: TextFilter | None = Field(None, alias="StopReason")
+    lot_number: TextFilter | None = Field(None, alias="LotNumber")
 
 
 class ProcedureOccurrence(_VisitFiltered):
@@ -248,6 +284,7 @@ class Observation(_VisitFiltered):
     observation_type_cs: ConceptSetSelection | None = Field(None, alias="ObservationTypeCS")
     observation_source_concept: int | None = Field(None, alias="ObservationSourceConcept")
     value_as_number: NumericRange | None = Field(None, alias="ValueAsNumber")
+    value_as_string: TextFilter | None = Field(None, alias="ValueAsString")
     value_as_concept: list[Concept] | None = Field(None, alias="ValueAsConcept")
     value_as_concept_cs: ConceptSetSelection | None = Field(None, alias="ValueAsConceptCS")
     qualifier: list[Concept] | None = Field(None, alias="Qualifier")
@@ -262,6 +299,7 @@ class DeviceExposure(_VisitFiltered):
     device_type_cs: ConceptSetSelection | None = Field(None, alias="DeviceTypeCS")
     device_source_concept: int | None = Field(None, alias="DeviceSourceConcept")
     quantity: NumericRange | None = Field(None, alias="Quantity")
+    unique_device_id: TextFilter | None = Field(None, alias="UniqueDeviceId")
 
 
 class VisitOccurrence(_EventCriteria):
@@ -271,6 +309,11 @@ class VisitOccurrence(_EventCriteria):
     visit_type_cs: ConceptSetSelection | None = Field(None, alias="VisitTypeCS")
     visit_source_concept: int | None = Field(None, alias="VisitSourceConcept")
     visit_length: NumericRange | None = Field(None, alias="VisitLength")
+    provider_specialty: list[Concept] | None = Field(None, alias="ProviderSpecialty")
+    provider_specialty_cs: ConceptSetSelection | None = Field(None, alias="ProviderSpecialtyCS")
+    # The place of service of the visit's care site (care_site.place_of_service_concept_id).
+    place_of_service: list[Concept] | None = Field(None, alias="PlaceOfService")
+    place_of_service_cs: ConceptSetSelection | None = Field(None, alias="PlaceOfServiceCS")
 
 
 class VisitDetail(_Criteria):
@@ -325,6 +368,8 @@ class ObservationPeriod(_Criteria):
     period_type: list[Concept] | None = Field(None, alias="PeriodType")
     period_type_cs: ConceptSetSelection | None = Field(None, alias="PeriodTypeCS")
     period_length: NumericRange | None = Field(None, alias="PeriodLength")
+    # The event is this period (its dates replace the observation period's) for persons observed on them.
+    user_defined_period: Period | None = Field(None, alias="UserDefinedPeriod")
     age_at_start: NumericRange | None = Field(None, alias="AgeAtStart")
     age_at_end: NumericRange | None = Field(None, alias="AgeAtEnd")
 
@@ -462,6 +507,8 @@ class DemographicCriteria(_Model):
     race: list[Concept] | None = Field(None, alias="Race")
     ethnicity: list[Concept] | None = Field(None, alias="Ethnicity")
     gender_cs: ConceptSetSelection | None = Field(None, alias="GenderCS")
+    race_cs: ConceptSetSelection | None = Field(None, alias="RaceCS")
+    ethnicity_cs: ConceptSetSelection | None = Field(None, alias="EthnicityCS")
     occurrence_start_date: DateRange | None = Field(None, alias="OccurrenceStartDate")
     occurrence_end_date: DateRange | None = Field(None, alias="OccurrenceEndDate")
 
@@ -624,12 +671,20 @@ class CohortDefinition(_Model):
 # Circe elements Mercia knows but does not compile: an error says "not supported" rather than
 # "unknown", so the user knows the element is valid Circe that Mercia cannot honour yet.
 NOT_SUPPORTED = {
-    "ValueAsString", "StopReason", "LotNumber", "UniqueDeviceId", "SourceId", "ProviderSpecialty",
-    "ProviderSpecialtyCS", "PlaceOfService", "PlaceOfServiceCS", "PlaceOfServiceLocation", "DateAdjustment",
-    "EffectiveDrugDose", "DoseUnit", "DoseUnitCS", "UserDefinedPeriod", "DoseEra", "PayerPlanPeriod",
-    "LocationRegion", "RaceCS", "EthnicityCS", "AdmittedFromConcept", "DischargedToConcept",
+    "SourceId", "PlaceOfServiceLocation", "EffectiveDrugDose", "DoseUnit", "DoseUnitCS", "DoseEra",
+    "PayerPlanPeriod", "LocationRegion", "AdmittedFromConcept", "DischargedToConcept",
     "AdmittedFromConceptCS", "DischargedToConceptCS", "VisitDetailTypeExclude", "ConditionStatusExclude",
     "Episode",
+}
+# Why, where the answer is not "not yet": Circe-BE's SQL for these reads columns or tables that OMOP CDM
+# 5.3 and 5.4 do not have, so the element cannot select anything on a CDM Mercia (or ATLAS) runs on.
+NOT_SUPPORTED_WHY = {
+    "EffectiveDrugDose": "Circe-BE filters drug_exposure.effective_drug_dose, a column CDM 5.3/5.4 do not have",
+    "DoseUnit": "Circe-BE filters drug_exposure.dose_unit_concept_id, a column CDM 5.3/5.4 do not have",
+    "DoseUnitCS": "Circe-BE filters drug_exposure.dose_unit_concept_id, a column CDM 5.3/5.4 do not have",
+    "LocationRegion": "Circe-BE reads the LOCATION_HISTORY table, which CDM 5.3/5.4 do not have",
+    "PlaceOfServiceLocation": "Circe-BE reads the LOCATION_HISTORY table, which CDM 5.3/5.4 do not have",
+    "Episode": "Circe-BE 1.x has no Episode criteria (the EPISODE table is new in CDM 5.4)",
 }
 
 
@@ -651,7 +706,9 @@ def validation_error(e: ValidationError, prefix: tuple[Any, ...] = ()) -> Cohort
         path = _json_path(loc)
         last = loc[-1] if loc else ""
         if err["type"] == "extra_forbidden":
-            msg = "not supported" if last in NOT_SUPPORTED else "unknown element"
+            msg = "unknown element"
+            if last in NOT_SUPPORTED:
+                msg = f"not supported ({NOT_SUPPORTED_WHY[last]})" if last in NOT_SUPPORTED_WHY else "not supported"
         elif err["type"] == "missing":
             msg = "required element missing"
         else:

@@ -353,6 +353,11 @@ class CompiledCohort:
         """subject_id, cohort_start_date, cohort_end_date: the cohort's rows."""
         return self._with(exp.select("subject_id", "cohort_start_date", "cohort_end_date", copy=False).from_("cohort_out", copy=False))
 
+    def persons_before_censor_window_query(self) -> exp.Select:
+        """The number of persons in the cohort before its censor window (Circe's #final_cohort)."""
+        return self._with(exp.select(exp.Count(this=exp.Distinct(expressions=[exp.column("person_id")])).as_("persons"),
+                                     copy=False).from_("cohort_final", copy=False))
+
     def mask_counts_query(self) -> exp.Select:
         """mode_id, inclusion_rule_mask, person_count (events per mask), as Circe's cohort_inclusion_result."""
         return self._with(exp.select("mode_id", "inclusion_rule_mask", "person_count", copy=False).from_("cohort_mask_counts", copy=False))

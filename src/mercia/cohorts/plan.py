@@ -12,11 +12,11 @@ the compiled pipeline (CompiledCohort.ctes) become temporary tables depends on t
   has inclusion rules, the masked events (read by both the insert and the mask counts). The other steps
   stay CTEs inside those statements, where DuckDB's optimiser sees the whole chain and materialises what
   is read twice by itself. A criterion's First is found by an aggregate rather than a window there
-  (see duckdb_first). On the cohort benchmark this runs a third fewer statements' worth of SQL time
-  than one temporary table per step, and a sixth of the statements (no ANALYZE: DuckDB keeps its
-  statistics up to date on insert).
+  (see duckdb_first). For the 13 definitions of bench/bench_cohorts.py that is 74 statements where one
+  temporary table per step took 497 (no ANALYZE either: DuckDB keeps its statistics up to date on
+  insert), and about two thirds of the process CPU time at 100,000 persons.
 
-Rendering a definition's statements with sqlglot costs about as much as running them on 100,000
+Compiling and rendering a definition costs about 30 ms of Python, a fair share of the run at 100,000
 persons, so the rendered plan is cached in this process, keyed by the definition's content hash, the
 dialect and the schemas the CDM's tables live in; the cohort id is a bound parameter, so the same
 definition under another id reuses the plan.

@@ -9,13 +9,16 @@ compiler's per-mask counts, as a study's attrition table does, and the whole tab
 from __future__ import annotations
 
 import json
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import pandas as pd
 from sqlglot import exp
 
 from mercia.cdm import Cdm
-from mercia.cohorts.compiler import bound, compile_cohort
+from mercia.cohorts.compiler import CompiledCohort, bound, compile_cohort
 from mercia.cohorts.model import CohortDefinition
 from mercia.disclosure import DisclosureLog, DisclosurePolicy, ResultTable, release
 from mercia.errors import CohortDefinitionError, MerciaError
@@ -37,9 +40,23 @@ def parse_definition(definition: dict[str, Any]) -> CohortDefinition:
         raise CohortDefinitionError(f"definition: {e}") from None
 
 
-def query_key(definition: CohortDefinition) -> str:
-    """What makes two count queries 'the same' for the lockout: the definition's hash."""
-    return definition.definition_hash()
+@contextmanager
+def _pipeline(cdm: Cdm, compiled: CompiledCohort) -> Iterator[tuple[exp.Select, exp.Select]]:
+    """The rows and mask-count queries. On DuckDB and PostgreSQL the pipeline's steps become
+    temporary tables (connection-local: nothing is written to the CDM) that both counts read, which
+    is faster than running the CTE chain twice; elsewhere (Spark) the CTE queries as they are."""
+    if cdm.dialect not in ("duckdb", "postgres"):
+        yield compiled.rows_query(), compiled.mask_counts_query()
+        return
+    steps = compiled.steps(f"mercia_feas_{secrets.token_hex(6)}_")
+    try:
+        for stmt in steps.creates:
+            cdm.execute(stmt, bound(stmt, compiled.params))
+        yield steps.rows, steps.mask_counts
+    finally:
+        for stmt in steps.drops:
+            with suppress(Exception):  # after a failure PostgreSQL drops them with the rollback
+                cdm.execute(stmt)
 
 
 def feasibility_count(cdm: Cdm, definition: CohortDefinition, policy: DisclosurePolicy, *, site: str) -> dict[str, Any]:
@@ -49,16 +66,16 @@ def feasibility_count(cdm: Cdm, definition: CohortDefinition, policy: Disclosure
         raise
     except Exception as e:  # a definition the model accepted but the compiler cannot take: the sender's
         raise CohortDefinitionError(f"definition: cannot be compiled ({type(e).__name__})") from None
-    rows = compiled.rows_query().subquery("c")
-    count_q = exp.select(
-        exp.Count(this=exp.Distinct(expressions=[exp.column("subject_id")])).as_("persons"),
-        exp.Count(this=exp.Star()).as_("entries"),
-    ).from_(rows)
-    persons, entries = cdm.fetch_all(count_q, bound(count_q, compiled.params))[0]
     steps: list[tuple[str, int, int]] = []
+    with _pipeline(cdm, compiled) as (rows_query, mask_q):
+        count_q = exp.select(
+            exp.Count(this=exp.Distinct(expressions=[exp.column("subject_id")])).as_("persons"),
+            exp.Count(this=exp.Star()).as_("entries"),
+        ).from_(rows_query.subquery("c"))
+        persons, entries = cdm.fetch_all(count_q, bound(count_q, compiled.params))[0]
+        masks = ({(int(m), int(k)): int(n) for m, k, n in cdm.fetch_all(mask_q, bound(mask_q, compiled.params))}
+                 if compiled.rule_count else {})
     if compiled.rule_count:
-        mask_q = compiled.mask_counts_query()
-        masks = {(int(m), int(k)): int(n) for m, k, n in cdm.fetch_all(mask_q, bound(mask_q, compiled.params))}
         initial = [sum(n for (md, _), n in masks.items() if md == mode) for mode in (1, 0)]
         steps.append(("initial events", initial[0], initial[1]))
         for i, name in enumerate(compiled.rule_names):

@@ -741,6 +741,39 @@ def client_results(
     console.print(f"wrote {out / 'results.json'} and {out / 'report.html'}", highlight=False)
 
 
+@client_app.command("federated")
+@user_errors
+def client_federated(
+    content_hash: Annotated[str, typer.Argument(metavar="HASH")], hub: HubUrlOpt, token: TokenOpt,
+    analysis: Annotated[str, typer.Option(help="The study's Cox analysis whose rows the model uses.")],
+    model: Annotated[str, typer.Option(help="cox, logistic or poisson.")] = "cox",
+) -> None:
+    """The exact federated model across the sites that finished (JSON on stdout)."""
+    with _client(hub, token) as c:
+        fit = c.federated(content_hash, analysis, model)
+    sys.stdout.write(json.dumps(fit, indent=2) + "\n")
+
+
+@client_app.command("feasibility")
+@user_errors
+def client_feasibility(
+    definition: Annotated[Path, typer.Argument(help="A cohort definition: ATLAS .json, .yaml/.yml or .py.")],
+    project: Annotated[str, typer.Option(help="The project whose sites to ask.")],
+    hub: HubUrlOpt,
+    token: TokenOpt,
+    site: Annotated[list[str] | None, typer.Option("--site", help="A site (repeat); default all of the project.")] = None,
+) -> None:
+    """Released persons counts of a cohort definition at each site, and their sum."""
+    d = _load_all([definition])[0]
+    with _client(hub, token) as c:
+        answer = c.feasibility(d.to_dict(), project=project, sites=site)
+    t = Table("site", "persons", "note")
+    for a in answer["sites"]:
+        t.add_row(a["site"], "suppressed" if a.get("persons") is None else f"{a['persons']:,}", a.get("error") or "")
+    t.add_row("total (released)", f"{answer['persons']:,}", "")
+    console.print(t)
+
+
 # ---- audit -------------------------------------------------------------------------------------
 audit_app = typer.Typer(help="Check the hash-chained audit logs of nodes and the hub.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")

@@ -22,8 +22,10 @@ import httpx
 import pytest
 
 from federation_support import PROJECT, HubKey, NodeServer, make_site, small_study, submit_body
+from mercia.disclosure import BUILTIN_POLICIES, DisclosurePolicy
 from mercia.federation.audit import read_records, verify_log
 from mercia.federation.auth import TokenStore
+from mercia.study import StudyPackage
 
 pytestmark = pytest.mark.slow  # each module starts node servers (several seconds each)
 
@@ -297,6 +299,34 @@ def test_the_audit_log_records_every_step_and_verifies(world, recorder, finished
     assert any(r["details"]["status"] == 401 for r in requests)  # refused requests are recorded too
     v = verify_log(node.state_dir / "audit.jsonl")
     assert v.ok, v.problems
+
+
+# ---- disclosure: the only door out ----------------------------------------------------------------
+def test_every_released_number_passed_the_door_at_least_as_strict_as_the_site(recorder, finished_study):
+    site_policy = BUILTIN_POLICIES["opensafely"]  # the node's configured minimum
+    results = [json.loads(body) for what, code, body in recorder.bodies
+               if code == 200 and what.endswith(f"{finished_study.content_hash}/results")]
+    assert results
+    tables = [t for r in results for t in r["tables"]]
+    assert tables
+    for t in tables:
+        assert t["status"] in ("released", "blocked"), t["name"]
+        assert DisclosurePolicy.model_validate(t["policy"]).at_least_as_strict_as(site_policy), t["name"]
+    counts = [json.loads(body) for what, code, body in recorder.bodies if code == 200 and what.endswith("/feasibility")]
+    assert counts
+    for c in counts:
+        assert DisclosurePolicy.model_validate(c["attrition"]["policy"]).at_least_as_strict_as(site_policy)
+        assert c["disclosure"]  # the public log of the release
+
+
+def test_a_package_asking_for_a_weaker_policy_is_refused(world, recorder):
+    canonical = small_study("lenient study").canonical()
+    lenient = BUILTIN_POLICIES["opensafely"].model_dump(mode="json") | {"name": "lenient", "threshold": 1}
+    canonical["disclosure"] = lenient
+    pkg = StudyPackage.from_canonical(canonical)
+    r = recorder.call("POST", f"{API}/studies", json=submit_body(pkg, world["key"]))
+    assert r.status_code == 400 and "weaker than this site's minimum" in r.json()["detail"]
+    assert recorder.call("GET", f"{API}/studies/{pkg.content_hash}").status_code == 404
 
 
 # ---- approval ------------------------------------------------------------------------------------

@@ -120,3 +120,77 @@ def test_postgres_rows_equal_duckdb(generated: dict, pg_cdm_factory) -> None:
     # the single-query form (no temporary tables) agrees on PostgreSQL too, for a small definition
     c = compile_cohort(pg, load_circe_file(COHORTS_DIR / "phenotypelibrary" / "482.json").expression)
     assert len(pg.fetch_all(c.rows_query(), c.params)) == 479
+
+
+# ---- Circe's statistics tables (generateStats), against CohortGenerator and circepy ------------------
+CG_IDS = [1, 2, 3, 4]
+
+
+def _csv_rows(name: str, columns: list[str]) -> dict[int, list[tuple]]:
+    out: dict[int, list[tuple]] = {}
+    with open(COHORTS_DIR / "cohortgenerator" / "expected_results" / name) as f:
+        for r in csv.DictReader(f):
+            row = tuple(int(r[c]) if r[c].lstrip("-").isdigit() else (r[c] or None) for c in columns)
+            out.setdefault(int(r["cohort_definition_id"]), []).append(row)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_stats_tables_match_cohortgenerator(eunomia: Path, generated: dict) -> None:
+    """The five tables as OHDSI's CohortGenerator wrote them for cohortgenerator/1..4 on Eunomia."""
+    from mercia.cohorts.stats import read_stats
+
+    expected = {
+        "cohort_inclusion": _csv_rows("cg_cohort_inclusion.csv", ["rule_sequence", "name", "description"]),
+        "cohort_inclusion_result": _csv_rows("cg_cohort_inc_result.csv", ["inclusion_rule_mask", "person_count", "mode_id"]),
+        "cohort_inclusion_stats": _csv_rows("cg_cohort_inc_stats.csv", ["rule_sequence", "person_count", "gain_count",
+                                                                        "person_total", "mode_id"]),
+        "cohort_summary_stats": _csv_rows("cg_cohort_summary_stats.csv", ["base_count", "final_count", "mode_id"]),
+        "cohort_censor_stats": _csv_rows("cg_cohort_censor_stats.csv", ["lost_count"]),
+    }
+    with Cdm.open(eunomia, read_only=True) as cdm:
+        for cid in CG_IDS:
+            got = read_stats(cdm, cid)
+            for table, by_id in expected.items():
+                assert got[table] == by_id.get(cid, []), (cid, table)
+    assert expected["cohort_censor_stats"][4] == [(50,)]  # the check has teeth: cohort 4 lost 50 persons
+
+
+@pytest.mark.oracle
+@pytest.mark.slow
+def test_stats_tables_match_circe(eunomia: Path, generated: dict, oracle_db: Path) -> None:
+    """The same tables as Circe's own SQL writes them (run by circepy) for the shared definitions."""
+    from mercia.cohorts.stats import read_stats
+
+    with Cdm.open(eunomia, read_only=True) as cdm:
+        mine = {p.stem: read_stats(cdm, cohort_id(p)) for p in DEFINITIONS}
+    for path in DEFINITIONS:
+        oracle = run_circe(oracle_db, path, cohort_id=cohort_id(path), results_schema="circe_stats")
+        got = mine[path.stem]
+        assert got["cohort_inclusion_result"] == sorted(
+            (r["inclusion_rule_mask"], r["person_count"], r["mode_id"]) for r in oracle.inclusion_result), path.stem
+        assert got["cohort_inclusion_stats"] == sorted(
+            (s["rule_sequence"], s["person_count"], s["gain_count"], s["person_total"], s["mode_id"])
+            for s in oracle.inclusion_stats), path.stem
+        assert got["cohort_summary_stats"] == sorted(
+            (s["base_count"], s["final_count"], s["mode_id"]) for s in oracle.summary_stats), path.stem
+        assert got["cohort_censor_stats"] == sorted((s["lost_count"],) for s in oracle.censor_stats), path.stem
+
+
+def test_stats_replaced_with_the_cohort(tmp_path: Path) -> None:
+    """A regenerated id's rows are replaced, rule-less definitions leave no stale inclusion rows, other
+    ids keep theirs, and stats=False writes nothing."""
+    from mercia.cohorts.stats import read_stats
+
+    db = eunomia_duckdb(tmp_path)
+    defs = {cid: load_circe_file(COHORTS_DIR / "cohortgenerator" / f"{cid}.json") for cid in (1, 3)}
+    with Cdm.open(db) as cdm:
+        generate_cohorts(cdm, [(7, defs[3]), (8, defs[3])])
+        assert len(read_stats(cdm, 7)["cohort_inclusion"]) == 2
+        # id 7 now holds a definition without rules: its inclusion rows go, id 8's stay
+        renamed = defs[1].model_copy(update={"name": defs[3].name})
+        cdm.execute("DELETE FROM cohort_definition WHERE cohort_definition_id = 7")
+        generate_cohorts(cdm, [(7, renamed)])
+        assert all(rows == [] for rows in read_stats(cdm, 7).values())
+        assert read_stats(cdm, 8)["cohort_summary_stats"] == [(1800, 266, 0), (1800, 266, 1)]
+        generate_cohorts(cdm, [(9, defs[3])], stats=False)
+        assert all(rows == [] for rows in read_stats(cdm, 9).values())

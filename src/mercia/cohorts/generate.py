@@ -151,8 +151,13 @@ def _prepare(cdm: Cdm, cohort_id: int, definition: CohortDefinition) -> _Prepare
     return _Prepared(cohort_id, definition, h, plan, None)
 
 
-def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]]) -> list[CohortResult]:
-    """Generate each (cohort_id, definition) into the results `cohort` table, in one transaction."""
+def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], *,
+                     stats: bool = True) -> list[CohortResult]:
+    """Generate each (cohort_id, definition) into the results `cohort` table, in one transaction.
+
+    With `stats` (Circe's generateStats) the results schema's cohort_inclusion, cohort_inclusion_result,
+    cohort_inclusion_stats, cohort_summary_stats and cohort_censor_stats rows of these ids are replaced
+    in the same transaction (mercia.cohorts.stats; not on Spark)."""
     ids = [cid for cid, _ in definitions]
     for cid in ids:
         if not isinstance(cid, int) or isinstance(cid, bool) or cid < 0:
@@ -198,6 +203,11 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]]) 
         counts = {int(r[0]): (int(r[1]), int(r[2])) for r in cdm.fetch_all(counted)}
         _delete_definition_rows(cdm, ids)
         _insert_definition_rows(cdm, prepared)
+        if stats and cdm.dialect != "spark":
+            from mercia.cohorts.stats import GeneratedStats, censor_lost, write_stats
+
+            write_stats(cdm, [GeneratedStats(p.cohort_id, p.definition, masks[p.cohort_id], censor_lost(
+                cdm, p.definition, counts.get(p.cohort_id, (0, 0))[0])) for p in prepared])
     results: list[CohortResult] = []
     for p, warns in zip(prepared, unknown, strict=True):
         mask_counts = masks[p.cohort_id]

@@ -1,0 +1,134 @@
+"""Circe's generation statistics, written where Circe (with generateStats on) writes them.
+
+Five tables in the results schema, with OHDSI's columns (CohortGenerator's DDL) and Circe's meaning:
+
+* ``cohort_inclusion`` (cohort_definition_id, rule_sequence, name, description): the rules, as WebAPI
+  and CohortGenerator write them (Circe's SQL itself never fills it).
+* ``cohort_inclusion_result`` (cohort_definition_id, inclusion_rule_mask, person_count, mode_id): the
+  number of qualified events (mode 0), or of persons by their best event (mode 1), per bitmask of the
+  rules they meet (cohortInclusionAnalysis.sql).
+* ``cohort_inclusion_stats`` (cohort_definition_id, rule_sequence, person_count, gain_count,
+  person_total, mode_id): per rule, how many meet it, how many meet every rule but it, and the total.
+* ``cohort_summary_stats`` (cohort_definition_id, base_count, final_count, mode_id): before and after
+  the rules.
+* ``cohort_censor_stats`` (cohort_definition_id, lost_count): persons the censor window removed
+  (cohortCensoredStats.sql: distinct persons before it minus distinct persons after), for definitions
+  with a censor window.
+
+As in Circe, the inclusion tables get rows only for definitions with inclusion rules. Unlike Circe,
+which leaves an id's old inclusion rows in place when its new definition has no rules, every table's
+rows for the generated ids are replaced, in the transaction that replaces the cohort's rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlglot import exp
+
+from mercia.cdm import Cdm
+from mercia.cohorts.compiler import lit
+from mercia.cohorts.model import CohortDefinition
+
+STATS_TABLES: dict[str, list[tuple[str, str]]] = {
+    "cohort_inclusion": [("cohort_definition_id", "BIGINT"), ("rule_sequence", "INT"), ("name", "VARCHAR(255)"),
+                         ("description", "VARCHAR(1000)")],
+    "cohort_inclusion_result": [("cohort_definition_id", "BIGINT"), ("inclusion_rule_mask", "BIGINT"),
+                                ("person_count", "BIGINT"), ("mode_id", "INT")],
+    "cohort_inclusion_stats": [("cohort_definition_id", "BIGINT"), ("rule_sequence", "INT"), ("person_count", "BIGINT"),
+                               ("gain_count", "BIGINT"), ("person_total", "BIGINT"), ("mode_id", "INT")],
+    "cohort_summary_stats": [("cohort_definition_id", "BIGINT"), ("base_count", "BIGINT"), ("final_count", "BIGINT"),
+                             ("mode_id", "INT")],
+    "cohort_censor_stats": [("cohort_definition_id", "BIGINT"), ("lost_count", "BIGINT")],
+}
+
+
+@dataclass(frozen=True)
+class GeneratedStats:
+    """What one generated definition contributes to the five tables."""
+
+    cohort_id: int
+    definition: CohortDefinition
+    mask_counts: dict[tuple[int, int], int]  # (mode_id, inclusion_rule_mask) -> count
+    censor_lost: int | None  # None: the definition has no censor window
+
+
+def stats_table(cdm: Cdm, name: str) -> exp.Table:
+    return exp.Table(this=exp.to_identifier(name), db=exp.to_identifier(cdm.results_schema))
+
+
+def create_stats_tables(cdm: Cdm) -> None:
+    """The five tables in the results schema, where missing (CREATE TABLE IF NOT EXISTS)."""
+    for name, columns in STATS_TABLES.items():
+        schema = exp.Schema(this=stats_table(cdm, name), expressions=[
+            exp.ColumnDef(this=exp.to_identifier(c), kind=exp.DataType.build(t)) for c, t in columns])
+        cdm.execute(exp.Create(this=schema, kind="TABLE", exists=True))
+
+
+def rows_for(g: GeneratedStats) -> dict[str, list[tuple[Any, ...]]]:
+    """The rows one definition writes, per table (Circe's arithmetic: see the module docstring)."""
+    rules = g.definition.expression.inclusion_rules
+    out: dict[str, list[tuple[Any, ...]]] = {name: [] for name in STATS_TABLES}
+    if g.censor_lost is not None:
+        out["cohort_censor_stats"].append((g.cohort_id, g.censor_lost))
+    if not rules:
+        return out
+    out["cohort_inclusion"] = [(g.cohort_id, i, r.name, r.description) for i, r in enumerate(rules)]
+    all_rules = 2 ** len(rules) - 1
+    for mode in (0, 1):
+        masks = {mask: n for (md, mask), n in sorted(g.mask_counts.items()) if md == mode}
+        total = sum(masks.values())
+        out["cohort_inclusion_result"] += [(g.cohort_id, mask, n, mode) for mask, n in masks.items()]
+        out["cohort_inclusion_stats"] += [
+            (g.cohort_id, i, sum(n for mask, n in masks.items() if mask & (1 << i)),
+             masks.get(all_rules - (1 << i), 0), total, mode) for i in range(len(rules))]
+        out["cohort_summary_stats"].append((g.cohort_id, total, masks.get(all_rules, 0), mode))
+    return out
+
+
+def write_stats(cdm: Cdm, generated: list[GeneratedStats]) -> None:
+    """Replace the generated ids' rows in the five tables (call inside the generation's transaction)."""
+    if not generated:
+        return
+    create_stats_tables(cdm)
+    ids = exp.In(this=exp.column("cohort_definition_id"), expressions=[lit(g.cohort_id) for g in generated])
+    per_table: dict[str, list[tuple[Any, ...]]] = {name: [] for name in STATS_TABLES}
+    for g in generated:
+        for name, rows in rows_for(g).items():
+            per_table[name] += rows
+    for name, columns in STATS_TABLES.items():
+        cdm.execute(exp.delete(stats_table(cdm, name), where=ids.copy()))
+        rows = per_table[name]
+        if not rows:
+            continue
+        # Values bound, never SQL text (rule names and descriptions are user text).
+        params = {f"s{i}_{j}": v for i, row in enumerate(rows) for j, v in enumerate(row)}
+        values = exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder(this=f"s{i}_{j}") for j in range(len(row))])
+                                         for i, row in enumerate(rows)])
+        cdm.execute(exp.insert(values, stats_table(cdm, name), columns=[c for c, _ in columns]), params)
+
+
+def read_stats(cdm: Cdm, cohort_id: int) -> dict[str, list[tuple[Any, ...]]]:
+    """One cohort's rows of the five tables, sorted, without the cohort id (for tests and reports)."""
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    for name, columns in STATS_TABLES.items():
+        cols = [c for c, _ in columns if c != "cohort_definition_id"]
+        q = (exp.select(*cols).from_(stats_table(cdm, name))
+             .where(exp.EQ(this=exp.column("cohort_definition_id"), expression=lit(cohort_id))))
+        out[name] = sorted(tuple(r) for r in cdm.fetch_all(q))
+    return out
+
+
+def censor_lost(cdm: Cdm, definition: CohortDefinition, persons_after: int) -> int | None:
+    """Persons the censor window removed (None without one): the definition's persons before it, from its
+    compiled CTE query (the plan's steps do not keep that step), minus the persons now in the cohort."""
+    cw = definition.expression.censor_window
+    if cw.start_date is None and cw.end_date is None:
+        return None
+    from mercia.cohorts.compiler import bound, compile_cohort
+
+    compiled = compile_cohort(cdm, definition.expression)
+    q = compiled.persons_before_censor_window_query()
+    before = int(cdm.fetch_all(q, bound(q, compiled.params))[0][0])
+    return before - persons_after

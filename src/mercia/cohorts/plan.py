@@ -25,6 +25,7 @@ definition under another id reuses the plan.
 from __future__ import annotations
 
 import secrets
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -182,26 +183,32 @@ def _reads_and_rename(ctes: list[tuple[str, exp.Select]], temp: dict[str, str]) 
 
 
 class PlanCache:
-    """Rendered plans by key, least recently used dropped first (a process has a bounded set of them)."""
+    """Rendered plans by key, least recently used dropped first (a process has a bounded set of them).
+
+    Thread-safe: a node may generate cohorts for several studies at once."""
 
     def __init__(self, size: int = _CACHE_SIZE) -> None:
         self.size = size
         self._plans: OrderedDict[tuple[Any, ...], CohortPlan] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, key: tuple[Any, ...]) -> CohortPlan | None:
-        plan = self._plans.get(key)
-        if plan is not None:
-            self._plans.move_to_end(key)
-        return plan
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+            return plan
 
     def put(self, key: tuple[Any, ...], plan: CohortPlan) -> None:
-        self._plans[key] = plan
-        self._plans.move_to_end(key)
-        while len(self._plans) > self.size:
-            self._plans.popitem(last=False)
+        with self._lock:
+            self._plans[key] = plan
+            self._plans.move_to_end(key)
+            while len(self._plans) > self.size:
+                self._plans.popitem(last=False)
 
     def clear(self) -> None:
-        self._plans.clear()
+        with self._lock:
+            self._plans.clear()
 
 
 PLANS = PlanCache()

@@ -21,7 +21,7 @@ import duckdb
 import httpx
 import pytest
 
-from federation_support import PROJECT, HubKey, NodeServer, make_site, small_study, submit_body
+from federation_support import PROJECT, Federation, HubKey, NodeServer, make_site, small_study, submit_body
 from mercia.disclosure import BUILTIN_POLICIES, DisclosurePolicy
 from mercia.federation.audit import read_records, verify_log
 from mercia.federation.auth import TokenStore
@@ -443,3 +443,60 @@ def test_https_when_configured(tmp_path):
             httpx.get(node.url + "/health")
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{node.port}/health", timeout=5)
+
+
+# ---- the hub: the same scan over a whole federated study ----------------------------------------
+@pytest.fixture(scope="module")
+def hub_world(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("hubsec")
+    site = make_site(root / "site.duckdb", persons=PERSONS, seed=3, first_person_id=FIRST_PERSON_ID)
+    ids, births = identifying_values(site)
+    with Federation(root, {"alpha": site}) as fed:
+        with fed.admin() as admin:
+            admin.add_project("other", ["alpha"])
+            outsider = admin.add_user("olga", "researcher", ["other"])["token"]
+        yield {"fed": fed, "ids": ids, "births": births, "outsider": outsider}
+
+
+def test_no_hub_response_holds_a_person_id_and_projects_are_walled(hub_world):
+    fed, ids, births = hub_world["fed"], hub_world["ids"], hub_world["births"]
+    bodies: list[tuple[str, int, str]] = []
+
+    def call(method: str, path: str, token: str | None, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        r = httpx.request(method, fed.hub.url + path, headers=headers, timeout=120, **kw)
+        bodies.append((f"{method} {path}", r.status_code, r.text))
+        return r
+
+    alice, olga = fed.researcher_token, hub_world["outsider"]
+    pkg = small_study("hub scan study")
+    h = pkg.content_hash
+    assert call("POST", f"{API}/studies", alice, json={"package": pkg.canonical(), "project": PROJECT}
+                ).status_code == 202
+    fed.approve_all(h)
+    deadline = time.monotonic() + 240
+    while call("GET", f"{API}/studies/{h}", alice).json()["status"] != "closed":
+        assert time.monotonic() < deadline, "the study did not close"
+        time.sleep(0.5)
+    assert call("GET", f"{API}/studies/{h}/results", alice).status_code == 200
+    assert call("GET", f"{API}/studies/{h}/report", alice).status_code == 200
+    call("POST", f"{API}/studies/{h}/federated", alice, json={"analysis": "cox_adjusted", "model": "cox"})
+    assert call("POST", f"{API}/feasibility", alice,
+                json={"definition": definition(pkg, "sglt2"), "project": PROJECT}).status_code == 200
+    call("GET", f"{API}/studies", alice)
+    call("GET", f"{API}/nodes", alice)
+    # Another project's researcher sees none of it.
+    for method, path in (("GET", f"{API}/studies/{h}"), ("GET", f"{API}/studies/{h}/results"),
+                         ("GET", f"{API}/studies/{h}/report"), ("POST", f"{API}/studies/{h}/close")):
+        r = call(method, path, olga)
+        assert r.status_code == 403, (method, path, r.status_code)
+    assert h not in call("GET", f"{API}/studies", olga).text
+    r = call("POST", f"{API}/feasibility", olga, json={"definition": definition(pkg), "project": PROJECT})
+    assert r.status_code == 403
+    call("GET", f"{API}/studies/{h}", None)
+    assert {200, 202, 401, 403} <= {code for _, code, _ in bodies}
+    for what, code, body in bodies:
+        assert not leaks(body, ids, births), (what, code, leaks(body, ids, births)[:5])
+    assert not leaks((fed.hub.state_dir / "audit.jsonl").read_text(), ids, births)
+    assert not leaks(fed.hub.log_text(), ids, births)
+    assert verify_log(fed.hub.state_dir / "audit.jsonl").ok

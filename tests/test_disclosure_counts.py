@@ -488,6 +488,10 @@ def test_one_relation_shortcut_equals_the_linear_programme(parts: list[int], dat
         relations=[(n, tuple(range(n)))],
     )
     unknown = set(data.draw(st.lists(st.integers(0, n), min_size=1, unique=True)))
+    free = CellStructure(values=parts, is_total=[False] * n, published=[True] * n)  # no margins at all
     for cell in unknown:
         lo, hi = feasible_interval(structure, unknown, cell)
         assert _alone_in_one_relation(structure, unknown, cell) == (hi - lo >= 1 - 1e-9)
+        if cell < n:
+            lo, hi = feasible_interval(free, unknown - {n}, cell)
+            assert _alone_in_one_relation(free, unknown - {n}, cell) == (hi - lo >= 1 - 1e-9)

@@ -92,17 +92,20 @@ def is_protected(structure: CellStructure, unknown: set[int], cell: int) -> bool
 
 
 def _alone_in_one_relation(structure: CellStructure, unknown: set[int], cell: int) -> bool | None:
-    """The answer of `is_protected` without linear programming when `cell` and every unknown cell of its
-    relation belong to that one relation only (a one-way table and its total; a Table 1 level within
+    """The answer of `is_protected` without linear programming when `cell` is in no relation, or it
+    and every unknown cell of its relation belong to that one relation only (a one-way table and its total; a Table 1 level within
     its variable): then the unknowns are tied by nothing but `total = sum(parts)` and x >= 0. None when
     the cell is linked further (n-way margins, hierarchies), where the LP decides.
 
+    - `cell` is in no relation (a table without margins): [0, inf).
     - `cell` is a part and the total is unknown: the total absorbs any value, so [0, inf).
     - `cell` is the total: fixed by its parts unless one of them is unknown too.
     - `cell` is a part and the total is known: the unknown parts share S = total - known parts; with
       two or more of them each lies anywhere in [0, S], with one it is S exactly.
     """
     rels = structure.relations_of(cell)
+    if not rels:
+        return True  # in no sum at all (a table without margins): nothing bounds it but x >= 0
     if len(rels) != 1:
         return None
     tot, parts = structure.relations[rels[0]]

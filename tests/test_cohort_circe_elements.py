@@ -1,8 +1,8 @@
 """Circe elements the importer used to reject, each checked against OHDSI's Circe SQL (ohdsi-circepy).
 
 The dense test world (tests/cohort_strategies.py) plus what these elements read and it lacks:
-providers with specialties, care sites with a place of service, devices with unique ids, and the text
-columns (drug_exposure.stop_reason and lot_number, observation.value_as_string). Each element gets a
+providers with specialties, care sites with a place of service, devices with unique ids, dose eras, and
+the text columns (drug_exposure.stop_reason and lot_number, observation.value_as_string). Each element gets a
 definition that uses it where it changes the answer (``test_element_selects_something`` checks that it
 does: a filter that keeps everything or nothing would prove little), and Mercia's rows and inclusion
 statistics must equal Circe's.
@@ -39,7 +39,8 @@ from oracle_support import circe_available, run_circe
 
 # Concepts the extras use, and concept sets over them (ids after the world's).
 EXTRA_CONCEPTS = [(700, "GP", "Provider"), (701, "Cardiology", "Provider"), (800, "Inpatient facility", "Place of Service"),
-                  (801, "Office", "Place of Service"), (900, "Device D", "Device"), (901, "Device E", "Device")]
+                  (801, "Office", "Place of Service"), (900, "Device D", "Device"), (901, "Device E", "Device"),
+                  (8576, "milligram", "Unit")]
 
 
 def _set(id_: int, *concepts: int) -> dict[str, Any]:
@@ -48,7 +49,7 @@ def _set(id_: int, *concepts: int) -> dict[str, Any]:
         for c in concepts]}}
 
 
-SETS = [*CONCEPT_SETS, _set(30, 700), _set(31, 800), _set(32, 900, 901), _set(33, 8507), _set(34, 8527)]
+SETS = [*CONCEPT_SETS, _set(30, 700), _set(31, 800), _set(32, 900, 901), _set(33, 8507), _set(34, 8527), _set(35, 8576)]
 
 EXTRAS_SQL = [
     "INSERT INTO provider (provider_id, specialty_concept_id) VALUES (1, 700), (2, 701), (3, NULL)",
@@ -70,6 +71,10 @@ EXTRAS_SQL = [
     "SELECT drug_exposure_id, person_id, 900 + drug_exposure_id % 2, drug_exposure_start_date, drug_exposure_end_date, "
     "drug_type_concept_id, CASE drug_exposure_id % 3 WHEN 0 THEN '(01)08845' WHEN 1 THEN 'ABC-1' END, "
     "NULLIF(drug_exposure_id % 4, 0), visit_occurrence_id FROM drug_exposure",
+    # Dose eras: one per drug era, in mg or mL, with doses 0 to 10.
+    "INSERT INTO dose_era (dose_era_id, person_id, drug_concept_id, unit_concept_id, dose_value, dose_era_start_date, "
+    "dose_era_end_date) SELECT drug_era_id, person_id, drug_concept_id, CASE drug_era_id % 2 WHEN 0 THEN 8576 "
+    "ELSE 8587 END, (drug_era_id % 5) * 2.5, drug_era_start_date, drug_era_end_date FROM drug_era",
 ]
 
 
@@ -136,6 +141,12 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("date-adjustment-measurement-filters-adjusted", definition({"Measurement": {"CodesetId": 6, "DateAdjustment": {
         "StartWith": "START_DATE", "StartOffset": 365, "EndWith": "END_DATE", "EndOffset": 400},
         "OccurrenceStartDate": {"Value": "2003-01-01", "Op": "gt"}}})),
+    ("dose-value", definition({"DoseEra": {"CodesetId": 4, "DoseValue": {"Value": 4.5, "Op": "gt"}}})),
+    ("dose-era-unit-cs", definition({"DoseEra": {"UnitCS": {"CodesetId": 35}, "EraLength": {"Value": 30, "Op": "gte"}}})),
+    ("dose-era-unit-first-in-rule", definition(
+        {"ConditionOccurrence": {"CodesetId": 0}},
+        rules=[rule(within_year({"DoseEra": {"First": True, "Unit": [{"CONCEPT_ID": 8587}],
+                                             "AgeAtStart": {"Value": 50, "Op": "lt"}}}))])),
     ("user-defined-period", definition({"ObservationPeriod": {"UserDefinedPeriod": {
         "StartDate": "2002-01-01", "EndDate": "2002-06-30"}}})),
     ("user-defined-period-start-only", definition({"ObservationPeriod": {"First": True, "UserDefinedPeriod": {
@@ -186,7 +197,8 @@ _ELEMENT = {"stop-reason": "StopReason", "lot-number": "LotNumber", "value-as-st
             "unique-device-id": "UniqueDeviceId", "provider-specialty-cs": "ProviderSpecialtyCS",
             "provider-specialty": "ProviderSpecialty", "place-of-service-cs": "PlaceOfServiceCS",
             "place-of-service": "PlaceOfService", "date-adjustment": "DateAdjustment",
-            "user-defined-period": "UserDefinedPeriod"}
+            "user-defined-period": "UserDefinedPeriod", "dose-value": "DoseValue", "dose-era-unit-cs": "UnitCS",
+            "dose-era-unit": "Unit"}
 
 
 def element_of(case_id: str) -> str:

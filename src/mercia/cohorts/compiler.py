@@ -159,6 +159,8 @@ DOMAINS: dict[str, Domain] = {
                                  "observation_period_start_date", _end_col("observation_period_end_date"), False),
     "specimen": Domain("specimen", "s", "specimen_id", "specimen_concept_id", None, "specimen_date",
                        _plus_one("specimen_date"), False),
+    "dose_era": Domain("dose_era", "de", "dose_era_id", "drug_concept_id", None, "dose_era_start_date",
+                       _end_col("dose_era_end_date"), False),
     "visit_detail": Domain("visit_detail", "vd", "visit_detail_id", "visit_detail_concept_id",
                            "visit_detail_source_concept_id", "visit_detail_start_date",
                            _end_col("visit_detail_end_date"), True),
@@ -287,6 +289,9 @@ FILTERS: dict[str, dict[str, tuple[str, str]]] = {
         "gap_days": ("int", "C.gap_days"),
     },
     "condition_era": _ERA | {"occurrence_count": ("int", "C.condition_occurrence_count")},
+    # DoseEraSqlBuilder: the era filters (no occurrence count) plus unit and dose value.
+    "dose_era": _ERA | {"unit": ("concepts", "C.unit_concept_id"), "unit_cs": ("cs", "C.unit_concept_id"),
+                        "dose_value": ("dec", "C.dose_value")},
     "observation_period": {
         "period_start_date": ("date", "C.start_date"),
         "period_end_date": ("date", "C.end_date"),

@@ -39,7 +39,7 @@ from mercia.vocab import catalog
 __all__ = [
     "Cohort", "Concepts", "Demographic", "Event", "Group", "age", "all_of", "any_of", "at_least_of",
     "at_most_of", "cohort", "concepts", "condition", "condition_era", "death", "definition_to_dict",
-    "device", "drug", "drug_era", "first", "from_dict", "from_yaml", "item", "measurement", "observation",
+    "device", "dose_era", "drug", "drug_era", "first", "from_dict", "from_yaml", "item", "measurement", "observation",
     "observation_period", "procedure", "sex", "specimen", "to_yaml", "visit", "visit_detail",
 ]
 
@@ -59,6 +59,7 @@ DOMAINS: dict[str, str] = {
     "observation_period": "observation_period",
     "specimen": "specimen",
     "visit_detail": "visit_detail",
+    "dose_era": "dose_era",
 }
 _WORD_OF = {v: k for k, v in DOMAINS.items()}
 
@@ -512,6 +513,11 @@ def death(cs: Concepts | None = None) -> Event:
 
 def drug_era(cs: Concepts | None = None) -> Event:
     return _event("drug_era", cs)
+
+
+def dose_era(cs: Concepts | None = None) -> Event:
+    """DOSE_ERA rows (filters: dose_value, unit, unit_cs, era_length, ... through .filter())."""
+    return _event("dose_era", cs)
 
 
 def condition_era(cs: Concepts | None = None) -> Event:

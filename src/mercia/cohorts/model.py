@@ -361,6 +361,23 @@ class ConditionEra(_EraCriteria):
     pass
 
 
+class DoseEra(_Criteria):
+    """Circe's DoseEra: rows of DOSE_ERA (drug, unit, dose value, start and end)."""
+
+    codeset_id: int | None = Field(None, alias="CodesetId")
+    first: bool | None = Field(None, alias="First")
+    era_start_date: DateRange | None = Field(None, alias="EraStartDate")
+    era_end_date: DateRange | None = Field(None, alias="EraEndDate")
+    unit: list[Concept] | None = Field(None, alias="Unit")
+    unit_cs: ConceptSetSelection | None = Field(None, alias="UnitCS")
+    dose_value: NumericRange | None = Field(None, alias="DoseValue")
+    era_length: NumericRange | None = Field(None, alias="EraLength")
+    age_at_start: NumericRange | None = Field(None, alias="AgeAtStart")
+    age_at_end: NumericRange | None = Field(None, alias="AgeAtEnd")
+    gender: list[Concept] | None = Field(None, alias="Gender")
+    gender_cs: ConceptSetSelection | None = Field(None, alias="GenderCS")
+
+
 class ObservationPeriod(_Criteria):
     first: bool | None = Field(None, alias="First")
     period_start_date: DateRange | None = Field(None, alias="PeriodStartDate")
@@ -395,7 +412,7 @@ class Specimen(_Criteria):
 
 DomainCriteria = (
     ConditionOccurrence | DrugExposure | DrugEra | ConditionEra | ProcedureOccurrence | Measurement
-    | Observation | VisitOccurrence | DeviceExposure | Death | ObservationPeriod | Specimen | VisitDetail
+    | Observation | VisitOccurrence | DeviceExposure | Death | ObservationPeriod | Specimen | VisitDetail | DoseEra
 )
 
 
@@ -415,6 +432,7 @@ class Criteria(_Model):
     observation_period: ObservationPeriod | None = Field(None, alias="ObservationPeriod")
     specimen: Specimen | None = Field(None, alias="Specimen")
     visit_detail: VisitDetail | None = Field(None, alias="VisitDetail")
+    dose_era: DoseEra | None = Field(None, alias="DoseEra")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Criteria:
@@ -671,8 +689,7 @@ class CohortDefinition(_Model):
 # Circe elements Mercia knows but does not compile: an error says "not supported" rather than
 # "unknown", so the user knows the element is valid Circe that Mercia cannot honour yet.
 NOT_SUPPORTED = {
-    "SourceId", "PlaceOfServiceLocation", "EffectiveDrugDose", "DoseUnit", "DoseUnitCS", "DoseEra",
-    "PayerPlanPeriod", "LocationRegion", "AdmittedFromConcept", "DischargedToConcept",
+    "SourceId", "PlaceOfServiceLocation", "EffectiveDrugDose", "DoseUnit", "DoseUnitCS", "PayerPlanPeriod", "LocationRegion", "AdmittedFromConcept", "DischargedToConcept",
     "AdmittedFromConceptCS", "DischargedToConceptCS", "VisitDetailTypeExclude", "ConditionStatusExclude",
     "Episode",
 }
@@ -723,6 +740,6 @@ def validation_error(e: ValidationError, prefix: tuple[Any, ...] = ()) -> Cohort
 CriteriaGroup.model_rebuild()
 _Criteria.model_rebuild()
 for _cls in (ConditionOccurrence, DrugExposure, ProcedureOccurrence, Measurement, Observation, DeviceExposure,
-             VisitOccurrence, VisitDetail, Death, DrugEra, ConditionEra, ObservationPeriod, Specimen, Criteria,
+             VisitOccurrence, VisitDetail, Death, DrugEra, ConditionEra, DoseEra, ObservationPeriod, Specimen, Criteria,
              CorrelatedCriteria, CohortExpression, CohortDefinition):
     _cls.model_rebuild()

@@ -382,8 +382,9 @@ def cohort_method(
     """Target vs comparator for each outcome (and negative control); tables for `release()`:
 
     - `{name}_estimates` (model): per outcome crude and adjusted log RR, SE, RR and CI, p, MDRR,
-      subjects, events and days per arm, max |SMD| after adjustment and the balance flag; calibrated
-      p and CI when there are negative controls;
+      the fewer events of the two arms, max |SMD| after adjustment and the balance flag (1 when
+      any |SMD| > 0.1); calibrated p and CI when there are negative controls;
+    - `{name}_counts` (counts): subjects, events and days at risk per arm behind each estimate;
     - `{name}_attrition_{outcome}` (counts, sequential): persons per arm after each step;
     - `{name}_balance_{outcome}` (model): every covariate's means, SDs and SMD before and after, for
       the outcomes (not the negative controls);
@@ -544,12 +545,7 @@ def _analyse(cdm: Cdm, pop: _Population, t_id: int, c_id: int, outcomes: list[in
     est = pd.DataFrame(estimates)
     if ncs:
         est = _calibrate(est, notes, s.alpha)
-    tables[f"{name}_estimates"] = ResultTable(
-        name=f"{name}_estimates", kind="model", data=est,
-        count_columns=["target_subjects", "comparator_subjects", "target_events", "comparator_events"],
-        model=ModelInfo(df_resid=max(len(frame) - 1, 0), n_obs=len(frame),
-                        n_events=int(est.loc[est["adjustment"] == "crude", ["target_events", "comparator_events"]]
-                                     .to_numpy().sum())))
+    tables.update(_estimate_tables(est, name, len(frame)))
     tables.update(_ps_tables(pop, name, s))
     dist = pd.concat(dist_frames, ignore_index=True)
     tables[f"{name}_ps_distribution"] = ResultTable(
@@ -561,6 +557,28 @@ def _analyse(cdm: Cdm, pop: _Population, t_id: int, c_id: int, outcomes: list[in
     return AnalysisResult("cohort_method", tables, empty=empty, notes=notes)
 
 
+_COUNTS = ["target_subjects", "comparator_subjects", "target_events", "comparator_events"]
+
+
+def _estimate_tables(est: pd.DataFrame, name: str, n: int) -> dict[str, ResultTable]:
+    """Estimates (model) and the subjects, events and days behind them (counts). An estimate row
+    carries one count, the fewer events of the two arms, so that release() drops the estimate when
+    either arm's events are few (one count column per model table: release() blanks a suppressed
+    row's numbers, other count columns included)."""
+    keys = ["outcome_id", "outcome", "outcome_type", "adjustment"]
+    counts = est[[*keys, *_COUNTS, "target_days", "comparator_days"]].copy()
+    model = est.drop(columns=[*_COUNTS, "target_days", "comparator_days"]).copy()
+    model.insert(4, "min_events", est[["target_events", "comparator_events"]].min(axis=1).astype("int64"))
+    n_events = int(est.loc[est["adjustment"] == "crude", ["target_events", "comparator_events"]].to_numpy().sum())
+    return {
+        f"{name}_estimates": ResultTable(name=f"{name}_estimates", kind="model", data=model,
+                                         count_columns=["min_events"],
+                                         model=ModelInfo(df_resid=max(n - 1, 0), n_obs=n, n_events=n_events)),
+        f"{name}_counts": ResultTable(name=f"{name}_counts", kind="counts", data=counts, dimensions=keys,
+                                      count_columns=_COUNTS, exposure_columns=["target_days", "comparator_days"]),
+    }
+
+
 def _attrition_table(name: str, rows: list[dict[str, object]]) -> ResultTable:
     df = pd.DataFrame(rows)
     # Step labels must be unique in a sequential table.
@@ -570,11 +588,14 @@ def _attrition_table(name: str, rows: list[dict[str, object]]) -> ResultTable:
 
 
 def _balance_table(name: str, bal: pd.DataFrame, n: int) -> ResultTable:
-    return ResultTable(
-        name=name, kind="model", data=bal,
-        count_columns=["before_nonzero_target", "before_nonzero_comparator", "after_nonzero_target",
-                       "after_nonzero_comparator"],
-        model=ModelInfo(df_resid=max(n - 1, 0), n_obs=n))
+    """Every covariate's means, SDs and SMDs; a row rests on the fewest persons with the covariate
+    in any arm before or after (`min_nonzero`), and release() drops rows where that is small."""
+    nonzero = [f"{w}_nonzero_{a}" for w in ("before", "after") for a in ("target", "comparator")]
+    sizes = [f"{w}_n_{a}" for w in ("before", "after") for a in ("target", "comparator")]
+    data = bal.drop(columns=nonzero + sizes)
+    data.insert(4, "min_nonzero", bal[nonzero].min(axis=1).astype("int64"))
+    return ResultTable(name=name, kind="model", data=data, count_columns=["min_nonzero"],
+                       model=ModelInfo(df_resid=max(n - 1, 0), n_obs=n))
 
 
 def _pref_hist(pref: np.ndarray, t: np.ndarray, population: str, bins: int) -> pd.DataFrame:
@@ -612,11 +633,13 @@ def _ps_tables(pop: _Population, name: str, s: CohortMethodSettings) -> dict[str
                                        "nonzero_target": [int((t == 1).sum())],
                                        "nonzero_comparator": [int((t == 0).sum())]}), coef_df], ignore_index=True)
     coef_df = coef_df.reindex(coef_df["coef"].abs().sort_values(ascending=False).index).reset_index(drop=True)
+    coef_df["min_nonzero"] = coef_df[["nonzero_target", "nonzero_comparator"]].min(axis=1).astype("int64")
+    coef_df = coef_df.drop(columns=["nonzero_target", "nonzero_comparator"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         diag = pd.DataFrame([{
             "status": "ok" if fit.ok else f"not fitted: {fit.error}",
-            "n_target": int((t == 1).sum()), "n_comparator": int((t == 0).sum()),
+            "min_arm": int(min((t == 1).sum(), (t == 0).sum())),
             "auc": fit.auc if fit.auc is not None else np.nan,
             "equipoise": equipoise(fit.preference, s.equipoise_bounds) if fit.ok else 0.0,
             "prior": s.ps.prior, "prior_variance": fit.variance if fit.variance is not None else np.nan,
@@ -627,9 +650,9 @@ def _ps_tables(pop: _Population, name: str, s: CohortMethodSettings) -> dict[str
     info = ModelInfo(df_resid=max(n - int(nz.sum()) - 1, 0), n_obs=n, n_events=int((t == 1).sum()))
     return {
         f"{name}_ps_model": ResultTable(name=f"{name}_ps_model", kind="model", data=coef_df, model=info,
-                                        count_columns=["nonzero_target", "nonzero_comparator"]),
+                                        count_columns=["min_nonzero"]),
         f"{name}_ps_diagnostics": ResultTable(name=f"{name}_ps_diagnostics", kind="model", data=diag, model=info,
-                                              count_columns=["n_target", "n_comparator"]),
+                                              count_columns=["min_arm"]),
     }
 
 

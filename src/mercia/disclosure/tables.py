@@ -55,7 +55,9 @@ class ResultTable(BaseModel):
       total over (totals are computed and released by `release()`, labelled `total_label`);
       `hierarchies[dim]` maps a level to its parent level for hierarchical totals; `sequential` marks
       an attrition table (rows in order, each a subset of the one before).
-    - rates: like counts, plus `rates` (derived columns) and optional `exposure_columns` (person-time).
+    - rates: like counts, plus `rates` (derived columns) and optional `exposure_columns` (person-time,
+      or another sum over persons): released rounded to the policy's `exposure_base`, and missing in
+      rows where a count is suppressed.
     - magnitudes: `magnitude_columns` (per-cell sums or means, see `magnitude_statistic`),
       `n_column` (contributors per cell) and `top_columns[col]` (the largest contributions, largest
       first, at least as many as the policy's N-k n and 2 for the p% rule). Top columns never leave.

@@ -16,9 +16,9 @@ are the run's own `timings_seconds` (cohort generation, then each analysis inclu
 its tables, then the report).
 
 Peer, in its own fresh process, on the CDM the Mercia run left (so the cohorts are the same rows):
-the rows a hand-written analysis would pull out (cohort entries, persons, observation periods,
-deaths, the Cox covariates' condition records and their concept descendants) are exported with
-plain SQL, and then
+the rows a hand-written analysis would pull out (the study's cohort entries, persons, observation
+periods, deaths, the condition records of the Cox covariates' concepts and their descendants) are
+exported with plain SQL, and then
 * time to event per person in pandas, Kaplan-Meier with lifelines' KaplanMeierFitter per cohort and
   the adjusted Cox model with lifelines' CoxPHFitter (Efron ties, as Mercia) and its
   proportional-hazards test;
@@ -109,7 +109,10 @@ def export_rows(path: str, ids: dict[str, int], cov_concepts: list[int]) -> dict
         "death": "SELECT person_id, MIN(death_date) AS death_date FROM death GROUP BY person_id",
         "descendants": f"SELECT ancestor_concept_id, descendant_concept_id FROM concept_ancestor "
         f"WHERE ancestor_concept_id IN ({concepts})",
-        "conditions": "SELECT person_id, condition_concept_id, condition_start_date FROM condition_occurrence",
+        # Only the covariates' concepts and their descendants, as a hand-written analysis would ask.
+        "conditions": "SELECT person_id, condition_concept_id, condition_start_date FROM condition_occurrence "
+        f"WHERE condition_concept_id IN ({concepts}) OR condition_concept_id IN (SELECT descendant_concept_id "
+        f"FROM concept_ancestor WHERE ancestor_concept_id IN ({concepts}))",
     }
     try:
         return {k: con.sql(s).to_arrow_table().to_pandas(date_as_object=False) for k, s in q.items()}

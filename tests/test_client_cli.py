@@ -28,6 +28,7 @@ def _run(fed: Federation, *args: str, token: str | None = None) -> subprocess.Co
     return subprocess.run([MERCIA, *args], capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow  # a hub and a node as processes, and a study
 def test_submit_status_results_from_the_command_line(fed: Federation, tmp_path: Path) -> None:
     pkg = small_study("from the command line")
     package_file = tmp_path / "study.json"
@@ -46,6 +47,7 @@ def test_submit_status_results_from_the_command_line(fed: Federation, tmp_path: 
     assert pkg.content_hash in (tmp_path / "res" / "report.html").read_text()
 
 
+@pytest.mark.slow  # a hub and a node as processes, and a study
 def test_feasibility_from_the_command_line(fed: Federation, tmp_path: Path) -> None:
     definition = small_study().canonical()["cohorts"]["gliclazide"]["definition"]
     path = tmp_path / "gliclazide.json"
@@ -55,6 +57,7 @@ def test_feasibility_from_the_command_line(fed: Federation, tmp_path: Path) -> N
     assert "solo" in r.stdout and "total (released)" in r.stdout
 
 
+@pytest.mark.slow  # a hub and a node as processes, and a study
 def test_client_errors_are_one_line(fed: Federation, tmp_path: Path) -> None:
     r = _run(fed, "client", "status", "0" * 64)
     assert r.returncode == 1 and "404" in r.stderr and "Traceback" not in r.stderr

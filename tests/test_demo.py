@@ -44,6 +44,7 @@ def test_demo_runs_the_study_through_hub_and_nodes(tmp_path: Path) -> None:
     assert again["content_hash"] == result["content_hash"] and again["failed_sites"] == {}
 
 
+@pytest.mark.slow  # starts a hub
 def test_servers_are_stopped_when_a_start_fails(tmp_path: Path) -> None:
     with pytest.raises(DemoError, match="stopped at start"), _running(tmp_path / "logs") as servers:
         servers.start("good-hub", ["hub", "serve", "--config", str(_hub(tmp_path))], _port())

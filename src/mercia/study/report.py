@@ -50,7 +50,7 @@ def _fmt(v: Any, digits: int = 2) -> str:
             return "—"
         if math.isinf(v):
             return "∞"
-        return f"{v:.{digits}f}"
+        return f"{v:,.0f}" if digits == 0 else f"{v:.{digits}f}"
     if isinstance(v, int | np.integer):
         return f"{int(v):,}"
     return str(v)
@@ -439,7 +439,7 @@ class _Builder:
                 n = after["n_at_risk"].iloc[0] if len(after) else np.nan
                 row[f"day {t}"] = int(n) if not pd.isna(n) else None
             rows.append(row)
-        out["risk"] = _table_html(pd.DataFrame(rows))
+        out["risk"] = _table_html(pd.DataFrame(rows), 0)  # counts: no decimals where a cell is unknown
         if summ is not None:
             # Median survival and its CI read off the curve recomputed from released counts (the
             # site-side medians are not released): the first time each of the estimate and its bounds

@@ -1,8 +1,8 @@
 """Circe elements the importer used to reject, each checked against OHDSI's Circe SQL (ohdsi-circepy).
 
 The dense test world (tests/cohort_strategies.py) plus what these elements read and it lacks:
-providers with specialties, care sites with a place of service, devices with unique ids, dose eras, and
-the text columns (drug_exposure.stop_reason and lot_number, observation.value_as_string). Each element gets a
+providers with specialties, care sites with a place of service, devices with unique ids, dose eras,
+payer plan periods, and the text columns (drug_exposure.stop_reason and lot_number, observation.value_as_string). Each element gets a
 definition that uses it where it changes the answer (``test_element_selects_something`` checks that it
 does: a filter that keeps everything or nothing would prove little), and Mercia's rows and inclusion
 statistics must equal Circe's.
@@ -10,6 +10,7 @@ statistics must equal Circe's.
 Where circepy and Circe-BE differ, Circe-BE decides, and the case is checked by hand instead (and
 pinned against circepy with a strict xfail, so a fixed circepy shows up):
 
+* PayerPlanPeriod: circepy's SQL does not parse (a doubled WHERE), so it has hand-checked cases.
 * RaceCS and EthnicityCS: Circe-BE's getDemographicCriteriaQuery tests them against
   P.gender_concept_id, circepy against race/ethnicity (OHDSI/circe-be@9a80aa7,
   CohortExpressionQueryBuilder.java lines 505-518).
@@ -40,7 +41,7 @@ from oracle_support import circe_available, run_circe
 # Concepts the extras use, and concept sets over them (ids after the world's).
 EXTRA_CONCEPTS = [(700, "GP", "Provider"), (701, "Cardiology", "Provider"), (800, "Inpatient facility", "Place of Service"),
                   (801, "Office", "Place of Service"), (900, "Device D", "Device"), (901, "Device E", "Device"),
-                  (8576, "milligram", "Unit")]
+                  (8576, "milligram", "Unit"), (950, "Payer A", "Payer"), (951, "Payer B", "Payer")]
 
 
 def _set(id_: int, *concepts: int) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def _set(id_: int, *concepts: int) -> dict[str, Any]:
         for c in concepts]}}
 
 
-SETS = [*CONCEPT_SETS, _set(30, 700), _set(31, 800), _set(32, 900, 901), _set(33, 8507), _set(34, 8527), _set(35, 8576)]
+SETS = [*CONCEPT_SETS, _set(30, 700), _set(31, 800), _set(32, 900, 901), _set(33, 8507), _set(34, 8527), _set(35, 8576), _set(36, 950)]
 
 EXTRAS_SQL = [
     "INSERT INTO provider (provider_id, specialty_concept_id) VALUES (1, 700), (2, 701), (3, NULL)",
@@ -75,6 +76,14 @@ EXTRAS_SQL = [
     "INSERT INTO dose_era (dose_era_id, person_id, drug_concept_id, unit_concept_id, dose_value, dose_era_start_date, "
     "dose_era_end_date) SELECT drug_era_id, person_id, drug_concept_id, CASE drug_era_id % 2 WHEN 0 THEN 8576 "
     "ELSE 8587 END, (drug_era_id % 5) * 2.5, drug_era_start_date, drug_era_end_date FROM drug_era",
+    # Payer plan periods: the first half and the second half of each observation period, two payers.
+    "INSERT INTO payer_plan_period (payer_plan_period_id, person_id, payer_plan_period_start_date, "
+    "payer_plan_period_end_date, payer_concept_id, plan_concept_id) SELECT 2 * observation_period_id + k, person_id, "
+    "CASE k WHEN 0 THEN observation_period_start_date ELSE observation_period_start_date + CAST(datediff('day', "
+    "observation_period_start_date, observation_period_end_date) / 2 AS INT) + 1 END, CASE k WHEN 0 THEN "
+    "observation_period_start_date + CAST(datediff('day', observation_period_start_date, observation_period_end_date) "
+    "/ 2 AS INT) ELSE observation_period_end_date END, 950 + (observation_period_id + k) % 2, 951 "
+    "FROM observation_period, (VALUES (0), (1)) AS halves(k)",
 ]
 
 
@@ -226,6 +235,31 @@ def test_element_matches_circe(mercia_world: Cdm, oracle_world: Path, tmp_path: 
                            for s in oracle.inclusion_stats)
 
 
+# ---- PayerPlanPeriod: circepy 0.3.0's SQL for it does not parse ("WHERE WHERE"), so by hand -----------
+# Circe-BE's payerPlanPeriod.sql and PayerPlanPeriodSqlBuilder: rows of PAYER_PLAN_PERIOD, First = the
+# person's earliest period (before any filter), each ...Concept a concept set on its column, PeriodLength
+# on DATEDIFF(start, end), UserDefinedPeriod as for observation periods (periods covering the date, which
+# becomes the event's start).
+PPP = ("SELECT ppp.person_id, ppp.payer_plan_period_start_date AS s, ppp.payer_plan_period_end_date AS e, "
+       "ppp.payer_concept_id AS payer, row_number() OVER (PARTITION BY ppp.person_id ORDER BY "
+       "ppp.payer_plan_period_start_date) AS ordinal FROM payer_plan_period ppp")
+
+
+@pytest.mark.parametrize(("criterion", "expected_sql"), [
+    ({"PayerConcept": 36}, f"SELECT person_id, s, e FROM ({PPP}) WHERE payer = 950"),
+    ({"First": True, "PayerConcept": 36, "PeriodLength": {"Value": 200, "Op": "gt"}},
+     f"SELECT person_id, s, e FROM ({PPP}) WHERE ordinal = 1 AND payer = 950 AND datediff('day', s, e) > 200"),
+    ({"UserDefinedPeriod": {"StartDate": "2002-01-01"}},
+     f"SELECT person_id, DATE '2002-01-01', e FROM ({PPP}) WHERE s <= DATE '2002-01-01' AND e >= DATE '2002-01-01'"),
+], ids=["payer-concept", "first-payer-length", "user-defined-period"])
+def test_payer_plan_period_as_circe_be(mercia_world: Cdm, criterion: dict[str, Any], expected_sql: str) -> None:
+    # Periods lie inside observation periods and a person's periods never overlap, so each period is
+    # one cohort entry ending at its own end (end strategy: the event's end date).
+    expected = sorted((int(p), a, b) for p, a, b in mercia_world.fetch_all(expected_sql))
+    rows, _ = mercia(mercia_world, definition({"PayerPlanPeriod": criterion}))
+    assert expected and rows == expected
+
+
 # ---- negated prefix/suffix text filters: circepy falls back to equality -----------------------------
 NOT_STARTS_WITH = definition({"Observation": {"ValueAsString": {"Text": "pos", "Op": "!startsWith"}}})
 NOT_ENDS_WITH = definition({"DrugExposure": {"StopReason": {"Text": "completed", "Op": "!endsWith"}}})
@@ -321,3 +355,9 @@ def test_text_is_a_bound_parameter_never_sql_text(mercia_world: Cdm) -> None:
     assert "DROP" not in c.rows_query().sql(dialect="duckdb")
     assert f"%{hostile}%" in c.params.values()
     assert mercia_world.fetch_all(c.rows_query(), c.params) == []
+
+
+def test_payer_concept_names_a_defined_concept_set(mercia_world: Cdm) -> None:
+    x = parse_circe(definition({"PayerPlanPeriod": {"PayerConcept": 99}}))
+    with pytest.raises(CohortDefinitionError, match=r"PayerPlanPeriod.PayerConcept: concept set 99 is not defined"):
+        compile_cohort(mercia_world, x)

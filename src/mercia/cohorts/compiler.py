@@ -159,6 +159,9 @@ DOMAINS: dict[str, Domain] = {
                                  "observation_period_start_date", _end_col("observation_period_end_date"), False),
     "specimen": Domain("specimen", "s", "specimen_id", "specimen_concept_id", None, "specimen_date",
                        _plus_one("specimen_date"), False),
+    # Circe-BE counts a payer plan period's DOMAIN_CONCEPT as its payer.
+    "payer_plan_period": Domain("payer_plan_period", "ppp", "payer_plan_period_id", "payer_concept_id", None,
+                                "payer_plan_period_start_date", _end_col("payer_plan_period_end_date"), False),
     "dose_era": Domain("dose_era", "de", "dose_era_id", "drug_concept_id", None, "dose_era_start_date",
                        _end_col("dose_era_end_date"), False),
     "visit_detail": Domain("visit_detail", "vd", "visit_detail_id", "visit_detail_concept_id",
@@ -289,6 +292,20 @@ FILTERS: dict[str, dict[str, tuple[str, str]]] = {
         "gap_days": ("int", "C.gap_days"),
     },
     "condition_era": _ERA | {"occurrence_count": ("int", "C.condition_occurrence_count")},
+    # PayerPlanPeriodSqlBuilder: ObservationPeriod's filters; each ...Concept names a concept set.
+    "payer_plan_period": {
+        "period_start_date": ("date", "C.start_date"),
+        "period_end_date": ("date", "C.end_date"),
+        "period_length": ("int", "duration"),
+        "age_at_start": ("int", "age_start"),
+        "age_at_end": ("int", "age_end"),
+        "gender": ("concepts", "P.gender_concept_id"),
+        "gender_cs": ("cs", "P.gender_concept_id"),
+        "user_defined_period": ("user_period", ""),
+        **{f"{c}_concept": ("codeset", f"C.{c}_concept_id") for c in (
+            "payer", "plan", "sponsor", "stop_reason", "payer_source", "plan_source", "sponsor_source",
+            "stop_reason_source")},
+    },
     # DoseEraSqlBuilder: the era filters (no occurrence count) plus unit and dose value.
     "dose_era": _ERA | {"unit": ("concepts", "C.unit_concept_id"), "unit_cs": ("cs", "C.unit_concept_id"),
                         "dose_value": ("dec", "C.dose_value")},
@@ -577,6 +594,9 @@ class _Compiler:
                 where.append(self.dates(e, value))
             elif kind == "text":
                 where.append(self.text(e, value))
+            elif kind == "codeset":
+                self.check_codeset(value, fpath)
+                where.append(self.codeset_in(e, value))
         if adjust is not None:
             # CriteriaSqlBuilder: an adjusted event counts only if it still ends on or after its start.
             where.append(exp.GTE(this=col("C", "end_date"), expression=col("C", "start_date")))

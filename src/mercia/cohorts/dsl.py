@@ -40,7 +40,7 @@ __all__ = [
     "Cohort", "Concepts", "Demographic", "Event", "Group", "age", "all_of", "any_of", "at_least_of",
     "at_most_of", "cohort", "concepts", "condition", "condition_era", "death", "definition_to_dict",
     "device", "dose_era", "drug", "drug_era", "first", "from_dict", "from_yaml", "item", "measurement", "observation",
-    "observation_period", "procedure", "sex", "specimen", "to_yaml", "visit", "visit_detail",
+    "observation_period", "payer_plan_period", "procedure", "sex", "specimen", "to_yaml", "visit", "visit_detail",
 ]
 
 # ---- vocabulary: the language's words and the model's names ------------------------------------
@@ -60,6 +60,7 @@ DOMAINS: dict[str, str] = {
     "specimen": "specimen",
     "visit_detail": "visit_detail",
     "dose_era": "dose_era",
+    "payer_plan_period": "payer_plan_period",
 }
 _WORD_OF = {v: k for k, v in DOMAINS.items()}
 
@@ -518,6 +519,11 @@ def drug_era(cs: Concepts | None = None) -> Event:
 def dose_era(cs: Concepts | None = None) -> Event:
     """DOSE_ERA rows (filters: dose_value, unit, unit_cs, era_length, ... through .filter())."""
     return _event("dose_era", cs)
+
+
+def payer_plan_period() -> Event:
+    """PAYER_PLAN_PERIOD rows (filters: payer_concept (a concept set id), period_length, ... through .filter())."""
+    return _event("payer_plan_period", None)
 
 
 def condition_era(cs: Concepts | None = None) -> Event:

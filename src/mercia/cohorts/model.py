@@ -391,6 +391,28 @@ class ObservationPeriod(_Criteria):
     age_at_end: NumericRange | None = Field(None, alias="AgeAtEnd")
 
 
+class PayerPlanPeriod(_Criteria):
+    """Circe's PayerPlanPeriod: rows of PAYER_PLAN_PERIOD; the ...Concept fields name concept sets."""
+
+    first: bool | None = Field(None, alias="First")
+    period_start_date: DateRange | None = Field(None, alias="PeriodStartDate")
+    period_end_date: DateRange | None = Field(None, alias="PeriodEndDate")
+    user_defined_period: Period | None = Field(None, alias="UserDefinedPeriod")
+    period_length: NumericRange | None = Field(None, alias="PeriodLength")
+    age_at_start: NumericRange | None = Field(None, alias="AgeAtStart")
+    age_at_end: NumericRange | None = Field(None, alias="AgeAtEnd")
+    gender: list[Concept] | None = Field(None, alias="Gender")
+    gender_cs: ConceptSetSelection | None = Field(None, alias="GenderCS")
+    payer_concept: int | None = Field(None, alias="PayerConcept")
+    plan_concept: int | None = Field(None, alias="PlanConcept")
+    sponsor_concept: int | None = Field(None, alias="SponsorConcept")
+    stop_reason_concept: int | None = Field(None, alias="StopReasonConcept")
+    payer_source_concept: int | None = Field(None, alias="PayerSourceConcept")
+    plan_source_concept: int | None = Field(None, alias="PlanSourceConcept")
+    sponsor_source_concept: int | None = Field(None, alias="SponsorSourceConcept")
+    stop_reason_source_concept: int | None = Field(None, alias="StopReasonSourceConcept")
+
+
 class Specimen(_Criteria):
     codeset_id: int | None = Field(None, alias="CodesetId")
     first: bool | None = Field(None, alias="First")
@@ -413,6 +435,7 @@ class Specimen(_Criteria):
 DomainCriteria = (
     ConditionOccurrence | DrugExposure | DrugEra | ConditionEra | ProcedureOccurrence | Measurement
     | Observation | VisitOccurrence | DeviceExposure | Death | ObservationPeriod | Specimen | VisitDetail | DoseEra
+    | PayerPlanPeriod
 )
 
 
@@ -433,6 +456,7 @@ class Criteria(_Model):
     specimen: Specimen | None = Field(None, alias="Specimen")
     visit_detail: VisitDetail | None = Field(None, alias="VisitDetail")
     dose_era: DoseEra | None = Field(None, alias="DoseEra")
+    payer_plan_period: PayerPlanPeriod | None = Field(None, alias="PayerPlanPeriod")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Criteria:
@@ -689,7 +713,7 @@ class CohortDefinition(_Model):
 # Circe elements Mercia knows but does not compile: an error says "not supported" rather than
 # "unknown", so the user knows the element is valid Circe that Mercia cannot honour yet.
 NOT_SUPPORTED = {
-    "SourceId", "PlaceOfServiceLocation", "EffectiveDrugDose", "DoseUnit", "DoseUnitCS", "PayerPlanPeriod", "LocationRegion", "AdmittedFromConcept", "DischargedToConcept",
+    "SourceId", "PlaceOfServiceLocation", "EffectiveDrugDose", "DoseUnit", "DoseUnitCS", "LocationRegion", "AdmittedFromConcept", "DischargedToConcept",
     "AdmittedFromConceptCS", "DischargedToConceptCS", "VisitDetailTypeExclude", "ConditionStatusExclude",
     "Episode",
 }
@@ -740,6 +764,6 @@ def validation_error(e: ValidationError, prefix: tuple[Any, ...] = ()) -> Cohort
 CriteriaGroup.model_rebuild()
 _Criteria.model_rebuild()
 for _cls in (ConditionOccurrence, DrugExposure, ProcedureOccurrence, Measurement, Observation, DeviceExposure,
-             VisitOccurrence, VisitDetail, Death, DrugEra, ConditionEra, DoseEra, ObservationPeriod, Specimen, Criteria,
+             VisitOccurrence, VisitDetail, Death, DrugEra, ConditionEra, DoseEra, PayerPlanPeriod, ObservationPeriod, Specimen, Criteria,
              CorrelatedCriteria, CohortExpression, CohortDefinition):
     _cls.model_rebuild()

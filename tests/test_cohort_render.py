@@ -23,7 +23,7 @@ from mercia.cohorts import dsl
 from mercia.cohorts.compiler import compile_cohort
 from mercia.cohorts.loader import SchemaTables, load_definition
 from mercia.cohorts.model import CohortDefinition
-from mercia.cohorts.render import PARAM_STYLES, render
+from mercia.cohorts.render import PARAM_STYLES, describe_value, render
 from oracle_support import COHORTS_DIR
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ def cohort_sql_text(definition: CohortDefinition, dialect: str) -> str:
     compiled = compile_cohort(SchemaTables("cdm", "vocab"), definition.expression)
     rendered = render(compiled.rows_query(), compiled.params, dialect, pretty=True)
     lines = [f"-- {definition.name}"]
-    lines += [f"-- parameter {n} = {compiled.params[n].isoformat()} (DATE)" for n in dict.fromkeys(rendered.order)]
+    lines += [f"-- parameter {n} = {describe_value(compiled.params[n])}" for n in dict.fromkeys(rendered.order)]
     if rendered.style == "qmark" and rendered.order:
         lines.append(f"-- positional parameters (?), in order: {', '.join(rendered.order)}")
     if rendered.style == "numeric" and rendered.order:
@@ -137,6 +137,11 @@ def test_snowflake_numbers_each_name_once() -> None:
     named = re.sub(r":(\d+)", lambda m: ":" + r.order[int(m.group(1)) - 1], r.sql)
     assert named == tree.sql(dialect="snowflake")
     assert sqlglot.parse_one(r.sql, read="snowflake") is not None
+
+
+def test_text_parameters_are_described_safely() -> None:
+    assert describe_value(dt.date(2001, 2, 3)) == "2001-02-03 (DATE)"
+    assert describe_value("50%\n; DROP") == '"50%\\n; DROP" (TEXT)'
 
 
 def test_a_placeholder_inside_a_string_is_not_a_parameter() -> None:

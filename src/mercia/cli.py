@@ -278,7 +278,7 @@ def cohort_sql(
     Dates from the definition are bound parameters: the SQL holds placeholders, listed in a comment."""
     from mercia.cohorts.compiler import compile_cohort
     from mercia.cohorts.loader import SchemaTables
-    from mercia.cohorts.render import render
+    from mercia.cohorts.render import describe_value, render
 
     if dialect not in DIALECTS:
         raise MerciaError(f"unknown dialect {dialect!r}: use one of {', '.join(DIALECTS)}")
@@ -288,7 +288,7 @@ def cohort_sql(
     rendered = render(compiled.rows_query(), compiled.params, dialect, pretty=pretty)
     lines = [f"-- cohort: {d.name}".replace("\n", " ")]
     for name in dict.fromkeys(rendered.order):
-        lines.append(f"-- parameter {name} = {compiled.params[name].isoformat()} (DATE)")
+        lines.append(f"-- parameter {name} = {describe_value(compiled.params[name])}")
     if rendered.style == "qmark" and rendered.order:
         lines.append(f"-- positional parameters (?), in order: {', '.join(rendered.order)}")
     sys.stdout.write("\n".join(lines) + "\n" + rendered.sql + ";\n")

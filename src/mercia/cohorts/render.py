@@ -18,7 +18,9 @@ to pass the values:
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
+import json
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -55,6 +57,14 @@ class RenderedSql:
 
 # numeric style: the number of each parameter name in the tree being rendered.
 _NUMBERS: ContextVar[dict[str, int]] = ContextVar("_NUMBERS")
+
+
+def describe_value(value: Any) -> str:
+    """A bound value for a comment line: a date as YYYY-MM-DD (DATE), text as a JSON string (TEXT), so a
+    newline or quote in the user's text cannot end the comment."""
+    if isinstance(value, dt.date):
+        return f"{value.isoformat()} (DATE)"
+    return f"{json.dumps(str(value))} (TEXT)"
 
 
 def _placeholder_text(name: str, style: ParamStyle) -> str:

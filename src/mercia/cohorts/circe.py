@@ -2,7 +2,8 @@
 
 The model's aliases are Circe's element names, so import is validation: every element must be one
 Mercia understands, otherwise the error names it and its JSON path, e.g.
-``$.InclusionRules[2].expression.CriteriaList[0].Criteria.Measurement.ValueAsString: not supported``.
+``$.InclusionRules[2].expression.CriteriaList[0].Criteria.DrugExposure.EffectiveDrugDose: not supported
+(Circe-BE filters drug_exposure.effective_drug_dose, a column CDM 5.3/5.4 do not have)``.
 """
 
 from __future__ import annotations

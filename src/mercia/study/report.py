@@ -570,7 +570,7 @@ def render_report(
     b = _Builder(pkg, tables, log, policy, manifest)
     # Built first: the first figure made carries plotly.js, and the attrition plots come first on the page.
     cohort_section = b.cohorts()
-    sections: dict[str, list[Any]] = {"table1": [], "smd": [], "incidence": [], "prevalence": [], "km": [], "cox": [], "prediction": [], "other": []}
+    sections: dict[str, list[Any]] = {"table1": [], "smd": [], "incidence": [], "prevalence": [], "km": [], "cox": [], "prediction": [], "cohort_method": [], "other": []}
     ids = pkg.cohort_ids
     for a in pkg.analyses:
         p = a.table_prefix()
@@ -594,6 +594,12 @@ def render_report(
             sections["cox"].append(b.cox(p, a.target, a.comparator))
         elif a.type == "prediction":
             sections["prediction"].append(b.prediction(p))
+        elif a.type == "cohort_method":
+            from mercia.analyses.cohort_method_plots import cohort_method_section
+
+            sections["cohort_method"].append(
+                cohort_method_section(b.data, p, [*a.outcomes], b.plots.html, _table_html)
+            )
         elif a.type == "cohort_entries":
             d = b.data(p)
             sections["other"].append({"title": p, "table": _table_html(d if d is not None else pd.DataFrame())})

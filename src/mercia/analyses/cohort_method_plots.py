@@ -1,0 +1,106 @@
+"""Report figures of a comparative cohort analysis, drawn from its *released* tables only:
+preference-score distributions, covariate balance before vs after, and a forest plot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from mercia.analyses.balance import SMD_THRESHOLD
+
+Data = Callable[[str], pd.DataFrame | None]
+
+
+def preference_figure(dist: pd.DataFrame | None, prefix: str, html: Callable[[object], str]) -> str:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    if dist is None or dist.empty:
+        return ""
+    pops = list(dict.fromkeys(dist["population"]))
+    fig = make_subplots(rows=1, cols=len(pops), subplot_titles=pops, shared_yaxes=True)
+    for k, pop in enumerate(pops, start=1):
+        for arm, colour in (("target", "#1f77b4"), ("comparator", "#d62728")):
+            d = dist[(dist["population"] == pop) & (dist["arm"] == arm)]
+            n = pd.to_numeric(d["n"], errors="coerce")
+            share = n / n.sum() if n.sum() else n  # suppressed bins (NaN) are gaps
+            mids = [np.mean([float(x) for x in b.split("-")]) for b in d["preference_bin"]]
+            fig.add_trace(go.Scatter(x=mids, y=share, mode="lines", fill="tozeroy", name=arm, line={"color": colour},
+                                     showlegend=k == 1), row=1, col=k)
+        fig.add_vrect(x0=0.3, x1=0.7, fillcolor="grey", opacity=0.1, line_width=0, row=1, col=k)
+    fig.update_layout(title=f"{prefix}: preference score distribution (shaded: equipoise 0.3-0.7)", height=340)
+    fig.update_xaxes(title_text="preference score", range=[0, 1])
+    return html(fig)
+
+
+def balance_figure(bal: pd.DataFrame | None, title: str, html: Callable[[object], str]) -> str:
+    import plotly.graph_objects as go
+
+    if bal is None or bal.empty:
+        return ""
+    d = bal.dropna(subset=["before_smd", "after_smd"])
+    if d.empty:
+        return ""
+    x, y = d["before_smd"].abs(), d["after_smd"].abs()
+    top = float(max(x.max(), y.max(), SMD_THRESHOLD) * 1.05)
+    fig = go.Figure(go.Scattergl(x=x, y=y, mode="markers", text=d["covariate_name"], marker={"size": 5, "opacity": 0.6},
+                                 hovertemplate="%{text}<br>before %{x:.3f}<br>after %{y:.3f}<extra></extra>"))
+    fig.add_hline(y=SMD_THRESHOLD, line_dash="dash", line_color="red")
+    fig.add_shape(type="line", x0=0, y0=0, x1=top, y1=top, line={"color": "grey", "dash": "dot"})
+    fig.update_layout(title=f"{title}: |SMD| before vs after ({len(d)} covariates; {int((y > SMD_THRESHOLD).sum())} "
+                      f"above {SMD_THRESHOLD} after)", xaxis_title="|SMD| before", yaxis_title="|SMD| after",
+                      height=420, xaxis_range=[0, top], yaxis_range=[0, top])
+    return html(fig)
+
+
+def forest_figure(est: pd.DataFrame | None, prefix: str, html: Callable[[object], str]) -> str:
+    import plotly.graph_objects as go
+
+    if est is None or est.empty:
+        return ""
+    d = est.dropna(subset=["rr", "ci_lower", "ci_upper"]).iloc[::-1]
+    if d.empty:
+        return '<p class="empty">No estimate released (suppressed, blocked, or not estimable).</p>'
+    labels = [f"{o} ({t.replace('_', ' ')}) · {a}" for o, t, a in zip(d["outcome"], d["outcome_type"], d["adjustment"],
+                                                                         strict=True)]
+    fig = go.Figure(go.Scatter(x=d["rr"], y=labels, mode="markers", name="estimate", marker={"symbol": "square", "size": 9},
+                               error_x={"type": "data", "symmetric": False, "array": d["ci_upper"] - d["rr"],
+                                        "arrayminus": d["rr"] - d["ci_lower"]}))
+    if "calibrated_log_rr" in d:
+        c = d.dropna(subset=["calibrated_log_rr", "calibrated_ci_lower", "calibrated_ci_upper"])
+        if len(c):
+            rr = np.exp(c["calibrated_log_rr"])
+            fig.add_trace(go.Scatter(x=rr, y=[labels[i] for i in np.flatnonzero(d.index.isin(c.index))], mode="markers",
+                                     name="calibrated", marker={"symbol": "diamond", "size": 8},
+                                     error_x={"type": "data", "symmetric": False, "array": c["calibrated_ci_upper"] - rr,
+                                              "arrayminus": rr - c["calibrated_ci_lower"]}))
+    fig.add_vline(x=1.0, line_dash="dash", line_color="grey")
+    fig.update_layout(title=f"{prefix}: relative risks (95% CI)", xaxis_type="log", xaxis_title="hazard / rate ratio",
+                      height=max(280, 34 * len(d) + 160), margin={"l": 320})
+    return html(fig)
+
+
+def cohort_method_section(data: Data, prefix: str, outcomes: list[str], html: Callable[[object], str],
+                          table_html: Callable[[pd.DataFrame, int], str]) -> dict[str, object]:
+    """Figures and tables of one cohort_method analysis for the study report."""
+    plots = [forest_figure(data(f"{prefix}_estimates"), prefix, html),
+             preference_figure(data(f"{prefix}_ps_distribution"), prefix, html)]
+    plots += [balance_figure(data(f"{prefix}_balance_{o}"), f"{prefix} · {o}", html) for o in outcomes]
+    tables = []
+    for title, name in (("Estimates", "estimates"), ("Subjects, events and days at risk", "counts"),
+                        ("Propensity model diagnostics", "ps_diagnostics")):
+        d = data(f"{prefix}_{name}")
+        if d is not None:
+            tables.append((title, table_html(d, 3)))
+    for o in outcomes:
+        att = data(f"{prefix}_attrition_{o}")
+        if att is not None:
+            tables.append((f"Attrition: {o}", table_html(att, 0)))
+        bal = data(f"{prefix}_balance_{o}")
+        if bal is not None and len(bal):
+            worst = bal.reindex(bal["before_smd"].abs().sort_values(ascending=False).index).head(20)
+            tables.append((f"Balance: {o} (20 covariates least balanced before)",
+                           table_html(worst[["covariate_name", "before_smd", "after_smd"]], 3)))
+    return {"title": prefix, "plots": [p for p in plots if p], "tables": tables}

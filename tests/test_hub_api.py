@@ -80,6 +80,8 @@ def test_study_lifecycle_and_idempotent_submission(fed: Federation) -> None:
         closed = c.wait(pkg.content_hash, timeout=180)
         assert {s["site"]: s["status"] for s in closed["sites"]} == {"north": "collected", "south": "collected"}
         res = c.results(pkg.content_hash)
+        # a closed study always has its pooling (it is written in the same transaction as the close)
+        assert res["pooled"]["sites"] == ["north", "south"] and res["pooled"]["excluded"] == []
         assert set(res["sites"]) == {"north", "south"}
         assert "cohort_counts" in {t["name"] for t in res["sites"]["north"]["tables"]}
 

@@ -124,17 +124,13 @@ class Dispatcher:
             self._close(content_hash, by="hub")
 
     def _close(self, content_hash: str, by: str) -> dict[str, Any]:
-        excluded = self.store.close(content_hash)
-        pooled = pool_results(self.store.results(content_hash))
-        pooled["excluded"] = excluded
-        self.store.set_pooled(content_hash, pooled)
+        excluded, pooled = self.store.close(content_hash, pool_results)
         self.audit.append("study.closed", by, hash=content_hash, sites=sorted(pooled["sites"]), excluded=excluded)
         return pooled
 
     def close_study(self, content_hash: str, by: str) -> dict[str, Any]:
         """Finish now with the sites that answered; sites still out are excluded."""
         with self._pass_lock:
-            study = self.store.study(content_hash)
-            if study["status"] != "open":
-                return json.loads(study["pooled"]) if study["pooled"] else {}
+            if self.store.study(content_hash)["status"] != "open":
+                return json.loads(self.store.study(content_hash)["pooled"] or "{}")
             return self._close(content_hash, by)

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,21 +238,25 @@ class HubStore:
         return {r["site"]: json.loads(r["results"]) for r in self._con().execute(
             "SELECT site, results FROM site_results WHERE hash = ? ORDER BY site", (content_hash,))}
 
-    def close(self, content_hash: str) -> list[str]:
-        """Close the study: sites still out are excluded (late results are not counted). Returns them."""
+    def close(self, content_hash: str, pool: Callable[[dict[str, dict[str, Any]]], dict[str, Any]]
+              ) -> tuple[list[str], dict[str, Any]]:
+        """Close the study in one transaction: sites still out are excluded (late results are not
+        counted), the collected results are pooled by `pool`, and the study is marked closed with
+        its pooling, so nobody ever sees a closed study without its pooled results."""
         with self._tx() as con:
-            row = con.execute("SELECT status FROM studies WHERE hash = ?", (content_hash,)).fetchone()
+            row = con.execute("SELECT status, pooled FROM studies WHERE hash = ?", (content_hash,)).fetchone()
             if row is None:
                 raise NotFoundError(f"no study with hash {content_hash!r} at this hub")
+            if row["status"] == "closed":
+                return [], json.loads(row["pooled"] or "{}")
             excluded = [r["site"] for r in con.execute(
                 "SELECT site FROM site_runs WHERE hash = ? AND status NOT IN ('collected', 'failed', 'rejected')",
                 (content_hash,))]
             con.execute("UPDATE site_runs SET status = 'excluded', updated_at = ? WHERE hash = ? AND "
                         "status NOT IN ('collected', 'failed', 'rejected')", (_now(), content_hash))
-            con.execute("UPDATE studies SET status = 'closed', closed_at = ? WHERE hash = ? AND status = 'open'",
-                        (_now(), content_hash))
-        return excluded
-
-    def set_pooled(self, content_hash: str, pooled: dict[str, Any]) -> None:
-        with self._tx() as con:
-            con.execute("UPDATE studies SET pooled = ? WHERE hash = ?", (json.dumps(pooled), content_hash))
+            results = {r["site"]: json.loads(r["results"]) for r in con.execute(
+                "SELECT site, results FROM site_results WHERE hash = ? ORDER BY site", (content_hash,))}
+            pooled = {**pool(results), "excluded": excluded}
+            con.execute("UPDATE studies SET status = 'closed', closed_at = ?, pooled = ? WHERE hash = ?",
+                        (_now(), json.dumps(pooled), content_hash))
+        return excluded, pooled

@@ -25,35 +25,39 @@ _ORDINAL = "ordinal"
 
 def rewrite_first_rows(tree: exp.Expression) -> int:
     """Rewrite, in place, every 'first row per person' window in `tree`; how many were rewritten."""
-    count = 0
-    for sub in list(tree.find_all(exp.Subquery)):
-        inner = sub.this
-        outer = sub.parent
-        if not isinstance(inner, exp.Select) or not isinstance(outer, exp.From):
-            continue
-        select = outer.parent
-        if not isinstance(select, exp.Select) or not _keeps_only_first(select, sub.alias):
-            continue
-        window = _first_window(inner)
-        if window is None:
-            continue
-        table = inner.args["from_"].this if inner.args.get("from_") else None
-        if not isinstance(table, exp.Table) or not table.args.get("db") or not table.alias:
-            continue  # a CDM table (qualified), not a CTE: only base tables have a rowid
-        alias = table.alias
-        chosen = (exp.select(exp.ArgMin(this=exp.column("rowid", table=alias), expression=_sort_key(window)),
-                             copy=False)
-                  .from_(table.copy(), copy=False)
-                  .group_by(*[p.copy() for p in window.args["partition_by"]], copy=False))
-        for join in inner.args.get("joins") or []:
-            chosen = chosen.join(join.copy(), copy=False)
-        if inner.args.get("where"):
-            chosen = chosen.where(inner.args["where"].this.copy(), copy=False)
-        inner.where(exp.In(this=exp.column("rowid", table=alias), query=chosen.subquery(copy=False)), copy=False)
-        # The number stays a column (=1 on every remaining row) so the outer filter is untouched.
-        window.replace(exp.Literal.number(1))
-        count += 1
-    return count
+    return sum(rewrite_first_row(rn) for rn in list(tree.find_all(exp.RowNumber)))
+
+
+def rewrite_first_row(row_number: exp.RowNumber) -> bool:
+    """Rewrite, in place, the criterion around this ROW_NUMBER() if it has the shape above."""
+    window = row_number.parent
+    alias = window.parent if isinstance(window, exp.Window) else None
+    inner = alias.parent if isinstance(alias, exp.Alias) else None
+    sub = inner.parent if isinstance(inner, exp.Select) else None
+    outer = sub.parent if isinstance(sub, exp.Subquery) else None
+    select = outer.parent if isinstance(outer, exp.From) else None
+    if not (isinstance(select, exp.Select) and isinstance(window, exp.Window) and isinstance(inner, exp.Select)
+            and isinstance(sub, exp.Subquery) and any(e is alias for e in inner.expressions)
+            and _first_window(inner) is window):
+        return False
+    table = inner.args["from_"].this if inner.args.get("from_") else None
+    if not isinstance(table, exp.Table) or not table.args.get("db") or not table.alias:
+        return False  # a CDM table (qualified), not a CTE: only base tables have a rowid
+    if not _keeps_only_first(select, sub.alias):
+        return False
+    name = table.alias
+    chosen = (exp.select(exp.ArgMin(this=exp.column("rowid", table=name), expression=_sort_key(window)),
+                         copy=False)
+              .from_(table.copy(), copy=False)
+              .group_by(*[p.copy() for p in window.args["partition_by"]], copy=False))
+    for join in inner.args.get("joins") or []:
+        chosen = chosen.join(join.copy(), copy=False)
+    if inner.args.get("where"):
+        chosen = chosen.where(inner.args["where"].this.copy(), copy=False)
+    inner.where(exp.In(this=exp.column("rowid", table=name), query=chosen.subquery(copy=False)), copy=False)
+    # The number stays a column (=1 on every remaining row) so the outer filter is untouched.
+    window.replace(exp.Literal.number(1))
+    return True
 
 
 def _first_window(inner: exp.Select) -> exp.Window | None:

@@ -27,13 +27,14 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlglot import exp
 
 from mercia.cohorts.compiler import CompiledCohort
-from mercia.cohorts.duckdb_first import rewrite_first_rows
+from mercia.cohorts.duckdb_first import rewrite_first_row
 
 # Temporary tables live in the session; the token keeps them apart from anything else in it (a user's
 # own temporary tables, Circe's), and is fixed per process so a cached plan's names stay valid.
@@ -102,15 +103,15 @@ def plan_cohort(compiled: CompiledCohort, dialect: str, cohort_table: exp.Table)
     bodies = dict(compiled.ctes)
     order = [name for name, _ in compiled.ctes]
     temp = {name: f"{_TEMP_PREFIX}{name}" for name in order if name in wanted}
-    reads = _reads_and_rename(compiled.ctes, temp)
+    reads, params, row_numbers = _scan(compiled.ctes, temp)
     if dialect == "duckdb":
-        for body in bodies.values():
-            rewrite_first_rows(body)
+        for rn in row_numbers:
+            rewrite_first_row(rn)
     placed: set[str] = set()  # steps already inlined into a statement
 
-    def with_inlined(query: exp.Select, needs: set[str]) -> tuple[exp.Select, tuple[str, ...]]:
-        """`query` with the non-materialised steps it reads (directly or through others) as CTEs, and
-        the temporary tables it reads in the end."""
+    def with_inlined(query: exp.Select, needs: set[str]) -> tuple[exp.Select, tuple[str, ...], set[str]]:
+        """`query` with the non-materialised steps it reads (directly or through others) as CTEs; the
+        temporary tables it reads in the end; the parameters those CTEs bind."""
         inlined: set[str] = set()
         inputs: set[str] = set()
         stack = list(needs)
@@ -123,63 +124,83 @@ def plan_cohort(compiled: CompiledCohort, dialect: str, cohort_table: exp.Table)
                 continue
             inlined.add(name)
             stack.extend(reads[name])
+        ctes = []
         for name in order:
             if name in inlined:
                 # A step inlined into a second statement is copied: rendering may rewrite a tree in place.
                 body = bodies[name].copy() if name in placed else bodies[name]
                 placed.add(name)
-                query = query.with_(name, as_=body, copy=False)
-        return query, tuple(sorted(inputs))
+                ctes.append(exp.CTE(this=body, alias=exp.TableAlias(this=exp.to_identifier(name))))
+        if ctes:
+            query.set("with_", exp.With(expressions=ctes))
+        return query, tuple(sorted(inputs)), {p for name in inlined for p in params[name]}
 
-    def render(tree: exp.Expression) -> Statement:
-        names = tuple(dict.fromkeys(p.name for p in tree.find_all(exp.Placeholder)))
+    def render(tree: exp.Expression, param_names: Iterable[str] = ()) -> Statement:
         # copy=False: the tree is spent here, and copying it first costs a third of rendering.
-        return Statement(tree.sql(dialect=dialect, copy=False), names)
+        return Statement(tree.sql(dialect=dialect, copy=False), tuple(sorted(param_names)))
 
     steps: list[TempStep] = []
     for name in order:
         if name not in temp:
             continue
-        body, inputs = with_inlined(bodies[name], reads[name])
+        body, inputs, used = with_inlined(bodies[name], reads[name])
         table = exp.Table(this=exp.to_identifier(temp[name]))
         create = render(exp.Create(this=table, kind="TABLE", expression=body,
-                                   properties=exp.Properties(expressions=[exp.TemporaryProperty()])))
+                                   properties=exp.Properties(expressions=[exp.TemporaryProperty()])),
+                        used | params[name])
         steps.append(TempStep(
             table=temp[name], create=create, reads=inputs,
             analyse=render(exp.Analyze(tables=[table.copy()])) if analyse else None,
             drop=render(exp.Drop(tables=[table.copy()], kind="TABLE", exists=True)),
         ))
 
-    def step(name: str) -> str:
-        return temp.get(name, name)
+    def select_from(columns: list[exp.Expression], name: str) -> exp.Select:
+        source = exp.Table(this=exp.to_identifier(temp.get(name, name)))
+        return exp.Select(expressions=columns).from_(source, copy=False)
 
     # Typed, so PostgreSQL need not infer the parameter's type from the column it lands in.
     cohort_id = exp.Cast(this=exp.Placeholder(this=COHORT_ID_PARAM), to=exp.DataType.build("BIGINT"))
-    rows = exp.select(cohort_id, "subject_id", "cohort_start_date", "cohort_end_date",
-                      copy=False).from_(step("cohort_out"), copy=False)
-    insert = exp.insert(with_inlined(rows, {"cohort_out"})[0], cohort_table, columns=_COHORT_COLUMNS)
+    rows, _, used = with_inlined(select_from([cohort_id, *_columns(_COHORT_COLUMNS[1:])], "cohort_out"),
+                                 {"cohort_out"})
+    insert = exp.Insert(this=exp.Schema(this=cohort_table, expressions=[
+        exp.to_identifier(c) for c in _COHORT_COLUMNS]), expression=rows)
     mask_counts = None
     if compiled.rule_count:
-        masks = exp.select("mode_id", "inclusion_rule_mask", "person_count", copy=False).from_(
-            step("cohort_mask_counts"), copy=False)
-        mask_counts = render(with_inlined(masks, {"cohort_mask_counts"})[0])
-    return CohortPlan(steps=tuple(steps), insert=render(insert), mask_counts=mask_counts,
-                      params=dict(compiled.params), rule_names=tuple(compiled.rule_names))
+        masks, _, mask_params = with_inlined(
+            select_from(_columns(["mode_id", "inclusion_rule_mask", "person_count"]), "cohort_mask_counts"),
+            {"cohort_mask_counts"})
+        mask_counts = render(masks, mask_params)
+    return CohortPlan(steps=tuple(steps), insert=render(insert, used | {COHORT_ID_PARAM}),
+                      mask_counts=mask_counts, params=dict(compiled.params),
+                      rule_names=tuple(compiled.rule_names))
 
 
-def _reads_and_rename(ctes: list[tuple[str, exp.Select]], temp: dict[str, str]) -> dict[str, set[str]]:
-    """For each step, the earlier steps its body reads (a step is read as a table without a schema);
-    references to materialised steps are renamed to their temporary tables on the way (one walk)."""
+def _columns(names: list[str]) -> list[exp.Expression]:
+    return [exp.column(n) for n in names]
+
+
+def _scan(ctes: list[tuple[str, exp.Select]], temp: dict[str, str]
+          ) -> tuple[dict[str, set[str]], dict[str, set[str]], list[exp.RowNumber]]:
+    """One walk over each step's body (walks cost a third of planning): the earlier steps it reads (a
+    step is read as a table without a schema), renaming those materialised to their temporary tables on
+    the way; the parameters it binds; its ROW_NUMBER() calls."""
     names = {name for name, _ in ctes}
     reads: dict[str, set[str]] = {}
+    params: dict[str, set[str]] = {}
+    row_numbers: list[exp.RowNumber] = []
     for name, body in ctes:
         read = reads[name] = set()
-        for t in body.find_all(exp.Table):
-            if not t.args.get("db") and t.name in names:
-                read.add(t.name)
-                if t.name in temp:
-                    t.set("this", exp.to_identifier(temp[t.name]))
-    return reads
+        used = params[name] = set()
+        for node in body.find_all(exp.Table, exp.Placeholder, exp.RowNumber):
+            if isinstance(node, exp.Placeholder):
+                used.add(node.name)
+            elif isinstance(node, exp.RowNumber):
+                row_numbers.append(node)
+            elif not node.args.get("db") and node.name in names:
+                read.add(node.name)
+                if node.name in temp:
+                    node.set("this", exp.to_identifier(temp[node.name]))
+    return reads, params, row_numbers
 
 
 class PlanCache:

@@ -226,7 +226,9 @@ def main() -> None:
     for w in wrong[:10]:
         print("   ", w)
     print(f"  wall {wall:.2f} s, throughput {args.requests / wall:.1f} req/s")
-    print(f"  latency p50 {p50:.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s")
+    print(f"  latency min {latencies[0]:.2f} s, p50 {p50:.2f} s, p95 {p95:.2f} s, max {latencies[-1]:.2f} s")
+    deciles = [latencies[min(len(latencies) - 1, (len(latencies) * k) // 10)] for k in range(1, 10)]
+    print(f"  latency deciles: {', '.join(f'{d:.1f}' for d in deciles)} s")
     print(f"  node peak RSS {rss_peak:.0f} MiB (after start-up {rss_idle:.0f} MiB)"
           if rss_peak and rss_idle else "  node RSS: not available")
     print(f"  ratio to the in-process peer (wall): {wall / peer_seconds:.2f}x")

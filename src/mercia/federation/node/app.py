@@ -14,6 +14,7 @@ from the study's results folder, which `run_study` fills only with tables that p
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' Annotated types.
 
+import functools
 import json
 import logging
 import threading
@@ -21,9 +22,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi import Path as PathParam
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,6 +52,7 @@ from mercia.study.package import StudyPackage
 logger = logging.getLogger("mercia.node")
 
 API = "/api/v1"
+COUNT_THREADS = 4  # feasibility counts at once: each is a DuckDB query (itself multi-threaded) plus Python
 HASH_PATTERN = r"^[0-9a-f]{64}$"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
 HashParam = Annotated[str, PathParam(pattern=HASH_PATTERN, description="the package's content hash (sha256)")]
@@ -235,14 +238,23 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
         return JSONResponse({"detail": f"invalid request: {problems}"}, status_code=422)
 
+    # Made on first use: a limiter needs the running event loop.
+    audit_threads: dict[str, Any] = {}
+    count_threads: dict[str, Any] = {}
+
     @app.middleware("http")
     async def _audit_requests(request: Request, call_next: Any) -> Any:
         response = await call_next(request)
         if request.url.path != "/health":
-            # fsync'd append: off the event loop, so one slow disk write does not stall every request
-            await run_in_threadpool(services.audit.append, "request", "http", method=request.method,
-                                    path=request.url.path[:200], status=response.status_code,
-                                    client=request.client.host if request.client else None)
+            # fsync'd append: off the event loop, so one slow disk write does not stall every request;
+            # on threads of its own, since in the shared pool it would queue behind every request still
+            # waiting for a thread, holding each finished response until that whole queue drained.
+            if "limiter" not in audit_threads:
+                audit_threads["limiter"] = anyio.CapacityLimiter(4)
+            await anyio.to_thread.run_sync(functools.partial(
+                services.audit.append, "request", "http", method=request.method, path=request.url.path[:200],
+                status=response.status_code, client=request.client.host if request.client else None),
+                limiter=audit_threads["limiter"])
         return response
 
     def role(*roles: str) -> Any:
@@ -363,8 +375,8 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         return RoundAnswer(**answer)
 
     @app.post(f"{API}/feasibility", response_model=FeasibilityAnswer, responses=ERRORS, tags=["feasibility"])
-    def feasibility(body: FeasibilityQuery, principal: Annotated[Principal, role("hub", "researcher")]
-                    ) -> FeasibilityAnswer:
+    async def feasibility(body: FeasibilityQuery, principal: Annotated[Principal, role("hub", "researcher")]
+                          ) -> FeasibilityAnswer:
         """The released persons count and attrition of a cohort definition. Roles: those in the site's
         feasibility_roles (hub, researcher), when the custodian allows automatic counts; rate-limited
         per caller, with a lockout after repeats of one query (429)."""
@@ -375,15 +387,26 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         if not config.auto_approve.feasibility:
             raise HTTPException(403, detail="this site's custodian has not allowed automatic feasibility counts "
                                             "(auto_approve.feasibility in node.yaml)")
-        definition = parse_definition(body.definition)
-        # The hub asks for many researchers: limit each of them (the hub is trusted to name them).
-        who = f"{principal.name}/{body.requested_by}" if principal.role == "hub" and body.requested_by else principal.name
-        services.guard.check(who, count_query_key(body.definition))
-        with services.cdm.reader() as cdm:
-            answer = feasibility_count(cdm, definition, config.site_policy, site=config.site)
-        services.audit.append("feasibility.released", principal.name, project=body.project,
-                              definition_hash=answer["definition_hash"], persons=answer["persons"])
-        return FeasibilityAnswer(**answer)
+
+        def count() -> dict[str, Any]:
+            definition = parse_definition(body.definition)
+            # The hub asks for many researchers: limit each of them (the hub is trusted to name them).
+            who = (f"{principal.name}/{body.requested_by}" if principal.role == "hub" and body.requested_by
+                   else principal.name)
+            services.guard.check(who, count_query_key(body.definition))
+            with services.cdm.reader() as cdm:
+                answer = feasibility_count(cdm, definition, config.site_policy, site=config.site)
+            services.audit.append("feasibility.released", principal.name, project=body.project,
+                                  definition_hash=answer["definition_hash"], persons=answer["persons"])
+            return answer
+
+        # Counts run COUNT_THREADS at a time, first come first served, on threads of their own. In the
+        # shared pool (40 threads) a burst of counts took every thread, and each request's other steps
+        # (its auth dependency, its audit line) queued behind the whole burst: no answer came out until
+        # nearly all were done. Bounded here, the rest of the API stays responsive under load.
+        if "limiter" not in count_threads:
+            count_threads["limiter"] = anyio.CapacityLimiter(COUNT_THREADS)
+        return FeasibilityAnswer(**await anyio.to_thread.run_sync(count, limiter=count_threads["limiter"]))
 
     return app
 

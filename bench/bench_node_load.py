@@ -13,10 +13,12 @@ node sees `requests` concurrent requests.
 Node: `mercia node serve` as its own process, OpenSAFELY policy, feasibility auto-approved for
 researchers, count limits raised for the run (per_window 100000, near_identical 100000: the bench is
 a load test, not a test of the lockout, which tests/test_federation_security.py covers).
-Concurrency at the node is bounded by the server, not by the client: count routes are synchronous
-FastAPI handlers, run in AnyIO's worker-thread pool (40 threads by default), so at most 40 counts
+Concurrency at the node is bounded by the server, not by the client: the count route hands each count
+to a limiter of its own (`COUNT_THREADS` = 4 threads in mercia.federation.node.app), so at most 4 counts
 execute at once, each on its own DuckDB cursor over the one open database; the other requests wait,
-unstarted, in the event loop. Memory is bounded accordingly: the node's peak RSS is printed.
+unstarted and holding only their parsed request, in the event loop, served first come first served.
+Authentication and the audit line of each request use other threads, so answers leave as soon as
+their count is done. Memory is bounded accordingly: the node's peak RSS is printed.
 
 Check: every answer equals the count computed in-process with the same code and policy before the
 node starts (`feasibility_count` on the same CDM): persons, entries and the whole released attrition.

@@ -232,3 +232,27 @@ def test_an_outcome_nobody_has_and_an_empty_comparator() -> None:
         assert est["log_rr"].isna().all() and (est["min_events"] == 0).all()
         res = cohort_method(cdm, 1, 77, [3], settings())
         assert any("empty" in n for n in res.notes)
+
+
+def test_study_package_cohort_method_type() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from mercia.study import StudyPackage
+
+    folder = Path(__file__).resolve().parents[1] / "examples" / "studies" / "sglt2_heart_failure"
+    data = yaml.safe_load((folder / "study.yaml").read_text())
+    data["analyses"] = [{"type": "cohort_method", "name": "cm", "target": "sglt2", "comparator": "gliclazide",
+                         "outcomes": ["hf_admission"], "settings": {"adjustment": "stratify",
+                                                                    "match": {"max_ratio": 0}}}]
+    pkg = StudyPackage.from_dict(data, base_dir=folder)
+    a = pkg.spec.analyses[0]
+    assert isinstance(a.settings, CohortMethodSettings) and a.settings.adjustment == "stratify"
+    bad = [{**data["analyses"][0], "negative_controls": ["no_such_cohort"]},
+           {**data["analyses"][0], "outcomes": []},
+           {**data["analyses"][0], "settings": {"match": {"caliper": -1}}},
+           {**data["analyses"][0], "settings": {"ps": {"prior": "cauchy"}}}]
+    for analysis in bad:
+        with pytest.raises(StudyError):
+            StudyPackage.from_dict({**data, "analyses": [analysis]}, base_dir=folder)

@@ -450,8 +450,9 @@ class CountQueryGuard:
             while repeats and repeats[0] <= now - self.repeat_window_seconds:
                 repeats.popleft()
             if len(repeats) >= self.max_repeats:
+                # The repeats stay on record: after the lockout, the same query locks again at once
+                # until the old repeats leave their window (unlock() forgets them).
                 self._locked_until[who] = now + self.lockout_seconds
-                repeats.clear()
                 raise RateLimitedError(
                     f"{who} is locked out of count queries: the same query was asked more than "
                     f"{self.max_repeats} times (a pattern of averaging attacks); ask the site's custodian "

@@ -4,6 +4,7 @@ rotation; 401/403 over real HTTP; Ed25519 package signatures; the SHRINE-style c
 # No `from __future__ import annotations`: FastAPI must resolve the Annotated dependencies of the
 # endpoints in tiny_app, which close over a local authenticator.
 
+import contextlib
 import json
 import os
 import socket
@@ -170,20 +171,29 @@ def tiny_app(store: TokenStore) -> FastAPI:
     return app
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[tuple[str, TokenStore]]:
-    store = TokenStore(tmp_path_factory.mktemp("auth") / "tokens.json")
+@contextlib.contextmanager
+def serve(app: FastAPI) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free port in a thread; yields its URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(tiny_app(store), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
         assert time.monotonic() < deadline, "test server did not start"
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", store
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[tuple[str, TokenStore]]:
+    store = TokenStore(tmp_path_factory.mktemp("auth") / "tokens.json")
+    with serve(tiny_app(store)) as url:
+        yield url, store
 
 
 def test_unauthenticated_requests_get_401_with_bearer_challenge(served):
@@ -224,6 +234,17 @@ def test_roles_and_projects_give_403(served):
         assert call("GET", "/projects/p2", admin).status_code == 200  # "*"
         store.revoke("rita")
         assert call("GET", "/whoami", researcher).status_code == 401  # revocation takes effect at once
+
+
+def test_a_broken_token_file_is_503_and_says_nothing_about_it(tmp_path):
+    store = TokenStore(tmp_path / "tokens.json")
+    token = store.issue("alice", "researcher", ["p1"])
+    with serve(tiny_app(store)) as url:
+        assert httpx.get(url + "/whoami", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        (tmp_path / "tokens.json").write_text("{ not json")
+        r = httpx.get(url + "/whoami", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 503
+    assert "tokens.json" not in r.text and str(tmp_path) not in r.text
 
 
 def test_openapi_declares_the_bearer_scheme(served):

@@ -40,6 +40,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -57,6 +58,8 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from mercia.errors import ConfigError, MerciaError
+
+logger = logging.getLogger("mercia.auth")
 
 ROLES = ("researcher", "custodian", "admin", "node", "hub")
 ALL_PROJECTS = "*"
@@ -221,7 +224,13 @@ class Authenticator:
                  ) -> Principal:
         if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
             raise _unauthorized("authentication required: send Authorization: Bearer <token>")
-        principal = self.store.lookup(credentials.credentials)
+        try:
+            principal = self.store.lookup(credentials.credentials)
+        except ConfigError:
+            # A broken token file is the operator's to fix; the caller learns nothing about it.
+            logger.exception("cannot read the token file")
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                                detail="the service cannot check tokens right now; try again later") from None
         if principal is None:
             raise _unauthorized("the bearer token is not valid (unknown, revoked or mistyped): ask an admin "
                                 "for a new one")

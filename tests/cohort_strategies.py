@@ -374,6 +374,20 @@ _EXCLUDE_FLAG = {"ConditionType": "ConditionTypeExclude", "DrugType": "DrugTypeE
                  "ObservationType": "ObservationTypeExclude", "DeathType": "DeathTypeExclude"}
 
 
+# DateAdjustment is drawn only on the domains whose adjustment circepy writes as Circe-BE does: its
+# VisitOccurrence and DeviceExposure builders compare StartWith/EndWith with "START_DATE" while its model
+# holds "start_date", so they always take the END date (pinned in tests/test_cohort_circe_elements.py).
+_ADJUSTABLE = ("ConditionOccurrence", "DrugExposure", "Measurement", "ProcedureOccurrence")
+
+
+@st.composite
+def date_adjustment(draw: st.DrawFn) -> dict[str, Any]:
+    return {"StartWith": draw(st.sampled_from(["START_DATE", "END_DATE"])),
+            "StartOffset": draw(st.sampled_from([-30, 0, 7, 30])),
+            "EndWith": draw(st.sampled_from(["START_DATE", "END_DATE"])),
+            "EndOffset": draw(st.sampled_from([-7, 0, 30, 365]))}
+
+
 @st.composite
 def criterion(draw: st.DrawFn, depth: int = 0, domains: list[str] | None = None) -> dict[str, Any]:
     """One domain criterion, ``{"ConditionOccurrence": {...}}``; nested correlated criteria while depth < 1."""
@@ -387,6 +401,8 @@ def criterion(draw: st.DrawFn, depth: int = 0, domains: list[str] | None = None)
     for k, flag in _EXCLUDE_FLAG.items():
         if k in body and draw(st.booleans()):
             body[flag] = True
+    if domain in _ADJUSTABLE and "DateAdjustment" not in SKIP and draw(st.integers(0, 5)) == 0:
+        body["DateAdjustment"] = draw(date_adjustment())
     if depth < 1 and draw(st.integers(0, 6)) == 0:
         nested = draw(group(depth + 1, in_criterion=True))
         # An empty CorrelatedCriteria group is left out: Circe-BE ignores it (processCorrelatedCriteria

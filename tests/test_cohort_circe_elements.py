@@ -10,6 +10,9 @@ statistics must equal Circe's.
 Where circepy and Circe-BE differ, Circe-BE decides, and the case is checked by hand instead (and
 pinned against circepy with a strict xfail, so a fixed circepy shows up):
 
+* DateAdjustment on VisitOccurrence (and DeviceExposure): circepy's builders compare StartWith with
+  "START_DATE" while its model holds "start_date", so they always adjust from the END date; Circe-BE's
+  VisitOccurrenceSqlBuilder takes visit_start_date for START_DATE.
 * PayerPlanPeriod: circepy's SQL does not parse (a doubled WHERE), so it has hand-checked cases.
 * RaceCS and EthnicityCS: Circe-BE's getDemographicCriteriaQuery tests them against
   P.gender_concept_id, circepy against race/ethnicity (OHDSI/circe-be@9a80aa7,
@@ -143,10 +146,10 @@ CASES: list[tuple[str, dict[str, Any]]] = [
         "StartWith": "START_DATE", "StartOffset": 30, "EndWith": "END_DATE", "EndOffset": 0}}})),
     ("date-adjustment-drug-end-to-end", definition({"DrugExposure": {"CodesetId": 4, "DateAdjustment": {
         "StartWith": "END_DATE", "StartOffset": -7, "EndWith": "END_DATE", "EndOffset": 10}}})),
-    ("date-adjustment-visit-in-rule", definition(
+    ("date-adjustment-procedure-in-rule", definition(
         {"DrugExposure": {"CodesetId": 4}},
-        rules=[rule(within_year({"VisitOccurrence": {"DateAdjustment": {
-            "StartWith": "START_DATE", "StartOffset": -30, "EndWith": "START_DATE", "EndOffset": 0}}}))])),
+        rules=[rule(within_year({"ProcedureOccurrence": {"DateAdjustment": {
+            "StartWith": "START_DATE", "StartOffset": -300, "EndWith": "END_DATE", "EndOffset": 0}}}))])),
     ("date-adjustment-measurement-filters-adjusted", definition({"Measurement": {"CodesetId": 6, "DateAdjustment": {
         "StartWith": "START_DATE", "StartOffset": 365, "EndWith": "END_DATE", "EndOffset": 400},
         "OccurrenceStartDate": {"Value": "2003-01-01", "Op": "gt"}}})),
@@ -233,6 +236,35 @@ def test_element_matches_circe(mercia_world: Cdm, oracle_world: Path, tmp_path: 
     assert rows == sorted((r["subject_id"], r["cohort_start_date"], r["cohort_end_date"]) for r in oracle.rows.to_pylist())
     assert stats == sorted((s["mode_id"], s["rule_sequence"], s["person_count"], s["gain_count"], s["person_total"])
                            for s in oracle.inclusion_stats)
+
+
+# ---- DateAdjustment on visits: circepy adjusts from the end date whatever StartWith says ---------------
+VISIT_ADJUSTED = definition({"VisitOccurrence": {"First": True, "DateAdjustment": {
+    "StartWith": "START_DATE", "StartOffset": -30, "EndWith": "START_DATE", "EndOffset": -7}}})
+
+
+def test_visit_date_adjustment_as_circe_be(mercia_world: Cdm) -> None:
+    """Circe-BE: each person's first visit (by its recorded start), moved to (start - 30, start - 7) days;
+    an entry when that start lies in an observation period."""
+    expected = mercia_world.fetch_all(
+        "SELECT v.person_id, CAST(v.visit_start_date - 30 AS DATE), CAST(v.visit_start_date - 7 AS DATE) FROM "
+        "(SELECT *, row_number() OVER (PARTITION BY person_id ORDER BY visit_start_date, visit_occurrence_id) AS n "
+        "FROM visit_occurrence) v JOIN observation_period op ON op.person_id = v.person_id AND "
+        "v.visit_start_date - 30 BETWEEN op.observation_period_start_date AND op.observation_period_end_date "
+        "WHERE v.n = 1")
+    rows, _ = mercia(mercia_world, VISIT_ADJUSTED)
+    assert expected and rows == sorted((int(p), a, b) for p, a, b in expected)
+
+
+@pytest.mark.oracle
+@pytest.mark.xfail(strict=True, reason="circepy adjusts a visit from its end date whatever StartWith says")
+def test_visit_date_adjustment_circepy_differs_from_circe_be(mercia_world: Cdm, oracle_world: Path,
+                                                             tmp_path: Path) -> None:
+    path = tmp_path / "visit_adjusted.json"
+    path.write_text(json.dumps(VISIT_ADJUSTED), encoding="utf-8")
+    oracle = run_circe(oracle_world, path, cohort_id=902)
+    rows, _ = mercia(mercia_world, VISIT_ADJUSTED)
+    assert rows == sorted((r["subject_id"], r["cohort_start_date"], r["cohort_end_date"]) for r in oracle.rows.to_pylist())
 
 
 # ---- PayerPlanPeriod: circepy 0.3.0's SQL for it does not parse ("WHERE WHERE"), so by hand -----------

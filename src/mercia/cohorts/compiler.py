@@ -611,14 +611,15 @@ class _Compiler:
         event_id = col("C", d.id_col or "person_id")
         visit = (col("C", "visit_occurrence_id") if d.visit else exp.Cast(this=exp.null(), to=BIGINT.copy()))
         concept = d.distinct_concept("C") if d.distinct_concept else col("C", d.concept_col)
+        # A user-defined period's dates replace the period's own (named, so the SQL is otherwise unchanged).
         out_start: exp.Expression = col("C", "start_date")
         out_end: exp.Expression = col("C", "end_date")
         if user_period is not None and user_period.start_date is not None:
-            out_start = self.param(user_period.start_date)
+            out_start = self.param(user_period.start_date).as_("start_date")
         if user_period is not None and user_period.end_date is not None:
-            out_end = self.param(user_period.end_date)
+            out_end = self.param(user_period.end_date).as_("end_date")
         outer = exp.select(
-            col("C", "person_id"), event_id.as_("event_id"), out_start.as_("start_date"), out_end.as_("end_date"),
+            col("C", "person_id"), event_id.as_("event_id"), out_start, out_end,
             visit.as_("visit_occurrence_id"), col("C", "start_date").as_("sort_date"),
             concept.as_("domain_concept_id"), copy=False
         ).from_(inner.subquery("C", copy=False), copy=False)

@@ -435,9 +435,10 @@ def compare_cohorts(
 
     `{name}_smd` (counts: window, domain, concept_id, concept_name; n_target and n_comparator with
     site-side p_target, p_comparator, smd) covers demographics and binary covariates;
-    `{name}_smd_continuous` covers age and measurement values (n, mean, sd per cohort and smd).
-    The SMDs are site-side columns: release() keeps the counts, and smd_binary / smd_continuous
-    recompute them from released values.
+    Continuous SMDs (age, measurement values) need means and SDs, which are magnitudes: they are
+    recomputed with smd_continuous from the released `{name}_age` and `{name}_measurements` tables
+    (a counts table would release only their n). The SMD column here is site-side: release() keeps the
+    counts, and smd_binary recomputes it from released values.
     """
     t_id = check_cohort_id(target_cohort_id, "target cohort id")
     c_id = check_cohort_id(comparator_cohort_id, "comparator cohort id")
@@ -472,67 +473,5 @@ def compare_cohorts(
         count_columns=["n_target", "n_comparator"],
     )
 
-    # Continuous: age and measurement values.
-    rows = []
-    if t_id in ages.index and c_id in ages.index:
-        rows.append(
-            {
-                "window": "index",
-                "concept_id": 0,
-                "concept_name": "age",
-                "unit_concept_id": 0,
-                "n_target": int(ages.loc[t_id, "n"]),
-                "n_comparator": int(ages.loc[c_id, "n"]),
-                "mean_target": ages.loc[t_id, "age_mean"],
-                "sd_target": ages.loc[t_id, "age_sd"],
-                "mean_comparator": ages.loc[c_id, "age_mean"],
-                "sd_comparator": ages.loc[c_id, "age_sd"],
-            }
-        )
-    meas = res.tables.get(f"{name}_measurements")
-    if meas is not None and len(meas.data):
-        mk = ["window", "concept_id", "concept_name", "unit_concept_id"]
-        m = meas.data
-        t = m[m["cohort_id"] == t_id].set_index(mk)
-        c = m[m["cohort_id"] == c_id].set_index(mk)
-        for key in t.index.intersection(c.index):
-            rows.append(
-                {
-                    **dict(zip(mk, key, strict=True)),
-                    "n_target": int(t.loc[key, "n"]),
-                    "n_comparator": int(c.loc[key, "n"]),
-                    "mean_target": t.loc[key, "mean"],
-                    "sd_target": t.loc[key, "sd"],
-                    "mean_comparator": c.loc[key, "mean"],
-                    "sd_comparator": c.loc[key, "sd"],
-                }
-            )
-    cont_cols = [
-        "window",
-        "concept_id",
-        "concept_name",
-        "unit_concept_id",
-        "n_target",
-        "n_comparator",
-        "mean_target",
-        "sd_target",
-        "mean_comparator",
-        "sd_comparator",
-    ]
-    cont = pd.DataFrame(rows, columns=cont_cols)
-    for col in ("concept_id", "unit_concept_id", "n_target", "n_comparator"):
-        cont[col] = cont[col].astype("int64")
-    for col in cont_cols[6:]:
-        cont[col] = cont[col].astype(float)
-    cont["smd"] = smd_continuous(
-        cont["mean_target"], cont["sd_target"], cont["mean_comparator"], cont["sd_comparator"]
-    )
-    res.tables[f"{name}_smd_continuous"] = ResultTable(
-        name=f"{name}_smd_continuous",
-        kind="counts",
-        data=cont,
-        dimensions=["window", "concept_id", "concept_name", "unit_concept_id"],
-        count_columns=["n_target", "n_comparator"],
-    )
     res.analysis = "compare_cohorts"
     return res

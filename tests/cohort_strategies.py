@@ -382,10 +382,13 @@ _ADJUSTABLE = ("ConditionOccurrence", "DrugExposure", "Measurement", "ProcedureO
 
 @st.composite
 def date_adjustment(draw: st.DrawFn) -> dict[str, Any]:
+    # Never an end before the start: Circe-BE drops such events (CriteriaSqlBuilder adds
+    # C.end_date >= C.start_date), circepy keeps them (pinned in tests/test_cohort_circe_elements.py).
+    # EndWith END_DATE with StartOffset <= 0 <= EndOffset keeps every event's end at or after its start.
     return {"StartWith": draw(st.sampled_from(["START_DATE", "END_DATE"])),
-            "StartOffset": draw(st.sampled_from([-30, 0, 7, 30])),
-            "EndWith": draw(st.sampled_from(["START_DATE", "END_DATE"])),
-            "EndOffset": draw(st.sampled_from([-7, 0, 30, 365]))}
+            "StartOffset": draw(st.sampled_from([-30, -7, 0])),
+            "EndWith": "END_DATE",
+            "EndOffset": draw(st.sampled_from([0, 30, 365]))}
 
 
 @st.composite

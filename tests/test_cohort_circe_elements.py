@@ -13,6 +13,8 @@ pinned against circepy with a strict xfail, so a fixed circepy shows up):
 * DateAdjustment on VisitOccurrence (and DeviceExposure): circepy's builders compare StartWith with
   "START_DATE" while its model holds "start_date", so they always adjust from the END date; Circe-BE's
   VisitOccurrenceSqlBuilder takes visit_start_date for START_DATE.
+* DateAdjustment that puts an event's end before its start: Circe-BE drops the event (CriteriaSqlBuilder
+  adds C.end_date >= C.start_date), circepy keeps it.
 * PayerPlanPeriod: circepy's SQL does not parse (a doubled WHERE), so it has hand-checked cases.
 * RaceCS and EthnicityCS: Circe-BE's getDemographicCriteriaQuery tests them against
   P.gender_concept_id, circepy against race/ethnicity (OHDSI/circe-be@9a80aa7,
@@ -265,6 +267,28 @@ def test_visit_date_adjustment_circepy_differs_from_circe_be(mercia_world: Cdm, 
     oracle = run_circe(oracle_world, path, cohort_id=902)
     rows, _ = mercia(mercia_world, VISIT_ADJUSTED)
     assert rows == sorted((r["subject_id"], r["cohort_start_date"], r["cohort_end_date"]) for r in oracle.rows.to_pylist())
+
+
+# ---- DateAdjustment ending before the start: Circe-BE drops the event, circepy keeps it -------------
+# (Cohort entries end at the observation period's end: an end from the event would hide the difference.)
+INVERTED = without(definition({"ConditionOccurrence": {"CodesetId": 0, "DateAdjustment": {
+    "StartWith": "START_DATE", "StartOffset": 0, "EndWith": "START_DATE", "EndOffset": -7}}}), "EndStrategy")
+
+
+def test_inverted_date_adjustment_drops_the_event_as_circe_be(mercia_world: Cdm) -> None:
+    rows, _ = mercia(mercia_world, INVERTED)
+    assert rows == [] and mercia(mercia_world, without(INVERTED, "DateAdjustment"))[0]
+
+
+@pytest.mark.oracle
+@pytest.mark.xfail(strict=True, reason="circepy has no end >= start check for adjusted dates")
+def test_inverted_date_adjustment_circepy_differs_from_circe_be(mercia_world: Cdm, oracle_world: Path,
+                                                                tmp_path: Path) -> None:
+    path = tmp_path / "inverted.json"
+    path.write_text(json.dumps(INVERTED), encoding="utf-8")
+    oracle = run_circe(oracle_world, path, cohort_id=903)
+    assert mercia(mercia_world, INVERTED)[0] == sorted(
+        (r["subject_id"], r["cohort_start_date"], r["cohort_end_date"]) for r in oracle.rows.to_pylist())
 
 
 # ---- PayerPlanPeriod: circepy 0.3.0's SQL for it does not parse ("WHERE WHERE"), so by hand -----------

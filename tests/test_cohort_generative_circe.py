@@ -32,7 +32,8 @@ tests/cohort_strategies.py. The defects, each checked against Circe-BE's source 
 
 * DateAdjustment on VisitOccurrence/DeviceExposure: circepy always adjusts from the END date (its
   builders compare StartWith with "START_DATE", its model holds "start_date"); the draws adjust other
-  domains only. Found by the sweep once DateAdjustment was drawn; pinned in
+  domains only; and circepy keeps adjusted events that end before they start, which Circe-BE drops
+  (the draws never invert). Both found by the sweep once DateAdjustment was drawn; pinned in
   tests/test_cohort_circe_elements.py.
 
 ``test_known_circepy_defects`` pins each with a minimal definition (``xfail(strict=True)``: it passes,

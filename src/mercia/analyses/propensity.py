@@ -36,7 +36,7 @@ class PsSettings(BaseModel):
 
     prior: Literal["normal", "laplace"] = "normal"
     variance: float | None = Field(None, gt=0, description="fixed prior variance; None: cross-validate")
-    cv_variances: list[float] = Field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
+    cv_variances: list[float] = Field(default_factory=lambda: [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0])
     cv_folds: int = Field(5, ge=2, le=20)
     cv_max_rows: int = Field(20_000, ge=100)
     max_cohort_size_for_fitting: int = Field(250_000, ge=0, description="per arm; 0: no down-sampling")

@@ -331,3 +331,17 @@ def test_mdrr_equals_cohortmethods_formula() -> None:
     # CohortMethod: exp(sqrt((z_beta + z_{1-alpha/2})^2 / (events * pT * pC))), z_beta = -qnorm(1 - power).
     assert mdrr(0.5, 100) == pytest.approx(math.exp(math.sqrt((0.8416212 + 1.959964) ** 2 / 25)), rel=1e-6)
     assert mdrr(0.5, 0) == math.inf and mdrr(1.0, 10) == math.inf
+
+
+def test_ps_with_a_laplace_prior_equals_sklearn_l1_logistic_regression() -> None:
+    pytest.importorskip("glum")
+    X, t = _ps_data(5)
+    v = 0.02
+    fit = fit_ps(X, np.arange(X.shape[1]), t, PsSettings(prior="laplace", variance=v, min_fraction=0.0))
+    assert fit.ok
+    # Laplace prior with variance v: penalty sqrt(2 / v) * sum|b| on the summed log likelihood, which
+    # is sklearn's L1 objective with C = 1 / sqrt(2 / v) (saga leaves the intercept unpenalised).
+    ref = sklearn_lm.LogisticRegression(l1_ratio=1.0, solver="saga", C=1 / math.sqrt(2 / v), tol=1e-10,
+                                        max_iter=100_000).fit(X, t)
+    np.testing.assert_allclose(fit.coef, ref.coef_.ravel(), atol=5e-3)
+    assert (fit.coef == 0).sum() > 5 and ((fit.coef == 0) == (np.abs(ref.coef_.ravel()) < 1e-6)).mean() > 0.9

@@ -194,12 +194,14 @@ def peer_survival(rows: dict[str, Any], pkg: Any) -> dict[str, Any]:
         warnings.simplefilter("ignore")
         # Converged as tightly as Mercia's Newton-Raphson (lifelines' default stops at a relative
         # log-likelihood change of 1e-9, which leaves ~1e-4 in weakly identified terms).
-        cph = CoxPHFitter().fit(
-            frame,
-            duration_col="time",
-            event_col="event",
-            fit_options={"precision": 1e-12, "r_precision": 1e-15, "max_steps": 500},
-        )
+        options = {"precision": 1e-12, "r_precision": 1e-15, "max_steps": 500}
+        try:
+            cph = CoxPHFitter().fit(frame, duration_col="time", event_col="event", fit_options=options)
+        except Exception:
+            # lifelines' full Newton step can overshoot on large data (nan delta at 1M persons); a
+            # damped step converges to the same optimum.
+            options["step_size"] = 0.5
+            cph = CoxPHFitter().fit(frame, duration_col="time", event_col="event", fit_options=options)
         ph = proportional_hazard_test(cph, frame, time_transform="rank")
     out["cox_coef"] = {t: float(v) for t, v in cph.params_.items()}
     out["ph_p"] = {str(k): float(v) for k, v in zip(ph.summary.index, ph.summary["p"], strict=True)}

@@ -3,8 +3,8 @@ matching on a large-scale propensity score the released 95% CI covers the plante
 while the crude estimate, confounded by channelling, does not (slow: a 400,000-person site).
 
 Measured on 2026-11-26 (this seed and site): NSAID diclofenac vs celecoxib, planted 1.5: crude 0.85
-(0.65-1.13), matched 1.39 (0.81-2.38); SGLT2i vs gliclazide, planted 0.7: crude 1.01 (0.85-1.19),
-matched 0.78 (0.57-1.06)."""
+(0.65-1.13), matched 1.61 (0.96-2.71), max |SMD| 0.06; SGLT2i vs gliclazide, planted 0.7: crude 1.01
+(0.85-1.19), matched 0.78 (0.57-1.07), max |SMD| 0.08."""
 
 from __future__ import annotations
 

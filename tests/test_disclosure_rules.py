@@ -368,3 +368,27 @@ def test_survival_release_properties(n: int, seed: int, threshold: int, base: in
     assert ((out["estimate"] >= 0) & (out["estimate"] <= 1)).all()
     if unit:
         assert (out["time"] % unit == 0).all()
+
+
+def test_model_with_two_count_columns_drops_a_term_when_either_is_small() -> None:
+    # Cox tables carry two counts per term (persons and events with the covariate): a small count in
+    # the first column blanks the row, and the second column must not then be read as a count.
+    data = _coefs().assign(n_events_exposed=[40, 30, 3])
+    data.loc[2, "n_exposed"] = 200  # row 2 is now small only through its events
+    data.loc[1, "n_exposed"] = 4  # row 1 small through persons
+    t = ResultTable(
+        name="m2",
+        kind="model",
+        data=data,
+        count_columns=["n_exposed", "n_events_exposed"],
+        model=ModelInfo(df_resid=497, n_obs=503, n_events=121),
+    )
+    log = DisclosureLog()
+    rel = release(t, SACRO, log=log)
+    d = rel.data
+    assert rel.status == "released"
+    for j in (1, 2):
+        assert math.isnan(d.loc[j, "estimate"])
+        assert pd.isna(d.loc[j, "n_exposed"]) and pd.isna(d.loc[j, "n_events_exposed"])
+    assert d.loc[0, "n_exposed"] % SACRO.rounding_base == 0 and not math.isnan(d.loc[0, "estimate"])
+    assert sum(e.outcome == "suppressed" for e in log.entries) == 2

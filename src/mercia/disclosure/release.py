@@ -572,28 +572,38 @@ def _release_model(
     log.record(
         table.name, rule="min_dof", outcome="released", reason=f"residual dof >= {policy.min_model_dof}"
     )
+    # A term is withheld when ANY of its counts is small (decided on the exact counts first, so blanking
+    # a row for one count column never leaves another column to read a blank as a count).
+    original = data.copy()
+    released: dict[str, list[Any]] = {col: [] for col in table.count_columns}
+    for j in range(len(original)):
+        where = {"row": j, **{c: original.at[j, c] for c in original.columns if c not in numeric}}
+        small = [
+            col
+            for col in table.count_columns
+            if is_small(int(original.at[j, col]), policy.suppress_up_to, policy.zeros_disclosive)
+        ]
+        if small:
+            # A coefficient resting on a handful of persons describes them; drop the whole term.
+            rule, reason = _suppression_reason(int(original.at[j, small[0]]), policy)
+            log.record(
+                table.name,
+                key=where,
+                column=None,
+                rule=rule,
+                outcome="suppressed",
+                reason=f"term rests on a small count in {small[0]!r} ({reason})",
+            )
+            for c in numeric:
+                data.at[j, c] = np.nan
+            for col in table.count_columns:
+                released[col].append(pd.NA)
+        else:
+            for col in table.count_columns:
+                v = int(original.at[j, col])
+                released[col].append(_log_released_count(table.name, where, col, v, policy, log))
     for col in table.count_columns:
-        released: list[Any] = []
-        for j in range(len(data)):
-            where = {"row": j, **{c: data.at[j, c] for c in data.columns if c not in numeric}}
-            v = int(data.at[j, col])
-            if is_small(v, policy.suppress_up_to, policy.zeros_disclosive):
-                # A coefficient resting on a handful of persons describes them; drop the whole term.
-                rule, reason = _suppression_reason(v, policy)
-                log.record(
-                    table.name,
-                    key=where,
-                    column=None,
-                    rule=rule,
-                    outcome="suppressed",
-                    reason=f"term rests on a small count ({reason})",
-                )
-                for c in numeric:
-                    data.at[j, c] = np.nan
-                released.append(pd.NA)
-            else:
-                released.append(_log_released_count(table.name, where, col, v, policy, log))
-        data[col] = pd.array(released, dtype="Int64")
+        data[col] = pd.array(released[col], dtype="Int64")
     return data, "released", model_info
 
 

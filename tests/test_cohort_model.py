@@ -54,9 +54,9 @@ def test_mercia_form_uses_snake_case() -> None:
     ("mutate", "message"),
     [
         (lambda x: x.setdefault("InclusionRules", []).append({"name": "r", "expression": group(correlated(
-            {"Measurement": {"CodesetId": 0, "ValueAsString": {"Text": "x", "Op": "contains"}}},
+            {"DrugExposure": {"CodesetId": 0, "EffectiveDrugDose": {"Value": 1, "Op": "gt"}}},
             window(None, 0), at_least=1))}),
-         "$.InclusionRules[0].expression.CriteriaList[0].Criteria.Measurement.ValueAsString: not supported"),
+         "$.InclusionRules[0].expression.CriteriaList[0].Criteria.DrugExposure.EffectiveDrugDose: not supported"),
         (lambda x: x["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"].update(Frobnicate=1),
          "$.PrimaryCriteria.CriteriaList[0].ConditionOccurrence.Frobnicate: unknown element"),
         (lambda x: x.update(AdditionalCriteria=group(correlated(X, window(10, -5), at_least=1))),
@@ -130,7 +130,7 @@ def test_occurrence_type_names_and_numbers_agree() -> None:
 
 
 def test_unset_unsupported_elements_are_harmless_but_set_ones_fail() -> None:
-    x = cohort({"ConditionOccurrence": {"CodesetId": COND["id"], "ProviderSpecialty": [], "DateAdjustment": None}})
+    x = cohort({"ConditionOccurrence": {"CodesetId": COND["id"], "ConditionStatusExclude": None, "DateAdjustment": None}})
     assert parse_circe(x).primary_criteria.criteria_list[0].condition_occurrence is not None
-    x["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"]["ProviderSpecialty"] = [{"CONCEPT_ID": 1}]
-    assert "ConditionOccurrence.ProviderSpecialty: not supported" in error_of(x)
+    x["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"]["ConditionStatusExclude"] = True
+    assert "ConditionOccurrence.ConditionStatusExclude: not supported" in error_of(x)

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mercia.errors import ConfigError, MerciaError
+from mercia.federation.sqlite_store import SqliteStore
 
 # Site states at the hub: the node's own study statuses, and the hub's view of the link.
 NODE_STATUSES = ("pending_approval", "approved", "running", "finished", "failed", "rejected")
@@ -95,34 +93,9 @@ class SiteRun:
                 "last_error": self.last_error, "detail": self.detail, "updated_at": self.updated_at}
 
 
-class HubStore:
+class HubStore(SqliteStore):
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._con().executescript(_SCHEMA)
-        os.chmod(self.path, 0o600)
-
-    def _con(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=FULL")
-            con.row_factory = sqlite3.Row
-            self._local.con = con
-        return con
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        con = self._con()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
+        super().__init__(path, _SCHEMA, private=True)  # private: it holds the hub's node tokens
 
     # ---- nodes and projects ------------------------------------------------------------------------
     def add_node(self, name: str, url: str, token: str, verify: str | None = None) -> Node:

@@ -11,14 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mercia.errors import MerciaError
+from mercia.federation.sqlite_store import SqliteStore
 
 STATUSES = ("pending_approval", "approved", "running", "finished", "failed", "rejected")
 
@@ -93,35 +91,11 @@ class StudyRecord:
         }
 
 
-class NodeStore:
+class NodeStore(SqliteStore):
     """The queue. Thread-safe (one connection per thread); safe across processes (SQLite locking)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        self._con().executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
-
-    def _con(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            con = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=FULL")
-            con.row_factory = sqlite3.Row
-            self._local.con = con
-        return con
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        con = self._con()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
+        super().__init__(path, _SCHEMA)
 
     # ---- reading ---------------------------------------------------------------------------------
     _SELECT = (

@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mercia.analyses._sql import build, check_cohort_id, fetch_df, require_tables
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
+from mercia.cdm.query import build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import RateSpec, ResultTable
 from mercia.errors import StudyError
 

@@ -40,12 +40,12 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
-from mercia.analyses._sql import build, check_cohort_id, fetch_df, require_tables
 from mercia.analyses.balance import SMD_THRESHOLD, balance_before_after
 from mercia.analyses.matching import CaliperScale, match_on_ps, stratify_by_ps
 from mercia.analyses.propensity import PsFit, PsSettings, equipoise, fit_ps
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
+from mercia.cdm.query import build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import ModelInfo, ResultTable
 from mercia.errors import StudyError
 from mercia.features import CovariateData, CovariateSettings, build_covariates

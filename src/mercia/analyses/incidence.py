@@ -35,9 +35,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from scipy import stats
 
-from mercia.analyses._sql import bound, build, check_cohort_id, fetch_df, require_tables
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
+from mercia.cdm.query import bound, build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import RateSpec, ResultTable
 from mercia.errors import StudyError
 

@@ -28,9 +28,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
-from mercia.analyses._sql import DOMAINS, build, check_cohort_id, fetch_df, require_tables
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
+from mercia.cdm.query import DOMAINS, build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import ModelInfo, ResultTable
 from mercia.errors import StudyError
 

@@ -1,6 +1,6 @@
 """build_covariates: a FeatureExtraction-style covariate matrix computed in the database.
 
-Every query is a constant SQL template parsed into a sqlglot tree (`mercia.analyses._sql.build`);
+Every query is a constant SQL template parsed into a sqlglot tree (`mercia.cdm.query.build`);
 cohort ids, excluded concepts and score definitions travel as VALUES lists of integers, window days
 as bound parameters. The database returns one row per (cohort entry, concept) present, never a dense
 matrix: per window end it returns each entry's latest record offset per concept, and the windows
@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from mercia.analyses._sql import Values, build, check_cohort_id, fetch_df, require_tables
 from mercia.cdm import Cdm
+from mercia.cdm.query import Values, build, check_cohort_id, fetch_df, require_tables
 from mercia.errors import StudyError
 from mercia.features import scores
 from mercia.features.data import CovariateData

@@ -1,4 +1,4 @@
-"""Shared plumbing for analyses: SQL templates parsed into sqlglot trees, bound parameters, results.
+"""Query plumbing over a `Cdm` for analyses and features: SQL templates parsed into sqlglot trees, bound parameters, results.
 
 Analyses write their queries as constant SQL text in DuckDB's dialect (never formatted with user
 values); `build()` parses it into a sqlglot tree, points CDM table names at the handle's schemas, and

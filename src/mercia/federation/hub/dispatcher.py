@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from mercia.federation.audit import AuditLog
+from mercia.federation.background import WakeableLoop
 from mercia.federation.hub.config import HubConfig
 from mercia.federation.hub.node_link import NodeLink, NodeRefused, NodeUnavailable
 from mercia.federation.hub.pool import pool_results
@@ -34,33 +35,23 @@ class Dispatcher:
         self.config = config
         self.store = store
         self.audit = audit
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = WakeableLoop(self._pass_then_wait, name="mercia-hub-dispatcher", what="hub dispatcher",
+                                  interval=config.poll_seconds, logger=logger)
         # One pass at a time, and close_study waits for it: a result is never stored after the close.
         self._pass_lock = threading.Lock()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="mercia-hub-dispatcher", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._loop.stop(timeout)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_pass()
-            except Exception:  # keep dispatching whatever one study does
-                logger.exception("hub dispatcher: unexpected error")
-            self._wake.wait(self.config.poll_seconds)
-            self._wake.clear()
+    def _pass_then_wait(self) -> bool:
+        self.run_pass()
+        return False  # a pass takes every run that is due; the next is due after the poll interval
 
     def run_pass(self) -> None:
         with self._pass_lock:

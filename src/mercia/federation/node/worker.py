@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 import traceback
 from pathlib import Path
 from typing import Any, Protocol
 
 from mercia.errors import MerciaError
+from mercia.federation.background import WakeableLoop
 from mercia.federation.node.cdm_access import CdmAccess
 from mercia.federation.node.config import NodeConfig
 from mercia.federation.node.rounds import has_designs, save_design
@@ -49,35 +49,19 @@ class StudyWorker:
         self.cdm = cdm
         self.audit = audit
         self.poll_seconds = poll_seconds
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = WakeableLoop(self.run_next, name="mercia-node-worker", what="node worker",
+                                  interval=poll_seconds, logger=logger)
 
     def start(self) -> None:
         for h in self.store.requeue_interrupted():
             self.audit.append("study.requeued", "node", hash=h, reason="the node stopped while it ran")
-        self._thread = threading.Thread(target=self._loop, name="mercia-node-worker", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def wake(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                ran = self.run_next()
-            except Exception:  # the worker must outlive one bad study; run_next records failures
-                logger.exception("node worker: unexpected error")
-                ran = False
-            if not ran:
-                self._wake.wait(self.poll_seconds)
-                self._wake.clear()
+        self._loop.stop(timeout)
 
     def run_next(self) -> bool:
         """Run the oldest approved study, if any; True if one ran."""

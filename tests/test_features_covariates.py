@@ -293,3 +293,16 @@ def test_any_window_matches_the_reference(lo: int, width: int) -> None:
         assert sorted(ref) == sorted(cd.covariate_ids.tolist())
         for cid, col in ref.items():
             np.testing.assert_allclose(cd.X[:, cd.column(cid)].toarray().ravel(), col)
+
+
+def test_domain_covariates_on_every_engine(cdm_factory) -> None:
+    # The same reference on DuckDB and PostgreSQL: the covariate SQL is built once and rendered per dialect.
+    w = world(3)
+    cdm = cdm_factory()
+    load(cdm, **w)
+    cd = build_covariates(cdm, [1, 2], _only_domains())
+    ref = reference(w, WINDOWS, roll_up_atc=False)
+    assert sorted(ref) == sorted(cd.covariate_ids.tolist())
+    dense = cd.X.toarray()
+    for cid, col in ref.items():
+        np.testing.assert_allclose(dense[:, cd.column(cid)], col, err_msg=str(cid))

@@ -10,16 +10,12 @@ The hub never sees rows: it stores what nodes released and pools it.
 # No `from __future__ import annotations`: FastAPI reads the route signatures' Annotated types.
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request, status
-from fastapi import Path as PathParam
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
 
 from mercia.errors import MerciaError, StudyError
 from mercia.federation.audit import AuditLog
@@ -33,6 +29,16 @@ from mercia.federation.auth import (
     sign_package_hash,
 )
 from mercia.federation.auth import query_key as count_query_key
+from mercia.federation.http_common import (
+    API,
+    ERRORS,
+    NAME_PATTERN,
+    HashParam,
+    Health,
+    RequestBody,
+    install_error_handlers,
+    service_lifespan,
+)
 from mercia.federation.hub.config import HubConfig
 from mercia.federation.hub.dispatcher import Dispatcher
 from mercia.federation.hub.federated import feasibility_across, federated_fit
@@ -40,18 +46,10 @@ from mercia.federation.hub.registry import HubStore
 from mercia.federation.hub.report import render_pooled_report
 from mercia.study.package import StudyPackage
 
-API = "/api/v1"
-HASH_PATTERN = r"^[0-9a-f]{64}$"
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
-HashParam = Annotated[str, PathParam(pattern=HASH_PATTERN, description="the package's content hash (sha256)")]
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SubmitStudy(_In):
+class SubmitStudy(RequestBody):
     package: dict[str, Any] = Field(description="a study package as data (cohorts inline; no file: paths)")
     project: Name
     sites: list[Name] | None = Field(None, min_length=1, max_length=100,
@@ -97,18 +95,18 @@ class StudyResults(BaseModel):
     federated: list[dict[str, Any]]
 
 
-class FederatedQuery(_In):
+class FederatedQuery(RequestBody):
     analysis: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=100)
     model: Literal["cox", "logistic", "poisson"]
 
 
-class FeasibilityQuery(_In):
+class FeasibilityQuery(RequestBody):
     definition: dict[str, Any]
     project: Name
     sites: list[Name] | None = Field(None, min_length=1, max_length=100)
 
 
-class NodeIn(_In):
+class NodeIn(RequestBody):
     name: Name
     url: str = Field(pattern=r"^https?://[^\s]+$", max_length=500)
     token: str = Field(min_length=1, max_length=500)
@@ -120,7 +118,7 @@ class NodeOut(BaseModel):
     url: str
 
 
-class ProjectIn(_In):
+class ProjectIn(RequestBody):
     name: Name
     sites: list[Name] = Field(min_length=1, max_length=100)
 
@@ -130,7 +128,7 @@ class ProjectOut(BaseModel):
     sites: list[str]
 
 
-class UserIn(_In):
+class UserIn(RequestBody):
     name: Name
     role: Literal["researcher", "custodian", "admin"]
     projects: list[Annotated[str, Field(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_.@-]{0,127})$")]] = Field(
@@ -141,17 +139,6 @@ class UserToken(BaseModel):
     name: str
     role: str
     token: str = Field(description="shown once; the hub keeps only its hash")
-
-
-class Health(BaseModel):
-    status: Literal["ok"]
-
-
-class Problem(BaseModel):
-    detail: str
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": Problem} for code in (400, 401, 403, 404, 409, 422, 429)}
 
 
 class HubServices:
@@ -197,29 +184,12 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
     auth = authenticator(services.tokens)
     store = services.store
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services.start()
-        try:
-            yield
-        finally:
-            services.stop()
-
-    app = FastAPI(title="Mercia hub", version="1", lifespan=lifespan,
+    app = FastAPI(title="Mercia hub", version="1", lifespan=service_lifespan(services),
                   description="Submit study packages to sites, follow them, and pool what they release.")
     app.state.services = services
     app.state.authenticator = auth
 
-    @app.exception_handler(MerciaError)
-    async def _user_error(request: Request, e: MerciaError) -> JSONResponse:
-        code = getattr(e, "status_code", status.HTTP_400_BAD_REQUEST)
-        headers = e.headers() if hasattr(e, "headers") and callable(e.headers) else None
-        return JSONResponse({"detail": str(e)}, status_code=code, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
-        return JSONResponse({"detail": f"invalid request: {problems}"}, status_code=422)
+    install_error_handlers(app)
 
     @app.middleware("http")
     async def _audit_requests(request: Request, call_next: Any) -> Any:

@@ -18,17 +18,12 @@ import functools
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import anyio
 import anyio.to_thread
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
-from fastapi import Path as PathParam
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from pydantic import BaseModel, Field
 
 from mercia.errors import MerciaError, StudyError
 from mercia.federation.audit import AuditLog
@@ -41,6 +36,17 @@ from mercia.federation.auth import (
     verify_package_signature,
 )
 from mercia.federation.auth import query_key as count_query_key
+from mercia.federation.http_common import (
+    API,
+    ERRORS,
+    HASH_PATTERN,
+    NAME_PATTERN,
+    HashParam,
+    Health,
+    RequestBody,
+    install_error_handlers,
+    service_lifespan,
+)
 from mercia.federation.node.cdm_access import CdmAccess
 from mercia.federation.node.config import NodeConfig
 from mercia.federation.node.feasibility import feasibility_count, parse_definition
@@ -51,19 +57,11 @@ from mercia.study.package import StudyPackage
 
 logger = logging.getLogger("mercia.node")
 
-API = "/api/v1"
 COUNT_THREADS = 4  # feasibility counts at once: each is a DuckDB query (itself multi-threaded) plus Python
-HASH_PATTERN = r"^[0-9a-f]{64}$"
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$"
-HashParam = Annotated[str, PathParam(pattern=HASH_PATTERN, description="the package's content hash (sha256)")]
 
 
 # ---- request and response models ----------------------------------------------------------------
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SubmitStudy(_In):
+class SubmitStudy(RequestBody):
     package: dict[str, Any] = Field(description="the package's canonical form (StudyPackage.canonical())")
     hash: str = Field(pattern=HASH_PATTERN, description="sha256 of the canonical JSON; the node recomputes it")
     signature: str = Field(min_length=1, max_length=200, description="the hub's Ed25519 signature of `hash`, base64")
@@ -71,7 +69,7 @@ class SubmitStudy(_In):
     requested_by: str = Field(pattern=NAME_PATTERN, description="the researcher who submitted it at the hub")
 
 
-class Decision(_In):
+class Decision(RequestBody):
     reason: str | None = Field(None, max_length=2000)
 
 
@@ -106,7 +104,7 @@ class StudyResults(BaseModel):
     manifest: dict[str, Any]
 
 
-class FeasibilityQuery(_In):
+class FeasibilityQuery(RequestBody):
     definition: dict[str, Any] = Field(description="a cohort definition (cohort language or Mercia's model form)")
     project: str = Field(pattern=NAME_PATTERN)
     requested_by: str | None = Field(None, pattern=NAME_PATTERN, description=(
@@ -122,7 +120,7 @@ class FeasibilityAnswer(BaseModel):
     disclosure: dict[str, Any]
 
 
-class RoundQuery(_In):
+class RoundQuery(RequestBody):
     analysis: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=100)
     model: Literal["cox", "logistic", "poisson"]
     beta: list[float] = Field(min_length=1, max_length=200)
@@ -140,19 +138,6 @@ class RoundAnswer(BaseModel):
     n_events: int
     n_nonevents: int | None
     policy: dict[str, Any]
-
-
-class Health(BaseModel):
-    status: Literal["ok"]
-
-
-class Problem(BaseModel):
-    detail: str
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": Problem} for code in (400, 401, 403, 404, 409, 422, 429)
-}
 
 
 # ---- the app ----------------------------------------------------------------------------------------
@@ -213,30 +198,12 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     services = NodeServices(config, start_worker=start_worker)
     auth = authenticator(services.tokens)
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services.start()
-        try:
-            yield
-        finally:
-            services.stop()
-
-    app = FastAPI(title=f"Mercia node ({config.site})", version="1", lifespan=lifespan,
+    app = FastAPI(title=f"Mercia node ({config.site})", version="1", lifespan=service_lifespan(services),
                   description="A Mercia node beside one site's OMOP CDM. Only released aggregates leave it.")
     app.state.services = services
     app.state.authenticator = auth
 
-    @app.exception_handler(MerciaError)
-    async def _user_error(request: Request, e: MerciaError) -> JSONResponse:
-        code = getattr(e, "status_code", status.HTTP_400_BAD_REQUEST)
-        headers = e.headers() if hasattr(e, "headers") and callable(e.headers) else None
-        return JSONResponse({"detail": str(e)}, status_code=code, headers=headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
-        # The message names the field and the problem, never echoes the input (it could be anything).
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
-        return JSONResponse({"detail": f"invalid request: {problems}"}, status_code=422)
+    install_error_handlers(app)
 
     # Made on first use: a limiter needs the running event loop.
     audit_threads: dict[str, Any] = {}

@@ -14,26 +14,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from mercia.errors import ConfigError
+from mercia.federation.config_file import StrictModel, Tls, read_config_mapping, validate_config
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Retry(_Strict):
+class Retry(StrictModel):
     base_seconds: float = Field(0.5, gt=0, description="first wait after a failed call")
     max_seconds: float = Field(30.0, gt=0, description="the longest wait between calls to one node")
 
 
-class Tls(_Strict):
-    cert: Path
-    key: Path
-
-
-class HubConfig(_Strict):
+class HubConfig(StrictModel):
     state_dir: Path
     tokens: Path
     signing_key: Path
@@ -45,14 +37,8 @@ class HubConfig(_Strict):
 
 def load_hub_config(path: str | Path) -> HubConfig:
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"cannot read hub config {str(p)!r}: {e.strerror}; create one with mercia hub init") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"hub config {str(p)!r} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"hub config {str(p)!r}: expected a mapping (state_dir:, tokens:, signing_key:)")
+    data = read_config_mapping(p, "hub config", expected_keys="state_dir:, tokens:, signing_key:",
+                               missing_hint="create one with mercia hub init")
     base = p.resolve().parent
     for key in ("state_dir", "tokens", "signing_key"):
         if isinstance(data.get(key), str) and not Path(data[key]).is_absolute():
@@ -60,11 +46,7 @@ def load_hub_config(path: str | Path) -> HubConfig:
     if isinstance(data.get("tls"), dict):
         data["tls"] = {k: str(base / v) if isinstance(v, str) and not Path(v).is_absolute() else v
                        for k, v in data["tls"].items()}
-    try:
-        return HubConfig.model_validate(data)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in e.errors()[:6])
-        raise ConfigError(f"hub config {str(p)!r}: {problems}") from None
+    return validate_config(HubConfig, data, p, "hub config")
 
 
 def init_hub(folder: str | Path) -> tuple[Path, str, str]:

@@ -20,34 +20,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from mercia.disclosure import BUILTIN_POLICIES, DisclosurePolicy
 from mercia.errors import ConfigError
+from mercia.federation.config_file import StrictModel, Tls, read_config_mapping, validate_config
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AutoApprove(_Strict):
+class AutoApprove(StrictModel):
     feasibility: bool = Field(False, description="answer feasibility counts without the custodian")
     studies: list[str] = Field(default_factory=list, description="package content hashes approved in advance")
 
 
-class CountLimits(_Strict):
+class CountLimits(StrictModel):
     per_window: int = Field(60, ge=1, description="count queries one principal may ask per window")
     window_seconds: float = Field(60.0, gt=0)
     near_identical: int = Field(5, ge=1, description="repeats of one query before the principal is locked out")
 
 
-class Tls(_Strict):
-    cert: Path
-    key: Path
-
-
-class NodeConfig(_Strict):
+class NodeConfig(StrictModel):
     site: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     cdm: str = Field(min_length=1, description="a .duckdb path or a postgresql:// URL")
     cdm_schema: str | None = None
@@ -84,14 +75,7 @@ def _resolve(base: Path, value: Any) -> Any:
 def load_node_config(path: str | Path, *, cdm: str | None = None) -> NodeConfig:
     """Read node.yaml; paths in it are relative to its folder. `cdm` overrides the file's target."""
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"cannot read node config {str(p)!r}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"node config {str(p)!r} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"node config {str(p)!r}: expected a mapping (site:, cdm:, state_dir:, ...)")
+    data = read_config_mapping(p, "node config", expected_keys="site:, cdm:, state_dir:, ...")
     if cdm is not None:
         data["cdm"] = cdm
     base = p.resolve().parent
@@ -103,8 +87,4 @@ def load_node_config(path: str | Path, *, cdm: str | None = None) -> NodeConfig:
     target = data.get("cdm")
     if isinstance(target, str) and "://" not in target and target != ":memory:":
         data["cdm"] = _resolve(base, target)
-    try:
-        return NodeConfig.model_validate(data)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in e.errors()[:6])
-        raise ConfigError(f"node config {str(p)!r}: {problems}") from None
+    return validate_config(NodeConfig, data, p, "node config")

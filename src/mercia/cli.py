@@ -538,6 +538,15 @@ def node_list(
     console.print(t)
 
 
+def _node_decide(config: Path, content_hash: str, *, approve: bool, reason: str | None) -> None:
+    """The custodian's decision on a package, recorded in the node's queue and audit log."""
+    from mercia.federation.node import load_node_config
+    from mercia.federation.node.local import decide
+
+    rec = decide(load_node_config(config), content_hash, approve=approve, reason=reason)
+    console.print(f"{'approved' if approve else 'rejected'} {rec.hash} ({rec.name})", highlight=False)
+
+
 @node_app.command("approve")
 @user_errors
 def node_approve(
@@ -546,11 +555,7 @@ def node_approve(
     reason: Annotated[str | None, typer.Option(help="A note kept in the audit log.")] = None,
 ) -> None:
     """Approve exactly this package hash: the node then runs it."""
-    from mercia.federation.node import load_node_config
-    from mercia.federation.node.local import decide
-
-    rec = decide(load_node_config(config), content_hash, approve=True, reason=reason)
-    console.print(f"approved {rec.hash} ({rec.name})", highlight=False)
+    _node_decide(config, content_hash, approve=True, reason=reason)
 
 
 @node_app.command("reject")
@@ -561,11 +566,7 @@ def node_reject(
     reason: Annotated[str | None, typer.Option(help="Why; the hub shows it to the researcher.")] = None,
 ) -> None:
     """Reject this package hash: it never runs."""
-    from mercia.federation.node import load_node_config
-    from mercia.federation.node.local import decide
-
-    rec = decide(load_node_config(config), content_hash, approve=False, reason=reason)
-    console.print(f"rejected {rec.hash} ({rec.name})", highlight=False)
+    _node_decide(config, content_hash, approve=False, reason=reason)
 
 
 @node_app.command("token")

@@ -51,7 +51,7 @@ from mercia.federation.node.cdm_access import CdmAccess
 from mercia.federation.node.config import NodeConfig
 from mercia.federation.node.feasibility import feasibility_count, parse_definition
 from mercia.federation.node.rounds import load_design, released_round
-from mercia.federation.node.state import NodeStore, StudyRecord
+from mercia.federation.node.state import NodeStore, StudyRecord, StudyStatusValue
 from mercia.federation.node.worker import StudyWorker, designs_dir, results_dir
 from mercia.study.package import StudyPackage
 
@@ -73,22 +73,8 @@ class Decision(RequestBody):
     reason: str | None = Field(None, max_length=2000)
 
 
-StatusValue = Literal["pending_approval", "approved", "running", "finished", "failed", "rejected"]
-
-
-class StudyStatus(BaseModel):
-    hash: str
-    name: str
-    project: str
-    requested_by: str
-    status: StatusValue
-    submitted_at: str
-    updated_at: str
-    decided_by: str | None
-    reason: str | None
-    error: str | None
-    runs: int
-    released_at: str | None
+class StudyStatus(StudyRecord):
+    pass  # the store's record is the API's answer; this names it in the API's schema
 
 
 class StudyList(BaseModel):
@@ -269,7 +255,7 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
 
     @app.get(f"{API}/studies", response_model=StudyList, responses=ERRORS, tags=["studies"])
     def list_studies(principal: Annotated[Principal, role("custodian", "hub", "admin")],
-                     status_filter: Annotated[StatusValue | None, Query(alias="status")] = None) -> StudyList:
+                     status_filter: Annotated[StudyStatusValue | None, Query(alias="status")] = None) -> StudyList:
         """Every study at this node (status records only). Roles: custodian, hub, admin."""
         return StudyList(site=config.site, studies=[_status(r) for r in services.store.list(status_filter)])
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict
 
 from mercia.errors import MerciaError
 from mercia.federation.sqlite_store import SqliteStore
 
-STATUSES = ("pending_approval", "approved", "running", "finished", "failed", "rejected")
+StudyStatusValue = Literal["pending_approval", "approved", "running", "finished", "failed", "rejected"]
+STATUSES: tuple[str, ...] = get_args(StudyStatusValue)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -58,13 +60,16 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
-@dataclass(frozen=True)
-class StudyRecord:
+class StudyRecord(BaseModel):
+    """A study in the queue, as the API shows it (its StudyStatus): no package, no data."""
+
+    model_config = ConfigDict(frozen=True)
+
     hash: str
     name: str
     project: str
     requested_by: str
-    status: str
+    status: StudyStatusValue
     submitted_at: str
     updated_at: str
     decided_by: str | None
@@ -74,21 +79,8 @@ class StudyRecord:
     released_at: str | None
 
     def public(self) -> dict[str, Any]:
-        """The status record the API returns: no package, no data."""
-        return {
-            "hash": self.hash,
-            "name": self.name,
-            "project": self.project,
-            "requested_by": self.requested_by,
-            "status": self.status,
-            "submitted_at": self.submitted_at,
-            "updated_at": self.updated_at,
-            "decided_by": self.decided_by,
-            "reason": self.reason,
-            "error": self.error,
-            "runs": self.runs,
-            "released_at": self.released_at,
-        }
+        """The status record the API returns."""
+        return self.model_dump()
 
 
 class NodeStore(SqliteStore):

@@ -8,12 +8,18 @@ in autocommit mode, so that every change is an explicit, short `BEGIN IMMEDIATE`
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def timestamp() -> str:
+    """When a row changed, as the state files record it: UTC, ISO 8601, to the millisecond."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 class SqliteStore:

@@ -9,7 +9,6 @@ present to the hub are in the hub's token file, hashed.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sqlite3
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mercia.errors import ConfigError, MerciaError
-from mercia.federation.sqlite_store import SqliteStore
+from mercia.federation.sqlite_store import SqliteStore, timestamp
 
 # Site states at the hub: the node's own study statuses, and the hub's view of the link.
 NODE_STATUSES = ("pending_approval", "approved", "running", "finished", "failed", "rejected")
@@ -51,10 +50,6 @@ class HubStateError(MerciaError):
 
 class NotFoundError(MerciaError):
     status_code = 404
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -103,7 +98,7 @@ class HubStore(SqliteStore):
             raise ConfigError(f"node URL {url!r}: give http://host:port or https://host:port")
         with self._tx() as con:
             con.execute("INSERT OR REPLACE INTO nodes (name, url, token, verify, added_at) VALUES (?, ?, ?, ?, ?)",
-                        (name, url.rstrip("/"), token, verify, _now()))
+                        (name, url.rstrip("/"), token, verify, timestamp()))
         return self.node(name)
 
     def node(self, name: str) -> Node:
@@ -140,7 +135,7 @@ class HubStore(SqliteStore):
     def add_study(self, content_hash: str, *, name: str, project: str, submitted_by: str,
                   package: dict[str, Any], signature: str, sites: list[str]) -> bool:
         """Record a study and queue it at each site; False if this hash is already here."""
-        now = _now()
+        now = timestamp()
         with self._tx() as con:
             cur = con.execute(
                 "INSERT OR IGNORE INTO studies (hash, name, project, submitted_by, package, signature, status, "
@@ -192,7 +187,7 @@ class HubStore(SqliteStore):
             con.execute(
                 f"UPDATE site_runs SET {cols}, updated_at = ? WHERE hash = ? AND site = ? "
                 "AND status NOT IN ('collected', 'excluded')",
-                (*fields.values(), _now(), content_hash, site))
+                (*fields.values(), timestamp(), content_hash, site))
 
     def store_results(self, content_hash: str, site: str, results: dict[str, Any]) -> bool:
         """Keep a site's released results once; True if this call stored them."""
@@ -202,9 +197,9 @@ class HubStore(SqliteStore):
             if row is None or row["status"] == "excluded":
                 return False  # the study was closed without this site: a late answer is not counted
             cur = con.execute("INSERT OR IGNORE INTO site_results (hash, site, received_at, results) VALUES (?, ?, ?, ?)",
-                              (content_hash, site, _now(), json.dumps(results)))
+                              (content_hash, site, timestamp(), json.dumps(results)))
             con.execute("UPDATE site_runs SET status = 'collected', reachable = 1, last_error = NULL, updated_at = ? "
-                        "WHERE hash = ? AND site = ?", (_now(), content_hash, site))
+                        "WHERE hash = ? AND site = ?", (timestamp(), content_hash, site))
             return cur.rowcount == 1
 
     def results(self, content_hash: str) -> dict[str, dict[str, Any]]:
@@ -226,10 +221,10 @@ class HubStore(SqliteStore):
                 "SELECT site FROM site_runs WHERE hash = ? AND status NOT IN ('collected', 'failed', 'rejected')",
                 (content_hash,))]
             con.execute("UPDATE site_runs SET status = 'excluded', updated_at = ? WHERE hash = ? AND "
-                        "status NOT IN ('collected', 'failed', 'rejected')", (_now(), content_hash))
+                        "status NOT IN ('collected', 'failed', 'rejected')", (timestamp(), content_hash))
             results = {r["site"]: json.loads(r["results"]) for r in con.execute(
                 "SELECT site, results FROM site_results WHERE hash = ? ORDER BY site", (content_hash,))}
             pooled = {**pool(results), "excluded": excluded}
             con.execute("UPDATE studies SET status = 'closed', closed_at = ?, pooled = ? WHERE hash = ?",
-                        (_now(), json.dumps(pooled), content_hash))
+                        (timestamp(), json.dumps(pooled), content_hash))
         return excluded, pooled

@@ -8,7 +8,6 @@ lets them read while one writes, and every change is a single short transaction.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sqlite3
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict
 
 from mercia.errors import MerciaError
-from mercia.federation.sqlite_store import SqliteStore
+from mercia.federation.sqlite_store import SqliteStore, timestamp
 
 StudyStatusValue = Literal["pending_approval", "approved", "running", "finished", "failed", "rejected"]
 STATUSES: tuple[str, ...] = get_args(StudyStatusValue)
@@ -54,10 +53,6 @@ class StudyStateError(MerciaError):
 
 class UnknownStudyError(MerciaError):
     status_code = 404
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 class StudyRecord(BaseModel):
@@ -129,7 +124,7 @@ class NodeStore(SqliteStore):
     def submit(self, content_hash: str, *, name: str, project: str, requested_by: str,
                package: dict[str, Any], signature: str, approved: bool) -> tuple[StudyRecord, bool]:
         """Queue a study; (record, created). A hash already here is returned as it is (idempotent)."""
-        now = _now()
+        now = timestamp()
         with self._tx() as con:
             cur = con.execute(
                 "INSERT OR IGNORE INTO studies (hash, name, project, requested_by, package, signature, status, "
@@ -153,7 +148,7 @@ class NodeStore(SqliteStore):
                 )
             con.execute(
                 "UPDATE studies SET status = ?, decided_by = ?, reason = ?, updated_at = ? WHERE hash = ?",
-                ("approved" if approve else "rejected", actor, reason, _now(), content_hash),
+                ("approved" if approve else "rejected", actor, reason, timestamp(), content_hash),
             )
         return self.require(content_hash)
 
@@ -168,13 +163,13 @@ class NodeStore(SqliteStore):
             con.execute(
                 "UPDATE studies SET status = 'running', runs = runs + 1, error = NULL, updated_at = ? "
                 "WHERE hash = ?",
-                (_now(), row["hash"]),
+                (timestamp(), row["hash"]),
             )
         return self.require(row["hash"])
 
     def finish(self, content_hash: str, *, tables: int) -> bool:
         """Mark finished and record the release; False if it was already released (never twice)."""
-        now = _now()
+        now = timestamp()
         with self._tx() as con:
             cur = con.execute(
                 "INSERT OR IGNORE INTO releases (hash, released_at, tables) VALUES (?, ?, ?)",
@@ -187,12 +182,12 @@ class NodeStore(SqliteStore):
     def fail(self, content_hash: str, error: str) -> None:
         with self._tx() as con:
             con.execute("UPDATE studies SET status = 'failed', error = ?, updated_at = ? WHERE hash = ?",
-                        (error, _now(), content_hash))
+                        (error, timestamp(), content_hash))
 
     def requeue_interrupted(self) -> list[str]:
         """Studies left 'running' by a stopped node go back to 'approved' (they re-run from scratch)."""
         with self._tx() as con:
             hashes = [r["hash"] for r in con.execute("SELECT hash FROM studies WHERE status = 'running'")]
             con.execute("UPDATE studies SET status = 'approved', updated_at = ? WHERE status = 'running'",
-                        (_now(),))
+                        (timestamp(),))
         return hashes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 
+import duckdb
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,7 +15,7 @@ from sqlglot import exp
 from mercia.cdm import Cdm
 from mercia.cohorts.circe import from_circe_json
 from mercia.cohorts.compiler import bound, compile_cohort
-from mercia.cohorts.duckdb_first import rewrite_first_rows
+from mercia.cohorts.duckdb_first import _sort_key, rewrite_first_rows
 from mercia.cohorts.generate import cohort_rows, generate_cohorts
 from mercia.cohorts.plan import PLANS, plan_cohort
 from test_cohort_world import DRUG, cohort, correlated, ends_at, group, load_world, window
@@ -104,3 +105,31 @@ def test_other_engines_keep_the_window(world: Cdm) -> None:
     assert not any("ARG_MIN" in s.create.sql.upper() for s in pg.steps)
     duck = plan_cohort(compile_cohort(world, first_drug_cohort().expression), "duckdb", world.table("cohort"))
     assert any("ARG_MIN" in s.create.sql.upper() for s in duck.steps)
+
+
+# (person, date as a day number or NULL, id or NULL): NULLs and ties in both columns are common
+keyed_rows = st.lists(st.tuples(st.integers(1, 4), st.none() | st.integers(-3, 3), st.none() | st.integers(-3, 3)),
+                      min_size=1, max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=keyed_rows)
+def test_sort_key_of_the_aggregate_orders_as_the_window(rows: list[tuple[int, int | None, int | None]]) -> None:
+    # The rewrite's ARG_MIN key, on the window's ORDER BY of two nullable columns, picks a row whose
+    # (date, id) is that of the window's row number 1 (rows equal in both are interchangeable).
+    window = exp.Window(this=exp.RowNumber(), partition_by=[exp.column("person_id", "t")], order=exp.Order(
+        expressions=[exp.Ordered(this=exp.column(c, "t"), nulls_first=True) for c in ("d", "i")]))
+    key = _sort_key(window).sql(dialect="duckdb")
+    con = duckdb.connect()  # the SQL alone: a plain table with a rowid, as a CDM table has
+    try:
+        con.execute("CREATE TABLE t (person_id INTEGER, d INTEGER, i INTEGER)")
+        con.executemany("INSERT INTO t VALUES (?, ?, ?)", rows)
+        by_aggregate = con.execute(
+            f"SELECT t.person_id, t.d, t.i FROM t WHERE t.rowid IN (SELECT ARG_MIN(t.rowid, {key}) FROM t "
+            "GROUP BY t.person_id) ORDER BY 1").fetchall()
+        by_window = con.execute(
+            f"SELECT person_id, d, i FROM (SELECT t.*, {window.sql(dialect='duckdb')} AS n FROM t) "
+            "WHERE n = 1 ORDER BY 1").fetchall()
+    finally:
+        con.close()
+    assert [tuple(r) for r in by_aggregate] == [tuple(r) for r in by_window]

@@ -5,7 +5,8 @@ per person with ROW_NUMBER() and keep number 1. DuckDB sorts every matching row 
 taken monthly that is millions of rows at a million persons, and the window was the costliest operator
 of the cohort benchmark. ARG_MIN over the same ordering finds each person's first row with a hash
 aggregate instead, about five times faster on those rows, and picks the same row: the first by the
-window's ORDER BY (start date, then row id, NULLs first), exact ties broken arbitrarily by both. The
+window's ORDER BY (start date, then row id, NULLs first; compared as one create_sort_key blob), exact
+ties broken arbitrarily by both. The
 chosen rows are then found again by DuckDB's ``rowid``, so every other column is the table's own.
 
 Only that exact shape is rewritten, anything else is left as it is (the window is always correct):
@@ -96,13 +97,15 @@ def _keeps_only_first(select: exp.Select, alias: str) -> bool:
     return len(uses) == 1 and uses[0] is filters[0].this
 
 
-def _sort_key(window: exp.Window) -> exp.Tuple:
-    """The window's ORDER BY as one comparable value: NULLs first as the window has them."""
+def _sort_key(window: exp.Window) -> exp.Expression:
+    """The window's ORDER BY as one comparable value: ascending, NULLs first, as the window has them.
+
+    DuckDB's create_sort_key encodes the columns as one byte string that compares in exactly that
+    order; the aggregate then compares blobs. A tuple (e IS NOT NULL, e, ...) orders the same, but the
+    hash aggregate compares it as a STRUCT, which cost about 40% more at a million persons (1.4 M drug
+    rows: 0.22 s against 0.33-0.40 s)."""
     parts: list[exp.Expression] = []
     for o in window.args["order"].expressions:
-        e = o.this
-        # (e IS NOT NULL) is false for NULL, so those come first; e itself then never decides between a
-        # NULL and a value, only between two values.
-        parts.append(exp.Not(this=exp.Is(this=e.copy(), expression=exp.null())))
-        parts.append(e.copy())
-    return exp.Tuple(expressions=parts)
+        parts.append(o.this.copy())
+        parts.append(exp.Literal.string("ASC NULLS FIRST"))
+    return exp.Anonymous(this="create_sort_key", expressions=parts)

@@ -49,6 +49,7 @@ from mercia.federation.http_common import (
 )
 from mercia.federation.node.cdm_access import CdmAccess
 from mercia.federation.node.config import NodeConfig
+from mercia.federation.node.count_cache import ReleasedCountCache
 from mercia.federation.node.feasibility import feasibility_count, parse_definition
 from mercia.federation.node.rounds import load_design, released_round
 from mercia.federation.node.state import NodeStore, StudyRecord, StudyStatusValue
@@ -141,6 +142,7 @@ class NodeServices:
         limits = config.count_limits
         self.guard = CountQueryGuard(max_queries=limits.per_window, window_seconds=limits.window_seconds,
                                      max_repeats=limits.near_identical)
+        self.counts = ReleasedCountCache(config.count_cache_seconds)
         self.worker = StudyWorker(config, self.store, self.cdm, self.audit)
         self._start_worker = start_worker
         # Regression rounds load a study's rows from disk once, then keep them while rounds go on.
@@ -341,25 +343,34 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
             raise HTTPException(403, detail="this site's custodian has not allowed automatic feasibility counts "
                                             "(auto_approve.feasibility in node.yaml)")
 
+        definition = parse_definition(body.definition)
+        # The hub asks for many researchers: limit each of them (the hub is trusted to name them).
+        who = (f"{principal.name}/{body.requested_by}" if principal.role == "hub" and body.requested_by
+               else principal.name)
+        services.guard.check(who, count_query_key(body.definition))
+
         def count() -> dict[str, Any]:
-            definition = parse_definition(body.definition)
-            # The hub asks for many researchers: limit each of them (the hub is trusted to name them).
-            who = (f"{principal.name}/{body.requested_by}" if principal.role == "hub" and body.requested_by
-                   else principal.name)
-            services.guard.check(who, count_query_key(body.definition))
             with services.cdm.reader() as cdm:
-                answer = feasibility_count(cdm, definition, config.site_policy, site=config.site)
+                return feasibility_count(cdm, definition, config.site_policy, site=config.site)
+
+        def audit(answer: dict[str, Any]) -> None:
             services.audit.append("feasibility.released", principal.name, project=body.project,
                                   definition_hash=answer["definition_hash"], persons=answer["persons"])
-            return answer
 
         # Counts run COUNT_THREADS at a time, first come first served, on threads of their own. In the
         # shared pool (40 threads) a burst of counts took every thread, and each request's other steps
         # (its auth dependency, its audit line) queued behind the whole burst: no answer came out until
-        # nearly all were done. Bounded here, the rest of the API stays responsive under load.
+        # nearly all were done. Bounded here, the rest of the API stays responsive under load. A
+        # definition counted recently, or being counted now, is answered from that one count.
         if "limiter" not in count_threads:
             count_threads["limiter"] = anyio.CapacityLimiter(COUNT_THREADS)
-        return FeasibilityAnswer(**await anyio.to_thread.run_sync(count, limiter=count_threads["limiter"]))
+            count_threads["audit"] = anyio.CapacityLimiter(2)
+        key = f"{definition.definition_hash()}:{config.site_policy.model_dump_json()}"
+        answer = await services.counts.answer(
+            key, lambda: anyio.to_thread.run_sync(count, limiter=count_threads["limiter"])
+        )
+        await anyio.to_thread.run_sync(audit, answer, limiter=count_threads["audit"])
+        return FeasibilityAnswer(**answer)
 
     return app
 

@@ -51,6 +51,9 @@ class NodeConfig(StrictModel):
     auto_approve: AutoApprove = AutoApprove()
     feasibility_roles: list[Literal["hub", "researcher"]] = Field(default_factory=lambda: ["hub"])
     count_limits: CountLimits = CountLimits()
+    count_cache_seconds: float = Field(
+        600.0, ge=0, description="serve a definition's released count again for this long (0: always recount)"
+    )
     tls: Tls | None = None
     federated_rounds: bool = True
 

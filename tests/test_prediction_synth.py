@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
@@ -150,6 +151,13 @@ def test_a_saved_model_applies_at_another_site(saved: Path, lasso: PredictionRun
     assert manifest["model_type"] == "lasso_logistic" and manifest["training_site"] == "site_a"
     assert manifest["estimator_file"] == "coefficients.json"
     assert "n_persons" not in json.dumps(manifest["metrics"])  # no counts leave in the model folder
+    # The manifest's measures are the released ones (release() of the performance table, SACRO here).
+    released = release(lasso.result.tables["uti_performance"], SACRO, log=DisclosureLog()).data.set_index("split")
+    assert json.loads((saved / "disclosure.json").read_text())["entries"]
+    for split, measures in manifest["metrics"].items():
+        for k, v in measures.items():
+            r = released.loc[split, k]
+            assert (v is None and (pd.isna(r) or not np.isfinite(r))) or v == pytest.approx(float(r), abs=0), (split, k)
     coefs = json.loads((saved / "coefficients.json").read_text())
     assert {c["covariate_id"] for c in coefs["coefficients"]} == set(manifest["covariates_used"])
     loaded = load_model(saved)

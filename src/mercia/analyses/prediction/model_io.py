@@ -42,7 +42,7 @@ from mercia.analyses.prediction.models import TrainedModel, check_finite
 from mercia.analyses.prediction.population import build_population
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
-from mercia.disclosure import OPENSAFELY, DisclosurePolicy, ModelInfo
+from mercia.disclosure import OPENSAFELY, DisclosureLog, DisclosurePolicy, ModelInfo, release
 from mercia.errors import StudyError
 
 MODEL_FORMAT = "mercia-prediction-model/1"
@@ -65,9 +65,20 @@ def _versions() -> dict[str, str]:
     return {"mercia": __version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__}
 
 
-def _metrics(p: Performance) -> dict[str, float]:
-    d = p.to_dict()
-    return {c: (None if not np.isfinite(float(d[c])) else float(d[c])) for c in PERFORMANCE_COLUMNS}  # type: ignore[misc]
+def _released_metrics(
+    run: PredictionRun, policy: DisclosurePolicy, site: str | None, log: DisclosureLog
+) -> dict[str, dict[str, Any]]:
+    """The performance measures as released (the manifest travels with the model, so it gets what a
+    report would: release() of the run's performance table, the same single door out)."""
+    table = next(t for n, t in run.result.tables.items() if n.endswith("_performance"))
+    data = release(table, policy, site=site, log=log).data
+    out: dict[str, dict[str, Any]] = {}
+    for row in data.to_dict("records"):
+        out[str(row["split"])] = {
+            c: (None if row[c] is None or pd.isna(row[c]) or not np.isfinite(float(row[c])) else float(row[c]))
+            for c in PERFORMANCE_COLUMNS
+        }
+    return out
 
 
 def save_model(
@@ -116,6 +127,7 @@ def save_model(
         estimator = out / "estimator.joblib"
         joblib.dump(m.estimator, estimator)
         used = [int(c) for c in m.covariate_ids]
+    log = DisclosureLog()
     manifest: dict[str, Any] = {
         "format": MODEL_FORMAT,
         "model_type": m.kind,
@@ -128,11 +140,12 @@ def save_model(
         "hyperparameters": m.hyperparameters,
         "training_site": site,
         "trained": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "metrics": {k: _metrics(p) for k, p in run.performance.items()},
+        "metrics": _released_metrics(run, policy, site, log),
         "estimator_file": estimator.name,
         "estimator_sha256": _sha256(estimator),
         "versions": _versions(),
     }
+    (out / "disclosure.json").write_text(log.to_json() + "\n")
     path = out / MANIFEST
     path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return path

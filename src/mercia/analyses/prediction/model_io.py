@@ -103,6 +103,17 @@ def save_model(
             f"boosting leaves may hold {m.hyperparameters['min_samples_leaf']} persons, not more than the "
             f"policy's threshold {policy.suppress_up_to}; refit with a larger min_samples_leaf"
         )
+    log = DisclosureLog()
+    if m.kind == "lasso_logistic":
+        # The coefficients leave the site in this folder: they pass the door like any model table, and a
+        # model any of whose terms release() would withhold is not written at all.
+        coef_table = next(t for n, t in run.result.tables.items() if n.endswith("_coefficients"))
+        released = release(coef_table, policy, site=site, log=log)
+        if released.status != "released" or released.data["coefficient"].isna().any():
+            raise ModelFileError(
+                "disclosure control withholds some of the model's coefficients (too few persons or events "
+                "behind them, see the model's disclosure log); refit with more data or fewer covariates"
+            )
     out.mkdir(parents=True, exist_ok=True)
     if m.kind == "lasso_logistic":
         nz_idx = np.flatnonzero(m.coefficients)
@@ -127,7 +138,6 @@ def save_model(
         estimator = out / "estimator.joblib"
         joblib.dump(m.estimator, estimator)
         used = [int(c) for c in m.covariate_ids]
-    log = DisclosureLog()
     manifest: dict[str, Any] = {
         "format": MODEL_FORMAT,
         "model_type": m.kind,

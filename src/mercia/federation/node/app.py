@@ -196,6 +196,7 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     # Made on first use: a limiter needs the running event loop.
     audit_threads: dict[str, Any] = {}
     count_threads: dict[str, Any] = {}
+    policy_key = config.site_policy.model_dump_json()  # fixed for the node's life: part of every count key
 
     @app.middleware("http")
     async def _audit_requests(request: Request, call_next: Any) -> Any:
@@ -365,7 +366,7 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         if "limiter" not in count_threads:
             count_threads["limiter"] = anyio.CapacityLimiter(COUNT_THREADS)
             count_threads["audit"] = anyio.CapacityLimiter(2)
-        key = f"{definition.definition_hash()}:{config.site_policy.model_dump_json()}"
+        key = f"{definition.definition_hash()}:{policy_key}"
         answer = await services.counts.answer(
             key, lambda: anyio.to_thread.run_sync(count, limiter=count_threads["limiter"])
         )

@@ -28,16 +28,13 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
 from typing import Any, Protocol
 
 from sqlglot import exp
 
 from mercia.cohorts import model as m
 from mercia.errors import CohortDefinitionError
-
-DATE = exp.DataType.build("DATE")
-BIGINT = exp.DataType.build("BIGINT")
-INT = exp.DataType.build("INT")
 
 
 class TableResolver(Protocol):
@@ -50,8 +47,48 @@ ConceptSetQuery = Callable[[m.ConceptSet], exp.Select]
 
 
 # ---- small builders -------------------------------------------------------------------------
+# Trees are built node by node, never parsed from SQL text: a compile makes a few thousand nodes, and
+# sqlglot's string builders (select("x"), from_("t"), join_type=...) parse each piece, and without
+# copy=False deep-copy what they are given, which together cost more than the rest of compiling.
+@cache
+def _quoted(name: str) -> bool:
+    """Whether sqlglot quotes `name` as an identifier (exp.to_identifier's rule), decided once per name."""
+    return bool(exp.to_identifier(name).args["quoted"])
+
+
+def ident(name: str) -> exp.Identifier:
+    return exp.Identifier(this=name, quoted=_quoted(name))
+
+
 def col(table: str | None, name: str) -> exp.Column:
-    return exp.column(name, table=table)
+    if table is None:
+        return exp.Column(this=ident(name))
+    return exp.Column(this=ident(name), table=ident(table))
+
+
+def sql_type(name: str) -> exp.DataType:
+    """The type DataType.build(name) makes for a plain type name, new each time (a shared one needs copying)."""
+    return exp.DataType(this=exp.DataType.Type[name], nested=False)
+
+
+def cte_table(name: str) -> exp.Table:
+    """An unqualified table: a step of the pipeline, read by name."""
+    return exp.Table(this=ident(name))
+
+
+def select(*items: str | exp.Expression) -> exp.Select:
+    """SELECT items; a str names an unqualified column ('*': all columns)."""
+    return exp.Select(expressions=[exp.Star() if i == "*" else col(None, i) if isinstance(i, str) else i
+                                   for i in items])
+
+
+def join_on(source: exp.Expression, on: exp.Expression, how: str) -> exp.Join:
+    """JOIN `source` ON `on` as a LEFT or INNER join (Select.join(join_type=...) parses the kind)."""
+    if how == "LEFT":
+        return exp.Join(this=source, side=how, on=on)
+    if how == "INNER":
+        return exp.Join(this=source, kind=how, on=on)
+    raise ValueError(f"join_on: unknown join kind {how!r}")
 
 
 def lit(n: int | float | Decimal) -> exp.Expression:
@@ -66,7 +103,7 @@ def date_add(e: exp.Expression, days: int | exp.Expression) -> exp.Expression:
         if days == 0:
             return e
         days = lit(days)
-    return exp.Cast(this=exp.DateAdd(this=e, expression=days, unit=exp.var("DAY")), to=DATE.copy())
+    return exp.Cast(this=exp.DateAdd(this=e, expression=days, unit=exp.var("DAY")), to=sql_type("DATE"))
 
 
 def date_diff(end: exp.Expression, start: exp.Expression) -> exp.Expression:
@@ -77,7 +114,7 @@ def and_(*conds: exp.Expression | None) -> exp.Expression | None:
     cs = [c for c in conds if c is not None]
     if not cs:
         return None
-    return exp.and_(*cs) if len(cs) > 1 else cs[0]
+    return exp.and_(*cs, copy=False) if len(cs) > 1 else cs[0]
 
 
 def row_number(partition: list[exp.Expression], order: list[tuple[exp.Expression, bool]]) -> exp.Window:
@@ -367,22 +404,21 @@ class CompiledCohort:
     rule_names: list[str] = field(default_factory=list)
 
     def _with(self, final: exp.Select) -> exp.Select:
-        for name, q in self.ctes:
-            final = final.with_(name, as_=q.copy(), copy=False)
+        final.set("with_", exp.With(expressions=[exp.CTE(this=q.copy(), alias=exp.TableAlias(this=ident(name)))
+                                                 for name, q in self.ctes]))
         return final
 
     def rows_query(self) -> exp.Select:
         """subject_id, cohort_start_date, cohort_end_date: the cohort's rows."""
-        return self._with(exp.select("subject_id", "cohort_start_date", "cohort_end_date", copy=False).from_("cohort_out", copy=False))
+        return self._with(select("subject_id", "cohort_start_date", "cohort_end_date").from_(cte_table("cohort_out"), copy=False))
 
     def persons_before_censor_window_query(self) -> exp.Select:
         """The number of persons in the cohort before its censor window (Circe's #final_cohort)."""
-        return self._with(exp.select(exp.Count(this=exp.Distinct(expressions=[exp.column("person_id")])).as_("persons"),
-                                     copy=False).from_("cohort_final", copy=False))
+        return self._with(select(exp.Count(this=exp.Distinct(expressions=[col(None, "person_id")])).as_("persons", copy=False)).from_(cte_table("cohort_final"), copy=False))
 
     def mask_counts_query(self) -> exp.Select:
         """mode_id, inclusion_rule_mask, person_count (events per mask), as Circe's cohort_inclusion_result."""
-        return self._with(exp.select("mode_id", "inclusion_rule_mask", "person_count", copy=False).from_("cohort_mask_counts", copy=False))
+        return self._with(select("mode_id", "inclusion_rule_mask", "person_count").from_(cte_table("cohort_mask_counts"), copy=False))
 
     def sql(self, dialect: str) -> str:
         return self.rows_query().sql(dialect=dialect)
@@ -403,8 +439,8 @@ class CompiledCohort:
             creates.append(exp.Analyze(tables=[exp.Table(this=exp.to_identifier(names[n]))]))
         drops = [exp.Drop(tables=[exp.Table(this=exp.to_identifier(names[n]))], kind="TABLE", exists=True)
                  for n, _ in reversed(self.ctes)]
-        rows = exp.select("subject_id", "cohort_start_date", "cohort_end_date", copy=False).from_(names["cohort_out"], copy=False)
-        masks = exp.select("mode_id", "inclusion_rule_mask", "person_count", copy=False).from_(names["cohort_mask_counts"], copy=False)
+        rows = select("subject_id", "cohort_start_date", "cohort_end_date").from_(cte_table(names["cohort_out"]), copy=False)
+        masks = select("mode_id", "inclusion_rule_mask", "person_count").from_(cte_table(names["cohort_mask_counts"]), copy=False)
         return Steps(creates=creates, drops=drops, rows=rows, mask_counts=masks)
 
 
@@ -453,7 +489,7 @@ class _Compiler:
     def param(self, value: dt.date) -> exp.Expression:
         name = f"d{len(self.params) + 1}"
         self.params[name] = value
-        return exp.Cast(this=exp.Placeholder(this=name), to=DATE.copy())
+        return exp.Cast(this=exp.Placeholder(this=name), to=sql_type("DATE"))
 
     def t(self, name: str, alias: str) -> exp.Table:
         return self.tables.table(name, alias)
@@ -468,7 +504,7 @@ class _Compiler:
             )
 
     def codeset_in(self, e: exp.Expression, codeset_id: int) -> exp.Expression:
-        sub = (exp.select("concept_id", copy=False).from_("codesets", copy=False)
+        sub = (select("concept_id").from_(cte_table("codesets"), copy=False)
                .where(eq(col(None, "codeset_id"), lit(codeset_id)), copy=False))
         return exp.In(this=e, query=sub.subquery(copy=False))
 
@@ -488,7 +524,7 @@ class _Compiler:
     def _range(e: exp.Expression, op: str, v: exp.Expression, extent: exp.Expression | None) -> exp.Expression:
         if op.endswith("bt"):
             assert extent is not None
-            cond = exp.Paren(this=exp.and_(exp.GTE(this=e.copy(), expression=v), exp.LTE(this=e.copy(), expression=extent)))
+            cond = exp.Paren(this=and_(exp.GTE(this=e.copy(), expression=v), exp.LTE(this=e.copy(), expression=extent)))
             return exp.Not(this=cond) if op.startswith("!") else cond
         cls = {"lt": exp.LT, "lte": exp.LTE, "eq": exp.EQ, "!eq": exp.NEQ, "gt": exp.GT, "gte": exp.GTE}[op]
         return cls(this=e, expression=v)
@@ -498,15 +534,15 @@ class _Compiler:
         parts: list[exp.Select] = []
         for cs in self.x.concept_sets:
             q = self.concept_set_query(cs)
-            parts.append(exp.select(lit(cs.id).as_("codeset_id"), col("c", "concept_id"), copy=False).from_(q.subquery("c", copy=False), copy=False))
+            parts.append(select(lit(cs.id).as_("codeset_id", copy=False), col("c", "concept_id")).from_(q.subquery("c", copy=False), copy=False))
         if parts:
             union: exp.Select | exp.Union = parts[0]
             for p in parts[1:]:
                 union = exp.union(union, p, distinct=False, copy=False)
-            q = exp.select("codeset_id", "concept_id", copy=False).from_(union.subquery("cs", copy=False), copy=False)
+            q = select("codeset_id", "concept_id").from_(union.subquery("cs", copy=False), copy=False)
         else:
-            q = (exp.select(exp.Cast(this=exp.null(), to=INT.copy()).as_("codeset_id"),
-                            exp.Cast(this=exp.null(), to=BIGINT.copy()).as_("concept_id"), copy=False).where(exp.false(), copy=False))
+            q = (select(exp.Cast(this=exp.null(), to=sql_type("INT")).as_("codeset_id", copy=False),
+                            exp.Cast(this=exp.null(), to=sql_type("BIGINT")).as_("concept_id", copy=False)).where(exp.false(), copy=False))
         self.ctes.append(("codesets", q))
 
     # ---- one domain criterion → (person_id, event_id, start_date, end_date, visit_occurrence_id,
@@ -523,8 +559,8 @@ class _Compiler:
         if adjust is not None:
             start_date, end_date = adjusted_dates(domain, d, a, adjust)
         # All of the row's columns (filters read them as C.x) plus its start and end dates.
-        inner = exp.select(exp.Column(this=exp.Star(), table=exp.to_identifier(a)),
-                           start_date.as_("start_date"), end_date.as_("end_date"), copy=False)
+        inner = select(exp.Column(this=exp.Star(), table=exp.to_identifier(a)),
+                           start_date.as_("start_date", copy=False), end_date.as_("end_date", copy=False))
         inner = inner.from_(self.t(d.table, a), copy=False)
         fields = body.model_fields_set | {k for k, v in body if v is not None}
         codeset_id = getattr(body, "codeset_id", None)
@@ -564,7 +600,7 @@ class _Compiler:
                     where.append(exp.Paren(this=exp.or_(
                         exp.LT(this=col("C", "value_as_number"), expression=col("C", "range_low")),
                         exp.GT(this=col("C", "value_as_number"), expression=col("C", "range_high")),
-                        in_list(col("C", "value_as_concept_id"), [4155142, 4155143]),
+                        in_list(col("C", "value_as_concept_id"), [4155142, 4155143]), copy=False,
                     )))
                 continue
             if kind == "user_period":
@@ -606,22 +642,22 @@ class _Compiler:
             order_cols = [(col(a, d.start_col), False)]
             if d.id_col:
                 order_cols.append((col(a, d.id_col), False))
-            inner = inner.select(row_number([col(a, "person_id")], order_cols).as_("ordinal"), copy=False)
+            inner = inner.select(row_number([col(a, "person_id")], order_cols).as_("ordinal", copy=False), copy=False)
             where.insert(0, eq(col("C", "ordinal"), lit(1)))
         event_id = col("C", d.id_col or "person_id")
-        visit = (col("C", "visit_occurrence_id") if d.visit else exp.Cast(this=exp.null(), to=BIGINT.copy()))
+        visit = (col("C", "visit_occurrence_id") if d.visit else exp.Cast(this=exp.null(), to=sql_type("BIGINT")))
         concept = d.distinct_concept("C") if d.distinct_concept else col("C", d.concept_col)
         # A user-defined period's dates replace the period's own (named, so the SQL is otherwise unchanged).
         out_start: exp.Expression = col("C", "start_date")
         out_end: exp.Expression = col("C", "end_date")
         if user_period is not None and user_period.start_date is not None:
-            out_start = self.param(user_period.start_date).as_("start_date")
+            out_start = self.param(user_period.start_date).as_("start_date", copy=False)
         if user_period is not None and user_period.end_date is not None:
-            out_end = self.param(user_period.end_date).as_("end_date")
-        outer = exp.select(
-            col("C", "person_id"), event_id.as_("event_id"), out_start, out_end,
-            visit.as_("visit_occurrence_id"), col("C", "start_date").as_("sort_date"),
-            concept.as_("domain_concept_id"), copy=False
+            out_end = self.param(user_period.end_date).as_("end_date", copy=False)
+        outer = select(
+            col("C", "person_id"), event_id.as_("event_id", copy=False), out_start, out_end,
+            visit.as_("visit_occurrence_id", copy=False), col("C", "start_date").as_("sort_date", copy=False),
+            concept.as_("domain_concept_id", copy=False)
         ).from_(inner.subquery("C", copy=False), copy=False)
         if joins_p:
             outer = outer.join(self.t("person", "P"), on=eq(col("C", "person_id"), col("P", "person_id")), copy=False)
@@ -630,8 +666,8 @@ class _Compiler:
                 eq(col("C", "visit_occurrence_id"), col("V", "visit_occurrence_id")),
                 eq(col("C", "person_id"), col("V", "person_id"))), copy=False)
         if joins_pr:  # Circe-BE: LEFT JOIN PROVIDER PR on C.provider_id = PR.provider_id
-            outer = outer.join(self.t("provider", "PR"), on=eq(col("C", "provider_id"), col("PR", "provider_id")),
-                               join_type="LEFT", copy=False)
+            outer = outer.join(join_on(self.t("provider", "PR"), eq(col("C", "provider_id"), col("PR", "provider_id")),
+                                       "LEFT"), copy=False)
         if joins_cs:  # Circe-BE: JOIN CARE_SITE CS on C.care_site_id = CS.care_site_id
             outer = outer.join(self.t("care_site", "CS"), on=eq(col("C", "care_site_id"), col("CS", "care_site_id")),
                                copy=False)
@@ -684,10 +720,10 @@ class _Compiler:
         """A criterion with its own correlated criteria keeps only the events that satisfy them."""
         crit = self.cte("crit", q)
         events = (
-            exp.select(col("Q", "person_id"), col("Q", "event_id"), col("Q", "start_date"), col("Q", "end_date"),
+            select(col("Q", "person_id"), col("Q", "event_id"), col("Q", "start_date"), col("Q", "end_date"),
                        col("Q", "visit_occurrence_id"),
-                       col("OP", "observation_period_start_date").as_("op_start_date"),
-                       col("OP", "observation_period_end_date").as_("op_end_date"), copy=False)
+                       col("OP", "observation_period_start_date").as_("op_start_date", copy=False),
+                       col("OP", "observation_period_end_date").as_("op_end_date", copy=False))
             .from_(self.ref(crit, "Q"), copy=False)
             .join(self.t("observation_period", "OP"), on=and_(
                 eq(col("Q", "person_id"), col("OP", "person_id")),
@@ -697,8 +733,8 @@ class _Compiler:
         ev = self.cte("crit_events", events)
         ac = self.group(group, ev, 0, path)
         return (
-            exp.select(*[col("PE", c) for c in ("person_id", "event_id", "start_date", "end_date",
-                                                 "visit_occurrence_id", "sort_date", "domain_concept_id")], copy=False)
+            select(*[col("PE", c) for c in ("person_id", "event_id", "start_date", "end_date",
+                                                 "visit_occurrence_id", "sort_date", "domain_concept_id")])
             .from_(self.ref(crit, "PE"), copy=False)
             .join(ac.subquery("AC", copy=False), on=and_(eq(col("AC", "person_id"), col("PE", "person_id")),
                                               eq(col("AC", "event_id"), col("PE", "event_id"))), copy=False)
@@ -708,7 +744,7 @@ class _Compiler:
     def group(self, g: m.CriteriaGroup, ev: str, index: int, path: str) -> exp.Select:
         """(index_id, person_id, event_id) of the events in `ev` that satisfy the group."""
         if g.is_empty():
-            return exp.select(lit(index).as_("index_id"), "person_id", "event_id", copy=False).from_(ev, copy=False)
+            return select(lit(index).as_("index_id", copy=False), "person_id", "event_id").from_(cte_table(ev), copy=False)
         parts: list[exp.Select] = []
         i = 0
         for k, cc in enumerate(g.criteria_list):
@@ -737,15 +773,15 @@ class _Compiler:
         if g.type in ("AT_LEAST", "AT_MOST") and g.count == 0:
             join_kind = "LEFT"  # a zero count must keep events that meet none of the criteria
         inner = (
-            exp.select(col("E", "person_id"), col("E", "event_id"), copy=False)
+            select(col("E", "person_id"), col("E", "event_id"))
             .from_(self.ref(ev, "E"), copy=False)
-            .join(union.subquery("CQ", copy=False), on=and_(eq(col("E", "person_id"), col("CQ", "person_id")),
-                                                 eq(col("E", "event_id"), col("CQ", "event_id"))),
-                  join_type=join_kind, copy=False)
+            .join(join_on(union.subquery("CQ", copy=False), and_(eq(col("E", "person_id"), col("CQ", "person_id")),
+                                                                 eq(col("E", "event_id"), col("CQ", "event_id"))),
+                          join_kind), copy=False)
             .group_by(col("E", "person_id"), col("E", "event_id"), copy=False)
             .having(having, copy=False)
         )
-        return exp.select(lit(index).as_("index_id"), "person_id", "event_id", copy=False).from_(inner.subquery("G", copy=False), copy=False)
+        return select(lit(index).as_("index_id", copy=False), "person_id", "event_id").from_(inner.subquery("G", copy=False), copy=False)
 
     def demographic(self, dc: m.DemographicCriteria, ev: str, index: int, path: str) -> exp.Select:
         where: list[exp.Expression] = []
@@ -769,7 +805,7 @@ class _Compiler:
             where.append(self.dates(col("E", "start_date"), dc.occurrence_start_date))
         if dc.occurrence_end_date is not None:
             where.append(self.dates(col("E", "end_date"), dc.occurrence_end_date))
-        q = (exp.select(lit(index).as_("index_id"), col("E", "person_id"), col("E", "event_id"), copy=False)
+        q = (select(lit(index).as_("index_id", copy=False), col("E", "person_id"), col("E", "event_id"))
              .from_(self.ref(ev, "E"), copy=False)
              .join(self.t("person", "P"), on=eq(col("P", "person_id"), col("E", "person_id")), copy=False))
         w = and_(*where)
@@ -795,9 +831,9 @@ class _Compiler:
             clauses += self.window(cc.end_window, check_op, event_end_default=True)
         if cc.restrict_visit:
             clauses.append(eq(col("A", "visit_occurrence_id"), col("P", "visit_occurrence_id")))
-        windowed = exp.select(col("P", "person_id"), col("P", "event_id"), copy=False)
+        windowed = select(col("P", "person_id"), col("P", "event_id"))
         if count_col != "event_id":
-            windowed = windowed.select(col("A", count_col).as_("count_value"), copy=False)
+            windowed = windowed.select(col("A", count_col).as_("count_value", copy=False), copy=False)
         windowed = windowed.from_(self.ref(ev, "P"), copy=False).join(crit.subquery("A", copy=False), on=and_(*clauses), copy=False)
         counted = col("cc", "count_value" if count_col != "event_id" else "event_id")
         count = exp.Count(this=exp.Distinct(expressions=[counted]) if occ.is_distinct else counted)
@@ -806,16 +842,16 @@ class _Compiler:
         if occ.type == "at_most" or occ.count == 0:
             # Counting zero needs every index event, so start from the event table (Circe's "exclude" form).
             return (
-                exp.select(lit(index).as_("index_id"), col("p", "person_id"), col("p", "event_id"), copy=False)
+                select(lit(index).as_("index_id", copy=False), col("p", "person_id"), col("p", "event_id"))
                 .from_(self.ref(ev, "p"), copy=False)
-                .join(windowed.subquery("cc", copy=False), on=and_(eq(col("p", "person_id"), col("cc", "person_id")),
-                                                        eq(col("p", "event_id"), col("cc", "event_id"))),
-                      join_type="LEFT", copy=False)
+                .join(join_on(windowed.subquery("cc", copy=False), and_(eq(col("p", "person_id"), col("cc", "person_id")),
+                                                                        eq(col("p", "event_id"), col("cc", "event_id"))),
+                              "LEFT"), copy=False)
                 .group_by(col("p", "person_id"), col("p", "event_id"), copy=False)
                 .having(having, copy=False)
             )
         return (
-            exp.select(lit(index).as_("index_id"), col("cc", "person_id"), col("cc", "event_id"), copy=False)
+            select(lit(index).as_("index_id", copy=False), col("cc", "person_id"), col("cc", "event_id"))
             .from_(windowed.subquery("cc", copy=False), copy=False)
             .group_by(col("cc", "person_id"), col("cc", "event_id"), copy=False)
             .having(having, copy=False)
@@ -845,23 +881,23 @@ class _Compiler:
         parts = []
         for k, c in enumerate(pc.criteria_list):
             q = self.criteria(c, f"$.PrimaryCriteria.CriteriaList[{k}]")
-            parts.append(exp.select("*", lit(k).as_("criteria_index"), copy=False).from_(q.subquery("q", copy=False), copy=False))
+            parts.append(select("*", lit(k).as_("criteria_index", copy=False)).from_(q.subquery("q", copy=False), copy=False))
         union: exp.Select | exp.Union = parts[0]
         for p in parts[1:]:
             union = exp.union(union, p, distinct=False, copy=False)
         last = pc.primary_limit.type == "Last"
         E, OP = "E", "OP"
         ordered = (
-            exp.select(
+            select(
                 col(E, "person_id"), col(E, "start_date"), col(E, "end_date"),
                 row_number([col(E, "person_id")], [(col(E, "sort_date"), last), (col(E, "event_id"), False),
                                                     (col(E, "criteria_index"), False),
-                                                    (col(OP, "observation_period_start_date"), False)]).as_("ordinal"),
-                col(OP, "observation_period_start_date").as_("op_start_date"),
-                col(OP, "observation_period_end_date").as_("op_end_date"),
-                exp.Cast(this=col(E, "visit_occurrence_id"), to=BIGINT.copy()).as_("visit_occurrence_id"), copy=False
+                                                    (col(OP, "observation_period_start_date"), False)]).as_("ordinal", copy=False),
+                col(OP, "observation_period_start_date").as_("op_start_date", copy=False),
+                col(OP, "observation_period_end_date").as_("op_end_date", copy=False),
+                exp.Cast(this=col(E, "visit_occurrence_id"), to=sql_type("BIGINT")).as_("visit_occurrence_id", copy=False)
             )
-            .from_(union.subquery(E), copy=False)
+            .from_(union.subquery(E, copy=False), copy=False)
             .join(self.t("observation_period", OP), on=and_(
                 eq(col(E, "person_id"), col(OP, "person_id")),
                 exp.GTE(this=col(E, "start_date"), expression=col(OP, "observation_period_start_date")),
@@ -872,24 +908,24 @@ class _Compiler:
                 exp.LTE(this=date_add(col(E, "start_date"), pc.observation_window.post_days),
                         expression=col(OP, "observation_period_end_date"))), copy=False)
         )
-        primary = exp.select(col("P", "ordinal").as_("event_id"), *[col("P", c) for c in EVENT_COLUMNS[0:1]],
-                             *[col("P", c) for c in EVENT_COLUMNS[2:]], copy=False).from_(ordered.subquery("P", copy=False), copy=False)
+        primary = select(col("P", "ordinal").as_("event_id", copy=False), *[col("P", c) for c in EVENT_COLUMNS[0:1]],
+                             *[col("P", c) for c in EVENT_COLUMNS[2:]]).from_(ordered.subquery("P", copy=False), copy=False)
         if pc.primary_limit.type != "All":
             primary = primary.where(eq(col("P", "ordinal"), lit(1)), copy=False)
         pe = self.cte("cohort_primary_events", primary)
 
         # qualified events: primary events meeting the additional criteria, then the qualified limit
         q_last = x.qualified_limit.type == "Last"
-        qe_inner = exp.select(*[col("pe", c) for c in EVENT_COLUMNS],
+        qe_inner = select(*[col("pe", c) for c in EVENT_COLUMNS],
                               row_number([col("pe", "person_id")], [(col("pe", "start_date"), q_last),
-                                                                     (col("pe", "event_id"), False)]).as_("ordinal")
-                              , copy=False).from_(self.ref(pe, "pe"), copy=False)
+                                                                     (col("pe", "event_id"), False)]).as_("ordinal", copy=False)
+                              ).from_(self.ref(pe, "pe"), copy=False)
         ac = x.additional_criteria
         if ac is not None and not ac.is_empty():
             acq = self.group(ac, pe, 0, "$.AdditionalCriteria")
             qe_inner = qe_inner.join(acq.subquery("AC", copy=False), on=and_(eq(col("AC", "person_id"), col("pe", "person_id")),
                                                                  eq(col("AC", "event_id"), col("pe", "event_id"))), copy=False)
-        qualified = exp.select(*[col("QE", c) for c in EVENT_COLUMNS], copy=False).from_(qe_inner.subquery("QE", copy=False), copy=False)
+        qualified = select(*[col("QE", c) for c in EVENT_COLUMNS]).from_(qe_inner.subquery("QE", copy=False), copy=False)
         # Circe applies the qualified limit only when the definition has additional criteria at all.
         if ac is not None and x.qualified_limit.type != "All":
             qualified = qualified.where(eq(col("QE", "ordinal"), lit(1)), copy=False)
@@ -900,41 +936,41 @@ class _Compiler:
         rule_parts = []
         for i, rule in enumerate(x.inclusion_rules):
             g = self.group(rule.expression, qe, 0, f"$.InclusionRules[{i}].expression")
-            rule_parts.append(exp.select(lit(i).as_("inclusion_rule_id"), lit(2**i).as_("rule_bit"),
-                                         col("g", "person_id"), col("g", "event_id"), copy=False).from_(g.subquery("g", copy=False), copy=False))
+            rule_parts.append(select(lit(i).as_("inclusion_rule_id", copy=False), lit(2**i).as_("rule_bit", copy=False),
+                                         col("g", "person_id"), col("g", "event_id")).from_(g.subquery("g", copy=False), copy=False))
         mg_cols = [col("Q", c) for c in EVENT_COLUMNS if c != "visit_occurrence_id"]
         if rule_parts:
             ru: exp.Select | exp.Union = rule_parts[0]
             for p in rule_parts[1:]:
                 ru = exp.union(ru, p, distinct=False, copy=False)
-            ie = self.cte("cohort_inclusion_events", exp.select("*", copy=False).from_(ru.subquery("ir", copy=False), copy=False))
+            ie = self.cte("cohort_inclusion_events", select("*").from_(ru.subquery("ir", copy=False), copy=False))
             masked = (
-                exp.select(*mg_cols,
+                select(*mg_cols,
                            exp.Coalesce(this=exp.Sum(this=col("I", "rule_bit")), expressions=[lit(0)])
-                           .as_("inclusion_rule_mask"),
-                           exp.Count(this=exp.Distinct(expressions=[col("I", "inclusion_rule_id")])).as_("rule_count"),
+                           .as_("inclusion_rule_mask", copy=False),
+                           exp.Count(this=exp.Distinct(expressions=[col("I", "inclusion_rule_id")])).as_("rule_count", copy=False),
                            exp.Coalesce(this=exp.Min(this=col("I", "inclusion_rule_id")), expressions=[lit(0)])
-                           .as_("min_rule_id"), copy=False)
+                           .as_("min_rule_id", copy=False))
                 .from_(self.ref(qe, "Q"), copy=False)
-                .join(self.ref(ie, "I"), on=and_(eq(col("I", "person_id"), col("Q", "person_id")),
-                                                  eq(col("I", "event_id"), col("Q", "event_id"))), join_type="LEFT", copy=False)
+                .join(join_on(self.ref(ie, "I"), and_(eq(col("I", "person_id"), col("Q", "person_id")),
+                                                      eq(col("I", "event_id"), col("Q", "event_id"))), "LEFT"), copy=False)
                 .group_by(*[c.copy() for c in mg_cols], copy=False)
             )
         else:
-            masked = exp.select(*mg_cols, lit(0).as_("inclusion_rule_mask"), lit(0).as_("rule_count"),
-                                lit(0).as_("min_rule_id"), copy=False).from_(self.ref(qe, "Q"), copy=False)
+            masked = select(*mg_cols, lit(0).as_("inclusion_rule_mask", copy=False), lit(0).as_("rule_count", copy=False),
+                                lit(0).as_("min_rule_id", copy=False)).from_(self.ref(qe, "Q"), copy=False)
         mev = self.cte("cohort_masked_events", masked)
 
         # included events: all rules met, then the expression limit
         e_last = x.expression_limit.type == "Last"
         inc_cols = [c for c in EVENT_COLUMNS if c != "visit_occurrence_id"]
-        inc_inner = exp.select(*[col("MG", c) for c in inc_cols],
+        inc_inner = select(*[col("MG", c) for c in inc_cols],
                                row_number([col("MG", "person_id")], [(col("MG", "start_date"), e_last),
-                                                                      (col("MG", "event_id"), False)]).as_("ordinal")
-                               , copy=False).from_(self.ref(mev, "MG"), copy=False)
+                                                                      (col("MG", "event_id"), False)]).as_("ordinal", copy=False)
+                               ).from_(self.ref(mev, "MG"), copy=False)
         if n_rules:
             inc_inner = inc_inner.where(eq(col("MG", "inclusion_rule_mask"), lit(2**n_rules - 1)), copy=False)
-        included = exp.select(*[col("R", c) for c in inc_cols], copy=False).from_(inc_inner.subquery("R", copy=False), copy=False)
+        included = select(*[col("R", c) for c in inc_cols]).from_(inc_inner.subquery("R", copy=False), copy=False)
         if x.expression_limit.type != "All":
             included = included.where(eq(col("R", "ordinal"), lit(1)), copy=False)
         inc = self.cte("cohort_included_events", included)
@@ -943,19 +979,19 @@ class _Compiler:
         ends: list[exp.Select] = []
         es = x.end_strategy
         if es is None or es.date_offset is None:
-            ends.append(exp.select("event_id", "person_id", col(None, "op_end_date").as_("end_date"), copy=False).from_(inc, copy=False))
+            ends.append(select("event_id", "person_id", col(None, "op_end_date").as_("end_date", copy=False)).from_(cte_table(inc), copy=False))
         if es is not None and es.date_offset is not None:
             base = col(None, "start_date" if es.date_offset.date_field == "StartDate" else "end_date")
             shifted = date_add(base, es.date_offset.offset)
-            ends.append(exp.select("event_id", "person_id", exp.Case(
+            ends.append(select("event_id", "person_id", exp.Case(
                 ifs=[exp.If(this=exp.GT(this=shifted, expression=col(None, "op_end_date")),
-                            true=col(None, "op_end_date"))], default=shifted.copy()).as_("end_date"), copy=False).from_(inc, copy=False))
+                            true=col(None, "op_end_date"))], default=shifted.copy()).as_("end_date", copy=False)).from_(cte_table(inc), copy=False))
         if es is not None and es.custom_era is not None:
             ends.append(self.custom_era(es.custom_era, inc))
         for k, c in enumerate(x.censoring_criteria):
             cq = self.criteria(c, f"$.CensoringCriteria[{k}]")
             ends.append(
-                exp.select(col("I", "event_id"), col("I", "person_id"), exp.Min(this=col("C", "start_date")).as_("end_date"), copy=False)
+                select(col("I", "event_id"), col("I", "person_id"), exp.Min(this=col("C", "start_date")).as_("end_date", copy=False))
                 .from_(self.ref(inc, "I"), copy=False)
                 .join(cq.subquery("C", copy=False), on=and_(
                     eq(col("C", "person_id"), col("I", "person_id")),
@@ -966,10 +1002,10 @@ class _Compiler:
         eu: exp.Select | exp.Union = ends[0]
         for p in ends[1:]:
             eu = exp.union(eu, p, distinct=False, copy=False)
-        ce = self.cte("cohort_ends", exp.select("*", copy=False).from_(eu.subquery("ce", copy=False), copy=False))
+        ce = self.cte("cohort_ends", select("*").from_(eu.subquery("ce", copy=False), copy=False))
         # each event ends at its earliest candidate end on or after its start
         rows = (
-            exp.select(col("I", "person_id"), col("I", "start_date"), exp.Min(this=col("CE", "end_date")).as_("end_date"), copy=False)
+            select(col("I", "person_id"), col("I", "start_date"), exp.Min(this=col("CE", "end_date")).as_("end_date", copy=False))
             .from_(self.ref(inc, "I"), copy=False)
             .join(self.ref(ce, "CE"), on=and_(eq(col("I", "event_id"), col("CE", "event_id")),
                                               eq(col("I", "person_id"), col("CE", "person_id")),
@@ -983,7 +1019,7 @@ class _Compiler:
         start: exp.Expression = col(None, "start_date")
         end: exp.Expression = col(None, "end_date")
         cw = x.censor_window
-        out = exp.select(copy=False).from_(final, copy=False)
+        out = select().from_(cte_table(final), copy=False)
         if cw.start_date is not None:
             p = self.param(cw.start_date)
             start = exp.Case(ifs=[exp.If(this=exp.GT(this=col(None, "start_date"), expression=p),
@@ -992,29 +1028,29 @@ class _Compiler:
             p = self.param(cw.end_date)
             end = exp.Case(ifs=[exp.If(this=exp.LT(this=col(None, "end_date"), expression=p),
                                        true=col(None, "end_date"))], default=p.copy())
-        out = out.select(col(None, "person_id").as_("subject_id"), start.as_("cohort_start_date"),
-                         end.as_("cohort_end_date"), copy=False)
+        out = out.select(col(None, "person_id").as_("subject_id", copy=False), start.as_("cohort_start_date", copy=False),
+                         end.as_("cohort_end_date", copy=False), copy=False)
         if cw.start_date is not None or cw.end_date is not None:
             out = out.where(exp.LTE(this=start.copy(), expression=end.copy()), copy=False)
         self.cte("cohort_out", out)
 
         # attrition: events per mask, over all qualified events (mode 0) and each person's best (mode 1)
-        mode0 = (exp.select(lit(0).as_("mode_id"), "inclusion_rule_mask", exp.Count(this=exp.Star()).as_("person_count"), copy=False)
-                 .from_(mev, copy=False).group_by("inclusion_rule_mask", copy=False))
-        ranked = exp.select("inclusion_rule_mask", row_number(
+        mode0 = (select(lit(0).as_("mode_id", copy=False), "inclusion_rule_mask", exp.Count(this=exp.Star()).as_("person_count", copy=False))
+                 .from_(cte_table(mev), copy=False).group_by(col(None, "inclusion_rule_mask"), copy=False))
+        ranked = select("inclusion_rule_mask", row_number(
             [col(None, "person_id")],
             [(col(None, "rule_count"), True), (col(None, "min_rule_id"), False), (col(None, "start_date"), False),
-             (col(None, "event_id"), False)]).as_("rank_value"), copy=False).from_(mev, copy=False)
-        mode1 = (exp.select(lit(1).as_("mode_id"), "inclusion_rule_mask", exp.Count(this=exp.Star()).as_("person_count"), copy=False)
-                 .from_(ranked.subquery("B", copy=False), copy=False).where(eq(col("B", "rank_value"), lit(1)), copy=False).group_by("inclusion_rule_mask", copy=False))
-        self.cte("cohort_mask_counts", exp.select("*", copy=False).from_(exp.union(mode0, mode1, distinct=False, copy=False).subquery("mc", copy=False), copy=False))
+             (col(None, "event_id"), False)]).as_("rank_value", copy=False)).from_(cte_table(mev), copy=False)
+        mode1 = (select(lit(1).as_("mode_id", copy=False), "inclusion_rule_mask", exp.Count(this=exp.Star()).as_("person_count", copy=False))
+                 .from_(ranked.subquery("B", copy=False), copy=False).where(eq(col("B", "rank_value"), lit(1)), copy=False).group_by(col(None, "inclusion_rule_mask"), copy=False))
+        self.cte("cohort_mask_counts", select("*").from_(exp.union(mode0, mode1, distinct=False, copy=False).subquery("mc", copy=False), copy=False))
         return CompiledCohort(ctes=self.ctes, params=self.params, rule_count=n_rules,
                               rule_names=[r.name for r in x.inclusion_rules])
 
     def collapse(self, source: str, pad: int) -> exp.Select:
         """Circe's era constructor: rows whose (padded) spans overlap merge into one era."""
         part = [col(None, "person_id")]
-        padded = exp.select("person_id", "start_date", date_add(col(None, "end_date"), pad).as_("end_date"), copy=False).from_(source, copy=False)
+        padded = select("person_id", "start_date", date_add(col(None, "end_date"), pad).as_("end_date", copy=False)).from_(cte_table(source), copy=False)
         prev_max = exp.Window(
             this=exp.Max(this=col(None, "end_date")), partition_by=[c.copy() for c in part],
             order=exp.Order(expressions=[exp.Ordered(this=col(None, "start_date"), nulls_first=True),
@@ -1024,7 +1060,7 @@ class _Compiler:
         )
         is_start = exp.Case(ifs=[exp.If(this=exp.GTE(this=prev_max, expression=col(None, "start_date")), true=lit(0))],
                             default=lit(1))
-        st = exp.select("person_id", "start_date", "end_date", is_start.as_("is_start"), copy=False).from_(padded.subquery("CR", copy=False), copy=False)
+        st = select("person_id", "start_date", "end_date", is_start.as_("is_start", copy=False)).from_(padded.subquery("CR", copy=False), copy=False)
         group_idx = exp.Window(
             this=exp.Sum(this=col(None, "is_start")), partition_by=[c.copy() for c in part],
             order=exp.Order(expressions=[exp.Ordered(this=col(None, "start_date"), nulls_first=True),
@@ -1032,14 +1068,14 @@ class _Compiler:
                                          exp.Ordered(this=col(None, "end_date"), nulls_first=True)]),
             spec=exp.WindowSpec(kind="ROWS", start="UNBOUNDED", start_side="PRECEDING", end="CURRENT ROW"),
         )
-        gr = exp.select("person_id", "start_date", "end_date", group_idx.as_("group_idx"), copy=False).from_(st.subquery("ST", copy=False), copy=False)
-        return (exp.select("person_id", exp.Min(this=col(None, "start_date")).as_("start_date"),
-                           date_add(exp.Max(this=col(None, "end_date")), -pad).as_("end_date"), copy=False)
-                .from_(gr.subquery("GR", copy=False), copy=False).group_by("person_id", "group_idx", copy=False))
+        gr = select("person_id", "start_date", "end_date", group_idx.as_("group_idx", copy=False)).from_(st.subquery("ST", copy=False), copy=False)
+        return (select("person_id", exp.Min(this=col(None, "start_date")).as_("start_date", copy=False),
+                           date_add(exp.Max(this=col(None, "end_date")), -pad).as_("end_date", copy=False))
+                .from_(gr.subquery("GR", copy=False), copy=False).group_by(col(None, "person_id"), col(None, "group_idx"), copy=False))
 
     def custom_era(self, s: m.CustomEraStrategy, inc: str) -> exp.Select:
         self.check_codeset(s.drug_codeset_id, "$.EndStrategy.CustomEra.DrugCodesetId")
-        persons = self.cte("era_persons", exp.select("person_id", copy=False).distinct(copy=False).from_(inc, copy=False))
+        persons = self.cte("era_persons", select("person_id").distinct(copy=False).from_(cte_table(inc), copy=False))
         if s.days_supply_override is not None:
             end_expr: exp.Expression = date_add(col("de", "drug_exposure_start_date"), s.days_supply_override)
         else:
@@ -1047,24 +1083,24 @@ class _Compiler:
         parts = []
         for concept_col in ("drug_concept_id", "drug_source_concept_id"):
             parts.append(
-                exp.select(col("de", "person_id"), col("de", "drug_exposure_start_date").as_("start_date"),
-                           end_expr.copy().as_("end_date"), copy=False)
+                select(col("de", "person_id"), col("de", "drug_exposure_start_date").as_("start_date", copy=False),
+                           end_expr.copy().as_("end_date", copy=False))
                 .from_(self.t("drug_exposure", "de"), copy=False)
                 .join(self.ref(persons, "p"), on=eq(col("de", "person_id"), col("p", "person_id")), copy=False)
                 .join(self.ref("codesets", "cs"), on=and_(eq(col("cs", "codeset_id"), lit(s.drug_codeset_id)),
                                                           eq(col("de", concept_col), col("cs", "concept_id"))), copy=False)
             )
-        target = self.cte("era_drug_target", exp.select("*", copy=False).from_(
+        target = self.cte("era_drug_target", select("*").from_(
             exp.union(parts[0], parts[1], distinct=False, copy=False).subquery("dt", copy=False), copy=False))
-        shifted = self.cte("era_shifted", exp.select(
-            "person_id", "start_date", date_add(col(None, "end_date"), s.gap_days + s.offset).as_("end_date")
-        , copy=False).from_(target, copy=False))
+        shifted = self.cte("era_shifted", select(
+            "person_id", "start_date", date_add(col(None, "end_date"), s.gap_days + s.offset).as_("end_date", copy=False)
+        ).from_(cte_table(target), copy=False))
         eras = self.collapse(shifted, 0)
         # collapse() undoes a pad it added itself; here the gap was added above and comes off the end
-        eras = exp.select("person_id", col(None, "start_date").as_("era_start_date"),
-                          date_add(col(None, "end_date"), -s.gap_days).as_("era_end_date"), copy=False).from_(eras.subquery("er", copy=False), copy=False)
+        eras = select("person_id", col(None, "start_date").as_("era_start_date", copy=False),
+                          date_add(col(None, "end_date"), -s.gap_days).as_("era_end_date", copy=False)).from_(eras.subquery("er", copy=False), copy=False)
         return (
-            exp.select(col("et", "event_id"), col("et", "person_id"), col("ERAS", "era_end_date").as_("end_date"), copy=False)
+            select(col("et", "event_id"), col("et", "person_id"), col("ERAS", "era_end_date").as_("end_date", copy=False))
             .from_(self.ref(inc, "et"), copy=False)
             .join(eras.subquery("ERAS", copy=False), on=and_(
                 eq(col("ERAS", "person_id"), col("et", "person_id")),

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from sqlglot import exp
 
-from mercia.cohorts.compiler import CompiledCohort
+from mercia.cohorts.compiler import CompiledCohort, sql_type
 from mercia.cohorts.duckdb_first import rewrite_first_row
 
 # Temporary tables live in the session; the token keeps them apart from anything else in it (a user's
@@ -159,7 +159,7 @@ def plan_cohort(compiled: CompiledCohort, dialect: str, cohort_table: exp.Table)
         return exp.Select(expressions=columns).from_(source, copy=False)
 
     # Typed, so PostgreSQL need not infer the parameter's type from the column it lands in.
-    cohort_id = exp.Cast(this=exp.Placeholder(this=COHORT_ID_PARAM), to=exp.DataType.build("BIGINT"))
+    cohort_id = exp.Cast(this=exp.Placeholder(this=COHORT_ID_PARAM), to=sql_type("BIGINT"))
     rows, _, used = with_inlined(select_from([cohort_id, *_columns(_COHORT_COLUMNS[1:])], "cohort_out"),
                                  {"cohort_out"})
     insert = exp.Insert(this=exp.Schema(this=cohort_table, expressions=[
@@ -191,16 +191,30 @@ def _scan(ctes: list[tuple[str, exp.Select]], temp: dict[str, str]
     for name, body in ctes:
         read = reads[name] = set()
         used = params[name] = set()
-        for node in body.find_all(exp.Table, exp.Placeholder, exp.RowNumber):
+        for node in _breadth_first(body):
             if isinstance(node, exp.Placeholder):
                 used.add(node.name)
             elif isinstance(node, exp.RowNumber):
                 row_numbers.append(node)
-            elif not node.args.get("db") and node.name in names:
+            elif isinstance(node, exp.Table) and not node.args.get("db") and node.name in names:
                 read.add(node.name)
                 if node.name in temp:
                     node.set("this", exp.to_identifier(temp[node.name]))
     return reads, params, row_numbers
+
+
+def _breadth_first(tree: exp.Expression) -> Iterator[exp.Expression]:
+    """Every node of `tree` in Expression.walk()'s order (breadth first), at about half its cost: the
+    children are read from the node's args here rather than through a generator per node."""
+    queue = deque([tree])
+    while queue:
+        node = queue.popleft()
+        yield node
+        for value in node.args.values():
+            if isinstance(value, list):
+                queue.extend(v for v in value if isinstance(v, exp.Expr))
+            elif isinstance(value, exp.Expr):
+                queue.append(value)
 
 
 class PlanCache:

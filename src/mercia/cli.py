@@ -225,17 +225,14 @@ def cohort_run(
     if format not in ("table", "json"):
         raise MerciaError(f"unknown format {format!r}: use table or json")
     defs = _load_all(definitions)  # every file is read and checked before the database is touched
-    results = []
     with open_cdm(cdm, cdm_schema, vocab_schema, results_schema) as handle, progress_bar() as progress, \
             warnings.catch_warnings():
         # Unknown concept ids come back in each result's warnings; they are printed once, below.
         warnings.simplefilter("ignore")
-        # One transaction for all: generate_cohorts joins it, so a failure leaves every cohort as it was.
-        with handle.transaction():
-            for i, d in enumerate(defs):
-                progress("generating cohorts", i, len(defs))
-                results += generate_cohorts(handle, [(cohort_id + i, d)])
-            progress("generating cohorts", len(defs), len(defs))
+        # One call, one transaction: a failure leaves every cohort as it was.
+        progress("generating cohorts", 0, len(defs))
+        results = generate_cohorts(handle, [(cohort_id + i, d) for i, d in enumerate(defs)],
+                                   progress=lambda done, total: progress("generating cohorts", done, total))
     for path, r in zip(definitions, results, strict=True):
         for w in r.warnings:
             err_console.print(f"[yellow]warning:[/] {path.name}: {w}", highlight=False, soft_wrap=True)

@@ -54,6 +54,16 @@ class DuckDBEngine:
         self.con.execute("SET enable_progress_bar = false")
         self._n = 0
 
+    def another_connection(self) -> DuckDBEngine:
+        """A second connection to the same database, for work on another thread: it has its own
+        transaction and its own temporary tables, and sees what this one has committed."""
+        other = DuckDBEngine.__new__(DuckDBEngine)
+        other.path = self.path
+        other.con = self.con.cursor()
+        other.con.execute("SET enable_progress_bar = false")
+        other._n = 0
+        return other
+
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self.con.execute(sql, params or None)
 

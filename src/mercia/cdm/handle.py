@@ -188,6 +188,11 @@ class Cdm:
         rows = self.fetch_all(expr, params)
         return rows[0][0] if rows else None
 
+    @property
+    def in_transaction(self) -> bool:
+        """Inside `transaction()`: what this handle wrote is not yet visible to other connections."""
+        return self._tx_depth > 0
+
     @contextmanager
     def transaction(self) -> Iterator[Cdm]:
         """All-or-nothing. Nested uses join the outer transaction."""

@@ -542,7 +542,7 @@ class _Compiler:
             q = select("codeset_id", "concept_id").from_(union.subquery("cs", copy=False), copy=False)
         else:
             q = (select(exp.Cast(this=exp.null(), to=sql_type("INT")).as_("codeset_id", copy=False),
-                            exp.Cast(this=exp.null(), to=sql_type("BIGINT")).as_("concept_id", copy=False)).where(exp.false(), copy=False))
+                        exp.Cast(this=exp.null(), to=sql_type("BIGINT")).as_("concept_id", copy=False)).where(exp.false(), copy=False))
         self.ctes.append(("codesets", q))
 
     # ---- one domain criterion → (person_id, event_id, start_date, end_date, visit_occurrence_id,
@@ -560,7 +560,7 @@ class _Compiler:
             start_date, end_date = adjusted_dates(domain, d, a, adjust)
         # All of the row's columns (filters read them as C.x) plus its start and end dates.
         inner = select(exp.Column(this=exp.Star(), table=exp.to_identifier(a)),
-                           start_date.as_("start_date", copy=False), end_date.as_("end_date", copy=False))
+                       start_date.as_("start_date", copy=False), end_date.as_("end_date", copy=False))
         inner = inner.from_(self.t(d.table, a), copy=False)
         fields = body.model_fields_set | {k for k, v in body if v is not None}
         codeset_id = getattr(body, "codeset_id", None)
@@ -721,9 +721,9 @@ class _Compiler:
         crit = self.cte("crit", q)
         events = (
             select(col("Q", "person_id"), col("Q", "event_id"), col("Q", "start_date"), col("Q", "end_date"),
-                       col("Q", "visit_occurrence_id"),
-                       col("OP", "observation_period_start_date").as_("op_start_date", copy=False),
-                       col("OP", "observation_period_end_date").as_("op_end_date", copy=False))
+                   col("Q", "visit_occurrence_id"),
+                   col("OP", "observation_period_start_date").as_("op_start_date", copy=False),
+                   col("OP", "observation_period_end_date").as_("op_end_date", copy=False))
             .from_(self.ref(crit, "Q"), copy=False)
             .join(self.t("observation_period", "OP"), on=and_(
                 eq(col("Q", "person_id"), col("OP", "person_id")),
@@ -734,7 +734,7 @@ class _Compiler:
         ac = self.group(group, ev, 0, path)
         return (
             select(*[col("PE", c) for c in ("person_id", "event_id", "start_date", "end_date",
-                                                 "visit_occurrence_id", "sort_date", "domain_concept_id")])
+                                             "visit_occurrence_id", "sort_date", "domain_concept_id")])
             .from_(self.ref(crit, "PE"), copy=False)
             .join(ac.subquery("AC", copy=False), on=and_(eq(col("AC", "person_id"), col("PE", "person_id")),
                                               eq(col("AC", "event_id"), col("PE", "event_id"))), copy=False)
@@ -909,7 +909,7 @@ class _Compiler:
                         expression=col(OP, "observation_period_end_date"))), copy=False)
         )
         primary = select(col("P", "ordinal").as_("event_id", copy=False), *[col("P", c) for c in EVENT_COLUMNS[0:1]],
-                             *[col("P", c) for c in EVENT_COLUMNS[2:]]).from_(ordered.subquery("P", copy=False), copy=False)
+                         *[col("P", c) for c in EVENT_COLUMNS[2:]]).from_(ordered.subquery("P", copy=False), copy=False)
         if pc.primary_limit.type != "All":
             primary = primary.where(eq(col("P", "ordinal"), lit(1)), copy=False)
         pe = self.cte("cohort_primary_events", primary)
@@ -917,9 +917,9 @@ class _Compiler:
         # qualified events: primary events meeting the additional criteria, then the qualified limit
         q_last = x.qualified_limit.type == "Last"
         qe_inner = select(*[col("pe", c) for c in EVENT_COLUMNS],
-                              row_number([col("pe", "person_id")], [(col("pe", "start_date"), q_last),
-                                                                     (col("pe", "event_id"), False)]).as_("ordinal", copy=False)
-                              ).from_(self.ref(pe, "pe"), copy=False)
+                          row_number([col("pe", "person_id")], [(col("pe", "start_date"), q_last),
+                                                                 (col("pe", "event_id"), False)]).as_("ordinal", copy=False)
+                          ).from_(self.ref(pe, "pe"), copy=False)
         ac = x.additional_criteria
         if ac is not None and not ac.is_empty():
             acq = self.group(ac, pe, 0, "$.AdditionalCriteria")
@@ -937,7 +937,7 @@ class _Compiler:
         for i, rule in enumerate(x.inclusion_rules):
             g = self.group(rule.expression, qe, 0, f"$.InclusionRules[{i}].expression")
             rule_parts.append(select(lit(i).as_("inclusion_rule_id", copy=False), lit(2**i).as_("rule_bit", copy=False),
-                                         col("g", "person_id"), col("g", "event_id")).from_(g.subquery("g", copy=False), copy=False))
+                                     col("g", "person_id"), col("g", "event_id")).from_(g.subquery("g", copy=False), copy=False))
         mg_cols = [col("Q", c) for c in EVENT_COLUMNS if c != "visit_occurrence_id"]
         if rule_parts:
             ru: exp.Select | exp.Union = rule_parts[0]
@@ -946,11 +946,11 @@ class _Compiler:
             ie = self.cte("cohort_inclusion_events", select("*").from_(ru.subquery("ir", copy=False), copy=False))
             masked = (
                 select(*mg_cols,
-                           exp.Coalesce(this=exp.Sum(this=col("I", "rule_bit")), expressions=[lit(0)])
-                           .as_("inclusion_rule_mask", copy=False),
-                           exp.Count(this=exp.Distinct(expressions=[col("I", "inclusion_rule_id")])).as_("rule_count", copy=False),
-                           exp.Coalesce(this=exp.Min(this=col("I", "inclusion_rule_id")), expressions=[lit(0)])
-                           .as_("min_rule_id", copy=False))
+                       exp.Coalesce(this=exp.Sum(this=col("I", "rule_bit")), expressions=[lit(0)])
+                       .as_("inclusion_rule_mask", copy=False),
+                       exp.Count(this=exp.Distinct(expressions=[col("I", "inclusion_rule_id")])).as_("rule_count", copy=False),
+                       exp.Coalesce(this=exp.Min(this=col("I", "inclusion_rule_id")), expressions=[lit(0)])
+                       .as_("min_rule_id", copy=False))
                 .from_(self.ref(qe, "Q"), copy=False)
                 .join(join_on(self.ref(ie, "I"), and_(eq(col("I", "person_id"), col("Q", "person_id")),
                                                       eq(col("I", "event_id"), col("Q", "event_id"))), "LEFT"), copy=False)
@@ -958,16 +958,16 @@ class _Compiler:
             )
         else:
             masked = select(*mg_cols, lit(0).as_("inclusion_rule_mask", copy=False), lit(0).as_("rule_count", copy=False),
-                                lit(0).as_("min_rule_id", copy=False)).from_(self.ref(qe, "Q"), copy=False)
+                            lit(0).as_("min_rule_id", copy=False)).from_(self.ref(qe, "Q"), copy=False)
         mev = self.cte("cohort_masked_events", masked)
 
         # included events: all rules met, then the expression limit
         e_last = x.expression_limit.type == "Last"
         inc_cols = [c for c in EVENT_COLUMNS if c != "visit_occurrence_id"]
         inc_inner = select(*[col("MG", c) for c in inc_cols],
-                               row_number([col("MG", "person_id")], [(col("MG", "start_date"), e_last),
-                                                                      (col("MG", "event_id"), False)]).as_("ordinal", copy=False)
-                               ).from_(self.ref(mev, "MG"), copy=False)
+                           row_number([col("MG", "person_id")], [(col("MG", "start_date"), e_last),
+                                                                  (col("MG", "event_id"), False)]).as_("ordinal", copy=False)
+                           ).from_(self.ref(mev, "MG"), copy=False)
         if n_rules:
             inc_inner = inc_inner.where(eq(col("MG", "inclusion_rule_mask"), lit(2**n_rules - 1)), copy=False)
         included = select(*[col("R", c) for c in inc_cols]).from_(inc_inner.subquery("R", copy=False), copy=False)
@@ -1070,7 +1070,7 @@ class _Compiler:
         )
         gr = select("person_id", "start_date", "end_date", group_idx.as_("group_idx", copy=False)).from_(st.subquery("ST", copy=False), copy=False)
         return (select("person_id", exp.Min(this=col(None, "start_date")).as_("start_date", copy=False),
-                           date_add(exp.Max(this=col(None, "end_date")), -pad).as_("end_date", copy=False))
+                       date_add(exp.Max(this=col(None, "end_date")), -pad).as_("end_date", copy=False))
                 .from_(gr.subquery("GR", copy=False), copy=False).group_by(col(None, "person_id"), col(None, "group_idx"), copy=False))
 
     def custom_era(self, s: m.CustomEraStrategy, inc: str) -> exp.Select:
@@ -1084,7 +1084,7 @@ class _Compiler:
         for concept_col in ("drug_concept_id", "drug_source_concept_id"):
             parts.append(
                 select(col("de", "person_id"), col("de", "drug_exposure_start_date").as_("start_date", copy=False),
-                           end_expr.copy().as_("end_date", copy=False))
+                       end_expr.copy().as_("end_date", copy=False))
                 .from_(self.t("drug_exposure", "de"), copy=False)
                 .join(self.ref(persons, "p"), on=eq(col("de", "person_id"), col("p", "person_id")), copy=False)
                 .join(self.ref("codesets", "cs"), on=and_(eq(col("cs", "codeset_id"), lit(s.drug_codeset_id)),
@@ -1098,7 +1098,7 @@ class _Compiler:
         eras = self.collapse(shifted, 0)
         # collapse() undoes a pad it added itself; here the gap was added above and comes off the end
         eras = select("person_id", col(None, "start_date").as_("era_start_date", copy=False),
-                          date_add(col(None, "end_date"), -s.gap_days).as_("era_end_date", copy=False)).from_(eras.subquery("er", copy=False), copy=False)
+                      date_add(col(None, "end_date"), -s.gap_days).as_("era_end_date", copy=False)).from_(eras.subquery("er", copy=False), copy=False)
         return (
             select(col("et", "event_id"), col("et", "person_id"), col("ERAS", "era_end_date").as_("end_date", copy=False))
             .from_(self.ref(inc, "et"), copy=False)

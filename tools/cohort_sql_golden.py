@@ -145,7 +145,11 @@ def main() -> int:
     else:
         golden = json.loads(args.check.read_text(encoding="utf-8"))
         random_definitions = golden["random_definitions"]
-    rendered = {name: render_all(cdm, d) for name, d in corpus(random_definitions)}
+    rendered: dict[str, Any] = {}
+    for name, d in corpus(random_definitions):
+        rendered[name] = render_all(cdm, d)
+        if len(rendered) % 50 == 0:
+            print(f"{len(rendered)} rendered", file=sys.stderr, flush=True)
     if args.write:
         args.write.write_text(json.dumps({"random_definitions": random_definitions, "rendered": rendered},
                                          sort_keys=True), encoding="utf-8")

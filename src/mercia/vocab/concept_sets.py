@@ -80,8 +80,8 @@ def _direct(cdm: Cdm, ids: Sequence[int]) -> exp.Select:
     # Circe: select concept_id from CONCEPT where concept_id in (...)  -- no validity filter here.
     return (
         exp.select(_col("concept_id"))
-        .from_(cdm.table("concept"))
-        .where(exp.In(this=_col("concept_id"), expressions=_ids(ids)))
+        .from_(cdm.table("concept"), copy=False)
+        .where(exp.In(this=_col("concept_id"), expressions=_ids(ids)), copy=False)
     )
 
 
@@ -89,16 +89,19 @@ def _descendants(cdm: Cdm, ids: Sequence[int]) -> exp.Select:
     # Circe: descendants whose own CONCEPT row is valid.
     return (
         exp.select(_col("concept_id", "c"))
-        .from_(cdm.table("concept", alias="c"))
+        .from_(cdm.table("concept", alias="c"), copy=False)
         .join(
             cdm.table("concept_ancestor", alias="ca"),
             on=exp.EQ(this=_col("concept_id", "c"), expression=_col("descendant_concept_id", "ca")),
+            copy=False,
         )
         .where(
             exp.and_(
                 exp.Is(this=_col("invalid_reason", "c"), expression=exp.Null()),
                 exp.In(this=_col("ancestor_concept_id", "ca"), expressions=_ids(ids)),
-            )
+                copy=False,
+            ),
+            copy=False,
         )
     )
 
@@ -106,7 +109,7 @@ def _descendants(cdm: Cdm, ids: Sequence[int]) -> exp.Select:
 def _union(queries: list[exp.Query]) -> exp.Query:
     out = queries[0]
     for q in queries[1:]:
-        out = exp.union(out, q, distinct=True)
+        out = exp.union(out, q, distinct=True, copy=False)
     return out
 
 
@@ -120,18 +123,20 @@ def _sub_query(cdm: Cdm, concepts: Sequence[int], descendants: Sequence[int]) ->
 
 
 def _mapped(cdm: Cdm, concepts: Sequence[int], descendants: Sequence[int]) -> exp.Select:
-    standard = _sub_query(cdm, concepts, descendants).subquery("c_std")
+    standard = _sub_query(cdm, concepts, descendants).subquery("c_std", copy=False)
     return (
-        exp.select(exp.alias_(_col("concept_id_1", "cr"), "concept_id"))
-        .distinct()
-        .from_(standard)
+        exp.select(exp.alias_(_col("concept_id_1", "cr"), "concept_id", copy=False))
+        .distinct(copy=False)
+        .from_(standard, copy=False)
         .join(
             cdm.table("concept_relationship", alias="cr"),
             on=exp.and_(
                 exp.EQ(this=_col("concept_id", "c_std"), expression=_col("concept_id_2", "cr")),
                 exp.EQ(this=_col("relationship_id", "cr"), expression=exp.Literal.string("Maps to")),
                 exp.Is(this=_col("invalid_reason", "cr"), expression=exp.Null()),
+                copy=False,
             ),
+            copy=False,
         )
     )
 
@@ -144,7 +149,7 @@ def _part_query(
     mapped_descendants: list[int],
 ) -> exp.Query:
     if not concepts:
-        return exp.select(_col("concept_id")).from_(cdm.table("concept")).where(exp.false())
+        return exp.select(_col("concept_id")).from_(cdm.table("concept"), copy=False).where(exp.false(), copy=False)
     parts = [_sub_query(cdm, concepts, descendants)]
     if mapped or mapped_descendants:
         parts.append(_mapped(cdm, mapped, mapped_descendants))
@@ -170,17 +175,18 @@ def concept_set_query(cdm: Cdm, concept_set: ConceptSet) -> exp.Select:
     The result column is named ``concept_id``. Embed it with ``.subquery(alias)``.
     """
     include = _part_query(cdm, *_split(it for it in concept_set.items if not it.is_excluded)).subquery(
-        "i_set"
+        "i_set", copy=False
     )
-    query = exp.select(_col("concept_id", "i_set")).distinct().from_(include)
+    query = exp.select(_col("concept_id", "i_set")).distinct(copy=False).from_(include, copy=False)
     excluded = [it for it in concept_set.items if it.is_excluded]
     if excluded:
-        exclude = _part_query(cdm, *_split(excluded)).subquery("e_set")
+        exclude = _part_query(cdm, *_split(excluded)).subquery("e_set", copy=False)
+        # A Join node built directly: join_type="left" would be parsed from text on every call.
         query = query.join(
-            exclude,
-            on=exp.EQ(this=_col("concept_id", "i_set"), expression=_col("concept_id", "e_set")),
-            join_type="left",
-        ).where(exp.Is(this=_col("concept_id", "e_set"), expression=exp.Null()))
+            exp.Join(this=exclude, kind="LEFT",
+                     on=exp.EQ(this=_col("concept_id", "i_set"), expression=_col("concept_id", "e_set"))),
+            copy=False,
+        ).where(exp.Is(this=_col("concept_id", "e_set"), expression=exp.Null()), copy=False)
     return query
 
 

@@ -1013,7 +1013,15 @@ class _Compiler:
             .group_by(col("I", "person_id"), col("I", "event_id"), col("I", "start_date"), copy=False)
         )
         cr = self.cte("cohort_rows", rows)
-        final = self.cte("cohort_final", self.collapse(cr, x.collapse_settings.era_pad))
+        # A First/Last limit at any stage leaves one included event, so one row, per person: the era
+        # collapse would give each row back unchanged (its pad is added and taken off again). Skipping its
+        # two window passes is a sizeable share of the run on a large site.
+        one_per_person = (pc.primary_limit.type != "All" or x.expression_limit.type != "All"
+                          or (ac is not None and x.qualified_limit.type != "All"))
+        if one_per_person:
+            final = self.cte("cohort_final", select("person_id", "start_date", "end_date").from_(cte_table(cr), copy=False))
+        else:
+            final = self.cte("cohort_final", self.collapse(cr, x.collapse_settings.era_pad))
 
         # censor window, then the output rows
         start: exp.Expression = col(None, "start_date")

@@ -175,6 +175,18 @@ def _prepare(cdm: Cdm, cohort_id: int, definition: CohortDefinition, definition_
 
 
 Progress = Callable[[int, int], None]
+Counts = dict[int, tuple[int, int]]  # cohort id -> (persons, entries)
+
+
+@dataclass
+class _Checked:
+    unknown: dict[int, list[str]]  # cohort id -> warnings about unknown concept ids
+    tables_exist: bool  # cohort and cohort_definition
+    before_censor: dict[int, int | None]  # cohort id -> persons before its censor window (None: none)
+
+
+def _censor_lost(before: int | None, after: int) -> int | None:
+    return None if before is None else before - after
 
 
 def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], *,
@@ -195,57 +207,71 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
     if not definitions:
         return []
     hashes = {cid: d.definition_hash() for cid, d in definitions}
-    unknown = dict(zip(ids, _unknown_concepts(cdm, [d for _, d in definitions]), strict=True))
-    tables_exist = cdm.table_exists("cohort") and cdm.table_exists("cohort_definition")
-    existing = _existing_definitions(cdm, ids) if tables_exist else {}
-    for cid, d in definitions:
-        if cid in existing:
-            name, syntax = existing[cid]
-            if name != d.name or not (syntax or "").startswith(_SYNTAX_PREFIX + hashes[cid]):
-                raise CohortDefinitionError(
-                    f"cohort id {cid} is already used by another definition ({name!r}) in this CDM's "
-                    f"cohort_definition table; choose another id, or delete cohort {cid} first"
-                )
+    with_stats = stats and cdm.dialect != "spark"
+
+    def check() -> _Checked:
+        """What needs no cohort computed: unknown concepts, ids used by other definitions, the persons
+        before a censor window. On DuckDB this runs while the other connections compute the cohorts."""
+        unknown = dict(zip(ids, _unknown_concepts(cdm, [d for _, d in definitions]), strict=True))
+        tables_exist = cdm.table_exists("cohort") and cdm.table_exists("cohort_definition")
+        existing = _existing_definitions(cdm, ids) if tables_exist else {}
+        for cid, d in definitions:
+            if cid in existing:
+                name, syntax = existing[cid]
+                if name != d.name or not (syntax or "").startswith(_SYNTAX_PREFIX + hashes[cid]):
+                    raise CohortDefinitionError(
+                        f"cohort id {cid} is already used by another definition ({name!r}) in this CDM's "
+                        f"cohort_definition table; choose another id, or delete cohort {cid} first"
+                    )
+        before_censor: dict[int, int | None] = {}
+        if with_stats:
+            from mercia.cohorts.stats import persons_before_censor_window
+
+            before_censor = {cid: persons_before_censor_window(cdm, d) for cid, d in definitions}
+        return _Checked(unknown, tables_exist, before_censor)
 
     progress = progress or (lambda done, total: None)
     cohort = cdm.table("cohort")
     if cdm.dialect == "duckdb" and not cdm.in_transaction and isinstance(cdm.engine, DuckDBEngine):
         # Computed outside the transaction on other connections (they cannot see uncommitted work, hence
         # not when the caller holds a transaction open); only the final writes are inside it.
-        prepared, masks, rows = _run_duckdb_parallel(cdm, definitions, hashes, progress)
-        computed = True
+        run = _run_duckdb_parallel(cdm, definitions, hashes, progress, check)
+        prepared, masks, counts, checked = run.prepared, run.masks, run.counts, run.checked
     else:
+        checked = check()
         prepared = [_prepare(cdm, cid, d, hashes[cid]) for cid, d in definitions]
-        masks, rows, computed = {}, [], False
+        run = None
     by_id = {p.cohort_id: p for p in prepared}
     prepared = [by_id[cid] for cid in ids]
 
     with cdm.transaction():
         for p in prepared:
-            for w in unknown[p.cohort_id]:
+            for w in checked.unknown[p.cohort_id]:
                 warnings.warn(f"cohort {p.cohort_id} ({p.definition.name!r}): {w}", UnknownConceptWarning,
                               stacklevel=2)
-        if not tables_exist:
+        if not checked.tables_exist:
             cdm.create_tables(["cohort", "cohort_definition"])
         if cdm.dialect != "spark":
             cdm.execute(exp.delete(cohort.copy(), where=_id_in(ids)))
-        if computed:
-            for table in rows:
+        if run is not None:
+            for table in run.rows:
                 if table.num_rows:
                     cdm.engine.insert_arrow(cdm.qualified("cohort"), table)
         else:
             masks = _run_all(cdm, prepared, cohort, progress)
-        counted = (exp.select("cohort_definition_id", exp.Count(this=exp.Distinct(expressions=[
-                       exp.column("subject_id")])), exp.Count(this=exp.Star()))
-                   .from_(cohort.copy()).where(_id_in(ids)).group_by("cohort_definition_id"))
-        counts = {int(r[0]): (int(r[1]), int(r[2])) for r in cdm.fetch_all(counted)}
+            counted = (exp.select("cohort_definition_id", exp.Count(this=exp.Distinct(expressions=[
+                           exp.column("subject_id")])), exp.Count(this=exp.Star()))
+                       .from_(cohort.copy()).where(_id_in(ids)).group_by("cohort_definition_id"))
+            counts = {int(r[0]): (int(r[1]), int(r[2])) for r in cdm.fetch_all(counted)}
         _delete_definition_rows(cdm, ids)
         _insert_definition_rows(cdm, prepared)
-        if stats and cdm.dialect != "spark":
-            from mercia.cohorts.stats import GeneratedStats, censor_lost, write_stats
+        if with_stats:
+            from mercia.cohorts.stats import GeneratedStats, write_stats
 
-            write_stats(cdm, [GeneratedStats(p.cohort_id, p.definition, masks[p.cohort_id], censor_lost(
-                cdm, p.definition, counts.get(p.cohort_id, (0, 0))[0])) for p in prepared])
+            write_stats(cdm, [GeneratedStats(p.cohort_id, p.definition, masks[p.cohort_id],
+                                             _censor_lost(checked.before_censor[p.cohort_id],
+                                                          counts.get(p.cohort_id, (0, 0))[0]))
+                              for p in prepared])
     results: list[CohortResult] = []
     for p in prepared:
         mask_counts = masks[p.cohort_id]
@@ -253,7 +279,7 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
         persons, entries = counts.get(p.cohort_id, (0, 0))
         results.append(CohortResult(
             cohort_id=p.cohort_id, name=p.definition.name, persons=persons, entries=entries,
-            attrition=rule_stats, summary=summary, mask_counts=mask_counts, warnings=unknown[p.cohort_id],
+            attrition=rule_stats, summary=summary, mask_counts=mask_counts, warnings=checked.unknown[p.cohort_id],
             definition_hash=p.definition_hash,
         ))
     return results
@@ -370,19 +396,38 @@ def _sharing_groups(definitions: list[tuple[int, CohortDefinition]]) -> list[lis
     return list(groups.values())
 
 
+@dataclass
+class _ParallelRun:
+    prepared: list[_Prepared]
+    masks: dict[int, dict[tuple[int, int], int]]
+    rows: list[pa.Table]  # each connection's cohort rows
+    counts: Counts
+    checked: _Checked
+
+
+def _counts(db: _Executor) -> Counts:
+    """Persons and entries per cohort id in this connection's rows table (pyarrow's group_by would
+    import pandas, half a second)."""
+    q = (exp.select("cohort_definition_id", exp.Count(this=exp.Distinct(expressions=[exp.column("subject_id")])),
+                    exp.Count(this=exp.Star()))
+         .from_(_rows_table(), copy=False).group_by("cohort_definition_id", copy=False))
+    return {int(c): (int(p), int(e)) for c, p, e in db.fetch_all(q.sql(dialect="duckdb"))}
+
+
 def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], hashes: dict[int, str],
-                         progress: Progress
-                         ) -> tuple[list[_Prepared], dict[int, dict[tuple[int, int], int]], list[pa.Table]]:
-    """Each cohort's rows and mask counts, computed on _DUCKDB_CONNECTIONS connections of their own
-    while this thread compiles; nothing is written outside those connections' temporary tables."""
+                         progress: Progress, check: Callable[[], _Checked]) -> _ParallelRun:
+    """Each cohort's rows, counts and mask counts, computed on _DUCKDB_CONNECTIONS connections of their
+    own while this thread compiles the definitions and then runs `check`; nothing is written outside
+    those connections' temporary tables."""
     engine = cdm.engine
     assert isinstance(engine, DuckDBEngine)
     work: queue.Queue[list[_Prepared] | None] = queue.Queue()
     prepared: list[_Prepared] = []
     masks: dict[int, dict[tuple[int, int], int]] = {}
     rows: list[pa.Table] = []
+    counts: Counts = {}
     errors: list[BaseException] = []
-    abandoned = threading.Event()  # this thread failed (a definition that does not compile)
+    abandoned = threading.Event()  # this thread failed (a definition that does not compile, a check)
     lock = threading.Lock()
 
     def run(db: DuckDBEngine) -> None:
@@ -399,8 +444,10 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
                         progress(len(masks), len(definitions))
             if not (errors or abandoned.is_set()):
                 result = db.fetch_arrow(exp.select("*").from_(_rows_table()).sql(dialect="duckdb"))
+                result_counts = _counts(db)
                 with lock:
                     rows.append(result)
+                    counts.update(result_counts)
         except BaseException as e:  # re-raised in the calling thread
             errors.append(e)
         finally:
@@ -410,6 +457,7 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
                                 daemon=True) for i in range(_DUCKDB_CONNECTIONS)]
     for w in workers:
         w.start()
+    ended = False
     try:
         for group in _sharing_groups(definitions):
             if errors:
@@ -417,17 +465,22 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
             ready = [_prepare(cdm, cid, d, hashes[cid]) for cid, d in group]
             prepared += ready
             work.put(ready)
+        for _ in workers:
+            work.put(None)
+        ended = True
+        checked = check()
     except BaseException:
         abandoned.set()
         raise
     finally:
-        for _ in workers:
-            work.put(None)
+        if not ended:
+            for _ in workers:
+                work.put(None)
         for w in workers:
             w.join()
     if errors:
         raise errors[0]
-    return prepared, masks, rows
+    return _ParallelRun(prepared, masks, rows, counts, checked)
 
 
 def _run_compiled(cdm: Cdm, cohort_id: int, c: CompiledCohort, cohort: exp.Table) -> dict[tuple[int, int], int]:

@@ -120,9 +120,9 @@ def read_stats(cdm: Cdm, cohort_id: int) -> dict[str, list[tuple[Any, ...]]]:
     return out
 
 
-def censor_lost(cdm: Cdm, definition: CohortDefinition, persons_after: int) -> int | None:
-    """Persons the censor window removed (None without one): the definition's persons before it, from its
-    compiled CTE query (the plan's steps do not keep that step), minus the persons now in the cohort."""
+def persons_before_censor_window(cdm: Cdm, definition: CohortDefinition) -> int | None:
+    """The definition's persons before its censor window (None without one), from its compiled CTE query
+    (the plan's steps do not keep that step). Its censor_lost is this minus the persons in the cohort."""
     cw = definition.expression.censor_window
     if cw.start_date is None and cw.end_date is None:
         return None
@@ -130,5 +130,4 @@ def censor_lost(cdm: Cdm, definition: CohortDefinition, persons_after: int) -> i
 
     compiled = compile_cohort(cdm, definition.expression)
     q = compiled.persons_before_censor_window_query()
-    before = int(cdm.fetch_all(q, bound(q, compiled.params))[0][0])
-    return before - persons_after
+    return int(cdm.fetch_all(q, bound(q, compiled.params))[0][0])

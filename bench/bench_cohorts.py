@@ -215,15 +215,26 @@ def run_oracle(db: Path, defs: list[tuple[int, str, Path]]) -> dict[int, Any]:
     return out
 
 
-def bench(persons: int, skip_oracle: bool) -> dict[str, Any]:
+def bench(persons: int, skip_oracle: bool, repeat: int) -> dict[str, Any]:
+    import statistics
+
     from harness import machine, measure
 
     db = database(persons)
     defs = definitions()
-    print(f"\n== {persons:,} persons: {len(defs)} cohorts on {db.name} ==", flush=True)
-    m = measure(run_mercia, str(db), [(cid, name, str(p)) for cid, name, p in defs])
+    print(f"\n== {persons:,} persons: {len(defs)} cohorts on {db.name}, each side {repeat} time(s) ==", flush=True)
+    # The two sides take turns, so a slow spell of the machine falls on both; the medians are compared.
+    runs, circe_runs = [], []
+    for _ in range(repeat):
+        runs.append(measure(run_mercia, str(db), [(cid, name, str(p)) for cid, name, p in defs]))
+        if not skip_oracle:
+            circe_runs.append(run_oracle(db, defs))
+    mercia_totals = [r["value"]["total_s"] for r in runs]
+    m = sorted(runs, key=lambda r: r["value"]["total_s"])[len(runs) // 2]  # the median run
     mercia = m["value"]
-    oracle = {} if skip_oracle else run_oracle(db, defs)
+    circe_totals = [sum(c[cid]["seconds"] for cid, _, _ in defs) for c in circe_runs]
+    oracle = sorted(circe_runs, key=lambda c: sum(c[cid]["seconds"] for cid, _, _ in defs))[len(circe_runs) // 2] \
+        if circe_runs else {}
     per = []
     for cid, name, _ in defs:
         mine = sorted(tuple(r) for r in mercia["rows"][cid])
@@ -236,6 +247,10 @@ def bench(persons: int, skip_oracle: bool) -> dict[str, Any]:
             row["same_rows"] = mine == theirs
             row["same_counts"] = (row["entries"], row["persons"]) == (len(theirs), row["circe_persons"])
         per.append(row)
+    if len(runs) > 1:
+        print(f"Mercia totals (s): {', '.join(f'{t:.2f}' for t in mercia_totals)}; median {statistics.median(mercia_totals):.2f}")
+        if circe_totals:
+            print(f"Circe totals (s):  {', '.join(f'{t:.2f}' for t in circe_totals)}; median {statistics.median(circe_totals):.2f}")
     total_m = mercia["total_s"]
     total_c = sum(r.get("circe_s", 0.0) for r in per)
     ratio = total_m / total_c if total_c else float("nan")
@@ -251,12 +266,13 @@ def bench(persons: int, skip_oracle: bool) -> dict[str, Any]:
               f"rows identical: {identical} / {len(per)}")
     else:
         print("Circe not run (--skip-oracle): no ratio, rows not compared")
-    print(f"Mercia process: {m['seconds']:.1f} s wall incl. parsing and reading rows back, "
+    print(f"Mercia process (median run): {m['seconds']:.1f} s wall incl. parsing and reading rows back, "
           f"peak RSS {m['peak_rss_mib']:.0f} MiB")
     result = {"persons": persons, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "load_average": os.getloadavg(), "mercia_total_s": total_m, "mercia_cpu_s": mercia["cpu_s"],
               "mercia_python_s": mercia["python_s"], "circe_total_s": total_c, "ratio": ratio,
               "rows_identical": identical if oracle else None, "mercia_peak_rss_mib": m["peak_rss_mib"],
+              "repeat": repeat, "mercia_totals_s": mercia_totals, "circe_totals_s": circe_totals,
               "cohorts": per}
     (OUT / f"bench_cohorts_{persons}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
@@ -266,9 +282,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--persons", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--skip-oracle", action="store_true", help="time Mercia only")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each side; the medians are compared")
     args = ap.parse_args()
     for n in args.persons:
-        bench(n, args.skip_oracle)
+        bench(n, args.skip_oracle, args.repeat)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
 
 from mercia.cdm.engines import DuckDBEngine, Engine, PostgresEngine, SparkEngine
 from mercia.cdm.spec import DEFAULT_VERSION, CdmSpec, TableSpec, cdm_spec
@@ -56,6 +57,9 @@ class Cdm:
         self.results_schema = _check_ident("results schema", _default(results_schema, cdm_schema))
         self.target = target
         self._tx_depth = 0
+        # sqlglot loads a dialect's module on first use (a tenth of a second for DuckDB's): every statement
+        # of this handle is rendered in it, so load it with the connection, not inside the first query.
+        Dialect.get_or_raise(engine.dialect)
         self.version = version or self._detect_version() or DEFAULT_VERSION
         self.spec: CdmSpec = cdm_spec(self.version)
 

@@ -387,13 +387,20 @@ def _run_all(cdm: Cdm, prepared: list[_Prepared], cohort: exp.Table, progress: P
 
 def _sharing_groups(definitions: list[tuple[int, CohortDefinition]]) -> list[list[tuple[int, CohortDefinition]]]:
     """The definitions in groups with the same concept sets and primary criteria: the first steps of
-    their plans are the same, so each group runs on one connection, one after another, sharing them."""
+    their plans are the same, so each group runs on one connection, one after another, sharing them.
+
+    Largest first: the connections take the next group as they come free, so small groups last even
+    out their finishing times. A definition's size (its criteria, limits, strategies, without the
+    concept sets) is a rough stand-in for its cost, good enough to leave the cheap ones to the end."""
     groups: dict[str, list[tuple[int, CohortDefinition]]] = {}
+    size: dict[str, int] = {}
     for cid, d in definitions:
         key = json.dumps(d.expression.model_dump(mode="json", include={"concept_sets", "primary_criteria"},
                                                  exclude_none=True), sort_keys=True)
         groups.setdefault(key, []).append((cid, d))
-    return list(groups.values())
+        size[key] = size.get(key, 0) + len(d.expression.model_dump_json(
+            exclude={"concept_sets"}, exclude_none=True, exclude_defaults=True))
+    return [groups[k] for k in sorted(groups, key=lambda k: -size[k])]
 
 
 @dataclass

@@ -34,8 +34,9 @@ _SYNTAX_PREFIX = "mercia-cohort-sha256:"
 # DuckDB: cohorts are generated on this many connections at once, one thread each. DuckDB runs the
 # statements of different connections in parallel and releases the GIL meanwhile, so this thread compiles
 # the later definitions while the first ones run. Most cohort statements are too small for DuckDB to
-# spread one over both cores of a two-core machine; two connections keep both busy (bench_cohorts: the
-# SQL of the 13 benchmark cohorts at 100,000 persons 0.77 s on one connection, 0.51 s on two, 0.45 s...).
+# spread one over both cores of a two-core machine; two connections keep both busy (the SQL of the 13
+# bench_cohorts definitions, plans compiled: 100,000 persons 0.63-0.71 s on one connection, 0.40-0.44 s
+# on two; 1,000,000 persons 1.53-1.63 s and 1.10-1.36 s). Three were no faster on two cores.
 _DUCKDB_CONNECTIONS = 2
 # Each connection inserts its cohorts' rows into a temporary table of its own (a connection's temporary
 # tables are its own), read back when it is done; the final insert into `cohort` happens in one transaction.

@@ -1,6 +1,6 @@
 """Cohort generation: Mercia's compiler vs OHDSI's Circe SQL (ohdsi-circepy) on the same DuckDB CDM.
 
-    .venv/bin/python bench/bench_cohorts.py [--persons 100000 1000000] [--skip-oracle]
+    .venv/bin/python bench/bench_cohorts.py [--persons 100000 1000000] [--repeat 3] [--skip-oracle]
 
 For each population size a synthetic site is made with mercia.synth (cached as
 bench/out/synth_<persons>.duckdb, gitignored) and these definitions are generated on it:
@@ -13,8 +13,10 @@ Mercia: one ``generate_cohorts`` call for the whole set (compile, render, insert
 counts, inclusion masks), in one fresh process (bench/harness.py), timed in total; its Python part
 (compile_cohort and rendering each plan, from an empty plan cache) is timed on its own in the same process
 after. Circe: run_circe.py in the oracle venv on the same file, one definition at a time, timed on its
-SQL alone (rendering and translation excluded, so the comparison favours Circe). Rows are compared per
-cohort. Figures are printed and written to bench/out/bench_cohorts_<persons>.json.
+SQL alone (rendering and translation excluded, so the comparison favours Circe). The two sides take
+turns, `--repeat` times each, and their medians are compared (wall times on this shared two-core machine
+move by a fifth from run to run). Rows are compared per cohort. Figures are printed and written to
+bench/out/bench_cohorts_<persons>.json.
 """
 
 from __future__ import annotations

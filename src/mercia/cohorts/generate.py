@@ -239,8 +239,8 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
         run = _run_duckdb_parallel(cdm, definitions, hashes, progress, check)
         prepared, masks, counts, checked = run.prepared, run.masks, run.counts, run.checked
     else:
-        checked = check()
         prepared = [_prepare(cdm, cid, d, hashes[cid]) for cid, d in definitions]
+        checked = check()
         run = None
     by_id = {p.cohort_id: p for p in prepared}
     prepared = [by_id[cid] for cid in ids]

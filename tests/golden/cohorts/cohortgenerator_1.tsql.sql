@@ -155,44 +155,9 @@ WITH codesets AS (
 ), cohort_final AS (
   SELECT
     person_id AS person_id,
-    MIN(start_date) AS start_date,
-    MAX(end_date) AS end_date
-  FROM (
-    SELECT
-      person_id AS person_id,
-      start_date AS start_date,
-      end_date AS end_date,
-      SUM(is_start) OVER (
-        PARTITION BY person_id
-        ORDER BY start_date, is_start DESC, end_date
-        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
-      ) AS group_idx
-    FROM (
-      SELECT
-        person_id AS person_id,
-        start_date AS start_date,
-        end_date AS end_date,
-        CASE
-          WHEN MAX(end_date) OVER (
-            PARTITION BY person_id
-            ORDER BY start_date, end_date
-            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
-          ) >= start_date
-          THEN 0
-          ELSE 1
-        END AS is_start
-      FROM (
-        SELECT
-          person_id AS person_id,
-          start_date AS start_date,
-          end_date AS end_date
-        FROM cohort_rows
-      ) AS CR
-    ) AS ST
-  ) AS GR
-  GROUP BY
-    person_id,
-    group_idx
+    start_date AS start_date,
+    end_date AS end_date
+  FROM cohort_rows
 ), cohort_out AS (
   SELECT
     person_id AS subject_id,

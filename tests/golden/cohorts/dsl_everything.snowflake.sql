@@ -701,44 +701,9 @@ WITH codesets AS (
 ), cohort_final AS (
   SELECT
     person_id,
-    MIN(start_date) AS start_date,
-    CAST(DATEADD(DAY, -7, MAX(end_date)) AS DATE) AS end_date
-  FROM (
-    SELECT
-      person_id,
-      start_date,
-      end_date,
-      SUM(is_start) OVER (
-        PARTITION BY person_id
-        ORDER BY start_date NULLS FIRST, is_start DESC NULLS LAST, end_date NULLS FIRST
-        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
-      ) AS group_idx
-    FROM (
-      SELECT
-        person_id,
-        start_date,
-        end_date,
-        CASE
-          WHEN MAX(end_date) OVER (
-            PARTITION BY person_id
-            ORDER BY start_date NULLS FIRST, end_date NULLS FIRST
-            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
-          ) >= start_date
-          THEN 0
-          ELSE 1
-        END AS is_start
-      FROM (
-        SELECT
-          person_id,
-          start_date,
-          CAST(DATEADD(DAY, 7, end_date) AS DATE) AS end_date
-        FROM cohort_rows
-      ) AS CR
-    ) AS ST
-  ) AS GR
-  GROUP BY
-    person_id,
-    group_idx
+    start_date,
+    end_date
+  FROM cohort_rows
 ), cohort_out AS (
   SELECT
     person_id AS subject_id,

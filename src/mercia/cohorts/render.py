@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -55,10 +54,6 @@ class RenderedSql:
     order: tuple[str, ...]
 
 
-# numeric style: the number of each parameter name in the tree being rendered.
-_NUMBERS: ContextVar[dict[str, int]] = ContextVar("_NUMBERS")
-
-
 def describe_value(value: Any) -> str:
     """A bound value for a comment line: a date as YYYY-MM-DD (DATE), text as a JSON string (TEXT), so a
     newline or quote in the user's text cannot end the comment."""
@@ -67,9 +62,9 @@ def describe_value(value: Any) -> str:
     return f"{json.dumps(str(value))} (TEXT)"
 
 
-def _placeholder_text(name: str, style: ParamStyle) -> str:
+def _placeholder_text(name: str, style: ParamStyle, numbers: dict[str, int]) -> str:
     if style == "numeric":
-        return f":{_NUMBERS.get()[name]}"
+        return f":{numbers[name]}"
     if style == "dollar":
         return f"${name}"
     if style == "pyformat":
@@ -79,22 +74,6 @@ def _placeholder_text(name: str, style: ParamStyle) -> str:
     if style == "at":
         return f"@{name}"
     return "?"
-
-
-def _generator_for(dialect: str, style: ParamStyle) -> type[Dialect]:
-    """The dialect with its placeholders printed in `style` (every other construct unchanged)."""
-    base = Dialect.get_or_raise(dialect).__class__
-
-    class Generator(base.Generator):  # type: ignore[name-defined,misc]
-        def placeholder_sql(self, expression: exp.Placeholder) -> str:
-            # qmark: printed named first; render() reads their order from the text, then blanks them.
-            return _placeholder_text(expression.name, "colon" if style == "qmark" else style)
-
-    # A subclass of a registered dialect registers itself under its class name; the name says whose it is.
-    return type(f"MerciaParams{dialect.title()}{style.title()}", (base,), {"Generator": Generator})
-
-
-_DIALECTS: dict[tuple[str, ParamStyle], type[Dialect]] = {}
 
 
 def _positional(sql: str, dialect: str, names: set[str]) -> tuple[str, tuple[str, ...]]:
@@ -126,17 +105,18 @@ def render(tree: exp.Expression, params: dict[str, Any], dialect: str, *, pretty
     if dialect not in PARAM_STYLES:
         raise ValueError(f"no parameter style for dialect {dialect!r} (known: {', '.join(PARAM_STYLES)})")
     style = PARAM_STYLES[dialect]
-    key = (dialect, style)
-    if key not in _DIALECTS:
-        _DIALECTS[key] = _generator_for(dialect, style)
     if any(not p.args.get("this") for p in tree.find_all(exp.Placeholder)):
         raise ValueError("an unnamed placeholder cannot be rendered: compiled trees name every parameter")
     names = {p.name for p in tree.find_all(exp.Placeholder)}
-    numbers = _NUMBERS.set({n: i for i, n in enumerate(_named_order(tree), start=1)})
-    try:
-        sql = tree.sql(dialect=_DIALECTS[key], pretty=pretty)
-    finally:
-        _NUMBERS.reset(numbers)
+    # Each placeholder becomes a variable holding the dialect's own form, printed as it is, in a copy
+    # (the caller's tree is left alone). A Generator subclass would do it while printing, but sqlglot's
+    # compiled build (sqlglotc) does not allow interpreted subclasses of its classes.
+    # qmark: printed named first; _positional reads their order from the text, then blanks them.
+    work = tree.copy()
+    numbers = {n: i for i, n in enumerate(_named_order(work), start=1)}
+    for p in list(work.find_all(exp.Placeholder)):
+        p.replace(exp.Var(this=_placeholder_text(p.name, "colon" if style == "qmark" else style, numbers)))
+    sql = work.sql(dialect=dialect, pretty=pretty, copy=False)
     sql, order = _positional(sql, dialect, names) if style == "qmark" else (sql, _named_order(tree))
     missing = sorted(set(order) - set(params))
     if missing:

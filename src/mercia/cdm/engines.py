@@ -47,9 +47,13 @@ class DuckDBEngine:
 
         self.path = path
         try:
-            self.con = duckdb.connect(path or ":memory:", read_only=read_only)
+            con = duckdb.connect(path or ":memory:", read_only=read_only)
         except duckdb.Error as e:  # unreadable, locked or not a DuckDB file
             raise CdmError(f"cannot open DuckDB database {path!r}: {e}") from e
+        self._adopt(con)
+
+    def _adopt(self, con: Any) -> None:
+        self.con = con
         # DuckDB draws its own progress bar on long statements; ours (rich) is the one users see.
         self.con.execute("SET enable_progress_bar = false")
         self._n = 0
@@ -59,9 +63,7 @@ class DuckDBEngine:
         transaction and its own temporary tables, and sees what this one has committed."""
         other = DuckDBEngine.__new__(DuckDBEngine)
         other.path = self.path
-        other.con = self.con.cursor()
-        other.con.execute("SET enable_progress_bar = false")
-        other._n = 0
+        other._adopt(self.con.cursor())
         return other
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:

@@ -41,8 +41,6 @@ _DUCKDB_CONNECTIONS = 2
 # Each connection inserts its cohorts' rows into a temporary table of its own (a connection's temporary
 # tables are its own), read back when it is done; the final insert into `cohort` happens in one transaction.
 _ROWS_TABLE = f"mercia_tmp_{secrets.token_hex(4)}_cohort_rows"
-_COHORT_COLUMNS = (("cohort_definition_id", "BIGINT"), ("subject_id", "BIGINT"),
-                   ("cohort_start_date", "DATE"), ("cohort_end_date", "DATE"))
 
 
 class InclusionRuleStat(BaseModel):
@@ -260,10 +258,7 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
                     cdm.engine.insert_arrow(cdm.qualified("cohort"), table)
         else:
             masks = _run_all(cdm, prepared, cohort, progress)
-            counted = (exp.select("cohort_definition_id", exp.Count(this=exp.Distinct(expressions=[
-                           exp.column("subject_id")])), exp.Count(this=exp.Star()))
-                       .from_(cohort.copy()).where(_id_in(ids)).group_by("cohort_definition_id"))
-            counts = {int(r[0]): (int(r[1]), int(r[2])) for r in cdm.fetch_all(counted)}
+            counts = _read_counts(cdm.fetch_all(_counts_query(cohort.copy()).where(_id_in(ids), copy=False)))
         _delete_definition_rows(cdm, ids)
         _insert_definition_rows(cdm, prepared)
         if with_stats:
@@ -343,11 +338,13 @@ def _rows_table() -> exp.Table:
     return exp.Table(this=exp.to_identifier(_ROWS_TABLE))
 
 
-def _create_rows_table(db: _Executor) -> None:
-    create = exp.Create(this=exp.Schema(this=_rows_table(), expressions=[
-        exp.ColumnDef(this=exp.to_identifier(c), kind=exp.DataType.build(t)) for c, t in _COHORT_COLUMNS]),
-        kind="TABLE", properties=exp.Properties(expressions=[exp.TemporaryProperty()]))
-    db.execute(create.sql(dialect="duckdb"))
+def _rows_table_create(cdm: Cdm) -> str:
+    """DuckDB: the CDM's own cohort table (columns, types) as the temporary _ROWS_TABLE."""
+    create = cdm.create_table_expr(cdm.spec.table("cohort"))
+    create.this.set("this", _rows_table())
+    create.set("exists", False)
+    create.set("properties", exp.Properties(expressions=[exp.TemporaryProperty()]))
+    return create.sql(dialect="duckdb")
 
 
 def _drop_rows_table(db: _Executor) -> None:
@@ -364,7 +361,7 @@ def _run_all(cdm: Cdm, prepared: list[_Prepared], cohort: exp.Table, progress: P
                      key=lambda p: [s.create.sql for s in p.plan.steps])  # type: ignore[union-attr]
     done = 0
     if planned and cdm.dialect == "duckdb":
-        _create_rows_table(cdm)
+        cdm.execute(_rows_table_create(cdm))
     try:
         for p in planned:
             masks[p.cohort_id] = _run_plan(cdm, temp, p.cohort_id, p.plan)  # type: ignore[arg-type]
@@ -372,7 +369,7 @@ def _run_all(cdm: Cdm, prepared: list[_Prepared], cohort: exp.Table, progress: P
             progress(done, len(prepared))
         if planned and cdm.dialect == "duckdb":
             cdm.execute(exp.insert(exp.select("*").from_(_rows_table()), cohort.copy(),
-                                   columns=[c for c, _ in _COHORT_COLUMNS]))
+                                   columns=[f.name for f in cdm.spec.table("cohort").fields]))
     finally:
         temp.drop_all()
         if planned and cdm.dialect == "duckdb":
@@ -413,13 +410,16 @@ class _ParallelRun:
     checked: _Checked
 
 
-def _counts(db: _Executor) -> Counts:
-    """Persons and entries per cohort id in this connection's rows table (pyarrow's group_by would
+def _counts_query(rows: exp.Table) -> exp.Select:
+    """Persons and entries per cohort id of a table of cohort rows (in SQL: pyarrow's group_by would
     import pandas, half a second)."""
-    q = (exp.select("cohort_definition_id", exp.Count(this=exp.Distinct(expressions=[exp.column("subject_id")])),
-                    exp.Count(this=exp.Star()))
-         .from_(_rows_table(), copy=False).group_by("cohort_definition_id", copy=False))
-    return {int(c): (int(p), int(e)) for c, p, e in db.fetch_all(q.sql(dialect="duckdb"))}
+    return (exp.select("cohort_definition_id", exp.Count(this=exp.Distinct(expressions=[exp.column("subject_id")])),
+                       exp.Count(this=exp.Star()))
+            .from_(rows, copy=False).group_by("cohort_definition_id", copy=False))
+
+
+def _read_counts(rows: list[tuple]) -> Counts:
+    return {int(c): (int(p), int(e)) for c, p, e in rows}
 
 
 def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], hashes: dict[int, str],
@@ -438,10 +438,12 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
     abandoned = threading.Event()  # this thread failed (a definition that does not compile, a check)
     lock = threading.Lock()
 
+    create_rows = _rows_table_create(cdm)
+
     def run(db: DuckDBEngine) -> None:
         temp = _TempTables(db)
         try:
-            _create_rows_table(db)
+            db.execute(create_rows)
             while (group := work.get()) is not None:
                 if errors or abandoned.is_set():
                     continue  # something failed: drain the queue, do nothing more
@@ -452,7 +454,7 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
                         progress(len(masks), len(definitions))
             if not (errors or abandoned.is_set()):
                 result = db.fetch_arrow(exp.select("*").from_(_rows_table()).sql(dialect="duckdb"))
-                result_counts = _counts(db)
+                result_counts = _read_counts(db.fetch_all(_counts_query(_rows_table()).sql(dialect="duckdb")))
                 with lock:
                     rows.append(result)
                     counts.update(result_counts)

@@ -183,7 +183,7 @@ def concept_set_query(cdm: Cdm, concept_set: ConceptSet) -> exp.Select:
         exclude = _part_query(cdm, *_split(excluded)).subquery("e_set", copy=False)
         # A Join node built directly: join_type="left" would be parsed from text on every call.
         query = query.join(
-            exp.Join(this=exclude, kind="LEFT",
+            exp.Join(this=exclude, side="LEFT",
                      on=exp.EQ(this=_col("concept_id", "i_set"), expression=_col("concept_id", "e_set"))),
             copy=False,
         ).where(exp.Is(this=_col("concept_id", "e_set"), expression=exp.Null()), copy=False)

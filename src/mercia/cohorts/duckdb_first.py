@@ -6,8 +6,8 @@ taken monthly that is millions of rows at a million persons, and the window was 
 of the cohort benchmark. ARG_MIN over the same ordering finds each person's first row with a hash
 aggregate instead, about five times faster on those rows, and picks the same row: the first by the
 window's ORDER BY (start date, then row id, NULLs first; compared as one create_sort_key blob), exact
-ties broken arbitrarily by both. The
-chosen rows are then found again by DuckDB's ``rowid``, so every other column is the table's own.
+ties broken arbitrarily by both. The chosen rows are then found again by DuckDB's ``rowid``, so every
+other column is the table's own.
 
 Only that exact shape is rewritten, anything else is left as it is (the window is always correct):
 

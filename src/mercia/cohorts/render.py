@@ -117,7 +117,7 @@ def render(tree: exp.Expression, params: dict[str, Any], dialect: str, *, pretty
     for p in list(work.find_all(exp.Placeholder)):
         p.replace(exp.Var(this=_placeholder_text(p.name, "colon" if style == "qmark" else style, numbers)))
     sql = work.sql(dialect=dialect, pretty=pretty, copy=False)
-    sql, order = _positional(sql, dialect, names) if style == "qmark" else (sql, _named_order(tree))
+    sql, order = _positional(sql, dialect, names) if style == "qmark" else (sql, tuple(numbers))
     missing = sorted(set(order) - set(params))
     if missing:
         raise ValueError(f"placeholders without a value: {', '.join(missing)}")

@@ -180,18 +180,32 @@ def test_duckdb_runs_cohorts_on_other_connections_with_the_rows_of_one(
     from mercia.cdm.engines import DuckDBEngine
 
     opened: list[int] = []
+    threads_seen: list[int] = []
     real = DuckDBEngine.another_connection
 
     def counting(self: DuckDBEngine) -> DuckDBEngine:
         opened.append(1)
-        return real(self)
+        other = real(self)
+        real_execute = other.execute
+
+        def execute(sql: str, params: dict | None = None) -> None:
+            threads_seen.append(other.threads)
+            real_execute(sql, params)
+
+        other.execute = execute  # type: ignore[method-assign]
+        return other
 
     monkeypatch.setattr(DuckDBEngine, "another_connection", counting)
     defs = [(1, definition("plain")), (2, definition("drug before", [rule("drug", DRUG_BEFORE)])),
             (3, definition("first only", First=True)),
             (4, definition("after 2002", OccurrenceStartDate={"Value": "2002-01-01", "Op": "gt"}))]
+    assert isinstance(world.engine, DuckDBEngine)
+    world.engine.threads = 4
     parallel = generate_cohorts(world, defs)
     assert len(opened) == generate_module._DUCKDB_CONNECTIONS
+    # DuckDB's threads shared out among the connections while they ran, and given back after
+    assert threads_seen and set(threads_seen) == {4 // generate_module._DUCKDB_CONNECTIONS}
+    assert world.engine.threads == 4
     rows = {cid: cohort_rows(world, cid) for cid, _ in defs}
     with world.transaction():  # a caller's open transaction: other connections could not see its work
         in_one = generate_cohorts(world, defs)
@@ -205,8 +219,10 @@ def test_duckdb_runs_cohorts_on_other_connections_with_the_rows_of_one(
 def test_a_definition_that_does_not_compile_stops_the_run_and_writes_nothing(world: Cdm) -> None:
     generate_cohorts(world, [(1, definition("plain"))])
     before = cohort_rows(world, 1)
+    threads = getattr(world.engine, "threads", None)
     undefined = from_circe_json(cohort({"DrugExposure": {"CodesetId": 99}}), name="undefined concept set")
     with pytest.raises(CohortDefinitionError, match=r"cohort 9 \('undefined concept set'\).*concept set 99"):
         generate_cohorts(world, [(1, definition("plain")), (2, definition("first only", First=True)),
                                  (9, undefined)])
     assert cohort_rows(world, 1) == before and cohort_rows(world, 2) == []
+    assert getattr(world.engine, "threads", None) == threads  # DuckDB's setting given back after a failure

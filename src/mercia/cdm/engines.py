@@ -66,6 +66,15 @@ class DuckDBEngine:
         other._adopt(self.con.cursor())
         return other
 
+    @property
+    def threads(self) -> int:
+        """DuckDB's worker threads: one setting for the whole database, all its connections."""
+        return int(self.con.execute("SELECT current_setting('threads')").fetchone()[0])
+
+    @threads.setter
+    def threads(self, n: int) -> None:
+        self.con.execute(f"SET threads = {int(n)}")  # an int, never caller text
+
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self.con.execute(sql, params or None)
 

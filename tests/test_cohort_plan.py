@@ -226,3 +226,38 @@ def test_a_definition_that_does_not_compile_stops_the_run_and_writes_nothing(wor
                                  (9, undefined)])
     assert cohort_rows(world, 1) == before and cohort_rows(world, 2) == []
     assert getattr(world.engine, "threads", None) == threads  # DuckDB's setting given back after a failure
+
+
+def test_a_connection_failing_after_the_writes_began_leaves_every_table_as_it_was(
+        world: Cdm, monkeypatch: pytest.MonkeyPatch) -> None:
+    if world.dialect != "duckdb":
+        pytest.skip("parallel connections are DuckDB's")
+    import threading
+
+    from mercia.cohorts.stats import read_stats
+
+    with_rule = definition("drug before", [rule("drug", DRUG_BEFORE)])
+    generate_cohorts(world, [(1, definition("plain")), (2, with_rule)])
+    before = ({cid: cohort_rows(world, cid) for cid in (1, 2)}, {cid: read_stats(world, cid) for cid in (1, 2)},
+              world.fetch_all("SELECT * FROM " + world.qualified("cohort_definition") + " ORDER BY 1"))
+    writes_began = threading.Event()
+    real_insert, real_run = generate_module._insert_definition_rows, generate_module._run_plan
+
+    def insert_definition_rows(*args: Any) -> None:
+        real_insert(*args)
+        writes_began.set()
+
+    def run_plan(db: Any, temp: Any, cohort_id: int, plan: Any) -> Any:
+        if cohort_id == 2:  # fails once this run's old rows are deleted and its definitions written
+            assert writes_began.wait(30)
+            raise RuntimeError("connection lost")
+        return real_run(db, temp, cohort_id, plan)
+
+    monkeypatch.setattr(generate_module, "_insert_definition_rows", insert_definition_rows)
+    monkeypatch.setattr(generate_module, "_run_plan", run_plan)
+    with pytest.raises(RuntimeError, match="connection lost"):
+        generate_cohorts(world, [(1, definition("plain")), (2, with_rule)])
+    assert writes_began.is_set()
+    after = ({cid: cohort_rows(world, cid) for cid in (1, 2)}, {cid: read_stats(world, cid) for cid in (1, 2)},
+             world.fetch_all("SELECT * FROM " + world.qualified("cohort_definition") + " ORDER BY 1"))
+    assert after == before and before[0][1] and before[1][2]["cohort_inclusion_stats"]

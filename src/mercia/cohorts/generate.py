@@ -187,6 +187,11 @@ class _Checked:
     before_censor: dict[int, int | None]  # cohort id -> persons before its censor window (None: none)
 
 
+def _in_order(prepared: list[_Prepared], ids: list[int]) -> list[_Prepared]:
+    by_id = {p.cohort_id: p for p in prepared}
+    return [by_id[cid] for cid in ids]
+
+
 def _censor_lost(before: int | None, after: int) -> int | None:
     return None if before is None else before - after
 
@@ -234,43 +239,53 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
 
     progress = progress or (lambda done, total: None)
     cohort = cdm.table("cohort")
-    if cdm.dialect == "duckdb" and not cdm.in_transaction and isinstance(cdm.engine, DuckDBEngine):
-        # Computed outside the transaction on other connections (they cannot see uncommitted work, hence
-        # not when the caller holds a transaction open); only the final writes are inside it.
-        run = _run_duckdb_parallel(cdm, definitions, hashes, progress, check)
-        prepared, masks, counts, checked = run.prepared, run.masks, run.counts, run.checked
-    else:
-        prepared = [_prepare(cdm, cid, d, hashes[cid]) for cid, d in definitions]
-        checked = check()
-        run = None
-    by_id = {p.cohort_id: p for p in prepared}
-    prepared = [by_id[cid] for cid in ids]
 
-    with cdm.transaction():
-        for p in prepared:
-            for w in checked.unknown[p.cohort_id]:
-                warnings.warn(f"cohort {p.cohort_id} ({p.definition.name!r}): {w}", UnknownConceptWarning,
-                              stacklevel=2)
+    def begin_writes(prepared: list[_Prepared], checked: _Checked) -> None:
+        """In the transaction, what needs no cohort rows: the ids' old rows deleted, their definitions."""
         if not checked.tables_exist:
             cdm.create_tables(["cohort", "cohort_definition"])
         if cdm.dialect != "spark":
             cdm.execute(exp.delete(cohort.copy(), where=_id_in(ids)))
-        if run is not None:
-            for table in run.rows:
-                if table.num_rows:
-                    cdm.engine.insert_arrow(cdm.qualified("cohort"), table)
-        else:
-            masks = _run_all(cdm, prepared, cohort, progress)
-            counts = _read_counts(cdm.fetch_all(_counts_query(cohort.copy()).where(_id_in(ids), copy=False)))
         _delete_definition_rows(cdm, ids)
         _insert_definition_rows(cdm, prepared)
         if with_stats:
-            from mercia.cohorts.stats import GeneratedStats, write_stats
+            from mercia.cohorts.stats import clear_stats
 
-            write_stats(cdm, [GeneratedStats(p.cohort_id, p.definition, masks[p.cohort_id],
-                                             _censor_lost(checked.before_censor[p.cohort_id],
-                                                          counts.get(p.cohort_id, (0, 0))[0]))
-                              for p in prepared])
+            clear_stats(cdm, ids)
+
+    def finish_writes(prepared: list[_Prepared], checked: _Checked, masks: dict[int, dict[tuple[int, int], int]],
+                      counts: Counts) -> None:
+        if with_stats:
+            from mercia.cohorts.stats import GeneratedStats, insert_stats
+
+            insert_stats(cdm, [GeneratedStats(p.cohort_id, p.definition, masks[p.cohort_id],
+                                              _censor_lost(checked.before_censor[p.cohort_id],
+                                                           counts.get(p.cohort_id, (0, 0))[0]))
+                               for p in prepared])
+
+    if cdm.dialect == "duckdb" and not cdm.in_transaction and isinstance(cdm.engine, DuckDBEngine):
+        # Computed outside the transaction on other connections (they cannot see uncommitted work, hence
+        # not when the caller holds a transaction open); the writes are made in it on this connection,
+        # each connection's rows as soon as it is done.
+        engine = cdm.engine
+        with cdm.transaction():
+            run = _run_duckdb_parallel(
+                cdm, definitions, hashes, progress, check,
+                begin_writes=lambda prepared, checked: begin_writes(_in_order(prepared, ids), checked),
+                write_rows=lambda rows: engine.insert_arrow(cdm.qualified("cohort"), rows))
+            prepared, masks, counts, checked = _in_order(run.prepared, ids), run.masks, run.counts, run.checked
+            finish_writes(prepared, checked, masks, counts)
+    else:
+        prepared = [_prepare(cdm, cid, d, hashes[cid]) for cid, d in definitions]
+        checked = check()
+        with cdm.transaction():
+            begin_writes(prepared, checked)
+            masks = _run_all(cdm, prepared, cohort, progress)
+            counts = _read_counts(cdm.fetch_all(_counts_query(cohort.copy()).where(_id_in(ids), copy=False)))
+            finish_writes(prepared, checked, masks, counts)
+    for p in prepared:
+        for w in checked.unknown[p.cohort_id]:
+            warnings.warn(f"cohort {p.cohort_id} ({p.definition.name!r}): {w}", UnknownConceptWarning, stacklevel=2)
     results: list[CohortResult] = []
     for p in prepared:
         mask_counts = masks[p.cohort_id]
@@ -408,7 +423,6 @@ def _sharing_groups(definitions: list[tuple[int, CohortDefinition]]) -> list[lis
 class _ParallelRun:
     prepared: list[_Prepared]
     masks: dict[int, dict[tuple[int, int], int]]
-    rows: list[pa.Table]  # each connection's cohort rows
     counts: Counts
     checked: _Checked
 
@@ -426,16 +440,19 @@ def _read_counts(rows: list[tuple]) -> Counts:
 
 
 def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], hashes: dict[int, str],
-                         progress: Progress, check: Callable[[], _Checked]) -> _ParallelRun:
+                         progress: Progress, check: Callable[[], _Checked], *,
+                         begin_writes: Callable[[list[_Prepared], _Checked], None],
+                         write_rows: Callable[[pa.Table], None]) -> _ParallelRun:
     """Each cohort's rows, counts and mask counts, computed on _DUCKDB_CONNECTIONS connections of their
-    own while this thread compiles the definitions and then runs `check`; nothing is written outside
-    those connections' temporary tables."""
+    own while this thread compiles the definitions, runs `check`, then `begin_writes` (the writes that
+    need no cohort), and `write_rows` with each connection's rows as soon as that connection is done.
+    The connections write nothing outside their temporary tables; this thread makes every write."""
     engine = cdm.engine
     assert isinstance(engine, DuckDBEngine)
     work: queue.Queue[list[_Prepared] | None] = queue.Queue()
+    done: queue.Queue[pa.Table | None] = queue.Queue()  # one item per connection: its rows, None if failed
     prepared: list[_Prepared] = []
     masks: dict[int, dict[tuple[int, int], int]] = {}
-    rows: list[pa.Table] = []
     counts: Counts = {}
     errors: list[BaseException] = []
     abandoned = threading.Event()  # this thread failed (a definition that does not compile, a check)
@@ -445,6 +462,7 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
 
     def run(db: DuckDBEngine) -> None:
         temp = _TempTables(db)
+        rows = None
         try:
             db.execute(create_rows)
             while (group := work.get()) is not None:
@@ -456,15 +474,16 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
                         masks[p.cohort_id] = m
                         progress(len(masks), len(definitions))
             if not (errors or abandoned.is_set()):
-                result = db.fetch_arrow(exp.select("*").from_(_rows_table()).sql(dialect="duckdb"))
+                rows = db.fetch_arrow(exp.select("*").from_(_rows_table()).sql(dialect="duckdb"))
                 result_counts = _read_counts(db.fetch_all(_counts_query(_rows_table()).sql(dialect="duckdb")))
                 with lock:
-                    rows.append(result)
                     counts.update(result_counts)
         except BaseException as e:  # re-raised in the calling thread
+            rows = None
             errors.append(e)
         finally:
             db.close()  # and with the connection its temporary tables
+            done.put(rows)
 
     workers = [threading.Thread(target=run, args=(engine.another_connection(),), name=f"mercia-cohorts-{i}",
                                 daemon=True) for i in range(_DUCKDB_CONNECTIONS)]
@@ -484,6 +503,14 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
             work.put(None)
         ended = True
         checked = check()
+        if not errors:
+            begin_writes(prepared, checked)
+        for _ in workers:
+            rows = done.get()
+            if errors or rows is None:
+                break
+            if rows.num_rows:
+                write_rows(rows)
     except BaseException:
         abandoned.set()
         raise
@@ -496,7 +523,7 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
         engine.threads = threads
     if errors:
         raise errors[0]
-    return _ParallelRun(prepared, masks, rows, counts, checked)
+    return _ParallelRun(prepared, masks, counts, checked)
 
 
 def _run_compiled(cdm: Cdm, cohort_id: int, c: CompiledCohort, cohort: exp.Table) -> dict[tuple[int, int], int]:

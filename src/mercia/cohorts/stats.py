@@ -87,18 +87,24 @@ def rows_for(g: GeneratedStats) -> dict[str, list[tuple[Any, ...]]]:
     return out
 
 
-def write_stats(cdm: Cdm, generated: list[GeneratedStats]) -> None:
-    """Replace the generated ids' rows in the five tables (call inside the generation's transaction)."""
-    if not generated:
+def clear_stats(cdm: Cdm, ids: list[int]) -> None:
+    """The five tables made where missing, these ids' rows deleted (inside the generation's transaction;
+    it needs no generated cohort, so it can run while they are computed). Then insert_stats."""
+    if not ids:
         return
     create_stats_tables(cdm)
-    ids = exp.In(this=exp.column("cohort_definition_id"), expressions=[lit(g.cohort_id) for g in generated])
+    where = exp.In(this=exp.column("cohort_definition_id"), expressions=[lit(i) for i in ids])
+    for name in STATS_TABLES:
+        cdm.execute(exp.delete(stats_table(cdm, name), where=where.copy()))
+
+
+def insert_stats(cdm: Cdm, generated: list[GeneratedStats]) -> None:
+    """The generated definitions' rows inserted (after clear_stats, in the same transaction)."""
     per_table: dict[str, list[tuple[Any, ...]]] = {name: [] for name in STATS_TABLES}
     for g in generated:
         for name, rows in rows_for(g).items():
             per_table[name] += rows
     for name, columns in STATS_TABLES.items():
-        cdm.execute(exp.delete(stats_table(cdm, name), where=ids.copy()))
         rows = per_table[name]
         if not rows:
             continue

@@ -203,8 +203,10 @@ def test_duckdb_runs_cohorts_on_other_connections_with_the_rows_of_one(
     world.engine.threads = 4
     parallel = generate_cohorts(world, defs)
     assert len(opened) == generate_module._DUCKDB_CONNECTIONS
-    # DuckDB's threads shared out among the connections while they ran, and given back after
-    assert threads_seen and set(threads_seen) == {4 // generate_module._DUCKDB_CONNECTIONS}
+    # DuckDB's threads shared out among the connections while they ran (a connection done leaves its
+    # share to those still computing), and given back after
+    share = 4 // generate_module._DUCKDB_CONNECTIONS
+    assert threads_seen[0] == share and set(threads_seen) <= {share, 4}
     assert world.engine.threads == 4
     rows = {cid: cohort_rows(world, cid) for cid, _ in defs}
     with world.transaction():  # a caller's open transaction: other connections could not see its work

@@ -460,9 +460,11 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
 
     create_rows = _rows_table_create(cdm)
 
+    running = [_DUCKDB_CONNECTIONS]
+
     def run(db: DuckDBEngine) -> None:
         temp = _TempTables(db)
-        rows = None
+        sent = False
         try:
             db.execute(create_rows)
             while (group := work.get()) is not None:
@@ -473,17 +475,22 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
                     with lock:
                         masks[p.cohort_id] = m
                         progress(len(masks), len(definitions))
+            with lock:  # the connections still computing get this one's share of DuckDB's threads
+                running[0] -= 1
+                if running[0]:
+                    db.threads = max(1, threads // running[0])
             if not (errors or abandoned.is_set()):
-                rows = db.fetch_arrow(exp.select("*").from_(_rows_table()).sql(dialect="duckdb"))
                 result_counts = _read_counts(db.fetch_all(_counts_query(_rows_table()).sql(dialect="duckdb")))
                 with lock:
                     counts.update(result_counts)
+                done.put(db.fetch_arrow(exp.select("*").from_(_rows_table()).sql(dialect="duckdb")))
+                sent = True
         except BaseException as e:  # re-raised in the calling thread
-            rows = None
             errors.append(e)
         finally:
+            if not sent:
+                done.put(None)
             db.close()  # and with the connection its temporary tables
-            done.put(rows)
 
     workers = [threading.Thread(target=run, args=(engine.another_connection(),), name=f"mercia-cohorts-{i}",
                                 daemon=True) for i in range(_DUCKDB_CONNECTIONS)]

@@ -218,19 +218,23 @@ WITH codesets AS (
     Q.end_date,
     Q.op_start_date,
     Q.op_end_date,
-    COALESCE(SUM(I.rule_bit), 0) AS inclusion_rule_mask,
-    COUNT(DISTINCT I.inclusion_rule_id) AS rule_count,
-    COALESCE(MIN(I.inclusion_rule_id), 0) AS min_rule_id
+    COALESCE(I.inclusion_rule_mask, 0) AS inclusion_rule_mask,
+    COALESCE(I.rule_count, 0) AS rule_count,
+    COALESCE(I.min_rule_id, 0) AS min_rule_id
   FROM cohort_qualified_events AS Q
-  LEFT JOIN cohort_inclusion_events AS I
+  LEFT JOIN (
+    SELECT
+      IE.person_id,
+      IE.event_id,
+      SUM(IE.rule_bit) AS inclusion_rule_mask,
+      COUNT(DISTINCT IE.inclusion_rule_id) AS rule_count,
+      MIN(IE.inclusion_rule_id) AS min_rule_id
+    FROM cohort_inclusion_events AS IE
+    GROUP BY
+      IE.person_id,
+      IE.event_id
+  ) AS I
     ON I.person_id = Q.person_id AND I.event_id = Q.event_id
-  GROUP BY
-    Q.person_id,
-    Q.event_id,
-    Q.start_date,
-    Q.end_date,
-    Q.op_start_date,
-    Q.op_end_date
 ), cohort_included_events AS (
   SELECT
     R.person_id,

@@ -983,42 +983,53 @@ class _Compiler:
         inc = self.cte("cohort_included_events", included)
 
         # candidate end dates
-        ends: list[exp.Select] = []
         es = x.end_strategy
-        if es is None or es.date_offset is None:
-            ends.append(select("event_id", "person_id", col(None, "op_end_date").as_("end_date", copy=False)).from_(cte_table(inc), copy=False))
-        if es is not None and es.date_offset is not None:
-            base = col(None, "start_date" if es.date_offset.date_field == "StartDate" else "end_date")
-            shifted = date_add(base, es.date_offset.offset)
-            ends.append(select("event_id", "person_id", exp.Case(
-                ifs=[exp.If(this=exp.GT(this=shifted, expression=col(None, "op_end_date")),
-                            true=col(None, "op_end_date"))], default=shifted.copy()).as_("end_date", copy=False)).from_(cte_table(inc), copy=False))
-        if es is not None and es.custom_era is not None:
-            ends.append(self.custom_era(es.custom_era, inc))
-        for k, c in enumerate(x.censoring_criteria):
-            cq = self.criteria(c, f"$.CensoringCriteria[{k}]")
-            ends.append(
-                select(col("I", "event_id"), col("I", "person_id"), exp.Min(this=col("C", "start_date")).as_("end_date", copy=False))
+
+        def strategy_end(alias: str | None) -> exp.Expression:
+            """The date-offset end (never after the observation period's end), or that end itself."""
+            if es is None or es.date_offset is None:
+                return col(alias, "op_end_date")
+            shifted = date_add(col(alias, "start_date" if es.date_offset.date_field == "StartDate" else "end_date"),
+                               es.date_offset.offset)
+            return exp.Case(ifs=[exp.If(this=exp.GT(this=shifted, expression=col(alias, "op_end_date")),
+                                        true=col(alias, "op_end_date"))], default=shifted.copy())
+
+        if (es is None or es.custom_era is None) and not x.censoring_criteria:
+            # One candidate per event: its end is that candidate, if not before its start (what the join
+            # and MIN below would give, without them).
+            end_date = strategy_end("I")
+            rows = (select(col("I", "person_id"), col("I", "start_date"), end_date.as_("end_date", copy=False))
+                    .from_(self.ref(inc, "I"), copy=False)
+                    .where(exp.GTE(this=end_date.copy(), expression=col("I", "start_date")), copy=False))
+        else:
+            ends: list[exp.Select] = [select("event_id", "person_id", strategy_end(None).as_("end_date", copy=False))
+                                      .from_(cte_table(inc), copy=False)]
+            if es is not None and es.custom_era is not None:
+                ends.append(self.custom_era(es.custom_era, inc))
+            for k, c in enumerate(x.censoring_criteria):
+                cq = self.criteria(c, f"$.CensoringCriteria[{k}]")
+                ends.append(
+                    select(col("I", "event_id"), col("I", "person_id"), exp.Min(this=col("C", "start_date")).as_("end_date", copy=False))
+                    .from_(self.ref(inc, "I"), copy=False)
+                    .join(cq.subquery("C", copy=False), on=and_(
+                        eq(col("C", "person_id"), col("I", "person_id")),
+                        exp.GTE(this=col("C", "start_date"), expression=col("I", "start_date")),
+                        exp.LTE(this=col("C", "start_date"), expression=col("I", "op_end_date"))), copy=False)
+                    .group_by(col("I", "event_id"), col("I", "person_id"), copy=False)
+                )
+            eu: exp.Select | exp.Union = ends[0]
+            for p in ends[1:]:
+                eu = exp.union(eu, p, distinct=False, copy=False)
+            ce = self.cte("cohort_ends", select("*").from_(eu.subquery("ce", copy=False), copy=False))
+            # each event ends at its earliest candidate end on or after its start
+            rows = (
+                select(col("I", "person_id"), col("I", "start_date"), exp.Min(this=col("CE", "end_date")).as_("end_date", copy=False))
                 .from_(self.ref(inc, "I"), copy=False)
-                .join(cq.subquery("C", copy=False), on=and_(
-                    eq(col("C", "person_id"), col("I", "person_id")),
-                    exp.GTE(this=col("C", "start_date"), expression=col("I", "start_date")),
-                    exp.LTE(this=col("C", "start_date"), expression=col("I", "op_end_date"))), copy=False)
-                .group_by(col("I", "event_id"), col("I", "person_id"), copy=False)
+                .join(self.ref(ce, "CE"), on=and_(eq(col("I", "event_id"), col("CE", "event_id")),
+                                                  eq(col("I", "person_id"), col("CE", "person_id")),
+                                                  exp.GTE(this=col("CE", "end_date"), expression=col("I", "start_date"))), copy=False)
+                .group_by(col("I", "person_id"), col("I", "event_id"), col("I", "start_date"), copy=False)
             )
-        eu: exp.Select | exp.Union = ends[0]
-        for p in ends[1:]:
-            eu = exp.union(eu, p, distinct=False, copy=False)
-        ce = self.cte("cohort_ends", select("*").from_(eu.subquery("ce", copy=False), copy=False))
-        # each event ends at its earliest candidate end on or after its start
-        rows = (
-            select(col("I", "person_id"), col("I", "start_date"), exp.Min(this=col("CE", "end_date")).as_("end_date", copy=False))
-            .from_(self.ref(inc, "I"), copy=False)
-            .join(self.ref(ce, "CE"), on=and_(eq(col("I", "event_id"), col("CE", "event_id")),
-                                              eq(col("I", "person_id"), col("CE", "person_id")),
-                                              exp.GTE(this=col("CE", "end_date"), expression=col("I", "start_date"))), copy=False)
-            .group_by(col("I", "person_id"), col("I", "event_id"), col("I", "start_date"), copy=False)
-        )
         cr = self.cte("cohort_rows", rows)
         # A First/Last limit at any stage leaves one included event, so one row, per person: the era
         # collapse would give each row back unchanged (its pad is added and taken off again). Skipping its

@@ -191,30 +191,14 @@ WITH codesets AS (
   ) AS R
   WHERE
     R.ordinal = 1
-), cohort_ends AS (
-  SELECT
-    *
-  FROM (
-    SELECT
-      event_id,
-      person_id,
-      op_end_date AS end_date
-    FROM cohort_included_events
-  ) AS ce
 ), cohort_rows AS (
   SELECT
     I.person_id,
     I.start_date,
-    MIN(CE.end_date) AS end_date
+    I.op_end_date AS end_date
   FROM cohort_included_events AS I
-  JOIN cohort_ends AS CE
-    ON I.event_id = CE.event_id
-    AND I.person_id = CE.person_id
-    AND CE.end_date >= I.start_date
-  GROUP BY
-    I.person_id,
-    I.event_id,
-    I.start_date
+  WHERE
+    I.op_end_date >= I.start_date
 ), cohort_final AS (
   SELECT
     person_id,

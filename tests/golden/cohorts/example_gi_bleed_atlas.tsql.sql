@@ -256,34 +256,22 @@ WITH codesets AS (
     WHERE
       MG.inclusion_rule_mask = 3
   ) AS R
-), cohort_ends AS (
-  SELECT
-    *
-  FROM (
-    SELECT
-      event_id AS event_id,
-      person_id AS person_id,
-      CASE
-        WHEN CAST(DATEADD(DAY, 7, start_date) AS DATE) > op_end_date
-        THEN op_end_date
-        ELSE CAST(DATEADD(DAY, 7, start_date) AS DATE)
-      END AS end_date
-    FROM cohort_included_events
-  ) AS ce
 ), cohort_rows AS (
   SELECT
     I.person_id AS person_id,
     I.start_date AS start_date,
-    MIN(CE.end_date) AS end_date
+    CASE
+      WHEN CAST(DATEADD(DAY, 7, I.start_date) AS DATE) > I.op_end_date
+      THEN I.op_end_date
+      ELSE CAST(DATEADD(DAY, 7, I.start_date) AS DATE)
+    END AS end_date
   FROM cohort_included_events AS I
-  JOIN cohort_ends AS CE
-    ON I.event_id = CE.event_id
-    AND I.person_id = CE.person_id
-    AND CE.end_date >= I.start_date
-  GROUP BY
-    I.person_id,
-    I.event_id,
-    I.start_date
+  WHERE
+    CASE
+      WHEN CAST(DATEADD(DAY, 7, I.start_date) AS DATE) > I.op_end_date
+      THEN I.op_end_date
+      ELSE CAST(DATEADD(DAY, 7, I.start_date) AS DATE)
+    END >= I.start_date
 ), cohort_final AS (
   SELECT
     person_id AS person_id,

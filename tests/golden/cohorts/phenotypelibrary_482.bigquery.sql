@@ -135,30 +135,14 @@ WITH codesets AS (
       ROW_NUMBER() OVER (PARTITION BY MG.person_id ORDER BY MG.start_date ASC, MG.event_id ASC) AS ordinal
     FROM cohort_masked_events AS MG
   ) AS R
-), cohort_ends AS (
-  SELECT
-    *
-  FROM (
-    SELECT
-      event_id,
-      person_id,
-      CASE WHEN end_date > op_end_date THEN op_end_date ELSE end_date END AS end_date
-    FROM cohort_included_events
-  ) AS ce
 ), cohort_rows AS (
   SELECT
     I.person_id,
     I.start_date,
-    MIN(CE.end_date) AS end_date
+    CASE WHEN I.end_date > I.op_end_date THEN I.op_end_date ELSE I.end_date END AS end_date
   FROM cohort_included_events AS I
-  JOIN cohort_ends AS CE
-    ON I.event_id = CE.event_id
-    AND I.person_id = CE.person_id
-    AND CE.end_date >= I.start_date
-  GROUP BY
-    I.person_id,
-    I.event_id,
-    I.start_date
+  WHERE
+    CASE WHEN I.end_date > I.op_end_date THEN I.op_end_date ELSE I.end_date END >= I.start_date
 ), cohort_final AS (
   SELECT
     person_id,

@@ -263,3 +263,16 @@ def test_a_connection_failing_after_the_writes_began_leaves_every_table_as_it_wa
     after = ({cid: cohort_rows(world, cid) for cid in (1, 2)}, {cid: read_stats(world, cid) for cid in (1, 2)},
              world.fetch_all("SELECT * FROM " + world.qualified("cohort_definition") + " ORDER BY 1"))
     assert after == before and before[0][1] and before[1][2]["cohort_inclusion_stats"]
+
+
+def test_a_read_only_duckdb_cdm_gets_its_own_error_and_keeps_its_threads(tmp_path: Any) -> None:
+    path = tmp_path / "site.duckdb"
+    with Cdm.open(path) as cdm:
+        load_world(cdm)
+    with Cdm.open(path, create=False, read_only=True) as cdm:
+        threads = cdm.engine.threads  # type: ignore[attr-defined]
+        # the first write, made while the other connections compute, fails; that error is the one raised
+        with pytest.raises(Exception, match="read-only"):
+            generate_cohorts(cdm, [(1, definition("plain")), (2, definition("first only", First=True))])
+        assert cdm.engine.threads == threads  # type: ignore[attr-defined]
+        assert cohort_rows(cdm, 1) == []

@@ -73,7 +73,13 @@ class DuckDBEngine:
 
     @threads.setter
     def threads(self, n: int) -> None:
-        self.con.execute(f"SET threads = {int(n)}")  # an int, never caller text
+        # On a cursor of its own: this connection's transaction may have failed (a setting is still given
+        # back then, and SET is refused inside a failed transaction).
+        cursor = self.con.cursor()
+        try:
+            cursor.execute(f"SET threads = {int(n)}")  # an int, never caller text
+        finally:
+            cursor.close()
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self.con.execute(sql, params or None)

@@ -402,6 +402,7 @@ class CompiledCohort:
     params: dict[str, Any]
     rule_count: int
     rule_names: list[str] = field(default_factory=list)
+    censored: bool = False  # a censor window clips cohort_final's rows into cohort_out
 
     def _with(self, final: exp.Select) -> exp.Select:
         final.set("with_", exp.With(expressions=[exp.CTE(this=q.copy(), alias=exp.TableAlias(this=ident(name)))
@@ -411,10 +412,6 @@ class CompiledCohort:
     def rows_query(self) -> exp.Select:
         """subject_id, cohort_start_date, cohort_end_date: the cohort's rows."""
         return self._with(select("subject_id", "cohort_start_date", "cohort_end_date").from_(cte_table("cohort_out"), copy=False))
-
-    def persons_before_censor_window_query(self) -> exp.Select:
-        """The number of persons in the cohort before its censor window (Circe's #final_cohort)."""
-        return self._with(select(exp.Count(this=exp.Distinct(expressions=[col(None, "person_id")])).as_("persons", copy=False)).from_(cte_table("cohort_final"), copy=False))
 
     def mask_counts_query(self) -> exp.Select:
         """mode_id, inclusion_rule_mask, person_count (events per mask), as Circe's cohort_inclusion_result."""
@@ -1071,7 +1068,8 @@ class _Compiler:
                  .from_(ranked.subquery("B", copy=False), copy=False).where(eq(col("B", "rank_value"), lit(1)), copy=False).group_by(col(None, "inclusion_rule_mask"), copy=False))
         self.cte("cohort_mask_counts", select("*").from_(exp.union(mode0, mode1, distinct=False, copy=False).subquery("mc", copy=False), copy=False))
         return CompiledCohort(ctes=self.ctes, params=self.params, rule_count=n_rules,
-                              rule_names=[r.name for r in x.inclusion_rules])
+                              rule_names=[r.name for r in x.inclusion_rules],
+                              censored=cw.start_date is not None or cw.end_date is not None)
 
     def collapse(self, source: str, pad: int) -> exp.Select:
         """Circe's era constructor: rows whose (padded) spans overlap merge into one era."""

@@ -184,7 +184,14 @@ Counts = dict[int, tuple[int, int]]  # cohort id -> (persons, entries)
 class _Checked:
     unknown: dict[int, list[str]]  # cohort id -> warnings about unknown concept ids
     tables_exist: bool  # cohort and cohort_definition
-    before_censor: dict[int, int | None]  # cohort id -> persons before its censor window (None: none)
+
+
+@dataclass
+class _CohortRun:
+    """What running one cohort gives besides its rows."""
+
+    masks: dict[tuple[int, int], int]  # (mode, inclusion rule mask) -> events
+    before_censor: int | None  # persons before its censor window (None: it has none)
 
 
 def _in_order(prepared: list[_Prepared], ids: list[int]) -> list[_Prepared]:
@@ -217,8 +224,8 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
     with_stats = stats and cdm.dialect != "spark"
 
     def check() -> _Checked:
-        """What needs no cohort computed: unknown concepts, ids used by other definitions, the persons
-        before a censor window. On DuckDB this runs while the other connections compute the cohorts."""
+        """What needs no cohort computed: unknown concepts, ids used by other definitions. On DuckDB this
+        runs while the other connections compute the cohorts."""
         unknown = dict(zip(ids, _unknown_concepts(cdm, [d for _, d in definitions]), strict=True))
         tables_exist = cdm.table_exists("cohort") and cdm.table_exists("cohort_definition")
         existing = _existing_definitions(cdm, ids) if tables_exist else {}
@@ -230,12 +237,7 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
                         f"cohort id {cid} is already used by another definition ({name!r}) in this CDM's "
                         f"cohort_definition table; choose another id, or delete cohort {cid} first"
                     )
-        before_censor: dict[int, int | None] = {}
-        if with_stats:
-            from mercia.cohorts.stats import persons_before_censor_window
-
-            before_censor = {cid: persons_before_censor_window(cdm, d) for cid, d in definitions}
-        return _Checked(unknown, tables_exist, before_censor)
+        return _Checked(unknown, tables_exist)
 
     progress = progress or (lambda done, total: None)
     cohort = cdm.table("cohort")
@@ -253,13 +255,12 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
 
             clear_stats(cdm, ids)
 
-    def finish_writes(prepared: list[_Prepared], checked: _Checked, masks: dict[int, dict[tuple[int, int], int]],
-                      counts: Counts) -> None:
+    def finish_writes(prepared: list[_Prepared], runs: dict[int, _CohortRun], counts: Counts) -> None:
         if with_stats:
             from mercia.cohorts.stats import GeneratedStats, insert_stats
 
-            insert_stats(cdm, [GeneratedStats(p.cohort_id, p.definition, masks[p.cohort_id],
-                                              _censor_lost(checked.before_censor[p.cohort_id],
+            insert_stats(cdm, [GeneratedStats(p.cohort_id, p.definition, runs[p.cohort_id].masks,
+                                              _censor_lost(runs[p.cohort_id].before_censor,
                                                            counts.get(p.cohort_id, (0, 0))[0]))
                                for p in prepared])
 
@@ -273,22 +274,22 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
                 cdm, definitions, hashes, progress, check,
                 begin_writes=lambda prepared, checked: begin_writes(_in_order(prepared, ids), checked),
                 write_rows=lambda rows: engine.insert_arrow(cdm.qualified("cohort"), rows))
-            prepared, masks, counts, checked = _in_order(run.prepared, ids), run.masks, run.counts, run.checked
-            finish_writes(prepared, checked, masks, counts)
+            prepared, runs, counts, checked = _in_order(run.prepared, ids), run.runs, run.counts, run.checked
+            finish_writes(prepared, runs, counts)
     else:
         prepared = [_prepare(cdm, cid, d, hashes[cid]) for cid, d in definitions]
         checked = check()
         with cdm.transaction():
             begin_writes(prepared, checked)
-            masks = _run_all(cdm, prepared, cohort, progress)
+            runs = _run_all(cdm, prepared, cohort, progress)
             counts = _read_counts(cdm.fetch_all(_counts_query(cohort.copy()).where(_id_in(ids), copy=False)))
-            finish_writes(prepared, checked, masks, counts)
+            finish_writes(prepared, runs, counts)
     for p in prepared:
         for w in checked.unknown[p.cohort_id]:
             warnings.warn(f"cohort {p.cohort_id} ({p.definition.name!r}): {w}", UnknownConceptWarning, stacklevel=2)
     results: list[CohortResult] = []
     for p in prepared:
-        mask_counts = masks[p.cohort_id]
+        mask_counts = runs[p.cohort_id].masks
         rule_stats, summary = inclusion_stats(mask_counts, p.rule_names) if p.rule_names else ([], [])
         persons, entries = counts.get(p.cohort_id, (0, 0))
         results.append(CohortResult(
@@ -339,8 +340,9 @@ class _TempTables:
         self.content.clear()
 
 
-def _run_plan(db: _Executor, temp: _TempTables, cohort_id: int, plan: CohortPlan) -> dict[tuple[int, int], int]:
-    """Insert one cohort's rows by its plan; its (mode, mask) -> events counts."""
+def _run_plan(db: _Executor, temp: _TempTables, cohort_id: int, plan: CohortPlan) -> _CohortRun:
+    """Insert one cohort's rows by its plan; its (mode, mask) -> events counts, its persons before a
+    censor window."""
     values = plan.values(cohort_id)
     for step in plan.steps:
         temp.fill(step, values)
@@ -349,7 +351,10 @@ def _run_plan(db: _Executor, temp: _TempTables, cohort_id: int, plan: CohortPlan
     if plan.mask_counts is not None:
         for mode, mask, n in db.fetch_all(plan.mask_counts.sql, plan.mask_counts.bind(values)):
             masks[(int(mode), int(mask))] = int(n)
-    return masks
+    before_censor = None
+    if plan.persons_before_censor is not None:
+        ((before_censor,),) = db.fetch_all(plan.persons_before_censor.sql, plan.persons_before_censor.bind(values))
+    return _CohortRun(masks, None if before_censor is None else int(before_censor))
 
 
 def _rows_table() -> exp.Table:
@@ -369,10 +374,9 @@ def _drop_rows_table(db: _Executor) -> None:
     db.execute(exp.Drop(tables=[_rows_table()], kind="TABLE", exists=True).sql(dialect="duckdb"))
 
 
-def _run_all(cdm: Cdm, prepared: list[_Prepared], cohort: exp.Table, progress: Progress
-             ) -> dict[int, dict[tuple[int, int], int]]:
-    """On this handle's connection, in its transaction: each cohort's rows inserted; their mask counts."""
-    masks: dict[int, dict[tuple[int, int], int]] = {}
+def _run_all(cdm: Cdm, prepared: list[_Prepared], cohort: exp.Table, progress: Progress) -> dict[int, _CohortRun]:
+    """On this handle's connection, in its transaction: each cohort's rows inserted; what else each gave."""
+    runs: dict[int, _CohortRun] = {}
     temp = _TempTables(cdm)
     # Definitions with the same first steps run one after another, so the shared steps run once.
     planned = sorted((p for p in prepared if p.plan is not None),
@@ -382,7 +386,7 @@ def _run_all(cdm: Cdm, prepared: list[_Prepared], cohort: exp.Table, progress: P
         cdm.execute(_rows_table_create(cdm))
     try:
         for p in planned:
-            masks[p.cohort_id] = _run_plan(cdm, temp, p.cohort_id, p.plan)  # type: ignore[arg-type]
+            runs[p.cohort_id] = _run_plan(cdm, temp, p.cohort_id, p.plan)  # type: ignore[arg-type]
             done += 1
             progress(done, len(prepared))
         if planned and cdm.dialect == "duckdb":
@@ -395,10 +399,10 @@ def _run_all(cdm: Cdm, prepared: list[_Prepared], cohort: exp.Table, progress: P
                 _drop_rows_table(cdm)
     for p in prepared:
         if p.compiled is not None:
-            masks[p.cohort_id] = _run_compiled(cdm, p.cohort_id, p.compiled, cohort)
+            runs[p.cohort_id] = _run_compiled(cdm, p.cohort_id, p.compiled, cohort)
             done += 1
             progress(done, len(prepared))
-    return masks
+    return runs
 
 
 def _sharing_groups(definitions: list[tuple[int, CohortDefinition]]) -> list[list[tuple[int, CohortDefinition]]]:
@@ -422,7 +426,7 @@ def _sharing_groups(definitions: list[tuple[int, CohortDefinition]]) -> list[lis
 @dataclass
 class _ParallelRun:
     prepared: list[_Prepared]
-    masks: dict[int, dict[tuple[int, int], int]]
+    runs: dict[int, _CohortRun]
     counts: Counts
     checked: _Checked
 
@@ -452,7 +456,7 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
     work: queue.Queue[list[_Prepared] | None] = queue.Queue()
     done: queue.Queue[pa.Table | None] = queue.Queue()  # one item per connection: its rows, None if failed
     prepared: list[_Prepared] = []
-    masks: dict[int, dict[tuple[int, int], int]] = {}
+    runs: dict[int, _CohortRun] = {}
     counts: Counts = {}
     errors: list[BaseException] = []
     abandoned = threading.Event()  # this thread failed (a definition that does not compile, a check)
@@ -471,10 +475,10 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
                 if errors or abandoned.is_set():
                     continue  # something failed: drain the queue, do nothing more
                 for p in group:
-                    m = _run_plan(db, temp, p.cohort_id, p.plan)  # type: ignore[arg-type]
+                    result = _run_plan(db, temp, p.cohort_id, p.plan)  # type: ignore[arg-type]
                     with lock:
-                        masks[p.cohort_id] = m
-                        progress(len(masks), len(definitions))
+                        runs[p.cohort_id] = result
+                        progress(len(runs), len(definitions))
             with lock:  # the connections still computing get this one's share of DuckDB's threads
                 running[0] -= 1
                 if running[0]:
@@ -530,11 +534,12 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
         engine.threads = threads
     if errors:
         raise errors[0]
-    return _ParallelRun(prepared, masks, counts, checked)
+    return _ParallelRun(prepared, runs, counts, checked)
 
 
-def _run_compiled(cdm: Cdm, cohort_id: int, c: CompiledCohort, cohort: exp.Table) -> dict[tuple[int, int], int]:
-    """Engines without temporary tables (Spark): the single CTE query, the partition overwritten."""
+def _run_compiled(cdm: Cdm, cohort_id: int, c: CompiledCohort, cohort: exp.Table) -> _CohortRun:
+    """Engines without temporary tables (Spark): the single CTE query, the partition overwritten (no
+    generation statistics there, so no count before the censor window)."""
     insert = _overwrite_partition(cohort.copy(), cohort_id, c.rows_query())
     cdm.execute(insert, bound(insert, c.params))
     masks: dict[tuple[int, int], int] = {}
@@ -542,7 +547,7 @@ def _run_compiled(cdm: Cdm, cohort_id: int, c: CompiledCohort, cohort: exp.Table
         mask_query = c.mask_counts_query()
         for mode, mask, n in cdm.fetch_all(mask_query, bound(mask_query, c.params)):
             masks[(int(mode), int(mask))] = int(n)
-    return masks
+    return _CohortRun(masks, None)
 
 
 def _overwrite_partition(cohort: exp.Table, cohort_id: int, rows: exp.Select) -> exp.Insert:

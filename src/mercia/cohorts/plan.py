@@ -8,8 +8,9 @@ the compiled pipeline (CompiledCohort.ctes) become temporary tables depends on t
 
 * PostgreSQL: every step, analysed. It cannot estimate a CTE's rows and re-runs correlated subqueries
   per row, so materialised, analysed steps keep every join a hash join (see CompiledCohort.steps).
-* DuckDB: only the concept sets (read by every criterion), the primary events and, when the definition
-  has inclusion rules, the masked events (read by both the insert and the mask counts). The other steps
+* DuckDB: only the concept sets (read by every criterion), the primary events, when the definition
+  has inclusion rules the masked events (read by both the insert and the mask counts), and when it has a
+  censor window the final rows before it (read by the insert and the count of persons it censors). The other steps
   stay CTEs inside those statements, where DuckDB's optimiser sees the whole chain and materialises what
   is read twice by itself. A criterion's First is found by an aggregate rather than a window there
   (see duckdb_first). For the 13 definitions of bench/bench_cohorts.py that is 74 statements where one
@@ -77,6 +78,7 @@ class CohortPlan:
     steps: tuple[TempStep, ...]
     insert: Statement  # binds COHORT_ID_PARAM
     mask_counts: Statement | None  # None: the definition has no inclusion rules
+    persons_before_censor: Statement | None  # the persons before the censor window (None: it has none)
     params: dict[str, Any]  # the compiled parameters (dates), by name
     rule_names: tuple[str, ...]
 
@@ -94,6 +96,8 @@ def plan_cohort(compiled: CompiledCohort, dialect: str, cohort_table: exp.Table)
         wanted = set(_DUCKDB_MATERIALISED)
         if not compiled.rule_count:
             wanted.discard("cohort_masked_events")  # read only by the insert then
+        if compiled.censored:
+            wanted.add("cohort_final")
         analyse = False
     elif dialect == "postgres":
         wanted = {name for name, _ in compiled.ctes}
@@ -170,9 +174,14 @@ def plan_cohort(compiled: CompiledCohort, dialect: str, cohort_table: exp.Table)
             select_from(_columns(["mode_id", "inclusion_rule_mask", "person_count"]), "cohort_mask_counts"),
             {"cohort_mask_counts"})
         mask_counts = render(masks, mask_params)
+    persons_before_censor = None
+    if compiled.censored:  # Circe's cohort_censor_stats: persons of #final_cohort
+        persons = exp.Count(this=exp.Distinct(expressions=[exp.column("person_id")]))
+        before, _, censor_params = with_inlined(select_from([persons], "cohort_final"), {"cohort_final"})
+        persons_before_censor = render(before, censor_params)
     return CohortPlan(steps=tuple(steps), insert=render(insert, used | {COHORT_ID_PARAM}),
-                      mask_counts=mask_counts, params=dict(compiled.params),
-                      rule_names=tuple(compiled.rule_names))
+                      mask_counts=mask_counts, persons_before_censor=persons_before_censor,
+                      params=dict(compiled.params), rule_names=tuple(compiled.rule_names))
 
 
 def _columns(names: list[str]) -> list[exp.Expression]:

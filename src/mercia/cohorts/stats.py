@@ -124,16 +124,3 @@ def read_stats(cdm: Cdm, cohort_id: int) -> dict[str, list[tuple[Any, ...]]]:
              .where(exp.EQ(this=exp.column("cohort_definition_id"), expression=lit(cohort_id))))
         out[name] = sorted(tuple(r) for r in cdm.fetch_all(q))
     return out
-
-
-def persons_before_censor_window(cdm: Cdm, definition: CohortDefinition) -> int | None:
-    """The definition's persons before its censor window (None without one), from its compiled CTE query
-    (the plan's steps do not keep that step). Its censor_lost is this minus the persons in the cohort."""
-    cw = definition.expression.censor_window
-    if cw.start_date is None and cw.end_date is None:
-        return None
-    from mercia.cohorts.compiler import bound, compile_cohort
-
-    compiled = compile_cohort(cdm, definition.expression)
-    q = compiled.persons_before_censor_window_query()
-    return int(cdm.fetch_all(q, bound(q, compiled.params))[0][0])

@@ -31,7 +31,7 @@ from mercia.errors import CohortDefinitionError
 
 # The OMOP concept for "cohort" definitions (definition_type_concept_id / subject_concept_id unknown = 0).
 _SYNTAX_PREFIX = "mercia-cohort-sha256:"
-# DuckDB: cohorts are generated on this many connections at once, one thread each. DuckDB runs the
+# DuckDB: cohorts are generated on this many connections at once, each on a thread. DuckDB runs the
 # statements of different connections in parallel and releases the GIL meanwhile, so this thread compiles
 # the later definitions while the first ones run. Most cohort statements are too small for DuckDB to
 # spread one over both cores of a two-core machine; two connections keep both busy (the SQL of the 13
@@ -42,7 +42,8 @@ _SYNTAX_PREFIX = "mercia-cohort-sha256:"
 # 1.80 s -> 1.64 s, with 10-15% less CPU).
 _DUCKDB_CONNECTIONS = 2
 # Each connection inserts its cohorts' rows into a temporary table of its own (a connection's temporary
-# tables are its own), read back when it is done; the final insert into `cohort` happens in one transaction.
+# tables are its own), handed to the calling thread when it is done, which inserts them into `cohort` in
+# the run's one transaction.
 _ROWS_TABLE = f"mercia_tmp_{secrets.token_hex(4)}_cohort_rows"
 
 

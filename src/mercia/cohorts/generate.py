@@ -27,6 +27,7 @@ from mercia.cdm.engines import DuckDBEngine
 from mercia.cohorts.compiler import CompiledCohort, bound, compile_cohort, lit
 from mercia.cohorts.model import CohortDefinition
 from mercia.cohorts.plan import PLANS, CohortPlan, TempStep, plan_cohort
+from mercia.cohorts.stats import GeneratedStats, clear_stats, definition_ids_in, insert_stats
 from mercia.errors import CohortDefinitionError
 
 # The OMOP concept for "cohort" definitions (definition_type_concept_id / subject_concept_id unknown = 0).
@@ -128,12 +129,8 @@ def _unknown_concepts(cdm: Cdm, definitions: list[CohortDefinition]) -> list[lis
 def _existing_definitions(cdm: Cdm, ids: list[int]) -> dict[int, tuple[str, str | None]]:
     q = (exp.select("cohort_definition_id", "cohort_definition_name", "cohort_definition_syntax")
          .from_(cdm.table("cohort_definition"))
-         .where(_id_in(ids)))
+         .where(definition_ids_in(ids)))
     return {int(r[0]): (r[1], r[2]) for r in cdm.fetch_all(q)}
-
-
-def _id_in(ids: list[int]) -> exp.Expression:
-    return exp.In(this=exp.column("cohort_definition_id"), expressions=[lit(i) for i in ids])
 
 
 def _syntax(definition: CohortDefinition, definition_hash: str) -> str:
@@ -248,18 +245,14 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
         if not checked.tables_exist:
             cdm.create_tables(["cohort", "cohort_definition"])
         if cdm.dialect != "spark":
-            cdm.execute(exp.delete(cohort.copy(), where=_id_in(ids)))
+            cdm.execute(exp.delete(cohort.copy(), where=definition_ids_in(ids)))
         _delete_definition_rows(cdm, ids)
         _insert_definition_rows(cdm, prepared)
         if with_stats:
-            from mercia.cohorts.stats import clear_stats
-
             clear_stats(cdm, ids)
 
     def finish_writes(prepared: list[_Prepared], runs: dict[int, _CohortRun], counts: Counts) -> None:
         if with_stats:
-            from mercia.cohorts.stats import GeneratedStats, insert_stats
-
             insert_stats(cdm, [GeneratedStats(p.cohort_id, p.definition, runs[p.cohort_id].masks,
                                               _censor_lost(runs[p.cohort_id].before_censor,
                                                            counts.get(p.cohort_id, (0, 0))[0]))
@@ -283,7 +276,7 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
         with cdm.transaction():
             begin_writes(prepared, checked)
             runs = _run_all(cdm, prepared, cohort, progress)
-            counts = _read_counts(cdm.fetch_all(_counts_query(cohort.copy()).where(_id_in(ids), copy=False)))
+            counts = _read_counts(cdm.fetch_all(_counts_query(cohort.copy()).where(definition_ids_in(ids), copy=False)))
             finish_writes(prepared, runs, counts)
     for p in prepared:
         for w in checked.unknown[p.cohort_id]:
@@ -350,8 +343,7 @@ def _run_plan(db: _Executor, temp: _TempTables, cohort_id: int, plan: CohortPlan
     db.execute(plan.insert.sql, plan.insert.bind(values))
     masks: dict[tuple[int, int], int] = {}
     if plan.mask_counts is not None:
-        for mode, mask, n in db.fetch_all(plan.mask_counts.sql, plan.mask_counts.bind(values)):
-            masks[(int(mode), int(mask))] = int(n)
+        masks = _read_masks(db.fetch_all(plan.mask_counts.sql, plan.mask_counts.bind(values)))
     before_censor = None
     if plan.persons_before_censor is not None:
         ((before_censor,),) = db.fetch_all(plan.persons_before_censor.sql, plan.persons_before_censor.bind(values))
@@ -444,6 +436,11 @@ def _read_counts(rows: list[tuple]) -> Counts:
     return {int(c): (int(p), int(e)) for c, p, e in rows}
 
 
+def _read_masks(rows: list[tuple]) -> dict[tuple[int, int], int]:
+    """(mode_id, inclusion_rule_mask) -> events, from a mask counts query's rows."""
+    return {(int(mode), int(mask)): int(n) for mode, mask, n in rows}
+
+
 def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], hashes: dict[int, str],
                          progress: Progress, check: Callable[[], _Checked], *,
                          begin_writes: Callable[[list[_Prepared], _Checked], None],
@@ -464,8 +461,8 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
     lock = threading.Lock()
 
     create_rows = _rows_table_create(cdm)
-
-    running = [_DUCKDB_CONNECTIONS]
+    threads = engine.threads  # DuckDB's setting, shared out among the connections and given back after
+    running = [_DUCKDB_CONNECTIONS]  # connections still computing
 
     def run(db: DuckDBEngine) -> None:
         temp = _TempTables(db)
@@ -499,7 +496,6 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
 
     workers = [threading.Thread(target=run, args=(engine.another_connection(),), name=f"mercia-cohorts-{i}",
                                 daemon=True) for i in range(_DUCKDB_CONNECTIONS)]
-    threads = engine.threads
     engine.threads = max(1, threads // _DUCKDB_CONNECTIONS)
     for w in workers:
         w.start()
@@ -546,8 +542,7 @@ def _run_compiled(cdm: Cdm, cohort_id: int, c: CompiledCohort, cohort: exp.Table
     masks: dict[tuple[int, int], int] = {}
     if c.rule_count:
         mask_query = c.mask_counts_query()
-        for mode, mask, n in cdm.fetch_all(mask_query, bound(mask_query, c.params)):
-            masks[(int(mode), int(mask))] = int(n)
+        masks = _read_masks(cdm.fetch_all(mask_query, bound(mask_query, c.params)))
     return _CohortRun(masks, None)
 
 
@@ -582,10 +577,10 @@ def _insert_definition_rows(cdm: Cdm, prepared: list[_Prepared]) -> None:
 
 def _delete_definition_rows(cdm: Cdm, ids: list[int]) -> None:
     if cdm.dialect != "spark":
-        cdm.execute(exp.delete(cdm.table("cohort_definition"), where=_id_in(ids)))
+        cdm.execute(exp.delete(cdm.table("cohort_definition"), where=definition_ids_in(ids)))
         return
     # cohort_definition is small: read the other rows, then overwrite the table with them.
-    others = cdm.fetch_arrow(exp.select("*").from_(cdm.table("cohort_definition")).where(exp.not_(_id_in(ids))))
+    others = cdm.fetch_arrow(exp.select("*").from_(cdm.table("cohort_definition")).where(exp.not_(definition_ids_in(ids))))
     cdm.engine.overwrite_arrow(cdm.qualified("cohort_definition"), others)
 
 

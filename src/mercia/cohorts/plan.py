@@ -10,10 +10,10 @@ the compiled pipeline (CompiledCohort.ctes) become temporary tables depends on t
   per row, so materialised, analysed steps keep every join a hash join (see CompiledCohort.steps).
 * DuckDB: only the concept sets (read by every criterion), the primary events, when the definition
   has inclusion rules the masked events (read by both the insert and the mask counts), and when it has a
-  censor window the final rows before it (read by the insert and the count of persons it censors). The other steps
-  stay CTEs inside those statements, where DuckDB's optimiser sees the whole chain and materialises what
-  is read twice by itself. A criterion's First is found by an aggregate rather than a window there
-  (see duckdb_first). For the 13 definitions of bench/bench_cohorts.py that is 74 statements where one
+  censor window the final rows before it (read by the insert and the count of persons it censors). The
+  other steps stay CTEs inside those statements, where DuckDB's optimiser sees the whole chain and
+  materialises what is read twice by itself. A criterion's First is found by an aggregate rather than a
+  window there (see duckdb_first). For the 13 definitions of bench/bench_cohorts.py that is 74 statements where one
   temporary table per step took 497 (no ANALYZE either: DuckDB keeps its statistics up to date on
   insert), and about two thirds of the process CPU time at 100,000 persons.
 

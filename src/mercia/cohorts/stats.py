@@ -87,15 +87,19 @@ def rows_for(g: GeneratedStats) -> dict[str, list[tuple[Any, ...]]]:
     return out
 
 
+def definition_ids_in(ids: list[int]) -> exp.Expression:
+    """cohort_definition_id IN (ids): the rows of these cohorts in any of the results tables."""
+    return exp.In(this=exp.column("cohort_definition_id"), expressions=[lit(i) for i in ids])
+
+
 def clear_stats(cdm: Cdm, ids: list[int]) -> None:
     """The five tables made where missing, these ids' rows deleted (inside the generation's transaction;
     it needs no generated cohort, so it can run while they are computed). Then insert_stats."""
     if not ids:
         return
     create_stats_tables(cdm)
-    where = exp.In(this=exp.column("cohort_definition_id"), expressions=[lit(i) for i in ids])
     for name in STATS_TABLES:
-        cdm.execute(exp.delete(stats_table(cdm, name), where=where.copy()))
+        cdm.execute(exp.delete(stats_table(cdm, name), where=definition_ids_in(ids)))
 
 
 def insert_stats(cdm: Cdm, generated: list[GeneratedStats]) -> None:

@@ -235,8 +235,8 @@ def bench(persons: int, skip_oracle: bool, repeat: int) -> dict[str, Any]:
     m = sorted(runs, key=lambda r: r["value"]["total_s"])[len(runs) // 2]  # the median run
     mercia = m["value"]
     circe_totals = [sum(c[cid]["seconds"] for cid, _, _ in defs) for c in circe_runs]
-    oracle = sorted(circe_runs, key=lambda c: sum(c[cid]["seconds"] for cid, _, _ in defs))[len(circe_runs) // 2] \
-        if circe_runs else {}
+    oracle = circe_runs[sorted(range(len(circe_runs)), key=circe_totals.__getitem__)[len(circe_runs) // 2]] \
+        if circe_runs else {}  # the median run
     per = []
     for cid, name, _ in defs:
         mine = sorted(tuple(r) for r in mercia["rows"][cid])

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from mercia.cohorts.model import CohortDefinition, CohortExpression, validation_error
 from mercia.errors import CohortDefinitionError
+from mercia.limits import json_problem
 
 
 def parse_circe(data: str | bytes | dict[str, Any]) -> CohortExpression:
@@ -29,6 +30,9 @@ def parse_circe(data: str | bytes | dict[str, Any]) -> CohortExpression:
             ) from None
     if not isinstance(data, dict):
         raise CohortDefinitionError(f"$: a Circe cohort expression is a JSON object, not {type(data).__name__}")
+    problem = json_problem(data)
+    if problem:
+        raise CohortDefinitionError(problem)
     # ATLAS's "export" wraps the expression with the definition's id and name; accept both shapes.
     if "expression" in data and "PrimaryCriteria" not in data:
         inner = data["expression"]

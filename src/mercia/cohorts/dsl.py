@@ -34,6 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from mercia.cohorts import model as m
 from mercia.errors import CohortDefinitionError
+from mercia.limits import MAX_DAYS, MAX_INT32, MAX_RANGE_VALUE, json_problem
 from mercia.vocab import catalog
 
 __all__ = [
@@ -95,6 +96,16 @@ def _fail(path: str, msg: str) -> CohortDefinitionError:
 def _suggest(word: str, options: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(options), n=3)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _is_days(v: Any, *, negative: bool = False) -> bool:
+    """A whole number of days within mercia.limits.MAX_DAYS (0 or more unless `negative`)."""
+    return (not isinstance(v, bool) and isinstance(v, int)
+            and (-MAX_DAYS if negative else 0) <= v <= MAX_DAYS)
+
+
+DAYS = f"a number of days, 0 to {MAX_DAYS}"
+SIGNED_DAYS = f"a whole number of days, -{MAX_DAYS} to {MAX_DAYS}"
 
 
 # ---- concept sets ---------------------------------------------------------------------------
@@ -218,6 +229,9 @@ def _range(path: str, kw: dict[str, Any]) -> dict[str, Any]:
         for x in vals:
             if isinstance(x, bool) or not isinstance(x, int | float):
                 raise _fail(path, f"{k}: {x!r} is not a number")
+            if not -MAX_RANGE_VALUE <= x <= MAX_RANGE_VALUE:  # NaN fails this too
+                raise _fail(path, f"{k}: {x!r} is out of range (a finite number, -{MAX_RANGE_VALUE:g} to "
+                                  f"{MAX_RANGE_VALUE:g})")
     if set(given) == {"min", "max"}:
         return {"value": given["min"], "op": "bt", "extent": given["max"]}
     if "not_between" in given and len(given) == 1:
@@ -302,11 +316,15 @@ def _bound(x: Any, side: str, path: str) -> tuple[int | None, int]:
     if isinstance(x, bool):
         raise _fail(path, f"{x!r} is not a window bound")
     if isinstance(x, int):
+        if not _is_days(x, negative=True):
+            raise _fail(path, f"{x!r} is out of range: a window bound is {SIGNED_DAYS} (negative: before index)")
         return (abs(x), -1 if x < 0 else 1)
     if isinstance(x, str):
         mt = _BOUND.match(x)
         if mt:
             days = None if mt.group(1).lower() == "all" else int(mt.group(1))
+            if days is not None and not _is_days(days):
+                raise _fail(path, f"{x!r} is out of range: a window bound is {DAYS} before or after index")
             return (days, -1 if mt.group(2).lower() == "before" else 1)
     raise _fail(path, f"cannot read window bound {x!r}: write e.g. '365 days before', '0 days after', "
                       "'all days before', or a number of days (negative: before index)")
@@ -338,8 +356,8 @@ class Occurrence:
 
 
 def _occurrence(kind: str, n: Any, distinct: Any, path: str) -> Occurrence:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise _fail(path, f"{kind}: {n!r} is not a count (a whole number, 0 or more)")
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_INT32:
+        raise _fail(path, f"{kind}: {n!r} is not a count (a whole number, 0 to {MAX_INT32})")
     if distinct is not None and distinct not in _DISTINCT:
         raise _fail(path, f"distinct: {distinct!r} (use true, concept, start_date, end_date or visit)")
     if distinct is False:
@@ -430,8 +448,8 @@ class Event:
         """The event starts from `days_before` days before index (None: any time before) to
         `days_after` days after it."""
         for k, v in (("days_before", days_before), ("days_after", days_after)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise CohortDefinitionError(f"{self.domain}.within: {k} is a number of days, 0 or more")
+            if v is not None and not _is_days(v):
+                raise CohortDefinitionError(f"{self.domain}.within: {k} is {DAYS}")
         return self.between(f"{'all' if days_before is None else days_before} days before",
                             f"{days_after} days after")
 
@@ -698,8 +716,8 @@ class Cohort:
     def require_observation(self, *, prior_days: int = 0, post_days: int = 0) -> Cohort:
         """Continuous observation of at least `prior_days` before and `post_days` after the index date."""
         for k, v in (("prior_days", prior_days), ("post_days", post_days)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise CohortDefinitionError(f"require_observation: {k} is a number of days, 0 or more")
+            if not _is_days(v):
+                raise CohortDefinitionError(f"require_observation: {k} is {DAYS}")
         return replace(self, prior_days=prior_days, post_days=post_days)
 
     def require_prior_observation(self, *, days: int) -> Cohort:
@@ -758,8 +776,10 @@ class Cohort:
         apart join; `offset` days are added at the end; `days_supply` overrides each exposure's length.
         `drug` defaults to the entry drug's concept set."""
         for k, v in (("gap_days", gap_days), ("days_supply", days_supply)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise CohortDefinitionError(f"exit_at_end_of_exposure: {k} is a number of days, 0 or more")
+            if v is not None and not _is_days(v):
+                raise CohortDefinitionError(f"exit_at_end_of_exposure: {k} is {DAYS}")
+        if not _is_days(offset, negative=True):
+            raise CohortDefinitionError(f"exit_at_end_of_exposure: offset is {SIGNED_DAYS}")
         if drug is not None and not isinstance(drug, Concepts):
             raise CohortDefinitionError("exit_at_end_of_exposure: drug is a concept set made with concepts(...)")
         return replace(self, exit_=Exit("exposure", gap_days, offset, days_supply, drug))
@@ -768,8 +788,8 @@ class Cohort:
         """Exit a fixed number of days after the entry event's start (or end: relative_to='end')."""
         if relative_to not in ("start", "end"):
             raise CohortDefinitionError("exit_after: relative_to is 'start' or 'end' (of the entry event)")
-        if isinstance(days, bool) or not isinstance(days, int):
-            raise CohortDefinitionError("exit_after: days is a whole number of days")
+        if not _is_days(days, negative=True):
+            raise CohortDefinitionError(f"exit_after: days is {SIGNED_DAYS}")
         return replace(self, exit_=Exit("offset", offset=days, relative_to=relative_to))
 
     def exit_at_end_of_observation(self) -> Cohort:
@@ -789,8 +809,8 @@ class Cohort:
 
     def collapse(self, *, gap_days: int = 0) -> Cohort:
         """Join a person's cohort entries that are at most `gap_days` apart into one era."""
-        if isinstance(gap_days, bool) or not isinstance(gap_days, int) or gap_days < 0:
-            raise CohortDefinitionError("collapse: gap_days is a number of days, 0 or more")
+        if not _is_days(gap_days):
+            raise CohortDefinitionError(f"collapse: gap_days is {DAYS}")
         return replace(self, era_gap_days=gap_days)
 
     def concept_sets(self, *sets: Concepts) -> Cohort:
@@ -1139,8 +1159,8 @@ class _Reader:
         if not isinstance(items, list):
             raise _fail(path, "a group's conditions are a list")
         count = d.get("count")
-        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
-            raise _fail(path, f"count {count!r} is not a whole number")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_INT32):
+            raise _fail(path, f"count {count!r} is not a whole number, 0 to {MAX_INT32}")
         return Group(typ, tuple(self.item(x, f"{path}[{i}]") for i, x in enumerate(items)), count)
 
     def rule(self, v: Any, path: str) -> Group:
@@ -1251,6 +1271,9 @@ class _Reader:
 
 def from_dict(data: Any) -> m.CohortDefinition:
     """A definition from the YAML form, already parsed."""
+    problem = json_problem(data)
+    if problem:
+        raise CohortDefinitionError(problem)
     return _Reader().cohort(data).build()
 
 

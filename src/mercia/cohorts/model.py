@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -30,15 +30,38 @@ from pydantic import (
     model_validator,
 )
 
+from mercia import limits
 from mercia.errors import CohortDefinitionError
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 NUMERIC_OPS = ("lt", "lte", "eq", "!eq", "gt", "gte", "bt", "!bt")
 
+# Bounded types (see mercia.limits for why each bound): a value outside is an error naming its path.
+Days = Annotated[int, Field(ge=-limits.MAX_DAYS, le=limits.MAX_DAYS)]
+DaysAfter = Annotated[int, Field(ge=0, le=limits.MAX_DAYS)]
+Count = Annotated[int, Field(ge=0, le=limits.MAX_INT32)]
+CodesetId = Annotated[int, Field(ge=-limits.MAX_INT32 - 1, le=limits.MAX_INT32)]
+ConceptId = Annotated[int, Field(ge=limits.MIN_INT64, le=limits.MAX_INT64)]
+RangeValue = Annotated[float, Field(allow_inf_nan=False, ge=-limits.MAX_RANGE_VALUE, le=limits.MAX_RANGE_VALUE)]
+Name = Annotated[str, Field(max_length=limits.MAX_NAME)]
+
 
 class _Model(BaseModel):
     # populate_by_name: the Mercia form uses field names, the Circe form aliases; both validate.
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=False)
+    # Every text is bounded (names more tightly, below); lists are bounded field by field.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=False,
+                              str_max_length=limits.MAX_TEXT)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _utf8_text(cls, data: Any) -> Any:
+        # Text that cannot be written as UTF-8 (a lone surrogate from a JSON escape) would fail later
+        # in a database, a log or a report: refuse it here, where its path is known.
+        if isinstance(data, dict):
+            for k, v in data.items():
+                if isinstance(v, str) and limits.json_problem(v) is not None:
+                    raise ValueError(f"{k}: not valid Unicode text (it holds a lone UTF-16 surrogate)")
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -54,7 +77,7 @@ class _Model(BaseModel):
 class Concept(_Model):
     """A concept as ATLAS embeds it (only the id matters for cohort logic; the rest is display)."""
 
-    concept_id: int = Field(alias="CONCEPT_ID")
+    concept_id: ConceptId = Field(alias="CONCEPT_ID")
     concept_name: str | None = Field(None, alias="CONCEPT_NAME")
     standard_concept: str | None = Field(None, alias="STANDARD_CONCEPT")
     standard_concept_caption: str | None = Field(None, alias="STANDARD_CONCEPT_CAPTION")
@@ -68,6 +91,9 @@ class Concept(_Model):
     valid_end_date: str | None = Field(None, alias="VALID_END_DATE")
 
 
+ConceptList = Annotated[list[Concept], Field(max_length=limits.MAX_LIST)]
+
+
 class ConceptSetItem(_Model):
     concept: Concept
     is_excluded: bool = Field(False, alias="isExcluded")
@@ -76,26 +102,26 @@ class ConceptSetItem(_Model):
 
 
 class ConceptSetExpression(_Model):
-    items: list[ConceptSetItem] = Field(default_factory=list)
+    items: list[ConceptSetItem] = Field(default_factory=list, max_length=limits.MAX_CONCEPT_SET_ITEMS)
 
 
 class ConceptSet(_Model):
-    id: int
-    name: str = ""
+    id: CodesetId
+    name: Name = ""
     expression: ConceptSetExpression = Field(default_factory=ConceptSetExpression)
 
 
 class ConceptSetSelection(_Model):
     """Circe's '...CS' filters: the column's concept in (or, with is_exclusion, not in) a concept set."""
 
-    codeset_id: int | None = Field(None, alias="CodesetId")
+    codeset_id: CodesetId | None = Field(None, alias="CodesetId")
     is_exclusion: bool = Field(False, alias="IsExclusion")
 
 
 class NumericRange(_Model):
-    value: float = Field(alias="Value")
+    value: RangeValue = Field(alias="Value")
     op: str = Field(alias="Op")
-    extent: float | None = Field(None, alias="Extent")
+    extent: RangeValue | None = Field(None, alias="Extent")
 
     @field_validator("op")
     @classmethod
@@ -177,9 +203,9 @@ class DateAdjustment(_Model):
     EndWith + EndOffset days); events whose adjusted end is before their adjusted start are dropped."""
 
     start_with: Literal["START_DATE", "END_DATE"] = Field("START_DATE", alias="StartWith")
-    start_offset: int = Field(0, alias="StartOffset")
+    start_offset: Days = Field(0, alias="StartOffset")
     end_with: Literal["START_DATE", "END_DATE"] = Field("END_DATE", alias="EndWith")
-    end_offset: int = Field(0, alias="EndOffset")
+    end_offset: Days = Field(0, alias="EndOffset")
 
 
 class Period(_Model):
@@ -208,68 +234,68 @@ class _Criteria(_Model):
 
 
 class _EventCriteria(_Criteria):
-    codeset_id: int | None = Field(None, alias="CodesetId")
+    codeset_id: CodesetId | None = Field(None, alias="CodesetId")
     first: bool | None = Field(None, alias="First")
     occurrence_start_date: DateRange | None = Field(None, alias="OccurrenceStartDate")
     occurrence_end_date: DateRange | None = Field(None, alias="OccurrenceEndDate")
     age: NumericRange | None = Field(None, alias="Age")
-    gender: list[Concept] | None = Field(None, alias="Gender")
+    gender: ConceptList | None = Field(None, alias="Gender")
     gender_cs: ConceptSetSelection | None = Field(None, alias="GenderCS")
 
 
 class _VisitFiltered(_EventCriteria):
     # The kind of visit the event happened in (visit_occurrence.visit_concept_id).
-    visit_type: list[Concept] | None = Field(None, alias="VisitType")
+    visit_type: ConceptList | None = Field(None, alias="VisitType")
     visit_type_cs: ConceptSetSelection | None = Field(None, alias="VisitTypeCS")
     # The specialty of the event's provider (provider.specialty_concept_id).
-    provider_specialty: list[Concept] | None = Field(None, alias="ProviderSpecialty")
+    provider_specialty: ConceptList | None = Field(None, alias="ProviderSpecialty")
     provider_specialty_cs: ConceptSetSelection | None = Field(None, alias="ProviderSpecialtyCS")
 
 
 class ConditionOccurrence(_VisitFiltered):
-    condition_type: list[Concept] | None = Field(None, alias="ConditionType")
+    condition_type: ConceptList | None = Field(None, alias="ConditionType")
     condition_type_exclude: bool = Field(False, alias="ConditionTypeExclude")
     condition_type_cs: ConceptSetSelection | None = Field(None, alias="ConditionTypeCS")
-    condition_source_concept: int | None = Field(None, alias="ConditionSourceConcept")
-    condition_status: list[Concept] | None = Field(None, alias="ConditionStatus")
+    condition_source_concept: ConceptId | None = Field(None, alias="ConditionSourceConcept")
+    condition_status: ConceptList | None = Field(None, alias="ConditionStatus")
     condition_status_cs: ConceptSetSelection | None = Field(None, alias="ConditionStatusCS")
 
 
 class DrugExposure(_VisitFiltered):
-    drug_type: list[Concept] | None = Field(None, alias="DrugType")
+    drug_type: ConceptList | None = Field(None, alias="DrugType")
     drug_type_exclude: bool = Field(False, alias="DrugTypeExclude")
     drug_type_cs: ConceptSetSelection | None = Field(None, alias="DrugTypeCS")
-    drug_source_concept: int | None = Field(None, alias="DrugSourceConcept")
+    drug_source_concept: ConceptId | None = Field(None, alias="DrugSourceConcept")
     days_supply: NumericRange | None = Field(None, alias="DaysSupply")
     quantity: NumericRange | None = Field(None, alias="Quantity")
     refills: NumericRange | None = Field(None, alias="Refills")
-    route_concept: list[Concept] | None = Field(None, alias="RouteConcept")
+    route_concept: ConceptList | None = Field(None, alias="RouteConcept")
     route_concept_cs: ConceptSetSelection | None = Field(None, alias="RouteConceptCS")
     stop_reason: TextFilter | None = Field(None, alias="StopReason")
     lot_number: TextFilter | None = Field(None, alias="LotNumber")
 
 
 class ProcedureOccurrence(_VisitFiltered):
-    procedure_type: list[Concept] | None = Field(None, alias="ProcedureType")
+    procedure_type: ConceptList | None = Field(None, alias="ProcedureType")
     procedure_type_exclude: bool = Field(False, alias="ProcedureTypeExclude")
     procedure_type_cs: ConceptSetSelection | None = Field(None, alias="ProcedureTypeCS")
-    procedure_source_concept: int | None = Field(None, alias="ProcedureSourceConcept")
-    modifier: list[Concept] | None = Field(None, alias="Modifier")
+    procedure_source_concept: ConceptId | None = Field(None, alias="ProcedureSourceConcept")
+    modifier: ConceptList | None = Field(None, alias="Modifier")
     modifier_cs: ConceptSetSelection | None = Field(None, alias="ModifierCS")
     quantity: NumericRange | None = Field(None, alias="Quantity")
 
 
 class Measurement(_VisitFiltered):
-    measurement_type: list[Concept] | None = Field(None, alias="MeasurementType")
+    measurement_type: ConceptList | None = Field(None, alias="MeasurementType")
     measurement_type_exclude: bool = Field(False, alias="MeasurementTypeExclude")
     measurement_type_cs: ConceptSetSelection | None = Field(None, alias="MeasurementTypeCS")
-    measurement_source_concept: int | None = Field(None, alias="MeasurementSourceConcept")
-    operator: list[Concept] | None = Field(None, alias="Operator")
+    measurement_source_concept: ConceptId | None = Field(None, alias="MeasurementSourceConcept")
+    operator: ConceptList | None = Field(None, alias="Operator")
     operator_cs: ConceptSetSelection | None = Field(None, alias="OperatorCS")
     value_as_number: NumericRange | None = Field(None, alias="ValueAsNumber")
-    value_as_concept: list[Concept] | None = Field(None, alias="ValueAsConcept")
+    value_as_concept: ConceptList | None = Field(None, alias="ValueAsConcept")
     value_as_concept_cs: ConceptSetSelection | None = Field(None, alias="ValueAsConceptCS")
-    unit: list[Concept] | None = Field(None, alias="Unit")
+    unit: ConceptList | None = Field(None, alias="Unit")
     unit_cs: ConceptSetSelection | None = Field(None, alias="UnitCS")
     range_low: NumericRange | None = Field(None, alias="RangeLow")
     range_high: NumericRange | None = Field(None, alias="RangeHigh")
@@ -279,69 +305,69 @@ class Measurement(_VisitFiltered):
 
 
 class Observation(_VisitFiltered):
-    observation_type: list[Concept] | None = Field(None, alias="ObservationType")
+    observation_type: ConceptList | None = Field(None, alias="ObservationType")
     observation_type_exclude: bool = Field(False, alias="ObservationTypeExclude")
     observation_type_cs: ConceptSetSelection | None = Field(None, alias="ObservationTypeCS")
-    observation_source_concept: int | None = Field(None, alias="ObservationSourceConcept")
+    observation_source_concept: ConceptId | None = Field(None, alias="ObservationSourceConcept")
     value_as_number: NumericRange | None = Field(None, alias="ValueAsNumber")
     value_as_string: TextFilter | None = Field(None, alias="ValueAsString")
-    value_as_concept: list[Concept] | None = Field(None, alias="ValueAsConcept")
+    value_as_concept: ConceptList | None = Field(None, alias="ValueAsConcept")
     value_as_concept_cs: ConceptSetSelection | None = Field(None, alias="ValueAsConceptCS")
-    qualifier: list[Concept] | None = Field(None, alias="Qualifier")
+    qualifier: ConceptList | None = Field(None, alias="Qualifier")
     qualifier_cs: ConceptSetSelection | None = Field(None, alias="QualifierCS")
-    unit: list[Concept] | None = Field(None, alias="Unit")
+    unit: ConceptList | None = Field(None, alias="Unit")
     unit_cs: ConceptSetSelection | None = Field(None, alias="UnitCS")
 
 
 class DeviceExposure(_VisitFiltered):
-    device_type: list[Concept] | None = Field(None, alias="DeviceType")
+    device_type: ConceptList | None = Field(None, alias="DeviceType")
     device_type_exclude: bool = Field(False, alias="DeviceTypeExclude")
     device_type_cs: ConceptSetSelection | None = Field(None, alias="DeviceTypeCS")
-    device_source_concept: int | None = Field(None, alias="DeviceSourceConcept")
+    device_source_concept: ConceptId | None = Field(None, alias="DeviceSourceConcept")
     quantity: NumericRange | None = Field(None, alias="Quantity")
     unique_device_id: TextFilter | None = Field(None, alias="UniqueDeviceId")
 
 
 class VisitOccurrence(_EventCriteria):
     # Circe's VisitType on a visit criterion filters visit_type_concept_id (how the visit was recorded).
-    visit_type: list[Concept] | None = Field(None, alias="VisitType")
+    visit_type: ConceptList | None = Field(None, alias="VisitType")
     visit_type_exclude: bool = Field(False, alias="VisitTypeExclude")
     visit_type_cs: ConceptSetSelection | None = Field(None, alias="VisitTypeCS")
-    visit_source_concept: int | None = Field(None, alias="VisitSourceConcept")
+    visit_source_concept: ConceptId | None = Field(None, alias="VisitSourceConcept")
     visit_length: NumericRange | None = Field(None, alias="VisitLength")
-    provider_specialty: list[Concept] | None = Field(None, alias="ProviderSpecialty")
+    provider_specialty: ConceptList | None = Field(None, alias="ProviderSpecialty")
     provider_specialty_cs: ConceptSetSelection | None = Field(None, alias="ProviderSpecialtyCS")
     # The place of service of the visit's care site (care_site.place_of_service_concept_id).
-    place_of_service: list[Concept] | None = Field(None, alias="PlaceOfService")
+    place_of_service: ConceptList | None = Field(None, alias="PlaceOfService")
     place_of_service_cs: ConceptSetSelection | None = Field(None, alias="PlaceOfServiceCS")
 
 
 class VisitDetail(_Criteria):
-    codeset_id: int | None = Field(None, alias="CodesetId")
+    codeset_id: CodesetId | None = Field(None, alias="CodesetId")
     first: bool | None = Field(None, alias="First")
     visit_detail_start_date: DateRange | None = Field(None, alias="VisitDetailStartDate")
     visit_detail_end_date: DateRange | None = Field(None, alias="VisitDetailEndDate")
     visit_detail_type_cs: ConceptSetSelection | None = Field(None, alias="VisitDetailTypeCS")
-    visit_detail_source_concept: int | None = Field(None, alias="VisitDetailSourceConcept")
+    visit_detail_source_concept: ConceptId | None = Field(None, alias="VisitDetailSourceConcept")
     visit_detail_length: NumericRange | None = Field(None, alias="VisitDetailLength")
     age: NumericRange | None = Field(None, alias="Age")
     gender_cs: ConceptSetSelection | None = Field(None, alias="GenderCS")
 
 
 class Death(_Criteria):
-    codeset_id: int | None = Field(None, alias="CodesetId")
+    codeset_id: CodesetId | None = Field(None, alias="CodesetId")
     occurrence_start_date: DateRange | None = Field(None, alias="OccurrenceStartDate")
-    death_type: list[Concept] | None = Field(None, alias="DeathType")
+    death_type: ConceptList | None = Field(None, alias="DeathType")
     death_type_exclude: bool = Field(False, alias="DeathTypeExclude")
     death_type_cs: ConceptSetSelection | None = Field(None, alias="DeathTypeCS")
-    death_source_concept: int | None = Field(None, alias="DeathSourceConcept")
+    death_source_concept: ConceptId | None = Field(None, alias="DeathSourceConcept")
     age: NumericRange | None = Field(None, alias="Age")
-    gender: list[Concept] | None = Field(None, alias="Gender")
+    gender: ConceptList | None = Field(None, alias="Gender")
     gender_cs: ConceptSetSelection | None = Field(None, alias="GenderCS")
 
 
 class _EraCriteria(_Criteria):
-    codeset_id: int | None = Field(None, alias="CodesetId")
+    codeset_id: CodesetId | None = Field(None, alias="CodesetId")
     first: bool | None = Field(None, alias="First")
     era_start_date: DateRange | None = Field(None, alias="EraStartDate")
     era_end_date: DateRange | None = Field(None, alias="EraEndDate")
@@ -349,7 +375,7 @@ class _EraCriteria(_Criteria):
     era_length: NumericRange | None = Field(None, alias="EraLength")
     age_at_start: NumericRange | None = Field(None, alias="AgeAtStart")
     age_at_end: NumericRange | None = Field(None, alias="AgeAtEnd")
-    gender: list[Concept] | None = Field(None, alias="Gender")
+    gender: ConceptList | None = Field(None, alias="Gender")
     gender_cs: ConceptSetSelection | None = Field(None, alias="GenderCS")
 
 
@@ -364,17 +390,17 @@ class ConditionEra(_EraCriteria):
 class DoseEra(_Criteria):
     """Circe's DoseEra: rows of DOSE_ERA (drug, unit, dose value, start and end)."""
 
-    codeset_id: int | None = Field(None, alias="CodesetId")
+    codeset_id: CodesetId | None = Field(None, alias="CodesetId")
     first: bool | None = Field(None, alias="First")
     era_start_date: DateRange | None = Field(None, alias="EraStartDate")
     era_end_date: DateRange | None = Field(None, alias="EraEndDate")
-    unit: list[Concept] | None = Field(None, alias="Unit")
+    unit: ConceptList | None = Field(None, alias="Unit")
     unit_cs: ConceptSetSelection | None = Field(None, alias="UnitCS")
     dose_value: NumericRange | None = Field(None, alias="DoseValue")
     era_length: NumericRange | None = Field(None, alias="EraLength")
     age_at_start: NumericRange | None = Field(None, alias="AgeAtStart")
     age_at_end: NumericRange | None = Field(None, alias="AgeAtEnd")
-    gender: list[Concept] | None = Field(None, alias="Gender")
+    gender: ConceptList | None = Field(None, alias="Gender")
     gender_cs: ConceptSetSelection | None = Field(None, alias="GenderCS")
 
 
@@ -382,7 +408,7 @@ class ObservationPeriod(_Criteria):
     first: bool | None = Field(None, alias="First")
     period_start_date: DateRange | None = Field(None, alias="PeriodStartDate")
     period_end_date: DateRange | None = Field(None, alias="PeriodEndDate")
-    period_type: list[Concept] | None = Field(None, alias="PeriodType")
+    period_type: ConceptList | None = Field(None, alias="PeriodType")
     period_type_cs: ConceptSetSelection | None = Field(None, alias="PeriodTypeCS")
     period_length: NumericRange | None = Field(None, alias="PeriodLength")
     # The event is this period (its dates replace the observation period's) for persons observed on them.
@@ -401,34 +427,34 @@ class PayerPlanPeriod(_Criteria):
     period_length: NumericRange | None = Field(None, alias="PeriodLength")
     age_at_start: NumericRange | None = Field(None, alias="AgeAtStart")
     age_at_end: NumericRange | None = Field(None, alias="AgeAtEnd")
-    gender: list[Concept] | None = Field(None, alias="Gender")
+    gender: ConceptList | None = Field(None, alias="Gender")
     gender_cs: ConceptSetSelection | None = Field(None, alias="GenderCS")
-    payer_concept: int | None = Field(None, alias="PayerConcept")
-    plan_concept: int | None = Field(None, alias="PlanConcept")
-    sponsor_concept: int | None = Field(None, alias="SponsorConcept")
-    stop_reason_concept: int | None = Field(None, alias="StopReasonConcept")
-    payer_source_concept: int | None = Field(None, alias="PayerSourceConcept")
-    plan_source_concept: int | None = Field(None, alias="PlanSourceConcept")
-    sponsor_source_concept: int | None = Field(None, alias="SponsorSourceConcept")
-    stop_reason_source_concept: int | None = Field(None, alias="StopReasonSourceConcept")
+    payer_concept: CodesetId | None = Field(None, alias="PayerConcept")
+    plan_concept: CodesetId | None = Field(None, alias="PlanConcept")
+    sponsor_concept: CodesetId | None = Field(None, alias="SponsorConcept")
+    stop_reason_concept: CodesetId | None = Field(None, alias="StopReasonConcept")
+    payer_source_concept: ConceptId | None = Field(None, alias="PayerSourceConcept")
+    plan_source_concept: ConceptId | None = Field(None, alias="PlanSourceConcept")
+    sponsor_source_concept: ConceptId | None = Field(None, alias="SponsorSourceConcept")
+    stop_reason_source_concept: ConceptId | None = Field(None, alias="StopReasonSourceConcept")
 
 
 class Specimen(_Criteria):
-    codeset_id: int | None = Field(None, alias="CodesetId")
+    codeset_id: CodesetId | None = Field(None, alias="CodesetId")
     first: bool | None = Field(None, alias="First")
     occurrence_start_date: DateRange | None = Field(None, alias="OccurrenceStartDate")
-    specimen_type: list[Concept] | None = Field(None, alias="SpecimenType")
+    specimen_type: ConceptList | None = Field(None, alias="SpecimenType")
     specimen_type_exclude: bool = Field(False, alias="SpecimenTypeExclude")
     specimen_type_cs: ConceptSetSelection | None = Field(None, alias="SpecimenTypeCS")
     quantity: NumericRange | None = Field(None, alias="Quantity")
-    unit: list[Concept] | None = Field(None, alias="Unit")
+    unit: ConceptList | None = Field(None, alias="Unit")
     unit_cs: ConceptSetSelection | None = Field(None, alias="UnitCS")
-    anatomic_site: list[Concept] | None = Field(None, alias="AnatomicSite")
+    anatomic_site: ConceptList | None = Field(None, alias="AnatomicSite")
     anatomic_site_cs: ConceptSetSelection | None = Field(None, alias="AnatomicSiteCS")
-    disease_status: list[Concept] | None = Field(None, alias="DiseaseStatus")
+    disease_status: ConceptList | None = Field(None, alias="DiseaseStatus")
     disease_status_cs: ConceptSetSelection | None = Field(None, alias="DiseaseStatusCS")
     age: NumericRange | None = Field(None, alias="Age")
-    gender: list[Concept] | None = Field(None, alias="Gender")
+    gender: ConceptList | None = Field(None, alias="Gender")
     gender_cs: ConceptSetSelection | None = Field(None, alias="GenderCS")
 
 
@@ -479,7 +505,7 @@ class WindowBound(_Model):
     """Days relative to the index date: coeff -1 is before, +1 after; days None means unbounded
     (then the window stops at the observation period's start or end, unless it is ignored)."""
 
-    days: int | None = Field(None, alias="Days", ge=0)
+    days: int | None = Field(None, alias="Days", ge=0, le=limits.MAX_DAYS)
     coeff: Literal[-1, 1] = Field(1, alias="Coeff")
 
     def offset(self) -> float:
@@ -512,7 +538,7 @@ _OCCURRENCE_NAMES = {0: "exactly", 1: "at_most", 2: "at_least"}
 
 class Occurrence(_Model):
     type: Literal["exactly", "at_most", "at_least"] = Field(alias="Type")
-    count: int = Field(alias="Count", ge=0)
+    count: Count = Field(alias="Count")
     is_distinct: bool = Field(False, alias="IsDistinct")
     count_column: Literal["DOMAIN_CONCEPT", "START_DATE", "END_DATE", "VISIT_ID"] | None = Field(
         None, alias="CountColumn"
@@ -545,9 +571,9 @@ class CorrelatedCriteria(_Model):
 
 class DemographicCriteria(_Model):
     age: NumericRange | None = Field(None, alias="Age")
-    gender: list[Concept] | None = Field(None, alias="Gender")
-    race: list[Concept] | None = Field(None, alias="Race")
-    ethnicity: list[Concept] | None = Field(None, alias="Ethnicity")
+    gender: ConceptList | None = Field(None, alias="Gender")
+    race: ConceptList | None = Field(None, alias="Race")
+    ethnicity: ConceptList | None = Field(None, alias="Ethnicity")
     gender_cs: ConceptSetSelection | None = Field(None, alias="GenderCS")
     race_cs: ConceptSetSelection | None = Field(None, alias="RaceCS")
     ethnicity_cs: ConceptSetSelection | None = Field(None, alias="EthnicityCS")
@@ -557,12 +583,13 @@ class DemographicCriteria(_Model):
 
 class CriteriaGroup(_Model):
     type: Literal["ALL", "ANY", "AT_LEAST", "AT_MOST"] = Field("ALL", alias="Type")
-    count: int | None = Field(None, alias="Count", ge=0)
-    criteria_list: list[CorrelatedCriteria] = Field(default_factory=list, alias="CriteriaList")
+    count: Count | None = Field(None, alias="Count")
+    criteria_list: list[CorrelatedCriteria] = Field(default_factory=list, alias="CriteriaList",
+                                                    max_length=limits.MAX_LIST)
     demographic_criteria_list: list[DemographicCriteria] = Field(
-        default_factory=list, alias="DemographicCriteriaList"
+        default_factory=list, alias="DemographicCriteriaList", max_length=limits.MAX_LIST
     )
-    groups: list[CriteriaGroup] = Field(default_factory=list, alias="Groups")
+    groups: list[CriteriaGroup] = Field(default_factory=list, alias="Groups", max_length=limits.MAX_LIST)
 
     @field_validator("type", mode="before")
     @classmethod
@@ -581,8 +608,8 @@ class CriteriaGroup(_Model):
 
 # ---- the expression -------------------------------------------------------------------------
 class ObservationWindow(_Model):
-    prior_days: int = Field(0, alias="PriorDays", ge=0)
-    post_days: int = Field(0, alias="PostDays", ge=0)
+    prior_days: DaysAfter = Field(0, alias="PriorDays")
+    post_days: DaysAfter = Field(0, alias="PostDays")
 
 
 class ResultLimit(_Model):
@@ -595,27 +622,27 @@ class ResultLimit(_Model):
 
 
 class PrimaryCriteria(_Model):
-    criteria_list: list[Criteria] = Field(alias="CriteriaList", min_length=1)
+    criteria_list: list[Criteria] = Field(alias="CriteriaList", min_length=1, max_length=limits.MAX_LIST)
     observation_window: ObservationWindow = Field(default_factory=ObservationWindow, alias="ObservationWindow")
     primary_limit: ResultLimit = Field(default_factory=ResultLimit, alias="PrimaryCriteriaLimit")
 
 
 class InclusionRule(_Model):
-    name: str = ""
+    name: Name = ""
     description: str | None = None
     expression: CriteriaGroup = Field(default_factory=CriteriaGroup)
 
 
 class DateOffsetStrategy(_Model):
     date_field: Literal["StartDate", "EndDate"] = Field(alias="DateField")
-    offset: int = Field(0, alias="Offset")
+    offset: Days = Field(0, alias="Offset")
 
 
 class CustomEraStrategy(_Model):
-    drug_codeset_id: int = Field(alias="DrugCodesetId")
-    gap_days: int = Field(0, alias="GapDays", ge=0)
-    offset: int = Field(0, alias="Offset")
-    days_supply_override: int | None = Field(None, alias="DaysSupplyOverride", ge=0)
+    drug_codeset_id: CodesetId = Field(alias="DrugCodesetId")
+    gap_days: DaysAfter = Field(0, alias="GapDays")
+    offset: Days = Field(0, alias="Offset")
+    days_supply_override: DaysAfter | None = Field(None, alias="DaysSupplyOverride")
 
 
 class EndStrategy(_Model):
@@ -631,20 +658,20 @@ class EndStrategy(_Model):
 
 class CollapseSettings(_Model):
     collapse_type: Literal["ERA"] = Field("ERA", alias="CollapseType")
-    era_pad: int = Field(0, alias="EraPad", ge=0)
+    era_pad: DaysAfter = Field(0, alias="EraPad")
 
 
 class CohortExpression(_Model):
     """A Circe CohortExpression."""
 
-    concept_sets: list[ConceptSet] = Field(default_factory=list, alias="ConceptSets")
+    concept_sets: list[ConceptSet] = Field(default_factory=list, alias="ConceptSets", max_length=limits.MAX_LIST)
     primary_criteria: PrimaryCriteria = Field(alias="PrimaryCriteria")
     additional_criteria: CriteriaGroup | None = Field(None, alias="AdditionalCriteria")
     qualified_limit: ResultLimit = Field(default_factory=ResultLimit, alias="QualifiedLimit")
     expression_limit: ResultLimit = Field(default_factory=ResultLimit, alias="ExpressionLimit")
-    inclusion_rules: list[InclusionRule] = Field(default_factory=list, alias="InclusionRules")
+    inclusion_rules: list[InclusionRule] = Field(default_factory=list, alias="InclusionRules", max_length=limits.MAX_LIST)
     end_strategy: EndStrategy | None = Field(None, alias="EndStrategy")
-    censoring_criteria: list[Criteria] = Field(default_factory=list, alias="CensoringCriteria")
+    censoring_criteria: list[Criteria] = Field(default_factory=list, alias="CensoringCriteria", max_length=limits.MAX_LIST)
     collapse_settings: CollapseSettings = Field(default_factory=CollapseSettings, alias="CollapseSettings")
     censor_window: Period = Field(default_factory=Period, alias="CensorWindow")
     cdm_version_range: str | None = Field(None, alias="cdmVersionRange")
@@ -657,13 +684,37 @@ class CohortExpression(_Model):
             raise ValueError(f"concept set ids must be unique (got {sorted(ids)})")
         if len(self.inclusion_rules) > 62:
             raise ValueError("at most 62 inclusion rules (the attrition mask is a 64-bit integer)")
+        too_deep = _too_deep(self)
+        if too_deep:
+            raise ValueError(f"{too_deep}: criteria groups nested more than {limits.MAX_GROUP_DEPTH} deep (groups "
+                             "in groups and in correlated criteria; each level is a nested query)")
         return self
+
+
+def _too_deep(x: BaseModel) -> str | None:
+    """The path (Circe's names) of the first criteria group nested deeper than MAX_GROUP_DEPTH, counting
+    groups inside groups and inside criteria's correlated criteria along any path, or None."""
+    stack: list[tuple[Any, str, int]] = [(x, "", 0)]
+    while stack:
+        v, path, depth = stack.pop()
+        if isinstance(v, ConceptSet | Concept):
+            continue  # no groups inside
+        if isinstance(v, CriteriaGroup):
+            depth += 1
+            if depth > limits.MAX_GROUP_DEPTH:
+                return limits.short_path(path.lstrip("."))
+        if isinstance(v, BaseModel):
+            for name, field in type(v).model_fields.items():
+                stack.append((getattr(v, name), f"{path}.{field.alias or name}", depth))
+        elif isinstance(v, list):
+            stack.extend((item, f"{path}[{i}]", depth) for i, item in enumerate(v))
+    return None
 
 
 class CohortDefinition(_Model):
     """A named cohort: its expression and a name/description for the cohort_definition table."""
 
-    name: str
+    name: Name
     description: str | None = None
     expression: CohortExpression
 
@@ -681,6 +732,9 @@ class CohortDefinition(_Model):
 
     @classmethod
     def from_dict(cls, data: Any) -> CohortDefinition:
+        problem = limits.json_problem(data)
+        if problem:
+            raise CohortDefinitionError(problem)
         try:
             return cls.model_validate(data)
         except ValidationError as e:

@@ -37,6 +37,7 @@ from mercia.federation.http_common import (
     Health,
     RequestBody,
     install_error_handlers,
+    install_request_limits,
     service_lifespan,
 )
 from mercia.federation.hub.config import HubConfig
@@ -190,6 +191,7 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
     app.state.authenticator = auth
 
     install_error_handlers(app)
+    install_request_limits(app)
 
     @app.middleware("http")
     async def _audit_requests(request: Request, call_next: Any) -> Any:

@@ -45,6 +45,7 @@ from mercia.federation.http_common import (
     Health,
     RequestBody,
     install_error_handlers,
+    install_request_limits,
     service_lifespan,
 )
 from mercia.federation.node.cdm_access import CdmAccess
@@ -192,6 +193,7 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     app.state.authenticator = auth
 
     install_error_handlers(app)
+    install_request_limits(app)
 
     # Made on first use: a limiter needs the running event loop.
     audit_threads: dict[str, Any] = {}

@@ -65,7 +65,7 @@ def _encodable(s: str) -> bool:
 
 
 def json_problem(value: Any, path: str = "$") -> str | None:
-    """The first thing in a parsed JSON document that no part of Mercia can take, as
+    """The first thing (in document order) in a parsed JSON document that no part of Mercia can take, as
     "<JSON path>: <what is wrong>", or None. Walks iteratively (a deep document cannot overflow it)."""
     stack: list[tuple[Any, str, int]] = [(value, path, 0)]
     while stack:
@@ -73,11 +73,12 @@ def json_problem(value: Any, path: str = "$") -> str | None:
         if isinstance(v, dict | list):
             if depth >= MAX_JSON_DEPTH:
                 return f"{short_path(p)}: nested more than {MAX_JSON_DEPTH} levels deep"
-            items = v.items() if isinstance(v, dict) else enumerate(v)
-            for k, x in items:
+            items = list(v.items() if isinstance(v, dict) else enumerate(v))
+            for k, _ in items:
                 if isinstance(k, str) and not _encodable(k):
                     return f"{p}: a key is not valid Unicode text (it holds a lone UTF-16 surrogate)"
-                stack.append((x, _key(p, k), depth + 1))
+            # Reversed onto the stack: the first problem reported is the first in the document.
+            stack.extend((x, _key(p, k), depth + 1) for k, x in reversed(items))
         elif isinstance(v, str):
             if not _encodable(v):
                 return f"{p}: not valid Unicode text (it holds a lone UTF-16 surrogate)"

@@ -97,6 +97,21 @@ def _from_python(p: Path) -> CohortDefinition:
                                 "at module level: COHORT = cohort('...').entry(...)")
 
 
+def definition_from_data(data: Any) -> CohortDefinition:
+    """A definition sent as data (a request, a package): Mercia's model form (with `expression`) or the
+    cohort language. Anything wrong with it is a CohortDefinitionError naming the element."""
+    if not isinstance(data, dict) or not data:
+        raise CohortDefinitionError("definition: give a cohort definition (a mapping in the cohort language)")
+    try:
+        if "expression" in data:
+            return CohortDefinition.from_dict(data)
+        return dsl.from_dict(data)
+    except CohortDefinitionError:
+        raise
+    except Exception as e:  # odd shapes the readers did not foresee: still the sender's definition at fault
+        raise CohortDefinitionError(f"definition: cannot be read ({type(e).__name__})") from None
+
+
 def load_definition(path: str | Path) -> CohortDefinition:
     """The cohort definition in a .json (Circe or Mercia), .yaml/.yml or .py file."""
     p = Path(path)

@@ -15,8 +15,9 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from mercia.cohorts.loader import definition_from_data
 from mercia.errors import MerciaError, StudyError
 from mercia.federation.audit import AuditLog
 from mercia.federation.auth import (
@@ -105,6 +106,17 @@ class FeasibilityQuery(RequestBody):
     definition: dict[str, Any]
     project: Name
     sites: list[Name] | None = Field(None, min_length=1, max_length=100)
+
+    @field_validator("definition")
+    @classmethod
+    def _readable(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # Read here, so a definition no node could take is the researcher's 422 naming the element,
+        # before any node is asked (and before it counts against anyone's limits).
+        try:
+            definition_from_data(v)
+        except MerciaError as e:
+            raise ValueError(str(e)) from None
+        return v
 
 
 class NodeIn(RequestBody):

@@ -9,10 +9,13 @@ no tests itself.
   (whose realism is not wanted here: density is).
 * ``cohort_expressions()`` draws Circe JSON dicts (ATLAS's element names), so Mercia's importer and the
   oracle read the same file. Every draw is valid: Mercia's model and circepy both accept it.
+* ``hostile_definitions()`` draws such an expression with a few elements replaced by hostile values
+  (2**31 days, 10**12, NaN, lone surrogates, wrong types), for the tests that nothing crashes.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import os
 import random
@@ -543,4 +546,55 @@ def cohort_expressions(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.integers(0, 4)) == 0:
         a, b = sorted(draw(st.lists(date_range(), min_size=2, max_size=2)), key=lambda r: r["Value"])
         x["CensorWindow"] = {k: v for k, v in (("StartDate", a["Value"]), ("EndDate", b["Value"])) if draw(st.booleans())}
+    return x
+
+
+# ---- hostile definitions: for the tests that nothing crashes (tests/test_attack_limits.py) ----------
+HOSTILE = st.one_of(
+    st.sampled_from([2**31, -(2**31) - 1, 10**12, -(10**12), 2**63, 2**64, 1e300, -1e12, float("nan"),
+                     float("inf"), 0.5, -1, "", "\ud800", "x" * 30_000, [], {}, None, True, [1, 2]]),
+    st.integers(), st.floats(), st.text(max_size=5),
+)
+
+
+# Two draws in three are the values past every engine's limits (INT32 days, BIGINT, DECIMAL(38)).
+HOSTILE_NUMBERS = st.integers(0, 2).flatmap(lambda i: st.sampled_from(
+    [2**31, -(2**31) - 1, 10**12, -(10**12), 2**63, 2**64, 1e300, -1e12, float("nan"), float("inf"), -1, 0]
+) if i else st.one_of(st.integers(), st.floats()))
+
+
+def _positions(v: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [path] if path else []
+    if isinstance(v, dict):
+        for k, x in v.items():
+            out += _positions(x, (*path, k))
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            out += _positions(x, (*path, i))
+    return out
+
+
+@st.composite
+def hostile_definitions(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid random ATLAS expression with one or two of its elements replaced by hostile values."""
+    x = copy.deepcopy(draw(cohort_expressions()))  # its concept sets are shared constants
+    # The concept sets are most of the document but little of the logic: of them, only the ids.
+    places = [p for p in _positions(x) if p[0] != "ConceptSets" or p[-1] in ("id", "CONCEPT_ID")]
+    # Mostly numbers in place of numbers (days, counts, ids, range bounds: where the 500s were), and
+    # sometimes anything anywhere (wrong types, empty lists, odd text).
+    numeric = [p for p in places if p[0] != "ConceptSets" and type(_at(x, p)) in (int, float)]
+    for _ in range(draw(st.integers(1, 2))):
+        any_place = not numeric or draw(st.integers(0, 3)) == 0
+        where = draw(st.sampled_from(places if any_place else numeric))
+        try:
+            parent = _at(x, where[:-1])
+            parent[where[-1]] = draw(HOSTILE if any_place else HOSTILE_NUMBERS)
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier replacement removed this place
+    return {"name": "fuzzed", "expression": x}
+
+
+def _at(x: Any, path: tuple[Any, ...]) -> Any:
+    for k in path:
+        x = x[k]
     return x

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
+from cohort_strategies import hostile_definitions
 from federation_support import PROJECT, Federation, make_site, small_study, submit_body
 from mercia.federation.audit import read_records
 from mercia.limits import MAX_BODY_BYTES, MAX_DAYS, MAX_GROUP_DEPTH
@@ -199,59 +199,6 @@ def test_limits_leave_real_definitions_alone(fed):
 
 
 # ---- generated: hostile values anywhere in valid ATLAS definitions --------------------------------
-HOSTILE = st.one_of(
-    st.sampled_from([2**31, -(2**31) - 1, 10**12, -(10**12), 2**63, 2**64, 1e300, -1e12, float("nan"),
-                     float("inf"), 0.5, -1, "", "\ud800", "x" * 30_000, [], {}, None, True, [1, 2]]),
-    st.integers(), st.floats(), st.text(max_size=5),
-)
-
-
-HOSTILE_NUMBERS = st.one_of(
-    st.sampled_from([2**31, -(2**31) - 1, 10**12, -(10**12), 2**63, 2**64, 1e300, -1e12, float("nan"),
-                     float("inf"), -1, 0]),
-    st.integers(), st.floats(),
-)
-
-
-def _positions(v: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [path] if path else []
-    if isinstance(v, dict):
-        for k, x in v.items():
-            out += _positions(x, (*path, k))
-    elif isinstance(v, list):
-        for i, x in enumerate(v):
-            out += _positions(x, (*path, i))
-    return out
-
-
-@st.composite
-def hostile_definitions(draw: st.DrawFn) -> dict[str, Any]:
-    """A valid random ATLAS expression with one to three of its elements replaced by hostile values."""
-    from cohort_strategies import cohort_expressions
-
-    x = copy.deepcopy(draw(cohort_expressions()))  # its concept sets are shared constants
-    # The concept sets are most of the document but little of the logic: of them, only the ids.
-    places = [p for p in _positions(x) if p[0] != "ConceptSets" or p[-1] in ("id", "CONCEPT_ID")]
-    # Mostly numbers in place of numbers (days, counts, ids, range bounds: where the 500s were), and
-    # sometimes anything anywhere (wrong types, empty lists, odd text).
-    numeric = [p for p in places if p[0] != "ConceptSets" and type(_at(x, p)) in (int, float)]
-    for _ in range(draw(st.integers(1, 3))):
-        any_place = not numeric or draw(st.integers(0, 3)) == 0
-        where = draw(st.sampled_from(places if any_place else numeric))
-        try:
-            parent = _at(x, where[:-1])
-            parent[where[-1]] = draw(HOSTILE if any_place else HOSTILE_NUMBERS)
-        except (KeyError, IndexError, TypeError):
-            continue  # an earlier replacement removed this place
-    return {"name": "fuzzed", "expression": x}
-
-
-def _at(x: Any, path: tuple[Any, ...]) -> Any:
-    for k in path:
-        x = x[k]
-    return x
-
-
 @pytest.fixture(scope="module")
 def world_cdm() -> Iterator[Any]:
     from cohort_strategies import load_world
@@ -262,7 +209,7 @@ def world_cdm() -> Iterator[Any]:
     cdm.close()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(definition=hostile_definitions())
 def test_hostile_definitions_are_errors_never_crashes(world_cdm, definition):
     """The node's feasibility path (read the definition, compile it, count it): whatever the values,

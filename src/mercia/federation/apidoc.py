@@ -19,7 +19,11 @@ it in step with the code. A running node or hub serves the same document at `/op
 
 Every route except `/health` needs `Authorization: Bearer <token>`; without a valid token the answer
 is 401 (with `WWW-Authenticate: Bearer`), with a token of the wrong role or project 403. Errors are
-JSON `{"detail": "what is wrong and how to fix it"}`. Request bodies reject unknown fields (422).
+JSON `{"detail": "what is wrong and how to fix it"}`. Request bodies reject unknown fields (422), and
+values past Mercia's limits (`mercia.limits`) with 422 or 400 naming the field: nesting deeper than 128,
+text that is not valid UTF-8 (lone surrogates), NaN or infinity, integers past 64 bits, and in cohort
+definitions days past ±99,999, range bounds past ±1e9, groups nested more than 20 deep. A body over
+16 MiB is refused with 413 before it is read.
 """
 
 

@@ -62,7 +62,10 @@ def make_site(path: Path, *, persons: int = 3000, seed: int = 1, profile: int = 
 
 
 class HubKey:
-    """An Ed25519 signing key for a hub and its public PEM file (what nodes trust)."""
+    """An Ed25519 signing key for a hub and its public PEM file (what nodes trust).
+
+    `sites` are the sites of the nodes made to trust it (NodeServer adds its own): by default a
+    signature names them all, as the hub's does the sites a study is sent to."""
 
     def __init__(self, folder: Path) -> None:
         from mercia.federation.auth import generate_signing_key
@@ -70,13 +73,19 @@ class HubKey:
         folder.mkdir(parents=True, exist_ok=True)
         self.private = folder / "hub_signing.pem"
         self.public = folder / "hub_public.pem"
+        self.sites: set[str] = set()
         if not self.private.exists():
             self.public.write_text(generate_signing_key(self.private))
 
-    def sign(self, content_hash: str) -> str:
-        from mercia.federation.auth import sign_package_hash
+    def sign(self, content_hash: str, *, project: str = PROJECT, sites: Any = None,
+             requested_by: str = "researcher", valid_days: float = 7.0, now: Any = None) -> str:
+        """The hub's signature of `content_hash` for `project`, `sites` (default: every node trusting
+        this key) and `requested_by`, valid for `valid_days` from `now` (default: now)."""
+        from mercia.federation.auth import sign_package
 
-        return sign_package_hash(self.private, content_hash)
+        return sign_package(self.private, content_hash, project=project,
+                            sites=sorted(self.sites) if sites is None else sites,
+                            requested_by=requested_by, valid_days=valid_days, now=now)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0,
@@ -160,6 +169,7 @@ class NodeServer(_Server):
         super().__init__(folder, port)
         folder.mkdir(parents=True, exist_ok=True)
         self.site = site
+        hub_key.sites.add(site)
         self.config_path = folder / "node.yaml"
         self.state_dir = folder / "state"
         data: dict[str, Any] = {
@@ -208,11 +218,13 @@ class NodeServer(_Server):
         raise TimeoutError(f"study {content_hash[:12]} at {self.site} is {last.get('status')}, not {wanted}")
 
 
-def submit_body(package: Any, key: HubKey, *, project: str = PROJECT, requested_by: str = "researcher"
-                ) -> dict[str, Any]:
-    """What the hub POSTs to a node: the canonical package, its hash and the hub's signature."""
+def submit_body(package: Any, key: HubKey, *, project: str = PROJECT, requested_by: str = "researcher",
+                **sign: Any) -> dict[str, Any]:
+    """What the hub POSTs to a node: the canonical package, its hash and the hub's signature (for
+    `project` and `requested_by`; `sign` passes sites=, valid_days=, now= on to HubKey.sign)."""
     h = package.content_hash
-    return {"package": package.canonical(), "hash": h, "signature": key.sign(h), "project": project,
+    return {"package": package.canonical(), "hash": h,
+            "signature": key.sign(h, project=project, requested_by=requested_by, **sign), "project": project,
             "requested_by": requested_by}
 
 

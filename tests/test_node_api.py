@@ -112,9 +112,9 @@ def test_package_not_signed_by_the_trusted_hub_is_refused(node: NodeServer, tmp_
     other = HubKey(tmp_path / "other-hub")
     pkg = _variant("wrong signer")
     with node.client("hub") as hub:
-        r = hub.post(f"{API}/studies", json=submit_body(pkg, other))
+        r = hub.post(f"{API}/studies", json=submit_body(pkg, other, sites=[node.site]))
         assert r.status_code == 403 and "signature" in r.json()["detail"]
-        body = submit_body(pkg, other)
+        body = submit_body(pkg, other, sites=[node.site])
         body["signature"] = "not base64 at all!"
         assert hub.post(f"{API}/studies", json=body).status_code == 403
         assert hub.get(f"{API}/studies/{pkg.content_hash}").status_code == 404

@@ -8,6 +8,9 @@ Every route but /health needs a bearer token (see mercia.federation.auth). What 
     researcher  feasibility counts only, in their projects, if the site allows it
     admin       list studies and read their status
 
+Every role acts only in its token's projects: a study of another project is listed to no one and
+answers 404 to everything, as if it did not exist.
+
 No route returns a package's rows or anything built from rows but released tables: results are read
 from the study's results folder, which `run_study` fills only with tables that passed `release()`.
 """
@@ -30,10 +33,11 @@ from mercia.federation.audit import AuditLog
 from mercia.federation.auth import (
     CountQueryGuard,
     Principal,
+    SignatureRefused,
     TokenStore,
     authenticator,
     require_project,
-    verify_package_signature,
+    verify_package,
 )
 from mercia.federation.auth import query_key as count_query_key
 from mercia.federation.http_common import (
@@ -52,7 +56,7 @@ from mercia.federation.node.config import NodeConfig
 from mercia.federation.node.count_cache import ReleasedCountCache
 from mercia.federation.node.feasibility import feasibility_count, parse_definition
 from mercia.federation.node.rounds import load_design, released_round
-from mercia.federation.node.state import NodeStore, StudyRecord, StudyStatusValue
+from mercia.federation.node.state import NodeStore, StudyRecord, StudyStatusValue, UnknownStudyError
 from mercia.federation.node.worker import StudyWorker, designs_dir, results_dir
 from mercia.study.package import StudyPackage
 
@@ -65,7 +69,9 @@ COUNT_THREADS = 4  # feasibility counts at once: each is a DuckDB query (itself 
 class SubmitStudy(RequestBody):
     package: dict[str, Any] = Field(description="the package's canonical form (StudyPackage.canonical())")
     hash: str = Field(pattern=HASH_PATTERN, description="sha256 of the canonical JSON; the node recomputes it")
-    signature: str = Field(min_length=1, max_length=200, description="the hub's Ed25519 signature of `hash`, base64")
+    signature: str = Field(min_length=1, max_length=24_000, description=(
+        "the hub's signature (mercia.federation.auth.sign_package): the hash, project, target sites, "
+        "requester and expiry it vouches for, and its Ed25519 signature over them"))
     project: str = Field(pattern=NAME_PATTERN)
     requested_by: str = Field(pattern=NAME_PATTERN, description="the researcher who submitted it at the hub")
 
@@ -182,6 +188,15 @@ def _status(rec: StudyRecord) -> StudyStatus:
     return StudyStatus(**rec.public())
 
 
+def scoped_study(store: NodeStore, principal: Principal, content_hash: str) -> StudyRecord:
+    """The study if the principal may act in its project. A study of another project answers exactly as
+    one that does not exist (404): a token scoped to one project learns nothing of another's studies."""
+    rec = store.get(content_hash)
+    if rec is None or not principal.in_project(rec.project):
+        raise UnknownStudyError(f"no study with hash {content_hash!r} at this node; list them with GET studies")
+    return rec
+
+
 def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     services = NodeServices(config, start_worker=start_worker)
     auth = authenticator(services.tokens)
@@ -226,7 +241,9 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         """Queue a signed package for the custodian's approval (idempotent on its hash). Role: hub.
 
         The node recomputes the hash (400 if the package does not match it), checks the hub's signature
-        (403) and the package's disclosure policy against the site minimum (400 if weaker)."""
+        and what it vouches for: this hash, this project, this site among its targets, this requester,
+        not expired (403 naming which failed), and the package's disclosure policy against the site
+        minimum (400 if weaker)."""
         require_project(principal, body.project)
         # Hash and signature are checked on every submission, a repeated one too: a resubmission
         # changes nothing, but a tampered one is refused as such.
@@ -236,12 +253,19 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
             raise HTTPException(400, detail=(
                 "the package does not match its hash (it was changed after hashing, or the hash is wrong); "
                 "submit the package exactly as the hub hashed and signed it"))
-        if not verify_package_signature(services.hub_key, body.hash, body.signature):
-            services.audit.append("study.refused", principal.name, hash=body.hash, reason="bad signature")
-            raise HTTPException(403, detail="the package's signature does not verify with the key of the hub "
-                                            "this node trusts; only packages signed by that hub run here")
+        try:
+            verify_package(services.hub_key, body.signature, content_hash=body.hash, project=body.project,
+                           site=config.site, requested_by=body.requested_by)
+        except SignatureRefused as e:
+            services.audit.append("study.refused", principal.name, hash=body.hash, reason=e.reason)
+            raise HTTPException(403, detail=str(e)) from None
         existing = services.store.get(body.hash)
         if existing is not None:
+            if existing.project != body.project:
+                # One hash, one study: the same package signed again for another project is not a
+                # second study, and the first one's record is not this caller's to see.
+                raise HTTPException(409, detail="this package is already held at this node under another "
+                                                "project; change the package (e.g. its name) to submit it here")
             return _status(existing)
         pkg.effective_policy(config.site_policy)  # a package asking for less than the site minimum: 400
         auto = body.hash in config.auto_approve.studies
@@ -259,16 +283,20 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     @app.get(f"{API}/studies", response_model=StudyList, responses=ERRORS, tags=["studies"])
     def list_studies(principal: Annotated[Principal, role("custodian", "hub", "admin")],
                      status_filter: Annotated[StudyStatusValue | None, Query(alias="status")] = None) -> StudyList:
-        """Every study at this node (status records only). Roles: custodian, hub, admin."""
-        return StudyList(site=config.site, studies=[_status(r) for r in services.store.list(status_filter)])
+        """The studies of the caller's projects at this node (status records only). Roles: custodian, hub,
+        admin."""
+        return StudyList(site=config.site, studies=[_status(r) for r in services.store.list(status_filter)
+                                                    if principal.in_project(r.project)])
 
     @app.get(f"{API}/studies/{{content_hash}}", response_model=StudyStatus, responses=ERRORS, tags=["studies"])
     def study_status(content_hash: HashParam,
                      principal: Annotated[Principal, role("custodian", "hub", "admin")]) -> StudyStatus:
-        """One study's status record (no package, no data). Roles: custodian, hub, admin."""
-        return _status(services.store.require(content_hash))
+        """One study's status record (no package, no data). Roles: custodian, hub, admin; 404 for a
+        study of a project the caller is not in, as for one that does not exist."""
+        return _status(scoped_study(services.store, principal, content_hash))
 
     def decide(content_hash: str, principal: Principal, approve: bool, reason: str | None) -> StudyStatus:
+        scoped_study(services.store, principal, content_hash)  # a custodian decides in their projects only
         rec = services.store.decide(content_hash, approve=approve, actor=principal.name, reason=reason)
         services.audit.append("study.approved" if approve else "study.rejected", principal.name,
                               hash=content_hash, reason=reason)
@@ -294,8 +322,7 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
              tags=["studies"])
     def study_results(content_hash: HashParam, principal: Annotated[Principal, role("hub")]) -> StudyResults:
         """The released tables, the public disclosure log and the manifest; 409 until finished. Role: hub."""
-        rec = services.store.require(content_hash)
-        require_project(principal, rec.project)
+        rec = scoped_study(services.store, principal, content_hash)
         if rec.status != "finished":
             raise HTTPException(409, detail=f"study {content_hash[:12]} is {rec.status}; results come when it "
                                             "is finished")

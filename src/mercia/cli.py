@@ -575,12 +575,26 @@ def node_token(
     project: Annotated[list[str] | None, typer.Option("--project", help="Projects (repeat); * for all.")] = None,
 ) -> None:
     """Issue (or rotate) a token in the node's token file; printed once, stored only as a hash."""
-    from mercia.federation.auth import TokenStore
+    from mercia.federation.auth import NODE_ROLES, TokenStore
     from mercia.federation.node import load_node_config
 
     cfg = load_node_config(config)
-    token = TokenStore(cfg.tokens).issue(name, role, project or ["*"])
+    token = TokenStore(cfg.tokens).issue(name, role, project or ["*"], roles=NODE_ROLES)
     sys.stdout.write(token + "\n")
+
+
+@node_app.command("token-revoke")
+@user_errors
+def node_token_revoke(
+    name: Annotated[str, typer.Argument(help="Whose token to revoke (as given to mercia node token).")],
+    config: NodeConfigOpt,
+) -> None:
+    """Revoke a token in the node's token file: a running node refuses it (401) from its next request."""
+    from mercia.federation.auth import TokenStore
+    from mercia.federation.node import load_node_config
+
+    TokenStore(load_node_config(config).tokens).revoke(name)
+    console.print(f"revoked the token of {name}", highlight=False)
 
 
 # ---- hub -------------------------------------------------------------------------------------
@@ -660,11 +674,25 @@ def hub_user_add(
     project: Annotated[list[str] | None, typer.Option("--project", help="A project (repeat); * for all.")] = None,
 ) -> None:
     """Issue (or rotate) a user's token; printed once, stored only as a hash."""
-    from mercia.federation.auth import TokenStore
+    from mercia.federation.auth import HUB_ROLES, TokenStore
     from mercia.federation.hub import load_hub_config
 
     cfg = load_hub_config(config)
-    sys.stdout.write(TokenStore(cfg.tokens).issue(name, role, project or []) + "\n")
+    sys.stdout.write(TokenStore(cfg.tokens).issue(name, role, project or [], roles=HUB_ROLES) + "\n")
+
+
+@hub_app.command("user-revoke")
+@user_errors
+def hub_user_revoke(
+    name: Annotated[str, typer.Argument(help="The user whose token to revoke.")],
+    config: HubConfigOpt,
+) -> None:
+    """Revoke a user's token: a running hub refuses it (401) from its next request."""
+    from mercia.federation.auth import TokenStore
+    from mercia.federation.hub import load_hub_config
+
+    TokenStore(load_hub_config(config).tokens).revoke(name)
+    console.print(f"revoked the token of {name}", highlight=False)
 
 
 # ---- client ----------------------------------------------------------------------------------

@@ -195,7 +195,7 @@ def test_a_package_not_signed_by_the_trusted_hub_is_refused(world, recorder):
     impostor = HubKey(world["root"] / "impostor")
     pkg = small_study("signature test study")
     h = pkg.content_hash
-    for signature, detail in ((impostor.sign(h), "signature does not verify"),
+    for signature, detail in ((impostor.sign(h, sites=[node.site]), "signature does not verify"),
                               (key.sign("f" * 64), "signature is for another package"),
                               ("AAAA", "signature does not verify"),
                               (key.sign(h)[:-4] + "AAA", "signature does not verify")):

@@ -386,7 +386,7 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         if outside:
             raise HTTPException(403, detail=f"{principal.name} does not administer projects {outside}")
         if ALL_PROJECTS not in principal.projects and body.name in {p.name for p in services.tokens.principals()}:
-            # Reissuing rotates the token: a scoped admin could take over a wider account by its name.
+            # Reissuing replaces the account: a scoped admin could lock out a wider one (the hub's admin).
             raise HTTPException(403, detail=f"{principal.name} administers some projects only and may not "
                                             f"rotate the existing account {body.name!r}")
         token = services.tokens.issue(body.name, body.role, body.projects, roles=HUB_ROLES)

@@ -270,6 +270,24 @@ def test_the_canonical_form_ignores_names_numbering_and_order():
     assert query_key(hypertension(before=dt.date(2019, 5, 2))) != query_key(base)
 
 
+def test_renamed_keys_and_reordered_members_in_the_cohort_language_are_the_same_question():
+    def written(htn_key: str, t2d_key: str, rule_name: str, reverse: bool) -> dict[str, Any]:
+        members = [{"condition": t2d_key, "between": ["365 days before", "0 days after"]}, {"age": {"min": 40}}]
+        sets = {htn_key: {"name": htn_key.title(), "conditions": ["hypertension"], "descendants": True},
+                t2d_key: {"name": "T2D", "conditions": ["type2_diabetes"], "descendants": True}}
+        return {"name": f"cohort {rule_name}",
+                "concepts": dict(reversed(sets.items())) if reverse else sets,
+                "entry": [{"condition": htn_key}],
+                "inclusion_rules": [{"name": rule_name, "require": members[::-1] if reverse else members}]}
+
+    a = written("hypertension", "type_2_diabetes", "diabetic adults", False)
+    b = written("bp", "sugar", "anything at all", True)
+    assert query_key(a) == query_key(b)
+    c = written("bp", "sugar", "anything at all", True)
+    c["inclusion_rules"][0]["require"][0] = {"age": {"min": 41}}
+    assert query_key(c) != query_key(a)
+
+
 @pytest.mark.slow
 def test_renamed_concept_sets_hit_the_same_answer_and_the_same_lockout(world):
     node = world["nodes"]["sacro"]  # near_identical: 2

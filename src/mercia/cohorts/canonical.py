@@ -35,8 +35,10 @@ _CONCEPT_DISPLAY = frozenset({
     "concept_name", "standard_concept", "standard_concept_caption", "invalid_reason", "invalid_reason_caption",
     "concept_code", "domain_id", "vocabulary_id", "concept_class_id", "valid_start_date", "valid_end_date",
 })
-# The lists of a criteria group whose members are combined by the group's type, never in order.
+# The lists of a criteria group whose members are combined by the group's type, never in order. (The
+# primary criteria's list is also called criteria_list, but its order breaks ties: it is kept.)
 _UNORDERED_LISTS = frozenset({"criteria_list", "demographic_criteria_list", "groups"})
+_GROUP_FIELDS = frozenset({"type", "count"}) | _UNORDERED_LISTS
 
 
 def parse_definition(definition: Any) -> CohortDefinition:
@@ -79,21 +81,24 @@ def _references(v: Any, found: set[int]) -> None:
             _references(x, found)
 
 
-def _normalise(v: Any, renumber: dict[int, int], key: str | None = None) -> Any:
+def _normalise(v: Any, renumber: dict[int, int], unordered: bool = False) -> Any:
     if isinstance(v, dict):
         if "concept_id" in v and set(v) - {"concept_id"} <= _CONCEPT_DISPLAY:
             return {"concept_id": v["concept_id"]}
+        group = "type" in v and set(v) <= _GROUP_FIELDS
         out = {}
         for k, x in v.items():
             if k in _COSMETIC_KEYS:
                 continue
-            # A reference to no concept set stays distinct from every renumbered one.
-            out[k] = renumber.get(x, -1 - x) if k in _REFERENCE_KEYS and isinstance(x, int) else _normalise(x, renumber, k)
+            if k in _REFERENCE_KEYS and isinstance(x, int):
+                out[k] = renumber.get(x, -1 - x)  # a reference to no concept set stays unlike any other
+            else:
+                out[k] = _normalise(x, renumber, group and k in _UNORDERED_LISTS)
         return out
     if isinstance(v, list):
         items = [_normalise(x, renumber) for x in v]
         concepts_only = bool(items) and all(isinstance(x, dict) and set(x) == {"concept_id"} for x in items)
-        if key in _UNORDERED_LISTS or concepts_only:
+        if unordered or concepts_only:
             # De-duplicated too for concept lists: an IN list with a concept twice is the same IN list.
             ordered = sorted(items, key=_dumps)
             if concepts_only:

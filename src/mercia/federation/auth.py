@@ -524,9 +524,17 @@ COSMETIC_KEYS = frozenset({"name", "description", "title", "notes"})
 
 
 def query_key(definition: Any) -> str:
-    """The identity of a count query for the lockout: sha256 of the definition's canonical JSON with
-    names, descriptions, titles and notes removed at every depth (they do not change the count), so
-    renaming a query does not make it a new one."""
+    """The identity of a count query for the lockout: the sha256 of the cohort definition's canonical
+    form (mercia.cohorts.canonical: names, concept-set numbering and the order of unordered parts
+    removed), so that renaming a query or its concept sets does not make it a new one. Data that is not
+    a cohort definition (refused later anyway) is keyed by its JSON with names and descriptions removed."""
+    from mercia.cohorts.canonical import canonical_hash, parse_definition
+    from mercia.cohorts.model import CohortDefinition
+
+    if isinstance(definition, CohortDefinition):
+        return canonical_hash(definition)
+    with contextlib.suppress(MerciaError):
+        return canonical_hash(parse_definition(definition))
 
     def strip(v: Any) -> Any:
         if isinstance(v, dict):

@@ -340,8 +340,9 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         if outside:
             raise HTTPException(403, detail=f"sites {outside} are not in project {body.project!r}")
         services.guard.check(principal, count_query_key(body.definition))
+        # The researcher is the one this hub authenticated: the request names none (its model forbids it).
         answer = feasibility_across(store, sites, body.definition, body.project, requested_by=principal.name,
-                                    timeout=config.node_timeout_seconds)
+                                    signing_key=config.signing_key, timeout=config.node_timeout_seconds)
         services.audit.append("feasibility.asked", principal.name, project=body.project, sites=sites,
                               persons=answer["persons"])
         return answer

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mercia.errors import MerciaError
+from mercia.federation.attestation import attest
 from mercia.federation.glm import SiteSummary, federated_cox, federated_glm
 from mercia.federation.hub.node_link import NodeLink, NodeRefused, NodeUnavailable
 from mercia.federation.hub.registry import HubStore, NotFoundError
@@ -113,14 +115,18 @@ def federated_fit(store: HubStore, content_hash: str, analysis: str, model: str,
 
 
 def feasibility_across(store: HubStore, sites: list[str], definition: dict[str, Any], project: str, *,
-                       requested_by: str, timeout: float = 30.0) -> dict[str, Any]:
-    """Ask every site at once; the total counts only the sites that released a number."""
+                       requested_by: str, signing_key: str | Path, timeout: float = 30.0) -> dict[str, Any]:
+    """Ask every site at once; the total counts only the sites that released a number.
+
+    `requested_by` is the researcher the hub authenticated (never a name from the request): the hub signs
+    that it asks for them, and each node charges that researcher's privacy budget."""
     nodes = [store.node(s) for s in sites]
+    signed = attest(signing_key, requested_by, project, definition)
 
     def ask(node: Any) -> Any:
         with NodeLink(node, timeout=timeout) as link:
             try:
-                return link.feasibility(definition, project, requested_by)
+                return link.feasibility(definition, project, requested_by, attestation=signed)
             except (NodeRefused, NodeUnavailable) as e:
                 return {"site": node.name, "error": str(e)}
 

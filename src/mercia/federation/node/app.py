@@ -18,6 +18,7 @@ from the study's results folder, which `run_study` fills only with tables that p
 # No `from __future__ import annotations`: FastAPI reads the route signatures' Annotated types.
 
 import functools
+import hashlib
 import json
 import logging
 import threading
@@ -28,7 +29,9 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
+from mercia.cohorts.canonical import canonical_hash
 from mercia.errors import MerciaError, StudyError
+from mercia.federation import attestation
 from mercia.federation.audit import AuditLog
 from mercia.federation.auth import (
     CountQueryGuard,
@@ -55,6 +58,7 @@ from mercia.federation.node.cdm_access import CdmAccess
 from mercia.federation.node.config import NodeConfig
 from mercia.federation.node.count_cache import ReleasedCountCache
 from mercia.federation.node.feasibility import feasibility_count, parse_definition
+from mercia.federation.node.privacy_budget import PrivacyLedger
 from mercia.federation.node.rounds import load_design, released_round
 from mercia.federation.node.state import NodeStore, StudyRecord, StudyStatusValue, UnknownStudyError
 from mercia.federation.node.worker import StudyWorker, designs_dir, results_dir
@@ -97,11 +101,19 @@ class StudyResults(BaseModel):
     manifest: dict[str, Any]
 
 
+class Attestation(RequestBody):
+    expires: int = Field(description="unix time after which the attestation is void")
+    signature: str = Field(min_length=1, max_length=200, description="the hub's Ed25519 signature, base64")
+
+
 class FeasibilityQuery(RequestBody):
     definition: dict[str, Any] = Field(description="a cohort definition (cohort language or Mercia's model form)")
     project: str = Field(pattern=NAME_PATTERN)
     requested_by: str | None = Field(None, pattern=NAME_PATTERN, description=(
-        "the researcher a hub asks for: the count limits apply to each researcher, not to the hub as one"))
+        "the researcher a hub asks for (hub role only, with the hub's attestation): the count limits and "
+        "the privacy budget apply to each researcher, not to the hub as one"))
+    attestation: Attestation | None = Field(None, description=(
+        "the hub's signature that it authenticated `requested_by` for this definition (federation/attestation.py)"))
 
 
 class FeasibilityAnswer(BaseModel):
@@ -111,6 +123,8 @@ class FeasibilityAnswer(BaseModel):
     entries: int | None
     attrition: dict[str, Any]
     disclosure: dict[str, Any]
+    privacy: dict[str, Any] = Field(description=(
+        "the differential privacy of the numbers: mechanism, epsilon, and the asker's budget spent and left"))
 
 
 class RoundQuery(RequestBody):
@@ -149,6 +163,7 @@ class NodeServices:
         self.guard = CountQueryGuard(max_queries=limits.per_window, window_seconds=limits.window_seconds,
                                      max_repeats=limits.near_identical)
         self.counts = ReleasedCountCache(config.count_cache_seconds)
+        self.ledger = PrivacyLedger(config.state_dir)
         self.worker = StudyWorker(config, self.store, self.cdm, self.audit)
         self._start_worker = start_worker
         # Regression rounds load a study's rows from disk once, then keep them while rounds go on.
@@ -211,7 +226,9 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     # Made on first use: a limiter needs the running event loop.
     audit_threads: dict[str, Any] = {}
     count_threads: dict[str, Any] = {}
-    policy_key = config.site_policy.model_dump_json()  # fixed for the node's life: part of every count key
+    # Fixed for the node's life: part of every count's identity (its noise, its kept answer).
+    policy_key = hashlib.sha256(config.site_policy.model_dump_json().encode()).hexdigest()
+    privacy = config.feasibility_privacy
 
     @app.middleware("http")
     async def _audit_requests(request: Request, call_next: Any) -> Any:
@@ -360,9 +377,11 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     @app.post(f"{API}/feasibility", response_model=FeasibilityAnswer, responses=ERRORS, tags=["feasibility"])
     async def feasibility(body: FeasibilityQuery, principal: Annotated[Principal, role("hub", "researcher")]
                           ) -> FeasibilityAnswer:
-        """The released persons count and attrition of a cohort definition. Roles: those in the site's
-        feasibility_roles (hub, researcher), when the custodian allows automatic counts; rate-limited
-        per caller, with a lockout after repeats of one query (429)."""
+        """The released persons count and attrition of a cohort definition, with differentially private
+        noise. Roles: those in the site's feasibility_roles (hub, researcher), when the custodian allows
+        automatic counts. Each distinct definition (canonical form) costs the asker epsilon from their
+        privacy budget at this site (429 when spent); a repeat gets the same answer at no cost. Also
+        rate-limited per asker, with a lockout after repeats of one query (429)."""
         if principal.role not in config.feasibility_roles:
             raise HTTPException(403, detail=f"this site answers feasibility counts for "
                                             f"{', '.join(config.feasibility_roles)} only")
@@ -372,18 +391,24 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
                                             "(auto_approve.feasibility in node.yaml)")
 
         definition = parse_definition(body.definition)
-        # The hub asks for many researchers: limit each of them (the hub is trusted to name them).
-        who = (f"{principal.name}/{body.requested_by}" if principal.role == "hub" and body.requested_by
-               else principal.name)
-        services.guard.check(who, count_query_key(body.definition))
+        who = budget_holder(principal, body)
+        canon = canonical_hash(definition)
+        services.guard.check(who, count_query_key(definition))  # the canonical form too
+        # One distinct question: its canonical form under this policy in this epoch. Its noise is derived
+        # from it and its first answer kept, so asking again (renamed, reordered, by anyone) changes nothing.
+        label = f"{canon}|{policy_key}|{privacy.epoch}"
+        key = hashlib.sha256(label.encode()).hexdigest()
 
         def count() -> dict[str, Any]:
             with services.cdm.reader() as cdm:
-                return feasibility_count(cdm, definition, config.site_policy, site=config.site)
+                answer = feasibility_count(cdm, definition, config.site_policy, site=config.site, privacy=privacy,
+                                           noise_key=services.ledger.noise_key(), label=label)
+            return services.ledger.keep(key, privacy.epsilon_per_query, answer)
 
-        def audit(answer: dict[str, Any]) -> None:
-            services.audit.append("feasibility.released", principal.name, project=body.project,
-                                  definition_hash=answer["definition_hash"], persons=answer["persons"])
+        def audit(answer: dict[str, Any], charged: bool) -> None:
+            services.audit.append("feasibility.released", principal.name, project=body.project, budget_of=who,
+                                  definition_hash=answer["definition_hash"], persons=answer["persons"],
+                                  epsilon=privacy.epsilon_per_query if charged else 0.0)
 
         # Counts run COUNT_THREADS at a time, first come first served, on threads of their own. In the
         # shared pool (40 threads) a burst of counts took every thread, and each request's other steps
@@ -393,12 +418,41 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         if "limiter" not in count_threads:
             count_threads["limiter"] = anyio.CapacityLimiter(COUNT_THREADS)
             count_threads["audit"] = anyio.CapacityLimiter(2)
-        key = f"{definition.definition_hash()}:{policy_key}"
-        answer = await services.counts.answer(
-            key, lambda: anyio.to_thread.run_sync(count, limiter=count_threads["limiter"])
-        )
-        await anyio.to_thread.run_sync(audit, answer, limiter=count_threads["audit"])
+        # Charged before counting, in one transaction: concurrent questions cannot overspend together.
+        charged = await anyio.to_thread.run_sync(services.ledger.charge, who, key, privacy,
+                                                 limiter=count_threads["audit"])
+        try:
+            answer = await anyio.to_thread.run_sync(services.ledger.answer, key, limiter=count_threads["audit"])
+            if answer is None:
+                answer = await services.counts.answer(
+                    key, lambda: anyio.to_thread.run_sync(count, limiter=count_threads["limiter"]))
+        except BaseException:
+            if charged:  # nothing was released: the question costs nothing
+                await anyio.to_thread.run_sync(services.ledger.refund, who, key, limiter=count_threads["audit"])
+            raise
+        await anyio.to_thread.run_sync(audit, answer, charged, limiter=count_threads["audit"])
+        spent = await anyio.to_thread.run_sync(services.ledger.spent, who, limiter=count_threads["audit"])
+        answer = {**answer, "privacy": {**answer["privacy"], "budget": privacy.budget, "spent": round(spent, 9),
+                                        "left": round(max(privacy.budget - spent, 0.0), 9), "charged": charged}}
         return FeasibilityAnswer(**answer)
+
+    def budget_holder(principal: Principal, body: FeasibilityQuery) -> str:
+        """Whose privacy budget (and count limits) a question spends. A researcher's own token: theirs. The
+        hub: the researcher it names, only with its signed attestation that it authenticated them for
+        this very definition (so holding the hub's token does not mint a fresh budget per invented name);
+        the hub asking for itself: the hub's one budget."""
+        if principal.role != "hub":
+            return principal.name
+        if body.requested_by is None:
+            return principal.name
+        signed = body.attestation.model_dump() if body.attestation is not None else None
+        if not attestation.verify(services.hub_key, signed, body.requested_by, body.project, body.definition):
+            services.audit.append("feasibility.refused", principal.name, requested_by=body.requested_by,
+                                  reason="no valid attestation")
+            raise HTTPException(403, detail="requested_by needs the hub's attestation: a signature, with the key "
+                                            "this node trusts, that the hub authenticated that researcher for "
+                                            "this definition and project (expired or missing here)")
+        return f"{principal.name}/{body.requested_by}"
 
     return app
 

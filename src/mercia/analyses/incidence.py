@@ -507,6 +507,10 @@ def cohort_entries(
         data=df,
         dimensions=["cohort_id", "period"],
         count_columns=["n_entries", "n_persons"],
+        # A period is a row only because someone entered then; it is shown only where the persons
+        # entering are released (entries alone could be one person's many).
+        data_levels=["period"],
+        presence_counts=["n_persons"],
     )
     return AnalysisResult(
         "cohort_entries", {name: table}, empty=df.empty, notes=["no cohort entries"] if df.empty else []

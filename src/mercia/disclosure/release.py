@@ -706,8 +706,10 @@ def _release_model(
             data[c] = np.nan
         if table.data_levels:
             # The labels of a blocked model's terms are still levels found in the data.
-            keys = [{"row": j, **{c: data.at[j, c] for c in data.columns if c not in numeric}}
-                    for j in range(len(data))]
+            keys = [
+                {"row": j, **{c: data.at[j, c] for c in data.columns if c not in numeric}}
+                for j in range(len(data))
+            ]
             _mark_private(log, table.name, keys)
             data = data.iloc[0:0]
         return data, "blocked", model_info
@@ -753,8 +755,10 @@ def _release_model(
         # Terms named by the data (a covariate found in the cohort): a withheld term's label alone
         # says someone has it, so its row goes.
         drop = np.array([bool(withheld[j]) for j in range(len(original))], dtype=bool)
-        keys = [{"row": j, **{c: original.at[j, c] for c in original.columns if c not in numeric}}
-                for j in range(len(original))]
+        keys = [
+            {"row": j, **{c: original.at[j, c] for c in original.columns if c not in numeric}}
+            for j in range(len(original))
+        ]
         _mark_private(log, table.name, [keys[j] for j in np.flatnonzero(drop)])
         data = data.loc[~drop].reset_index(drop=True)
     return data, "released", model_info

@@ -138,6 +138,59 @@ def test_differencing_two_sds_never_places_the_person_within_w(
         assert hi - lo >= policy.magnitude_min_interval - 1e-6, (n, x, ra, rb, parts)
 
 
+def joint_attack(n: int, a: tuple[int, float, float], b: tuple[int, float, float],
+                 policy: DisclosurePolicy) -> list[int]:
+    """The whole-number values of the added person consistent with both cohorts' released n, mean
+    and SD together (exact n known): some integer sum S and sum of squares Q of A fit A's release
+    while S + x and Q + x^2 fit B's."""
+    (na, ma, sda), (nb, mb, sdb) = a, b
+    sa, sb = magnitude_step("mean", na, policy), magnitude_step("mean", nb, policy)
+    ta, tb = magnitude_step("sd", na, policy), magnitude_step("sd", nb, policy)
+    assert sa and sb and ta and tb
+    eps = 1e-9
+    s_lo, s_hi = math.ceil(n * (ma - sa / 2) - eps), math.floor(n * (ma + sa / 2) + eps)
+    t_lo, t_hi = math.ceil((n + 1) * (mb - sb / 2) - eps), math.floor((n + 1) * (mb + sb / 2) + eps)
+    va = (max(0.0, sda - ta / 2) ** 2, (sda + ta / 2) ** 2)
+    vb = (max(0.0, sdb - tb / 2) ** 2, (sdb + tb / 2) ** 2)
+    found = []
+    for x in range(t_lo - s_hi, t_hi - s_lo + 1):
+        for s_ in range(max(s_lo, t_lo - x), min(s_hi, t_hi - x) + 1):
+            q_lo = max(s_ * s_ / n + (n - 1) * va[0], (s_ + x) ** 2 / (n + 1) - x * x + n * vb[0])
+            q_hi = min(s_ * s_ / n + (n - 1) * va[1], (s_ + x) ** 2 / (n + 1) - x * x + n * vb[1])
+            if math.floor(q_hi + 1e-6) >= math.ceil(q_lo - 1e-6):
+                found.append(x)
+                break
+    return found
+
+
+@pytest.mark.slow
+def test_mean_and_sd_together(record_property: Any) -> None:
+    """Measured, not proved: how often mean and SD together place the added person within W.
+
+    Each rule alone holds for every pair (the two tests above). Together they are two roundings of one
+    person's effect, and when the value sits near the edge of both intervals the intersection is
+    narrow. Run with -s to print the rates quoted in docs/security.md."""
+    rng = np.random.default_rng(20261207)
+    rates = {}
+    for label, spreads in (("realistic", [5.0, 10.0, 15.0, 20.0]), ("tight", [0.0, 0.5, 1.0])):
+        narrow = total = 0
+        for k in range(400):
+            policy = (OPENSAFELY, NO_DOMINANCE)[k % 2]
+            n = int(rng.choice([10, 20, 50, 100, 300, 1087, 3000]))
+            centre = float(rng.uniform(20, 90))
+            a = np.rint(np.clip(rng.normal(centre, rng.choice(spreads), n), 0, 120))
+            x = float(rng.choice([round(centre), int(rng.integers(0, 121))]))
+            ra, rb = _released_mean_sd(a, policy), _released_mean_sd(np.append(a, x), policy)
+            xs = joint_attack(n, ra, rb, policy)  # type: ignore[arg-type]
+            assert x in xs, "the attacker's model must admit the truth"
+            total += 1
+            narrow += max(xs) - min(xs) < policy.magnitude_min_interval
+        rates[label] = narrow / total
+        record_property(f"mean_sd_narrower_than_w_{label}", rates[label])
+        print(f"mean and SD together narrower than W: {label} cohorts {rates[label]:.3f}")
+    assert rates["realistic"] <= 0.02
+
+
 def test_the_issues_mean_ages_no_longer_give_the_age() -> None:
     """n 1087 and 1088: with means to ten decimals only one age made both sums whole."""
     rng = np.random.default_rng(12)

@@ -451,6 +451,9 @@ def prevalence(cdm: Cdm, settings: PrevalenceSettings, *, name: str = "prevalenc
         count_columns=["n_persons", "n_cases"],
         margins=list(settings.by),
         rates={"prevalence_percent": RateSpec(numerator="n_cases", denominator="n_persons", per=100.0)},
+        # Age bands and sexes are rows only where someone of them is in the denominator.
+        data_levels=list(settings.by),
+        presence_counts=["n_persons"],
     )
     empty = agg.empty
     return AnalysisResult(

@@ -460,3 +460,60 @@ def test_two_mean_ages_one_person_apart_do_not_give_her_age(attack: dict[str, An
     assert hi - lo >= pol.magnitude_min_interval, (lo, hi, truth["added_age"])
     # Before issue 12 the means came to ten decimals and only one age made both sums whole.
     assert len(f"{float(a['age_mean'])}".split(".")[-1]) <= 3
+
+
+# ------------------------------------------------------------- every analysis table says where its rows come from
+
+# Tables with dimensions but no `data_levels`, each with the reason its levels are fixed before the data
+# are seen. A new analysis table with dimensions must declare `data_levels` or be added here with its
+# reason, so that row presence is decided once, in release(), and never forgotten.
+FIXED_LEVELS = {
+    ("characterization.py", "characterize: f'{name}_age'"): "one row per cohort of the package",
+    ("survival.py", "kaplan_meier: f'{name}_summary'"): "one row per target cohort of the package",
+    ("cohort_method.py", "_analyse: f'{name}_ps_distribution'"): "every preference bin, empty ones included",
+    ("cohort_method.py", "_estimate_tables: f'{name}_counts'"): "one row per outcome and adjustment of the package",
+    ("prediction/analysis.py", "strata_table: f'{name}_risk_strata'"): "the splits and risk deciles, all present",
+    # Known gap (issue 12 follow-up): incidence rows exist for the (year, age band, sex) cells in which
+    # someone has time at risk; a tiny denominator cohort shows its members' cells. It needs persons per
+    # released cell (or a fixed domain from the study period) before it can declare data_levels.
+    ("incidence.py", "incidence: name"): "KNOWN GAP",
+}
+
+
+def _tables_with_dimensions() -> list[tuple[str, str, set[str]]]:
+    """(file, the name the table is bound to or built in, keywords) of every ResultTable(...) with
+    `dimensions=` in mercia.analyses, found in the source."""
+    import ast
+
+    import mercia.analyses as pkg
+
+    root = Path(pkg.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, ast.FunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ResultTable":
+                    kw = {k.arg for k in node.keywords if k.arg}
+                    kind = next((k.value for k in node.keywords if k.arg == "kind"), None)
+                    if "dimensions" not in kw or "sequential" in kw or getattr(kind, "value", "") == "survival":
+                        continue
+                    name = next((k.value for k in node.keywords if k.arg == "name"), None)
+                    label = f"{fn.name}: {ast.unparse(name) if name is not None else '?'}"
+                    found.append((str(path.relative_to(root)), label, kw))
+    return found
+
+
+def test_every_table_with_dimensions_says_whether_its_levels_come_from_the_data() -> None:
+    undeclared = []
+    for file, label, kw in _tables_with_dimensions():
+        if "data_levels" in kw:
+            continue
+        if (file, label) not in FIXED_LEVELS:
+            undeclared.append(f"{file}: {label}")
+    assert not undeclared, (
+        "these tables have rows per level but do not declare data_levels (or a reason in FIXED_LEVELS): "
+        + "; ".join(undeclared)
+    )

@@ -138,6 +138,31 @@ def test_differencing_two_sds_never_places_the_person_within_w(
         assert hi - lo >= policy.magnitude_min_interval - 1e-6, (n, x, ra, rb, parts)
 
 
+@settings(max_examples=200, deadline=None)
+@given(cohorts=neighbouring_cohorts(), policy=POLICIES)
+def test_differencing_two_sums_never_places_the_person_within_w(
+    cohorts: tuple[np.ndarray, float], policy: DisclosurePolicy
+) -> None:
+    a, x = cohorts
+    whole = bool(np.all(a == np.rint(a))) and x == round(x)
+    released = []
+    for v in (a, np.append(a, x)):
+        top = np.sort(v)[::-1]
+        df = pd.DataFrame({"g": ["a"], "n": [len(v)], "total": [float(v.sum())], "t1": [top[0]], "t2": [top[1]]})
+        t = ResultTable(name="s", kind="magnitudes", data=df, dimensions=["g"], n_column="n",
+                        magnitude_columns=["total"], top_columns={"total": ["t1", "t2"]})
+        released.append(float(release(t, policy, log=DisclosureLog()).data["total"].iloc[0]))
+    step = magnitude_step("sum", len(a), policy)
+    assert step is not None
+    (sa, sb), eps = released, 1e-9
+    lo_a, hi_a, lo_b, hi_b = sa - step / 2, sa + step / 2, sb - step / 2, sb + step / 2
+    if whole:
+        lo_a, hi_a = math.ceil(lo_a - eps), math.floor(hi_a + eps)
+        lo_b, hi_b = math.ceil(lo_b - eps), math.floor(hi_b + eps)
+    assert lo_b - hi_a - 1e-6 <= x <= hi_b - lo_a + 1e-6
+    assert (hi_b - lo_a) - (lo_b - hi_a) >= policy.magnitude_min_interval - 1e-9
+
+
 def joint_attack(n: int, a: tuple[int, float, float], b: tuple[int, float, float],
                  policy: DisclosurePolicy) -> list[int]:
     """The whole-number values of the added person consistent with both cohorts' released n, mean

@@ -36,19 +36,35 @@ from mercia.disclosure.release import magnitude_step
 def _released_mean_sd(values: np.ndarray, policy: DisclosurePolicy) -> tuple[int | None, float, float]:
     """(n, mean, sd) of one cohort as `release()` lets them out."""
     top = np.sort(values)[::-1]
-    df = pd.DataFrame({"g": ["a"], "n": [len(values)], "mean": [float(values.mean())],
-                       "sd": [float(values.std(ddof=1))],
-                       "t1": [float(top[0])], "t2": [float(top[1])], "t3": [float(top[2])]})
-    t = ResultTable(name="m", kind="magnitudes", data=df, dimensions=["g"], n_column="n",
-                    magnitude_columns=["mean", "sd"], magnitude_statistic={"mean": "mean", "sd": "sd"},
-                    top_columns={"mean": ["t1", "t2", "t3"], "sd": ["t1", "t2", "t3"]})
+    df = pd.DataFrame(
+        {
+            "g": ["a"],
+            "n": [len(values)],
+            "mean": [float(values.mean())],
+            "sd": [float(values.std(ddof=1))],
+            "t1": [float(top[0])],
+            "t2": [float(top[1])],
+            "t3": [float(top[2])],
+        }
+    )
+    t = ResultTable(
+        name="m",
+        kind="magnitudes",
+        data=df,
+        dimensions=["g"],
+        n_column="n",
+        magnitude_columns=["mean", "sd"],
+        magnitude_statistic={"mean": "mean", "sd": "sd"},
+        top_columns={"mean": ["t1", "t2", "t3"], "sd": ["t1", "t2", "t3"]},
+    )
     out = release(t, policy, log=DisclosureLog()).data
     n = out["n"].iloc[0]
     return (None if pd.isna(n) else int(n)), float(out["mean"].iloc[0]), float(out["sd"].iloc[0])
 
 
-def mean_attack(n: int, a: tuple[int, float], b: tuple[int, float], policy: DisclosurePolicy,
-                *, whole: bool) -> tuple[float, float]:
+def mean_attack(
+    n: int, a: tuple[int, float], b: tuple[int, float], policy: DisclosurePolicy, *, whole: bool
+) -> tuple[float, float]:
     """The values of the added person consistent with the released (n, mean) of A (n persons) and B
     (A and one more), to an attacker who knows the exact n and the rounding rule.
 
@@ -66,8 +82,9 @@ def mean_attack(n: int, a: tuple[int, float], b: tuple[int, float], policy: Disc
     return lo_b - hi_a, hi_b - lo_a
 
 
-def sd_attack(n: int, a: tuple[int, float, float], b: tuple[int, float, float],
-              policy: DisclosurePolicy) -> list[tuple[float, float]]:
+def sd_attack(
+    n: int, a: tuple[int, float, float], b: tuple[int, float, float], policy: DisclosurePolicy
+) -> list[tuple[float, float]]:
     """The distances |x - mean_A| of the added person consistent with the released SDs, to an
     attacker who also knows both exact means: n/(n+1) (x - mean_A)^2 = (n sd_B^2) - ((n-1) sd_A^2)."""
     (na, _, sda), (nb, _, sdb) = a, b
@@ -82,12 +99,14 @@ def sd_attack(n: int, a: tuple[int, float, float], b: tuple[int, float, float],
 
 
 NO_DOMINANCE = SACRO.model_copy(update={"name": "sacro-nodom", "p_percent": None, "nk_n": None, "nk_k": None})
-POLICIES = st.sampled_from([
-    OPENSAFELY,
-    NO_DOMINANCE,
-    OPENSAFELY.model_copy(update={"name": "w1", "magnitude_min_interval": 1.0}),
-    NO_DOMINANCE.model_copy(update={"name": "w12", "magnitude_min_interval": 12.0}),
-])
+POLICIES = st.sampled_from(
+    [
+        OPENSAFELY,
+        NO_DOMINANCE,
+        OPENSAFELY.model_copy(update={"name": "w1", "magnitude_min_interval": 1.0}),
+        NO_DOMINANCE.model_copy(update={"name": "w12", "magnitude_min_interval": 12.0}),
+    ]
+)
 
 
 @st.composite
@@ -148,9 +167,18 @@ def test_differencing_two_sums_never_places_the_person_within_w(
     released = []
     for v in (a, np.append(a, x)):
         top = np.sort(v)[::-1]
-        df = pd.DataFrame({"g": ["a"], "n": [len(v)], "total": [float(v.sum())], "t1": [top[0]], "t2": [top[1]]})
-        t = ResultTable(name="s", kind="magnitudes", data=df, dimensions=["g"], n_column="n",
-                        magnitude_columns=["total"], top_columns={"total": ["t1", "t2"]})
+        df = pd.DataFrame(
+            {"g": ["a"], "n": [len(v)], "total": [float(v.sum())], "t1": [top[0]], "t2": [top[1]]}
+        )
+        t = ResultTable(
+            name="s",
+            kind="magnitudes",
+            data=df,
+            dimensions=["g"],
+            n_column="n",
+            magnitude_columns=["total"],
+            top_columns={"total": ["t1", "t2"]},
+        )
         released.append(float(release(t, policy, log=DisclosureLog()).data["total"].iloc[0]))
     step = magnitude_step("sum", len(a), policy)
     assert step is not None
@@ -163,8 +191,9 @@ def test_differencing_two_sums_never_places_the_person_within_w(
     assert (hi_b - lo_a) - (lo_b - hi_a) >= policy.magnitude_min_interval - 1e-9
 
 
-def joint_attack(n: int, a: tuple[int, float, float], b: tuple[int, float, float],
-                 policy: DisclosurePolicy) -> list[int]:
+def joint_attack(
+    n: int, a: tuple[int, float, float], b: tuple[int, float, float], policy: DisclosurePolicy
+) -> list[int]:
     """The whole-number values of the added person consistent with both cohorts' released n, mean
     and SD together (exact n known): some integer sum S and sum of squares Q of A fit A's release
     while S + x and Q + x^2 fit B's."""
@@ -237,12 +266,27 @@ def test_magnitudes_exact_only_when_the_policy_says_so() -> None:
 
 
 def test_minima_and_maxima_never_leave_and_quantiles_are_coarse() -> None:
-    df = pd.DataFrame({"g": ["a"], "n": [40], "age_max": [93.0], "age_median": [57.0], "t1": [93.0],
-                       "t2": [90.0], "t3": [88.0]})
-    t = ResultTable(name="q", kind="magnitudes", data=df, dimensions=["g"], n_column="n",
-                    magnitude_columns=["age_max", "age_median"],
-                    magnitude_statistic={"age_max": "extreme", "age_median": "quantile"},
-                    top_columns={"age_max": ["t1", "t2", "t3"], "age_median": ["t1", "t2", "t3"]})
+    df = pd.DataFrame(
+        {
+            "g": ["a"],
+            "n": [40],
+            "age_max": [93.0],
+            "age_median": [57.0],
+            "t1": [93.0],
+            "t2": [90.0],
+            "t3": [88.0],
+        }
+    )
+    t = ResultTable(
+        name="q",
+        kind="magnitudes",
+        data=df,
+        dimensions=["g"],
+        n_column="n",
+        magnitude_columns=["age_max", "age_median"],
+        magnitude_statistic={"age_max": "extreme", "age_median": "quantile"},
+        top_columns={"age_max": ["t1", "t2", "t3"], "age_median": ["t1", "t2", "t3"]},
+    )
     log = DisclosureLog()
     out = release(t, OPENSAFELY, log=log).data
     assert math.isnan(out["age_max"].iloc[0])
@@ -267,8 +311,15 @@ def test_a_level_from_the_data_is_a_row_only_when_its_count_is_released(
     data = data[data["n"] > 0].reset_index(drop=True)  # a sparse table: levels somebody has
     if data.empty:
         return
-    t = ResultTable(name="cov", kind="counts", data=data, dimensions=["concept"], count_columns=["n"],
-                    margins=["concept"], data_levels=["concept"])
+    t = ResultTable(
+        name="cov",
+        kind="counts",
+        data=data,
+        dimensions=["concept"],
+        count_columns=["n"],
+        margins=["concept"],
+        data_levels=["concept"],
+    )
     log = DisclosureLog()
     out = release(t, policy, log=log).data
     levels = out[out["concept"] != "Total"]
@@ -288,8 +339,14 @@ def test_a_level_from_the_data_is_a_row_only_when_its_count_is_released(
 def test_a_released_zero_never_stands_beside_a_hidden_level() -> None:
     """Two cohorts' counts per concept: target 0 and target 1 must look the same."""
     data = pd.DataFrame({"concept": ["asthma", "copd"], "n_target": [0, 1], "n_comparator": [400, 400]})
-    t = ResultTable(name="smd", kind="counts", data=data, dimensions=["concept"],
-                    count_columns=["n_target", "n_comparator"], data_levels=["concept"])
+    t = ResultTable(
+        name="smd",
+        kind="counts",
+        data=data,
+        dimensions=["concept"],
+        count_columns=["n_target", "n_comparator"],
+        data_levels=["concept"],
+    )
     out = release(t, OPENSAFELY, log=DisclosureLog()).data
     assert out["n_target"].isna().all() and list(out["n_comparator"]) == [400, 400]
 
@@ -297,10 +354,21 @@ def test_a_released_zero_never_stands_beside_a_hidden_level() -> None:
 def test_model_terms_found_in_the_data_are_dropped_with_their_estimate() -> None:
     from mercia.disclosure import ModelInfo
 
-    data = pd.DataFrame({"covariate": ["(intercept)", "asthma", "hip fracture"], "coef": [0.1, 0.3, 2.0],
-                         "n_persons": [900, 300, 1]})
-    t = ResultTable(name="coef", kind="model", data=data, count_columns=["n_persons"],
-                    model=ModelInfo(df_resid=897, n_obs=900, n_events=100), data_levels=["covariate"])
+    data = pd.DataFrame(
+        {
+            "covariate": ["(intercept)", "asthma", "hip fracture"],
+            "coef": [0.1, 0.3, 2.0],
+            "n_persons": [900, 300, 1],
+        }
+    )
+    t = ResultTable(
+        name="coef",
+        kind="model",
+        data=data,
+        count_columns=["n_persons"],
+        model=ModelInfo(df_resid=897, n_obs=900, n_events=100),
+        data_levels=["covariate"],
+    )
     log = DisclosureLog()
     rel = release(t, OPENSAFELY, log=log)
     assert list(rel.data["covariate"]) == ["(intercept)", "asthma"]
@@ -338,24 +406,28 @@ def _her_concepts(site: Path, person_id: int, index: dt.date) -> set[int]:
     try:
         rows = con.execute(
             "SELECT condition_concept_id FROM condition_occurrence WHERE person_id = ? AND condition_start_date <= ?",
-            [person_id, index]).fetchall()
+            [person_id, index],
+        ).fetchall()
         rows += con.execute(
             "SELECT ca.ancestor_concept_id FROM drug_exposure de JOIN concept_ancestor ca "
             "ON ca.descendant_concept_id = de.drug_concept_id JOIN concept c ON c.concept_id = ca.ancestor_concept_id "
             "AND c.concept_class_id = 'Ingredient' WHERE de.person_id = ? AND de.drug_exposure_start_date <= ?",
-            [person_id, index]).fetchall()
+            [person_id, index],
+        ).fetchall()
     finally:
         con.close()
     return {int(r[0]) for r in rows}
 
 
 def _cohort(concept: str, start: dt.date, end: dt.date) -> dict[str, Any]:
-    return {"definition": {
-        "name": f"first {concept} {start}..{end}",
-        "concepts": {"c": {"name": concept, "include": [concept], "descendants": True}},
-        "entry": [{"condition": "c", "first": True}],
-        "study_period": {"start": start.isoformat(), "end": end.isoformat()},
-    }}
+    return {
+        "definition": {
+            "name": f"first {concept} {start}..{end}",
+            "concepts": {"c": {"name": concept, "include": [concept], "descendants": True}},
+            "entry": [{"condition": "c", "first": True}],
+            "study_period": {"start": start.isoformat(), "end": end.isoformat()},
+        }
+    }
 
 
 @pytest.fixture(scope="module")
@@ -396,13 +468,19 @@ def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         "analyses": [
             {"type": "characterization", "name": "chr1", "cohorts": ["solo"]},
             {"type": "cohort_entries", "name": "entries", "cohorts": ["solo"], "interval": "month"},
-            {"type": "characterization", "name": "chr2", "cohorts": ["htn_a", "htn_b"],
-             "settings": {"domains": ["condition"], "measurement_values": False}},
+            {
+                "type": "characterization",
+                "name": "chr2",
+                "cohorts": ["htn_a", "htn_b"],
+                "settings": {"domains": ["condition"], "measurement_values": False},
+            },
         ],
     }
     pkg = StudyPackage.from_dict(spec)
     truth = {
-        "concept": concept, "her_day": her_day, "her_sex": int(her["gender_concept_id"]),
+        "concept": concept,
+        "her_day": her_day,
+        "her_sex": int(her["gender_concept_id"]),
         "her_age": her_day.year - int(her["year_of_birth"]),
         "her_concepts": _her_concepts(site, int(her["person_id"]), her_day),
         "added_age": day_b.year - int(added["year_of_birth"]),
@@ -411,8 +489,13 @@ def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     key = HubKey(root / "hubkey")
     out: dict[str, Any] = {"truth": truth, "pkg": pkg, "results": {}}
     for policy in ("opensafely", "sacro"):
-        node = NodeServer(root / f"node_{policy}", cdm=shutil.copyfile(site, root / f"{policy}.duckdb"),
-                          hub_key=key, site=policy, policy=policy)
+        node = NodeServer(
+            root / f"node_{policy}",
+            cdm=shutil.copyfile(site, root / f"{policy}.duckdb"),
+            hub_key=key,
+            site=policy,
+            policy=policy,
+        )
         with node, node.client() as hub:
             r = hub.post(f"{API}/studies", json=submit_body(pkg, key))
             assert r.status_code == 202, r.text
@@ -496,8 +579,14 @@ FIXED_LEVELS = {
     ("characterization.py", "characterize: f'{name}_age'"): "one row per cohort of the package",
     ("survival.py", "kaplan_meier: f'{name}_summary'"): "one row per target cohort of the package",
     ("cohort_method.py", "_analyse: f'{name}_ps_distribution'"): "every preference bin, empty ones included",
-    ("cohort_method.py", "_estimate_tables: f'{name}_counts'"): "one row per outcome and adjustment of the package",
-    ("prediction/analysis.py", "strata_table: f'{name}_risk_strata'"): "the splits and risk deciles, all present",
+    (
+        "cohort_method.py",
+        "_estimate_tables: f'{name}_counts'",
+    ): "one row per outcome and adjustment of the package",
+    (
+        "prediction/analysis.py",
+        "strata_table: f'{name}_risk_strata'",
+    ): "the splits and risk deciles, all present",
     # Known gap (issue 12 follow-up): incidence rows exist for the (year, age band, sex) cells in which
     # someone has time at risk; a tiny denominator cohort shows its members' cells. It needs persons per
     # released cell (or a fixed domain from the study period) before it can declare data_levels.
@@ -523,7 +612,11 @@ def _tables_with_dimensions() -> list[tuple[str, str, set[str]]]:
                 if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "ResultTable":
                     kw = {k.arg for k in node.keywords if k.arg}
                     kind = next((k.value for k in node.keywords if k.arg == "kind"), None)
-                    if "dimensions" not in kw or "sequential" in kw or getattr(kind, "value", "") == "survival":
+                    if (
+                        "dimensions" not in kw
+                        or "sequential" in kw
+                        or getattr(kind, "value", "") == "survival"
+                    ):
                         continue
                     name = next((k.value for k in node.keywords if k.arg == "name"), None)
                     label = f"{fn.name}: {ast.unparse(name) if name is not None else '?'}"

@@ -152,11 +152,21 @@ def test_a_small_cohort_lists_none_of_its_concepts(persons: list[set[int]], poli
     persons = persons[: policy.suppress_up_to]
     counts = Counter(c for p in persons for c in p)
     data = pd.DataFrame(
-        {"concept": [f"c{c}" for c in sorted(counts)], "n": [counts[c] for c in sorted(counts)],
-         "n_cohort": [len(persons)] * len(counts)}
+        {
+            "concept": [f"c{c}" for c in sorted(counts)],
+            "n": [counts[c] for c in sorted(counts)],
+            "n_cohort": [len(persons)] * len(counts),
+        }
     ).astype({"n": "int64", "n_cohort": "int64"})
-    t = ResultTable(name="cov", kind="counts", data=data, dimensions=["concept"], count_columns=["n", "n_cohort"],
-                    data_levels=["concept"], presence_counts=["n"])
+    t = ResultTable(
+        name="cov",
+        kind="counts",
+        data=data,
+        dimensions=["concept"],
+        count_columns=["n", "n_cohort"],
+        data_levels=["concept"],
+        presence_counts=["n"],
+    )
     log = DisclosureLog()
     out = release(t, policy, log=log).data
     assert out.empty

@@ -595,7 +595,8 @@ def _balance_table(name: str, bal: pd.DataFrame, n: int) -> ResultTable:
     data = bal.drop(columns=nonzero + sizes)
     data.insert(4, "min_nonzero", bal[nonzero].min(axis=1).astype("int64"))
     return ResultTable(name=name, kind="model", data=data, count_columns=["min_nonzero"],
-                       model=ModelInfo(df_resid=max(n - 1, 0), n_obs=n))
+                       model=ModelInfo(df_resid=max(n - 1, 0), n_obs=n),
+                       data_levels=["covariate_id", "covariate_name"])  # a withheld covariate's row goes
 
 
 def _pref_hist(pref: np.ndarray, t: np.ndarray, population: str, bins: int) -> pd.DataFrame:
@@ -650,7 +651,8 @@ def _ps_tables(pop: _Population, name: str, s: CohortMethodSettings) -> dict[str
     info = ModelInfo(df_resid=max(n - int(nz.sum()) - 1, 0), n_obs=n, n_events=int((t == 1).sum()))
     return {
         f"{name}_ps_model": ResultTable(name=f"{name}_ps_model", kind="model", data=coef_df, model=info,
-                                        count_columns=["min_nonzero"]),
+                                        count_columns=["min_nonzero"],
+                                        data_levels=["covariate_id", "covariate_name"]),
         f"{name}_ps_diagnostics": ResultTable(name=f"{name}_ps_diagnostics", kind="model", data=diag, model=info,
                                               count_columns=["min_arm"]),
     }

@@ -451,6 +451,9 @@ def prevalence(cdm: Cdm, settings: PrevalenceSettings, *, name: str = "prevalenc
         count_columns=["n_persons", "n_cases"],
         margins=list(settings.by),
         rates={"prevalence_percent": RateSpec(numerator="n_cases", denominator="n_persons", per=100.0)},
+        # Age bands and sexes are rows only where someone of them is in the denominator.
+        data_levels=list(settings.by),
+        presence_counts=["n_persons"],
     )
     empty = agg.empty
     return AnalysisResult(
@@ -507,6 +510,10 @@ def cohort_entries(
         data=df,
         dimensions=["cohort_id", "period"],
         count_columns=["n_entries", "n_persons"],
+        # A period is a row only because someone entered then; it is shown only where the persons
+        # entering are released (entries alone could be one person's many).
+        data_levels=["period"],
+        presence_counts=["n_persons"],
     )
     return AnalysisResult(
         "cohort_entries", {name: table}, empty=df.empty, notes=["no cohort entries"] if df.empty else []

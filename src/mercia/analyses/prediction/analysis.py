@@ -160,7 +160,9 @@ def coefficient_table(name: str, run: PredictionRun, info: ModelInfo, n_train: i
     data = pd.DataFrame(rows)
     # ids are labels, not numbers to release or suppress
     data["covariate_id"] = data["covariate_id"].astype(str)
-    return ResultTable(name=f"{name}_coefficients", kind="model", data=data, count_columns=["n_persons"], model=info)
+    # Covariates are levels found in the data: a withheld one's row (its name) goes with its estimate.
+    return ResultTable(name=f"{name}_coefficients", kind="model", data=data, count_columns=["n_persons"], model=info,
+                       data_levels=["covariate_id", "covariate_name"])
 
 
 def develop_model(

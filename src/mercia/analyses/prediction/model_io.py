@@ -109,7 +109,9 @@ def save_model(
         # model any of whose terms release() would withhold is not written at all.
         coef_table = next(t for n, t in run.result.tables.items() if n.endswith("_coefficients"))
         released = release(coef_table, policy, site=site, log=log)
-        if released.status != "released" or released.data["coefficient"].isna().any():
+        # A withheld term's row is dropped (its covariate is a level found in the data), so count rows too.
+        withheld = len(released.data) < len(coef_table.data) or released.data["coefficient"].isna().any()
+        if released.status != "released" or withheld:
             raise ModelFileError(
                 "disclosure control withholds some of the model's coefficients (too few persons or events "
                 "behind them, see the model's disclosure log); refit with more data or fewer covariates"

@@ -55,6 +55,7 @@ from mercia.federation.node.rounds import load_design, released_round
 from mercia.federation.node.state import NodeStore, StudyRecord, StudyStatusValue
 from mercia.federation.node.worker import StudyWorker, designs_dir, results_dir
 from mercia.study.package import StudyPackage
+from mercia.study.runner import public_manifest
 
 logger = logging.getLogger("mercia.node")
 
@@ -302,7 +303,9 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         out = results_dir(config.state_dir, content_hash)
         tables = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
         disclosure = json.loads((out / "disclosure.json").read_text())
-        manifest = json.loads((out / "manifest.json").read_text())
+        # Filtered again at the door: a manifest left by an older version (paths, row counts, free-text
+        # notes) leaves only with its released fields.
+        manifest = public_manifest(json.loads((out / "manifest.json").read_text()))
         services.audit.append("results.sent", principal.name, hash=content_hash, tables=len(tables))
         return StudyResults(hash=content_hash, site=config.site, tables=tables,
                             disclosure=disclosure,

@@ -75,6 +75,8 @@ def _study(concept: int, day: str) -> StudyPackage:
             {"type": "kaplan_meier", "name": "km", "targets": ["target"], "outcome": "htn"},
             {"type": "cohort_entries", "name": "htn_entries", "cohorts": ["htn"]},
             {"type": "prediction", "name": "pred", "target": "htn", "outcome": "gib"},
+            {"type": "cox", "name": "cox1", "target": "target", "comparator": "gib", "outcome": "htn",
+             "settings": {"ph_test": False}},
         ],
         "disclosure": "opensafely",
     })
@@ -92,6 +94,14 @@ def _run(node: NodeServer, pkg: StudyPackage, key: HubKey) -> tuple[dict[str, An
             r = c.get(f"/api/v1/studies/{pkg.content_hash}/results")
             assert r.status_code == 200, r.text
             results = r.json()
+            # A federated round on the Cox model of her cohort, at the hub's first coefficients (the
+            # number of terms from the node's own answer to a wrong guess).
+            url, beta = f"/api/v1/studies/{pkg.content_hash}/rounds", [0.0]
+            r = c.post(url, json={"analysis": "cox1", "model": "cox", "beta": beta})
+            wanted = re.search(r"give (\d+) finite numbers", r.text)
+            if r.status_code == 400 and wanted:
+                r = c.post(url, json={"analysis": "cox1", "model": "cox", "beta": [0.0] * int(wanted.group(1))})
+            results["round"] = {"status": r.status_code, "body": r.json()}
     return status, results
 
 
@@ -176,17 +186,24 @@ def test_analyses_on_a_cohort_below_the_threshold_release_only_the_marker(attack
         res = attack["sites"][name]["results"]
         m = res["manifest"]
         by_name = {a["name"]: a for a in m["analyses"]}
-        for analysis in ("chr1", "entries", "km"):
+        for analysis in ("chr1", "entries", "km", "cox1"):
             assert by_name[analysis]["status"] == "below_threshold", (name, analysis)
             assert by_name[analysis]["tables"] == [] and by_name[analysis]["notes"] == [below]
             assert m["notes"][analysis] == [below]
         assert by_name["htn_entries"]["status"] == "done"
         tables = {t["name"] for t in res["tables"]}
         # No table of an analysis that uses her cohort leaves, not even with every cell suppressed.
-        assert not tables & {"chr1_covariates", "chr1_demographics", "chr1_age", "entries", "km", "km_summary"}
+        assert not tables & {"chr1_covariates", "chr1_demographics", "chr1_age", "entries", "km", "km_summary",
+                              "cox1", "cox1_ph_test"}
         assert "htn_entries" in tables and m["tables"] == sorted(tables)
         assert m["notes"]["cohorts"] == [below]
     assert pkg.cohort_ids["target"] not in {None}
+
+
+def test_federated_rounds_on_her_cohort_say_the_same_at_one_person_and_none(attack: dict[str, Any]) -> None:
+    a = attack["sites"]["with_her"]["results"]["round"]
+    b = attack["sites"]["without_her"]["results"]["round"]
+    assert a == b and a["status"] == 409 and "below the disclosure threshold" in a["body"]["detail"]
 
 
 def test_notes_are_catalogued_codes_without_numbers(attack: dict[str, Any]) -> None:

@@ -179,6 +179,15 @@ def read_package(data: dict[str, Any]) -> StudyPackage:
         raise StudyError(f"the package could not be read ({type(e).__name__}); send StudyPackage.canonical()") from None
 
 
+def _analysis_status(out: Any, analysis: str) -> str | None:
+    """An analysis's status in a finished study's manifest (None if the manifest does not list it)."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return next((a.get("status") for a in manifest.get("analyses", []) if a.get("name") == analysis), None)
+
+
 def _status(rec: StudyRecord) -> StudyStatus:
     return StudyStatus(**rec.public())
 
@@ -324,6 +333,11 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         if rec.status != "finished":
             raise HTTPException(409, detail=f"study {content_hash[:12]} is {rec.status}; regression rounds run on "
                                             "a finished study's rows")
+        if _analysis_status(results_dir(config.state_dir, content_hash), body.analysis) == "below_threshold":
+            # The study released only 'below threshold' for this analysis (decided from its released
+            # cohort counts): its rounds release nothing either, with the same words at 0 or 1 person.
+            raise HTTPException(409, detail=f"analysis {body.analysis!r} releases nothing at this site: a cohort "
+                                            "it uses is below the disclosure threshold")
         design = services.design(content_hash, body.analysis)
         pkg_policy = StudyPackage.from_canonical(services.store.package(content_hash)).effective_policy(
             config.site_policy)

@@ -57,6 +57,10 @@ MANIFEST_KEYS = ("study", "package_hash", "site", "policy", "policy_summary", "s
 ANALYSIS_STATUSES = ("done", "not_run", "below_threshold")
 
 
+class CohortGenerationError(StudyError):
+    """The study's cohorts could not be generated at this site (a node reports it by this type alone)."""
+
+
 @dataclass
 class StudyRun:
     """What a run wrote and released (every table here passed `release()`)."""
@@ -338,7 +342,7 @@ def run_study(
         try:
             generated = generate_cohorts(cdm, defs)
         except MerciaError as e:
-            raise StudyError(f"generating the study's cohorts failed: {e}") from None
+            raise CohortGenerationError(f"generating the study's cohorts failed: {e}") from None
         except Exception as e:
             if "read-only" in str(e).lower() or "read only" in str(e).lower():
                 raise StudyError(

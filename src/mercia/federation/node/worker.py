@@ -57,7 +57,9 @@ def failure_code(error: BaseException) -> str:
     """The catalogue code for an error: chosen by its type only, never by its text."""
     if isinstance(error, PackageMismatch):
         return "package_mismatch"
-    if isinstance(error, CohortDefinitionError):
+    from mercia.study.runner import CohortGenerationError
+
+    if isinstance(error, CohortDefinitionError | CohortGenerationError):
         return "cohort_definition"
     if isinstance(error, CdmError):
         return "cdm"

@@ -257,6 +257,33 @@ def test_a_failed_run_says_a_code_not_the_sites_data(attack: dict[str, Any]) -> 
     assert "Okonkwo" in site["audit"]
 
 
+def test_a_manifest_left_by_an_older_version_leaves_filtered() -> None:
+    """The node's results route passes every manifest through public_manifest: one written before this
+    version (paths, row counts, dates, timings, free-text notes) leaves with its released fields only."""
+    from mercia.study.runner import public_manifest
+
+    old = {
+        "study": "s", "package_hash": "ab" * 32, "site": "leeds", "policy": {"name": "opensafely"},
+        "policy_summary": "opensafely: ...", "versions": {"mercia": "0.1.0"}, "tables": ["cohort_counts"],
+        "cohorts": {"empty": {"id": 1, "name": "Empty"}}, "started": "2026-01-02T03:04:05+00:00",
+        "timings_seconds": {"total": 1.5},
+        "cdm": {"target": "/srv/cdm/site.duckdb", "rows": {"cohort": 2751}, "observation_start": "2005-01-01"},
+        "notes": {"cohorts": ["cohort 'empty' (Empty) has no entries"],
+                  "pred": ["not run: only 2 training persons have the outcome",
+                           {"code": "not_run", "params": {}, "text": "forged 17"}]},
+        "analyses": [{"name": "pred", "type": "prediction", "status": "failed", "tables": [],
+                      "notes": ["not run: only 2 training persons have the outcome"], "extra": 3}],
+    }
+    m = public_manifest(old)
+    text = json.dumps(m)
+    for leak in ("/srv", "2751", "2005-01-01", "2026-01-02", "timings", "has no entries", "training persons",
+                 "forged"):
+        assert leak not in text, leak
+    assert m["notes"] == {"cohorts": [], "pred": [Note(NoteCode.NOT_RUN).to_dict()]}
+    assert m["analyses"] == [{"name": "pred", "type": "prediction", "status": "not_run", "tables": [],
+                              "notes": []}]
+
+
 # ---- by construction: no free-text note can be made --------------------------------------------------
 def test_notes_accept_catalogued_notes_only() -> None:
     with pytest.raises(StudyError, match="catalogued"):

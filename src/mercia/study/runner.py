@@ -55,6 +55,7 @@ logger = logging.getLogger("mercia.study")
 MANIFEST_KEYS = ("study", "package_hash", "site", "policy", "policy_summary", "site_summary", "cohorts",
                  "analyses", "tables", "notes", "versions")
 ANALYSIS_STATUSES = ("done", "not_run", "below_threshold")
+_OLD_STATUS = {"failed": "not_run"}  # an older version's word; its 'empty' told a count, and becomes 'done'
 
 
 class CohortGenerationError(StudyError):
@@ -213,7 +214,7 @@ def public_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     if isinstance(m.get("analyses"), list):
         m["analyses"] = [
             {"name": a.get("name"), "type": a.get("type"),
-             "status": a.get("status") if a.get("status") in ANALYSIS_STATUSES else "done",
+             "status": a.get("status") if a.get("status") in ANALYSIS_STATUSES else _OLD_STATUS.get(a.get("status"), "done"),
              "tables": list(a.get("tables", [])), "notes": notes(a.get("notes"))}
             for a in m["analyses"] if isinstance(a, dict)
         ]

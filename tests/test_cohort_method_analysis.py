@@ -15,6 +15,7 @@ from mercia.analyses.cohort_method import (
     cohort_method,
     cohort_method_populations,
 )
+from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.propensity import PsSettings
 from mercia.cdm import Cdm
 from mercia.disclosure import SACRO, DisclosureLog, release
@@ -185,7 +186,7 @@ def test_negative_controls_are_estimated_and_calibrate(cdm: Cdm) -> None:
     assert adj["calibrated_p"].notna().all() and adj["calibrated_ci_lower"].notna().all()
     assert "cm_balance_outcome" in res.tables and "cm_balance_nc0" not in res.tables
     assert "cm_attrition_nc0" in res.tables
-    assert any("empirical null" in n for n in res.notes)
+    assert Note(NoteCode.CALIBRATED) in res.notes
 
 
 def test_tables_pass_release_and_small_cells_are_suppressed(cdm: Cdm) -> None:
@@ -206,11 +207,11 @@ def test_separation_is_reported_not_raised(cdm: Cdm) -> None:
     # The exposures' own drugs left in the covariates: they are the treatment.
     s = settings(covariates=CovariateSettings(use_procedures=False, use_measurements=False))
     res = cohort_method(cdm, 1, 2, [3], s)
-    assert any("propensity model not fitted" in n and "correlate" in n for n in res.notes)
+    assert Note(NoteCode.PS_NOT_FITTED) in res.notes
     est = res["cm_estimates"].data
     assert list(est["adjustment"]) == ["crude"]
     diag = res["cm_ps_diagnostics"].data
-    assert diag["status"].iloc[0].startswith("not fitted")
+    assert diag["status"].iloc[0] == "not fitted" and diag["high_correlation_covariates"].iloc[0] > 0
     assert res["cm_attrition_3"].data["n_target"].iloc[-1] == 0
 
 
@@ -234,7 +235,7 @@ def test_an_outcome_nobody_has_and_an_empty_comparator() -> None:
         est = res["cm_estimates"].data
         assert est["log_rr"].isna().all() and (est["min_events"] == 0).all()
         res = cohort_method(cdm, 1, 77, [3], settings())
-        assert any("empty" in n for n in res.notes)
+        assert Note(NoteCode.PS_NOT_FITTED) in res.notes
 
 
 def test_study_package_cohort_method_type() -> None:

@@ -384,8 +384,9 @@ def demo(
         est = result["site_estimates"].get(site)
         hr = (f"{math.exp(est[0]):.2f} ({math.exp(est[0] - 1.96 * est[1]):.2f}-"
               f"{math.exp(est[0] + 1.96 * est[1]):.2f})") if est else "not released"
-        sites.add_row(site, f"{info.get('persons', 0):,}",
-                      f"{info.get('observation_start')} to {info.get('observation_end')}", hr)
+        persons, years = info.get("persons"), info.get("observation_years")
+        sites.add_row(site, f"{persons:,}" if persons is not None else "suppressed",
+                      f"{years} years" if years is not None else "—", hr)
     console.print(sites)
     for site, entry in result["sites"].items():
         console.print(f"report for {site}: {entry['report']}", highlight=False, soft_wrap=True)
@@ -445,6 +446,8 @@ def study_run(
     for where, notes in run.notes.items():
         for note in notes:
             console.print(f"[yellow]note:[/] {where}: {note}", highlight=False)
+    for message in run.local_messages:  # the reasons behind the notes: shown here, never written out
+        console.print(f"[dim]local only:[/] {message}", highlight=False, soft_wrap=True)
     console.print(f"[bold]released tables:[/] {len(run.tables)}; report: {run.report_path}", highlight=False)
 
 
@@ -479,7 +482,7 @@ def model_apply(
         manifest = external_validation(model_dir, cdm, out, policy=policy, site=site, target_id=target_id,
                                        outcome_id=outcome_id, allow_missing_covariates=allow_missing)
     for note in manifest["notes"]:
-        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]note:[/] {note['text']}", highlight=False, soft_wrap=True)
     import pyarrow.parquet as pq
 
     for row in pq.read_table(out / "external_performance.parquet").to_pylist():

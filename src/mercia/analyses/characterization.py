@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
 from mercia.cdm.query import build, check_cohort_id, fetch_df, require_tables
@@ -417,7 +418,7 @@ def characterize(
         "characterization",
         tables,
         empty=len(missing) == len(ids),
-        notes=[f"cohort {i} has no entries" for i in missing],
+        notes=[Note(NoteCode.NO_ENTRIES, cohort=int(i)) for i in missing],
     )
 
 

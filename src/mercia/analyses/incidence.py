@@ -35,6 +35,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from scipy import stats
 
+from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
 from mercia.cdm.query import bound, build, check_cohort_id, fetch_df, require_tables
@@ -361,7 +362,7 @@ def incidence(cdm: Cdm, settings: IncidenceSettings, *, name: str = "incidence")
         "incidence",
         {name: table},
         empty=empty,
-        notes=["nobody in the denominator has time at risk"] if empty else [],
+        notes=[Note(NoteCode.NO_DENOMINATOR_AT_RISK)] if empty else [],
     )
 
 
@@ -460,7 +461,7 @@ def prevalence(cdm: Cdm, settings: PrevalenceSettings, *, name: str = "prevalenc
         "prevalence",
         {name: table},
         empty=empty,
-        notes=["nobody in the denominator at any prevalence date"] if empty else [],
+        notes=[Note(NoteCode.NO_PREVALENCE_DENOMINATOR)] if empty else [],
     )
 
 
@@ -516,5 +517,6 @@ def cohort_entries(
         presence_counts=["n_persons"],
     )
     return AnalysisResult(
-        "cohort_entries", {name: table}, empty=df.empty, notes=["no cohort entries"] if df.empty else []
+        "cohort_entries", {name: table}, empty=df.empty,
+        notes=[Note(NoteCode.NO_ENTRIES, cohort=int(i)) for i in ids] if df.empty else []
     )

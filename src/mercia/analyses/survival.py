@@ -28,6 +28,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
+from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
 from mercia.cdm.query import DOMAINS, build, check_cohort_id, fetch_df, require_tables
@@ -301,7 +302,7 @@ def kaplan_meier(
     )
     summ = pd.DataFrame(summary)
     empty = curve.empty
-    notes = [f"cohort {s['cohort_id']} has nobody with time at risk" for s in summary if s["n_persons"] == 0]
+    notes = [Note(NoteCode.NO_TIME_AT_RISK, cohort=int(s["cohort_id"])) for s in summary if s["n_persons"] == 0]
     return AnalysisResult(
         analysis="kaplan_meier",
         tables={
@@ -732,15 +733,11 @@ def cox_model(
         "n_nonzero",
         "n_events_nonzero",
     ]
-    notes: list[str] = []
+    notes: list[Note] = []
     arms = set(np.unique(data.X[:, 0])) if data.n_obs else set()
     if data.n_obs == 0 or data.n_events == 0 or arms != {0.0, 1.0}:
-        if data.n_obs == 0:
-            notes.append("no persons with time at risk")
-        elif arms != {0.0, 1.0}:
-            notes.append(f"{'comparator' if arms == {1.0} else 'target'} cohort has nobody with time at risk")
-        else:
-            notes.append("no outcome events")
+        # One note whatever the cause: which arm is empty, or that nobody had the outcome, are counts.
+        notes.append(Note(NoteCode.MODEL_WITHHELD))
         empty = pd.DataFrame({c: pd.Series(dtype="object" if c == "term" else "float64") for c in coef_cols})
         empty[["n_nonzero", "n_events_nonzero"]] = empty[["n_nonzero", "n_events_nonzero"]].astype("int64")
         info = ModelInfo(df_resid=0, n_obs=data.n_obs, n_events=data.n_events)
@@ -780,8 +777,8 @@ def cox_model(
     if settings.ph_test:
         try:
             ph = ph_test(data, fit)
-        except np.linalg.LinAlgError as e:  # a singular information matrix; the model table still stands
-            notes.append(f"proportional-hazards test not computed: {e}")
+        except np.linalg.LinAlgError:  # a singular information matrix; the model table still stands
+            notes.append(Note(NoteCode.PH_TEST_NOT_COMPUTED))
             ph = pd.DataFrame(
                 {
                     "term": pd.Series(dtype="object"),
@@ -791,5 +788,5 @@ def cox_model(
             )
         tables[f"{name}_ph_test"] = ResultTable(name=f"{name}_ph_test", kind="model", data=ph, model=info)
     if not fit.converged:
-        notes.append("the fit did not converge; estimates may be infinite (separation)")
+        notes.append(Note(NoteCode.MODEL_WITHHELD))
     return AnalysisResult("cox_model", tables, empty=False, notes=notes)

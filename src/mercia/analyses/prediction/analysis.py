@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.prediction.evaluation import Performance, evaluate, risk_strata
 from mercia.analyses.prediction.models import (
     LassoLogisticSettings,
@@ -212,14 +213,11 @@ def develop_model(
     cd = cd.subset_covariates(keep)
     counts = counts[keep]
     ids = cd.covariate_ids
-    notes: list[str] = []
+    notes: list[Note] = []
     sep = separating_covariates(cd.X[train], y[train])
     if len(sep):
-        names = ", ".join(f"{cd.ref['covariate_name'].iloc[j]} ({ids[j]})" for j in sep[:5])
-        notes.append(
-            f"perfect separation: {len(sep)} covariate(s) separate the outcome completely in the training "
-            f"persons ({names}); the penalised fit stays finite but the separation should be checked"
-        )
+        # Which covariates separate, and how many, are read from the rows: the code says only that some do.
+        notes.append(Note(NoteCode.SEPARATING_COVARIATES))
     model, oof = fit_model(cd.X[train], y[train], folds[train], ids, settings.model, settings.seed)
     preds = {
         "train": check_finite(model.predict(cd.X[train])),
@@ -230,10 +228,7 @@ def develop_model(
     perf = {k: evaluate(truths[k], preds[k], settings.alpha) for k in preds}
     for k, p in perf.items():
         if p.separated:
-            notes.append(
-                f"perfect separation: the {k} predictions separate outcomes from non-outcomes completely "
-                "(AUC 1 or 0); the calibration intercept and slope have no finite value and are not given"
-            )
+            notes.append(Note(NoteCode.PREDICTIONS_SEPARATE, split=k))
     n_train = int(train.sum())
     info = ModelInfo(
         df_resid=float(n_train - model.n_parameters), n_obs=n_train, n_events=int(y[train].sum())

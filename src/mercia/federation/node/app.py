@@ -63,6 +63,7 @@ from mercia.federation.node.rounds import load_design, released_round
 from mercia.federation.node.state import NodeStore, StudyRecord, StudyStatusValue, UnknownStudyError
 from mercia.federation.node.worker import StudyWorker, designs_dir, results_dir
 from mercia.study.package import StudyPackage
+from mercia.study.runner import public_manifest
 
 logger = logging.getLogger("mercia.node")
 
@@ -197,6 +198,15 @@ def read_package(data: dict[str, Any]) -> StudyPackage:
         raise
     except Exception as e:  # odd shapes deep inside a definition: still bad input, never a 500
         raise StudyError(f"the package could not be read ({type(e).__name__}); send StudyPackage.canonical()") from None
+
+
+def _analysis_status(out: Any, analysis: str) -> str | None:
+    """An analysis's status in a finished study's manifest (None if the manifest does not list it)."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return next((a.get("status") for a in manifest.get("analyses", []) if a.get("name") == analysis), None)
 
 
 def _status(rec: StudyRecord) -> StudyStatus:
@@ -346,7 +356,9 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         out = results_dir(config.state_dir, content_hash)
         tables = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
         disclosure = json.loads((out / "disclosure.json").read_text())
-        manifest = json.loads((out / "manifest.json").read_text())
+        # Filtered again at the door: a manifest left by an older version (paths, row counts, free-text
+        # notes) leaves only with its released fields.
+        manifest = public_manifest(json.loads((out / "manifest.json").read_text()))
         services.audit.append("results.sent", principal.name, hash=content_hash, tables=len(tables))
         return StudyResults(hash=content_hash, site=config.site, tables=tables,
                             disclosure=disclosure,
@@ -365,6 +377,11 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         if rec.status != "finished":
             raise HTTPException(409, detail=f"study {content_hash[:12]} is {rec.status}; regression rounds run on "
                                             "a finished study's rows")
+        if _analysis_status(results_dir(config.state_dir, content_hash), body.analysis) == "below_threshold":
+            # The study released only 'below threshold' for this analysis (decided from its released
+            # cohort counts): its rounds release nothing either, with the same words at 0 or 1 person.
+            raise HTTPException(409, detail=f"analysis {body.analysis!r} releases nothing at this site: a cohort "
+                                            "it uses is below the disclosure threshold")
         design = services.design(content_hash, body.analysis)
         pkg_policy = StudyPackage.from_canonical(services.store.package(content_hash)).effective_policy(
             config.site_policy)

@@ -121,9 +121,8 @@ class RoundAnswer(BaseModel):
     score: list[float]
     information: list[list[float]]
     loglik: float
-    n: int
-    n_events: int
-    n_nonevents: int | None
+    n: int = Field(description="released (rounded) rows")
+    n_events: int = Field(description="released (rounded) events")
     policy: dict[str, Any]
 
 

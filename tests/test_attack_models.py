@@ -1,0 +1,240 @@
+"""Attacks on released models (issue 12, item 4), over real HTTP on 127.0.0.1: a hub and a node.
+
+The attacker is a researcher with a valid token whose studies the custodian approves. They know one
+woman's sex and the day of her first hypertension diagnosis (unique at the site) and make her the
+whole target cohort of a Cox study against men with hypertension; the outcome is heart-failure
+admission. Before the defence, the federated fit of that study's model came back with a coefficient
+when she had the outcome and as a 400 'did not converge ... |coefficient| 50.1' when not, and the
+study's PH-test table published the treatment term that its Cox table withheld. Here:
+
+- the federated Cox, logistic and Poisson fits answer the same refusal (status and body) whether or
+  not she had the outcome, and so does the node's own round, before any round leaves it;
+- the study's model table and its PH-test table release no estimate at all;
+- a supported model (every woman with hypertension) is fitted, and a round answer carries no
+  non-events count and only rounded counts;
+- a prediction model whose covariates have few outcomes in a level releases no coefficient and no
+  performance measure.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from federation_support import PROJECT, Federation, make_site
+
+pytestmark = pytest.mark.slow  # a node and a hub, and a 20,000-person site
+
+PERSONS, SEED = 20_000, 10
+FEMALE, MALE = 8532, 8507
+ANALYSIS = "cox_one"
+TARGET, COMPARATOR, OUTCOME = 11, 12, 13
+
+
+def _hypertension(gender: int, on: str | None = None) -> dict[str, Any]:
+    """First hypertension diagnosis of one sex (model form); `on`: only a first diagnosis that day."""
+    from mercia.study import example_package
+
+    d = copy.deepcopy(example_package().canonical()["cohorts"]["hf_admission"]["definition"])
+    e = d["expression"]
+    e["concept_sets"] = [{"id": 0, "name": "Hypertension", "expression": {"items": [{
+        "concept": {"concept_id": 320128, "concept_name": "Essential hypertension"}, "is_excluded": False,
+        "include_descendants": True, "include_mapped": False}]}}]
+    co = e["primary_criteria"]["criteria_list"][0]["condition_occurrence"]
+    co.pop("visit_type")
+    co["first"] = True
+    co["gender"] = [{"concept_id": gender, "concept_name": "FEMALE" if gender == FEMALE else "MALE"}]
+    if on is not None:
+        co["occurrence_start_date"] = {"value": on, "op": "eq"}
+    e["primary_criteria"]["primary_limit"] = {"type": "First"}
+    e["qualified_limit"] = {"type": "First"}
+    e["expression_limit"] = {"type": "First"}
+    d["name"] = ("women" if gender == FEMALE else "men") + " with hypertension" + (f" first on {on}" if on else "")
+    return d
+
+
+def _package(name: str, target: dict[str, Any], *, target_id: int = TARGET, prediction: bool = False) -> Any:
+    """A Cox study of `target` (cohort id `target_id`: a site keeps one definition per id) against men
+    with hypertension, outcome heart-failure admission; with `prediction`, a prediction model too."""
+    from mercia.study import StudyPackage, example_package
+
+    c = example_package().canonical()
+    cox = next(a for a in c["analyses"] if a["type"] == "cox")
+    settings = copy.deepcopy(cox["settings"])
+    settings.update(sex=False, covariates=[], ph_test=True)  # comparator men, target women: no sex term
+    settings["survival"]["censor_at"] = "observation_end"
+    c.update(name=name, disclosure=None, cohorts={
+        "target": {"id": target_id, "definition": target},
+        "comparator": {"id": COMPARATOR, "definition": _hypertension(MALE)},
+        "hf": {"id": OUTCOME, "definition": c["cohorts"]["hf_admission"]["definition"]},
+    })
+    c["analyses"] = [{"name": ANALYSIS, "type": "cox", "target": "target", "comparator": "comparator",
+                      "outcome": "hf", "settings": settings}]
+    if prediction:
+        c["analyses"].append({"name": "pred", "type": "prediction", "target": "target", "outcome": "hf"})
+    return StudyPackage.from_canonical(c)
+
+
+def _one_person_targets(site: Path, folder: Path) -> dict[bool, str]:
+    """Two women whose first hypertension day is theirs alone: one with a heart-failure admission in
+    the Cox model's time at risk, one without (what the attacker knows is the day; the test also
+    reads the outcome, to show the answer does not depend on it)."""
+    from mercia.analyses.survival import cox_data
+    from mercia.cdm import Cdm
+    from mercia.cohorts.generate import generate_cohorts
+
+    local = folder / "attacker-view.duckdb"
+    shutil.copyfile(site, local)
+    found: dict[bool, str] = {}
+    with Cdm.open(local) as cdm:
+        wide = _package("all women", _hypertension(FEMALE))
+        generate_cohorts(cdm, [(pkg_id, wide.definitions[k]) for k, pkg_id in wide.cohort_ids.items()])
+        cohort = cdm.qualified("cohort")
+        days = cdm.fetch_all(
+            f"SELECT c.cohort_start_date, MAX(CASE WHEN o.subject_id IS NULL THEN 0 ELSE 1 END) FROM {cohort} c "
+            f"LEFT JOIN {cohort} o ON o.cohort_definition_id = {OUTCOME} AND o.subject_id = c.subject_id "
+            f"AND o.cohort_start_date >= c.cohort_start_date WHERE c.cohort_definition_id = {TARGET} "
+            f"GROUP BY c.cohort_start_date HAVING COUNT(DISTINCT c.subject_id) = 1 ORDER BY 1"
+        )
+        for wanted in (True, False):
+            for k, (day, later_outcome) in enumerate(days):
+                if bool(later_outcome) != wanted:
+                    continue
+                on = day.isoformat()
+                one = _package(f"one woman {on}", _hypertension(FEMALE, on))
+                generate_cohorts(cdm, [(100 + k, one.definitions["target"])])  # a fresh id for each try
+                data = cox_data(cdm, 100 + k, COMPARATOR, OUTCOME, one.analyses[0].settings)
+                treated = data.X[:, 0] == 1
+                if treated.sum() == 1 and bool(data.event[treated][0]) == wanted:
+                    found[wanted] = on
+                    break
+        if len(found) == 2:
+            return found
+    raise AssertionError(f"no two one-person targets found ({found})")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    folder = tmp_path_factory.mktemp("attack_models")
+    site = make_site(folder / "site.duckdb", persons=PERSONS, seed=SEED)
+    days = _one_person_targets(site, folder)
+    packages = {
+        "event": _package("one woman, outcome", _hypertension(FEMALE, days[True]), target_id=21),
+        "no_event": _package("one woman, no outcome", _hypertension(FEMALE, days[False]), target_id=31),
+        "wide": _package("all women", _hypertension(FEMALE), prediction=True),
+    }
+    with Federation(folder, {"a": site}) as fed, fed.client() as c:
+        for pkg in packages.values():
+            c.submit(pkg, project=PROJECT)
+            fed.approve_all(pkg.content_hash)
+        for pkg in packages.values():
+            closed = c.wait(pkg.content_hash, timeout=600)
+            assert [s["status"] for s in closed["sites"]] == ["collected"], closed
+        yield {"fed": fed, "packages": packages, "site": site, "folder": folder,
+               "results": {k: c.results(p.content_hash) for k, p in packages.items()}}
+
+
+def _hub_fit(fed: Federation, content_hash: str, model: str) -> tuple[int, Any]:
+    r = httpx.post(f"{fed.hub.url}/api/v1/studies/{content_hash}/federated", timeout=120,
+                   headers={"Authorization": f"Bearer {fed.researcher_token}"},
+                   json={"analysis": ANALYSIS, "model": model})
+    return r.status_code, r.json()
+
+
+def _node_round(fed: Federation, content_hash: str, model: str, beta: list[float]) -> tuple[int, Any]:
+    with fed.nodes["a"].client("hub") as c:
+        r = c.post(f"/api/v1/studies/{content_hash}/rounds", json={"analysis": ANALYSIS, "model": model, "beta": beta})
+    return r.status_code, r.json()
+
+
+def _table(results: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    t = next(t for t in results["sites"]["a"]["tables"] if t["name"] == name)
+    return [dict(zip(t["columns"], row, strict=True)) for row in t["rows"]]
+
+
+@pytest.mark.parametrize("model", ["cox", "logistic", "poisson"])
+def test_federated_fit_refuses_the_same_whether_the_one_person_had_the_outcome(world, model):
+    fed, pk = world["fed"], world["packages"]
+    answers = {k: _hub_fit(fed, pk[k].content_hash, model) for k in ("event", "no_event")}
+    assert answers["event"] == answers["no_event"], answers
+    from mercia.disclosure.model_support import MODEL_REFUSED, MODEL_REFUSED_STATUS
+
+    assert answers["event"] == (MODEL_REFUSED_STATUS, {"detail": MODEL_REFUSED})
+    # The node refuses the very first round (beta = 0), the same way for both, before anything leaves.
+    p = 2 if model == "cox" else 3
+    rounds = {k: _node_round(fed, pk[k].content_hash, model, [0.0] * p) for k in ("event", "no_event")}
+    assert rounds["event"] == rounds["no_event"] == (MODEL_REFUSED_STATUS, {"detail": MODEL_REFUSED})
+
+
+def test_the_study_model_and_its_ph_test_release_no_estimate_of_a_one_person_arm(world):
+    for k in ("event", "no_event"):
+        res = world["results"][k]
+        model = _table(res, ANALYSIS)
+        ph = _table(res, f"{ANALYSIS}_ph_test")
+        assert {r["term"] for r in model} == {r["term"] for r in ph} == {"treatment", "age"}
+        withheld = {r["term"] for r in model if r["coef"] is None}
+        assert "treatment" in withheld  # the one-person term
+        # the PH test publishes no term the model withholds ...
+        assert all(r["test_statistic"] is None and r["p"] is None for r in ph if r["term"] in withheld)
+        # ... and the model is released whole or not at all: age is fitted around her too
+        assert withheld == {"treatment", "age"}
+        assert all(r["se"] is None and r["hr"] is None and r["z"] is None for r in model)
+        assert all(r["test_statistic"] is None for r in ph)
+
+
+def test_a_supported_model_is_fitted_and_its_rounds_carry_no_exact_counts(world):
+    fed, wide = world["fed"], world["packages"]["wide"]
+    policy_base = 5  # OpenSAFELY rounding at this node
+    for model, p in (("cox", 2), ("logistic", 3), ("poisson", 3)):
+        status, answer = _node_round(fed, wide.content_hash, model, [0.0] * p)
+        assert status == 200, answer
+        assert "n_nonevents" not in answer
+        assert answer["n"] % policy_base == 0 and answer["n_events"] % policy_base == 0
+        status, fit = _hub_fit(fed, wide.content_hash, model)
+        assert status == 200 and fit["converged"] and fit["sites"] == ["a"], fit
+        assert all(math.isfinite(v) for v in fit["coef"])
+        assert fit["n"] % policy_base == 0 and fit["n_events"] % policy_base == 0
+    # the study's own Cox table for the supported model is released too
+    model_rows = _table(world["results"]["wide"], ANALYSIS)
+    assert all(r["coef"] is not None for r in model_rows)
+
+
+def test_prediction_releases_nothing_when_a_covariate_level_has_few_outcomes(world):
+    from mercia.analyses.prediction.analysis import covariates_for, develop_model
+    from mercia.analyses.prediction.models import person_split
+    from mercia.analyses.prediction.population import build_population
+    from mercia.cdm import Cdm
+    from mercia.cohorts.generate import generate_cohorts
+    from mercia.disclosure import OPENSAFELY
+
+    wide = world["packages"]["wide"]
+    settings = next(a for a in wide.analyses if a.type == "prediction").settings
+    # The site's own view (the same seeded model the node fitted): its non-zero covariates' levels.
+    local = world["folder"] / "site-view.duckdb"
+    shutil.copyfile(world["site"], local)
+    with Cdm.open(local) as cdm:
+        generate_cohorts(cdm, [(i, wide.definitions[k]) for k, i in wide.cohort_ids.items()])
+        run = develop_model(cdm, TARGET, OUTCOME, settings)
+        pop, _ = build_population(cdm, TARGET, OUTCOME, settings.population)
+        y = pop["outcome"].to_numpy(dtype=np.int64)
+        cd = covariates_for(cdm, TARGET, pop, settings.covariates)
+    train = person_split(pop["person_id"].to_numpy(), y, settings.test_fraction, settings.n_folds, settings.seed) > 0
+    used = run.model.covariate_ids[np.flatnonzero(run.model.coefficients)]
+    col = {int(c): j for j, c in enumerate(cd.covariate_ids)}
+    X = cd.X[train][:, [col[int(c)] for c in used]].toarray()
+    yt = y[train]
+    fewest = min(int(((X[:, j] == v) & (yt == 1)).sum()) for j in range(X.shape[1]) for v in (0, 1))
+    assert len(used) and fewest <= OPENSAFELY.suppress_up_to  # the attack's premise at this site
+    res = world["results"]["wide"]
+    coefs = _table(res, "pred_coefficients")
+    assert coefs and all(r["coefficient"] is None for r in coefs)
+    perf = _table(res, "pred_performance")
+    assert perf and all(r["auc"] is None and r["brier"] is None and r["calibration_slope"] is None for r in perf)

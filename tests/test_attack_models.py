@@ -18,7 +18,6 @@ study's PH-test table published the treatment term that its Cox table withheld. 
 
 from __future__ import annotations
 
-import copy
 import math
 import shutil
 from collections.abc import Iterator
@@ -29,58 +28,13 @@ import httpx
 import numpy as np
 import pytest
 
-from federation_support import PROJECT, Federation, make_site
+from federation_support import FEMALE, PROJECT, Federation, hypertension, hypertension_study, make_site
 
 pytestmark = pytest.mark.slow  # a node and a hub, and a 20,000-person site
 
 PERSONS, SEED = 20_000, 10
-FEMALE, MALE = 8532, 8507
 ANALYSIS = "cox_one"
 TARGET, COMPARATOR, OUTCOME = 11, 12, 13
-
-
-def _hypertension(gender: int, on: str | None = None) -> dict[str, Any]:
-    """First hypertension diagnosis of one sex (model form); `on`: only a first diagnosis that day."""
-    from mercia.study import example_package
-
-    d = copy.deepcopy(example_package().canonical()["cohorts"]["hf_admission"]["definition"])
-    e = d["expression"]
-    e["concept_sets"] = [{"id": 0, "name": "Hypertension", "expression": {"items": [{
-        "concept": {"concept_id": 320128, "concept_name": "Essential hypertension"}, "is_excluded": False,
-        "include_descendants": True, "include_mapped": False}]}}]
-    co = e["primary_criteria"]["criteria_list"][0]["condition_occurrence"]
-    co.pop("visit_type")
-    co["first"] = True
-    co["gender"] = [{"concept_id": gender, "concept_name": "FEMALE" if gender == FEMALE else "MALE"}]
-    if on is not None:
-        co["occurrence_start_date"] = {"value": on, "op": "eq"}
-    e["primary_criteria"]["primary_limit"] = {"type": "First"}
-    e["qualified_limit"] = {"type": "First"}
-    e["expression_limit"] = {"type": "First"}
-    d["name"] = ("women" if gender == FEMALE else "men") + " with hypertension" + (f" first on {on}" if on else "")
-    return d
-
-
-def _package(name: str, target: dict[str, Any], *, target_id: int = TARGET, prediction: bool = False) -> Any:
-    """A Cox study of `target` (cohort id `target_id`: a site keeps one definition per id) against men
-    with hypertension, outcome heart-failure admission; with `prediction`, a prediction model too."""
-    from mercia.study import StudyPackage, example_package
-
-    c = example_package().canonical()
-    cox = next(a for a in c["analyses"] if a["type"] == "cox")
-    settings = copy.deepcopy(cox["settings"])
-    settings.update(sex=False, covariates=[], ph_test=True)  # comparator men, target women: no sex term
-    settings["survival"]["censor_at"] = "observation_end"
-    c.update(name=name, disclosure=None, cohorts={
-        "target": {"id": target_id, "definition": target},
-        "comparator": {"id": COMPARATOR, "definition": _hypertension(MALE)},
-        "hf": {"id": OUTCOME, "definition": c["cohorts"]["hf_admission"]["definition"]},
-    })
-    c["analyses"] = [{"name": ANALYSIS, "type": "cox", "target": "target", "comparator": "comparator",
-                      "outcome": "hf", "settings": settings}]
-    if prediction:
-        c["analyses"].append({"name": "pred", "type": "prediction", "target": "target", "outcome": "hf"})
-    return StudyPackage.from_canonical(c)
 
 
 def _one_person_targets(site: Path, folder: Path) -> dict[bool, str]:
@@ -95,7 +49,7 @@ def _one_person_targets(site: Path, folder: Path) -> dict[bool, str]:
     shutil.copyfile(site, local)
     found: dict[bool, str] = {}
     with Cdm.open(local) as cdm:
-        wide = _package("all women", _hypertension(FEMALE))
+        wide = hypertension_study("all women", hypertension(FEMALE))
         generate_cohorts(cdm, [(pkg_id, wide.definitions[k]) for k, pkg_id in wide.cohort_ids.items()])
         cohort = cdm.qualified("cohort")
         days = cdm.fetch_all(
@@ -109,7 +63,7 @@ def _one_person_targets(site: Path, folder: Path) -> dict[bool, str]:
                 if bool(later_outcome) != wanted:
                     continue
                 on = day.isoformat()
-                one = _package(f"one woman {on}", _hypertension(FEMALE, on))
+                one = hypertension_study(f"one woman {on}", hypertension(FEMALE, on))
                 generate_cohorts(cdm, [(100 + k, one.definitions["target"])])  # a fresh id for each try
                 data = cox_data(cdm, 100 + k, COMPARATOR, OUTCOME, one.analyses[0].settings)
                 treated = data.X[:, 0] == 1
@@ -127,9 +81,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     site = make_site(folder / "site.duckdb", persons=PERSONS, seed=SEED)
     days = _one_person_targets(site, folder)
     packages = {
-        "event": _package("one woman, outcome", _hypertension(FEMALE, days[True]), target_id=21),
-        "no_event": _package("one woman, no outcome", _hypertension(FEMALE, days[False]), target_id=31),
-        "wide": _package("all women", _hypertension(FEMALE), prediction=True),
+        "event": hypertension_study("one woman, outcome", hypertension(FEMALE, days[True]), target_id=21),
+        "no_event": hypertension_study("one woman, no outcome", hypertension(FEMALE, days[False]), target_id=31),
+        "wide": hypertension_study("all women", hypertension(FEMALE), prediction=True),
     }
     with Federation(folder, {"a": site}) as fed, fed.client() as c:
         for pkg in packages.values():

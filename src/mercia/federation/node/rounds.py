@@ -121,13 +121,19 @@ def check_support(design: Design, model: str, policy: DisclosurePolicy) -> int:
     return support
 
 
-def site_summary(design: Design, model: str, beta: list[float], *, site: str, min_count: int) -> SiteSummary:
+def check_beta(design: Design, model: str, beta: list[float]) -> np.ndarray:
+    """The hub's coefficients, checked against the model's terms (a sender's error: 400)."""
     if model not in MODELS:
         raise RoundError(f"unknown model {model!r}; use one of {', '.join(MODELS)}")
     terms = design.terms(model)  # type: ignore[arg-type]
     b = np.asarray(beta, dtype=float)
     if b.ndim != 1 or b.shape[0] != len(terms) or not np.isfinite(b).all():
         raise RoundError(f"beta: give {len(terms)} finite numbers, one per term ({', '.join(terms)})")
+    return b
+
+
+def site_summary(design: Design, model: str, beta: list[float], *, site: str, min_count: int) -> SiteSummary:
+    b = check_beta(design, model, beta)
     d = design.data
     if model == "cox":
         return cox_summary(d, b, design.ties, site=site, min_count=min_count)
@@ -142,6 +148,7 @@ def site_summary(design: Design, model: str, beta: list[float], *, site: str, mi
 def released_round(design: Design, model: str, beta: list[float], policy: DisclosurePolicy, *,
                    site: str, min_count: int) -> dict[str, Any]:
     """The summary at `beta`, through release(): what the node answers (or ModelRefused)."""
+    check_beta(design, model, beta)  # the request's own errors first: they say nothing about the rows
     support = check_support(design, model, policy)
     try:
         summary = site_summary(design, model, beta, site=site, min_count=min_count)

@@ -407,9 +407,7 @@ def _newton(
                 break
             step = step / 2
         else:
-            raise ConvergenceError(
-                f"{what} did not converge: no step increases the log-likelihood; {hint}"
-            )
+            raise ConvergenceError(f"{what} did not converge: no step increases the log-likelihood; {hint}")
         old_ll = ll
         beta = cand
         ll, score, info, summaries = new

@@ -22,7 +22,13 @@ import numpy as np
 
 from mercia.disclosure.model_support import MODEL_REFUSED, MODEL_REFUSED_STATUS, ModelRefused
 from mercia.errors import MerciaError
-from mercia.federation.glm import ConvergenceError, SiteRefusedError, SiteSummary, federated_cox, federated_glm
+from mercia.federation.glm import (
+    ConvergenceError,
+    SiteRefusedError,
+    SiteSummary,
+    federated_cox,
+    federated_glm,
+)
 from mercia.federation.hub.node_link import NodeLink, NodeRefused, NodeUnavailable
 from mercia.federation.hub.registry import HubStore, NotFoundError
 from mercia.study.package import StudyPackage

@@ -30,7 +30,7 @@ import pytest
 
 from federation_support import FEMALE, PROJECT, Federation, hypertension, hypertension_study, make_site
 
-pytestmark = pytest.mark.slow  # a node and a hub, and a 20,000-person site
+slow = pytest.mark.slow  # a node and a hub, and a 20,000-person site
 
 PERSONS, SEED = 20_000, 10
 ANALYSIS = "cox_one"
@@ -114,6 +114,7 @@ def _table(results: dict[str, Any], name: str) -> list[dict[str, Any]]:
     return [dict(zip(t["columns"], row, strict=True)) for row in t["rows"]]
 
 
+@slow
 @pytest.mark.parametrize("model", ["cox", "logistic", "poisson"])
 def test_federated_fit_refuses_the_same_whether_the_one_person_had_the_outcome(world, model):
     fed, pk = world["fed"], world["packages"]
@@ -128,6 +129,7 @@ def test_federated_fit_refuses_the_same_whether_the_one_person_had_the_outcome(w
     assert rounds["event"] == rounds["no_event"] == (MODEL_REFUSED_STATUS, {"detail": MODEL_REFUSED})
 
 
+@slow
 def test_the_study_model_and_its_ph_test_release_no_estimate_of_a_one_person_arm(world):
     for k in ("event", "no_event"):
         res = world["results"][k]
@@ -144,6 +146,7 @@ def test_the_study_model_and_its_ph_test_release_no_estimate_of_a_one_person_arm
         assert all(r["test_statistic"] is None for r in ph)
 
 
+@slow
 def test_a_supported_model_is_fitted_and_its_rounds_carry_no_exact_counts(world):
     fed, wide = world["fed"], world["packages"]["wide"]
     policy_base = 5  # OpenSAFELY rounding at this node
@@ -161,6 +164,7 @@ def test_a_supported_model_is_fitted_and_its_rounds_carry_no_exact_counts(world)
     assert all(r["coef"] is not None for r in model_rows)
 
 
+@slow
 def test_prediction_releases_nothing_when_a_covariate_level_has_few_outcomes(world):
     from mercia.analyses.prediction.analysis import covariates_for, develop_model
     from mercia.analyses.prediction.models import person_split
@@ -192,3 +196,46 @@ def test_prediction_releases_nothing_when_a_covariate_level_has_few_outcomes(wor
     assert coefs and all(r["coefficient"] is None for r in coefs)
     perf = _table(res, "pred_performance")
     assert perf and all(r["auc"] is None and r["brier"] is None and r["calibration_slope"] is None for r in perf)
+
+
+# ---- the rule itself, in-process -------------------------------------------------------------------
+
+
+def test_min_level_count_is_the_sparsest_level_of_any_binary_term_or_the_outcome():
+    from mercia.disclosure.model_support import min_level_count, support_count
+
+    rng = np.random.default_rng(1)
+    n = 400
+    age = rng.normal(60, 10, n)  # continuous: no levels
+    common = (rng.random(n) < 0.5).astype(float)
+    event = (rng.random(n) < 0.3).astype(float)
+    assert min_level_count(np.column_stack([age, common]), event) >= 40
+    rare = np.zeros(n)
+    rare[np.flatnonzero(event == 1)[:3]] = 1  # 3 persons, all with the event: 0 non-events in level 1
+    assert min_level_count(np.column_stack([age, common, rare]), event) == 0
+    rare[np.flatnonzero(event == 0)[:20]] = 1  # now 23 persons, 3 events, 20 non-events
+    assert min_level_count(np.column_stack([age, common, rare]), event) == 3
+    # an empty level, or a fit that did not converge, is a count that every policy withholds (1)
+    assert support_count(np.column_stack([np.zeros(n)]), event) == 1
+    assert support_count(np.column_stack([age, common]), event, converged=False) == 1
+
+
+def test_a_cohort_method_estimate_on_an_arm_with_few_non_events_is_withheld():
+    import pandas as pd
+
+    from mercia.analyses.cohort_method import _estimate_tables
+    from mercia.disclosure import OPENSAFELY, DisclosureLog, release
+
+    base = {"outcome_type": "outcome", "comparator_subjects": 300, "comparator_events": 150, "target_days": 900.0,
+            "comparator_days": 2100.0, "se_log_rr": 0.2, "p": 0.01}
+    est = pd.DataFrame([
+        # 196 of 200 treated had the outcome: 4 did not, and the estimate describes those 4
+        {**base, "outcome_id": 3, "outcome": "few_non_events", "adjustment": "crude", "target_subjects": 200,
+         "target_events": 196, "log_rr": 0.5},
+        {**base, "outcome_id": 4, "outcome": "filled", "adjustment": "crude", "target_subjects": 200,
+         "target_events": 100, "log_rr": 0.3},
+    ])
+    table = _estimate_tables(est, "cm", 500)["cm_estimates"]
+    out = release(table, OPENSAFELY, log=DisclosureLog()).data.set_index("outcome")
+    assert pd.isna(out.loc["few_non_events", "log_rr"]) and pd.isna(out.loc["few_non_events", "se_log_rr"])
+    assert out.loc["filled", "log_rr"] == 0.3

@@ -159,9 +159,11 @@ def test_a_supported_model_is_fitted_and_its_rounds_carry_no_exact_counts(world)
         assert status == 200 and fit["converged"] and fit["sites"] == ["a"], fit
         assert all(math.isfinite(v) for v in fit["coef"])
         assert fit["n"] % policy_base == 0 and fit["n_events"] % policy_base == 0
-    # the study's own Cox table for the supported model is released too
+    # the study's own Cox table for the supported model is released too, and the site's report draws it
     model_rows = _table(world["results"]["wide"], ANALYSIS)
     assert all(r["coef"] is not None for r in model_rows)
+    report = fed.nodes["a"].state_dir / "results" / wide.content_hash / "report.html"
+    assert "hazard ratios (95% CI)" in report.read_text()
 
 
 @slow

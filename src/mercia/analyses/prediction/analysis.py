@@ -79,8 +79,10 @@ class PredictionSettings(BaseModel):
     min_covariate_persons: int = Field(
         10,
         ge=1,
-        description="covariates non-zero in fewer training persons are not used: a coefficient resting "
-        "on a handful of persons describes them (10 is above the built-in policies' thresholds)",
+        description="covariates non-zero in fewer training persons, or with fewer training outcomes or "
+        "non-outcomes among the persons with or without them, are not used: a coefficient resting on a "
+        "handful of persons or outcomes describes them, and the model would not be released (10 is above "
+        "the built-in policies' thresholds)",
     )
     risk_strata: int = Field(10, ge=2, le=100, description="strata of predicted risk (PLP: deciles)")
     alpha: float = Field(0.05, gt=0, lt=1)
@@ -221,10 +223,21 @@ def develop_model(
             f"only {int(y[train].sum())} training persons have the outcome, fewer than the "
             f"{settings.n_folds} cross-validation folds; use fewer folds or a larger population"
         )
-    # Covariates used: non-zero in at least min_covariate_persons training persons.
+    # Covariates used: at least min_covariate_persons training persons in each level (with and
+    # without the covariate), and as many outcomes and non-outcomes in each. The released model must
+    # rest on no small level (model_support); a covariate failing this would withhold every coefficient.
     X_train_all = cd.X[train]
-    counts = np.asarray((X_train_all != 0).sum(axis=0)).ravel()
-    keep = counts >= settings.min_covariate_persons
+    nonzero = X_train_all != 0
+    counts = np.asarray(nonzero.sum(axis=0)).ravel()
+    y_train = y[train].astype(float)
+    events_with = np.asarray(nonzero.T @ y_train).ravel()
+    without = int(train.sum()) - counts
+    events_without = float(y_train.sum()) - events_with
+    m = settings.min_covariate_persons
+    keep = (
+        (counts >= m) & (events_with >= m) & (counts - events_with >= m)
+        & (without >= m) & (events_without >= m) & (without - events_without >= m)
+    )  # fmt: skip
     cd = cd.subset_covariates(keep)
     counts = counts[keep]
     ids = cd.covariate_ids

@@ -238,6 +238,12 @@ def develop_model(
         (counts >= m) & (events_with >= m) & (counts - events_with >= m)
         & (without >= m) & (events_without >= m) & (without - events_without >= m)
     )  # fmt: skip
+    if not keep.any():
+        raise StudyError(
+            f"no covariate has at least {m} training persons, outcomes and non-outcomes both among the persons "
+            "with it and among those without it (min_covariate_persons); a model on fewer would rest on a "
+            "handful of persons and would not be released. Use a larger population or a more common outcome"
+        )
     cd = cd.subset_covariates(keep)
     counts = counts[keep]
     ids = cd.covariate_ids

@@ -16,6 +16,7 @@ are cached per (persons, seed, profile) under the pytest temp root, so tests sha
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import signal
@@ -240,6 +241,58 @@ def small_study(name: str = "small test study") -> Any:
             a["settings"]["ph_test"] = False
     canonical["disclosure"] = None
     return StudyPackage.from_canonical(canonical)
+
+
+FEMALE, MALE = 8532, 8507
+
+
+def hypertension(gender: int, on: str | None = None) -> dict[str, Any]:
+    """First hypertension diagnosis of one sex (model form); `on`: only a first diagnosis that day."""
+    from mercia.study import example_package
+
+    d = copy.deepcopy(example_package().canonical()["cohorts"]["hf_admission"]["definition"])
+    e = d["expression"]
+    e["concept_sets"] = [{"id": 0, "name": "Hypertension", "expression": {"items": [{
+        "concept": {"concept_id": 320128, "concept_name": "Essential hypertension"}, "is_excluded": False,
+        "include_descendants": True, "include_mapped": False}]}}]
+    co = e["primary_criteria"]["criteria_list"][0]["condition_occurrence"]
+    co.pop("visit_type")
+    co["first"] = True
+    co["gender"] = [{"concept_id": gender, "concept_name": "FEMALE" if gender == FEMALE else "MALE"}]
+    if on is not None:
+        co["occurrence_start_date"] = {"value": on, "op": "eq"}
+    e["primary_criteria"]["primary_limit"] = {"type": "First"}
+    e["qualified_limit"] = {"type": "First"}
+    e["expression_limit"] = {"type": "First"}
+    d["name"] = ("women" if gender == FEMALE else "men") + " with hypertension" + (f" first on {on}" if on else "")
+    return d
+
+
+def hypertension_study(name: str, target: dict[str, Any] | None = None, *, target_id: int = 11,
+                       prediction: bool = False, analysis: str = "cox_one") -> Any:
+    """A Cox study of `target` (default: women with hypertension; cohort id `target_id`: a site keeps
+    one definition per id) against men with hypertension (12), outcome heart-failure admission (13),
+    adjusted for age; with `prediction`, a prediction model too. Unlike the demo study's model, its
+    levels are well filled at 20,000 persons, so its model is released and fitted."""
+    from mercia.study import StudyPackage, example_package
+
+    target = target if target is not None else hypertension(FEMALE)
+
+    c = example_package().canonical()
+    cox = next(a for a in c["analyses"] if a["type"] == "cox")
+    settings = copy.deepcopy(cox["settings"])
+    settings.update(sex=False, covariates=[], ph_test=True)  # comparator men, target women: no sex term
+    settings["survival"]["censor_at"] = "observation_end"
+    c.update(name=name, disclosure=None, cohorts={
+        "target": {"id": target_id, "definition": target},
+        "comparator": {"id": 12, "definition": hypertension(MALE)},
+        "hf": {"id": 13, "definition": c["cohorts"]["hf_admission"]["definition"]},
+    })
+    c["analyses"] = [{"name": analysis, "type": "cox", "target": "target", "comparator": "comparator",
+                      "outcome": "hf", "settings": settings}]
+    if prediction:
+        c["analyses"].append({"name": "pred", "type": "prediction", "target": "target", "outcome": "hf"})
+    return StudyPackage.from_canonical(c)
 
 
 class HubServer(_Server):

@@ -383,7 +383,8 @@ def cohort_method(
     """Target vs comparator for each outcome (and negative control); tables for `release()`:
 
     - `{name}_estimates` (model): per outcome crude and adjusted log RR, SE, RR and CI, p, MDRR,
-      the fewer events of the two arms, max |SMD| after adjustment and the balance flag (1 when
+      the fewest events or non-events in either arm (`min_level_count`), max |SMD| after
+      adjustment and the balance flag (1 when
       any |SMD| > 0.1); calibrated p and CI when there are negative controls;
     - `{name}_counts` (counts): subjects, events and days at risk per arm behind each estimate;
     - `{name}_attrition_{outcome}` (counts, sequential): persons per arm after each step;
@@ -561,18 +562,25 @@ _COUNTS = ["target_subjects", "comparator_subjects", "target_events", "comparato
 
 
 def _estimate_tables(est: pd.DataFrame, name: str, n: int) -> dict[str, ResultTable]:
-    """Estimates (model) and the subjects, events and days behind them (counts). An estimate row
-    carries one count, the fewer events of the two arms, so that release() drops the estimate when
-    either arm's events are few (one count column per model table: release() blanks a suppressed
-    row's numbers, other count columns included)."""
+    """Estimates (model) and the subjects, events and days behind them (counts). An estimate row is
+    one outcome model with one term (treatment), so it carries one count, the sparsest level of that
+    model (`mercia.disclosure.model_support`): the fewest events or non-events in either arm (persons
+    per arm are at least that). release() drops the estimate when it is small; a row with no estimate
+    (none converged) carries 1, so it is dropped under every policy, as is an arm with no events (0 is
+    not small under policies that release zeros)."""
     keys = ["outcome_id", "outcome", "outcome_type", "adjustment"]
     counts = est[[*keys, *_COUNTS, "target_days", "comparator_days"]].copy()
     model = est.drop(columns=[*_COUNTS, "target_days", "comparator_days"]).copy()
-    model.insert(4, "min_events", est[["target_events", "comparator_events"]].min(axis=1).astype("int64"))
+    levels = np.column_stack([
+        est["target_events"], est["comparator_events"],
+        est["target_subjects"] - est["target_events"], est["comparator_subjects"] - est["comparator_events"],
+    ]).min(axis=1) if len(est) else np.zeros(0, dtype=np.int64)
+    no_estimate = est["log_rr"].isna().to_numpy() if len(est) else np.zeros(0, dtype=bool)
+    model.insert(4, "min_level_count", np.where(no_estimate | (levels <= 0), 1, levels).astype("int64"))
     n_events = int(est.loc[est["adjustment"] == "crude", ["target_events", "comparator_events"]].to_numpy().sum())
     return {
         f"{name}_estimates": ResultTable(name=f"{name}_estimates", kind="model", data=model,
-                                         count_columns=["min_events"],
+                                         count_columns=["min_level_count"],
                                          model=ModelInfo(df_resid=max(n - 1, 0), n_obs=n, n_events=n_events)),
         f"{name}_counts": ResultTable(name=f"{name}_counts", kind="counts", data=counts, dimensions=keys,
                                       count_columns=_COUNTS, exposure_columns=["target_days", "comparator_days"]),

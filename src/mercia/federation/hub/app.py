@@ -320,7 +320,8 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
     def federated(content_hash: HashParam, body: FederatedQuery,
                   principal: Annotated[Principal, role("researcher", "admin")]) -> dict[str, Any]:
         """Fit the model exactly across the finished sites (Newton-Raphson on their score and information).
-        Roles: researcher (in the project), admin."""
+        Roles: researcher (in the project), admin. When no site releases the model, or the fit does not
+        converge, the answer is one fixed 422 `model_refused`, the same whatever the reason."""
         visible(principal, content_hash)
         fit = federated_fit(store, content_hash, body.analysis, body.model, timeout=config.node_timeout_seconds)
         services.add_federated(content_hash, fit)

@@ -142,9 +142,8 @@ class RoundAnswer(BaseModel):
     score: list[float]
     information: list[list[float]]
     loglik: float
-    n: int
-    n_events: int
-    n_nonevents: int | None
+    n: int = Field(description="released (rounded) rows")
+    n_events: int = Field(description="released (rounded) events")
     policy: dict[str, Any]
 
 
@@ -369,7 +368,9 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     def regression_round(content_hash: HashParam, body: RoundQuery,
                          principal: Annotated[Principal, role("hub")]) -> RoundAnswer:
         """This site's released score and information at the hub's coefficients (federated GLM and Cox).
-        Role: hub. Only for a finished study, on one of its Cox analyses (see node/rounds.py)."""
+        Role: hub. Only for a finished study, on one of its Cox analyses (see node/rounds.py). A model
+        with a small level (persons, events or non-events) is refused from the first round with one fixed
+        422 `model_refused` answer; counts in the answer are released (rounded) ones."""
         rec = services.store.require(content_hash)
         require_project(principal, rec.project)
         if not config.federated_rounds:

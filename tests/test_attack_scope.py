@@ -273,9 +273,9 @@ def test_every_node_route_checks_role_and_project(fed: Federation) -> None:
                 elif project == OTHER:
                     if template == f"{API}/studies" and method == "GET":
                         assert r.status_code == 200 and h not in r.text, what
-                    elif "{content_hash}" in template and not template.endswith("/rounds"):
+                    elif "{content_hash}" in template:
                         assert r.status_code == 404 and UNSEEN in r.text, what  # as if it did not exist
-                    else:  # submissions and counts for PROJECT; rounds (another helper's route)
+                    else:  # submissions and counts for PROJECT
                         assert r.status_code in (403, 404), what
                 else:
                     assert r.status_code in (200, 202, 409), what

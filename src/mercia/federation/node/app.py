@@ -371,8 +371,7 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         Role: hub. Only for a finished study, on one of its Cox analyses (see node/rounds.py). A model
         with a small level (persons, events or non-events) is refused from the first round with one fixed
         422 `model_refused` answer; counts in the answer are released (rounded) ones."""
-        rec = services.store.require(content_hash)
-        require_project(principal, rec.project)
+        rec = scoped_study(services.store, principal, content_hash)
         if not config.federated_rounds:
             raise HTTPException(403, detail="this site does not answer regression rounds (federated_rounds: false)")
         if rec.status != "finished":

@@ -5,8 +5,9 @@
 Data: one synthetic site of `persons` (`mercia.synth.generate_site`, seed 7, the first default site profile, cached in
 bench/out/node_load_<persons>/site.duckdb; generation is not timed).
 
-Queries: 20 distinct cohort definitions (the demo study's three cohorts, each with several observation
-windows, plus variants), asked round-robin by `researchers` researcher tokens until `requests` are
+Queries: 20 distinct cohort definitions (the demo study's three cohorts, each with six observation
+windows, plus two with their primary limit switched between First and All; distinct canonical forms,
+so 20 distinct questions to the node), asked round-robin by `researchers` researcher tokens until `requests` are
 sent. All requests are sent at once (httpx.AsyncClient, one connection per request in flight), so the
 node sees `requests` concurrent requests.
 
@@ -76,7 +77,8 @@ def build_site(persons: int) -> Path:
 
 
 def definitions() -> list[dict[str, Any]]:
-    """20 distinct cohort definitions, from the demo study's cohorts."""
+    """20 distinct cohort definitions (distinct canonical forms), from the demo study's cohorts."""
+    from mercia.cohorts.canonical import canonical_hash, parse_definition
     from mercia.study import example_package
 
     cohorts = example_package().canonical()["cohorts"]
@@ -88,9 +90,14 @@ def definitions() -> list[dict[str, Any]]:
             out.append(d)
     for key in sorted(cohorts)[:2]:
         d = json.loads(json.dumps(cohorts[key]["definition"]))
-        d["expression"]["primary_criteria"]["primary_limit"] = {"type": "First"}
+        limit = d["expression"]["primary_criteria"]["primary_limit"]
+        # switched, not set: a cohort already limited to First would be asked again under another name
+        limit["type"] = "All" if limit["type"] == "First" else "First"
         out.append(d)
-    return out[:20]
+    out = out[:20]
+    distinct = {canonical_hash(parse_definition(d)) for d in out}
+    assert len(distinct) == len(out), f"only {len(distinct)} of {len(out)} definitions are distinct questions"
+    return out
 
 
 def in_process(config_path: Path, defs: list[dict[str, Any]], order: list[int]

@@ -29,7 +29,6 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from mercia.cohorts.canonical import canonical_hash
 from mercia.errors import MerciaError, StudyError
 from mercia.federation import attestation
 from mercia.federation.audit import AuditLog
@@ -57,7 +56,7 @@ from mercia.federation.http_common import (
 from mercia.federation.node.cdm_access import CdmAccess
 from mercia.federation.node.config import NodeConfig
 from mercia.federation.node.count_cache import ReleasedCountCache
-from mercia.federation.node.feasibility import feasibility_count, parse_definition
+from mercia.federation.node.feasibility import feasibility_count, feasibility_label, parse_definition
 from mercia.federation.node.privacy_budget import PrivacyLedger
 from mercia.federation.node.rounds import load_design, released_round
 from mercia.federation.node.state import NodeStore, StudyRecord, StudyStatusValue, UnknownStudyError
@@ -235,8 +234,6 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     # Made on first use: a limiter needs the running event loop.
     audit_threads: dict[str, Any] = {}
     count_threads: dict[str, Any] = {}
-    # Fixed for the node's life: part of every count's identity (its noise, its kept answer).
-    policy_key = hashlib.sha256(config.site_policy.model_dump_json().encode()).hexdigest()
     privacy = config.feasibility_privacy
 
     @app.middleware("http")
@@ -409,11 +406,10 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
 
         definition = parse_definition(body.definition)
         who = budget_holder(principal, body)
-        canon = canonical_hash(definition)
         services.guard.check(who, count_query_key(definition))  # the canonical form too
         # One distinct question: its canonical form under this policy in this epoch. Its noise is derived
         # from it and its first answer kept, so asking again (renamed, reordered, by anyone) changes nothing.
-        label = f"{canon}|{policy_key}|{privacy.epoch}"
+        label = feasibility_label(definition, config.site_policy, privacy)
         key = hashlib.sha256(label.encode()).hexdigest()
 
         def count() -> dict[str, Any]:

@@ -10,6 +10,7 @@ the privacy budget and gives a repeated question its first answer (node/privacy_
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from mercia.disclosure.noise import noise_sd, two_sided_geometric
 from mercia.errors import CohortDefinitionError, MerciaError
 from mercia.federation.node.privacy_budget import FeasibilityPrivacy
 
-__all__ = ["feasibility_count", "parse_definition"]
+__all__ = ["feasibility_count", "feasibility_label", "parse_definition"]
 
 
 @contextmanager
@@ -48,6 +49,13 @@ def _pipeline(cdm: Cdm, compiled: CompiledCohort) -> Iterator[tuple[exp.Select, 
         for stmt in steps.drops:
             with suppress(Exception):  # after a failure PostgreSQL drops them with the rollback
                 cdm.execute(stmt)
+
+
+def feasibility_label(definition: CohortDefinition, policy: DisclosurePolicy, privacy: FeasibilityPrivacy) -> str:
+    """The identity of one distinct question: its canonical form under this policy in this epoch. Its
+    noise is derived from it (with the node's noise key) and its first answer is kept under it."""
+    policy_key = hashlib.sha256(policy.model_dump_json().encode()).hexdigest()
+    return f"{canonical_hash(definition)}|{policy_key}|{privacy.epoch}"
 
 
 def feasibility_count(cdm: Cdm, definition: CohortDefinition, policy: DisclosurePolicy, *, site: str,

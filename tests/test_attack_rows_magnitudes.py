@@ -587,10 +587,6 @@ FIXED_LEVELS = {
         "prediction/analysis.py",
         "strata_table: f'{name}_risk_strata'",
     ): "the splits and risk deciles, all present",
-    # Known gap (issue 12 follow-up): incidence rows exist for the (year, age band, sex) cells in which
-    # someone has time at risk; a tiny denominator cohort shows its members' cells. It needs persons per
-    # released cell (or a fixed domain from the study period) before it can declare data_levels.
-    ("incidence.py", "incidence: name"): "KNOWN GAP",
 }
 
 

@@ -165,6 +165,9 @@ class _Cube:
                     if node not in h:
                         h[node] = self.total
             self.parent.append(h)
+        # Distinct persons do not add up across cells: a margin takes the largest of its cells (a lower
+        # bound of its distinct persons, used for row presence only; see ResultTable.distinct_counts).
+        distinct = np.array([c in table.distinct_counts for c in value_columns], dtype=bool)
         self.keys: list[tuple[Any, ...]] = []
         self.values: dict[tuple[Any, ...], np.ndarray] = {}
         for row in table.data[self.dims + value_columns].itertuples(index=False):
@@ -181,7 +184,8 @@ class _Cube:
                     if k2 not in self.values:
                         self.keys.append(k2)
                         self.values[k2] = np.zeros_like(self.values[key])
-                    self.values[k2] = self.values[k2] + self.values[key]
+                    self.values[k2] = np.where(distinct, np.maximum(self.values[k2], self.values[key]),
+                                               self.values[k2] + self.values[key])
         self.index = {k: j for j, k in enumerate(self.keys)}
 
     def is_total(self, j: int) -> bool:
@@ -226,11 +230,24 @@ def _release_counts(
     values = np.array([cube.values[k] for k in cube.keys]).reshape(n, len(value_cols))
     any_suppressed = np.zeros(n, dtype=bool)
     presence = set(table.presence_columns) if table.data_levels else set()
-    for ci, col in enumerate(table.count_columns):
+    from_data = np.array(
+        [any(k[d] != table.total_label for d in table.data_levels) for k in keys], dtype=bool
+    )
+    # Presence counts first: a row of a level read from the data whose presence counts are all
+    # suppressed is dropped, and its other counts are suppressed with it (forced, then protected by
+    # secondary suppression like any suppressed cell), so no margin gives back what the row held.
+    absent = from_data.copy() if presence else np.zeros(n, dtype=bool)
+    order = [c for c in table.count_columns if c in presence] + [c for c in table.count_columns if c not in presence]
+    for col in order:
+        ci = table.count_columns.index(col)
         vals = [int(v) for v in np.rint(values[:, ci])]
+        distinct = col in table.distinct_counts
         structure = CellStructure(
-            values=vals, is_total=[cube.is_total(j) for j in range(n)], published=[True] * n, relations=rels
+            values=vals, is_total=[cube.is_total(j) for j in range(n)], published=[True] * n,
+            # distinct persons do not add up, so margins tie nothing and are not released
+            relations=[] if distinct else rels,
         )
+        forced = set(np.flatnonzero(absent).tolist()) if presence and col not in presence else set()
         res = suppress(
             structure,
             threshold=policy.suppress_up_to,
@@ -238,6 +255,7 @@ def _release_counts(
             # blank as "someone, but few": zeros there are blanks too.
             zeros_disclosive=policy.zeros_disclosive or col in presence,
             secondary=policy.secondary_suppression,
+            forced=forced,
         )
         out[col] = _publish_counts(
             table.name,
@@ -248,35 +266,38 @@ def _release_counts(
             policy,
             log,
             secondary_reason="complementary suppression: otherwise a suppressed cell follows from the totals",
+            forced=forced,
         )
+        if distinct:
+            margins = [j for j in range(n) if cube.is_total(j)]
+            out.loc[margins, col] = pd.NA
+            log.record(table.name, column=col, rule="distinct", outcome="blocked",
+                       reason="distinct persons do not add up across cells: released in interior cells only")
+        if col in presence:
+            hidden = np.zeros(n, dtype=bool)
+            hidden[sorted(res.suppressed)] = True
+            absent &= hidden
         any_suppressed[sorted(res.suppressed)] = True
     for ei, col in enumerate(table.exposure_columns, start=len(table.count_columns)):
         out[col] = _publish_exposure(table.name, keys, col, values[:, ei], any_suppressed, policy, log)
     _derive_rates(table, out, cube, log)
     if table.data_levels:
-        out = _drop_absent_levels(table, out, keys, list(presence), log)
+        out = _drop_absent_levels(table, out, keys, absent, log)
     return out, "released", None
 
 
 def _drop_absent_levels(
-    table: ResultTable, out: pd.DataFrame, keys: list[dict[str, Any]], presence: list[str], log: DisclosureLog
+    table: ResultTable, out: pd.DataFrame, keys: list[dict[str, Any]], absent: np.ndarray, log: DisclosureLog
 ) -> pd.DataFrame:
-    """Drop the rows of levels read from the data whose presence counts were all suppressed.
+    """Drop the rows of levels read from the data whose presence counts were all suppressed (`absent`).
 
     Such a row exists only because somebody has that level (her concept, her entry month), so a
     blank row still says "someone here has it". Dropping says no more than a blank: a missing level
     is zero or suppressed, and the released cells are the ones secondary suppression already
     audited. Rows whose data levels are all the total label (margins) are kept: their labels come from
     the table's definition, not from the data."""
-    blank = np.ones(len(out), dtype=bool)
-    for c in presence:
-        blank &= out[c].isna().to_numpy()
-    from_data = np.array(
-        [any(k[d] != table.total_label for d in table.data_levels) for k in keys], dtype=bool
-    )
-    drop = blank & from_data
-    _mark_private(log, table.name, [keys[j] for j in np.flatnonzero(drop)])
-    return out.loc[~drop].reset_index(drop=True)
+    _mark_private(log, table.name, [keys[j] for j in np.flatnonzero(absent)])
+    return out.loc[~absent].reset_index(drop=True)
 
 
 def _mark_private(log: DisclosureLog, name: str, dropped: list[dict[str, Any]]) -> None:
@@ -318,12 +339,17 @@ def _publish_counts(
     log: DisclosureLog,
     *,
     secondary_reason: str,
+    forced: set[int] | frozenset[int] = frozenset(),
 ) -> pd.arrays.IntegerArray:
     """One count column's released values (missing where suppressed, rounded elsewhere), with one log
     entry per cell: the single place where a count cell is decided, for every kind of count table."""
     released: list[Any] = []
     for j, where in enumerate(keys):
-        if j in res.primary:
+        if j in forced:
+            log.record(table, key=where, column=col, rule="row_presence", outcome="suppressed",
+                       reason="its row's persons are suppressed: the row is dropped with all it holds")
+            released.append(pd.NA)
+        elif j in res.primary:
             rule, reason = _suppression_reason(values[j], policy)
             log.record(table, key=where, column=col, rule=rule, outcome="suppressed", reason=reason)
             released.append(pd.NA)

@@ -73,7 +73,12 @@ class ResultTable(BaseModel):
     magnitudes the n column) are all suppressed is dropped whole, zeros in those counts are
     suppressed like small ones (so a missing row cannot be told from a zero), and for model tables
     a withheld term's row goes too. Levels fixed before the data are seen (age bands, the package's
-    cohorts and windows) need no declaration.
+    cohorts and windows) need no declaration. A dropped row's other counts are suppressed with it (and
+    protected by secondary suppression), so no margin gives them back.
+
+    `distinct_counts` are count columns of distinct persons, which do not add up across cells (a person
+    is in several years): they are released in interior cells only, and a margin's value for row
+    presence is the largest of its cells, a lower bound of its distinct persons.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
@@ -96,6 +101,7 @@ class ResultTable(BaseModel):
     model: ModelInfo | None = None
     data_levels: list[str] = Field(default_factory=list)
     presence_counts: list[str] | None = None
+    distinct_counts: list[str] = Field(default_factory=list)
 
     @property
     def presence_columns(self) -> list[str]:
@@ -181,6 +187,11 @@ class ResultTable(BaseModel):
                     f"{where}: data_levels apply to counts, rates, magnitudes and model tables, not to "
                     "survival curves or attrition steps"
                 )
+        if self.distinct_counts and (self.kind not in ("counts", "rates") or self.sequential
+                                     or not set(self.distinct_counts) <= set(self.count_columns)):
+            raise DisclosureError(
+                f"{where}: distinct_counts {self.distinct_counts} must be count columns of a counts or rates table"
+            )
         if self.presence_counts is not None:
             allowed = [self.n_column] if self.kind == "magnitudes" else self.count_columns
             if not self.presence_counts or not set(self.presence_counts) <= set(allowed):

@@ -29,6 +29,7 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
+from mercia.disclosure.model_support import ModelRefused
 from mercia.errors import MerciaError, StudyError
 from mercia.federation import attestation
 from mercia.federation.audit import AuditLog
@@ -376,9 +377,9 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
                                             "a finished study's rows")
         if _analysis_status(results_dir(config.state_dir, content_hash), body.analysis) == "below_threshold":
             # The study released only 'below threshold' for this analysis (decided from its released
-            # cohort counts): its rounds release nothing either, with the same words at 0 or 1 person.
-            raise HTTPException(409, detail=f"analysis {body.analysis!r} releases nothing at this site: a cohort "
-                                            "it uses is below the disclosure threshold")
+            # cohort counts): its rounds release nothing either, with the one answer every refused or
+            # non-converging model gets, the same at 0 or 1 person.
+            raise ModelRefused()
         design = services.design(content_hash, body.analysis)
         pkg_policy = StudyPackage.from_canonical(services.store.package(content_hash)).effective_policy(
             config.site_policy)

@@ -5,14 +5,17 @@
 Data: one synthetic site of `persons` (`mercia.synth.generate_site`, seed 7, the first default site profile, cached in
 bench/out/node_load_<persons>/site.duckdb; generation is not timed).
 
-Queries: 20 distinct cohort definitions (the demo study's three cohorts, each with several observation
-windows, plus variants), asked round-robin by `researchers` researcher tokens until `requests` are
+Queries: 20 distinct cohort definitions (the demo study's three cohorts, each with six observation
+windows, plus two with their primary limit switched between First and All; distinct canonical forms,
+so 20 distinct questions to the node), asked round-robin by `researchers` researcher tokens until `requests` are
 sent. All requests are sent at once (httpx.AsyncClient, one connection per request in flight), so the
 node sees `requests` concurrent requests.
 
 Node: `mercia node serve` as its own process, OpenSAFELY policy, feasibility auto-approved for
-researchers, count limits raised for the run (per_window 100000, near_identical 100000: the bench is
-a load test, not a test of the lockout, which tests/test_federation_security.py covers).
+researchers, count limits raised for the run (per_window 100000, near_identical 100000) and each
+researcher's privacy budget raised to the most node.yaml allows (`feasibility_privacy.budget` 100, i.e.
+1000 distinct definitions at the default epsilon 0.1 each): the bench is a load test, not a test of the
+lockout or of the budget, which tests/test_federation_security.py and tests/test_disclosure_attack.py cover.
 Concurrency at the node is bounded by the server, not by the client: the count route hands each count
 to a limiter of its own (`COUNT_THREADS` = 4 threads in mercia.federation.node.app), so at most 4 counts
 execute at once, each on its own DuckDB cursor over the one open database; the other requests wait,
@@ -20,8 +23,12 @@ unstarted and holding only their parsed request, in the event loop, served first
 Authentication and the audit line of each request use other threads, so answers leave as soon as
 their count is done. Memory is bounded accordingly: the node's peak RSS is printed.
 
-Check: every answer equals the count computed in-process with the same code and policy before the
-node starts (`feasibility_count` on the same CDM): persons, entries and the whole released attrition.
+Check: every answer equals the count computed in-process with the same code, policy and noise before
+the node starts (`feasibility_count` on the same CDM, with the node's noise key, written into its state
+folder beforehand, and the route's label, `feasibility_label`): persons, entries, the whole released
+attrition, the disclosure log and the privacy settings of the answer (mechanism, epsilon, noise sd).
+The asker's budget fields depend on the order the concurrent requests arrive in; of them the check is
+that each researcher is charged exactly once for each distinct definition they asked.
 Peer: the same `requests` counts run in-process, one after another, in one process with the CDM open
 (no HTTP, no auth, no audit). Printed: p50/p95/max latency, throughput, and wall-time ratio to the peer.
 """
@@ -70,7 +77,8 @@ def build_site(persons: int) -> Path:
 
 
 def definitions() -> list[dict[str, Any]]:
-    """20 distinct cohort definitions, from the demo study's cohorts."""
+    """20 distinct cohort definitions (distinct canonical forms), from the demo study's cohorts."""
+    from mercia.cohorts.canonical import canonical_hash, parse_definition
     from mercia.study import example_package
 
     cohorts = example_package().canonical()["cohorts"]
@@ -82,24 +90,41 @@ def definitions() -> list[dict[str, Any]]:
             out.append(d)
     for key in sorted(cohorts)[:2]:
         d = json.loads(json.dumps(cohorts[key]["definition"]))
-        d["expression"]["primary_criteria"]["primary_limit"] = {"type": "First"}
+        limit = d["expression"]["primary_criteria"]["primary_limit"]
+        # switched, not set: a cohort already limited to First would be asked again under another name
+        limit["type"] = "All" if limit["type"] == "First" else "First"
         out.append(d)
-    return out[:20]
+    out = out[:20]
+    distinct = {canonical_hash(parse_definition(d)) for d in out}
+    assert len(distinct) == len(out), f"only {len(distinct)} of {len(out)} definitions are distinct questions"
+    return out
 
 
-def in_process(site: Path, defs: list[dict[str, Any]], order: list[int]) -> tuple[list[dict[str, Any]], float]:
-    """The expected answers (one per distinct definition) and the peer's wall time for `order`."""
+def in_process(config_path: Path, defs: list[dict[str, Any]], order: list[int]
+               ) -> tuple[list[dict[str, Any]], float]:
+    """The expected answers (one per distinct definition) and the peer's wall time for `order`, computed as
+    the node's route computes them: its config's policy and privacy settings, its noise key, its label."""
     from mercia.cdm import Cdm
-    from mercia.disclosure import BUILTIN_POLICIES
-    from mercia.federation.node.feasibility import feasibility_count, parse_definition
+    from mercia.federation.node.config import load_node_config
+    from mercia.federation.node.feasibility import feasibility_count, feasibility_label, parse_definition
+    from mercia.federation.node.privacy_budget import PrivacyLedger
 
-    policy = BUILTIN_POLICIES["opensafely"]
+    config = load_node_config(config_path)
+    policy, privacy = config.site_policy, config.feasibility_privacy
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    noise_key = PrivacyLedger(config.state_dir).noise_key()  # made here; the node reads the same file
     parsed = [parse_definition(d) for d in defs]
-    with Cdm.open(site, create=False, read_only=True) as cdm:
-        expected = [feasibility_count(cdm, p, policy, site="load") for p in parsed]
+    labels = [feasibility_label(p, policy, privacy) for p in parsed]
+
+    def count(i: int) -> dict[str, Any]:
+        return feasibility_count(cdm, parsed[i], policy, site=config.site, privacy=privacy,
+                                 noise_key=noise_key, label=labels[i])
+
+    with Cdm.open(config.cdm, create=False, read_only=True) as cdm:
+        expected = [count(i) for i in range(len(parsed))]
         t0 = time.perf_counter()
         for i in order:
-            feasibility_count(cdm, parsed[i], policy, site="load")
+            count(i)
         peer = time.perf_counter() - t0
     return expected, peer
 
@@ -125,6 +150,7 @@ def configure(folder: Path, site: Path, researchers: int) -> tuple[Path, list[st
         "hub_public_key": str(folder / "hub_public.pem"), "tokens": str(folder / "tokens.json"),
         "auto_approve": {"feasibility": True}, "feasibility_roles": ["hub", "researcher"],
         "count_limits": {"per_window": 100_000, "window_seconds": 60, "near_identical": 100_000},
+        "feasibility_privacy": {"budget": 100.0},
     }
     (folder / "node.yaml").write_text(yaml.safe_dump(config))
     return folder / "node.yaml", tokens
@@ -168,12 +194,12 @@ def main() -> None:
     site = build_site(args.persons)
     defs = definitions()
     order = [k % len(defs) for k in range(args.requests)]
-    expected, peer_seconds = in_process(site, defs, order)
+    folder = OUT / f"node_load_{args.persons}" / "node"
+    config, tokens = configure(folder, site, args.researchers)
+    expected, peer_seconds = in_process(config, defs, order)
     print(f"in-process peer: {args.requests} counts one after another in {peer_seconds:.2f} s "
           f"({args.requests / peer_seconds:.1f}/s)")
 
-    folder = OUT / f"node_load_{args.persons}" / "node"
-    config, tokens = configure(folder, site, args.researchers)
     port = free_port()
     mercia = str(Path(sys.executable).parent / "mercia")
     log = open(folder / "server.log", "wb")  # noqa: SIM115 - the child keeps it
@@ -209,15 +235,23 @@ def main() -> None:
         log.close()
 
     wrong = []
-    for status, i, _, body in answers:
+    charges: dict[tuple[int, int], int] = {}  # (researcher, definition): requests charged for it
+    for k, (status, i, _, body) in enumerate(answers):
+        charges.setdefault((k % len(tokens), i), 0)
         if status != 200:
             wrong.append(f"definition {i}: HTTP {status}: {body}")
             continue
         want = expected[i]
         assert isinstance(body, dict)
-        for field in ("persons", "entries", "definition_hash", "attrition"):
+        for field in ("site", "persons", "entries", "definition_hash", "attrition", "disclosure"):
             if body[field] != want[field]:
                 wrong.append(f"definition {i}: {field} {str(body[field])[:80]} != expected {str(want[field])[:80]}")
+        got_privacy = {f: body["privacy"].get(f) for f in want["privacy"]}
+        if got_privacy != want["privacy"]:
+            wrong.append(f"definition {i}: privacy {got_privacy} != expected {want['privacy']}")
+        charges[(k % len(tokens), i)] += bool(body["privacy"]["charged"])
+    wrong += [f"researcher {r}, definition {i}: charged {n} times, not once"
+              for (r, i), n in sorted(charges.items()) if n != 1]
     latencies = sorted(s for _, _, s, _ in answers)
     p50 = statistics.median(latencies)
     p95 = latencies[min(len(latencies) - 1, round(0.95 * len(latencies)) - 1)]

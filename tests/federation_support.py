@@ -16,6 +16,7 @@ are cached per (persons, seed, profile) under the pytest temp root, so tests sha
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import shutil
 import signal
@@ -62,7 +63,10 @@ def make_site(path: Path, *, persons: int = 3000, seed: int = 1, profile: int = 
 
 
 class HubKey:
-    """An Ed25519 signing key for a hub and its public PEM file (what nodes trust)."""
+    """An Ed25519 signing key for a hub and its public PEM file (what nodes trust).
+
+    `sites` are the sites of the nodes made to trust it (NodeServer adds its own): by default a
+    signature names them all, as the hub's does the sites a study is sent to."""
 
     def __init__(self, folder: Path) -> None:
         from mercia.federation.auth import generate_signing_key
@@ -70,13 +74,19 @@ class HubKey:
         folder.mkdir(parents=True, exist_ok=True)
         self.private = folder / "hub_signing.pem"
         self.public = folder / "hub_public.pem"
+        self.sites: set[str] = set()
         if not self.private.exists():
             self.public.write_text(generate_signing_key(self.private))
 
-    def sign(self, content_hash: str) -> str:
-        from mercia.federation.auth import sign_package_hash
+    def sign(self, content_hash: str, *, project: str = PROJECT, sites: Any = None,
+             requested_by: str = "researcher", valid_days: float = 7.0, now: Any = None) -> str:
+        """The hub's signature of `content_hash` for `project`, `sites` (default: every node trusting
+        this key) and `requested_by`, valid for `valid_days` from `now` (default: now)."""
+        from mercia.federation.auth import sign_package
 
-        return sign_package_hash(self.private, content_hash)
+        return sign_package(self.private, content_hash, project=project,
+                            sites=sorted(self.sites) if sites is None else sites,
+                            requested_by=requested_by, valid_days=valid_days, now=now)
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0,
@@ -160,6 +170,7 @@ class NodeServer(_Server):
         super().__init__(folder, port)
         folder.mkdir(parents=True, exist_ok=True)
         self.site = site
+        hub_key.sites.add(site)
         self.config_path = folder / "node.yaml"
         self.state_dir = folder / "state"
         data: dict[str, Any] = {
@@ -208,11 +219,13 @@ class NodeServer(_Server):
         raise TimeoutError(f"study {content_hash[:12]} at {self.site} is {last.get('status')}, not {wanted}")
 
 
-def submit_body(package: Any, key: HubKey, *, project: str = PROJECT, requested_by: str = "researcher"
-                ) -> dict[str, Any]:
-    """What the hub POSTs to a node: the canonical package, its hash and the hub's signature."""
+def submit_body(package: Any, key: HubKey, *, project: str = PROJECT, requested_by: str = "researcher",
+                **sign: Any) -> dict[str, Any]:
+    """What the hub POSTs to a node: the canonical package, its hash and the hub's signature (for
+    `project` and `requested_by`; `sign` passes sites=, valid_days=, now= on to HubKey.sign)."""
     h = package.content_hash
-    return {"package": package.canonical(), "hash": h, "signature": key.sign(h), "project": project,
+    return {"package": package.canonical(), "hash": h,
+            "signature": key.sign(h, project=project, requested_by=requested_by, **sign), "project": project,
             "requested_by": requested_by}
 
 
@@ -228,6 +241,58 @@ def small_study(name: str = "small test study") -> Any:
             a["settings"]["ph_test"] = False
     canonical["disclosure"] = None
     return StudyPackage.from_canonical(canonical)
+
+
+FEMALE, MALE = 8532, 8507
+
+
+def hypertension(gender: int, on: str | None = None) -> dict[str, Any]:
+    """First hypertension diagnosis of one sex (model form); `on`: only a first diagnosis that day."""
+    from mercia.study import example_package
+
+    d = copy.deepcopy(example_package().canonical()["cohorts"]["hf_admission"]["definition"])
+    e = d["expression"]
+    e["concept_sets"] = [{"id": 0, "name": "Hypertension", "expression": {"items": [{
+        "concept": {"concept_id": 320128, "concept_name": "Essential hypertension"}, "is_excluded": False,
+        "include_descendants": True, "include_mapped": False}]}}]
+    co = e["primary_criteria"]["criteria_list"][0]["condition_occurrence"]
+    co.pop("visit_type")
+    co["first"] = True
+    co["gender"] = [{"concept_id": gender, "concept_name": "FEMALE" if gender == FEMALE else "MALE"}]
+    if on is not None:
+        co["occurrence_start_date"] = {"value": on, "op": "eq"}
+    e["primary_criteria"]["primary_limit"] = {"type": "First"}
+    e["qualified_limit"] = {"type": "First"}
+    e["expression_limit"] = {"type": "First"}
+    d["name"] = ("women" if gender == FEMALE else "men") + " with hypertension" + (f" first on {on}" if on else "")
+    return d
+
+
+def hypertension_study(name: str, target: dict[str, Any] | None = None, *, target_id: int = 11,
+                       prediction: bool = False, analysis: str = "cox_one") -> Any:
+    """A Cox study of `target` (default: women with hypertension; cohort id `target_id`: a site keeps
+    one definition per id) against men with hypertension (12), outcome heart-failure admission (13),
+    adjusted for age; with `prediction`, a prediction model too. Unlike the demo study's model, its
+    levels are well filled at 20,000 persons, so its model is released and fitted."""
+    from mercia.study import StudyPackage, example_package
+
+    target = target if target is not None else hypertension(FEMALE)
+
+    c = example_package().canonical()
+    cox = next(a for a in c["analyses"] if a["type"] == "cox")
+    settings = copy.deepcopy(cox["settings"])
+    settings.update(sex=False, covariates=[], ph_test=True)  # comparator men, target women: no sex term
+    settings["survival"]["censor_at"] = "observation_end"
+    c.update(name=name, disclosure=None, cohorts={
+        "target": {"id": target_id, "definition": target},
+        "comparator": {"id": 12, "definition": hypertension(MALE)},
+        "hf": {"id": 13, "definition": c["cohorts"]["hf_admission"]["definition"]},
+    })
+    c["analyses"] = [{"name": analysis, "type": "cox", "target": "target", "comparator": "comparator",
+                      "outcome": "hf", "settings": settings}]
+    if prediction:
+        c["analyses"].append({"name": "pred", "type": "prediction", "target": "target", "outcome": "hf"})
+    return StudyPackage.from_canonical(c)
 
 
 class HubServer(_Server):

@@ -16,6 +16,7 @@ from mercia.analyses.characterization import (
     smd_binary,
     smd_continuous,
 )
+from mercia.analyses.notes import Note, NoteCode
 from mercia.disclosure import SACRO, DisclosureLog, release
 from mercia.errors import StudyError
 from test_analyses_support import FEMALE, MALE, load
@@ -261,7 +262,7 @@ def test_empty_cohort(cdm_factory):
     w = world()
     cdm = load(cdm_factory(), **w)
     res = characterize(cdm, 42, settings())
-    assert res.empty and res.notes == ["cohort 42 has no entries"]
+    assert res.empty and res.notes == [Note(NoteCode.NO_ENTRIES, cohort=42)]
     assert all(len(t.data) == 0 for t in res.tables.values())
     log = DisclosureLog()
     release(res["table1_age"], SACRO, log=log)

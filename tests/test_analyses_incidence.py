@@ -390,6 +390,28 @@ def test_incidence_table_and_release(cdm_factory):
     assert res_t["incidence"].data["person_days"].sum() < t["person_days"].sum()
 
 
+def test_incidence_rows_of_few_persons_do_not_leave(cdm_factory):
+    """Issue 12: a row exists only where someone had time at risk, so its year, age band and sex said
+    who was in a small denominator. Each cell counts its distinct persons, and release() drops the rows
+    whose persons are suppressed, margins included (a person in eight years is still one person):
+    four persons under OpenSAFELY's threshold leave no row but the grand total."""
+    cdm = load(cdm_factory(), **_world())
+    s = IncidenceSettings(outcome_cohort_id=3, study_start=dt.date(2012, 1, 1), study_end=dt.date(2019, 12, 31))
+    res = incidence(cdm, s)
+    t = res["incidence"].data
+    assert len(t) > 1 and t["n_persons"].max() <= 3
+    released = release(res["incidence"], OPENSAFELY, log=DisclosureLog()).data
+    for dim in ("age_group", "sex", "calendar_year"):
+        assert set(released[dim]) <= {"Total"}, released[dim].tolist()
+    # Persons are distinct in each cell at the table's own level: not the sum of finer cells.
+    fine = person_time(cdm, s)
+    by_year = incidence(cdm, s.model_copy(update={"by": ["calendar_year"]}))["incidence"].data
+    for _, row in by_year.iterrows():
+        cells = fine[fine["yr"] == int(row["calendar_year"])]
+        assert cells["n_persons"].max() <= row["n_persons"] <= cells["n_persons"].sum()
+    assert by_year["n_persons"].max() <= 4
+
+
 def test_prevalence_equals_pandas_count(cdm_factory):
     w = _world()
     cdm = load(cdm_factory(), **w)

@@ -24,10 +24,13 @@ from hypothesis import strategies as st
 from mercia.errors import ConfigError, MerciaError
 from mercia.federation import auth as auth_module
 from mercia.federation.auth import (
+    HUB_ROLES,
+    NODE_ROLES,
     ROLES,
     CountQueryGuard,
     Principal,
     RateLimitedError,
+    SignatureRefused,
     TokenStore,
     authenticator,
     generate_signing_key,
@@ -35,10 +38,11 @@ from mercia.federation.auth import (
     new_token,
     public_key_pem,
     query_key,
+    read_signature,
     require_project,
     require_role,
-    sign_package_hash,
-    verify_package_signature,
+    sign_package,
+    verify_package,
 )
 
 
@@ -102,6 +106,17 @@ def test_a_running_service_sees_tokens_issued_elsewhere(tmp_path):
 def test_bad_issue_input(tmp_path, name, role, projects, message):
     with pytest.raises(ConfigError, match=message):
         TokenStore(tmp_path / "tokens.json").issue(name, role, projects)
+
+
+def test_each_service_issues_only_the_roles_its_routes_accept(tmp_path):
+    store = TokenStore(tmp_path / "tokens.json")
+    for role in ("node", "hub", "custodian"):
+        with pytest.raises(ConfigError, match=f"no route here accepts the role '{role}': use one of researcher, admin"):
+            store.issue("x", role, ["p"], roles=HUB_ROLES)
+    with pytest.raises(ConfigError, match="no route here accepts the role 'node': use one of hub, custodian"):
+        store.issue("x", "node", ["p"], roles=NODE_ROLES)
+    assert not store.principals()
+    assert store.issue("x", "admin", ["p"], roles=HUB_ROLES).startswith("mct_")
 
 
 def test_a_malformed_token_file_is_a_config_error(tmp_path):
@@ -264,25 +279,71 @@ def test_require_role_rejects_unknown_roles():
 HASH = "ab" * 32
 
 
+def _sign(key, content_hash=HASH, **kw):
+    return sign_package(key, content_hash, **{"project": "p1", "sites": ["leeds", "york"],
+                                              "requested_by": "alice", **kw})
+
+
+def _verify(public, sig, **kw):
+    return verify_package(public, sig, **{"content_hash": HASH, "project": "p1", "site": "leeds",
+                                          "requested_by": "alice", **kw})
+
+
 def test_signatures_valid_invalid_and_wrong_key(tmp_path):
+    import base64
+
     key = tmp_path / "hub.pem"
     public = generate_signing_key(key)
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     assert public == public_key_pem(key) and "BEGIN PUBLIC KEY" in public
-    sig = sign_package_hash(key, HASH)
-    assert verify_package_signature(public, HASH, sig)
-    assert not verify_package_signature(public, "cd" * 32, sig)  # another package
+    sig = _sign(key)
+    claims = _verify(public, sig)
+    assert (claims.hash, claims.project, claims.sites, claims.requested_by) == (HASH, "p1", ("leeds", "york"), "alice")
+    assert _verify(public, sig, site="york").sites == ("leeds", "york")
     other_public = generate_signing_key(tmp_path / "other.pem")
-    assert not verify_package_signature(other_public, HASH, sig)  # a hub the node does not trust
-    raw = bytearray(__import__("base64").b64decode(sig))
-    raw[0] ^= 1
-    assert not verify_package_signature(public, HASH, __import__("base64").b64encode(bytes(raw)).decode())
-    for junk in ("", "not base64!!", sig[:-8], "AAAA"):
-        assert not verify_package_signature(public, HASH, junk)
-    for bad_hash in ("AB" * 32, HASH[:-1], "zz" * 32, ""):
-        assert not verify_package_signature(public, bad_hash, sig)
+    fmt, body, raw = sig.split(".")
+    flipped = bytearray(base64.urlsafe_b64decode(raw + "=="))
+    flipped[0] ^= 1
+    # Claims rewritten by someone without the key: another site added, the signature kept.
+    forged_claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    forged_claims["sites"].append("zeta")
+    forged = base64.urlsafe_b64encode(json.dumps(forged_claims, sort_keys=True, separators=(",", ":")).encode()
+                                      ).decode().rstrip("=")
+    for bad in (f"{fmt}.{body}.{base64.urlsafe_b64encode(bytes(flipped)).decode().rstrip('=')}",
+                f"{fmt}.{forged}.{raw}", f"mcs0.{body}.{raw}", "", "not base64!!", sig[:-8], "AAAA",
+                base64.b64encode(b"x" * 64).decode()):
+        with pytest.raises(SignatureRefused) as e:
+            _verify(public, bad)
+        assert e.value.reason == "bad signature" and e.value.status_code == 403
+    with pytest.raises(SignatureRefused) as e:
+        _verify(other_public, sig)  # a hub the node does not trust
+    assert e.value.reason == "bad signature"
+    for wrong, reason in ((dict(content_hash="cd" * 32), "another package"), (dict(project="p2"), "another project"),
+                          (dict(site="zeta"), "another site"), (dict(requested_by="mallory"), "another requester")):
+        with pytest.raises(SignatureRefused) as e:
+            _verify(public, sig, **wrong)
+        assert e.value.reason == reason, (wrong, e.value.reason)
     with pytest.raises(ValueError, match="64 lower-case hex"):
-        sign_package_hash(key, "nothex")
+        _sign(key, "nothex")
+    for bad_args in (dict(sites=[]), dict(sites=[""]), dict(project="a b"), dict(valid_days=0)):
+        with pytest.raises(ValueError):
+            _sign(key, **bad_args)
+
+
+def test_signatures_expire(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    key = tmp_path / "hub.pem"
+    public = generate_signing_key(key)
+    signed_at = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    sig = _sign(key, valid_days=7, now=signed_at)
+    assert read_signature(public, sig).expires_at == "2026-01-08T12:00:00Z"
+    assert _verify(public, sig, now=signed_at + timedelta(days=6, hours=23)).hash == HASH
+    for late in (timedelta(days=7), timedelta(days=30)):
+        with pytest.raises(SignatureRefused, match="expired at 2026-01-08T12:00:00Z") as e:
+            _verify(public, sig, now=signed_at + late)
+        assert e.value.reason == "expired"
+    assert _verify(public, _sign(key)).hash == HASH  # signed now with the default: valid now
 
 
 def test_signing_keys_are_never_overwritten_and_bad_keys_are_config_errors(tmp_path):
@@ -296,20 +357,20 @@ def test_signing_keys_are_never_overwritten_and_bad_keys_are_config_errors(tmp_p
         generate_signing_key(key)
     assert key.read_bytes() == before
     with pytest.raises(ConfigError, match="not a PEM public key"):
-        verify_package_signature("garbage", HASH, "AAAA")
+        _verify("garbage", "AAAA")
     ec_key = ec.generate_private_key(ec.SECP256R1())
     ec_public = ec_key.public_key().public_bytes(serialization.Encoding.PEM,
                                                  serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     with pytest.raises(ConfigError, match="not an Ed25519"):
-        verify_package_signature(ec_public, HASH, "AAAA")
+        _verify(ec_public, "AAAA")
     ec_path = tmp_path / "ec.pem"
     ec_path.write_bytes(ec_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                              serialization.NoEncryption()))
     with pytest.raises(ConfigError, match="not an Ed25519"):
-        sign_package_hash(ec_path, HASH)
+        _sign(ec_path)
     (tmp_path / "junk.pem").write_text("junk")
     with pytest.raises(ConfigError, match="not an unencrypted PEM"):
-        sign_package_hash(tmp_path / "junk.pem", HASH)
+        _sign(tmp_path / "junk.pem")
 
 
 # ---- count-query guard --------------------------------------------------------------------------

@@ -8,11 +8,14 @@ quoted in docs/explanation/disclosure.md.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mercia.disclosure import (
     OPENSAFELY,
@@ -22,6 +25,7 @@ from mercia.disclosure import (
     ResultTable,
     release,
     round_count,
+    strictest,
 )
 
 NO_SDC = DisclosurePolicy(name="none", threshold=0)
@@ -131,3 +135,39 @@ def test_differencing_attack_rates(record_property: Any) -> None:
     assert rates[("opensafely", False)] < 0.5 and rates[("opensafely", True)] < 0.5
     # ... while suppression alone leaves every large cell exact, so SACRO's stays high.
     assert rates[("sacro", False)] > rates[("opensafely", False)]
+
+
+# ------------------------------------------------------------------ row presence (issue 12, item 1)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    persons=st.lists(st.sets(st.integers(0, 30), max_size=6), min_size=1, max_size=9),
+    policy=st.sampled_from([OPENSAFELY, SACRO, strictest(OPENSAFELY, SACRO)]),
+)
+def test_a_small_cohort_lists_none_of_its_concepts(persons: list[set[int]], policy: DisclosurePolicy) -> None:
+    """A cohort of at most `suppress_up_to` persons, each with some concepts: the released concept
+    table (levels found in the data, with the cohort size beside each) lists no concept at all, so
+    nothing tells which concepts its members have, however few they are."""
+    persons = persons[: policy.suppress_up_to]
+    counts = Counter(c for p in persons for c in p)
+    data = pd.DataFrame(
+        {
+            "concept": [f"c{c}" for c in sorted(counts)],
+            "n": [counts[c] for c in sorted(counts)],
+            "n_cohort": [len(persons)] * len(counts),
+        }
+    ).astype({"n": "int64", "n_cohort": "int64"})
+    t = ResultTable(
+        name="cov",
+        kind="counts",
+        data=data,
+        dimensions=["concept"],
+        count_columns=["n", "n_cohort"],
+        data_levels=["concept"],
+        presence_counts=["n"],
+    )
+    log = DisclosureLog()
+    out = release(t, policy, log=log).data
+    assert out.empty
+    assert not any(f'"c{c}"' in log.to_json(public=True) for c in counts)

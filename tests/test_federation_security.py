@@ -1,7 +1,7 @@
 """The node's security invariants over real HTTP (servers on 127.0.0.1, started by the tests).
 
 Each invariant of docs/security.md is pinned here: 401 without a valid token, 403 for the wrong role or
-project, tampered or wrongly signed packages refused, an unapproved package never runs, no response (nor
+project, 404 for a study of another project, tampered or wrongly signed packages refused, an unapproved package never runs, no response (nor
 the audit log, nor the server log) holds a person id or a date of birth, /health says nothing else,
 count queries are rate-limited with a SHRINE-style lockout, and HTTPS works when configured.
 """
@@ -154,7 +154,7 @@ def test_wrong_role_is_refused_with_403(world, recorder):
     assert recorder.call("GET", f"{API}/studies/{h}").json()["status"] == "pending_approval"
 
 
-def test_wrong_project_is_refused_with_403(world, recorder):
+def test_wrong_project_is_refused_with_403_or_404(world, recorder):
     key = world["key"]
     pkg = small_study("project test study")
     r = recorder.call("POST", f"{API}/studies", who="hub-other", json=submit_body(pkg, key))
@@ -163,10 +163,13 @@ def test_wrong_project_is_refused_with_403(world, recorder):
     r = recorder.call("POST", f"{API}/feasibility", who="researcher-other",
                       json={"definition": definition(pkg), "project": PROJECT})
     assert r.status_code == 403 and "not a member" in r.json()["detail"]
-    # Asking in one's own project where the study is not: its results stay out of reach.
+    # Asking in one's own project where the study is not: its results stay out of reach, and the study
+    # answers as one that does not exist (404), so its existence does not leak either.
     assert recorder.call("POST", f"{API}/studies", json=submit_body(pkg, key)).status_code == 202
-    r = recorder.call("GET", f"{API}/studies/{pkg.content_hash}/results", who="hub-other")
-    assert r.status_code == 403
+    for path in (f"{API}/studies/{pkg.content_hash}/results", f"{API}/studies/{pkg.content_hash}"):
+        r = recorder.call("GET", path, who="hub-other")
+        assert r.status_code == 404 and "no study with hash" in r.json()["detail"]
+    assert pkg.content_hash not in recorder.call("GET", f"{API}/studies", who="hub-other").text
 
 
 # ---- packages: hash and signature ---------------------------------------------------------------
@@ -192,15 +195,18 @@ def test_a_package_not_signed_by_the_trusted_hub_is_refused(world, recorder):
     impostor = HubKey(world["root"] / "impostor")
     pkg = small_study("signature test study")
     h = pkg.content_hash
-    for signature in (impostor.sign(h), key.sign("f" * 64), "AAAA", key.sign(h)[:-4] + "AAA="):
+    for signature, detail in ((impostor.sign(h, sites=[node.site]), "signature does not verify"),
+                              (key.sign("f" * 64), "signature is for another package"),
+                              ("AAAA", "signature does not verify"),
+                              (key.sign(h)[:-4] + "AAA", "signature does not verify")):
         body = submit_body(pkg, key)
         body["signature"] = signature
         r = recorder.call("POST", f"{API}/studies", json=body)
         assert r.status_code == 403, r.text
-        assert "signature does not verify" in r.json()["detail"]
+        assert detail in r.json()["detail"]
     assert recorder.call("GET", f"{API}/studies/{h}").status_code == 404
     assert [r["details"]["reason"] for r in audit_events(node, h) if r["event"] == "study.refused"] == [
-        "bad signature"] * 4
+        "bad signature", "another package", "bad signature", "bad signature"]
 
 
 # ---- the full study run, then the scans -----------------------------------------------------------
@@ -227,7 +233,7 @@ def finished_study(world, recorder) -> Any:
     for model, extra in (("cox", 0), ("logistic", 1), ("poisson", 1)):
         r = recorder.call("POST", f"{API}/studies/{h}/rounds",
                           json={"analysis": "cox_adjusted", "model": model, "beta": [0.0] * (n_terms + extra)})
-        assert r.status_code in (200, 400), r.text  # 400: the site's policy blocks a thin model
+        assert r.status_code in (200, 422), r.text  # 422: the one refusal of a thin model (model_support)
     recorder.call("POST", f"{API}/studies/{h}/rounds", json={"analysis": "nope", "model": "cox", "beta": [0.0]})
     recorder.call("GET", f"{API}/studies")
     recorder.call("GET", f"{API}/studies", who="custodian", params={"status": "finished"})
@@ -485,16 +491,16 @@ def test_no_hub_response_holds_a_person_id_and_projects_are_walled(hub_world):
                 json={"definition": definition(pkg, "sglt2"), "project": PROJECT}).status_code == 200
     call("GET", f"{API}/studies", alice)
     call("GET", f"{API}/nodes", alice)
-    # Another project's researcher sees none of it.
+    # Another project's researcher sees none of it: the study answers as one that does not exist.
     for method, path in (("GET", f"{API}/studies/{h}"), ("GET", f"{API}/studies/{h}/results"),
                          ("GET", f"{API}/studies/{h}/report"), ("POST", f"{API}/studies/{h}/close")):
         r = call(method, path, olga)
-        assert r.status_code == 403, (method, path, r.status_code)
+        assert r.status_code == 404, (method, path, r.status_code)
     assert h not in call("GET", f"{API}/studies", olga).text
     r = call("POST", f"{API}/feasibility", olga, json={"definition": definition(pkg), "project": PROJECT})
     assert r.status_code == 403
     call("GET", f"{API}/studies/{h}", None)
-    assert {200, 202, 401, 403} <= {code for _, code, _ in bodies}
+    assert {200, 202, 401, 403, 404} <= {code for _, code, _ in bodies}
     for what, code, body in bodies:
         assert not leaks(body, ids, births), (what, code, leaks(body, ids, births)[:5])
     assert not leaks((fed.hub.state_dir / "audit.jsonl").read_text(), ids, births)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from federation_support import PROJECT, Federation, make_site, small_study
+from mercia.federation.auth import TokenStore
 from mercia.federation.client import Client, ClientError
 
 API = "/api/v1"
@@ -42,7 +43,11 @@ def test_unauthenticated_requests_are_refused(fed: Federation, method: str, path
 def test_roles_and_projects_are_enforced(fed: Federation) -> None:
     with fed.admin() as admin:
         outsider = admin.add_user("mallory", "researcher", ["another"])["token"]
-        custodian = admin.add_user("carol", "custodian", [PROJECT])["token"]
+        with pytest.raises(ClientError) as e:  # no hub route accepts a custodian: the hub issues none
+            admin.add_user("carol", "custodian", [PROJECT])
+        assert e.value.status == 422
+    # A custodian token put in the hub's token file by other means is still refused by every hub route.
+    custodian = TokenStore(fed.hub.folder / "tokens.json").issue("carol", "custodian", [PROJECT])
     pkg = small_study("roles at the hub")
     with fed.hub.client(outsider) as c:
         with pytest.raises(ClientError) as e:
@@ -60,10 +65,10 @@ def test_roles_and_projects_are_enforced(fed: Federation) -> None:
             c.submit(pkg, project=PROJECT, sites=["north", "nowhere"])
         assert e.value.status == 403
         state = c.submit(pkg, project=PROJECT)
-    with fed.hub.client(outsider) as c:  # another project's study is not visible
+    with fed.hub.client(outsider) as c:  # another project's study is not visible, nor is its existence
         with pytest.raises(ClientError) as e:
             c.status(state["hash"])
-        assert e.value.status == 403
+        assert e.value.status == 404
         assert all(s["hash"] != state["hash"] for s in c.studies())
 
 

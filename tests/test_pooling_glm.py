@@ -160,9 +160,10 @@ def test_quasi_separation_does_not_converge(logistic_rows):
 def test_small_site_is_refused_at_the_site(logistic_rows):
     X, y, site = logistic_rows
     small = np.flatnonzero(site == 0)[:9]
-    with pytest.raises(SiteRefusedError, match=r"'tiny' is refused: 9 rows") as err:
+    with pytest.raises(SiteRefusedError, match=r"'tiny' is refused: too few rows") as err:
         glm_site_summary(X[small], y[small], np.zeros(4), "binomial", site="tiny")
     assert isinstance(err.value, DisclosureError)
+    assert "9" not in str(err.value)  # the reason is named, its count is not (the message may travel)
 
 
 def test_small_site_is_refused_at_the_hub_before_use(logistic_rows):
@@ -178,11 +179,11 @@ def test_small_site_is_refused_at_the_hub_before_use(logistic_rows):
         used.append(s)
         return [*big(beta), s]
 
-    with pytest.raises(SiteRefusedError, match=r"'few-events' is refused: 5 events, below the minimum of 10"):
+    with pytest.raises(SiteRefusedError, match=r"'few-events' is refused: too few events \(the minimum is 10\)"):
         federated_glm(fn, 4, "binomial")
     assert len(used) == 1  # refused in the first round, before any step used it
     # Few non-events are as disclosive as few events.
-    with pytest.raises(SiteRefusedError, match="3 rows without the event"):
+    with pytest.raises(SiteRefusedError, match="too few rows without the event"):
         glm_site_summary(X[:20], np.r_[np.ones(17), np.zeros(3)], np.zeros(4), "binomial")
     # The minimum is a parameter.
     fit = federated_glm(fn, 4, "binomial", min_count=5)
@@ -194,7 +195,7 @@ def test_cox_site_below_minimum_events_is_refused():
     few = CoxData(
         sites[0].X[:30], sites[0].time[:30], np.r_[np.ones(4), np.zeros(26)].astype(int), ["x", "b", "z"]
     )
-    with pytest.raises(SiteRefusedError, match="4 events"):
+    with pytest.raises(SiteRefusedError, match="too few events"):
         cox_summary(few, np.zeros(3), site="few")
 
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from mercia.analyses.notes import Note, NoteCode
 from mercia.cdm import Cdm
 from mercia.disclosure import OPENSAFELY, ReleasedTable, ResultTable
 from mercia.errors import DisclosureError, StudyError
@@ -50,8 +51,10 @@ STUDY: dict[str, Any] = {
         {"type": "incidence", "name": "inc", "outcome": "pneumonia", "denominator": "htn",
          "settings": {"by": ["age_group", "calendar_year"]}},
         {"type": "prevalence", "name": "prev", "outcome": "t2d", "settings": {"points": ["2020-01-01"]}},
-        {"type": "cohort_entries", "name": "entries", "cohorts": ["htn", "t2d", "nobody"]},
-        {"type": "kaplan_meier", "name": "km", "targets": ["htn", "t2d", "nobody"], "outcome": "pneumonia"},
+        {"type": "cohort_entries", "name": "entries", "cohorts": ["htn", "t2d"]},
+        {"type": "kaplan_meier", "name": "km", "targets": ["htn", "t2d"], "outcome": "pneumonia"},
+        # 'nobody' is below the threshold: these two release only the 'below threshold' note.
+        {"type": "kaplan_meier", "name": "km_nobody", "targets": ["htn", "nobody"], "outcome": "pneumonia"},
         {"type": "cox", "name": "cox", "target": "htn", "comparator": "t2d", "outcome": "pneumonia"},
         {"type": "cox", "name": "cox_empty", "target": "nobody", "comparator": "t2d", "outcome": "pneumonia"},
     ],
@@ -66,7 +69,7 @@ TINY: dict[str, Any] = {
 # threshold and a multiple of the rounding base.
 COUNT_COLUMNS = {
     "n", "n_cohort", "persons", "entries", "n_events", "n_persons", "n_cases", "n_entries", "n_target",
-    "n_comparator", "n_at_risk", "n_censored", "n_nonzero", "n_events_nonzero",
+    "n_comparator", "n_at_risk", "n_censored", "n_nonzero", "n_events_nonzero", "min_level_count",
 }
 
 
@@ -104,16 +107,21 @@ def test_writes_the_expected_files(study: dict[str, Any]) -> None:
     ]
     names = set(study["run"].tables)
     assert {"cohort_counts", "attrition_htn", "table1_demographics", "table1_smd", "inc", "prev", "entries",
-            "km", "km_summary", "cox", "cox_ph_test", "cox_empty"} <= names
+            "km", "km_summary", "cox", "cox_ph_test"} <= names
+    # Analyses using a cohort below the threshold release no table at all.
+    assert not any(n.startswith(("cox_empty", "km_nobody", "empty_table1")) for n in names)
     files = sorted(p.name for p in (out / "results").iterdir())
     assert files == sorted([f"{n}.json" for n in names] + [f"{n}.parquet" for n in names])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["package_hash"] == study["pkg"].content_hash == study["run"].package_hash
     assert manifest["site"] == "northgate"
     assert manifest["policy"]["name"] == "opensafely"
-    assert manifest["cdm"]["persons"] == PERSONS
-    assert {"mercia", "duckdb", "python"} <= set(manifest["versions"])
-    assert {"cohorts", "table1", "cox", "report", "total"} <= set(manifest["timings_seconds"])
+    # The site summary passed release() (opensafely rounds to 5); no paths, row counts, dates or timings.
+    assert manifest["site_summary"]["persons"] == PERSONS
+    assert isinstance(manifest["site_summary"]["observation_years"], int)
+    assert set(manifest) == set(runner_mod.MANIFEST_KEYS)
+    assert {"mercia", "duckdb", "python", "cdm"} <= set(manifest["versions"])
+    assert {"cohorts", "table1", "cox", "report", "total"} <= set(study["run"].timings)
     assert json.loads((out / "package.json").read_text()) == study["pkg"].canonical()
     assert study["steps"][-1][1] == study["steps"][-1][2]  # the progress reached its end
     assert not list(out.parent.glob(".*partial*"))  # the staging folder was renamed, not left behind
@@ -151,13 +159,15 @@ def test_every_released_count_passes_the_policy(study: dict[str, Any]) -> None:
 def test_empty_cohorts_are_reported_not_crashed(study: dict[str, Any]) -> None:
     run = study["run"]
     counts = run.tables["cohort_counts"].data.set_index("cohort")
-    assert counts.loc["nobody", "persons"] == 0
     assert counts.loc["htn", "persons"] > 100
-    assert any("'nobody'" in n and "no entries" in n for n in run.notes["cohorts"])
-    assert run.notes["cox_empty"] and run.tables["cox_empty"].data.empty
-    assert "km" in run.notes  # the empty cohort has no curve
+    below = Note(NoteCode.BELOW_THRESHOLD, cohort="nobody")
+    assert list(run.notes["cohorts"]) == [below]
+    for name in ("cox_empty", "km_nobody", "empty_table1"):
+        assert list(run.notes[name]) == [below], name
+        meta = next(a for a in run.manifest["analyses"] if a["name"] == name)
+        assert meta["status"] == "below_threshold" and meta["tables"] == [], name
     report = study["out"].joinpath("report.html").read_text()
-    assert "has no entries" in report
+    assert below.text in report
 
 
 def _without_library(html: str) -> str:
@@ -169,14 +179,19 @@ def test_report_sections_plots_and_no_network(study: dict[str, Any]) -> None:
     html = (study["out"] / "report.html").read_text()
     for heading in ("Cohorts and attrition", "Attrition: htn", "Table 1", "Covariate balance",
                     "Standardized mean differences", "incidence by age group", "incidence by calendar year",
-                    "Kaplan-Meier (95% CI)", "Number at risk", "hazard ratios (95% CI)", "Disclosure control",
+                    "Kaplan-Meier (95% CI)", "Number at risk", "Disclosure control",
                     study["pkg"].content_hash):
         assert heading in html, heading
     assert html.count("plotly.js v") >= 1
     rest = _without_library(html)
     assert "plotly.js v" not in rest  # the library is embedded once
-    # An attrition plot per cohort (4), SMD, incidence by age and by year, KM, Cox.
-    assert rest.count("Plotly.newPlot") == 9
+    # An attrition plot per cohort (4), SMD, incidence by age and by year, KM. No Cox forest plot: the
+    # comparator arm holds a handful of events at 4,000 persons, so the model is released whole or not
+    # at all (model_support) and here not at all (tests/test_attack_models.py shows a released one).
+    cox = study["run"].tables["cox"].data
+    assert cox["coef"].isna().all() and cox["min_level_count"].isna().all()
+    assert "hazard ratios (95% CI)" not in html
+    assert rest.count("Plotly.newPlot") == 8
     # plotly.js comes before the first figure that uses it.
     assert html.index("plotly.js v") < html.index("Plotly.newPlot")
     assert not re.search(r"<script[^>]+src=|<link[^>]+href=|@import|<img[^>]+src=\"?http", html)
@@ -335,7 +350,8 @@ def test_cli_study_run(tmp_path: Path) -> None:
     args = ["study", "run", str(tmp_path / "study.yaml"), "--cdm", str(db), "--out", str(tmp_path / "out")]
     res = cli.invoke(app, [*args, "--site-policy", "sacro", "--site", "t"])
     assert res.exit_code == 0, res.output
-    assert "released tables: 3" in res.output and (tmp_path / "out" / "report.html").exists()
+    # site_persons, cohort_counts, attrition_htn and the entries table
+    assert "released tables: 4" in res.output and (tmp_path / "out" / "report.html").exists()
     res = cli.invoke(app, args)
     assert res.exit_code == 1 and "is not empty" in res.output and "Traceback" not in res.output
     res = cli.invoke(app, ["study", "run", str(tmp_path / "nope.yaml"), "--cdm", str(db), "--out", "x"])

@@ -384,8 +384,9 @@ def demo(
         est = result["site_estimates"].get(site)
         hr = (f"{math.exp(est[0]):.2f} ({math.exp(est[0] - 1.96 * est[1]):.2f}-"
               f"{math.exp(est[0] + 1.96 * est[1]):.2f})") if est else "not released"
-        sites.add_row(site, f"{info.get('persons', 0):,}",
-                      f"{info.get('observation_start')} to {info.get('observation_end')}", hr)
+        persons, years = info.get("persons"), info.get("observation_years")
+        sites.add_row(site, f"{persons:,}" if persons is not None else "suppressed",
+                      f"{years} years" if years is not None else "—", hr)
     console.print(sites)
     for site, entry in result["sites"].items():
         console.print(f"report for {site}: {entry['report']}", highlight=False, soft_wrap=True)
@@ -445,6 +446,8 @@ def study_run(
     for where, notes in run.notes.items():
         for note in notes:
             console.print(f"[yellow]note:[/] {where}: {note}", highlight=False)
+    for message in run.local_messages:  # the reasons behind the notes: shown here, never written out
+        console.print(f"[dim]local only:[/] {message}", highlight=False, soft_wrap=True)
     console.print(f"[bold]released tables:[/] {len(run.tables)}; report: {run.report_path}", highlight=False)
 
 
@@ -479,7 +482,7 @@ def model_apply(
         manifest = external_validation(model_dir, cdm, out, policy=policy, site=site, target_id=target_id,
                                        outcome_id=outcome_id, allow_missing_covariates=allow_missing)
     for note in manifest["notes"]:
-        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]note:[/] {note['text']}", highlight=False, soft_wrap=True)
     import pyarrow.parquet as pq
 
     for row in pq.read_table(out / "external_performance.parquet").to_pylist():
@@ -575,12 +578,26 @@ def node_token(
     project: Annotated[list[str] | None, typer.Option("--project", help="Projects (repeat); * for all.")] = None,
 ) -> None:
     """Issue (or rotate) a token in the node's token file; printed once, stored only as a hash."""
-    from mercia.federation.auth import TokenStore
+    from mercia.federation.auth import NODE_ROLES, TokenStore
     from mercia.federation.node import load_node_config
 
     cfg = load_node_config(config)
-    token = TokenStore(cfg.tokens).issue(name, role, project or ["*"])
+    token = TokenStore(cfg.tokens).issue(name, role, project or ["*"], roles=NODE_ROLES)
     sys.stdout.write(token + "\n")
+
+
+@node_app.command("token-revoke")
+@user_errors
+def node_token_revoke(
+    name: Annotated[str, typer.Argument(help="Whose token to revoke (as given to mercia node token).")],
+    config: NodeConfigOpt,
+) -> None:
+    """Revoke a token in the node's token file: a running node refuses it (401) from its next request."""
+    from mercia.federation.auth import TokenStore
+    from mercia.federation.node import load_node_config
+
+    TokenStore(load_node_config(config).tokens).revoke(name)
+    console.print(f"revoked the token of {name}", highlight=False)
 
 
 # ---- hub -------------------------------------------------------------------------------------
@@ -660,11 +677,25 @@ def hub_user_add(
     project: Annotated[list[str] | None, typer.Option("--project", help="A project (repeat); * for all.")] = None,
 ) -> None:
     """Issue (or rotate) a user's token; printed once, stored only as a hash."""
-    from mercia.federation.auth import TokenStore
+    from mercia.federation.auth import HUB_ROLES, TokenStore
     from mercia.federation.hub import load_hub_config
 
     cfg = load_hub_config(config)
-    sys.stdout.write(TokenStore(cfg.tokens).issue(name, role, project or []) + "\n")
+    sys.stdout.write(TokenStore(cfg.tokens).issue(name, role, project or [], roles=HUB_ROLES) + "\n")
+
+
+@hub_app.command("user-revoke")
+@user_errors
+def hub_user_revoke(
+    name: Annotated[str, typer.Argument(help="The user whose token to revoke.")],
+    config: HubConfigOpt,
+) -> None:
+    """Revoke a user's token: a running hub refuses it (401) from its next request."""
+    from mercia.federation.auth import TokenStore
+    from mercia.federation.hub import load_hub_config
+
+    TokenStore(load_hub_config(config).tokens).revoke(name)
+    console.print(f"revoked the token of {name}", highlight=False)
 
 
 # ---- client ----------------------------------------------------------------------------------

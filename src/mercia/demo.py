@@ -272,7 +272,7 @@ def run_demo(out: Path, *, persons: int = 300_000, seed: int = 2026, progress: P
     for site, payload in results["sites"].items():
         tables = {t["name"]: t for t in payload["tables"]}
         report_path = nodes[site]["state"] / "results" / h / "report.html"
-        sites[site] = {"info": payload["manifest"].get("cdm", {}), "report": str(report_path.resolve())}
+        sites[site] = {"info": payload["manifest"].get("site_summary", {}), "report": str(report_path.resolve())}
         est = released_estimate(tables)
         if est is not None:
             estimates[site] = est

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
 from mercia.cdm.query import build, check_cohort_id, fetch_df, require_tables
@@ -308,6 +309,8 @@ def characterize(
         count_columns=["n"],
         margins=["level"],
         rates={"percent": RateSpec(numerator="n", denominator="n", within=["level"], per=100.0)},
+        # Only the age bands and sexes somebody has are rows: a band's row would say someone is in it.
+        data_levels=["level"],
     )
 
     # -- age (magnitudes)
@@ -328,7 +331,7 @@ def characterize(
         dimensions=["cohort_id"],
         n_column="n",
         magnitude_columns=["age_mean", "age_sd"],
-        magnitude_statistic={"age_mean": "mean", "age_sd": "mean"},
+        magnitude_statistic={"age_mean": "mean", "age_sd": "sd"},
         top_columns={"age_mean": tops, "age_sd": tops},
     )
 
@@ -361,6 +364,10 @@ def characterize(
         dimensions=["cohort_id", "window", "domain", "concept_id", "concept_name"],
         count_columns=["n", "n_cohort"],
         rates={"percent": RateSpec(numerator="n", denominator="n_cohort", per=100.0)},
+        # A concept is a row only because somebody in the cohort has it: shown only where n is released
+        # (FeatureExtraction lists covariates above a minimum cell count; OpenSAFELY redacts).
+        data_levels=["concept_id", "concept_name"],
+        presence_counts=["n"],
     )
     tables = {t.name: t for t in (demographics, age_table, covariates)}
 
@@ -402,15 +409,16 @@ def characterize(
             dimensions=["cohort_id", "window", "concept_id", "concept_name", "unit_concept_id"],
             n_column="n",
             magnitude_columns=["mean", "sd"],
-            magnitude_statistic={"mean": "mean", "sd": "mean"},
+            magnitude_statistic={"mean": "mean", "sd": "sd"},
             top_columns={"mean": tops, "sd": tops},
+            data_levels=["concept_id", "concept_name", "unit_concept_id"],
         )
     missing = [i for i in ids if sizes.get(i, 0) == 0]
     return AnalysisResult(
         "characterization",
         tables,
         empty=len(missing) == len(ids),
-        notes=[f"cohort {i} has no entries" for i in missing],
+        notes=[Note(NoteCode.NO_ENTRIES, cohort=int(i)) for i in missing],
     )
 
 
@@ -471,6 +479,9 @@ def compare_cohorts(
         data=wide,
         dimensions=keys,
         count_columns=["n_target", "n_comparator"],
+        # Concepts (and the demographic levels) found in either cohort; a zero beside a blank would
+        # single out the cohort that has the concept, so zeros are blank here too.
+        data_levels=["concept_id", "concept_name"],
     )
 
     res.analysis = "compare_cohorts"

@@ -42,6 +42,7 @@ from scipy import stats
 
 from mercia.analyses.balance import SMD_THRESHOLD, balance_before_after
 from mercia.analyses.matching import CaliperScale, match_on_ps, stratify_by_ps
+from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.propensity import PsFit, PsSettings, equipoise, fit_ps
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
@@ -382,7 +383,8 @@ def cohort_method(
     """Target vs comparator for each outcome (and negative control); tables for `release()`:
 
     - `{name}_estimates` (model): per outcome crude and adjusted log RR, SE, RR and CI, p, MDRR,
-      the fewer events of the two arms, max |SMD| after adjustment and the balance flag (1 when
+      the fewest events or non-events in either arm (`min_level_count`), max |SMD| after
+      adjustment and the balance flag (1 when
       any |SMD| > 0.1); calibrated p and CI when there are negative controls;
     - `{name}_counts` (counts): subjects, events and days at risk per arm behind each estimate;
     - `{name}_attrition_{outcome}` (counts, sequential): persons per arm after each step;
@@ -409,12 +411,12 @@ def cohort_method(
         raise StudyError(f"cohort(s) {clash} are both an exposure and an outcome; outcomes must be other cohorts")
     require_tables(cdm, ["cohort", "observation_period", "person"], "comparative cohort analysis")
     labels = {o: str(o) for o in all_outcomes} | (labels or {})
-    notes: list[str] = []
+    notes: list[Note] = []
     pop = _population(cdm, t_id, c_id, s, notes)
     return _analyse(cdm, pop, t_id, c_id, outcomes, ncs, all_outcomes, s, labels, name, notes)
 
 
-def _population(cdm: Cdm, t_id: int, c_id: int, s: CohortMethodSettings, notes: list[str]) -> _Population:
+def _population(cdm: Cdm, t_id: int, c_id: int, s: CohortMethodSettings, notes: list[Note]) -> _Population:
     p = s.population
     values = {"cohort_ids": (["cid"], [[t_id], [c_id]])}
     cov = build_covariates(cdm, [t_id, c_id], s.covariates, first_entry_only=p.first_exposure_only)
@@ -433,7 +435,7 @@ def _population(cdm: Cdm, t_id: int, c_id: int, s: CohortMethodSettings, notes: 
     X = cov.X[frame["row"].to_numpy()]
     ps = fit_ps(X, cov.covariate_ids, frame["treatment"].to_numpy(), s.ps)
     if ps.error:
-        notes.append(f"propensity model not fitted: {ps.error}")
+        notes.append(Note(NoteCode.PS_NOT_FITTED))
     return _Population(frame, cov, ps, attrition)
 
 
@@ -493,7 +495,7 @@ def cohort_method_populations(
 
 def _analyse(cdm: Cdm, pop: _Population, t_id: int, c_id: int, outcomes: list[int], ncs: list[int],
              all_outcomes: list[int], s: CohortMethodSettings, labels: dict[int, str], name: str,
-             notes: list[str]) -> AnalysisResult:
+             notes: list[Note]) -> AnalysisResult:
     p = s.population
     frame = pop.frame
     X_pop = pop.covariates.X[frame["row"].to_numpy()]
@@ -536,8 +538,7 @@ def _analyse(cdm: Cdm, pop: _Population, t_id: int, c_id: int, outcomes: list[in
                           "max_abs_smd_after": max_smd,
                           "balance_flag": float(max_smd > SMD_THRESHOLD) if math.isfinite(max_smd) else np.nan})
         if not adj.converged and len(da):
-            notes.append(f"outcome {labels[o]}: the adjusted outcome model did not converge (too few events in "
-                         "one arm, or none)")
+            notes.append(Note(NoteCode.OUTCOME_MODEL_WITHHELD, outcome=labels[o]))
         if kind == "outcome":
             tables[f"{name}_balance_{labels[o]}"] = _balance_table(f"{name}_balance_{labels[o]}", bal, len(dk))
             dist_frames.append(_pref_hist(pop.ps.preference[idx][kept], ta, f"after: {labels[o]}",
@@ -553,7 +554,7 @@ def _analyse(cdm: Cdm, pop: _Population, t_id: int, c_id: int, outcomes: list[in
         dimensions=["population", "arm", "preference_bin"], count_columns=["n"])
     empty = len(frame) == 0
     if empty:
-        notes.append("nobody in the target and comparator cohorts after the population steps")
+        notes.append(Note(NoteCode.NO_POPULATION))
     return AnalysisResult("cohort_method", tables, empty=empty, notes=notes)
 
 
@@ -561,18 +562,25 @@ _COUNTS = ["target_subjects", "comparator_subjects", "target_events", "comparato
 
 
 def _estimate_tables(est: pd.DataFrame, name: str, n: int) -> dict[str, ResultTable]:
-    """Estimates (model) and the subjects, events and days behind them (counts). An estimate row
-    carries one count, the fewer events of the two arms, so that release() drops the estimate when
-    either arm's events are few (one count column per model table: release() blanks a suppressed
-    row's numbers, other count columns included)."""
+    """Estimates (model) and the subjects, events and days behind them (counts). An estimate row is
+    one outcome model with one term (treatment), so it carries one count, the sparsest level of that
+    model (`mercia.disclosure.model_support`): the fewest events or non-events in either arm (persons
+    per arm are at least that). release() drops the estimate when it is small; a row with no estimate
+    (none converged) carries 1, so it is dropped under every policy, as is an arm with no events (0 is
+    not small under policies that release zeros)."""
     keys = ["outcome_id", "outcome", "outcome_type", "adjustment"]
     counts = est[[*keys, *_COUNTS, "target_days", "comparator_days"]].copy()
     model = est.drop(columns=[*_COUNTS, "target_days", "comparator_days"]).copy()
-    model.insert(4, "min_events", est[["target_events", "comparator_events"]].min(axis=1).astype("int64"))
+    levels = np.column_stack([
+        est["target_events"], est["comparator_events"],
+        est["target_subjects"] - est["target_events"], est["comparator_subjects"] - est["comparator_events"],
+    ]).min(axis=1) if len(est) else np.zeros(0, dtype=np.int64)
+    no_estimate = est["log_rr"].isna().to_numpy() if len(est) else np.zeros(0, dtype=bool)
+    model.insert(4, "min_level_count", np.where(no_estimate | (levels <= 0), 1, levels).astype("int64"))
     n_events = int(est.loc[est["adjustment"] == "crude", ["target_events", "comparator_events"]].to_numpy().sum())
     return {
         f"{name}_estimates": ResultTable(name=f"{name}_estimates", kind="model", data=model,
-                                         count_columns=["min_events"],
+                                         count_columns=["min_level_count"],
                                          model=ModelInfo(df_resid=max(n - 1, 0), n_obs=n, n_events=n_events)),
         f"{name}_counts": ResultTable(name=f"{name}_counts", kind="counts", data=counts, dimensions=keys,
                                       count_columns=_COUNTS, exposure_columns=["target_days", "comparator_days"]),
@@ -595,7 +603,8 @@ def _balance_table(name: str, bal: pd.DataFrame, n: int) -> ResultTable:
     data = bal.drop(columns=nonzero + sizes)
     data.insert(4, "min_nonzero", bal[nonzero].min(axis=1).astype("int64"))
     return ResultTable(name=name, kind="model", data=data, count_columns=["min_nonzero"],
-                       model=ModelInfo(df_resid=max(n - 1, 0), n_obs=n))
+                       model=ModelInfo(df_resid=max(n - 1, 0), n_obs=n),
+                       data_levels=["covariate_id", "covariate_name"])  # a withheld covariate's row goes
 
 
 def _pref_hist(pref: np.ndarray, t: np.ndarray, population: str, bins: int) -> pd.DataFrame:
@@ -638,7 +647,7 @@ def _ps_tables(pop: _Population, name: str, s: CohortMethodSettings) -> dict[str
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         diag = pd.DataFrame([{
-            "status": "ok" if fit.ok else f"not fitted: {fit.error}",
+            "status": "ok" if fit.ok else "not fitted",  # the reason can name counts or covariates: not released
             "min_arm": int(min((t == 1).sum(), (t == 0).sum())),
             "auc": fit.auc if fit.auc is not None else np.nan,
             "equipoise": equipoise(fit.preference, s.equipoise_bounds) if fit.ok else 0.0,
@@ -650,13 +659,14 @@ def _ps_tables(pop: _Population, name: str, s: CohortMethodSettings) -> dict[str
     info = ModelInfo(df_resid=max(n - int(nz.sum()) - 1, 0), n_obs=n, n_events=int((t == 1).sum()))
     return {
         f"{name}_ps_model": ResultTable(name=f"{name}_ps_model", kind="model", data=coef_df, model=info,
-                                        count_columns=["min_nonzero"]),
+                                        count_columns=["min_nonzero"],
+                                        data_levels=["covariate_id", "covariate_name"]),
         f"{name}_ps_diagnostics": ResultTable(name=f"{name}_ps_diagnostics", kind="model", data=diag, model=info,
                                               count_columns=["min_arm"]),
     }
 
 
-def _calibrate(est: pd.DataFrame, notes: list[str], alpha: float) -> pd.DataFrame:
+def _calibrate(est: pd.DataFrame, notes: list[Note], alpha: float) -> pd.DataFrame:
     """Calibrated p-values (empirical null of the negative controls) and CIs (systematic error model
     with true log RR 0 for every control), for the adjusted estimates."""
     from mercia.analyses import calibration as cal
@@ -667,13 +677,13 @@ def _calibrate(est: pd.DataFrame, notes: list[str], alpha: float) -> pd.DataFram
               "calibrated_ci_upper"):
         est[c] = np.nan
     if nc.sum() < 5:
-        notes.append(f"not calibrated: {int(nc.sum())} negative control(s) with an estimate; at least 5 are needed")
+        notes.append(Note(NoteCode.NOT_CALIBRATED))
         return est
     try:
         null = cal.fit_null(est.loc[nc, "log_rr"], est.loc[nc, "se_log_rr"])
         model = cal.fit_systematic_error_model(est.loc[nc, "log_rr"], est.loc[nc, "se_log_rr"], np.zeros(int(nc.sum())))
-    except StudyError as e:
-        notes.append(f"not calibrated: {e}")
+    except StudyError:
+        notes.append(Note(NoteCode.NOT_CALIBRATED))
         return est
     ok = adj & est["log_rr"].notna() & est["se_log_rr"].notna()
     est.loc[ok, "calibrated_p"] = cal.calibrate_p(null, est.loc[ok, "log_rr"], est.loc[ok, "se_log_rr"])
@@ -682,5 +692,5 @@ def _calibrate(est: pd.DataFrame, notes: list[str], alpha: float) -> pd.DataFram
     est.loc[ok, "calibrated_se_log_rr"] = se
     est.loc[ok, "calibrated_ci_lower"] = np.exp(lo)
     est.loc[ok, "calibrated_ci_upper"] = np.exp(hi)
-    notes.append(f"empirical null from {int(nc.sum())} negative controls: mean {null.mean:.3f}, sd {null.sd:.3f}")
+    notes.append(Note(NoteCode.CALIBRATED))
     return est

@@ -35,6 +35,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from scipy import stats
 
+from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
 from mercia.cdm.query import bound, build, check_cohort_id, fetch_df, require_tables
@@ -42,6 +43,10 @@ from mercia.disclosure import RateSpec, ResultTable
 from mercia.errors import StudyError
 
 DAYS_PER_YEAR = 365.25
+# The finest cells person-time is computed in: calendar year, age band index, gender concept.
+FINEST = ("yr", "age_k", "gender")
+# The table dimension each of them becomes.
+_DIMENSION_OF = {"yr": "calendar_year", "age_k": "age_group", "gender": "sex"}
 Dimension = Literal["age_group", "sex", "calendar_year"]
 DEFAULT_AGE_GROUPS: list[tuple[int, int | None]] = [(0, 17), (18, 39), (40, 64), (65, None)]
 _MAX_AGE = 200  # the open band's upper end, in years
@@ -209,7 +214,8 @@ def _needed(cdm: Cdm, pop: _Population, what: str) -> None:
 # -------------------------------------------------------------------------------------------- incidence
 
 
-def _incidence_sql(s: IncidenceSettings, count_persons: bool = True) -> str:
+def _incidence_sql(s: IncidenceSettings, count_persons: bool = True,
+                   level: Sequence[str] = FINEST) -> str:
     if s.repeated_events:
         counted = "ev.prev IS NULL OR DATE_DIFF('day', ev.prev, ev.x) > CAST($washout AS INTEGER)"
         tail = """
@@ -268,12 +274,12 @@ def _incidence_sql(s: IncidenceSettings, count_persons: bool = True) -> str:
              GREATEST(x.a1, y.ys) AS a2, LEAST(x.b1, y.ye) AS b2
       FROM banded x JOIN yrs y ON y.ys <= x.b1 AND y.ye >= x.a1
     )
-    SELECT yr, age_k, gender,
+    SELECT {"".join(c + ", " for c in level)}
            {persons}
            SUM(DATE_DIFF('day', a2, b2) + 1) AS person_days,
            SUM(CASE WHEN has_event = 1 AND b2 = b THEN 1 ELSE 0 END) AS n_events
     FROM pieces WHERE a2 <= b2
-    GROUP BY yr, age_k, gender
+    {("GROUP BY " + ", ".join(level)) if level else ""}
     """
 
 
@@ -281,10 +287,14 @@ def _span_sql(pop: _Population) -> str:
     return f"WITH {_denominator_sql(pop).strip()} SELECT MIN(s), MAX(e) FROM den WHERE s <= e"
 
 
-def person_time(cdm: Cdm, settings: IncidenceSettings, *, count_persons: bool = True) -> pd.DataFrame:
-    """Events, person-days and persons per (calendar year, age band index, gender concept), finest
-    level, computed in the database. Without `count_persons` the n_persons column is left out: the
-    distinct count costs more than the rest of the query together."""
+def person_time(cdm: Cdm, settings: IncidenceSettings, *, count_persons: bool = True,
+                level: Sequence[str] = FINEST) -> pd.DataFrame:
+    """Events, person-days and persons per cell of `level` (some of yr, age_k, gender: calendar year, age
+    band index, gender concept; the finest level by default), computed in the database. Without
+    `count_persons` the n_persons column is left out: the distinct count costs more than the rest of the
+    query together."""
+    if not set(level) <= set(FINEST):
+        raise ValueError(f"level: {list(level)} is not a subset of {list(FINEST)}")
     _needed(cdm, settings, "incidence")
     check_cohort_id(settings.outcome_cohort_id, "outcome cohort id")
     params = {
@@ -295,13 +305,14 @@ def person_time(cdm: Cdm, settings: IncidenceSettings, *, count_persons: bool = 
     }
     span_q = build(_span_sql(settings), cdm)
     lo, hi = cdm.fetch_all(span_q, bound(span_q, params))[0]
-    cols = ["yr", "age_k", "gender", *(["n_persons"] if count_persons else []), "person_days", "n_events"]
+    level = [c for c in FINEST if c in level]
+    cols = [*level, *(["n_persons"] if count_persons else []), "person_days", "n_events"]
     if lo is None:
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in cols})
     years = [[y] for y in range(lo.year, hi.year + 1)]
     bands = _bands(settings, "age_group" in settings.by)
     q = build(
-        _incidence_sql(settings, count_persons),
+        _incidence_sql(settings, count_persons, level),
         cdm,
         {"years": (["yr"], years), "bands": (["k", "lo", "hi"], _band_rows(bands))},
     )
@@ -314,30 +325,34 @@ def person_time(cdm: Cdm, settings: IncidenceSettings, *, count_persons: bool = 
 def incidence(cdm: Cdm, settings: IncidenceSettings, *, name: str = "incidence") -> AnalysisResult:
     """Incidence rates per 1,000 person-years by the `by` dimensions.
 
-    Table `{name}` (rates): dimensions `by`, count column n_events, exposure person_years, derived
-    rate `incidence_per_1000py` (recomputed by release() from released values, with totals over
-    every dimension); site-side columns n_persons, person_days, rate, ci_lower, ci_upper.
+    Table `{name}` (rates): dimensions `by`, count columns n_events and n_persons (distinct persons with
+    time at risk in the cell, released in interior cells only: they do not add up), exposure
+    person_years, derived rate `incidence_per_1000py` (recomputed by release() from released values,
+    with totals over every dimension); site-side columns person_days, rate, ci_lower, ci_upper. A cell
+    is a row only when its persons count is released (row presence: see ResultTable).
     """
-    # Distinct persons add up only at the finest level (a person is in several years and bands), so
-    # they are counted only when the table is at that level.
-    finest = set(settings.by) == {"age_group", "sex", "calendar_year"}
-    fine = person_time(cdm, settings, count_persons=finest)
+    # Persons are counted in each cell, in the database at the table's own level: a row exists only
+    # where someone had time at risk, so it is released only where enough persons did (data_levels,
+    # presence_counts). Distinct persons do not add up (a person is in several years and bands), so
+    # release() keeps them to interior cells (distinct_counts).
+    level = [c for c in FINEST if _DIMENSION_OF[c] in settings.by]
+    fine = person_time(cdm, settings, count_persons=True, level=level)
     bands = _bands(settings, "age_group" in settings.by)
     by = list(settings.by)
-    df = fine.copy()
-    df["age_group"] = [age_label(*bands[k]) for k in df["age_k"]]
-    df["sex"] = [sex_label(g) for g in df["gender"]]
-    df["calendar_year"] = df["yr"].astype(str)
+    agg = fine.copy()
+    if "age_k" in agg:
+        agg["age_group"] = [age_label(*bands[k]) for k in agg["age_k"]]
+    if "gender" in agg:
+        agg["sex"] = [sex_label(g) for g in agg["gender"]]
+    if "yr" in agg:
+        agg["calendar_year"] = agg["yr"].astype(str)
     if by:
-        agg = df.groupby(by, sort=True).agg(person_days=("person_days", "sum"), n_events=("n_events", "sum"))
-        agg = agg.reset_index()
-    else:
-        agg = pd.DataFrame(
-            {"person_days": [int(df["person_days"].sum())], "n_events": [int(df["n_events"].sum())]}
-        )
-    if finest:
-        # A site-side column, not released.
-        agg = agg.merge(df.groupby(by)["n_persons"].sum().reset_index(), on=by)
+        # Several gender concepts can share a label ("Unknown"): their persons are distinct, so they add.
+        agg = agg.groupby(by, sort=True).agg(person_days=("person_days", "sum"), n_events=("n_events", "sum"),
+                                             n_persons=("n_persons", "sum")).reset_index()
+    elif agg.empty:
+        agg = pd.DataFrame({"person_days": [0], "n_events": [0], "n_persons": [0]})
+    agg = agg[[*by, "n_persons", "person_days", "n_events"]]
     agg["person_years"] = agg["person_days"] / DAYS_PER_YEAR
     rate, lo, hi = rate_ci(agg["n_events"], agg["person_years"], 1000.0, settings.alpha)
     agg["incidence_per_1000py"] = rate
@@ -349,9 +364,13 @@ def incidence(cdm: Cdm, settings: IncidenceSettings, *, name: str = "incidence")
         kind="rates",
         data=agg,
         dimensions=by,
-        count_columns=["n_events"],
+        count_columns=["n_events", "n_persons"],
         exposure_columns=["person_years"],
         margins=by,
+        # Years, age bands and sexes are rows only where enough persons had time at risk in them.
+        data_levels=by,
+        presence_counts=["n_persons"],
+        distinct_counts=["n_persons"],
         rates={
             "incidence_per_1000py": RateSpec(numerator="n_events", denominator="person_years", per=1000.0)
         },
@@ -361,7 +380,7 @@ def incidence(cdm: Cdm, settings: IncidenceSettings, *, name: str = "incidence")
         "incidence",
         {name: table},
         empty=empty,
-        notes=["nobody in the denominator has time at risk"] if empty else [],
+        notes=[Note(NoteCode.NO_DENOMINATOR_AT_RISK)] if empty else [],
     )
 
 
@@ -451,13 +470,16 @@ def prevalence(cdm: Cdm, settings: PrevalenceSettings, *, name: str = "prevalenc
         count_columns=["n_persons", "n_cases"],
         margins=list(settings.by),
         rates={"prevalence_percent": RateSpec(numerator="n_cases", denominator="n_persons", per=100.0)},
+        # Age bands and sexes are rows only where someone of them is in the denominator.
+        data_levels=list(settings.by),
+        presence_counts=["n_persons"],
     )
     empty = agg.empty
     return AnalysisResult(
         "prevalence",
         {name: table},
         empty=empty,
-        notes=["nobody in the denominator at any prevalence date"] if empty else [],
+        notes=[Note(NoteCode.NO_PREVALENCE_DENOMINATOR)] if empty else [],
     )
 
 
@@ -507,7 +529,12 @@ def cohort_entries(
         data=df,
         dimensions=["cohort_id", "period"],
         count_columns=["n_entries", "n_persons"],
+        # A period is a row only because someone entered then; it is shown only where the persons
+        # entering are released (entries alone could be one person's many).
+        data_levels=["period"],
+        presence_counts=["n_persons"],
     )
     return AnalysisResult(
-        "cohort_entries", {name: table}, empty=df.empty, notes=["no cohort entries"] if df.empty else []
+        "cohort_entries", {name: table}, empty=df.empty,
+        notes=[Note(NoteCode.NO_ENTRIES, cohort=int(i)) for i in ids] if df.empty else []
     )

@@ -28,10 +28,12 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
+from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
 from mercia.cdm.query import DOMAINS, build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import ModelInfo, ResultTable
+from mercia.disclosure.model_support import support_count
 from mercia.errors import StudyError
 
 Z95 = float(stats.norm.ppf(0.975))
@@ -301,7 +303,7 @@ def kaplan_meier(
     )
     summ = pd.DataFrame(summary)
     empty = curve.empty
-    notes = [f"cohort {s['cohort_id']} has nobody with time at risk" for s in summary if s["n_persons"] == 0]
+    notes = [Note(NoteCode.NO_TIME_AT_RISK, cohort=int(s["cohort_id"])) for s in summary if s["n_persons"] == 0]
     return AnalysisResult(
         analysis="kaplan_meier",
         tables={
@@ -715,7 +717,10 @@ def cox_model(
     """Cox proportional hazards, target vs comparator, adjusted for age, sex and named covariates.
 
     Tables: `{name}` (model: term, coef, se, hr, hr_lower, hr_upper, z, p; count columns n_nonzero
-    and n_events_nonzero per term) and `{name}_ph_test` (model: Schoenfeld test per term).
+    and n_events_nonzero per term, and `min_level_count`, the model's sparsest level (see
+    `mercia.disclosure.model_support`) on every row, so release() withholds every term of a model
+    resting on a small level) and `{name}_ph_test` (model: Schoenfeld test per term, with the same
+    count columns, so it withholds exactly what the model table withholds).
     """
     settings = settings or CoxSettings()
     data = cox_data(cdm, target_cohort_id, comparator_cohort_id, outcome_cohort_id, settings)
@@ -731,24 +736,23 @@ def cox_model(
         "p",
         "n_nonzero",
         "n_events_nonzero",
+        "min_level_count",
     ]
-    notes: list[str] = []
+    counts = ["n_nonzero", "n_events_nonzero", "min_level_count"]
+    notes: list[Note] = []
     arms = set(np.unique(data.X[:, 0])) if data.n_obs else set()
     if data.n_obs == 0 or data.n_events == 0 or arms != {0.0, 1.0}:
-        if data.n_obs == 0:
-            notes.append("no persons with time at risk")
-        elif arms != {0.0, 1.0}:
-            notes.append(f"{'comparator' if arms == {1.0} else 'target'} cohort has nobody with time at risk")
-        else:
-            notes.append("no outcome events")
+        # One note whatever the cause: which arm is empty, or that nobody had the outcome, are counts.
+        notes.append(Note(NoteCode.MODEL_WITHHELD))
         empty = pd.DataFrame({c: pd.Series(dtype="object" if c == "term" else "float64") for c in coef_cols})
-        empty[["n_nonzero", "n_events_nonzero"]] = empty[["n_nonzero", "n_events_nonzero"]].astype("int64")
+        empty[counts] = empty[counts].astype("int64")
         info = ModelInfo(df_resid=0, n_obs=data.n_obs, n_events=data.n_events)
         ph = pd.DataFrame(
             {
                 "term": pd.Series(dtype="object"),
                 "test_statistic": pd.Series(dtype="float64"),
                 "p": pd.Series(dtype="float64"),
+                **{c: pd.Series(dtype="int64") for c in counts},
             }
         )
         return AnalysisResult(
@@ -759,9 +763,11 @@ def cox_model(
                     kind="model",
                     data=empty,
                     model=info,
-                    count_columns=["n_nonzero", "n_events_nonzero"],
+                    count_columns=counts,
                 ),
-                f"{name}_ph_test": ResultTable(name=f"{name}_ph_test", kind="model", data=ph, model=info),
+                f"{name}_ph_test": ResultTable(
+                    name=f"{name}_ph_test", kind="model", data=ph, model=info, count_columns=counts
+                ),
             },
             empty=True,
             notes=notes,
@@ -771,17 +777,16 @@ def cox_model(
     nz = data.X != 0
     table["n_nonzero"] = nz.sum(axis=0).astype("int64")
     table["n_events_nonzero"] = (nz & (data.event[:, None] == 1)).sum(axis=0).astype("int64")
+    # One count for the whole model on every row: a model is released whole or not at all (a term on a
+    # one-person level moves the others too, and whether the fit converges depends on that person).
+    table["min_level_count"] = np.int64(support_count(data.X, data.event, converged=fit.converged))
     info = ModelInfo(df_resid=data.n_obs - p, n_obs=data.n_obs, n_events=data.n_events)
-    tables = {
-        name: ResultTable(
-            name=name, kind="model", data=table, model=info, count_columns=["n_nonzero", "n_events_nonzero"]
-        )
-    }
+    tables = {name: ResultTable(name=name, kind="model", data=table, model=info, count_columns=counts)}
     if settings.ph_test:
         try:
             ph = ph_test(data, fit)
-        except np.linalg.LinAlgError as e:  # a singular information matrix; the model table still stands
-            notes.append(f"proportional-hazards test not computed: {e}")
+        except np.linalg.LinAlgError:  # a singular information matrix; the model table still stands
+            notes.append(Note(NoteCode.PH_TEST_NOT_COMPUTED))
             ph = pd.DataFrame(
                 {
                     "term": pd.Series(dtype="object"),
@@ -789,7 +794,12 @@ def cox_model(
                     "p": pd.Series(dtype="float64"),
                 }
             )
-        tables[f"{name}_ph_test"] = ResultTable(name=f"{name}_ph_test", kind="model", data=ph, model=info)
+        # The same count columns as the model table, term by term, so the PH test withholds what it does.
+        ph = ph.merge(table[["term", *counts]], on="term", how="left")
+        ph[counts] = ph[counts].fillna(1).astype("int64")
+        tables[f"{name}_ph_test"] = ResultTable(
+            name=f"{name}_ph_test", kind="model", data=ph, model=info, count_columns=counts
+        )
     if not fit.converged:
-        notes.append("the fit did not converge; estimates may be infinite (separation)")
+        notes.append(Note(NoteCode.MODEL_WITHHELD))
     return AnalysisResult("cox_model", tables, empty=False, notes=notes)

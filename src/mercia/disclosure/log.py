@@ -4,6 +4,10 @@ An entry names the table, the cell (its key and column), the rule and the outcom
 words. It never holds the value that was protected: the log is read by people who must not learn it.
 The reasons do say whether a suppression was primary (small) or secondary (complementary), which tells
 a reader that a primary cell is small; `to_json(public=True)` merges the two for logs that travel.
+
+Entries marked `private` are about rows that were not released at all (a level read from the data
+whose count was suppressed, so the row was dropped): their key names that level and their number
+counts such levels, so the public form leaves them out, summary included.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ class LogEntry(BaseModel):
     rule: str
     outcome: Outcome
     reason: str
+    private: bool = Field(
+        default=False, description="about a row that was not released: left out of the public log"
+    )
 
 
 class DisclosureLog(BaseModel):
@@ -57,10 +64,13 @@ class DisclosureLog(BaseModel):
     def for_table(self, table: str) -> list[LogEntry]:
         return [e for e in self.entries if e.table == table]
 
-    def summary(self) -> dict[str, dict[str, int]]:
-        """Counts of outcomes per table, for a checker's first glance."""
+    def summary(self, *, public: bool = False) -> dict[str, dict[str, int]]:
+        """Counts of outcomes per table, for a checker's first glance (without private entries when
+        `public`)."""
         out: dict[str, Counter[str]] = {}
         for e in self.entries:
+            if public and e.private:
+                continue
             out.setdefault(e.table, Counter())[e.outcome] += 1
         return {t: dict(c) for t, c in out.items()}
 
@@ -69,9 +79,11 @@ class DisclosureLog(BaseModel):
         (small cell) from secondary (complement) suppression."""
         entries = []
         for e in self.entries:
-            d = e.model_dump()
+            if public and e.private:
+                continue
+            d = e.model_dump(exclude={"private"} if public else None)
             if public and e.outcome == "suppressed":
                 d["rule"] = "suppression"
                 d["reason"] = "suppressed by disclosure control"
             entries.append(d)
-        return json.dumps({"summary": self.summary(), "entries": entries}, indent=indent)
+        return json.dumps({"summary": self.summary(public=public), "entries": entries}, indent=indent)

@@ -64,6 +64,13 @@ class DisclosurePolicy(BaseModel):
         description="person-time is released rounded to multiples of this (in the column's unit, e.g. "
         "person-years); None = the count rounding_base, so at least whole units",
     )
+    magnitude_min_interval: float = Field(
+        default=5.0,
+        ge=0,
+        description="W: released means and SDs are rounded coarsely enough that differencing two releases "
+        "whose cohorts differ by one person leaves that person's value anywhere in an interval at least "
+        "this wide (in the column's own unit: years for age); 0 = exact magnitudes",
+    )
 
     @model_validator(mode="after")
     def _nk_complete(self) -> DisclosurePolicy:
@@ -114,6 +121,8 @@ class DisclosurePolicy(BaseModel):
         if self.min_model_dof:
             parts.append(f"model dof >= {self.min_model_dof}")
         parts.append(f"person-time to {self.exposure_base}")
+        if self.magnitude_min_interval > 0:
+            parts.append(f"magnitudes blur one person over {self.magnitude_min_interval:g}")
         return f"{self.name}: " + ", ".join(parts)
 
     def weaker_settings_than(self, other: DisclosurePolicy) -> list[str]:
@@ -140,6 +149,10 @@ class DisclosurePolicy(BaseModel):
         if self.exposure_base % other.exposure_base != 0:
             weaker.append(
                 f"person-time rounding {self.exposure_base} is not a multiple of {other.exposure_base}"
+            )
+        if self.magnitude_min_interval < other.magnitude_min_interval:
+            weaker.append(
+                f"magnitude_min_interval {self.magnitude_min_interval:g} < {other.magnitude_min_interval:g}"
             )
         if self.min_model_dof < other.min_model_dof:
             weaker.append(f"min_model_dof {self.min_model_dof} < {other.min_model_dof}")
@@ -208,6 +221,7 @@ def strictest(a: DisclosurePolicy, b: DisclosurePolicy, *, name: str | None = No
         survival_min_events=max(a.step_min_events, b.step_min_events),
         survival_time_unit=_lcm_opt(a.survival_time_unit, b.survival_time_unit),
         exposure_rounding=math.lcm(a.exposure_base, b.exposure_base),
+        magnitude_min_interval=max(a.magnitude_min_interval, b.magnitude_min_interval),
     )
 
 
@@ -245,6 +259,9 @@ OPENSAFELY = DisclosurePolicy(
     zeros_disclosive=False,
     rounding_base=5,
     secondary_suppression=False,
+    # One person's age cannot be placed within 5 years (the width of the released age bands) by
+    # differencing two released means; see _release_magnitudes.
+    magnitude_min_interval=5.0,
 )
 
 # SACRO/ACRO defaults (acro's default.yaml): safe_threshold 10 fails counts *below* 10, so counts
@@ -263,6 +280,7 @@ SACRO = DisclosurePolicy(
     min_model_dof=10,
     min_risk_set=10,
     survival_min_events=10,
+    magnitude_min_interval=5.0,
 )
 
 BUILTIN_POLICIES: dict[str, DisclosurePolicy] = {p.name: p for p in (OPENSAFELY, SACRO)}

@@ -165,6 +165,9 @@ class _Cube:
                     if node not in h:
                         h[node] = self.total
             self.parent.append(h)
+        # Distinct persons do not add up across cells: a margin takes the largest of its cells (a lower
+        # bound of its distinct persons, used for row presence only; see ResultTable.distinct_counts).
+        distinct = np.array([c in table.distinct_counts for c in value_columns], dtype=bool)
         self.keys: list[tuple[Any, ...]] = []
         self.values: dict[tuple[Any, ...], np.ndarray] = {}
         for row in table.data[self.dims + value_columns].itertuples(index=False):
@@ -181,7 +184,8 @@ class _Cube:
                     if k2 not in self.values:
                         self.keys.append(k2)
                         self.values[k2] = np.zeros_like(self.values[key])
-                    self.values[k2] = self.values[k2] + self.values[key]
+                    self.values[k2] = np.where(distinct, np.maximum(self.values[k2], self.values[key]),
+                                               self.values[k2] + self.values[key])
         self.index = {k: j for j, k in enumerate(self.keys)}
 
     def is_total(self, j: int) -> bool:
@@ -225,16 +229,33 @@ def _release_counts(
     )
     values = np.array([cube.values[k] for k in cube.keys]).reshape(n, len(value_cols))
     any_suppressed = np.zeros(n, dtype=bool)
-    for ci, col in enumerate(table.count_columns):
+    presence = set(table.presence_columns) if table.data_levels else set()
+    from_data = np.array(
+        [any(k[d] != table.total_label for d in table.data_levels) for k in keys], dtype=bool
+    )
+    # Presence counts first: a row of a level read from the data whose presence counts are all
+    # suppressed is dropped, and its other counts are suppressed with it (forced, then protected by
+    # secondary suppression like any suppressed cell), so no margin gives back what the row held.
+    absent = from_data.copy() if presence else np.zeros(n, dtype=bool)
+    order = [c for c in table.count_columns if c in presence] + [c for c in table.count_columns if c not in presence]
+    for col in order:
+        ci = table.count_columns.index(col)
         vals = [int(v) for v in np.rint(values[:, ci])]
+        distinct = col in table.distinct_counts
         structure = CellStructure(
-            values=vals, is_total=[cube.is_total(j) for j in range(n)], published=[True] * n, relations=rels
+            values=vals, is_total=[cube.is_total(j) for j in range(n)], published=[True] * n,
+            # distinct persons do not add up, so margins tie nothing and are not released
+            relations=[] if distinct else rels,
         )
+        forced = set(np.flatnonzero(absent).tolist()) if presence and col not in presence else set()
         res = suppress(
             structure,
             threshold=policy.suppress_up_to,
-            zeros_disclosive=policy.zeros_disclosive,
+            # In a table of levels found in the data, a released zero beside a blank would mark the
+            # blank as "someone, but few": zeros there are blanks too.
+            zeros_disclosive=policy.zeros_disclosive or col in presence,
             secondary=policy.secondary_suppression,
+            forced=forced,
         )
         out[col] = _publish_counts(
             table.name,
@@ -245,12 +266,67 @@ def _release_counts(
             policy,
             log,
             secondary_reason="complementary suppression: otherwise a suppressed cell follows from the totals",
+            forced=forced,
         )
+        if distinct:
+            margins = [j for j in range(n) if cube.is_total(j)]
+            out.loc[margins, col] = pd.NA
+            log.record(table.name, column=col, rule="distinct", outcome="blocked",
+                       reason="distinct persons do not add up across cells: released in interior cells only")
+        if col in presence:
+            hidden = np.zeros(n, dtype=bool)
+            hidden[sorted(res.suppressed)] = True
+            absent &= hidden
         any_suppressed[sorted(res.suppressed)] = True
     for ei, col in enumerate(table.exposure_columns, start=len(table.count_columns)):
         out[col] = _publish_exposure(table.name, keys, col, values[:, ei], any_suppressed, policy, log)
     _derive_rates(table, out, cube, log)
+    if table.data_levels:
+        out = _drop_absent_levels(table, out, keys, absent, log)
     return out, "released", None
+
+
+def _drop_absent_levels(
+    table: ResultTable, out: pd.DataFrame, keys: list[dict[str, Any]], absent: np.ndarray, log: DisclosureLog
+) -> pd.DataFrame:
+    """Drop the rows of levels read from the data whose presence counts were all suppressed (`absent`).
+
+    Such a row exists only because somebody has that level (her concept, her entry month), so a
+    blank row still says "someone here has it". Dropping says no more than a blank: a missing level
+    is zero or suppressed, and the released cells are the ones secondary suppression already
+    audited. Rows whose data levels are all the total label (margins) are kept: their labels come from
+    the table's definition, not from the data."""
+    _mark_private(log, table.name, [keys[j] for j in np.flatnonzero(absent)])
+    return out.loc[~absent].reset_index(drop=True)
+
+
+def _mark_private(log: DisclosureLog, name: str, dropped: list[dict[str, Any]]) -> None:
+    """Log the dropped rows, and make every entry about them private: their keys name levels nobody
+    may learn exist, and their number counts them. One public entry per table says the rule applies
+    whether or not it dropped anything, so the public log says nothing about the rows either."""
+    keys = [{str(k): str(v) for k, v in d.items()} for d in dropped]
+    for key in keys:
+        log.record(
+            name,
+            key=key,
+            rule="row_presence",
+            outcome="dropped",
+            reason="a level read from the data whose count is suppressed: the row itself would say someone has it",
+        )
+    # This table's entries are the last ones in the log (release() handles one table at a time).
+    j = len(log.entries) - 1
+    while j >= 0 and log.entries[j].table == name:
+        e = log.entries[j]
+        if e.key and e.key in keys:
+            log.entries[j] = e.model_copy(update={"private": True})
+        j -= 1
+    log.record(
+        name,
+        rule="row_presence",
+        outcome="dropped",
+        reason="rows of levels read from the data are shown only where their count is released; a missing "
+        "level is zero or suppressed",
+    )
 
 
 def _publish_counts(
@@ -263,12 +339,17 @@ def _publish_counts(
     log: DisclosureLog,
     *,
     secondary_reason: str,
+    forced: set[int] | frozenset[int] = frozenset(),
 ) -> pd.arrays.IntegerArray:
     """One count column's released values (missing where suppressed, rounded elsewhere), with one log
     entry per cell: the single place where a count cell is decided, for every kind of count table."""
     released: list[Any] = []
     for j, where in enumerate(keys):
-        if j in res.primary:
+        if j in forced:
+            log.record(table, key=where, column=col, rule="row_presence", outcome="suppressed",
+                       reason="its row's persons are suppressed: the row is dropped with all it holds")
+            released.append(pd.NA)
+        elif j in res.primary:
             rule, reason = _suppression_reason(values[j], policy)
             log.record(table, key=where, column=col, rule=rule, outcome="suppressed", reason=reason)
             released.append(pd.NA)
@@ -447,18 +528,21 @@ def _release_attrition(
 def _release_magnitudes(
     table: ResultTable, policy: DisclosurePolicy, log: DisclosureLog
 ) -> tuple[pd.DataFrame, str, None]:
-    """Per-cell threshold, N-k dominance and p% rules. Top contributions never leave.
+    """Per-cell threshold, N-k dominance and p% rules, then rounding to a step that blurs any one
+    person over `policy.magnitude_min_interval` (see `magnitude_step`). Top contributions never
+    leave, nor do minima and maxima (one person's value).
 
     Reimplemented rather than run through acro: acro needs the row-level data frame to aggregate
     itself, and its N-k n is a process-wide module global."""
     assert table.n_column is not None
     data = table.data.reset_index(drop=True)
     out = data[table.dimensions].copy()
+    keys = [{d: data.at[j, d] for d in table.dimensions} for j in range(len(data))]
     n_released: list[Any] = []
-    for j in range(len(data)):
-        where = {d: data.at[j, d] for d in table.dimensions}
+    for j, where in enumerate(keys):
         n = int(data.at[j, table.n_column])
-        if is_small(n, policy.suppress_up_to, policy.zeros_disclosive):
+        # In a table of levels found in the data a zero n is blank too (see _release_counts).
+        if is_small(n, policy.suppress_up_to, policy.zeros_disclosive or bool(table.data_levels)):
             rule, reason = _suppression_reason(n, policy)
             log.record(
                 table.name, key=where, column=table.n_column, rule=rule, outcome="suppressed", reason=reason
@@ -481,8 +565,7 @@ def _release_magnitudes(
                 "add a second top column"
             )
         released_m: list[float] = []
-        for j in range(len(data)):
-            where = {d: data.at[j, d] for d in table.dimensions}
+        for j, where in enumerate(keys):
             n = int(data.at[j, table.n_column])
             value = float(data.at[j, col])
             top = [float(data.at[j, t]) if not pd.isna(data.at[j, t]) else 0.0 for t in tops]
@@ -492,22 +575,99 @@ def _release_magnitudes(
                     "non-negative values (shift or split the variable)"
                 )
             decision = magnitude_decision(value, n, top, stat, policy)
-            if decision is None:
+            if decision is None and pd.isna(n_released[j]):
+                decision = "threshold", "the cell's n is suppressed"
+            if decision is None and stat == "extreme":
+                decision = "extreme", "a minimum or maximum is one person's value"
+            if decision is not None:
+                rule, reason = decision
+                log.record(table.name, key=where, column=col, rule=rule, outcome="suppressed", reason=reason)
+                released_m.append(np.nan)
+                continue
+            if n == 0 or math.isnan(value):
+                released_m.append(np.nan)
+                continue
+            step = magnitude_step(stat, int(n_released[j]), policy)
+            if step is None:
                 log.record(
                     table.name,
                     key=where,
                     column=col,
                     rule="magnitude",
                     outcome="released",
-                    reason="enough contributors and no dominance",
+                    reason="enough contributors and no dominance; exact (magnitude_min_interval is 0)",
                 )
-                released_m.append(value if n > 0 else np.nan)
+                released_m.append(value)
             else:
-                rule, reason = decision
-                log.record(table.name, key=where, column=col, rule=rule, outcome="suppressed", reason=reason)
-                released_m.append(np.nan)
+                log.record(
+                    table.name,
+                    key=where,
+                    column=col,
+                    rule="magnitude",
+                    outcome="rounded",
+                    reason=f"enough contributors and no dominance; rounded to the nearest {step:g} so that "
+                    f"one person's value is blurred over at least {policy.magnitude_min_interval:g}",
+                )
+                released_m.append(round_to_step(value, step))
         out[col] = released_m
+    if table.data_levels:
+        drop = out[table.n_column].isna().to_numpy() & np.array(
+            [any(k[d] != table.total_label for d in table.data_levels) for k in keys], dtype=bool
+        )
+        _mark_private(log, table.name, [keys[j] for j in np.flatnonzero(drop)])
+        out = out.loc[~drop].reset_index(drop=True)
     return out, "released", None
+
+
+def nice_step(x: float) -> float:
+    """The smallest of 1, 2 or 5 times a power of ten that is at least `x` (x > 0): steps a reader
+    recognises (57.35, not 57.3518)."""
+    k = math.floor(math.log10(x))
+    for m in (1.0, 2.0, 5.0, 10.0):
+        step = m * 10.0**k
+        if step >= x * (1 - 1e-12):
+            return step
+    return 10.0 ** (k + 1)  # pragma: no cover - the loop ends at 10^(k+1) >= x
+
+
+def round_to_step(value: float, step: float) -> float:
+    """`value` rounded to the nearest multiple of `step`, without float residue (57.35, not
+    57.349999999)."""
+    decimals = max(0, -math.floor(math.log10(step)) + 1)
+    return round(round(value / step) * step, decimals)
+
+
+def magnitude_step(statistic: str, n_released: int, policy: DisclosurePolicy) -> float | None:
+    """The rounding step of a released magnitude, from released values only (the released n and the
+    policy), so the step itself says nothing more about the cell; None when magnitudes are exact.
+
+    With W = `policy.magnitude_min_interval` and n_lo the fewest persons the released n allows:
+
+    - mean: step >= (W + 4) / (2 n_lo). Two cohorts differing by one person x, of n and n + 1, give
+      sums S and S + x with S/n and (S + x)/(n + 1) known to within half a step each, so S is known
+      to an interval of length n x step and S + x to one of (n + 1) x step, each >= (W + 4) / 2 long.
+      Even for whole-number values (ages: sums are integers) each interval holds integers spanning
+      more than its length less 2, so x = (S + x) - S ranges over more than W.
+    - sum: step >= (W + 4) / 2, by the same argument with n = 1.
+    - sd: step >= 2 W / sqrt(n_lo). The SDs give (n / (n + 1)) (x - mean)^2 as a difference of
+      (n - 1) sd^2 terms, each known to about 2 n sd step; the person's distance from the mean,
+      at most about sd sqrt(n), is then known to no better than W (the property tests in
+      tests/test_attack_rows_magnitudes.py check this, and the mean and SD together, by brute force).
+    - quantile: step >= W: a quantile is (close to) one person's value, so it is shown only to W.
+    """
+    w = policy.magnitude_min_interval
+    if w <= 0:
+        return None
+    n_lo = max(1, n_released - policy.rounding_base // 2)
+    if statistic == "mean":
+        need = (w + 4) / (2 * n_lo)
+    elif statistic == "sd":
+        need = 2 * w / math.sqrt(n_lo)
+    elif statistic == "quantile":
+        need = w
+    else:  # sum
+        need = (w + 4) / 2
+    return nice_step(need)
 
 
 def magnitude_decision(
@@ -518,7 +678,7 @@ def magnitude_decision(
         return "threshold", f"{'no' if n == 0 else 'too few'} contributors (at most {policy.suppress_up_to})"
     if n == 0:
         return None
-    total = value * n if statistic == "mean" else value
+    total = value * n if statistic in ("mean", "sd", "quantile", "extreme") else value
     if total <= 0:
         return None  # dominance is not defined on a zero total; nothing to dominate
     if policy.nk_n is not None and policy.nk_k is not None:
@@ -553,8 +713,10 @@ def _release_model(
         blocked_reason = ("threshold", f"the model rests on {policy.suppress_up_to} or fewer events")
     elif info.n_obs is not None and is_small(info.n_obs, policy.suppress_up_to, policy.zeros_disclosive):
         blocked_reason = ("threshold", f"the model rests on {policy.suppress_up_to} or fewer observations")
+    # No residual degrees of freedom beside n_obs: n_obs - df_resid is the number of parameters, so
+    # the exact dof give the exact n that the rounding of n_obs hides. That the dof passed the
+    # policy's minimum is what a reader needs, and the status says it.
     model_info: dict[str, Any] = {
-        "df_resid": None if blocked_reason else math.floor(info.df_resid),
         "n_obs": None
         if blocked_reason or info.n_obs is None
         else round_count(info.n_obs, policy.rounding_base),
@@ -568,6 +730,14 @@ def _release_model(
         log.record(table.name, rule=rule, outcome="blocked", reason=reason + "; no estimate is released")
         for c in numeric:
             data[c] = np.nan
+        if table.data_levels:
+            # The labels of a blocked model's terms are still levels found in the data.
+            keys = [
+                {"row": j, **{c: data.at[j, c] for c in data.columns if c not in numeric}}
+                for j in range(len(data))
+            ]
+            _mark_private(log, table.name, keys)
+            data = data.iloc[0:0]
         return data, "blocked", model_info
     log.record(
         table.name, rule="min_dof", outcome="released", reason=f"residual dof >= {policy.min_model_dof}"
@@ -576,6 +746,7 @@ def _release_model(
     # a row for one count column never leaves another column to read a blank as a count).
     original = data.copy()
     released: dict[str, list[Any]] = {col: [] for col in table.count_columns}
+    withheld: list[bool] = []
     for j in range(len(original)):
         where = {"row": j, **{c: original.at[j, c] for c in original.columns if c not in numeric}}
         small = [
@@ -598,12 +769,24 @@ def _release_model(
                 data.at[j, c] = np.nan
             for col in table.count_columns:
                 released[col].append(pd.NA)
+            withheld.append(True)
         else:
+            withheld.append(False)
             for col in table.count_columns:
                 v = int(original.at[j, col])
                 released[col].append(_log_released_count(table.name, where, col, v, policy, log))
     for col in table.count_columns:
         data[col] = pd.array(released[col], dtype="Int64")
+    if table.data_levels:
+        # Terms named by the data (a covariate found in the cohort): a withheld term's label alone
+        # says someone has it, so its row goes.
+        drop = np.array([bool(withheld[j]) for j in range(len(original))], dtype=bool)
+        keys = [
+            {"row": j, **{c: original.at[j, c] for c in original.columns if c not in numeric}}
+            for j in range(len(original))
+        ]
+        _mark_private(log, table.name, [keys[j] for j in np.flatnonzero(drop)])
+        data = data.loc[~drop].reset_index(drop=True)
     return data, "released", model_info
 
 

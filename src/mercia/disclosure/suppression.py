@@ -29,7 +29,7 @@ tests repeat independently) but not minimal: optimal complementary suppression i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -171,14 +171,18 @@ def _complement_key(structure: CellStructure, c: int) -> tuple[bool, bool, int, 
 
 
 def suppress(
-    structure: CellStructure, *, threshold: int, zeros_disclosive: bool, secondary: bool
+    structure: CellStructure, *, threshold: int, zeros_disclosive: bool, secondary: bool,
+    forced: Collection[int] = (),
 ) -> SuppressionResult:
+    """Primary suppression (small cells, and `forced` ones: cells hidden for a reason outside this column,
+    such as their row's persons being suppressed), then, if asked, secondary suppression until every
+    suppressed cell is protected."""
     n = len(structure.values)
     primary = {
         c
         for c in range(n)
         if structure.published[c] and is_small(structure.values[c], threshold, zeros_disclosive)
-    }
+    } | {c for c in forced if structure.published[c]}
     result = SuppressionResult(primary=primary, secondary=set())
     if not secondary:
         return result

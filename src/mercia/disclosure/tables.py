@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mercia.errors import DisclosureError
 
 Kind = Literal["counts", "magnitudes", "rates", "model", "survival"]
+MagnitudeStatistic = Literal["sum", "mean", "sd", "quantile", "extreme"]
 
 
 class RateSpec(BaseModel):
@@ -58,12 +59,26 @@ class ResultTable(BaseModel):
     - rates: like counts, plus `rates` (derived columns) and optional `exposure_columns` (person-time,
       or another sum over persons): released rounded to the policy's `exposure_base`, and missing in
       rows where a count is suppressed.
-    - magnitudes: `magnitude_columns` (per-cell sums or means, see `magnitude_statistic`),
+    - magnitudes: `magnitude_columns` (per-cell statistics, see `magnitude_statistic`: sum, mean, sd,
+      quantile, or extreme for a min or max, which is one person's value and never leaves),
       `n_column` (contributors per cell) and `top_columns[col]` (the largest contributions, largest
       first, at least as many as the policy's N-k n and 2 for the p% rule). Top columns never leave.
     - model: a coefficient table (any columns) with `model` info; optional per-term `count_columns`.
     - survival: one row per distinct time (per group in `dimensions`) with columns time, n_at_risk,
       n_events, n_censored; estimates are recomputed from released numbers.
+
+    Row presence: `data_levels` names the columns whose levels were read from the data (concepts found
+    in the cohort, months in which someone entered), so that a row exists only because someone has
+    that level. In such a table a row whose `presence_counts` (default: every count column; for
+    magnitudes the n column) are all suppressed is dropped whole, zeros in those counts are
+    suppressed like small ones (so a missing row cannot be told from a zero), and for model tables
+    a withheld term's row goes too. Levels fixed before the data are seen (age bands, the package's
+    cohorts and windows) need no declaration. A dropped row's other counts are suppressed with it (and
+    protected by secondary suppression), so no margin gives them back.
+
+    `distinct_counts` are count columns of distinct persons, which do not add up across cells (a person
+    is in several years): they are released in interior cells only, and a margin's value for row
+    presence is the largest of its cells, a lower bound of its distinct persons.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
@@ -80,10 +95,22 @@ class ResultTable(BaseModel):
     rates: dict[str, RateSpec] = Field(default_factory=dict)
     exposure_columns: list[str] = Field(default_factory=list)
     magnitude_columns: list[str] = Field(default_factory=list)
-    magnitude_statistic: dict[str, Literal["sum", "mean"]] = Field(default_factory=dict)
+    magnitude_statistic: dict[str, MagnitudeStatistic] = Field(default_factory=dict)
     n_column: str | None = None
     top_columns: dict[str, list[str]] = Field(default_factory=dict)
     model: ModelInfo | None = None
+    data_levels: list[str] = Field(default_factory=list)
+    presence_counts: list[str] | None = None
+    distinct_counts: list[str] = Field(default_factory=list)
+
+    @property
+    def presence_columns(self) -> list[str]:
+        """The counts whose release justifies a row of a `data_levels` table."""
+        if self.presence_counts is not None:
+            return list(self.presence_counts)
+        if self.kind == "magnitudes":
+            return [self.n_column] if self.n_column else []
+        return list(self.count_columns)
 
     @model_validator(mode="after")
     def _check(self) -> ResultTable:
@@ -148,6 +175,29 @@ class ResultTable(BaseModel):
                         "largest first) for the dominance rules"
                     )
                 need(tops, f"top_columns of {m!r}")
+        if self.data_levels:
+            if self.kind == "model":
+                need(self.data_levels, "data_levels")
+            elif not set(self.data_levels) <= set(self.dimensions):
+                raise DisclosureError(
+                    f"{where}: data_levels {self.data_levels} must be among dimensions {self.dimensions}"
+                )
+            if self.kind == "survival" or self.sequential:
+                raise DisclosureError(
+                    f"{where}: data_levels apply to counts, rates, magnitudes and model tables, not to "
+                    "survival curves or attrition steps"
+                )
+        if self.distinct_counts and (self.kind not in ("counts", "rates") or self.sequential
+                                     or not set(self.distinct_counts) <= set(self.count_columns)):
+            raise DisclosureError(
+                f"{where}: distinct_counts {self.distinct_counts} must be count columns of a counts or rates table"
+            )
+        if self.presence_counts is not None:
+            allowed = [self.n_column] if self.kind == "magnitudes" else self.count_columns
+            if not self.presence_counts or not set(self.presence_counts) <= set(allowed):
+                raise DisclosureError(
+                    f"{where}: presence_counts {self.presence_counts} must be one or more of {allowed}"
+                )
         if self.kind == "model" and self.model is None:
             raise DisclosureError(f"{where}: give model=ModelInfo(df_resid=..., n_obs=..., n_events=...)")
         if self.kind == "survival":

@@ -18,7 +18,8 @@ Generated from the services' OpenAPI documents by `python -m mercia.federation.a
 it in step with the code. A running node or hub serves the same document at `/openapi.json`.
 
 Every route except `/health` needs `Authorization: Bearer <token>`; without a valid token the answer
-is 401 (with `WWW-Authenticate: Bearer`), with a token of the wrong role or project 403. Errors are
+is 401 (with `WWW-Authenticate: Bearer`), with a token of the wrong role or project 403; a study of
+a project the token is not scoped to answers 404, exactly as a study that does not exist. Errors are
 JSON `{"detail": "what is wrong and how to fix it"}`. Request bodies reject unknown fields (422), and
 values past Mercia's limits (`mercia.limits`) with 422 or 400 naming the field: nesting deeper than 128,
 text that is not valid UTF-8 (lone surrogates), NaN or infinity, integers past 64 bits, and in cohort

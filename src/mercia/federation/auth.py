@@ -11,8 +11,10 @@ Roles. researcher (submits studies and feasibility queries for their projects), 
 rejects studies at their site), admin (manages users, nodes and projects), node and hub (the services,
 each with its own token for the other). A principal's projects is a set of project names, "*" for all.
 
-Signing. The hub signs each package's content hash with an Ed25519 key; a node runs only packages whose
-signature verifies with the public key of the hub it trusts (configured by the site, out of band).
+Signing. The hub signs each package's content hash together with the project, the target sites, the
+requester and an expiry (canonical JSON, Ed25519); a node runs only packages whose signature verifies
+with the public key of the hub it trusts (configured by the site, out of band) and whose claims name
+this package, the project it is submitted under, this node's site, the requester, and a time not past.
 
 Count queries. `CountQueryGuard` is a SHRINE-style limit on feasibility counts: each principal may run
 at most `max_queries` per `window_seconds`, and a principal who repeats a near-identical query (the same
@@ -50,7 +52,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -62,6 +64,9 @@ from mercia.errors import ConfigError, MerciaError
 logger = logging.getLogger("mercia.auth")
 
 ROLES = ("researcher", "custodian", "admin", "node", "hub")
+# The roles that mean something to each service: its routes accept no other.
+NODE_ROLES = ("hub", "custodian", "researcher", "admin")
+HUB_ROLES = ("researcher", "admin")
 ALL_PROJECTS = "*"
 TOKEN_PREFIX = "mct_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
@@ -121,7 +126,8 @@ class TokenStore:
                         raise ValueError(f"entry {e.get('name')!r} is malformed")
             except (ValueError, KeyError, TypeError) as e:
                 raise ConfigError(f"the token file {self.path} is not a Mercia token file ({e}); "
-                                  "issue tokens with `mercia token issue`") from None
+                                  "issue tokens with `mercia node token` at a node or "
+                                  "`mercia hub user-add` at the hub") from None
             self._entries, self._stamp = entries, stamp
         return self._entries
 
@@ -174,14 +180,17 @@ class TokenStore:
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
-    def issue(self, name: str, role: str, projects: Iterable[str] = ()) -> str:
+    def issue(self, name: str, role: str, projects: Iterable[str] = (), *, roles: Iterable[str] = ROLES) -> str:
         """A new token for `name` (replacing any earlier one: rotation). Returns the token; only its
-        hash is stored, so this is the one time it can be seen."""
+        hash is stored, so this is the one time it can be seen. `roles` are those the service using
+        this file accepts (NODE_ROLES, HUB_ROLES): a token of another role would be refused everywhere."""
         if not isinstance(name, str) or not _NAME.match(name):
             raise ConfigError(f"principal name {name!r} is invalid: use 1-128 letters, digits and _ . @ -, "
                               "starting with a letter or digit")
-        if role not in ROLES:
-            raise ConfigError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+        allowed = tuple(r for r in roles if r in ROLES)
+        if role not in allowed:
+            what = "unknown role" if role not in ROLES else "no route here accepts the role"
+            raise ConfigError(f"{what} {role!r}: use one of {', '.join(allowed)}")
         if isinstance(projects, str):
             projects = [projects]
         project_list = sorted(set(projects))
@@ -343,23 +352,91 @@ def _load_private(private_pem_path: str | Path):  # type: ignore[no-untyped-def]
     return key
 
 
-def _check_hash(content_hash: str) -> bytes:
+def _check_hash(content_hash: str) -> str:
     if not isinstance(content_hash, str) or not _HEX64.match(content_hash):
         raise ValueError(f"a content hash is 64 lower-case hex digits, got {content_hash!r}")
-    return content_hash.encode("ascii")
+    return content_hash
 
 
-def sign_package_hash(private_pem_path: str | Path, content_hash: str) -> str:
-    """The hub's signature (base64) over a package's content hash."""
+SIGNATURE_FORMAT = "mcs1"
+DEFAULT_SIGNATURE_DAYS = 7.0
+
+
+class SignatureRefused(MerciaError):
+    """A package's signature does not authorise this submission here (403). `reason` is the short
+    cause kept in the audit log: bad signature, another package, another project, another site,
+    another requester, expired."""
+
+    status_code = 403
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SignedClaims:
+    """What the hub's signature vouches for: this package, for this project, at these sites, asked by
+    this researcher, until `expires_at` (ISO 8601, UTC)."""
+
+    hash: str
+    project: str
+    sites: tuple[str, ...]
+    requested_by: str
+    issued_at: str
+    expires_at: str
+
+    def to_bytes(self) -> bytes:
+        """The canonical JSON that is signed: sorted keys, no spaces, ASCII only."""
+        return json.dumps({"format": SIGNATURE_FORMAT, "hash": self.hash, "project": self.project,
+                           "sites": list(self.sites), "requested_by": self.requested_by,
+                           "issued_at": self.issued_at, "expires_at": self.expires_at},
+                          sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _unb64url(text: str) -> bytes:
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
+        raise ValueError("not URL-safe base64")
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _utc_text(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def sign_package(private_pem_path: str | Path, content_hash: str, *, project: str, sites: Iterable[str],
+                 requested_by: str, valid_days: float = DEFAULT_SIGNATURE_DAYS,
+                 now: datetime | None = None) -> str:
+    """The hub's signature of a package for one project, its target sites and the researcher who asked,
+    valid for `valid_days`: "mcs1.<claims>.<signature>" (URL-safe base64 of the canonical JSON claims and
+    of the Ed25519 signature over them). A node reads the claims from it and checks every one.
+
+    Signing the hash alone let a package signed for one node and project run at another node or under
+    another project; the claims bind it to where and for whom it was meant."""
+    if not isinstance(project, str) or not _NAME.match(project):
+        raise ValueError(f"project name {project!r} is invalid")
+    if not isinstance(requested_by, str) or not _NAME.match(requested_by):
+        raise ValueError(f"requester name {requested_by!r} is invalid")
+    site_list = tuple(sorted(set(sites)))
+    # Site names are the nodes' own (node.yaml's site:), checked there; here only that there are some.
+    if not site_list or not all(isinstance(s, str) and 0 < len(s) <= 200 for s in site_list):
+        raise ValueError(f"a signature names one or more sites, got {site_list!r}")
+    if not valid_days > 0:
+        raise ValueError(f"a signature must be valid for a positive number of days, got {valid_days!r}")
+    issued = now or datetime.now(UTC)
+    claims = SignedClaims(hash=_check_hash(content_hash), project=project, sites=site_list,
+                          requested_by=requested_by, issued_at=_utc_text(issued),
+                          expires_at=_utc_text(issued + timedelta(days=valid_days)))
+    message = claims.to_bytes()
     key = _load_private(private_pem_path)
-    return base64.b64encode(key.sign(_check_hash(content_hash))).decode("ascii")
+    return f"{SIGNATURE_FORMAT}.{_b64url(message)}.{_b64url(key.sign(message))}"
 
 
-def verify_package_signature(public_pem: str, content_hash: str, signature: str) -> bool:
-    """True only if `signature` is the trusted hub's signature of exactly `content_hash`.
-    A malformed hash or signature is False; a public key that is not Ed25519 PEM is a ConfigError."""
-    from cryptography.exceptions import InvalidSignature
-
+def _public_key(public_pem: str | bytes):  # type: ignore[no-untyped-def]
     serialization, ed25519 = _ed25519()
     try:
         key = serialization.load_pem_public_key(public_pem.encode("ascii") if isinstance(public_pem, str)
@@ -368,13 +445,65 @@ def verify_package_signature(public_pem: str, content_hash: str, signature: str)
         raise ConfigError(f"the trusted hub key is not a PEM public key ({e})") from None
     if not isinstance(key, ed25519.Ed25519PublicKey):
         raise ConfigError("the trusted hub key is not an Ed25519 public key")
+    return key
+
+
+def read_signature(public_pem: str | bytes, signature: str) -> SignedClaims:
+    """The claims of a signature made by the trusted hub, or SignatureRefused("bad signature").
+    Nothing in the claims is believed before the Ed25519 signature over their exact bytes verifies.
+    A public key that is not Ed25519 PEM is a ConfigError."""
+    from cryptography.exceptions import InvalidSignature
+
+    key = _public_key(public_pem)
+    refused = SignatureRefused("bad signature", "the package's signature does not verify with the key of the "
+                                                "hub this node trusts; only packages signed by that hub run here")
     try:
-        message = _check_hash(content_hash)
-        raw = base64.b64decode(signature, validate=True)
+        fmt, claims_text, sig_text = signature.split(".")
+        if fmt != SIGNATURE_FORMAT:
+            raise ValueError("unknown signature format")
+        message, raw = _unb64url(claims_text), _unb64url(sig_text)
         key.verify(raw, message)
-    except (ValueError, TypeError, binascii.Error, InvalidSignature):
-        return False
-    return True
+        data = json.loads(message)
+        sites = data["sites"]
+        if data.get("format") != SIGNATURE_FORMAT or not isinstance(sites, list):
+            raise ValueError("malformed claims")
+        claims = SignedClaims(hash=data["hash"], project=data["project"], sites=tuple(sites),
+                              requested_by=data["requested_by"], issued_at=data["issued_at"],
+                              expires_at=data["expires_at"])
+        if claims.to_bytes() != message:  # the claims are exactly the canonical form, nothing more
+            raise ValueError("claims not canonical")
+        if datetime.fromisoformat(claims.expires_at).tzinfo is None:
+            raise ValueError("expiry without a time zone")
+    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error, InvalidSignature):
+        raise refused from None
+    return claims
+
+
+def verify_package(public_pem: str | bytes, signature: str, *, content_hash: str, project: str, site: str,
+                   requested_by: str, now: datetime | None = None) -> SignedClaims:
+    """The claims of `signature` if the trusted hub signed exactly this package, for `project`, for a list
+    of sites holding `site` (this node), for `requested_by`, and it has not expired; else
+    SignatureRefused with a message saying which. A ConfigError if the public key is not Ed25519 PEM."""
+    claims = read_signature(public_pem, signature)
+    if claims.hash != content_hash:
+        raise SignatureRefused("another package", "the hub's signature is for another package, not this "
+                                                  "hash; send the package with its own signature")
+    if claims.project != project:
+        raise SignatureRefused("another project", f"the package was signed for project {claims.project!r}, "
+                                                  f"not {project!r}; submit it under the project it was "
+                                                  "signed for")
+    if site not in claims.sites:
+        raise SignatureRefused("another site", f"the package was signed for sites {list(claims.sites)}, not "
+                                               f"this site ({site!r}): a package runs only where the hub sent "
+                                               "it (the hub must register this node under its site name)")
+    if claims.requested_by != requested_by:
+        raise SignatureRefused("another requester", "the package was signed for another requester than "
+                                                    f"{requested_by!r}")
+    current = now or datetime.now(UTC)
+    if current >= datetime.fromisoformat(claims.expires_at):
+        raise SignatureRefused("expired", f"the hub's signature expired at {claims.expires_at}; submit the "
+                                          "study again at the hub for a fresh signature")
+    return claims
 
 
 # ---- count-query guard ---------------------------------------------------------------------------
@@ -395,9 +524,17 @@ COSMETIC_KEYS = frozenset({"name", "description", "title", "notes"})
 
 
 def query_key(definition: Any) -> str:
-    """The identity of a count query for the lockout: sha256 of the definition's canonical JSON with
-    names, descriptions, titles and notes removed at every depth (they do not change the count), so
-    renaming a query does not make it a new one."""
+    """The identity of a count query for the lockout: the sha256 of the cohort definition's canonical
+    form (mercia.cohorts.canonical: names, concept-set numbering and the order of unordered parts
+    removed), so that renaming a query or its concept sets does not make it a new one. Data that is not
+    a cohort definition (refused later anyway) is keyed by its JSON with names and descriptions removed."""
+    from mercia.cohorts.canonical import canonical_hash, parse_definition
+    from mercia.cohorts.model import CohortDefinition
+
+    if isinstance(definition, CohortDefinition):
+        return canonical_hash(definition)
+    with contextlib.suppress(MerciaError):
+        return canonical_hash(parse_definition(definition))
 
     def strip(v: Any) -> Any:
         if isinstance(v, dict):

@@ -34,7 +34,7 @@ class Client:
         if not url.startswith(("http://", "https://")):
             raise ClientError(f"hub URL {url!r}: give http(s)://host:port")
         if not token:
-            raise ClientError("no token: ask the hub's admin for one (mercia hub user add)")
+            raise ClientError("no token: ask the hub's admin for one (mercia hub user-add)")
         self.url = url.rstrip("/")
         self._http = httpx.Client(base_url=self.url, timeout=timeout, verify=verify,
                                   headers={"Authorization": f"Bearer {token}"})

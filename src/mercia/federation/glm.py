@@ -14,7 +14,10 @@ Hub side:   federated_glm(site_summaries_fn, p, family) -> FederatedFit
 `site_summaries_fn(beta)` returns one SiteSummary per site; in-process it is a closure over site
 data, later the hub calls nodes over HTTP. A site with fewer than `min_count` rows or events (or
 non-events, for a binary outcome) is refused before its summary is used: see
-docs/explanation/pooling.md for why.
+docs/explanation/pooling.md for why. Over HTTP a node also refuses, before the first round, a model
+any of whose levels is small (`mercia.disclosure.model_support`), and every refusal and every fit
+that does not converge reaches the researcher as the one `MODEL_REFUSED` answer. The messages here
+carry no coefficient sizes or counts either: whether and how a fit diverges can turn on one person.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ class SiteSummary:
     n_nonevents: int | None = None
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready form for the node's HTTP answer."""
+        """JSON-ready form (the node sends released counts only, and no non-events: see node/rounds.py)."""
         return {
             "beta": self.beta.tolist(),
             "score": self.score.tolist(),
@@ -84,7 +87,6 @@ class SiteSummary:
             "n": self.n,
             "n_events": self.n_events,
             "site": self.site,
-            "n_nonevents": self.n_nonevents,
         }
 
     @classmethod
@@ -256,40 +258,50 @@ def _guard(s: SiteSummary, min_count: int, p: int) -> None:
     (one event: X'y is that person's covariates). The same check runs at the site (nothing leaves)
     and again at the hub (a remote node may be misconfigured).
     """
+    # The reasons are named, never counted: the message may travel, and a count here is exact.
     reasons = []
     if s.n < min_count:
-        reasons.append(f"{s.n} rows")
+        reasons.append("rows")
     if s.n <= p:
-        reasons.append(f"{s.n} rows for {p} terms (the summaries would determine the rows)")
+        reasons.append("rows for its terms (the summaries would determine the rows)")
     if s.n_events < min_count:
-        reasons.append(f"{s.n_events} events")
+        reasons.append("events")
     if s.n_nonevents is not None and s.n_nonevents < min_count:
-        reasons.append(f"{s.n_nonevents} rows without the event")
+        reasons.append("rows without the event")
     if reasons:
         raise SiteRefusedError(
-            f"site {s.site!r} is refused: {', '.join(reasons)}, below the minimum of {min_count}. Its "
+            f"site {s.site!r} is refused: too few {', '.join(reasons)} (the minimum is {min_count}). Its "
             "score and information at a given beta could reveal individual rows; leave the site out "
             "or pool it with another at the site, not at the hub"
         )
 
 
-def summary_table(summary: SiteSummary, name: str = "federated_round") -> ResultTable:
+def summary_table(
+    summary: SiteSummary, name: str = "federated_round", *, min_level_count: int | None = None
+) -> ResultTable:
     """The summary as a 'model' ResultTable, so the node sends it through `release()` like any result.
 
     One row per term: beta, score, a row of the information matrix, and the log-likelihood (repeated).
     The site's policy then blocks it when the model rests on too few rows or events (or too few
-    residual degrees of freedom), on top of the `min_count` guard.
+    residual degrees of freedom), on top of the `min_count` guard. `min_level_count` (the design's
+    sparsest level, `mercia.disclosure.model_support.support_count`) goes on every row as a count
+    column, so release() withholds the whole summary when any level is small.
     """
     p = len(summary.beta)
     data = pd.DataFrame({"term": [f"b{j}" for j in range(p)], "beta": summary.beta, "score": summary.score})
     for j in range(p):
         data[f"info_{j}"] = summary.information[:, j]
     data["loglik"] = summary.loglik
+    counts = []
+    if min_level_count is not None:
+        data["min_level_count"] = np.int64(min_level_count)
+        counts.append("min_level_count")
     # non-events (binary outcomes) are not in ModelInfo: the min_count guard has checked them already
     return ResultTable(
         name=name,
         kind="model",
         data=data,
+        count_columns=counts,
         model=ModelInfo(df_resid=summary.n - p, n_obs=summary.n, n_events=summary.n_events),
     )
 
@@ -395,10 +407,7 @@ def _newton(
                 break
             step = step / 2
         else:
-            raise ConvergenceError(
-                f"{what} did not converge: after {it} rounds no step increases the log-likelihood "
-                f"(largest |coefficient| {np.max(np.abs(beta)):.3g}); {hint}"
-            )
+            raise ConvergenceError(f"{what} did not converge: no step increases the log-likelihood; {hint}")
         old_ll = ll
         beta = cand
         ll, score, info, summaries = new
@@ -413,15 +422,9 @@ def _newton(
         # A binary outcome fitted perfectly: every fitted probability is numerically 0 or 1, so the
         # score and information vanish and the step is 0, which looks like convergence. The MLE is
         # at infinity; the coefficients returned here would be arbitrary.
-        raise ConvergenceError(
-            f"{what} did not converge: the outcome is predicted perfectly (log-likelihood "
-            f"{ll:.3g}, largest |coefficient| {np.max(np.abs(beta)):.3g}); {hint}"
-        )
+        raise ConvergenceError(f"{what} did not converge: the outcome is predicted perfectly; {hint}")
     if not converged:
-        msg = (
-            f"{what} did not converge in {it} rounds (largest |coefficient| {np.max(np.abs(beta)):.3g}, "
-            f"last step {np.max(np.abs(step)):.3g}); {hint}"
-        )
+        msg = f"{what} did not converge in {max_iter} rounds; {hint}"
         if strict:
             raise ConvergenceError(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)

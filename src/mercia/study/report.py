@@ -608,23 +608,25 @@ def render_report(
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
     )
-    cdm = manifest.get("cdm", {})
+    # The site line comes from the manifest's released summary only (persons through release(), the
+    # observation span in whole years): no path, no row count, no date.
+    summary = manifest.get("site_summary") or {}
+    versions = manifest.get("versions", {})
+    persons = summary.get("persons")
+    years = summary.get("observation_years")
     return env.get_template("report.html.j2").render(
         study=pkg.name,
         description=pkg.spec.description,
         package_hash=pkg.content_hash,
         site=manifest.get("site"),
         policy=policy.rule_summary(),
-        started=manifest.get("started"),
         cdm={
-            "engine": cdm.get("engine"),
-            "cdm_version": cdm.get("cdm_version"),
-            "persons": cdm.get("persons"),
-            "observation": f"{cdm.get('observation_start')} to {cdm.get('observation_end')}",
-            "source": cdm.get("cdm_source_name"),
+            "cdm_version": versions.get("cdm") or "—",
+            "persons": _fmt(persons) if persons is not None else "— (suppressed)",
+            "observation": f"{years} years" if years is not None else "—",
         },
         cohorts=cohort_section,
-        notes=manifest.get("notes", {}),
+        notes={where: [n["text"] for n in items] for where, items in manifest.get("notes", {}).items()},
         sections=sections,
         disclosure=b.disclosure(),
         versions=manifest.get("versions", {}),

@@ -2,14 +2,19 @@
 
 The only way a number reaches the output folder is `write_released()`, which accepts a
 `ReleasedTable` and nothing else; a `ReleasedTable` is made only by `mercia.disclosure.release()`.
+The manifest holds the package's hash, versions, the policy and a site summary that passed
+`release()` too (persons, the observation span in whole years); notes are catalogued codes
+(`mercia.analyses.notes`). A cohort whose released count is below the threshold makes every analysis
+that uses it release nothing but a 'below threshold' note, decided before the analysis runs.
 The folder is written under a temporary sibling name and renamed at the end, so a failed run leaves
 nothing half-written, and an existing folder with content is refused, never overwritten.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
+import logging
+import math
 import os
 import platform
 import shutil
@@ -35,6 +40,7 @@ from mercia.analyses import (
     kaplan_meier,
     prevalence,
 )
+from mercia.analyses.notes import Note, NoteCode, Notes, check_names
 from mercia.analyses.prediction import prediction
 from mercia.cdm import Cdm
 from mercia.disclosure import DisclosureLog, DisclosurePolicy, ReleasedTable, ResultTable, release
@@ -43,6 +49,17 @@ from mercia.study.package import StudyPackage, load_package
 
 Progress = Callable[[str, int, int], None]
 RESULTS = "results"
+logger = logging.getLogger("mercia.study")
+
+# What a manifest may hold: nothing else is written, nor served by a node (see `public_manifest`).
+MANIFEST_KEYS = ("study", "package_hash", "site", "policy", "policy_summary", "site_summary", "cohorts",
+                 "analyses", "tables", "notes", "versions")
+ANALYSIS_STATUSES = ("done", "not_run", "below_threshold")
+_OLD_STATUS = {"failed": "not_run"}  # an older version's word; its 'empty' told a count, and becomes 'done'
+
+
+class CohortGenerationError(StudyError):
+    """The study's cohorts could not be generated at this site (a node reports it by this type alone)."""
 
 
 @dataclass
@@ -55,7 +72,10 @@ class StudyRun:
     tables: dict[str, ReleasedTable]
     log: DisclosureLog
     manifest: dict[str, Any]
-    notes: dict[str, list[str]] = field(default_factory=dict)
+    notes: dict[str, Notes] = field(default_factory=dict)
+    # Local to the site, never written to the results folder: why an analysis did not run, and timings.
+    local_messages: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def report_path(self) -> Path:
@@ -122,6 +142,88 @@ def _attrition_table(key: str, result: Any) -> ResultTable:
     )
 
 
+def _site_persons(cdm: Cdm, site: str | None) -> ResultTable:
+    """Persons at the site, as a table for `release()` (suppressed, rounded as the policy says); read
+    from the person table only, so nothing in it changes with the study."""
+    persons = cdm.row_count("person") if cdm.table_exists("person") else 0
+    return ResultTable(
+        name="site_persons",
+        kind="counts",
+        data=pd.DataFrame({"site": [site or "site"], "persons": [int(persons)]}).astype({"persons": "int64"}),
+        dimensions=["site"],
+        count_columns=["persons"],
+    )
+
+
+def _site_summary(cdm: Cdm, persons: ReleasedTable) -> dict[str, Any]:
+    """The released persons count and the observation span in whole years (the earliest start to the
+    latest end: whole years only, so the two persons at the ends are not dated)."""
+    from sqlglot import exp
+
+    released = persons.data
+    value = released["persons"].iloc[0] if len(released) else None
+    years = None
+    if cdm.table_exists("observation_period"):
+        start, end = cdm.fetch_all(
+            exp.select(
+                exp.Min(this=exp.column("observation_period_start_date")),
+                exp.Max(this=exp.column("observation_period_end_date")),
+            ).from_(cdm.table("observation_period"))
+        )[0]
+        if start is not None and end is not None:
+            years = math.floor((pd.Timestamp(end) - pd.Timestamp(start)).days / 365.25)
+    return {
+        "persons": None if value is None or pd.isna(value) else int(value),
+        "observation_years": years,
+    }
+
+
+def _released_persons(table: ReleasedTable) -> dict[int, int | None]:
+    """Persons per cohort id as released (None where suppressed or left out)."""
+    out: dict[int, int | None] = {}
+    for r in table.data.itertuples(index=False):
+        v = r.persons
+        out[int(r.cohort_id)] = None if v is None or pd.isna(v) else int(v)
+    return out
+
+
+def below_threshold(released: int | None, policy: DisclosurePolicy) -> bool:
+    """A cohort is below the threshold when its released persons count is suppressed, absent or no
+    more than the threshold (an empty cohort too): decided from the released value only."""
+    return released is None or released <= policy.threshold
+
+
+def public_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest as it may leave: only `MANIFEST_KEYS`, notes rebuilt from the catalogue (anything
+    that is not a catalogued code is dropped), analyses with their listed fields. A node serves this, so
+    a manifest written by an older version (with file paths, row counts or free-text notes) never
+    leaves as it was."""
+
+    def notes(items: Any) -> list[dict[str, Any]]:
+        out = []
+        for n in items if isinstance(items, list) else []:
+            try:
+                out.append(Note(NoteCode(n["code"]), **n.get("params", {})).to_dict())
+            except (MerciaError, KeyError, TypeError, ValueError):
+                continue
+        return out
+
+    m = {k: manifest[k] for k in MANIFEST_KEYS if k in manifest}
+    if isinstance(m.get("notes"), dict):
+        m["notes"] = {str(k): notes(v) for k, v in m["notes"].items()}
+    if isinstance(m.get("analyses"), list):
+        m["analyses"] = [
+            {"name": a.get("name"), "type": a.get("type"),
+             "status": a.get("status") if a.get("status") in ANALYSIS_STATUSES else _OLD_STATUS.get(a.get("status"), "done"),
+             "tables": list(a.get("tables", [])), "notes": notes(a.get("notes"))}
+            for a in m["analyses"] if isinstance(a, dict)
+        ]
+    summary = m.get("site_summary")
+    if isinstance(summary, dict):
+        m["site_summary"] = {k: summary.get(k) for k in ("persons", "observation_years")}
+    return m
+
+
 def _run_analysis(cdm: Cdm, pkg: StudyPackage, a: Any) -> AnalysisResult:
     ids = pkg.cohort_ids
     name = a.table_prefix()
@@ -151,14 +253,20 @@ def _run_analysis(cdm: Cdm, pkg: StudyPackage, a: Any) -> AnalysisResult:
     raise StudyError(f"analysis type {a.type!r} is not runnable")  # pragma: no cover - schema forbids it
 
 
-def _versions() -> dict[str, str]:
+def _versions(cdm: Cdm) -> dict[str, str | None]:
     import duckdb
     import sqlglot
 
     from mercia import __version__
+    from mercia.cdm.info import _vocabulary_version
 
+    vocab = None
+    if cdm.table_exists("vocabulary"):
+        vocab = _vocabulary_version(cdm, {"vocabulary": 1}, {})
     return {
         "mercia": __version__,
+        "cdm": cdm.version,
+        "vocabulary": vocab,
         "python": platform.python_version(),
         "duckdb": duckdb.__version__,
         "sqlglot": sqlglot.__version__,
@@ -183,7 +291,6 @@ def run_study(
     package asking for a weaker one is refused before anything runs. `site` names the site in the
     results and the manifest. The CDM must be writable: cohorts are generated into its cohort table.
     """
-    from mercia.cdm.info import cdm_info
     from mercia.cohorts.generate import generate_cohorts
     from mercia.study.report import render_report
 
@@ -206,7 +313,7 @@ def run_study(
     if progress:
         progress(label, 0, steps)
     timings: dict[str, float] = {}
-    started = dt.datetime.now(dt.UTC)
+    local: list[str] = []
     t_all = time.perf_counter()
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     # mkdtemp makes the folder private (0700); the results folder gets the usual permissions.
@@ -218,7 +325,7 @@ def run_study(
         results_dir.mkdir()
         log = DisclosureLog()
         released: dict[str, ReleasedTable] = {}
-        notes: dict[str, list[str]] = {}
+        notes: dict[str, Notes] = {}
 
         def out_table(table: ResultTable) -> None:
             if table.name in released:
@@ -227,13 +334,16 @@ def run_study(
             write_released(r, results_dir)
             released[r.name] = r
 
+        out_table(_site_persons(cdm, site))
+        site_summary = _site_summary(cdm, released["site_persons"])
+
         # 1. cohorts
         t0 = time.perf_counter()
         defs = [(pkg.cohort_ids[k], pkg.definitions[k]) for k in sorted(pkg.cohort_ids, key=pkg.cohort_ids.get)]  # type: ignore[arg-type]
         try:
             generated = generate_cohorts(cdm, defs)
         except MerciaError as e:
-            raise StudyError(f"generating the study's cohorts failed: {e}") from None
+            raise CohortGenerationError(f"generating the study's cohorts failed: {e}") from None
         except Exception as e:
             if "read-only" in str(e).lower() or "read only" in str(e).lower():
                 raise StudyError(
@@ -261,10 +371,12 @@ def run_study(
                 count_columns=["persons", "entries"],
             )
         )
+        persons = _released_persons(released["cohort_counts"])
+        small = {k for k, cid in pkg.cohort_ids.items() if below_threshold(persons.get(cid), policy)}
         for cid, g in sorted(by_id.items()):
             out_table(_attrition_table(keys[cid], g))
-            if g.persons == 0:
-                notes.setdefault("cohorts", []).append(f"cohort {keys[cid]!r} ({g.name}) has no entries")
+            if keys[cid] in small:
+                notes.setdefault("cohorts", Notes()).append(Note(NoteCode.BELOW_THRESHOLD, cohort=keys[cid]))
         timings["cohorts"] = round(time.perf_counter() - t0, 3)
         tick()
 
@@ -272,50 +384,68 @@ def run_study(
         analyses_meta = []
         for a in pkg.analyses:
             t0 = time.perf_counter()
-            try:
-                res = _run_analysis(cdm, pkg, a)
-            except MerciaError as e:
-                # The data defeated this analysis (e.g. a covariate constant in this site's cohort):
-                # say so and go on, as a site with an empty cohort does. The message holds no rows.
-                res = AnalysisResult(a.type, {}, empty=True, notes=[f"not run: {e}"])
-                failed = True
+            pre = Notes()
+            if a.type == "cohort_method":
+                # A negative control below the threshold is left out (the analysis stands without it);
+                # decided from released counts only.
+                dropped = [k for k in a.negative_controls if k in small and k not in a.outcomes]
+                for k in dropped:
+                    pre.append(Note(NoteCode.NEGATIVE_CONTROL_BELOW_THRESHOLD, cohort=k))
+                if dropped:
+                    a = a.model_copy(update={"negative_controls": [k for k in a.negative_controls if k not in dropped]})
+            blocking = [k for k in a.cohorts_used() if k in small]
+            if blocking:
+                # Nothing runs: no table with suppressed cells, no note but the code, whatever the data.
+                res = AnalysisResult(a.type, {}, empty=True, notes=[Note(NoteCode.BELOW_THRESHOLD, cohort=k)
+                                                                     for k in sorted(set(blocking))])
+                status = "below_threshold"
             else:
-                failed = False
+                try:
+                    res = _run_analysis(cdm, pkg, a)
+                    status = "done"
+                except MerciaError as e:
+                    # The data defeated this analysis (e.g. a covariate constant in this site's cohort):
+                    # go on, as a site with an empty cohort does. Its message can quote counts read from
+                    # the rows, so it stays here (the site's log); what leaves is the code.
+                    logger.warning("analysis %s not run: %s", a.table_prefix(), e)
+                    local.append(f"{a.table_prefix()}: not run: {e}")
+                    res = AnalysisResult(a.type, {}, empty=True, notes=[Note(NoteCode.NOT_RUN)])
+                    status = "not_run"
             for table in res.tables.values():
                 out_table(table)
-            if res.notes:
-                notes[a.table_prefix()] = list(res.notes)
+            res_notes = Notes([*pre, *res.notes])
+            check_names(res_notes, pkg.cohort_ids)
+            if res_notes:
+                notes[a.table_prefix()] = res_notes
             timings[a.table_prefix()] = round(time.perf_counter() - t0, 3)
             analyses_meta.append(
                 {
                     "name": a.table_prefix(),
                     "type": a.type,
-                    "status": "failed" if failed else "empty" if res.empty else "done",
+                    "status": status,
                     "tables": sorted(res.tables),
-                    "notes": list(res.notes),
+                    "notes": res_notes.to_list(),
                 }
             )
             tick()
 
         # 3. disclosure log, report, manifest
         (staging / "disclosure.json").write_text(log.to_json(public=True) + "\n")
-        info = cdm_info(cdm)
-        manifest: dict[str, Any] = {
+        # Only what is named in MANIFEST_KEYS: no file path, no row count, no date, no timing (how long
+        # an analysis took grows with its rows); those stay in the StudyRun, at the site.
+        manifest: dict[str, Any] = public_manifest({
             "study": pkg.name,
             "package_hash": pkg.content_hash,
             "site": site,
             "policy": policy.model_dump(mode="json"),
             "policy_summary": policy.rule_summary(),
-            # cdm_info holds aggregates only (row counts per table, the observation span); no rows.
-            "cdm": info,
+            "site_summary": site_summary,
             "cohorts": {k: {"id": pkg.cohort_ids[k], "name": pkg.cohort_name(k)} for k in sorted(pkg.cohort_ids)},
             "analyses": analyses_meta,
             "tables": sorted(released),
-            "notes": notes,
-            "versions": _versions(),
-            "started": started.isoformat(timespec="seconds"),
-            "timings_seconds": timings,
-        }
+            "notes": {k: v.to_list() for k, v in notes.items()},
+            "versions": _versions(cdm),
+        })
         (staging / "package.json").write_text(
             json.dumps(pkg.canonical(), indent=1, sort_keys=True) + "\n"
         )
@@ -325,7 +455,7 @@ def run_study(
         (staging / "report.html").write_text(html, encoding="utf-8")
         timings["report"] = round(time.perf_counter() - t0, 3)
         timings["total"] = round(time.perf_counter() - t_all, 3)
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         tick()
         if out.exists():
             _check_out_dir(out)  # still empty: someone may have written into it meanwhile
@@ -342,4 +472,6 @@ def run_study(
         log=log,
         manifest=manifest,
         notes=notes,
+        local_messages=local,
+        timings=timings,
     )

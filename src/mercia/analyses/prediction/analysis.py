@@ -6,13 +6,18 @@
 - `<name>_attrition` (counts, sequential): entries, persons and outcomes after each population step.
 - `<name>_performance` (model): per split (train, cv, test; external at another site) the AUC with
   its DeLong CI, Brier score, calibration in the large, calibration intercept and slope, E-statistics,
-  with the persons and outcomes it rests on as count columns (a split resting on few is withheld).
+  with the persons and outcomes it rests on as count columns, and `min_level_count`: the fewer of
+  the split's outcomes and non-outcomes, and of the model's own support (below). A split resting on
+  few is withheld, and every split is when the model is.
 - `<name>_risk_strata` (rates): persons, outcomes and expected outcomes (sum of predicted risks,
   protected as person-time is) per stratum of predicted risk (deciles by default), with each split's
   total; observed risk derived from the released counts. The calibration plot and the ROC curve of the
   report are drawn from this table, so they show only released numbers.
 - `<name>_coefficients` (model, lasso only): the non-zero coefficients with the training persons
-  having each covariate as a count column (a term resting on few is withheld).
+  having each covariate as a count column (a term resting on few is withheld), and on every row the
+  model's support `min_level_count` (`mercia.disclosure.model_support`: the fewest training persons,
+  outcomes or non-outcomes in either level of any covariate with a non-zero coefficient, or overall):
+  when it is small no coefficient is released, since the others are fitted around the small group.
 
 Nothing row-level is in any table: no predictions, no person ids, no thresholds at single persons.
 """
@@ -25,6 +30,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.prediction.evaluation import Performance, evaluate, risk_strata
 from mercia.analyses.prediction.models import (
     LassoLogisticSettings,
@@ -39,6 +45,7 @@ from mercia.analyses.prediction.population import PopulationSettings, build_popu
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
 from mercia.disclosure import ModelInfo, RateSpec, ResultTable
+from mercia.disclosure.model_support import support_count
 from mercia.errors import StudyError
 from mercia.features import CovariateData, CovariateSettings, build_covariates
 
@@ -73,8 +80,10 @@ class PredictionSettings(BaseModel):
     min_covariate_persons: int = Field(
         10,
         ge=1,
-        description="covariates non-zero in fewer training persons are not used: a coefficient resting "
-        "on a handful of persons describes them (10 is above the built-in policies' thresholds)",
+        description="covariates non-zero in fewer training persons, or with fewer training outcomes or "
+        "non-outcomes among the persons with or without them, are not used: a coefficient resting on a "
+        "handful of persons or outcomes describes them, and the model would not be released (10 is above "
+        "the built-in policies' thresholds)",
     )
     risk_strata: int = Field(10, ge=2, le=100, description="strata of predicted risk (PLP: deciles)")
     alpha: float = Field(0.05, gt=0, lt=1)
@@ -92,6 +101,8 @@ class PredictionRun:
     covariate_names: dict[int, str]
     covariate_persons: dict[int, int]
     performance: dict[str, Performance] = field(default_factory=dict)
+    # the model's sparsest level in the training persons (model_support.support_count)
+    support: int | None = None
     # row-level (split, person_id, outcome, predicted_risk): stays at the site, for local checks
     predictions: pd.DataFrame = field(default_factory=pd.DataFrame)
 
@@ -118,17 +129,24 @@ def attrition_table(name: str, attrition: pd.DataFrame) -> ResultTable:
     )
 
 
-def performance_table(name: str, perf: dict[str, Performance], info: ModelInfo) -> ResultTable:
+def performance_table(
+    name: str, perf: dict[str, Performance], info: ModelInfo, support: int | None = None
+) -> ResultTable:
+    """One row per split; `support` is the model's own (`support_count`), None for a model applied
+    as given (external validation: its coefficients were released where it was trained)."""
     rows = []
     for split, p in perf.items():
         d = p.to_dict()
-        rows.append({"split": split, "n_persons": d["n_persons"], "n_outcomes": d["n_outcomes"],
+        n, k = int(d["n_persons"]), int(d["n_outcomes"])
+        # AUC and calibration with few outcomes (or few non-outcomes) rank and place those persons
+        level = min(k, n - k, *([support] if support is not None else []))
+        rows.append({"split": split, "n_persons": n, "n_outcomes": k, "min_level_count": max(level, 1),
                      **{c: float(d[c]) for c in PERFORMANCE_COLUMNS}})
     return ResultTable(
         name=f"{name}_performance",
         kind="model",
         data=pd.DataFrame(rows),
-        count_columns=["n_persons", "n_outcomes"],
+        count_columns=["n_persons", "n_outcomes", "min_level_count"],
         model=info,
     )
 
@@ -160,7 +178,12 @@ def coefficient_table(name: str, run: PredictionRun, info: ModelInfo, n_train: i
     data = pd.DataFrame(rows)
     # ids are labels, not numbers to release or suppress
     data["covariate_id"] = data["covariate_id"].astype(str)
-    return ResultTable(name=f"{name}_coefficients", kind="model", data=data, count_columns=["n_persons"], model=info)
+    # one count for the whole model on every row: released whole or not at all; covariates are levels
+    # found in the data, so a withheld one's row (its name) goes with its estimate
+    data["min_level_count"] = np.int64(run.support if run.support is not None else 1)
+    return ResultTable(name=f"{name}_coefficients", kind="model", data=data,
+                       count_columns=["n_persons", "min_level_count"], model=info,
+                       data_levels=["covariate_id", "covariate_name"])
 
 
 def develop_model(
@@ -203,21 +226,35 @@ def develop_model(
             f"only {int(y[train].sum())} training persons have the outcome, fewer than the "
             f"{settings.n_folds} cross-validation folds; use fewer folds or a larger population"
         )
-    # Covariates used: non-zero in at least min_covariate_persons training persons.
+    # Covariates used: at least min_covariate_persons training persons in each level (with and
+    # without the covariate), and as many outcomes and non-outcomes in each. The released model must
+    # rest on no small level (model_support); a covariate failing this would withhold every coefficient.
     X_train_all = cd.X[train]
-    counts = np.asarray((X_train_all != 0).sum(axis=0)).ravel()
-    keep = counts >= settings.min_covariate_persons
+    nonzero = X_train_all != 0
+    counts = np.asarray(nonzero.sum(axis=0)).ravel()
+    y_train = y[train].astype(float)
+    events_with = np.asarray(nonzero.T @ y_train).ravel()
+    without = int(train.sum()) - counts
+    events_without = float(y_train.sum()) - events_with
+    m = settings.min_covariate_persons
+    keep = (
+        (counts >= m) & (events_with >= m) & (counts - events_with >= m)
+        & (without >= m) & (events_without >= m) & (without - events_without >= m)
+    )  # fmt: skip
+    if not keep.any():
+        raise StudyError(
+            f"no covariate has at least {m} training persons, outcomes and non-outcomes both among the persons "
+            "with it and among those without it (min_covariate_persons); a model on fewer would rest on a "
+            "handful of persons and would not be released. Use a larger population or a more common outcome"
+        )
     cd = cd.subset_covariates(keep)
     counts = counts[keep]
     ids = cd.covariate_ids
-    notes: list[str] = []
+    notes: list[Note] = []
     sep = separating_covariates(cd.X[train], y[train])
     if len(sep):
-        names = ", ".join(f"{cd.ref['covariate_name'].iloc[j]} ({ids[j]})" for j in sep[:5])
-        notes.append(
-            f"perfect separation: {len(sep)} covariate(s) separate the outcome completely in the training "
-            f"persons ({names}); the penalised fit stays finite but the separation should be checked"
-        )
+        # Which covariates separate, and how many, are read from the rows: the code says only that some do.
+        notes.append(Note(NoteCode.SEPARATING_COVARIATES))
     model, oof = fit_model(cd.X[train], y[train], folds[train], ids, settings.model, settings.seed)
     preds = {
         "train": check_finite(model.predict(cd.X[train])),
@@ -228,11 +265,14 @@ def develop_model(
     perf = {k: evaluate(truths[k], preds[k], settings.alpha) for k in preds}
     for k, p in perf.items():
         if p.separated:
-            notes.append(
-                f"perfect separation: the {k} predictions separate outcomes from non-outcomes completely "
-                "(AUC 1 or 0); the calibration intercept and slope have no finite value and are not given"
-            )
+            notes.append(Note(NoteCode.PREDICTIONS_SEPARATE, split=k))
     n_train = int(train.sum())
+    # What the model rests on, level by level: the covariates it uses (the lasso's non-zero ones; a
+    # boosted model's leaves are bounded by min_samples_leaf instead, see save_model) and the outcome.
+    used = np.flatnonzero(model.coefficients) if model.kind == "lasso_logistic" else np.zeros(0, dtype=int)
+    X_used = cd.X[train][:, used]
+    X_used = X_used.toarray() if hasattr(X_used, "toarray") else np.asarray(X_used)
+    support = support_count(X_used, y[train])
     info = ModelInfo(
         df_resid=float(n_train - model.n_parameters), n_obs=n_train, n_events=int(y[train].sum())
     )
@@ -243,7 +283,7 @@ def develop_model(
         t.name: t
         for t in (
             attrition_table(name, attrition),
-            performance_table(name, perf, info),
+            performance_table(name, perf, info, support),
             strata_table(name, strata),
         )
     }
@@ -256,6 +296,7 @@ def develop_model(
         covariate_names=covariate_names,
         covariate_persons=covariate_persons,
         performance=perf,
+        support=support,
         predictions=pd.concat(
             [
                 pd.DataFrame(

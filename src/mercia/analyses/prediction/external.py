@@ -79,7 +79,7 @@ def external_validation(
         "policy": pol.model_dump(mode="json"),
         "policy_summary": pol.rule_summary(),
         "tables": {n: t.status for n, t in sorted(released.items())},
-        "notes": run.result.notes,
+        "notes": run.result.notes.to_list(),
         "run": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

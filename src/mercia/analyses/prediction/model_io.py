@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.prediction.analysis import (
     PERFORMANCE_COLUMNS,
     PredictionRun,
@@ -109,7 +110,9 @@ def save_model(
         # model any of whose terms release() would withhold is not written at all.
         coef_table = next(t for n, t in run.result.tables.items() if n.endswith("_coefficients"))
         released = release(coef_table, policy, site=site, log=log)
-        if released.status != "released" or released.data["coefficient"].isna().any():
+        # A withheld term's row is dropped (its covariate is a level found in the data), so count rows too.
+        withheld = len(released.data) < len(coef_table.data) or released.data["coefficient"].isna().any()
+        if released.status != "released" or withheld:
             raise ModelFileError(
                 "disclosure control withholds some of the model's coefficients (too few persons or events "
                 "behind them, see the model's disclosure log); refit with more data or fewer covariates"
@@ -256,7 +259,7 @@ def apply_model(
     used = [int(c) for c in man["covariates_used"]]
     have = set(cd.covariate_ids.tolist())
     missing = [c for c in used if c not in have]
-    notes: list[str] = []
+    notes: list[Note] = []
     if missing:
         names = loaded.covariate_names
         listed = "; ".join(f"{c} {names.get(c, '')}".strip() for c in missing[:20])
@@ -267,12 +270,12 @@ def apply_model(
                 msg + ". Check the CDM has the tables and vocabulary the covariates come from; to apply the "
                 "model anyway with these covariates absent (zero), pass allow_missing_covariates"
             )
-        notes.append(msg + "; they were taken as absent (zero)")
+        notes.append(Note(NoteCode.MISSING_COVARIATES))  # which ones are missing here is the site's data
     X = cd.align_to(loaded.model.covariate_ids)
     p = check_finite(loaded.model.predict(X))
     perf = evaluate(y, p, s.alpha)
     if perf.separated:
-        notes.append("perfect separation: the predictions separate outcomes completely here (AUC 1 or 0)")
+        notes.append(Note(NoteCode.PREDICTIONS_SEPARATE, split="external"))
     n = len(y)
     info = ModelInfo(df_resid=float(n), n_obs=n, n_events=int(y.sum()))
     tables = {

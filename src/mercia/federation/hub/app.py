@@ -21,13 +21,14 @@ from mercia.cohorts.loader import definition_from_data
 from mercia.errors import MerciaError, StudyError
 from mercia.federation.audit import AuditLog
 from mercia.federation.auth import (
-    ROLES,
+    ALL_PROJECTS,
+    HUB_ROLES,
     CountQueryGuard,
     Principal,
     TokenStore,
     authenticator,
     require_project,
-    sign_package_hash,
+    sign_package,
 )
 from mercia.federation.auth import query_key as count_query_key
 from mercia.federation.http_common import (
@@ -44,7 +45,7 @@ from mercia.federation.http_common import (
 from mercia.federation.hub.config import HubConfig
 from mercia.federation.hub.dispatcher import Dispatcher
 from mercia.federation.hub.federated import feasibility_across, federated_fit
-from mercia.federation.hub.registry import HubStore
+from mercia.federation.hub.registry import HubStore, NotFoundError
 from mercia.federation.hub.report import render_pooled_report
 from mercia.study.package import StudyPackage
 
@@ -143,7 +144,7 @@ class ProjectOut(BaseModel):
 
 class UserIn(RequestBody):
     name: Name
-    role: Literal["researcher", "custodian", "admin"]
+    role: Literal["researcher", "admin"]  # auth.HUB_ROLES: no hub route accepts another role
     projects: list[Annotated[str, Field(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9_.@-]{0,127})$")]] = Field(
         default_factory=list, max_length=100)
 
@@ -218,9 +219,20 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         return Depends(auth.require_role(*roles))
 
     def visible(principal: Principal, content_hash: str) -> dict[str, Any]:
-        study = store.study(content_hash)
-        require_project(principal, study["project"])
+        """The study if the caller is in its project; otherwise 404 exactly as for a hash the hub does
+        not hold, so a researcher of one project learns nothing of another's studies."""
+        try:
+            study = store.study(content_hash)
+        except NotFoundError:
+            study = None
+        if study is None or not principal.in_project(study["project"]):
+            raise NotFoundError(f"no study with hash {content_hash!r} at this hub")
         return study
+
+    def require_all_projects(principal: Principal, what: str) -> None:
+        if ALL_PROJECTS not in principal.projects:
+            raise HTTPException(403, detail=f"{what} needs an admin of every project (*); {principal.name} "
+                                            f"administers {sorted(principal.projects)} only")
 
     def state(content_hash: str) -> StudyState:
         s = store.study(content_hash)
@@ -252,14 +264,21 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
             raise StudyError(f"the package could not be read ({type(e).__name__}); check it with "
                              "mercia study run on a local CDM first") from None
         h = pkg.content_hash
-        signature = sign_package_hash(config.signing_key, h)
+        if not sites:
+            raise HTTPException(400, detail=f"project {body.project!r} has no sites to send the study to")
+        # The signature binds the package to this project, these sites and this researcher, for a
+        # limited time: a node refuses it anywhere else, under another project, or once it expires.
+        signature = sign_package(config.signing_key, h, project=body.project, sites=sites,
+                                 requested_by=principal.name, valid_days=config.signature_valid_days)
         created = store.add_study(h, name=pkg.name, project=body.project, submitted_by=principal.name,
                                   package=pkg.canonical(), signature=signature, sites=sites)
         if created:
             services.audit.append("study.submitted", principal.name, hash=h, project=body.project, sites=sites)
             services.dispatcher.wake()
-        else:
-            require_project(principal, store.study(h)["project"])
+        elif store.study(h)["project"] != body.project:
+            # One hash, one study: the other project's record is not this caller's to see.
+            raise HTTPException(409, detail="this exact package is already a study of another project; change "
+                                            "the package (e.g. its name) to submit it in this one")
         return state(h)
 
     @app.get(f"{API}/studies", response_model=list[StudySummary], responses=ERRORS, tags=["studies"])
@@ -315,7 +334,8 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
     def federated(content_hash: HashParam, body: FederatedQuery,
                   principal: Annotated[Principal, role("researcher", "admin")]) -> dict[str, Any]:
         """Fit the model exactly across the finished sites (Newton-Raphson on their score and information).
-        Roles: researcher (in the project), admin."""
+        Roles: researcher (in the project), admin. When no site releases the model, or the fit does not
+        converge, the answer is one fixed 422 `model_refused`, the same whatever the reason."""
         visible(principal, content_hash)
         fit = federated_fit(store, content_hash, body.analysis, body.model, timeout=config.node_timeout_seconds)
         services.add_federated(content_hash, fit)
@@ -335,8 +355,9 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         if outside:
             raise HTTPException(403, detail=f"sites {outside} are not in project {body.project!r}")
         services.guard.check(principal, count_query_key(body.definition))
+        # The researcher is the one this hub authenticated: the request names none (its model forbids it).
         answer = feasibility_across(store, sites, body.definition, body.project, requested_by=principal.name,
-                                    timeout=config.node_timeout_seconds)
+                                    signing_key=config.signing_key, timeout=config.node_timeout_seconds)
         services.audit.append("feasibility.asked", principal.name, project=body.project, sites=sites,
                               persons=answer["persons"])
         return answer
@@ -344,19 +365,25 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
     # ---- administration -------------------------------------------------------------------------------
     @app.post(f"{API}/nodes", response_model=NodeOut, status_code=201, responses=ERRORS, tags=["admin"])
     def add_node(body: NodeIn, principal: Annotated[Principal, role("admin")]) -> NodeOut:
-        """Register (or update) a node and the token the hub presents to it. Role: admin."""
+        """Register (or update) a node and the token the hub presents to it. Role: admin of every project
+        (a node serves them all)."""
+        require_all_projects(principal, "registering a node")
         node = store.add_node(body.name, body.url, body.token, body.verify)
         services.audit.append("node.registered", principal.name, node=body.name, url=body.url)
         return NodeOut(**node.public())
 
     @app.get(f"{API}/nodes", response_model=list[NodeOut], responses=ERRORS, tags=["admin"])
     def list_nodes(principal: Annotated[Principal, role("admin", "researcher")]) -> list[NodeOut]:
-        """Registered nodes (names and URLs; never their tokens). Roles: admin, researcher."""
-        return [NodeOut(**n.public()) for n in store.nodes()]
+        """Registered nodes of the caller's projects (names and URLs; never their tokens). Roles: admin,
+        researcher."""
+        mine = {s for p in store.projects() if principal.in_project(p["name"]) for s in p["sites"]}
+        return [NodeOut(**n.public()) for n in store.nodes()
+                if ALL_PROJECTS in principal.projects or n.name in mine]
 
     @app.post(f"{API}/projects", response_model=ProjectOut, status_code=201, responses=ERRORS, tags=["admin"])
     def add_project(body: ProjectIn, principal: Annotated[Principal, role("admin")]) -> ProjectOut:
-        """Create or change a project and its sites. Role: admin."""
+        """Create or change a project and its sites. Role: admin (of that project, or of every project)."""
+        require_project(principal, body.name)
         p = store.add_project(body.name, body.sites)
         services.audit.append("project.saved", principal.name, project=body.name, sites=p["sites"])
         return ProjectOut(**p)
@@ -368,9 +395,17 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
 
     @app.post(f"{API}/users", response_model=UserToken, status_code=201, responses=ERRORS, tags=["admin"])
     def add_user(body: UserIn, principal: Annotated[Principal, role("admin")]) -> UserToken:
-        """Issue (or rotate) a user's token, shown once; the hub keeps its hash. Role: admin."""
-        assert body.role in ROLES
-        token = services.tokens.issue(body.name, body.role, body.projects)
+        """Issue (or rotate) a user's token, shown once; the hub keeps its hash. Role: admin, for projects
+        they administer (only an admin of every project gives "*")."""
+        outside = [p for p in body.projects if not principal.in_project(p) or
+                   (p == ALL_PROJECTS and ALL_PROJECTS not in principal.projects)]
+        if outside:
+            raise HTTPException(403, detail=f"{principal.name} does not administer projects {outside}")
+        if ALL_PROJECTS not in principal.projects and body.name in {p.name for p in services.tokens.principals()}:
+            # Reissuing replaces the account: a scoped admin could lock out a wider one (the hub's admin).
+            raise HTTPException(403, detail=f"{principal.name} administers some projects only and may not "
+                                            f"rotate the existing account {body.name!r}")
+        token = services.tokens.issue(body.name, body.role, body.projects, roles=HUB_ROLES)
         services.audit.append("user.token_issued", principal.name, user=body.name, role=body.role,
                               projects=body.projects)
         return UserToken(name=body.name, role=body.role, token=token)

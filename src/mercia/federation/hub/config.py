@@ -7,6 +7,7 @@
     retry: {base_seconds: 0.5, max_seconds: 30}   # back-off towards a node that does not answer
     poll_seconds: 1.0                # how often the dispatcher asks nodes about open studies
     node_timeout_seconds: 30
+    signature_valid_days: 7          # a node refuses a package whose hub signature is older
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class HubConfig(StrictModel):
     retry: Retry = Retry()
     poll_seconds: float = Field(1.0, gt=0)
     node_timeout_seconds: float = Field(30.0, gt=0)
+    signature_valid_days: float = Field(
+        7.0, gt=0, le=366, description="days a node accepts a package after the hub signed it")
 
 
 def load_hub_config(path: str | Path) -> HubConfig:

@@ -4,18 +4,33 @@ Federated regression: the Cox analysis named in an approved, finished study fixe
 site; the hub runs Newton-Raphson (mercia.federation.glm) with a round function that asks every
 node, in parallel, for its released score and information at the current coefficients. A site that
 refuses at the start (too few rows or events, blocked by its policy) is left out, and the answer says so.
+
+A node's refusal of a model (HTTP 422, `model_support.MODEL_REFUSED`) is relayed as that fixed text
+and nothing else; when no site is left, or the fit does not converge (separation, a singular
+information matrix), the researcher gets the same `ModelRefused`: the answer must not tell whether a
+site refused or the fit diverged, nor how far the coefficients went, since either can turn on one
+person's outcome.
 """
 
 from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mercia.disclosure.model_support import MODEL_REFUSED, MODEL_REFUSED_STATUS, ModelRefused
 from mercia.errors import MerciaError
-from mercia.federation.glm import SiteSummary, federated_cox, federated_glm
+from mercia.federation.attestation import attest
+from mercia.federation.glm import (
+    ConvergenceError,
+    SiteRefusedError,
+    SiteSummary,
+    federated_cox,
+    federated_glm,
+)
 from mercia.federation.hub.node_link import NodeLink, NodeRefused, NodeUnavailable
 from mercia.federation.hub.registry import HubStore, NotFoundError
 from mercia.study.package import StudyPackage
@@ -39,8 +54,12 @@ def model_terms(pkg: StudyPackage, analysis: str, model: str) -> list[str]:
 def _summary(answer: dict[str, Any]) -> SiteSummary:
     return SiteSummary(beta=np.asarray(answer["beta"], dtype=float), score=np.asarray(answer["score"], dtype=float),
                        information=np.asarray(answer["information"], dtype=float), loglik=float(answer["loglik"]),
-                       n=int(answer["n"]), n_events=int(answer["n_events"]), site=answer["site"],
-                       n_nonevents=answer.get("n_nonevents"))
+                       n=int(answer["n"]), n_events=int(answer["n_events"]), site=answer["site"])
+
+
+def _model_refused(e: Exception) -> bool:
+    """The node's answer that it does not release this model (its text is fixed, not relayed)."""
+    return isinstance(e, NodeRefused) and e.status == MODEL_REFUSED_STATUS
 
 
 def federated_fit(store: HubStore, content_hash: str, analysis: str, model: str, *, timeout: float = 60.0,
@@ -68,28 +87,37 @@ def federated_fit(store: HubStore, content_hash: str, analysis: str, model: str,
                 return out
 
             first = ask(np.zeros(len(terms)), chosen)
+            refused = {s for s, a in first.items() if _model_refused(a)}
             for s, a in first.items():
                 if isinstance(a, Exception):
-                    left_out[s] = str(a)
+                    left_out[s] = MODEL_REFUSED if s in refused else str(a)
             used = [s for s in chosen if s not in left_out]
             if not used:
-                raise FederatedError("every site refused the regression round: " + "; ".join(
+                if refused == set(left_out):
+                    raise ModelRefused()
+                raise FederatedError("no site answered the regression round: " + "; ".join(
                     f"{s}: {m}" for s, m in left_out.items()))
 
             def round_fn(beta: np.ndarray) -> list[SiteSummary]:
                 answers = ask(beta, used)
                 failed = {s: a for s, a in answers.items() if isinstance(a, Exception)}
+                if any(_model_refused(a) for a in failed.values()):
+                    raise ModelRefused()
                 if failed:
                     # A site lost mid-fit cannot be dropped quietly: the sums would change under Newton.
                     raise FederatedError("a site stopped answering during the fit: " + "; ".join(
                         f"{s}: {e}" for s, e in failed.items()) + "; try again")
                 return [_summary(answers[s]) for s in used]
 
-            if model == "cox":
-                fit = federated_cox(round_fn, len(terms), terms=terms)
-            else:
-                fit = federated_glm(round_fn, len(terms), "binomial" if model == "logistic" else "poisson",
-                                    terms=terms)
+            try:
+                if model == "cox":
+                    fit = federated_cox(round_fn, len(terms), terms=terms)
+                else:
+                    fit = federated_glm(round_fn, len(terms), "binomial" if model == "logistic" else "poisson",
+                                        terms=terms)
+            except (ConvergenceError, SiteRefusedError):
+                # no convergence, or a site below the minimum at the hub's check: the one answer
+                raise ModelRefused() from None
     finally:
         for link in links.values():
             link.close()
@@ -113,14 +141,18 @@ def federated_fit(store: HubStore, content_hash: str, analysis: str, model: str,
 
 
 def feasibility_across(store: HubStore, sites: list[str], definition: dict[str, Any], project: str, *,
-                       requested_by: str, timeout: float = 30.0) -> dict[str, Any]:
-    """Ask every site at once; the total counts only the sites that released a number."""
+                       requested_by: str, signing_key: str | Path, timeout: float = 30.0) -> dict[str, Any]:
+    """Ask every site at once; the total counts only the sites that released a number.
+
+    `requested_by` is the researcher the hub authenticated (never a name from the request): the hub signs
+    that it asks for them, and each node charges that researcher's privacy budget."""
     nodes = [store.node(s) for s in sites]
+    signed = attest(signing_key, requested_by, project, definition)
 
     def ask(node: Any) -> Any:
         with NodeLink(node, timeout=timeout) as link:
             try:
-                return link.feasibility(definition, project, requested_by)
+                return link.feasibility(definition, project, requested_by, attestation=signed)
             except (NodeRefused, NodeUnavailable) as e:
                 return {"site": node.name, "error": str(e)}
 

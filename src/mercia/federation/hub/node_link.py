@@ -76,6 +76,7 @@ class NodeLink:
         return self._call("POST", f"/studies/{content_hash}/rounds",
                           {"analysis": analysis, "model": model, "beta": beta})
 
-    def feasibility(self, definition: dict[str, Any], project: str, requested_by: str) -> dict[str, Any]:
-        return self._call("POST", "/feasibility",
-                          {"definition": definition, "project": project, "requested_by": requested_by})
+    def feasibility(self, definition: dict[str, Any], project: str, requested_by: str,
+                    attestation: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._call("POST", "/feasibility", {"definition": definition, "project": project,
+                                                   "requested_by": requested_by, "attestation": attestation})

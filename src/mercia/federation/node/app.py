@@ -8,6 +8,9 @@ Every route but /health needs a bearer token (see mercia.federation.auth). What 
     researcher  feasibility counts only, in their projects, if the site allows it
     admin       list studies and read their status
 
+Every role acts only in its token's projects: a study of another project is listed to no one and
+answers 404 to everything, as if it did not exist.
+
 No route returns a package's rows or anything built from rows but released tables: results are read
 from the study's results folder, which `run_study` fills only with tables that passed `release()`.
 """
@@ -15,6 +18,7 @@ from the study's results folder, which `run_study` fills only with tables that p
 # No `from __future__ import annotations`: FastAPI reads the route signatures' Annotated types.
 
 import functools
+import hashlib
 import json
 import logging
 import threading
@@ -25,15 +29,18 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
+from mercia.disclosure.model_support import ModelRefused
 from mercia.errors import MerciaError, StudyError
+from mercia.federation import attestation
 from mercia.federation.audit import AuditLog
 from mercia.federation.auth import (
     CountQueryGuard,
     Principal,
+    SignatureRefused,
     TokenStore,
     authenticator,
     require_project,
-    verify_package_signature,
+    verify_package,
 )
 from mercia.federation.auth import query_key as count_query_key
 from mercia.federation.http_common import (
@@ -51,11 +58,13 @@ from mercia.federation.http_common import (
 from mercia.federation.node.cdm_access import CdmAccess
 from mercia.federation.node.config import NodeConfig
 from mercia.federation.node.count_cache import ReleasedCountCache
-from mercia.federation.node.feasibility import feasibility_count, parse_definition
+from mercia.federation.node.feasibility import feasibility_count, feasibility_label, parse_definition
+from mercia.federation.node.privacy_budget import PrivacyLedger
 from mercia.federation.node.rounds import load_design, released_round
-from mercia.federation.node.state import NodeStore, StudyRecord, StudyStatusValue
+from mercia.federation.node.state import NodeStore, StudyRecord, StudyStatusValue, UnknownStudyError
 from mercia.federation.node.worker import StudyWorker, designs_dir, results_dir
 from mercia.study.package import StudyPackage
+from mercia.study.runner import public_manifest
 
 logger = logging.getLogger("mercia.node")
 
@@ -66,7 +75,9 @@ COUNT_THREADS = 4  # feasibility counts at once: each is a DuckDB query (itself 
 class SubmitStudy(RequestBody):
     package: dict[str, Any] = Field(description="the package's canonical form (StudyPackage.canonical())")
     hash: str = Field(pattern=HASH_PATTERN, description="sha256 of the canonical JSON; the node recomputes it")
-    signature: str = Field(min_length=1, max_length=200, description="the hub's Ed25519 signature of `hash`, base64")
+    signature: str = Field(min_length=1, max_length=24_000, description=(
+        "the hub's signature (mercia.federation.auth.sign_package): the hash, project, target sites, "
+        "requester and expiry it vouches for, and its Ed25519 signature over them"))
     project: str = Field(pattern=NAME_PATTERN)
     requested_by: str = Field(pattern=NAME_PATTERN, description="the researcher who submitted it at the hub")
 
@@ -92,11 +103,19 @@ class StudyResults(BaseModel):
     manifest: dict[str, Any]
 
 
+class Attestation(RequestBody):
+    expires: int = Field(description="unix time after which the attestation is void")
+    signature: str = Field(min_length=1, max_length=200, description="the hub's Ed25519 signature, base64")
+
+
 class FeasibilityQuery(RequestBody):
     definition: dict[str, Any] = Field(description="a cohort definition (cohort language or Mercia's model form)")
     project: str = Field(pattern=NAME_PATTERN)
     requested_by: str | None = Field(None, pattern=NAME_PATTERN, description=(
-        "the researcher a hub asks for: the count limits apply to each researcher, not to the hub as one"))
+        "the researcher a hub asks for (hub role only, with the hub's attestation): the count limits and "
+        "the privacy budget apply to each researcher, not to the hub as one"))
+    attestation: Attestation | None = Field(None, description=(
+        "the hub's signature that it authenticated `requested_by` for this definition (federation/attestation.py)"))
 
 
 class FeasibilityAnswer(BaseModel):
@@ -106,6 +125,8 @@ class FeasibilityAnswer(BaseModel):
     entries: int | None
     attrition: dict[str, Any]
     disclosure: dict[str, Any]
+    privacy: dict[str, Any] = Field(description=(
+        "the differential privacy of the numbers: mechanism, epsilon, and the asker's budget spent and left"))
 
 
 class RoundQuery(RequestBody):
@@ -122,9 +143,8 @@ class RoundAnswer(BaseModel):
     score: list[float]
     information: list[list[float]]
     loglik: float
-    n: int
-    n_events: int
-    n_nonevents: int | None
+    n: int = Field(description="released (rounded) rows")
+    n_events: int = Field(description="released (rounded) events")
     policy: dict[str, Any]
 
 
@@ -144,6 +164,7 @@ class NodeServices:
         self.guard = CountQueryGuard(max_queries=limits.per_window, window_seconds=limits.window_seconds,
                                      max_repeats=limits.near_identical)
         self.counts = ReleasedCountCache(config.count_cache_seconds)
+        self.ledger = PrivacyLedger(config.state_dir)
         self.worker = StudyWorker(config, self.store, self.cdm, self.audit)
         self._start_worker = start_worker
         # Regression rounds load a study's rows from disk once, then keep them while rounds go on.
@@ -179,8 +200,26 @@ def read_package(data: dict[str, Any]) -> StudyPackage:
         raise StudyError(f"the package could not be read ({type(e).__name__}); send StudyPackage.canonical()") from None
 
 
+def _analysis_status(out: Any, analysis: str) -> str | None:
+    """An analysis's status in a finished study's manifest (None if the manifest does not list it)."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return next((a.get("status") for a in manifest.get("analyses", []) if a.get("name") == analysis), None)
+
+
 def _status(rec: StudyRecord) -> StudyStatus:
     return StudyStatus(**rec.public())
+
+
+def scoped_study(store: NodeStore, principal: Principal, content_hash: str) -> StudyRecord:
+    """The study if the principal may act in its project. A study of another project answers exactly as
+    one that does not exist (404): a token scoped to one project learns nothing of another's studies."""
+    rec = store.get(content_hash)
+    if rec is None or not principal.in_project(rec.project):
+        raise UnknownStudyError(f"no study with hash {content_hash!r} at this node; list them with GET studies")
+    return rec
 
 
 def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
@@ -198,7 +237,7 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     # Made on first use: a limiter needs the running event loop.
     audit_threads: dict[str, Any] = {}
     count_threads: dict[str, Any] = {}
-    policy_key = config.site_policy.model_dump_json()  # fixed for the node's life: part of every count key
+    privacy = config.feasibility_privacy
 
     @app.middleware("http")
     async def _audit_requests(request: Request, call_next: Any) -> Any:
@@ -228,7 +267,9 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         """Queue a signed package for the custodian's approval (idempotent on its hash). Role: hub.
 
         The node recomputes the hash (400 if the package does not match it), checks the hub's signature
-        (403) and the package's disclosure policy against the site minimum (400 if weaker)."""
+        and what it vouches for: this hash, this project, this site among its targets, this requester,
+        not expired (403 naming which failed), and the package's disclosure policy against the site
+        minimum (400 if weaker)."""
         require_project(principal, body.project)
         # Hash and signature are checked on every submission, a repeated one too: a resubmission
         # changes nothing, but a tampered one is refused as such.
@@ -238,12 +279,19 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
             raise HTTPException(400, detail=(
                 "the package does not match its hash (it was changed after hashing, or the hash is wrong); "
                 "submit the package exactly as the hub hashed and signed it"))
-        if not verify_package_signature(services.hub_key, body.hash, body.signature):
-            services.audit.append("study.refused", principal.name, hash=body.hash, reason="bad signature")
-            raise HTTPException(403, detail="the package's signature does not verify with the key of the hub "
-                                            "this node trusts; only packages signed by that hub run here")
+        try:
+            verify_package(services.hub_key, body.signature, content_hash=body.hash, project=body.project,
+                           site=config.site, requested_by=body.requested_by)
+        except SignatureRefused as e:
+            services.audit.append("study.refused", principal.name, hash=body.hash, reason=e.reason)
+            raise HTTPException(403, detail=str(e)) from None
         existing = services.store.get(body.hash)
         if existing is not None:
+            if existing.project != body.project:
+                # One hash, one study: the same package signed again for another project is not a
+                # second study, and the first one's record is not this caller's to see.
+                raise HTTPException(409, detail="this package is already held at this node under another "
+                                                "project; change the package (e.g. its name) to submit it here")
             return _status(existing)
         pkg.effective_policy(config.site_policy)  # a package asking for less than the site minimum: 400
         auto = body.hash in config.auto_approve.studies
@@ -261,16 +309,20 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     @app.get(f"{API}/studies", response_model=StudyList, responses=ERRORS, tags=["studies"])
     def list_studies(principal: Annotated[Principal, role("custodian", "hub", "admin")],
                      status_filter: Annotated[StudyStatusValue | None, Query(alias="status")] = None) -> StudyList:
-        """Every study at this node (status records only). Roles: custodian, hub, admin."""
-        return StudyList(site=config.site, studies=[_status(r) for r in services.store.list(status_filter)])
+        """The studies of the caller's projects at this node (status records only). Roles: custodian, hub,
+        admin."""
+        return StudyList(site=config.site, studies=[_status(r) for r in services.store.list(status_filter)
+                                                    if principal.in_project(r.project)])
 
     @app.get(f"{API}/studies/{{content_hash}}", response_model=StudyStatus, responses=ERRORS, tags=["studies"])
     def study_status(content_hash: HashParam,
                      principal: Annotated[Principal, role("custodian", "hub", "admin")]) -> StudyStatus:
-        """One study's status record (no package, no data). Roles: custodian, hub, admin."""
-        return _status(services.store.require(content_hash))
+        """One study's status record (no package, no data). Roles: custodian, hub, admin; 404 for a
+        study of a project the caller is not in, as for one that does not exist."""
+        return _status(scoped_study(services.store, principal, content_hash))
 
     def decide(content_hash: str, principal: Principal, approve: bool, reason: str | None) -> StudyStatus:
+        scoped_study(services.store, principal, content_hash)  # a custodian decides in their projects only
         rec = services.store.decide(content_hash, approve=approve, actor=principal.name, reason=reason)
         services.audit.append("study.approved" if approve else "study.rejected", principal.name,
                               hash=content_hash, reason=reason)
@@ -296,15 +348,16 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
              tags=["studies"])
     def study_results(content_hash: HashParam, principal: Annotated[Principal, role("hub")]) -> StudyResults:
         """The released tables, the public disclosure log and the manifest; 409 until finished. Role: hub."""
-        rec = services.store.require(content_hash)
-        require_project(principal, rec.project)
+        rec = scoped_study(services.store, principal, content_hash)
         if rec.status != "finished":
             raise HTTPException(409, detail=f"study {content_hash[:12]} is {rec.status}; results come when it "
                                             "is finished")
         out = results_dir(config.state_dir, content_hash)
         tables = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
         disclosure = json.loads((out / "disclosure.json").read_text())
-        manifest = json.loads((out / "manifest.json").read_text())
+        # Filtered again at the door: a manifest left by an older version (paths, row counts, free-text
+        # notes) leaves only with its released fields.
+        manifest = public_manifest(json.loads((out / "manifest.json").read_text()))
         services.audit.append("results.sent", principal.name, hash=content_hash, tables=len(tables))
         return StudyResults(hash=content_hash, site=config.site, tables=tables,
                             disclosure=disclosure,
@@ -315,14 +368,20 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     def regression_round(content_hash: HashParam, body: RoundQuery,
                          principal: Annotated[Principal, role("hub")]) -> RoundAnswer:
         """This site's released score and information at the hub's coefficients (federated GLM and Cox).
-        Role: hub. Only for a finished study, on one of its Cox analyses (see node/rounds.py)."""
-        rec = services.store.require(content_hash)
-        require_project(principal, rec.project)
+        Role: hub. Only for a finished study, on one of its Cox analyses (see node/rounds.py). A model
+        with a small level (persons, events or non-events) is refused from the first round with one fixed
+        422 `model_refused` answer; counts in the answer are released (rounded) ones."""
+        rec = scoped_study(services.store, principal, content_hash)
         if not config.federated_rounds:
             raise HTTPException(403, detail="this site does not answer regression rounds (federated_rounds: false)")
         if rec.status != "finished":
             raise HTTPException(409, detail=f"study {content_hash[:12]} is {rec.status}; regression rounds run on "
                                             "a finished study's rows")
+        if _analysis_status(results_dir(config.state_dir, content_hash), body.analysis) == "below_threshold":
+            # The study released only 'below threshold' for this analysis (decided from its released
+            # cohort counts): its rounds release nothing either, with the one answer every refused or
+            # non-converging model gets, the same at 0 or 1 person.
+            raise ModelRefused()
         design = services.design(content_hash, body.analysis)
         pkg_policy = StudyPackage.from_canonical(services.store.package(content_hash)).effective_policy(
             config.site_policy)
@@ -335,9 +394,11 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     @app.post(f"{API}/feasibility", response_model=FeasibilityAnswer, responses=ERRORS, tags=["feasibility"])
     async def feasibility(body: FeasibilityQuery, principal: Annotated[Principal, role("hub", "researcher")]
                           ) -> FeasibilityAnswer:
-        """The released persons count and attrition of a cohort definition. Roles: those in the site's
-        feasibility_roles (hub, researcher), when the custodian allows automatic counts; rate-limited
-        per caller, with a lockout after repeats of one query (429)."""
+        """The released persons count and attrition of a cohort definition, with differentially private
+        noise. Roles: those in the site's feasibility_roles (hub, researcher), when the custodian allows
+        automatic counts. Each distinct definition (canonical form) costs the asker epsilon from their
+        privacy budget at this site (429 when spent); a repeat gets the same answer at no cost. Also
+        rate-limited per asker, with a lockout after repeats of one query (429)."""
         if principal.role not in config.feasibility_roles:
             raise HTTPException(403, detail=f"this site answers feasibility counts for "
                                             f"{', '.join(config.feasibility_roles)} only")
@@ -347,18 +408,23 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
                                             "(auto_approve.feasibility in node.yaml)")
 
         definition = parse_definition(body.definition)
-        # The hub asks for many researchers: limit each of them (the hub is trusted to name them).
-        who = (f"{principal.name}/{body.requested_by}" if principal.role == "hub" and body.requested_by
-               else principal.name)
-        services.guard.check(who, count_query_key(body.definition))
+        who = budget_holder(principal, body)
+        services.guard.check(who, count_query_key(definition))  # the canonical form too
+        # One distinct question: its canonical form under this policy in this epoch. Its noise is derived
+        # from it and its first answer kept, so asking again (renamed, reordered, by anyone) changes nothing.
+        label = feasibility_label(definition, config.site_policy, privacy)
+        key = hashlib.sha256(label.encode()).hexdigest()
 
         def count() -> dict[str, Any]:
             with services.cdm.reader() as cdm:
-                return feasibility_count(cdm, definition, config.site_policy, site=config.site)
+                answer = feasibility_count(cdm, definition, config.site_policy, site=config.site, privacy=privacy,
+                                           noise_key=services.ledger.noise_key(), label=label)
+            return services.ledger.keep(key, privacy.epsilon_per_query, answer)
 
-        def audit(answer: dict[str, Any]) -> None:
-            services.audit.append("feasibility.released", principal.name, project=body.project,
-                                  definition_hash=answer["definition_hash"], persons=answer["persons"])
+        def audit(answer: dict[str, Any], charged: bool) -> None:
+            services.audit.append("feasibility.released", principal.name, project=body.project, budget_of=who,
+                                  definition_hash=answer["definition_hash"], persons=answer["persons"],
+                                  epsilon=privacy.epsilon_per_query if charged else 0.0)
 
         # Counts run COUNT_THREADS at a time, first come first served, on threads of their own. In the
         # shared pool (40 threads) a burst of counts took every thread, and each request's other steps
@@ -368,12 +434,41 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         if "limiter" not in count_threads:
             count_threads["limiter"] = anyio.CapacityLimiter(COUNT_THREADS)
             count_threads["audit"] = anyio.CapacityLimiter(2)
-        key = f"{definition.definition_hash()}:{policy_key}"
-        answer = await services.counts.answer(
-            key, lambda: anyio.to_thread.run_sync(count, limiter=count_threads["limiter"])
-        )
-        await anyio.to_thread.run_sync(audit, answer, limiter=count_threads["audit"])
+        # Charged before counting, in one transaction: concurrent questions cannot overspend together.
+        charged = await anyio.to_thread.run_sync(services.ledger.charge, who, key, privacy,
+                                                 limiter=count_threads["audit"])
+        try:
+            answer = await anyio.to_thread.run_sync(services.ledger.answer, key, limiter=count_threads["audit"])
+            if answer is None:
+                answer = await services.counts.answer(
+                    key, lambda: anyio.to_thread.run_sync(count, limiter=count_threads["limiter"]))
+        except BaseException:
+            if charged:  # nothing was released: the question costs nothing
+                await anyio.to_thread.run_sync(services.ledger.refund, who, key, limiter=count_threads["audit"])
+            raise
+        await anyio.to_thread.run_sync(audit, answer, charged, limiter=count_threads["audit"])
+        spent = await anyio.to_thread.run_sync(services.ledger.spent, who, limiter=count_threads["audit"])
+        answer = {**answer, "privacy": {**answer["privacy"], "budget": privacy.budget, "spent": round(spent, 9),
+                                        "left": round(max(privacy.budget - spent, 0.0), 9), "charged": charged}}
         return FeasibilityAnswer(**answer)
+
+    def budget_holder(principal: Principal, body: FeasibilityQuery) -> str:
+        """Whose privacy budget (and count limits) a question spends. A researcher's own token: theirs. The
+        hub: the researcher it names, only with its signed attestation that it authenticated them for
+        this very definition (so holding the hub's token does not mint a fresh budget per invented name);
+        the hub asking for itself: the hub's one budget."""
+        if principal.role != "hub":
+            return principal.name
+        if body.requested_by is None:
+            return principal.name
+        signed = body.attestation.model_dump() if body.attestation is not None else None
+        if not attestation.verify(services.hub_key, signed, body.requested_by, body.project, body.definition):
+            services.audit.append("feasibility.refused", principal.name, requested_by=body.requested_by,
+                                  reason="no valid attestation")
+            raise HTTPException(403, detail="requested_by needs the hub's attestation: a signature, with the key "
+                                            "this node trusts, that the hub authenticated that researcher for "
+                                            "this definition and project (expired or missing here)")
+        return f"{principal.name}/{body.requested_by}"
 
     return app
 

@@ -11,6 +11,7 @@
       studies: []                      # content hashes approved in advance
     feasibility_roles: [hub]           # who may ask for counts (hub, researcher)
     count_limits: {per_window: 60, window_seconds: 60, near_identical: 5}
+    feasibility_privacy: {epsilon_per_query: 0.1, budget: 1.0}   # differential privacy of counts
     tls: {cert: node.crt, key: node.key}
     federated_rounds: true             # approving a package with a Cox analysis allows score rounds on it
 """
@@ -25,6 +26,7 @@ from pydantic import Field
 from mercia.disclosure import BUILTIN_POLICIES, DisclosurePolicy
 from mercia.errors import ConfigError
 from mercia.federation.config_file import StrictModel, Tls, read_config_mapping, validate_config
+from mercia.federation.node.privacy_budget import FeasibilityPrivacy
 
 
 class AutoApprove(StrictModel):
@@ -56,6 +58,7 @@ class NodeConfig(StrictModel):
     )
     tls: Tls | None = None
     federated_rounds: bool = True
+    feasibility_privacy: FeasibilityPrivacy = FeasibilityPrivacy()
 
     @property
     def site_policy(self) -> DisclosurePolicy:

@@ -1,12 +1,12 @@
-"""Released feasibility answers kept for a while, and one count per definition in flight.
+"""One count per definition in flight, and released answers kept for a while in memory.
 
 A feasibility count is a whole cohort query (about a second of CPU on 1,000,000 persons), and the same
-definitions are asked again and again: by many researchers, and by the hub for each of them. While the
-CDM is unchanged the released answer to a definition is the same, so it is computed once and served
-from here for `ttl_seconds`; concurrent requests for a definition whose count is running wait for that
-one count instead of each running it. Giving one released answer to one question is also what
-disclosure control wants: repeated answers offer nothing to average or difference. Rate limits and the
-lockout (auth.CountQueryGuard) and the audit line still apply to every request.
+definitions are asked again and again: by many researchers, and by the hub for each of them.
+Concurrent requests for a definition whose count is running wait for that one count instead of each
+running it. The answer that counts is the one the privacy ledger keeps (node/privacy_budget.py): a
+distinct question is answered once, with its noise, and every repeat gets that answer; this cache only
+saves reading it back for `ttl_seconds`. Rate limits and the lockout (auth.CountQueryGuard), the
+privacy budget and the audit line still apply to every request.
 """
 
 from __future__ import annotations

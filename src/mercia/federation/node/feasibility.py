@@ -1,13 +1,16 @@
 """Feasibility counts: how many persons (and entries) a cohort definition finds, released.
 
 The definition is compiled to one read-only query (the CTE form; nothing is written to the CDM, so a
-count answers while a study runs). Persons and entries after each inclusion rule come from the
-compiler's per-mask counts, as a study's attrition table does, and the whole table passes
-`release()` with the site's policy: small counts are suppressed or rounded like any other result.
+count answers while a study runs). Persons after each inclusion rule come from the compiler's
+per-mask counts, as a study's attrition table does. Interactive counts are what differencing and
+tracker attacks use (two definitions that differ by one person), so the numbers get differentially
+private noise before the policy's threshold and rounding (see `feasibility_count`); the route keeps
+the privacy budget and gives a repeated question its first answer (node/privacy_budget.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 from collections.abc import Iterator
@@ -18,26 +21,15 @@ import pandas as pd
 from sqlglot import exp
 
 from mercia.cdm import Cdm
+from mercia.cohorts.canonical import canonical_hash, parse_definition
 from mercia.cohorts.compiler import CompiledCohort, bound, compile_cohort
 from mercia.cohorts.model import CohortDefinition
 from mercia.disclosure import DisclosureLog, DisclosurePolicy, ResultTable, release
+from mercia.disclosure.noise import noise_sd, two_sided_geometric
 from mercia.errors import CohortDefinitionError, MerciaError
+from mercia.federation.node.privacy_budget import FeasibilityPrivacy
 
-
-def parse_definition(definition: dict[str, Any]) -> CohortDefinition:
-    """A cohort definition sent as data: Mercia's model form (with `expression`) or the cohort language."""
-    from mercia.cohorts import dsl
-
-    if not isinstance(definition, dict) or not definition:
-        raise CohortDefinitionError("definition: give a cohort definition (a mapping in the cohort language)")
-    try:
-        if "expression" in definition:
-            return CohortDefinition.from_dict(definition)
-        return dsl.from_dict(definition)
-    except MerciaError:
-        raise
-    except Exception as e:  # pydantic and friends: still the user's definition at fault
-        raise CohortDefinitionError(f"definition: {e}") from None
+__all__ = ["feasibility_count", "feasibility_label", "parse_definition"]
 
 
 @contextmanager
@@ -59,47 +51,100 @@ def _pipeline(cdm: Cdm, compiled: CompiledCohort) -> Iterator[tuple[exp.Select, 
                 cdm.execute(stmt)
 
 
-def feasibility_count(cdm: Cdm, definition: CohortDefinition, policy: DisclosurePolicy, *, site: str) -> dict[str, Any]:
+def feasibility_label(definition: CohortDefinition, policy: DisclosurePolicy, privacy: FeasibilityPrivacy) -> str:
+    """The identity of one distinct question: its canonical form under this policy in this epoch. Its
+    noise is derived from it (with the node's noise key) and its first answer is kept under it."""
+    policy_key = hashlib.sha256(policy.model_dump_json().encode()).hexdigest()
+    return f"{canonical_hash(definition)}|{policy_key}|{privacy.epoch}"
+
+
+def feasibility_count(cdm: Cdm, definition: CohortDefinition, policy: DisclosurePolicy, *, site: str,
+                      privacy: FeasibilityPrivacy, noise_key: bytes, label: str) -> dict[str, Any]:
+    """The released answer to one distinct question (`label`: its canonical form, the policy, the epoch).
+
+    The numbers released are differentially private (disclosure/noise.py) at `privacy.epsilon_per_query`
+    for the whole answer, then the policy's threshold and rounding apply (post-processing):
+
+    - persons: each person counted falls in exactly one of the buckets "left at rule 1", ..., "left at
+      rule k", "passed every rule but not in the final cohort", "in the final cohort" (their best event
+      is the one passing most rules, as Circe's attrition counts it, and the final cohort keeps only
+      events that passed every rule). Replacing one person's record moves them from one bucket to
+      another: L1 sensitivity 2 (1 without rules, where only the final count is released). Each bucket
+      gets noise, is clamped at zero, and the attrition rows are sums of the buckets from each step on,
+      so they never grow from one step to the next.
+    - entries: the final cohort's entries with at most `entries_cap` counted per person (a person can
+      have any number of entries; clipped, one person changes the sum by at most the cap).
+
+    Three quarters of the epsilon go to persons, the question a trial planner asks; the rest to entries.
+    """
     try:
         compiled = compile_cohort(cdm, definition.expression)
     except MerciaError:
         raise
     except Exception as e:  # a definition the model accepted but the compiler cannot take: the sender's
         raise CohortDefinitionError(f"definition: cannot be compiled ({type(e).__name__})") from None
-    steps: list[tuple[str, int, int]] = []
+    cap = privacy.entries_cap
     with _pipeline(cdm, compiled) as (rows_query, mask_q):
-        count_q = exp.select(
-            exp.Count(this=exp.Distinct(expressions=[exp.column("subject_id")])).as_("persons"),
-            exp.Count(this=exp.Star()).as_("entries"),
-        ).from_(rows_query.subquery("c"))
+        per_person = (exp.select(exp.column("subject_id"), exp.Count(this=exp.Star()).as_("n"))
+                      .from_(rows_query.subquery("c")).group_by(exp.column("subject_id")))
+        clipped = exp.Case(ifs=[exp.If(this=exp.GT(this=exp.column("n"), expression=exp.Literal.number(cap)),
+                                       true=exp.Literal.number(cap))], default=exp.column("n"))
+        count_q = exp.select(exp.Count(this=exp.Star()).as_("persons"),
+                             exp.func("COALESCE", exp.Sum(this=clipped), exp.Literal.number(0)).as_("entries")
+                             ).from_(per_person.subquery("p"))
         persons, entries = cdm.fetch_all(count_q, bound(count_q, compiled.params))[0]
-        masks = ({(int(m), int(k)): int(n) for m, k, n in cdm.fetch_all(mask_q, bound(mask_q, compiled.params))}
-                 if compiled.rule_count else {})
-    if compiled.rule_count:
-        initial = [sum(n for (md, _), n in masks.items() if md == mode) for mode in (1, 0)]
-        steps.append(("initial events", initial[0], initial[1]))
+        best = ([(int(k), int(n)) for md, k, n in cdm.fetch_all(mask_q, bound(mask_q, compiled.params))
+                 if int(md) == 1] if compiled.rule_count else [])
+    persons, entries = int(persons), int(entries or 0)
+    k = compiled.rule_count
+    if k:
+        stage = [0] * (k + 1)  # persons whose best event passed exactly the first j rules (j = k: all)
+        for mask, n in best:
+            j = 0
+            while j < k and mask >> j & 1:
+                j += 1
+            stage[j] += n
+        buckets = [*stage[:k], max(stage[k] - persons, 0), persons]
+        sensitivity = 2.0
+    else:
+        buckets, sensitivity = [persons], 1.0
+    eps_persons, eps_entries = 0.75 * privacy.epsilon_per_query, 0.25 * privacy.epsilon_per_query
+    z = two_sided_geometric(noise_key, f"{label}|persons", len(buckets), epsilon=eps_persons,
+                            sensitivity=sensitivity)
+    noisy = [max(0, b + dz) for b, dz in zip(buckets, z, strict=True)]
+    final_persons = noisy[-1]
+    z_entries = two_sided_geometric(noise_key, f"{label}|entries", 1, epsilon=eps_entries, sensitivity=cap)[0]
+    # Every person in the cohort has an entry: fewer entries than persons would only be noise showing.
+    final_entries = max(final_persons, entries + z_entries, 0)
+
+    steps: list[tuple[str, int]] = []
+    if k:
+        steps.append(("initial events", sum(noisy)))
         for i, name in enumerate(compiled.rule_names):
-            need = (1 << (i + 1)) - 1
-            left = [sum(n for (md, k), n in masks.items() if md == mode and k & need == need) for mode in (1, 0)]
-            steps.append((f"{i + 1}. {name}", left[0], left[1]))
-    final = ("final cohort", int(persons), int(entries))
-    if steps and (final[1] > steps[-1][1] or final[2] > steps[-1][2]):
-        steps = []  # era collapsing merged entries: keep the table a valid attrition sequence
-    steps.append(final)
-    df = pd.DataFrame(steps, columns=["step", "persons", "entries"]).astype({"persons": "int64", "entries": "int64"})
-    table = ResultTable(name="feasibility", kind="counts", data=df, dimensions=["step"],
-                        count_columns=["persons", "entries"], sequential=True)
+            steps.append((f"{i + 1}. {name}", sum(noisy[i + 1:])))
+    steps.append(("final cohort", final_persons))
     log = DisclosureLog()
-    released = release(table, policy, site=site, log=log)
-    data = released.data
-    last = data.iloc[-1]
+    attrition = release(ResultTable(
+        name="feasibility", kind="counts", dimensions=["step"], count_columns=["persons"], sequential=True,
+        data=pd.DataFrame(steps, columns=["step", "persons"]).astype({"persons": "int64"})),
+        policy, site=site, log=log)
+    entries_table = release(ResultTable(
+        name="feasibility_entries", kind="counts", dimensions=["step"], count_columns=["entries"],
+        data=pd.DataFrame([("final cohort", final_entries)], columns=["step", "entries"]).astype(
+            {"entries": "int64"})), policy, site=site, log=log)
     return {
         "site": site,
-        "definition_hash": definition.definition_hash(),
-        "persons": _count(last["persons"]),
-        "entries": _count(last["entries"]),
-        "attrition": released.to_dict(),
+        "definition_hash": canonical_hash(definition),
+        "persons": _count(attrition.data.iloc[-1]["persons"]),
+        "entries": _count(entries_table.data.iloc[-1]["entries"]),
+        "attrition": attrition.to_dict(),
         "disclosure": json.loads(log.to_json(public=True)),
+        "privacy": {
+            "mechanism": "two-sided geometric (discrete Laplace) noise, then the policy's threshold and rounding",
+            "epsilon": privacy.epsilon_per_query,
+            "persons_noise_sd": round(noise_sd(eps_persons, sensitivity), 1),
+            "entries_per_person_counted": cap,
+        },
     }
 
 

@@ -12,6 +12,14 @@ analysis used, in its own state folder (they never leave), and answers three mod
 
 Every answer is `summary_table()` passed through `release()` with the study's policy, after the
 site's minimum-count guard; a blocked answer is a refusal (the hub leaves the site out).
+
+Before any summary is computed, the model's rows are checked level by level
+(`mercia.disclosure.model_support`): events and non-events overall, and persons, events and
+non-events in each level of every 0/1 term. The rows are fixed when the study finishes, so this
+check gives the same answer at every round, the first included: a model resting on a small level
+never sends a single round. Every refusal (that check, the minimum-count guard, release() blocking)
+is the same `ModelRefused` (HTTP 422, one fixed message): which rule refused, and any count behind
+it, could tell one person's outcome. The answer carries the released (rounded) counts only.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ import numpy as np
 from mercia.analyses.survival import CoxData, cox_data
 from mercia.cdm import Cdm
 from mercia.disclosure import DisclosureLog, DisclosurePolicy, release
+from mercia.disclosure.model_support import ModelRefused, is_supported, support_count
 from mercia.errors import MerciaError
-from mercia.federation.glm import SiteSummary, cox_summary, glm_site_summary, summary_table
+from mercia.federation.glm import SiteRefusedError, SiteSummary, cox_summary, glm_site_summary, summary_table
 from mercia.study.package import StudyPackage
 
 Model = Literal["cox", "logistic", "poisson"]
@@ -90,13 +99,41 @@ def load_design(pkg: StudyPackage, folder: Path, analysis: str) -> Design:
     return Design(data, by_name[analysis].settings.ties)
 
 
-def site_summary(design: Design, model: str, beta: list[float], *, site: str, min_count: int) -> SiteSummary:
+def model_rows(design: Design, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """The terms (no intercept) and outcome of the rows `model` is fitted on."""
+    d = design.data
+    if model == "poisson":
+        keep = d.time > 0
+        return d.X[keep], d.event[keep]
+    return d.X, d.event
+
+
+def check_support(design: Design, model: str, policy: DisclosurePolicy) -> int:
+    """Refuse (ModelRefused) a model whose rows have a small level or too few residual dof; else
+    return its `support_count`. Depends on the rows only, never on beta: the first round is checked."""
+    if model not in MODELS:
+        raise RoundError(f"unknown model {model!r}; use one of {', '.join(MODELS)}")
+    X, event = model_rows(design, model)
+    n_terms = len(design.terms(model))  # type: ignore[arg-type]
+    support = support_count(X, event)
+    if not is_supported(support, policy.suppress_up_to) or len(event) - n_terms < policy.min_model_dof:
+        raise ModelRefused()
+    return support
+
+
+def check_beta(design: Design, model: str, beta: list[float]) -> np.ndarray:
+    """The hub's coefficients, checked against the model's terms (a sender's error: 400)."""
     if model not in MODELS:
         raise RoundError(f"unknown model {model!r}; use one of {', '.join(MODELS)}")
     terms = design.terms(model)  # type: ignore[arg-type]
     b = np.asarray(beta, dtype=float)
     if b.ndim != 1 or b.shape[0] != len(terms) or not np.isfinite(b).all():
         raise RoundError(f"beta: give {len(terms)} finite numbers, one per term ({', '.join(terms)})")
+    return b
+
+
+def site_summary(design: Design, model: str, beta: list[float], *, site: str, min_count: int) -> SiteSummary:
+    b = check_beta(design, model, beta)
     d = design.data
     if model == "cox":
         return cox_summary(d, b, design.ties, site=site, min_count=min_count)
@@ -110,15 +147,19 @@ def site_summary(design: Design, model: str, beta: list[float], *, site: str, mi
 
 def released_round(design: Design, model: str, beta: list[float], policy: DisclosurePolicy, *,
                    site: str, min_count: int) -> dict[str, Any]:
-    """The summary at `beta`, through release(): what the node answers."""
-    summary = site_summary(design, model, beta, site=site, min_count=min_count)
+    """The summary at `beta`, through release(): what the node answers (or ModelRefused)."""
+    check_beta(design, model, beta)  # the request's own errors first: they say nothing about the rows
+    support = check_support(design, model, policy)
+    try:
+        summary = site_summary(design, model, beta, site=site, min_count=min_count)
+    except SiteRefusedError:
+        raise ModelRefused() from None
     log = DisclosureLog()
-    table = release(summary_table(summary, name=f"round_{model}"), policy, site=site, log=log)
-    if table.status == "blocked":
-        raise RoundError(
-            f"site {site!r} does not release this model: its disclosure policy blocks a model resting on so "
-            "few rows or events; leave the site out"
-        )
+    table = release(summary_table(summary, name=f"round_{model}", min_level_count=support), policy, site=site,
+                    log=log)
+    numbers = table.data[["beta", "score", "loglik"]].to_numpy(dtype=float)
+    if table.status == "blocked" or np.isnan(numbers).any():
+        raise ModelRefused()
     # The released numbers with every digit (ReleasedTable.to_dict goes through pandas' JSON, which
     # keeps 10 decimals): the hub checks beta against what it sent, and the fit must equal pooled data.
     data = table.data
@@ -130,8 +171,8 @@ def released_round(design: Design, model: str, beta: list[float], policy: Disclo
         "score": [float(v) for v in data["score"]],
         "information": [[float(v) for v in data[f"info_{j}"]] for j in range(len(data))],
         "loglik": float(data["loglik"].iloc[0]),
+        # released counts (rounded by the policy); non-events are not sent: the node has checked them
         "n": int((table.model_info or {}).get("n_obs") or 0),
         "n_events": int((table.model_info or {}).get("n_events") or 0),
-        "n_nonevents": summary.n_nonevents,
         "policy": table.policy.model_dump(mode="json"),
     }

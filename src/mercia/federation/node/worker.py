@@ -6,6 +6,10 @@ use connections to the same database, so counts still answer while a study runs.
 and re-runs from scratch into a fresh staging folder. Nothing of it had left the node (results are
 served only once a study is finished), and the release is recorded once per hash, so a restart never
 releases twice.
+
+A failed run's status says only one of the codes in `FAILURES`: an error's text can be built from the
+data (a count, a value, a concept), so it goes to the node's own log and audit line, never into the
+status record the hub and the researcher read.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Protocol
 
-from mercia.errors import MerciaError
+from mercia.errors import CdmError, CohortDefinitionError, DisclosureError, MerciaError, StudyError
 from mercia.federation.background import WakeableLoop
 from mercia.federation.node.cdm_access import CdmAccess
 from mercia.federation.node.config import NodeConfig
@@ -29,6 +33,45 @@ logger = logging.getLogger("mercia.node")
 
 class Audit(Protocol):
     def append(self, event: str, actor: str, **details: Any) -> dict[str, Any]: ...
+
+
+# The only texts a failed study's status carries (code -> message); none is built from the data.
+FAILURES: dict[str, str] = {
+    "package_mismatch": "the stored package no longer matches its hash; resubmit it",
+    "cohort_definition": "a cohort definition could not be generated at this site; the custodian has the "
+                         "details in the node's log",
+    "cdm": "the site's CDM could not be read or written for this study; the custodian has the details in "
+           "the node's log",
+    "disclosure": "a result could not be released under the site's disclosure policy; the custodian has the "
+                  "details in the node's log",
+    "study": "the study could not be run at this site; the custodian has the details in the node's log",
+    "internal": "internal error at the node; the custodian has the details in the node's log",
+}
+
+
+class PackageMismatch(MerciaError):
+    """The stored package's hash is not the one it was stored under."""
+
+
+def failure_code(error: BaseException) -> str:
+    """The catalogue code for an error: chosen by its type only, never by its text."""
+    if isinstance(error, PackageMismatch):
+        return "package_mismatch"
+    from mercia.study.runner import CohortGenerationError
+
+    if isinstance(error, CohortDefinitionError | CohortGenerationError):
+        return "cohort_definition"
+    if isinstance(error, CdmError):
+        return "cdm"
+    if isinstance(error, DisclosureError):
+        return "disclosure"
+    if isinstance(error, StudyError | MerciaError):
+        return "study"
+    return "internal"
+
+
+def failure_message(code: str) -> str:
+    return f"{code}: {FAILURES[code]}"
 
 
 def results_dir(state_dir: Path, content_hash: str) -> Path:
@@ -72,16 +115,16 @@ class StudyWorker:
         self.audit.append("run.started", "node", hash=h, run=rec.runs)
         try:
             tables = self._run(h)
-        except MerciaError as e:
-            self.store.fail(h, str(e))
-            self.audit.append("run.failed", "node", hash=h, error=str(e))
-            return True
         except Exception as e:
-            # Not the user's fault: keep the trace in the server log, send only the error's type out
-            # (a message from deep inside a driver might quote data).
-            logger.error("study %s failed:\n%s", h, traceback.format_exc())
-            self.store.fail(h, f"internal error ({type(e).__name__}); see the node's log")
-            self.audit.append("run.failed", "node", hash=h, error=type(e).__name__)
+            # The detail (a MerciaError's text can quote counts or values read from the rows; a driver's
+            # may quote data) stays in this node's log and audit; the status says only the code.
+            code = failure_code(e)
+            if code == "internal":
+                logger.error("study %s failed:\n%s", h, traceback.format_exc())
+            else:
+                logger.warning("study %s failed (%s): %s", h, code, e)
+            self.store.fail(h, failure_message(code))
+            self.audit.append("run.failed", "node", hash=h, code=code, error=f"{type(e).__name__}: {e}"[:2000])
             return True
         if self.store.finish(h, tables=tables):
             self.audit.append("release", "node", hash=h, tables=tables)
@@ -93,7 +136,7 @@ class StudyWorker:
 
         pkg = StudyPackage.from_canonical(self.store.package(content_hash))
         if pkg.content_hash != content_hash:  # the store is the node's own, but check what runs
-            raise MerciaError("the stored package no longer matches its hash; resubmit it")
+            raise PackageMismatch(FAILURES["package_mismatch"])
         state = self.config.state_dir
         out = results_dir(state, content_hash)
         designs = designs_dir(state, content_hash)

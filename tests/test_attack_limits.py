@@ -218,9 +218,11 @@ def test_hostile_definitions_are_errors_never_crashes(world_cdm, definition):
     from mercia.disclosure import BUILTIN_POLICIES
     from mercia.errors import MerciaError
     from mercia.federation.node.feasibility import feasibility_count
+    from mercia.federation.node.privacy_budget import FeasibilityPrivacy
 
     try:
         parsed = definition_from_data(definition)
-        feasibility_count(world_cdm, parsed, BUILTIN_POLICIES["opensafely"], site="w")
+        feasibility_count(world_cdm, parsed, BUILTIN_POLICIES["opensafely"], site="w", privacy=FeasibilityPrivacy(),
+                          noise_key=b"k" * 32, label="fuzzed")
     except MerciaError:
         pass

@@ -651,8 +651,9 @@ def magnitude_step(statistic: str, n_released: int, policy: DisclosurePolicy) ->
     - sum: step >= (W + 4) / 2, by the same argument with n = 1.
     - sd: step >= 2 W / sqrt(n_lo). The SDs give (n / (n + 1)) (x - mean)^2 as a difference of
       (n - 1) sd^2 terms, each known to about 2 n sd step; the person's distance from the mean,
-      at most about sd sqrt(n), is then known to no better than W (the property tests in
-      tests/test_attack_rows_magnitudes.py check this, and the mean and SD together, by brute force).
+      at most about sd sqrt(n), is then known to no better than W, except when both SDs sit at the
+      edges of their rounding intervals, which deterministic rounding cannot rule out (measured rare in
+      tests/test_attack_rows_magnitudes.py, with the mean and SD together; docs/security.md gives the rates).
     - quantile: step >= W: a quantile is (close to) one person's value, so it is shown only to W.
     """
     w = policy.magnitude_min_interval

@@ -156,6 +156,15 @@ def test_a_supported_model_is_fitted_and_its_rounds_carry_no_exact_counts(world)
         assert status == 200 and fit["converged"] and fit["sites"] == ["a"], fit
         assert all(math.isfinite(v) for v in fit["coef"])
         assert fit["n"] % policy_base == 0 and fit["n_events"] % policy_base == 0
+        # A coefficient far out (age's log-HR 700 per year) overflows a Cox or Poisson round's exp(): the
+        # one refusal, not a 500 with numbers JSON cannot carry. The logistic's sigmoid saturates instead.
+        status, answer = _node_round(fed, wide.content_hash, model, [0.0] * (p - 1) + [700.0])
+        from mercia.disclosure.model_support import MODEL_REFUSED, MODEL_REFUSED_STATUS
+
+        if model == "logistic":
+            assert status == 200 and all(math.isfinite(v) for v in [*answer["score"], answer["loglik"]]), answer
+        else:
+            assert (status, answer) == (MODEL_REFUSED_STATUS, {"detail": MODEL_REFUSED}), (model, status, answer)
     # the study's own Cox table for the supported model is released too, and the site's report draws it
     model_rows = _table(world["results"]["wide"], ANALYSIS)
     assert all(r["coef"] is not None for r in model_rows)

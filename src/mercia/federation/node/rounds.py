@@ -157,8 +157,12 @@ def released_round(design: Design, model: str, beta: list[float], policy: Disclo
     log = DisclosureLog()
     table = release(summary_table(summary, name=f"round_{model}", min_level_count=support), policy, site=site,
                     log=log)
-    numbers = table.data[["beta", "score", "loglik"]].to_numpy(dtype=float)
-    if table.status == "blocked" or np.isnan(numbers).any():
+    info_cols = [f"info_{j}" for j in range(len(table.data))]
+    numbers = table.data[["beta", "score", "loglik", *info_cols]].to_numpy(dtype=float)
+    # Extreme coefficients (an overshooting Newton step, or a hostile beta) overflow the score or the
+    # information: not a number JSON can carry, and not one to release. The one refusal, as for a model
+    # that does not converge.
+    if table.status == "blocked" or not np.isfinite(numbers).all():
         raise ModelRefused()
     # The released numbers with every digit (ReleasedTable.to_dict goes through pandas' JSON, which
     # keeps 10 decimals): the hub checks beta against what it sent, and the fit must equal pooled data.

@@ -532,7 +532,7 @@ class _Builder:
 
     # ---- disclosure ----------------------------------------------------------------------------------
     def disclosure(self) -> str:
-        summ = self.log.summary()
+        summ = self.log.summary(public=True)  # private entries (dropped rows) are not counted either
         outcomes = sorted({o for c in summ.values() for o in c})
         rows = [{"table": t, **{o: c.get(o, 0) for o in outcomes}} for t, c in sorted(summ.items())]
         # The log by rule, in its public form (as disclosure.json): primary and secondary suppressions

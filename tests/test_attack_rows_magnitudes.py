@@ -3,12 +3,18 @@
 Property tests (hypothesis) on `release()` itself, then the issue's two attacks over real HTTP against
 a node running an approved study:
 
-(a) a cohort of one person: the released characterization and cohort-entry tables must show none of
-    her concepts, her age band, her sex or her entry month (before: every row of hers was listed with
-    a blank count);
+(a) a cohort of one person: her cohort is below the threshold, so its characterization and
+    cohort-entry analyses release only the 'below_threshold' marker, and none of her concepts that few
+    at the site have, nor her entry month, is anywhere in the response (before: every row of hers was
+    listed with a blank count);
 (b) two cohorts that differ by one person (first hypertension up to day D - 1, and up to day D): the
     released n and mean ages must not place the added person's age in an interval narrower than the
-    policy's `magnitude_min_interval` (before: the mean to ten decimals gave it exactly).
+    policy's `magnitude_min_interval` (before: the mean to ten decimals gave it exactly);
+(c) row presence above the threshold: a cohort of some 24 persons (her among them) characterized,
+    counted by entry month and year, and as the denominator of incidence by age, sex and year. Every
+    released row of a level read from the data is held by more than `suppress_up_to` persons, counted
+    from the site's database by the test, and the public log names no level held by fewer (before:
+    concepts, age bands, months and incidence cells of one or two persons were rows with blank counts).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from hypothesis import strategies as st
 
 from mercia.disclosure import OPENSAFELY, SACRO, DisclosureLog, DisclosurePolicy, ResultTable, release
 from mercia.disclosure.release import magnitude_step
+from mercia.vocab.catalog import CONDITIONS
 
 # --------------------------------------------------------------------------- magnitudes: the attacker
 
@@ -422,22 +429,27 @@ def _first_dates(site: Path, concept_ids: list[int]) -> pd.DataFrame:
         con.close()
 
 
-def _her_concepts(site: Path, person_id: int, index: dt.date) -> set[int]:
+def _her_concepts(site: Path, person_id: int, index: dt.date) -> dict[int, int]:
+    """Her conditions and drug ingredients up to `index`, each with the number of persons at the
+    whole site that have it at any time."""
     con = duckdb.connect(str(site), read_only=True)
     try:
         rows = con.execute(
-            "SELECT condition_concept_id FROM condition_occurrence WHERE person_id = ? AND condition_start_date <= ?",
-            [person_id, index],
-        ).fetchall()
-        rows += con.execute(
-            "SELECT ca.ancestor_concept_id FROM drug_exposure de JOIN concept_ancestor ca "
-            "ON ca.descendant_concept_id = de.drug_concept_id JOIN concept c ON c.concept_id = ca.ancestor_concept_id "
-            "AND c.concept_class_id = 'Ingredient' WHERE de.person_id = ? AND de.drug_exposure_start_date <= ?",
+            """WITH r AS (
+                 SELECT person_id, condition_concept_id AS concept_id, condition_start_date AS d
+                 FROM condition_occurrence
+                 UNION ALL
+                 SELECT de.person_id, ca.ancestor_concept_id, de.drug_exposure_start_date FROM drug_exposure de
+                 JOIN concept_ancestor ca ON ca.descendant_concept_id = de.drug_concept_id
+                 JOIN concept c ON c.concept_id = ca.ancestor_concept_id AND c.concept_class_id = 'Ingredient')
+               SELECT concept_id, COUNT(DISTINCT person_id) FROM r
+               WHERE concept_id IN (SELECT concept_id FROM r WHERE person_id = ? AND d <= ?)
+               GROUP BY 1""",
             [person_id, index],
         ).fetchall()
     finally:
         con.close()
-    return {int(r[0]) for r in rows}
+    return {int(c): int(n) for c, n in rows}
 
 
 def _cohort(concept: str, start: dt.date, end: dt.date) -> dict[str, Any]:
@@ -451,11 +463,33 @@ def _cohort(concept: str, start: dt.date, end: dt.date) -> dict[str, Any]:
     }
 
 
+def _cohort_of(concepts: list[str], start: dt.date, end: dt.date) -> dict[str, Any]:
+    """Persons by their first record of any of `concepts`, when it falls in [start, end] (a filter on
+    the entry: a study period would clip earlier entries into the period, not leave them out)."""
+    when = {"value": start.isoformat(), "op": "bt", "extent": end.isoformat()}
+    return {
+        "definition": {
+            "name": f"first {' or '.join(concepts)} {start}..{end}",
+            "concepts": {"c": {"name": " or ".join(concepts), "include": concepts, "descendants": True}},
+            "entry": [{"condition": "c", "first": True, "filters": {"occurrence_start_date": when}}],
+        }
+    }
+
+
+# The small cohort of attack (c): above both policies' thresholds, small enough that most levels of
+# its tables are held by few.
+SMALL_COHORT = 24
+WINDOWS = [
+    {"name": "-365..0", "start": -365, "end": 0},
+    {"name": "-30..0", "start": -30, "end": 0},
+    {"name": "any prior", "start": None, "end": 0},
+]
+
+
 @pytest.fixture(scope="module")
 def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from federation_support import HubKey, NodeServer, make_site, submit_body
     from mercia.study import StudyPackage
-    from mercia.vocab.catalog import CONDITIONS
 
     root = tmp_path_factory.mktemp("attack12")
     site = make_site(root / "site.duckdb", persons=3000, seed=3)
@@ -479,12 +513,27 @@ def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     added = htn[htn["d"] == day_b].iloc[0]
     first_day = dt.date(1900, 1, 1)
     day_b = pd.Timestamp(day_b).date()
+    # (c) her and the persons whose first record of her concept or of asthma falls in the fewest days
+    # around hers that hold SMALL_COHORT of them: a cohort above both thresholds whose tables have rows
+    # of levels held by many and by few (her hip fracture among the few).
+    group = sorted({concept, "asthma"})
+    firsts = _first_dates(site, [CONDITIONS[c].concept_id for c in group])
+    her_first = pd.Timestamp(firsts.loc[firsts["person_id"] == her["person_id"], "d"].iloc[0])
+    gap = (firsts["d"] - her_first).abs().dt.days.sort_values()
+    k = int(gap.iloc[SMALL_COHORT - 1])
+    small_start, small_end = (
+        (her_first - pd.Timedelta(days=k)).date(),
+        (her_first + pd.Timedelta(days=k)).date(),
+    )
+    small = _cohort_of(group, small_start, small_end)
     spec = {
         "name": "attack: one person, and two cohorts one person apart",
         "cohorts": {
-            "solo": _cohort(concept, her_day, her_day),
+            "solo": _cohort_of([concept], her_day, her_day),
             "htn_a": _cohort("hypertension", first_day, day_b - dt.timedelta(days=1)),
             "htn_b": _cohort("hypertension", first_day, day_b),
+            "small": small,
+            "htn_all": _cohort("hypertension", first_day, dt.date(2100, 12, 31)),
         },
         "analyses": [
             {"type": "characterization", "name": "chr1", "cohorts": ["solo"]},
@@ -495,20 +544,42 @@ def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
                 "cohorts": ["htn_a", "htn_b"],
                 "settings": {"domains": ["condition"], "measurement_values": False},
             },
+            # (c) row presence on a cohort above the thresholds
+            {
+                "type": "characterization",
+                "name": "chr3",
+                "cohorts": ["small"],
+                "settings": {"windows": WINDOWS},
+            },
+            {"type": "cohort_entries", "name": "entries3m", "cohorts": ["small"], "interval": "month"},
+            {"type": "cohort_entries", "name": "entries3y", "cohorts": ["small"], "interval": "year"},
+            {
+                "type": "incidence",
+                "name": "inc3",
+                "outcome": "htn_all",
+                "denominator": "small",
+                "settings": {"by": ["age_group", "sex", "calendar_year"]},
+            },
+            {
+                "type": "incidence",
+                "name": "inc3y",
+                "outcome": "htn_all",
+                "denominator": "small",
+                "settings": {"by": ["calendar_year"]},
+            },
         ],
     }
     pkg = StudyPackage.from_dict(spec)
     truth = {
         "concept": concept,
         "her_day": her_day,
-        "her_sex": int(her["gender_concept_id"]),
-        "her_age": her_day.year - int(her["year_of_birth"]),
-        "her_concepts": _her_concepts(site, int(her["person_id"]), her_day),
+        "her_id": int(her["person_id"]),
+        "her_concept_persons": _her_concepts(site, int(her["person_id"]), her_day),
         "added_age": day_b.year - int(added["year_of_birth"]),
         "n_a": int((htn["d"] < pd.Timestamp(day_b)).sum()),
     }
     key = HubKey(root / "hubkey")
-    out: dict[str, Any] = {"truth": truth, "pkg": pkg, "results": {}}
+    out: dict[str, Any] = {"truth": truth, "pkg": pkg, "results": {}, "db": {}}
     for policy in ("opensafely", "sacro"):
         node = NodeServer(
             root / f"node_{policy}",
@@ -525,6 +596,9 @@ def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             r = hub.get(f"{API}/studies/{pkg.content_hash}/results")
             assert r.status_code == 200, r.text
             out["results"][policy] = r.json()
+        # The cohorts the node generated stay in its copy of the CDM: the truth is read from there.
+        out["db"][policy] = root / f"{policy}.duckdb"
+    out["small_group"] = (group, small_start, small_end)
     yield out
 
 
@@ -543,31 +617,301 @@ def _cid(pkg: Any, key: str) -> int:
     return int(pkg.cohort_ids[key])
 
 
+def _policy(name: str) -> DisclosurePolicy:
+    return OPENSAFELY if name == "opensafely" else SACRO
+
+
+def _log_keys(res: dict[str, Any], table: str) -> list[dict[str, str]]:
+    return [
+        e["key"] for e in res.get("disclosure", {}).get("entries", []) if e["table"] == table and e["key"]
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["opensafely", "sacro"])
 def test_a_one_person_cohort_reveals_none_of_her_attributes(attack: dict[str, Any], policy: str) -> None:
-    truth, res = attack["truth"], attack["results"][policy]
+    """Her cohort's released count is below the threshold, so the analyses on it release the marker and
+    no table (before: every row of hers, with blank counts). Nothing in the response is about her
+    cohort but its blank counts, and her concepts that few at the site have are in no table or log."""
+    truth, res, pol = attack["truth"], attack["results"][policy], _policy(policy)
     solo = _cid(attack["pkg"], "solo")
-    cov = _table(res, "chr1_covariates")
-    mine = cov[cov["cohort_id"] == solo]
-    assert mine.empty, f"rows of the one-person cohort: {mine.head().to_dict('records')}"
-    assert not truth["her_concepts"] & set(cov["concept_id"].dropna().astype(int))
-    demo = _table(res, "chr1_demographics")
-    levels = set(demo.loc[demo["cohort_id"] == solo, "level"]) - {"Total"}
-    band = f"{truth['her_age'] // 5 * 5}-{truth['her_age'] // 5 * 5 + 4}"
-    sex = {8507: "Male", 8532: "Female"}.get(truth["her_sex"], str(truth["her_sex"]))
-    assert not levels, f"levels of the one-person cohort: {levels} (her band {band}, sex {sex})"
-    assert demo["n"].isna().all()
-    meas = _table(res, "chr1_measurements")
-    assert meas.empty or meas["n"].notna().all()
-    entries = _table(res, "entries")
-    assert entries[entries["cohort_id"] == solo].empty
-    assert truth["her_day"].strftime("%Y-%m") not in set(entries["period"])
-    # Nor does the public disclosure log name any level of hers.
+    with duckdb.connect(str(attack["db"][policy]), read_only=True) as con:
+        members = con.execute(
+            "SELECT DISTINCT subject_id FROM cohort WHERE cohort_definition_id = ?", [solo]
+        ).fetchall()
+    assert members == [(truth["her_id"],)], "her cohort is her alone"
+    analyses = {a["name"]: a for a in res["manifest"]["analyses"]}
+    for name in ("chr1", "entries"):
+        assert analyses[name]["status"] == "below_threshold", analyses[name]
+        assert analyses[name]["tables"] == []
+        assert [n["code"] for n in analyses[name]["notes"]] == ["below_threshold"]
+    names = {t["name"] for t in res["tables"]}
+    assert not {n for n in names if n.startswith("chr1_") or n == "entries"}, names
+    # The only rows about her cohort: its counts and attrition, blank.
+    counts = _table(res, "cohort_counts")
+    assert counts.loc[counts["cohort_id"] == solo, ["persons", "entries"]].isna().all().all()
+    assert _table(res, "attrition_solo").iloc[-1][["persons", "entries"]].isna().all()
+    for t in res["tables"]:
+        if t["name"] != "cohort_counts" and "cohort_id" in t["columns"]:
+            rows = _table(res, t["name"])
+            assert rows[rows["cohort_id"] == solo].empty, t["name"]
     for e in res["disclosure"]["entries"]:
-        if e["table"].startswith(("chr1", "entries")) and e["key"]:
-            assert "concept_id" not in e["key"] and "period" not in e["key"], e
-            assert e["key"].get("level") in (None, "Total"), e
+        if e["table"] != "cohort_counts" and e["key"].get("cohort_id") == str(solo):
+            raise AssertionError(f"the public log names her cohort: {e}")
+    # Her concepts that at most `suppress_up_to` persons at the whole site have (her hip fracture)
+    # cannot be in any released table, whichever cohort she is in: none is, nor in the public log.
+    rare = {c for c, n in truth["her_concept_persons"].items() if n <= pol.suppress_up_to}
+    assert rare, "the site gives her no rare concept: the test would prove nothing"
+    for t in res["tables"]:
+        if "concept_id" in t["columns"]:
+            shown = set(_table(res, t["name"])["concept_id"].dropna().astype(int))
+            assert not rare & shown, (t["name"], rare & shown)
+    logged = {e["key"].get("concept_id") for e in res["disclosure"]["entries"]}
+    assert not {str(c) for c in rare} & logged
+    assert truth["her_day"].strftime("%Y-%m") not in {
+        p for t in res["tables"] if t["name"] == "entries" for p in _table(res, t["name"])["period"]
+    }
+
+
+# ------------------------------------------- (c) row presence on a cohort above both thresholds
+
+
+def _small_truth(db: Path, cid: int, outcome: int) -> dict[str, Any]:
+    """What the small cohort's tables hold, read from the node's own copy of the CDM (its cohort
+    table included), by queries written here and not by the analyses: per level, the persons that
+    have it."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        idx = con.execute(
+            "SELECT subject_id AS person_id, MIN(cohort_start_date) AS index_date FROM cohort "
+            "WHERE cohort_definition_id = ? GROUP BY 1",
+            [cid],
+        ).df()
+        con.register("idx", idx)
+        records = """
+            SELECT 'condition' AS domain, person_id, condition_concept_id AS concept_id, condition_start_date AS d,
+                   NULL AS unit, NULL AS v FROM condition_occurrence
+            UNION ALL
+            SELECT 'drug', de.person_id, ca.ancestor_concept_id, de.drug_exposure_start_date, NULL, NULL
+            FROM drug_exposure de JOIN concept_ancestor ca ON ca.descendant_concept_id = de.drug_concept_id
+            JOIN concept c ON c.concept_id = ca.ancestor_concept_id AND c.concept_class_id = 'Ingredient'
+            UNION ALL
+            SELECT 'measurement', person_id, measurement_concept_id, measurement_date,
+                   COALESCE(unit_concept_id, 0), value_as_number FROM measurement"""
+        covariates: dict[tuple[str, ...], int] = {}
+        measurements: dict[tuple[str, ...], int] = {}
+        for w in WINDOWS:
+            lo = -100_000 if w["start"] is None else int(w["start"])
+            rows = con.execute(
+                f"""SELECT r.domain, r.concept_id, r.unit, r.v IS NOT NULL AS valued, r.person_id
+                    FROM idx i JOIN ({records}) r ON r.person_id = i.person_id
+                    WHERE r.d BETWEEN CAST(i.index_date AS DATE) + CAST(? AS INTEGER)
+                                  AND CAST(i.index_date AS DATE) + CAST(? AS INTEGER)""",
+                [lo, int(w["end"])],
+            ).df()
+            for (domain, concept), g in rows.groupby(["domain", "concept_id"]):
+                covariates[(w["name"], domain, str(int(concept)))] = g["person_id"].nunique()
+            valued = rows[(rows["domain"] == "measurement") & rows["valued"]]
+            for (concept, unit), g in valued.groupby(["concept_id", "unit"]):
+                measurements[(w["name"], str(int(concept)), str(int(unit)))] = g["person_id"].nunique()
+        people = con.execute(
+            "SELECT i.person_id, i.index_date, p.gender_concept_id AS g, p.year_of_birth AS yob, "
+            "p.month_of_birth AS mob, p.day_of_birth AS dob FROM idx i JOIN person p USING (person_id)"
+        ).df()
+        entries = con.execute(
+            "SELECT subject_id, cohort_start_date AS d FROM cohort WHERE cohort_definition_id = ?", [cid]
+        ).df()
+        den = con.execute(
+            """SELECT c.subject_id AS person_id,
+                      GREATEST(c.cohort_start_date, op.observation_period_start_date) AS s,
+                      LEAST(c.cohort_end_date, op.observation_period_end_date) AS e
+               FROM cohort c JOIN observation_period op ON op.person_id = c.subject_id
+                AND c.cohort_start_date BETWEEN op.observation_period_start_date AND op.observation_period_end_date
+               WHERE c.cohort_definition_id = ?""",
+            [cid],
+        ).df()
+        first_outcome = dict(
+            con.execute(
+                "SELECT subject_id, MIN(cohort_start_date) FROM cohort WHERE cohort_definition_id = ? GROUP BY 1",
+                [outcome],
+            ).fetchall()
+        )
+    finally:
+        con.close()
+    sexes = {8507: "Male", 8532: "Female"}
+    demographics: dict[tuple[str, str], set[int]] = {}
+    for p in people.itertuples(index=False):
+        age = pd.Timestamp(p.index_date).year - int(p.yob)
+        for key in (
+            ("age_group", f"{age // 5 * 5}-{age // 5 * 5 + 4}"),
+            ("sex", sexes.get(int(p.g), f"concept {int(p.g)}")),
+        ):
+            demographics.setdefault(key, set()).add(int(p.person_id))
+    months: dict[str, set[int]] = {}
+    years: dict[str, set[int]] = {}
+    for r in entries.itertuples(index=False):
+        d = pd.Timestamp(r.d)
+        months.setdefault(f"{d.year:04d}-{d.month:02d}", set()).add(int(r.subject_id))
+        years.setdefault(f"{d.year:04d}", set()).add(int(r.subject_id))
+    return {
+        "persons": set(idx["person_id"].astype(int)),
+        "covariates": covariates,
+        "measurements": measurements,
+        "demographics": {k: len(v) for k, v in demographics.items()},
+        "entries3m": {k: len(v) for k, v in months.items()},
+        "entries3y": {k: len(v) for k, v in years.items()},
+        "at_risk": _at_risk_cells(den, first_outcome, people),
+    }
+
+
+def _plus_years(d: dt.date, n: int) -> dt.date:
+    """d plus n years, 29 February falling on 28 February (as DuckDB's date + INTERVAL n YEAR)."""
+    try:
+        return d.replace(year=d.year + n)
+    except ValueError:
+        return d.replace(year=d.year + n, day=28)
+
+
+def _at_risk_cells(
+    den: pd.DataFrame, first_outcome: dict[int, dt.date], people: pd.DataFrame
+) -> dict[int, set[tuple[str, str, str]]]:
+    """Each person's (age group, sex, calendar year) cells with a day at risk: from the denominator
+    entry to its end, or to the first outcome (first events only, no washout); default age groups."""
+    bands = [(0, 17, "0-17"), (18, 39, "18-39"), (40, 64, "40-64"), (65, 200, "65+")]
+    who = people.set_index("person_id")
+    cells: dict[int, set[tuple[str, str, str]]] = {}
+    for r in den.itertuples(index=False):
+        pid, s, e = int(r.person_id), pd.Timestamp(r.s).date(), pd.Timestamp(r.e).date()
+        x = first_outcome.get(pid)
+        b = e if x is None else min(e, pd.Timestamp(x).date())
+        if s > b:
+            continue
+        p = who.loc[pid]
+        born = dt.date(int(p.yob), int(p.mob) if pd.notna(p.mob) else 1, int(p.dob) if pd.notna(p.dob) else 1)
+        sex = {8507: "Male", 8532: "Female"}.get(int(p.g), "Unknown")
+        for lo, hi, label in bands:
+            a1 = max(s, _plus_years(born, lo))
+            b1 = min(b, _plus_years(born, hi + 1) - dt.timedelta(days=1))
+            for y in range(a1.year, b1.year + 1) if a1 <= b1 else ():
+                cells.setdefault(pid, set()).add((label, sex, str(y)))
+    return cells
+
+
+def _persons_in(cells: dict[int, set[tuple[str, str, str]]], key: dict[str, str]) -> int | None:
+    """Persons with time at risk in the incidence row `key` (a margin: in any of its cells); None for
+    the grand total, whose row is there whatever the data."""
+    want = [key.get(d, "Total") for d in ("age_group", "sex", "calendar_year")]
+    if all(w == "Total" for w in want):
+        return None
+    return sum(
+        any(all(w in ("Total", c) for w, c in zip(want, cell, strict=True)) for cell in mine)
+        for mine in cells.values()
+    )
+
+
+@pytest.fixture(scope="module")
+def small_truth(attack: dict[str, Any]) -> dict[str, Any]:
+    pkg = attack["pkg"]
+    return _small_truth(attack["db"]["sacro"], _cid(pkg, "small"), _cid(pkg, "htn_all"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["opensafely", "sacro"])
+def test_rows_of_a_cohort_above_the_threshold_are_levels_many_persons_have(
+    attack: dict[str, Any], small_truth: dict[str, Any], policy: str
+) -> None:
+    """A cohort of some 24 (her and the persons whose first asthma is nearest her day): every released row
+    of a level read from the data (a concept in a window, an age band, a sex, an entry month or year,
+    an incidence cell or margin) is held by more than `suppress_up_to` persons, counted here from the
+    site's database; no level held by fewer is a row or named by the public log; and each table has
+    levels of both kinds, so the rule is exercised both ways."""
+    res, pol, pkg, truth = attack["results"][policy], _policy(policy), attack["pkg"], small_truth
+    cid, sup, half = _cid(pkg, "small"), _policy(policy).suppress_up_to, _policy(policy).rounding_base // 2
+    # The cohort is the one meant, and above the threshold, so its analyses ran and released tables.
+    group, start, end = attack["small_group"]
+    firsts = _first_dates(attack["db"][policy], [CONDITIONS[c].concept_id for c in group])
+    meant = set(
+        firsts.loc[(firsts["d"] >= pd.Timestamp(start)) & (firsts["d"] <= pd.Timestamp(end)), "person_id"]
+    )
+    assert truth["persons"] == meant and SMALL_COHORT <= len(meant) <= 30  # ties at the window's ends
+    assert attack["truth"]["her_id"] in meant
+    counts = _table(res, "cohort_counts").set_index("cohort_id")
+    assert int(counts.loc[cid, "persons"]) > pol.threshold
+
+    cells = truth["at_risk"]
+    tables: dict[str, tuple[list[str], Any, str | None]] = {
+        # name: (the key's columns, persons with the level, the column that counts them)
+        "chr3_covariates": (
+            ["window", "domain", "concept_id"],
+            lambda k: truth["covariates"].get((k["window"], k["domain"], k["concept_id"]), 0),
+            "n",
+        ),
+        "chr3_measurements": (
+            ["window", "concept_id", "unit_concept_id"],
+            lambda k: truth["measurements"].get((k["window"], k["concept_id"], k["unit_concept_id"]), 0),
+            "n",
+        ),
+        "chr3_demographics": (
+            ["variable", "level"],
+            lambda k: (
+                None if k["level"] == "Total" else truth["demographics"].get((k["variable"], k["level"]), 0)
+            ),
+            "n",
+        ),
+        "entries3m": (["period"], lambda k: truth["entries3m"].get(k["period"], 0), "n_persons"),
+        "entries3y": (["period"], lambda k: truth["entries3y"].get(k["period"], 0), "n_persons"),
+        "inc3": (["age_group", "sex", "calendar_year"], lambda k: _persons_in(cells, k), "n_persons"),
+        "inc3y": (["calendar_year"], lambda k: _persons_in(cells, k), "n_persons"),
+    }
+    all_levels: dict[str, list[int]] = {
+        "chr3_covariates": list(truth["covariates"].values()),
+        "chr3_measurements": list(truth["measurements"].values()),
+        "chr3_demographics": list(truth["demographics"].values()),
+        "entries3m": list(truth["entries3m"].values()),
+        "entries3y": list(truth["entries3y"].values()),
+        "inc3": [
+            n
+            for c in {c for m in cells.values() for c in m}
+            if (n := _persons_in(cells, dict(zip(("age_group", "sex", "calendar_year"), c, strict=True))))
+        ],
+        "inc3y": [
+            n
+            for y in {c[2] for m in cells.values() for c in m}
+            if (n := _persons_in(cells, {"calendar_year": y}))
+        ],
+    }
+    leaks: list[str] = []
+    shown: dict[str, int] = {}
+    few: dict[str, int] = {}
+    for name, (dims, persons_with, n_col) in tables.items():
+        few[name] = sum(0 < n <= sup for n in all_levels[name])
+        rows = _table(res, name)
+        if "cohort_id" in rows:
+            assert set(rows["cohort_id"]) <= {cid}
+        shown[name] = 0
+        for row in rows.to_dict("records"):
+            key = {d: str(row[d]) for d in dims}
+            n = persons_with(key)
+            if n is None:
+                continue
+            shown[name] += 1
+            if n <= sup:
+                leaks.append(f"{name}: row {key} is held by {n} person(s)")
+            elif n_col in row and not pd.isna(row[n_col]):
+                # The truth counted here is what the analysis counts (else this test proves nothing).
+                assert abs(int(row[n_col]) - n) <= half, (name, key, row[n_col], n)
+        for logged in _log_keys(res, name):
+            n = persons_with({d: logged.get(d, "Total") for d in dims})
+            if n is not None and n <= sup:
+                leaks.append(f"{name}: the public log names {logged} held by {n} person(s)")
+    assert not leaks, f"{len(leaks)} rows or log keys of levels held by few, e.g. " + "; ".join(leaks[:8])
+    # Both kinds of level are there: held by few (every month's entries, every incidence cell by age,
+    # sex and year; rare concepts and age bands) and by many (common concepts, the sexes, the entry
+    # years, the years at risk), so the rule is seen to drop the first and keep the second.
+    for name in ("chr3_covariates", "chr3_measurements", "chr3_demographics", "entries3m", "inc3"):
+        assert few[name], f"{name}: no level held by few persons, nothing to drop ({few}, {shown})"
+    for name in ("chr3_covariates", "chr3_measurements", "chr3_demographics", "entries3y", "inc3y"):
+        assert shown[name], f"{name}: no level released at all ({few}, {shown})"
 
 
 @pytest.mark.slow

@@ -598,6 +598,19 @@ def _release_magnitudes(
                     reason="enough contributors and no dominance; exact (magnitude_min_interval is 0)",
                 )
                 released_m.append(value)
+            elif stat == "sd" and round_to_step(value, step) - step / 2 < policy.magnitude_min_interval / 2:
+                # Two SDs one person apart released either side of a step boundary b say the person is
+                # within about b of the mean; no boundary below W/2 is shown (see magnitude_step).
+                log.record(
+                    table.name,
+                    key=where,
+                    column=col,
+                    rule="magnitude",
+                    outcome="suppressed",
+                    reason=f"an SD under {policy.magnitude_min_interval / 2:g} (half the width) is not shown: two "
+                    "of them one person apart would place that person within one SD of the mean",
+                )
+                released_m.append(np.nan)
             else:
                 log.record(
                     table.name,
@@ -651,9 +664,11 @@ def magnitude_step(statistic: str, n_released: int, policy: DisclosurePolicy) ->
     - sum: step >= (W + 4) / 2, by the same argument with n = 1.
     - sd: step >= 2 W / sqrt(n_lo). The SDs give (n / (n + 1)) (x - mean)^2 as a difference of
       (n - 1) sd^2 terms, each known to about 2 n sd step; the person's distance from the mean,
-      at most about sd sqrt(n), is then known to no better than W, except when both SDs sit at the
-      edges of their rounding intervals, which deterministic rounding cannot rule out (measured rare in
-      tests/test_attack_rows_magnitudes.py, with the mean and SD together; docs/security.md gives the rates).
+      at most about sd sqrt(n), is then known to no better than W. Two SDs released either side of
+      one step boundary b (the person near the mean) bound the distance by about b alone, so an SD is
+      released only when its rounding interval starts at W/2 or more: every boundary shown is then at
+      least W/2, and the interval at least W wide (the property tests in
+      tests/test_attack_rows_magnitudes.py check this, and measure the mean and SD together).
     - quantile: step >= W: a quantile is (close to) one person's value, so it is shown only to W.
     """
     w = policy.magnitude_min_interval

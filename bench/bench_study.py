@@ -12,7 +12,7 @@ Data: the cached synthetic site of bench/bench_cohorts.py (bench/out/synth_<pers
 the CDM; the copy is not timed).
 
 Mercia: `run_study(example_package(), cdm, out)` in a fresh process (bench/harness.py); the phases
-are the run's own `timings_seconds` (cohort generation, then each analysis including the release of
+are the run's own `StudyRun.timings` (cohort generation, then each analysis including the release of
 its tables, then the report).
 
 Peer, in its own fresh process, on the CDM the Mercia run left (so the cohorts are the same rows):
@@ -74,7 +74,7 @@ def run_mercia(path: str, out_dir: str) -> dict[str, Any]:
     inc = run.tables["hf_incidence_population"].data
     total = inc[(inc["age_group"].astype(str) == "Total") & (inc["calendar_year"].astype(str) == "Total")]
     return {
-        "timings": run.manifest["timings_seconds"],
+        "timings": run.timings,
         "cohorts": run.tables["cohort_counts"].data[["cohort_id", "persons"]].to_dict("list"),
         "cox_coef": {t: float(v) for t, v in cox["coef"].items()},
         "km": km[["cohort_id", "n_persons", "n_events"]].astype("float").to_dict("list"),

@@ -268,6 +268,18 @@ def test_model_released_with_small_terms_dropped_and_counts_rounded() -> None:
     assert rel.model_info == {"n_obs": 505, "n_events": 120}
 
 
+def test_a_model_with_every_term_withheld_says_blocked() -> None:
+    """Released whole or not at all (model_support puts one min_level_count on every row): when every
+    term is withheld the table is 'blocked', not 'released' with every number blank."""
+    data = _coefs().assign(min_level_count=3)
+    t = ResultTable(name="m", kind="model", data=data, count_columns=["min_level_count"],
+                    model=ModelInfo(df_resid=497, n_obs=503, n_events=121))
+    rel = release(t, SACRO, log=DisclosureLog())
+    assert rel.status == "blocked" and rel.data["estimate"].isna().all()
+    assert release(t.model_copy(update={"data": data.assign(min_level_count=30)}), SACRO,
+                   log=DisclosureLog()).status == "released"
+
+
 # -------------------------------------------------------------------------------------------- survival
 
 

@@ -756,7 +756,8 @@ def _release_model(
             data = data.iloc[0:0]
         return data, "blocked", model_info
     log.record(
-        table.name, rule="min_dof", outcome="released", reason=f"residual dof >= {policy.min_model_dof}"
+        table.name, rule="min_dof", outcome="released",
+        reason=f"residual degrees of freedom at least {policy.min_model_dof} (the dof themselves are not released)",
     )
     # A term is withheld when ANY of its counts is small (decided on the exact counts first, so blanking
     # a row for one count column never leaves another column to read a blank as a count).
@@ -803,6 +804,12 @@ def _release_model(
         ]
         _mark_private(log, table.name, [keys[j] for j in np.flatnonzero(drop)])
         data = data.loc[~drop].reset_index(drop=True)
+    if withheld and all(withheld):
+        # Every term withheld (a model released whole or not at all, model_support): the table says
+        # so, rather than "released" with every number blank.
+        log.record(table.name, rule="threshold", outcome="blocked",
+                   reason="every term rests on a small count; no estimate is released")
+        return data, "blocked", model_info
     return data, "released", model_info
 
 

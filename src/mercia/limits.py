@@ -43,6 +43,9 @@ MAX_GROUP_DEPTH = 20
 # is up to five JSON levels when nested through a criterion's correlated criteria) inside a study
 # package inside a request stays well under it.
 MAX_JSON_DEPTH = 128
+# Iterations of a model fit and boosting rounds in study settings: enough for any fit that converges
+# (the defaults are 100 to 1,000), not so many that one study holds a site's CPU for days.
+MAX_ITERATIONS = 100_000
 # One HTTP request body, in bytes (a study package with every cohort inline is a few hundred KB).
 MAX_BODY_BYTES = 16 * 2**20
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mercia import limits
 from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
@@ -40,9 +41,12 @@ _TOPS = 3  # largest contributions kept per magnitude cell (N-k and p% rules at 
 class Window(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1)
-    start: int | None = Field(None, description="days relative to index; None: any time prior")
-    end: int = 0
+    name: str = Field(min_length=1, max_length=limits.MAX_NAME)
+    start: int | None = Field(
+        None, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS,
+        description="days relative to index; None: any time prior",
+    )
+    end: int = Field(0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS)
 
     @model_validator(mode="after")
     def _check(self) -> Window:
@@ -65,8 +69,10 @@ DEFAULT_WINDOWS = [
 class CharacterizationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    windows: list[Window] = Field(default_factory=lambda: list(DEFAULT_WINDOWS))
-    domains: list[Domain] = Field(default_factory=lambda: ["condition", "drug", "measurement"])
+    windows: list[Window] = Field(default_factory=lambda: list(DEFAULT_WINDOWS), max_length=limits.MAX_LIST)
+    domains: list[Domain] = Field(
+        default_factory=lambda: ["condition", "drug", "measurement"], max_length=limits.MAX_LIST
+    )
     measurement_values: bool = True
     first_entry_only: bool = True
 

@@ -40,6 +40,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
+from mercia import limits
 from mercia.analyses.balance import SMD_THRESHOLD, balance_before_after
 from mercia.analyses.matching import CaliperScale, match_on_ps, stratify_by_ps
 from mercia.analyses.notes import Note, NoteCode
@@ -59,29 +60,33 @@ class StudyPopulationSettings(BaseModel):
 
     first_exposure_only: bool = True
     remove_duplicate_subjects: Literal["keep all", "keep first", "remove all"] = "keep all"
-    washout_period: int = Field(0, ge=0, description="days of observation required before index")
+    washout_period: int = Field(
+        0, ge=0, le=limits.MAX_DAYS, description="days of observation required before index"
+    )
     remove_subjects_with_prior_outcome: bool = True
-    prior_outcome_lookback: int = Field(99999, ge=0)
-    risk_window_start: int = 0
+    prior_outcome_lookback: int = Field(99999, ge=0, le=limits.MAX_DAYS)
+    risk_window_start: int = Field(0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS)
     start_anchor: Literal["cohort start", "cohort end"] = "cohort start"
-    risk_window_end: int = 0
+    risk_window_end: int = Field(0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS)
     end_anchor: Literal["cohort start", "cohort end"] = "cohort end"
-    min_days_at_risk: int = Field(1, ge=0)
+    min_days_at_risk: int = Field(1, ge=0, le=limits.MAX_DAYS)
 
 
 class MatchSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    caliper: float = Field(0.2, ge=0)
+    caliper: float = Field(0.2, ge=0, le=limits.MAX_RANGE_VALUE, allow_inf_nan=False)
     caliper_scale: CaliperScale = "standardized logit"
-    max_ratio: int = Field(1, ge=0, description="comparators per target; 0 = no limit (variable ratio)")
+    max_ratio: int = Field(
+        1, ge=0, le=limits.MAX_LIST, description="comparators per target; 0 = no limit (variable ratio)"
+    )
     allow_reverse_match: bool = False
 
 
 class StratifySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    number_of_strata: int = Field(5, ge=1)
+    number_of_strata: int = Field(5, ge=1, le=limits.MAX_LIST)
     base_selection: Literal["all", "target", "comparator"] = "all"
 
 

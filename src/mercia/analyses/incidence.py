@@ -28,13 +28,14 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from scipy import stats
 
+from mercia import limits
 from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
@@ -50,6 +51,8 @@ _DIMENSION_OF = {"yr": "calendar_year", "age_k": "age_group", "gender": "sex"}
 Dimension = Literal["age_group", "sex", "calendar_year"]
 DEFAULT_AGE_GROUPS: list[tuple[int, int | None]] = [(0, 17), (18, 39), (40, 64), (65, None)]
 _MAX_AGE = 200  # the open band's upper end, in years
+# Years, an SQL INTEGER; negative ages are refused by _bands, with its own message.
+_Age = Annotated[int, Field(ge=-limits.MAX_INT32, le=limits.MAX_INT32)]
 
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -105,10 +108,15 @@ class _Population(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     denominator_cohort_id: int | None = Field(
-        None, description="target cohort whose entries are the denominator; None: the observed population"
+        None, le=limits.MAX_INT32,
+        description="target cohort whose entries are the denominator; None: the observed population",
     )
-    washout_days: int = Field(0, ge=0, description="days of (clean) prior history required")
-    age_groups: list[tuple[int, int | None]] = Field(default_factory=lambda: list(DEFAULT_AGE_GROUPS))
+    washout_days: int = Field(
+        0, ge=0, le=limits.MAX_DAYS, description="days of (clean) prior history required"
+    )
+    age_groups: list[tuple[_Age, _Age | None]] = Field(
+        default_factory=lambda: list(DEFAULT_AGE_GROUPS), max_length=limits.MAX_LIST
+    )
 
     @field_validator("age_groups")
     @classmethod
@@ -126,11 +134,13 @@ class _Population(BaseModel):
 
 
 class IncidenceSettings(_Population):
-    outcome_cohort_id: int
+    outcome_cohort_id: int = Field(le=limits.MAX_INT32)  # check_cohort_id refuses negatives
     repeated_events: bool = False
     study_start: dt.date | None = None
     study_end: dt.date | None = None
-    by: list[Dimension] = Field(default_factory=lambda: ["age_group", "sex", "calendar_year"])
+    by: list[Dimension] = Field(
+        default_factory=lambda: ["age_group", "sex", "calendar_year"], max_length=limits.MAX_LIST
+    )
     alpha: float = Field(0.05, gt=0, lt=1)
 
     @model_validator(mode="after")
@@ -143,11 +153,18 @@ class IncidenceSettings(_Population):
 
 
 class PrevalenceSettings(_Population):
-    outcome_cohort_id: int
-    points: list[dt.date] = Field(default_factory=list, description="point prevalence dates")
-    intervals: list[tuple[dt.date, dt.date]] = Field(default_factory=list, description="period prevalence")
-    lookback_days: int = Field(0, ge=0, description="an outcome entry ending this many days before counts")
-    by: list[Literal["age_group", "sex"]] = Field(default_factory=lambda: ["age_group", "sex"])
+    outcome_cohort_id: int = Field(le=limits.MAX_INT32)  # check_cohort_id refuses negatives
+    points: list[dt.date] = Field(
+        default_factory=list, max_length=limits.MAX_LIST, description="point prevalence dates"
+    )
+    intervals: list[tuple[dt.date, dt.date]] = Field(
+        default_factory=list, max_length=limits.MAX_LIST, description="period prevalence")
+    lookback_days: int = Field(
+        0, ge=0, le=limits.MAX_DAYS, description="an outcome entry ending this many days before counts"
+    )
+    by: list[Literal["age_group", "sex"]] = Field(
+        default_factory=lambda: ["age_group", "sex"], max_length=limits.MAX_LIST
+    )
     alpha: float = Field(0.05, gt=0, lt=1)
 
     @model_validator(mode="after")

@@ -20,7 +20,7 @@ stopOnError = FALSE: nobody can then be matched, and the analysis says why inste
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -28,24 +28,35 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 from scipy import optimize, stats
 
+from mercia import limits
 from mercia.errors import StudyError
+
+_Variance = Annotated[float, Field(gt=0, le=limits.MAX_RANGE_VALUE)]
 
 
 class PsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prior: Literal["normal", "laplace"] = "normal"
-    variance: float | None = Field(None, gt=0, description="fixed prior variance; None: cross-validate")
-    cv_variances: list[float] = Field(default_factory=lambda: [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0])
+    variance: float | None = Field(
+        None, gt=0, le=limits.MAX_RANGE_VALUE, description="fixed prior variance; None: cross-validate"
+    )
+    cv_variances: list[_Variance] = Field(
+        default_factory=lambda: [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0], max_length=limits.MAX_LIST
+    )
     cv_folds: int = Field(5, ge=2, le=20)
-    cv_max_rows: int = Field(20_000, ge=100)
-    max_cohort_size_for_fitting: int = Field(250_000, ge=0, description="per arm; 0: no down-sampling")
+    cv_max_rows: int = Field(20_000, ge=100, le=limits.MAX_INT32)
+    max_cohort_size_for_fitting: int = Field(
+        250_000, ge=0, le=limits.MAX_INT32, description="per arm; 0: no down-sampling"
+    )
     min_fraction: float = Field(0.001, ge=0, lt=1, description="drop covariates in fewer rows than this")
     error_on_high_correlation: bool = True
     high_correlation: float = Field(0.5, gt=0, le=1)
-    exclude_covariate_ids: list[int] = Field(default_factory=list)
-    seed: int = 1
-    max_iter: int = Field(1000, ge=10)
+    exclude_covariate_ids: list[Annotated[int, Field(ge=limits.MIN_INT64, le=limits.MAX_INT64)]] = Field(
+        default_factory=list, max_length=limits.MAX_CONCEPT_SET_ITEMS
+    )
+    seed: int = Field(1, ge=0, le=limits.MAX_INT32)  # numpy and scikit-learn take 0 to 2**32 - 1
+    max_iter: int = Field(1000, ge=10, le=limits.MAX_ITERATIONS)
 
 
 @dataclass

@@ -21,13 +21,14 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
+from mercia import limits
 from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
@@ -45,8 +46,10 @@ class SurvivalSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tar_start: int = Field(0, ge=0, description="first day at risk, days after index")
-    tar_end: int | None = Field(None, ge=0, description="last day at risk, days after index (None: no cap)")
+    tar_start: int = Field(0, ge=0, le=limits.MAX_DAYS, description="first day at risk, days after index")
+    tar_end: int | None = Field(
+        None, ge=0, le=limits.MAX_DAYS, description="last day at risk, days after index (None: no cap)"
+    )
     censor_at: Literal["observation_end", "cohort_end"] = "observation_end"
     censor_at_death: bool = True
     first_entry_only: bool = Field(True, description="each person's first cohort entry only")
@@ -69,12 +72,18 @@ class CovariateSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1)
-    concept_ids: list[int] = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=limits.MAX_NAME)
+    concept_ids: list[Annotated[int, Field(ge=limits.MIN_INT64, le=limits.MAX_INT64)]] = Field(
+        min_length=1, max_length=limits.MAX_CONCEPT_SET_ITEMS
+    )
     domain: Literal["condition", "drug", "procedure", "measurement", "observation"] = "condition"
     include_descendants: bool = True
-    window_start: int = Field(-365, description="days relative to index, inclusive")
-    window_end: int = Field(0, description="days relative to index, inclusive")
+    window_start: int = Field(
+        -365, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS, description="days relative to index, inclusive"
+    )
+    window_end: int = Field(
+        0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS, description="days relative to index, inclusive"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CovariateSpec:
@@ -89,7 +98,7 @@ class CoxSettings(BaseModel):
     survival: SurvivalSettings = SurvivalSettings()
     age: bool = True
     sex: bool = True
-    covariates: list[CovariateSpec] = Field(default_factory=list)
+    covariates: list[CovariateSpec] = Field(default_factory=list, max_length=limits.MAX_LIST)
     ph_test: bool = True
     ties: Literal["efron", "breslow"] = "efron"
     alpha: float = Field(0.05, gt=0, lt=1)

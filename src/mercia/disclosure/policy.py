@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mercia import limits
 from mercia.errors import DisclosureError
 
 
@@ -24,13 +25,13 @@ class DisclosurePolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(min_length=1)
-    threshold: int = Field(ge=0, description="counts 1..threshold are suppressed")
+    name: str = Field(min_length=1, max_length=limits.MAX_NAME)
+    threshold: int = Field(ge=0, le=limits.MAX_INT32, description="counts 1..threshold are suppressed")
     zeros_disclosive: bool = Field(
         default=False, description="suppress zero counts too (a zero says 'nobody in this group has X')"
     )
     rounding_base: int = Field(
-        default=1, ge=1, description="released counts are multiples of this; 1 = exact"
+        default=1, ge=1, le=limits.MAX_INT32, description="released counts are multiples of this; 1 = exact"
     )
     rounding_mode: Literal["nearest"] = "nearest"
     secondary_suppression: bool = Field(
@@ -42,31 +43,41 @@ class DisclosurePolicy(BaseModel):
         lt=1,
         description="p% rule: unsafe if the rest is below p x the largest contribution",
     )
-    nk_n: int | None = Field(default=None, ge=1, description="N-k dominance: the n largest contributions ...")
+    nk_n: int | None = Field(
+        default=None, ge=1, le=limits.MAX_INT32, description="N-k dominance: the n largest contributions ..."
+    )
     nk_k: float | None = Field(default=None, gt=0, le=1, description="... may not reach k x the cell total")
-    min_model_dof: int = Field(default=0, ge=0, description="models with fewer residual dof are blocked")
+    min_model_dof: int = Field(
+        default=0, ge=0, le=limits.MAX_INT32, description="models with fewer residual dof are blocked"
+    )
     min_risk_set: int | None = Field(
         default=None,
         ge=1,
+        le=limits.MAX_INT32,
         description="survival rows with fewer at risk are not released; None = threshold+1",
     )
     survival_min_events: int | None = Field(
         default=None,
         ge=1,
+        le=limits.MAX_INT32,
         description="a released KM step pools at least this many events; None = threshold+1",
     )
     survival_time_unit: int | None = Field(
-        default=None, ge=1, description="survival times are coarsened up to multiples of this many days"
+        default=None, ge=1, le=limits.MAX_INT32,
+        description="survival times are coarsened up to multiples of this many days",
     )
     exposure_rounding: int | None = Field(
         default=None,
         ge=1,
+        le=limits.MAX_INT32,
         description="person-time is released rounded to multiples of this (in the column's unit, e.g. "
         "person-years); None = the count rounding_base, so at least whole units",
     )
     magnitude_min_interval: float = Field(
         default=5.0,
         ge=0,
+        le=limits.MAX_RANGE_VALUE,
+        allow_inf_nan=False,
         description="W: released means and SDs are rounded coarsely enough that differencing two releases "
         "whose cohorts differ by one person leaves that person's value anywhere in an interval at least "
         "this wide (in the column's own unit: years for age); 0 = exact magnitudes",

@@ -19,10 +19,11 @@ Demographics are 1 (gender), 2 (age), 3 (5-year age group), 4 (race), 5 (ethnici
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mercia import limits
 from mercia.errors import StudyError
 
 WindowKind = Literal["any_time_prior", "long_term", "medium_term", "short_term"]
@@ -36,8 +37,8 @@ class Window(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: WindowKind
-    start: int | None = None
-    end: int = 0
+    start: int | None = Field(None, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS)
+    end: int = Field(0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS)
 
     @model_validator(mode="after")
     def _check(self) -> Window:
@@ -71,7 +72,7 @@ class CovariateSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    windows: list[Window] = Field(default_factory=lambda: list(DEFAULT_WINDOWS))
+    windows: list[Window] = Field(default_factory=lambda: list(DEFAULT_WINDOWS), max_length=limits.MAX_LIST)
     use_demographics: bool = True
     use_conditions: bool = True
     use_drugs: bool = True
@@ -84,10 +85,15 @@ class CovariateSettings(BaseModel):
         description="conditions and procedures count for every ancestor concept too (concept_ancestor); "
         "drugs for their ATC classes as well as their ingredients",
     )
-    min_fraction: float = Field(0.0, ge=0, le=1, description="drop covariates nonzero in fewer rows than this")
-    min_persons: int = Field(1, ge=1, description="drop covariates nonzero in fewer rows than this")
-    excluded_concept_ids: list[int] = Field(
+    min_fraction: float = Field(
+        0.0, ge=0, le=1, description="drop covariates nonzero in fewer rows than this"
+    )
+    min_persons: int = Field(
+        1, ge=1, le=limits.MAX_INT32, description="drop covariates nonzero in fewer rows than this"
+    )
+    excluded_concept_ids: list[Annotated[int, Field(le=limits.MAX_INT64)]] = Field(
         default_factory=list,
+        max_length=limits.MAX_CONCEPT_SET_ITEMS,
         description="concepts (with their descendants) left out: records of them are ignored and no "
         "covariate is built for them; exclude the exposures compared",
     )

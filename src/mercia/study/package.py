@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mercia import limits
 from mercia.analyses import (
     CharacterizationSettings,
     CoxSettings,
@@ -44,6 +45,8 @@ from mercia.errors import MerciaError, StudyError
 
 PACKAGE_FORMAT = "mercia-study/1"
 _KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A cohort key where an analysis names one (whether it is defined is checked by StudySpec).
+_Key = Annotated[str, Field(max_length=limits.MAX_NAME)]
 
 
 class _Strict(BaseModel):
@@ -53,8 +56,13 @@ class _Strict(BaseModel):
 class CohortRef(_Strict):
     """One cohort of the package: exactly one of `file` (relative to the package) and `definition`."""
 
-    id: int | None = Field(None, ge=1, description="cohort_definition_id; default 1, 2, ... by sorted key")
-    file: str | None = Field(None, description="a .json (Circe or Mercia), .yaml/.yml or .py definition")
+    id: int | None = Field(
+        None, ge=1, le=limits.MAX_INT32, description="cohort_definition_id; default 1, 2, ... by sorted key"
+    )
+    file: str | None = Field(
+        None, max_length=limits.MAX_NAME,
+        description="a .json (Circe or Mercia), .yaml/.yml or .py definition",
+    )
     definition: dict[str, Any] | None = Field(
         None, description="inline cohort language (YAML form) or Mercia's model form (with `expression`)"
     )
@@ -68,7 +76,8 @@ class CohortRef(_Strict):
 
 class _Analysis(_Strict):
     name: str | None = Field(
-        None, pattern=_KEY, description="prefix of the result tables; default the analysis type"
+        None, pattern=_KEY, max_length=limits.MAX_NAME,
+        description="prefix of the result tables; default the analysis type",
     )
 
     def cohorts_used(self) -> list[str]:
@@ -80,7 +89,7 @@ class _Analysis(_Strict):
 
 class CharacterizationAnalysis(_Analysis):
     type: Literal["characterization"]
-    cohorts: list[str] = Field(min_length=1)
+    cohorts: list[_Key] = Field(min_length=1, max_length=limits.MAX_LIST)
     settings: CharacterizationSettings = CharacterizationSettings()
 
     def cohorts_used(self) -> list[str]:
@@ -89,8 +98,8 @@ class CharacterizationAnalysis(_Analysis):
 
 class CompareCohortsAnalysis(_Analysis):
     type: Literal["compare_cohorts"]
-    target: str
-    comparator: str
+    target: _Key
+    comparator: _Key
     settings: CharacterizationSettings = CharacterizationSettings()
 
     def cohorts_used(self) -> list[str]:
@@ -99,7 +108,7 @@ class CompareCohortsAnalysis(_Analysis):
 
 class CohortEntriesAnalysis(_Analysis):
     type: Literal["cohort_entries"]
-    cohorts: list[str] = Field(min_length=1)
+    cohorts: list[_Key] = Field(min_length=1, max_length=limits.MAX_LIST)
     interval: Literal["year", "month"] = "year"
 
     def cohorts_used(self) -> list[str]:
@@ -115,8 +124,8 @@ def _no_ids(settings: dict[str, Any], what: str, fields: dict[str, str]) -> dict
 
 class IncidenceAnalysis(_Analysis):
     type: Literal["incidence"]
-    outcome: str
-    denominator: str | None = Field(None, description="a cohort key; None: the whole observed population")
+    outcome: _Key
+    denominator: _Key | None = Field(None, description="a cohort key; None: the whole observed population")
     settings: dict[str, Any] = Field(default_factory=dict, description="IncidenceSettings without cohort ids")
 
     @field_validator("settings")
@@ -141,9 +150,11 @@ class IncidenceAnalysis(_Analysis):
 
 class PrevalenceAnalysis(_Analysis):
     type: Literal["prevalence"]
-    outcome: str
-    denominator: str | None = None
-    settings: dict[str, Any] = Field(default_factory=dict, description="PrevalenceSettings without cohort ids")
+    outcome: _Key
+    denominator: _Key | None = None
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="PrevalenceSettings without cohort ids"
+    )
 
     @field_validator("settings")
     @classmethod
@@ -166,8 +177,8 @@ class PrevalenceAnalysis(_Analysis):
 
 class KaplanMeierAnalysis(_Analysis):
     type: Literal["kaplan_meier"]
-    targets: list[str] = Field(min_length=1)
-    outcome: str
+    targets: list[_Key] = Field(min_length=1, max_length=limits.MAX_LIST)
+    outcome: _Key
     settings: SurvivalSettings = SurvivalSettings()
     alpha: float = Field(0.05, gt=0, lt=1)
 
@@ -177,9 +188,9 @@ class KaplanMeierAnalysis(_Analysis):
 
 class CoxAnalysis(_Analysis):
     type: Literal["cox"]
-    target: str
-    comparator: str
-    outcome: str
+    target: _Key
+    comparator: _Key
+    outcome: _Key
     settings: CoxSettings = CoxSettings()
 
     def cohorts_used(self) -> list[str]:
@@ -190,8 +201,8 @@ class PredictionAnalysis(_Analysis):
     """Patient-level prediction: a model of `outcome` in `target`, internally validated."""
 
     type: Literal["prediction"]
-    target: str
-    outcome: str
+    target: _Key
+    outcome: _Key
     settings: PredictionSettings = PredictionSettings()
 
     def cohorts_used(self) -> list[str]:
@@ -204,10 +215,10 @@ class CohortMethodAnalysis(_Analysis):
     outcome cohorts with no effect, run through the same steps and used to calibrate."""
 
     type: Literal["cohort_method"]
-    target: str
-    comparator: str
-    outcomes: list[str] = Field(min_length=1)
-    negative_controls: list[str] = Field(default_factory=list)
+    target: _Key
+    comparator: _Key
+    outcomes: list[_Key] = Field(min_length=1, max_length=limits.MAX_LIST)
+    negative_controls: list[_Key] = Field(default_factory=list, max_length=limits.MAX_LIST)
     settings: CohortMethodSettings = CohortMethodSettings()
 
     def cohorts_used(self) -> list[str]:
@@ -242,10 +253,10 @@ ANALYSIS_TYPES = (
 class StudySpec(_Strict):
     """The package file as written (cohorts not yet resolved)."""
 
-    name: str = Field(min_length=1)
-    description: str | None = None
-    cohorts: dict[str, CohortRef] = Field(min_length=1)
-    analyses: list[Analysis] = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=limits.MAX_NAME)
+    description: str | None = Field(None, max_length=limits.MAX_TEXT)
+    cohorts: dict[_Key, CohortRef] = Field(min_length=1, max_length=limits.MAX_LIST)
+    analyses: list[Analysis] = Field(min_length=1, max_length=limits.MAX_LIST)
     disclosure: Literal["opensafely", "sacro"] | DisclosurePolicy | None = Field(
         None, description="the policy the study asks for; None: the site's own policy"
     )
@@ -288,14 +299,53 @@ class StudySpec(_Strict):
         return self.disclosure
 
 
+# Tags of the discriminated unions, which pydantic puts in an error's location after the item they tag.
+_UNION_TAGS = {
+    "analyses": set(ANALYSIS_TYPES),
+    "model": {"lasso_logistic", "gradient_boosting"},
+}
+# The `disclosure:` union: the name of a built-in policy, or a policy written out (validated after).
+_POLICY_BRANCHES = ("literal[", "DisclosurePolicy", "function-after[")
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """An error location as the package writes it: `analyses[2].settings.washout_days`, without the
+    union tag pydantic inserts (`analyses.2.incidence.settings...`), which is not a key of the file."""
+    out: list[str] = []
+    parts = list(loc)
+    for i, p in enumerate(parts):
+        if isinstance(p, int):
+            out.append(f"[{p}]")
+            continue
+        owner = parts[i - 2] if i >= 2 and isinstance(parts[i - 1], int) else parts[i - 1] if i >= 1 else None
+        if isinstance(owner, str) and p in _UNION_TAGS.get(owner, ()):
+            continue
+        if owner == "disclosure" and p.startswith(_POLICY_BRANCHES):
+            continue
+        out.append(f".{p}" if out else str(p))
+    return "".join(out)
+
+
 def _format_validation(e: ValidationError, where: str) -> StudyError:
     lines = []
-    for err in e.errors()[:6]:
-        loc = ".".join(str(p) for p in err["loc"])
+    # A policy written out is not a policy name: that branch's error says nothing about the mapping.
+    errors = [
+        err
+        for err in e.errors()
+        if not (
+            err["loc"][:1] == ("disclosure",)
+            and str(err["loc"][1:2][0] if err["loc"][1:] else "").startswith("literal[")
+            and isinstance(err.get("input"), dict)
+        )
+    ]
+    for err in errors[:6]:
+        loc = _field_path(err["loc"])
         if err["type"] == "extra_forbidden":
             msg = "unknown setting (not allowed here; check the spelling against the reference)"
         elif err["type"] == "missing":
             msg = "required, missing"
+        elif err["type"] in ("union_tag_invalid", "union_tag_not_found") and err["loc"][-1] == "model":
+            msg = f"give the model `type:` ({', '.join(sorted(_UNION_TAGS['model']))})"
         elif err["type"] == "union_tag_invalid":
             tag = err.get("ctx", {}).get("tag")
             msg = f"unknown analysis type {tag!r}; use one of {', '.join(ANALYSIS_TYPES)}"
@@ -304,8 +354,8 @@ def _format_validation(e: ValidationError, where: str) -> StudyError:
         else:
             msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"{loc or '(top level)'}: {msg}")
-    if len(e.errors()) > 6:
-        lines.append(f"(and {len(e.errors()) - 6} more)")
+    if len(errors) > 6:
+        lines.append(f"(and {len(errors) - 6} more)")
     return StudyError(f"{where}: " + "; ".join(lines))
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from mercia import limits
 from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.prediction.evaluation import Performance, evaluate, risk_strata
 from mercia.analyses.prediction.models import (
@@ -76,10 +77,11 @@ class PredictionSettings(BaseModel):
     model: ModelSettings = Field(default_factory=LassoLogisticSettings)
     test_fraction: float = Field(0.25, gt=0, lt=1)
     n_folds: int = Field(3, ge=2, le=20)
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=limits.MAX_INT32)
     min_covariate_persons: int = Field(
         10,
         ge=1,
+        le=limits.MAX_INT32,
         description="covariates non-zero in fewer training persons, or with fewer training outcomes or "
         "non-outcomes among the persons with or without them, are not used: a coefficient resting on a "
         "handful of persons or outcomes describes them, and the model would not be released (10 is above "

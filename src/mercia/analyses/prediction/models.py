@@ -25,7 +25,11 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
+from mercia import limits
 from mercia.errors import StudyError
+
+# Penalties and learning rates: scikit-learn takes only positive, finite ones.
+_Positive = Annotated[float, Field(gt=0, le=limits.MAX_RANGE_VALUE)]
 
 
 class LassoLogisticSettings(BaseModel):
@@ -34,12 +38,13 @@ class LassoLogisticSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["lasso_logistic"] = "lasso_logistic"
-    c_grid: list[float] = Field(
+    c_grid: list[_Positive] = Field(
         default_factory=lambda: [float(c) for c in np.logspace(-3, 1, 9)],
         min_length=1,
+        max_length=limits.MAX_LIST,
         description="inverse penalty strengths tried (larger: weaker penalty)",
     )
-    max_iter: int = Field(1000, ge=10)
+    max_iter: int = Field(1000, ge=10, le=limits.MAX_ITERATIONS)
 
 
 class GradientBoostingSettings(BaseModel):
@@ -48,10 +53,15 @@ class GradientBoostingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["gradient_boosting"] = "gradient_boosting"
-    learning_rates: list[float] = Field(default_factory=lambda: [0.05, 0.1], min_length=1)
-    max_leaf_nodes: list[int] = Field(default_factory=lambda: [7, 31], min_length=1)
-    max_iter: int = Field(100, ge=1, description="boosting rounds")
-    min_samples_leaf: int = Field(20, ge=1, description="persons in a leaf at least")
+    learning_rates: list[_Positive] = Field(
+        default_factory=lambda: [0.05, 0.1], min_length=1, max_length=limits.MAX_LIST
+    )
+    # scikit-learn needs at least 2 leaves
+    max_leaf_nodes: list[Annotated[int, Field(ge=2, le=limits.MAX_INT32)]] = Field(
+        default_factory=lambda: [7, 31], min_length=1, max_length=limits.MAX_LIST
+    )
+    max_iter: int = Field(100, ge=1, le=limits.MAX_ITERATIONS, description="boosting rounds")
+    min_samples_leaf: int = Field(20, ge=1, le=limits.MAX_INT32, description="persons in a leaf at least")
 
 
 ModelSettings = Annotated[LassoLogisticSettings | GradientBoostingSettings, Field(discriminator="type")]

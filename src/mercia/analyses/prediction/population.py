@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mercia import limits
 from mercia.cdm import Cdm
 from mercia.cdm.query import build, check_cohort_id, fetch_df, require_tables
 from mercia.errors import StudyError
@@ -34,17 +35,27 @@ class PopulationSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    risk_window_start: int = Field(1, description="days after the start anchor when time at risk starts")
+    risk_window_start: int = Field(
+        1, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS,
+        description="days after the start anchor when time at risk starts",
+    )
     start_anchor: Literal["cohort_start", "cohort_end"] = "cohort_start"
-    risk_window_end: int = Field(365, description="days after the end anchor when time at risk ends")
+    risk_window_end: int = Field(
+        365, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS,
+        description="days after the end anchor when time at risk ends",
+    )
     end_anchor: Literal["cohort_start", "cohort_end"] = "cohort_start"
     restrict_tar_to_cohort_end: bool = False
     first_exposure_only: bool = False
-    washout_period: int = Field(0, ge=0, description="days of observation required before index")
+    washout_period: int = Field(
+        0, ge=0, le=limits.MAX_DAYS, description="days of observation required before index"
+    )
     remove_subjects_with_prior_outcome: bool = True
-    prior_outcome_lookback: int = Field(99999, ge=0, description="days before time at risk searched")
+    prior_outcome_lookback: int = Field(
+        99999, ge=0, le=limits.MAX_DAYS, description="days before time at risk searched"
+    )
     require_time_at_risk: bool = True
-    min_time_at_risk: int = Field(364, ge=0)
+    min_time_at_risk: int = Field(364, ge=0, le=limits.MAX_DAYS)
     include_all_outcomes: bool = Field(
         True, description="keep persons with the outcome even when their time at risk is short"
     )

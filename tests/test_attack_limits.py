@@ -22,6 +22,7 @@ from cohort_strategies import hostile_definitions
 from federation_support import PROJECT, Federation, make_site, small_study, submit_body
 from mercia.federation.audit import read_records
 from mercia.limits import MAX_BODY_BYTES, MAX_DAYS, MAX_GROUP_DEPTH
+from mercia.study import StudyPackage
 
 pytestmark = pytest.mark.slow  # a hub and a node over HTTP
 
@@ -129,7 +130,36 @@ def study_with(definition: dict[str, Any]) -> dict[str, Any]:
 ], ids=lambda c: c if isinstance(c, str) else "")
 def test_a_study_past_a_limit_is_refused_and_nothing_is_stored(fed, what, definition, field):
     """At the hub (researcher) and at the node (the hub's own call): a 4xx, no study row, no audit entry."""
-    package = study_with(definition)
+    refused_and_nothing_stored(fed, what, study_with(definition), field)
+
+
+def with_settings(**where: Any) -> dict[str, Any]:
+    """The small study with settings changed: a Cox covariate window, and an incidence analysis added."""
+    canonical = small_study("limits study").canonical()
+    canonical.pop("format")
+    if "window_start" in where:
+        canonical["analyses"][1]["settings"]["covariates"][0]["window_start"] = where["window_start"]
+    if "washout_days" in where:
+        canonical["analyses"].append({"type": "incidence", "outcome": "hf_admission",
+                                      "settings": {"washout_days": where["washout_days"]}})
+    return canonical
+
+
+BAD_SETTINGS = [
+    ("a covariate window starting 2**40 days before index", with_settings(window_start=-(2**40)),
+     "analyses[1].settings.covariates[0].window_start"),
+    ("a washout of 2**31 days", with_settings(washout_days=2**31), "analyses[2].settings.washout_days"),
+]
+
+
+@pytest.mark.parametrize(("what", "package", "field"), BAD_SETTINGS, ids=[c[0] for c in BAD_SETTINGS])
+def test_a_study_with_a_setting_past_a_limit_is_refused_and_nothing_is_stored(fed, what, package, field):
+    """Analysis settings are bounded like cohort definitions: at the hub and at the node, a 4xx naming the
+    field as the package writes it, no study row, no audit entry."""
+    refused_and_nothing_stored(fed, what, package, field)
+
+
+def refused_and_nothing_stored(fed: Federation, what: str, package: dict[str, Any], field: str) -> None:
     with fed.hub.client(fed.hub.admin_token) as admin:
         studies = admin.studies()
     before = actions(audit(fed.hub.state_dir))
@@ -192,6 +222,11 @@ def test_limits_leave_real_definitions_alone(fed):
     for d in ok:
         r = post(node.url, node.tokens["researcher"], f"{API}/feasibility", {"definition": d, "project": PROJECT})
         assert r.status_code == 200, r.text[:500]
+    # Settings at their bounds are taken: a covariate window from 99,999 days before index, a washout as long.
+    ok_settings = with_settings(window_start=-MAX_DAYS, washout_days=MAX_DAYS) | {"name": "limits settings ok"}
+    r = post(node.url, node.tokens["hub"], f"{API}/studies",
+             submit_body(StudyPackage.from_dict(ok_settings), fed.hub.key))
+    assert r.status_code == 202, r.text[:500]
     # And a real study package goes through the node's checks unchanged.
     pkg = small_study("limits ok study")
     r = post(node.url, node.tokens["hub"], f"{API}/studies", submit_body(pkg, fed.hub.key))

@@ -259,3 +259,32 @@ def test_the_canonical_form_of_a_package_at_the_bounds_reads_back() -> None:
     """What a hub sends a node (the canonical form, every default spelled out) passes the same bounds."""
     p = StudyPackage.from_dict(setting(INC, "washout_days")(MAX_DAYS))
     assert StudyPackage.from_canonical(p.canonical()).canonical() == p.canonical()
+
+
+def _counted_up(threshold: int, base: int) -> int:
+    """suppress_up_to as it was written before: count up until a count rounds above the threshold."""
+    from mercia.disclosure.policy import round_count
+
+    v = threshold
+    while round_count(v + 1, base) <= threshold:
+        v += 1
+    return v
+
+
+def test_a_policy_at_the_rounding_bound_costs_no_time() -> None:
+    """A package may ask for a rounding base of 2**31 - 1 (stricter than any site's): the counts it
+    suppresses are found in closed form (counting up to half the base took about five minutes a release)
+    and are the ones counting up finds."""
+    import time
+
+    from mercia.disclosure.policy import DisclosurePolicy, round_count
+
+    for t in range(0, 40):
+        for base in range(1, 30):
+            p = DisclosurePolicy(name="p", threshold=t, rounding_base=base)
+            assert p.suppress_up_to == _counted_up(t, base), (t, base)
+    pkg = StudyPackage.from_dict(policy("rounding_base")(MAX_INT32))
+    t0 = time.perf_counter()
+    v = pkg.spec.requested_policy().suppress_up_to
+    assert time.perf_counter() - t0 < 0.1
+    assert round_count(v, MAX_INT32) <= 5 < round_count(v + 1, MAX_INT32)

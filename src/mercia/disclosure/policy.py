@@ -96,10 +96,15 @@ class DisclosurePolicy(BaseModel):
     def suppress_up_to(self) -> int:
         """Counts up to this are suppressed: the threshold, raised where needed so that no released
         count rounds into 1..threshold (threshold 5 with base 5 would show a 6 as 5)."""
-        v = self.threshold
-        while round_count(v + 1, self.rounding_base) <= self.threshold:
-            v += 1
-        return v
+        # In closed form, not by counting up: a package may ask for a rounding base up to 2**31 - 1, and
+        # counting up to half of it took minutes on every release. The first count that rounds above the
+        # threshold rounds to k * base, the least multiple of the base above it: it is k * base - base // 2
+        # (halves round up), and every count below it is suppressed.
+        base, t = self.rounding_base, self.threshold
+        if base == 1:
+            return t
+        first_released = (t // base + 1) * base - base // 2
+        return max(t, first_released - 1)
 
     # Derived settings: survival defaults follow the count threshold, so a policy that only sets
     # `threshold` still protects KM curves with the same number.

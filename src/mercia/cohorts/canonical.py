@@ -26,7 +26,6 @@ import json
 from typing import Any
 
 from mercia.cohorts.model import CohortDefinition, CohortExpression
-from mercia.errors import CohortDefinitionError, MerciaError
 
 FORMAT = "mercia-canonical-cohort/1"
 _REFERENCE_KEYS = frozenset({"codeset_id", "drug_codeset_id"})
@@ -42,19 +41,10 @@ _GROUP_FIELDS = frozenset({"type", "count"}) | _UNORDERED_LISTS
 
 
 def parse_definition(definition: Any) -> CohortDefinition:
-    """A cohort definition sent as data: Mercia's model form (with `expression`) or the cohort language."""
-    from mercia.cohorts import dsl
+    """A cohort definition sent as data (one reader for node and hub: `loader.definition_from_data`)."""
+    from mercia.cohorts.loader import definition_from_data
 
-    if not isinstance(definition, dict) or not definition:
-        raise CohortDefinitionError("definition: give a cohort definition (a mapping in the cohort language)")
-    try:
-        if "expression" in definition:
-            return CohortDefinition.from_dict(definition)
-        return dsl.from_dict(definition)
-    except MerciaError:
-        raise
-    except Exception as e:  # pydantic and friends: still the user's definition at fault
-        raise CohortDefinitionError(f"definition: {e}") from None
+    return definition_from_data(definition)
 
 
 def _dumps(v: Any) -> str:

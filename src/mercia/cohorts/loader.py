@@ -22,7 +22,7 @@ from sqlglot import exp
 from mercia.cohorts import dsl
 from mercia.cohorts.circe import from_circe_json
 from mercia.cohorts.model import CohortDefinition
-from mercia.errors import CohortDefinitionError, ConfigError
+from mercia.errors import CohortDefinitionError, ConfigError, MerciaError
 
 SUFFIXES = (".json", ".yaml", ".yml", ".py")
 
@@ -106,10 +106,10 @@ def definition_from_data(data: Any) -> CohortDefinition:
         if "expression" in data:
             return CohortDefinition.from_dict(data)
         return dsl.from_dict(data)
-    except CohortDefinitionError:
+    except MerciaError:
         raise
-    except Exception as e:  # odd shapes the readers did not foresee: still the sender's definition at fault
-        raise CohortDefinitionError(f"definition: cannot be read ({type(e).__name__})") from None
+    except Exception as e:  # pydantic and odd shapes the readers did not foresee: still the sender's definition
+        raise CohortDefinitionError(f"definition: {e}") from None
 
 
 def load_definition(path: str | Path) -> CohortDefinition:

@@ -173,22 +173,35 @@ def test_differencing_two_sds_never_places_the_person_within_w(
         assert hi - lo >= policy.magnitude_min_interval - 1e-6, (n, x, ra, rb, parts)
 
 
+def _age_cohort_pairs(per_label: int) -> Iterator[tuple[str, Iterator[tuple[DisclosurePolicy, int, np.ndarray, float]]]]:
+    """The measured samples: for realistic and for tight spreads, `per_label` cohorts of whole ages
+    (10 to 3,000 persons) with one more person, at the mean or anywhere, alternately under OpenSAFELY
+    and SACRO without dominance rules; the same seeded draws for every measurement."""
+    rng = np.random.default_rng(20261207)
+
+    def pairs(spreads: list[float]) -> Iterator[tuple[DisclosurePolicy, int, np.ndarray, float]]:
+        for k in range(per_label):
+            policy = (OPENSAFELY, NO_DOMINANCE)[k % 2]
+            n = int(rng.choice([10, 20, 50, 100, 300, 1087, 3000]))
+            centre = float(rng.uniform(20, 90))
+            a = np.rint(np.clip(rng.normal(centre, rng.choice(spreads), n), 0, 120))
+            x = float(rng.choice([round(centre), int(rng.integers(0, 121))]))
+            yield policy, n, a, x
+
+    for label, spreads in (("realistic", [5.0, 10.0, 15.0, 20.0]), ("tight", [0.0, 0.5, 1.0])):
+        yield label, pairs(spreads)
+
+
 def test_differencing_two_sds_on_realistic_and_tight_cohorts() -> None:
     """The SD alone, to an attacker given both exact means, on 2,000 pairs of age cohorts.
 
     Before SDs under W/2 were withheld, two SDs at the edges of their rounding intervals (either side
     of one step boundary) placed the person more narrowly than W: hypothesis found n = 10 at W = 12
     with |x - mean| <= 5.2, and this sample had 0 of 1,000 realistic and 1 of 1,000 tight pairs so."""
-    rng = np.random.default_rng(20261207)
     rates = {}
-    for label, spreads in (("realistic", [5.0, 10.0, 15.0, 20.0]), ("tight", [0.0, 0.5, 1.0])):
+    for label, pairs in _age_cohort_pairs(1000):
         narrow = total = 0
-        for k in range(1000):
-            policy = (OPENSAFELY, NO_DOMINANCE)[k % 2]
-            n = int(rng.choice([10, 20, 50, 100, 300, 1087, 3000]))
-            centre = float(rng.uniform(20, 90))
-            a = np.rint(np.clip(rng.normal(centre, rng.choice(spreads), n), 0, 120))
-            x = float(rng.choice([round(centre), int(rng.integers(0, 121))]))
+        for policy, n, a, x in pairs:
             ra, rb = _released_mean_sd(a, policy), _released_mean_sd(np.append(a, x), policy)
             parts = sd_attack(n, ra, rb, policy)  # type: ignore[arg-type]
             assert any(lo - 1e-6 <= x - a.mean() <= hi + 1e-6 for lo, hi in parts)
@@ -279,16 +292,10 @@ def test_mean_and_sd_together(record_property: Any) -> None:
     Each rule alone holds for every pair (the tests above). Together they are two roundings of one
     person's effect, and when the value sits near the edge of both intervals the intersection is
     narrow. Run with -s to print the rates quoted in docs/security.md."""
-    rng = np.random.default_rng(20261207)
     rates = {}
-    for label, spreads in (("realistic", [5.0, 10.0, 15.0, 20.0]), ("tight", [0.0, 0.5, 1.0])):
+    for label, pairs in _age_cohort_pairs(400):
         narrow = total = 0
-        for k in range(400):
-            policy = (OPENSAFELY, NO_DOMINANCE)[k % 2]
-            n = int(rng.choice([10, 20, 50, 100, 300, 1087, 3000]))
-            centre = float(rng.uniform(20, 90))
-            a = np.rint(np.clip(rng.normal(centre, rng.choice(spreads), n), 0, 120))
-            x = float(rng.choice([round(centre), int(rng.integers(0, 121))]))
+        for policy, n, a, x in pairs:
             ra, rb = _released_mean_sd(a, policy), _released_mean_sd(np.append(a, x), policy)
             xs = joint_attack(n, ra, rb, policy)  # type: ignore[arg-type]
             assert x in xs, "the attacker's model must admit the truth"

@@ -32,6 +32,11 @@ import yaml
 
 MERCIA = str(Path(sys.executable).parent / "mercia")
 PROJECT = "proj"
+# A study's cohorts as the package numbers them, read with plain SQL from a DuckDB CDM in which one
+# study ran (its cohorts are stored under ids of their own, mapped in results.study_cohort).
+STUDY_COHORT = ("(SELECT s.study_cohort_id AS cohort_definition_id, c.subject_id, c.cohort_start_date, "
+                "c.cohort_end_date FROM results.cohort c JOIN results.study_cohort s "
+                "ON s.cohort_definition_id = c.cohort_definition_id)")
 
 
 def free_port() -> int:

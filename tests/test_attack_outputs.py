@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from federation_support import HubKey, NodeServer, make_site, submit_body
+from federation_support import STUDY_COHORT, HubKey, NodeServer, make_site, submit_body
 from mercia.analyses import AnalysisResult
 from mercia.analyses.notes import CATALOGUE, Note, NoteCode, Notes
 from mercia.disclosure.model_support import MODEL_REFUSED
@@ -143,7 +143,7 @@ def attack(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     # The premise: at the first site the target cohort is exactly one person, at the second nobody.
     for name, persons in (("with_her", 1), ("without_her", 0)):
         with duckdb.connect(str(out["sites"][name]["db"]), read_only=True) as con:
-            n = con.execute("SELECT COUNT(DISTINCT subject_id) FROM cohort WHERE cohort_definition_id = ?",
+            n = con.execute(f"SELECT COUNT(DISTINCT subject_id) FROM {STUDY_COHORT} cohort WHERE cohort_definition_id = ?",
                             [pkg.cohort_ids["target"]]).fetchone()[0]
         assert n == persons, (name, n)
     return out
@@ -235,8 +235,8 @@ def test_report_holds_no_unreleased_number(attack: dict[str, Any]) -> None:
     with duckdb.connect(str(site["db"]), read_only=True) as con:
         start, end = con.execute("SELECT MIN(observation_period_start_date), MAX(observation_period_end_date) "
                                  "FROM observation_period").fetchone()
-        cohort_rows = con.execute("SELECT COUNT(*) FROM cohort").fetchone()[0]
-        htn = con.execute("SELECT COUNT(DISTINCT subject_id) FROM cohort WHERE cohort_definition_id = ?",
+        cohort_rows = con.execute("SELECT COUNT(*) FROM results.cohort").fetchone()[0]
+        htn = con.execute(f"SELECT COUNT(DISTINCT subject_id) FROM {STUDY_COHORT} cohort WHERE cohort_definition_id = ?",
                           [pkg.cohort_ids["htn"]]).fetchone()[0]
     for secret in (start.isoformat(), end.isoformat(), str(site["db"])):
         assert secret not in html, secret

@@ -33,6 +33,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from federation_support import STUDY_COHORT
 from mercia.disclosure import OPENSAFELY, SACRO, DisclosureLog, DisclosurePolicy, ResultTable, release
 from mercia.disclosure.release import magnitude_step
 from mercia.vocab.catalog import CONDITIONS
@@ -671,7 +672,7 @@ def test_a_one_person_cohort_reveals_none_of_her_attributes(attack: dict[str, An
     solo = _cid(attack["pkg"], "solo")
     with duckdb.connect(str(attack["db"][policy]), read_only=True) as con:
         members = con.execute(
-            "SELECT DISTINCT subject_id FROM cohort WHERE cohort_definition_id = ?", [solo]
+            f"SELECT DISTINCT subject_id FROM {STUDY_COHORT} cohort WHERE cohort_definition_id = ?", [solo]
         ).fetchall()
     assert members == [(truth["her_id"],)], "her cohort is her alone"
     analyses = {a["name"]: a for a in res["manifest"]["analyses"]}
@@ -717,7 +718,7 @@ def _small_truth(db: Path, cid: int, outcome: int) -> dict[str, Any]:
     con = duckdb.connect(str(db), read_only=True)
     try:
         idx = con.execute(
-            "SELECT subject_id AS person_id, MIN(cohort_start_date) AS index_date FROM cohort "
+            f"SELECT subject_id AS person_id, MIN(cohort_start_date) AS index_date FROM {STUDY_COHORT} cohort "
             "WHERE cohort_definition_id = ? GROUP BY 1",
             [cid],
         ).df()
@@ -753,20 +754,20 @@ def _small_truth(db: Path, cid: int, outcome: int) -> dict[str, Any]:
             "p.month_of_birth AS mob, p.day_of_birth AS dob FROM idx i JOIN person p USING (person_id)"
         ).df()
         entries = con.execute(
-            "SELECT subject_id, cohort_start_date AS d FROM cohort WHERE cohort_definition_id = ?", [cid]
+            f"SELECT subject_id, cohort_start_date AS d FROM {STUDY_COHORT} cohort WHERE cohort_definition_id = ?", [cid]
         ).df()
         den = con.execute(
-            """SELECT c.subject_id AS person_id,
+            f"""SELECT c.subject_id AS person_id,
                       GREATEST(c.cohort_start_date, op.observation_period_start_date) AS s,
                       LEAST(c.cohort_end_date, op.observation_period_end_date) AS e
-               FROM cohort c JOIN observation_period op ON op.person_id = c.subject_id
+               FROM {STUDY_COHORT} c JOIN observation_period op ON op.person_id = c.subject_id
                 AND c.cohort_start_date BETWEEN op.observation_period_start_date AND op.observation_period_end_date
                WHERE c.cohort_definition_id = ?""",
             [cid],
         ).df()
         first_outcome = dict(
             con.execute(
-                "SELECT subject_id, MIN(cohort_start_date) FROM cohort WHERE cohort_definition_id = ? GROUP BY 1",
+                f"SELECT subject_id, MIN(cohort_start_date) FROM {STUDY_COHORT} cohort WHERE cohort_definition_id = ? GROUP BY 1",
                 [outcome],
             ).fetchall()
         )

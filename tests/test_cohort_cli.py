@@ -98,26 +98,26 @@ def test_run_json_writes_cohorts_and_prints_only_json(defs: dict[str, Path], wor
     assert "warning:" in r.stderr and "999999" in r.stderr
     with Cdm.open(world_file, create=False, read_only=True) as cdm:
         assert len(cohort_rows(cdm, 5)) == 5
-        assert cdm.scalar("SELECT count(*) FROM main.cohort_definition WHERE cohort_definition_id IN (5, 6, 7)") == 3
+        assert cdm.scalar("SELECT count(*) FROM results.cohort_definition WHERE cohort_definition_id IN (5, 6, 7)") == 3
 
 
 def test_run_table_and_results_schema(defs: dict[str, Path], world_file: Path) -> None:
-    r = run("cohort", "run", defs["rules"], "--cdm", world_file, "--results-schema", "results", "--cohort-id", "1")
+    r = run("cohort", "run", defs["rules"], "--cdm", world_file, "--results-schema", "work", "--cohort-id", "1")
     assert r.exit_code == 0, r.stderr
     assert "cohort 1: Condition A, no drug X in 30 days, in the 2000s" in r.stdout
     assert "persons" in r.stdout and "entries" in r.stdout and "persons remaining" in r.stdout and "male" in r.stdout
-    with Cdm.open(world_file, create=False, read_only=True, results_schema="results") as cdm:
-        assert cdm.scalar("SELECT count(*) FROM results.cohort_definition") == 1
+    with Cdm.open(world_file, create=False, read_only=True, results_schema="work") as cdm:
+        assert cdm.scalar("SELECT count(*) FROM work.cohort_definition") == 1
 
 
 def test_run_errors_are_one_line_and_change_nothing(defs: dict[str, Path], world_file: Path) -> None:
     with Cdm.open(world_file, create=False, read_only=True) as cdm:
-        before = cdm.scalar("SELECT count(*) FROM main.cohort")
+        before = cdm.scalar("SELECT count(*) FROM results.cohort")
     # a bad second definition: the first is not generated either (all files are read first)
     line = one_line_error(run("cohort", "run", defs["a"], defs["bad"], "--cdm", world_file, "--cohort-id", "40"))
     assert "bad.yaml" in line and "'b' is not a concept set" in line
     with Cdm.open(world_file, create=False, read_only=True) as cdm:
-        assert cdm.scalar("SELECT count(*) FROM main.cohort") == before
+        assert cdm.scalar("SELECT count(*) FROM results.cohort") == before
     assert "no CDM database" in one_line_error(run("cohort", "run", defs["a"], "--cdm", world_file.with_name("no.duckdb")))
     assert "unknown format" in one_line_error(run("cohort", "run", defs["a"], "--cdm", world_file, "--format", "xml"))
 

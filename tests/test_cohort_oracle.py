@@ -188,7 +188,7 @@ def test_stats_replaced_with_the_cohort(tmp_path: Path) -> None:
         assert len(read_stats(cdm, 7)["cohort_inclusion"]) == 2
         # id 7 now holds a definition without rules: its inclusion rows go, id 8's stay
         renamed = defs[1].model_copy(update={"name": defs[3].name})
-        cdm.execute("DELETE FROM cohort_definition WHERE cohort_definition_id = 7")
+        cdm.execute("DELETE FROM results.cohort_definition WHERE cohort_definition_id = 7")
         generate_cohorts(cdm, [(7, renamed)])
         assert all(rows == [] for rows in read_stats(cdm, 7).values())
         assert read_stats(cdm, 8)["cohort_summary_stats"] == [(1800, 266, 0), (1800, 266, 1)]

@@ -362,9 +362,10 @@ def test_an_unapproved_or_rejected_package_never_runs(tmp_path):
     assert not (node.state_dir / "results" / rejected.content_hash).exists()
     con = duckdb.connect(str(site), read_only=True)
     try:
-        has_cohort = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'cohort'"
+        has_cohort = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'cohort' "
+                                 "AND table_schema = 'results'"
                                  ).fetchone()[0]
-        rows = con.execute("SELECT count(*) FROM cohort").fetchone()[0] if has_cohort else 0
+        rows = con.execute("SELECT count(*) FROM results.cohort").fetchone()[0] if has_cohort else 0
     finally:
         con.close()
     assert rows == 0, "a cohort was generated for a package nobody approved"

@@ -281,7 +281,7 @@ def test_report_km_median_from_the_released_curve(study: dict[str, Any]) -> None
 def test_report_holds_no_person_ids(study: dict[str, Any], site: Cdm) -> None:
     html = _without_library((study["out"] / "report.html").read_text())
     tokens = set(re.findall(r"\d+", html))
-    ids = {str(r[0]) for r in site.fetch_all("SELECT DISTINCT subject_id FROM cohort")}
+    ids = {str(r[0]) for r in site.fetch_all("SELECT DISTINCT subject_id FROM results.cohort")}
     assert ids and not ids & tokens
     nhs = {str(r[0]) for r in site.fetch_all("SELECT person_source_value FROM person")}
     assert not nhs & tokens

@@ -260,6 +260,55 @@ def cohort_run(
             console.print(t)
 
 
+@cohort_app.command("list")
+@user_errors
+def cohort_list(
+    cdm: TargetOpt,
+    format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+    results_schema: ResultsSchemaOpt = None,
+) -> None:
+    """List the cohorts in the results schema: id, name, study, definition hash, persons (exact counts:
+    this is your own CDM)."""
+    from dataclasses import asdict
+
+    from mercia.cohorts.registry import list_cohorts
+
+    if format not in ("table", "json"):
+        raise MerciaError(f"unknown format {format!r}: use table or json")
+    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True) as handle:
+        cohorts = list_cohorts(handle)
+    if format == "json":
+        sys.stdout.write(json.dumps([asdict(c) for c in cohorts], indent=2) + "\n")
+        return
+    if not cohorts:
+        console.print("no cohorts in this CDM")
+        return
+    t = Table("id", "name", "study", "hash", "persons")
+    for c in cohorts:
+        study = f"{c.study} ({c.cohort_key})" if c.study else "-"
+        t.add_row(str(c.cohort_id), c.name or "-", study, (c.definition_hash or "-")[:12], f"{c.persons:,}")
+    console.print(t)
+
+
+@cohort_app.command("delete")
+@user_errors
+def cohort_delete(
+    ids: Annotated[list[int], typer.Argument(help="Cohort ids to delete (see `mercia cohort list`).")],
+    cdm: TargetOpt,
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+    results_schema: ResultsSchemaOpt = None,
+) -> None:
+    """Delete cohorts from the results schema: their rows, definitions, statistics and study records."""
+    from mercia.cohorts.registry import delete_cohorts
+
+    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, create=False) as handle:
+        deleted = delete_cohorts(handle, ids)
+    console.print(f"deleted cohort{'s' if len(deleted) > 1 else ''} {', '.join(map(str, deleted))}")
+
+
 @cohort_app.command("sql")
 @user_errors
 def cohort_sql(

@@ -24,6 +24,10 @@ from mercia.errors import CdmError, ConfigError
 # Tables partitioned on Spark, and by which column (see create_table_expr).
 SPARK_PARTITIONS = {"cohort": "cohort_definition_id"}
 
+# Where cohorts and their statistics live unless told otherwise, apart from the clinical tables (OHDSI's
+# layout: cohorts in a results or work schema, never mixed into the CDM schema).
+RESULTS_SCHEMA = "results"
+
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -57,6 +61,8 @@ class Cdm:
         self.results_schema = _check_ident("results schema", _default(results_schema, cdm_schema))
         self.target = target
         self._tx_depth = 0
+        # While `cohort_view` is open: study cohort id -> the id its rows are stored under.
+        self._cohort_view: dict[int, int] | None = None
         # sqlglot loads a dialect's module on first use (a tenth of a second for DuckDB's): every statement
         # of this handle is rendered in it, so load it with the connection, not inside the first query.
         Dialect.get_or_raise(engine.dialect)
@@ -85,7 +91,7 @@ class Cdm:
                 DuckDBEngine(None),
                 cdm_schema=_default(cdm_schema, "main"),
                 vocab_schema=vocab_schema,
-                results_schema=results_schema,
+                results_schema=_default(results_schema, RESULTS_SCHEMA),
                 version=version,
                 target=":memory:",
             )
@@ -97,7 +103,7 @@ class Cdm:
                 engine,
                 cdm_schema=cdm_s,
                 vocab_schema=_default(vocab_schema, cdm_s),
-                results_schema=_default(results_schema, "results"),
+                results_schema=_default(results_schema, RESULTS_SCHEMA),
                 version=version,
                 target=t,
             )
@@ -115,7 +121,7 @@ class Cdm:
             DuckDBEngine(t, read_only=read_only),
             cdm_schema=_default(cdm_schema, "main"),
             vocab_schema=vocab_schema,
-            results_schema=results_schema,
+            results_schema=_default(results_schema, RESULTS_SCHEMA),
             version=version,
             target=t,
         )
@@ -164,11 +170,43 @@ class Cdm:
         return {"VOCAB": self.vocab_schema, "RESULTS": self.results_schema}.get(role, self.cdm_schema)
 
     def table(self, name: str, alias: str | None = None) -> exp.Table:
-        """A CDM table as a sqlglot Table, qualified with the schema it lives in."""
+        """A CDM table as a sqlglot Table, qualified with the schema it lives in (inside `cohort_view`,
+        `cohort` is a subquery showing the study's cohorts under the study's own ids)."""
+        if self._cohort_view is not None and name.lower() == "cohort":
+            return self._cohort_subquery(alias or "cohort")  # type: ignore[return-value]
         t = exp.Table(this=exp.to_identifier(name.lower()), db=exp.to_identifier(self.schema_of(name)))
         if alias:
             t.set("alias", exp.TableAlias(this=exp.to_identifier(alias)))
         return t
+
+    def _cohort_subquery(self, alias: str) -> exp.Subquery:
+        assert self._cohort_view is not None
+        stored = exp.column("cohort_definition_id", table="c")
+        ids = sorted(self._cohort_view.items())
+        select = exp.select(
+            exp.Case(this=stored, ifs=[exp.If(this=exp.Literal.number(db), true=exp.Literal.number(own))
+                                      for own, db in ids]).as_("cohort_definition_id"),
+            *(exp.column(c, table="c") for c in ("subject_id", "cohort_start_date", "cohort_end_date")),
+        ).from_(exp.Table(this=exp.to_identifier("cohort"), db=exp.to_identifier(self.schema_of("cohort")),
+                          alias=exp.TableAlias(this=exp.to_identifier("c"))))
+        select = select.where(stored.copy().isin(*(exp.Literal.number(db) for _, db in ids)) if ids else exp.false())
+        return select.subquery(alias)
+
+    @contextmanager
+    def cohort_view(self, ids: dict[int, int]) -> Iterator[Cdm]:
+        """Reads of `cohort` see only the cohorts stored under the ids `ids` maps to, each under its key:
+        a study's analyses read its cohorts by the study's own ids while they are stored under ids of
+        their own in the results schema (`mercia.cohorts.registry`). For reading only."""
+        for own, db in ids.items():
+            for v in (own, db):
+                if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                    raise ValueError(f"cohort id {v!r}: a cohort id is a non-negative integer")
+        before = self._cohort_view
+        self._cohort_view = dict(ids)
+        try:
+            yield self
+        finally:
+            self._cohort_view = before
 
     def qualified(self, name: str) -> str:
         return self.table(name).sql(dialect=self.dialect)

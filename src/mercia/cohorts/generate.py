@@ -233,7 +233,7 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
                 if name != d.name or not (syntax or "").startswith(_SYNTAX_PREFIX + hashes[cid]):
                     raise CohortDefinitionError(
                         f"cohort id {cid} is already used by another definition ({name!r}) in this CDM's "
-                        f"cohort_definition table; choose another id, or delete cohort {cid} first"
+                        f"cohort_definition table; choose another id, or delete it first (`mercia cohort delete {cid}`)"
                     )
         return _Checked(unknown, tables_exist)
 

@@ -291,6 +291,7 @@ def run_study(
     package asking for a weaker one is refused before anything runs. `site` names the site in the
     results and the manifest. The CDM must be writable: cohorts are generated into its cohort table.
     """
+    from mercia.cohorts import registry
     from mercia.cohorts.generate import generate_cohorts
     from mercia.study.report import render_report
 
@@ -339,15 +340,22 @@ def run_study(
 
         # 1. cohorts
         t0 = time.perf_counter()
-        defs = [(pkg.cohort_ids[k], pkg.definitions[k]) for k in sorted(pkg.cohort_ids, key=pkg.cohort_ids.get)]  # type: ignore[arg-type]
         try:
-            generated = generate_cohorts(cdm, defs)
+            # Stored under ids of the study's own in the results schema (never another study's), read
+            # back under the package's ids (registry.study_cohorts), which results and manifests use.
+            stored = registry.study_ids(cdm, pkg)
+            own = {v: k for k, v in stored.items()}
+            defs = [(stored[pkg.cohort_ids[k]], pkg.definitions[k])
+                    for k in sorted(pkg.cohort_ids, key=pkg.cohort_ids.get)]  # type: ignore[arg-type]
+            generated = [g.model_copy(update={"cohort_id": own[g.cohort_id]}) for g in generate_cohorts(cdm, defs)]
+            registry.record(cdm, pkg, stored)
         except MerciaError as e:
             raise CohortGenerationError(f"generating the study's cohorts failed: {e}") from None
         except Exception as e:
             if "read-only" in str(e).lower() or "read only" in str(e).lower():
                 raise StudyError(
-                    "the CDM is open read-only, but a study writes its cohorts into the CDM's cohort table; "
+                    "the CDM is open read-only, but a study writes its cohorts into the results schema's cohort "
+                    "table; "
                     "open it writable (Cdm.open(target) without read_only=True)"
                 ) from None
             raise
@@ -401,7 +409,8 @@ def run_study(
                 status = "below_threshold"
             else:
                 try:
-                    res = _run_analysis(cdm, pkg, a)
+                    with registry.study_cohorts(cdm, pkg):
+                        res = _run_analysis(cdm, pkg, a)
                     status = "done"
                 except MerciaError as e:
                     # The data defeated this analysis (e.g. a covariate constant in this site's cohort):

@@ -34,6 +34,7 @@ import numpy as np
 
 from mercia.analyses.survival import CoxData, cox_data
 from mercia.cdm import Cdm
+from mercia.cohorts.registry import study_cohorts
 from mercia.disclosure import DisclosureLog, DisclosurePolicy, release
 from mercia.disclosure.model_support import ModelRefused, is_supported, support_count
 from mercia.errors import MerciaError
@@ -62,7 +63,8 @@ def save_design(cdm: Cdm, pkg: StudyPackage, folder: Path) -> list[str]:
     ids = pkg.cohort_ids
     saved = []
     for a in cox_analyses(pkg):
-        data = cox_data(cdm, ids[a.target], ids[a.comparator], ids[a.outcome], a.settings)
+        with study_cohorts(cdm, pkg):
+            data = cox_data(cdm, ids[a.target], ids[a.comparator], ids[a.outcome], a.settings)
         fd, tmp = tempfile.mkstemp(prefix=".design-", suffix=".npz", dir=folder)
         os.close(fd)
         np.savez(tmp, X=data.X, time=data.time, event=data.event, terms=np.array(data.terms))

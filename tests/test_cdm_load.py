@@ -243,7 +243,7 @@ def test_failed_load_leaves_cdm_unchanged(tmp_path: Path, cdm_factory: Callable[
     before = snapshot(cdm)
     bad = good_files() | {"death.csv": "person_id,death_date,death_type_concept_id\n1,2020-13-01,0\n"}
     with pytest.raises(LoadError, match=r"death\.csv, line 2, column death_date"):
-        load_folder(cdm, write(tmp_path / "bad", bad))
+        load_folder(cdm, write(tmp_path / "bad", bad), mode="append")
     assert snapshot(cdm) == before
 
 
@@ -265,7 +265,7 @@ def test_failure_while_writing_rolls_back(
 
     monkeypatch.setattr(cdm, "insert_arrow", failing_insert)
     with pytest.raises(RuntimeError, match="disk full"):
-        load_folder(cdm, write(tmp_path / "two", good_files()))
+        load_folder(cdm, write(tmp_path / "two", good_files()), mode="append")
     assert len(calls) == 2
     assert snapshot(cdm) == before
 

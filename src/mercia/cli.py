@@ -108,12 +108,18 @@ def cdm_load(
     vocab_schema: VocabSchemaOpt = None,
     results_schema: ResultsSchemaOpt = None,
     version: Annotated[str | None, typer.Option(help="CDM version of the files (5.3 or 5.4); detected if unset.")] = None,
+    mode: Annotated[str, typer.Option(help="If tables the files fill hold rows already: new (refuse), append "
+                                      "(add rows; repeated primary keys refused) or replace (empty them first).")] = "new",
 ) -> None:
-    """Load a folder of CDM tables into a CDM, all or nothing."""
-    from mercia.cdm.load import load_folder
+    """Load a folder of CDM tables into a CDM, all or nothing (Ctrl-C included)."""
+    from mercia.cdm.load import load_target
 
-    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, create=True) as handle:
-        counts = load_folder(handle, src, version=version)
+    try:
+        counts = load_target(cdm, src, cdm_schema=cdm_schema, vocab_schema=vocab_schema,
+                             results_schema=results_schema, version=version, mode=mode)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; nothing was written", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     for table, n in counts.items():
         console.print(f"{table:<28} {n:>12,}")
 

@@ -17,8 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from sqlglot import exp
 
 from mercia.cdm.handle import Cdm
+from mercia.cdm.interrupt import deferred_interrupt
 from mercia.cdm.spec import SUPPORTED_VERSIONS, FieldSpec, TableSpec, cdm_spec
 from mercia.errors import LoadError
 
@@ -41,15 +43,25 @@ class _Source:
         return self.path.name
 
 
-def load_folder(cdm: Cdm, folder: str | Path, *, version: str | None = None) -> dict[str, int]:
+MODES = ("new", "append", "replace")
+
+
+def load_folder(cdm: Cdm, folder: str | Path, *, version: str | None = None, mode: str = "new") -> dict[str, int]:
     """Load every CSV/Parquet file in `folder` into `cdm`; returns rows loaded per table.
 
     File names are CDM table names in any case (`PERSON.csv`, `person.parquet`). CSV files may be
     comma or tab separated, with headers in any case and ISO or `YYYYMMDD` dates. The CDM version
     comes from `version`, else from the files' columns (5.3 `admitting_source_concept_id` against
-    5.4 `admitted_from_concept_id`), else from the CDM. Rows are appended; tables are created as
-    needed. The whole load is one transaction: on any error nothing is written.
+    5.4 `admitted_from_concept_id`), else from the CDM. Tables are created as needed.
+
+    `mode` says what happens to tables the files fill that already hold rows: "new" (the default)
+    refuses to load into them, "append" adds the rows, refusing rows whose primary key (for a table
+    without one: the whole row) is already there or repeats in the file, "replace" empties them
+    first. The whole load is one transaction: on any error, or Ctrl-C (`Interrupted`), nothing is
+    written.
     """
+    if mode not in MODES:
+        raise LoadError(f"unknown load mode {mode!r}: use one of {', '.join(MODES)}")
     sources = _list_sources(Path(folder))
     headers = {s.table: _header(s) for s in sources}
     v = _choose_version(cdm, headers, version)
@@ -60,15 +72,98 @@ def load_folder(cdm: Cdm, folder: str | Path, *, version: str | None = None) -> 
                 f"{s.name}: {s.table!r} is not a table of OMOP CDM v{v}; rename the file to one of "
                 f"{', '.join(sorted(spec.tables))} or remove it from the folder"
             )
+    held = _rows_held(cdm, [t for t in spec.tables if t in headers])
+    if held and mode == "new":
+        shown = ", ".join(f"{t} ({n:,} row{'s' if n != 1 else ''})" for t, n in list(held.items())[:3])
+        more = f" and {len(held) - 3} more" if len(held) > 3 else ""
+        raise LoadError(
+            f"the CDM already holds data in tables the files fill: {shown}{more}; loading again would add "
+            "every row a second time. Use --mode append to add the rows (repeated primary keys are refused) "
+            "or --mode replace to empty those tables first"
+        )
     # Read and check everything first: the database is touched only once all files are known good.
-    tables = {s.table: _read(s, spec.table(s.table)) for s in sources}
+    # In the spec's order (person first, the vocabulary after the clinical tables), as messages list them.
+    order = list(spec.tables)
+    tables = {s.table: _read(s, spec.table(s.table)) for s in sorted(sources, key=lambda s: order.index(s.table))}
     if cdm.version != v:
         cdm.set_version(v)
-    with cdm.transaction():
+    with deferred_interrupt() as interrupt, cdm.transaction():
         cdm.create_tables(list(tables))
+        repeated: dict[str, tuple[int, list[str] | None]] = {}
         for name, data in tables.items():
+            interrupt.check()
+            table_spec = spec.table(name)
+            key = [f.name for f in table_spec.fields if f.primary_key] or None
+            check = mode == "append" and name in held
+            before = _surplus(cdm, name, key or table_spec.column_names) if check else 0
+            if mode == "replace" and name in held:
+                cdm.execute(exp.delete(cdm.table(name)))
             cdm.insert_arrow(name, data)
+            if check:
+                interrupt.check()
+                extra = _surplus(cdm, name, key or table_spec.column_names) - before
+                if extra:
+                    repeated[name] = (extra, key)
+        if repeated:
+            raise LoadError(_repeated_message(repeated))
+        interrupt.check()  # the last point at which Ctrl-C undoes the load; after it, the load stands
     return {name: data.num_rows for name, data in tables.items()}
+
+
+def load_target(target: str | Path, folder: str | Path, *, cdm_schema: str | None = None,
+                vocab_schema: str | None = None, results_schema: str | None = None, version: str | None = None,
+                mode: str = "new") -> dict[str, int]:
+    """Open `target` (a .duckdb path, created if missing, or a postgresql:// URL), `load_folder` into
+    it, close it. A DuckDB file this call created is removed again if the load fails or is
+    interrupted, so a failed first load leaves no empty database behind."""
+    path = None if "://" in str(target) else Path(target)
+    new_file = path is not None and not path.exists()
+    try:
+        cdm = Cdm.open(target, cdm_schema=cdm_schema, vocab_schema=vocab_schema, results_schema=results_schema,
+                       create=True)
+        try:
+            return load_folder(cdm, folder, version=version, mode=mode)
+        finally:
+            with deferred_interrupt():  # a committed load is not reported as interrupted while closing
+                cdm.close()
+    except BaseException:
+        if new_file and path is not None:
+            for leftover in (path, path.with_name(path.name + ".wal")):
+                leftover.unlink(missing_ok=True)
+        raise
+
+
+def _rows_held(cdm: Cdm, names: list[str]) -> dict[str, int]:
+    """Tables among `names` that exist and hold rows, with their row counts (exact: a local check)."""
+    held = {}
+    for name in names:
+        if name in cdm.spec.tables and cdm.table_exists(name):
+            n = cdm.row_count(name)
+            if n:
+                held[name] = n
+    return held
+
+
+def _surplus(cdm: Cdm, name: str, key: list[str]) -> int:
+    """Rows beyond the first of each key value: SUM(n - 1) over the key's groups of more than one."""
+    cols = [exp.column(c, quoted=True) for c in key]
+    n = exp.Count(this=exp.Star())
+    groups = (exp.select(n.copy().as_("n")).from_(cdm.table(name)).group_by(*cols)
+              .having(exp.GT(this=n.copy(), expression=exp.Literal.number(1))))
+    q = exp.select(exp.Coalesce(this=exp.Sum(this=exp.Sub(this=exp.column("n"), expression=exp.Literal.number(1))),
+                                expressions=[exp.Literal.number(0)])).from_(groups.subquery("g"))
+    return int(cdm.scalar(q) or 0)
+
+
+def _repeated_message(repeated: dict[str, tuple[int, list[str] | None]]) -> str:
+    parts = []
+    for name, (extra, key) in list(repeated.items())[:3]:
+        rows = f"{extra:,} row{'s' if extra != 1 else ''}"
+        parts.append(f"{name}: {rows} whose {', '.join(key)} is already in the CDM or repeated in the files" if key
+                     else f"{name}: {rows} identical to rows already in the CDM or in the files")
+    more = f"; and {len(repeated) - 3} more tables" if len(repeated) > 3 else ""
+    return (f"duplicate rows refused, nothing was written: {'; '.join(parts)}{more}. Append only rows that "
+            "are not loaded yet, or use --mode replace")
 
 
 # ---- files ---------------------------------------------------------------------------------------

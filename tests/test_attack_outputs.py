@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pytest
 
 from federation_support import STUDY_COHORT, HubKey, NodeServer, make_site, submit_body
 from mercia.analyses import AnalysisResult
 from mercia.analyses.notes import CATALOGUE, Note, NoteCode, Notes
+from mercia.cdm import Cdm
+from mercia.cohorts import registry
 from mercia.disclosure.model_support import MODEL_REFUSED
 from mercia.errors import StudyError
 from mercia.federation.node.worker import FAILURES
@@ -116,18 +119,16 @@ def attack(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     shutil.copyfile(with_her, without_her)
     with duckdb.connect(str(without_her)) as con:
         con.execute("DELETE FROM condition_occurrence WHERE condition_occurrence_id = ?", [occurrence])
-    # A site whose cohort_definition table already uses the study's target id for its own list.
+    # A site where the ids recorded for this study's cohorts are taken, in cohort_definition, by a list of
+    # the site's own (someone wrote it there by hand): generating the study's cohorts fails.
     clash = root / "clash.duckdb"
     shutil.copyfile(with_her, clash)
-    with duckdb.connect(str(clash)) as con:
-        cols = [r[0] for r in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'cohort_definition'").fetchall()]
-        values = {"cohort_definition_id": pkg.cohort_ids["target"], "cohort_definition_name": SECRET,
-                  "definition_type_concept_id": 0, "subject_concept_id": 0,
-                  "cohort_definition_syntax": "site-local"}
-        use = [c for c in cols if c in values]
-        con.execute(f"INSERT INTO cohort_definition ({', '.join(use)}) VALUES ({', '.join('?' for _ in use)})",
-                    [values[c] for c in use])
+    with Cdm.open(clash) as cdm:
+        ids = registry.study_ids(cdm, pkg)
+        registry.record(cdm, pkg, ids)
+        cdm.insert_arrow("cohort_definition", pa.table({
+            "cohort_definition_id": [ids[pkg.cohort_ids["target"]]], "cohort_definition_name": [SECRET],
+            "definition_type_concept_id": [0], "subject_concept_id": [0], "cohort_definition_syntax": ["site-local"]}))
     key = HubKey(root / "hubkey")
     out: dict[str, Any] = {"pkg": pkg, "person": person, "sites": {}}
     # Both sites under the same name, so the manifests can be compared byte for byte.

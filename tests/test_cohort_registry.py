@@ -206,3 +206,57 @@ def _yaml(tmp_path: Path, definition: dict[str, Any]) -> Path:
     p = tmp_path / "def.yaml"
     p.write_text(yaml.safe_dump(definition))
     return p
+
+
+@pytest.mark.postgres
+def test_two_packages_on_postgresql(pg_url: str, site_file: Path, tmp_path: Path) -> None:
+    """On PostgreSQL too: both packages, one of them twice, stored in the results schema under ids of
+    their own; the persons match the same packages run on DuckDB; `cohort delete` removes one."""
+    import secrets
+
+    schema = "mercia_test_" + secrets.token_hex(6)
+    a, b = StudyPackage.from_dict(STUDY_A), StudyPackage.from_dict(STUDY_B)
+    try:
+        with Cdm.open(pg_url, cdm_schema=schema, results_schema=schema + "_results") as cdm:
+            generate_site(cdm, persons=2000, seed=5, profile=DEFAULT_SITES[0])
+            for i, pkg in enumerate((a, b, a)):
+                run_study(pkg, cdm, tmp_path / f"pg{i}")
+            on_pg = {(c.study, c.cohort_key): c for c in registry.list_cohorts(cdm)}
+            assert cdm.scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = %(s)s "
+                              "AND table_name IN ('cohort', 'cohort_definition')", {"s": schema}) == 0
+        with Cdm.open(copy_of(site_file, tmp_path)) as duck:
+            for i, pkg in enumerate((a, b)):
+                run_study(pkg, duck, tmp_path / f"duck{i}")
+            on_duck = {(c.study, c.cohort_key): c for c in registry.list_cohorts(duck)}
+        assert len(on_pg) == 4
+        assert {k: (c.cohort_id, c.persons, c.entries) for k, c in on_pg.items()} == \
+               {k: (c.cohort_id, c.persons, c.entries) for k, c in on_duck.items()}
+        url_results = ["--cdm", pg_url, "--cdm-schema", schema, "--results-schema", schema + "_results"]
+        gone = on_pg[("study B", "asthma")].cohort_id
+        r = run("cohort", "delete", gone, *url_results)
+        assert r.exit_code == 0, r.stderr
+        listed = json.loads(run("cohort", "list", *url_results, "--format", "json").stdout)
+        assert sorted(c["cohort_id"] for c in listed) == sorted(c.cohort_id for c in on_pg.values() if c.cohort_id != gone)
+    finally:
+        with Cdm.open(pg_url, cdm_schema=schema) as cdm:
+            for s in (schema, schema + "_results"):
+                cdm.execute(f'DROP SCHEMA IF EXISTS "{s}" CASCADE')
+
+
+def test_a_definition_in_cohort_definition_alone_is_not_overwritten(site_file: Path, tmp_path: Path) -> None:
+    """A site's own row in cohort_definition, with no cohort table yet: generating at its id is refused
+    (it was silently replaced when the cohort table did not exist)."""
+    import pyarrow as pa
+
+    from mercia.errors import CohortDefinitionError
+
+    a = StudyPackage.from_dict(STUDY_A)
+    with Cdm.open(copy_of(site_file, tmp_path)) as cdm:
+        cdm.execute("DROP TABLE IF EXISTS " + cdm.qualified("cohort"))
+        cdm.insert_arrow("cohort_definition", pa.table({
+            "cohort_definition_id": [7], "cohort_definition_name": ["the site's list"],
+            "definition_type_concept_id": [0], "subject_concept_id": [0]}))
+        assert not cdm.table_exists("cohort")
+        with pytest.raises(CohortDefinitionError, match="cohort id 7 is already used .*the site's list"):
+            generate_cohorts(cdm, [(7, a.definitions["htn"])])
+        assert [c.name for c in registry.list_cohorts(cdm)] == ["the site's list"]

@@ -226,7 +226,8 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
         runs while the other connections compute the cohorts."""
         unknown = dict(zip(ids, _unknown_concepts(cdm, [d for _, d in definitions]), strict=True))
         tables_exist = cdm.table_exists("cohort") and cdm.table_exists("cohort_definition")
-        existing = _existing_definitions(cdm, ids) if tables_exist else {}
+        # cohort_definition alone is enough to clash (a site may keep its own list there, with no cohort table)
+        existing = _existing_definitions(cdm, ids) if cdm.table_exists("cohort_definition") else {}
         for cid, d in definitions:
             if cid in existing:
                 name, syntax = existing[cid]

@@ -70,7 +70,7 @@ def test_bad_load_is_one_line_and_changes_nothing(tmp_path, name, text, fragment
             "SELECT 99::BIGINT AS person_id, 8532::BIGINT AS gender_concept_id, 1980 AS year_of_birth, "
             "0::BIGINT AS race_concept_id, 0::BIGINT AS ethnicity_concept_id"))
     write_csv(tmp_path / "src", name, text)
-    assert_one_line_error(run("cdm", "load", str(tmp_path / "src"), "--cdm", str(db)), fragment)
+    assert_one_line_error(run("cdm", "load", str(tmp_path / "src"), "--cdm", str(db), "--mode", "append"), fragment)
     with Cdm.open(db, create=False) as cdm:
         assert cdm.fetch_all("SELECT person_id FROM main.person") == [(99,)]
 

@@ -257,6 +257,20 @@ def test_a_definition_in_cohort_definition_alone_is_not_overwritten(site_file: P
             "cohort_definition_id": [7], "cohort_definition_name": ["the site's list"],
             "definition_type_concept_id": [0], "subject_concept_id": [0]}))
         assert not cdm.table_exists("cohort")
-        with pytest.raises(CohortDefinitionError, match="cohort id 7 is already used .*the site's list"):
+        with pytest.raises(CohortDefinitionError, match=r"cohort id 7 is already used .*the site's list"):
             generate_cohorts(cdm, [(7, a.definitions["htn"])])
         assert [c.name for c in registry.list_cohorts(cdm)] == ["the site's list"]
+
+
+def test_study_run_says_where_its_cohorts_are(site_file: Path, tmp_path: Path) -> None:
+    import yaml
+
+    path = copy_of(site_file, tmp_path)
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(STUDY_A))
+    r = run("study", "run", tmp_path / "a.yaml", "--cdm", path, "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.stderr
+    with Cdm.open(path, read_only=True) as cdm:
+        ids = registry.study_ids(cdm, StudyPackage.from_dict(STUDY_A))
+    a = StudyPackage.from_dict(STUDY_A)
+    want = ", ".join(f"{k} {ids[a.cohort_ids[k]]}" for k in sorted(a.cohort_ids, key=a.cohort_ids.get))
+    assert f"cohorts (in schema results, see mercia cohort list): {want}" in " ".join(r.stdout.split())

@@ -291,7 +291,8 @@ def cohort_list(
     if not cohorts:
         console.print("no cohorts in this CDM")
         return
-    t = Table("id", "name", "study", "hash", "persons")
+    t = Table("id", "name", "study", "hash")
+    t.add_column("persons", justify="right")
     for c in cohorts:
         study = f"{c.study} ({c.cohort_key})" if c.study else "-"
         t.add_row(str(c.cohort_id), c.name or "-", study, (c.definition_hash or "-")[:12], f"{c.persons:,}")
@@ -504,6 +505,9 @@ def study_run(
     for message in run.local_messages:  # the reasons behind the notes: shown here, never written out
         console.print(f"[dim]local only:[/] {message}", highlight=False, soft_wrap=True)
     console.print(f"[bold]released tables:[/] {len(run.tables)}; report: {run.report_path}", highlight=False)
+    stored = ", ".join(f"{k} {i}" for k, i in run.stored_cohorts.items())
+    console.print(f"[bold]cohorts[/] (in schema {cdm.results_schema}, see mercia cohort list): {stored}",
+                  highlight=False, soft_wrap=True)
 
 
 # ---- model -----------------------------------------------------------------------------------

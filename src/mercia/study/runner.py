@@ -76,6 +76,8 @@ class StudyRun:
     # Local to the site, never written to the results folder: why an analysis did not run, and timings.
     local_messages: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # Local too: cohort key -> the id its rows are stored under in this CDM's results schema.
+    stored_cohorts: dict[str, int] = field(default_factory=dict)
 
     @property
     def report_path(self) -> Path:
@@ -483,4 +485,5 @@ def run_study(
         notes=notes,
         local_messages=local,
         timings=timings,
+        stored_cohorts={k: stored[pkg.cohort_ids[k]] for k in sorted(pkg.cohort_ids, key=pkg.cohort_ids.get)},  # type: ignore[arg-type]
     )

@@ -24,7 +24,7 @@ app = typer.Typer(help="Mercia: federated health-data research on the OMOP CDM."
                   pretty_exceptions_enable=False, add_completion=False)
 cdm_app = typer.Typer(help="Load, export and inspect OMOP CDM databases.", no_args_is_help=True)
 app.add_typer(cdm_app, name="cdm")
-cohort_app = typer.Typer(help="Check, compile and generate cohort definitions (.json, .yaml, .py).",
+cohort_app = typer.Typer(help="Check, compile and generate cohort definitions (.json, .yaml, .py); list and delete cohorts.",
                          no_args_is_help=True)
 app.add_typer(cohort_app, name="cohort")
 

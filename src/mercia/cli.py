@@ -112,9 +112,9 @@ def cdm_load(
                                       "(add rows; repeated primary keys refused) or replace (empty them first).")] = "new",
 ) -> None:
     """Load a folder of CDM tables into a CDM, all or nothing (Ctrl-C included)."""
-    from mercia.cdm.load import load_target
-
     try:
+        from mercia.cdm.load import load_target
+
         counts = load_target(cdm, src, cdm_schema=cdm_schema, vocab_schema=vocab_schema,
                              results_schema=results_schema, version=version, mode=mode)
     except KeyboardInterrupt:

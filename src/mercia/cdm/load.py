@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from sqlglot import exp
 
 from mercia.cdm.handle import Cdm
-from mercia.cdm.interrupt import deferred_interrupt
+from mercia.cdm.interrupt import InterruptFlag, deferred_interrupt
 from mercia.cdm.spec import SUPPORTED_VERSIONS, FieldSpec, TableSpec, cdm_spec
 from mercia.errors import LoadError
 
@@ -46,7 +46,8 @@ class _Source:
 MODES = ("new", "append", "replace")
 
 
-def load_folder(cdm: Cdm, folder: str | Path, *, version: str | None = None, mode: str = "new") -> dict[str, int]:
+def load_folder(cdm: Cdm, folder: str | Path, *, version: str | None = None, mode: str = "new",
+                interrupt: InterruptFlag | None = None) -> dict[str, int]:
     """Load every CSV/Parquet file in `folder` into `cdm`; returns rows loaded per table.
 
     File names are CDM table names in any case (`PERSON.csv`, `person.parquet`). CSV files may be
@@ -62,7 +63,19 @@ def load_folder(cdm: Cdm, folder: str | Path, *, version: str | None = None, mod
     """
     if mode not in MODES:
         raise LoadError(f"unknown load mode {mode!r}: use one of {', '.join(MODES)}")
-    sources = _list_sources(Path(folder))
+    # Ctrl-C only sets a flag, checked between steps: a KeyboardInterrupt raised inside a DuckDB
+    # statement is swallowed by the driver (the statement, and the load, would go on as if nothing
+    # had happened), and one raised mid-statement elsewhere leaves the rollback to chance.
+    # (`interrupt`: a caller's flag, when the caller defers Ctrl-C already.)
+    if interrupt is not None:
+        return _load(cdm, Path(folder), version, mode, interrupt)
+    with deferred_interrupt() as flag:
+        return _load(cdm, Path(folder), version, mode, flag)
+
+
+def _load(cdm: Cdm, folder: Path, version: str | None, mode: str, interrupt: InterruptFlag) -> dict[str, int]:
+    interrupt.check()
+    sources = _list_sources(folder)
     headers = {s.table: _header(s) for s in sources}
     v = _choose_version(cdm, headers, version)
     spec = cdm_spec(v)
@@ -84,10 +97,14 @@ def load_folder(cdm: Cdm, folder: str | Path, *, version: str | None = None, mod
     # Read and check everything first: the database is touched only once all files are known good.
     # In the spec's order (person first, the vocabulary after the clinical tables), as messages list them.
     order = list(spec.tables)
-    tables = {s.table: _read(s, spec.table(s.table)) for s in sorted(sources, key=lambda s: order.index(s.table))}
+    tables: dict[str, pa.Table] = {}
+    for s in sorted(sources, key=lambda s: order.index(s.table)):
+        interrupt.check()
+        tables[s.table] = _read(s, spec.table(s.table))
+    interrupt.check()
     if cdm.version != v:
         cdm.set_version(v)
-    with deferred_interrupt() as interrupt, cdm.transaction():
+    with cdm.transaction():
         cdm.create_tables(list(tables))
         repeated: dict[str, tuple[int, list[str] | None]] = {}
         for name, data in tables.items():
@@ -119,13 +136,14 @@ def load_target(target: str | Path, folder: str | Path, *, cdm_schema: str | Non
     path = None if "://" in str(target) else Path(target)
     new_file = path is not None and not path.exists()
     try:
-        cdm = Cdm.open(target, cdm_schema=cdm_schema, vocab_schema=vocab_schema, results_schema=results_schema,
-                       create=True)
-        try:
-            return load_folder(cdm, folder, version=version, mode=mode)
-        finally:
-            with deferred_interrupt():  # a committed load is not reported as interrupted while closing
-                cdm.close()
+        # Deferred from the start: opening the CDM runs DuckDB statements too, which swallow Ctrl-C.
+        with deferred_interrupt() as interrupt:
+            cdm = Cdm.open(target, cdm_schema=cdm_schema, vocab_schema=vocab_schema,
+                           results_schema=results_schema, create=True)
+            try:
+                return load_folder(cdm, folder, version=version, mode=mode, interrupt=interrupt)
+            finally:
+                cdm.close()  # a committed load is not reported as interrupted while closing
     except BaseException:
         if new_file and path is not None:
             for leftover in (path, path.with_name(path.name + ".wal")):

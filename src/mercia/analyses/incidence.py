@@ -105,17 +105,24 @@ def sex_label(gender_concept_id: object) -> str:
 
 
 class _Population(BaseModel):
+    """Who is in the denominator: a cohort's entries or everyone observed, after a washout, by age."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     denominator_cohort_id: int | None = Field(
         None, le=limits.MAX_INT32,
-        description="target cohort whose entries are the denominator; None: the observed population",
+        description="cohort whose entries (within observation) are the denominator; None: the observed "
+        "population (every observation period)",
     )
     washout_days: int = Field(
-        0, ge=0, le=limits.MAX_DAYS, description="days of (clean) prior history required"
+        0, ge=0, le=limits.MAX_DAYS,
+        description="days of prior observation a day needs to count (incidence: at risk; prevalence: in the "
+        "denominator); with repeated_events, also the days after an outcome before time is at risk again",
     )
     age_groups: list[tuple[_Age, _Age | None]] = Field(
-        default_factory=lambda: list(DEFAULT_AGE_GROUPS), max_length=limits.MAX_LIST
+        default_factory=lambda: list(DEFAULT_AGE_GROUPS), max_length=limits.MAX_LIST,
+        description="age bands as [lower, upper] in whole years, both inclusive, upper null for no upper "
+        "limit; at least one, none overlapping. Time (or persons) at ages in no band is not counted",
     )
 
     @field_validator("age_groups")
@@ -134,14 +141,31 @@ class _Population(BaseModel):
 
 
 class IncidenceSettings(_Population):
-    outcome_cohort_id: int = Field(le=limits.MAX_INT32)  # check_cohort_id refuses negatives
-    repeated_events: bool = False
-    study_start: dt.date | None = None
-    study_end: dt.date | None = None
-    by: list[Dimension] = Field(
-        default_factory=lambda: ["age_group", "sex", "calendar_year"], max_length=limits.MAX_LIST
+    """Incidence rates: events (outcome cohort starts on days at risk) per 1,000 person-years."""
+
+    outcome_cohort_id: int = Field(  # check_cohort_id refuses negatives
+        le=limits.MAX_INT32, description="cohort whose entries' start dates are the events"
     )
-    alpha: float = Field(0.05, gt=0, lt=1)
+    repeated_events: bool = Field(
+        False,
+        description="count every outcome (time at risk resumes after each outcome's washout_days); false: "
+        "first events only (no time at risk after a person's first outcome, none for a person with an "
+        "outcome before their denominator time)",
+    )
+    study_start: dt.date | None = Field(
+        None, description="first date counted (YYYY-MM-DD); null: no limit"
+    )
+    study_end: dt.date | None = Field(
+        None, description="last date counted (YYYY-MM-DD), not before study_start; null: no limit"
+    )
+    by: list[Dimension] = Field(
+        default_factory=lambda: ["age_group", "sex", "calendar_year"], max_length=limits.MAX_LIST,
+        description="dimensions the rates are split by, each at most once (person-time is cut at birthdays "
+        "and year ends), with totals over each; empty: one overall rate",
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="1 - confidence level of the exact Poisson intervals: 0.05 gives 95%"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> IncidenceSettings:
@@ -153,19 +177,33 @@ class IncidenceSettings(_Population):
 
 
 class PrevalenceSettings(_Population):
-    outcome_cohort_id: int = Field(le=limits.MAX_INT32)  # check_cohort_id refuses negatives
+    """Point and period prevalence: the share of the denominator with an outcome entry at the time."""
+
+    outcome_cohort_id: int = Field(  # check_cohort_id refuses negatives
+        le=limits.MAX_INT32, description="cohort whose entries make a person a case"
+    )
     points: list[dt.date] = Field(
-        default_factory=list, max_length=limits.MAX_LIST, description="point prevalence dates"
+        default_factory=list, max_length=limits.MAX_LIST,
+        description="dates of point prevalence (YYYY-MM-DD): persons in the denominator on the date, cases "
+        "those with an outcome entry covering it",
     )
     intervals: list[tuple[dt.date, dt.date]] = Field(
-        default_factory=list, max_length=limits.MAX_LIST, description="period prevalence")
+        default_factory=list, max_length=limits.MAX_LIST,
+        description="[start, end] date pairs of period prevalence: persons in the denominator at any time in "
+        "the interval, cases those with an outcome entry overlapping it. Give points, intervals or both",
+    )
     lookback_days: int = Field(
-        0, ge=0, le=limits.MAX_DAYS, description="an outcome entry ending this many days before counts"
+        0, ge=0, le=limits.MAX_DAYS,
+        description="an outcome entry ending up to this many days before the date (interval start) still "
+        "makes a case",
     )
     by: list[Literal["age_group", "sex"]] = Field(
-        default_factory=lambda: ["age_group", "sex"], max_length=limits.MAX_LIST
+        default_factory=lambda: ["age_group", "sex"], max_length=limits.MAX_LIST,
+        description="dimensions each period is split by (age at the date or interval start), with totals",
     )
-    alpha: float = Field(0.05, gt=0, lt=1)
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="1 - confidence level of the Wilson score intervals: 0.05 gives 95%"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PrevalenceSettings:

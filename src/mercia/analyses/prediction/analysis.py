@@ -72,12 +72,19 @@ class PredictionSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    population: PopulationSettings = PopulationSettings()
-    covariates: CovariateSettings = CovariateSettings()
-    model: ModelSettings = Field(default_factory=LassoLogisticSettings)
-    test_fraction: float = Field(0.25, gt=0, lt=1)
-    n_folds: int = Field(3, ge=2, le=20)
-    seed: int = Field(42, ge=0, le=limits.MAX_INT32)
+    population: PopulationSettings = Field(
+        PopulationSettings(), description="the study population and its time at risk (below)"
+    )
+    covariates: CovariateSettings = Field(CovariateSettings(), description="the candidate predictors (below)")
+    model: ModelSettings = Field(
+        default_factory=LassoLogisticSettings,
+        description="the model, chosen by `type:` lasso_logistic or gradient_boosting (below)",
+    )
+    test_fraction: float = Field(
+        0.25, gt=0, lt=1, description="share of persons held out as the test set (split by person, stratified)"
+    )
+    n_folds: int = Field(3, ge=2, le=20, description="cross-validation folds on the training persons")
+    seed: int = Field(42, ge=0, le=limits.MAX_INT32, description="seed of the split, the folds and the model")
     min_covariate_persons: int = Field(
         10,
         ge=1,
@@ -88,7 +95,9 @@ class PredictionSettings(BaseModel):
         "the built-in policies' thresholds)",
     )
     risk_strata: int = Field(10, ge=2, le=100, description="strata of predicted risk (PLP: deciles)")
-    alpha: float = Field(0.05, gt=0, lt=1)
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="1 - confidence level of the AUC's (DeLong) interval: 0.05 gives 95%"
+    )
 
 
 @dataclass

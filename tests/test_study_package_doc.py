@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from mercia.disclosure import DisclosurePolicy
+from mercia.model_doc import own_doc
 from mercia.study.package import ANALYSIS_TYPES
 from mercia.study.package_doc import (
     analysis_models,
@@ -32,12 +33,16 @@ def test_every_field_is_described() -> None:
     assert not missing, f"give these fields a description= (meaning, units, allowed values): {missing}"
 
 
-def test_every_model_has_its_own_docstring_for_help() -> None:
-    bare = [m.__name__ for m in documented_models() if not (m.__dict__.get("__doc__") or "").strip()]
+def test_help_shows_each_model_its_docstring_and_every_field() -> None:
+    bare = [m.__name__ for m in documented_models() if not own_doc(m)]
     assert not bare, f"give these models a docstring (help() shows it): {bare}"
     for m in documented_models():
-        first = m.__doc__.strip().splitlines()[0]  # type: ignore[union-attr]
-        assert first in pydoc.render_doc(m, renderer=pydoc.plaintext)
+        shown = " ".join(pydoc.render_doc(m, renderer=pydoc.plaintext).replace("|", " ").split())
+        assert " ".join(own_doc(m).split()) in shown, m.__name__
+        for name, f in m.model_fields.items():
+            entry = f"{name}, {'required' if f.is_required() else 'default'}"
+            assert entry in shown, f"help({m.__name__}) does not list {name}"
+            assert " ".join((f.description or "").split()) in shown, f"help({m.__name__}): {name}'s meaning"
 
 
 def test_every_analysis_type_and_setting_is_in_the_reference() -> None:

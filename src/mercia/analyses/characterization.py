@@ -32,12 +32,14 @@ from mercia.cdm import Cdm
 from mercia.cdm.query import build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import RateSpec, ResultTable
 from mercia.errors import StudyError
+from mercia.model_doc import field_docs
 
 Domain = Literal["condition", "drug", "measurement", "procedure"]
 _ANY_PRIOR = -100_000  # days: "any time prior" reaches back further than any record
 _TOPS = 3  # largest contributions kept per magnitude cell (N-k and p% rules at release)
 
 
+@field_docs
 class Window(BaseModel):
     """A window of days relative to index (the cohort start), both ends inclusive: a covariate is a
     person with at least one record of the concept in it."""
@@ -49,7 +51,7 @@ class Window(BaseModel):
     )
     start: int | None = Field(
         None, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS,
-        description="first day, relative to index (negative: before); null: any time prior",
+        description="first day, relative to index (negative: before); None: any time prior",
     )
     end: int = Field(
         0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS,
@@ -74,6 +76,7 @@ DEFAULT_WINDOWS = [
 ]
 
 
+@field_docs
 class CharacterizationSettings(BaseModel):
     """What a Table 1 holds: age and sex always, and per window the persons with each concept of
     the chosen domains (drugs rolled up to ingredients), and measurement values."""

@@ -51,10 +51,12 @@ from mercia.cdm.query import build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import ModelInfo, ResultTable
 from mercia.errors import StudyError
 from mercia.features import CovariateData, CovariateSettings, build_covariates
+from mercia.model_doc import field_docs
 
 # --------------------------------------------------------------------------------------------- settings
 
 
+@field_docs
 class StudyPopulationSettings(BaseModel):
     """Who is compared and their time at risk (CohortMethod's createStudyPopulation, its defaults)."""
 
@@ -93,6 +95,7 @@ class StudyPopulationSettings(BaseModel):
     )
 
 
+@field_docs
 class MatchSettings(BaseModel):
     """Greedy nearest-neighbour matching on the propensity score (CohortMethod's matchOnPs)."""
 
@@ -115,6 +118,7 @@ class MatchSettings(BaseModel):
     )
 
 
+@field_docs
 class StratifySettings(BaseModel):
     """Stratification on the propensity score at its quantiles (CohortMethod's stratifyByPs)."""
 
@@ -126,6 +130,7 @@ class StratifySettings(BaseModel):
     )
 
 
+@field_docs
 class OutcomeModelSettings(BaseModel):
     """The outcome model of the adjusted estimate."""
 
@@ -137,6 +142,7 @@ class OutcomeModelSettings(BaseModel):
     stratified: bool = Field(True, description="condition on the matched sets / strata")
 
 
+@field_docs
 class CohortMethodSettings(BaseModel):
     """Every step of a comparative cohort analysis: covariates, population, propensity model,
     adjustment on the score, outcome model, and what is reported."""
@@ -144,20 +150,20 @@ class CohortMethodSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     covariates: CovariateSettings = Field(
-        CovariateSettings(), description="covariates of the propensity model and of the balance tables (below)"
+        CovariateSettings(), description="covariates of the propensity model and of the balance tables"
     )
     population: StudyPopulationSettings = Field(
-        StudyPopulationSettings(), description="who is compared and their time at risk (below)"
+        StudyPopulationSettings(), description="who is compared and their time at risk"
     )
-    ps: PsSettings = Field(PsSettings(), description="the propensity model (below)")
+    ps: PsSettings = Field(PsSettings(), description="the propensity model")
     adjustment: Literal["match", "stratify", "none"] = Field(
         "match", description="how the propensity score is used: match, stratify, or none (unadjusted model)"
     )
-    match: MatchSettings = Field(MatchSettings(), description="matching, when adjustment is match (below)")
+    match: MatchSettings = Field(MatchSettings(), description="matching, when adjustment is match")
     stratify: StratifySettings = Field(
-        StratifySettings(), description="stratification, when adjustment is stratify (below)"
+        StratifySettings(), description="stratification, when adjustment is stratify"
     )
-    outcome_model: OutcomeModelSettings = Field(OutcomeModelSettings(), description="the outcome model (below)")
+    outcome_model: OutcomeModelSettings = Field(OutcomeModelSettings(), description="the outcome model")
     alpha: float = Field(
         0.05, gt=0, lt=1, description="1 - confidence level of the estimates' intervals: 0.05 gives 95%"
     )

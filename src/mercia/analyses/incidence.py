@@ -42,6 +42,7 @@ from mercia.cdm import Cdm
 from mercia.cdm.query import bound, build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import RateSpec, ResultTable
 from mercia.errors import StudyError
+from mercia.model_doc import field_docs
 
 DAYS_PER_YEAR = 365.25
 # The finest cells person-time is computed in: calendar year, age band index, gender concept.
@@ -121,7 +122,7 @@ class _Population(BaseModel):
     )
     age_groups: list[tuple[_Age, _Age | None]] = Field(
         default_factory=lambda: list(DEFAULT_AGE_GROUPS), max_length=limits.MAX_LIST,
-        description="age bands as [lower, upper] in whole years, both inclusive, upper null for no upper "
+        description="age bands as [lower, upper] in whole years, both inclusive, upper None for no upper "
         "limit; at least one, none overlapping. Time (or persons) at ages in no band is not counted",
     )
 
@@ -140,6 +141,7 @@ class _Population(BaseModel):
         return v
 
 
+@field_docs
 class IncidenceSettings(_Population):
     """Incidence rates: events (outcome cohort starts on days at risk) per 1,000 person-years."""
 
@@ -153,10 +155,10 @@ class IncidenceSettings(_Population):
         "outcome before their denominator time)",
     )
     study_start: dt.date | None = Field(
-        None, description="first date counted (YYYY-MM-DD); null: no limit"
+        None, description="first date counted (YYYY-MM-DD); None: no limit"
     )
     study_end: dt.date | None = Field(
-        None, description="last date counted (YYYY-MM-DD), not before study_start; null: no limit"
+        None, description="last date counted (YYYY-MM-DD), not before study_start; None: no limit"
     )
     by: list[Dimension] = Field(
         default_factory=lambda: ["age_group", "sex", "calendar_year"], max_length=limits.MAX_LIST,
@@ -176,6 +178,7 @@ class IncidenceSettings(_Population):
         return self
 
 
+@field_docs
 class PrevalenceSettings(_Population):
     """Point and period prevalence: the share of the denominator with an outcome entry at the time."""
 

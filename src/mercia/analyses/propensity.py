@@ -30,10 +30,12 @@ from scipy import optimize, stats
 
 from mercia import limits
 from mercia.errors import StudyError
+from mercia.model_doc import field_docs
 
 _Variance = Annotated[float, Field(gt=0, le=limits.MAX_RANGE_VALUE)]
 
 
+@field_docs
 class PsSettings(BaseModel):
     """The propensity model: a regularised logistic regression of treatment on the covariates
     (CohortMethod's createPs with Cyclops), its prior variance chosen by cross-validation."""

@@ -36,11 +36,13 @@ from mercia.cdm.query import DOMAINS, build, check_cohort_id, fetch_df, require_
 from mercia.disclosure import ModelInfo, ResultTable
 from mercia.disclosure.model_support import support_count
 from mercia.errors import StudyError
+from mercia.model_doc import field_docs
 
 Z95 = float(stats.norm.ppf(0.975))
 MALE = 8507
 
 
+@field_docs
 class SurvivalSettings(BaseModel):
     """Time at risk and censoring, in days relative to index (the target cohort start)."""
 
@@ -52,7 +54,7 @@ class SurvivalSettings(BaseModel):
     )
     tar_end: int | None = Field(
         None, ge=0, le=limits.MAX_DAYS,
-        description="last day at risk, in days after index, not before tar_start; null: no cap (follow-up "
+        description="last day at risk, in days after index, not before tar_start; None: no cap (follow-up "
         "ends only by censoring)",
     )
     censor_at: Literal["observation_end", "cohort_end"] = Field(
@@ -78,6 +80,7 @@ class SurvivalSettings(BaseModel):
         return self
 
 
+@field_docs
 class CovariateSpec(BaseModel):
     """A 0/1 covariate: any record of the concepts (and their descendants) in a window before index."""
 
@@ -113,6 +116,7 @@ class CovariateSpec(BaseModel):
         return self
 
 
+@field_docs
 class CoxSettings(BaseModel):
     """A Cox model of target vs comparator (persons in both are dropped): its time at risk, its
     adjustment (age, sex, named covariates) and how it is fitted and checked."""
@@ -126,7 +130,7 @@ class CoxSettings(BaseModel):
     sex: bool = Field(True, description="adjust for sex (term `male`: 1 for gender concept 8507)")
     covariates: list[CovariateSpec] = Field(
         default_factory=list, max_length=limits.MAX_LIST,
-        description="further 0/1 covariates, each a term of the model (below)",
+        description="further 0/1 covariates, each a term of the model",
     )
     ph_test: bool = Field(
         True,

@@ -14,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mercia import limits
 from mercia.errors import DisclosureError
+from mercia.model_doc import field_docs
 
 
+@field_docs
 class DisclosurePolicy(BaseModel):
     """Statistical disclosure control settings applied by `release()`.
 

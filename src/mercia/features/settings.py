@@ -25,12 +25,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mercia import limits
 from mercia.errors import StudyError
+from mercia.model_doc import field_docs
 
 WindowKind = Literal["any_time_prior", "long_term", "medium_term", "short_term"]
 WINDOW_SLOT: dict[str, int] = {"any_time_prior": 0, "long_term": 1, "medium_term": 2, "short_term": 3}
 ANY_PRIOR_DAYS = -100_000  # "any time prior" reaches back further than any record
 
 
+@field_docs
 class Window(BaseModel):
     """Days relative to index (both ends inclusive); `start=None` is any time prior."""
 
@@ -42,7 +44,7 @@ class Window(BaseModel):
     )
     start: int | None = Field(
         None, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS,
-        description="first day, relative to index; null for any_time_prior, required for the others",
+        description="first day, relative to index; None for any_time_prior, required for the others",
     )
     end: int = Field(0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS, description="last day, relative to index")
 
@@ -73,6 +75,7 @@ DEFAULT_WINDOWS = (
 )
 
 
+@field_docs
 class CovariateSettings(BaseModel):
     """A large-scale covariate set (FeatureExtraction's default covariate settings, roughly)."""
 
@@ -80,7 +83,7 @@ class CovariateSettings(BaseModel):
 
     windows: list[Window] = Field(
         default_factory=lambda: list(DEFAULT_WINDOWS), max_length=limits.MAX_LIST,
-        description="windows of the domain covariates (below); at least one when any domain is used",
+        description="windows of the domain covariates; at least one when any domain is used",
     )
     use_demographics: bool = Field(
         True,

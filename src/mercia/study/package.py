@@ -42,6 +42,7 @@ from mercia.analyses.prediction import PredictionSettings
 from mercia.cohorts.model import CohortDefinition
 from mercia.disclosure import BUILTIN_POLICIES, DisclosurePolicy, effective_policy
 from mercia.errors import MerciaError, StudyError
+from mercia.model_doc import field_docs
 
 PACKAGE_FORMAT = "mercia-study/1"
 _KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -53,6 +54,11 @@ class _Strict(BaseModel):
     """A part of a study package: unknown keys are refused, values cannot change after validation."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        field_docs(cls)  # help() lists the fields with their defaults and meanings
 
 
 class CohortRef(_Strict):
@@ -105,7 +111,7 @@ class CharacterizationAnalysis(_Analysis):
         min_length=1, max_length=limits.MAX_LIST, description="keys of the cohorts to characterize"
     )
     settings: CharacterizationSettings = Field(
-        CharacterizationSettings(), description="what to characterize (below)"
+        CharacterizationSettings(), description="what to characterize"
     )
 
     def cohorts_used(self) -> list[str]:
@@ -119,7 +125,7 @@ class CompareCohortsAnalysis(_Analysis):
     target: _Key = Field(description="key of the target cohort")
     comparator: _Key = Field(description="key of the comparator cohort")
     settings: CharacterizationSettings = Field(
-        CharacterizationSettings(), description="what to characterize, as for `characterization` (below)"
+        CharacterizationSettings(), description="what to characterize, as for `characterization`"
     )
 
     def cohorts_used(self) -> list[str]:
@@ -160,10 +166,10 @@ class IncidenceAnalysis(_Analysis):
     denominator: _Key | None = Field(
         None,
         description="key of the cohort whose time (each entry, within observation) is at risk; "
-        "null: the whole observed population (every observation period)",
+        "None: the whole observed population (every observation period)",
     )
     settings: dict[str, Any] = Field(
-        default_factory=dict, description="the incidence settings (below); every one has a default"
+        default_factory=dict, description="the incidence settings; every one has a default"
     )
 
     @field_validator("settings")
@@ -197,11 +203,11 @@ class PrevalenceAnalysis(_Analysis):
     denominator: _Key | None = Field(
         None,
         description="key of the cohort whose members on the date (or in the interval) are the "
-        "denominator; null: everyone in observation then",
+        "denominator; None: everyone in observation then",
     )
     settings: dict[str, Any] = Field(
         default_factory=dict,
-        description="the prevalence settings (below); `points` or `intervals` must be given",
+        description="the prevalence settings; `points` or `intervals` must be given",
     )
 
     @field_validator("settings")
@@ -232,7 +238,7 @@ class KaplanMeierAnalysis(_Analysis):
         description="keys of the cohorts followed from their start (index); one curve each",
     )
     outcome: _Key = Field(description="key of the outcome cohort: its first start in time at risk is the event")
-    settings: SurvivalSettings = Field(SurvivalSettings(), description="time at risk and censoring (below)")
+    settings: SurvivalSettings = Field(SurvivalSettings(), description="time at risk and censoring")
     alpha: float = Field(
         0.05, gt=0, lt=1, description="1 - confidence level of the curves' (log-log) intervals: 0.05 gives 95%"
     )
@@ -248,7 +254,7 @@ class CoxAnalysis(_Analysis):
     target: _Key = Field(description="key of the target cohort (treatment = 1)")
     comparator: _Key = Field(description="key of the comparator cohort (treatment = 0)")
     outcome: _Key = Field(description="key of the outcome cohort: its first start in time at risk is the event")
-    settings: CoxSettings = Field(CoxSettings(), description="time at risk, adjustment and fitting (below)")
+    settings: CoxSettings = Field(CoxSettings(), description="time at risk, adjustment and fitting")
 
     def cohorts_used(self) -> list[str]:
         return [self.target, self.comparator, self.outcome]
@@ -261,7 +267,7 @@ class PredictionAnalysis(_Analysis):
     target: _Key = Field(description="key of the cohort whose entries are predicted for (index = its start)")
     outcome: _Key = Field(description="key of the outcome cohort predicted (an entry starting in time at risk)")
     settings: PredictionSettings = Field(
-        PredictionSettings(), description="population, covariates, model, split and evaluation (below)"
+        PredictionSettings(), description="population, covariates, model, split and evaluation"
     )
 
     def cohorts_used(self) -> list[str]:
@@ -285,7 +291,7 @@ class CohortMethodAnalysis(_Analysis):
         "run through the same steps, and with 5 or more estimable the estimates are empirically calibrated",
     )
     settings: CohortMethodSettings = Field(
-        CohortMethodSettings(), description="covariates, population, propensity model, adjustment (below)"
+        CohortMethodSettings(), description="covariates, population, propensity model, adjustment"
     )
 
     def cohorts_used(self) -> list[str]:
@@ -336,7 +342,7 @@ class StudySpec(_Strict):
     disclosure: Literal["opensafely", "sacro"] | DisclosurePolicy | None = Field(
         None,
         description="the disclosure policy the study asks for: `opensafely`, `sacro`, or a policy written "
-        "out (below); null: the site's own. A site refuses a policy weaker than its own minimum",
+        "out; None: the site's own. A site refuses a policy weaker than its own minimum",
     )
 
     @field_validator("cohorts")

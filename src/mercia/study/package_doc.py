@@ -24,6 +24,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from mercia import limits
+from mercia.model_doc import own_doc
 
 HEADER = """# Study package reference
 
@@ -275,7 +276,7 @@ def _table(rows: list[str]) -> list[str]:
 
 
 def _doc(model: type[BaseModel]) -> str:
-    return " ".join((model.__doc__ or "").split())
+    return " ".join(own_doc(model).split())
 
 
 COHORT_FORMS = """A cohort is given in exactly one of two ways:

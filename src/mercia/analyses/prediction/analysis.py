@@ -7,7 +7,7 @@
 - `<name>_performance` (model): per split (train, cv, test; external at another site) the AUC with
   its DeLong CI, Brier score, calibration in the large, calibration intercept and slope, E-statistics,
   with the persons and outcomes it rests on as count columns, and `min_level_count`: the fewer of
-  the split's outcomes and non-outcomes, and of the model's own support (below). A split resting on
+  the split's outcomes and non-outcomes, and of the model's own support. A split resting on
   few is withheld, and every split is when the model is.
 - `<name>_risk_strata` (rates): persons, outcomes and expected outcomes (sum of predicted risks,
   protected as person-time is) per stratum of predicted risk (deciles by default), with each split's
@@ -49,6 +49,7 @@ from mercia.disclosure import ModelInfo, RateSpec, ResultTable
 from mercia.disclosure.model_support import support_count
 from mercia.errors import StudyError
 from mercia.features import CovariateData, CovariateSettings, build_covariates
+from mercia.model_doc import field_docs
 
 PERFORMANCE_COLUMNS = (
     "auc",
@@ -67,18 +68,19 @@ PERFORMANCE_COLUMNS = (
 )
 
 
+@field_docs
 class PredictionSettings(BaseModel):
     """Everything a prediction study fixes: population, covariates, model, split and evaluation."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     population: PopulationSettings = Field(
-        PopulationSettings(), description="the study population and its time at risk (below)"
+        PopulationSettings(), description="the study population and its time at risk"
     )
-    covariates: CovariateSettings = Field(CovariateSettings(), description="the candidate predictors (below)")
+    covariates: CovariateSettings = Field(CovariateSettings(), description="the candidate predictors")
     model: ModelSettings = Field(
         default_factory=LassoLogisticSettings,
-        description="the model, chosen by `type:` lasso_logistic or gradient_boosting (below)",
+        description="the model, chosen by `type:` lasso_logistic or gradient_boosting",
     )
     test_fraction: float = Field(
         0.25, gt=0, lt=1, description="share of persons held out as the test set (split by person, stratified)"

@@ -27,11 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mercia import limits
 from mercia.errors import StudyError
+from mercia.model_doc import field_docs
 
 # Penalties and learning rates: scikit-learn takes only positive, finite ones.
 _Positive = Annotated[float, Field(gt=0, le=limits.MAX_RANGE_VALUE)]
 
 
+@field_docs
 class LassoLogisticSettings(BaseModel):
     """L1 logistic regression; the inverse penalty C from a log grid chosen by cross-validation."""
 
@@ -47,6 +49,7 @@ class LassoLogisticSettings(BaseModel):
     max_iter: int = Field(1000, ge=10, le=limits.MAX_ITERATIONS, description="solver iterations at most, per fit")
 
 
+@field_docs
 class GradientBoostingSettings(BaseModel):
     """Histogram gradient boosting; learning rate x tree size grid chosen by cross-validation."""
 

@@ -28,8 +28,10 @@ from mercia import limits
 from mercia.cdm import Cdm
 from mercia.cdm.query import build, check_cohort_id, fetch_df, require_tables
 from mercia.errors import StudyError
+from mercia.model_doc import field_docs
 
 
+@field_docs
 class PopulationSettings(BaseModel):
     """PLP's population settings, with its defaults (a one-year risk window from the day after index)."""
 

@@ -325,8 +325,8 @@ ANALYSIS_TYPES = (
 
 class StudySpec(_Strict):
     """A study package as written: a name, cohorts by key, the analyses that use them, and the
-    disclosure policy asked for. (`load_package` and `StudyPackage.from_dict` validate one and resolve
-    its cohorts; docs/reference/study-package.md lists every setting with its default.)"""
+    disclosure policy asked for (`load_package` and `StudyPackage.from_dict` validate one and resolve
+    its cohorts)."""
 
     name: str = Field(min_length=1, max_length=limits.MAX_NAME, description="the study's title")
     description: str | None = Field(None, max_length=limits.MAX_TEXT, description="free text about the study")

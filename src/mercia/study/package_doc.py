@@ -233,11 +233,14 @@ def default_text(f: FieldInfo) -> str:
         return "required"
     v = f.get_default(call_default_factory=True)
     if isinstance(v, BaseModel):
-        return "(the defaults below)"
+        tag = getattr(v, "type", None)
+        return f"`type: {tag}` with the defaults below" if tag else "(the defaults below)"
     if v is PydanticUndefined:
         return "required"
-    j = _short(to_jsonable_python(v))
-    return f"`{json.dumps(j, ensure_ascii=False)}`"
+    exact = to_jsonable_python(v)
+    shown = _short(exact)
+    # Long floats are shown to 4 significant digits, marked as such.
+    return ("≈ " if shown != exact else "") + f"`{json.dumps(shown, ensure_ascii=False)}`"
 
 
 def _cell(text: str) -> str:
@@ -283,7 +286,7 @@ COHORT_FORMS = """A cohort is given in exactly one of two ways:
 
 - `definition:` inline, in the [cohort language](cohort-language.md) (`name:`, `concepts:`,
   `entry:`, `inclusion_rules:`, `exit:` ...), or in Mercia's model form (a mapping with `expression`,
-  as `mercia cohort` writes it);
+  as a package's canonical form, `package.json` in a results folder, holds it);
 - `file:` a path relative to the package file: `.json` (an ATLAS/OHDSI Circe export, either the bare
   expression or ATLAS's definition export, or Mercia's model form), `.yaml`/`.yml` (the cohort
   language), or `.py` (Python code setting `COHORT` to a cohort built with `mercia.cohorts.dsl`).

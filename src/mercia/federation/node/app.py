@@ -479,7 +479,8 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         per-asker privacy budget (each distinct question costs epsilon; a repeat gets the same answer at
         no cost; 429 when spent), rate limits and lockout."""
         if principal.role not in config.feasibility_roles:
-            raise HTTPException(403, detail=f"this site answers counts for {', '.join(config.feasibility_roles)} only")
+            raise HTTPException(403, detail=f"this site answers feasibility counts for "
+                                            f"{', '.join(config.feasibility_roles)} only")
         require_project(principal, body.project)
         if not config.auto_approve.feasibility:
             raise HTTPException(403, detail="this site's custodian has not allowed automatic counts "

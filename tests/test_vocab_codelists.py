@@ -203,3 +203,14 @@ def test_cli_import_codelist(tmp_path, eunomia_dir: Path):
     r = CliRunner().invoke(app, ["concept", "import-codelist", str(DATA / "icd10-gi-bleed.csv"), "--system", "opcs4",
                                  "--cdm", str(db), "--out", str(out)])
     assert r.exit_code == 1 and "--system" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.postgres
+def test_codelists_map_the_same_on_postgres(cdm, pg_cdm_factory, eunomia_dir: Path):
+    pg = pg_cdm_factory()
+    load_folder(pg, eunomia_dir)
+    _add_fixture_vocabulary(pg)
+    for name, _, system, _ in CASES:
+        entries = read_codelist(DATA / name)
+        a, b = map_codelist(pg, entries, system), map_codelist(cdm, entries, system)
+        assert (a.mapped, a.unmapped, a.concepts) == (b.mapped, b.unmapped, b.concepts), name

@@ -176,6 +176,16 @@ def test_bad_input_is_one_clear_line(cdm, tmp_path):
         read_codelist(tmp_path / "missing.csv")
 
 
+def test_a_vocabulary_the_cdm_lacks_is_said_so(cdm, tmp_path):
+    mapping = map_codelist(cdm, read_codelist(DATA / "snomedct-gi-bleed.csv"), "snomedct")
+    assert mapping.vocabulary_loaded
+    # A CDM whose vocabulary has no dm+d concept at all: every code unmapped, and the reason said once.
+    with Cdm.open() as bare:
+        bare.create_tables(["concept"])
+        empty = map_codelist(bare, read_codelist(DATA / "dmd-nsaids.csv"), "dmd")
+    assert not empty.vocabulary_loaded and len(empty.unmapped) == 3
+
+
 def test_system_aliases(cdm):
     entries = read_codelist(DATA / "dmd-nsaids-old.csv")
     assert [m.code for m in map_codelist(cdm, entries, "dm+d").mapped] == ["39695211000001102", "42291011000001104"]

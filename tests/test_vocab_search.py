@@ -251,7 +251,7 @@ def test_cli_search_and_show(eunomia_db: Path):
     r = runner.invoke(app, ["concept", "show", "192671", "--cdm", str(eunomia_db)])
     assert r.exit_code == 0, r.output
     assert "35208414" in r.stdout and "condition_occurrence" in r.stdout and "Mapped from" in r.stdout
-    assert "exact local" in r.stdout
+    assert "exact local counts" in r.stdout
     r = runner.invoke(app, ["concept", "show", "192671", "--cdm", str(eunomia_db), "--format", "json"])
     shown = json.loads(r.stdout)
     assert "GI bleeding" in shown["synonyms"] and shown["mapped_from"][0]["concept_id"] == 35208414

@@ -872,15 +872,18 @@ def concept_search(
     if format == "json":
         sys.stdout.write(json.dumps([asdict(h) for h in hits], indent=2) + "\n")
         return
-    t = Table("concept_id", "name", "domain", "vocabulary", "code", "std", "match", "records (exact, local)",
-              title=f"{len(hits)} concept(s) matching {text!r}")
+    t = Table("concept_id", "name", "domain", "vocabulary", "code", "std", "match", "records",
+              title=f"{len(hits)} concept(s) matching {text!r}",
+              caption="records: rows of this CDM's clinical tables with the concept (exact local counts)")
     for h in hits:
         t.add_row(str(h.concept_id), h.concept_name, h.domain_id, h.vocabulary_id, h.concept_code,
                   h.standard_concept or "", h.match, f"{h.record_count:,}")
     console.print(t)
 
 
-def _concept_table(title: str, rows: list[dict[str, Any]], levels: bool = False) -> Table:
+def _concept_table(title: str, rows: list[dict[str, Any]], levels: bool = False) -> Table | str:
+    if not rows:
+        return f"{title}: none"
     t = Table("concept_id", "name", "vocabulary", "code", "std", *(["levels"] if levels else []), title=title)
     for r in rows:
         lv = [f"{r['min_levels']}" + (f"-{r['max_levels']}" if r["max_levels"] != r["min_levels"] else "")
@@ -922,8 +925,11 @@ def concept_show(
     console.print(_concept_table("Ancestors", d.ancestors, levels=True))
     shown = f" (first {len(d.descendants)} of {d.descendants_total})" if d.descendants_total > len(d.descendants) else ""
     console.print(_concept_table(f"Descendants{shown}", d.descendants, levels=True))
+    if not d.record_counts:
+        console.print("Records in this CDM: none")
+        return
     t = Table("table", "records with it as concept", "as source concept",
-              title="Records in this CDM (exact local counts: not released, not for sharing)")
+              title="Records in this CDM (exact local counts)")
     for r in d.record_counts:
         t.add_row(r["table"], f"{r['as_concept']:,}", f"{r['as_source']:,}")
     console.print(t)
@@ -955,6 +961,10 @@ def concept_import_codelist(
     console.print(f"{len(mapping.mapped)} of {len(entries)} codes mapped ({mapping.vocabulary_id} -> "
                   f"{len(mapping.concepts)} standard concepts); concept set written to {out}",
                   highlight=False, soft_wrap=True)
+    if not mapping.vocabulary_loaded:
+        err_console.print(f"[bold yellow]note:[/] this CDM's vocabulary holds no {mapping.vocabulary_id} concepts: "
+                          f"load OHDSI Athena's vocabularies with {mapping.vocabulary_id} to map these codes",
+                          highlight=False, soft_wrap=True)
     if unmapped is not None:
         with unmapped.open("w", newline="") as f:
             w = csv_module.writer(f)

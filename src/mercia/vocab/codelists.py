@@ -84,6 +84,7 @@ class CodelistMapping:
     mapped: list[MappedCode] = field(default_factory=list)
     unmapped: list[UnmappedCode] = field(default_factory=list)
     concepts: dict[int, dict[str, Any]] = field(default_factory=dict)  # the standard concepts, by id
+    vocabulary_loaded: bool = True  # False: the CDM holds no concept of this vocabulary at all
 
     def concept_set(self, *, name: str, id: int = 0) -> dict[str, Any]:
         """The ATLAS concept set expression (``{"id", "name", "expression": {"items": [...]}}``)."""
@@ -219,6 +220,10 @@ def map_codelist(cdm: Cdm, entries: list[CodelistEntry], system: str) -> Codelis
             maps.setdefault(int(r[0]), []).append(dict(zip(_CONCEPT_KEYS, r[1:], strict=True)))
 
     out = CodelistMapping(system=system, vocabulary_id=vocabulary)
+    if not found:
+        any_q = (exp.select(exp.Literal.number(1)).from_(cdm.table("concept"))
+                 .where(exp.EQ(this=exp.column("vocabulary_id"), expression=exp.Placeholder(this="vocab"))).limit(1))
+        out.vocabulary_loaded = bool(cdm.fetch_all(any_q, {"vocab": vocabulary}))
     for e in entries:
         rows = sources.get(e.code)
         if not rows:

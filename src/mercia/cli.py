@@ -836,7 +836,7 @@ def audit_verify(
 
 
 # ---- concept -----------------------------------------------------------------------------------
-concept_app = typer.Typer(help="Find concepts in a CDM's vocabulary; import OpenCodelists codelists.",
+concept_app = typer.Typer(help="Find concepts in a CDM vocabulary; import OpenCodelists codelists.",
                           no_args_is_help=True)
 app.add_typer(concept_app, name="concept")
 FormatOpt = Annotated[str, typer.Option("--format", help="table or json")]

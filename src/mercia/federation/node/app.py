@@ -474,10 +474,11 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     async def concept_count(body: ConceptCountQuery, principal: Annotated[Principal, role("hub", "researcher")]
                             ) -> ConceptCountAnswer:
         """The released number of persons with a record of a concept (with its descendants by default) in
-        any clinical table, with differentially private noise, then the site policy. The same defences
-        as feasibility counts (node/concept_count.py): the same roles and custodian switch, the same
-        per-asker privacy budget (each distinct question costs epsilon; a repeat gets the same answer at
-        no cost; 429 when spent), rate limits and lockout."""
+        any clinical table, with differentially private noise, then the site policy. Roles: those in the
+        site's feasibility_roles (hub, researcher), when the custodian allows automatic counts. The same
+        defences as feasibility counts (node/concept_count.py): the same per-asker privacy budget (each
+        distinct question costs epsilon; a repeat gets the same answer at no cost; 429 when spent), rate
+        limits and lockout; 400 for a concept id not in the site's vocabulary."""
         if principal.role not in config.feasibility_roles:
             raise HTTPException(403, detail=f"this site answers feasibility counts for "
                                             f"{', '.join(config.feasibility_roles)} only")

@@ -835,5 +835,147 @@ def audit_verify(
                   highlight=False, soft_wrap=True)
 
 
+# ---- concept -----------------------------------------------------------------------------------
+concept_app = typer.Typer(help="Find concepts in a CDM vocabulary; import OpenCodelists codelists.",
+                          no_args_is_help=True)
+app.add_typer(concept_app, name="concept")
+FormatOpt = Annotated[str, typer.Option("--format", help="table or json")]
+
+
+def _format(value: str) -> str:
+    if value not in ("table", "json"):
+        raise MerciaError(f"--format: {value!r} is not one of table, json")
+    return value
+
+
+@concept_app.command("search")
+@user_errors
+def concept_search(
+    text: Annotated[str, typer.Argument(help="Words in the concept's name or synonyms, or its exact code.")],
+    cdm: TargetOpt,
+    domain: Annotated[str | None, typer.Option("--domain", help="Only this domain (Condition, Drug, ...).")] = None,
+    vocabulary: Annotated[str | None, typer.Option("--vocabulary", help="Only this vocabulary (SNOMED, ...).")] = None,
+    standard: Annotated[bool, typer.Option("--standard", help="Only standard concepts.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most this many results.")] = 50,
+    format: FormatOpt = "table",
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+) -> None:
+    """Search concepts by name, synonym or code; best match first, then most records in this CDM."""
+    from dataclasses import asdict
+
+    from mercia.vocab.search import search_concepts
+
+    _format(format)
+    with open_cdm(cdm, cdm_schema, vocab_schema, None, read_only=True) as handle:
+        hits = search_concepts(handle, text, domain=domain, vocabulary=vocabulary, standard=standard, limit=limit)
+    if format == "json":
+        sys.stdout.write(json.dumps([asdict(h) for h in hits], indent=2) + "\n")
+        return
+    t = Table("concept_id", "name", "domain", "vocabulary", "code", "std", "match", "records",
+              title=f"{len(hits)} concept(s) matching {text!r}",
+              caption="records: rows of this CDM's clinical tables with the concept (exact local counts)")
+    for h in hits:
+        t.add_row(str(h.concept_id), h.concept_name, h.domain_id, h.vocabulary_id, h.concept_code,
+                  h.standard_concept or "", h.match, f"{h.record_count:,}")
+    console.print(t)
+
+
+def _concept_table(title: str, rows: list[dict[str, Any]], levels: bool = False) -> Table | str:
+    if not rows:
+        return f"{title}: none"
+    t = Table("concept_id", "name", "vocabulary", "code", "std", *(["levels"] if levels else []), title=title)
+    for r in rows:
+        lv = [f"{r['min_levels']}" + (f"-{r['max_levels']}" if r["max_levels"] != r["min_levels"] else "")
+              ] if levels else []
+        t.add_row(str(r["concept_id"]), r["concept_name"] or "(not in this CDM's CONCEPT table)",
+                  r["vocabulary_id"] or "", r["concept_code"] or "", r["standard_concept"] or "",
+                  *lv)
+    return t
+
+
+@concept_app.command("show")
+@user_errors
+def concept_show(
+    concept_id: Annotated[int, typer.Argument(metavar="ID", help="The concept_id.")],
+    cdm: TargetOpt,
+    descendants: Annotated[int, typer.Option("--descendants", min=0, help="Show at most this many.")] = 50,
+    format: FormatOpt = "table",
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+) -> None:
+    """One concept: fields, synonyms, 'Maps to' and mapped-from, ancestors and descendants, record counts."""
+    from dataclasses import asdict
+
+    from mercia.vocab.search import concept_details
+
+    _format(format)
+    with open_cdm(cdm, cdm_schema, vocab_schema, None, read_only=True) as handle:
+        d = concept_details(handle, concept_id, max_descendants=descendants)
+    if format == "json":
+        sys.stdout.write(json.dumps(asdict(d), indent=2, default=str) + "\n")
+        return
+    fields = Table(show_header=False, title=f"concept {concept_id}")
+    for k, v in d.concept.items():
+        fields.add_row(k, "" if v is None else str(v))
+    fields.add_row("synonyms", "; ".join(d.synonyms))
+    console.print(fields)
+    console.print(_concept_table("Maps to", d.maps_to))
+    console.print(_concept_table("Mapped from", d.mapped_from))
+    console.print(_concept_table("Ancestors", d.ancestors, levels=True))
+    shown = f" (first {len(d.descendants)} of {d.descendants_total})" if d.descendants_total > len(d.descendants) else ""
+    console.print(_concept_table(f"Descendants{shown}", d.descendants, levels=True))
+    if not d.record_counts:
+        console.print("Records in this CDM: none")
+        return
+    t = Table("table", "records with it as concept", "as source concept",
+              title="Records in this CDM (exact local counts)")
+    for r in d.record_counts:
+        t.add_row(r["table"], f"{r['as_concept']:,}", f"{r['as_source']:,}")
+    console.print(t)
+
+
+@concept_app.command("import-codelist")
+@user_errors
+def concept_import_codelist(
+    csv_file: Annotated[Path, typer.Argument(metavar="CSV", help="An OpenCodelists CSV download.")],
+    system: Annotated[str, typer.Option("--system", help="Its coding system: snomedct, icd10, dmd, ctv3 or readv2.")],
+    cdm: TargetOpt,
+    out: Annotated[Path, typer.Option("--out", help="Where to write the ATLAS concept set JSON.")],
+    name: Annotated[str | None, typer.Option("--name", help="The concept set's name (default: the file's).")] = None,
+    code_column: Annotated[str | None, typer.Option("--code-column", help="The codes' column, if not found.")] = None,
+    term_column: Annotated[str | None, typer.Option("--term-column", help="The terms' column, if not found.")] = None,
+    unmapped: Annotated[Path | None, typer.Option("--unmapped", help="Also write unmapped codes to this CSV.")] = None,
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+) -> None:
+    """Map a codelist to standard concepts through the CDM's vocabulary; write a concept set, list the rest."""
+    import csv as csv_module
+
+    from mercia.vocab.codelists import map_codelist, read_codelist
+
+    entries = read_codelist(csv_file, code_column=code_column, term_column=term_column)
+    with open_cdm(cdm, cdm_schema, vocab_schema, None, read_only=True) as handle:
+        mapping = map_codelist(handle, entries, system)
+    out.write_text(json.dumps(mapping.concept_set(name=name or csv_file.stem), indent=2) + "\n")
+    console.print(f"{len(mapping.mapped)} of {len(entries)} codes mapped ({mapping.vocabulary_id} -> "
+                  f"{len(mapping.concepts)} standard concepts); concept set written to {out}",
+                  highlight=False, soft_wrap=True)
+    if not mapping.vocabulary_loaded:
+        err_console.print(f"[bold yellow]note:[/] this CDM's vocabulary holds no {mapping.vocabulary_id} concepts: "
+                          f"load OHDSI Athena's vocabularies with {mapping.vocabulary_id} to map these codes",
+                          highlight=False, soft_wrap=True)
+    if unmapped is not None:
+        with unmapped.open("w", newline="") as f:
+            w = csv_module.writer(f)
+            w.writerow(["code", "term", "reason"])
+            w.writerows([u.code, u.term, u.reason] for u in mapping.unmapped)
+    if mapping.unmapped:
+        t = Table("code", "term", "reason", title=f"{len(mapping.unmapped)} unmapped code(s)")
+        for u in mapping.unmapped:
+            t.add_row(u.code, u.term, u.reason)
+        console.print(t)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

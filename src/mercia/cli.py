@@ -1,27 +1,30 @@
 """The `mercia` command. Thin: it parses, calls the library, shows progress and prints results.
 
-Errors a user can cause (MerciaError) print one line on stderr and exit 1, without a traceback.
+Errors a user can cause (MerciaError) print one line on stderr and exit 1, without a traceback; Ctrl-C
+prints one line and exits 130 (mercia.cli_errors).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mercia.cli_errors import BoundaryGroup, user_errors
 from mercia.errors import MerciaError
 
+# Every command runs inside one error boundary (mercia.cli_errors): user errors, bad settings, Ctrl-C and
+# warnings are one line each, never a traceback.
 app = typer.Typer(help="Mercia: federated health-data research on the OMOP CDM.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False, cls=BoundaryGroup)
 cdm_app = typer.Typer(help="Load, export and inspect OMOP CDM databases.", no_args_is_help=True)
 app.add_typer(cdm_app, name="cdm")
 cohort_app = typer.Typer(help="Check, compile and generate cohort definitions (.json, .yaml, .py).",
@@ -30,26 +33,6 @@ app.add_typer(cohort_app, name="cohort")
 
 console = Console()
 err_console = Console(stderr=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(fn: F) -> F:
-    """Turn MerciaError (and unreadable files) into one clear line and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except MerciaError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-            err_console.print(f"[bold red]error:[/] {e.strerror}: {e.filename}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
 
 @contextmanager
 def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
@@ -73,11 +56,20 @@ ResultsSchemaOpt = Annotated[str | None, typer.Option("--results-schema", help="
 
 
 def open_cdm(target: str, cdm_schema: str | None, vocab_schema: str | None, results_schema: str | None,
-             *, create: bool = False, read_only: bool = False):
+             *, create: bool = False, read_only: bool = False, require: str | None = "cdm"):
+    """Open a CDM; unless `require` is None, check it holds an OMOP CDM ("vocabulary": and its vocabulary)."""
     from mercia.cdm import Cdm
+    from mercia.cdm.check import require_cdm
 
-    return Cdm.open(target, cdm_schema=cdm_schema, vocab_schema=vocab_schema, results_schema=results_schema,
-                    create=create, read_only=read_only)
+    handle = Cdm.open(target, cdm_schema=cdm_schema, vocab_schema=vocab_schema, results_schema=results_schema,
+                      create=create, read_only=read_only)
+    if require is not None:
+        try:
+            require_cdm(handle, vocabulary=require == "vocabulary")
+        except BaseException:
+            handle.close()
+            raise
+    return handle
 
 
 # ---- synth -----------------------------------------------------------------------------------
@@ -112,7 +104,7 @@ def cdm_load(
     """Load a folder of CDM tables into a CDM, all or nothing."""
     from mercia.cdm.load import load_folder
 
-    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, create=True) as handle:
+    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, create=True, require=None) as handle:
         counts = load_folder(handle, src, version=version)
     for table, n in counts.items():
         console.print(f"{table:<28} {n:>12,}")
@@ -225,7 +217,8 @@ def cohort_run(
     if format not in ("table", "json"):
         raise MerciaError(f"unknown format {format!r}: use table or json")
     defs = _load_all(definitions)  # every file is read and checked before the database is touched
-    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema) as handle, progress_bar() as progress, \
+    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, require="vocabulary") as handle, \
+            progress_bar() as progress, \
             warnings.catch_warnings():
         # Unknown concept ids come back in each result's warnings; they are printed once, below.
         warnings.simplefilter("ignore")
@@ -318,7 +311,8 @@ def cohort_check(
     if cdm is not None and checked:
         from mercia.vocab.concept_sets import unknown_concept_ids
 
-        with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True) as handle:
+        with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True,
+                      require="vocabulary") as handle:
             if not handle.table_exists("concept"):
                 raise MerciaError(f"the CDM at {cdm!r} has no concept table to check concept ids against")
             for p, d in checked:
@@ -439,7 +433,8 @@ def study_run(
     from mercia.study import load_package, run_study
 
     pkg = load_package(package)
-    with open_cdm(target, cdm_schema, vocab_schema, results_schema) as cdm, progress_bar() as progress:
+    with open_cdm(target, cdm_schema, vocab_schema, results_schema, require="vocabulary") as cdm, \
+            progress_bar() as progress:
         run = run_study(pkg, cdm, out, site_policy=site_policy, site=site, progress=progress)
     console.print(f"[bold]study:[/] {pkg.name}  [dim]sha256 {run.package_hash}[/]", highlight=False)
     console.print(f"[bold]policy:[/] {run.policy.rule_summary()}", highlight=False)
@@ -513,6 +508,8 @@ def node_serve(
     from mercia.federation.serving import serve
 
     cfg = load_node_config(config, cdm=cdm)
+    open_cdm(cfg.cdm, cfg.cdm_schema, cfg.vocab_schema, cfg.results_schema, read_only=True,
+             require="vocabulary").close()  # an OMOP CDM is there, or one line saying what is missing
     app_ = create_app(cfg)
     scheme = "https" if cfg.tls else "http"
     err_console.print(f"node {cfg.site} on {scheme}://{host}:{port} (CDM {cfg.cdm})", highlight=False)

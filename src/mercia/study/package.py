@@ -410,16 +410,30 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return "".join(out)
 
 
+def _union_branch(err: Any) -> str:
+    """The union branch pydantic names after the field (`literal['opensafely','sacro']`), or ''."""
+    return str(err["loc"][1]) if len(err["loc"]) > 1 else ""
+
+
+def _allowed(err: Any) -> str:
+    """A literal's allowed values as a plain list: `a, b, c` (pydantic writes `'a', 'b' or 'c'`)."""
+    expected = str((err.get("ctx") or {}).get("expected", ""))
+    return ", ".join(x.strip().strip("'") for x in expected.replace(" or ", ", ").split(",") if x.strip())
+
+
 def _format_validation(e: ValidationError, where: str) -> StudyError:
     lines = []
-    # A policy written out is not a policy name: that branch's error says nothing about the mapping.
+    # A policy written out is not a policy name: that branch's error says nothing about the mapping; and
+    # a name is not a policy written out: the mapping branch's error says nothing about a misspelt name.
     errors = [
         err
         for err in e.errors()
         if not (
             err["loc"][:1] == ("disclosure",)
-            and str(err["loc"][1:2][0] if err["loc"][1:] else "").startswith("literal[")
-            and isinstance(err.get("input"), dict)
+            and (
+                (_union_branch(err).startswith("literal[") and isinstance(err.get("input"), dict))
+                or (not _union_branch(err).startswith("literal[") and isinstance(err.get("input"), str))
+            )
         )
     ]
     for err in errors[:6]:
@@ -435,6 +449,11 @@ def _format_validation(e: ValidationError, where: str) -> StudyError:
             msg = f"unknown analysis type {tag!r}; use one of {', '.join(ANALYSIS_TYPES)}"
         elif err["type"] == "union_tag_not_found":
             msg = f"give the analysis `type:` ({', '.join(ANALYSIS_TYPES)})"
+        elif err["type"] == "literal_error" and err["loc"][:1] == ("disclosure",):
+            msg = (f"unknown policy {err.get('input')!r} (allowed: {', '.join(sorted(BUILTIN_POLICIES))}, "
+                   "or a policy written out as a mapping)")
+        elif err["type"] == "literal_error":
+            msg = f"{err.get('input')!r} is not allowed (allowed: {_allowed(err)})"
         else:
             msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"{loc or '(top level)'}: {msg}")

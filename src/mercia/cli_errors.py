@@ -1,0 +1,129 @@
+"""The `mercia` command's one error boundary: what a user sees when something they gave is wrong.
+
+Every command runs inside `boundary()` (the top-level group's `invoke`, so commands added later get it
+too):
+
+- a `MerciaError` is one line, `error: <message>`, and exit code 1;
+- a pydantic `ValidationError` that escaped a loader is one line per field, `error: <field.path>: <message>`
+  (with the allowed values where the field has a fixed set), and exit code 1;
+- a file that cannot be read is one line naming it, and a database that refuses a statement one line
+  with the database's first line of explanation, both exit code 1;
+- Ctrl-C is one line, `interrupted`, and exit code 130 (128 + SIGINT, as shells report it);
+- a warning is one line, `warning: <message>`, without the source line Python shows by default.
+
+Usage errors that click finds while parsing (an unknown option, a missing argument) keep click's own
+short message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from mercia.errors import MerciaError
+
+_err = Console(stderr=True)
+EXIT_USER_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _line(prefix: str, message: str) -> None:
+    one = " ".join(str(message).split())  # one line, whatever the message held
+    _err.print(f"{prefix} {escape(one)}", highlight=False, soft_wrap=True)
+
+
+def error_line(message: str) -> None:
+    _line("[bold red]error:[/]", message)
+
+
+def warning_line(message: str) -> None:
+    _line("[yellow]warning:[/]", message)
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    warning_line(str(message))
+
+
+def validation_lines(e: ValidationError) -> list[str]:
+    """One line per field: `field.path: message (allowed: a, b, c)`."""
+    out = []
+    for err in e.errors():
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        msg = err["msg"].removeprefix("Value error, ")
+        expected = (err.get("ctx") or {}).get("expected")
+        if err["type"] in ("literal_error", "enum") and expected:
+            allowed = ", ".join(x.strip().strip("'") for x in str(expected).replace(" or ", ", ").split(","))
+            msg = f"{err.get('input')!r} is not allowed (allowed: {allowed})"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling against the reference)"
+        elif err["type"] == "missing":
+            msg = "required, missing"
+        out.append(f"{path or '(top level)'}: {msg}")
+    return out
+
+
+def _database_error(e: BaseException) -> bool:
+    """An error raised by the database driver (DuckDB, psycopg), not by Mercia's own code."""
+    return type(e).__module__.split(".")[0] in ("duckdb", "_duckdb", "psycopg")
+
+
+@contextmanager
+def boundary() -> Iterator[None]:
+    """Run a command: user errors, interrupts and warnings become one line each (see the module)."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # restored when the block ends
+        try:
+            yield
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except MerciaError as e:
+            error_line(str(e))
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except ValidationError as e:
+            for line in validation_lines(e):
+                error_line(line)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+            error_line(f"{e.strerror}: {e.filename}")
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except KeyboardInterrupt:
+            _err.print("interrupted", highlight=False)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as e:
+            if not _database_error(e):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            error_line(f"the database refused a statement: {first}")
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+def user_errors(fn: F) -> F:
+    """The boundary around one function (the commands' decorator; the group applies it to all anyway)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with boundary():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class BoundaryGroup(TyperGroup):
+    """The top-level command group: every subcommand it invokes runs inside `boundary()`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with boundary():
+            return super().invoke(ctx)

@@ -315,6 +315,11 @@ def cohort_check(
                       require="vocabulary") as handle:
             if not handle.table_exists("concept"):
                 raise MerciaError(f"the CDM at {cdm!r} has no concept table to check concept ids against")
+            from mercia.cohorts.concept_domains import domain_mismatches
+
+            for (p, _d), messages in zip(checked, domain_mismatches(handle, [d for _, d in checked]), strict=True):
+                for message in messages:
+                    err_console.print(f"[yellow]warning:[/] {p.name}: {message}", highlight=False, soft_wrap=True)
             for p, d in checked:
                 for cs in d.expression.concept_sets:
                     ids = [i.concept.concept_id for i in cs.expression.items]

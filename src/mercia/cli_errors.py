@@ -6,7 +6,8 @@ too):
 - a `MerciaError` is one line, `error: <message>`, and exit code 1;
 - a pydantic `ValidationError` that escaped a loader is one line per field, `error: <field.path>: <message>`
   (with the allowed values where the field has a fixed set), and exit code 1;
-- a file that cannot be read is one line naming it, and a database that refuses a statement one line
+- a file that cannot be read or written (missing, a folder, exists already, no permission) is one line
+  naming it, and a database that refuses a statement one line
   with the database's first line of explanation, both exit code 1;
 - Ctrl-C is one line, `interrupted`, and exit code 130 (128 + SIGINT, as shells report it);
 - a warning is one line, `warning: <message>`, without the source line Python shows by default.
@@ -23,7 +24,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-import click
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -87,8 +87,6 @@ def boundary() -> Iterator[None]:
         warnings.showwarning = _show_warning  # restored when the block ends
         try:
             yield
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
         except MerciaError as e:
             error_line(str(e))
             raise typer.Exit(EXIT_USER_ERROR) from None
@@ -96,8 +94,10 @@ def boundary() -> Iterator[None]:
             for line in validation_lines(e):
                 error_line(line)
             raise typer.Exit(EXIT_USER_ERROR) from None
-        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-            error_line(f"{e.strerror}: {e.filename}")
+        except OSError as e:
+            if e.filename is None:  # not about a path the user gave
+                raise
+            error_line(f"{e.strerror or type(e).__name__}: {e.filename}")
             raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
             _err.print("interrupted", highlight=False)
@@ -124,6 +124,6 @@ def user_errors(fn: F) -> F:
 class BoundaryGroup(TyperGroup):
     """The top-level command group: every subcommand it invokes runs inside `boundary()`."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         with boundary():
             return super().invoke(ctx)

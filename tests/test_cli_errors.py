@@ -112,6 +112,17 @@ def test_cdm_info_on_a_cdm_still_answers(tmp_path, site):
     assert '"persons": 400' in r.stdout
 
 
+def test_a_database_that_refuses_a_statement_is_one_line(tmp_path):
+    # The tables are there by name (the check passes) but not their columns: DuckDB refuses the query.
+    con = duckdb.connect(str(tmp_path / "hollow.duckdb"))
+    for table in ("person", "observation_period", "concept", "concept_ancestor", "concept_relationship"):
+        con.execute(f"CREATE TABLE {table} (x INTEGER)")
+    con.close()
+    definition = REPO / "examples" / "cohorts" / "new_nsaid_users.yaml"
+    r = run_mercia("cohort", "run", definition, "--cdm", "hollow.duckdb", cwd=tmp_path)
+    assert_one_error_line(r, "the database refused a statement: Binder Error", "concept_id")
+
+
 # ---- bad settings: one line naming the field and the allowed values -----------------------------
 def test_a_misspelt_policy_lists_the_allowed_ones(tmp_path, site):
     (tmp_path / "study.yaml").write_text(PACKAGE.format(cohort_id=41, policy="opensafe"))

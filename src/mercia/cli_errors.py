@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from mercia.errors import MerciaError
+from mercia.errors import MerciaError, field_problems
 
 _err = Console(stderr=True)
 EXIT_USER_ERROR = 1
@@ -57,24 +57,6 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     warning_line(str(message))
 
 
-def validation_lines(e: ValidationError) -> list[str]:
-    """One line per field: `field.path: message (allowed: a, b, c)`."""
-    out = []
-    for err in e.errors():
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
-        msg = err["msg"].removeprefix("Value error, ")
-        expected = (err.get("ctx") or {}).get("expected")
-        if err["type"] in ("literal_error", "enum") and expected:
-            allowed = ", ".join(x.strip().strip("'") for x in str(expected).replace(" or ", ", ").split(","))
-            msg = f"{err.get('input')!r} is not allowed (allowed: {allowed})"
-        elif err["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling against the reference)"
-        elif err["type"] == "missing":
-            msg = "required, missing"
-        out.append(f"{path or '(top level)'}: {msg}")
-    return out
-
-
 def _database_error(e: BaseException) -> bool:
     """An error raised by the database driver (DuckDB, psycopg), not by Mercia's own code."""
     return type(e).__module__.split(".")[0] in ("duckdb", "_duckdb", "psycopg")
@@ -91,7 +73,7 @@ def boundary() -> Iterator[None]:
             error_line(str(e))
             raise typer.Exit(EXIT_USER_ERROR) from None
         except ValidationError as e:
-            for line in validation_lines(e):
+            for line in field_problems(e):
                 error_line(line)
             raise typer.Exit(EXIT_USER_ERROR) from None
         except OSError as e:
@@ -105,6 +87,9 @@ def boundary() -> Iterator[None]:
         except Exception as e:
             if not _database_error(e):
                 raise
+            if type(e).__name__ == "InterruptException":  # DuckDB's word for Ctrl-C during a statement
+                _err.print("interrupted", highlight=False)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             error_line(f"the database refused a statement: {first}")
             raise typer.Exit(EXIT_USER_ERROR) from None

@@ -33,9 +33,10 @@ SRC = str(Path(mercia.__file__).resolve().parents[1])
 METFORMIN = 1503297  # an RxNorm ingredient: domain Drug
 
 
-def run_mercia(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_mercia(*args: str | Path, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": SRC, "COLUMNS": "80"}
-    return subprocess.run([MERCIA, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    return subprocess.run([MERCIA, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=timeout)
 
 
 def lines(text: str) -> list[str]:
@@ -104,6 +105,15 @@ def test_cohort_run_in_a_schema_without_a_cdm(tmp_path, site):
 def test_cdm_info_on_an_empty_file(tmp_path, empty_duckdb):
     r = run_mercia("cdm", "info", "--cdm", empty_duckdb, cwd=tmp_path)
     assert_one_error_line(r, "no OMOP CDM", "schema 'main'", "person, observation_period")
+
+
+def test_node_serve_beside_an_empty_duckdb(tmp_path, empty_duckdb):
+    (tmp_path / "hub_public.pem").write_text("")
+    (tmp_path / "node.yaml").write_text(f"site: north\ncdm: {empty_duckdb.name}\nstate_dir: state\n"
+                                        "hub_public_key: hub_public.pem\ntokens: tokens.json\n")
+    # Before the check the node served (and this timed out); now it stops before listening.
+    r = run_mercia("node", "serve", "--config", "node.yaml", "--port", "0", cwd=tmp_path, timeout=60)
+    assert_one_error_line(r, "no OMOP CDM", "schema 'main'", "person, observation_period", "concept")
 
 
 def test_cdm_info_on_a_cdm_still_answers(tmp_path, site):

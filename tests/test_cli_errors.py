@@ -224,7 +224,7 @@ COMMANDS = list(_leaves(typer.main.get_command(app)))
 
 def _bad_args(cmd) -> list[str]:
     """Every required parameter given something wrong: a malformed YAML file, an empty DuckDB, a hub
-    that does not answer; a command with none required gets an unknown option."""
+    that does not answer; a command with none required (synth, demo) a negative number of persons."""
     special = {"hub": "http://127.0.0.1:9", "cdm": "empty.duckdb", "target": "empty.duckdb", "out": "out"}
     args: list[str] = []
     for p in cmd.params:
@@ -232,7 +232,7 @@ def _bad_args(cmd) -> list[str]:
             continue
         value = special.get(p.name, "bad.yaml")
         args += [value] if p.param_type_name == "argument" else [p.opts[0], value]
-    return args or ["--no-such-option"]
+    return args or ["--persons", "-5"]
 
 
 @pytest.mark.parametrize(("path", "cmd"), COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
@@ -244,6 +244,25 @@ def test_every_command_with_bad_arguments_fails_without_a_traceback(tmp_path, mo
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.output
     assert result.exit_code in (1, 2), (result.exit_code, result.output)
-    if result.exit_code == 1 and path != ("audit", "verify"):  # (that one lists each problem of the log it checks)
-        # a user error, not click's usage message: one line
+    if path != ("audit", "verify"):  # (that one lists each problem of the log it checks)
         assert len(lines(result.stderr)) == 1 and result.stderr.startswith("error: "), result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [(["cdm", "info"], "error: Missing option '--cdm'. (see mercia cdm info --help)"),
+     (["synth", "--persons", "0"], "error: Invalid value for '--persons'"),
+     (["cohort", "sql", "x.yaml", "--no-such-option"], "error: No such option: --no-such-option"),
+     (["cdm", "no-such-command"], "error: No such command 'no-such-command'. (see mercia cdm --help)")],
+    ids=["missing option", "out of range", "unknown option", "unknown command"],
+)
+def test_a_command_line_click_cannot_parse_is_one_line(tmp_path, args, expected):
+    r = run_mercia(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert lines(r.stderr) == [lines(r.stderr)[0]] and r.stderr.startswith(expected), r.stderr
+
+
+def test_a_group_without_a_command_still_shows_its_help(tmp_path):
+    r = run_mercia("cdm", cwd=tmp_path)
+    assert "Load, export and inspect OMOP CDM databases." in r.stdout + r.stderr
+    assert "error:" not in r.stdout + r.stderr

@@ -12,8 +12,10 @@ too):
 - Ctrl-C is one line, `interrupted`, and exit code 130 (128 + SIGINT, as shells report it);
 - a warning is one line, `warning: <message>`, without the source line Python shows by default.
 
-Usage errors that click finds while parsing (an unknown option, a missing argument) keep click's own
-short message and exit code 2.
+A command line click cannot parse (an unknown option, a missing argument, a value of the wrong type or
+outside its range) is one line too, click's message and where to look (`see mercia cdm info --help`), with
+click's exit code 2. (Only the top level's own options are parsed before the boundary: `mercia --bogus`
+keeps click's usage box.)
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from mercia.errors import MerciaError, field_problems
 
 _err = Console(stderr=True)
 EXIT_USER_ERROR = 1
+EXIT_USAGE = 2  # click's code for a command line it cannot parse
 EXIT_INTERRUPTED = 130
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,6 +58,13 @@ def warning_line(message: str) -> None:
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
     warning_line(str(message))
+
+
+def _usage_error(e: BaseException) -> bool:
+    """Click's error for a command line it cannot parse (typer may carry its own copy of click, so by name);
+    not its request to show a group's help when given no command."""
+    names = {c.__name__ for c in type(e).__mro__}
+    return "UsageError" in names and "NoArgsIsHelpError" not in names
 
 
 def _database_error(e: BaseException) -> bool:
@@ -85,6 +95,11 @@ def boundary() -> Iterator[None]:
             _err.print("interrupted", highlight=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as e:
+            if _usage_error(e):
+                ctx = getattr(e, "ctx", None)
+                hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+                error_line(f"{e.format_message()}{hint}")  # type: ignore[attr-defined]
+                raise typer.Exit(EXIT_USAGE) from None
             if not _database_error(e):
                 raise
             if type(e).__name__ == "InterruptException":  # DuckDB's word for Ctrl-C during a statement

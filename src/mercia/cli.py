@@ -57,7 +57,8 @@ ResultsSchemaOpt = Annotated[str | None, typer.Option("--results-schema", help="
 
 def open_cdm(target: str, cdm_schema: str | None, vocab_schema: str | None, results_schema: str | None,
              *, create: bool = False, read_only: bool = False, require: str | None = "cdm"):
-    """Open a CDM; unless `require` is None, check it holds an OMOP CDM ("vocabulary": and its vocabulary)."""
+    """Open a CDM and check what the command needs is there (mercia.cdm.check): `require` "cdm" (the
+    clinical core), "vocabulary" (and the vocabulary), "concepts" (a vocabulary alone) or None."""
     from mercia.cdm import Cdm
     from mercia.cdm.check import require_cdm
 
@@ -65,7 +66,7 @@ def open_cdm(target: str, cdm_schema: str | None, vocab_schema: str | None, resu
                       create=create, read_only=read_only)
     if require is not None:
         try:
-            require_cdm(handle, vocabulary=require == "vocabulary")
+            require_cdm(handle, clinical=require != "concepts", vocabulary=require in ("vocabulary", "concepts"))
         except BaseException:
             handle.close()
             raise
@@ -869,7 +870,7 @@ def concept_search(
     from mercia.vocab.search import search_concepts
 
     _format(format)
-    with open_cdm(cdm, cdm_schema, vocab_schema, None, read_only=True) as handle:
+    with open_cdm(cdm, cdm_schema, vocab_schema, None, read_only=True, require="concepts") as handle:
         hits = search_concepts(handle, text, domain=domain, vocabulary=vocabulary, standard=standard, limit=limit)
     if format == "json":
         sys.stdout.write(json.dumps([asdict(h) for h in hits], indent=2) + "\n")
@@ -912,7 +913,7 @@ def concept_show(
     from mercia.vocab.search import concept_details
 
     _format(format)
-    with open_cdm(cdm, cdm_schema, vocab_schema, None, read_only=True) as handle:
+    with open_cdm(cdm, cdm_schema, vocab_schema, None, read_only=True, require="concepts") as handle:
         d = concept_details(handle, concept_id, max_descendants=descendants)
     if format == "json":
         sys.stdout.write(json.dumps(asdict(d), indent=2, default=str) + "\n")
@@ -957,7 +958,7 @@ def concept_import_codelist(
     from mercia.vocab.codelists import map_codelist, read_codelist
 
     entries = read_codelist(csv_file, code_column=code_column, term_column=term_column)
-    with open_cdm(cdm, cdm_schema, vocab_schema, None, read_only=True) as handle:
+    with open_cdm(cdm, cdm_schema, vocab_schema, None, read_only=True, require="concepts") as handle:
         mapping = map_codelist(handle, entries, system)
     out.write_text(json.dumps(mapping.concept_set(name=name or csv_file.stem), indent=2) + "\n")
     console.print(f"{len(mapping.mapped)} of {len(entries)} codes mapped ({mapping.vocabulary_id} -> "

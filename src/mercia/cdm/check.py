@@ -23,12 +23,13 @@ def missing_tables(cdm: Cdm, tables: tuple[str, ...] | list[str]) -> list[str]:
     return [t for t in tables if not cdm.table_exists(t)]
 
 
-def require_cdm(cdm: Cdm, *, vocabulary: bool = False) -> None:
-    """Raise CdmError unless the CDM has its core tables (and, with `vocabulary`, the vocabulary's).
+def require_cdm(cdm: Cdm, *, clinical: bool = True, vocabulary: bool = False) -> None:
+    """Raise CdmError unless the CDM has its core clinical tables and (with `vocabulary`) the vocabulary's;
+    `clinical=False, vocabulary=True` asks for a vocabulary alone (concept search needs no patients).
 
     The message names each schema looked in and the tables missing there, and, when another schema of
     the database does have a `person` table, suggests it."""
-    wanted = list(CORE_CDM_TABLES) + (list(CORE_VOCAB_TABLES) if vocabulary else [])
+    wanted = (list(CORE_CDM_TABLES) if clinical else []) + (list(CORE_VOCAB_TABLES) if vocabulary else [])
     missing = missing_tables(cdm, wanted)
     if not missing:
         return
@@ -37,7 +38,7 @@ def require_cdm(cdm: Cdm, *, vocabulary: bool = False) -> None:
         by_schema.setdefault(cdm.schema_of(t), []).append(t)
     where = "; ".join(f"schema {s!r} lacks {', '.join(ts)}" for s, ts in by_schema.items())
     core_missing = any(t in CORE_CDM_TABLES for t in missing)
-    what = "no OMOP CDM" if core_missing else "an OMOP CDM without its vocabulary"
+    what = "no OMOP CDM" if core_missing else "an OMOP CDM without its vocabulary" if clinical else "no OMOP vocabulary"
     hint = _elsewhere(cdm) if core_missing else None
     fix = (f"the tables are in schema {hint!r}: give --cdm-schema {hint}" if hint else
            "load one with `mercia cdm load` (or the vocabulary from Athena), or give the schema that holds it "

@@ -85,11 +85,12 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 # What every page is measured by, in the browser.
 _MEASURE = """() => {
   const doc = document.documentElement, body = document.body.getBoundingClientRect();
+  const right = body.right - parseFloat(getComputedStyle(document.body).paddingRight);  // the content box
   const over = [];
   for (const el of document.querySelectorAll('table, figure, .plotly-graph-div, pre, img, svg')) {
     if (el.closest('.plotly-graph-div') && !el.classList.contains('plotly-graph-div')) continue;
     const r = el.getBoundingClientRect();
-    if (r.right > body.right + 1 || el.scrollWidth > el.clientWidth + 1)
+    if (r.right > right + 1 || el.scrollWidth > el.clientWidth + 1)
       over.push(el.tagName + ' ' + (el.getAttribute('aria-label') || el.textContent.slice(0, 60)));
   }
   const unlabelled = [];
@@ -104,10 +105,11 @@ _MEASURE = """() => {
     if (!name) unlabelled.push(el.tagName + ' ' + el.id);
   }
   const plots = [...document.querySelectorAll('.plotly-graph-div')].map(gd => ({
-    label: gd.closest('figure').getAttribute('aria-label'),
+    label: (gd.closest('figure') || gd).getAttribute('aria-label') || '',
     drawn: !!gd.querySelector('svg.main-svg'),
     traces: (gd.data || []).map(t => t.name || ''),
     ticks: [...gd.querySelectorAll('.xtick text')].map(t => t.textContent),
+    area: gd._fullLayout ? gd._fullLayout._size.w / gd._fullLayout.width : null,  // share of the width plotted
   }));
   const tables = [...document.querySelectorAll('table')].map(t => ({
     head: [...t.querySelectorAll('thead th')].map(th => th.textContent),
@@ -120,7 +122,7 @@ _MEASURE = """() => {
 
 
 @pytest.fixture(scope="module")
-def pages(reports: dict[str, Path], chromium: Any, artifacts_dir: Path) -> dict[str, dict[str, Any]]:
+def pages(chromium: Any, reports: dict[str, Path], artifacts_dir: Path) -> dict[str, dict[str, Any]]:
     seen: dict[str, dict[str, Any]] = {}
     for name, path in reports.items():
         page = chromium.new_page(viewport={"width": 1280, "height": 900})
@@ -201,6 +203,13 @@ def test_forest_plot_axis_reads_as_ratios(pages: dict[str, dict[str, Any]], name
     values = [float(t) for t in ticks]
     assert values == sorted(values) and len(set(values)) == len(values) >= 3, ticks
     assert 1.0 in values
+
+
+def test_smd_plot_leaves_the_width_to_the_data(pages: dict[str, dict[str, Any]]) -> None:
+    """The balance plot's axis labels took 80% of its width; now the plotting area has most of it."""
+    for name in ("tutorial", "demo_site"):
+        smd = next(p for p in pages[name]["plots"] if p["label"].startswith("Standardized mean differences"))
+        assert smd["area"] >= 0.5, smd["area"]
 
 
 def test_age_groups_in_natural_order(pages: dict[str, dict[str, Any]]) -> None:

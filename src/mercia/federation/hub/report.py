@@ -1,7 +1,9 @@
 """The pooled report: one HTML page per study at the hub, from released numbers only.
 
 Per site: its status and its released model estimates; pooled: fixed-effect and DerSimonian-Laird
-estimates with I² for every released model term, and any federated regression fits. The table
+estimates with I² for every released model term, with a forest plot of each site's and the pooled
+ratios per model (plotly.js embedded once, nothing loaded from the network), and any federated
+regression fits. The table
 rendering is the site report's (mercia.study.report), so both read the same way.
 """
 

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = ROOT / "docs" / "tutorials" / "first-study.md"
 PERSONS_PER_SITE = 50_000  # the smallest demo federation where a site releases the adjusted Cox model
 SITES = ["northgate", "fenwold", "ashby"]
+NARROW = 800  # px: a second, narrow window every page must fit too
 
 
 def tutorial_package(folder: Path) -> Path:
@@ -137,6 +138,11 @@ def pages(chromium: Any, reports: dict[str, Path], artifacts_dir: Path) -> dict[
         page.screenshot(path=str(artifacts_dir / f"report-{name}.png"), full_page=True)
         seen[name] = {**page.evaluate(_MEASURE), "errors": errors,
                       "requests": [u for u in requests if not u.startswith("file:")]}
+        # A narrow window (half a laptop screen): the page must still fit, plots re-laid out.
+        page.set_viewport_size({"width": NARROW, "height": 900})
+        page.wait_for_timeout(300)
+        narrow = page.evaluate(_MEASURE)
+        seen[name]["narrow"] = {"scroll": narrow["scroll"], "over": narrow["over"]}
         page.close()
     return seen
 
@@ -154,10 +160,10 @@ def test_page_draws_every_plot_without_errors_or_network(pages: dict[str, dict[s
 
 @pytest.mark.parametrize("name", NAMES)
 def test_page_does_not_overflow_sideways(pages: dict[str, dict[str, Any]], name: str) -> None:
-    page = pages[name]
-    width, client = page["scroll"]
-    assert width <= client, f"the page is {width}px wide in a {client}px window"
-    assert page["over"] == []
+    for page in (pages[name], pages[name]["narrow"]):
+        width, client = page["scroll"]
+        assert width <= client, f"the page is {width}px wide in a {client}px window"
+        assert page["over"] == []
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -24,6 +24,7 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;p
 th{background:#f3f3f3;overflow-wrap:break-word}th,td{text-align:left}th.num,td.num{text-align:right}
 td.num{white-space:nowrap}table{max-width:100%}.note{color:#8a5a00}code{font-size:.9em;word-break:break-all}
 figure.plot{margin:.5em 0 1em}
+@media (max-width:960px){table{font-size:.76rem}th,td{padding:.15rem .25rem}th{overflow-wrap:anywhere}}
 """
 
 

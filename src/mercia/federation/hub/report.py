@@ -78,7 +78,8 @@ def render_pooled_report(study: dict[str, Any], sites: list[dict[str, Any]], poo
                              "lower": _exp(p["ci_lower"]), "upper": _exp(p["ci_upper"]),
                              "I²": m["i2"] if kind == "random" else None})
         parts.append(f"<h3>{e(table)}</h3>")
-        parts.append(plots.html(_pooled_forest(table, rows)))
+        if any(math.isfinite(r["ratio"]) for r in rows):
+            parts.append(plots.html(_pooled_forest(table, rows)))
         parts.append(_table_html(pd.DataFrame(rows)))
     for note in pooled.get("notes", []):
         parts.append(f"<p class='note'>{e(note)}</p>")

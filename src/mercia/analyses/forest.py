@@ -27,21 +27,28 @@ def _label(v: float) -> str:
 def log_ticks(low: float, high: float, most: int = 9) -> tuple[list[float], list[str], list[float]]:
     """(tick values, tick labels, axis range in log10) for ratios from `low` to `high`; 1 always shown.
 
-    Ticks at 1-2-5 steps (0.1, 0.2, 0.5, 1, 2 ...), with finer round ratios added while fewer than four
-    fall inside the range, and the 2s and then the 5s dropped while there are more than `most`."""
+    Ticks at 1-2-5 steps (0.1, 0.2, 0.5, 1, 2 ...); while fewer than four fall inside the range, finer
+    round ratios are added where they are not crowded (at least a tenth of the axis from any other
+    tick); on a wide range the 2s and then the 5s are dropped while there are more than `most`."""
     vals = [v for v in (low, high) if isinstance(v, int | float) and math.isfinite(v) and v > 0]
     lo = min([*vals, 1.0])
     hi = max([*vals, 1.0])
     span = math.log10(hi) - math.log10(lo)
     pad = max(span * 0.06, 0.02)
     r0, r1 = math.log10(lo) - pad, math.log10(hi) + pad
-    candidates: list[float] = []
-    inside: list[float] = []
-    for tier in (_COARSE, _FINE, _FINEST):
-        candidates += tier
-        inside = sorted(v for v in candidates if r0 <= math.log10(v) <= r1)
-        if len(inside) >= 4:
+    gap = (r1 - r0) / 10
+
+    def fits(v: float) -> bool:
+        return r0 <= math.log10(v) <= r1
+
+    chosen = [v for v in _COARSE if fits(v)]
+    for tier in (_FINE, _FINEST):
+        if len(chosen) >= 4:
             break
+        for v in sorted(tier, key=lambda v: abs(math.log10(v))):  # nearest to 1 first
+            if fits(v) and all(abs(math.log10(v) - math.log10(c)) >= gap for c in chosen):
+                chosen.append(v)
+    inside = sorted(chosen)
     # Too many (a wide range): drop the 2s, then the 5s, keeping the powers of ten.
     for mantissa in ("2", "5"):
         if len(inside) <= most:

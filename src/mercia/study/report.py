@@ -216,7 +216,7 @@ def incidence_figure(d: pd.DataFrame, dim: str, by: list[str], title: str) -> An
     per level of it (rates by calendar year for each age group). Strata with no event are hollow
     markers at 0 without whiskers (their upper bound, set by the person-time alone, is in the hover and
     the table) and do not set the axis; suppressed strata are marked with a grey cross on the axis, so
-    a missing point never looks like a missing year. None when no stratum has person-time."""
+    a missing point never looks like a missing year. None when there is no stratum to plot."""
     import plotly.graph_objects as go
 
     others = [o for o in by if o != dim]

@@ -270,12 +270,12 @@ def test_report_km_median_from_the_released_curve(study: dict[str, Any]) -> None
     cid = study["pkg"].cohort_ids["htn"]
     g = curve[curve["cohort_id"] == cid][["time", "n_at_risk", "n_events", "n_censored"]].astype(float)
     med, lo, hi = median_survival(km_estimates(g, 0.05))
-    from mercia.study.report import _fmt
+    from mercia.study.report import median_text
 
     row = re.search(r"<tr><td>htn \(Hypertension\)</td>(.*?)</tr>", html.split("median (days)")[1])
     assert row is not None
-    cells = re.findall(r"<td>(.*?)</td>", row.group(1))
-    assert cells[-3:] == [_fmt(med, 0), _fmt(lo, 0), _fmt(hi, 0)]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))
+    assert cells[-3:] == [median_text(med), median_text(lo), median_text(hi)]
 
 
 def test_report_holds_no_person_ids(study: dict[str, Any], site: Cdm) -> None:

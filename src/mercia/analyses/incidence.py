@@ -133,9 +133,55 @@ class _Population(BaseModel):
         return v
 
 
+Anchor = Literal["start", "end"]
+_Offset = Annotated[int, Field(ge=-limits.MAX_DAYS, le=limits.MAX_DAYS)]
+
+
+class TimeAtRisk(BaseModel):
+    """A time-at-risk window as OHDSI CohortIncidence defines it: from the denominator entry's start or
+    end plus `start_offset` days to its start or end plus `end_offset` days, both days included. The
+    end is cut at the end of the observation period the entry starts in; a window starting outside that
+    period, or after its end, gives no time. (With the observed population as denominator the anchors
+    are the observation period's start and end.)"""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start_with: Anchor = Field("start", description="'start' or 'end' of the denominator entry")
+    start_offset: _Offset = Field(0, description="days added to the start anchor")
+    end_with: Anchor = Field("end", description="'start' or 'end' of the denominator entry")
+    end_offset: _Offset = Field(0, description="days added to the end anchor")
+
+    @model_validator(mode="after")
+    def _check(self) -> TimeAtRisk:
+        if self.start_with == self.end_with and self.end_offset < self.start_offset:
+            raise StudyError(
+                f"time_at_risk {self.label}: it ends before it starts; make end_offset >= start_offset"
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        """The window's name in released tables, e.g. 'start+0..start+365'."""
+        return f"{self.start_with}{self.start_offset:+d}..{self.end_with}{self.end_offset:+d}"
+
+
+# The mean follow-up per person in the denominator below which `incidence` warns (SHORT_FOLLOW_UP).
+SHORT_FOLLOW_UP_DAYS = 30
+
+
 class IncidenceSettings(_Population):
     outcome_cohort_id: int = Field(le=limits.MAX_INT32)  # check_cohort_id refuses negatives
     repeated_events: bool = False
+    time_at_risk: list[TimeAtRisk] = Field(
+        default_factory=list, max_length=limits.MAX_LIST,
+        description="CohortIncidence time-at-risk windows, each a level of the `tar` dimension; "
+        "empty: the denominator entries themselves (cohort start to cohort end), no `tar` dimension",
+    )
+    clean_window_days: int | None = Field(
+        None, ge=0, le=limits.MAX_DAYS,
+        description="with time_at_risk and repeated_events: days after an outcome's end before the "
+        "person is at risk again (CohortIncidence's clean window; default 0)",
+    )
     study_start: dt.date | None = None
     study_end: dt.date | None = None
     by: list[Dimension] = Field(
@@ -149,6 +195,14 @@ class IncidenceSettings(_Population):
             raise StudyError("study_end is before study_start")
         if len(set(self.by)) != len(self.by):
             raise StudyError(f"'by' repeats a dimension: {self.by}")
+        labels = [t.label for t in self.time_at_risk]
+        if len(set(labels)) != len(labels):
+            raise StudyError(f"time_at_risk repeats a window: {labels}; give each window once")
+        if self.clean_window_days is not None and not (self.time_at_risk and self.repeated_events):
+            raise StudyError(
+                "clean_window_days applies with time_at_risk and repeated_events: true; without them "
+                "washout_days is the outcome washout"
+            )
         return self
 
 
@@ -300,6 +354,166 @@ def _incidence_sql(s: IncidenceSettings, count_persons: bool = True,
     """
 
 
+# ------------------------------------------------------------------------- time at risk (CohortIncidence)
+
+
+def _tar_den_sql(s: IncidenceSettings) -> str:
+    """CTE `den`: (person_id, tar_k, s, e), each person's time-at-risk days per window `tar_k`, with no
+    overlap, as CohortIncidence's `#TTAR_erafied`: each denominator entry's window (anchors plus
+    offsets, the end cut at the end of the observation period the entry starts in, dropped when it
+    starts after its end or outside that period), then Mercia's prior observation (`washout_days`) and
+    the study window cut it, and overlapping windows of a person are merged."""
+    if s.denominator_cohort_id is None:
+        anchor = """
+        SELECT op.person_id, op.observation_period_start_date AS cs, op.observation_period_end_date AS ce,
+               op.observation_period_start_date AS ops, op.observation_period_end_date AS ope
+        FROM observation_period op"""
+    else:
+        anchor = """
+        SELECT c.subject_id AS person_id, c.cohort_start_date AS cs, c.cohort_end_date AS ce,
+               op.observation_period_start_date AS ops, op.observation_period_end_date AS ope
+        FROM cohort c
+        JOIN observation_period op ON op.person_id = c.subject_id
+          AND c.cohort_start_date >= op.observation_period_start_date
+          AND c.cohort_start_date <= op.observation_period_end_date
+        WHERE c.cohort_definition_id = $denominator_id"""
+    return f"""
+    anchors AS ({anchor}
+    ),
+    tar0 AS (
+      SELECT a.person_id, t.k AS tar_k, a.ops, a.ope,
+             CAST(CASE WHEN t.sw = 0 THEN a.cs ELSE a.ce END + CAST(t.so AS INTEGER) AS DATE) AS ts,
+             CAST(CASE WHEN t.ew = 0 THEN a.cs ELSE a.ce END + CAST(t.eo AS INTEGER) AS DATE) AS te
+      FROM anchors a JOIN tars t ON TRUE
+    ),
+    tar1 AS (
+      SELECT person_id, tar_k,
+             GREATEST(ts, CAST(ops + CAST($washout AS INTEGER) AS DATE), CAST($study_start AS DATE)) AS s,
+             LEAST(te, ope, CAST($study_end AS DATE)) AS e
+      FROM tar0 WHERE ts <= te AND ts >= ops AND ts <= ope
+    ),
+    tar2 AS (
+      SELECT person_id, tar_k, s, e,
+             CASE WHEN MAX(e) OVER (PARTITION BY person_id, tar_k ORDER BY s, e
+                                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) >= s
+                  THEN 0 ELSE 1 END AS is_start
+      FROM tar1 WHERE s <= e
+    ),
+    tar3 AS (
+      SELECT person_id, tar_k, s, e,
+             SUM(is_start) OVER (PARTITION BY person_id, tar_k ORDER BY s, e
+                                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS g
+      FROM tar2
+    ),
+    den AS (SELECT person_id, tar_k, MIN(s) AS s, MAX(e) AS e FROM tar3 GROUP BY person_id, tar_k, g)"""
+
+
+def _tar_sql(s: IncidenceSettings, count_persons: bool, level: Sequence[str]) -> str:
+    """Events, person-days (and persons) per window and cell of `level`, with CohortIncidence's outcome
+    rules: an outcome entry makes the days from its start + 1 to its end + the clean window excluded
+    (`repeated_events`), or every day after its start (first outcome only); overlapping exclusions
+    merge. Time at risk is the window's days outside every exclusion; an event is an outcome start on
+    such a day. So an outcome before the window whose exclusion reaches into it removes that time."""
+    excl_end = (
+        "CAST(oe + CAST($clean AS INTEGER) AS DATE)" if s.repeated_events else "DATE '9999-12-31'"
+    )
+    persons = "COUNT(DISTINCT person_id) AS n_persons," if count_persons else ""
+    lv = "".join(c + ", " for c in level)
+    ev_level = {"yr": "CAST(EXTRACT(YEAR FROM e.x) AS INTEGER) AS yr", "age_k": "pb.age_k",
+                "gender": "pb.gender"}
+    on = "".join(f" AND ec.{c} = pt.{c}" for c in level)
+    return f"""
+    WITH {_tar_den_sql(s).strip()},
+    oc AS (
+      SELECT DISTINCT o.subject_id AS person_id, o.cohort_start_date AS os, o.cohort_end_date AS oe
+      FROM cohort o WHERE o.cohort_definition_id = $outcome_id
+        AND o.subject_id IN (SELECT person_id FROM den)
+    ),
+    ex0 AS (
+      SELECT person_id, s, e,
+             CASE WHEN MAX(e) OVER (PARTITION BY person_id ORDER BY s, e
+                                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) >= s
+                  THEN 0 ELSE 1 END AS is_start
+      FROM (SELECT person_id, CAST(os + 1 AS DATE) AS s, {excl_end} AS e FROM oc) x
+      WHERE e >= s
+    ),
+    ex1 AS (
+      SELECT person_id, s, e,
+             SUM(is_start) OVER (PARTITION BY person_id ORDER BY s, e
+                                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS g
+      FROM ex0
+    ),
+    ex AS (SELECT person_id, MIN(s) AS s, MAX(e) AS e FROM ex1 GROUP BY person_id, g),
+    free AS (
+      -- the complement of each person's exclusions
+      SELECT person_id,
+             COALESCE(CAST(LAG(e) OVER (PARTITION BY person_id ORDER BY s) + 1 AS DATE),
+                      DATE '1000-01-01') AS fs,
+             CAST(s - 1 AS DATE) AS fe
+      FROM ex
+      UNION ALL
+      SELECT person_id, CAST(MAX(e) + 1 AS DATE) AS fs, DATE '9999-12-31' AS fe FROM ex GROUP BY person_id
+      UNION ALL
+      SELECT DISTINCT person_id, DATE '1000-01-01' AS fs, DATE '9999-12-31' AS fe
+      FROM den WHERE person_id NOT IN (SELECT person_id FROM ex)
+    ),
+    atrisk AS (
+      SELECT d.person_id, d.tar_k, GREATEST(d.s, f.fs) AS a, LEAST(d.e, f.fe) AS b
+      FROM den d JOIN free f ON f.person_id = d.person_id AND f.fs <= f.fe
+        AND f.fs <= d.e AND f.fe >= d.s
+    ),
+    evs AS (
+      SELECT DISTINCT r.person_id, r.tar_k, o.os AS x
+      FROM atrisk r JOIN oc o ON o.person_id = r.person_id AND o.os >= r.a AND o.os <= r.b
+    ),
+    pband AS (
+      SELECT p.person_id, p.gender_concept_id AS gender, ag.k AS age_k,
+             CAST({_DOB} + INTERVAL (ag.lo) YEAR AS DATE) AS bs,
+             CAST(CAST({_DOB} + INTERVAL (ag.hi + 1) YEAR AS DATE) - 1 AS DATE) AS be
+      FROM person p JOIN bands ag ON TRUE
+      WHERE p.person_id IN (SELECT person_id FROM atrisk)
+    ),
+    banded AS (
+      SELECT r.person_id, r.tar_k, pb.gender, pb.age_k,
+             GREATEST(r.a, pb.bs) AS a1, LEAST(r.b, pb.be) AS b1
+      FROM atrisk r JOIN pband pb ON pb.person_id = r.person_id AND pb.bs <= r.b AND pb.be >= r.a
+    ),
+    yrs AS (SELECT yr, MAKE_DATE(yr, 1, 1) AS ys, MAKE_DATE(yr, 12, 31) AS ye FROM years),
+    pieces AS (
+      SELECT x.person_id, x.tar_k, x.gender, y.yr, x.age_k,
+             GREATEST(x.a1, y.ys) AS a2, LEAST(x.b1, y.ye) AS b2
+      FROM banded x JOIN yrs y ON y.ys <= x.b1 AND y.ye >= x.a1
+    ),
+    pt AS (
+      SELECT tar_k, {lv} {persons} SUM(DATE_DIFF('day', a2, b2) + 1) AS person_days
+      FROM pieces WHERE a2 <= b2 GROUP BY tar_k{"".join(", " + c for c in level)}
+    ),
+    ec AS (
+      SELECT tar_k, {lv} COUNT(*) AS n_events FROM (
+        SELECT e.tar_k{"".join(", " + ev_level[c] for c in level)}
+        FROM evs e JOIN pband pb ON pb.person_id = e.person_id AND e.x >= pb.bs AND e.x <= pb.be
+      ) z GROUP BY tar_k{"".join(", " + c for c in level)}
+    )
+    SELECT pt.*, COALESCE(ec.n_events, 0) AS n_events
+    FROM pt LEFT JOIN ec ON ec.tar_k = pt.tar_k{on}
+    """
+
+
+def _tar_span_sql(s: IncidenceSettings) -> str:
+    return f"WITH {_tar_den_sql(s).strip()} SELECT MIN(s), MAX(e) FROM den"
+
+
+def _tar_rows(s: IncidenceSettings) -> list[list[int]]:
+    return [[k, int(t.start_with == "end"), t.start_offset, int(t.end_with == "end"), t.end_offset]
+            for k, t in enumerate(s.time_at_risk)]
+
+
+def _follow_up_sql(pop: _Population) -> str:
+    """Persons in the denominator with any time and their days, before outcomes are looked at."""
+    return (f"WITH {_denominator_sql(pop).strip()} "
+            "SELECT COUNT(DISTINCT person_id), SUM(DATE_DIFF('day', s, e) + 1) FROM den WHERE s <= e")
+
+
 def _span_sql(pop: _Population) -> str:
     return f"WITH {_denominator_sql(pop).strip()} SELECT MIN(s), MAX(e) FROM den WHERE s <= e"
 
@@ -320,20 +534,23 @@ def person_time(cdm: Cdm, settings: IncidenceSettings, *, count_persons: bool = 
         "study_start": settings.study_start or dt.date(1000, 1, 1),
         "study_end": settings.study_end or dt.date(9999, 12, 31),
     }
-    span_q = build(_span_sql(settings), cdm)
+    tars = bool(settings.time_at_risk)
+    values: dict[str, tuple[list[str], list[list[int]]]] = {}
+    if tars:
+        params["clean"] = settings.clean_window_days or 0
+        values["tars"] = (["k", "sw", "so", "ew", "eo"], _tar_rows(settings))
+    span_q = build(_tar_span_sql(settings) if tars else _span_sql(settings), cdm, dict(values))
     lo, hi = cdm.fetch_all(span_q, bound(span_q, params))[0]
     level = [c for c in FINEST if c in level]
-    cols = [*level, *(["n_persons"] if count_persons else []), "person_days", "n_events"]
+    cols = [*(["tar_k"] if tars else []), *level, *(["n_persons"] if count_persons else []),
+            "person_days", "n_events"]
     if lo is None:
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in cols})
     years = [[y] for y in range(lo.year, hi.year + 1)]
     bands = _bands(settings, "age_group" in settings.by)
-    q = build(
-        _incidence_sql(settings, count_persons, level),
-        cdm,
-        {"years": (["yr"], years), "bands": (["k", "lo", "hi"], _band_rows(bands))},
-    )
-    df = fetch_df(cdm, q, params)
+    values |= {"years": (["yr"], years), "bands": (["k", "lo", "hi"], _band_rows(bands))}
+    sql = _tar_sql(settings, count_persons, level) if tars else _incidence_sql(settings, count_persons, level)
+    df = fetch_df(cdm, build(sql, cdm, values), params)
     for c in cols:
         df[c] = df[c].astype("int64")
     return df[cols]
@@ -355,8 +572,13 @@ def incidence(cdm: Cdm, settings: IncidenceSettings, *, name: str = "incidence")
     level = [c for c in FINEST if _DIMENSION_OF[c] in settings.by]
     fine = person_time(cdm, settings, count_persons=True, level=level)
     bands = _bands(settings, "age_group" in settings.by)
-    by = list(settings.by)
+    # With time-at-risk windows each window is a level of the `tar` dimension, fixed by the package
+    # (not read from the data), and never totalled over: windows overlap.
+    tar = ["tar"] if settings.time_at_risk else []
+    by = [*tar, *settings.by]
     agg = fine.copy()
+    if tar:
+        agg["tar"] = [settings.time_at_risk[int(k)].label for k in agg["tar_k"]]
     if "age_k" in agg:
         agg["age_group"] = [age_label(*bands[k]) for k in agg["age_k"]]
     if "gender" in agg:
@@ -367,9 +589,14 @@ def incidence(cdm: Cdm, settings: IncidenceSettings, *, name: str = "incidence")
         # Several gender concepts can share a label ("Unknown"): their persons are distinct, so they add.
         agg = agg.groupby(by, sort=True).agg(person_days=("person_days", "sum"), n_events=("n_events", "sum"),
                                              n_persons=("n_persons", "sum")).reset_index()
-    elif agg.empty:
+    if tar and not settings.by:
+        # One row per window, with or without time in it, as without windows there is one row.
+        agg = (pd.DataFrame({"tar": [t.label for t in settings.time_at_risk]})
+               .merge(agg, on="tar", how="left").fillna(0))
+    elif not by and agg.empty:
         agg = pd.DataFrame({"person_days": [0], "n_events": [0], "n_persons": [0]})
     agg = agg[[*by, "n_persons", "person_days", "n_events"]]
+    agg[["n_persons", "person_days"]] = agg[["n_persons", "person_days"]].astype("int64")
     agg["person_years"] = agg["person_days"] / DAYS_PER_YEAR
     rate, lo, hi = rate_ci(agg["n_events"], agg["person_years"], 1000.0, settings.alpha)
     agg["incidence_per_1000py"] = rate
@@ -383,9 +610,9 @@ def incidence(cdm: Cdm, settings: IncidenceSettings, *, name: str = "incidence")
         dimensions=by,
         count_columns=["n_events", "n_persons"],
         exposure_columns=["person_years"],
-        margins=by,
+        margins=list(settings.by),
         # Years, age bands and sexes are rows only where enough persons had time at risk in them.
-        data_levels=by,
+        data_levels=list(settings.by),
         presence_counts=["n_persons"],
         distinct_counts=["n_persons"],
         rates={
@@ -393,12 +620,23 @@ def incidence(cdm: Cdm, settings: IncidenceSettings, *, name: str = "incidence")
         },
     )
     empty = fine.empty
-    return AnalysisResult(
-        "incidence",
-        {name: table},
-        empty=empty,
-        notes=[Note(NoteCode.NO_DENOMINATOR_AT_RISK)] if empty else [],
-    )
+    notes = [Note(NoteCode.NO_DENOMINATOR_AT_RISK)] if empty else []
+    if not settings.time_at_risk and settings.denominator_cohort_id is not None and short_follow_up(cdm, settings):
+        notes.append(Note(NoteCode.SHORT_FOLLOW_UP))
+    return AnalysisResult("incidence", {name: table}, empty=empty, notes=notes)
+
+
+def short_follow_up(cdm: Cdm, pop: _Population) -> bool:
+    """Whether the denominator's persons have under SHORT_FOLLOW_UP_DAYS days each on average (entries
+    within observation, after washout and the study window; before outcomes are looked at): a cohort
+    ending on its entry record's end date (one day for a diagnosis) gives almost no person-time. One bit,
+    from the persons and days of a whole cohort; no number leaves."""
+    params = {**_pop_params(pop),
+              "study_start": getattr(pop, "study_start", None) or dt.date(1000, 1, 1),
+              "study_end": getattr(pop, "study_end", None) or dt.date(9999, 12, 31)}
+    q = build(_follow_up_sql(pop), cdm)
+    persons, days = cdm.fetch_all(q, bound(q, params))[0]
+    return bool(persons) and int(days) < SHORT_FOLLOW_UP_DAYS * int(persons)
 
 
 # ------------------------------------------------------------------------------------------- prevalence

@@ -37,6 +37,7 @@ from scipy import stats
 
 from mercia import limits
 from mercia.analyses.notes import Note, NoteCode
+from mercia.analyses.population import population_table
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
 from mercia.cdm.query import bound, build, check_cohort_id, fetch_df, require_tables
@@ -285,8 +286,8 @@ def _needed(cdm: Cdm, pop: _Population, what: str) -> None:
 # -------------------------------------------------------------------------------------------- incidence
 
 
-def _incidence_sql(s: IncidenceSettings, count_persons: bool = True,
-                   level: Sequence[str] = FINEST) -> str:
+def _incidence_ctes(s: IncidenceSettings) -> str:
+    """The CTEs of the default time at risk (the denominator entries), up to `pieces`."""
     if s.repeated_events:
         counted = "ev.prev IS NULL OR DATE_DIFF('day', ev.prev, ev.x) > CAST($washout AS INTEGER)"
         tail = """
@@ -297,7 +298,6 @@ def _incidence_sql(s: IncidenceSettings, count_persons: bool = True,
     else:
         counted = "ev.prev IS NULL"
         tail = ""
-    persons = "COUNT(DISTINCT person_id) AS n_persons," if count_persons else ""
     return f"""
     WITH {_denominator_sql(s).strip()},
     ev AS (
@@ -344,7 +344,13 @@ def _incidence_sql(s: IncidenceSettings, count_persons: bool = True,
       SELECT x.person_id, x.gender, y.yr, x.age_k, x.b, x.has_event,
              GREATEST(x.a1, y.ys) AS a2, LEAST(x.b1, y.ye) AS b2
       FROM banded x JOIN yrs y ON y.ys <= x.b1 AND y.ye >= x.a1
-    )
+    )"""
+
+
+def _incidence_sql(s: IncidenceSettings, count_persons: bool = True,
+                   level: Sequence[str] = FINEST) -> str:
+    persons = "COUNT(DISTINCT person_id) AS n_persons," if count_persons else ""
+    return f"""{_incidence_ctes(s)}
     SELECT {"".join(c + ", " for c in level)}
            {persons}
            SUM(DATE_DIFF('day', a2, b2) + 1) AS person_days,
@@ -408,7 +414,7 @@ def _tar_den_sql(s: IncidenceSettings) -> str:
     den AS (SELECT person_id, tar_k, MIN(s) AS s, MAX(e) AS e FROM tar3 GROUP BY person_id, tar_k, g)"""
 
 
-def _tar_sql(s: IncidenceSettings, count_persons: bool, level: Sequence[str]) -> str:
+def _tar_ctes(s: IncidenceSettings) -> str:
     """Events, person-days (and persons) per window and cell of `level`, with CohortIncidence's outcome
     rules: an outcome entry makes the days from its start + 1 to its end + the clean window excluded
     (`repeated_events`), or every day after its start (first outcome only); overlapping exclusions
@@ -417,11 +423,6 @@ def _tar_sql(s: IncidenceSettings, count_persons: bool, level: Sequence[str]) ->
     excl_end = (
         "CAST(oe + CAST($clean AS INTEGER) AS DATE)" if s.repeated_events else "DATE '9999-12-31'"
     )
-    persons = "COUNT(DISTINCT person_id) AS n_persons," if count_persons else ""
-    lv = "".join(c + ", " for c in level)
-    ev_level = {"yr": "CAST(EXTRACT(YEAR FROM e.x) AS INTEGER) AS yr", "age_k": "pb.age_k",
-                "gender": "pb.gender"}
-    on = "".join(f" AND ec.{c} = pt.{c}" for c in level)
     return f"""
     WITH {_tar_den_sql(s).strip()},
     oc AS (
@@ -483,7 +484,16 @@ def _tar_sql(s: IncidenceSettings, count_persons: bool, level: Sequence[str]) ->
       SELECT x.person_id, x.tar_k, x.gender, y.yr, x.age_k,
              GREATEST(x.a1, y.ys) AS a2, LEAST(x.b1, y.ye) AS b2
       FROM banded x JOIN yrs y ON y.ys <= x.b1 AND y.ye >= x.a1
-    ),
+    )"""
+
+
+def _tar_sql(s: IncidenceSettings, count_persons: bool, level: Sequence[str]) -> str:
+    persons = "COUNT(DISTINCT person_id) AS n_persons," if count_persons else ""
+    lv = "".join(c + ", " for c in level)
+    ev_level = {"yr": "CAST(EXTRACT(YEAR FROM e.x) AS INTEGER) AS yr", "age_k": "pb.age_k",
+                "gender": "pb.gender"}
+    on = "".join(f" AND ec.{c} = pt.{c}" for c in level)
+    return f"""{_tar_ctes(s)},
     pt AS (
       SELECT tar_k, {lv} {persons} SUM(DATE_DIFF('day', a2, b2) + 1) AS person_days
       FROM pieces WHERE a2 <= b2 GROUP BY tar_k{"".join(", " + c for c in level)}
@@ -518,14 +528,11 @@ def _span_sql(pop: _Population) -> str:
     return f"WITH {_denominator_sql(pop).strip()} SELECT MIN(s), MAX(e) FROM den WHERE s <= e"
 
 
-def person_time(cdm: Cdm, settings: IncidenceSettings, *, count_persons: bool = True,
-                level: Sequence[str] = FINEST) -> pd.DataFrame:
-    """Events, person-days and persons per cell of `level` (some of yr, age_k, gender: calendar year, age
-    band index, gender concept; the finest level by default), computed in the database. Without
-    `count_persons` the n_persons column is left out: the distinct count costs more than the rest of the
-    query together."""
-    if not set(level) <= set(FINEST):
-        raise ValueError(f"level: {list(level)} is not a subset of {list(FINEST)}")
+_Values = dict[str, tuple[list[str], list[list[int]]]]
+
+
+def _plan(cdm: Cdm, settings: IncidenceSettings) -> tuple[dict[str, object], _Values, bool]:
+    """The parameters and VALUES lists of the incidence queries, and whether anyone has days."""
     _needed(cdm, settings, "incidence")
     check_cohort_id(settings.outcome_cohort_id, "outcome cohort id")
     params = {
@@ -535,25 +542,73 @@ def person_time(cdm: Cdm, settings: IncidenceSettings, *, count_persons: bool = 
         "study_end": settings.study_end or dt.date(9999, 12, 31),
     }
     tars = bool(settings.time_at_risk)
-    values: dict[str, tuple[list[str], list[list[int]]]] = {}
+    values: _Values = {}
     if tars:
         params["clean"] = settings.clean_window_days or 0
         values["tars"] = (["k", "sw", "so", "ew", "eo"], _tar_rows(settings))
     span_q = build(_tar_span_sql(settings) if tars else _span_sql(settings), cdm, dict(values))
     lo, hi = cdm.fetch_all(span_q, bound(span_q, params))[0]
+    years = [[y] for y in range(lo.year, hi.year + 1)] if lo is not None else [[2000]]
+    bands = _bands(settings, "age_group" in settings.by)
+    values |= {"years": (["yr"], years), "bands": (["k", "lo", "hi"], _band_rows(bands))}
+    return params, values, lo is not None
+
+
+def person_time(cdm: Cdm, settings: IncidenceSettings, *, count_persons: bool = True,
+                level: Sequence[str] = FINEST) -> pd.DataFrame:
+    """Events, person-days and persons per cell of `level` (some of yr, age_k, gender: calendar year, age
+    band index, gender concept; the finest level by default), computed in the database. Without
+    `count_persons` the n_persons column is left out: the distinct count costs more than the rest of the
+    query together. With time-at-risk windows a first column tar_k is the window's index."""
+    if not set(level) <= set(FINEST):
+        raise ValueError(f"level: {list(level)} is not a subset of {list(FINEST)}")
+    params, values, any_days = _plan(cdm, settings)
+    tars = bool(settings.time_at_risk)
     level = [c for c in FINEST if c in level]
     cols = [*(["tar_k"] if tars else []), *level, *(["n_persons"] if count_persons else []),
             "person_days", "n_events"]
-    if lo is None:
+    if not any_days:
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in cols})
-    years = [[y] for y in range(lo.year, hi.year + 1)]
-    bands = _bands(settings, "age_group" in settings.by)
-    values |= {"years": (["yr"], years), "bands": (["k", "lo", "hi"], _band_rows(bands))}
     sql = _tar_sql(settings, count_persons, level) if tars else _incidence_sql(settings, count_persons, level)
     df = fetch_df(cdm, build(sql, cdm, values), params)
     for c in cols:
         df[c] = df[c].astype("int64")
     return df[cols]
+
+
+def attrition_steps(settings: IncidenceSettings) -> list[str]:
+    """The population steps of an incidence analysis, in order (fixed words: the rules, not the data)."""
+    cohort = settings.denominator_cohort_id is not None
+    steps = ["persons in the denominator cohort", "entry in an observation period"] if cohort else ["persons observed"]
+    steps.append(("days in a time-at-risk window" if settings.time_at_risk else "days in an entry" if cohort
+                  else "observed days") + " after washout_days and in the study window")
+    if settings.repeated_events:
+        what = "an outcome's clean window" if settings.time_at_risk else "an outcome's washout"
+        steps.append(f"persons with every such day in {what} removed")
+    else:
+        steps.append("persons with the outcome before time at risk removed")
+    steps.append("time at risk in an age group")
+    return steps
+
+
+def attrition(cdm: Cdm, settings: IncidenceSettings) -> list[int]:
+    """Distinct persons left after each of `attrition_steps(settings)`, counted in the database (each
+    step's persons are a subset of the step before's)."""
+    params, values, _ = _plan(cdm, settings)
+    cohort = settings.denominator_cohort_id is not None
+    if settings.time_at_risk:
+        ctes, with_days, entered = _tar_ctes(settings), "SELECT person_id FROM den", "SELECT person_id FROM anchors"
+    else:
+        ctes = _incidence_ctes(settings)
+        with_days, entered = "SELECT person_id FROM den WHERE s <= e", "SELECT person_id FROM den"
+    first = ("SELECT subject_id AS person_id FROM cohort WHERE cohort_definition_id = $denominator_id" if cohort
+             else "SELECT person_id FROM observation_period")
+    parts = [first, *([entered] if cohort else []), with_days, "SELECT person_id FROM atrisk",
+             "SELECT person_id FROM pieces WHERE a2 <= b2"]
+    union = " UNION ALL ".join(f"SELECT {k} AS k, person_id FROM ({q}) q{k}" for k, q in enumerate(parts))
+    sql = f"{ctes} SELECT k, COUNT(DISTINCT person_id) AS n FROM ({union}) x GROUP BY k"
+    got = dict(cdm.fetch_all(q := build(sql, cdm, values), bound(q, params)))
+    return [int(got.get(k, 0)) for k in range(len(parts))]
 
 
 def incidence(cdm: Cdm, settings: IncidenceSettings, *, name: str = "incidence") -> AnalysisResult:
@@ -619,11 +674,12 @@ def incidence(cdm: Cdm, settings: IncidenceSettings, *, name: str = "incidence")
             "incidence_per_1000py": RateSpec(numerator="n_events", denominator="person_years", per=1000.0)
         },
     )
+    pop = population_table(f"{name}_attrition", attrition_steps(settings), {"persons": attrition(cdm, settings)})
     empty = fine.empty
     notes = [Note(NoteCode.NO_DENOMINATOR_AT_RISK)] if empty else []
     if not settings.time_at_risk and settings.denominator_cohort_id is not None and short_follow_up(cdm, settings):
         notes.append(Note(NoteCode.SHORT_FOLLOW_UP))
-    return AnalysisResult("incidence", {name: table}, empty=empty, notes=notes)
+    return AnalysisResult("incidence", {name: table, pop.name: pop}, empty=empty, notes=notes)
 
 
 def short_follow_up(cdm: Cdm, pop: _Population) -> bool:

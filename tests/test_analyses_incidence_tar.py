@@ -17,6 +17,8 @@ from mercia.analyses.incidence import (
     SHORT_FOLLOW_UP_DAYS,
     IncidenceSettings,
     TimeAtRisk,
+    attrition,
+    attrition_steps,
     incidence,
     person_time,
 )
@@ -38,7 +40,7 @@ def d(n: int) -> dt.date:
 # ------------------------------------------------------------------ the reference, one day at a time
 
 
-def reference(world: dict, s: IncidenceSettings) -> dict[tuple[int, int, int, int], list]:
+def reference(world: dict, s: IncidenceSettings, steps: dict | None = None) -> dict[tuple[int, int, int, int], list]:
     """(window, year, band, gender) -> [person_days, events, persons], from CohortIncidence's rules:
     a window is [anchor + offset, anchor + offset] of an entry whose start is in an observation period,
     its end cut at that period's end, kept only when it starts within the period and not after its end;
@@ -89,6 +91,10 @@ def reference(world: dict, s: IncidenceSettings) -> dict[tuple[int, int, int, in
         return False
 
     res: dict = defaultdict(lambda: [0, 0, set()])
+    if steps is not None:  # the persons after each population step
+        steps["entered"] = {e[0] for e in entries}
+        steps["with_days"] = {pid for (pid, _), ds in days.items() if ds}
+        steps["at_risk"] = {pid for (pid, _), ds in days.items() if any(not excluded(pid, t) for t in ds)}
     for (pid, k), ds in days.items():
         p = persons.loc[pid]
         dob = dt.date(int(p.year_of_birth), int(p.month_of_birth), int(p.day_of_birth))
@@ -105,7 +111,7 @@ def reference(world: dict, s: IncidenceSettings) -> dict[tuple[int, int, int, in
             cell[0] += 1
             cell[1] += int(t in starts)
             cell[2].add(pid)
-    return {key: [v[0], v[1], len(v[2])] for key, v in res.items()}
+    return {key: [v[0], v[1], len(v[2]), v[2]] for key, v in res.items()}
 
 
 def got(cdm: Cdm, s: IncidenceSettings) -> dict:
@@ -113,6 +119,10 @@ def got(cdm: Cdm, s: IncidenceSettings) -> dict:
     return {(int(r.tar_k), int(r.yr), int(r.age_k), int(r.gender)): [int(r.person_days), int(r.n_events),
                                                                      int(r.n_persons)]
             for r in df.itertuples()}
+
+
+def cells(ref: dict) -> dict:
+    return {k: v[:3] for k, v in ref.items()}
 
 
 @st.composite
@@ -173,9 +183,21 @@ def test_time_at_risk_equals_the_day_by_day_reference(world, tars, washout, repe
         clean_window_days=clean if repeated else None, denominator_cohort_id=denominator,
         study_start=study[0], study_end=study[1], time_at_risk=tars, age_groups=[(0, 17), (18, 19), (20, None)],
     )
+    steps: dict = {}
     with Cdm.open() as cdm:
         load(cdm, **world)
-        assert got(cdm, s) == reference(world, s)
+        ref = reference(world, s, steps)
+        assert got(cdm, s) == cells(ref)
+        counts = attrition(cdm, s)
+    # The population: persons entering, with days in a window, at risk, in an age group.
+    coh = world["cohorts"]
+    first = (set(coh.loc[coh["cohort_definition_id"] == 1, "subject_id"]) if denominator
+             else set(world["observation_periods"]["person_id"]))
+    in_cells = {pid for k, v in ref.items() for pid in v[3]}
+    want = [len(first), *([len(steps["entered"])] if denominator else []), len(steps["with_days"]),
+            len(steps["at_risk"]), len(in_cells)]
+    assert counts == want
+    assert len(counts) == len(attrition_steps(s))
 
 
 def test_time_at_risk_on_every_engine(cdm_factory):
@@ -203,7 +225,7 @@ def test_time_at_risk_on_every_engine(cdm_factory):
         age_groups=[(0, 17), (18, 19), (20, None)],
     )
     ref = reference(world, s)
-    assert got(load(cdm_factory(), **world), s) == ref
+    assert got(load(cdm_factory(), **world), s) == cells(ref)
     assert sum(v[1] for v in ref.values()) > 0
 
 

@@ -369,3 +369,25 @@ def test_the_demo_study_is_an_example() -> None:
     assert {a.type for a in pkg.analyses} >= {"compare_cohorts", "incidence", "kaplan_meier", "cox"}
     with pytest.raises(StudyError, match="no example study 'nope'"):
         example_package("nope")
+
+
+def test_each_analysis_states_its_population(study: dict[str, Any]) -> None:
+    """Issue 13: KM, Cox and incidence each release the persons after every rule that shaped their
+    population, through release() like any count, and the report prints a line per analysis."""
+    run = study["run"]
+    base, small = OPENSAFELY.rounding_base, OPENSAFELY.suppress_up_to
+    for name in ("inc_attrition", "km_attrition", "cox_attrition"):
+        t = run.tables[name].data
+        assert t["step"].iloc[0].startswith("1. persons in"), name
+        for col in [c for c in t.columns if c != "step"]:
+            for v in pd.to_numeric(t[col], errors="coerce").dropna():
+                assert v == 0 or (v > small and v % base == 0), f"{name}.{col} = {v}"
+    cox = run.tables["cox_attrition"].data
+    assert cox["step"].iloc[-1] == "4. persons in both target and comparator removed"
+    # Some persons have both hypertension and diabetes: the Cox arms lose them, and say so.
+    assert cox["n_target"].iloc[-1] < cox["n_target"].iloc[0]
+    html = (study["out"] / "report.html").read_text()
+    lines = re.findall(r'<p class="population">(.*?)</p>', html)
+    assert sum("persons in both target and comparator removed" in x for x in lines) == 2  # target, comparator
+    assert sum("persons in the denominator cohort" in x for x in lines) == 1
+    assert sum(x.startswith("Population (htn") for x in lines) == 1  # km: one line per target cohort

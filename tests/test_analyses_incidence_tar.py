@@ -378,3 +378,33 @@ def test_windows_are_a_dimension_of_the_released_table():
 def test_bad_windows_are_refused_with_one_line(kw, message):
     with pytest.raises((StudyError, ValueError), match=message):
         IncidenceSettings(outcome_cohort_id=3, **kw)
+
+
+# ------------------------------------------------------------------------------------ study packages
+
+
+def _package(settings: dict) -> dict:
+    c = {"name": "c", "concepts": {"c": {"name": "c", "conditions": ["pneumonia"]}}, "entry": [{"condition": "c"}]}
+    return {"name": "x", "cohorts": {"a": {"definition": c}, "o": {"definition": {**c, "name": "o"}}},
+            "analyses": [{"type": "incidence", "outcome": "o", "denominator": "a", "settings": settings}]}
+
+
+def test_packages_carry_windows_and_old_packages_keep_their_hash():
+    from mercia.study.package import StudyPackage
+
+    old = StudyPackage.from_dict(_package({"washout_days": 30}))
+    # Left at their defaults the new settings are not part of the package, so its hash is unchanged.
+    assert not {"time_at_risk", "clean_window_days"} & set(old.analyses[0].settings)
+    new = StudyPackage.from_dict(_package({"washout_days": 30, "repeated_events": True, "clean_window_days": 7,
+                                           "time_at_risk": [{"end_with": "start", "end_offset": 365}]}))
+    assert new.content_hash != old.content_hash
+    built = new.analyses[0].build(new.cohort_ids)
+    assert [t.label for t in built.time_at_risk] == ["start+0..start+365"] and built.clean_window_days == 7
+
+
+def test_bad_windows_in_a_package_are_one_line():
+    from mercia.errors import MerciaError
+    from mercia.study.package import StudyPackage
+
+    with pytest.raises(MerciaError, match=r"analyses\[0\]\.settings\.time_at_risk\[0\]\.start_with: .*'start' or 'end'"):
+        StudyPackage.from_dict(_package({"time_at_risk": [{"start_with": "middle"}]}))

@@ -111,3 +111,34 @@ def test_population_tables_are_released_like_any_count(cdm):
     assert strict["step"].tolist() == table.data["step"].tolist()
     assert strict[["n_target", "n_comparator"]].isna().all().all()
     assert np.array_equal(loose["step"], strict["step"])
+
+
+def test_the_report_prints_a_population_line_per_analysis_and_arm() -> None:
+    """From released tables only: the incidence table's one column, a KM table's column per target
+    (named by the package's cohort), and the cohort method's table per outcome; suppressed counts are
+    dashes."""
+    from mercia.analyses.population import population_table
+    from mercia.study.package import StudyPackage
+    from mercia.study.report import _Builder
+
+    c = {"name": "Hypertension", "concepts": {"c": {"name": "c", "conditions": ["hypertension"]}},
+         "entry": [{"condition": "c"}]}
+    pkg = StudyPackage.from_dict({"name": "x", "cohorts": {"htn": {"definition": c}},
+                                  "analyses": [{"type": "cohort_entries", "cohorts": ["htn"]}]})
+    cid = pkg.cohort_ids["htn"]
+    made = [
+        population_table("km_attrition", ["persons in the cohort", "first entry in an observation period"],
+                         {f"cohort_{cid}": [120, 3]}),
+        population_table("cm_attrition_gi_bleed", ["original cohorts", "removed persons in both cohorts"],
+                         {"n_target": [200, 150], "n_comparator": [300, 250]}),
+    ]
+    policy = DisclosurePolicy(name="p", threshold=5, rounding_base=1)
+    tables = {t.name: release(t, policy, log=DisclosureLog()) for t in made}
+    b = _Builder(pkg, tables, DisclosureLog(), policy, {})
+    km = b.population("km")
+    assert km.count('<p class="population">') == 1
+    assert "Population (htn (Hypertension)): persons in the cohort <b>120</b> → first entry in an observation period <b>—</b>" in km
+    cm = b.population("cm")
+    assert cm.count('<p class="population">') == 2
+    assert "Population (outcome gi_bleed, target): original cohorts <b>200</b> → removed persons in both cohorts <b>150</b>" in cm
+    assert b.population("other") == ""

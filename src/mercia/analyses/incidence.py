@@ -604,7 +604,7 @@ def attrition(cdm: Cdm, settings: IncidenceSettings) -> list[int]:
     first = ("SELECT subject_id AS person_id FROM cohort WHERE cohort_definition_id = $denominator_id" if cohort
              else "SELECT person_id FROM observation_period")
     parts = [first, *([entered] if cohort else []), with_days, "SELECT person_id FROM atrisk",
-             "SELECT person_id FROM pieces WHERE a2 <= b2"]
+             "SELECT person_id FROM banded WHERE a1 <= b1"]
     union = " UNION ALL ".join(f"SELECT {k} AS k, person_id FROM ({q}) q{k}" for k, q in enumerate(parts))
     sql = f"{ctes} SELECT k, COUNT(DISTINCT person_id) AS n FROM ({union}) x GROUP BY k"
     got = dict(cdm.fetch_all(q := build(sql, cdm, values), bound(q, params)))

@@ -12,7 +12,6 @@ import pytest
 
 from mercia.analyses.incidence import IncidenceSettings, incidence
 from mercia.analyses.survival import CoxSettings, SurvivalSettings, cox_data, cox_model, kaplan_meier
-from mercia.cdm import Cdm
 from mercia.disclosure import OPENSAFELY, DisclosureLog, DisclosurePolicy, release
 from test_analyses_support import FEMALE, MALE, load
 
@@ -52,9 +51,8 @@ def steps(table) -> list[tuple]:
 
 
 @pytest.fixture
-def cdm():
-    with Cdm.open() as c:
-        yield load(c, **world())
+def cdm(cdm_factory):
+    return load(cdm_factory(), **world())
 
 
 def test_kaplan_meier_population(cdm):

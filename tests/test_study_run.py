@@ -50,6 +50,9 @@ STUDY: dict[str, Any] = {
         {"type": "characterization", "name": "empty_table1", "cohorts": ["nobody"]},
         {"type": "incidence", "name": "inc", "outcome": "pneumonia", "denominator": "htn",
          "settings": {"by": ["age_group", "calendar_year"]}},
+        {"type": "incidence", "name": "inc_tar", "outcome": "pneumonia", "denominator": "htn",
+         "settings": {"by": ["sex"], "time_at_risk": [{"end_with": "start", "end_offset": 365},
+                                                       {"start_offset": 366, "end_with": "start", "end_offset": 1095}]}},
         {"type": "prevalence", "name": "prev", "outcome": "t2d", "settings": {"points": ["2020-01-01"]}},
         {"type": "cohort_entries", "name": "entries", "cohorts": ["htn", "t2d"]},
         {"type": "kaplan_meier", "name": "km", "targets": ["htn", "t2d"], "outcome": "pneumonia"},
@@ -389,5 +392,10 @@ def test_each_analysis_states_its_population(study: dict[str, Any]) -> None:
     html = (study["out"] / "report.html").read_text()
     lines = re.findall(r'<p class="population">(.*?)</p>', html)
     assert sum("persons in both target and comparator removed" in x for x in lines) == 2  # target, comparator
-    assert sum("persons in the denominator cohort" in x for x in lines) == 1
+    assert sum("persons in the denominator cohort" in x for x in lines) == 2
+    # Windows are a dimension of the released table and of the report's table, never totalled over.
+    tar = run.tables["inc_tar"].data
+    assert set(tar["tar"]) == {"start+0..start+365", "start+366..start+1095"} and "Total" in set(tar["sex"])
+    section = html[html.index("<h3>inc_tar</h3>"):]
+    assert "<th>tar</th>" in section[:section.index("</table>")]
     assert sum(x.startswith("Population (htn") for x in lines) == 1  # km: one line per target cohort

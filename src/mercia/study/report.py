@@ -605,7 +605,8 @@ def render_report(
                 if s:
                     sections["smd"].append(s)
         elif a.type == "incidence":
-            sections["incidence"].append(b.incidence(p, list(a.settings["by"]), float(a.settings["alpha"])))
+            tar = ["tar"] if a.settings.get("time_at_risk") else []  # a dimension: one level per window
+            sections["incidence"].append(b.incidence(p, [*tar, *a.settings["by"]], float(a.settings["alpha"])))
         elif a.type == "prevalence":
             d = b.data(p)
             if d is not None and len(d):

@@ -15,6 +15,16 @@ Rates are per 1,000 person-years (365.25 days) with exact Poisson 95% CIs. Time 
 every age group is not counted. Denominator periods of one person are assumed not to overlap (as
 observation periods and collapsed cohort eras do not).
 
+Time at risk (`time_at_risk`, OHDSI CohortIncidence's rules, see `_tar_den_sql` and `_tar_ctes`):
+instead of the entries themselves, windows anchored on each entry's start or end with day offsets,
+cut at the end of the observation period the entry starts in, a person's overlapping windows merged;
+an outcome entry excludes the days from its start + 1 to its end + `clean_window_days` (with
+`repeated_events`) or every later day (first outcome only); an event is an outcome start on a day at
+risk. Each window is a level of the table's `tar` dimension.
+
+Every incidence result also carries its population (`{name}_attrition`: persons after each rule) and,
+without windows, a note when the denominator's follow-up averages under 30 days per person.
+
 Prevalence. For each point date (or interval [start, end]) the denominator is the persons in the
 denominator population on that date (at any time in the interval) with `washout_days` of prior
 observation; a case is one with an outcome cohort entry that overlaps [start - lookback_days, end].
@@ -614,11 +624,12 @@ def attrition(cdm: Cdm, settings: IncidenceSettings) -> list[int]:
 def incidence(cdm: Cdm, settings: IncidenceSettings, *, name: str = "incidence") -> AnalysisResult:
     """Incidence rates per 1,000 person-years by the `by` dimensions.
 
-    Table `{name}` (rates): dimensions `by`, count columns n_events and n_persons (distinct persons with
+    Table `{name}` (rates): dimensions `tar` (with time-at-risk windows) and `by`, count columns n_events and n_persons (distinct persons with
     time at risk in the cell, released in interior cells only: they do not add up), exposure
     person_years, derived rate `incidence_per_1000py` (recomputed by release() from released values,
     with totals over every dimension); site-side columns person_days, rate, ci_lower, ci_upper. A cell
-    is a row only when its persons count is released (row presence: see ResultTable).
+    is a row only when its persons count is released (row presence: see ResultTable). Table
+    `{name}_attrition` (counts, sequential): persons after each of `attrition_steps(settings)`.
     """
     # Persons are counted in each cell, in the database at the table's own level: a row exists only
     # where someone had time at risk, so it is released only where enough persons did (data_levels,

@@ -301,7 +301,9 @@ def kaplan_meier(
 
     Tables: `{name}` (survival: cohort_id, time, n_at_risk, n_events, n_censored, and the site-side
     estimate/ci_lower/ci_upper, which release() recomputes from released counts) and `{name}_summary`
-    (counts: persons and events per cohort; median and CI as site-side columns).
+    (counts: persons and events per cohort; median and CI as site-side columns), and `{name}_attrition`
+    (counts, sequential: persons per target cohort, column `cohort_<id>`, after each rule of
+    `tte_attrition`).
     """
     counts = time_to_event_counts(cdm, target_cohort_ids, outcome_cohort_id, settings)
     frames, summary = [], []
@@ -760,7 +762,8 @@ def cox_model(
     and n_events_nonzero per term, and `min_level_count`, the model's sparsest level (see
     `mercia.disclosure.model_support`) on every row, so release() withholds every term of a model
     resting on a small level) and `{name}_ph_test` (model: Schoenfeld test per term, with the same
-    count columns, so it withholds exactly what the model table withholds).
+    count columns, so it withholds exactly what the model table withholds), and `{name}_attrition`
+    (counts, sequential: n_target and n_comparator after each rule, the last removing persons in both).
     """
     settings = settings or CoxSettings()
     data = cox_data(cdm, target_cohort_id, comparator_cohort_id, outcome_cohort_id, settings)

@@ -373,6 +373,7 @@ def test_windows_are_a_dimension_of_the_released_table():
     ({"time_at_risk": [{"start_with": "middle"}]}, "start_with"),
     ({"time_at_risk": [{}, {}]}, "repeats a window"),
     ({"clean_window_days": 30}, "clean_window_days applies"),
+    ({"time_at_risk": [{"end_offset": k} for k in range(21)]}, "at most 20"),
     ({"clean_window_days": 30, "time_at_risk": [{}]}, "clean_window_days applies"),
 ])
 def test_bad_windows_are_refused_with_one_line(kw, message):

@@ -176,6 +176,7 @@ class TimeAtRisk(BaseModel):
         return f"{self.start_with}{self.start_offset:+d}..{self.end_with}{self.end_offset:+d}"
 
 
+MAX_WINDOWS = 20  # time-at-risk windows per analysis
 # The mean follow-up per person in the denominator below which `incidence` warns (SHORT_FOLLOW_UP).
 SHORT_FOLLOW_UP_DAYS = 30
 
@@ -184,7 +185,8 @@ class IncidenceSettings(_Population):
     outcome_cohort_id: int = Field(le=limits.MAX_INT32)  # check_cohort_id refuses negatives
     repeated_events: bool = False
     time_at_risk: list[TimeAtRisk] = Field(
-        default_factory=list, max_length=limits.MAX_LIST,
+        # Each window is a pass over every denominator entry: a handful, not MAX_LIST.
+        default_factory=list, max_length=MAX_WINDOWS,
         description="CohortIncidence time-at-risk windows, each a level of the `tar` dimension; "
         "empty: the denominator entries themselves (cohort start to cohort end), no `tar` dimension",
     )

@@ -407,5 +407,5 @@ def test_bad_windows_in_a_package_are_one_line():
     from mercia.errors import MerciaError
     from mercia.study.package import StudyPackage
 
-    with pytest.raises(MerciaError, match=r"analyses\[0\]\.settings\.time_at_risk\[0\]\.start_with: .*'start' or 'end'"):
+    with pytest.raises(MerciaError, match=r"analyses\[0\]\.settings\.time_at_risk\[0\]\.start_with: 'middle' is not allowed \(allowed: start, end\)"):
         StudyPackage.from_dict(_package({"time_at_risk": [{"start_with": "middle"}]}))

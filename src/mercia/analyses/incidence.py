@@ -53,6 +53,7 @@ from mercia.cdm import Cdm
 from mercia.cdm.query import bound, build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import RateSpec, ResultTable
 from mercia.errors import StudyError
+from mercia.model_doc import field_docs
 
 DAYS_PER_YEAR = 365.25
 # The finest cells person-time is computed in: calendar year, age band index, gender concept.
@@ -116,17 +117,24 @@ def sex_label(gender_concept_id: object) -> str:
 
 
 class _Population(BaseModel):
+    """Who is in the denominator: a cohort's entries or everyone observed, after a washout, by age."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     denominator_cohort_id: int | None = Field(
         None, le=limits.MAX_INT32,
-        description="target cohort whose entries are the denominator; None: the observed population",
+        description="cohort whose entries (within observation) are the denominator; None: the observed "
+        "population (every observation period)",
     )
     washout_days: int = Field(
-        0, ge=0, le=limits.MAX_DAYS, description="days of (clean) prior history required"
+        0, ge=0, le=limits.MAX_DAYS,
+        description="days of prior observation a day needs to count (incidence: at risk; prevalence: in the "
+        "denominator); with repeated_events, also the days after an outcome before time is at risk again",
     )
     age_groups: list[tuple[_Age, _Age | None]] = Field(
-        default_factory=lambda: list(DEFAULT_AGE_GROUPS), max_length=limits.MAX_LIST
+        default_factory=lambda: list(DEFAULT_AGE_GROUPS), max_length=limits.MAX_LIST,
+        description="age bands as [lower, upper] in whole years, both inclusive, upper None for no upper "
+        "limit; at least one, none overlapping. Time (or persons) at ages in no band is not counted",
     )
 
     @field_validator("age_groups")
@@ -148,6 +156,7 @@ Anchor = Literal["start", "end"]
 _Offset = Annotated[int, Field(ge=-limits.MAX_DAYS, le=limits.MAX_DAYS)]
 
 
+@field_docs
 class TimeAtRisk(BaseModel):
     """A time-at-risk window as OHDSI CohortIncidence defines it: from the denominator entry's start or
     end plus `start_offset` days to its start or end plus `end_offset` days, both days included. The
@@ -157,10 +166,15 @@ class TimeAtRisk(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    start_with: Anchor = Field("start", description="'start' or 'end' of the denominator entry")
-    start_offset: _Offset = Field(0, description="days added to the start anchor")
-    end_with: Anchor = Field("end", description="'start' or 'end' of the denominator entry")
-    end_offset: _Offset = Field(0, description="days added to the end anchor")
+    start_with: Anchor = Field(
+        "start", description="the window's first day is counted from the denominator entry's start or end"
+    )
+    start_offset: _Offset = Field(0, description="days added to start_with's date (may be negative)")
+    end_with: Anchor = Field(
+        "end", description="the window's last day is counted from the denominator entry's start or end (cut "
+        "at the end of the observation period the entry starts in)"
+    )
+    end_offset: _Offset = Field(0, description="days added to end_with's date (may be negative)")
 
     @model_validator(mode="after")
     def _check(self) -> TimeAtRisk:
@@ -181,26 +195,44 @@ MAX_WINDOWS = 20  # time-at-risk windows per analysis
 SHORT_FOLLOW_UP_DAYS = 30
 
 
+@field_docs
 class IncidenceSettings(_Population):
-    outcome_cohort_id: int = Field(le=limits.MAX_INT32)  # check_cohort_id refuses negatives
-    repeated_events: bool = False
+    """Incidence rates: events (outcome cohort starts on days at risk) per 1,000 person-years."""
+
+    outcome_cohort_id: int = Field(  # check_cohort_id refuses negatives
+        le=limits.MAX_INT32, description="cohort whose entries' start dates are the events"
+    )
+    repeated_events: bool = Field(
+        False,
+        description="count every outcome (time at risk resumes after each outcome's washout_days, or with "
+        "time_at_risk its clean window); false: first events only (no time at risk after a person's first "
+        "outcome, none for a person with an outcome before their denominator time or window)",
+    )
     time_at_risk: list[TimeAtRisk] = Field(
         # Each window is a pass over every denominator entry: a handful, not MAX_LIST.
         default_factory=list, max_length=MAX_WINDOWS,
-        description="CohortIncidence time-at-risk windows, each a level of the `tar` dimension; "
-        "empty: the denominator entries themselves (cohort start to cohort end), no `tar` dimension",
+        description="OHDSI CohortIncidence time-at-risk windows (at most 20), each a level of the rates' `tar` "
+        "dimension; empty: each denominator entry from cohort start to cohort end, no `tar` dimension",
     )
     clean_window_days: int | None = Field(
         None, ge=0, le=limits.MAX_DAYS,
-        description="with time_at_risk and repeated_events: days after an outcome's end before the "
-        "person is at risk again (CohortIncidence's clean window; default 0)",
+        description="with time_at_risk and repeated_events: an outcome entry takes the days from its start + 1 "
+        "to its end + this many days out of the time at risk (CohortIncidence's clean window); None: 0",
     )
-    study_start: dt.date | None = None
-    study_end: dt.date | None = None
+    study_start: dt.date | None = Field(
+        None, description="first date counted (YYYY-MM-DD); None: no limit"
+    )
+    study_end: dt.date | None = Field(
+        None, description="last date counted (YYYY-MM-DD), not before study_start; None: no limit"
+    )
     by: list[Dimension] = Field(
-        default_factory=lambda: ["age_group", "sex", "calendar_year"], max_length=limits.MAX_LIST
+        default_factory=lambda: ["age_group", "sex", "calendar_year"], max_length=limits.MAX_LIST,
+        description="dimensions the rates are split by, each at most once (person-time is cut at birthdays "
+        "and year ends), with totals over each; empty: one overall rate",
     )
-    alpha: float = Field(0.05, gt=0, lt=1)
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="1 - confidence level of the exact Poisson intervals: 0.05 gives 95%"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> IncidenceSettings:
@@ -219,20 +251,35 @@ class IncidenceSettings(_Population):
         return self
 
 
+@field_docs
 class PrevalenceSettings(_Population):
-    outcome_cohort_id: int = Field(le=limits.MAX_INT32)  # check_cohort_id refuses negatives
+    """Point and period prevalence: the share of the denominator with an outcome entry at the time."""
+
+    outcome_cohort_id: int = Field(  # check_cohort_id refuses negatives
+        le=limits.MAX_INT32, description="cohort whose entries make a person a case"
+    )
     points: list[dt.date] = Field(
-        default_factory=list, max_length=limits.MAX_LIST, description="point prevalence dates"
+        default_factory=list, max_length=limits.MAX_LIST,
+        description="dates of point prevalence (YYYY-MM-DD): persons in the denominator on the date, cases "
+        "those with an outcome entry covering it",
     )
     intervals: list[tuple[dt.date, dt.date]] = Field(
-        default_factory=list, max_length=limits.MAX_LIST, description="period prevalence")
+        default_factory=list, max_length=limits.MAX_LIST,
+        description="[start, end] date pairs of period prevalence: persons in the denominator at any time in "
+        "the interval, cases those with an outcome entry overlapping it. Give points, intervals or both",
+    )
     lookback_days: int = Field(
-        0, ge=0, le=limits.MAX_DAYS, description="an outcome entry ending this many days before counts"
+        0, ge=0, le=limits.MAX_DAYS,
+        description="an outcome entry ending up to this many days before the date (interval start) still "
+        "makes a case",
     )
     by: list[Literal["age_group", "sex"]] = Field(
-        default_factory=lambda: ["age_group", "sex"], max_length=limits.MAX_LIST
+        default_factory=lambda: ["age_group", "sex"], max_length=limits.MAX_LIST,
+        description="dimensions each period is split by (age at the date or interval start), with totals",
     )
-    alpha: float = Field(0.05, gt=0, lt=1)
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="1 - confidence level of the Wilson score intervals: 0.05 gives 95%"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PrevalenceSettings:

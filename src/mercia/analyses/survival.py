@@ -37,23 +37,36 @@ from mercia.cdm.query import DOMAINS, build, check_cohort_id, fetch_df, require_
 from mercia.disclosure import ModelInfo, ResultTable
 from mercia.disclosure.model_support import support_count
 from mercia.errors import StudyError
+from mercia.model_doc import field_docs
 
 Z95 = float(stats.norm.ppf(0.975))
 MALE = 8507
 
 
+@field_docs
 class SurvivalSettings(BaseModel):
     """Time at risk and censoring, in days relative to index (the target cohort start)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tar_start: int = Field(0, ge=0, le=limits.MAX_DAYS, description="first day at risk, days after index")
-    tar_end: int | None = Field(
-        None, ge=0, le=limits.MAX_DAYS, description="last day at risk, days after index (None: no cap)"
+    tar_start: int = Field(
+        0, ge=0, le=limits.MAX_DAYS,
+        description="first day at risk, in days after index (0: the index day); an outcome before it is no event",
     )
-    censor_at: Literal["observation_end", "cohort_end"] = "observation_end"
-    censor_at_death: bool = True
-    first_entry_only: bool = Field(True, description="each person's first cohort entry only")
+    tar_end: int | None = Field(
+        None, ge=0, le=limits.MAX_DAYS,
+        description="last day at risk, in days after index, not before tar_start; None: no cap (follow-up "
+        "ends only by censoring)",
+    )
+    censor_at: Literal["observation_end", "cohort_end"] = Field(
+        "observation_end",
+        description="when follow-up ends: observation_end (the end of the observation period holding index; "
+        "intention to treat) or cohort_end (the target cohort entry's end as well: on treatment)",
+    )
+    censor_at_death: bool = Field(True, description="follow-up also ends at death (the death table)")
+    first_entry_only: bool = Field(
+        True, description="each person's first cohort entry only; false: every entry is followed"
+    )
     exclude_prior_outcome: bool = Field(
         False, description="drop persons with an outcome cohort start before index + tar_start"
     )
@@ -68,22 +81,33 @@ class SurvivalSettings(BaseModel):
         return self
 
 
+@field_docs
 class CovariateSpec(BaseModel):
     """A 0/1 covariate: any record of the concepts (and their descendants) in a window before index."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, max_length=limits.MAX_NAME)
-    concept_ids: list[Annotated[int, Field(ge=limits.MIN_INT64, le=limits.MAX_INT64)]] = Field(
-        min_length=1, max_length=limits.MAX_CONCEPT_SET_ITEMS
+    name: str = Field(
+        min_length=1, max_length=limits.MAX_NAME,
+        description="the model term's name; distinct, and not treatment, age or male",
     )
-    domain: Literal["condition", "drug", "procedure", "measurement", "observation"] = "condition"
-    include_descendants: bool = True
+    concept_ids: list[Annotated[int, Field(ge=limits.MIN_INT64, le=limits.MAX_INT64)]] = Field(
+        min_length=1, max_length=limits.MAX_CONCEPT_SET_ITEMS,
+        description="OMOP concept ids; a record of any of them makes the covariate 1",
+    )
+    domain: Literal["condition", "drug", "procedure", "measurement", "observation"] = Field(
+        "condition", description="the table the records are read from (its concept id and start date)"
+    )
+    include_descendants: bool = Field(
+        True, description="the concepts' descendants (concept_ancestor) count too"
+    )
     window_start: int = Field(
-        -365, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS, description="days relative to index, inclusive"
+        -365, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS,
+        description="first day of the window, relative to index (negative: before), inclusive",
     )
     window_end: int = Field(
-        0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS, description="days relative to index, inclusive"
+        0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS,
+        description="last day of the window, relative to index, inclusive; not before window_start",
     )
 
     @model_validator(mode="after")
@@ -93,16 +117,31 @@ class CovariateSpec(BaseModel):
         return self
 
 
+@field_docs
 class CoxSettings(BaseModel):
+    """A Cox model of target vs comparator (persons in both are dropped): its time at risk, its
+    adjustment (age, sex, named covariates) and how it is fitted and checked."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    survival: SurvivalSettings = SurvivalSettings()
-    age: bool = True
-    sex: bool = True
-    covariates: list[CovariateSpec] = Field(default_factory=list, max_length=limits.MAX_LIST)
-    ph_test: bool = True
-    ties: Literal["efron", "breslow"] = "efron"
-    alpha: float = Field(0.05, gt=0, lt=1)
+    survival: SurvivalSettings = Field(
+        SurvivalSettings(), description="time at risk and censoring, as for `kaplan_meier`"
+    )
+    age: bool = Field(True, description="adjust for age at index (years: index year - year of birth), linear")
+    sex: bool = Field(True, description="adjust for sex (term `male`: 1 for gender concept 8507)")
+    covariates: list[CovariateSpec] = Field(
+        default_factory=list, max_length=limits.MAX_LIST,
+        description="further 0/1 covariates, each a term of the model",
+    )
+    ph_test: bool = Field(
+        True,
+        description="also test proportional hazards per term (Grambsch-Therneau, on scaled Schoenfeld "
+        "residuals against the rank of time), table `<name>_ph_test`",
+    )
+    ties: Literal["efron", "breslow"] = Field("efron", description="how tied event times are handled")
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="1 - confidence level of the hazard ratios' intervals: 0.05 gives 95%"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CoxSettings:

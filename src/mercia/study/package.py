@@ -177,9 +177,14 @@ class IncidenceAnalysis(_Analysis):
     def _settings(cls, v: dict[str, Any]) -> dict[str, Any]:
         _no_ids(v, "incidence", {"outcome_cohort_id": "outcome", "denominator_cohort_id": "denominator"})
         # Validated (and defaults filled in) with placeholder ids; the real ids come at run time.
-        return IncidenceSettings(**v, outcome_cohort_id=0).model_dump(
+        out = IncidenceSettings(**v, outcome_cohort_id=0).model_dump(
             mode="json", exclude={"outcome_cohort_id", "denominator_cohort_id"}
         )
+        # Settings added later are left out at their defaults, so an approved package keeps its hash.
+        for k, default in (("time_at_risk", []), ("clean_window_days", None)):
+            if out[k] == default:
+                del out[k]
+        return out
 
     def cohorts_used(self) -> list[str]:
         return [self.outcome, *([self.denominator] if self.denominator else [])]

@@ -726,6 +726,30 @@ class _Builder:
             ],
         }
 
+    # ---- population ----------------------------------------------------------------------------------
+    def population(self, prefix: str) -> str:
+        """One line per count column of the analysis's released attrition table(s) (`{prefix}_attrition`,
+        or one per outcome, `{prefix}_attrition_{outcome}`): each rule that shaped the population and
+        the persons left after it; suppressed counts show as an em dash."""
+        own = f"{prefix}_attrition"
+        lines = []
+        for name in sorted(n for n in self.tables if n == own or n.startswith(own + "_")):
+            df = self.data(name)
+            if df is None or "step" not in df.columns or df.empty:
+                continue
+            outcome = name[len(own) + 1:]
+            for col in [c for c in df.columns if c != "step"]:
+                who = {"persons": "", "n_target": "target", "n_comparator": "comparator"}.get(
+                    col, self.label(col.removeprefix("cohort_")))
+                where = ", ".join(x for x in (f"outcome {outcome}" if outcome else "", who) if x)
+                chain = " → ".join(
+                    f"{html.escape(str(step).split('. ', 1)[-1])} <b>{html.escape(_fmt(v))}</b>"
+                    for step, v in zip(df["step"], df[col], strict=True)
+                )
+                lines.append(f'<p class="population">Population{" (" + html.escape(where) + ")" if where else ""}: '
+                             f"{chain}</p>")
+        return "".join(lines)
+
     # ---- disclosure ----------------------------------------------------------------------------------
     def disclosure(self) -> str:
         summ = self.log.summary(public=True)  # private entries (dropped rows) are not counted either
@@ -777,7 +801,8 @@ def render_report(
                 if s:
                     sections["smd"].append(s)
         elif a.type == "incidence":
-            sections["incidence"].append(b.incidence(p, list(a.settings["by"]), float(a.settings["alpha"])))
+            tar = ["tar"] if a.settings.get("time_at_risk") else []  # a dimension: one level per window
+            sections["incidence"].append(b.incidence(p, [*tar, *a.settings["by"]], float(a.settings["alpha"])))
         elif a.type == "prevalence":
             d = b.data(p)
             if d is not None and len(d):
@@ -798,6 +823,8 @@ def render_report(
             )
         elif a.type == "cohort_entries":
             sections["other"].append({"title": p, "table": _table_html(b.with_cohort_names(b.data(p)))})
+    # One block per analysis: the rules that shaped its population, from its released attrition table.
+    populations = {a.table_prefix(): b.population(a.table_prefix()) for a in pkg.analyses}
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("mercia.study", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
@@ -823,6 +850,7 @@ def render_report(
         cohorts=cohort_section,
         notes={where: [n["text"] for n in items] for where, items in manifest.get("notes", {}).items()},
         sections=sections,
+        populations=populations,
         disclosure=b.disclosure(),
         versions=manifest.get("versions", {}),
     )

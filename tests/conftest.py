@@ -103,6 +103,43 @@ def eunomia_dir() -> Path:
     return EUNOMIA
 
 
+# ---- Chromium (browser tests) ---------------------------------------------------------------------
+CHROMIUM = Path(os.environ.get("MERCIA_TEST_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+def _no_browser(why: str) -> None:
+    """Skip loudly, or fail in CI where a skip would hide a gap (as the PostgreSQL tests do)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{why} but CI=true: the browser tests must run in CI (.ci/run installs Chromium)")
+    pytest.skip(f"BROWSER TESTS NOT RUN: {why}")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[object]:
+    """Debian's Chromium driven by Playwright (never Playwright's own browser download)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _no_browser("playwright is not installed (pip install playwright)")
+    if not CHROMIUM.is_file():
+        _no_browser(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set MERCIA_TEST_CHROMIUM)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests keep what a person should look at (screenshots): $MERCIA_TEST_ARTIFACTS, or
+    tests/artifacts/ (git-ignored)."""
+    folder = Path(os.environ.get("MERCIA_TEST_ARTIFACTS") or Path(__file__).parent / "artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 # ---- suite-wide switches ---------------------------------------------------------------------------
 # In CI every generative test draws the same examples (a red CI must be reproducible, and a green one
 # must not depend on luck); developers keep hypothesis' random exploration.

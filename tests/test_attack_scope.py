@@ -247,6 +247,7 @@ def test_every_node_route_checks_role_and_project(fed: Federation) -> None:
         ("POST", f"{API}/studies/{{content_hash}}/rounds"): {"analysis": "cox_adjusted", "model": "cox",
                                                             "beta": [0.0]},
         ("POST", f"{API}/feasibility"): {"definition": definition, "project": PROJECT},
+        ("POST", f"{API}/concepts/count"): {"concept_id": 201826, "project": PROJECT},
     }
     allowed = {  # the roles each route serves (in the caller's projects)
         ("POST", f"{API}/studies"): {"hub"},
@@ -257,6 +258,7 @@ def test_every_node_route_checks_role_and_project(fed: Federation) -> None:
         ("GET", f"{API}/studies/{{content_hash}}/results"): {"hub"},
         ("POST", f"{API}/studies/{{content_hash}}/rounds"): {"hub"},
         ("POST", f"{API}/feasibility"): {"hub", "researcher"},
+        ("POST", f"{API}/concepts/count"): {"hub", "researcher"},
     }
     assert node_routes(node) == set(allowed), "a route was added: say here who may call it"
     decisions = {"approve", "reject"}

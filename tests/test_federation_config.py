@@ -43,8 +43,8 @@ def test_unknown_key_and_missing_fields_are_named(tmp_path: Path, load, kind: st
     (tmp_path / "c.yaml").write_text("state_dir: s\ntokens: t.json\nsurprise: 1\n")
     with pytest.raises(ConfigError, match=f"{kind} .*") as e:
         load(tmp_path / "c.yaml")
-    assert "surprise: Extra inputs are not permitted" in str(e.value)
-    assert "Field required" in str(e.value)
+    assert "surprise: unknown field (check the spelling against the reference)" in str(e.value)
+    assert ": required, missing" in str(e.value)
 
 
 def test_relative_paths_are_read_from_the_files_folder(tmp_path: Path) -> None:
@@ -53,3 +53,18 @@ def test_relative_paths_are_read_from_the_files_folder(tmp_path: Path) -> None:
     cfg = load_hub_config(tmp_path / "hub.yaml")
     assert cfg.state_dir == tmp_path.resolve() / "state"
     assert cfg.tls is not None and cfg.tls.cert == tmp_path.resolve() / "c.crt"
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected", "absent"),
+    [("opensafe", "policy: 'opensafe' is not allowed (allowed: opensafely, sacro)", "DisclosurePolicy"),
+     ("{threshold: x}", "policy.threshold: Input should be a valid integer", "literal[")],
+    ids=["a misspelt name", "a mapping"],
+)
+def test_a_policy_error_names_the_branch_meant(tmp_path: Path, policy: str, expected: str, absent: str) -> None:
+    (tmp_path / "node.yaml").write_text(f"site: s\ncdm: x.duckdb\nstate_dir: st\nhub_public_key: k.pem\n"
+                                        f"tokens: t.json\npolicy: {policy}\n")
+    with pytest.raises(ConfigError) as e:
+        load_node_config(tmp_path / "node.yaml")
+    assert expected in str(e.value)
+    assert absent not in str(e.value) and "function-after" not in str(e.value)

@@ -50,6 +50,9 @@ STUDY: dict[str, Any] = {
         {"type": "characterization", "name": "empty_table1", "cohorts": ["nobody"]},
         {"type": "incidence", "name": "inc", "outcome": "pneumonia", "denominator": "htn",
          "settings": {"by": ["age_group", "calendar_year"]}},
+        {"type": "incidence", "name": "inc_tar", "outcome": "pneumonia", "denominator": "htn",
+         "settings": {"by": ["sex"], "time_at_risk": [{"end_with": "start", "end_offset": 365},
+                                                       {"start_offset": 366, "end_with": "start", "end_offset": 1095}]}},
         {"type": "prevalence", "name": "prev", "outcome": "t2d", "settings": {"points": ["2020-01-01"]}},
         {"type": "cohort_entries", "name": "entries", "cohorts": ["htn", "t2d"]},
         {"type": "kaplan_meier", "name": "km", "targets": ["htn", "t2d"], "outcome": "pneumonia"},
@@ -270,12 +273,12 @@ def test_report_km_median_from_the_released_curve(study: dict[str, Any]) -> None
     cid = study["pkg"].cohort_ids["htn"]
     g = curve[curve["cohort_id"] == cid][["time", "n_at_risk", "n_events", "n_censored"]].astype(float)
     med, lo, hi = median_survival(km_estimates(g, 0.05))
-    from mercia.study.report import _fmt
+    from mercia.study.report import median_text
 
     row = re.search(r"<tr><td>htn \(Hypertension\)</td>(.*?)</tr>", html.split("median (days)")[1])
     assert row is not None
-    cells = re.findall(r"<td>(.*?)</td>", row.group(1))
-    assert cells[-3:] == [_fmt(med, 0), _fmt(lo, 0), _fmt(hi, 0)]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))
+    assert cells[-3:] == [median_text(med), median_text(lo), median_text(hi)]
 
 
 def test_report_holds_no_person_ids(study: dict[str, Any], site: Cdm) -> None:
@@ -369,3 +372,30 @@ def test_the_demo_study_is_an_example() -> None:
     assert {a.type for a in pkg.analyses} >= {"compare_cohorts", "incidence", "kaplan_meier", "cox"}
     with pytest.raises(StudyError, match="no example study 'nope'"):
         example_package("nope")
+
+
+def test_each_analysis_states_its_population(study: dict[str, Any]) -> None:
+    """Issue 13: KM, Cox and incidence each release the persons after every rule that shaped their
+    population, through release() like any count, and the report prints a line per analysis."""
+    run = study["run"]
+    base, small = OPENSAFELY.rounding_base, OPENSAFELY.suppress_up_to
+    for name in ("inc_attrition", "km_attrition", "cox_attrition"):
+        t = run.tables[name].data
+        assert t["step"].iloc[0].startswith("1. persons in"), name
+        for col in [c for c in t.columns if c != "step"]:
+            for v in pd.to_numeric(t[col], errors="coerce").dropna():
+                assert v == 0 or (v > small and v % base == 0), f"{name}.{col} = {v}"
+    cox = run.tables["cox_attrition"].data
+    assert cox["step"].iloc[-1] == "4. persons in both target and comparator removed"
+    # Some persons have both hypertension and diabetes: the Cox arms lose them, and say so.
+    assert cox["n_target"].iloc[-1] < cox["n_target"].iloc[0]
+    html = (study["out"] / "report.html").read_text()
+    lines = re.findall(r'<p class="population">(.*?)</p>', html)
+    assert sum("persons in both target and comparator removed" in x for x in lines) == 2  # target, comparator
+    assert sum("persons in the denominator cohort" in x for x in lines) == 2
+    # Windows are a dimension of the released table and of the report's table, never totalled over.
+    tar = run.tables["inc_tar"].data
+    assert set(tar["tar"]) == {"start+0..start+365", "start+366..start+1095"} and "Total" in set(tar["sex"])
+    section = html[html.index("<h3>inc_tar</h3>"):]
+    assert "<th>tar</th>" in section[:section.index("</table>")]
+    assert sum(x.startswith("Population (htn") for x in lines) == 1  # km: one line per target cohort

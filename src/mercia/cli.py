@@ -1,27 +1,30 @@
 """The `mercia` command. Thin: it parses, calls the library, shows progress and prints results.
 
-Errors a user can cause (MerciaError) print one line on stderr and exit 1, without a traceback.
+Errors a user can cause (MerciaError) print one line on stderr and exit 1, without a traceback; Ctrl-C
+prints one line and exits 130 (mercia.cli_errors).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mercia.cli_errors import EXIT_INTERRUPTED, BoundaryGroup, user_errors
 from mercia.errors import MerciaError
 
+# Every command runs inside one error boundary (mercia.cli_errors): user errors, bad settings, Ctrl-C and
+# warnings are one line each, never a traceback.
 app = typer.Typer(help="Mercia: federated health-data research on the OMOP CDM.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False, cls=BoundaryGroup)
 cdm_app = typer.Typer(help="Load, export and inspect OMOP CDM databases.", no_args_is_help=True)
 app.add_typer(cdm_app, name="cdm")
 cohort_app = typer.Typer(help="Check, compile and generate cohort definitions (.json, .yaml, .py); list and delete cohorts.",
@@ -30,26 +33,6 @@ app.add_typer(cohort_app, name="cohort")
 
 console = Console()
 err_console = Console(stderr=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(fn: F) -> F:
-    """Turn MerciaError (and unreadable files) into one clear line and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except MerciaError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
-            err_console.print(f"[bold red]error:[/] {e.strerror}: {e.filename}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
 
 @contextmanager
 def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
@@ -73,11 +56,21 @@ ResultsSchemaOpt = Annotated[str | None, typer.Option("--results-schema", help="
 
 
 def open_cdm(target: str, cdm_schema: str | None, vocab_schema: str | None, results_schema: str | None,
-             *, create: bool = False, read_only: bool = False):
+             *, create: bool = False, read_only: bool = False, require: str | None = "cdm"):
+    """Open a CDM and check what the command needs is there (mercia.cdm.check): `require` "cdm" (the
+    clinical core), "vocabulary" (and the vocabulary), "concepts" (a vocabulary alone) or None."""
     from mercia.cdm import Cdm
+    from mercia.cdm.check import require_cdm
 
-    return Cdm.open(target, cdm_schema=cdm_schema, vocab_schema=vocab_schema, results_schema=results_schema,
-                    create=create, read_only=read_only)
+    handle = Cdm.open(target, cdm_schema=cdm_schema, vocab_schema=vocab_schema, results_schema=results_schema,
+                      create=create, read_only=read_only)
+    if require is not None:
+        try:
+            require_cdm(handle, clinical=require != "concepts", vocabulary=require in ("vocabulary", "concepts"))
+        except BaseException:
+            handle.close()
+            raise
+    return handle
 
 
 # ---- synth -----------------------------------------------------------------------------------
@@ -119,7 +112,7 @@ def cdm_load(
                              results_schema=results_schema, version=version, mode=mode)
     except KeyboardInterrupt:
         err_console.print("interrupted; nothing was written", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     for table, n in counts.items():
         console.print(f"{table:<28} {n:>12,}")
 
@@ -231,7 +224,8 @@ def cohort_run(
     if format not in ("table", "json"):
         raise MerciaError(f"unknown format {format!r}: use table or json")
     defs = _load_all(definitions)  # every file is read and checked before the database is touched
-    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema) as handle, progress_bar() as progress, \
+    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, require="vocabulary") as handle, \
+            progress_bar() as progress, \
             warnings.catch_warnings():
         # Unknown concept ids come back in each result's warnings; they are printed once, below.
         warnings.simplefilter("ignore")
@@ -283,7 +277,7 @@ def cohort_list(
 
     if format not in ("table", "json"):
         raise MerciaError(f"unknown format {format!r}: use table or json")
-    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True) as handle:
+    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True, require=None) as handle:
         cohorts = list_cohorts(handle)
     if format == "json":
         sys.stdout.write(json.dumps([asdict(c) for c in cohorts], indent=2) + "\n")
@@ -311,7 +305,7 @@ def cohort_delete(
     """Delete cohorts from the results schema: their rows, definitions, statistics and study records."""
     from mercia.cohorts.registry import delete_cohorts
 
-    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, create=False) as handle:
+    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, require=None) as handle:
         deleted = delete_cohorts(handle, ids)
     console.print(f"deleted cohort{'s' if len(deleted) > 1 else ''} {', '.join(map(str, deleted))}")
 
@@ -374,9 +368,15 @@ def cohort_check(
     if cdm is not None and checked:
         from mercia.vocab.concept_sets import unknown_concept_ids
 
-        with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True) as handle:
+        with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True,
+                      require="vocabulary") as handle:
             if not handle.table_exists("concept"):
                 raise MerciaError(f"the CDM at {cdm!r} has no concept table to check concept ids against")
+            from mercia.cohorts.concept_domains import domain_mismatches
+
+            for (p, _d), messages in zip(checked, domain_mismatches(handle, [d for _, d in checked]), strict=True):
+                for message in messages:
+                    err_console.print(f"[yellow]warning:[/] {p.name}: {message}", highlight=False, soft_wrap=True)
             for p, d in checked:
                 for cs in d.expression.concept_sets:
                     ids = [i.concept.concept_id for i in cs.expression.items]
@@ -495,7 +495,8 @@ def study_run(
     from mercia.study import load_package, run_study
 
     pkg = load_package(package)
-    with open_cdm(target, cdm_schema, vocab_schema, results_schema) as cdm, progress_bar() as progress:
+    with open_cdm(target, cdm_schema, vocab_schema, results_schema, require="vocabulary") as cdm, \
+            progress_bar() as progress:
         run = run_study(pkg, cdm, out, site_policy=site_policy, site=site, progress=progress)
     console.print(f"[bold]study:[/] {pkg.name}  [dim]sha256 {run.package_hash}[/]", highlight=False)
     console.print(f"[bold]policy:[/] {run.policy.rule_summary()}", highlight=False)
@@ -572,6 +573,8 @@ def node_serve(
     from mercia.federation.serving import serve
 
     cfg = load_node_config(config, cdm=cdm)
+    open_cdm(cfg.cdm, cfg.cdm_schema, cfg.vocab_schema, cfg.results_schema, read_only=True,
+             require="vocabulary").close()  # an OMOP CDM is there, or one line saying what is missing
     app_ = create_app(cfg)
     scheme = "https" if cfg.tls else "http"
     err_console.print(f"node {cfg.site} on {scheme}://{host}:{port} (CDM {cfg.cdm})", highlight=False)
@@ -892,6 +895,148 @@ def audit_verify(
         raise typer.Exit(1)
     console.print(f"ok: {result.records} records, chain intact; head {result.head['seq']}:{result.head['hash']}",
                   highlight=False, soft_wrap=True)
+
+
+# ---- concept -----------------------------------------------------------------------------------
+concept_app = typer.Typer(help="Find concepts in a CDM vocabulary; import OpenCodelists codelists.",
+                          no_args_is_help=True)
+app.add_typer(concept_app, name="concept")
+FormatOpt = Annotated[str, typer.Option("--format", help="table or json")]
+
+
+def _format(value: str) -> str:
+    if value not in ("table", "json"):
+        raise MerciaError(f"--format: {value!r} is not one of table, json")
+    return value
+
+
+@concept_app.command("search")
+@user_errors
+def concept_search(
+    text: Annotated[str, typer.Argument(help="Words in the concept's name or synonyms, or its exact code.")],
+    cdm: TargetOpt,
+    domain: Annotated[str | None, typer.Option("--domain", help="Only this domain (Condition, Drug, ...).")] = None,
+    vocabulary: Annotated[str | None, typer.Option("--vocabulary", help="Only this vocabulary (SNOMED, ...).")] = None,
+    standard: Annotated[bool, typer.Option("--standard", help="Only standard concepts.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most this many results.")] = 50,
+    format: FormatOpt = "table",
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+) -> None:
+    """Search concepts by name, synonym or code; best match first, then most records in this CDM."""
+    from dataclasses import asdict
+
+    from mercia.vocab.search import search_concepts
+
+    _format(format)
+    with open_cdm(cdm, cdm_schema, vocab_schema, None, read_only=True, require="concepts") as handle:
+        hits = search_concepts(handle, text, domain=domain, vocabulary=vocabulary, standard=standard, limit=limit)
+    if format == "json":
+        sys.stdout.write(json.dumps([asdict(h) for h in hits], indent=2) + "\n")
+        return
+    t = Table("concept_id", "name", "domain", "vocabulary", "code", "std", "match", "records",
+              title=f"{len(hits)} concept(s) matching {text!r}",
+              caption="records: rows of this CDM's clinical tables with the concept (exact local counts)")
+    for h in hits:
+        t.add_row(str(h.concept_id), h.concept_name, h.domain_id, h.vocabulary_id, h.concept_code,
+                  h.standard_concept or "", h.match, f"{h.record_count:,}")
+    console.print(t)
+
+
+def _concept_table(title: str, rows: list[dict[str, Any]], levels: bool = False) -> Table | str:
+    if not rows:
+        return f"{title}: none"
+    t = Table("concept_id", "name", "vocabulary", "code", "std", *(["levels"] if levels else []), title=title)
+    for r in rows:
+        lv = [f"{r['min_levels']}" + (f"-{r['max_levels']}" if r["max_levels"] != r["min_levels"] else "")
+              ] if levels else []
+        t.add_row(str(r["concept_id"]), r["concept_name"] or "(not in this CDM's CONCEPT table)",
+                  r["vocabulary_id"] or "", r["concept_code"] or "", r["standard_concept"] or "",
+                  *lv)
+    return t
+
+
+@concept_app.command("show")
+@user_errors
+def concept_show(
+    concept_id: Annotated[int, typer.Argument(metavar="ID", help="The concept_id.")],
+    cdm: TargetOpt,
+    descendants: Annotated[int, typer.Option("--descendants", min=0, help="Show at most this many.")] = 50,
+    format: FormatOpt = "table",
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+) -> None:
+    """One concept: fields, synonyms, 'Maps to' and mapped-from, ancestors and descendants, record counts."""
+    from dataclasses import asdict
+
+    from mercia.vocab.search import concept_details
+
+    _format(format)
+    with open_cdm(cdm, cdm_schema, vocab_schema, None, read_only=True, require="concepts") as handle:
+        d = concept_details(handle, concept_id, max_descendants=descendants)
+    if format == "json":
+        sys.stdout.write(json.dumps(asdict(d), indent=2, default=str) + "\n")
+        return
+    fields = Table(show_header=False, title=f"concept {concept_id}")
+    for k, v in d.concept.items():
+        fields.add_row(k, "" if v is None else str(v))
+    fields.add_row("synonyms", "; ".join(d.synonyms))
+    console.print(fields)
+    console.print(_concept_table("Maps to", d.maps_to))
+    console.print(_concept_table("Mapped from", d.mapped_from))
+    console.print(_concept_table("Ancestors", d.ancestors, levels=True))
+    shown = f" (first {len(d.descendants)} of {d.descendants_total})" if d.descendants_total > len(d.descendants) else ""
+    console.print(_concept_table(f"Descendants{shown}", d.descendants, levels=True))
+    if not d.record_counts:
+        console.print("Records in this CDM: none")
+        return
+    t = Table("table", "records with it as concept", "as source concept",
+              title="Records in this CDM (exact local counts)")
+    for r in d.record_counts:
+        t.add_row(r["table"], f"{r['as_concept']:,}", f"{r['as_source']:,}")
+    console.print(t)
+
+
+@concept_app.command("import-codelist")
+@user_errors
+def concept_import_codelist(
+    csv_file: Annotated[Path, typer.Argument(metavar="CSV", help="An OpenCodelists CSV download.")],
+    system: Annotated[str, typer.Option("--system", help="Its coding system: snomedct, icd10, dmd, ctv3 or readv2.")],
+    cdm: TargetOpt,
+    out: Annotated[Path, typer.Option("--out", help="Where to write the ATLAS concept set JSON.")],
+    name: Annotated[str | None, typer.Option("--name", help="The concept set's name (default: the file's).")] = None,
+    code_column: Annotated[str | None, typer.Option("--code-column", help="The codes' column, if not found.")] = None,
+    term_column: Annotated[str | None, typer.Option("--term-column", help="The terms' column, if not found.")] = None,
+    unmapped: Annotated[Path | None, typer.Option("--unmapped", help="Also write unmapped codes to this CSV.")] = None,
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+) -> None:
+    """Map a codelist to standard concepts through the CDM's vocabulary; write a concept set, list the rest."""
+    import csv as csv_module
+
+    from mercia.vocab.codelists import map_codelist, read_codelist
+
+    entries = read_codelist(csv_file, code_column=code_column, term_column=term_column)
+    with open_cdm(cdm, cdm_schema, vocab_schema, None, read_only=True, require="concepts") as handle:
+        mapping = map_codelist(handle, entries, system)
+    out.write_text(json.dumps(mapping.concept_set(name=name or csv_file.stem), indent=2) + "\n")
+    console.print(f"{len(mapping.mapped)} of {len(entries)} codes mapped ({mapping.vocabulary_id} -> "
+                  f"{len(mapping.concepts)} standard concepts); concept set written to {out}",
+                  highlight=False, soft_wrap=True)
+    if not mapping.vocabulary_loaded:
+        err_console.print(f"[bold yellow]note:[/] this CDM's vocabulary holds no {mapping.vocabulary_id} concepts: "
+                          f"load OHDSI Athena's vocabularies with {mapping.vocabulary_id} to map these codes",
+                          highlight=False, soft_wrap=True)
+    if unmapped is not None:
+        with unmapped.open("w", newline="") as f:
+            w = csv_module.writer(f)
+            w.writerow(["code", "term", "reason"])
+            w.writerows([u.code, u.term, u.reason] for u in mapping.unmapped)
+    if mapping.unmapped:
+        t = Table("code", "term", "reason", title=f"{len(mapping.unmapped)} unmapped code(s)")
+        for u in mapping.unmapped:
+            t.add_row(u.code, u.term, u.reason)
+        console.print(t)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -2,8 +2,8 @@
 
 Every table must pass `mercia.disclosure.release()` before it leaves the site.
 
-- incidence: `incidence`, `prevalence`, `cohort_entries` (rates per 1,000 person-years, exact Poisson
-  and Wilson CIs)
+- incidence: `incidence` (with CohortIncidence time-at-risk windows, `TimeAtRisk`), `prevalence`,
+  `cohort_entries` (rates per 1,000 person-years, exact Poisson and Wilson CIs)
 - survival: `kaplan_meier`, `cox_model`, and for federated Cox `cox_data`, `cox_site_summary`,
   `newton_raphson`
 - characterization: `characterize` (Table 1), `compare_cohorts` (with standardized mean differences)
@@ -13,6 +13,7 @@ from mercia.analyses.characterization import CharacterizationSettings, Window, c
 from mercia.analyses.incidence import (
     IncidenceSettings,
     PrevalenceSettings,
+    TimeAtRisk,
     cohort_entries,
     incidence,
     prevalence,
@@ -37,6 +38,7 @@ __all__ = [
     "IncidenceSettings",
     "PrevalenceSettings",
     "SurvivalSettings",
+    "TimeAtRisk",
     "Window",
     "characterize",
     "cohort_entries",

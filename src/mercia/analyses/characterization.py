@@ -32,21 +32,31 @@ from mercia.cdm import Cdm
 from mercia.cdm.query import build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import RateSpec, ResultTable
 from mercia.errors import StudyError
+from mercia.model_doc import field_docs
 
 Domain = Literal["condition", "drug", "measurement", "procedure"]
 _ANY_PRIOR = -100_000  # days: "any time prior" reaches back further than any record
 _TOPS = 3  # largest contributions kept per magnitude cell (N-k and p% rules at release)
 
 
+@field_docs
 class Window(BaseModel):
+    """A window of days relative to index (the cohort start), both ends inclusive: a covariate is a
+    person with at least one record of the concept in it."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, max_length=limits.MAX_NAME)
+    name: str = Field(
+        min_length=1, max_length=limits.MAX_NAME, description="label of the window in the result tables"
+    )
     start: int | None = Field(
         None, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS,
-        description="days relative to index; None: any time prior",
+        description="first day, relative to index (negative: before); None: any time prior",
     )
-    end: int = Field(0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS)
+    end: int = Field(
+        0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS,
+        description="last day, relative to index (0: the index day); not before `start`",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Window:
@@ -66,15 +76,30 @@ DEFAULT_WINDOWS = [
 ]
 
 
+@field_docs
 class CharacterizationSettings(BaseModel):
+    """What a Table 1 holds: age and sex always, and per window the persons with each concept of
+    the chosen domains (drugs rolled up to ingredients), and measurement values."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    windows: list[Window] = Field(default_factory=lambda: list(DEFAULT_WINDOWS), max_length=limits.MAX_LIST)
-    domains: list[Domain] = Field(
-        default_factory=lambda: ["condition", "drug", "measurement"], max_length=limits.MAX_LIST
+    windows: list[Window] = Field(
+        default_factory=lambda: list(DEFAULT_WINDOWS), max_length=limits.MAX_LIST,
+        description="windows before index, with distinct names; at least one",
     )
-    measurement_values: bool = True
-    first_entry_only: bool = True
+    domains: list[Domain] = Field(
+        default_factory=lambda: ["condition", "drug", "measurement"], max_length=limits.MAX_LIST,
+        description="record domains counted per concept, each at most once: condition (condition_concept_id), "
+        "drug (its ingredients), measurement (measurement_concept_id), procedure (procedure_concept_id)",
+    )
+    measurement_values: bool = Field(
+        True,
+        description="also each measurement's value: per concept, unit and window, the mean and SD of each "
+        "person's latest value (only when `measurement` is among the domains)",
+    )
+    first_entry_only: bool = Field(
+        True, description="each person's first cohort entry only; false: every entry is a row (index) of its own"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CharacterizationSettings:

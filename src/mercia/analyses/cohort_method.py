@@ -51,65 +51,130 @@ from mercia.cdm.query import build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import ModelInfo, ResultTable
 from mercia.errors import StudyError
 from mercia.features import CovariateData, CovariateSettings, build_covariates
+from mercia.model_doc import field_docs
 
 # --------------------------------------------------------------------------------------------- settings
 
 
+@field_docs
 class StudyPopulationSettings(BaseModel):
+    """Who is compared and their time at risk (CohortMethod's createStudyPopulation, its defaults)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    first_exposure_only: bool = True
-    remove_duplicate_subjects: Literal["keep all", "keep first", "remove all"] = "keep all"
+    first_exposure_only: bool = Field(True, description="each person's first entry into each cohort only")
+    remove_duplicate_subjects: Literal["keep all", "keep first", "remove all"] = Field(
+        "keep all",
+        description="persons in both cohorts: keep all (both entries), keep first (their first entry; "
+        "neither when both start the same day) or remove all",
+    )
     washout_period: int = Field(
         0, ge=0, le=limits.MAX_DAYS, description="days of observation required before index"
     )
-    remove_subjects_with_prior_outcome: bool = True
-    prior_outcome_lookback: int = Field(99999, ge=0, le=limits.MAX_DAYS)
-    risk_window_start: int = Field(0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS)
-    start_anchor: Literal["cohort start", "cohort end"] = "cohort start"
-    risk_window_end: int = Field(0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS)
-    end_anchor: Literal["cohort start", "cohort end"] = "cohort end"
-    min_days_at_risk: int = Field(1, ge=0, le=limits.MAX_DAYS)
+    remove_subjects_with_prior_outcome: bool = Field(
+        True, description="per outcome, drop persons with the outcome before their time at risk starts"
+    )
+    prior_outcome_lookback: int = Field(
+        99999, ge=0, le=limits.MAX_DAYS, description="days before index searched for a prior outcome"
+    )
+    risk_window_start: int = Field(
+        0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS, description="days after start_anchor when time at risk starts"
+    )
+    start_anchor: Literal["cohort start", "cohort end"] = Field(
+        "cohort start", description="what risk_window_start counts from: the cohort entry's start or end"
+    )
+    risk_window_end: int = Field(
+        0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS,
+        description="days after end_anchor when time at risk ends (cut at the end of observation)",
+    )
+    end_anchor: Literal["cohort start", "cohort end"] = Field(
+        "cohort end", description="what risk_window_end counts from: the cohort entry's start or end"
+    )
+    min_days_at_risk: int = Field(
+        1, ge=0, le=limits.MAX_DAYS, description="persons with fewer days at risk are dropped (at least 1 day)"
+    )
 
 
+@field_docs
 class MatchSettings(BaseModel):
+    """Greedy nearest-neighbour matching on the propensity score (CohortMethod's matchOnPs)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    caliper: float = Field(0.2, ge=0, le=limits.MAX_RANGE_VALUE, allow_inf_nan=False)
-    caliper_scale: CaliperScale = "standardized logit"
+    caliper: float = Field(
+        0.2, ge=0, le=limits.MAX_RANGE_VALUE, allow_inf_nan=False,
+        description="largest distance between matched persons, on caliper_scale; 0: no caliper",
+    )
+    caliper_scale: CaliperScale = Field(
+        "standardized logit",
+        description="the caliper's unit: propensity score (absolute), standardized (standard deviations of "
+        "the score) or standardized logit (standard deviations of the score's logit)",
+    )
     max_ratio: int = Field(
         1, ge=0, le=limits.MAX_LIST, description="comparators per target; 0 = no limit (variable ratio)"
     )
-    allow_reverse_match: bool = False
+    allow_reverse_match: bool = Field(
+        False, description="when the target arm is the larger, match targets to comparators instead"
+    )
 
 
+@field_docs
 class StratifySettings(BaseModel):
+    """Stratification on the propensity score at its quantiles (CohortMethod's stratifyByPs)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    number_of_strata: int = Field(5, ge=1, le=limits.MAX_LIST)
-    base_selection: Literal["all", "target", "comparator"] = "all"
+    number_of_strata: int = Field(5, ge=1, le=limits.MAX_LIST, description="strata of equal size (5: quintiles)")
+    base_selection: Literal["all", "target", "comparator"] = Field(
+        "all", description="whose scores set the quantiles: everyone's, or one arm's"
+    )
 
 
+@field_docs
 class OutcomeModelSettings(BaseModel):
+    """The outcome model of the adjusted estimate."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model_type: Literal["cox", "poisson"] = "cox"
+    model_type: Literal["cox", "poisson"] = Field(
+        "cox", description="cox (hazard ratio, Efron ties) or poisson (rate ratio of events per day at risk)"
+    )
     stratified: bool = Field(True, description="condition on the matched sets / strata")
 
 
+@field_docs
 class CohortMethodSettings(BaseModel):
+    """Every step of a comparative cohort analysis: covariates, population, propensity model,
+    adjustment on the score, outcome model, and what is reported."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    covariates: CovariateSettings = CovariateSettings()
-    population: StudyPopulationSettings = StudyPopulationSettings()
-    ps: PsSettings = PsSettings()
-    adjustment: Literal["match", "stratify", "none"] = "match"
-    match: MatchSettings = MatchSettings()
-    stratify: StratifySettings = StratifySettings()
-    outcome_model: OutcomeModelSettings = OutcomeModelSettings()
-    alpha: float = Field(0.05, gt=0, lt=1)
-    power: float = Field(0.8, gt=0, lt=1)
-    equipoise_bounds: tuple[float, float] = (0.3, 0.7)
+    covariates: CovariateSettings = Field(
+        CovariateSettings(), description="covariates of the propensity model and of the balance tables"
+    )
+    population: StudyPopulationSettings = Field(
+        StudyPopulationSettings(), description="who is compared and their time at risk"
+    )
+    ps: PsSettings = Field(PsSettings(), description="the propensity model")
+    adjustment: Literal["match", "stratify", "none"] = Field(
+        "match", description="how the propensity score is used: match, stratify, or none (unadjusted model)"
+    )
+    match: MatchSettings = Field(MatchSettings(), description="matching, when adjustment is match")
+    stratify: StratifySettings = Field(
+        StratifySettings(), description="stratification, when adjustment is stratify"
+    )
+    outcome_model: OutcomeModelSettings = Field(OutcomeModelSettings(), description="the outcome model")
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="1 - confidence level of the estimates' intervals: 0.05 gives 95%"
+    )
+    power: float = Field(
+        0.8, gt=0, lt=1, description="power at which the minimum detectable relative risk (mdrr) is computed"
+    )
+    equipoise_bounds: tuple[float, float] = Field(
+        (0.3, 0.7),
+        description="[lower, upper] preference score; the share of persons inside is reported as equipoise "
+        "(0 <= lower < upper <= 1)",
+    )
     preference_bins: int = Field(20, ge=2, le=100, description="bins of the preference-score distribution")
 
     @model_validator(mode="after")

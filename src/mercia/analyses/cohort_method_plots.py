@@ -56,29 +56,37 @@ def balance_figure(bal: pd.DataFrame | None, title: str, html: Callable[[object]
 
 
 def forest_figure(est: pd.DataFrame | None, prefix: str, html: Callable[[object], str]) -> str:
-    import plotly.graph_objects as go
+    from mercia.analyses.forest import forest_figure as forest
 
     if est is None or est.empty:
         return ""
-    d = est.dropna(subset=["rr", "ci_lower", "ci_upper"]).iloc[::-1]
+    d = est.dropna(subset=["rr", "ci_lower", "ci_upper"])
     if d.empty:
         return '<p class="empty">No estimate released (suppressed, blocked, or not estimable).</p>'
     labels = [f"{o} ({t.replace('_', ' ')}) · {a}" for o, t, a in zip(d["outcome"], d["outcome_type"], d["adjustment"],
                                                                          strict=True)]
-    fig = go.Figure(go.Scatter(x=d["rr"], y=labels, mode="markers", name="estimate", marker={"symbol": "square", "size": 9},
-                               error_x={"type": "data", "symmetric": False, "array": d["ci_upper"] - d["rr"],
-                                        "arrayminus": d["rr"] - d["ci_lower"]}))
-    if "calibrated_log_rr" in d:
-        c = d.dropna(subset=["calibrated_log_rr", "calibrated_ci_lower", "calibrated_ci_upper"])
-        if len(c):
-            rr = np.exp(c["calibrated_log_rr"])
-            fig.add_trace(go.Scatter(x=rr, y=[labels[i] for i in np.flatnonzero(d.index.isin(c.index))], mode="markers",
-                                     name="calibrated", marker={"symbol": "diamond", "size": 8},
-                                     error_x={"type": "data", "symmetric": False, "array": c["calibrated_ci_upper"] - rr,
-                                              "arrayminus": rr - c["calibrated_ci_lower"]}))
-    fig.add_vline(x=1.0, line_dash="dash", line_color="grey")
-    fig.update_layout(title=f"{prefix}: relative risks (95% CI)", xaxis_type="log", xaxis_title="hazard / rate ratio",
-                      height=max(280, 34 * len(d) + 160), margin={"l": 320})
+    rows: list[str] = []
+    est_: list[float] = []
+    lo: list[float] = []
+    hi: list[float] = []
+    groups: list[str] = []
+    cal = {"calibrated_log_rr", "calibrated_ci_lower", "calibrated_ci_upper"} <= set(d.columns)
+    for label, r in zip(labels, d.itertuples(index=False), strict=True):
+        rows.append(label)
+        est_.append(float(r.rr))
+        lo.append(float(r.ci_lower))
+        hi.append(float(r.ci_upper))
+        groups.append("estimate")
+        if cal and not pd.isna(r.calibrated_log_rr) and not pd.isna(r.calibrated_ci_lower) \
+                and not pd.isna(r.calibrated_ci_upper):
+            rows.append(f"{label} · calibrated")
+            est_.append(float(np.exp(r.calibrated_log_rr)))
+            lo.append(float(r.calibrated_ci_lower))
+            hi.append(float(r.calibrated_ci_upper))
+            groups.append("calibrated")
+    fig = forest(rows, est_, lo, hi, title=f"{prefix}: relative risks (95% CI)",
+                 axis_title="hazard / rate ratio (log scale)", groups=groups,
+                 symbols={"estimate": "square", "calibrated": "diamond"})
     return html(fig)
 
 

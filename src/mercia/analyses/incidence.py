@@ -15,6 +15,16 @@ Rates are per 1,000 person-years (365.25 days) with exact Poisson 95% CIs. Time 
 every age group is not counted. Denominator periods of one person are assumed not to overlap (as
 observation periods and collapsed cohort eras do not).
 
+Time at risk (`time_at_risk`, OHDSI CohortIncidence's rules, see `_tar_den_sql` and `_tar_ctes`):
+instead of the entries themselves, windows anchored on each entry's start or end with day offsets,
+cut at the end of the observation period the entry starts in, a person's overlapping windows merged;
+an outcome entry excludes the days from its start + 1 to its end + `clean_window_days` (with
+`repeated_events`) or every later day (first outcome only); an event is an outcome start on a day at
+risk. Each window is a level of the table's `tar` dimension.
+
+Every incidence result also carries its population (`{name}_attrition`: persons after each rule) and,
+without windows, a note when the denominator's follow-up averages under 30 days per person.
+
 Prevalence. For each point date (or interval [start, end]) the denominator is the persons in the
 denominator population on that date (at any time in the interval) with `washout_days` of prior
 observation; a case is one with an outcome cohort entry that overlaps [start - lookback_days, end].
@@ -37,11 +47,13 @@ from scipy import stats
 
 from mercia import limits
 from mercia.analyses.notes import Note, NoteCode
+from mercia.analyses.population import population_table
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
 from mercia.cdm.query import bound, build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import RateSpec, ResultTable
 from mercia.errors import StudyError
+from mercia.model_doc import field_docs
 
 DAYS_PER_YEAR = 365.25
 # The finest cells person-time is computed in: calendar year, age band index, gender concept.
@@ -105,17 +117,24 @@ def sex_label(gender_concept_id: object) -> str:
 
 
 class _Population(BaseModel):
+    """Who is in the denominator: a cohort's entries or everyone observed, after a washout, by age."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     denominator_cohort_id: int | None = Field(
         None, le=limits.MAX_INT32,
-        description="target cohort whose entries are the denominator; None: the observed population",
+        description="cohort whose entries (within observation) are the denominator; None: the observed "
+        "population (every observation period)",
     )
     washout_days: int = Field(
-        0, ge=0, le=limits.MAX_DAYS, description="days of (clean) prior history required"
+        0, ge=0, le=limits.MAX_DAYS,
+        description="days of prior observation a day needs to count (incidence: at risk; prevalence: in the "
+        "denominator); with repeated_events, also the days after an outcome before time is at risk again",
     )
     age_groups: list[tuple[_Age, _Age | None]] = Field(
-        default_factory=lambda: list(DEFAULT_AGE_GROUPS), max_length=limits.MAX_LIST
+        default_factory=lambda: list(DEFAULT_AGE_GROUPS), max_length=limits.MAX_LIST,
+        description="age bands as [lower, upper] in whole years, both inclusive, upper None for no upper "
+        "limit; at least one, none overlapping. Time (or persons) at ages in no band is not counted",
     )
 
     @field_validator("age_groups")
@@ -133,15 +152,87 @@ class _Population(BaseModel):
         return v
 
 
-class IncidenceSettings(_Population):
-    outcome_cohort_id: int = Field(le=limits.MAX_INT32)  # check_cohort_id refuses negatives
-    repeated_events: bool = False
-    study_start: dt.date | None = None
-    study_end: dt.date | None = None
-    by: list[Dimension] = Field(
-        default_factory=lambda: ["age_group", "sex", "calendar_year"], max_length=limits.MAX_LIST
+Anchor = Literal["start", "end"]
+_Offset = Annotated[int, Field(ge=-limits.MAX_DAYS, le=limits.MAX_DAYS)]
+
+
+@field_docs
+class TimeAtRisk(BaseModel):
+    """A time-at-risk window as OHDSI CohortIncidence defines it: from the denominator entry's start or
+    end plus `start_offset` days to its start or end plus `end_offset` days, both days included. The
+    end is cut at the end of the observation period the entry starts in; a window starting outside that
+    period, or after its end, gives no time. (With the observed population as denominator the anchors
+    are the observation period's start and end.)"""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start_with: Anchor = Field(
+        "start", description="the window's first day is counted from the denominator entry's start or end"
     )
-    alpha: float = Field(0.05, gt=0, lt=1)
+    start_offset: _Offset = Field(0, description="days added to start_with's date (may be negative)")
+    end_with: Anchor = Field(
+        "end", description="the window's last day is counted from the denominator entry's start or end (cut "
+        "at the end of the observation period the entry starts in)"
+    )
+    end_offset: _Offset = Field(0, description="days added to end_with's date (may be negative)")
+
+    @model_validator(mode="after")
+    def _check(self) -> TimeAtRisk:
+        if self.start_with == self.end_with and self.end_offset < self.start_offset:
+            raise StudyError(
+                f"time_at_risk {self.label}: it ends before it starts; make end_offset >= start_offset"
+            )
+        return self
+
+    @property
+    def label(self) -> str:
+        """The window's name in released tables, e.g. 'start+0..start+365'."""
+        return f"{self.start_with}{self.start_offset:+d}..{self.end_with}{self.end_offset:+d}"
+
+
+MAX_WINDOWS = 20  # time-at-risk windows per analysis
+# The mean follow-up per person in the denominator below which `incidence` warns (SHORT_FOLLOW_UP).
+SHORT_FOLLOW_UP_DAYS = 30
+
+
+@field_docs
+class IncidenceSettings(_Population):
+    """Incidence rates: events (outcome cohort starts on days at risk) per 1,000 person-years."""
+
+    outcome_cohort_id: int = Field(  # check_cohort_id refuses negatives
+        le=limits.MAX_INT32, description="cohort whose entries' start dates are the events"
+    )
+    repeated_events: bool = Field(
+        False,
+        description="count every outcome (time at risk resumes after each outcome's washout_days, or with "
+        "time_at_risk its clean window); false: first events only (no time at risk after a person's first "
+        "outcome, none for a person with an outcome before their denominator time or window)",
+    )
+    time_at_risk: list[TimeAtRisk] = Field(
+        # Each window is a pass over every denominator entry: a handful, not MAX_LIST.
+        default_factory=list, max_length=MAX_WINDOWS,
+        description="OHDSI CohortIncidence time-at-risk windows (at most 20), each a level of the rates' `tar` "
+        "dimension; empty: each denominator entry from cohort start to cohort end, no `tar` dimension",
+    )
+    clean_window_days: int | None = Field(
+        None, ge=0, le=limits.MAX_DAYS,
+        description="with time_at_risk and repeated_events: an outcome entry takes the days from its start + 1 "
+        "to its end + this many days out of the time at risk (CohortIncidence's clean window); None: 0",
+    )
+    study_start: dt.date | None = Field(
+        None, description="first date counted (YYYY-MM-DD); None: no limit"
+    )
+    study_end: dt.date | None = Field(
+        None, description="last date counted (YYYY-MM-DD), not before study_start; None: no limit"
+    )
+    by: list[Dimension] = Field(
+        default_factory=lambda: ["age_group", "sex", "calendar_year"], max_length=limits.MAX_LIST,
+        description="dimensions the rates are split by, each at most once (person-time is cut at birthdays "
+        "and year ends), with totals over each; empty: one overall rate",
+    )
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="1 - confidence level of the exact Poisson intervals: 0.05 gives 95%"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> IncidenceSettings:
@@ -149,23 +240,46 @@ class IncidenceSettings(_Population):
             raise StudyError("study_end is before study_start")
         if len(set(self.by)) != len(self.by):
             raise StudyError(f"'by' repeats a dimension: {self.by}")
+        labels = [t.label for t in self.time_at_risk]
+        if len(set(labels)) != len(labels):
+            raise StudyError(f"time_at_risk repeats a window: {labels}; give each window once")
+        if self.clean_window_days is not None and not (self.time_at_risk and self.repeated_events):
+            raise StudyError(
+                "clean_window_days applies with time_at_risk and repeated_events: true; without them "
+                "washout_days is the outcome washout"
+            )
         return self
 
 
+@field_docs
 class PrevalenceSettings(_Population):
-    outcome_cohort_id: int = Field(le=limits.MAX_INT32)  # check_cohort_id refuses negatives
+    """Point and period prevalence: the share of the denominator with an outcome entry at the time."""
+
+    outcome_cohort_id: int = Field(  # check_cohort_id refuses negatives
+        le=limits.MAX_INT32, description="cohort whose entries make a person a case"
+    )
     points: list[dt.date] = Field(
-        default_factory=list, max_length=limits.MAX_LIST, description="point prevalence dates"
+        default_factory=list, max_length=limits.MAX_LIST,
+        description="dates of point prevalence (YYYY-MM-DD): persons in the denominator on the date, cases "
+        "those with an outcome entry covering it",
     )
     intervals: list[tuple[dt.date, dt.date]] = Field(
-        default_factory=list, max_length=limits.MAX_LIST, description="period prevalence")
+        default_factory=list, max_length=limits.MAX_LIST,
+        description="[start, end] date pairs of period prevalence: persons in the denominator at any time in "
+        "the interval, cases those with an outcome entry overlapping it. Give points, intervals or both",
+    )
     lookback_days: int = Field(
-        0, ge=0, le=limits.MAX_DAYS, description="an outcome entry ending this many days before counts"
+        0, ge=0, le=limits.MAX_DAYS,
+        description="an outcome entry ending up to this many days before the date (interval start) still "
+        "makes a case",
     )
     by: list[Literal["age_group", "sex"]] = Field(
-        default_factory=lambda: ["age_group", "sex"], max_length=limits.MAX_LIST
+        default_factory=lambda: ["age_group", "sex"], max_length=limits.MAX_LIST,
+        description="dimensions each period is split by (age at the date or interval start), with totals",
     )
-    alpha: float = Field(0.05, gt=0, lt=1)
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="1 - confidence level of the Wilson score intervals: 0.05 gives 95%"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PrevalenceSettings:
@@ -231,8 +345,8 @@ def _needed(cdm: Cdm, pop: _Population, what: str) -> None:
 # -------------------------------------------------------------------------------------------- incidence
 
 
-def _incidence_sql(s: IncidenceSettings, count_persons: bool = True,
-                   level: Sequence[str] = FINEST) -> str:
+def _incidence_ctes(s: IncidenceSettings) -> str:
+    """The CTEs of the default time at risk (the denominator entries), up to `pieces`."""
     if s.repeated_events:
         counted = "ev.prev IS NULL OR DATE_DIFF('day', ev.prev, ev.x) > CAST($washout AS INTEGER)"
         tail = """
@@ -243,7 +357,6 @@ def _incidence_sql(s: IncidenceSettings, count_persons: bool = True,
     else:
         counted = "ev.prev IS NULL"
         tail = ""
-    persons = "COUNT(DISTINCT person_id) AS n_persons," if count_persons else ""
     return f"""
     WITH {_denominator_sql(s).strip()},
     ev AS (
@@ -290,7 +403,13 @@ def _incidence_sql(s: IncidenceSettings, count_persons: bool = True,
       SELECT x.person_id, x.gender, y.yr, x.age_k, x.b, x.has_event,
              GREATEST(x.a1, y.ys) AS a2, LEAST(x.b1, y.ye) AS b2
       FROM banded x JOIN yrs y ON y.ys <= x.b1 AND y.ye >= x.a1
-    )
+    )"""
+
+
+def _incidence_sql(s: IncidenceSettings, count_persons: bool = True,
+                   level: Sequence[str] = FINEST) -> str:
+    persons = "COUNT(DISTINCT person_id) AS n_persons," if count_persons else ""
+    return f"""{_incidence_ctes(s)}
     SELECT {"".join(c + ", " for c in level)}
            {persons}
            SUM(DATE_DIFF('day', a2, b2) + 1) AS person_days,
@@ -300,18 +419,179 @@ def _incidence_sql(s: IncidenceSettings, count_persons: bool = True,
     """
 
 
+# ------------------------------------------------------------------------- time at risk (CohortIncidence)
+
+
+def _tar_den_sql(s: IncidenceSettings) -> str:
+    """CTE `den`: (person_id, tar_k, s, e), each person's time-at-risk days per window `tar_k`, with no
+    overlap, as CohortIncidence's `#TTAR_erafied`: each denominator entry's window (anchors plus
+    offsets, the end cut at the end of the observation period the entry starts in, dropped when it
+    starts after its end or outside that period), then Mercia's prior observation (`washout_days`) and
+    the study window cut it, and overlapping windows of a person are merged."""
+    if s.denominator_cohort_id is None:
+        anchor = """
+        SELECT op.person_id, op.observation_period_start_date AS cs, op.observation_period_end_date AS ce,
+               op.observation_period_start_date AS ops, op.observation_period_end_date AS ope
+        FROM observation_period op"""
+    else:
+        anchor = """
+        SELECT c.subject_id AS person_id, c.cohort_start_date AS cs, c.cohort_end_date AS ce,
+               op.observation_period_start_date AS ops, op.observation_period_end_date AS ope
+        FROM cohort c
+        JOIN observation_period op ON op.person_id = c.subject_id
+          AND c.cohort_start_date >= op.observation_period_start_date
+          AND c.cohort_start_date <= op.observation_period_end_date
+        WHERE c.cohort_definition_id = $denominator_id"""
+    return f"""
+    anchors AS ({anchor}
+    ),
+    tar0 AS (
+      SELECT a.person_id, t.k AS tar_k, a.ops, a.ope,
+             CAST(CASE WHEN t.sw = 0 THEN a.cs ELSE a.ce END + CAST(t.so AS INTEGER) AS DATE) AS ts,
+             CAST(CASE WHEN t.ew = 0 THEN a.cs ELSE a.ce END + CAST(t.eo AS INTEGER) AS DATE) AS te
+      FROM anchors a JOIN tars t ON TRUE
+    ),
+    tar1 AS (
+      SELECT person_id, tar_k,
+             GREATEST(ts, CAST(ops + CAST($washout AS INTEGER) AS DATE), CAST($study_start AS DATE)) AS s,
+             LEAST(te, ope, CAST($study_end AS DATE)) AS e
+      FROM tar0 WHERE ts <= te AND ts >= ops AND ts <= ope
+    ),
+    tar2 AS (
+      SELECT person_id, tar_k, s, e,
+             CASE WHEN MAX(e) OVER (PARTITION BY person_id, tar_k ORDER BY s, e
+                                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) >= s
+                  THEN 0 ELSE 1 END AS is_start
+      FROM tar1 WHERE s <= e
+    ),
+    tar3 AS (
+      SELECT person_id, tar_k, s, e,
+             SUM(is_start) OVER (PARTITION BY person_id, tar_k ORDER BY s, e
+                                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS g
+      FROM tar2
+    ),
+    den AS (SELECT person_id, tar_k, MIN(s) AS s, MAX(e) AS e FROM tar3 GROUP BY person_id, tar_k, g)"""
+
+
+def _tar_ctes(s: IncidenceSettings) -> str:
+    """Events, person-days (and persons) per window and cell of `level`, with CohortIncidence's outcome
+    rules: an outcome entry makes the days from its start + 1 to its end + the clean window excluded
+    (`repeated_events`), or every day after its start (first outcome only); overlapping exclusions
+    merge. Time at risk is the window's days outside every exclusion; an event is an outcome start on
+    such a day. So an outcome before the window whose exclusion reaches into it removes that time."""
+    excl_end = (
+        "CAST(oe + CAST($clean AS INTEGER) AS DATE)" if s.repeated_events else "DATE '9999-12-31'"
+    )
+    return f"""
+    WITH {_tar_den_sql(s).strip()},
+    oc AS (
+      SELECT DISTINCT o.subject_id AS person_id, o.cohort_start_date AS os, o.cohort_end_date AS oe
+      FROM cohort o WHERE o.cohort_definition_id = $outcome_id
+        AND o.subject_id IN (SELECT person_id FROM den)
+    ),
+    ex0 AS (
+      SELECT person_id, s, e,
+             CASE WHEN MAX(e) OVER (PARTITION BY person_id ORDER BY s, e
+                                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) >= s
+                  THEN 0 ELSE 1 END AS is_start
+      FROM (SELECT person_id, CAST(os + 1 AS DATE) AS s, {excl_end} AS e FROM oc) x
+      WHERE e >= s
+    ),
+    ex1 AS (
+      SELECT person_id, s, e,
+             SUM(is_start) OVER (PARTITION BY person_id ORDER BY s, e
+                                 ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS g
+      FROM ex0
+    ),
+    ex AS (SELECT person_id, MIN(s) AS s, MAX(e) AS e FROM ex1 GROUP BY person_id, g),
+    free AS (
+      -- the complement of each person's exclusions
+      SELECT person_id,
+             COALESCE(CAST(LAG(e) OVER (PARTITION BY person_id ORDER BY s) + 1 AS DATE),
+                      DATE '1000-01-01') AS fs,
+             CAST(s - 1 AS DATE) AS fe
+      FROM ex
+      UNION ALL
+      SELECT person_id, CAST(MAX(e) + 1 AS DATE) AS fs, DATE '9999-12-31' AS fe FROM ex GROUP BY person_id
+      UNION ALL
+      SELECT DISTINCT person_id, DATE '1000-01-01' AS fs, DATE '9999-12-31' AS fe
+      FROM den WHERE person_id NOT IN (SELECT person_id FROM ex)
+    ),
+    atrisk AS (
+      SELECT d.person_id, d.tar_k, GREATEST(d.s, f.fs) AS a, LEAST(d.e, f.fe) AS b
+      FROM den d JOIN free f ON f.person_id = d.person_id AND f.fs <= f.fe
+        AND f.fs <= d.e AND f.fe >= d.s
+    ),
+    evs AS (
+      SELECT DISTINCT r.person_id, r.tar_k, o.os AS x
+      FROM atrisk r JOIN oc o ON o.person_id = r.person_id AND o.os >= r.a AND o.os <= r.b
+    ),
+    pband AS (
+      SELECT p.person_id, p.gender_concept_id AS gender, ag.k AS age_k,
+             CAST({_DOB} + INTERVAL (ag.lo) YEAR AS DATE) AS bs,
+             CAST(CAST({_DOB} + INTERVAL (ag.hi + 1) YEAR AS DATE) - 1 AS DATE) AS be
+      FROM person p JOIN bands ag ON TRUE
+      WHERE p.person_id IN (SELECT person_id FROM atrisk)
+    ),
+    banded AS (
+      SELECT r.person_id, r.tar_k, pb.gender, pb.age_k,
+             GREATEST(r.a, pb.bs) AS a1, LEAST(r.b, pb.be) AS b1
+      FROM atrisk r JOIN pband pb ON pb.person_id = r.person_id AND pb.bs <= r.b AND pb.be >= r.a
+    ),
+    yrs AS (SELECT yr, MAKE_DATE(yr, 1, 1) AS ys, MAKE_DATE(yr, 12, 31) AS ye FROM years),
+    pieces AS (
+      SELECT x.person_id, x.tar_k, x.gender, y.yr, x.age_k,
+             GREATEST(x.a1, y.ys) AS a2, LEAST(x.b1, y.ye) AS b2
+      FROM banded x JOIN yrs y ON y.ys <= x.b1 AND y.ye >= x.a1
+    )"""
+
+
+def _tar_sql(s: IncidenceSettings, count_persons: bool, level: Sequence[str]) -> str:
+    persons = "COUNT(DISTINCT person_id) AS n_persons," if count_persons else ""
+    lv = "".join(c + ", " for c in level)
+    ev_level = {"yr": "CAST(EXTRACT(YEAR FROM e.x) AS INTEGER) AS yr", "age_k": "pb.age_k",
+                "gender": "pb.gender"}
+    on = "".join(f" AND ec.{c} = pt.{c}" for c in level)
+    return f"""{_tar_ctes(s)},
+    pt AS (
+      SELECT tar_k, {lv} {persons} SUM(DATE_DIFF('day', a2, b2) + 1) AS person_days
+      FROM pieces WHERE a2 <= b2 GROUP BY tar_k{"".join(", " + c for c in level)}
+    ),
+    ec AS (
+      SELECT tar_k, {lv} COUNT(*) AS n_events FROM (
+        SELECT e.tar_k{"".join(", " + ev_level[c] for c in level)}
+        FROM evs e JOIN pband pb ON pb.person_id = e.person_id AND e.x >= pb.bs AND e.x <= pb.be
+      ) z GROUP BY tar_k{"".join(", " + c for c in level)}
+    )
+    SELECT pt.*, COALESCE(ec.n_events, 0) AS n_events
+    FROM pt LEFT JOIN ec ON ec.tar_k = pt.tar_k{on}
+    """
+
+
+def _tar_span_sql(s: IncidenceSettings) -> str:
+    return f"WITH {_tar_den_sql(s).strip()} SELECT MIN(s), MAX(e) FROM den"
+
+
+def _tar_rows(s: IncidenceSettings) -> list[list[int]]:
+    return [[k, int(t.start_with == "end"), t.start_offset, int(t.end_with == "end"), t.end_offset]
+            for k, t in enumerate(s.time_at_risk)]
+
+
+def _follow_up_sql(pop: _Population) -> str:
+    """Persons in the denominator with any time and their days, before outcomes are looked at."""
+    return (f"WITH {_denominator_sql(pop).strip()} "
+            "SELECT COUNT(DISTINCT person_id), SUM(DATE_DIFF('day', s, e) + 1) FROM den WHERE s <= e")
+
+
 def _span_sql(pop: _Population) -> str:
     return f"WITH {_denominator_sql(pop).strip()} SELECT MIN(s), MAX(e) FROM den WHERE s <= e"
 
 
-def person_time(cdm: Cdm, settings: IncidenceSettings, *, count_persons: bool = True,
-                level: Sequence[str] = FINEST) -> pd.DataFrame:
-    """Events, person-days and persons per cell of `level` (some of yr, age_k, gender: calendar year, age
-    band index, gender concept; the finest level by default), computed in the database. Without
-    `count_persons` the n_persons column is left out: the distinct count costs more than the rest of the
-    query together."""
-    if not set(level) <= set(FINEST):
-        raise ValueError(f"level: {list(level)} is not a subset of {list(FINEST)}")
+_Values = dict[str, tuple[list[str], list[list[int]]]]
+
+
+def _plan(cdm: Cdm, settings: IncidenceSettings) -> tuple[dict[str, object], _Values, bool]:
+    """The parameters and VALUES lists of the incidence queries, and whether anyone has days."""
     _needed(cdm, settings, "incidence")
     check_cohort_id(settings.outcome_cohort_id, "outcome cohort id")
     params = {
@@ -320,33 +600,85 @@ def person_time(cdm: Cdm, settings: IncidenceSettings, *, count_persons: bool = 
         "study_start": settings.study_start or dt.date(1000, 1, 1),
         "study_end": settings.study_end or dt.date(9999, 12, 31),
     }
-    span_q = build(_span_sql(settings), cdm)
+    tars = bool(settings.time_at_risk)
+    values: _Values = {}
+    if tars:
+        params["clean"] = settings.clean_window_days or 0
+        values["tars"] = (["k", "sw", "so", "ew", "eo"], _tar_rows(settings))
+    span_q = build(_tar_span_sql(settings) if tars else _span_sql(settings), cdm, dict(values))
     lo, hi = cdm.fetch_all(span_q, bound(span_q, params))[0]
-    level = [c for c in FINEST if c in level]
-    cols = [*level, *(["n_persons"] if count_persons else []), "person_days", "n_events"]
-    if lo is None:
-        return pd.DataFrame({c: pd.Series(dtype="int64") for c in cols})
-    years = [[y] for y in range(lo.year, hi.year + 1)]
+    years = [[y] for y in range(lo.year, hi.year + 1)] if lo is not None else [[2000]]
     bands = _bands(settings, "age_group" in settings.by)
-    q = build(
-        _incidence_sql(settings, count_persons, level),
-        cdm,
-        {"years": (["yr"], years), "bands": (["k", "lo", "hi"], _band_rows(bands))},
-    )
-    df = fetch_df(cdm, q, params)
+    values |= {"years": (["yr"], years), "bands": (["k", "lo", "hi"], _band_rows(bands))}
+    return params, values, lo is not None
+
+
+def person_time(cdm: Cdm, settings: IncidenceSettings, *, count_persons: bool = True,
+                level: Sequence[str] = FINEST) -> pd.DataFrame:
+    """Events, person-days and persons per cell of `level` (some of yr, age_k, gender: calendar year, age
+    band index, gender concept; the finest level by default), computed in the database. Without
+    `count_persons` the n_persons column is left out: the distinct count costs more than the rest of the
+    query together. With time-at-risk windows a first column tar_k is the window's index."""
+    if not set(level) <= set(FINEST):
+        raise ValueError(f"level: {list(level)} is not a subset of {list(FINEST)}")
+    params, values, any_days = _plan(cdm, settings)
+    tars = bool(settings.time_at_risk)
+    level = [c for c in FINEST if c in level]
+    cols = [*(["tar_k"] if tars else []), *level, *(["n_persons"] if count_persons else []),
+            "person_days", "n_events"]
+    if not any_days:
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in cols})
+    sql = _tar_sql(settings, count_persons, level) if tars else _incidence_sql(settings, count_persons, level)
+    df = fetch_df(cdm, build(sql, cdm, values), params)
     for c in cols:
         df[c] = df[c].astype("int64")
     return df[cols]
 
 
+def attrition_steps(settings: IncidenceSettings) -> list[str]:
+    """The population steps of an incidence analysis, in order (fixed words: the rules, not the data)."""
+    cohort = settings.denominator_cohort_id is not None
+    steps = ["persons in the denominator cohort", "entry in an observation period"] if cohort else ["persons observed"]
+    steps.append(("days in a time-at-risk window" if settings.time_at_risk else "days in an entry" if cohort
+                  else "observed days") + " after washout_days and in the study window")
+    if settings.repeated_events:
+        what = "an outcome's clean window" if settings.time_at_risk else "an outcome's washout"
+        steps.append(f"persons with every such day in {what} removed")
+    else:
+        steps.append("persons with the outcome before time at risk removed")
+    steps.append("time at risk in an age group")
+    return steps
+
+
+def attrition(cdm: Cdm, settings: IncidenceSettings) -> list[int]:
+    """Distinct persons left after each of `attrition_steps(settings)`, counted in the database (each
+    step's persons are a subset of the step before's)."""
+    params, values, _ = _plan(cdm, settings)
+    cohort = settings.denominator_cohort_id is not None
+    if settings.time_at_risk:
+        ctes, with_days, entered = _tar_ctes(settings), "SELECT person_id FROM den", "SELECT person_id FROM anchors"
+    else:
+        ctes = _incidence_ctes(settings)
+        with_days, entered = "SELECT person_id FROM den WHERE s <= e", "SELECT person_id FROM den"
+    first = ("SELECT subject_id AS person_id FROM cohort WHERE cohort_definition_id = $denominator_id" if cohort
+             else "SELECT person_id FROM observation_period")
+    parts = [first, *([entered] if cohort else []), with_days, "SELECT person_id FROM atrisk",
+             "SELECT person_id FROM banded WHERE a1 <= b1"]
+    union = " UNION ALL ".join(f"SELECT {k} AS k, person_id FROM ({q}) q{k}" for k, q in enumerate(parts))
+    sql = f"{ctes} SELECT k, COUNT(DISTINCT person_id) AS n FROM ({union}) x GROUP BY k"
+    got = dict(cdm.fetch_all(q := build(sql, cdm, values), bound(q, params)))
+    return [int(got.get(k, 0)) for k in range(len(parts))]
+
+
 def incidence(cdm: Cdm, settings: IncidenceSettings, *, name: str = "incidence") -> AnalysisResult:
     """Incidence rates per 1,000 person-years by the `by` dimensions.
 
-    Table `{name}` (rates): dimensions `by`, count columns n_events and n_persons (distinct persons with
+    Table `{name}` (rates): dimensions `tar` (with time-at-risk windows) and `by`, count columns n_events and n_persons (distinct persons with
     time at risk in the cell, released in interior cells only: they do not add up), exposure
     person_years, derived rate `incidence_per_1000py` (recomputed by release() from released values,
     with totals over every dimension); site-side columns person_days, rate, ci_lower, ci_upper. A cell
-    is a row only when its persons count is released (row presence: see ResultTable).
+    is a row only when its persons count is released (row presence: see ResultTable). Table
+    `{name}_attrition` (counts, sequential): persons after each of `attrition_steps(settings)`.
     """
     # Persons are counted in each cell, in the database at the table's own level: a row exists only
     # where someone had time at risk, so it is released only where enough persons did (data_levels,
@@ -355,8 +687,13 @@ def incidence(cdm: Cdm, settings: IncidenceSettings, *, name: str = "incidence")
     level = [c for c in FINEST if _DIMENSION_OF[c] in settings.by]
     fine = person_time(cdm, settings, count_persons=True, level=level)
     bands = _bands(settings, "age_group" in settings.by)
-    by = list(settings.by)
+    # With time-at-risk windows each window is a level of the `tar` dimension, fixed by the package
+    # (not read from the data), and never totalled over: windows overlap.
+    tar = ["tar"] if settings.time_at_risk else []
+    by = [*tar, *settings.by]
     agg = fine.copy()
+    if tar:
+        agg["tar"] = [settings.time_at_risk[int(k)].label for k in agg["tar_k"]]
     if "age_k" in agg:
         agg["age_group"] = [age_label(*bands[k]) for k in agg["age_k"]]
     if "gender" in agg:
@@ -367,9 +704,14 @@ def incidence(cdm: Cdm, settings: IncidenceSettings, *, name: str = "incidence")
         # Several gender concepts can share a label ("Unknown"): their persons are distinct, so they add.
         agg = agg.groupby(by, sort=True).agg(person_days=("person_days", "sum"), n_events=("n_events", "sum"),
                                              n_persons=("n_persons", "sum")).reset_index()
-    elif agg.empty:
+    if tar and not settings.by:
+        # One row per window, with or without time in it, as without windows there is one row.
+        agg = (pd.DataFrame({"tar": [t.label for t in settings.time_at_risk]})
+               .merge(agg, on="tar", how="left").fillna(0))
+    elif not by and agg.empty:
         agg = pd.DataFrame({"person_days": [0], "n_events": [0], "n_persons": [0]})
     agg = agg[[*by, "n_persons", "person_days", "n_events"]]
+    agg[["n_persons", "person_days"]] = agg[["n_persons", "person_days"]].astype("int64")
     agg["person_years"] = agg["person_days"] / DAYS_PER_YEAR
     rate, lo, hi = rate_ci(agg["n_events"], agg["person_years"], 1000.0, settings.alpha)
     agg["incidence_per_1000py"] = rate
@@ -383,22 +725,34 @@ def incidence(cdm: Cdm, settings: IncidenceSettings, *, name: str = "incidence")
         dimensions=by,
         count_columns=["n_events", "n_persons"],
         exposure_columns=["person_years"],
-        margins=by,
+        margins=list(settings.by),
         # Years, age bands and sexes are rows only where enough persons had time at risk in them.
-        data_levels=by,
+        data_levels=list(settings.by),
         presence_counts=["n_persons"],
         distinct_counts=["n_persons"],
         rates={
             "incidence_per_1000py": RateSpec(numerator="n_events", denominator="person_years", per=1000.0)
         },
     )
+    pop = population_table(f"{name}_attrition", attrition_steps(settings), {"persons": attrition(cdm, settings)})
     empty = fine.empty
-    return AnalysisResult(
-        "incidence",
-        {name: table},
-        empty=empty,
-        notes=[Note(NoteCode.NO_DENOMINATOR_AT_RISK)] if empty else [],
-    )
+    notes = [Note(NoteCode.NO_DENOMINATOR_AT_RISK)] if empty else []
+    if not settings.time_at_risk and settings.denominator_cohort_id is not None and short_follow_up(cdm, settings):
+        notes.append(Note(NoteCode.SHORT_FOLLOW_UP))
+    return AnalysisResult("incidence", {name: table, pop.name: pop}, empty=empty, notes=notes)
+
+
+def short_follow_up(cdm: Cdm, pop: _Population) -> bool:
+    """Whether the denominator's persons have under SHORT_FOLLOW_UP_DAYS days each on average (entries
+    within observation, after washout and the study window; before outcomes are looked at): a cohort
+    ending on its entry record's end date (one day for a diagnosis) gives almost no person-time. One bit,
+    from the persons and days of a whole cohort; no number leaves."""
+    params = {**_pop_params(pop),
+              "study_start": getattr(pop, "study_start", None) or dt.date(1000, 1, 1),
+              "study_end": getattr(pop, "study_end", None) or dt.date(9999, 12, 31)}
+    q = build(_follow_up_sql(pop), cdm)
+    persons, days = cdm.fetch_all(q, bound(q, params))[0]
+    return bool(persons) and int(days) < SHORT_FOLLOW_UP_DAYS * int(persons)
 
 
 # ------------------------------------------------------------------------------------------- prevalence

@@ -41,6 +41,7 @@ class NoteCode(StrEnum):
     NOT_CALIBRATED = "not_calibrated"
     CALIBRATED = "calibrated"
     NO_POPULATION = "no_population"
+    SHORT_FOLLOW_UP = "short_follow_up"
 
 
 # code -> template. Placeholders are parameter names from PARAMETERS; nothing else may fill them.
@@ -81,6 +82,11 @@ CATALOGUE: dict[NoteCode, str] = {
     ),
     NoteCode.CALIBRATED: "p-values and CIs calibrated with the empirical null of the negative controls",
     NoteCode.NO_POPULATION: "nobody in the target and comparator cohorts after the population steps",
+    NoteCode.SHORT_FOLLOW_UP: (
+        "the denominator cohort gives under 30 days of follow-up per person on average (a cohort that ends "
+        "on its entry record's end date has almost no person-time): set time_at_risk, e.g. a window from "
+        "cohort start to cohort start + 365 days (start_with: start, end_with: start, end_offset: 365)"
+    ),
 }
 
 # The only parameters a note can carry. None is a count or anything read from rows: a cohort is the

@@ -30,33 +30,60 @@ from scipy import optimize, stats
 
 from mercia import limits
 from mercia.errors import StudyError
+from mercia.model_doc import field_docs
 
 _Variance = Annotated[float, Field(gt=0, le=limits.MAX_RANGE_VALUE)]
 
 
+@field_docs
 class PsSettings(BaseModel):
+    """The propensity model: a regularised logistic regression of treatment on the covariates
+    (CohortMethod's createPs with Cyclops), its prior variance chosen by cross-validation."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    prior: Literal["normal", "laplace"] = "normal"
+    prior: Literal["normal", "laplace"] = Field(
+        "normal", description="the coefficients' prior: normal (ridge penalty) or laplace (lasso penalty)"
+    )
     variance: float | None = Field(
         None, gt=0, le=limits.MAX_RANGE_VALUE, description="fixed prior variance; None: cross-validate"
     )
     cv_variances: list[_Variance] = Field(
-        default_factory=lambda: [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0], max_length=limits.MAX_LIST
+        default_factory=lambda: [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0], max_length=limits.MAX_LIST,
+        description="prior variances tried by cross-validation, smallest first (larger: weaker penalty); "
+        "the search stops after the held-out likelihood falls twice in a row",
     )
-    cv_folds: int = Field(5, ge=2, le=20)
-    cv_max_rows: int = Field(20_000, ge=100, le=limits.MAX_INT32)
+    cv_folds: int = Field(5, ge=2, le=20, description="folds of the cross-validation (stratified by treatment)")
+    cv_max_rows: int = Field(
+        20_000, ge=100, le=limits.MAX_INT32,
+        description="the cross-validation runs on a random sample of at most this many persons",
+    )
     max_cohort_size_for_fitting: int = Field(
-        250_000, ge=0, le=limits.MAX_INT32, description="per arm; 0: no down-sampling"
+        250_000, ge=0, le=limits.MAX_INT32,
+        description="each arm is down-sampled to this many persons for fitting (everyone is scored, the "
+        "intercept corrected); 0: no down-sampling",
     )
-    min_fraction: float = Field(0.001, ge=0, lt=1, description="drop covariates in fewer rows than this")
-    error_on_high_correlation: bool = True
-    high_correlation: float = Field(0.5, gt=0, le=1)
+    min_fraction: float = Field(
+        0.001, ge=0, lt=1, description="drop covariates non-zero in fewer than this fraction of the persons"
+    )
+    error_on_high_correlation: bool = Field(
+        True,
+        description="refuse to fit when a covariate correlates with treatment above high_correlation "
+        "(probably the exposure itself; the analysis then says which)",
+    )
+    high_correlation: float = Field(
+        0.5, gt=0, le=1, description="absolute correlation with treatment counted as high"
+    )
     exclude_covariate_ids: list[Annotated[int, Field(ge=limits.MIN_INT64, le=limits.MAX_INT64)]] = Field(
-        default_factory=list, max_length=limits.MAX_CONCEPT_SET_ITEMS
+        default_factory=list, max_length=limits.MAX_CONCEPT_SET_ITEMS,
+        description="covariate ids (concept_id * 1000 + analysis id) left out of the propensity model",
     )
-    seed: int = Field(1, ge=0, le=limits.MAX_INT32)  # numpy and scikit-learn take 0 to 2**32 - 1
-    max_iter: int = Field(1000, ge=10, le=limits.MAX_ITERATIONS)
+    seed: int = Field(  # numpy and scikit-learn take 0 to 2**32 - 1
+        1, ge=0, le=limits.MAX_INT32, description="seed of the down-sampling and cross-validation folds"
+    )
+    max_iter: int = Field(
+        1000, ge=10, le=limits.MAX_ITERATIONS, description="iterations of the optimiser at most, per fit"
+    )
 
 
 @dataclass

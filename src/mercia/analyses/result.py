@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mercia.analyses.notes import Notes
-from mercia.disclosure import ResultTable
+from mercia.disclosure import BUILTIN_POLICIES, DisclosureLog, DisclosurePolicy, ReleasedTable, ResultTable
+from mercia.disclosure import release as release_table
+from mercia.errors import DisclosureError
 
 
 @dataclass
@@ -27,3 +29,22 @@ class AnalysisResult:
 
     def __getitem__(self, name: str) -> ResultTable:
         return self.tables[name]
+
+    def release(
+        self, policy: DisclosurePolicy | str, *, site: str | None = None, log: DisclosureLog | None = None
+    ) -> dict[str, ReleasedTable]:
+        """Every table passed through `mercia.disclosure.release()` under `policy` (a policy, or the
+        name of a built-in one: 'opensafely', 'sacro'): what may leave the site, by table name.
+
+        Each decision (rounded, suppressed, withheld) is recorded in `log` when one is given. A
+        released table's `.data` is a pandas DataFrame and `.to_arrow()` a pyarrow Table.
+        """
+        if isinstance(policy, str):
+            if policy.lower() not in BUILTIN_POLICIES:
+                raise DisclosureError(
+                    f"unknown disclosure policy {policy!r}; use one of {', '.join(sorted(BUILTIN_POLICIES))} "
+                    "or a DisclosurePolicy"
+                )
+            policy = BUILTIN_POLICIES[policy.lower()]
+        log = log if log is not None else DisclosureLog()
+        return {name: release_table(t, policy, site=site, log=log) for name, t in self.tables.items()}

@@ -30,29 +30,43 @@ from scipy import stats
 
 from mercia import limits
 from mercia.analyses.notes import Note, NoteCode
+from mercia.analyses.population import population_table
 from mercia.analyses.result import AnalysisResult
 from mercia.cdm import Cdm
 from mercia.cdm.query import DOMAINS, build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import ModelInfo, ResultTable
 from mercia.disclosure.model_support import support_count
 from mercia.errors import StudyError
+from mercia.model_doc import field_docs
 
 Z95 = float(stats.norm.ppf(0.975))
 MALE = 8507
 
 
+@field_docs
 class SurvivalSettings(BaseModel):
     """Time at risk and censoring, in days relative to index (the target cohort start)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tar_start: int = Field(0, ge=0, le=limits.MAX_DAYS, description="first day at risk, days after index")
-    tar_end: int | None = Field(
-        None, ge=0, le=limits.MAX_DAYS, description="last day at risk, days after index (None: no cap)"
+    tar_start: int = Field(
+        0, ge=0, le=limits.MAX_DAYS,
+        description="first day at risk, in days after index (0: the index day); an outcome before it is no event",
     )
-    censor_at: Literal["observation_end", "cohort_end"] = "observation_end"
-    censor_at_death: bool = True
-    first_entry_only: bool = Field(True, description="each person's first cohort entry only")
+    tar_end: int | None = Field(
+        None, ge=0, le=limits.MAX_DAYS,
+        description="last day at risk, in days after index, not before tar_start; None: no cap (follow-up "
+        "ends only by censoring)",
+    )
+    censor_at: Literal["observation_end", "cohort_end"] = Field(
+        "observation_end",
+        description="when follow-up ends: observation_end (the end of the observation period holding index; "
+        "intention to treat) or cohort_end (the target cohort entry's end as well: on treatment)",
+    )
+    censor_at_death: bool = Field(True, description="follow-up also ends at death (the death table)")
+    first_entry_only: bool = Field(
+        True, description="each person's first cohort entry only; false: every entry is followed"
+    )
     exclude_prior_outcome: bool = Field(
         False, description="drop persons with an outcome cohort start before index + tar_start"
     )
@@ -67,22 +81,33 @@ class SurvivalSettings(BaseModel):
         return self
 
 
+@field_docs
 class CovariateSpec(BaseModel):
     """A 0/1 covariate: any record of the concepts (and their descendants) in a window before index."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, max_length=limits.MAX_NAME)
-    concept_ids: list[Annotated[int, Field(ge=limits.MIN_INT64, le=limits.MAX_INT64)]] = Field(
-        min_length=1, max_length=limits.MAX_CONCEPT_SET_ITEMS
+    name: str = Field(
+        min_length=1, max_length=limits.MAX_NAME,
+        description="the model term's name; distinct, and not treatment, age or male",
     )
-    domain: Literal["condition", "drug", "procedure", "measurement", "observation"] = "condition"
-    include_descendants: bool = True
+    concept_ids: list[Annotated[int, Field(ge=limits.MIN_INT64, le=limits.MAX_INT64)]] = Field(
+        min_length=1, max_length=limits.MAX_CONCEPT_SET_ITEMS,
+        description="OMOP concept ids; a record of any of them makes the covariate 1",
+    )
+    domain: Literal["condition", "drug", "procedure", "measurement", "observation"] = Field(
+        "condition", description="the table the records are read from (its concept id and start date)"
+    )
+    include_descendants: bool = Field(
+        True, description="the concepts' descendants (concept_ancestor) count too"
+    )
     window_start: int = Field(
-        -365, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS, description="days relative to index, inclusive"
+        -365, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS,
+        description="first day of the window, relative to index (negative: before), inclusive",
     )
     window_end: int = Field(
-        0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS, description="days relative to index, inclusive"
+        0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS,
+        description="last day of the window, relative to index, inclusive; not before window_start",
     )
 
     @model_validator(mode="after")
@@ -92,16 +117,31 @@ class CovariateSpec(BaseModel):
         return self
 
 
+@field_docs
 class CoxSettings(BaseModel):
+    """A Cox model of target vs comparator (persons in both are dropped): its time at risk, its
+    adjustment (age, sex, named covariates) and how it is fitted and checked."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    survival: SurvivalSettings = SurvivalSettings()
-    age: bool = True
-    sex: bool = True
-    covariates: list[CovariateSpec] = Field(default_factory=list, max_length=limits.MAX_LIST)
-    ph_test: bool = True
-    ties: Literal["efron", "breslow"] = "efron"
-    alpha: float = Field(0.05, gt=0, lt=1)
+    survival: SurvivalSettings = Field(
+        SurvivalSettings(), description="time at risk and censoring, as for `kaplan_meier`"
+    )
+    age: bool = Field(True, description="adjust for age at index (years: index year - year of birth), linear")
+    sex: bool = Field(True, description="adjust for sex (term `male`: 1 for gender concept 8507)")
+    covariates: list[CovariateSpec] = Field(
+        default_factory=list, max_length=limits.MAX_LIST,
+        description="further 0/1 covariates, each a term of the model",
+    )
+    ph_test: bool = Field(
+        True,
+        description="also test proportional hazards per term (Grambsch-Therneau, on scaled Schoenfeld "
+        "residuals against the rank of time), table `<name>_ph_test`",
+    )
+    ties: Literal["efron", "breslow"] = Field("efron", description="how tied event times are handled")
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="1 - confidence level of the hazard ratios' intervals: 0.05 gives 95%"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CoxSettings:
@@ -223,6 +263,33 @@ def time_to_event_counts(
     return df
 
 
+def tte_attrition(
+    cdm: Cdm, cohort_ids: Sequence[int], outcome_id: int, settings: SurvivalSettings, *, drop_both: bool = False
+) -> tuple[list[str], dict[int, list[int]]]:
+    """The population steps of a time-to-event analysis (fixed words naming its rules) and, per cohort,
+    the distinct persons left after each, counted in the database; `drop_both` adds the Cox step that
+    removes persons in more than one of the cohorts."""
+    steps = ["persons in the cohort",
+             ("first entry" if settings.first_entry_only else "an entry") + " in an observation period",
+             "time at risk ends on or after it starts"]
+    parts = ["SELECT cohort_definition_id AS cohort_id, subject_id AS person_id FROM idx",
+             "SELECT cohort_id, person_id FROM base",
+             "SELECT cohort_id, person_id FROM base WHERE end_date >= tar_start_date"]
+    if settings.exclude_prior_outcome:
+        steps.append("persons with the outcome before time at risk removed")
+        parts.append("SELECT cohort_id, person_id FROM tte")
+    if drop_both:
+        steps.append("persons in both target and comparator removed")
+        parts.append("SELECT cohort_id, person_id FROM tte WHERE person_id NOT IN "
+                     "(SELECT person_id FROM tte GROUP BY person_id HAVING COUNT(DISTINCT cohort_id) > 1)")
+    union = " UNION ALL ".join(f"SELECT {k} AS k, cohort_id, person_id FROM ({q}) q{k}" for k, q in enumerate(parts))
+    sql = (_tte_template(settings, with_person=False)
+           + f", steps AS ({union}) SELECT k, cohort_id, COUNT(DISTINCT person_id) AS n FROM steps GROUP BY k, cohort_id")
+    df = fetch_df(cdm, build(sql, cdm, _ids_values(cohort_ids)), _params(settings, outcome_id))
+    got = {(int(r.k), int(r.cohort_id)): int(r.n) for r in df.itertuples()}
+    return steps, {c: [got.get((k, c), 0) for k in range(len(steps))] for c in cohort_ids}
+
+
 # ------------------------------------------------------------------------------------------ Kaplan-Meier
 
 
@@ -273,7 +340,9 @@ def kaplan_meier(
 
     Tables: `{name}` (survival: cohort_id, time, n_at_risk, n_events, n_censored, and the site-side
     estimate/ci_lower/ci_upper, which release() recomputes from released counts) and `{name}_summary`
-    (counts: persons and events per cohort; median and CI as site-side columns).
+    (counts: persons and events per cohort; median and CI as site-side columns), and `{name}_attrition`
+    (counts, sequential: persons per target cohort, column `cohort_<id>`, after each rule of
+    `tte_attrition`).
     """
     counts = time_to_event_counts(cdm, target_cohort_ids, outcome_cohort_id, settings)
     frames, summary = [], []
@@ -311,6 +380,8 @@ def kaplan_meier(
         else pd.DataFrame({c: pd.Series(dtype="float64" if c in cols[5:] else "int64") for c in cols})
     )
     summ = pd.DataFrame(summary)
+    steps, persons = tte_attrition(cdm, target_cohort_ids, outcome_cohort_id, settings or SurvivalSettings())
+    pop = population_table(f"{name}_attrition", steps, {f"cohort_{c}": persons[c] for c in target_cohort_ids})
     empty = curve.empty
     notes = [Note(NoteCode.NO_TIME_AT_RISK, cohort=int(s["cohort_id"])) for s in summary if s["n_persons"] == 0]
     return AnalysisResult(
@@ -324,6 +395,7 @@ def kaplan_meier(
                 dimensions=["cohort_id"],
                 count_columns=["n_persons", "n_events"],
             ),
+            pop.name: pop,
         },
         empty=empty,
         notes=notes,
@@ -729,10 +801,15 @@ def cox_model(
     and n_events_nonzero per term, and `min_level_count`, the model's sparsest level (see
     `mercia.disclosure.model_support`) on every row, so release() withholds every term of a model
     resting on a small level) and `{name}_ph_test` (model: Schoenfeld test per term, with the same
-    count columns, so it withholds exactly what the model table withholds).
+    count columns, so it withholds exactly what the model table withholds), and `{name}_attrition`
+    (counts, sequential: n_target and n_comparator after each rule, the last removing persons in both).
     """
     settings = settings or CoxSettings()
     data = cox_data(cdm, target_cohort_id, comparator_cohort_id, outcome_cohort_id, settings)
+    steps, persons = tte_attrition(cdm, [target_cohort_id, comparator_cohort_id], outcome_cohort_id,
+                                   settings.survival, drop_both=True)
+    pop = population_table(f"{name}_attrition", steps, {"n_target": persons[target_cohort_id],
+                                                        "n_comparator": persons[comparator_cohort_id]})
     p = len(data.terms)
     coef_cols = [
         "term",
@@ -777,6 +854,7 @@ def cox_model(
                 f"{name}_ph_test": ResultTable(
                     name=f"{name}_ph_test", kind="model", data=ph, model=info, count_columns=counts
                 ),
+                pop.name: pop,
             },
             empty=True,
             notes=notes,
@@ -790,7 +868,8 @@ def cox_model(
     # one-person level moves the others too, and whether the fit converges depends on that person).
     table["min_level_count"] = np.int64(support_count(data.X, data.event, converged=fit.converged))
     info = ModelInfo(df_resid=data.n_obs - p, n_obs=data.n_obs, n_events=data.n_events)
-    tables = {name: ResultTable(name=name, kind="model", data=table, model=info, count_columns=counts)}
+    tables = {name: ResultTable(name=name, kind="model", data=table, model=info, count_columns=counts),
+              pop.name: pop}
     if settings.ph_test:
         try:
             ph = ph_test(data, fit)

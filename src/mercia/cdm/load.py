@@ -63,9 +63,9 @@ def load_folder(cdm: Cdm, folder: str | Path, *, version: str | None = None, mod
     """
     if mode not in MODES:
         raise LoadError(f"unknown load mode {mode!r}: use one of {', '.join(MODES)}")
-    # Ctrl-C only sets a flag, checked between steps: a KeyboardInterrupt raised inside a DuckDB
-    # statement is swallowed by the driver (the statement, and the load, would go on as if nothing
-    # had happened), and one raised mid-statement elsewhere leaves the rollback to chance.
+    # Ctrl-C only sets a flag, checked between steps: by default DuckDB turns a Ctrl-C during a statement
+    # into its own error ("Query interrupted"), which reads as a failed load, and a KeyboardInterrupt
+    # raised mid-statement elsewhere (or during COMMIT) leaves what was written to chance.
     # (`interrupt`: a caller's flag, when the caller defers Ctrl-C already.)
     if interrupt is not None:
         return _load(cdm, Path(folder), version, mode, interrupt)
@@ -136,7 +136,7 @@ def load_target(target: str | Path, folder: str | Path, *, cdm_schema: str | Non
     path = None if "://" in str(target) else Path(target)
     new_file = path is not None and not path.exists()
     try:
-        # Deferred from the start: opening the CDM runs DuckDB statements too, which swallow Ctrl-C.
+        # Deferred from the start: opening the CDM runs DuckDB statements too.
         with deferred_interrupt() as interrupt:
             cdm = Cdm.open(target, cdm_schema=cdm_schema, vocab_schema=vocab_schema,
                            results_schema=results_schema, create=True)

@@ -25,6 +25,7 @@ from sqlglot import exp
 from mercia.cdm import Cdm
 from mercia.cdm.engines import DuckDBEngine
 from mercia.cohorts.compiler import CompiledCohort, bound, compile_cohort, lit
+from mercia.cohorts.concept_domains import ConceptDomainWarning, domain_mismatches
 from mercia.cohorts.model import CohortDefinition
 from mercia.cohorts.plan import PLANS, CohortPlan, TempStep, plan_cohort
 from mercia.cohorts.stats import GeneratedStats, clear_stats, definition_ids_in, insert_stats
@@ -181,6 +182,7 @@ Counts = dict[int, tuple[int, int]]  # cohort id -> (persons, entries)
 @dataclass
 class _Checked:
     unknown: dict[int, list[str]]  # cohort id -> warnings about unknown concept ids
+    domains: dict[int, list[str]]  # cohort id -> warnings about concepts used in a criterion of another domain
     tables_exist: bool  # cohort and cohort_definition
 
 
@@ -225,6 +227,7 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
         """What needs no cohort computed: unknown concepts, ids used by other definitions. On DuckDB this
         runs while the other connections compute the cohorts."""
         unknown = dict(zip(ids, _unknown_concepts(cdm, [d for _, d in definitions]), strict=True))
+        domains = dict(zip(ids, domain_mismatches(cdm, [d for _, d in definitions]), strict=True))
         tables_exist = cdm.table_exists("cohort") and cdm.table_exists("cohort_definition")
         # cohort_definition alone is enough to clash (a site may keep its own list there, with no cohort table)
         existing = _existing_definitions(cdm, ids) if cdm.table_exists("cohort_definition") else {}
@@ -236,7 +239,7 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
                         f"cohort id {cid} is already used by another definition ({name!r}) in this CDM's "
                         f"cohort_definition table; choose another id, or delete it first (`mercia cohort delete {cid}`)"
                     )
-        return _Checked(unknown, tables_exist)
+        return _Checked(unknown, domains, tables_exist)
 
     progress = progress or (lambda done, total: None)
     cohort = cdm.table("cohort")
@@ -282,6 +285,8 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
     for p in prepared:
         for w in checked.unknown[p.cohort_id]:
             warnings.warn(f"cohort {p.cohort_id} ({p.definition.name!r}): {w}", UnknownConceptWarning, stacklevel=2)
+        for w in checked.domains[p.cohort_id]:
+            warnings.warn(f"cohort {p.cohort_id} ({p.definition.name!r}): {w}", ConceptDomainWarning, stacklevel=2)
     results: list[CohortResult] = []
     for p in prepared:
         mask_counts = runs[p.cohort_id].masks
@@ -289,7 +294,8 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
         persons, entries = counts.get(p.cohort_id, (0, 0))
         results.append(CohortResult(
             cohort_id=p.cohort_id, name=p.definition.name, persons=persons, entries=entries,
-            attrition=rule_stats, summary=summary, mask_counts=mask_counts, warnings=checked.unknown[p.cohort_id],
+            attrition=rule_stats, summary=summary, mask_counts=mask_counts,
+            warnings=checked.unknown[p.cohort_id] + checked.domains[p.cohort_id],
             definition_hash=p.definition_hash,
         ))
     return results

@@ -14,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mercia import limits
 from mercia.errors import DisclosureError
+from mercia.model_doc import field_docs
 
 
+@field_docs
 class DisclosurePolicy(BaseModel):
     """Statistical disclosure control settings applied by `release()`.
 
@@ -25,7 +27,7 @@ class DisclosurePolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(min_length=1, max_length=limits.MAX_NAME)
+    name: str = Field(min_length=1, max_length=limits.MAX_NAME, description="the policy's name, shown in outputs")
     threshold: int = Field(ge=0, le=limits.MAX_INT32, description="counts 1..threshold are suppressed")
     zeros_disclosive: bool = Field(
         default=False, description="suppress zero counts too (a zero says 'nobody in this group has X')"
@@ -33,7 +35,7 @@ class DisclosurePolicy(BaseModel):
     rounding_base: int = Field(
         default=1, ge=1, le=limits.MAX_INT32, description="released counts are multiples of this; 1 = exact"
     )
-    rounding_mode: Literal["nearest"] = "nearest"
+    rounding_mode: Literal["nearest"] = Field("nearest", description="how counts are rounded: to the nearest multiple")
     secondary_suppression: bool = Field(
         default=False, description="suppress complementary cells so no suppressed cell follows from totals"
     )
@@ -41,12 +43,14 @@ class DisclosurePolicy(BaseModel):
         default=None,
         gt=0,
         lt=1,
-        description="p% rule: unsafe if the rest is below p x the largest contribution",
+        description="p% rule (0 to 1): a magnitude cell is unsafe if the total minus its two largest "
+        "contributions is below p x the largest; None: off",
     )
     nk_n: int | None = Field(
-        default=None, ge=1, le=limits.MAX_INT32, description="N-k dominance: the n largest contributions ..."
+        default=None, ge=1, le=limits.MAX_INT32, description="N-k dominance rule, with nk_k: a magnitude cell is unsafe when its nk_n largest "
+        "contributions make up nk_k of its total or more; None (both): off"
     )
-    nk_k: float | None = Field(default=None, gt=0, le=1, description="... may not reach k x the cell total")
+    nk_k: float | None = Field(default=None, gt=0, le=1, description="N-k dominance rule: the share of the cell total (0 to 1) the nk_n largest must stay below")
     min_model_dof: int = Field(
         default=0, ge=0, le=limits.MAX_INT32, description="models with fewer residual dof are blocked"
     )

@@ -25,20 +25,28 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mercia import limits
 from mercia.errors import StudyError
+from mercia.model_doc import field_docs
 
 WindowKind = Literal["any_time_prior", "long_term", "medium_term", "short_term"]
 WINDOW_SLOT: dict[str, int] = {"any_time_prior": 0, "long_term": 1, "medium_term": 2, "short_term": 3}
 ANY_PRIOR_DAYS = -100_000  # "any time prior" reaches back further than any record
 
 
+@field_docs
 class Window(BaseModel):
     """Days relative to index (both ends inclusive); `start=None` is any time prior."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: WindowKind
-    start: int | None = Field(None, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS)
-    end: int = Field(0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS)
+    kind: WindowKind = Field(
+        description="which of FeatureExtraction's windows (it sets the covariate ids' analysis id); each "
+        "kind at most once"
+    )
+    start: int | None = Field(
+        None, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS,
+        description="first day, relative to index; None for any_time_prior, required for the others",
+    )
+    end: int = Field(0, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS, description="last day, relative to index")
 
     @model_validator(mode="after")
     def _check(self) -> Window:
@@ -67,29 +75,38 @@ DEFAULT_WINDOWS = (
 )
 
 
+@field_docs
 class CovariateSettings(BaseModel):
     """A large-scale covariate set (FeatureExtraction's default covariate settings, roughly)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    windows: list[Window] = Field(default_factory=lambda: list(DEFAULT_WINDOWS), max_length=limits.MAX_LIST)
-    use_demographics: bool = True
-    use_conditions: bool = True
-    use_drugs: bool = True
-    use_procedures: bool = True
-    use_measurements: bool = True
-    use_charlson: bool = True
-    use_chads2vasc: bool = True
+    windows: list[Window] = Field(
+        default_factory=lambda: list(DEFAULT_WINDOWS), max_length=limits.MAX_LIST,
+        description="windows of the domain covariates; at least one when any domain is used",
+    )
+    use_demographics: bool = Field(
+        True,
+        description="gender, age, 5-year age group, race, ethnicity, index year and month, prior observation time",
+    )
+    use_conditions: bool = Field(True, description="a covariate per condition concept (and group) per window")
+    use_drugs: bool = Field(True, description="a covariate per drug ingredient (and ATC class) per window")
+    use_procedures: bool = Field(True, description="a covariate per procedure concept per window")
+    use_measurements: bool = Field(
+        True, description="a covariate per measurement concept and unit per window: the latest value"
+    )
+    use_charlson: bool = Field(True, description="the Charlson comorbidity index (Romano adaptation)")
+    use_chads2vasc: bool = Field(True, description="the CHA2DS2-VASc score")
     roll_up: bool = Field(
         True,
         description="conditions and procedures count for every ancestor concept too (concept_ancestor); "
         "drugs for their ATC classes as well as their ingredients",
     )
     min_fraction: float = Field(
-        0.0, ge=0, le=1, description="drop covariates nonzero in fewer rows than this"
+        0.0, ge=0, le=1, description="drop covariates non-zero in fewer than this fraction of the rows (cohort entries)"
     )
     min_persons: int = Field(
-        1, ge=1, le=limits.MAX_INT32, description="drop covariates nonzero in fewer rows than this"
+        1, ge=1, le=limits.MAX_INT32, description="drop covariates non-zero in fewer rows (cohort entries) than this"
     )
     excluded_concept_ids: list[Annotated[int, Field(le=limits.MAX_INT64)]] = Field(
         default_factory=list,

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mercia.errors import ConfigError
+from mercia.errors import ConfigError, field_problems
 
 Config = TypeVar("Config", bound=BaseModel)
 
@@ -48,5 +48,6 @@ def validate_config(model: type[Config], data: dict[str, Any], path: Path, kind:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(top)'}: {err['msg']}" for err in e.errors()[:6])
+        found = field_problems(e)
+        problems = "; ".join(found[:6]) + (f"; (and {len(found) - 6} more)" if len(found) > 6 else "")
         raise ConfigError(f"{kind} {str(path)!r}: {problems}") from None

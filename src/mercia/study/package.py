@@ -24,7 +24,7 @@ import hashlib
 import json
 import runpy
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -42,6 +42,7 @@ from mercia.analyses.prediction import PredictionSettings
 from mercia.cohorts.model import CohortDefinition
 from mercia.disclosure import BUILTIN_POLICIES, DisclosurePolicy, effective_policy
 from mercia.errors import MerciaError, StudyError
+from mercia.model_doc import field_docs
 
 PACKAGE_FORMAT = "mercia-study/1"
 _KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -50,21 +51,33 @@ _Key = Annotated[str, Field(max_length=limits.MAX_NAME)]
 
 
 class _Strict(BaseModel):
+    """A part of a study package: unknown keys are refused, values cannot change after validation."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        field_docs(cls)  # help() lists the fields with their defaults and meanings
 
 
 class CohortRef(_Strict):
     """One cohort of the package: exactly one of `file` (relative to the package) and `definition`."""
 
     id: int | None = Field(
-        None, ge=1, le=limits.MAX_INT32, description="cohort_definition_id; default 1, 2, ... by sorted key"
+        None, ge=1, le=limits.MAX_INT32,
+        description="cohort_definition_id the cohort is generated under; default: the smallest ids not given "
+        "to another cohort, 1, 2, ..., in the sorted order of the keys",
     )
     file: str | None = Field(
         None, max_length=limits.MAX_NAME,
-        description="a .json (Circe or Mercia), .yaml/.yml or .py definition",
+        description="path of a definition file, relative to the package file: .json (an ATLAS/Circe "
+        "export or Mercia's model form), .yaml/.yml (the cohort language) or .py (sets `COHORT`)",
     )
     definition: dict[str, Any] | None = Field(
-        None, description="inline cohort language (YAML form) or Mercia's model form (with `expression`)"
+        None,
+        description="the definition written inline: the cohort language (name:, concepts:, entry:, ...; "
+        "see the cohort-language reference) or Mercia's model form (a mapping with `expression`)",
     )
 
     @model_validator(mode="after")
@@ -75,9 +88,12 @@ class CohortRef(_Strict):
 
 
 class _Analysis(_Strict):
+    """What every analysis of a package has: its `type` and an optional `name`."""
+
     name: str | None = Field(
         None, pattern=_KEY, max_length=limits.MAX_NAME,
-        description="prefix of the result tables; default the analysis type",
+        description="prefix of the analysis's result tables, distinct within the package (letters, digits, "
+        "underscores); default: the analysis type",
     )
 
     def cohorts_used(self) -> list[str]:
@@ -88,28 +104,44 @@ class _Analysis(_Strict):
 
 
 class CharacterizationAnalysis(_Analysis):
+    """Table 1 of each cohort: demographics, and conditions, drugs and measurements before index."""
+
     type: Literal["characterization"]
-    cohorts: list[_Key] = Field(min_length=1, max_length=limits.MAX_LIST)
-    settings: CharacterizationSettings = CharacterizationSettings()
+    cohorts: list[_Key] = Field(
+        min_length=1, max_length=limits.MAX_LIST, description="keys of the cohorts to characterize"
+    )
+    settings: CharacterizationSettings = Field(
+        CharacterizationSettings(), description="what to characterize"
+    )
 
     def cohorts_used(self) -> list[str]:
         return list(self.cohorts)
 
 
 class CompareCohortsAnalysis(_Analysis):
+    """Table 1 of two cohorts side by side, with the standardized mean difference of every covariate."""
+
     type: Literal["compare_cohorts"]
-    target: _Key
-    comparator: _Key
-    settings: CharacterizationSettings = CharacterizationSettings()
+    target: _Key = Field(description="key of the target cohort")
+    comparator: _Key = Field(description="key of the comparator cohort")
+    settings: CharacterizationSettings = Field(
+        CharacterizationSettings(), description="what to characterize, as for `characterization`"
+    )
 
     def cohorts_used(self) -> list[str]:
         return [self.target, self.comparator]
 
 
 class CohortEntriesAnalysis(_Analysis):
+    """Cohort entries and distinct persons entering, per cohort and calendar year or month of entry."""
+
     type: Literal["cohort_entries"]
-    cohorts: list[_Key] = Field(min_length=1, max_length=limits.MAX_LIST)
-    interval: Literal["year", "month"] = "year"
+    cohorts: list[_Key] = Field(
+        min_length=1, max_length=limits.MAX_LIST, description="keys of the cohorts to count"
+    )
+    interval: Literal["year", "month"] = Field(
+        "year", description="period entries are counted in: the calendar year or month of cohort start"
+    )
 
     def cohorts_used(self) -> list[str]:
         return list(self.cohorts)
@@ -123,19 +155,36 @@ def _no_ids(settings: dict[str, Any], what: str, fields: dict[str, str]) -> dict
 
 
 class IncidenceAnalysis(_Analysis):
+    """Incidence rates of an outcome per 1,000 person-years, with exact Poisson confidence intervals."""
+
+    # The settings are validated by this model (without its cohort ids, which come from the keys).
+    SETTINGS_MODEL: ClassVar[type[BaseModel]] = IncidenceSettings
+    SETTINGS_EXCLUDE: ClassVar[tuple[str, ...]] = ("outcome_cohort_id", "denominator_cohort_id")
+
     type: Literal["incidence"]
-    outcome: _Key
-    denominator: _Key | None = Field(None, description="a cohort key; None: the whole observed population")
-    settings: dict[str, Any] = Field(default_factory=dict, description="IncidenceSettings without cohort ids")
+    outcome: _Key = Field(description="key of the outcome cohort: its entries' start dates are the events")
+    denominator: _Key | None = Field(
+        None,
+        description="key of the cohort whose time (each entry, within observation) is at risk; "
+        "None: the whole observed population (every observation period)",
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="the incidence settings; every one has a default"
+    )
 
     @field_validator("settings")
     @classmethod
     def _settings(cls, v: dict[str, Any]) -> dict[str, Any]:
         _no_ids(v, "incidence", {"outcome_cohort_id": "outcome", "denominator_cohort_id": "denominator"})
         # Validated (and defaults filled in) with placeholder ids; the real ids come at run time.
-        return IncidenceSettings(**v, outcome_cohort_id=0).model_dump(
+        out = IncidenceSettings(**v, outcome_cohort_id=0).model_dump(
             mode="json", exclude={"outcome_cohort_id", "denominator_cohort_id"}
         )
+        # Settings added later are left out at their defaults, so an approved package keeps its hash.
+        for k, default in (("time_at_risk", []), ("clean_window_days", None)):
+            if out[k] == default:
+                del out[k]
+        return out
 
     def cohorts_used(self) -> list[str]:
         return [self.outcome, *([self.denominator] if self.denominator else [])]
@@ -149,11 +198,21 @@ class IncidenceAnalysis(_Analysis):
 
 
 class PrevalenceAnalysis(_Analysis):
+    """Point and period prevalence of an outcome, as proportions with Wilson score intervals."""
+
+    SETTINGS_MODEL: ClassVar[type[BaseModel]] = PrevalenceSettings
+    SETTINGS_EXCLUDE: ClassVar[tuple[str, ...]] = ("outcome_cohort_id", "denominator_cohort_id")
+
     type: Literal["prevalence"]
-    outcome: _Key
-    denominator: _Key | None = None
+    outcome: _Key = Field(description="key of the outcome cohort: a case has an entry overlapping the period")
+    denominator: _Key | None = Field(
+        None,
+        description="key of the cohort whose members on the date (or in the interval) are the "
+        "denominator; None: everyone in observation then",
+    )
     settings: dict[str, Any] = Field(
-        default_factory=dict, description="PrevalenceSettings without cohort ids"
+        default_factory=dict,
+        description="the prevalence settings; `points` or `intervals` must be given",
     )
 
     @field_validator("settings")
@@ -176,22 +235,31 @@ class PrevalenceAnalysis(_Analysis):
 
 
 class KaplanMeierAnalysis(_Analysis):
+    """Kaplan-Meier curves of time to an outcome, one per target cohort, with a median per curve."""
+
     type: Literal["kaplan_meier"]
-    targets: list[_Key] = Field(min_length=1, max_length=limits.MAX_LIST)
-    outcome: _Key
-    settings: SurvivalSettings = SurvivalSettings()
-    alpha: float = Field(0.05, gt=0, lt=1)
+    targets: list[_Key] = Field(
+        min_length=1, max_length=limits.MAX_LIST,
+        description="keys of the cohorts followed from their start (index); one curve each",
+    )
+    outcome: _Key = Field(description="key of the outcome cohort: its first start in time at risk is the event")
+    settings: SurvivalSettings = Field(SurvivalSettings(), description="time at risk and censoring")
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="1 - confidence level of the curves' (log-log) intervals: 0.05 gives 95%"
+    )
 
     def cohorts_used(self) -> list[str]:
         return [*self.targets, self.outcome]
 
 
 class CoxAnalysis(_Analysis):
+    """A Cox proportional-hazards model of time to an outcome, target vs comparator, adjusted as set."""
+
     type: Literal["cox"]
-    target: _Key
-    comparator: _Key
-    outcome: _Key
-    settings: CoxSettings = CoxSettings()
+    target: _Key = Field(description="key of the target cohort (treatment = 1)")
+    comparator: _Key = Field(description="key of the comparator cohort (treatment = 0)")
+    outcome: _Key = Field(description="key of the outcome cohort: its first start in time at risk is the event")
+    settings: CoxSettings = Field(CoxSettings(), description="time at risk, adjustment and fitting")
 
     def cohorts_used(self) -> list[str]:
         return [self.target, self.comparator, self.outcome]
@@ -201,9 +269,11 @@ class PredictionAnalysis(_Analysis):
     """Patient-level prediction: a model of `outcome` in `target`, internally validated."""
 
     type: Literal["prediction"]
-    target: _Key
-    outcome: _Key
-    settings: PredictionSettings = PredictionSettings()
+    target: _Key = Field(description="key of the cohort whose entries are predicted for (index = its start)")
+    outcome: _Key = Field(description="key of the outcome cohort predicted (an entry starting in time at risk)")
+    settings: PredictionSettings = Field(
+        PredictionSettings(), description="population, covariates, model, split and evaluation"
+    )
 
     def cohorts_used(self) -> list[str]:
         return [self.target, self.outcome]
@@ -215,11 +285,19 @@ class CohortMethodAnalysis(_Analysis):
     outcome cohorts with no effect, run through the same steps and used to calibrate."""
 
     type: Literal["cohort_method"]
-    target: _Key
-    comparator: _Key
-    outcomes: list[_Key] = Field(min_length=1, max_length=limits.MAX_LIST)
-    negative_controls: list[_Key] = Field(default_factory=list, max_length=limits.MAX_LIST)
-    settings: CohortMethodSettings = CohortMethodSettings()
+    target: _Key = Field(description="key of the target cohort (new users of the drug studied)")
+    comparator: _Key = Field(description="key of the comparator cohort (new users of the alternative)")
+    outcomes: list[_Key] = Field(
+        min_length=1, max_length=limits.MAX_LIST, description="keys of the outcome cohorts; one estimate each"
+    )
+    negative_controls: list[_Key] = Field(
+        default_factory=list, max_length=limits.MAX_LIST,
+        description="keys of outcome cohorts believed unaffected by either exposure (true effect 1); "
+        "run through the same steps, and with 5 or more estimable the estimates are empirically calibrated",
+    )
+    settings: CohortMethodSettings = Field(
+        CohortMethodSettings(), description="covariates, population, propensity model, adjustment"
+    )
 
     def cohorts_used(self) -> list[str]:
         return [self.target, self.comparator, *self.outcomes, *self.negative_controls]
@@ -251,14 +329,25 @@ ANALYSIS_TYPES = (
 
 
 class StudySpec(_Strict):
-    """The package file as written (cohorts not yet resolved)."""
+    """A study package as written: a name, cohorts by key, the analyses that use them, and the
+    disclosure policy asked for (`load_package` and `StudyPackage.from_dict` validate one and resolve
+    its cohorts)."""
 
-    name: str = Field(min_length=1, max_length=limits.MAX_NAME)
-    description: str | None = Field(None, max_length=limits.MAX_TEXT)
-    cohorts: dict[_Key, CohortRef] = Field(min_length=1, max_length=limits.MAX_LIST)
-    analyses: list[Analysis] = Field(min_length=1, max_length=limits.MAX_LIST)
+    name: str = Field(min_length=1, max_length=limits.MAX_NAME, description="the study's title")
+    description: str | None = Field(None, max_length=limits.MAX_TEXT, description="free text about the study")
+    cohorts: dict[_Key, CohortRef] = Field(
+        min_length=1, max_length=limits.MAX_LIST,
+        description="cohort key -> cohort; a key is letters, digits and underscores, not starting with a "
+        "digit, and analyses name cohorts by it",
+    )
+    analyses: list[Analysis] = Field(
+        min_length=1, max_length=limits.MAX_LIST,
+        description="the analyses to run, in order; each a mapping with `type:` (the types below)",
+    )
     disclosure: Literal["opensafely", "sacro"] | DisclosurePolicy | None = Field(
-        None, description="the policy the study asks for; None: the site's own policy"
+        None,
+        description="the disclosure policy the study asks for: `opensafely`, `sacro`, or a policy written "
+        "out; None: the site's own. A site refuses a policy weaker than its own minimum",
     )
 
     @field_validator("cohorts")
@@ -326,16 +415,30 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return "".join(out)
 
 
+def _union_branch(err: Any) -> str:
+    """The union branch pydantic names after the field (`literal['opensafely','sacro']`), or ''."""
+    return str(err["loc"][1]) if len(err["loc"]) > 1 else ""
+
+
+def _allowed(err: Any) -> str:
+    """A literal's allowed values as a plain list: `a, b, c` (pydantic writes `'a', 'b' or 'c'`)."""
+    expected = str((err.get("ctx") or {}).get("expected", ""))
+    return ", ".join(x.strip().strip("'") for x in expected.replace(" or ", ", ").split(",") if x.strip())
+
+
 def _format_validation(e: ValidationError, where: str) -> StudyError:
     lines = []
-    # A policy written out is not a policy name: that branch's error says nothing about the mapping.
+    # A policy written out is not a policy name: that branch's error says nothing about the mapping; and
+    # a name is not a policy written out: the mapping branch's error says nothing about a misspelt name.
     errors = [
         err
         for err in e.errors()
         if not (
             err["loc"][:1] == ("disclosure",)
-            and str(err["loc"][1:2][0] if err["loc"][1:] else "").startswith("literal[")
-            and isinstance(err.get("input"), dict)
+            and (
+                (_union_branch(err).startswith("literal[") and isinstance(err.get("input"), dict))
+                or (not _union_branch(err).startswith("literal[") and isinstance(err.get("input"), str))
+            )
         )
     ]
     for err in errors[:6]:
@@ -351,6 +454,11 @@ def _format_validation(e: ValidationError, where: str) -> StudyError:
             msg = f"unknown analysis type {tag!r}; use one of {', '.join(ANALYSIS_TYPES)}"
         elif err["type"] == "union_tag_not_found":
             msg = f"give the analysis `type:` ({', '.join(ANALYSIS_TYPES)})"
+        elif err["type"] == "literal_error" and err["loc"][:1] == ("disclosure",):
+            msg = (f"unknown policy {err.get('input')!r} (allowed: {', '.join(sorted(BUILTIN_POLICIES))}, "
+                   "or a policy written out as a mapping)")
+        elif err["type"] == "literal_error":
+            msg = f"{err.get('input')!r} is not allowed (allowed: {_allowed(err)})"
         else:
             msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"{loc or '(top level)'}: {msg}")

@@ -7,7 +7,7 @@
 - `<name>_performance` (model): per split (train, cv, test; external at another site) the AUC with
   its DeLong CI, Brier score, calibration in the large, calibration intercept and slope, E-statistics,
   with the persons and outcomes it rests on as count columns, and `min_level_count`: the fewer of
-  the split's outcomes and non-outcomes, and of the model's own support (below). A split resting on
+  the split's outcomes and non-outcomes, and of the model's own support. A split resting on
   few is withheld, and every split is when the model is.
 - `<name>_risk_strata` (rates): persons, outcomes and expected outcomes (sum of predicted risks,
   protected as person-time is) per stratum of predicted risk (deciles by default), with each split's
@@ -49,6 +49,7 @@ from mercia.disclosure import ModelInfo, RateSpec, ResultTable
 from mercia.disclosure.model_support import support_count
 from mercia.errors import StudyError
 from mercia.features import CovariateData, CovariateSettings, build_covariates
+from mercia.model_doc import field_docs
 
 PERFORMANCE_COLUMNS = (
     "auc",
@@ -67,17 +68,25 @@ PERFORMANCE_COLUMNS = (
 )
 
 
+@field_docs
 class PredictionSettings(BaseModel):
     """Everything a prediction study fixes: population, covariates, model, split and evaluation."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    population: PopulationSettings = PopulationSettings()
-    covariates: CovariateSettings = CovariateSettings()
-    model: ModelSettings = Field(default_factory=LassoLogisticSettings)
-    test_fraction: float = Field(0.25, gt=0, lt=1)
-    n_folds: int = Field(3, ge=2, le=20)
-    seed: int = Field(42, ge=0, le=limits.MAX_INT32)
+    population: PopulationSettings = Field(
+        PopulationSettings(), description="the study population and its time at risk"
+    )
+    covariates: CovariateSettings = Field(CovariateSettings(), description="the candidate predictors")
+    model: ModelSettings = Field(
+        default_factory=LassoLogisticSettings,
+        description="the model, chosen by `type:` lasso_logistic or gradient_boosting",
+    )
+    test_fraction: float = Field(
+        0.25, gt=0, lt=1, description="share of persons held out as the test set (split by person, stratified)"
+    )
+    n_folds: int = Field(3, ge=2, le=20, description="cross-validation folds on the training persons")
+    seed: int = Field(42, ge=0, le=limits.MAX_INT32, description="seed of the split, the folds and the model")
     min_covariate_persons: int = Field(
         10,
         ge=1,
@@ -88,7 +97,9 @@ class PredictionSettings(BaseModel):
         "the built-in policies' thresholds)",
     )
     risk_strata: int = Field(10, ge=2, le=100, description="strata of predicted risk (PLP: deciles)")
-    alpha: float = Field(0.05, gt=0, lt=1)
+    alpha: float = Field(
+        0.05, gt=0, lt=1, description="1 - confidence level of the AUC's (DeLong) interval: 0.05 gives 95%"
+    )
 
 
 @dataclass

@@ -27,38 +27,43 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mercia import limits
 from mercia.errors import StudyError
+from mercia.model_doc import field_docs
 
 # Penalties and learning rates: scikit-learn takes only positive, finite ones.
 _Positive = Annotated[float, Field(gt=0, le=limits.MAX_RANGE_VALUE)]
 
 
+@field_docs
 class LassoLogisticSettings(BaseModel):
     """L1 logistic regression; the inverse penalty C from a log grid chosen by cross-validation."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: Literal["lasso_logistic"] = "lasso_logistic"
+    type: Literal["lasso_logistic"] = Field("lasso_logistic", description="selects this model")
     c_grid: list[_Positive] = Field(
         default_factory=lambda: [float(c) for c in np.logspace(-3, 1, 9)],
         min_length=1,
         max_length=limits.MAX_LIST,
         description="inverse penalty strengths tried (larger: weaker penalty)",
     )
-    max_iter: int = Field(1000, ge=10, le=limits.MAX_ITERATIONS)
+    max_iter: int = Field(1000, ge=10, le=limits.MAX_ITERATIONS, description="solver iterations at most, per fit")
 
 
+@field_docs
 class GradientBoostingSettings(BaseModel):
     """Histogram gradient boosting; learning rate x tree size grid chosen by cross-validation."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    type: Literal["gradient_boosting"] = "gradient_boosting"
+    type: Literal["gradient_boosting"] = Field("gradient_boosting", description="selects this model")
     learning_rates: list[_Positive] = Field(
-        default_factory=lambda: [0.05, 0.1], min_length=1, max_length=limits.MAX_LIST
+        default_factory=lambda: [0.05, 0.1], min_length=1, max_length=limits.MAX_LIST,
+        description="learning rates tried by cross-validation",
     )
     # scikit-learn needs at least 2 leaves
     max_leaf_nodes: list[Annotated[int, Field(ge=2, le=limits.MAX_INT32)]] = Field(
-        default_factory=lambda: [7, 31], min_length=1, max_length=limits.MAX_LIST
+        default_factory=lambda: [7, 31], min_length=1, max_length=limits.MAX_LIST,
+        description="tree sizes (leaves per tree at most) tried by cross-validation, with each learning rate",
     )
     max_iter: int = Field(100, ge=1, le=limits.MAX_ITERATIONS, description="boosting rounds")
     min_samples_leaf: int = Field(20, ge=1, le=limits.MAX_INT32, description="persons in a leaf at least")

@@ -28,8 +28,10 @@ from mercia import limits
 from mercia.cdm import Cdm
 from mercia.cdm.query import build, check_cohort_id, fetch_df, require_tables
 from mercia.errors import StudyError
+from mercia.model_doc import field_docs
 
 
+@field_docs
 class PopulationSettings(BaseModel):
     """PLP's population settings, with its defaults (a one-year risk window from the day after index)."""
 
@@ -39,23 +41,36 @@ class PopulationSettings(BaseModel):
         1, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS,
         description="days after the start anchor when time at risk starts",
     )
-    start_anchor: Literal["cohort_start", "cohort_end"] = "cohort_start"
+    start_anchor: Literal["cohort_start", "cohort_end"] = Field(
+        "cohort_start", description="what risk_window_start counts from: the target entry's start or end"
+    )
     risk_window_end: int = Field(
         365, ge=-limits.MAX_DAYS, le=limits.MAX_DAYS,
         description="days after the end anchor when time at risk ends",
     )
-    end_anchor: Literal["cohort_start", "cohort_end"] = "cohort_start"
-    restrict_tar_to_cohort_end: bool = False
-    first_exposure_only: bool = False
+    end_anchor: Literal["cohort_start", "cohort_end"] = Field(
+        "cohort_start", description="what risk_window_end counts from: the target entry's start or end"
+    )
+    restrict_tar_to_cohort_end: bool = Field(
+        False, description="time at risk also ends at the target entry's end"
+    )
+    first_exposure_only: bool = Field(False, description="each person's first target entry only")
     washout_period: int = Field(
         0, ge=0, le=limits.MAX_DAYS, description="days of observation required before index"
     )
-    remove_subjects_with_prior_outcome: bool = True
+    remove_subjects_with_prior_outcome: bool = Field(
+        True, description="drop entries with an outcome in the prior_outcome_lookback days before time at risk"
+    )
     prior_outcome_lookback: int = Field(
         99999, ge=0, le=limits.MAX_DAYS, description="days before time at risk searched"
     )
-    require_time_at_risk: bool = True
-    min_time_at_risk: int = Field(364, ge=0, le=limits.MAX_DAYS)
+    require_time_at_risk: bool = Field(
+        True, description="drop entries with less than min_time_at_risk days at risk"
+    )
+    min_time_at_risk: int = Field(
+        364, ge=0, le=limits.MAX_DAYS,
+        description="days from the start to the end of time at risk required (end - start >= this)",
+    )
     include_all_outcomes: bool = Field(
         True, description="keep persons with the outcome even when their time at risk is short"
     )

@@ -1,7 +1,9 @@
 """The pooled report: one HTML page per study at the hub, from released numbers only.
 
 Per site: its status and its released model estimates; pooled: fixed-effect and DerSimonian-Laird
-estimates with I² for every released model term, and any federated regression fits. The table
+estimates with I² for every released model term, with a forest plot of each site's and the pooled
+ratios per model (plotly.js embedded once, nothing loaded from the network), and any federated
+regression fits. The table
 rendering is the site report's (mercia.study.report), so both read the same way.
 """
 
@@ -13,12 +15,16 @@ from typing import Any
 
 import pandas as pd
 
-from mercia.study.report import _table_html
+from mercia.analyses.forest import forest_figure
+from mercia.study.report import _Plots, _table_html
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}.note{color:#8a5a00}code{font-size:.9em}
+th{background:#f3f3f3;overflow-wrap:break-word}th,td{text-align:left}th.num,td.num{text-align:right}
+td.num{white-space:nowrap}table{max-width:100%}.note{color:#8a5a00}code{font-size:.9em;word-break:break-all}
+figure.plot{margin:.5em 0 1em}
+@media (max-width:960px){table{font-size:.76rem}th,td{padding:.15rem .25rem}th{overflow-wrap:anywhere}}
 """
 
 
@@ -26,10 +32,27 @@ def _exp(v: Any) -> float:
     return math.exp(v) if isinstance(v, int | float) and math.isfinite(v) else float("nan")
 
 
+def _pooled_forest(table: str, rows: list[dict[str, Any]]) -> Any:
+    """Per-site and pooled ratios of every term of one released model, grouped by term."""
+    rows = [r for r in rows if all(math.isfinite(r[k]) and r[k] > 0 for k in ("ratio", "lower", "upper"))]
+    return forest_figure(
+        [f"{r['term']} · {r['source']}" for r in rows],
+        [r["ratio"] for r in rows],
+        [r["lower"] for r in rows],
+        [r["upper"] for r in rows],
+        title=f"{table}: per-site and pooled ratios (95% CI)",
+        axis_title="ratio (log scale)",
+        groups=["pooled" if r["source"].startswith("pooled") else "site" for r in rows],
+        symbols={"site": "square", "pooled": "diamond-wide"},
+    )
+
+
 def render_pooled_report(study: dict[str, Any], sites: list[dict[str, Any]], pooled: dict[str, Any],
                          federated: list[dict[str, Any]] | None = None) -> str:
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(study['name'])}: pooled results</title>"
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{e(study['name'])}: pooled "
+             "results</title>"
              f"<style>{_STYLE}</style></head><body>",
              f"<h1>{e(study['name'])}</h1>",
              f"<p>Package <code>{e(study['hash'])}</code>, project {e(study['project'])}, submitted by "
@@ -42,6 +65,7 @@ def render_pooled_report(study: dict[str, Any], sites: list[dict[str, Any]], poo
     parts.append("<h2>Meta-analysis of released estimates</h2>")
     if not pooled.get("tables"):
         parts.append("<p>No site released a model estimate to pool.</p>")
+    plots = _Plots()
     for table, terms in pooled.get("tables", {}).items():
         rows = []
         for term, m in terms.items():
@@ -54,6 +78,8 @@ def render_pooled_report(study: dict[str, Any], sites: list[dict[str, Any]], poo
                              "lower": _exp(p["ci_lower"]), "upper": _exp(p["ci_upper"]),
                              "I²": m["i2"] if kind == "random" else None})
         parts.append(f"<h3>{e(table)}</h3>")
+        if any(math.isfinite(r["ratio"]) for r in rows):
+            parts.append(plots.html(_pooled_forest(table, rows)))
         parts.append(_table_html(pd.DataFrame(rows)))
     for note in pooled.get("notes", []):
         parts.append(f"<p class='note'>{e(note)}</p>")

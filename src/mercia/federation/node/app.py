@@ -56,6 +56,7 @@ from mercia.federation.http_common import (
     service_lifespan,
 )
 from mercia.federation.node.cdm_access import CdmAccess
+from mercia.federation.node.concept_count import concept_count_label, released_concept_count
 from mercia.federation.node.config import NodeConfig
 from mercia.federation.node.count_cache import ReleasedCountCache
 from mercia.federation.node.feasibility import feasibility_count, feasibility_label, parse_definition
@@ -127,6 +128,23 @@ class FeasibilityAnswer(BaseModel):
     disclosure: dict[str, Any]
     privacy: dict[str, Any] = Field(description=(
         "the differential privacy of the numbers: mechanism, epsilon, and the asker's budget spent and left"))
+
+
+class ConceptCountQuery(RequestBody):
+    concept_id: int = Field(ge=0, le=2_147_483_647, description="an OMOP concept_id in the site's vocabulary")
+    descendants: bool = Field(True, description="count persons with the concept or any of its descendants")
+    project: str = Field(pattern=NAME_PATTERN)
+
+
+class ConceptCountAnswer(BaseModel):
+    site: str
+    concept_id: int
+    descendants: bool
+    persons: int | None = Field(description="released persons count (noised, then the site policy); null where "
+                                            "suppressed")
+    disclosure: dict[str, Any]
+    privacy: dict[str, Any] = Field(description=(
+        "the differential privacy of the number: mechanism, epsilon, and the asker's budget spent and left"))
 
 
 class RoundQuery(RequestBody):
@@ -451,6 +469,57 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         answer = {**answer, "privacy": {**answer["privacy"], "budget": privacy.budget, "spent": round(spent, 9),
                                         "left": round(max(privacy.budget - spent, 0.0), 9), "charged": charged}}
         return FeasibilityAnswer(**answer)
+
+    @app.post(f"{API}/concepts/count", response_model=ConceptCountAnswer, responses=ERRORS, tags=["feasibility"])
+    async def concept_count(body: ConceptCountQuery, principal: Annotated[Principal, role("hub", "researcher")]
+                            ) -> ConceptCountAnswer:
+        """The released number of persons with a record of a concept (with its descendants by default) in
+        any clinical table, with differentially private noise, then the site policy. Roles: those in the
+        site's feasibility_roles (hub, researcher), when the custodian allows automatic counts. The same
+        defences as feasibility counts (node/concept_count.py): the same per-asker privacy budget (each
+        distinct question costs epsilon; a repeat gets the same answer at no cost; 429 when spent), rate
+        limits and lockout; 400 for a concept id not in the site's vocabulary."""
+        if principal.role not in config.feasibility_roles:
+            raise HTTPException(403, detail=f"this site answers feasibility counts for "
+                                            f"{', '.join(config.feasibility_roles)} only")
+        require_project(principal, body.project)
+        if not config.auto_approve.feasibility:
+            raise HTTPException(403, detail="this site's custodian has not allowed automatic counts "
+                                            "(auto_approve.feasibility in node.yaml)")
+        who = principal.name
+        services.guard.check(who, f"concept:{body.concept_id}:{int(body.descendants)}")
+        label = concept_count_label(body.concept_id, body.descendants, config.site_policy, privacy)
+        key = hashlib.sha256(label.encode()).hexdigest()
+
+        def count() -> dict[str, Any]:
+            with services.cdm.reader() as cdm:
+                answer = released_concept_count(cdm, body.concept_id, body.descendants, config.site_policy,
+                                                site=config.site, privacy=privacy,
+                                                noise_key=services.ledger.noise_key(), label=label)
+            return services.ledger.keep(key, privacy.epsilon_per_query, answer)
+
+        if "limiter" not in count_threads:
+            count_threads["limiter"] = anyio.CapacityLimiter(COUNT_THREADS)
+            count_threads["audit"] = anyio.CapacityLimiter(2)
+        small = count_threads["audit"]
+        charged = await anyio.to_thread.run_sync(services.ledger.charge, who, key, privacy, limiter=small)
+        try:
+            answer = await anyio.to_thread.run_sync(services.ledger.answer, key, limiter=small)
+            if answer is None:
+                answer = await services.counts.answer(
+                    key, lambda: anyio.to_thread.run_sync(count, limiter=count_threads["limiter"]))
+        except BaseException:
+            if charged:  # nothing was released: the question costs nothing
+                await anyio.to_thread.run_sync(services.ledger.refund, who, key, limiter=small)
+            raise
+        await anyio.to_thread.run_sync(functools.partial(
+            services.audit.append, "concept_count.released", principal.name, project=body.project,
+            concept_id=body.concept_id, descendants=body.descendants, persons=answer["persons"],
+            epsilon=privacy.epsilon_per_query if charged else 0.0), limiter=small)
+        spent = await anyio.to_thread.run_sync(services.ledger.spent, who, limiter=small)
+        answer = {**answer, "privacy": {**answer["privacy"], "budget": privacy.budget, "spent": round(spent, 9),
+                                        "left": round(max(privacy.budget - spent, 0.0), 9), "charged": charged}}
+        return ConceptCountAnswer(**answer)
 
     def budget_holder(principal: Principal, body: FeasibilityQuery) -> str:
         """Whose privacy budget (and count limits) a question spends. A researcher's own token: theirs. The

@@ -1,0 +1,308 @@
+"""Finding concepts in a CDM's vocabulary: search by text, one concept's details, record and person counts.
+
+Search is a case-insensitive substring match on concept names and synonyms (CONCEPT_SYNONYM) and an
+exact, case-insensitive match on concept_code, optionally filtered by domain, vocabulary and standard
+concepts. Results are ordered by how well they match (an exact name, synonym or code first, then a
+name or synonym starting with the text, then one containing it), then by how many records in the
+CDM's clinical tables carry the concept, then by concept_id.
+
+Every query is a sqlglot tree; the search text, domain and vocabulary are bound parameters, never
+SQL text. The counts here are exact: they are for the user's own CDM (`mercia concept search/show
+--cdm`). A node releases a person count only through `federation/node/concept_count.py`, with noise
+and disclosure control.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlglot import exp
+
+from mercia.cdm import Cdm
+from mercia.errors import VocabularyError
+
+# Clinical tables whose rows carry a concept: (table, standard concept column, source concept column).
+DOMAIN_TABLES: tuple[tuple[str, str, str | None], ...] = (
+    ("condition_occurrence", "condition_concept_id", "condition_source_concept_id"),
+    ("drug_exposure", "drug_concept_id", "drug_source_concept_id"),
+    ("procedure_occurrence", "procedure_concept_id", "procedure_source_concept_id"),
+    ("measurement", "measurement_concept_id", "measurement_source_concept_id"),
+    ("observation", "observation_concept_id", "observation_source_concept_id"),
+    ("device_exposure", "device_concept_id", "device_source_concept_id"),
+    ("visit_occurrence", "visit_concept_id", "visit_source_concept_id"),
+    ("specimen", "specimen_concept_id", None),
+    ("death", "cause_concept_id", "cause_source_concept_id"),
+)
+
+MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    concept_id: int
+    concept_name: str
+    domain_id: str
+    vocabulary_id: str
+    concept_class_id: str
+    standard_concept: str | None
+    concept_code: str
+    invalid_reason: str | None
+    match: str  # "exact", "prefix" or "substring"
+    record_count: int  # records in this CDM's clinical tables with it as their concept (exact, local)
+
+
+@dataclass
+class ConceptDetails:
+    concept: dict[str, Any]
+    synonyms: list[str] = field(default_factory=list)
+    maps_to: list[dict[str, Any]] = field(default_factory=list)
+    mapped_from: list[dict[str, Any]] = field(default_factory=list)
+    ancestors: list[dict[str, Any]] = field(default_factory=list)  # with min/max levels of separation
+    descendants: list[dict[str, Any]] = field(default_factory=list)
+    descendants_total: int = 0
+    record_counts: list[dict[str, Any]] = field(default_factory=list)  # per table: as concept, as source
+
+
+MATCH_NAMES = {0: "exact", 1: "prefix", 2: "substring"}
+_CONCEPT_FIELDS = ("concept_id", "concept_name", "domain_id", "vocabulary_id", "concept_class_id",
+                   "standard_concept", "concept_code", "invalid_reason")
+
+
+def _c(name: str, table: str | None = None) -> exp.Column:
+    return exp.column(name, table=table)
+
+
+def _p(name: str) -> exp.Placeholder:
+    return exp.Placeholder(this=name)
+
+
+def _n(value: int) -> exp.Literal:
+    return exp.Literal.number(int(value))
+
+
+def domain_tables(cdm: Cdm) -> list[tuple[str, str, str | None]]:
+    """The clinical tables of DOMAIN_TABLES that this CDM has (with the source column if it has it)."""
+    out = []
+    for table, col, source in DOMAIN_TABLES:
+        cols = cdm.columns(table)
+        if not cols or col not in cols:
+            continue
+        out.append((table, col, source if source and source in cols else None))
+    return out
+
+
+def _record_counts_query(cdm: Cdm, ids: exp.Query) -> exp.Query | None:
+    """(concept_id, n): records per concept in the clinical tables, for the concepts `ids` selects."""
+    parts: list[exp.Query] = []
+    for table, col, _ in domain_tables(cdm):
+        parts.append(
+            exp.select(exp.alias_(_c(col), "concept_id"), exp.alias_(exp.Count(this=exp.Star()), "n"))
+            .from_(cdm.table(table))
+            .where(exp.In(this=_c(col), query=exp.Subquery(this=ids.copy())))
+            .group_by(_c(col))
+        )
+    if not parts:
+        return None
+    union = parts[0]
+    for q in parts[1:]:
+        union = exp.union(union, q, distinct=False)
+    return (
+        exp.select(_c("concept_id"), exp.alias_(exp.Sum(this=_c("n")), "n"))
+        .from_(union.subquery("rc_all"))
+        .group_by(_c("concept_id"))
+    )
+
+
+def search_query(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: str | None = None,
+                 standard: bool = False, limit: int = 50) -> tuple[exp.Select, dict[str, Any]]:
+    """The search as one tree and its bound parameters."""
+    text = text.strip()
+    if not text:
+        raise VocabularyError("search text: give some text to look for (a word, a phrase or a concept code)")
+    if not 1 <= int(limit) <= MAX_LIMIT:
+        raise VocabularyError(f"limit: must be between 1 and {MAX_LIMIT}, not {limit}")
+    params: dict[str, Any] = {"q": text.lower()}
+    q = _p("q")
+
+    def rank(col: exp.Expression) -> exp.Expression:
+        pos = exp.StrPosition(this=exp.Lower(this=col), substr=q.copy())
+        return exp.Case(ifs=[
+            exp.If(this=exp.EQ(this=exp.Lower(this=col.copy()), expression=q.copy()), true=_n(0)),
+            exp.If(this=exp.EQ(this=pos.copy(), expression=_n(1)), true=_n(1)),
+        ], default=_n(2))
+
+    def contains(col: exp.Expression) -> exp.Expression:
+        return exp.GT(this=exp.StrPosition(this=exp.Lower(this=col), substr=q.copy()), expression=_n(0))
+
+    by_name = (exp.select(_c("concept_id"), exp.alias_(rank(_c("concept_name")), "rnk"))
+               .from_(cdm.table("concept")).where(contains(_c("concept_name"))))
+    by_code = (exp.select(_c("concept_id"), exp.alias_(_n(0), "rnk")).from_(cdm.table("concept"))
+               .where(exp.EQ(this=exp.Lower(this=_c("concept_code")), expression=q.copy())))
+    union: exp.Query = exp.union(by_name, by_code, distinct=False)
+    syn_cols = cdm.columns("concept_synonym") or []
+    if "concept_synonym_name" in syn_cols:
+        by_syn = (exp.select(_c("concept_id"), exp.alias_(rank(_c("concept_synonym_name")), "rnk"))
+                  .from_(cdm.table("concept_synonym")).where(contains(_c("concept_synonym_name"))))
+        union = exp.union(union, by_syn, distinct=False)
+    matched = (exp.select(_c("concept_id"), exp.alias_(exp.Min(this=_c("rnk")), "rnk"))
+               .from_(union.subquery("m_all")).group_by(_c("concept_id")))
+
+    conds: list[exp.Expression] = []
+    if domain:
+        params["domain"] = domain.lower()
+        conds.append(exp.EQ(this=exp.Lower(this=_c("domain_id", "c")), expression=_p("domain")))
+    if vocabulary:
+        params["vocabulary"] = vocabulary.lower()
+        conds.append(exp.EQ(this=exp.Lower(this=_c("vocabulary_id", "c")), expression=_p("vocabulary")))
+    if standard:
+        conds.append(exp.EQ(this=_c("standard_concept", "c"), expression=exp.Literal.string("S")))
+
+    counts = _record_counts_query(cdm, exp.select(_c("concept_id")).from_(matched.subquery("m_ids")))
+    n_expr: exp.Expression = (exp.func("COALESCE", _c("n", "rc"), _n(0)) if counts is not None else _n(0))
+    query = (
+        exp.select(*[_c(f, "c") for f in _CONCEPT_FIELDS], _c("rnk", "m"), exp.alias_(n_expr, "record_count"))
+        .from_(matched.subquery("m"))
+        .join(cdm.table("concept", alias="c"),
+              on=exp.EQ(this=_c("concept_id", "c"), expression=_c("concept_id", "m")))
+    )
+    if counts is not None:
+        query = query.join(exp.Join(this=counts.subquery("rc"), side="LEFT",
+                                    on=exp.EQ(this=_c("concept_id", "rc"), expression=_c("concept_id", "m"))))
+    if conds:
+        query = query.where(exp.and_(*conds))
+    query = query.order_by(
+        _c("rnk", "m"), exp.Ordered(this=_c("record_count"), desc=True), _c("concept_id", "c")
+    ).limit(_n(limit))
+    return query, params
+
+
+def search_concepts(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: str | None = None,
+                    standard: bool = False, limit: int = 50) -> list[SearchHit]:
+    """Concepts matching `text`, best first (see the module's docstring for the order)."""
+    query, params = search_query(cdm, text, domain=domain, vocabulary=vocabulary, standard=standard, limit=limit)
+    rows = cdm.fetch_all(query, params)
+    return [
+        SearchHit(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), r[5] or None, str(r[6]), r[7] or None,
+                  MATCH_NAMES[int(r[8])], int(r[9] or 0))
+        for r in rows
+    ]
+
+
+def _concept_rows(cdm: Cdm, query: exp.Select) -> list[dict[str, Any]]:
+    return [dict(zip(_CONCEPT_FIELDS, r[:len(_CONCEPT_FIELDS)], strict=True)) | (
+        {"min_levels": int(r[-2]), "max_levels": int(r[-1])} if len(r) > len(_CONCEPT_FIELDS) else {})
+        for r in cdm.fetch_all(query)]
+
+
+def _concept_select(alias: str = "c") -> list[exp.Expression]:
+    return [_c(f, alias) for f in _CONCEPT_FIELDS]
+
+
+def _relatives(cdm: Cdm, concept_id: int, *, up: bool) -> exp.Select:
+    """Ancestors (up) or descendants of a concept via CONCEPT_ANCESTOR, itself excluded, nearest first."""
+    mine, theirs = ("descendant_concept_id", "ancestor_concept_id") if up else (
+        "ancestor_concept_id", "descendant_concept_id")
+    # A LEFT JOIN: a trimmed vocabulary (Eunomia's) keeps ancestry rows whose concept it dropped;
+    # they are shown by id, with no name, rather than hidden.
+    return (
+        exp.select(exp.alias_(_c(theirs, "ca"), "concept_id"), *_concept_select()[1:],
+                   _c("min_levels_of_separation", "ca"), _c("max_levels_of_separation", "ca"))
+        .from_(cdm.table("concept_ancestor", alias="ca"))
+        .join(exp.Join(this=cdm.table("concept", alias="c"), side="LEFT",
+                       on=exp.EQ(this=_c("concept_id", "c"), expression=_c(theirs, "ca"))))
+        .where(exp.and_(exp.EQ(this=_c(mine, "ca"), expression=_n(concept_id)),
+                        exp.NEQ(this=_c(theirs, "ca"), expression=_n(concept_id))))
+        .order_by(_c("min_levels_of_separation", "ca"), _c(theirs, "ca"))
+    )
+
+
+def _mapping(cdm: Cdm, concept_id: int, *, forward: bool) -> exp.Select:
+    """'Maps to' targets of a concept (forward) or the concepts mapped to it, valid rows only, not itself."""
+    mine, theirs = ("concept_id_1", "concept_id_2") if forward else ("concept_id_2", "concept_id_1")
+    return (
+        exp.select(*_concept_select())
+        .from_(cdm.table("concept_relationship", alias="cr"))
+        .join(cdm.table("concept", alias="c"), on=exp.EQ(this=_c("concept_id", "c"), expression=_c(theirs, "cr")))
+        .where(exp.and_(
+            exp.EQ(this=_c(mine, "cr"), expression=_n(concept_id)),
+            exp.EQ(this=_c("relationship_id", "cr"), expression=exp.Literal.string("Maps to")),
+            exp.Is(this=_c("invalid_reason", "cr"), expression=exp.Null()),
+            exp.NEQ(this=_c(theirs, "cr"), expression=_n(concept_id))))
+        .order_by(_c("concept_id", "c"))
+    )
+
+
+def record_counts(cdm: Cdm, concept_id: int) -> list[dict[str, Any]]:
+    """Per clinical table of this CDM: records with the concept as their concept, and as their source
+    concept. Exact counts of the local CDM: not for release."""
+    out = []
+    for table, col, source in domain_tables(cdm):
+        cols = [exp.alias_(exp.Sum(this=exp.Case(ifs=[exp.If(this=exp.EQ(this=_c(col), expression=_n(concept_id)),
+                                                             true=_n(1))], default=_n(0))), "as_concept")]
+        where = exp.EQ(this=_c(col), expression=_n(concept_id))
+        if source:
+            cols.append(exp.alias_(exp.Sum(this=exp.Case(ifs=[exp.If(
+                this=exp.EQ(this=_c(source), expression=_n(concept_id)), true=_n(1))], default=_n(0))), "as_source"))
+            where = exp.or_(where, exp.EQ(this=_c(source), expression=_n(concept_id)))
+        row = cdm.fetch_all(exp.select(*cols).from_(cdm.table(table)).where(where))[0]
+        as_concept = int(row[0] or 0)
+        as_source = int(row[1] or 0) if source else 0
+        if as_concept or as_source:
+            out.append({"table": table, "as_concept": as_concept, "as_source": as_source})
+    return out
+
+
+def concept_details(cdm: Cdm, concept_id: int, *, max_descendants: int = 100) -> ConceptDetails:
+    """One concept: its fields, synonyms, mappings, ancestors, descendants and local record counts."""
+    cid = int(concept_id)
+    rows = _concept_rows(cdm, exp.select(*_concept_select()).from_(cdm.table("concept", alias="c"))
+                         .where(exp.EQ(this=_c("concept_id", "c"), expression=_n(cid))))
+    if not rows:
+        raise VocabularyError(f"concept id: {cid} is not in this CDM's CONCEPT table; "
+                              "find ids with `mercia concept search TEXT --cdm ...`")
+    synonyms: list[str] = []
+    if "concept_synonym_name" in (cdm.columns("concept_synonym") or []):
+        synonyms = sorted({str(r[0]) for r in cdm.fetch_all(
+            exp.select(_c("concept_synonym_name")).from_(cdm.table("concept_synonym"))
+            .where(exp.EQ(this=_c("concept_id"), expression=_n(cid))))} - {rows[0]["concept_name"]})
+    descendants = _concept_rows(cdm, _relatives(cdm, cid, up=False))
+    return ConceptDetails(
+        concept=rows[0],
+        synonyms=synonyms,
+        maps_to=_concept_rows(cdm, _mapping(cdm, cid, forward=True)),
+        mapped_from=_concept_rows(cdm, _mapping(cdm, cid, forward=False)),
+        ancestors=_concept_rows(cdm, _relatives(cdm, cid, up=True)),
+        descendants=descendants[:max_descendants],
+        descendants_total=len(descendants),
+        record_counts=record_counts(cdm, cid),
+    )
+
+
+def concept_persons_query(cdm: Cdm, concept_id: int, *, descendants: bool) -> exp.Select:
+    """``SELECT COUNT(DISTINCT person_id)``: persons with a record of the concept (or, with
+    `descendants`, of it or any descendant) as the concept of a row in any clinical table."""
+    cid = int(concept_id)
+    if descendants:
+        ids: exp.Query = (exp.select(_c("descendant_concept_id")).from_(cdm.table("concept_ancestor"))
+                          .where(exp.EQ(this=_c("ancestor_concept_id"), expression=_n(cid))))
+        ids = exp.union(ids, exp.select(exp.alias_(_n(cid), "descendant_concept_id")), distinct=True)
+    parts: list[exp.Query] = []
+    for table, col, _ in domain_tables(cdm):
+        if "person_id" not in (cdm.columns(table) or []):
+            continue
+        cond = (exp.In(this=_c(col), query=exp.Subquery(this=ids.copy())) if descendants
+                else exp.EQ(this=_c(col), expression=_n(cid)))
+        parts.append(exp.select(_c("person_id")).from_(cdm.table(table)).where(cond))
+    if not parts:
+        return exp.select(exp.alias_(_n(0), "persons"))
+    union = parts[0]
+    for q in parts[1:]:
+        union = exp.union(union, q, distinct=False)
+    return exp.select(exp.alias_(exp.Count(this=exp.Distinct(expressions=[_c("person_id")])), "persons")
+                      ).from_(union.subquery("cp"))
+
+
+def concept_persons(cdm: Cdm, concept_id: int, *, descendants: bool) -> int:
+    """The exact number of persons with the concept (see concept_persons_query). Not for release."""
+    return int(cdm.scalar(concept_persons_query(cdm, concept_id, descendants=descendants)) or 0)

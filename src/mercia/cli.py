@@ -277,7 +277,7 @@ def cohort_list(
 
     if format not in ("table", "json"):
         raise MerciaError(f"unknown format {format!r}: use table or json")
-    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True, require=None) as handle:
+    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True) as handle:
         cohorts = list_cohorts(handle)
     if format == "json":
         sys.stdout.write(json.dumps([asdict(c) for c in cohorts], indent=2) + "\n")
@@ -305,7 +305,7 @@ def cohort_delete(
     """Delete cohorts from the results schema: their rows, definitions, statistics and study records."""
     from mercia.cohorts.registry import delete_cohorts
 
-    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema, require=None) as handle:
+    with open_cdm(cdm, cdm_schema, vocab_schema, results_schema) as handle:
         deleted = delete_cohorts(handle, ids)
     console.print(f"deleted cohort{'s' if len(deleted) > 1 else ''} {', '.join(map(str, deleted))}")
 

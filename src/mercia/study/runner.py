@@ -20,6 +20,7 @@ import platform
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,7 +295,7 @@ def run_study(
     results and the manifest. The CDM must be writable: cohorts are generated into its cohort table.
     """
     from mercia.cohorts import registry
-    from mercia.cohorts.generate import generate_cohorts
+    from mercia.cohorts.generate import UnknownConceptWarning, generate_cohorts
     from mercia.study.report import render_report
 
     pkg = package if isinstance(package, StudyPackage) else load_package(package)
@@ -349,7 +350,10 @@ def run_study(
             own = {v: k for k, v in stored.items()}
             defs = [(stored[pkg.cohort_ids[k]], pkg.definitions[k])
                     for k in sorted(pkg.cohort_ids, key=pkg.cohort_ids.get)]  # type: ignore[arg-type]
-            generated = [g.model_copy(update={"cohort_id": own[g.cohort_id]}) for g in generate_cohorts(cdm, defs)]
+            with warnings.catch_warnings():  # given again below, under the package's ids
+                warnings.simplefilter("ignore", UnknownConceptWarning)
+                made = generate_cohorts(cdm, defs)
+            generated = [g.model_copy(update={"cohort_id": own[g.cohort_id]}) for g in made]
             registry.record(cdm, pkg, stored)
         except MerciaError as e:
             raise CohortGenerationError(f"generating the study's cohorts failed: {e}") from None
@@ -361,6 +365,9 @@ def run_study(
                     "open it writable (Cdm.open(target) without read_only=True)"
                 ) from None
             raise
+        for g in generated:
+            for w in g.warnings:
+                warnings.warn(f"cohort {g.cohort_id} ({g.name!r}): {w}", UnknownConceptWarning, stacklevel=2)
         by_id = {g.cohort_id: g for g in generated}
         keys = {v: k for k, v in pkg.cohort_ids.items()}
         counts = pd.DataFrame(

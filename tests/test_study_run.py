@@ -188,13 +188,15 @@ def test_report_sections_plots_and_no_network(study: dict[str, Any]) -> None:
     assert html.count("plotly.js v") >= 1
     rest = _without_library(html)
     assert "plotly.js v" not in rest  # the library is embedded once
-    # An attrition plot per cohort (4), SMD, incidence by age and by year, KM. No Cox forest plot: the
+    # An attrition plot per cohort (4), SMD, incidence by age and by year, incidence by sex with one series
+    # per time-at-risk window, KM. No Cox forest plot: the
     # comparator arm holds a handful of events at 4,000 persons, so the model is released whole or not
     # at all (model_support) and here not at all (tests/test_attack_models.py shows a released one).
     cox = study["run"].tables["cox"].data
     assert cox["coef"].isna().all() and cox["min_level_count"].isna().all()
     assert "hazard ratios (95% CI)" not in html
-    assert rest.count("Plotly.newPlot") == 8
+    assert rest.count("Plotly.newPlot") == 9
+    assert "inc_tar: incidence by sex" in rest
     # plotly.js comes before the first figure that uses it.
     assert html.index("plotly.js v") < html.index("Plotly.newPlot")
     assert not re.search(r"<script[^>]+src=|<link[^>]+href=|@import|<img[^>]+src=\"?http", html)

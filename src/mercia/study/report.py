@@ -230,12 +230,16 @@ def incidence_figure(d: pd.DataFrame, dim: str, by: list[str], title: str) -> An
     series: list[tuple[str, pd.DataFrame]] = []
     if others:
         first = others[0]
-        series.append((f"all ({first.replace('_', ' ')} total)", base[base[first].astype(str) == TOTAL]))
+        total = base[base[first].astype(str) == TOTAL]
+        if not total.empty:  # time-at-risk windows have no total across windows: one series per window
+            series.append((f"all ({first.replace('_', ' ')} total)", total))
         strata = sorted((x for x in base[first].astype(str).unique() if x != TOTAL), key=natural_key)
         if len(others) == 1 and 0 < len(strata) <= MAX_STRATA_TRACES:
             series += [(f"{first.replace('_', ' ')} {x}", base[base[first].astype(str) == x]) for x in strata]
     else:
         series.append(("all", base))
+    if not series:
+        return None
     fig = go.Figure()
     width = 0.5 / max(1, len(series))
     top = 0.0

@@ -295,7 +295,7 @@ def run_study(
     results and the manifest. The CDM must be writable: cohorts are generated into its cohort table.
     """
     from mercia.cohorts import registry
-    from mercia.cohorts.generate import UnknownConceptWarning, generate_cohorts
+    from mercia.cohorts.generate import generate_cohorts
     from mercia.study.report import render_report
 
     pkg = package if isinstance(package, StudyPackage) else load_package(package)
@@ -350,8 +350,8 @@ def run_study(
             own = {v: k for k, v in stored.items()}
             defs = [(stored[pkg.cohort_ids[k]], pkg.definitions[k])
                     for k in sorted(pkg.cohort_ids, key=pkg.cohort_ids.get)]  # type: ignore[arg-type]
-            with warnings.catch_warnings():  # given again below, under the package's ids
-                warnings.simplefilter("ignore", UnknownConceptWarning)
+            with warnings.catch_warnings(record=True) as caught:  # given again below, under the package's ids
+                warnings.simplefilter("always")
                 made = generate_cohorts(cdm, defs)
             generated = [g.model_copy(update={"cohort_id": own[g.cohort_id]}) for g in made]
             registry.record(cdm, pkg, stored)
@@ -365,9 +365,12 @@ def run_study(
                     "open it writable (Cdm.open(target) without read_only=True)"
                 ) from None
             raise
-        for g in generated:
-            for w in g.warnings:
-                warnings.warn(f"cohort {g.cohort_id} ({g.name!r}): {w}", UnknownConceptWarning, stacklevel=2)
+        for w in caught:  # "cohort <stored id> (name): ..." -> "cohort <package id> (name): ..."
+            text = str(w.message)
+            stored_id, _, rest = text.removeprefix("cohort ").partition(" ")
+            if text.startswith("cohort ") and stored_id.isdigit() and int(stored_id) in own:
+                text = f"cohort {own[int(stored_id)]} {rest}"
+            warnings.warn(text, w.category, stacklevel=2)
         by_id = {g.cohort_id: g for g in generated}
         keys = {v: k for k, v in pkg.cohort_ids.items()}
         counts = pd.DataFrame(

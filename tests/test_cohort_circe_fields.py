@@ -229,3 +229,18 @@ def test_unset_cdm_lacking_elements_compile(empty_cdm: Cdm) -> None:
         "EffectiveDrugDose": None, "DoseUnit": [], "DoseUnitCS": None}}]}})
     c = compile_cohort(empty_cdm, expr)
     assert empty_cdm.fetch_all(c.rows_query(), c.params) == []
+
+
+def test_condition_stop_reason_in_mercias_own_language() -> None:
+    """The cohort language says it as a filter; its YAML reads back the same, and exports as Circe's."""
+    from mercia.cohorts import dsl
+
+    c = dsl.cohort("resolved A").entry(dsl.drug(dsl.concepts("x", 1118084))).require(
+        dsl.condition(dsl.concepts("a", 201826)).filter(stop_reason={"text": "resolved", "op": "startsWith"})
+        .within(days_before=365).at_least(1))
+    text = c.to_yaml()
+    assert "stop_reason: {text: resolved, op: startsWith}" in text
+    d = dsl.from_yaml(text)
+    assert d == c.build()
+    circe = to_circe_dict(d.expression)["InclusionRules"][0]["expression"]["CriteriaList"][0]["Criteria"]
+    assert circe["ConditionOccurrence"]["StopReason"] == {"Text": "resolved", "Op": "startsWith"}

@@ -244,3 +244,13 @@ def test_condition_stop_reason_in_mercias_own_language() -> None:
     assert d == c.build()
     circe = to_circe_dict(d.expression)["InclusionRules"][0]["expression"]["CriteriaList"][0]["Criteria"]
     assert circe["ConditionOccurrence"]["StopReason"] == {"Text": "resolved", "Op": "startsWith"}
+
+
+@pytest.mark.parametrize(("cls", "name", "jtype"), CASES, ids=[f"{c}.{n}" for c, n, _ in CASES])
+def test_every_criteria_field_is_said_in_the_cohort_language(cls: str, name: str, jtype: str) -> None:
+    """Written in Mercia's cohort language (YAML) and read back, each field gives the same definition."""
+    from mercia.cohorts import dsl
+    from mercia.cohorts.model import CohortDefinition
+
+    d = CohortDefinition(name="one field", expression=parse_circe(_definition(cls, name, SAMPLE[jtype])))
+    assert dsl.from_yaml(dsl.to_yaml(d)) == d

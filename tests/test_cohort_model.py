@@ -54,9 +54,9 @@ def test_mercia_form_uses_snake_case() -> None:
     ("mutate", "message"),
     [
         (lambda x: x.setdefault("InclusionRules", []).append({"name": "r", "expression": group(correlated(
-            {"DrugExposure": {"CodesetId": 0, "EffectiveDrugDose": {"Value": 1, "Op": "gt"}}},
+            {"VisitDetail": {"CodesetId": 0, "VisitDetailTypeExclude": True}},
             window(None, 0), at_least=1))}),
-         "$.InclusionRules[0].expression.CriteriaList[0].Criteria.DrugExposure.EffectiveDrugDose: not supported"),
+         "$.InclusionRules[0].expression.CriteriaList[0].Criteria.VisitDetail.VisitDetailTypeExclude: not supported"),
         (lambda x: x["PrimaryCriteria"]["CriteriaList"][0]["ConditionOccurrence"].update(Frobnicate=1),
          "$.PrimaryCriteria.CriteriaList[0].ConditionOccurrence.Frobnicate: unknown element"),
         (lambda x: x.update(AdditionalCriteria=group(correlated(X, window(10, -5), at_least=1))),

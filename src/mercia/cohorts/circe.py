@@ -2,8 +2,11 @@
 
 The model's aliases are Circe's element names, so import is validation: every element must be one
 Mercia understands, otherwise the error names it and its JSON path, e.g.
-``$.InclusionRules[2].expression.CriteriaList[0].Criteria.DrugExposure.EffectiveDrugDose: not supported
-(Circe-BE filters drug_exposure.effective_drug_dose, a column CDM 5.3/5.4 do not have)``.
+``$.InclusionRules[2].expression.CriteriaList[0].Criteria.ConditionOccurrence.StopReasn: unknown element``.
+Every element of Circe-BE 1.12's model imports; the few whose Circe SQL reads a column or table OMOP
+CDM 5.3/5.4 do not have are refused when compiled, e.g. ``$.PrimaryCriteria.CriteriaList[0].DrugExposure.
+EffectiveDrugDose: not supported (Circe-BE filters drug_exposure.effective_drug_dose, a column CDM 5.3/5.4
+do not have)``.
 """
 
 from __future__ import annotations

@@ -237,6 +237,7 @@ FILTERS: dict[str, dict[str, tuple[str, str]]] = {
         "condition_source_concept": ("source", ""),
         "condition_status": ("concepts", "C.condition_status_concept_id"),
         "condition_status_cs": ("cs", "C.condition_status_concept_id"),
+        "stop_reason": ("text", "C.stop_reason"),
     },
     "drug_exposure": _COMMON | {
         "drug_type": ("concepts", "C.drug_type_concept_id"),
@@ -314,6 +315,8 @@ FILTERS: dict[str, dict[str, tuple[str, str]]] = {
         # Circe computes a visit detail's age at its end date.
         "age": ("int", "age_end"),
         "gender_cs": ("cs", "P.gender_concept_id"),
+        "provider_specialty_cs": ("cs", "PR.specialty_concept_id"),
+        "place_of_service_cs": ("cs", "CS.place_of_service_concept_id"),
     },
     "death": {
         "occurrence_start_date": ("date", "C.start_date"),
@@ -367,11 +370,17 @@ FILTERS: dict[str, dict[str, tuple[str, str]]] = {
         "anatomic_site_cs": ("cs", "C.anatomic_site_concept_id"),
         "disease_status": ("concepts", "C.disease_status_concept_id"),
         "disease_status_cs": ("cs", "C.disease_status_concept_id"),
+        "source_id": ("text", "C.specimen_source_id"),
+        # SpecimenSqlBuilder (Circe-BE 1.12) never reads SpecimenSourceConcept: it filters nothing.
+        "specimen_source_concept": ("ignored", ""),
         "age": ("int", "age_start"),
         "gender": ("concepts", "P.gender_concept_id"),
         "gender_cs": ("cs", "P.gender_concept_id"),
     },
 }
+# Circe-BE elements whose SQL reads a column or table CDM 5.3/5.4 do not have (model.NOT_SUPPORTED_WHY):
+# the model accepts them, the compiler refuses them when set, naming the reason.
+_CDM_LACKS = {"effective_drug_dose", "dose_unit", "dose_unit_cs", "place_of_service_location"}
 # Fields handled outside the filter table (or flags read by a sibling filter).
 _STRUCTURAL = {"codeset_id", "first", "correlated_criteria", "date_adjustment"}
 
@@ -547,8 +556,14 @@ class _Compiler:
     def criteria(self, c: m.Criteria, path: str) -> exp.Select:
         domain = c.domain
         body = c.body
-        d = DOMAINS[domain]
         bpath = f"{path}.{type(body).__name__}"
+        if domain == "location_region":
+            raise CohortDefinitionError(f"{bpath}: not supported ({m.NOT_SUPPORTED_WHY['LocationRegion']})")
+        for name in _CDM_LACKS & set(type(body).model_fields):
+            if getattr(body, name) not in (None, []):
+                alias = type(body).model_fields[name].alias or name
+                raise CohortDefinitionError(f"{bpath}.{alias}: not supported ({m.NOT_SUPPORTED_WHY[alias]})")
+        d = DOMAINS[domain]
         a = d.alias
         start = col(a, d.start_col)
         start_date, end_date = start.copy(), d.end(a)
@@ -570,12 +585,14 @@ class _Compiler:
         table = FILTERS[domain]
         for name in sorted(fields):
             value = getattr(body, name)
-            if name in _STRUCTURAL or name.endswith("_exclude") or value is None:
+            if name in _STRUCTURAL or name in _CDM_LACKS or name.endswith("_exclude") or value is None:
                 continue
             if name not in table:
                 alias = type(body).model_fields[name].alias
                 raise CohortDefinitionError(f"{bpath}.{alias}: not supported for {type(body).__name__}")
             kind, target = table[name]
+            if kind == "ignored":
+                continue
             fpath = f"{bpath}.{type(body).model_fields[name].alias}"
             # Two Circe-BE quirks kept on purpose, so an imported ATLAS definition selects what ATLAS
             # selects: DrugExposureSqlBuilder applies OccurrenceEndDate to the START date, and

@@ -40,7 +40,8 @@ from mercia.vocab import catalog
 __all__ = [
     "Cohort", "Concepts", "Demographic", "Event", "Group", "age", "all_of", "any_of", "at_least_of",
     "at_most_of", "cohort", "concepts", "condition", "condition_era", "death", "definition_to_dict",
-    "device", "dose_era", "drug", "drug_era", "first", "from_dict", "from_yaml", "item", "measurement", "observation",
+    "device", "dose_era", "drug", "drug_era", "first", "from_dict", "from_yaml", "item", "location_region",
+    "measurement", "observation",
     "observation_period", "payer_plan_period", "procedure", "sex", "specimen", "to_yaml", "visit", "visit_detail",
 ]
 
@@ -62,6 +63,8 @@ DOMAINS: dict[str, str] = {
     "visit_detail": "visit_detail",
     "dose_era": "dose_era",
     "payer_plan_period": "payer_plan_period",
+    # Circe-BE's; it reads LOCATION_HISTORY, which CDM 5.3/5.4 lack: it is written and read, never compiled.
+    "location_region": "location_region",
 }
 _WORD_OF = {v: k for k, v in DOMAINS.items()}
 
@@ -558,6 +561,12 @@ def specimen(cs: Concepts | None = None) -> Event:
 
 def visit_detail(cs: Concepts | None = None) -> Event:
     return _event("visit_detail", cs)
+
+
+def location_region(cs: Concepts | None = None) -> Event:
+    """Circe's LocationRegion (a person's location history in a set of regions). Circe-BE's SQL reads
+    LOCATION_HISTORY, which CDM 5.3/5.4 do not have, so a cohort using it is refused when compiled."""
+    return _event("location_region", cs)
 
 
 def first(event: Event) -> Event:

@@ -259,6 +259,8 @@ class ConditionOccurrence(_VisitFiltered):
     condition_source_concept: ConceptId | None = Field(None, alias="ConditionSourceConcept")
     condition_status: ConceptList | None = Field(None, alias="ConditionStatus")
     condition_status_cs: ConceptSetSelection | None = Field(None, alias="ConditionStatusCS")
+    # condition_occurrence.stop_reason (a column in CDM 5.3 and 5.4) LIKE the text, as Circe-BE.
+    stop_reason: TextFilter | None = Field(None, alias="StopReason")
 
 
 class DrugExposure(_VisitFiltered):
@@ -273,6 +275,10 @@ class DrugExposure(_VisitFiltered):
     route_concept_cs: ConceptSetSelection | None = Field(None, alias="RouteConceptCS")
     stop_reason: TextFilter | None = Field(None, alias="StopReason")
     lot_number: TextFilter | None = Field(None, alias="LotNumber")
+    # Valid Circe that reads drug_exposure columns CDM 5.3/5.4 do not have: accepted, refused when compiled.
+    effective_drug_dose: NumericRange | None = Field(None, alias="EffectiveDrugDose")
+    dose_unit: ConceptList | None = Field(None, alias="DoseUnit")
+    dose_unit_cs: ConceptSetSelection | None = Field(None, alias="DoseUnitCS")
 
 
 class ProcedureOccurrence(_VisitFiltered):
@@ -340,6 +346,9 @@ class VisitOccurrence(_EventCriteria):
     # The place of service of the visit's care site (care_site.place_of_service_concept_id).
     place_of_service: ConceptList | None = Field(None, alias="PlaceOfService")
     place_of_service_cs: ConceptSetSelection | None = Field(None, alias="PlaceOfServiceCS")
+    # A concept set of regions of the care site's location over time (Circe-BE reads LOCATION_HISTORY,
+    # which CDM 5.3/5.4 do not have): accepted, refused when compiled.
+    place_of_service_location: CodesetId | None = Field(None, alias="PlaceOfServiceLocation")
 
 
 class VisitDetail(_Criteria):
@@ -352,6 +361,10 @@ class VisitDetail(_Criteria):
     visit_detail_length: NumericRange | None = Field(None, alias="VisitDetailLength")
     age: NumericRange | None = Field(None, alias="Age")
     gender_cs: ConceptSetSelection | None = Field(None, alias="GenderCS")
+    # The specialty of the detail's provider, the place of service of its care site (VisitDetailSqlBuilder).
+    provider_specialty_cs: ConceptSetSelection | None = Field(None, alias="ProviderSpecialtyCS")
+    place_of_service_cs: ConceptSetSelection | None = Field(None, alias="PlaceOfServiceCS")
+    place_of_service_location: CodesetId | None = Field(None, alias="PlaceOfServiceLocation")
 
 
 class Death(_Criteria):
@@ -453,15 +466,30 @@ class Specimen(_Criteria):
     anatomic_site_cs: ConceptSetSelection | None = Field(None, alias="AnatomicSiteCS")
     disease_status: ConceptList | None = Field(None, alias="DiseaseStatus")
     disease_status_cs: ConceptSetSelection | None = Field(None, alias="DiseaseStatusCS")
+    # specimen.specimen_source_id LIKE the text (SpecimenSqlBuilder).
+    source_id: TextFilter | None = Field(None, alias="SourceId")
+    # Circe-BE 1.12 reads SpecimenSourceConcept into its model but its SpecimenSqlBuilder never uses it:
+    # it selects nothing there, so it selects nothing here either (see the cohort language reference).
+    specimen_source_concept: CodesetId | None = Field(None, alias="SpecimenSourceConcept")
     age: NumericRange | None = Field(None, alias="Age")
     gender: ConceptList | None = Field(None, alias="Gender")
     gender_cs: ConceptSetSelection | None = Field(None, alias="GenderCS")
 
 
+class LocationRegion(_Criteria):
+    """Circe's LocationRegion: a person's location history in a concept set of regions. Circe-BE reads the
+    LOCATION_HISTORY table, which CDM 5.3/5.4 do not have: accepted, refused when compiled. Its builder
+    ignores StartDate and EndDate (GeoCriteria's)."""
+
+    codeset_id: CodesetId | None = Field(None, alias="CodesetId")
+    start_date: DateRange | None = Field(None, alias="StartDate")
+    end_date: DateRange | None = Field(None, alias="EndDate")
+
+
 DomainCriteria = (
     ConditionOccurrence | DrugExposure | DrugEra | ConditionEra | ProcedureOccurrence | Measurement
     | Observation | VisitOccurrence | DeviceExposure | Death | ObservationPeriod | Specimen | VisitDetail | DoseEra
-    | PayerPlanPeriod
+    | PayerPlanPeriod | LocationRegion
 )
 
 
@@ -483,6 +511,7 @@ class Criteria(_Model):
     visit_detail: VisitDetail | None = Field(None, alias="VisitDetail")
     dose_era: DoseEra | None = Field(None, alias="DoseEra")
     payer_plan_period: PayerPlanPeriod | None = Field(None, alias="PayerPlanPeriod")
+    location_region: LocationRegion | None = Field(None, alias="LocationRegion")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Criteria:
@@ -766,13 +795,14 @@ class CohortDefinition(_Model):
 
 # Circe elements Mercia knows but does not compile: an error says "not supported" rather than
 # "unknown", so the user knows the element is valid Circe that Mercia cannot honour yet.
+# (Every element of Circe-BE 1.12's model is in Mercia's; these are from other Circe versions.)
 NOT_SUPPORTED = {
-    "SourceId", "PlaceOfServiceLocation", "EffectiveDrugDose", "DoseUnit", "DoseUnitCS", "LocationRegion", "AdmittedFromConcept", "DischargedToConcept",
-    "AdmittedFromConceptCS", "DischargedToConceptCS", "VisitDetailTypeExclude", "ConditionStatusExclude",
-    "Episode",
+    "AdmittedFromConcept", "DischargedToConcept", "AdmittedFromConceptCS", "DischargedToConceptCS",
+    "VisitDetailTypeExclude", "ConditionStatusExclude", "Episode",
 }
 # Why, where the answer is not "not yet": Circe-BE's SQL for these reads columns or tables that OMOP CDM
-# 5.3 and 5.4 do not have, so the element cannot select anything on a CDM Mercia (or ATLAS) runs on.
+# 5.3 and 5.4 do not have, so the element cannot select anything on a CDM Mercia (or ATLAS) runs on. The
+# model accepts them (they are Circe-BE's) and the compiler refuses them, with this reason.
 NOT_SUPPORTED_WHY = {
     "EffectiveDrugDose": "Circe-BE filters drug_exposure.effective_drug_dose, a column CDM 5.3/5.4 do not have",
     "DoseUnit": "Circe-BE filters drug_exposure.dose_unit_concept_id, a column CDM 5.3/5.4 do not have",
@@ -818,6 +848,7 @@ def validation_error(e: ValidationError, prefix: tuple[Any, ...] = ()) -> Cohort
 CriteriaGroup.model_rebuild()
 _Criteria.model_rebuild()
 for _cls in (ConditionOccurrence, DrugExposure, ProcedureOccurrence, Measurement, Observation, DeviceExposure,
-             VisitOccurrence, VisitDetail, Death, DrugEra, ConditionEra, DoseEra, PayerPlanPeriod, ObservationPeriod, Specimen, Criteria,
+             VisitOccurrence, VisitDetail, Death, DrugEra, ConditionEra, DoseEra, PayerPlanPeriod, ObservationPeriod, Specimen,
+             LocationRegion, Criteria,
              CorrelatedCriteria, CohortExpression, CohortDefinition):
     _cls.model_rebuild()

@@ -110,3 +110,15 @@ def test_the_comparison_is_not_of_empty_results(eunomia: duckdb.DuckDBPyConnecti
     assert sum(n > 0 for n in sizes.values()) >= 8, sizes
     dated = [n for n, d in DEFINITIONS.items() if len(_compiled(d)[1]) >= 2]
     assert dated and all(sizes[n] > 0 for n in dated), sizes
+
+
+def test_help_and_readme_say_which_dialects_are_not_executed() -> None:
+    from typer.testing import CliRunner
+
+    from mercia.cli import app
+
+    out = " ".join(CliRunner().invoke(app, ["cohort", "sql", "--help"]).output.split())
+    assert "Executed in CI: duckdb, postgres, spark." in out, out
+    assert "Trino, BigQuery, Snowflake and SQL Server (tsql): SQL generated, not executed in CI" in out, out
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8").split())
+    assert "Trino, BigQuery, Snowflake and SQL Server: SQL generated, not executed in CI" in readme

@@ -9,5 +9,6 @@ bash scripts/venv.sh
 if [ -f tools/circe_oracle/setup.sh ] && [ "${MERCIA_SKIP_ORACLE:-0}" != 1 ]; then
   bash tools/circe_oracle/setup.sh >&2 || echo "warning: the OHDSI Circe oracle could not be set up; oracle tests will skip" >&2
 fi
-# loadgroup: tests marked xdist_group (the browser tests, which share one set of reports) stay on one worker.
-exec .venv/bin/python -m pytest -n 2 --dist loadgroup --durations=15 "$@"
+# loadfile: a test file runs on one worker, so its module fixtures (servers, sites, the browser tests' reports) are
+# built once and its tests run in file order (xdist's loadgroup ignores xdist_group marks under this pytest).
+exec .venv/bin/python -m pytest -n 2 --dist loadfile --durations=15 "$@"

@@ -27,7 +27,9 @@ from mercia.federation.audit import read_records, verify_log
 from mercia.federation.auth import TokenStore
 from mercia.study import StudyPackage
 
-pytestmark = pytest.mark.slow  # each module starts node servers (several seconds each)
+# slow: each module starts node servers (several seconds each). The later tests read what the earlier ones
+# recorded (every kind of refusal, in the response and audit scans): scripts/test.sh keeps a file on one worker.
+pytestmark = pytest.mark.slow
 
 API = "/api/v1"
 FIRST_PERSON_ID = 7_300_001  # distinctive ids: a leak is a 7-digit number no count or date could be

@@ -280,11 +280,18 @@ def test_study_package_and_cli(saved: Path, tmp_path: Path) -> None:
     assert {"uti_model_performance", "uti_model_risk_strata", "uti_model_attrition"} <= set(run.tables)
     html = (tmp_path / "study" / "report.html").read_text()
     assert 'id="prediction"' in html and "uti_model: calibration by stratum" in html
-    result = CliRunner().invoke(app, ["model", "apply", str(saved), "--cdm", path, "--out", str(tmp_path / "ext")])
+    # The study stored its cohorts under its own block of ids (mercia cohort list shows them); the model is
+    # applied to them by those ids.
+    listed = CliRunner().invoke(app, ["cohort", "list", "--cdm", path, "--format", "json"])
+    assert listed.exit_code == 0, listed.output
+    stored = {c["cohort_key"]: c["cohort_id"] for c in json.loads(listed.output) if c["study"] == "UTI risk"}
+    result = CliRunner().invoke(app, ["model", "apply", str(saved), "--cdm", path, "--out", str(tmp_path / "ext"),
+                                      "--target-id", str(stored["htn"]), "--outcome-id", str(stored["uti"])])
     assert result.exit_code == 0, result.output
     assert "external AUC" in result.output
     assert (tmp_path / "ext" / "external_performance.parquet").exists()
     bad = CliRunner().invoke(
-        app, ["model", "apply", str(saved), "--cdm", path, "--out", str(tmp_path / "ext2"), "--outcome-id", "77"]
+        app, ["model", "apply", str(saved), "--cdm", path, "--out", str(tmp_path / "ext2"),
+              "--target-id", str(stored["htn"]), "--outcome-id", "77"]
     )
     assert bad.exit_code == 1 and "no outcomes" in bad.output

@@ -20,8 +20,8 @@ import yaml
 
 from federation_support import make_site
 
-# One worker builds the reports once (scripts/test.sh runs pytest with --dist loadgroup).
-pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
+# One worker builds the reports once (scripts/test.sh runs pytest with --dist loadfile).
+pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = ROOT / "docs" / "tutorials" / "first-study.md"

@@ -29,14 +29,14 @@ class DuckDBEngine(Engine):
     # threads are shared out among them for the run: each connection's statements in parallel on two
     # threads as well only added switching (1M persons, fresh processes, medians of five: 1.48 s -> 1.39 s
     # and 1.80 s -> 1.64 s, with 10-15% less CPU).
-    parallel_connections = 2
+    parallel_connections = 2  # tests/test_cohort_plan.py::test_duckdb_runs_cohorts_on_other_connections_...
     # Only a cohort's checkpoints become temporary tables; the other steps stay CTEs inside those
     # statements, where DuckDB's optimiser sees the whole chain and materialises what is read twice by
     # itself. For the 13 definitions of bench/bench_cohorts.py that is 74 statements where one temporary
     # table per step took 497, and about two thirds of the process CPU time at 100,000 persons. No
     # ANALYZE either: DuckDB keeps its statistics up to date on insert.
     materialise: ClassVar[Materialise] = CHECKPOINTS
-    # A criterion's First by an aggregate rather than a window (duckdb_first).
+    # A criterion's First by an aggregate rather than a window (duckdb_first; tests/test_cohort_duckdb_first.py).
     step_rewrites: ClassVar[Mapping[type[exp.Expression], NodeRewrite]] = MappingProxyType(
         {exp.RowNumber: rewrite_first_row})
 

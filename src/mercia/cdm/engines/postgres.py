@@ -38,7 +38,9 @@ class PostgresEngine(Engine):
         return PostgresEngine(self.url)
 
     def transform(self, tree: exp.Expression) -> exp.Expression:
-        """Constructs of the templates' DuckDB dialect that sqlglot does not carry to PostgreSQL."""
+        """Constructs of the templates' DuckDB dialect that sqlglot does not carry to PostgreSQL
+        (tests/test_engine_layer.py::test_template_rewrites_are_the_engines; the age bands of
+        tests/test_analyses_incidence.py on PostgreSQL)."""
         return tree.transform(_portable)
 
     def _run(self, sql: str, params: dict[str, Any] | None):

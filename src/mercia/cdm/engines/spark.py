@@ -90,7 +90,7 @@ class SparkEngine(Engine):
     def replace_rows(self, table: exp.Table, key: str, value: exp.Expression, columns: list[str],
                      rows: exp.Select) -> list[exp.Expression]:
         """One statement: the partition of `key` = `value` overwritten (no DELETE; no transaction either,
-        so a failed run is not all-or-nothing across the partitions it wrote)."""
+        so a failed run is not all-or-nothing across the partitions it wrote; tests/test_cohort_spark.py)."""
         table = table.copy()
         table.set("partition", exp.Partition(expressions=[exp.EQ(this=exp.column(key), expression=value.copy())]))
         return [exp.Insert(this=table, expression=rows.select(*columns, append=False), overwrite=True)]

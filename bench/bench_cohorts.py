@@ -195,7 +195,7 @@ def run_mercia(db: str, defs: list[tuple[int, str, str]]) -> dict[str, Any]:
         PLANS.clear()  # then the Python part alone, from an empty plan cache as the run above had
         t0 = time.perf_counter()
         for _, d in parsed:
-            plan_cohort(compile_cohort(cdm, d.expression), cdm.dialect, cdm.table("cohort"))
+            plan_cohort(compile_cohort(cdm, d.expression), cdm.engine, cdm.table("cohort"))
         python_s = time.perf_counter() - t0
         for cid, _ in parsed:
             rows[cid] = [(int(s), str(a), str(b)) for s, a, b in cohort_rows(cdm, cid)]

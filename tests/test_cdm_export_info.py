@@ -93,6 +93,6 @@ def test_info_empty_and_fallback_vocabulary_version(duck_cdm: Cdm) -> None:
 
 
 def test_info_redacts_password() -> None:
-    from mercia.cdm.engines import _redact
+    from mercia.cdm.engines import redact
 
-    assert _redact("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
+    assert redact("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"

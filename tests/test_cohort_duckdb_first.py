@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from sqlglot import exp
 
 from mercia.cdm import Cdm
+from mercia.cdm.engines import engine_class
+from mercia.cdm.engines.duckdb_first import _sort_key, rewrite_first_rows
 from mercia.cohorts.circe import from_circe_json
 from mercia.cohorts.compiler import bound, compile_cohort
-from mercia.cohorts.duckdb_first import _sort_key, rewrite_first_rows
 from mercia.cohorts.generate import cohort_rows, generate_cohorts
 from mercia.cohorts.plan import PLANS, plan_cohort
 from test_cohort_world import DRUG, cohort, correlated, ends_at, group, load_world, window
@@ -101,9 +102,9 @@ def test_only_the_first_row_window_is_rewritten(world: Cdm) -> None:
 
 
 def test_other_engines_keep_the_window(world: Cdm) -> None:
-    pg = plan_cohort(compile_cohort(world, first_drug_cohort().expression), "postgres", world.table("cohort"))
+    pg = plan_cohort(compile_cohort(world, first_drug_cohort().expression), engine_class("postgres"), world.table("cohort"))
     assert not any("ARG_MIN" in s.create.sql.upper() for s in pg.steps)
-    duck = plan_cohort(compile_cohort(world, first_drug_cohort().expression), "duckdb", world.table("cohort"))
+    duck = plan_cohort(compile_cohort(world, first_drug_cohort().expression), engine_class("duckdb"), world.table("cohort"))
     assert any("ARG_MIN" in s.create.sql.upper() for s in duck.steps)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from mercia.cdm import Cdm
+from mercia.cdm.engines import engine_class
 from mercia.cohorts import generate as generate_module
 from mercia.cohorts.circe import from_circe_json
 from mercia.cohorts.compiler import compile_cohort
@@ -127,7 +128,7 @@ def test_plans_bind_the_cohort_id_and_dates_never_write_them() -> None:
     cdm = Cdm.open()
     try:
         d = definition("dated", OccurrenceStartDate={"Value": "2002-01-01", "Op": "gt"})
-        plan = plan_cohort(compile_cohort(cdm, d.expression), "duckdb", cdm.table("cohort"))
+        plan = plan_cohort(compile_cohort(cdm, d.expression), cdm.engine, cdm.table("cohort"))
         texts = [s.create.sql for s in plan.steps] + [plan.insert.sql]
         assert not any("2002" in t for t in texts)
         assert "cohort_id" in plan.insert.param_names
@@ -141,8 +142,8 @@ def test_no_plan_for_engines_without_temporary_tables() -> None:
     cdm = Cdm.open()
     try:
         compiled = compile_cohort(cdm, definition("plain").expression)
-        with pytest.raises(ValueError, match="no temporary-table plan for dialect 'spark'"):
-            plan_cohort(compiled, "spark", cdm.table("cohort"))
+        with pytest.raises(ValueError, match="no temporary-table plan for engine 'spark'"):
+            plan_cohort(compiled, engine_class("spark"), cdm.table("cohort"))
     finally:
         cdm.close()
 
@@ -151,7 +152,7 @@ def test_the_plan_cache_is_bounded_and_least_recently_used_goes_first() -> None:
     cache = PlanCache(size=2)
     cdm = Cdm.open()
     try:
-        plans = [plan_cohort(compile_cohort(cdm, definition(f"d{i}").expression), "duckdb", cdm.table("cohort"))
+        plans = [plan_cohort(compile_cohort(cdm, definition(f"d{i}").expression), cdm.engine, cdm.table("cohort"))
                  for i in range(3)]
     finally:
         cdm.close()
@@ -177,7 +178,7 @@ def test_duckdb_runs_cohorts_on_other_connections_with_the_rows_of_one(
         world: Cdm, monkeypatch: pytest.MonkeyPatch) -> None:
     if world.dialect != "duckdb":
         pytest.skip("parallel connections are DuckDB's")
-    from mercia.cdm.engines import DuckDBEngine
+    from mercia.cdm.engines.duckdb import DuckDBEngine
 
     opened: list[int] = []
     threads_seen: list[int] = []
@@ -202,16 +203,16 @@ def test_duckdb_runs_cohorts_on_other_connections_with_the_rows_of_one(
     assert isinstance(world.engine, DuckDBEngine)
     world.engine.threads = 4
     parallel = generate_cohorts(world, defs)
-    assert len(opened) == generate_module._DUCKDB_CONNECTIONS
+    assert len(opened) == DuckDBEngine.parallel_connections
     # DuckDB's threads shared out among the connections while they ran (a connection done leaves its
     # share to those still computing), and given back after
-    share = 4 // generate_module._DUCKDB_CONNECTIONS
+    share = 4 // DuckDBEngine.parallel_connections
     assert threads_seen[0] == share and set(threads_seen) <= {share, 4}
     assert world.engine.threads == 4
     rows = {cid: cohort_rows(world, cid) for cid, _ in defs}
     with world.transaction():  # a caller's open transaction: other connections could not see its work
         in_one = generate_cohorts(world, defs)
-    assert len(opened) == generate_module._DUCKDB_CONNECTIONS  # so this run stayed on the caller's connection
+    assert len(opened) == DuckDBEngine.parallel_connections  # so this run stayed on the caller's connection
     assert {cid: cohort_rows(world, cid) for cid, _ in defs} == rows
     assert [(r.persons, r.entries, r.mask_counts) for r in parallel] == [
         (r.persons, r.entries, r.mask_counts) for r in in_one]

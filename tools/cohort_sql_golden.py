@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench")]
 
 from mercia.cdm import Cdm  # noqa: E402
+from mercia.cdm.engines import engine_class  # noqa: E402
 from mercia.cohorts import plan as plan_module  # noqa: E402
 from mercia.cohorts.circe import from_circe_json  # noqa: E402
 from mercia.cohorts.compiler import compile_cohort  # noqa: E402
@@ -120,7 +121,7 @@ def render_all(cdm: Cdm, definition: CohortDefinition) -> dict[str, Any]:
                                                  for d in PLAN_DIALECTS},
                            "params": {k: str(v) for k, v in compiled.params.items()}}
     cohort_table = cdm.table("cohort")
-    out["plan"] = {d: _plan(plan_cohort(compile_cohort(cdm, x), d, cohort_table)) for d in PLAN_DIALECTS}
+    out["plan"] = {d: _plan(plan_cohort(compile_cohort(cdm, x), engine_class(d), cohort_table)) for d in PLAN_DIALECTS}
     return out
 
 

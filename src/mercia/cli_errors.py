@@ -68,8 +68,10 @@ def _usage_error(e: BaseException) -> bool:
 
 
 def _database_error(e: BaseException) -> bool:
-    """An error raised by the database driver (DuckDB, psycopg), not by Mercia's own code."""
-    return type(e).__module__.split(".")[0] in ("duckdb", "_duckdb", "psycopg")
+    """An error raised by a database driver, not by Mercia's own code (the engines name their drivers)."""
+    from mercia.cdm.engines import is_driver_error
+
+    return is_driver_error(e)
 
 
 @contextmanager

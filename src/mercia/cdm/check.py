@@ -47,14 +47,14 @@ def require_cdm(cdm: Cdm, *, clinical: bool = True, vocabulary: bool = False) ->
 
 
 def _target(cdm: Cdm) -> str:
-    from mercia.cdm.engines import _redact
+    from mercia.cdm.engines import redact
 
-    return repr(_redact(cdm.target)) if cdm.target else "this target"
+    return repr(redact(cdm.target)) if cdm.target else "this target"
 
 
 def _elsewhere(cdm: Cdm) -> str | None:
     """Another schema of the database holding a `person` table, if the engine can say (not Spark)."""
-    if cdm.dialect not in ("duckdb", "postgres"):
+    if not cdm.engine.has_information_schema:
         return None
     q = (
         exp.select(exp.column("table_schema"))

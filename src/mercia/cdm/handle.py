@@ -17,12 +17,9 @@ import pyarrow.compute as pc
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 
-from mercia.cdm.engines import DuckDBEngine, Engine, PostgresEngine, SparkEngine
+from mercia.cdm.engines import Engine, open_engine, spark_engine
 from mercia.cdm.spec import DEFAULT_VERSION, CdmSpec, TableSpec, cdm_spec
 from mercia.errors import CdmError, ConfigError
-
-# Tables partitioned on Spark, and by which column (see create_table_expr).
-SPARK_PARTITIONS = {"cohort": "cohort_definition_id"}
 
 # Where cohorts and their statistics live unless told otherwise, apart from the clinical tables (OHDSI's
 # layout: cohorts in a results or work schema, never mixed into the CDM schema).
@@ -82,48 +79,19 @@ class Cdm:
         create: bool = True,
         read_only: bool = False,
     ) -> Cdm:
-        """Open a CDM. `target` is None (in-memory DuckDB), a `.duckdb` path, or a `postgresql://` URL.
+        """Open a CDM. `target` is None (in-memory DuckDB), a `.duckdb` path, or a `postgresql://` URL
+        (`mercia.cdm.engines.open_engine` decides which engine opens it).
 
         With `create=False` a DuckDB file that does not exist is an error rather than a new database.
         """
-        if target is None or str(target) == ":memory:":
-            return cls(
-                DuckDBEngine(None),
-                cdm_schema=_default(cdm_schema, "main"),
-                vocab_schema=vocab_schema,
-                results_schema=_default(results_schema, RESULTS_SCHEMA),
-                version=version,
-                target=":memory:",
-            )
-        t = str(target)
-        if t.startswith(("postgresql://", "postgres://")):
-            engine: Engine = PostgresEngine(t)
-            cdm_s = _default(cdm_schema, "cdm")
-            return cls(
-                engine,
-                cdm_schema=cdm_s,
-                vocab_schema=_default(vocab_schema, cdm_s),
-                results_schema=_default(results_schema, RESULTS_SCHEMA),
-                version=version,
-                target=t,
-            )
-        if "://" in t:
-            raise ConfigError(f"unsupported CDM target {t!r}: give a .duckdb path or a postgresql:// URL")
-        path = Path(t)
-        if path.is_dir():
-            raise ConfigError(f"CDM target {t!r} is a folder; give a .duckdb file path")
-        if not path.exists():
-            if not create:
-                raise CdmError(f"no CDM database at {t!r} (file not found)")
-            if not path.parent.exists():
-                raise ConfigError(f"cannot create {t!r}: folder {str(path.parent)!r} does not exist")
+        engine = open_engine(target, create=create, read_only=read_only)
         return cls(
-            DuckDBEngine(t, read_only=read_only),
-            cdm_schema=_default(cdm_schema, "main"),
+            engine,
+            cdm_schema=_default(cdm_schema, engine.default_cdm_schema),
             vocab_schema=vocab_schema,
             results_schema=_default(results_schema, RESULTS_SCHEMA),
             version=version,
-            target=t,
+            target=engine.target,
         )
 
     @classmethod
@@ -137,7 +105,7 @@ class Cdm:
         version: str | None = None,
     ) -> Cdm:
         return cls(
-            SparkEngine(session),
+            spark_engine(session),
             cdm_schema=cdm_schema,
             vocab_schema=vocab_schema,
             results_schema=results_schema,
@@ -153,6 +121,12 @@ class Cdm:
 
     def close(self) -> None:
         self.engine.close()
+
+    def another_connection(self) -> Cdm:
+        """A handle on a second connection to the same database, with this one's schemas and version: for
+        reads on another thread while this one writes (DuckDB: a cursor; PostgreSQL: a new connection)."""
+        return Cdm(self.engine.another_connection(), cdm_schema=self.cdm_schema, vocab_schema=self.vocab_schema,
+                   results_schema=self.results_schema, version=self.version, target=self.target)
 
     def __enter__(self) -> Cdm:
         return self
@@ -213,9 +187,7 @@ class Cdm:
 
     # ---- running ----------------------------------------------------------------------------
     def render(self, expr: exp.Expression | str) -> str:
-        if isinstance(expr, str):
-            return expr
-        return expr.sql(dialect=self.dialect)
+        return self.engine.render(expr)
 
     def execute(self, expr: exp.Expression | str, params: dict[str, Any] | None = None) -> None:
         self.engine.execute(self.render(expr), params)
@@ -258,18 +230,14 @@ class Cdm:
 
     # ---- schema -----------------------------------------------------------------------------
     def create_schemas(self) -> None:
-        if self.dialect == "spark":
-            for s in {self.cdm_schema, self.vocab_schema, self.results_schema}:
-                self.execute(f"CREATE DATABASE IF NOT EXISTS {exp.to_identifier(s).sql(dialect='spark')}")
-            return
         for s in {self.cdm_schema, self.vocab_schema, self.results_schema}:
-            self.execute(exp.Create(this=exp.Table(this=exp.to_identifier(s)), kind="SCHEMA", exists=True))
+            self.execute(self.engine.create_schema(s))
 
     def create_table_expr(self, spec: TableSpec) -> exp.Create:
         columns = []
         for f in spec.fields:
             constraints = []
-            if f.required and self.dialect != "spark":
+            if f.required and self.engine.not_null_constraints:
                 constraints.append(exp.ColumnConstraint(kind=exp.NotNullColumnConstraint()))
             kind = f.sql_type()
             if kind.this == exp.DataType.Type.VARCHAR:
@@ -283,13 +251,9 @@ class Cdm:
         create = exp.Create(
             this=exp.Schema(this=self.table(spec.name), expressions=columns), kind="TABLE", exists=True
         )
-        if self.dialect == "spark" and spec.name in SPARK_PARTITIONS:
-            # Spark's file tables cannot DELETE; a cohort's rows are replaced by overwriting its partition.
-            create.set("properties", exp.Properties(expressions=[
-                exp.FileFormatProperty(this=exp.Var(this="PARQUET")),
-                exp.PartitionedByProperty(this=exp.Schema(
-                    expressions=[exp.to_identifier(SPARK_PARTITIONS[spec.name])])),
-            ]))
+        properties = self.engine.table_properties(spec.name)
+        if properties is not None:  # Spark: cohort partitioned by its id (no DELETE there; see SparkEngine)
+            create.set("properties", properties)
         return create
 
     def create_tables(self, tables: list[str] | None = None) -> None:
@@ -352,3 +316,36 @@ class Cdm:
         existing = self.columns(name) or []
         keep = [c for c in conformed.column_names if c in existing]
         self.engine.insert_arrow(self.qualified(name), conformed.select(keep))
+
+    def insert_rows(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """Append a few rows (dicts by column) to a CDM table: bound parameters in one INSERT ... VALUES
+        (registering Arrow costs DuckDB a pandas import, about a second), or as Arrow where the engine
+        cannot bind them there."""
+        if not rows:
+            return
+        if not self.engine.binds_insert_values:
+            self.insert_arrow(name, pa.Table.from_pylist(rows))
+            return
+        columns = list(rows[0])
+        params = {f"v{i}_{j}": value for i, row in enumerate(rows) for j, value in enumerate(row.values())}
+        values = exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder(this=f"v{i}_{j}")
+                                                                for j in range(len(columns))])
+                                         for i in range(len(rows))])
+        self.execute(exp.insert(values, self.table(name), columns=columns), params)
+
+    def delete(self, table: exp.Table, where: exp.Expression) -> None:
+        """Delete the rows of `table` matching `where`; on an engine without DELETE (Spark), the other rows
+        are read and the table overwritten with them (for small tables: cohort_definition, statistics)."""
+        if self.engine.supports_delete:
+            self.execute(exp.delete(table, where=where))
+            return
+        others = self.fetch_arrow(exp.select("*").from_(table).where(exp.not_(where)))
+        self.engine.overwrite_arrow(self.render(table), others)
+
+    def replace_rows(self, table: exp.Table, key: str, value: exp.Expression, columns: list[str],
+                     rows: exp.Select, params: dict[str, Any] | None = None) -> None:
+        """Replace the rows of `table` whose `key` is `value` by `rows` (a query giving `columns`), as the
+        engine does it (DELETE and INSERT; Spark overwrites the partition)."""
+        for statement in self.engine.replace_rows(table, key, value, columns, rows):
+            used = {p.name for p in statement.find_all(exp.Placeholder)}
+            self.execute(statement, {k: v for k, v in (params or {}).items() if k in used} or None)

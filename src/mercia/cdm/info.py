@@ -75,6 +75,6 @@ def _iso(value: Any) -> str | None:
 
 
 def _redacted_target(cdm: Cdm) -> str:
-    from mercia.cdm.engines import _redact
+    from mercia.cdm.engines import redact
 
-    return _redact(cdm.target)
+    return redact(cdm.target)

@@ -19,6 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sqlglot import exp
 
+from mercia.cdm.engines import local_path
 from mercia.cdm.handle import Cdm
 from mercia.cdm.interrupt import InterruptFlag, deferred_interrupt
 from mercia.cdm.spec import SUPPORTED_VERSIONS, FieldSpec, TableSpec, cdm_spec
@@ -133,7 +134,7 @@ def load_target(target: str | Path, folder: str | Path, *, cdm_schema: str | Non
     """Open `target` (a .duckdb path, created if missing, or a postgresql:// URL), `load_folder` into
     it, close it. A DuckDB file this call created is removed again if the load fails or is
     interrupted, so a failed first load leaves no empty database behind."""
-    path = None if "://" in str(target) else Path(target)
+    path = local_path(target)
     new_file = path is not None and not path.exists()
     try:
         # Deferred from the start: opening the CDM runs DuckDB statements too.

@@ -2,9 +2,9 @@
 
 Analyses write their queries as constant SQL text in DuckDB's dialect (never formatted with user
 values); `build()` parses it into a sqlglot tree, points CDM table names at the handle's schemas, and
-rewrites the few constructs sqlglot does not carry to PostgreSQL. User values travel as named
-placeholders (`$name`) bound at execution; small integer lists from validated settings (age bands,
-calendar years) become VALUES literals.
+lets the engine rewrite what its dialect needs (`Engine.transform`: PostgreSQL's make_date and
+intervals). User values travel as named placeholders (`$name`) bound at execution; small integer lists
+from validated settings (age bands, calendar years) become VALUES literals.
 """
 
 from __future__ import annotations
@@ -59,29 +59,7 @@ def build(template: str, cdm: Cdm, values: dict[str, Values] | None = None) -> e
             t.replace(values_table(alias or t.name, cols, rows))
         elif t.name in cdm.spec.tables:
             t.replace(cdm.table(t.name, alias=alias or t.name))
-    return _portable(tree)
-
-
-def _portable(tree: exp.Expression) -> exp.Expression:
-    def fix(node: exp.Expression) -> exp.Expression:
-        # sqlglot renders MAKE_DATE as DATE_FROM_PARTS on PostgreSQL, which has make_date instead.
-        if isinstance(node, exp.DateFromParts):
-            return exp.Anonymous(
-                this="MAKE_DATE",
-                expressions=[node.args["year"], node.args["month"], node.args["day"]],
-            )
-        # INTERVAL (expr) YEAR has no PostgreSQL rendering; INTERVAL '1' YEAR * expr works on both.
-        if isinstance(node, exp.Interval) and not isinstance(node.this, exp.Literal):
-            inner = node.this.unnest() if isinstance(node.this, exp.Paren) else node.this
-            return exp.Paren(
-                this=exp.Mul(
-                    this=exp.Interval(this=exp.Literal.string("1"), unit=node.args.get("unit")),
-                    expression=exp.Paren(this=inner),
-                )
-            )
-        return node
-
-    return tree.transform(fix)
+    return cdm.engine.transform(tree)
 
 
 def bound(tree: exp.Expression, params: dict[str, Any]) -> dict[str, Any] | None:

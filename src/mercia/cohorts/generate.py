@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from sqlglot import exp
 
 from mercia.cdm import Cdm
-from mercia.cdm.engines import DuckDBEngine
+from mercia.cdm.engines import Engine
 from mercia.cohorts.compiler import CompiledCohort, bound, compile_cohort, lit
 from mercia.cohorts.concept_domains import ConceptDomainWarning, domain_mismatches
 from mercia.cohorts.model import CohortDefinition
@@ -33,19 +33,12 @@ from mercia.errors import CohortDefinitionError
 
 # The OMOP concept for "cohort" definitions (definition_type_concept_id / subject_concept_id unknown = 0).
 _SYNTAX_PREFIX = "mercia-cohort-sha256:"
-# DuckDB: cohorts are generated on this many connections at once, each on a thread. DuckDB runs the
-# statements of different connections in parallel and releases the GIL meanwhile, so this thread compiles
-# the later definitions while the first ones run. Most cohort statements are too small for DuckDB to
-# spread one over both cores of a two-core machine; two connections keep both busy (the SQL of the 13
-# bench_cohorts definitions, plans compiled: 100,000 persons 0.63-0.71 s on one connection, 0.40-0.44 s
-# on two; 1,000,000 persons 1.53-1.63 s and 1.10-1.36 s). Three were no faster on two cores. DuckDB's
-# threads are shared out among them for the run: each connection's statements in parallel on two threads
-# as well only added switching (1M persons, fresh processes, medians of five: 1.48 s -> 1.39 s and
-# 1.80 s -> 1.64 s, with 10-15% less CPU).
-_DUCKDB_CONNECTIONS = 2
-# Each connection inserts its cohorts' rows into a temporary table of its own (a connection's temporary
+# On an engine with parallel connections (Engine.parallel_connections, DuckDB's two) cohorts are computed on
+# that many connections, each on a thread, while this thread compiles the later definitions. Each
+# connection inserts its cohorts' rows into a temporary table of its own (a connection's temporary
 # tables are its own), handed to the calling thread when it is done, which inserts them into `cohort` in
-# the run's one transaction.
+# the run's one transaction. Such an engine stages rows that way on the caller's connection too, so the
+# plan (cached, with the table its rows go to) is the same either way.
 _ROWS_TABLE = f"mercia_tmp_{secrets.token_hex(4)}_cohort_rows"
 
 
@@ -141,7 +134,8 @@ def _syntax(definition: CohortDefinition, definition_hash: str) -> str:
 
 @dataclass
 class _Prepared:
-    """One definition of a run, ready to generate: a rendered plan, or (Spark) the compiled CTE query."""
+    """One definition of a run, ready to generate: a rendered plan, or (an engine without temporary
+    tables) the compiled CTE query."""
 
     cohort_id: int
     definition: CohortDefinition
@@ -157,18 +151,17 @@ class _Prepared:
 def _prepare(cdm: Cdm, cohort_id: int, definition: CohortDefinition, definition_hash: str) -> _Prepared:
     """Compile and render a definition, or take its plan from this process's cache."""
     try:
-        if cdm.dialect not in ("duckdb", "postgres"):
+        if not cdm.engine.supports_temp_tables:
             return _Prepared(cohort_id, definition, definition_hash, None, compile_cohort(cdm, definition.expression))
-        # On DuckDB the rows go to the connection's own temporary table (see _ROWS_TABLE); on PostgreSQL
-        # straight into the cohort table.
-        target = exp.Table(this=exp.to_identifier(_ROWS_TABLE)) if cdm.dialect == "duckdb" else cdm.table("cohort")
+        # The rows go to the connection's own temporary table (see _ROWS_TABLE) or straight into `cohort`.
+        target = _rows_table() if _stages_rows(cdm.engine) else cdm.table("cohort")
         # The plan depends on the definition, the SQL dialect and where each table lives (version: which
         # tables the CDM has, and so their schemas); never on the data or the cohort id (a parameter).
         key = (definition_hash, cdm.dialect, cdm.cdm_schema, cdm.vocab_schema, cdm.results_schema, cdm.version,
                target.name)
         plan = PLANS.get(key)
         if plan is None:
-            plan = plan_cohort(compile_cohort(cdm, definition.expression), cdm.dialect, target)
+            plan = plan_cohort(compile_cohort(cdm, definition.expression), cdm.engine, target)
             PLANS.put(key, plan)
     except CohortDefinitionError as e:
         raise CohortDefinitionError(f"cohort {cohort_id} ({definition.name!r}): {e}") from None
@@ -209,8 +202,8 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
 
     With `stats` (Circe's generateStats) the results schema's cohort_inclusion, cohort_inclusion_result,
     cohort_inclusion_stats, cohort_summary_stats and cohort_censor_stats rows of these ids are replaced
-    in the same transaction (mercia.cohorts.stats; not on Spark). `progress(done, total)` is called as
-    cohorts are done (from a worker thread on DuckDB)."""
+    in the same transaction (mercia.cohorts.stats; not on an engine without DELETE, Spark). `progress(done,
+    total)` is called as cohorts are done (from a worker thread on an engine with parallel connections)."""
     ids = [cid for cid, _ in definitions]
     for cid in ids:
         if not isinstance(cid, int) or isinstance(cid, bool) or cid < 0:
@@ -221,11 +214,11 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
     if not definitions:
         return []
     hashes = {cid: d.definition_hash() for cid, d in definitions}
-    with_stats = stats and cdm.dialect != "spark"
+    with_stats = stats and cdm.engine.supports_delete
 
     def check() -> _Checked:
-        """What needs no cohort computed: unknown concepts, ids used by other definitions. On DuckDB this
-        runs while the other connections compute the cohorts."""
+        """What needs no cohort computed: unknown concepts, ids used by other definitions. With parallel
+        connections this runs while the other connections compute the cohorts."""
         unknown = dict(zip(ids, _unknown_concepts(cdm, [d for _, d in definitions]), strict=True))
         domains = dict(zip(ids, domain_mismatches(cdm, [d for _, d in definitions]), strict=True))
         tables_exist = cdm.table_exists("cohort") and cdm.table_exists("cohort_definition")
@@ -248,8 +241,10 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
         """In the transaction, what needs no cohort rows: the ids' old rows deleted, their definitions."""
         if not checked.tables_exist:
             cdm.create_tables(["cohort", "cohort_definition"])
-        if cdm.dialect != "spark":
-            cdm.execute(exp.delete(cohort.copy(), where=definition_ids_in(ids)))
+        # Planned cohorts' old rows go first; a compiled one replaces its own rows (_run_compiled).
+        planned = [p.cohort_id for p in prepared if p.plan is not None]
+        if planned:
+            cdm.execute(exp.delete(cohort.copy(), where=definition_ids_in(planned)))
         _delete_definition_rows(cdm, ids)
         _insert_definition_rows(cdm, prepared)
         if with_stats:
@@ -262,13 +257,13 @@ def generate_cohorts(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], 
                                                            counts.get(p.cohort_id, (0, 0))[0]))
                                for p in prepared])
 
-    if cdm.dialect == "duckdb" and not cdm.in_transaction and isinstance(cdm.engine, DuckDBEngine):
+    if cdm.engine.parallel_connections > 1 and not cdm.in_transaction:
         # Computed outside the transaction on other connections (they cannot see uncommitted work, hence
         # not when the caller holds a transaction open); the writes are made in it on this connection,
         # each connection's rows as soon as it is done.
         engine = cdm.engine
         with cdm.transaction():
-            run = _run_duckdb_parallel(
+            run = _run_parallel(
                 cdm, definitions, hashes, progress, check,
                 begin_writes=lambda prepared, checked: begin_writes(_in_order(prepared, ids), checked),
                 write_rows=lambda rows: engine.insert_arrow(cdm.qualified("cohort"), rows))
@@ -361,17 +356,22 @@ def _rows_table() -> exp.Table:
     return exp.Table(this=exp.to_identifier(_ROWS_TABLE))
 
 
+def _stages_rows(engine: Engine) -> bool:
+    """Whether cohort rows are staged in a connection's temporary table (engines with parallel connections)."""
+    return engine.parallel_connections > 1
+
+
 def _rows_table_create(cdm: Cdm) -> str:
-    """DuckDB: the CDM's own cohort table (columns, types) as the temporary _ROWS_TABLE."""
+    """The CDM's own cohort table (columns, types) as the temporary _ROWS_TABLE."""
     create = cdm.create_table_expr(cdm.spec.table("cohort"))
     create.this.set("this", _rows_table())
     create.set("exists", False)
     create.set("properties", exp.Properties(expressions=[exp.TemporaryProperty()]))
-    return create.sql(dialect="duckdb")
+    return cdm.render(create)
 
 
 def _drop_rows_table(db: _Executor) -> None:
-    db.execute(exp.Drop(tables=[_rows_table()], kind="TABLE", exists=True).sql(dialect="duckdb"))
+    db.execute(exp.Drop(tables=[_rows_table()], kind="TABLE", exists=True))
 
 
 def _run_all(cdm: Cdm, prepared: list[_Prepared], cohort: exp.Table, progress: Progress) -> dict[int, _CohortRun]:
@@ -382,19 +382,20 @@ def _run_all(cdm: Cdm, prepared: list[_Prepared], cohort: exp.Table, progress: P
     planned = sorted((p for p in prepared if p.plan is not None),
                      key=lambda p: [s.create.sql for s in p.plan.steps])  # type: ignore[union-attr]
     done = 0
-    if planned and cdm.dialect == "duckdb":
+    staged = bool(planned) and _stages_rows(cdm.engine)
+    if staged:
         cdm.execute(_rows_table_create(cdm))
     try:
         for p in planned:
             runs[p.cohort_id] = _run_plan(cdm, temp, p.cohort_id, p.plan)  # type: ignore[arg-type]
             done += 1
             progress(done, len(prepared))
-        if planned and cdm.dialect == "duckdb":
+        if staged:
             cdm.execute(exp.insert(exp.select("*").from_(_rows_table()), cohort.copy(),
                                    columns=[f.name for f in cdm.spec.table("cohort").fields]))
     finally:
         temp.drop_all()
-        if planned and cdm.dialect == "duckdb":
+        if staged:
             with suppress(Exception):
                 _drop_rows_table(cdm)
     for p in prepared:
@@ -448,16 +449,16 @@ def _read_masks(rows: list[tuple]) -> dict[tuple[int, int], int]:
     return {(int(mode), int(mask)): int(n) for mode, mask, n in rows}
 
 
-def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], hashes: dict[int, str],
+def _run_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition]], hashes: dict[int, str],
                          progress: Progress, check: Callable[[], _Checked], *,
                          begin_writes: Callable[[list[_Prepared], _Checked], None],
                          write_rows: Callable[[pa.Table], None]) -> _ParallelRun:
-    """Each cohort's rows, counts and mask counts, computed on _DUCKDB_CONNECTIONS connections of their
+    """Each cohort's rows, counts and mask counts, computed on the engine's parallel connections of their
     own while this thread compiles the definitions, runs `check`, then `begin_writes` (the writes that
     need no cohort), and `write_rows` with each connection's rows as soon as that connection is done.
     The connections write nothing outside their temporary tables; this thread makes every write."""
     engine = cdm.engine
-    assert isinstance(engine, DuckDBEngine)
+    connections = engine.parallel_connections
     work: queue.Queue[list[_Prepared] | None] = queue.Queue()
     done: queue.Queue[pa.Table | None] = queue.Queue()  # one item per connection: its rows, None if failed
     prepared: list[_Prepared] = []
@@ -468,10 +469,10 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
     lock = threading.Lock()
 
     create_rows = _rows_table_create(cdm)
-    threads = engine.threads  # DuckDB's setting, shared out among the connections and given back after
-    running = [_DUCKDB_CONNECTIONS]  # connections still computing
+    threads = engine.threads  # the engine's setting, shared out among the connections and given back after
+    running = [connections]  # connections still computing
 
-    def run(db: DuckDBEngine) -> None:
+    def run(db: Engine) -> None:
         temp = _TempTables(db)
         sent = False
         try:
@@ -484,15 +485,15 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
                     with lock:
                         runs[p.cohort_id] = result
                         progress(len(runs), len(definitions))
-            with lock:  # the connections still computing get this one's share of DuckDB's threads
+            with lock:  # the connections still computing get this one's share of the engine's threads
                 running[0] -= 1
                 if running[0]:
                     db.threads = max(1, threads // running[0])
             if not (errors or abandoned.is_set()):
-                result_counts = _read_counts(db.fetch_all(_counts_query(_rows_table()).sql(dialect="duckdb")))
+                result_counts = _read_counts(db.fetch_all(_counts_query(_rows_table())))
                 with lock:
                     counts.update(result_counts)
-                done.put(db.fetch_arrow(exp.select("*").from_(_rows_table()).sql(dialect="duckdb")))
+                done.put(db.fetch_arrow(exp.select("*").from_(_rows_table())))
                 sent = True
         except BaseException as e:  # re-raised in the calling thread
             errors.append(e)
@@ -502,8 +503,8 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
             db.close()  # and with the connection its temporary tables
 
     workers = [threading.Thread(target=run, args=(engine.another_connection(),), name=f"mercia-cohorts-{i}",
-                                daemon=True) for i in range(_DUCKDB_CONNECTIONS)]
-    engine.threads = max(1, threads // _DUCKDB_CONNECTIONS)
+                                daemon=True) for i in range(connections)]
+    engine.threads = max(1, threads // connections)
     for w in workers:
         w.start()
     ended = False
@@ -542,26 +543,15 @@ def _run_duckdb_parallel(cdm: Cdm, definitions: list[tuple[int, CohortDefinition
 
 
 def _run_compiled(cdm: Cdm, cohort_id: int, c: CompiledCohort, cohort: exp.Table) -> _CohortRun:
-    """Engines without temporary tables (Spark): the single CTE query, the partition overwritten (no
+    """Engines without temporary tables (Spark): the single CTE query replaces the cohort's rows (no
     generation statistics there, so no count before the censor window)."""
-    insert = _overwrite_partition(cohort.copy(), cohort_id, c.rows_query())
-    cdm.execute(insert, bound(insert, c.params))
+    cdm.replace_rows(cohort.copy(), "cohort_definition_id", lit(cohort_id),
+                     ["subject_id", "cohort_start_date", "cohort_end_date"], c.rows_query(), c.params)
     masks: dict[tuple[int, int], int] = {}
     if c.rule_count:
         mask_query = c.mask_counts_query()
         masks = _read_masks(cdm.fetch_all(mask_query, bound(mask_query, c.params)))
     return _CohortRun(masks, None)
-
-
-def _overwrite_partition(cohort: exp.Table, cohort_id: int, rows: exp.Select) -> exp.Insert:
-    """Spark: replace one cohort's rows by overwriting its partition (Spark's file tables cannot DELETE).
-
-    Spark has no transactions, so on Spark a failed run is not all-or-nothing across definitions.
-    """
-    cohort.set("partition", exp.Partition(expressions=[
-        exp.EQ(this=exp.column("cohort_definition_id"), expression=lit(cohort_id))]))
-    select = rows.select("subject_id", "cohort_start_date", "cohort_end_date", append=False)
-    return exp.Insert(this=cohort, expression=select, overwrite=True)
 
 
 def _insert_definition_rows(cdm: Cdm, prepared: list[_Prepared]) -> None:
@@ -570,25 +560,11 @@ def _insert_definition_rows(cdm: Cdm, prepared: list[_Prepared]) -> None:
              "cohort_definition_description": p.definition.description, "definition_type_concept_id": 0,
              "cohort_definition_syntax": _syntax(p.definition, p.definition_hash), "subject_concept_id": 0,
              "cohort_initiation_date": today} for p in prepared]
-    if cdm.dialect == "spark":
-        cdm.insert_arrow("cohort_definition", pa.Table.from_pylist(rows))
-        return
-    # A few rows: bound parameters, not Arrow (DuckDB imports pandas, about a second, to register Arrow).
-    columns = list(rows[0])
-    params = {f"v{i}_{j}": value for i, row in enumerate(rows) for j, value in enumerate(row.values())}
-    values = exp.Values(expressions=[exp.Tuple(expressions=[exp.Placeholder(this=f"v{i}_{j}")
-                                                            for j in range(len(columns))]) for i in range(len(rows))])
-    insert = exp.insert(values, cdm.table("cohort_definition"), columns=columns)
-    cdm.execute(insert, params)
+    cdm.insert_rows("cohort_definition", rows)
 
 
 def _delete_definition_rows(cdm: Cdm, ids: list[int]) -> None:
-    if cdm.dialect != "spark":
-        cdm.execute(exp.delete(cdm.table("cohort_definition"), where=definition_ids_in(ids)))
-        return
-    # cohort_definition is small: read the other rows, then overwrite the table with them.
-    others = cdm.fetch_arrow(exp.select("*").from_(cdm.table("cohort_definition")).where(exp.not_(definition_ids_in(ids))))
-    cdm.engine.overwrite_arrow(cdm.qualified("cohort_definition"), others)
+    cdm.delete(cdm.table("cohort_definition"), definition_ids_in(ids))
 
 
 def cohort_rows(cdm: Cdm, cohort_id: int) -> list[tuple[Any, ...]]:

@@ -4,18 +4,19 @@ generate_cohorts runs each cohort as: create some temporary tables, insert the c
 results `cohort` table, read the inclusion-rule mask counts; the temporary tables are dropped at the end
 of the run. A step whose statement and inputs are those of a step already materialised in the run (the
 same concept sets and primary criteria in several definitions, say) is not run again. Which steps of
-the compiled pipeline (CompiledCohort.ctes) become temporary tables depends on the engine:
+the compiled pipeline (CompiledCohort.ctes) become temporary tables is the engine's choice
+(`Engine.materialise`, in mercia.cdm.engines):
 
-* PostgreSQL: every step, analysed. It cannot estimate a CTE's rows and re-runs correlated subqueries
-  per row, so materialised, analysed steps keep every join a hash join (see CompiledCohort.steps).
-* DuckDB: only the concept sets (read by every criterion), the primary events, when the definition
-  has inclusion rules the masked events (read by both the insert and the mask counts), and when it has a
-  censor window the final rows before it (read by the insert and the count of persons it censors). The
-  other steps stay CTEs inside those statements, where DuckDB's optimiser sees the whole chain and
-  materialises what is read twice by itself. A criterion's First is found by an aggregate rather than a
-  window there (see duckdb_first). For the 13 definitions of bench/bench_cohorts.py that is 74 statements where one
-  temporary table per step took 497 (no ANALYZE either: DuckDB keeps its statistics up to date on
-  insert), and about two thirds of the process CPU time at 100,000 persons.
+* every step, analysed when the engine says so (`analyse_materialised`): for planners that cannot
+  estimate a CTE's rows (PostgreSQL);
+* only the checkpoints: the concept sets (read by every criterion), the primary events, when the
+  definition has inclusion rules the masked events (read by both the insert and the mask counts), and
+  when it has a censor window the final rows before it (read by the insert and the count of persons it
+  censors). The other steps stay CTEs inside those statements, for optimisers that see the whole chain
+  (DuckDB).
+
+The engine may also rewrite single nodes of the steps (`Engine.step_rewrites`: DuckDB finds a
+criterion's First by an aggregate rather than a window), applied during the one walk over each step.
 
 Compiling and rendering a definition costs about 10 ms of Python (sqlglot's rendering is most of it),
 still a fair share of the run at 100,000 persons, so the rendered plan is cached in this process, keyed
@@ -28,14 +29,15 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlglot import exp
 
+from mercia.cdm.engines import EVERY_STEP, Engine
+from mercia.cdm.engines.base import NodeRewrite
 from mercia.cohorts.compiler import CompiledCohort, sql_type
-from mercia.cohorts.duckdb_first import rewrite_first_row
 
 # Temporary tables live in the session; the token keeps them apart from anything else in it (a user's
 # own temporary tables, Circe's), and is fixed per process so a cached plan's names stay valid.
@@ -43,8 +45,8 @@ _TEMP_PREFIX = f"mercia_tmp_{secrets.token_hex(4)}_"
 # The bound parameter that carries the cohort id into the insert (compiled parameters are d1, d2, ...).
 COHORT_ID_PARAM = "cohort_id"
 _COHORT_COLUMNS = ["cohort_definition_id", "subject_id", "cohort_start_date", "cohort_end_date"]
-# DuckDB: the steps worth a temporary table (see the module docstring).
-_DUCKDB_MATERIALISED = ("codesets", "cohort_primary_events", "cohort_masked_events")
+# The checkpoints of every definition (see the module docstring); masked events and final rows by definition.
+_CHECKPOINTS = ("codesets", "cohort_primary_events")
 _CACHE_SIZE = 512
 
 
@@ -66,7 +68,7 @@ class TempStep:
 
     table: str
     create: Statement
-    analyse: Statement | None  # PostgreSQL: statistics for the planner
+    analyse: Statement | None  # statistics for the planner, where the engine wants them
     reads: tuple[str, ...]  # the temporary tables its create reads (their contents decide this one's)
     drop: Statement
 
@@ -86,31 +88,31 @@ class CohortPlan:
         return {**self.params, COHORT_ID_PARAM: cohort_id}
 
 
-def plan_cohort(compiled: CompiledCohort, dialect: str, cohort_table: exp.Table) -> CohortPlan:
-    """The statements that generate `compiled` into `cohort_table` on a DuckDB or PostgreSQL engine.
+def plan_cohort(compiled: CompiledCohort, engine: Engine | type[Engine], cohort_table: exp.Table) -> CohortPlan:
+    """The statements that generate `compiled` into `cohort_table` on `engine` (an engine, or its class to
+    plan without a connection), which must have temporary tables.
 
     The compiled trees are renamed in place and rendered, not copied (copying them costs as much as
     rendering): `compiled` is spent afterwards.
     """
-    if dialect == "duckdb":
-        wanted = set(_DUCKDB_MATERIALISED)
-        if not compiled.rule_count:
-            wanted.discard("cohort_masked_events")  # read only by the insert then
+    if not engine.supports_temp_tables:
+        raise ValueError(f"plan_cohort: no temporary-table plan for engine {engine.dialect!r}")
+    if engine.materialise == EVERY_STEP:
+        wanted = {name for name, _ in compiled.ctes}
+    else:
+        wanted = set(_CHECKPOINTS)
+        if compiled.rule_count:
+            wanted.add("cohort_masked_events")  # read by the insert and the mask counts
         if compiled.censored:
             wanted.add("cohort_final")
-        analyse = False
-    elif dialect == "postgres":
-        wanted = {name for name, _ in compiled.ctes}
-        analyse = True
-    else:
-        raise ValueError(f"plan_cohort: no temporary-table plan for dialect {dialect!r}")
+    analyse = engine.analyse_materialised
+    dialect = engine.dialect
     bodies = dict(compiled.ctes)
     order = [name for name, _ in compiled.ctes]
     temp = {name: f"{_TEMP_PREFIX}{name}" for name in order if name in wanted}
-    reads, params, row_numbers = _scan(compiled.ctes, temp)
-    if dialect == "duckdb":
-        for rn in row_numbers:
-            rewrite_first_row(rn)
+    reads, params, rewrites = _scan(compiled.ctes, temp, engine.step_rewrites)
+    for rewrite, node in rewrites:
+        rewrite(node)
     placed: set[str] = set()  # steps already inlined into a statement
 
     def with_inlined(query: exp.Select, needs: set[str]) -> tuple[exp.Select, tuple[str, ...], set[str]]:
@@ -188,28 +190,29 @@ def _columns(names: list[str]) -> list[exp.Expression]:
     return [exp.column(n) for n in names]
 
 
-def _scan(ctes: list[tuple[str, exp.Select]], temp: dict[str, str]
-          ) -> tuple[dict[str, set[str]], dict[str, set[str]], list[exp.RowNumber]]:
+def _scan(ctes: list[tuple[str, exp.Select]], temp: dict[str, str],
+          step_rewrites: Mapping[type[exp.Expression], NodeRewrite]
+          ) -> tuple[dict[str, set[str]], dict[str, set[str]], list[tuple[NodeRewrite, exp.Expression]]]:
     """One walk over each step's body (walks cost a third of planning): the earlier steps it reads (a
     step is read as a table without a schema), renaming those materialised to their temporary tables on
-    the way; the parameters it binds; its ROW_NUMBER() calls."""
+    the way; the parameters it binds; the nodes the engine rewrites, with their rewrite."""
     names = {name for name, _ in ctes}
     reads: dict[str, set[str]] = {}
     params: dict[str, set[str]] = {}
-    row_numbers: list[exp.RowNumber] = []
+    rewrites: list[tuple[NodeRewrite, exp.Expression]] = []
     for name, body in ctes:
         read = reads[name] = set()
         used = params[name] = set()
         for node in _breadth_first(body):
             if isinstance(node, exp.Placeholder):
                 used.add(node.name)
-            elif isinstance(node, exp.RowNumber):
-                row_numbers.append(node)
             elif isinstance(node, exp.Table) and not node.args.get("db") and node.name in names:
                 read.add(node.name)
                 if node.name in temp:
                     node.set("this", exp.to_identifier(temp[node.name]))
-    return reads, params, row_numbers
+            elif step_rewrites and (rewrite := step_rewrites.get(type(node))) is not None:
+                rewrites.append((rewrite, node))
+    return reads, params, rewrites
 
 
 def _breadth_first(tree: exp.Expression) -> Iterator[exp.Expression]:

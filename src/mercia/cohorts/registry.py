@@ -190,9 +190,4 @@ def delete_cohorts(cdm: Cdm, ids: list[int]) -> list[int]:
 
 def _delete_rows(cdm: Cdm, name: str, ids: list[int]) -> None:
     table = cdm.table(name) if name in cdm.spec.tables else stats_table(cdm, name)
-    if cdm.dialect != "spark":
-        cdm.execute(exp.delete(table, where=definition_ids_in(ids)))
-        return
-    # Spark's file tables cannot DELETE: keep the other rows and overwrite the table with them.
-    others = cdm.fetch_arrow(exp.select("*").from_(table).where(exp.not_(definition_ids_in(ids))))
-    cdm.engine.overwrite_arrow(table.sql(dialect="spark"), others)
+    cdm.delete(table, definition_ids_in(ids))  # Spark, without DELETE: the other rows kept, the table overwritten

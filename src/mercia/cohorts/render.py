@@ -2,18 +2,8 @@
 
 A compiled cohort binds the definition's dates as ``exp.Placeholder`` nodes named ``d1``, ``d2`` …
 (never as SQL text). sqlglot prints a named placeholder as ``:name`` in most dialects, which no
-SQL Server, Trino or Snowflake client accepts; ``render`` prints each dialect's own form and says how
-to pass the values:
-
-* duckdb: ``$name``, values a dict (duckdb's named parameters);
-* postgres: ``%(name)s``, a dict (psycopg's ``pyformat``);
-* spark: ``:name``, a dict (``spark.sql(sql, args=...)``);
-* trino: ``?``, a list in the order the placeholders appear (the trino client's ``qmark``);
-* bigquery: ``@name``, a dict (google-cloud-bigquery's named query parameters);
-* snowflake: ``:1``, ``:2`` …, a list, value i for ``:i`` (snowflake-connector-python with
-  ``paramstyle="numeric"``: bound by the server, where the default ``pyformat`` splices values into the
-  text in the client);
-* tsql: ``@name``, a dict (SQL Server's ``sp_executesql`` parameters).
+SQL Server, Trino or Snowflake client accepts; ``render`` prints each dialect's own form (the table of
+styles is ``mercia.cdm.dialects.PARAM_STYLES``) and says how to pass the values.
 """
 
 from __future__ import annotations
@@ -22,23 +12,14 @@ import datetime as dt
 import itertools
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.tokens import TokenType
 
-ParamStyle = Literal["dollar", "pyformat", "colon", "qmark", "numeric", "at"]
-
-PARAM_STYLES: dict[str, ParamStyle] = {
-    "duckdb": "dollar",
-    "postgres": "pyformat",
-    "spark": "colon",
-    "trino": "qmark",
-    "bigquery": "at",
-    "snowflake": "numeric",
-    "tsql": "at",
-}
+from mercia.cdm.dialects import PARAM_STYLES
+from mercia.cdm.engines import ParamStyle
 
 
 @dataclass(frozen=True)

@@ -257,10 +257,10 @@ def _run_analysis(cdm: Cdm, pkg: StudyPackage, a: Any) -> AnalysisResult:
 
 
 def _versions(cdm: Cdm) -> dict[str, str | None]:
-    import duckdb
     import sqlglot
 
     from mercia import __version__
+    from mercia.cdm.engines import library_versions
     from mercia.cdm.info import _vocabulary_version
 
     vocab = None
@@ -271,7 +271,7 @@ def _versions(cdm: Cdm) -> dict[str, str | None]:
         "cdm": cdm.version,
         "vocabulary": vocab,
         "python": platform.python_version(),
-        "duckdb": duckdb.__version__,
+        **library_versions(),
         "sqlglot": sqlglot.__version__,
         "pandas": pd.__version__,
         "numpy": np.__version__,

@@ -90,7 +90,9 @@ def load_node_config(path: str | Path, *, cdm: str | None = None) -> NodeConfig:
             data[key] = _resolve(base, data[key])
     if isinstance(data.get("tls"), dict):
         data["tls"] = {k: _resolve(base, v) for k, v in data["tls"].items()}
+    from mercia.cdm.engines import local_path
+
     target = data.get("cdm")
-    if isinstance(target, str) and "://" not in target and target != ":memory:":
+    if isinstance(target, str) and local_path(target) is not None:  # a database file, not a server's URL
         data["cdm"] = _resolve(base, target)
     return validate_config(NodeConfig, data, p, "node config")

@@ -34,10 +34,10 @@ __all__ = ["feasibility_count", "feasibility_label", "parse_definition"]
 
 @contextmanager
 def _pipeline(cdm: Cdm, compiled: CompiledCohort) -> Iterator[tuple[exp.Select, exp.Select]]:
-    """The rows and mask-count queries. On DuckDB and PostgreSQL the pipeline's steps become
+    """The rows and mask-count queries. Where the engine has temporary tables the pipeline's steps become
     temporary tables (connection-local: nothing is written to the CDM) that both counts read, which
     is faster than running the CTE chain twice; elsewhere (Spark) the CTE queries as they are."""
-    if cdm.dialect not in ("duckdb", "postgres"):
+    if not cdm.engine.supports_temp_tables:
         yield compiled.rows_query(), compiled.mask_counts_query()
         return
     steps = compiled.steps(f"mercia_feas_{secrets.token_hex(6)}_")

@@ -831,9 +831,6 @@ class Cohort:
         """The cohort model (what the compiler, Circe export and generation take)."""
         return _Builder(self).definition()
 
-    def to_definition(self) -> m.CohortDefinition:
-        return self.build()
-
     def to_yaml(self) -> str:
         return to_yaml(self.build())
 

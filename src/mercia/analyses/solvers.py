@@ -129,13 +129,16 @@ def logistic_terms(
 @dataclass(frozen=True)
 class RiskSums:
     """Per event (rows with event = 1, grouped by stratum and tied time, latest time first): the risk
-    set sums S0 = sum w, S1 = sum w x, S2 = sum w x x' with the Efron share of the tied events taken
-    off (Breslow: nothing taken off); w = exp(x'beta - shift), `shift` per event being its stratum's
-    largest x'beta (so exp() cannot overflow; it cancels in every ratio)."""
+    set sums S0 = sum w and S1 = sum w x with the Efron share of the tied events taken off (Breslow:
+    nothing taken off); w = exp(x'beta - shift), `shift` per event being its stratum's largest x'beta
+    (so exp() cannot overflow; it cancels in every ratio). S2 = sum w x x' is kept per tied-time group
+    (`s2`, and `t2` over the group's events): per event it is s2[g] - c * t2[g]."""
 
     phi0: np.ndarray  # (events,)
     phi1: np.ndarray  # (events, p)
-    phi2: np.ndarray | None  # (events, p, p), when asked for
+    c: np.ndarray  # (events,) the share of the tied events' weight taken off
+    s2: np.ndarray | None  # (groups, p, p), when asked for
+    t2: np.ndarray | None  # (groups, p, p), when asked for
     shift: np.ndarray  # (events,)
     event_group: np.ndarray  # (events,) index of the event's tied-time group
     row_group: np.ndarray  # (rows,) index of each input row's tied-time group, in input order
@@ -173,57 +176,76 @@ def cox_risk_sums(
     t = np.asarray(time, dtype=float)
     e = np.asarray(event, dtype=float)
     b = np.asarray(beta, dtype=float)
-    one_stratum = strata is None or len(np.unique(strata)) <= 1
-    s_all = np.zeros(n, dtype=np.int64) if one_stratum else np.asarray(strata)
-    order = np.lexsort((-t, s_all))  # by stratum, latest first: the risk set of a time is a prefix
-    X, t, e, s = X[order], t[order], e[order], s_all[order]
-    eta = X @ b
     if n == 0:
-        empty = np.zeros(0)
-        return RiskSums(empty, np.zeros((0, p)), np.zeros((0, p, p)) if second else None, empty,
-                        np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 0, 0.0)
+        none = np.zeros(0, dtype=np.int64)
+        empty = np.zeros((0, p, p)) if second else None
+        return RiskSums(np.zeros(0), np.zeros((0, p)), np.zeros(0), empty, empty, np.zeros(0), none, none, 0, 0.0)
+    st = None if strata is None else np.asarray(strata)
+    one_stratum = st is None or bool((st == st[0]).all())
+    order = np.argsort(-t, kind="stable")  # latest first: the risk set of a time is a prefix
+    if one_stratum:
+        s = np.zeros(n, dtype=np.int64)
+    else:
+        assert st is not None
+        order = order[np.argsort(st[order], kind="stable")]  # by stratum, then latest first
+        s = st[order]
+    XT = np.ascontiguousarray(X[order].T)  # (p, rows): each covariate a contiguous row
+    t, e = t[order], e[order]
+    eta = b @ XT
     new_stratum = np.r_[True, s[1:] != s[:-1]]
     start = np.flatnonzero(new_stratum | np.r_[True, t[1:] != t[:-1]])
+    G = len(start)
     # each row's shift: its stratum's largest eta
     stratum_start = np.flatnonzero(new_stratum)
     m_stratum = np.maximum.reduceat(eta, stratum_start)
     m = np.repeat(m_stratum, np.diff(np.r_[stratum_start, n]))
     w = np.exp(eta - m)
     group_stratum = None if one_stratum else s[start]
-    wX = w[:, None] * X
-    s0 = _cumsum_within(np.add.reduceat(w, start), group_stratum)
-    s1 = _cumsum_within(np.add.reduceat(wX, start, axis=0), group_stratum)
+    wXT = XT * w
+    s0 = np.add.reduceat(w, start)
+    s1 = np.add.reduceat(wXT, start, axis=1).T
     d = np.add.reduceat(e, start)
-    we = w * e
-    t0 = np.add.reduceat(we, start)
-    t1 = np.add.reduceat(we[:, None] * X, start, axis=0)
+    ev = np.flatnonzero(e)
+    sorted_group = np.repeat(np.arange(G), np.diff(np.r_[start, n]))
+    ev_group = sorted_group[ev]
+    we = w[ev] * e[ev]
+    weXT, XeT = wXT[:, ev] * e[ev], XT[:, ev]
+    t0 = np.bincount(ev_group, weights=we, minlength=G)
+    t1 = np.stack([np.bincount(ev_group, weights=weXT[j], minlength=G) for j in range(p)], axis=1)
     di = d.astype(int)
-    rep = np.repeat(np.arange(len(start)), di)  # one entry per event
+    rep = np.repeat(np.arange(G), di)  # one entry per event
     if ties == "efron":
         c = (np.arange(len(rep)) - np.repeat(np.cumsum(di) - di, di)) / d[rep]
     else:
         c = np.zeros(len(rep))
-    phi2 = None
+    s2 = t2 = None
     if second:
-        s2 = np.empty((len(start), p, p))
-        t2 = np.empty((len(start), p, p))
+        # one column pair at a time (S2 is symmetric); t2 over the event rows only
+        s2 = np.empty((G, p, p))
+        t2 = np.empty((G, p, p))
         for j in range(p):
-            s2[:, j, :] = np.add.reduceat(wX[:, j, None] * X, start, axis=0)
-            t2[:, j, :] = np.add.reduceat((we * X[:, j])[:, None] * X, start, axis=0)
-        s2 = _cumsum_within(s2, group_stratum)
-        phi2 = s2[rep] - c[:, None, None] * t2[rep]
-    row_group_sorted = np.repeat(np.arange(len(start)), np.diff(np.r_[start, n]))
+            for k in range(j, p):
+                s2[:, j, k] = s2[:, k, j] = np.add.reduceat(wXT[j] * XT[k], start)
+                t2[:, j, k] = t2[:, k, j] = np.bincount(ev_group, weights=weXT[j] * XeT[k], minlength=G)
+    # risk sets: cumulative sums down the groups of a stratum (one pass for S0, S1 and S2)
+    sums = _cumsum_within(np.column_stack([s0, s1] + ([] if s2 is None else [s2.reshape(G, p * p)])),
+                          group_stratum)
+    s0, s1 = sums[:, 0], sums[:, 1:p + 1]
+    if s2 is not None:
+        s2 = np.ascontiguousarray(sums[:, p + 1:]).reshape(G, p, p)
     row_group = np.empty(n, dtype=np.int64)
-    row_group[order] = row_group_sorted
+    row_group[order] = sorted_group
     return RiskSums(
         phi0=s0[rep] - c * t0[rep],
         phi1=s1[rep] - c[:, None] * t1[rep],
-        phi2=phi2,
+        c=c,
+        s2=s2,
+        t2=t2,
         shift=m[start][rep],
         event_group=rep,
         row_group=row_group,
         n_groups=len(start),
-        eta_events=float((eta * e).sum()),
+        eta_events=float(eta[ev] @ e[ev]),
     )
 
 
@@ -242,11 +264,14 @@ def cox_partial_likelihood(
     if len(e) == 0 or not e.any():
         return 0.0, np.zeros(p), np.zeros((p, p))
     r = cox_risk_sums(X, time, e, beta, strata, ties)
-    assert r.phi2 is not None
+    assert r.s2 is not None and r.t2 is not None
     loglik = r.eta_events - float(np.sum(np.log(r.phi0) + r.shift))
-    score = (X * e[:, None]).sum(axis=0) - (r.phi1 / r.phi0[:, None]).sum(axis=0)
     mean = r.phi1 / r.phi0[:, None]
-    info = (r.phi2 / r.phi0[:, None, None]).sum(axis=0) - np.einsum("ki,kj->ij", mean, mean)
+    score = (X * e[:, None]).sum(axis=0) - mean.sum(axis=0)
+    # sum over events of (s2[g] - c t2[g]) / phi0, gathered per tied-time group first
+    a = np.bincount(r.event_group, weights=1 / r.phi0, minlength=r.n_groups)
+    b = np.bincount(r.event_group, weights=r.c / r.phi0, minlength=r.n_groups)
+    info = np.einsum("g,gij->ij", a, r.s2) - np.einsum("g,gij->ij", b, r.t2) - np.einsum("ki,kj->ij", mean, mean)
     return loglik, score, info
 
 

@@ -1,4 +1,8 @@
-"""Compiled cohorts render, and parse back, in every dialect we target; user text never becomes SQL."""
+"""Compiled cohorts render, and parse back, in every dialect we target; user text never becomes SQL.
+
+Parsing says nothing about meaning: test_cohort_dialect_semantics.py checks that the SQL for the dialects
+not executed in CI selects the rows DuckDB selects.
+"""
 
 from __future__ import annotations
 

@@ -5,7 +5,8 @@
   Spark: what each engine's Python connector (or SQL Server's sp_executesql) accepts.
 * Golden files (tests/golden/cohorts/<name>.<dialect>.sql): the ``mercia cohort sql`` text of ten
   definitions in Trino, BigQuery, Snowflake and T-SQL. A change to the compiler's output shows up as a
-  diff to review; MERCIA_UPDATE_GOLDEN=1 rewrites them deliberately.
+  diff to review; MERCIA_UPDATE_GOLDEN=1 rewrites them deliberately. They say nothing about correctness
+  (the code wrote them): test_cohort_dialect_semantics.py checks that this SQL selects the DuckDB rows.
 """
 
 from __future__ import annotations

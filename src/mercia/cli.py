@@ -314,7 +314,9 @@ def cohort_delete(
 @user_errors
 def cohort_sql(
     definition: Annotated[Path, typer.Argument(help="A cohort definition: ATLAS .json, .yaml/.yml or .py.")],
-    dialect: Annotated[str, typer.Option("--dialect", help=f"One of {', '.join(DIALECTS)}.")] = "duckdb",
+    dialect: Annotated[str, typer.Option("--dialect", help=(
+        "duckdb, postgres, spark (executed in CI); trino, bigquery, snowflake, tsql (SQL generated, not executed"
+        " in CI)."))] = "duckdb",
     cdm_schema: Annotated[str, typer.Option("--cdm-schema", help="Schema of the clinical tables.")] = "cdm",
     vocab_schema: VocabSchemaOpt = None,
     results_schema: ResultsSchemaOpt = None,
@@ -322,7 +324,10 @@ def cohort_sql(
 ) -> None:
     """Print the SQL that selects the cohort's rows (subject_id, cohort_start_date, cohort_end_date).
 
-    Dates from the definition are bound parameters: the SQL holds placeholders, listed in a comment."""
+    Dates from the definition are bound parameters: the SQL holds placeholders, listed in a comment.
+
+    Executed in CI: duckdb, postgres, spark. Trino, BigQuery, Snowflake and SQL Server (tsql): \
+SQL generated, not executed in CI; CI reads it back into DuckDB and checks it selects the same rows."""
     from mercia.cohorts.compiler import compile_cohort
     from mercia.cohorts.loader import SchemaTables
     from mercia.cohorts.render import describe_value, render

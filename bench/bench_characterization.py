@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/bench_characterization.py [--persons 100000]
 
+The peer needs polars, which Mercia itself does not use: `pip install -e ".[bench]"`.
+
 Target (issue 4): a 100,000-person cohort characterized over 1,000+ covariates in under 10 s.
 
 Data: the cached synthetic site of bench/bench_cohorts.py (bench/out/synth_<persons>.duckdb, seed

@@ -185,16 +185,16 @@ def _load_all(paths: list[Path]) -> list[Any]:
 def _attrition(result: Any) -> list[dict[str, Any]]:
     """Persons and events left after each inclusion rule in turn (ATLAS's attrition view), from the
     per-bitmask counts: mode 1 counts each person's best event, mode 0 every event."""
+    from mercia.cohorts.stats import remaining_after_rules
+
     rules = [s for s in result.attrition if s.mode_id == 1]
     events = {s.rule_sequence: s for s in result.attrition if s.mode_id == 0}
+    left = {mode: remaining_after_rules(result.mask_counts, mode, len(rules)) for mode in (0, 1)}
     out = []
     for s in rules:
-        need = (1 << (s.rule_sequence + 1)) - 1
-        left = {mode: sum(n for (md, mask), n in result.mask_counts.items() if md == mode and mask & need == need)
-                for mode in (0, 1)}
         ev = events.get(s.rule_sequence)
-        out.append({"rule": s.rule_sequence, "name": s.name, "persons_remaining": left[1],
-                    "events_remaining": left[0], "persons_meeting_rule": s.person_count,
+        out.append({"rule": s.rule_sequence, "name": s.name, "persons_remaining": left[1][s.rule_sequence],
+                    "events_remaining": left[0][s.rule_sequence], "persons_meeting_rule": s.person_count,
                     "events_meeting_rule": ev.person_count if ev else None,
                     "persons_gained_without_rule": s.gain_count})
     return out

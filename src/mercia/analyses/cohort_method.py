@@ -38,7 +38,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from scipy import stats
+from scipy import special, stats
 
 from mercia import limits
 from mercia.analyses.balance import SMD_THRESHOLD, balance_before_after
@@ -46,6 +46,7 @@ from mercia.analyses.matching import CaliperScale, match_on_ps, stratify_by_ps
 from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.propensity import PsFit, PsSettings, equipoise, fit_ps
 from mercia.analyses.result import AnalysisResult
+from mercia.analyses.solvers import Evaluation, cox_partial_likelihood, newton_maximise
 from mercia.cdm import Cdm
 from mercia.cdm.query import build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import ModelInfo, ResultTable
@@ -296,69 +297,19 @@ class Estimate:
                 "p": float(2 * stats.norm.sf(abs(self.log_rr / self.se)))}
 
 
-def _strata_reset_cumsum(v: np.ndarray, first_of_stratum: np.ndarray) -> np.ndarray:
-    """Cumulative sums over groups, restarting at each stratum's first group."""
-    c = np.cumsum(v)
-    base = np.where(first_of_stratum, c - v, np.nan)
-    base = pd.Series(base).ffill().to_numpy()
-    return c - base
-
-
-def cox_strata_terms(x: np.ndarray, time: np.ndarray, event: np.ndarray, strata: np.ndarray,
-                     beta: float) -> tuple[float, float, float]:
-    """Log partial likelihood, score and information of a one-covariate Cox model with separate
-    risk sets per stratum, Efron ties; vectorised over strata (many small matched sets)."""
-    order = np.lexsort((-time, strata))
-    x, t, e, s = x[order], time[order], event[order].astype(float), strata[order]
-    n = len(t)
-    if n == 0 or not e.any():
-        return 0.0, 0.0, 0.0
-    new_group = np.r_[True, (t[1:] != t[:-1]) | (s[1:] != s[:-1])]
-    start = np.flatnonzero(new_group)
-    first_of_stratum = np.r_[True, s[start[1:]] != s[start[:-1]]]
-    eta = beta * x
-    w = np.exp(eta - eta.max())
-    s0 = _strata_reset_cumsum(np.add.reduceat(w, start), first_of_stratum)
-    s1 = _strata_reset_cumsum(np.add.reduceat(w * x, start), first_of_stratum)
-    s2 = _strata_reset_cumsum(np.add.reduceat(w * x * x, start), first_of_stratum)
-    d = np.add.reduceat(e, start)
-    we = w * e
-    t0 = np.add.reduceat(we, start)
-    t1 = np.add.reduceat(we * x, start)
-    t2 = np.add.reduceat(we * x * x, start)
-    di = d.astype(int)
-    rep = np.repeat(np.arange(len(start)), di)
-    c = (np.arange(len(rep)) - np.repeat(np.cumsum(di) - di, di)) / d[rep]
-    phi0 = s0[rep] - c * t0[rep]
-    phi1 = s1[rep] - c * t1[rep]
-    phi2 = s2[rep] - c * t2[rep]
-    loglik = float((eta * e).sum() - np.sum(np.log(phi0) + eta.max()))
-    score = float((x * e).sum() - np.sum(phi1 / phi0))
-    info = float(np.sum(phi2 / phi0 - (phi1 / phi0) ** 2))
-    return loglik, score, info
-
-
 def fit_cox_strata(x: np.ndarray, time: np.ndarray, event: np.ndarray, strata: np.ndarray | None = None) -> Estimate:
-    """Newton-Raphson with step halving for the treatment log hazard ratio."""
+    """The treatment log hazard ratio conditional on strata (`mercia.analyses.solvers.newton_maximise`)."""
     strata = np.zeros(len(x), dtype=np.int64) if strata is None else strata
-    beta, (ll, sc, info) = 0.0, cox_strata_terms(x, time, event, strata, 0.0)
-    converged = False
-    for _ in range(100):
-        if info <= 0:
-            break
-        step = sc / info
-        new = cox_strata_terms(x, time, event, strata, beta + step)
-        halvings = 0
-        while (not math.isfinite(new[0]) or new[0] < ll - 1e-12) and halvings < 30:
-            step /= 2
-            new = cox_strata_terms(x, time, event, strata, beta + step)
-            halvings += 1
-        beta, (ll, sc, info) = beta + step, new
-        if abs(step) < 1e-10:
-            converged = True
-            break
-    se = 1 / math.sqrt(info) if info > 0 else math.nan
-    return Estimate(beta if converged else math.nan, se if converged else math.nan, converged)
+    X = np.asarray(x, dtype=float)[:, None]
+
+    def evaluate(b: np.ndarray) -> Evaluation:
+        return Evaluation(*cox_partial_likelihood(X, time, event, b, strata, "efron"))
+
+    res = newton_maximise(evaluate, np.zeros(1))
+    info = float(res.at.information[0, 0])
+    if not (res.converged and info > 0):
+        return Estimate(math.nan, math.nan, False)
+    return Estimate(float(res.beta[0]), 1 / math.sqrt(info), True)
 
 
 def fit_poisson_strata(x: np.ndarray, events: np.ndarray, days: np.ndarray,
@@ -378,17 +329,22 @@ def fit_poisson_strata(x: np.ndarray, events: np.ndarray, days: np.ndarray,
     Y = y1 + y0
     if not len(Y) or y1.sum() == 0 or y0.sum() == 0:
         return Estimate(math.nan, math.nan, False)
-    b = math.log((y1.sum() / t1.sum()) / (y0.sum() / t0.sum()))
-    for _ in range(100):
-        p = t1 * math.exp(b) / (t1 * math.exp(b) + t0)
-        score = float(np.sum(y1 - Y * p))
-        info = float(np.sum(Y * p * (1 - p)))
-        step = score / info
-        b += step
-        if abs(step) < 1e-12:
-            p = t1 * math.exp(b) / (t1 * math.exp(b) + t0)
-            return Estimate(b, 1 / math.sqrt(float(np.sum(Y * p * (1 - p)))), True)
-    return Estimate(math.nan, math.nan, False)
+    # the log odds of an event being the target's: log(T1/T0) + b, a logistic model with an offset
+    # on the Y events of each stratum (y1 of them the target's)
+    offset = np.log(t1) - np.log(t0)
+
+    def evaluate(b: np.ndarray) -> Evaluation:
+        eta = offset + b[0]
+        p = special.expit(eta)
+        loglik = float(-(y1 * np.logaddexp(0.0, -eta) + y0 * np.logaddexp(0.0, eta)).sum())
+        return Evaluation(loglik, np.array([np.sum(y1 - Y * p)]), np.array([[np.sum(Y * p * (1 - p))]]))
+
+    b0 = math.log((y1.sum() / t1.sum()) / (y0.sum() / t0.sum()))
+    res = newton_maximise(evaluate, np.array([b0]))
+    info = float(res.at.information[0, 0])
+    if not (res.converged and info > 0):
+        return Estimate(math.nan, math.nan, False)
+    return Estimate(float(res.beta[0]), 1 / math.sqrt(info), True)
 
 
 def mdrr(p_target: float, total_events: int, alpha: float = 0.05, power: float = 0.8) -> float:

@@ -32,6 +32,7 @@ from mercia import limits
 from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.population import population_table
 from mercia.analyses.result import AnalysisResult
+from mercia.analyses.solvers import TOL, Evaluation, cox_partial_likelihood, efron_means, newton_maximise
 from mercia.cdm import Cdm
 from mercia.cdm.query import DOMAINS, build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import ModelInfo, ResultTable
@@ -458,50 +459,6 @@ class CoxSiteSummary:
         )
 
 
-def _stratum_terms(
-    X: np.ndarray, t: np.ndarray, e: np.ndarray, beta: np.ndarray, efron: bool
-) -> tuple[float, np.ndarray, np.ndarray]:
-    n, p = X.shape
-    if n == 0 or not e.any():
-        return 0.0, np.zeros(p), np.zeros((p, p))
-    order = np.argsort(-t, kind="stable")  # latest first: the risk set of a time is a prefix
-    X, t, e = X[order], t[order], e[order].astype(float)
-    eta = X @ beta
-    m = float(eta.max())  # shift so exp() cannot overflow; cancels in score and information
-    w = np.exp(eta - m)
-    start = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
-    wX = w[:, None] * X
-    s0 = np.cumsum(np.add.reduceat(w, start))
-    s1 = np.cumsum(np.add.reduceat(wX, start, axis=0), axis=0)
-    s2 = np.empty((len(start), p, p))
-    for j in range(p):
-        s2[:, j, :] = np.add.reduceat(wX[:, j, None] * X, start, axis=0)
-    s2 = np.cumsum(s2, axis=0)
-    d = np.add.reduceat(e, start)
-    we = w * e
-    t0 = np.add.reduceat(we, start)
-    t1 = np.add.reduceat(we[:, None] * X, start, axis=0)
-    t2 = np.empty((len(start), p, p))
-    for j in range(p):
-        t2[:, j, :] = np.add.reduceat((we * X[:, j])[:, None] * X, start, axis=0)
-    di = d.astype(int)
-    rep = np.repeat(np.arange(len(start)), di)  # one entry per event
-    if efron:
-        offs = np.arange(len(rep)) - np.repeat(np.cumsum(di) - di, di)
-        c = offs / d[rep]
-    else:
-        c = np.zeros(len(rep))
-    phi0 = s0[rep] - c * t0[rep]
-    phi1 = s1[rep] - c[:, None] * t1[rep]
-    phi2 = s2[rep] - c[:, None, None] * t2[rep]
-    loglik = float((eta * e).sum() - np.sum(np.log(phi0) + m))
-    score = (X * e[:, None]).sum(axis=0) - (phi1 / phi0[:, None]).sum(axis=0)
-    info = (phi2 / phi0[:, None, None]).sum(axis=0) - np.einsum(
-        "ki,kj->ij", phi1 / phi0[:, None], phi1 / phi0[:, None]
-    )
-    return loglik, score, info
-
-
 def cox_site_summary(
     data: CoxData, beta: Sequence[float] | np.ndarray, ties: Literal["efron", "breslow"] = "efron"
 ) -> CoxSiteSummary:
@@ -511,12 +468,7 @@ def cox_site_summary(
     p = data.X.shape[1]
     if b.shape != (p,):
         raise StudyError(f"beta has {b.size} values but the model has {p} terms ({', '.join(data.terms)})")
-    strata = data.strata if data.strata is not None else np.zeros(data.n_obs, dtype=int)
-    ll, sc, inf = 0.0, np.zeros(p), np.zeros((p, p))
-    for s in np.unique(strata):
-        k = strata == s
-        a, b_, c = _stratum_terms(data.X[k], data.time[k], data.event[k], b, ties == "efron")
-        ll, sc, inf = ll + a, sc + b_, inf + c
+    ll, sc, inf = cox_partial_likelihood(data.X, data.time, data.event, b, data.strata, ties)
     return CoxSiteSummary(b.copy(), ll, sc, inf, data.n_obs, data.n_events, ties)
 
 
@@ -554,37 +506,24 @@ def newton_raphson(
     p: int,
     terms: list[str] | None = None,
     *,
-    tol: float = 1e-10,
+    tol: float = TOL,
     max_iter: int = 100,
 ) -> CoxFit:
     """Maximise a (pooled) partial likelihood: `summarise(beta)` returns the summed site summaries.
 
     For a federated fit, `summarise` asks every site for `cox_site_summary(its data, beta)` and adds
-    them; the hub sees only those sums. Steps are halved while the likelihood falls.
+    them; the hub sees only those sums. The solver and its stopping rule: `mercia.analyses.solvers`.
     """
-    beta = np.zeros(p)
-    cur = summarise(beta)
-    converged = False
-    iterations = 0
-    for _ in range(max_iter):
-        iterations += 1
-        try:
-            step = np.linalg.solve(cur.information, cur.score)
-        except np.linalg.LinAlgError:
-            raise StudyError(
-                "the Cox model's information matrix is singular: a covariate is constant or collinear "
-                "with others in these data; drop it"
-            ) from None
-        new = summarise(beta + step)
-        halvings = 0
-        while (not np.isfinite(new.loglik) or new.loglik < cur.loglik - 1e-12) and halvings < 30:
-            step = step / 2
-            new = summarise(beta + step)
-            halvings += 1
-        beta, cur = beta + step, new
-        if np.max(np.abs(step)) < tol:
-            converged = True
-            break
+    res = newton_maximise(
+        lambda b: Evaluation((c := summarise(b)).loglik, c.score, c.information, c),
+        np.zeros(p), max_iter=max_iter, tol=tol,
+    )
+    if res.status == "singular":
+        raise StudyError(
+            "the Cox model's information matrix is singular: a covariate is constant or collinear "
+            "with others in these data; drop it"
+        )
+    beta, cur, iterations, converged = res.beta, res.at.state, res.iterations, res.converged
     if not np.all(np.isfinite(beta)) or not converged:
         warnings.warn(
             "Cox fit did not converge (possible separation: a covariate with no events)",
@@ -739,11 +678,7 @@ def ph_test(data: CoxData, fit: CoxFit | None = None) -> pd.DataFrame:
     keys = (e, t) if data.strata is None else (e, t, strata)
     order = np.lexsort(keys)
     X, t, e, strata = X[order], t[order], e[order], strata[order]
-    n, p = X.shape
-    resid = np.zeros((n, p))
-    for s in np.unique(strata):
-        k = np.flatnonzero(strata == s)
-        resid[k] = _schoenfeld(X[k], t[k], e[k], fit.coef)
+    resid = np.where(e[:, None] == 1, X - efron_means(X, t, e, fit.coef, strata), 0.0)
     S = resid[e == 1]
     D = len(S)
     V = np.linalg.inv(fit.information)
@@ -753,37 +688,6 @@ def ph_test(data: CoxData, fit: CoxFit | None = None) -> pd.DataFrame:
     dm = ranks - ranks.mean()
     stat = (dm @ scaled) ** 2 / (D * se2 * (dm**2).sum())
     return pd.DataFrame({"term": data.terms, "test_statistic": stat, "p": stats.chi2.sf(stat, 1)})
-
-
-def _schoenfeld(X: np.ndarray, t: np.ndarray, e: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """Schoenfeld residuals (x_i minus the Efron-weighted risk-set mean at its time) of one stratum
-    sorted by time ascending; zero for censored rows."""
-    n, p = X.shape
-    out = np.zeros((n, p))
-    if n == 0 or not e.any():
-        return out
-    eta = X @ beta
-    w = np.exp(eta - eta.max())
-    start = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
-    group = np.repeat(np.arange(len(start)), np.diff(np.r_[start, n]))
-    wX = w[:, None] * X
-    # Risk set of a time: rows at or after it, so reverse cumulative sums over time groups.
-    s0 = np.cumsum(np.add.reduceat(w, start)[::-1])[::-1]
-    s1 = np.cumsum(np.add.reduceat(wX, start, axis=0)[::-1], axis=0)[::-1]
-    we = w * e
-    t0 = np.add.reduceat(we, start)
-    t1 = np.add.reduceat(we[:, None] * X, start, axis=0)
-    d = np.add.reduceat(e, start)
-    di = d.astype(int)
-    rep = np.repeat(np.arange(len(start)), di)
-    c = (np.arange(len(rep)) - np.repeat(np.cumsum(di) - di, di)) / np.maximum(d[rep], 1)
-    ratio = (s1[rep] - c[:, None] * t1[rep]) / (s0[rep] - c * t0[rep])[:, None]
-    means = np.zeros((len(start), p))
-    np.add.at(means, rep, ratio)
-    means /= np.maximum(d, 1)[:, None]
-    ev = e == 1
-    out[ev] = X[ev] - means[group[ev]]
-    return out
 
 
 def cox_model(

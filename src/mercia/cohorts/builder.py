@@ -820,9 +820,6 @@ class Cohort:
         """The cohort model (what the compiler, Circe export and generation take)."""
         return _Builder(self).definition()
 
-    def to_definition(self) -> m.CohortDefinition:
-        return self.build()
-
     def to_yaml(self) -> str:
         from mercia.cohorts.yaml_writer import to_yaml  # the writer builds on this module
 

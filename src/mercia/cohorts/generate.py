@@ -28,7 +28,15 @@ from mercia.cohorts.compiler import CompiledCohort, bound, compile_cohort, lit
 from mercia.cohorts.concept_domains import ConceptDomainWarning, domain_mismatches
 from mercia.cohorts.model import CohortDefinition
 from mercia.cohorts.plan import PLANS, CohortPlan, TempStep, plan_cohort
-from mercia.cohorts.stats import GeneratedStats, clear_stats, definition_ids_in, insert_stats
+from mercia.cohorts.stats import (
+    GeneratedStats,
+    InclusionRuleStat,
+    SummaryStat,
+    clear_stats,
+    definition_ids_in,
+    inclusion_stats,
+    insert_stats,
+)
 from mercia.errors import CohortDefinitionError
 
 # The OMOP concept for "cohort" definitions (definition_type_concept_id / subject_concept_id unknown = 0).
@@ -40,23 +48,6 @@ _SYNTAX_PREFIX = "mercia-cohort-sha256:"
 # the run's one transaction. Such an engine stages rows that way on the caller's connection too, so the
 # plan (cached, with the table its rows go to) is the same either way.
 _ROWS_TABLE = f"mercia_tmp_{secrets.token_hex(4)}_cohort_rows"
-
-
-class InclusionRuleStat(BaseModel):
-    """One row of ATLAS's inclusion statistics (Circe's cohort_inclusion_stats)."""
-
-    rule_sequence: int
-    name: str
-    person_count: int  # events (mode 0) or persons (mode 1) meeting this rule
-    gain_count: int  # ... meeting every rule but this one: what dropping the rule would add
-    person_total: int  # events or persons before the rules
-    mode_id: int  # 0: all qualified events, 1: each person's best event
-
-
-class SummaryStat(BaseModel):
-    mode_id: int
-    base_count: int
-    final_count: int
 
 
 class CohortResult(BaseModel):
@@ -74,27 +65,6 @@ class CohortResult(BaseModel):
 
 class UnknownConceptWarning(UserWarning):
     """A concept set names concept ids the CDM's vocabulary does not have (they match nothing)."""
-
-
-def inclusion_stats(
-    mask_counts: dict[tuple[int, int], int], rule_names: list[str]
-) -> tuple[list[InclusionRuleStat], list[SummaryStat]]:
-    """Circe's cohortInclusionAnalysis from the per-mask counts."""
-    n = len(rule_names)
-    stats: list[InclusionRuleStat] = []
-    summary: list[SummaryStat] = []
-    all_bits = 2**n - 1
-    for mode in (0, 1):
-        masks = {mask: c for (md, mask), c in mask_counts.items() if md == mode}
-        total = sum(masks.values())
-        summary.append(SummaryStat(mode_id=mode, base_count=total, final_count=masks.get(all_bits, 0)))
-        for i, name in enumerate(rule_names):
-            stats.append(InclusionRuleStat(
-                rule_sequence=i, name=name, mode_id=mode, person_total=total,
-                person_count=sum(c for mask, c in masks.items() if mask & (1 << i)),
-                gain_count=masks.get(all_bits - (1 << i), 0),
-            ))
-    return stats, summary
 
 
 def _unknown_concepts(cdm: Cdm, definitions: list[CohortDefinition]) -> list[list[str]]:

@@ -15,6 +15,11 @@ Five tables in the results schema, with OHDSI's columns (CohortGenerator's DDL) 
   (cohortCensoredStats.sql: distinct persons before it minus distinct persons after), for definitions
   with a censor window.
 
+The arithmetic on the per-mask counts lives here, once: `inclusion_stats` (per rule: meeting it, meeting
+every rule but it; before and after the rules) and `attrition_stages` / `remaining_after_rules` (the
+attrition view: what is left after rules 1..j in turn), which generation, the CLI, the study runner
+and feasibility counts all use.
+
 As in Circe, the inclusion tables get rows only for definitions with inclusion rules. Unlike Circe,
 which leaves an id's old inclusion rows in place when its new definition has no rules, every table's
 rows for the generated ids are replaced, in the transaction that replaces the cohort's rows.
@@ -22,9 +27,11 @@ rows for the generated ids are replaced, in the transaction that replaces the co
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
 from sqlglot import exp
 
 from mercia.cdm import Cdm
@@ -54,6 +61,68 @@ class GeneratedStats:
     censor_lost: int | None  # None: the definition has no censor window
 
 
+class InclusionRuleStat(BaseModel):
+    """One row of ATLAS's inclusion statistics (Circe's cohort_inclusion_stats)."""
+
+    rule_sequence: int
+    name: str
+    person_count: int  # events (mode 0) or persons (mode 1) meeting this rule
+    gain_count: int  # ... meeting every rule but this one: what dropping the rule would add
+    person_total: int  # events or persons before the rules
+    mode_id: int  # 0: all qualified events, 1: each person's best event
+
+
+class SummaryStat(BaseModel):
+    mode_id: int
+    base_count: int
+    final_count: int
+
+
+MaskCounts = Mapping[tuple[int, int], int]  # (mode_id, inclusion_rule_mask) -> count
+
+
+def _masks(mask_counts: MaskCounts, mode: int) -> dict[int, int]:
+    return {mask: n for (md, mask), n in sorted(mask_counts.items()) if md == mode}
+
+
+def inclusion_stats(
+    mask_counts: MaskCounts, rule_names: list[str]
+) -> tuple[list[InclusionRuleStat], list[SummaryStat]]:
+    """Circe's cohortInclusionAnalysis from the per-mask counts (bit i of a mask: rule i is met)."""
+    stats: list[InclusionRuleStat] = []
+    summary: list[SummaryStat] = []
+    all_bits = 2 ** len(rule_names) - 1
+    for mode in (0, 1):
+        masks = _masks(mask_counts, mode)
+        total = sum(masks.values())
+        summary.append(SummaryStat(mode_id=mode, base_count=total, final_count=masks.get(all_bits, 0)))
+        for i, name in enumerate(rule_names):
+            stats.append(InclusionRuleStat(
+                rule_sequence=i, name=name, mode_id=mode, person_total=total,
+                person_count=sum(n for mask, n in masks.items() if mask & (1 << i)),
+                gain_count=masks.get(all_bits - (1 << i), 0),
+            ))
+    return stats, summary
+
+
+def attrition_stages(mask_counts: MaskCounts, mode: int, rules: int) -> list[int]:
+    """The attrition as buckets: [j] counts those meeting rules 1..j but not rule j+1 (j = 0 .. rules;
+    the last bucket meets every rule). Each event or person is in exactly one bucket."""
+    stage = [0] * (rules + 1)
+    for mask, n in _masks(mask_counts, mode).items():
+        j = 0
+        while j < rules and mask >> j & 1:
+            j += 1
+        stage[j] += n
+    return stage
+
+
+def remaining_after_rules(mask_counts: MaskCounts, mode: int, rules: int) -> list[int]:
+    """[j]: how many are left after applying rules 1..j+1 in turn (ATLAS's attrition view)."""
+    stage = attrition_stages(mask_counts, mode, rules)
+    return [sum(stage[j + 1:]) for j in range(rules)]
+
+
 def stats_table(cdm: Cdm, name: str) -> exp.Table:
     return exp.Table(this=exp.to_identifier(name), db=exp.to_identifier(cdm.results_schema))
 
@@ -75,15 +144,12 @@ def rows_for(g: GeneratedStats) -> dict[str, list[tuple[Any, ...]]]:
     if not rules:
         return out
     out["cohort_inclusion"] = [(g.cohort_id, i, r.name, r.description) for i, r in enumerate(rules)]
-    all_rules = 2 ** len(rules) - 1
     for mode in (0, 1):
-        masks = {mask: n for (md, mask), n in sorted(g.mask_counts.items()) if md == mode}
-        total = sum(masks.values())
-        out["cohort_inclusion_result"] += [(g.cohort_id, mask, n, mode) for mask, n in masks.items()]
-        out["cohort_inclusion_stats"] += [
-            (g.cohort_id, i, sum(n for mask, n in masks.items() if mask & (1 << i)),
-             masks.get(all_rules - (1 << i), 0), total, mode) for i in range(len(rules))]
-        out["cohort_summary_stats"].append((g.cohort_id, total, masks.get(all_rules, 0), mode))
+        out["cohort_inclusion_result"] += [(g.cohort_id, mask, n, mode) for mask, n in _masks(g.mask_counts, mode).items()]
+    per_rule, summary = inclusion_stats(g.mask_counts, [r.name for r in rules])
+    out["cohort_inclusion_stats"] = [(g.cohort_id, s.rule_sequence, s.person_count, s.gain_count, s.person_total,
+                                      s.mode_id) for s in per_rule]
+    out["cohort_summary_stats"] = [(g.cohort_id, s.base_count, s.final_count, s.mode_id) for s in summary]
     return out
 
 

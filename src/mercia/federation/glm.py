@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from mercia.analyses.solvers import Evaluation, logistic_terms, newton_maximise
 from mercia.analyses.survival import CoxData, cox_site_summary
 from mercia.disclosure import ModelInfo, ReleasedTable, ResultTable
 from mercia.errors import DisclosureError
@@ -205,26 +206,22 @@ def glm_site_summary(
     if family == "binomial":
         if not np.isin(y, (0.0, 1.0)).all():
             raise PoolingError("a logistic model needs y coded 0/1 (no other values)")
-        mu = special.expit(eta)
-        w = mu * (1 - mu)
-        # -log(1 + e^(-eta)) for events, -log(1 + e^eta) otherwise: no overflow for large |eta| and
-        # no cancellation between large terms (y'eta - sum log(1 + e^eta) loses digits when fitted well)
-        loglik = float(-np.logaddexp(0.0, np.where(y == 1.0, -eta, eta)).sum())
+        loglik, score, information, _ = logistic_terms(X, y, b, off)
         n_non: int | None = int(len(y) - y.sum())
     elif family == "poisson":
         if (y < 0).any():
             raise PoolingError("a Poisson model needs non-negative counts in y")
         with np.errstate(over="ignore"):
             mu = np.exp(eta)
-        w = mu
         loglik = float(y @ eta - mu.sum() - special.gammaln(y + 1).sum())
+        score, information = X.T @ (y - mu), (X * mu[:, None]).T @ X
         n_non = None
     else:
         raise PoolingError(f"unknown family {family!r}: use 'binomial' (logistic) or 'poisson'")
     summary = SiteSummary(
         beta=b.copy(),
-        score=X.T @ (y - mu),
-        information=(X * w[:, None]).T @ X,
+        score=score,
+        information=information,
         loglik=loglik,
         n=len(y),
         n_events=round(float(y.sum())),
@@ -382,42 +379,26 @@ def _newton(
         raise PoolingError("the model has no terms; give at least one column (e.g. an intercept)")
     if max_iter < 1 or not tol > 0:
         raise PoolingError(f"max_iter must be >= 1 and tol > 0 (got {max_iter}, {tol})")
-    beta = np.zeros(p)
-    ll, score, info, summaries = _collect(fn, beta, p, min_count)
-    converged = False
-    it = 0
     hint = (
         "this is what perfect or quasi-perfect separation looks like (a covariate, or a combination, "
         "predicts the outcome exactly, or a level has no events), or a constant or collinear covariate; "
         "drop or merge that covariate"
     )
-    while it < max_iter:
-        it += 1
-        try:
-            step = np.linalg.solve(info, score)
-        except np.linalg.LinAlgError:
-            raise ConvergenceError(f"{what}: the summed information matrix is singular; {hint}") from None
-        if not np.isfinite(step).all():
-            raise ConvergenceError(f"{what}: the Newton step is not finite; {hint}")
-        # halve the step while the pooled log-likelihood falls (guards the first rounds from far away)
-        for _ in range(40):
-            cand = beta + step
-            new = _collect(fn, cand, p, min_count)
-            if math.isfinite(new[0]) and new[0] >= ll - 1e-12 * (1 + abs(ll)):
-                break
-            step = step / 2
-        else:
-            raise ConvergenceError(f"{what} did not converge: no step increases the log-likelihood; {hint}")
-        old_ll = ll
-        beta = cand
-        ll, score, info, summaries = new
-        small_step = float(np.max(np.abs(step))) <= tol * (1 + float(np.max(np.abs(beta))))
-        # -2 loglik is the deviance up to a constant, so this is glm.fit's relative deviance test
-        small_dev = abs(ll - old_ll) <= tol * (abs(ll) + 0.1)
-        # both: under separation the deviance creeps to 0 while coefficients keep marching away
-        if small_step and small_dev:
-            converged = True
-            break
+
+    def evaluate(beta: np.ndarray) -> Evaluation:
+        ll, score, info, summaries = _collect(fn, beta, p, min_count)
+        return Evaluation(ll, score, info, summaries)
+
+    # the one Newton-Raphson and its stopping rule: mercia.analyses.solvers
+    res = newton_maximise(evaluate, np.zeros(p), max_iter=max_iter, tol=tol)
+    if res.status == "singular":
+        raise ConvergenceError(f"{what}: the summed information matrix is singular; {hint}")
+    if res.status == "not_finite":
+        raise ConvergenceError(f"{what}: the Newton step is not finite; {hint}")
+    if res.status == "no_ascent":
+        raise ConvergenceError(f"{what} did not converge: no step increases the log-likelihood; {hint}")
+    beta, ll, info, summaries = res.beta, res.at.loglik, res.at.information, res.at.state
+    it, converged = res.iterations, res.converged
     if converged and perfect_fit_possible and ll > -1e-8:
         # A binary outcome fitted perfectly: every fitted probability is numerically 0 or 1, so the
         # score and information vanish and the step is 0, which looks like convergence. The MLE is

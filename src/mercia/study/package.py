@@ -26,7 +26,6 @@ import runpy
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mercia import limits
@@ -628,10 +627,6 @@ def load_package(path: str | Path) -> StudyPackage:
     if data is None:
         raise StudyError(f"{where}: the file is empty")
     return StudyPackage.from_dict(data, base_dir=p.parent, source=where)
-
-
-def dump_yaml(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=True)
 
 
 # The examples live in the source checkout (examples/studies/), beside src/.

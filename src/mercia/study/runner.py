@@ -44,6 +44,7 @@ from mercia.analyses import (
 from mercia.analyses.notes import Note, NoteCode, Notes, check_names
 from mercia.analyses.prediction import prediction
 from mercia.cdm import Cdm
+from mercia.cohorts.stats import remaining_after_rules
 from mercia.disclosure import DisclosureLog, DisclosurePolicy, ReleasedTable, ResultTable, release
 from mercia.errors import MerciaError, StudyError
 from mercia.study.package import StudyPackage, load_package
@@ -120,13 +121,10 @@ def _attrition_table(key: str, result: Any) -> ResultTable:
     base = {s.mode_id: s.base_count for s in result.summary}
     if base:
         rows.append(("initial events", base.get(1, 0), base.get(0, 0)))
-        for s in sorted((s for s in result.attrition if s.mode_id == 1), key=lambda s: s.rule_sequence):
-            need = (1 << (s.rule_sequence + 1)) - 1
-            left = [
-                sum(n for (md, mask), n in result.mask_counts.items() if md == mode and mask & need == need)
-                for mode in (1, 0)
-            ]
-            rows.append((f"{s.rule_sequence + 1}. {s.name}", left[0], left[1]))
+        rules = sorted((s for s in result.attrition if s.mode_id == 1), key=lambda s: s.rule_sequence)
+        persons, entries = (remaining_after_rules(result.mask_counts, mode, len(rules)) for mode in (1, 0))
+        for s in rules:
+            rows.append((f"{s.rule_sequence + 1}. {s.name}", persons[s.rule_sequence], entries[s.rule_sequence]))
     final = ("final cohort", int(result.persons), int(result.entries))
     # Era collapsing can merge entries, so the final row might not be a subset in both columns:
     # keep the table a valid attrition sequence (release() checks it) by dropping the last rule row then.

@@ -54,7 +54,3 @@ def nhs_numbers(person_ids: np.ndarray) -> np.ndarray:
         best = np.where(ok, d9, best)
     body = prefix + best
     return body * 10 + check_digit(body)
-
-
-def format_nhs(numbers: np.ndarray) -> list[str]:
-    return [str(int(x)) for x in numbers]

@@ -229,10 +229,6 @@ class Chunk:
         in2 = self.has2[p] & (d >= self.s2[p]) & (d <= self.e2[p])
         return np.where(in1, self.e1[p], np.where(in2, self.e2[p], -1))
 
-    def period_start(self, p: np.ndarray, d: np.ndarray) -> np.ndarray:
-        """Start of the period holding observed day d."""
-        return np.where(d <= self.e1[p], self.s1[p], self.s2[p])
-
     def snap(self, p: np.ndarray, d: np.ndarray) -> np.ndarray:
         """The first observed day on or after d (INF if none)."""
         s1, e1, s2, e2, h2 = self.s1[p], self.e1[p], self.s2[p], self.e2[p], self.has2[p]

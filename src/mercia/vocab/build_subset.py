@@ -1,8 +1,9 @@
 """Build the bundled vocabulary subset in src/mercia/vocab/data/ (Athena format).
 
-Run from the repository root with the shared test data present:
+Run from the repository root, naming the two inputs (Eunomia GiBleed as Parquet files, and a folder
+of OHDSI cohort JSONs):
 
-    python -m mercia.vocab.build_subset [--eunomia DIR] [--cohorts DIR] [--out DIR]
+    python -m mercia.vocab.build_subset --eunomia DIR --cohorts DIR [--out DIR]
 
 It is a maintainer's tool: it reads OHDSI's Eunomia GiBleed vocabulary and the concept sets of the
 OHDSI cohort JSONs, adds the concepts of `mercia.vocab.catalog`, and writes the files that
@@ -39,8 +40,6 @@ import pyarrow.parquet as pq
 from mercia.vocab import catalog
 
 DATA_DIR = Path(__file__).parent / "data"
-DEFAULT_EUNOMIA = Path("/work/shared/data/eunomia_gibleed")
-DEFAULT_COHORTS = Path("/work/shared/data/cohorts")
 DEFAULT_START = "19700101"
 DEFAULT_END = "20991231"
 
@@ -198,9 +197,7 @@ def _closure(
     return pairs
 
 
-def build(
-    eunomia: Path = DEFAULT_EUNOMIA, cohorts: Path = DEFAULT_COHORTS, out: Path = DATA_DIR
-) -> dict[str, int]:
+def build(eunomia: Path, cohorts: Path, out: Path = DATA_DIR) -> dict[str, int]:
     """Write the subset to `out`; returns the row count of each file written."""
     out.mkdir(parents=True, exist_ok=True)
     concepts: dict[int, tuple] = {}
@@ -379,8 +376,8 @@ def build(
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--eunomia", type=Path, default=DEFAULT_EUNOMIA)
-    p.add_argument("--cohorts", type=Path, default=DEFAULT_COHORTS)
+    p.add_argument("--eunomia", type=Path, required=True, help="folder of Eunomia GiBleed's Parquet files")
+    p.add_argument("--cohorts", type=Path, required=True, help="folder of OHDSI cohort JSONs")
     p.add_argument("--out", type=Path, default=DATA_DIR)
     a = p.parse_args(argv)
     for name, n in build(a.eunomia, a.cohorts, a.out).items():

@@ -1,8 +1,8 @@
 """Named OMOP concepts with their real concept_ids, for code that needs a concept by meaning.
 
 Every id here is the id OHDSI's Athena vocabularies give the concept. Where an id could be checked
-against material we hold (the Eunomia GiBleed vocabulary, the OHDSI cohort JSONs in
-/work/shared/data/cohorts, or public OMOP ETL code), it was; the ids that could not be checked
+against material we hold (the Eunomia GiBleed vocabulary, the OHDSI cohort JSONs that
+`mercia.vocab.build_subset` reads, or public OMOP ETL code), it was; the ids that could not be checked
 from such material are listed in ``UNVERIFIED_CONCEPT_IDS`` so a reader knows which to confirm
 against Athena before relying on them in a real study.
 """

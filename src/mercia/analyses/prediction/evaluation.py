@@ -32,6 +32,7 @@ import pandas as pd
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats
 
+from mercia.analyses.solvers import Evaluation, logistic_terms, newton_maximise
 from mercia.errors import StudyError
 
 _EPS = 1e-12
@@ -106,25 +107,16 @@ def _logit(p: NDArray[np.float64]) -> NDArray[np.float64]:
 def _newton_logistic(
     x: NDArray[np.float64], y: NDArray[np.float64], offset: NDArray[np.float64]
 ) -> NDArray[np.float64] | None:
-    """Maximum-likelihood logistic regression (columns of x, with an offset) by Newton-Raphson;
-    None when it does not converge (a separated or degenerate design)."""
-    beta = np.zeros(x.shape[1])
-    for _ in range(100):
-        eta = offset + x @ beta
-        mu = 1 / (1 + np.exp(-eta))
-        w = mu * (1 - mu)
-        grad = x.T @ (y - mu)
-        hess = x.T @ (x * w[:, None])
-        try:
-            step = np.linalg.solve(hess, grad)
-        except np.linalg.LinAlgError:
-            return None
-        beta = beta + step
-        if not np.isfinite(beta).all() or np.abs(beta).max() > 1e6:
-            return None
-        if np.abs(step).max() < 1e-10:
-            return beta
-    return None
+    """Maximum-likelihood logistic regression (columns of x, with an offset) by Newton-Raphson
+    (`mercia.analyses.solvers`); None when it does not converge (a separated or degenerate design)."""
+
+    def evaluate(b: NDArray[np.float64]) -> Evaluation:
+        return Evaluation(*logistic_terms(x, y, b, offset)[:3])
+
+    res = newton_maximise(evaluate, np.zeros(x.shape[1]))
+    if not res.converged or np.abs(res.beta).max() > 1e6:
+        return None
+    return res.beta
 
 
 def _separated(lp: NDArray[np.float64], y: NDArray[np.float64]) -> bool:

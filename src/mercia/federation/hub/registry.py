@@ -44,10 +44,6 @@ CREATE TABLE IF NOT EXISTS site_results (
 """
 
 
-class HubStateError(MerciaError):
-    status_code = 409
-
-
 class NotFoundError(MerciaError):
     status_code = 404
 

@@ -24,6 +24,7 @@ from mercia.cdm import Cdm
 from mercia.cohorts.canonical import canonical_hash, parse_definition
 from mercia.cohorts.compiler import CompiledCohort, bound, compile_cohort
 from mercia.cohorts.model import CohortDefinition
+from mercia.cohorts.stats import attrition_stages
 from mercia.disclosure import DisclosureLog, DisclosurePolicy, ResultTable, release
 from mercia.disclosure.noise import noise_sd, two_sided_geometric
 from mercia.errors import CohortDefinitionError, MerciaError
@@ -93,17 +94,12 @@ def feasibility_count(cdm: Cdm, definition: CohortDefinition, policy: Disclosure
                              exp.func("COALESCE", exp.Sum(this=clipped), exp.Literal.number(0)).as_("entries")
                              ).from_(per_person.subquery("p"))
         persons, entries = cdm.fetch_all(count_q, bound(count_q, compiled.params))[0]
-        best = ([(int(k), int(n)) for md, k, n in cdm.fetch_all(mask_q, bound(mask_q, compiled.params))
-                 if int(md) == 1] if compiled.rule_count else [])
+        masks = ({(int(md), int(k)): int(n) for md, k, n in cdm.fetch_all(mask_q, bound(mask_q, compiled.params))}
+                 if compiled.rule_count else {})
     persons, entries = int(persons), int(entries or 0)
     k = compiled.rule_count
     if k:
-        stage = [0] * (k + 1)  # persons whose best event passed exactly the first j rules (j = k: all)
-        for mask, n in best:
-            j = 0
-            while j < k and mask >> j & 1:
-                j += 1
-            stage[j] += n
+        stage = attrition_stages(masks, 1, k)  # persons whose best event passed exactly the first j rules
         buckets = [*stage[:k], max(stage[k] - persons, 0), persons]
         sensitivity = 2.0
     else:

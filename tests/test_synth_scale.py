@@ -126,3 +126,12 @@ def test_python_memory_bounded_by_the_chunk_not_the_site(tmp_path):
     small = traced_peak(2_000, tmp_path / "a.duckdb")
     large = traced_peak(12_000, tmp_path / "b.duckdb")
     assert large < 1.5 * small, (small, large)
+
+
+def test_site_past_the_last_nhs_number_is_refused_in_one_line():
+    cdm = Cdm.open(None)
+    try:
+        with pytest.raises(ConfigError, match=r"person_ids 89999991\.\.90000000 out of range"):
+            generate_site(cdm, persons=10, seed=1, profile=DEFAULT_SITES[0], first_person_id=89_999_991)
+    finally:
+        cdm.close()

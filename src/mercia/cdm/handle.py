@@ -308,6 +308,18 @@ class Cdm:
             arrays.append(col)
         return pa.Table.from_arrays(arrays, schema=spec.arrow_schema())
 
+    @contextmanager
+    def bounded_bulk_write(self, nbytes: int) -> Iterator[Cdm]:
+        """Hold the engine's own cache to about ``nbytes`` while a long bulk write runs, so the process's
+        memory does not grow with the data written (DuckDB files: the buffer pool; other engines keep
+        their data in another process and need nothing)."""
+        restore = self.engine.cap_buffer_pool(nbytes)
+        try:
+            yield self
+        finally:
+            if restore is not None:
+                restore()
+
     def insert_arrow(self, name: str, data: pa.Table) -> None:
         """Append rows to a CDM table (created if missing)."""
         conformed = self.conform(name, data)

@@ -6,9 +6,12 @@ from 320 000 000 0-399 999 999 9, and 999 000 000 0-999 999 999 9 is NHS Digital
 data; the 9xx range is not issued to patients, so a synthetic number cannot be mistaken for a real
 patient's (it can coincide with a test number, which is harmless).
 
-``d2..d8`` encode a bijective scramble of the person_id (so numbers are unique across a federation
-whose person_ids are unique, and do not run in order); ``d9`` is chosen to make the check digit valid
-(for fixed d1..d8 exactly one of the ten d9 values gives the invalid remainder, so a valid one exists).
+Write person_id = q * 10**7 + r (q in 0..8). ``d2..d8`` encode a bijective scramble of r, and ``d9`` is
+the q-th of the valid d9 values counted cyclically from r mod 10: d9 has weight 2, which is invertible
+mod 11, so at most one of its ten values gives the invalid remainder and at least nine are valid. So
+numbers are unique across a federation whose person_ids are unique (up to 9 * 10**7 persons) and do
+not run in order; person_ids below 10**7 (q = 0) get the first valid d9, as before person_ids of 10**7
+and more were allowed.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 
 from mercia.errors import ConfigError
 
-MAX_PERSON_ID = 10_000_000  # d2..d8 hold 7 digits
+MAX_PERSON_ID = 90_000_000  # d2..d8 hold 7 digits, d9 one of at least nine valid values
 _SCRAMBLE_A = 7_654_321  # coprime to 10**7, so pid -> (A*pid + B) mod 10**7 is a bijection
 _SCRAMBLE_B = 3_141_592
 _WEIGHTS = np.array([10, 9, 8, 7, 6, 5, 4, 3, 2], dtype=np.int64)
@@ -43,14 +46,17 @@ def nhs_numbers(person_ids: np.ndarray) -> np.ndarray:
     if pid.size and (pid.min() < 0 or pid.max() >= MAX_PERSON_ID):
         raise ConfigError(f"synthetic NHS numbers need person_ids in 0..{MAX_PERSON_ID - 1}; "
                           "generate fewer persons or start person_ids lower")
-    mid = (_SCRAMBLE_A * pid + _SCRAMBLE_B) % 10**7
+    q, r = np.divmod(pid, 10**7)
+    mid = (_SCRAMBLE_A * r + _SCRAMBLE_B) % 10**7
     prefix = (9 * 10**7 + mid) * 10  # d1..d8 then d9 = 0
     best = np.full(pid.shape, -1, dtype=np.int64)
-    # Prefer a d9 that depends on the person (not always 0); take the first valid one from there.
-    start = pid % 10
+    seen = np.zeros(pid.shape, dtype=np.int64)  # valid d9 values passed so far
+    # A d9 that depends on the person (not always 0): the q-th valid one counted from r mod 10.
+    start = r % 10
     for step in range(10):
         d9 = (start + step) % 10
-        ok = (best < 0) & (check_digit(prefix + d9) != 10)
-        best = np.where(ok, d9, best)
+        valid = check_digit(prefix + d9) != 10
+        best = np.where((best < 0) & valid & (seen == q), d9, best)
+        seen += valid
     body = prefix + best
     return body * 10 + check_digit(body)

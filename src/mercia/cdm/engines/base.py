@@ -110,6 +110,12 @@ class Engine:
     def threads(self, n: int) -> None:
         pass
 
+    def cap_buffer_pool(self, nbytes: int) -> Callable[[], None] | None:
+        """Hold the engine's own cache in this process to about `nbytes` during a long bulk write; return
+        how to undo it, or None when there is nothing to cap (an engine keeping its data in another
+        process, as PostgreSQL and Spark do)."""
+        return None
+
     # ---- catalogue ------------------------------------------------------------------------
     def table_columns(self, schema: str, table: str) -> list[str] | None:
         """Lower-cased column names of schema.table in order, or None when it does not exist."""

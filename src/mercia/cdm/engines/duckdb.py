@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -13,6 +13,18 @@ from sqlglot import exp
 from mercia.cdm.engines.base import CHECKPOINTS, Engine, Materialise, NodeRewrite
 from mercia.cdm.engines.duckdb_first import rewrite_first_row
 from mercia.errors import CdmError, ConfigError
+
+_UNITS = {"B": 1, "BYTES": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def _size_bytes(text: str) -> float:
+    """DuckDB's rendering of a size ('18.8 GiB', '953.6 MiB') in bytes; infinite when unparseable."""
+    parts = text.strip().split()
+    try:
+        return float(parts[0]) * _UNITS[parts[1].upper()] if len(parts) == 2 else float("inf")
+    except (ValueError, KeyError):
+        return float("inf")
 
 
 class DuckDBEngine(Engine):
@@ -93,6 +105,35 @@ class DuckDBEngine(Engine):
             cursor.execute(f"SET threads = {int(n)}")  # an int, never caller text
         finally:
             cursor.close()
+
+    def cap_buffer_pool(self, nbytes: int) -> Callable[[], None] | None:
+        """Lower DuckDB's memory limit to `nbytes` (never raise it) so a long bulk write into a file
+        evicts the blocks it has written instead of caching them all (RSS would grow with the file);
+        return how to put the limit back. None for an in-memory database, whose data lives nowhere else."""
+        if self.path is None:
+            return None
+        cursor = self.con.cursor()
+        try:
+            before = str(cursor.execute("SELECT current_setting('memory_limit')").fetchone()[0])
+            if _size_bytes(before) <= nbytes:
+                return None
+            cursor.execute("SET memory_limit = $v", {"v": f"{int(nbytes)}B"})
+        finally:
+            cursor.close()
+
+        def restore() -> None:
+            c = self.con.cursor()
+            try:
+                # The default exactly; a limit set by hand to DuckDB's rendering of it, which truncates
+                # to 0.1 of its unit (so half of that is added back).
+                c.execute("RESET memory_limit")
+                if str(c.execute("SELECT current_setting('memory_limit')").fetchone()[0]) != before:
+                    number, unit = before.split()
+                    c.execute("SET memory_limit = $v", {"v": f"{float(number) + 0.05} {unit}"})
+            finally:
+                c.close()
+
+        return restore
 
     def _execute(self, sql: str, params: dict[str, Any] | None) -> None:
         self.con.execute(sql, params)

@@ -116,9 +116,11 @@ def _no_browser(why: str) -> None:
     pytest.skip(f"BROWSER TESTS NOT RUN: {why}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[object]:
-    """Debian's Chromium driven by Playwright (never Playwright's own browser download)."""
+    """Debian's Chromium driven by Playwright (never Playwright's own browser download). Module-scoped:
+    Playwright's sync API runs an event loop while it is open, and a test after it that calls
+    asyncio.run() in the same worker would find that loop running."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:

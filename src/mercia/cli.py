@@ -890,9 +890,10 @@ def client_concept_count(
 def _site_concept_counts(answer: dict[str, Any]) -> Table:
     """Each site's released persons count of a concept, as `Client.concept_count` gives them."""
     what = "or a descendant" if answer["descendants"] else "itself (no descendants)"
-    t = Table("site", "persons", "budget left", "note",
-              title=f"Persons with concept {answer['concept_id']} {what}, at each site",
-              caption="released counts: noised (differential privacy), then each site's disclosure policy")
+    title = f"Persons with concept {answer['concept_id']} {what}, at each site"
+    caption = "released counts: noised, then each site's disclosure policy"
+    t = Table("site", "persons", "budget left", "note", title=title, caption=caption,
+              min_width=max(len(title), len(caption)))
     for a in answer["sites"]:
         left = (a.get("privacy") or {}).get("left")
         persons = ("not released" if a.get("error") else "suppressed") if a.get("persons") is None \
@@ -1003,7 +1004,7 @@ def concept_show(
     vocab_schema: VocabSchemaOpt = None,
     hub: Annotated[str | None, typer.Option("--hub", help=(
         "Instead of this CDM's record counts, each site's released persons count from this hub "
-        "(costs your privacy budget at each site).")), ] = None,
+        "(costs your privacy budget at each site)."))] = None,
     project: Annotated[str | None, typer.Option("--project", help="With --hub: the project whose sites to ask.")
                        ] = None,
     token: Annotated[str | None, typer.Option("--token", envvar="MERCIA_TOKEN",
@@ -1011,7 +1012,8 @@ def concept_show(
     exact: Annotated[bool, typer.Option("--exact", help="With --hub: count the concept alone, not its descendants.")
                      ] = False,
 ) -> None:
-    """One concept: fields, synonyms, 'Maps to' and mapped-from, ancestors and descendants, record counts."""
+    """One concept: fields, synonyms, 'Maps to' and mapped-from, ancestors and descendants, record counts
+    (with --hub: each site's released persons count instead)."""
     from dataclasses import asdict
 
     from mercia.vocab.search import concept_details

@@ -258,8 +258,11 @@ def test_every_command_with_bad_arguments_fails_without_a_traceback(tmp_path, mo
     [(["cdm", "info"], "error: Missing option '--cdm'. (see mercia cdm info --help)"),
      (["synth", "--persons", "0"], "error: Invalid value for '--persons'"),
      (["cohort", "sql", "x.yaml", "--no-such-option"], "error: No such option: --no-such-option"),
-     (["cdm", "no-such-command"], "error: No such command 'no-such-command'. (see mercia cdm --help)")],
-    ids=["missing option", "out of range", "unknown option", "unknown command"],
+     (["cdm", "no-such-command"], "error: No such command 'no-such-command'. (see mercia cdm --help)"),
+     (["--bogus"], "error: No such option: --bogus (see mercia --help)"),
+     (["--bogus", "cdm", "info"], "error: No such option: --bogus (see mercia --help)")],
+    ids=["missing option", "out of range", "unknown option", "unknown command", "unknown top-level option",
+         "unknown top-level option before a command"],
 )
 def test_a_command_line_click_cannot_parse_is_one_line(tmp_path, args, expected):
     r = run_mercia(*args, cwd=tmp_path)

@@ -13,6 +13,7 @@ distinct question.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import httpx
 import pytest
 
 from federation_support import PROJECT, HubKey, NodeServer, make_site
+from mercia.federation.attestation import attest, concept_question
 from mercia.federation.auth import TokenStore
 
 API = "/api/v1"
@@ -87,7 +89,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     # A fixed noise key (as a node makes on first use, but known): the same accuracies on every run.
     (node.state_dir / "feasibility_noise.key").write_text("5a" * 32)
     with node:
-        yield {"node": node, "db": db, "targets": targets, "exact": exact}
+        yield {"node": node, "db": db, "targets": targets, "exact": exact, "key": key}
 
 
 def _researcher(node: NodeServer, name: str, projects: list[str] | None = None) -> httpx.Client:
@@ -176,3 +178,34 @@ def test_an_answer_holds_no_exact_count(world):
     assert set(a) == {"site", "concept_id", "descendants", "persons", "disclosure", "privacy"}
     assert a["privacy"]["mechanism"].startswith("two-sided geometric")
     assert a["persons"] is None or a["persons"] >= 10  # SACRO: below 10 is suppressed
+
+
+def test_the_hub_names_a_researcher_only_with_its_attestation_of_that_question(world):
+    """As for feasibility counts: a hub token naming a researcher gets no fresh budget without the hub's
+    signature for that researcher, project and question (concept and descendants or not)."""
+    node, key = world["node"], world["key"]
+    p, q = world["targets"][3][0], world["targets"][4][0]
+
+    def ask(body: dict[str, Any]) -> httpx.Response:
+        with node.client("hub") as h:
+            return h.post(f"{API}/concepts/count", json={"project": PROJECT, **body})
+
+    r = ask({"concept_id": p, "descendants": True, "requested_by": "invented"})
+    assert r.status_code == 403 and "attestation" in r.json()["detail"], r.text
+    signed = attest(key.private, "alice", PROJECT, concept_question(p, True))
+    for other in ({"concept_id": p, "descendants": False, "requested_by": "alice"},
+                  {"concept_id": q, "descendants": True, "requested_by": "alice"},
+                  {"concept_id": p, "descendants": True, "requested_by": "mallory"}):
+        r = ask({**other, "attestation": signed})
+        assert r.status_code == 403, (other, r.text)
+    # A feasibility attestation is not one for a concept count.
+    d = {"name": "x", "concepts": {"p": {"include": [p]}}, "entry": [{"observation": "p"}]}
+    r = ask({"concept_id": p, "descendants": True, "requested_by": "alice",
+             "attestation": attest(key.private, "alice", PROJECT, d)})
+    assert r.status_code == 403
+    r = ask({"concept_id": p, "descendants": True, "requested_by": "alice", "attestation": signed})
+    assert r.status_code == 200 and r.json()["privacy"]["charged"], r.text
+    assert r.json()["privacy"]["spent"] == pytest.approx(0.1)  # alice's budget, not the hub's
+    records = [json.loads(x) for x in (node.state_dir / "audit.jsonl").read_text().splitlines()]
+    assert any(x["event"] == "concept_count.released" and x["details"].get("budget_of") == "hub/alice"
+               for x in records)

@@ -312,6 +312,12 @@ def test_every_hub_route_checks_the_project(fed: Federation) -> None:
         assert h not in hub_call("GET", "/studies", who).text
         r = hub_call("POST", "/studies", who, json={"package": pkg.canonical(), "project": PROJECT})
         assert r.status_code == 403 and "not a member" in r.json()["detail"]
+        for path, body in (("/feasibility", {"definition": pkg.canonical()["cohorts"]["sglt2"]["definition"]}),
+                           ("/concepts/count", {"concept_id": 201826})):
+            r = hub_call("POST", path, who, json={**body, "project": PROJECT})
+            assert r.status_code == 403 and "not a member" in r.json()["detail"], (path, r.text)
+            r = hub_call("POST", path, who, json={**body, "project": OTHER, "sites": ["alpha"]})
+            assert r.status_code == 403 and "not in project" in r.json()["detail"], (path, r.text)
         # The same package in the caller's own project is not the other project's study either.
         r = hub_call("POST", "/studies", who, json={"package": pkg.canonical(), "project": OTHER})
         assert r.status_code == 409 and f"'{PROJECT}'" not in r.json()["detail"] and "submitted_by" not in r.text

@@ -189,7 +189,10 @@ def test_a_drug_concept_used_as_a_condition_warns_naming_its_domain(tmp_path, si
 
 
 # ---- Ctrl-C -------------------------------------------------------------------------------------
-def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+@pytest.mark.parametrize("after", [0.0, 1.0], ids=["as-the-file-appears", "while-writing"])
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, after):
+    """Ctrl-C as synth creates its site's database (DuckDB still opening it) and while it writes the
+    tables: one line, exit 130, and the half-written `.partial` file (and its WAL) removed."""
     env = {**os.environ, "PYTHONPATH": SRC}
     out = tmp_path / "synth"
     proc = subprocess.Popen([MERCIA, "synth", "--persons", "3000000", "--sites", "1", "--out", str(out)],
@@ -199,6 +202,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
         while not list(out.glob("*.partial")):  # writing the site's database: well inside the command
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
+        time.sleep(after)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=120)
     finally:
@@ -208,6 +212,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     assert proc.returncode == EXIT_INTERRUPTED, (stdout, stderr)
     assert lines(stderr) == ["interrupted"], stderr
     assert "Traceback" not in stdout + stderr
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing half-written left behind
 
 
 # ---- the sweep: every command, bad arguments, no traceback ---------------------------------------
@@ -253,8 +258,11 @@ def test_every_command_with_bad_arguments_fails_without_a_traceback(tmp_path, mo
     [(["cdm", "info"], "error: Missing option '--cdm'. (see mercia cdm info --help)"),
      (["synth", "--persons", "0"], "error: Invalid value for '--persons'"),
      (["cohort", "sql", "x.yaml", "--no-such-option"], "error: No such option: --no-such-option"),
-     (["cdm", "no-such-command"], "error: No such command 'no-such-command'. (see mercia cdm --help)")],
-    ids=["missing option", "out of range", "unknown option", "unknown command"],
+     (["cdm", "no-such-command"], "error: No such command 'no-such-command'. (see mercia cdm --help)"),
+     (["--bogus"], "error: No such option: --bogus (see mercia --help)"),
+     (["--bogus", "cdm", "info"], "error: No such option: --bogus (see mercia --help)")],
+    ids=["missing option", "out of range", "unknown option", "unknown command", "unknown top-level option",
+         "unknown top-level option before a command"],
 )
 def test_a_command_line_click_cannot_parse_is_one_line(tmp_path, args, expected):
     r = run_mercia(*args, cwd=tmp_path)

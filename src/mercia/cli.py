@@ -870,6 +870,38 @@ def client_feasibility(
     console.print(t)
 
 
+@client_app.command("concept-count")
+@user_errors
+def client_concept_count(
+    concept_id: Annotated[int, typer.Argument(metavar="CONCEPT_ID", help="The OMOP concept_id.")],
+    project: Annotated[str, typer.Option(help="The project whose sites to ask.")],
+    hub: HubUrlOpt,
+    token: TokenOpt,
+    descendants: Annotated[bool, typer.Option(
+        "--descendants/--exact", help="Persons with the concept or any descendant, or with the concept alone.")] = True,
+    site: Annotated[list[str] | None, typer.Option("--site", help="A site (repeat); default all of the project.")] = None,
+) -> None:
+    """Released persons counts of a concept at each site (each question costs your privacy budget there)."""
+    with _client(hub, token) as c:
+        answer = c.concept_count(concept_id, project=project, descendants=descendants, sites=site)
+    console.print(_site_concept_counts(answer))
+
+
+def _site_concept_counts(answer: dict[str, Any]) -> Table:
+    """Each site's released persons count of a concept, as `Client.concept_count` gives them."""
+    what = "or a descendant" if answer["descendants"] else "itself (no descendants)"
+    title = f"Persons with concept {answer['concept_id']} {what}, at each site"
+    caption = "released counts: noised, then each site's disclosure policy"
+    t = Table("site", "persons", "budget left", "note", title=title, caption=caption,
+              min_width=max(len(title), len(caption)))
+    for a in answer["sites"]:
+        left = (a.get("privacy") or {}).get("left")
+        persons = ("not released" if a.get("error") else "suppressed") if a.get("persons") is None \
+            else f"{a['persons']:,}"
+        t.add_row(a["site"], persons, "" if left is None else f"{left:g}", a.get("error") or "")
+    return t
+
+
 # ---- audit -------------------------------------------------------------------------------------
 audit_app = typer.Typer(help="Check the hash-chained audit logs of nodes and the hub.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
@@ -970,17 +1002,37 @@ def concept_show(
     format: FormatOpt = "table",
     cdm_schema: CdmSchemaOpt = None,
     vocab_schema: VocabSchemaOpt = None,
+    hub: Annotated[str | None, typer.Option("--hub", help=(
+        "Instead of this CDM's record counts, each site's released persons count from this hub "
+        "(costs your privacy budget at each site)."))] = None,
+    project: Annotated[str | None, typer.Option("--project", help="With --hub: the project whose sites to ask.")
+                       ] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="MERCIA_TOKEN",
+                                              help="With --hub: your token (or MERCIA_TOKEN).")] = None,
+    exact: Annotated[bool, typer.Option("--exact", help="With --hub: count the concept alone, not its descendants.")
+                     ] = False,
 ) -> None:
-    """One concept: fields, synonyms, 'Maps to' and mapped-from, ancestors and descendants, record counts."""
+    """One concept: fields, synonyms, 'Maps to' and mapped-from, ancestors and descendants, record counts
+    (with --hub: each site's released persons count instead)."""
     from dataclasses import asdict
 
     from mercia.vocab.search import concept_details
 
     _format(format)
+    if hub is not None and (not project or not token):
+        raise MerciaError("--hub needs --project (the project whose sites to ask) and --token (or MERCIA_TOKEN)")
     with open_cdm(cdm, cdm_schema, vocab_schema, None, read_only=True, require="concepts") as handle:
-        d = concept_details(handle, concept_id, max_descendants=descendants)
+        d = concept_details(handle, concept_id, max_descendants=descendants, counts=hub is None)
+    released = None
+    if hub is not None:
+        with _client(hub, token or "") as c:
+            released = c.concept_count(concept_id, project=project or "", descendants=not exact)
     if format == "json":
-        sys.stdout.write(json.dumps(asdict(d), indent=2, default=str) + "\n")
+        data = asdict(d)
+        if released is not None:
+            data.pop("record_counts")
+            data["released_counts"] = released
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return
     fields = Table(show_header=False, title=f"concept {concept_id}")
     for k, v in d.concept.items():
@@ -992,6 +1044,9 @@ def concept_show(
     console.print(_concept_table("Ancestors", d.ancestors, levels=True))
     shown = f" (first {len(d.descendants)} of {d.descendants_total})" if d.descendants_total > len(d.descendants) else ""
     console.print(_concept_table(f"Descendants{shown}", d.descendants, levels=True))
+    if released is not None:
+        console.print(_site_concept_counts(released))
+        return
     if not d.record_counts:
         console.print("Records in this CDM: none")
         return

@@ -14,8 +14,8 @@ too):
 
 A command line click cannot parse (an unknown option, a missing argument, a value of the wrong type or
 outside its range) is one line too, click's message and where to look (`see mercia cdm info --help`), with
-click's exit code 2. (Only the top level's own options are parsed before the boundary: `mercia --bogus`
-keeps click's usage box.)
+click's exit code 2. The top level's own options are parsed inside the boundary too (`parse_args`), so
+`mercia --bogus` is one line like the rest.
 """
 
 from __future__ import annotations
@@ -124,7 +124,12 @@ def user_errors(fn: F) -> F:
 
 
 class BoundaryGroup(TyperGroup):
-    """The top-level command group: every subcommand it invokes runs inside `boundary()`."""
+    """The top-level command group: its own options are parsed, and every subcommand it invokes runs,
+    inside `boundary()`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        with boundary():
+            return super().parse_args(ctx, args)
 
     def invoke(self, ctx: Any) -> Any:
         with boundary():

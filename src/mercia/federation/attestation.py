@@ -6,7 +6,8 @@ fresh researcher for every question (and so get a fresh budget each time). So th
 Ed25519 key the node already trusts for packages, a statement binding the researcher's name, the
 project, the definition asked about and an expiry; the node charges that researcher only when the
 signature verifies, and refuses a `requested_by` without one. The signed message has its own prefix, so
-it can never be taken for a package signature (which signs a bare content hash).
+it can never be taken for a package signature (which signs a bare content hash). A concept count is
+attested the same way, its question (`concept_question`) standing for the definition.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def definition_digest(definition: Any) -> str:
     """sha256 of the definition as sent (canonical JSON of the request's data)."""
     text = json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def concept_question(concept_id: int, descendants: bool) -> dict[str, Any]:
+    """What the hub attests for a concept count: the question, in a form no cohort definition takes."""
+    return {"concept_count": {"concept_id": int(concept_id), "descendants": bool(descendants)}}
 
 
 def _message(requested_by: str, project: str, digest: str, expires: int) -> bytes:

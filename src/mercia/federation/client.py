@@ -6,6 +6,7 @@
     res = client.results(study["hash"])       # pooled meta-analyses and each site's released tables
     fit = client.federated(study["hash"], "cox_adjusted", "cox")   # exact federated Cox
     client.feasibility({"name": ..., "concepts": ..., "entry": ...}, project="diabetes")
+    client.concept_count(201826, project="diabetes")       # each site's released persons with a concept
 
 Errors the hub reports (4xx) raise ClientError with the hub's message; the HTTP status is `.status`.
 """
@@ -109,6 +110,16 @@ class Client:
     def feasibility(self, definition: dict[str, Any], *, project: str, sites: list[str] | None = None
                     ) -> dict[str, Any]:
         return self._call("POST", "/feasibility", {"definition": definition, "project": project, "sites": sites})
+
+    def concept_count(self, concept_id: int, *, project: str, descendants: bool = True,
+                      sites: list[str] | None = None) -> dict[str, Any]:
+        """Each site's released number of persons with a record of the concept (and, with `descendants`,
+        of any descendant): `{"concept_id", "descendants", "sites": [{"site", "persons", "privacy",
+        "disclosure", "error"}]}`; `persons` is None where suppressed or where the site refused (then
+        `error` says why, e.g. your privacy budget there is spent). Each distinct question costs your
+        privacy budget at each site, as feasibility counts do."""
+        return self._call("POST", "/concepts/count", {"concept_id": concept_id, "descendants": descendants,
+                                                      "project": project, "sites": sites})
 
     # ---- administration (admin tokens) --------------------------------------------------------------
     def add_node(self, name: str, url: str, token: str, verify: str | None = None) -> dict[str, Any]:

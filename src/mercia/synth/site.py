@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -331,17 +332,23 @@ def generate_federation(out_dir: str | Path, *, persons: int, sites: int, seed: 
     paths: list[Path] = []
     for (profile, db, tr), n in zip(targets, shares, strict=True):
         partial = db.with_name(db.name + ".partial")
-        cdm = Cdm.open(partial)
+        # Everything from creating the half-written file to renaming it is inside the try: Ctrl-C while
+        # DuckDB is still opening the new file (it exists by then) or closing it leaves nothing behind.
+        cdm = None
         try:
+            cdm = Cdm.open(partial)
             truth = generate_site(cdm, persons=n, seed=seed, profile=profile, first_person_id=first,
                                   progress=progress)
-        except BaseException:
             cdm.close()
+            cdm = None
+            partial.rename(db)
+        except BaseException:
+            if cdm is not None:
+                with contextlib.suppress(Exception):
+                    cdm.close()
             partial.unlink(missing_ok=True)
             Path(str(partial) + ".wal").unlink(missing_ok=True)
             raise
-        cdm.close()
-        partial.rename(db)
         tr.write_text(json.dumps(truth, indent=2, sort_keys=False) + "\n")
         paths.append(db)
         first += n

@@ -253,8 +253,9 @@ def record_counts(cdm: Cdm, concept_id: int) -> list[dict[str, Any]]:
     return out
 
 
-def concept_details(cdm: Cdm, concept_id: int, *, max_descendants: int = 100) -> ConceptDetails:
-    """One concept: its fields, synonyms, mappings, ancestors, descendants and local record counts."""
+def concept_details(cdm: Cdm, concept_id: int, *, max_descendants: int = 100, counts: bool = True) -> ConceptDetails:
+    """One concept: its fields, synonyms, mappings, ancestors, descendants and (unless not `counts`) local
+    record counts."""
     cid = int(concept_id)
     rows = _concept_rows(cdm, exp.select(*_concept_select()).from_(cdm.table("concept", alias="c"))
                          .where(exp.EQ(this=_c("concept_id", "c"), expression=_n(cid))))
@@ -275,7 +276,7 @@ def concept_details(cdm: Cdm, concept_id: int, *, max_descendants: int = 100) ->
         ancestors=_concept_rows(cdm, _relatives(cdm, cid, up=True)),
         descendants=descendants[:max_descendants],
         descendants_total=len(descendants),
-        record_counts=record_counts(cdm, cid),
+        record_counts=record_counts(cdm, cid) if counts else [],
     )
 
 

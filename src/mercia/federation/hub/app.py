@@ -2,6 +2,7 @@
 
     researcher  submit a package to sites of a project they belong to; status; pooled results and
                 report; close a study with the sites that answered; federated regression; counts
+                (feasibility counts of a cohort definition, persons counts of a concept)
     admin       everything a researcher can, in every project, plus nodes, projects and users
 
 The hub never sees rows: it stores what nodes released and pools it.
@@ -44,7 +45,7 @@ from mercia.federation.http_common import (
 )
 from mercia.federation.hub.config import HubConfig
 from mercia.federation.hub.dispatcher import Dispatcher
-from mercia.federation.hub.federated import feasibility_across, federated_fit
+from mercia.federation.hub.federated import concept_count_across, feasibility_across, federated_fit
 from mercia.federation.hub.registry import HubStore, NotFoundError
 from mercia.federation.hub.report import render_pooled_report
 from mercia.study.package import StudyPackage
@@ -118,6 +119,31 @@ class FeasibilityQuery(RequestBody):
         except MerciaError as e:
             raise ValueError(str(e)) from None
         return v
+
+
+class ConceptCountQuery(RequestBody):
+    concept_id: int = Field(ge=0, le=2_147_483_647, description="an OMOP concept_id")
+    descendants: bool = Field(True, description="count persons with the concept or any of its descendants")
+    project: Name
+    sites: list[Name] | None = Field(None, min_length=1, max_length=100,
+                                     description="sites to ask; default every site of the project")
+
+
+class SiteConceptCount(BaseModel):
+    site: str
+    persons: int | None = Field(None, description="the site's released persons count; null where suppressed "
+                                                  "or where the site did not answer (then `error` says why)")
+    privacy: dict[str, Any] | None = Field(None, description="the node's account of the noise and of the "
+                                                             "researcher's budget at the site")
+    disclosure: dict[str, Any] | None = None
+    error: str | None = Field(None, description="the site's refusal (its privacy budget spent, say) or why "
+                                                "it did not answer")
+
+
+class ConceptCounts(BaseModel):
+    concept_id: int
+    descendants: bool
+    sites: list[SiteConceptCount]
 
 
 class NodeIn(RequestBody):
@@ -361,6 +387,31 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         services.audit.append("feasibility.asked", principal.name, project=body.project, sites=sites,
                               persons=answer["persons"])
         return answer
+
+    @app.post(f"{API}/concepts/count", response_model=ConceptCounts, responses=ERRORS, tags=["feasibility"])
+    def concept_count(body: ConceptCountQuery, principal: Annotated[Principal, role("researcher", "admin")]
+                      ) -> ConceptCounts:
+        """Each site's released number of persons with a record of a concept (with its descendants by
+        default), asked for the caller: each node charges the caller's privacy budget at that site, as for
+        feasibility counts, and says so in `privacy`; a site that refuses (its budget spent, a concept not
+        in its vocabulary) gives its reason in `error`. Roles: researcher (in the project), admin;
+        rate-limited with a lockout after repeats (429)."""
+        require_project(principal, body.project)
+        project_sites = store.project_sites(body.project)
+        sites = sorted(set(body.sites)) if body.sites else project_sites
+        outside = sorted(set(sites) - set(project_sites))
+        if outside:
+            raise HTTPException(403, detail=f"sites {outside} are not in project {body.project!r}")
+        services.guard.check(principal, f"concept:{body.concept_id}:{int(body.descendants)}")
+        answer = concept_count_across(store, sites, body.concept_id, body.descendants, body.project,
+                                      requested_by=principal.name, signing_key=config.signing_key,
+                                      timeout=config.node_timeout_seconds)
+        services.audit.append("concept_count.asked", principal.name, project=body.project, sites=sites,
+                              concept_id=body.concept_id, descendants=body.descendants,
+                              persons=[[a["site"], a.get("persons")] for a in answer["sites"]])
+        return ConceptCounts(concept_id=answer["concept_id"], descendants=answer["descendants"],
+                             sites=[SiteConceptCount(**{k: a.get(k) for k in SiteConceptCount.model_fields})
+                                    for a in answer["sites"]])
 
     # ---- administration -------------------------------------------------------------------------------
     @app.post(f"{API}/nodes", response_model=NodeOut, status_code=201, responses=ERRORS, tags=["admin"])

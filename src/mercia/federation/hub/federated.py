@@ -1,4 +1,4 @@
-"""What the hub asks of several nodes at once: exact federated regression and feasibility counts.
+"""What the hub asks of several nodes at once: exact federated regression, feasibility and concept counts.
 
 Federated regression: the Cox analysis named in an approved, finished study fixes the rows at each
 site; the hub runs Newton-Raphson (mercia.federation.glm) with a round function that asks every
@@ -23,7 +23,7 @@ import numpy as np
 
 from mercia.disclosure.model_support import MODEL_REFUSED, MODEL_REFUSED_STATUS, ModelRefused
 from mercia.errors import MerciaError
-from mercia.federation.attestation import attest
+from mercia.federation.attestation import attest, concept_question
 from mercia.federation.glm import (
     ConvergenceError,
     SiteRefusedError,
@@ -140,24 +140,30 @@ def federated_fit(store: HubStore, content_hash: str, analysis: str, model: str,
     }
 
 
+def _ask_each(store: HubStore, sites: list[str], timeout: float, question: Any) -> list[dict[str, Any]]:
+    """`question(link)` at every site at once; a site that refuses or does not answer gives its error."""
+    nodes = [store.node(s) for s in sites]
+
+    def ask(node: Any) -> Any:
+        with NodeLink(node, timeout=timeout) as link:
+            try:
+                return question(link)
+            except (NodeRefused, NodeUnavailable) as e:
+                return {"site": node.name, "error": str(e)}
+
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        return list(pool.map(ask, nodes))
+
+
 def feasibility_across(store: HubStore, sites: list[str], definition: dict[str, Any], project: str, *,
                        requested_by: str, signing_key: str | Path, timeout: float = 30.0) -> dict[str, Any]:
     """Ask every site at once; the total counts only the sites that released a number.
 
     `requested_by` is the researcher the hub authenticated (never a name from the request): the hub signs
     that it asks for them, and each node charges that researcher's privacy budget."""
-    nodes = [store.node(s) for s in sites]
     signed = attest(signing_key, requested_by, project, definition)
-
-    def ask(node: Any) -> Any:
-        with NodeLink(node, timeout=timeout) as link:
-            try:
-                return link.feasibility(definition, project, requested_by, attestation=signed)
-            except (NodeRefused, NodeUnavailable) as e:
-                return {"site": node.name, "error": str(e)}
-
-    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
-        answers = list(pool.map(ask, nodes))
+    answers = _ask_each(store, sites, timeout,
+                        lambda link: link.feasibility(definition, project, requested_by, attestation=signed))
     released = [a for a in answers if a.get("persons") is not None]
     return {
         "sites": answers,
@@ -166,3 +172,14 @@ def feasibility_across(store: HubStore, sites: list[str], definition: dict[str, 
         "counted_sites": [a["site"] for a in released],
         "not_counted": sorted(a["site"] for a in answers if a.get("persons") is None),
     }
+
+
+def concept_count_across(store: HubStore, sites: list[str], concept_id: int, descendants: bool, project: str, *,
+                         requested_by: str, signing_key: str | Path, timeout: float = 30.0) -> dict[str, Any]:
+    """Each site's released persons count of a concept, asked for the researcher the hub authenticated
+    (attested as for feasibility counts, so each node charges that researcher's privacy budget). Per
+    site only, with no sum: it is for looking a concept up; feasibility counts size a cohort."""
+    signed = attest(signing_key, requested_by, project, concept_question(concept_id, descendants))
+    answers = _ask_each(store, sites, timeout, lambda link: link.concept_count(
+        concept_id, descendants, project, requested_by, attestation=signed))
+    return {"concept_id": int(concept_id), "descendants": bool(descendants), "sites": answers}

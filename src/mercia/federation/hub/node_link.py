@@ -80,3 +80,9 @@ class NodeLink:
                     attestation: dict[str, Any] | None = None) -> dict[str, Any]:
         return self._call("POST", "/feasibility", {"definition": definition, "project": project,
                                                    "requested_by": requested_by, "attestation": attestation})
+
+    def concept_count(self, concept_id: int, descendants: bool, project: str, requested_by: str,
+                      attestation: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._call("POST", "/concepts/count", {"concept_id": concept_id, "descendants": descendants,
+                                                      "project": project, "requested_by": requested_by,
+                                                      "attestation": attestation})

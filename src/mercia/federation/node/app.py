@@ -134,6 +134,12 @@ class ConceptCountQuery(RequestBody):
     concept_id: int = Field(ge=0, le=2_147_483_647, description="an OMOP concept_id in the site's vocabulary")
     descendants: bool = Field(True, description="count persons with the concept or any of its descendants")
     project: str = Field(pattern=NAME_PATTERN)
+    requested_by: str | None = Field(None, pattern=NAME_PATTERN, description=(
+        "the researcher a hub asks for (hub role only, with the hub's attestation): the count limits and "
+        "the privacy budget apply to each researcher, not to the hub as one"))
+    attestation: Attestation | None = Field(None, description=(
+        "the hub's signature that it authenticated `requested_by` for this concept question "
+        "(federation/attestation.py)"))
 
 
 class ConceptCountAnswer(BaseModel):
@@ -426,7 +432,7 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
                                             "(auto_approve.feasibility in node.yaml)")
 
         definition = parse_definition(body.definition)
-        who = budget_holder(principal, body)
+        who = budget_holder(principal, body.project, body.requested_by, body.attestation, body.definition)
         services.guard.check(who, count_query_key(definition))  # the canonical form too
         # One distinct question: its canonical form under this policy in this epoch. Its noise is derived
         # from it and its first answer kept, so asking again (renamed, reordered, by anyone) changes nothing.
@@ -478,7 +484,8 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         site's feasibility_roles (hub, researcher), when the custodian allows automatic counts. The same
         defences as feasibility counts (node/concept_count.py): the same per-asker privacy budget (each
         distinct question costs epsilon; a repeat gets the same answer at no cost; 429 when spent), rate
-        limits and lockout; 400 for a concept id not in the site's vocabulary."""
+        limits and lockout; 400 for a concept id not in the site's vocabulary. The hub asks for the
+        researcher it authenticated (`requested_by` with its attestation), as for feasibility counts."""
         if principal.role not in config.feasibility_roles:
             raise HTTPException(403, detail=f"this site answers feasibility counts for "
                                             f"{', '.join(config.feasibility_roles)} only")
@@ -486,7 +493,8 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         if not config.auto_approve.feasibility:
             raise HTTPException(403, detail="this site's custodian has not allowed automatic counts "
                                             "(auto_approve.feasibility in node.yaml)")
-        who = principal.name
+        who = budget_holder(principal, body.project, body.requested_by, body.attestation,
+                            attestation.concept_question(body.concept_id, body.descendants))
         services.guard.check(who, f"concept:{body.concept_id}:{int(body.descendants)}")
         label = concept_count_label(body.concept_id, body.descendants, config.site_policy, privacy)
         key = hashlib.sha256(label.encode()).hexdigest()
@@ -513,7 +521,7 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
                 await anyio.to_thread.run_sync(services.ledger.refund, who, key, limiter=small)
             raise
         await anyio.to_thread.run_sync(functools.partial(
-            services.audit.append, "concept_count.released", principal.name, project=body.project,
+            services.audit.append, "concept_count.released", principal.name, project=body.project, budget_of=who,
             concept_id=body.concept_id, descendants=body.descendants, persons=answer["persons"],
             epsilon=privacy.epsilon_per_query if charged else 0.0), limiter=small)
         spent = await anyio.to_thread.run_sync(services.ledger.spent, who, limiter=small)
@@ -521,23 +529,25 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
                                         "left": round(max(privacy.budget - spent, 0.0), 9), "charged": charged}}
         return ConceptCountAnswer(**answer)
 
-    def budget_holder(principal: Principal, body: FeasibilityQuery) -> str:
+    def budget_holder(principal: Principal, project: str, requested_by: str | None,
+                      signed_by_hub: Attestation | None, question: Any) -> str:
         """Whose privacy budget (and count limits) a question spends. A researcher's own token: theirs. The
         hub: the researcher it names, only with its signed attestation that it authenticated them for
-        this very definition (so holding the hub's token does not mint a fresh budget per invented name);
-        the hub asking for itself: the hub's one budget."""
+        this very question (a feasibility definition, or `attestation.concept_question`), so holding the
+        hub's token does not mint a fresh budget per invented name; the hub asking for itself: the hub's
+        one budget."""
         if principal.role != "hub":
             return principal.name
-        if body.requested_by is None:
+        if requested_by is None:
             return principal.name
-        signed = body.attestation.model_dump() if body.attestation is not None else None
-        if not attestation.verify(services.hub_key, signed, body.requested_by, body.project, body.definition):
-            services.audit.append("feasibility.refused", principal.name, requested_by=body.requested_by,
+        signed = signed_by_hub.model_dump() if signed_by_hub is not None else None
+        if not attestation.verify(services.hub_key, signed, requested_by, project, question):
+            services.audit.append("feasibility.refused", principal.name, requested_by=requested_by,
                                   reason="no valid attestation")
             raise HTTPException(403, detail="requested_by needs the hub's attestation: a signature, with the key "
                                             "this node trusts, that the hub authenticated that researcher for "
-                                            "this definition and project (expired or missing here)")
-        return f"{principal.name}/{body.requested_by}"
+                                            "this question and project (expired or missing here)")
+        return f"{principal.name}/{requested_by}"
 
     return app
 

@@ -17,9 +17,11 @@ prediction/evaluation.py all call it, so they stop by one rule:
   error, warning or missing estimate.
 
 `cox_risk_sums` is the only implementation of Efron's (and Breslow's) handling of tied event times:
-per event, the risk-set sums with the Efron share of the tied events removed. `cox_partial_likelihood`
-(log partial likelihood, score, information) and `efron_means` (the weighted risk-set means behind
-Schoenfeld residuals) are both built on it.
+per event, the risk-set sums with the Efron share of the tied events removed. What does not depend on
+beta (the sort by stratum and time, the tied-time groups, each event's Efron share) is made once per
+fit by `cox_risk_sets`; its `likelihood` (log partial likelihood, score, information) and
+`efron_means` (the weighted risk-set means behind Schoenfeld residuals) are both built on
+`cox_risk_sums`, and `cox_partial_likelihood` / `efron_means` are the one-call forms.
 """
 
 from __future__ import annotations

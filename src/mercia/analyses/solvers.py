@@ -170,6 +170,17 @@ class _Scan:
                 row[to] += row[frm]
 
 
+def _stable_order(key: np.ndarray) -> np.ndarray:
+    """np.argsort(key, kind="stable"); whole numbers that fit in 16 bits (days of follow-up, a few
+    strata) are sorted as such, by numpy's radix sort, several times faster."""
+    if key.dtype.kind in "iuf" and len(key) and np.iinfo(np.int16).min <= key.min() and key.max() <= np.iinfo(
+            np.int16).max:
+        small = key.astype(np.int16)
+        if np.array_equal(small, key):
+            return np.argsort(small, kind="stable")
+    return np.argsort(key, kind="stable")
+
+
 @dataclass(frozen=True, eq=False)
 class CoxRiskSets:
     """Everything about a Cox model's risk sets that does not depend on beta, worked out once per fit
@@ -252,19 +263,20 @@ def cox_risk_sets(
     t = np.asarray(time, dtype=float)
     e = np.asarray(event, dtype=float)
     st = None if strata is None else np.asarray(strata)
-    order = np.argsort(-t, kind="stable")  # latest first: the risk set of a time is a prefix
+    order = _stable_order(-t)  # latest first: the risk set of a time is a prefix
     new_stratum = np.zeros(n, dtype=bool)
     new_stratum[:1] = True
     if st is not None and n and not bool((st == st[0]).all()):
-        order = order[np.argsort(st[order], kind="stable")]  # by stratum, then latest first
+        order = order[_stable_order(st[order])]  # by stratum, then latest first
         s = st[order]
         new_stratum[1:] = s[1:] != s[:-1]
     # x less a value it takes (x - center is exactly 0 where x is constant, so is its information, as
     # the model's is), near its mean (so the sums of w x x' and the means' squares cancel less); the
     # likelihood does not change: a constant added to x'beta in a stratum cancels out of it
-    center = X[np.abs(X - X.mean(axis=0)).argmin(axis=0), np.arange(X.shape[1])] if n else np.zeros(X.shape[1])
-    Xc = X - center
-    XT = np.ascontiguousarray(Xc[order].T)  # (p, rows): each covariate a contiguous row
+    p = X.shape[1]
+    center = X[np.abs(X[:1000] - X.mean(axis=0)).argmin(axis=0), np.arange(p)] if n else np.zeros(p)
+    XT = np.take(np.ascontiguousarray(X.T), order, axis=1)  # (p, rows): each covariate a contiguous row
+    XT -= center[:, None]
     t, e_sorted = t[order], e[order]
     new_group = new_stratum.copy()
     new_group[1:] |= t[1:] != t[:-1]
@@ -302,7 +314,7 @@ def cox_risk_sets(
         event_group=event_group,
         event_stratum=group_stratum[event_group],
         c=c,
-        x_events=(Xc * e[:, None]).sum(axis=0),
+        x_events=XT @ e_sorted,
         down=_Scan.of(stratum_groups),
         up=_Scan.of(stratum_groups[::-1]),
     )

@@ -75,7 +75,7 @@ def cpu_times(fn: Callable[[], Any], repeat: int) -> tuple[list[float], Any]:
 
 def show(label: str, times: list[float]) -> float:
     med = statistics.median(times)
-    print(f"  {label:<44} median {med:7.3f} s   min {min(times):7.3f} s   ({len(times)} runs)")
+    print(f"  {label:<46} median {med:7.3f} s   min {min(times):7.3f} s   ({len(times)} runs)")
     return med
 
 

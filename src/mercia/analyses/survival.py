@@ -473,7 +473,7 @@ def cox_site_summary(
     p = data.X.shape[1]
     if b.shape != (p,):
         raise StudyError(f"beta has {b.size} values but the model has {p} terms ({', '.join(data.terms)})")
-    sets = risk_sets or cox_risk_sets(data.X, data.time, data.event, data.strata, ties)
+    sets = cox_risk_sets(data.X, data.time, data.event, data.strata, ties) if risk_sets is None else risk_sets
     ll, sc, inf = sets.likelihood(b)
     return CoxSiteSummary(b.copy(), ll, sc, inf, data.n_obs, data.n_events, ties)
 

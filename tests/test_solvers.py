@@ -13,9 +13,12 @@ import statsmodels.api as sm
 from lifelines import CoxPHFitter
 from statsmodels.duration.hazard_regression import PHReg
 
+from mercia.analyses import cohort_method, survival
 from mercia.analyses.solvers import (
+    SHORT,
     Evaluation,
     cox_partial_likelihood,
+    cox_risk_sets,
     efron_means,
     logistic_terms,
     newton_maximise,
@@ -166,6 +169,74 @@ def test_efron_means_are_the_schoenfeld_means_of_lifelines():
     ours = (X - efron_means(X, df["time"], e, beta))[e == 1]
     theirs = cph.compute_residuals(df.drop(columns="stratum"), "schoenfeld")
     np.testing.assert_allclose(ours, theirs.loc[df.index[e == 1], ["x1", "x2"]].to_numpy(), atol=1e-8)
+
+
+def _mixed_strata(seed: int = 4) -> pd.DataFrame:
+    """Strata of every shape the risk-set sums treat differently: one with more than SHORT tied-time
+    groups (cumulated on its own), many of 1 to 6 rows (cumulated together by doubling), singletons,
+    a stratum with no events; tied times throughout."""
+    rng = np.random.default_rng(seed)
+    sizes = np.r_[400, 3 * SHORT, rng.integers(1, 7, size=150), 1, 1, 5]
+    s = np.repeat(np.arange(len(sizes)), sizes)
+    n = len(s)
+    x1, x2 = rng.normal(size=n), rng.integers(0, 2, size=n).astype(float)
+    t_true = rng.exponential(np.exp(-(0.5 * x1 + 0.4 * x2)) * 150)
+    time = np.ceil(np.minimum(t_true, rng.exponential(200, size=n)))
+    event = (t_true <= time).astype(float)
+    event[s == len(sizes) - 1] = 0.0
+    order = rng.permutation(n)  # strata interleaved in the input
+    return pd.DataFrame({"x1": x1, "x2": x2, "stratum": s, "time": time, "event": event}).iloc[order]
+
+
+@pytest.mark.parametrize(("ties", "shift"), [("efron", 0.0), ("breslow", 0.0), ("efron", 40_000.25)])
+def test_risk_sets_made_once_give_statsmodels_phreg_at_every_beta(ties: str, shift: float):
+    """The risk sets of a fit, made once and evaluated at several betas, against statsmodels' PHReg
+    (log-likelihood, score, information), over strata long, short, single and without events; times
+    in whole days (sorted as 16-bit integers) and not (sorted as floats)."""
+    df = _mixed_strata()
+    df["time"] += shift
+    assert (df.groupby("stratum")["time"].nunique() > SHORT).any() and df.duplicated(["stratum", "time"]).sum() > 100
+    X, st = df[["x1", "x2"]].to_numpy(), df["stratum"].to_numpy()
+    sets = cox_risk_sets(X, df["time"], df["event"], st, ties)
+    ref = PHReg(df["time"], X, status=df["event"], strata=st, ties=ties)
+    for beta in ([0.0, 0.0], [0.5, -0.3], [2.0, 1.0]):
+        b = np.array(beta)
+        loglik, score, info = sets.likelihood(b)
+        np.testing.assert_allclose(loglik, ref.loglike(b), rtol=1e-12)
+        np.testing.assert_allclose(score, ref.score(b), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(info, -ref.hessian(b), rtol=1e-10)
+        again = cox_partial_likelihood(X, df["time"], df["event"], b, st, ties)
+        np.testing.assert_allclose(again[2], info, rtol=1e-13)
+
+
+def test_a_constant_covariate_has_exactly_no_information():
+    """x constant (e.g. the treatment, when the comparator cohort is empty): its information is 0, not a
+    rounding residue that would pass for a tiny positive variance."""
+    df = _mixed_strata(5)
+    X = np.column_stack([np.full(len(df), 0.1), df["x1"]])
+    info = cox_risk_sets(X, df["time"], df["event"], df["stratum"].to_numpy()).likelihood(np.array([0.0, 0.4]))[2]
+    assert info[0, 0] == 0.0 and info[0, 1] == 0.0 and info[1, 1] > 0
+
+
+def test_a_fit_sorts_its_rows_once(monkeypatch: pytest.MonkeyPatch):
+    """fit_cox and the cohort method's conditional Cox make the risk sets once per fit (per site), not at
+    every Newton step."""
+    df = _tied_survival(3)
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return cox_risk_sets(*args, **kwargs)
+
+    monkeypatch.setattr(survival, "cox_risk_sets", counting)
+    monkeypatch.setattr(cohort_method, "cox_risk_sets", counting)
+    X = df[["x1", "x2"]].to_numpy()
+    fit = survival.fit_cox(survival.CoxData(X, df["time"].to_numpy(), df["event"].to_numpy(), ["x1", "x2"],
+                                            df["stratum"].to_numpy()))
+    assert fit.iterations > 2 and len(calls) == 1
+    est = cohort_method.fit_cox_strata(df["x2"].to_numpy(), df["time"].to_numpy(), df["event"].to_numpy(),
+                                       df["stratum"].to_numpy())
+    assert est.converged and len(calls) == 2
 
 
 # ---------------------------------------------------------------------------------------------- guard

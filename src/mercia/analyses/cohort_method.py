@@ -46,7 +46,7 @@ from mercia.analyses.matching import CaliperScale, match_on_ps, stratify_by_ps
 from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.propensity import PsFit, PsSettings, equipoise, fit_ps
 from mercia.analyses.result import AnalysisResult
-from mercia.analyses.solvers import Evaluation, cox_partial_likelihood, newton_maximise
+from mercia.analyses.solvers import Evaluation, cox_risk_sets, newton_maximise
 from mercia.cdm import Cdm
 from mercia.cdm.query import build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import ModelInfo, ResultTable
@@ -300,10 +300,10 @@ class Estimate:
 def fit_cox_strata(x: np.ndarray, time: np.ndarray, event: np.ndarray, strata: np.ndarray | None = None) -> Estimate:
     """The treatment log hazard ratio conditional on strata (`mercia.analyses.solvers.newton_maximise`)."""
     strata = np.zeros(len(x), dtype=np.int64) if strata is None else strata
-    X = np.asarray(x, dtype=float)[:, None]
+    sets = cox_risk_sets(np.asarray(x, dtype=float)[:, None], time, event, strata, "efron")  # once per fit
 
     def evaluate(b: np.ndarray) -> Evaluation:
-        return Evaluation(*cox_partial_likelihood(X, time, event, b, strata, "efron"))
+        return Evaluation(*sets.likelihood(b))
 
     res = newton_maximise(evaluate, np.zeros(1))
     info = float(res.at.information[0, 0])

@@ -32,7 +32,7 @@ from mercia import limits
 from mercia.analyses.notes import Note, NoteCode
 from mercia.analyses.population import population_table
 from mercia.analyses.result import AnalysisResult
-from mercia.analyses.solvers import TOL, Evaluation, cox_partial_likelihood, efron_means, newton_maximise
+from mercia.analyses.solvers import TOL, CoxRiskSets, Evaluation, cox_risk_sets, efron_means, newton_maximise
 from mercia.cdm import Cdm
 from mercia.cdm.query import DOMAINS, build, check_cohort_id, fetch_df, require_tables
 from mercia.disclosure import ModelInfo, ResultTable
@@ -460,15 +460,21 @@ class CoxSiteSummary:
 
 
 def cox_site_summary(
-    data: CoxData, beta: Sequence[float] | np.ndarray, ties: Literal["efron", "breslow"] = "efron"
+    data: CoxData,
+    beta: Sequence[float] | np.ndarray,
+    ties: Literal["efron", "breslow"] = "efron",
+    *,
+    risk_sets: CoxRiskSets | None = None,
 ) -> CoxSiteSummary:
     """Log partial likelihood, score (gradient) and information (negative Hessian) of this site's
-    data at `beta`, with its own strata (if any) as separate risk sets."""
+    data at `beta`, with its own strata (if any) as separate risk sets. A fit passes `risk_sets`
+    (`cox_risk_sets` of these data with these ties), made once, so its steps do not sort again."""
     b = np.asarray(beta, dtype=float)
     p = data.X.shape[1]
     if b.shape != (p,):
         raise StudyError(f"beta has {b.size} values but the model has {p} terms ({', '.join(data.terms)})")
-    ll, sc, inf = cox_partial_likelihood(data.X, data.time, data.event, b, data.strata, ties)
+    sets = cox_risk_sets(data.X, data.time, data.event, data.strata, ties) if risk_sets is None else risk_sets
+    ll, sc, inf = sets.likelihood(b)
     return CoxSiteSummary(b.copy(), ll, sc, inf, data.n_obs, data.n_events, ties)
 
 
@@ -554,11 +560,12 @@ def fit_cox(data: CoxData | Sequence[CoxData], ties: Literal["efron", "breslow"]
     if not sites or sum(s.n_obs for s in sites) == 0:
         raise StudyError("no persons to fit a Cox model on")
     p = sites[0].X.shape[1]
+    sets = [cox_risk_sets(s.X, s.time, s.event, s.strata, ties) for s in sites]  # once per fit
 
     def summarise(beta: np.ndarray) -> CoxSiteSummary:
-        out = cox_site_summary(sites[0], beta, ties)
-        for s in sites[1:]:
-            out = out + cox_site_summary(s, beta, ties)
+        out = cox_site_summary(sites[0], beta, ties, risk_sets=sets[0])
+        for s, r in zip(sites[1:], sets[1:], strict=True):
+            out = out + cox_site_summary(s, beta, ties, risk_sets=r)
         return out
 
     return newton_raphson(summarise, p, sites[0].terms)

@@ -94,15 +94,21 @@ def _days(s: Any) -> Any:
     return out
 
 
-def export_rows(path: str, ids: dict[str, int], cov_concepts: list[int]) -> dict[str, Any]:
+def export_rows(path: str, ids: dict[str, int], package_hash: str, cov_concepts: list[int]) -> dict[str, Any]:
     import duckdb
 
     con = duckdb.connect(path, read_only=True)
     wanted = ", ".join(str(int(i)) for i in ids.values())
     concepts = ", ".join(str(int(c)) for c in cov_concepts)
+    if not all(c in "0123456789abcdef" for c in package_hash):
+        raise ValueError("package_hash: hexadecimal expected")
     q = {
-        "cohort": f"SELECT cohort_definition_id, subject_id AS person_id, cohort_start_date, cohort_end_date "
-        f"FROM cohort WHERE cohort_definition_id IN ({wanted})",
+        # A study stores its cohorts in the results schema under its own block of ids (study_cohort maps
+        # them back to the package's ids), as `mercia cohort list` shows them.
+        "cohort": "SELECT s.study_cohort_id AS cohort_definition_id, c.subject_id AS person_id, "
+        "c.cohort_start_date, c.cohort_end_date FROM results.cohort c JOIN results.study_cohort s "
+        f"ON s.cohort_definition_id = c.cohort_definition_id AND s.package_hash = '{package_hash}' "
+        f"WHERE s.study_cohort_id IN ({wanted})",
         "person": "SELECT person_id, year_of_birth, month_of_birth, day_of_birth, gender_concept_id FROM person",
         "op": "SELECT person_id, observation_period_start_date AS s, observation_period_end_date AS e "
         "FROM observation_period",
@@ -282,7 +288,7 @@ def run_peer(path: str) -> dict[str, Any]:
     cox_a = next(a for a in pkg.analyses if a.table_prefix() == "cox_adjusted")
     concepts = sorted({c for cov in cox_a.settings.covariates for c in cov.concept_ids})
     t0 = time.perf_counter()
-    rows = export_rows(path, pkg.cohort_ids, concepts)
+    rows = export_rows(path, pkg.cohort_ids, pkg.content_hash, concepts)
     t_export = time.perf_counter() - t0
     t0 = time.perf_counter()
     surv = peer_survival(rows, pkg)

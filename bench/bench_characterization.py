@@ -74,9 +74,9 @@ def prepared(persons: int) -> Path:
         con.execute(sql).fetchall()  # consumed, so the connection is free for the next statement
 
     try:
-        run(f"DELETE FROM cohort WHERE cohort_definition_id = {COHORT_ID}")
+        run(f"DELETE FROM results.cohort WHERE cohort_definition_id = {COHORT_ID}")
         run(f"""
-            INSERT INTO cohort
+            INSERT INTO results.cohort
             SELECT {COHORT_ID}, person_id,
                    CAST(observation_period_start_date
                         + CAST(DATE_DIFF('day', observation_period_start_date,
@@ -85,7 +85,7 @@ def prepared(persons: int) -> Path:
             FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY person_id ORDER BY observation_period_start_date)
                   AS rn FROM observation_period) WHERE rn = 1""")
         idx = con.sql(
-            f"SELECT subject_id, cohort_start_date FROM cohort WHERE cohort_definition_id = {COHORT_ID}"
+            f"SELECT subject_id, cohort_start_date FROM results.cohort WHERE cohort_definition_id = {COHORT_ID}"
         ).to_arrow_table()
         person = idx["subject_id"].to_numpy()
         index_day = idx["cohort_start_date"].cast(pa.int32()).to_numpy()
@@ -195,7 +195,7 @@ def export_rows(path: str) -> dict[str, Any]:
     con = duckdb.connect(path, read_only=True)
     try:
         q = {
-            "idx": f"SELECT subject_id AS person_id, MIN(cohort_start_date) AS index_date FROM cohort "
+            "idx": f"SELECT subject_id AS person_id, MIN(cohort_start_date) AS index_date FROM results.cohort "
             f"WHERE cohort_definition_id = {COHORT_ID} GROUP BY subject_id",
             "person": "SELECT person_id, year_of_birth, gender_concept_id FROM person",
             "condition": "SELECT person_id, condition_concept_id AS concept_id, condition_start_date AS d "

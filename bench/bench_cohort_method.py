@@ -232,7 +232,7 @@ def _peer_covariates(con: Any, entries: Any) -> tuple[Any, np.ndarray]:
     parts_row, parts_cov = [], []
     for dom, (table, ccol, dcol, base) in domains.items():
         rec = con.execute(f"SELECT person_id, {ccol} AS concept_id, {dcol} AS day FROM {table} "
-                          "WHERE person_id IN (SELECT subject_id FROM cohort WHERE cohort_definition_id IN (1, 2))"
+                          "WHERE person_id IN (SELECT subject_id FROM results.cohort WHERE cohort_definition_id IN (1, 2))"
                           ).df()
         rec = rec[(rec["concept_id"] != 0) & ~rec["concept_id"].isin(excluded)]
         rec["day"] = _days(rec["day"])
@@ -330,7 +330,7 @@ def run_peer(path: str) -> dict[str, Any]:
 
     con = duckdb.connect(path, read_only=True)
     coh = con.execute("SELECT cohort_definition_id AS cid, subject_id AS person_id, cohort_start_date, "
-                      "cohort_end_date FROM cohort WHERE cohort_definition_id IN (1, 2, 3)").df()
+                      "cohort_end_date FROM results.cohort WHERE cohort_definition_id IN (1, 2, 3)").df()
     person = con.execute("SELECT person_id, gender_concept_id, year_of_birth FROM person").df()
     obs = con.execute("SELECT person_id, observation_period_start_date AS obs_start, "
                       "observation_period_end_date AS obs_end FROM observation_period").df()

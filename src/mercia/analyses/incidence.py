@@ -329,6 +329,16 @@ def _band_rows(bands: Sequence[tuple[int, int | None]]) -> list[list[int]]:
 
 
 _DOB = "MAKE_DATE(p.year_of_birth, COALESCE(p.month_of_birth, 1), COALESCE(p.day_of_birth, 1))"
+# CTE `pband`: each at-risk person's span in every age band (from the birthday starting it to the day
+# before the one ending it); both incidence queries cut time at risk with it.
+_PERSON_BANDS = f"""    pband AS (
+      SELECT p.person_id, p.gender_concept_id AS gender, ag.k AS age_k,
+             CAST({_DOB} + INTERVAL (ag.lo) YEAR AS DATE) AS bs,
+             CAST(CAST({_DOB} + INTERVAL (ag.hi + 1) YEAR AS DATE) - 1 AS DATE) AS be
+      FROM person p JOIN bands ag ON TRUE
+      WHERE p.person_id IN (SELECT person_id FROM atrisk)
+    ),
+"""
 
 
 def _pop_params(pop: _Population) -> dict[str, object]:
@@ -386,14 +396,7 @@ def _incidence_ctes(s: IncidenceSettings) -> str:
     -- Time at risk is cut at birthdays (age bands) and year ends. Each person's band spans are
     -- computed once, and a span meets only the bands and years it overlaps (joined on overlap, not
     -- crossed with every band and year and filtered after: the same pieces, several times fewer rows).
-    pband AS (
-      SELECT p.person_id, p.gender_concept_id AS gender, ag.k AS age_k,
-             CAST({_DOB} + INTERVAL (ag.lo) YEAR AS DATE) AS bs,
-             CAST(CAST({_DOB} + INTERVAL (ag.hi + 1) YEAR AS DATE) - 1 AS DATE) AS be
-      FROM person p JOIN bands ag ON TRUE
-      WHERE p.person_id IN (SELECT person_id FROM atrisk)
-    ),
-    banded AS (
+{_PERSON_BANDS}    banded AS (
       SELECT r.person_id, pb.gender, pb.age_k, r.b, r.has_event,
              GREATEST(r.a, pb.bs) AS a1, LEAST(r.b, pb.be) AS b1
       FROM atrisk r JOIN pband pb ON pb.person_id = r.person_id AND pb.bs <= r.b AND pb.be >= r.a
@@ -526,14 +529,7 @@ def _tar_ctes(s: IncidenceSettings) -> str:
       SELECT DISTINCT r.person_id, r.tar_k, o.os AS x
       FROM atrisk r JOIN oc o ON o.person_id = r.person_id AND o.os >= r.a AND o.os <= r.b
     ),
-    pband AS (
-      SELECT p.person_id, p.gender_concept_id AS gender, ag.k AS age_k,
-             CAST({_DOB} + INTERVAL (ag.lo) YEAR AS DATE) AS bs,
-             CAST(CAST({_DOB} + INTERVAL (ag.hi + 1) YEAR AS DATE) - 1 AS DATE) AS be
-      FROM person p JOIN bands ag ON TRUE
-      WHERE p.person_id IN (SELECT person_id FROM atrisk)
-    ),
-    banded AS (
+{_PERSON_BANDS}    banded AS (
       SELECT r.person_id, r.tar_k, pb.gender, pb.age_k,
              GREATEST(r.a, pb.bs) AS a1, LEAST(r.b, pb.be) AS b1
       FROM atrisk r JOIN pband pb ON pb.person_id = r.person_id AND pb.bs <= r.b AND pb.be >= r.a

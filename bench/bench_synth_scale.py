@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_synth
 from harness import machine, measure
 
 # The generator before issue 14, this machine, 2026-12-07 (load average 8-10 from other jobs):
@@ -38,23 +39,13 @@ def before_at(n: int) -> tuple[tuple[float, float, float] | None, str]:
 
 
 def write_site(persons: int, path: str, bounded: bool) -> dict:
-    import resource
-
-    from mercia.cdm import Cdm
-    from mercia.synth import DEFAULT_SITES, generate_site
+    """bench_synth's site write (same profile and seed), with the database cache left unbounded when asked."""
     from mercia.synth import site as site_mod
 
     if not bounded:
         site_mod.DB_MEMORY = 1 << 62  # no cap: DuckDB's default (80% of RAM), as before issue 14
-    profile = next(p for p in DEFAULT_SITES if p.name == "riverside")
-    cdm = Cdm.open(path)
-    try:
-        truth = generate_site(cdm, persons=persons, seed=42, profile=profile)
-        cdm.execute("CHECKPOINT")
-    finally:
-        cdm.close()
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return {"rows": sum(truth["rows"].values()), "bytes": os.path.getsize(path), "cpu": ru.ru_utime + ru.ru_stime}
+    written = bench_synth.write_site(persons, path)
+    return {**written, "rows": sum(written["rows"].values())}
 
 
 def run(n: int, bounded: bool) -> tuple[float, float, float, dict]:

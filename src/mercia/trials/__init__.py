@@ -1,0 +1,1 @@
+"""Clinical trial planning: eligibility criteria as a cohort, feasibility, recruitment, candidates."""

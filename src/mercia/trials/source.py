@@ -1,0 +1,31 @@
+"""Where a trial's eligibility comes from: the one function every trial command reads a TRIAL argument with.
+
+A trial's eligibility is one cohort definition whose inclusion rules are its criteria, in order (so the
+feasibility funnel, what-if and every engine work on any cohort definition with named inclusion rules),
+plus the criteria a draft could not apply yet (items still to review), which feasibility lists as not
+applied instead of counting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mercia.cohorts.loader import load_definition
+from mercia.cohorts.model import CohortDefinition
+
+
+@dataclass(frozen=True)
+class TrialEligibility:
+    """A trial's name, its eligibility as one cohort (criteria = inclusion rules) and the items not applied."""
+
+    name: str
+    cohort: CohortDefinition
+    not_applied: tuple[str, ...] = field(default=())
+
+
+def load_trial(path: str | Path) -> TrialEligibility:
+    """Read a trial from a file: today any cohort definition Mercia reads (YAML, Circe JSON, Python)."""
+    p = Path(path)
+    definition = load_definition(p)
+    return TrialEligibility(name=p.stem, cohort=definition)

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from mercia.cohorts.loader import load_definition
 from mercia.cohorts.model import CohortDefinition
+from mercia.cohorts.yaml_reader import load_yaml
+from mercia.trials.trial_yaml import from_dict as trial_from_dict
+from mercia.trials.trial_yaml import is_trial_data
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,14 @@ class TrialEligibility:
 
 
 def load_trial(path: str | Path) -> TrialEligibility:
-    """Read a trial from a file: today any cohort definition Mercia reads (YAML, Circe JSON, Python)."""
+    """Read a trial from a file: a ``trial.yaml`` (``mercia.trials.trial_yaml``: named criteria, each
+    applied if mapped, listed in ``not_applied`` if not), or any cohort definition Mercia reads (YAML,
+    Circe JSON, Python), whose inclusion rules are then the criteria."""
     p = Path(path)
+    if p.suffix.lower() in (".yaml", ".yml") and p.is_file():
+        data = load_yaml(p.read_text(encoding="utf-8"))
+        if is_trial_data(data):
+            trial = trial_from_dict(data)
+            return TrialEligibility(name=trial.name, cohort=trial.cohort(), not_applied=trial.not_applied)
     definition = load_definition(p)
     return TrialEligibility(name=p.stem, cohort=definition)

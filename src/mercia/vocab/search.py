@@ -307,3 +307,58 @@ def concept_persons_query(cdm: Cdm, concept_id: int, *, descendants: bool) -> ex
 def concept_persons(cdm: Cdm, concept_id: int, *, descendants: bool) -> int:
     """The exact number of persons with the concept (see concept_persons_query). Not for release."""
     return int(cdm.scalar(concept_persons_query(cdm, concept_id, descendants=descendants)) or 0)
+
+
+@dataclass(frozen=True)
+class PhraseHit:
+    """A concept whose name or a synonym is `phrase` (match "exact") or begins with it ("prefix")."""
+
+    phrase: str
+    concept_id: int
+    concept_name: str
+    domain_id: str
+    concept_class_id: str
+    standard_concept: str | None
+    match: str  # "exact" or "prefix"
+    matched_text: str  # the name or synonym that matched
+
+
+def match_phrases(cdm: Cdm, phrases: list[str], *, standard: bool = True, limit: int = 2000) -> list[PhraseHit]:
+    """Concepts whose name or a synonym equals one of `phrases` or begins with it followed by a word
+    boundary (case-insensitive): one query for many phrases (for text mining of criteria, where every
+    word run of an item is a phrase). Phrases are bound parameters; standard concepts only by default."""
+    phrases = sorted({p.strip().lower() for p in phrases if p.strip()})
+    if not phrases:
+        return []
+    params = {f"p{i}": p for i, p in enumerate(phrases)}
+    wanted = exp.Values(expressions=[exp.Tuple(expressions=[_p(k)]) for k in params],
+                        alias=exp.TableAlias(this=exp.to_identifier("ph"), columns=[exp.to_identifier("phrase")]))
+
+    def names(table: str, col: str) -> exp.Select:
+        return exp.select(_c("concept_id"), exp.alias_(_c(col), "t")).from_(cdm.table(table))
+
+    union: exp.Query = names("concept", "concept_name")
+    if "concept_synonym_name" in (cdm.columns("concept_synonym") or []):
+        union = exp.union(union, names("concept_synonym", "concept_synonym_name"), distinct=False)
+    cond: exp.Expression = exp.EQ(this=exp.StrPosition(this=exp.Lower(this=_c("t", "n")), substr=_c("phrase", "ph")),
+                                  expression=_n(1))
+    if standard:
+        cond = exp.and_(cond, exp.EQ(this=_c("standard_concept", "c"), expression=exp.Literal.string("S")))
+    query = (
+        exp.select(_c("phrase", "ph"), _c("concept_id", "c"), _c("concept_name", "c"), _c("domain_id", "c"),
+                   _c("concept_class_id", "c"), _c("standard_concept", "c"), _c("t", "n"))
+        .from_(union.subquery("n"))
+        .join(cdm.table("concept", alias="c"), on=exp.EQ(this=_c("concept_id", "c"), expression=_c("concept_id", "n")))
+        .join(exp.Join(this=wanted, on=cond))
+        .order_by(_c("phrase", "ph"), exp.Length(this=_c("t", "n")), _c("concept_id", "c"))
+        .limit(_n(limit))
+    )
+    out: list[PhraseHit] = []
+    for r in cdm.fetch_all(query, params):
+        phrase, text = str(r[0]), str(r[6])
+        rest = text[len(phrase):]
+        if rest and rest[0].isalnum():
+            continue  # "heart" is not a prefix of "heartburn"
+        out.append(PhraseHit(phrase, int(r[1]), str(r[2]), str(r[3]), str(r[4]), r[5] or None,
+                             "exact" if not rest else "prefix", text))
+    return out

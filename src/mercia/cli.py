@@ -1099,5 +1099,56 @@ def concept_import_codelist(
         console.print(t)
 
 
+# ---- trial -------------------------------------------------------------------------------------
+trial_app = typer.Typer(help="Plan clinical trials: eligibility as named criteria, import from ClinicalTrials.gov.",
+                        no_args_is_help=True)
+app.add_typer(trial_app, name="trial")
+
+
+@trial_app.command("import")
+@user_errors
+def trial_import(
+    record: Annotated[Path, typer.Argument(help="A ClinicalTrials.gov study record (API v2 JSON), a local file.")],
+    out: Annotated[Path, typer.Option("--out", help="The draft trial.yaml to write.")],
+    cdm: Annotated[str | None, typer.Option("--cdm", help=(
+        "Look concepts up in this CDM's vocabulary (default: Mercia's bundled vocabulary)."))] = None,
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+) -> None:
+    """Draft a trial.yaml from a study record: structured fields and text items as criteria, each with its
+    source text and a status (mapped, needs_review, not_computable) to review."""
+    from mercia.trials.importer import import_record, summary
+    from mercia.trials.trial_yaml import to_yaml
+
+    if cdm is None:
+        trial = import_record(str(record))
+    else:
+        with open_cdm(cdm, cdm_schema, vocab_schema, None, read_only=True, require="concepts") as handle:
+            trial = import_record(str(record), handle)
+    header = (f"# Draft eligibility of {trial.registry_id}, imported by `mercia trial import`.\n"
+              "# Review every criterion: fix or confirm those with status needs_review and set them to mapped;\n"
+              "# only mapped criteria are applied. Reference: docs/reference/trial-yaml.md\n")
+    out.write_text(to_yaml(trial, header), encoding="utf-8")
+    n = summary(trial)
+    console.print(f"wrote {out}: {len(trial.criteria)} criteria, {n['mapped']} mapped, {n['needs_review']} to review, "
+                  f"{n['not_computable']} not computable", highlight=False, soft_wrap=True)
+
+
+@trial_app.command("check")
+@user_errors
+def trial_check(trial: Annotated[Path, typer.Argument(help="A trial.yaml (or a cohort definition).")]) -> None:
+    """Check a trial: print its criteria as the cohort's inclusion rules, and those not applied."""
+    from mercia.trials.source import load_trial
+
+    t = load_trial(trial)
+    rules = t.cohort.expression.inclusion_rules
+    console.print(f"{t.name}: {len(rules)} criteria applied, {len(t.not_applied)} not applied", highlight=False,
+                  soft_wrap=True)
+    for i, r in enumerate(rules, 1):
+        console.print(f"  {i}. {r.name}", highlight=False, soft_wrap=True, markup=False)
+    for name in t.not_applied:
+        console.print(f"  not applied: {name}", highlight=False, soft_wrap=True, markup=False)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

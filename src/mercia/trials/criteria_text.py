@@ -127,6 +127,8 @@ class ParsedItem:
     not_computable: str | None = None  # the cue that makes it so
     ever: bool = False  # "history of", "prior", "previous": any time before
     current: bool = False  # "currently", "treated with", "receiving": now
+    duration_days: int | None = None  # "diagnosed at least 3 months before": so long ago at least
+    spans: tuple[tuple[int, int], ...] = ()  # where thresholds, windows and durations were read
 
 
 _NEGATION = re.compile(
@@ -139,7 +141,7 @@ _NEGATION = re.compile(
 
 # Items no CDM can answer: intentions, consent, judgements, screening procedures of the trial itself.
 _NOT_COMPUTABLE = re.compile(
-    r"\b(willing|willingness|able\s+to|ability\s+to|unable\s+to|capable\s+of|informed\s+consent|consent|"
+    r"\b(willing|willingness|able\s+to|ability\s+to|unable\s+to|capable\s+of|informed\s+consent|(?:sign|give|provide|obtain)\w*\s+(?:\w+\s+){0,3}consent|consent\s+form|"
     r"compl(?:y|iance)|adhere|in\s+the\s+(?:opinion|judg(?:e)?ment)\s+of|investigator|"
     r"pregnan\w*|breast[- ]?feeding|lactating|nursing|child[- ]?bearing|contracepti\w*|"
     r"life\s+expectancy|participat\w*\s+in\s+(?:another|any\s+other)|investigational|enrol\w*\s+in|"
@@ -160,10 +162,13 @@ _UNITS: tuple[tuple[str, str], ...] = (
     (r"g\s*/\s*dl", "g/dL"),
     (r"bpm|beats?\s*(?:per|/)\s*min(?:ute)?", "bpm"),
     (r"%|percent", "%"),
+    (r"/\s*mm(?:3|³)|/\s*(?:µ|u|micro)l|(?:x\s*)?10\^?9\s*/\s*l|cells\s*/\s*(?:µ|u)l", "count/volume"),
+    (r"g\s*/\s*l", "g/L"), (r"mg\s*/\s*day|mg\s+daily", "mg/day"), (r"gy", "Gy"), (r"ml\s*/\s*min", "mL/min"),
     (r"years?(?:\s+(?:of\s+age|old))?|yrs?", "years"),
+    (r"months?|weeks?|days?|hours?", "duration"),
 )
 _UNIT_RE = "|".join(f"(?:{p})" for p, _ in _UNITS)
-_NUM = r"(\d+(?:[.,]\d+)?)"
+_NUM = r"(\d{1,3}(?:[, ]\d{3})+(?![\d.])|\d+(?:[.,]\d+)?)"
 _OPS = (
     (r"≥|>=|=>|greater\s+than\s+or\s+equal\s+to|more\s+than\s+or\s+equal\s+to|at\s+least|no\s+less\s+than|"
      r"not\s+less\s+than|equal\s+to\s+or\s+(?:greater|more)\s+than|minimum(?:\s+of)?", ">="),
@@ -194,6 +199,8 @@ def _op(text: str) -> str:
 
 
 def _f(s: str) -> float:
+    if re.fullmatch(r"\d{1,3}(?:[, ]\d{3})+", s):
+        return float(re.sub(r"[, ]", "", s))  # 100,000 or 100 000
     return float(s.replace(",", "."))
 
 
@@ -217,11 +224,22 @@ def find_thresholds(text: str) -> list[Threshold]:
         if hi > lo:
             add(Threshold("between", lo, hi, _unit(m.group(4) or m.group(2)), m.start(), m.end()))
     for m in re.finditer(rf"({_OP_RE})\s*{_NUM}{u}", text, re.I):
+        if re.match(r"\s*(?:x|×|times)\b", text[m.end():], re.I):
+            continue  # "> 3 times the upper limit of normal": relative to each lab's range, not a value
         add(Threshold(_op(m.group(1)), _f(m.group(2)), None, _unit(m.group(3)), m.start(), m.end()))
     for pat, op in _SUFFIX_OPS:
         for m in re.finditer(rf"(?<![\w.]){_NUM}{u}\s+{pat}", text, re.I):
             add(Threshold(op, _f(m.group(1)), None, _unit(m.group(2)), m.start(), m.end()))
-    return sorted(found, key=lambda t: t.start)
+    found.sort(key=lambda t: t.start)
+    # ">= 25 and <= 75 mL/min": one range
+    for i in range(len(found) - 1):
+        a, b = found[i], found[i + 1]
+        if (a.op, b.op) == (">=", "<=") and a.value <= b.value and re.fullmatch(r"\s*(?:and|to|,)?\s*",
+                                                                               text[a.end:b.start], re.I):
+            unit = a.unit or b.unit
+            found[i:i + 2] = [Threshold("between", a.value, b.value, unit, a.start, b.end)]
+            break
+    return found
 
 
 _WORD_NUM = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
@@ -258,14 +276,30 @@ _CURRENT = re.compile(r"\b(?:current(?:ly)?|treated\s+with|treatment\s+with|rece
                       r"use\s+of|therapy\s+with|on\s+treatment)\b", re.I)
 
 
+_DURATION = re.compile(r"\b(?:for\s+)?(?:at\s+least|a\s+minimum\s+of|more\s+than|over|≥|>=)\s*"
+                       r"(\d+|one|two|three|four|five|six|seven|eight|nine|ten|twelve)\s+(day|week|month|year)s?"
+                       r"(?:\s+(?:before|prior\s+to|preceding)(?:\s+(?:screening|randomi[sz]ation|enrol\w*|visit\s*\d*|"
+                       r"the\s+first\s+dose))?)?", re.I)
+
+
 def parse_item(text: str) -> ParsedItem:
     """What the rules read in one item's text."""
     t = " ".join(text.split())
+    duration = None
+    spans: list[tuple[int, int]] = []
+    d = _DURATION.search(t)
+    if d:
+        n = d.group(1)
+        duration = (int(n) if n.isdigit() else _WORD_NUM[n.lower()]) * _PERIOD_DAYS[d.group(2).lower()]
+        spans.append((d.start(), d.end()))
+        t_w = t[:d.start()] + " " * (d.end() - d.start()) + t[d.end():]
+    else:
+        t_w = t
     neg = _NEGATION.match(t)
     negated = bool(neg and neg.group(0).strip())
     nc = _NOT_COMPUTABLE.search(t)
-    thresholds = find_thresholds(t)
-    w = find_window(t)
+    thresholds = [x for x in find_thresholds(t_w) if x.unit != "duration"]
+    w = find_window(t_w)
     count = None
     cm = _COUNT.search(t)
     if cm:
@@ -275,8 +309,17 @@ def parse_item(text: str) -> ParsedItem:
             thresholds = [x for x in thresholds if not (x.start <= cm.start() < x.end or cm.start() <= x.start < cm.end())]
     is_age = bool(_AGE.search(t)) and any(x.unit in (None, "years") for x in thresholds) and (
         any(x.unit == "years" for x in thresholds) or re.search(r"\bage", t, re.I) is not None)
+    spans += [(x.start, x.end) for x in thresholds] + ([(w[1], w[2])] if w else [])
     return ParsedItem(
         text=t, negated=negated, thresholds=tuple(thresholds), window_days=w[0] if w else None, count=count,
         is_age=is_age, not_computable=nc.group(0) if nc else None, ever=bool(_EVER.search(t)),
-        current=bool(_CURRENT.search(t)),
+        current=bool(_CURRENT.search(t)), duration_days=duration, spans=tuple(spans),
     )
+
+
+def blank(text: str, spans: tuple[tuple[int, int], ...]) -> str:
+    """`text` (whitespace normalised) with these spans replaced by spaces: what is left for concepts."""
+    t = " ".join(text.split())
+    for a, b in spans:
+        t = t[:a] + " " * (b - a) + t[b:]
+    return t

@@ -74,11 +74,14 @@ class Trial:
         desc = self.description or (f"Eligibility of {self.registry_id}" if self.registry_id else None)
         if desc:
             d["description"] = desc
-        if self.concepts:
-            d["concepts"] = self.concepts
+        rules = [_rule(c) for c in self.criteria if c.applied]
+        used = _refs([self.index, rules])
+        concepts = {k: v for k, v in self.concepts.items() if k in used}  # sets of criteria not applied: left out
+        if concepts:
+            d["concepts"] = concepts
         d["entry"] = self.index.get("entry", DEFAULT_ENTRY)
         d.update({k: v for k, v in self.index.items() if k != "entry"})
-        d["inclusion_rules"] = [_rule(c) for c in self.criteria if c.applied]
+        d["inclusion_rules"] = rules
         return d
 
     def cohort(self) -> CohortDefinition:
@@ -102,6 +105,23 @@ class Trial:
         msg = re.sub(r"\$\.concepts", "concepts", msg)
         msg = re.sub(r"\$\.(entry|observation|keep|where|study_period|exit|censor|collapse)", r"index.\1", msg)
         return msg.replace("$.", "")
+
+
+def _refs(x: Any) -> set[str]:
+    """Concept-set keys a piece of the cohort language refers to (values of event and drug keys)."""
+    from mercia.cohorts.builder import DOMAINS
+
+    out: set[str] = set()
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if (k in DOMAINS or k == "drug") and isinstance(v, str):
+                out.add(v)
+            else:
+                out |= _refs(v)
+    elif isinstance(x, list):
+        for v in x:
+            out |= _refs(v)
+    return out
 
 
 def _is_single_event(rule: Any) -> bool:

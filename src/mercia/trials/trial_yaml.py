@@ -136,7 +136,16 @@ def to_dict(trial: Trial) -> dict[str, Any]:
 
 
 class _Dumper(yaml.SafeDumper):
-    pass
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # no &id001 anchors: every rule reads on its own
+
+
+def _flow(v: Any) -> bool:
+    """Short lists of scalars and small mappings of scalars on one line; the rest in blocks."""
+    if isinstance(v, list):
+        return all(not isinstance(x, dict | list) for x in v)
+    return (isinstance(v, dict) and len(v) <= 3 and all(not isinstance(x, dict | list) for x in v.values())
+            and len(str(v)) < 70 and "name" not in v)
 
 
 def _str(dumper: yaml.SafeDumper, s: str) -> yaml.Node:
@@ -144,10 +153,11 @@ def _str(dumper: yaml.SafeDumper, s: str) -> yaml.Node:
 
 
 _Dumper.add_representer(str, _str)
+_Dumper.add_representer(list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=_flow(v)))
+_Dumper.add_representer(dict, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v, flow_style=_flow(v)))
 
 
 def to_yaml(trial: Trial, header: str | None = None) -> str:
     """The trial as ``trial.yaml`` text (reading it back gives an equal trial)."""
-    body = yaml.dump(to_dict(trial), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110,
-                     default_flow_style=None)
+    body = yaml.dump(to_dict(trial), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
     return (header or "") + body

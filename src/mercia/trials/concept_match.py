@@ -98,6 +98,7 @@ class ConceptGroup:
 class Suggestion:
     groups: tuple[ConceptGroup, ...]
     leftover: tuple[str, ...]  # words no phrase covered (stop words, numbers and units aside)
+    missing_classes: tuple[str, ...] = ()  # drug classes named whose ingredients the vocabulary lacks
 
 
 def normalise(text: str) -> str:
@@ -190,4 +191,4 @@ def suggest(cdm: Cdm, text: str, *, prefer: str | None = None) -> Suggestion:
         groups.append(ConceptGroup(p, dom, tuple(sorted(seen.items())), "exact" if exact else "prefix"))
     leftover = tuple(t for t, c in zip(tokens, covered, strict=True)
                      if not c and t not in STOP and not re.fullmatch(r"[\d.,/%-]+|\d+\w{0,3}", t))
-    return Suggestion(tuple(groups), tuple(missing) + leftover)
+    return Suggestion(tuple(groups), leftover, tuple(missing))

@@ -87,10 +87,18 @@ def split_criteria(text: str) -> list[TextItem]:
             continue
         items.append(TextItem(sec, t))
         stack.append((indent, len(items) - 1))
-    # a line ending with ":" whose sub-items were taken apart is a heading, not a criterion
+    # a line ending with ":" whose sub-items were taken apart is a heading ("Any of the following:"), not a
+    # criterion, unless it says more ("Age > 75 years, or prior stroke, or at least two of the following:")
     parents = {i.parent for i in items if i.parent}
-    return [i for i in items if not (i.text.rstrip().endswith(":") and i.full_text.rstrip().rstrip(":") in parents)
-            and i.text.strip(" :")]
+    return [i for i in items if not (i.text.rstrip().endswith(":") and i.full_text.rstrip().rstrip(":") in parents
+                                     and _is_heading(i.text)) and i.text.strip(" :")]
+
+
+def _is_heading(text: str) -> bool:
+    before = re.split(r"\b(?:of\s+)?the\s+following\b", text, maxsplit=1, flags=re.I)
+    if len(before) == 2:
+        return len(before[0].split()) <= 6
+    return len(text.split()) <= 5
 
 
 # ---- reading one item -----------------------------------------------------------------------------
@@ -146,7 +154,7 @@ _NOT_COMPUTABLE = re.compile(
     r"pregnan\w*|breast[- ]?feeding|lactating|nursing|child[- ]?bearing|contracepti\w*|"
     r"life\s+expectancy|participat\w*\s+in\s+(?:another|any\s+other)|investigational|enrol\w*\s+in|"
     r"study\s+(?:drug|medication|treatment|procedures?|visits?)|hypersensitivity\s+to\s+(?:the\s+)?study|"
-    r"language|read\s+and\s+write|employee|legal|custody|geographic)\w*",
+    r"(?:eligible|candidates?|suitable)\s+for|language|read\s+and\s+write|employee|legal|custody|geographic)\w*",
     re.I)
 
 _UNITS: tuple[tuple[str, str], ...] = (
@@ -263,7 +271,15 @@ def find_window(text: str) -> tuple[int, int, int] | None:
     if m.group(2) and not m.group(1) and not re.search(r"past|last|previous|prior|preceding", m.group(0), re.I):
         return None  # "in years" is no window
     k = 1 if n is None else (int(n) if n.isdigit() else _WORD_NUM[n.lower()])
-    return k * _PERIOD_DAYS[unit.lower()], m.start(), m.end()
+    return days(k, unit), m.start(), m.end()
+
+
+def days(n: int, unit: str) -> int:
+    """N days, weeks, months or years in days: a month is 30 days, but 12 months are a year (365)."""
+    unit = unit.lower().rstrip("s")
+    if unit == "month" and n % 12 == 0:
+        return n // 12 * 365
+    return n * _PERIOD_DAYS[unit]
 
 
 _COUNT = re.compile(r"\b(?:at\s+least|≥|>=|(\d+|two|three|four|five)\s+or\s+more)\s*(\d+|two|three|four|five)?\s+"
@@ -290,7 +306,7 @@ def parse_item(text: str) -> ParsedItem:
     d = _DURATION.search(t)
     if d:
         n = d.group(1)
-        duration = (int(n) if n.isdigit() else _WORD_NUM[n.lower()]) * _PERIOD_DAYS[d.group(2).lower()]
+        duration = days(int(n) if n.isdigit() else _WORD_NUM[n.lower()], d.group(2))
         spans.append((d.start(), d.end()))
         t_w = t[:d.start()] + " " * (d.end() - d.start()) + t[d.end():]
     else:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mercia.cdm import Cdm
-from mercia.trials.concept_match import ConceptGroup, Suggestion, suggest
+from mercia.trials.concept_match import ConceptGroup, Suggestion, normalise, suggest
 from mercia.trials.criteria_text import ParsedItem, TextItem, Threshold, blank, parse_item, split_criteria
 from mercia.trials.ctgov import StudyRecord
 from mercia.trials.model import Criterion, Trial
@@ -29,7 +29,9 @@ _EVENT = {"Condition": "condition", "Drug": "drug", "Procedure": "procedure", "M
           "Observation": "observation", "Device": "device"}
 DEFAULT_LOOKBACK = {"Measurement": 365, "Drug_current": 90}  # days, when the text gives no window
 MAX_LEFTOVER = 2
-_ALTERNATIVES = re.compile(r"\b(?:at\s+least\s+(?:one|1)|one\s+or\s+more|any|either)\s+of\b", re.I)
+_ALTERNATIVES = re.compile(r"\b(?:at\s+least\s+(?:one|two|three|\d)|one\s+or\s+more|any|either)\s+of\b", re.I)
+# A stage, class or grade the concept does not carry ("NYHA class IV", "stage 3 CKD")
+_QUALIFIER = re.compile(r"\b(?:stage|class|grade|nyha|new\s+york\s+heart\s+association)\b", re.I)
 
 
 @dataclass
@@ -107,6 +109,20 @@ def _event(draft: _Draft, g: ConceptGroup, p: ParsedItem, thresholds: list[Thres
     return out
 
 
+def _qualified(groups: list[ConceptGroup], text: str) -> list[ConceptGroup]:
+    """Without the conditions that only say what a procedure or drug was for ("ablation of atrial
+    fibrillation", "metformin for diabetes"): they are no criterion of their own."""
+    norm = normalise(text)
+    out = []
+    for g in groups:
+        if g.domain == "Condition" and any(
+                re.search(re.escape(h.phrase) + r"\s+(?:of|for)\s+(?:the\s+|their\s+)?" + re.escape(g.phrase), norm)
+                for h in groups if h.domain in ("Procedure", "Drug")):
+            continue
+        out.append(g)
+    return out
+
+
 def criterion_from_text(cdm: Cdm, draft: _Draft, item: TextItem) -> Criterion:
     """One free-text item as a criterion (mapped, needs_review or not_computable)."""
     text = item.full_text
@@ -120,7 +136,8 @@ def criterion_from_text(cdm: Cdm, draft: _Draft, item: TextItem) -> Criterion:
         typ = "exclusion" if typ == "inclusion" else "inclusion"
     name = draft.unique(_name(item.text if not p.negated else text))
     source = " ".join(text.split())
-    alternative = bool(item.parent and typ == "inclusion" and _ALTERNATIVES.search(item.parent))
+    alternative = typ == "inclusion" and bool(_ALTERNATIVES.search(item.parent or "") or (
+        _ALTERNATIVES.search(item.text) and re.search(r",?\s\bor\b", item.text)))
     one_of = "one of several alternatives: put the mapped ones under one criterion with any:"
     if p.is_age:
         t = next(x for x in p.thresholds if x.unit in (None, "years"))
@@ -160,9 +177,22 @@ def criterion_from_text(cdm: Cdm, draft: _Draft, item: TextItem) -> Criterion:
                           source, re.I)
     if exception:
         problems.append(f"an exception ({exception.group(0)!r}) the draft does not express")
-    if len(s.leftover) > MAX_LEFTOVER:
+    q = _QUALIFIER.search(item.text)
+    if q:
+        problems.append(f"a {q.group(0)} the concept does not say")
+    if s.missing_classes:
+        problems.append(f"no ingredient of {', '.join(s.missing_classes)!r} in this vocabulary")
+    # a list ("A, B or C") maps only if each of its members does; other text may keep a word or two
+    leftover = list(s.leftover)
+    outside = re.sub(r"\([^()]*\)", " ", item.text)
+    listed = bool(re.search(r"\bor\b", item.text, re.I))
+    if listed and not re.search(r"\bor\b", outside, re.I):
+        # "Coronary revascularization (PCI or CABG)": the list is in brackets, the words before name it
+        named = set(normalise(outside).split())
+        leftover = [w for w in leftover if w not in named]
+    if len(leftover) > (0 if listed else MAX_LEFTOVER):
         problems.append(f"words not mapped: {' '.join(s.leftover)!r}")
-    groups = list(s.groups)
+    groups = _qualified(list(s.groups), item.text)
     any_of = typ == "exclusion" or bool(re.search(r"\bor\b|/", source, re.I))
     if any_of:  # concepts of one domain become one concept set
         merged: dict[str, ConceptGroup] = {}

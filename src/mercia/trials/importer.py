@@ -44,8 +44,7 @@ class _Draft:
         for k, v in self.concepts.items():
             if v["include"] == ids:
                 return k
-        base = re.sub(r"[^a-z0-9]+", "_", g.concepts[0][1].lower() if len(g.concepts) == 1 else g.phrase.lower())
-        base = base.strip("_")[:40] or "concepts"
+        base = re.sub(r"[^a-z0-9]+", "_", g.phrase.lower()).strip("_")[:40].strip("_") or "concepts"
         key, n = base, 2
         while key in self.concepts:
             key, n = f"{base}_{n}", n + 1
@@ -179,7 +178,7 @@ def criterion_from_text(cdm: Cdm, draft: _Draft, item: TextItem) -> Criterion:
         problems.append(f"an exception ({exception.group(0)!r}) the draft does not express")
     q = _QUALIFIER.search(item.text)
     if q:
-        problems.append(f"a {q.group(0)} the concept does not say")
+        problems.append(f"{q.group(0)!r}: a stage, class or grade no concept here carries")
     if s.missing_classes:
         problems.append(f"no ingredient of {', '.join(s.missing_classes)!r} in this vocabulary")
     # a list ("A, B or C") maps only if each of its members does; other text may keep a word or two

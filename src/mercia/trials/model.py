@@ -47,7 +47,10 @@ class Criterion:
     def rule_name(self) -> str:
         """The name of its inclusion rule in the compiled cohort."""
         if self.type == "exclusion" and not re.match(r"(?i)(no|not|without|absence)\b", self.name):
-            return f"no {self.name}"
+            n = self.name
+            if n[:1].isupper() and n[1:2].islower():  # "Stroke ..." -> "no stroke ...", but "no eGFR", "no HbA1c"
+                n = n[0].lower() + n[1:]
+            return f"no {n}"
         return self.name
 
 

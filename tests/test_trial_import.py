@@ -192,3 +192,17 @@ def test_mapping_share_on_the_test_records_against_hand_made_answers(vocab: Cdm)
     assert false_mapped <= 2
     # every draft item is one the answers name: the splitting matches the hand-made items
     assert all(not s.unmatched_draft_items for s in scores), [s.unmatched_draft_items for s in scores]
+
+
+# ---- PostgreSQL: the phrase look-up is one query on any engine ----------------------------------------
+@pytest.mark.postgres
+def test_phrase_lookup_and_draft_agree_on_postgres(vocab: Cdm, pg_cdm: Cdm):
+    from mercia.trials.ctgov import read_record
+    from mercia.vocab.search import match_phrases
+
+    load_bundled_vocabulary(pg_cdm)
+    phrases = ["heart failure", "hemoglobin a1c", "potassium", "type 2 diabetes", "it's 100%_x"]
+    assert match_phrases(pg_cdm, phrases) == match_phrases(vocab, phrases)
+    assert match_phrases(vocab, phrases)  # found something
+    rec = read_record(DATA / "NCT02465515.json")
+    assert draft_trial(pg_cdm, rec) == draft_trial(vocab, rec)

@@ -206,3 +206,28 @@ def test_phrase_lookup_and_draft_agree_on_postgres(vocab: Cdm, pg_cdm: Cdm):
     assert match_phrases(vocab, phrases)  # found something
     rec = read_record(DATA / "NCT02465515.json")
     assert draft_trial(pg_cdm, rec) == draft_trial(vocab, rec)
+
+
+def test_phrase_lookup_against_pandas_over_the_vocabulary_files(vocab: Cdm):
+    """match_phrases against the same rule written again in pandas, over the bundled vocabulary's files."""
+    import pandas as pd
+
+    from mercia.vocab.athena import BUNDLED_DIR
+    from mercia.vocab.search import match_phrases
+
+    concept = pd.read_csv(BUNDLED_DIR / "CONCEPT.csv", sep="\t", dtype=str, keep_default_na=False)
+    syn = pd.read_csv(BUNDLED_DIR / "CONCEPT_SYNONYM.csv", sep="\t", dtype=str, keep_default_na=False)
+    standard = set(concept.loc[concept["standard_concept"] == "S", "concept_id"].astype(int))
+    names = [(int(c), t.lower()) for c, t in zip(concept["concept_id"], concept["concept_name"], strict=True)]
+    names += [(int(c), t.lower()) for c, t in zip(syn["concept_id"], syn["concept_synonym_name"], strict=True)]
+    phrases = ["heart failure", "hemoglobin a1c", "potassium", "type 2 diabetes", "stroke", "heart", "gi bleed",
+               "metformin", "aspirin", "chronic", "allergy to"]
+    want = set()
+    for p in phrases:
+        for cid, t in names:
+            if cid in standard and t.startswith(p) and not (len(t) > len(p) and t[len(p)].isalnum()):
+                want.add((p, cid, "exact" if t == p else "prefix"))
+    got = {(h.phrase, h.concept_id, h.match) for h in match_phrases(vocab, phrases, per_phrase=1000)}
+    # a concept matched both exactly (one name) and as a prefix (another) appears with each
+    assert got == want
+    assert {("heart failure", 316139, "exact"), ("potassium", 3023103, "prefix")} <= got

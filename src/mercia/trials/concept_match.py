@@ -132,9 +132,44 @@ def _phrases(tokens: list[str], max_len: int = 7) -> dict[str, tuple[int, int]]:
     return out
 
 
-def suggest(cdm: Cdm, text: str, *, prefer: str | None = None) -> Suggestion:
+class PhraseLookup:
+    """``match_phrases`` with a memory: the phrases of a whole record are looked up in one query
+    (``prefetch``), and each item then reads its own from memory."""
+
+    def __init__(self, cdm: Cdm) -> None:
+        self.cdm = cdm
+        self.hits: dict[str, list[PhraseHit]] = {}
+
+    def prefetch(self, phrases: list[str]) -> None:
+        new = sorted({p for p in phrases if p not in self.hits})
+        if not new:
+            return
+        for p in new:
+            self.hits[p] = []
+        for h in match_phrases(self.cdm, new):
+            self.hits.setdefault(h.phrase, []).append(h)
+
+    def __call__(self, phrases: list[str]) -> list[PhraseHit]:
+        self.prefetch(phrases)
+        return [h for p in dict.fromkeys(phrases) for h in self.hits.get(p, [])]
+
+
+def phrases_of(text: str) -> list[str]:
+    """Every phrase `suggest` would look up for this text (to prefetch a record's in one query)."""
+    norm = normalise(text)
+    out: list[str] = []
+    for pat, ingredients in DRUG_CLASSES:
+        m = re.search(pat, norm)
+        if m:
+            out += ingredients
+            norm = norm[:m.start()] + " " + norm[m.end():]
+    return out + list(_phrases(_tokens(norm)))
+
+
+def suggest(cdm: Cdm, text: str, *, prefer: str | None = None, lookup: PhraseLookup | None = None) -> Suggestion:
     """Concept groups for an item's text, best first; `prefer` a domain when a phrase matches several
     (e.g. "Measurement" when the item has a numeric threshold, "Drug" when it speaks of treatment)."""
+    find = lookup or PhraseLookup(cdm)
     norm = normalise(text)
     groups: list[ConceptGroup] = []
     missing: list[str] = []
@@ -143,7 +178,7 @@ def suggest(cdm: Cdm, text: str, *, prefer: str | None = None) -> Suggestion:
         m = re.search(pat, norm)
         if not m:
             continue
-        hits = [h for h in match_phrases(cdm, list(ingredients))
+        hits = [h for h in find(list(ingredients))
                 if h.match == "exact" and h.domain_id == "Drug" and h.concept_class_id == "Ingredient"]
         if hits:
             seen = {h.concept_id: h.concept_name for h in hits}
@@ -153,7 +188,7 @@ def suggest(cdm: Cdm, text: str, *, prefer: str | None = None) -> Suggestion:
         norm = norm[:m.start()] + " " + norm[m.end():]
     tokens = _tokens(norm)
     phrases = _phrases(tokens)
-    hits = match_phrases(cdm, list(phrases))
+    hits = find(list(phrases))
     by_phrase: dict[str, list[PhraseHit]] = {}
     for h in hits:
         if h.match == "prefix" and len(h.phrase.split()) == 1 and not (

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mercia.cdm import Cdm
-from mercia.trials.concept_match import ConceptGroup, Suggestion, normalise, suggest
+from mercia.trials.concept_match import ConceptGroup, PhraseLookup, Suggestion, normalise, phrases_of, suggest
 from mercia.trials.criteria_text import ParsedItem, TextItem, Threshold, blank, parse_item, split_criteria
 from mercia.trials.ctgov import StudyRecord
 from mercia.trials.model import Criterion, Trial
@@ -122,7 +122,7 @@ def _qualified(groups: list[ConceptGroup], text: str) -> list[ConceptGroup]:
     return out
 
 
-def criterion_from_text(cdm: Cdm, draft: _Draft, item: TextItem) -> Criterion:
+def criterion_from_text(cdm: Cdm, draft: _Draft, item: TextItem, lookup: PhraseLookup | None = None) -> Criterion:
     """One free-text item as a criterion (mapped, needs_review or not_computable)."""
     text = item.full_text
     p = parse_item(item.text)
@@ -146,7 +146,7 @@ def criterion_from_text(cdm: Cdm, draft: _Draft, item: TextItem) -> Criterion:
         return Criterion(name, typ, None, "not_computable", source,
                          f"no CDM records this ({p.not_computable!r}); check it at screening")
     prefer = "Measurement" if p.thresholds else ("Drug" if p.current else None)
-    s: Suggestion = suggest(cdm, blank(item.text, p.spans), prefer=prefer)
+    s: Suggestion = suggest(cdm, blank(item.text, p.spans), prefer=prefer, lookup=lookup)
     problems: list[str] = []
     if not s.groups:
         what = " ".join(s.leftover) or source
@@ -240,15 +240,19 @@ def draft_trial(cdm: Cdm, record: StudyRecord) -> Trial:
     if record.sex in ("FEMALE", "MALE"):
         criteria.append(Criterion(draft.unique(record.sex.lower()), "inclusion", {"sex": record.sex.lower()},
                                   "mapped", f"sex: {record.sex}"))
+    items = split_criteria(record.eligibility_text)
+    lookup = PhraseLookup(cdm)  # every phrase of the record in one query
+    texts = [*record.conditions, *(blank(i.text, parse_item(i.text).spans) for i in items)]
+    lookup.prefetch([p for t in texts for p in phrases_of(t)])
     index: dict[str, Any] = {}
     for cond in record.conditions:
-        s = suggest(cdm, cond, prefer="Condition")
+        s = suggest(cdm, cond, prefer="Condition", lookup=lookup)
         g = next((g for g in s.groups if g.domain == "Condition"), None)
         if g is not None:
             index = {"entry": [{"condition": draft.concept_key(g), "first": True}]}
             break
-    for item in split_criteria(record.eligibility_text):
-        criteria.append(criterion_from_text(cdm, draft, item))
+    for item in items:
+        criteria.append(criterion_from_text(cdm, draft, item, lookup))
     if not criteria:
         criteria.append(Criterion("eligibility text", "inclusion", None, "needs_review", None,
                                   "the record has no eligibility criteria; write them here"))

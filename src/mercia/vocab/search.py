@@ -323,11 +323,14 @@ class PhraseHit:
     matched_text: str  # the name or synonym that matched
 
 
-def match_phrases(cdm: Cdm, phrases: list[str], *, standard: bool = True, limit: int = 2000) -> list[PhraseHit]:
+def match_phrases(cdm: Cdm, phrases: list[str], *, standard: bool = True, per_phrase: int = 50) -> list[PhraseHit]:
     """Concepts whose name or a synonym equals one of `phrases` or begins with it followed by a word
     boundary (case-insensitive): one query for many phrases (for text mining of criteria, where every
-    word run of an item is a phrase). Phrases are bound parameters; standard concepts only by default."""
-    phrases = sorted({p.strip().lower() for p in phrases if p.strip()})
+    word run of an item is a phrase), at most `per_phrase` hits each (the shortest names first, so an
+    exact match comes before longer ones). Names are first joined to the phrases on their first three
+    characters (an equality, so a hash join, not a scan per phrase of a full Athena vocabulary), then
+    tested. Phrases are bound parameters; standard concepts only by default."""
+    phrases = sorted({p.strip().lower() for p in phrases if len(p.strip()) >= 3})
     if not phrases:
         return []
     params = {f"p{i}": p for i, p in enumerate(phrases)}
@@ -335,24 +338,33 @@ def match_phrases(cdm: Cdm, phrases: list[str], *, standard: bool = True, limit:
                         alias=exp.TableAlias(this=exp.to_identifier("ph"), columns=[exp.to_identifier("phrase")]))
 
     def names(table: str, col: str) -> exp.Select:
-        return exp.select(_c("concept_id"), exp.alias_(_c(col), "t")).from_(cdm.table(table))
+        low = exp.Lower(this=_c(col))
+        return exp.select(_c("concept_id"), exp.alias_(low, "t"),
+                          exp.alias_(exp.Substring(this=low.copy(), start=_n(1), length=_n(3)), "t3")
+                          ).from_(cdm.table(table))
 
     union: exp.Query = names("concept", "concept_name")
     if "concept_synonym_name" in (cdm.columns("concept_synonym") or []):
         union = exp.union(union, names("concept_synonym", "concept_synonym_name"), distinct=False)
-    cond: exp.Expression = exp.EQ(this=exp.StrPosition(this=exp.Lower(this=_c("t", "n")), substr=_c("phrase", "ph")),
-                                  expression=_n(1))
-    if standard:
-        cond = exp.and_(cond, exp.EQ(this=_c("standard_concept", "c"), expression=exp.Literal.string("S")))
-    query = (
+    cond: exp.Expression = exp.and_(
+        exp.EQ(this=_c("t3", "n"), expression=exp.Substring(this=_c("phrase", "ph"), start=_n(1), length=_n(3))),
+        exp.EQ(this=exp.StrPosition(this=_c("t", "n"), substr=_c("phrase", "ph")), expression=_n(1)))
+    rank = exp.Window(this=exp.RowNumber(), partition_by=[_c("phrase", "ph")],
+                      order=exp.Order(expressions=[exp.Ordered(this=exp.Length(this=_c("t", "n"))),
+                                                   exp.Ordered(this=_c("concept_id", "c"))]))
+    inner = (
         exp.select(_c("phrase", "ph"), _c("concept_id", "c"), _c("concept_name", "c"), _c("domain_id", "c"),
-                   _c("concept_class_id", "c"), _c("standard_concept", "c"), _c("t", "n"))
+                   _c("concept_class_id", "c"), _c("standard_concept", "c"), _c("t", "n"), exp.alias_(rank, "rn"))
         .from_(union.subquery("n"))
-        .join(cdm.table("concept", alias="c"), on=exp.EQ(this=_c("concept_id", "c"), expression=_c("concept_id", "n")))
         .join(exp.Join(this=wanted, on=cond))
-        .order_by(_c("phrase", "ph"), exp.Length(this=_c("t", "n")), _c("concept_id", "c"))
-        .limit(_n(limit))
+        .join(cdm.table("concept", alias="c"), on=exp.EQ(this=_c("concept_id", "c"), expression=_c("concept_id", "n")))
     )
+    if standard:
+        inner = inner.where(exp.EQ(this=_c("standard_concept", "c"), expression=exp.Literal.string("S")))
+    query = (exp.select(*[_c(f) for f in ("phrase", "concept_id", "concept_name", "domain_id", "concept_class_id",
+                                          "standard_concept", "t")])
+             .from_(inner.subquery("h")).where(exp.LTE(this=_c("rn"), expression=_n(per_phrase)))
+             .order_by(_c("phrase"), exp.Length(this=_c("t")), _c("concept_id")))
     out: list[PhraseHit] = []
     for r in cdm.fetch_all(query, params):
         phrase, text = str(r[0]), str(r[6])

@@ -112,7 +112,7 @@ def test_negation_and_not_computable_cues(text, negated, not_computable):
 def test_draft_structured_fields_negation_and_unknown_concepts(vocab: Cdm):
     rec = parse_record(record(
         "Inclusion Criteria:\n* eGFR >= 30 mL/min/1.73m2\n* No history of atrial fibrillation\n"
-        "* Zorblax syndrome of the left elbow\n\nExclusion Criteria:\n* Stroke within the past 6 months\n"
+        "* Zorblax syndrome of the left elbow\n* Male or female patients aged 18 or over\n* Women aged 40 to 75 years\n\nExclusion Criteria:\n* Stroke within the past 6 months\n"
         "* Willing to comply with study procedures\n", sex="FEMALE", maximumAge="75 Years"))
     t = draft_trial(vocab, rec)
     by = {c.name: c for c in t.criteria}
@@ -129,9 +129,11 @@ def test_draft_structured_fields_negation_and_unknown_concepts(vocab: Cdm):
     stroke = by["Stroke within the past 6 months"]
     assert stroke.rule["between"] == ["180 days before", "0 days after"] and stroke.type == "exclusion"
     assert by["Willing to comply with study procedures"].status == "not_computable"
+    assert by["Women aged 40 to 75 years"].rule == {"age": {"min": 40, "max": 75}, "sex": "female"}
+    assert by["Male or female patients aged 18 or over"].rule == {"age": {"min": 18}}
     assert t.index == {"entry": [{"condition": "heart_failure", "first": True}]}
     cohort = t.cohort()  # the draft compiles; its not-mapped items are listed, not applied
-    assert len(cohort.expression.inclusion_rules) == 5
+    assert len(cohort.expression.inclusion_rules) == 7
     assert set(t.not_applied) == {"Zorblax syndrome of the left elbow", "no willing to comply with study procedures"}
 
 

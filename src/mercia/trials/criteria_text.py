@@ -187,7 +187,8 @@ _OPS = (
     (r"=", "="),
 )
 _OP_RE = "|".join(f"(?:{p})" for p, _ in _OPS)
-_SUFFIX_OPS = ((r"or\s+(?:greater|more|higher|above|older)", ">="), (r"or\s+(?:less|lower|below|younger)", "<="))
+_SUFFIX_OPS = ((r"or\s+(?:greater|more|higher|above|older|over)", ">="),
+               (r"or\s+(?:less|lower|below|younger|under)", "<="))
 
 
 def _unit(text: str | None) -> str | None:

@@ -140,7 +140,12 @@ def criterion_from_text(cdm: Cdm, draft: _Draft, item: TextItem, lookup: PhraseL
     one_of = "one of several alternatives: put the mapped ones under one criterion with any:"
     if p.is_age:
         t = next(x for x in p.thresholds if x.unit in (None, "years"))
-        return Criterion(name, typ, _age_rule(t), "needs_review" if alternative else "mapped", source,
+        rule = _age_rule(t)
+        female = re.search(r"\b(?:women|woman|females?|girls?)\b", item.text, re.I)
+        male = re.search(r"\b(?:men|man|males?|boys?)\b", item.text, re.I)
+        if bool(female) != bool(male):  # "Women aged 40 to 75": the sex too ("Male or female": neither)
+            rule["sex"] = "female" if female else "male"
+        return Criterion(name, typ, rule, "needs_review" if alternative else "mapped", source,
                          one_of if alternative else None)
     if p.not_computable:
         return Criterion(name, typ, None, "not_computable", source,

@@ -233,3 +233,22 @@ def test_phrase_lookup_against_pandas_over_the_vocabulary_files(vocab: Cdm):
     # a concept matched both exactly (one name) and as a prefix (another) appears with each
     assert got == want
     assert {("heart failure", 316139, "exact"), ("potassium", 3023103, "prefix")} <= got
+
+
+# ---- never a crash -------------------------------------------------------------------------------------
+WORDS = ["Inclusion Criteria:", "Exclusion Criteria:", "\n* ", "\n  * ", "\n1. ", "\n", "no history of", "without",
+         "eGFR", ">=", "<", "30", "7.0-10.5%", "mL/min/1.73m2", "mmol/L", "HbA1c", "heart failure", "or", "and",
+         "within the past 6 months", "at least 2", "hospitalizations", "aged", "18 years or older", "any of the following:",
+         "metformin", "SGLT2 inhibitor", "willing", "(", ")", ":", ";", ",", "x ULN", "stroke", "type 2 diabetes",
+         "100,000/mm3", "zorblax", "other than", "stage 3", "women", "between 5 and 3"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_any_text_gives_a_draft_that_compiles(vocab: Cdm, seed: int):
+    import random
+
+    rng = random.Random(seed)
+    text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(0, 60)))
+    t = draft_trial(vocab, parse_record(record(text)))
+    assert t.criteria and t.cohort() is not None
+    assert all(c.source_text for c in t.criteria)

@@ -227,7 +227,8 @@ def find_thresholds(text: str) -> list[Threshold]:
 
     u = rf"\s*({_UNIT_RE})?"
     for m in re.finditer(rf"\bbetween\s+{_NUM}{u}\s+and\s+{_NUM}{u}", text, re.I):
-        add(Threshold("between", _f(m.group(1)), _f(m.group(3)), _unit(m.group(4) or m.group(2)), m.start(), m.end()))
+        lo, hi = sorted((_f(m.group(1)), _f(m.group(3))))  # "between 10 and 7" means 7 to 10
+        add(Threshold("between", lo, hi, _unit(m.group(4) or m.group(2)), m.start(), m.end()))
     for m in re.finditer(rf"(?<![\w.])(?:from\s+)?{_NUM}{u}\s*(?:-|–|—|to)\s*{_NUM}{u}", text, re.I):
         lo, hi = _f(m.group(1)), _f(m.group(3))
         if hi > lo:

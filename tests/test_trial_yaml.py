@@ -143,3 +143,16 @@ def test_trial_check_command_lists_applied_and_not_applied():
     assert r.exit_code == 0, r.output
     assert "5 criteria applied, 2 not applied" in r.output
     assert "not applied: informed consent" in r.output
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_trial_check_writes_the_compiled_cohort_for_the_cohort_commands(tmp_path: Path, suffix: str):
+    from mercia.cohorts.loader import load_definition
+
+    out = tmp_path / f"cohort{suffix}"
+    r = CliRunner().invoke(app, ["trial", "check", str(EXAMPLE), "--cohort", str(out)])
+    assert r.exit_code == 0, r.output
+    back = load_definition(out)
+    want = load_trial(EXAMPLE).cohort
+    assert [x.name for x in back.expression.inclusion_rules] == [x.name for x in want.expression.inclusion_rules]
+    assert back.expression.model_dump(exclude={"concept_sets"}) == want.expression.model_dump(exclude={"concept_sets"})

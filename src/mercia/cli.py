@@ -1136,11 +1136,24 @@ def trial_import(
 
 @trial_app.command("check")
 @user_errors
-def trial_check(trial: Annotated[Path, typer.Argument(help="A trial.yaml (or a cohort definition).")]) -> None:
+def trial_check(
+    trial: Annotated[Path, typer.Argument(help="A trial.yaml (or a cohort definition).")],
+    cohort: Annotated[Path | None, typer.Option("--cohort", help=(
+        "Also write the compiled cohort here: .yaml (the cohort language) or .json (ATLAS/Circe), "
+        "for the cohort commands and OHDSI tools."))] = None,
+) -> None:
     """Check a trial: print its criteria as the cohort's inclusion rules, and those not applied."""
     from mercia.trials.source import load_trial
 
     t = load_trial(trial)
+    if cohort is not None:
+        from mercia.cohorts.circe import to_circe_dict
+        from mercia.cohorts.dsl import to_yaml as cohort_yaml
+
+        if cohort.suffix.lower() not in (".yaml", ".yml", ".json"):
+            raise MerciaError(f"--cohort: {cohort.name!r} must end in .yaml, .yml or .json")
+        cohort.write_text(json.dumps(to_circe_dict(t.cohort.expression), indent=2) + "\n"
+                          if cohort.suffix.lower() == ".json" else cohort_yaml(t.cohort), encoding="utf-8")
     rules = t.cohort.expression.inclusion_rules
     console.print(f"{t.name}: {len(rules)} criteria applied, {len(t.not_applied)} not applied", highlight=False,
                   soft_wrap=True)

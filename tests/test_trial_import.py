@@ -252,3 +252,17 @@ def test_any_text_gives_a_draft_that_compiles(vocab: Cdm, seed: int):
     t = draft_trial(vocab, parse_record(record(text)))
     assert t.criteria and t.cohort() is not None
     assert all(c.source_text for c in t.criteria)
+
+
+def test_counts_and_durations(vocab: Cdm):
+    p = parse_item("At least 2 hospitalizations for heart failure in the last 12 weeks")
+    assert (p.count, p.window_days, p.thresholds) == (2, 84, ())
+    p = parse_item("Type 2 diabetes diagnosed at least 6 months before screening")
+    assert (p.duration_days, p.window_days, p.thresholds) == (180, None, ())
+    t = draft_trial(vocab, parse_record(record(
+        "* Two or more episodes of atrial fibrillation in the past year\n"
+        "* Type 2 diabetes diagnosed at least 6 months before screening\n")))
+    af, t2d = t.criteria[1], t.criteria[2]
+    assert af.rule == {"condition": "atrial_fibrillation", "between": ["365 days before", "0 days after"],
+                       "at_least": 2} and af.status == "mapped"
+    assert t2d.rule["between"] == ["all days before", "180 days before"] and t2d.status == "mapped"

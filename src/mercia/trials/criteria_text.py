@@ -324,6 +324,7 @@ def parse_item(text: str) -> ParsedItem:
         n = cm.group(2) or cm.group(1)
         if n:
             count = int(n) if n.isdigit() else _WORD_NUM[n.lower()]
+            spans.append((cm.start(), cm.end()))
             thresholds = [x for x in thresholds if not (x.start <= cm.start() < x.end or cm.start() <= x.start < cm.end())]
     is_age = bool(_AGE.search(t)) and any(x.unit in (None, "years") for x in thresholds) and (
         any(x.unit == "years" for x in thresholds) or re.search(r"\bage", t, re.I) is not None)

@@ -188,8 +188,9 @@ def criterion_from_text(cdm: Cdm, draft: _Draft, item: TextItem, lookup: PhraseL
         problems.append(f"no ingredient of {', '.join(s.missing_classes)!r} in this vocabulary")
     # a list ("A, B or C") maps only if each of its members does; other text may keep a word or two
     leftover = list(s.leftover)
-    outside = re.sub(r"\([^()]*\)", " ", item.text)
-    listed = bool(re.search(r"\bor\b", item.text, re.I))
+    read = blank(item.text, p.spans)  # the text less its thresholds, windows and counts ("two or more")
+    outside = re.sub(r"\([^()]*\)", " ", read)
+    listed = bool(re.search(r"\bor\b", read, re.I))
     if listed and not re.search(r"\bor\b", outside, re.I):
         # "Coronary revascularization (PCI or CABG)": the list is in brackets, the words before name it
         named = set(normalise(outside).split())

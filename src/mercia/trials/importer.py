@@ -227,6 +227,40 @@ def criterion_from_text(cdm: Cdm, draft: _Draft, item: TextItem, lookup: PhraseL
     return Criterion(name, typ, rule, "mapped", source, f"found: {found}")
 
 
+def _intervention_suggestions(draft: _Draft, record: StudyRecord, lookup: PhraseLookup,
+                              criteria: list[Criterion]) -> list[Criterion]:
+    """For each drug the trial gives (armsInterventionsModule) that the vocabulary names and no criterion
+    mentions: a suggested exclusion of its recent users, for review (not applied until confirmed)."""
+    out = []
+    used = {cid for c in criteria for k in _drug_keys(c.rule) for cid in draft.concepts.get(k, {}).get("include", [])}
+    for iv in record.interventions:
+        if iv.type not in ("DRUG", "BIOLOGICAL"):
+            continue
+        name = iv.name.strip().lower()
+        hits = [h for h in lookup([name]) if h.match == "exact" and h.domain_id == "Drug"
+                and h.concept_class_id == "Ingredient"]
+        if not hits or hits[0].concept_id in used:
+            continue
+        h = hits[0]
+        used.add(h.concept_id)
+        key = draft.concept_key(ConceptGroup(name, "Drug", ((h.concept_id, h.concept_name),), "exact"))
+        out.append(Criterion(draft.unique(f"{h.concept_name} in the year before"), "exclusion",
+                             {"drug": key, "between": ["365 days before", "0 days after"]}, "needs_review",
+                             f"armsInterventionsModule: {iv.type} {iv.name}",
+                             "suggested from the trial's interventions, not from its criteria: trials of a drug "
+                             "often exclude its recent users; confirm (and the window) or delete"))
+    return out
+
+
+def _drug_keys(rule: Any) -> list[str]:
+    if isinstance(rule, dict):
+        return ([rule["drug"]] if isinstance(rule.get("drug"), str) else []) + [
+            k for v in rule.values() for k in _drug_keys(v)]
+    if isinstance(rule, list):
+        return [k for v in rule for k in _drug_keys(v)]
+    return []
+
+
 def draft_trial(cdm: Cdm, record: StudyRecord) -> Trial:
     """The draft trial for a study record, its concepts looked up in `cdm`'s vocabulary."""
     draft = _Draft({}, set())
@@ -249,7 +283,7 @@ def draft_trial(cdm: Cdm, record: StudyRecord) -> Trial:
     items = split_criteria(record.eligibility_text)
     lookup = PhraseLookup(cdm)  # every phrase of the record in one query
     texts = [*record.conditions, *(blank(i.text, parse_item(i.text).spans) for i in items)]
-    lookup.prefetch([p for t in texts for p in phrases_of(t)])
+    lookup.prefetch([p for t in texts for p in phrases_of(t)] + [i.name.strip().lower() for i in record.interventions])
     index: dict[str, Any] = {}
     for cond in record.conditions:
         s = suggest(cdm, cond, prefer="Condition", lookup=lookup)
@@ -259,6 +293,7 @@ def draft_trial(cdm: Cdm, record: StudyRecord) -> Trial:
             break
     for item in items:
         criteria.append(criterion_from_text(cdm, draft, item, lookup))
+    criteria += _intervention_suggestions(draft, record, lookup, criteria)
     if not criteria:
         criteria.append(Criterion("eligibility text", "inclusion", None, "needs_review", None,
                                   "the record has no eligibility criteria; write them here"))

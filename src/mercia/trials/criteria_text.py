@@ -136,6 +136,7 @@ class ParsedItem:
     ever: bool = False  # "history of", "prior", "previous": any time before
     current: bool = False  # "currently", "treated with", "receiving": now
     duration_days: int | None = None  # "diagnosed at least 3 months before": so long ago at least
+    duration_anchored: bool = False  # the duration says "before screening" (else "for 3 months": how long)
     spans: tuple[tuple[int, int], ...] = ()  # where thresholds, windows and durations were read
 
 
@@ -154,7 +155,8 @@ _NOT_COMPUTABLE = re.compile(
     r"pregnan\w*|breast[- ]?feeding|lactating|nursing|child[- ]?bearing|contracepti\w*|"
     r"life\s+expectancy|participat\w*\s+in\s+(?:another|any\s+other)|investigational|enrol\w*\s+in|"
     r"study\s+(?:drug|medication|treatment|procedures?|visits?)|hypersensitivity\s+to\s+(?:the\s+)?study|"
-    r"(?:eligible|candidates?|suitable)\s+for|language|read\s+and\s+write|employee|legal|custody|geographic)\w*",
+    r"(?:eligible|candidates?|suitable)\s+for|physician(?:'s)?\s+decision|plann(?:ed|ing)\s+(?:use|to)|plans?\s+to|tumou?r\s+tissue|tissue\s+(?:samples?|blocks?)|archival|"
+    r"biomarker\s+analys[ie]s|language|read\s+and\s+write|employee|legal|custody|geographic)\w*",
     re.I)
 
 _UNITS: tuple[tuple[str, str], ...] = (
@@ -187,8 +189,8 @@ _OPS = (
     (r"=", "="),
 )
 _OP_RE = "|".join(f"(?:{p})" for p, _ in _OPS)
-_SUFFIX_OPS = ((r"or\s+(?:greater|more|higher|above|older|over)", ">="),
-               (r"or\s+(?:less|lower|below|younger|under)", "<="))
+_SUFFIX_OPS = ((r"(?:or|and)\s+(?:greater|more|higher|above|older|over)", ">="),
+               (r"(?:or|and)\s+(?:less|lower|below|younger|under)", "<="))
 
 
 def _unit(text: str | None) -> str | None:
@@ -304,9 +306,11 @@ def parse_item(text: str) -> ParsedItem:
     """What the rules read in one item's text."""
     t = " ".join(text.split())
     duration = None
+    anchored = False
     spans: list[tuple[int, int]] = []
     d = _DURATION.search(t)
     if d:
+        anchored = bool(re.search(r"(?:before|prior\s+to|preceding)", d.group(0), re.I))
         n = d.group(1)
         duration = days(int(n) if n.isdigit() else _WORD_NUM[n.lower()], d.group(2))
         spans.append((d.start(), d.end()))
@@ -332,7 +336,7 @@ def parse_item(text: str) -> ParsedItem:
     return ParsedItem(
         text=t, negated=negated, thresholds=tuple(thresholds), window_days=w[0] if w else None, count=count,
         is_age=is_age, not_computable=nc.group(0) if nc else None, ever=bool(_EVER.search(t)),
-        current=bool(_CURRENT.search(t)), duration_days=duration, spans=tuple(spans),
+        current=bool(_CURRENT.search(t)), duration_days=duration, duration_anchored=anchored, spans=tuple(spans),
     )
 
 

@@ -30,6 +30,7 @@ _EVENT = {"Condition": "condition", "Drug": "drug", "Procedure": "procedure", "M
 DEFAULT_LOOKBACK = {"Measurement": 365, "Drug_current": 90}  # days, when the text gives no window
 MAX_LEFTOVER = 2
 _ALTERNATIVES = re.compile(r"\b(?:at\s+least\s+(?:one|two|three|\d)|one\s+or\s+more|any|either)\s+of\b", re.I)
+_REPEATED = re.compile(r"\b(?:consecutive|repeated|on\s+(?:two|2|three|3)\s+(?:separate\s+)?occasions)\b", re.I)
 # A stage, class or grade the concept does not carry ("NYHA class IV", "stage 3 CKD")
 _QUALIFIER = re.compile(r"\b(?:stage|class|grade|nyha|new\s+york\s+heart\s+association)\b", re.I)
 
@@ -181,9 +182,14 @@ def criterion_from_text(cdm: Cdm, draft: _Draft, item: TextItem, lookup: PhraseL
                           source, re.I)
     if exception:
         problems.append(f"an exception ({exception.group(0)!r}) the draft does not express")
+    rep = _REPEATED.search(item.text)
+    if rep:
+        problems.append(f"{rep.group(0)!r}: repeated readings, which the draft does not express")
     q = _QUALIFIER.search(item.text)
     if q:
         problems.append(f"{q.group(0)!r}: a stage, class or grade no concept here carries")
+    if p.duration_days is not None and not p.duration_anchored and any(g.domain == "Drug" for g in s.groups):
+        problems.append("a length of treatment ('for more than N months'), which the draft does not express")
     if s.missing_classes:
         problems.append(f"no ingredient of {', '.join(s.missing_classes)!r} in this vocabulary")
     # a list ("A, B or C") maps only if each of its members does; other text may keep a word or two

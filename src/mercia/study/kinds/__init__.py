@@ -2,8 +2,9 @@
 
 The study package's schema (`StudySpec.analyses`), the runner, the study report, the node's federated
 rounds, the hub and the package reference all read this registry; none of them names a type. A type
-is a subclass of `AnalysisKind` (base.py) in a module of its own; adding one is that module, its
-`register()` call and its spec tests:
+is a subclass of `AnalysisKind` (base.py) in a module of its own; adding one is that module and its
+spec tests: every module of this package is imported and its type registered, listed by its
+`listing_order`. A type defined elsewhere (a plug-in, a test) registers itself:
 
     from mercia.study import kinds
 
@@ -12,11 +13,12 @@ is a subclass of `AnalysisKind` (base.py) in a module of its own; adding one is 
         ...
     kinds.register(CohortSizes)
 
-The built-in types are registered below, in the order the package reference lists them.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 
 from mercia.report.html import ReportGroup
@@ -51,13 +53,15 @@ def get(tag: str) -> type[AnalysisKind]:
         raise KeyError(f"no analysis type {tag!r}; registered: {', '.join(_KINDS)}") from None
 
 
-def types() -> tuple[str, ...]:
-    """Every registered `type:` value, in registration order."""
-    return tuple(_KINDS)
-
-
 def all_kinds() -> list[type[AnalysisKind]]:
-    return list(_KINDS.values())
+    """Every registered type, by `listing_order` (then in the order they were registered)."""
+    order = {tag: i for i, tag in enumerate(_KINDS)}
+    return sorted(_KINDS.values(), key=lambda k: (k.listing_order, order[k.type_name()]))
+
+
+def types() -> tuple[str, ...]:
+    """Every registered `type:` value, in the order of `all_kinds()`."""
+    return tuple(k.type_name() for k in all_kinds())
 
 
 def report_groups() -> list[ReportGroup]:
@@ -80,18 +84,15 @@ def _changed() -> None:
 
 
 def _register_builtins() -> None:
-    from mercia.study.kinds.characterization import CharacterizationAnalysis
-    from mercia.study.kinds.cohort_entries import CohortEntriesAnalysis
-    from mercia.study.kinds.cohort_method import CohortMethodAnalysis
-    from mercia.study.kinds.compare_cohorts import CompareCohortsAnalysis
-    from mercia.study.kinds.cox import CoxAnalysis
-    from mercia.study.kinds.incidence import IncidenceAnalysis
-    from mercia.study.kinds.kaplan_meier import KaplanMeierAnalysis
-    from mercia.study.kinds.prediction import PredictionAnalysis
-    from mercia.study.kinds.prevalence import PrevalenceAnalysis
-
-    for k in (CharacterizationAnalysis, CompareCohortsAnalysis, CohortEntriesAnalysis, IncidenceAnalysis,
-              PrevalenceAnalysis, KaplanMeierAnalysis, CoxAnalysis, PredictionAnalysis, CohortMethodAnalysis):
+    """Every type defined in a module of this package (each module is one type), by `listing_order`."""
+    found: list[type[AnalysisKind]] = []
+    for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if m.name == "base":
+            continue
+        module = importlib.import_module(f"{__name__}.{m.name}")
+        found += [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, AnalysisKind)
+                  and v.__module__ == module.__name__ and "type" in v.model_fields]
+    for k in sorted(found, key=lambda k: (k.listing_order, k.type_name())):
         register(k)
 
 

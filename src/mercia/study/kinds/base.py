@@ -14,7 +14,7 @@ its fields and settings (what the package holds and hashes), and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,6 +58,8 @@ def no_ids(settings: dict[str, Any], what: str, fields: dict[str, str]) -> dict[
 class AnalysisKind(Strict):
     """What every analysis of a package has: its `type` and an optional `name`."""
 
+    # Where the type is listed (the package reference, error messages): the built-in types by tens.
+    listing_order: ClassVar[int] = 1000
     # The report's groups this type's sections go in (the page lists every registered group in order).
     report_groups: ClassVar[tuple[ReportGroup, ...]] = ()
     # True when a node keeps this analysis's rows for federated regression rounds (see regression_rows).
@@ -73,8 +75,8 @@ class AnalysisKind(Strict):
     def type_name(cls) -> str:
         """The `type:` that selects this model (its `type` field's one literal value)."""
         f = cls.model_fields.get("type")
-        args = getattr(f.annotation, "__args__", ()) if f is not None else ()
-        if f is None or getattr(f.annotation, "__origin__", None) is not Literal or len(args) != 1:
+        args = get_args(f.annotation) if f is not None else ()
+        if f is None or get_origin(f.annotation) is not Literal or len(args) != 1:
             raise TypeError(f"{cls.__name__}: an analysis type needs a field `type: Literal['<its name>']`")
         return str(args[0])
 

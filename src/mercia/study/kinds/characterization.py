@@ -23,6 +23,7 @@ TABLE1 = ReportGroup(id="table1", title="Table 1", nav="Table 1", order=10, slot
 class CharacterizationAnalysis(AnalysisKind):
     """Table 1 of each cohort: demographics, and conditions, drugs and measurements before index."""
 
+    listing_order: ClassVar[int] = 10
     report_groups: ClassVar[tuple[ReportGroup, ...]] = (TABLE1,)
 
     type: Literal["characterization"]

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 class CohortEntriesAnalysis(AnalysisKind):
     """Cohort entries and distinct persons entering, per cohort and calendar year or month of entry."""
 
+    listing_order: ClassVar[int] = 30
     report_groups: ClassVar[tuple[ReportGroup, ...]] = (INCIDENCE,)
 
     type: Literal["cohort_entries"]

@@ -29,6 +29,7 @@ class CohortMethodAnalysis(AnalysisKind):
     propensity model, matching or stratification, balance, outcome models; negative controls are
     outcome cohorts with no effect, run through the same steps and used to calibrate."""
 
+    listing_order: ClassVar[int] = 90
     report_groups: ClassVar[tuple[ReportGroup, ...]] = (COHORT_METHOD,)
 
     type: Literal["cohort_method"]

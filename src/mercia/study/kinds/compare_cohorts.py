@@ -24,6 +24,7 @@ SMD_LABEL_CHARS = 48
 class CompareCohortsAnalysis(AnalysisKind):
     """Table 1 of two cohorts side by side, with the standardized mean difference of every covariate."""
 
+    listing_order: ClassVar[int] = 20
     report_groups: ClassVar[tuple[ReportGroup, ...]] = (TABLE1,)
 
     type: Literal["compare_cohorts"]

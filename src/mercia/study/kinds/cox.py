@@ -26,6 +26,7 @@ COX = ReportGroup(id="cox", title="Cox models", nav="Cox", order=40, nav_break=T
 class CoxAnalysis(AnalysisKind):
     """A Cox proportional-hazards model of time to an outcome, target vs comparator, adjusted as set."""
 
+    listing_order: ClassVar[int] = 70
     report_groups: ClassVar[tuple[ReportGroup, ...]] = (COX,)
     federated: ClassVar[bool] = True
 

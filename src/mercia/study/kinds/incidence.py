@@ -37,6 +37,7 @@ INCIDENCE = ReportGroup(id="incidence", title="Incidence and prevalence", nav="I
 class IncidenceAnalysis(AnalysisKind):
     """Incidence rates of an outcome per 1,000 person-years, with exact Poisson confidence intervals."""
 
+    listing_order: ClassVar[int] = 40
     report_groups: ClassVar[tuple[ReportGroup, ...]] = (INCIDENCE,)
     # The settings are validated by this model (without its cohort ids, which come from the keys).
     SETTINGS_MODEL: ClassVar[type[BaseModel]] = IncidenceSettings

@@ -32,6 +32,7 @@ _AT_RISK_HINT = (
 class KaplanMeierAnalysis(AnalysisKind):
     """Kaplan-Meier curves of time to an outcome, one per target cohort, with a median per curve."""
 
+    listing_order: ClassVar[int] = 60
     report_groups: ClassVar[tuple[ReportGroup, ...]] = (SURVIVAL,)
 
     type: Literal["kaplan_meier"]

@@ -22,6 +22,7 @@ PREDICTION = ReportGroup(id="prediction", title="Prediction models", nav="Predic
 class PredictionAnalysis(AnalysisKind):
     """Patient-level prediction: a model of `outcome` in `target`, internally validated."""
 
+    listing_order: ClassVar[int] = 80
     report_groups: ClassVar[tuple[ReportGroup, ...]] = (PREDICTION,)
 
     type: Literal["prediction"]

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 class PrevalenceAnalysis(AnalysisKind):
     """Point and period prevalence of an outcome, as proportions with Wilson score intervals."""
 
+    listing_order: ClassVar[int] = 50
     report_groups: ClassVar[tuple[ReportGroup, ...]] = (INCIDENCE,)
     SETTINGS_MODEL: ClassVar[type[BaseModel]] = PrevalenceSettings
     SETTINGS_EXCLUDE: ClassVar[tuple[str, ...]] = ("outcome_cohort_id", "denominator_cohort_id")

@@ -145,7 +145,7 @@ def test_incidence_by_year_has_a_series_per_age_group() -> None:
 
 
 def test_forest_plot_ticks_are_ratios_not_mantissas() -> None:
-    from mercia.analyses.forest import log_ticks
+    from mercia.report.forest import log_ticks
 
     for lo, hi in ((0.56, 0.94), (0.37, 5.46), (1.07, 1.16), (0.01, 50.0), (0.7, 0.72)):
         vals, text, (r0, r1) = log_ticks(lo, hi)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from mercia.analyses.forest import forest_figure
+from mercia.report.forest import forest_figure
 from mercia.report.html import Plots, table_html
 
 _STYLE = """

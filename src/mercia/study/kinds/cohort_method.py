@@ -1,6 +1,6 @@
 """`cohort_method`: a comparative cohort analysis (OHDSI CohortMethod) of target vs comparator new users,
 with negative controls for empirical calibration. The report's "Comparative cohort analyses" group is
-defined here; its figures are drawn by `mercia.analyses.cohort_method_plots` from released tables."""
+defined here; its figures are drawn by `mercia.report.cohort_method_plots` from released tables."""
 
 from __future__ import annotations
 
@@ -69,10 +69,34 @@ class CohortMethodAnalysis(AnalysisKind):
                              labels={ids[k]: k for k in keys}, name=name)
 
     def report(self, r: StudyReport) -> list[Section]:
-        from mercia.analyses.cohort_method_plots import cohort_method_section
-
         p = self.table_prefix()
-        m = cohort_method_section(r.data, p, [*self.outcomes], r.plots.html, table_html)
-        tables = "".join(f"<h4>{esc(title)}</h4>{t}" for title, t in m["tables"])  # type: ignore[attr-defined]
-        plots = "".join(m["plots"])  # type: ignore[arg-type]
-        return [Section(COHORT_METHOD, f"\n<h3>{esc(m['title'])}</h3>\n{r.population(p)}\n{plots}\n{tables}\n")]
+        plots, tables = figures_and_tables(r, p, [*self.outcomes])
+        h4 = "".join(f"<h4>{esc(title)}</h4>{t}" for title, t in tables)
+        return [Section(COHORT_METHOD, f"\n<h3>{esc(p)}</h3>\n{r.population(p)}\n{''.join(plots)}\n{h4}\n")]
+
+
+def figures_and_tables(r: StudyReport, prefix: str, outcomes: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """The forest plot, the preference-score distributions and each outcome's balance plot; the
+    estimates, counts, diagnostics, each outcome's attrition and its least balanced covariates."""
+    from mercia.report.cohort_method_plots import balance_figure, forest_figure, preference_figure
+
+    html = r.plots.html
+    plots = [forest_figure(r.data(f"{prefix}_estimates"), prefix, html),
+             preference_figure(r.data(f"{prefix}_ps_distribution"), prefix, html)]
+    plots += [balance_figure(r.data(f"{prefix}_balance_{o}"), f"{prefix} · {o}", html) for o in outcomes]
+    tables = []
+    for title, name in (("Estimates", "estimates"), ("Subjects, events and days at risk", "counts"),
+                        ("Propensity model diagnostics", "ps_diagnostics")):
+        d = r.data(f"{prefix}_{name}")
+        if d is not None:
+            tables.append((title, table_html(d, 3)))
+    for o in outcomes:
+        att = r.data(f"{prefix}_attrition_{o}")
+        if att is not None:
+            tables.append((f"Attrition: {o}", table_html(att, 0)))
+        bal = r.data(f"{prefix}_balance_{o}")
+        if bal is not None and len(bal):
+            worst = bal.reindex(bal["before_smd"].abs().sort_values(ascending=False).index).head(20)
+            tables.append((f"Balance: {o} (20 covariates least balanced before)",
+                           table_html(worst[["covariate_name", "before_smd", "after_smd"]], 3)))
+    return [p for p in plots if p], tables

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field
 
 from mercia.analyses import AnalysisResult, CoxSettings, cox_model
-from mercia.analyses.forest import forest_figure
+from mercia.report.forest import forest_figure
 from mercia.report.html import ReportGroup, Section, esc, fmt, table_html
 from mercia.study.kinds.base import AnalysisKind, Key
 

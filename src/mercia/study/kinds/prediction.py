@@ -48,7 +48,7 @@ class PredictionAnalysis(AnalysisKind):
 
 def model_section(r: StudyReport, prefix: str) -> dict[str, Any]:
     """The model's status, its figures (ROC, calibration) and its released tables."""
-    from mercia.analyses.prediction.plots import prediction_figures
+    from mercia.report.prediction_plots import prediction_figures
 
     perf = r.tables.get(f"{prefix}_performance")
     info = (perf.model_info or {}) if perf is not None else {}

@@ -18,6 +18,7 @@ from pydantic import Field
 from sqlglot import exp
 
 from mercia.analyses import AnalysisResult
+from mercia.analyses.notes import Note, NoteCode
 from mercia.cdm import Cdm
 from mercia.disclosure import ResultTable
 from mercia.errors import StudyError
@@ -43,12 +44,18 @@ class CohortSizes(AnalysisKind):
 
     type: Literal["cohort_sizes"]
     cohorts: list[Key] = Field(min_length=1, description="keys of the cohorts to count")
+    optional: list[Key] = Field(default_factory=list, description="keys of cohorts counted if not below threshold")
 
     def cohorts_used(self) -> list[str]:
-        return list(self.cohorts)
+        return [*self.cohorts, *self.optional]
+
+    def without_small(self, small: set[str]) -> tuple[CohortSizes, list[Note]]:
+        dropped = [k for k in self.optional if k in small]
+        kept = self.model_copy(update={"optional": [k for k in self.optional if k not in small]})
+        return kept, [Note(NoteCode.BELOW_THRESHOLD, cohort=k) for k in dropped]
 
     def run(self, cdm: Cdm, ids: dict[str, int], *, name: str) -> AnalysisResult:
-        wanted = [ids[k] for k in self.cohorts]
+        wanted = [ids[k] for k in [*self.cohorts, *self.optional]]
         q = (
             exp.select(exp.column("cohort_definition_id").as_("cohort_id"),
                        exp.Count(this=exp.Distinct(expressions=[exp.column("subject_id")])).as_("persons"))
@@ -72,11 +79,14 @@ def cond(name: str, key: str) -> dict[str, Any]:
             "entry": [{"condition": "c", "first": True}]}
 
 
+NOBODY = {**cond("Infants with prostate cancer", "prostate_cancer"),
+          "entry": [{"condition": "c", "first": True, "age": {"max": 0}}]}
 PACKAGE: dict[str, Any] = {
     "name": "sizes",
     "cohorts": {"htn": {"definition": cond("Hypertension", "hypertension")},
-                "t2d": {"definition": cond("Type 2 diabetes", "type2_diabetes")}},
-    "analyses": [{"type": "cohort_sizes", "name": "sizes", "cohorts": ["htn", "t2d"]},
+                "t2d": {"definition": cond("Type 2 diabetes", "type2_diabetes")},
+                "nobody": {"definition": NOBODY}},
+    "analyses": [{"type": "cohort_sizes", "name": "sizes", "cohorts": ["htn", "t2d"], "optional": ["nobody"]},
                  {"type": "cohort_entries", "cohorts": ["htn"]}],
     "disclosure": "opensafely",
 }
@@ -109,7 +119,11 @@ def test_a_type_registered_from_outside_runs_through_the_runner_and_the_report(
     # (the same persons, through the same policy).
     sizes = run.tables["sizes"].data.set_index("cohort_id")["persons"]
     counts = run.tables["cohort_counts"].data.set_index("cohort_id")["persons"]
-    assert len(sizes) == 2 and sizes.to_dict() == counts.to_dict()
+    ids = pkg.cohort_ids
+    assert sorted(sizes.index) == sorted([ids["htn"], ids["t2d"]])
+    assert sizes.to_dict() == counts.drop(ids["nobody"]).to_dict()
+    # The cohort below the threshold was left out before the run, as the type said, with its note.
+    assert [n.to_dict()["code"] for n in run.notes["sizes"]] == ["below_threshold"]
     assert json.loads((tmp_path / "out" / "results" / "sizes.json").read_text())["name"] == "sizes"
     meta = {a["name"]: a for a in run.manifest["analyses"]}
     assert meta["sizes"]["type"] == "cohort_sizes" and meta["sizes"]["status"] == "done"
@@ -117,6 +131,7 @@ def test_a_type_registered_from_outside_runs_through_the_runner_and_the_report(
     assert '<a href="#cohort-sizes">Sizes</a>' in html
     section = html.split('<h2 id="cohort-sizes">Cohort sizes</h2>', 1)[1].split("<h2", 1)[0]
     assert "<h3>sizes</h3>" in section and "htn (Hypertension)" in section and "t2d (Type 2 diabetes)" in section
+    assert "nobody" not in section
     # Its group comes after the built-in ones, before the disclosure log.
     assert html.index('id="incidence"') < html.index('id="cohort-sizes"') < html.index('id="disclosure"')
 
@@ -204,3 +219,18 @@ def test_dependencies_point_one_way() -> None:
         private = [(m, n) for m, names in _imports(path) if m.startswith("mercia.report")
                    for n in names if n.startswith("_")]
         assert private == [], path
+
+
+def test_the_cohort_method_does_without_negative_controls_below_threshold() -> None:
+    """Its type decides, before the run, which small cohorts it can do without: negative controls (an
+    outcome that is also listed as a control stays, and any other small cohort stops the run)."""
+    from mercia.study.kinds.cohort_method import CohortMethodAnalysis
+
+    a = CohortMethodAnalysis(type="cohort_method", target="t", comparator="c", outcomes=["o", "nc2"],
+                             negative_controls=["nc1", "nc2", "nc3"])
+    kept, notes = a.without_small({"nc1", "nc2", "o"})
+    assert kept.negative_controls == ["nc2", "nc3"] and kept.outcomes == ["o", "nc2"]
+    assert [(n.code, n.params) for n in notes] == [(NoteCode.NEGATIVE_CONTROL_BELOW_THRESHOLD, {"cohort": "nc1"})]
+    assert "o" in kept.cohorts_used()  # the runner stops it on the small outcome
+    same, none = a.without_small(set())
+    assert same is a and none == []

@@ -116,8 +116,8 @@ def test_the_report_prints_a_population_line_per_analysis_and_arm() -> None:
     (named by the package's cohort), and the cohort method's table per outcome; suppressed counts are
     dashes."""
     from mercia.analyses.population import population_table
+    from mercia.report.study import StudyReport
     from mercia.study.package import StudyPackage
-    from mercia.study.report import _Builder
 
     c = {"name": "Hypertension", "concepts": {"c": {"name": "c", "conditions": ["hypertension"]}},
          "entry": [{"condition": "c"}]}
@@ -132,7 +132,7 @@ def test_the_report_prints_a_population_line_per_analysis_and_arm() -> None:
     ]
     policy = DisclosurePolicy(name="p", threshold=5, rounding_base=1)
     tables = {t.name: release(t, policy, log=DisclosureLog()) for t in made}
-    b = _Builder(pkg, tables, DisclosureLog(), policy, {})
+    b = StudyReport(pkg, tables, DisclosureLog(), policy, {})
     km = b.population("km")
     assert km.count('<p class="population">') == 1
     assert "Population (htn (Hypertension)): persons in the cohort <b>120</b> → first entry in an observation period <b>—</b>" in km

@@ -339,7 +339,7 @@ def _released_like(y: np.ndarray, p: np.ndarray, split: str = "test") -> pd.Data
 
 
 def test_roc_and_calibration_points_from_strata() -> None:
-    from mercia.analyses.prediction.plots import calibration_points, prediction_figures, roc_points
+    from mercia.report.prediction_plots import calibration_points, prediction_figures, roc_points
 
     y, p = _data(2000, 11)
     strata = _released_like(y, p)

@@ -45,7 +45,7 @@ def tutorial_package(folder: Path) -> Path:
 def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from mercia.cdm import Cdm
     from mercia.federation.hub.pool import pool_results
-    from mercia.federation.hub.report import render_pooled_report
+    from mercia.report.hub import render_pooled_report
     from mercia.study import example_package
     from mercia.study.package import StudyPackage, load_package
     from mercia.study.runner import run_study

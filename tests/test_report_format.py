@@ -16,8 +16,13 @@ import pandas as pd
 import pytest
 
 from mercia.disclosure import OPENSAFELY, DisclosureLog, ResultTable, release
+from mercia.report.html import table_html
+from mercia.report.study import StudyReport, render_report
 from mercia.study import StudyPackage
-from mercia.study.report import _Builder, _table_html, render_report
+from mercia.study.kinds.characterization import table1
+from mercia.study.kinds.cox import cox
+from mercia.study.kinds.incidence import incidence_tables
+from mercia.study.kinds.kaplan_meier import km
 
 pytest.importorskip("plotly")
 
@@ -37,10 +42,10 @@ PKG = StudyPackage.from_dict({
 })
 
 
-def builder(tables: dict[str, pd.DataFrame], **extra: Any) -> _Builder:
+def builder(tables: dict[str, pd.DataFrame], **extra: Any) -> StudyReport:
     """A report builder over stand-ins of released tables (the formatting, not the release, is tested)."""
     wrapped = {n: SimpleNamespace(data=d, status="released", model_info=None, **extra) for n, d in tables.items()}
-    return _Builder(PKG, wrapped, DisclosureLog(), OPENSAFELY, {})  # type: ignore[arg-type]
+    return StudyReport(PKG, wrapped, DisclosureLog(), OPENSAFELY, {})  # type: ignore[arg-type]
 
 
 def cells(html: str) -> list[list[str]]:
@@ -71,7 +76,7 @@ def test_whole_number_columns_have_no_decimals() -> None:
     """Ids and days came out as '3.000' and '1118455.000' in the cohort-method tables."""
     df = pd.DataFrame({"outcome_id": [3.0, 4.0], "target_days": [1118455.0, np.nan], "rr": [1.5, 0.25],
                        "concept_id": [46271022, 320128], "target_subjects": [500.0, 20.0]})
-    rows = cells(_table_html(df, 3))
+    rows = cells(table_html(df, 3))
     assert rows[0] == ["3", "1,118,455", "1.500", "46271022", "500"]
     assert rows[1] == ["4", "—", "0.250", "320128", "20"]
 
@@ -80,12 +85,12 @@ def test_age_groups_sort_as_numbers_with_the_total_last() -> None:
     levels = ["100-104", "15-19", "5-9", "20-24", "95-99"]
     demo = pd.DataFrame({"cohort_id": PKG.cohort_ids["htn"], "variable": "age_group", "level": levels,
                          "n": [10, 20, 30, 40, 50], "percent": [1.0, 2.0, 3.0, 4.0, 5.0]})
-    html = builder({"t1_demographics": demo}).table1("t1")["table"]
+    html = table1(builder({"t1_demographics": demo}), "t1")["table"]
     shown = [r[1] for r in cells(html)]
     assert shown == ["5-9", "15-19", "20-24", "95-99", "100-104"]
     inc = pd.DataFrame({"age_group": ["100-104", "15-19", TOTAL, "65+", "40-64"], "n_events": [10, 20, 60, 15, 15],
                         "person_years": [100.0, 200.0, 700.0, 200.0, 200.0]})
-    got = builder({"inc": inc}).incidence("inc", ["age_group"], 0.05)
+    got = incidence_tables(builder({"inc": inc}), "inc", ["age_group"], 0.05)
     assert [r[0] for r in cells(got["table"])] == ["15-19", "40-64", "65+", "100-104", TOTAL]
     (fig,) = figures(got["plots"][0])
     assert fig["layout"]["xaxis"]["ticktext"] == ["15-19", "40-64", "65+", "100-104"]
@@ -100,7 +105,7 @@ def _curve(cid: int) -> pd.DataFrame:
 def test_km_median_not_reached_is_said_in_words_and_at_risk_is_a_range() -> None:
     cid = PKG.cohort_ids["htn"]
     summary = pd.DataFrame({"cohort_id": [cid], "n_persons": [600], "n_events": [20]})
-    got = builder({"km": _curve(cid), "km_summary": summary}).km("km", 0.05)
+    got = km(builder({"km": _curve(cid), "km_summary": summary}), "km", 0.05)
     assert "∞" not in got["summary"]
     assert cells(got["summary"])[0][-3:] == ["not reached"] * 3
     risk = dict(zip(re.findall(r"<th[^>]*>(.*?)</th>", got["risk"]), cells(got["risk"])[0], strict=True))
@@ -118,7 +123,7 @@ def test_incidence_plot_marks_suppressed_strata_and_zero_events() -> None:
     years = ["2019", "2020", "2021", "2022", TOTAL]
     inc = pd.DataFrame({"calendar_year": years, "n_events": [20, np.nan, 0, 25, 45],
                         "person_years": [1000.0, np.nan, 5.0, 1000.0, 2005.0]})
-    got = builder({"inc": inc}).incidence("inc", ["calendar_year"], 0.05)
+    got = incidence_tables(builder({"inc": inc}), "inc", ["calendar_year"], 0.05)
     (fig,) = figures(got["plots"][0])
     by_name = {t["name"]: t for t in fig["data"]}
     crosses = by_name["suppressed (not released)"]
@@ -134,13 +139,13 @@ def test_incidence_plot_marks_suppressed_strata_and_zero_events() -> None:
 def test_incidence_by_year_has_a_series_per_age_group() -> None:
     rows = [(a, y, 12, 1000.0) for a in ("18-39", "40-64", TOTAL) for y in ("2020", "2021", TOTAL)]
     inc = pd.DataFrame(rows, columns=["age_group", "calendar_year", "n_events", "person_years"])
-    got = builder({"inc": inc}).incidence("inc", ["age_group", "calendar_year"], 0.05)
+    got = incidence_tables(builder({"inc": inc}), "inc", ["age_group", "calendar_year"], 0.05)
     names = [t["name"] for f in figures("".join(got["plots"])) for t in f["data"]]
     assert {"age group 18-39", "age group 40-64", "all (age group total)"} <= set(names)
 
 
 def test_forest_plot_ticks_are_ratios_not_mantissas() -> None:
-    from mercia.analyses.forest import log_ticks
+    from mercia.report.forest import log_ticks
 
     for lo, hi in ((0.56, 0.94), (0.37, 5.46), (1.07, 1.16), (0.01, 50.0), (0.7, 0.72)):
         vals, text, (r0, r1) = log_ticks(lo, hi)
@@ -151,18 +156,18 @@ def test_forest_plot_ticks_are_ratios_not_mantissas() -> None:
                           "hr_upper": [0.94, 1.07]})
     b = builder({"cox": model})
     b.tables["cox"].kind = "model"
-    got = b.cox("cox", "htn", "t2d")
+    got = cox(b, "cox", "htn", "t2d")
     (fig,) = figures(got["plot"])
     ticks = fig["layout"]["xaxis"]["ticktext"]
     assert "1" in ticks and [float(t) for t in ticks] == sorted(float(t) for t in ticks)
 
 
 def test_smd_axis_labels_are_short_and_distinct() -> None:
-    from mercia.study.report import SMD_LABEL_CHARS, _unique_short
+    from mercia.study.kinds.compare_cohorts import SMD_LABEL_CHARS, unique_short
 
     long = "any prior · Glomerular filtration rate/1.73 sq M.predicted [Volume Rate/Area] in Serum (latest value)"
     labels = [long, long.replace("any prior", "-365..0"), long + " x", "index · age (years)"]
-    short = _unique_short(labels, SMD_LABEL_CHARS)
+    short = unique_short(labels, SMD_LABEL_CHARS)
     assert len(set(short)) == len(short) and all(len(s) <= SMD_LABEL_CHARS + 4 for s in short)
     assert short[-1] == "index · age (years)"
 
@@ -191,13 +196,13 @@ def test_cohort_entries_show_cohort_names_and_empty_sections_are_left_out() -> N
 
 def test_every_report_figure_has_an_accessible_name() -> None:
     inc = pd.DataFrame({"age_group": ["18-39", TOTAL], "n_events": [10, 10], "person_years": [100.0, 100.0]})
-    got = builder({"inc": inc}).incidence("inc", ["age_group"], 0.05)
+    got = incidence_tables(builder({"inc": inc}), "inc", ["age_group"], 0.05)
     assert re.match(r'<figure class="plot" aria-label="inc: incidence by age group">', got["plots"][0])
 
 
 def test_pooled_report_has_a_forest_plot_of_sites_and_pooled_estimates() -> None:
-    from mercia.federation.hub.report import render_pooled_report
     from mercia.federation.pooling import meta_analyse
+    from mercia.report.hub import render_pooled_report
 
     coefs, ses = [np.log(0.7), np.log(0.8), np.log(0.6)], [0.2, 0.25, 0.3]
     meta = meta_analyse(coefs, ses, sites=["a", "b", "c"], alpha=0.05, ratio=True).to_dict()

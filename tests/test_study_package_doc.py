@@ -69,13 +69,13 @@ def test_a_new_setting_appears_without_touching_the_generator(monkeypatch) -> No
     from pydantic import Field, create_model
 
     from mercia.analyses import IncidenceSettings
-    from mercia.study import package
+    from mercia.study.kinds.incidence import IncidenceAnalysis
 
     extended: type[BaseModel] = create_model(
         "IncidenceSettings", __base__=IncidenceSettings,
         tar_offset_days=(int, Field(3, ge=0, le=9, description="days added to the end of time at risk")),
     )
-    monkeypatch.setattr(package.IncidenceAnalysis, "SETTINGS_MODEL", extended)
+    monkeypatch.setattr(IncidenceAnalysis, "SETTINGS_MODEL", extended)
     text = study_package_markdown()
     assert ("| `settings.tar_offset_days` | integer (0 to 9) | `3` | days added to the end of time at risk |"
             in text)

@@ -206,7 +206,8 @@ def test_report_shows_continuous_smds_from_released_means(study: dict[str, Any])
     """Age (and measurement values, when the package asks for them) enter the balance plot with
     (m1 - m2) / sqrt((s1^2 + s2^2) / 2) computed from the released means and SDs only."""
     from mercia.analyses.characterization import smd_continuous
-    from mercia.study.report import _Builder
+    from mercia.report.study import StudyReport
+    from mercia.study.kinds.compare_cohorts import continuous_smd
 
     run = study["run"]
     html = (study["out"] / "report.html").read_text()
@@ -216,8 +217,8 @@ def test_report_shows_continuous_smds_from_released_means(study: dict[str, Any])
     age = run.tables["table1_age"].data.set_index("cohort_id")
     t, c = age.loc[ids["htn"]], age.loc[ids["t2d"]]
     expected = float(smd_continuous(t["age_mean"], t["age_sd"], c["age_mean"], c["age_sd"]))
-    b = _Builder(study["pkg"], run.tables, run.log, run.policy, run.manifest)
-    got = b._continuous_smd("table1", ids["htn"], ids["t2d"]).set_index("label")
+    r = StudyReport(study["pkg"], run.tables, run.log, run.policy, run.manifest)
+    got = continuous_smd(r, "table1", ids["htn"], ids["t2d"]).set_index("label")
     assert got.loc["index · age (years)", "smd"] == pytest.approx(expected, rel=1e-12)
 
 
@@ -225,7 +226,8 @@ def test_continuous_smd_skips_withheld_means() -> None:
     """A measurement mean withheld by the magnitude rules (too few contributors in one cohort) has no
     SMD; the others are computed from what was released."""
     from mercia.disclosure import DisclosureLog, release
-    from mercia.study.report import _Builder
+    from mercia.report.study import StudyReport
+    from mercia.study.kinds.compare_cohorts import continuous_smd
 
     pkg = StudyPackage.from_dict(
         {"name": "two", "cohorts": {"a": {"definition": cond("A", "hypertension")},
@@ -250,7 +252,7 @@ def test_continuous_smd_skips_withheld_means() -> None:
                         top_columns={"mean": tops, "sd": tops}),
             OPENSAFELY, log=log),
     }
-    got = _Builder(pkg, released, log, OPENSAFELY, {})._continuous_smd("t1", a, b)
+    got = continuous_smd(StudyReport(pkg, released, log, OPENSAFELY, {}), "t1", a, b)
     assert list(got["label"]) == ["w · hba1c (latest value)"]
     assert got["smd"].iloc[0] == pytest.approx((50 - 55) / ((10**2 + 12**2) / 2) ** 0.5)
 
@@ -275,7 +277,7 @@ def test_report_km_median_from_the_released_curve(study: dict[str, Any]) -> None
     cid = study["pkg"].cohort_ids["htn"]
     g = curve[curve["cohort_id"] == cid][["time", "n_at_risk", "n_events", "n_censored"]].astype(float)
     med, lo, hi = median_survival(km_estimates(g, 0.05))
-    from mercia.study.report import median_text
+    from mercia.study.kinds.kaplan_meier import median_text
 
     row = re.search(r"<tr><td>htn \(Hypertension\)</td>(.*?)</tr>", html.split("median (days)")[1])
     assert row is not None
@@ -329,7 +331,7 @@ def test_an_empty_folder_is_used_and_a_failure_leaves_nothing(
     def boom(*args: Any, **kwargs: Any) -> str:
         raise RuntimeError("report failed")
 
-    import mercia.study.report as report_mod
+    import mercia.report.study as report_mod
 
     monkeypatch.setattr(report_mod, "render_report", boom)
     with pytest.raises(RuntimeError, match="report failed"):

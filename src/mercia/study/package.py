@@ -24,43 +24,23 @@ import hashlib
 import json
 import runpy
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from mercia import limits
-from mercia.analyses import (
-    CharacterizationSettings,
-    CoxSettings,
-    IncidenceSettings,
-    PrevalenceSettings,
-    SurvivalSettings,
-)
-from mercia.analyses.cohort_method import CohortMethodSettings
-from mercia.analyses.prediction import PredictionSettings
 from mercia.cohorts.model import CohortDefinition
 from mercia.disclosure import BUILTIN_POLICIES, DisclosurePolicy, effective_policy
 from mercia.errors import MerciaError, StudyError
-from mercia.model_doc import field_docs
+from mercia.study import kinds
+from mercia.study.kinds.base import KEY as _KEY
+from mercia.study.kinds.base import Key as _Key
+from mercia.study.kinds.base import Strict
 
 PACKAGE_FORMAT = "mercia-study/1"
-_KEY = r"^[A-Za-z_][A-Za-z0-9_]*$"
-# A cohort key where an analysis names one (whether it is defined is checked by StudySpec).
-_Key = Annotated[str, Field(max_length=limits.MAX_NAME)]
 
 
-class _Strict(BaseModel):
-    """A part of a study package: unknown keys are refused, values cannot change after validation."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @classmethod
-    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        super().__pydantic_init_subclass__(**kwargs)
-        field_docs(cls)  # help() lists the fields with their defaults and meanings
-
-
-class CohortRef(_Strict):
+class CohortRef(Strict):
     """One cohort of the package: exactly one of `file` (relative to the package) and `definition`."""
 
     id: int | None = Field(
@@ -86,248 +66,19 @@ class CohortRef(_Strict):
         return self
 
 
-class _Analysis(_Strict):
-    """What every analysis of a package has: its `type` and an optional `name`."""
-
-    name: str | None = Field(
-        None, pattern=_KEY, max_length=limits.MAX_NAME,
-        description="prefix of the analysis's result tables, distinct within the package (letters, digits, "
-        "underscores); default: the analysis type",
-    )
-
-    def cohorts_used(self) -> list[str]:
-        raise NotImplementedError
-
-    def table_prefix(self) -> str:
-        return self.name or self.type  # type: ignore[attr-defined]
+def _analysis_union() -> Any:
+    """The `analyses:` item: one of the registered analysis types, chosen by its `type:`."""
+    members = tuple(kinds.all_kinds())
+    union = members[0] if len(members) == 1 else Union[members]  # noqa: UP007 - built at run time
+    return Annotated[union, Field(discriminator="type")]
 
 
-class CharacterizationAnalysis(_Analysis):
-    """Table 1 of each cohort: demographics, and conditions, drugs and measurements before index."""
-
-    type: Literal["characterization"]
-    cohorts: list[_Key] = Field(
-        min_length=1, max_length=limits.MAX_LIST, description="keys of the cohorts to characterize"
-    )
-    settings: CharacterizationSettings = Field(
-        CharacterizationSettings(), description="what to characterize"
-    )
-
-    def cohorts_used(self) -> list[str]:
-        return list(self.cohorts)
+# The analysis types a package may hold: those in the registry (mercia.study.kinds), in its order.
+Analysis = _analysis_union()
+ANALYSIS_TYPES = kinds.types()
 
 
-class CompareCohortsAnalysis(_Analysis):
-    """Table 1 of two cohorts side by side, with the standardized mean difference of every covariate."""
-
-    type: Literal["compare_cohorts"]
-    target: _Key = Field(description="key of the target cohort")
-    comparator: _Key = Field(description="key of the comparator cohort")
-    settings: CharacterizationSettings = Field(
-        CharacterizationSettings(), description="what to characterize, as for `characterization`"
-    )
-
-    def cohorts_used(self) -> list[str]:
-        return [self.target, self.comparator]
-
-
-class CohortEntriesAnalysis(_Analysis):
-    """Cohort entries and distinct persons entering, per cohort and calendar year or month of entry."""
-
-    type: Literal["cohort_entries"]
-    cohorts: list[_Key] = Field(
-        min_length=1, max_length=limits.MAX_LIST, description="keys of the cohorts to count"
-    )
-    interval: Literal["year", "month"] = Field(
-        "year", description="period entries are counted in: the calendar year or month of cohort start"
-    )
-
-    def cohorts_used(self) -> list[str]:
-        return list(self.cohorts)
-
-
-def _no_ids(settings: dict[str, Any], what: str, fields: dict[str, str]) -> dict[str, Any]:
-    for f, instead in fields.items():
-        if f in settings:
-            raise ValueError(f"{what} settings: remove {f!r}; name the cohort with `{instead}:` instead")
-    return settings
-
-
-class IncidenceAnalysis(_Analysis):
-    """Incidence rates of an outcome per 1,000 person-years, with exact Poisson confidence intervals."""
-
-    # The settings are validated by this model (without its cohort ids, which come from the keys).
-    SETTINGS_MODEL: ClassVar[type[BaseModel]] = IncidenceSettings
-    SETTINGS_EXCLUDE: ClassVar[tuple[str, ...]] = ("outcome_cohort_id", "denominator_cohort_id")
-
-    type: Literal["incidence"]
-    outcome: _Key = Field(description="key of the outcome cohort: its entries' start dates are the events")
-    denominator: _Key | None = Field(
-        None,
-        description="key of the cohort whose time (each entry, within observation) is at risk; "
-        "None: the whole observed population (every observation period)",
-    )
-    settings: dict[str, Any] = Field(
-        default_factory=dict, description="the incidence settings; every one has a default"
-    )
-
-    @field_validator("settings")
-    @classmethod
-    def _settings(cls, v: dict[str, Any]) -> dict[str, Any]:
-        _no_ids(v, "incidence", {"outcome_cohort_id": "outcome", "denominator_cohort_id": "denominator"})
-        # Validated (and defaults filled in) with placeholder ids; the real ids come at run time.
-        out = IncidenceSettings(**v, outcome_cohort_id=0).model_dump(
-            mode="json", exclude={"outcome_cohort_id", "denominator_cohort_id"}
-        )
-        # Settings added later are left out at their defaults, so an approved package keeps its hash.
-        for k, default in (("time_at_risk", []), ("clean_window_days", None)):
-            if out[k] == default:
-                del out[k]
-        return out
-
-    def cohorts_used(self) -> list[str]:
-        return [self.outcome, *([self.denominator] if self.denominator else [])]
-
-    def build(self, ids: dict[str, int]) -> IncidenceSettings:
-        return IncidenceSettings(
-            **self.settings,
-            outcome_cohort_id=ids[self.outcome],
-            denominator_cohort_id=ids[self.denominator] if self.denominator else None,
-        )
-
-
-class PrevalenceAnalysis(_Analysis):
-    """Point and period prevalence of an outcome, as proportions with Wilson score intervals."""
-
-    SETTINGS_MODEL: ClassVar[type[BaseModel]] = PrevalenceSettings
-    SETTINGS_EXCLUDE: ClassVar[tuple[str, ...]] = ("outcome_cohort_id", "denominator_cohort_id")
-
-    type: Literal["prevalence"]
-    outcome: _Key = Field(description="key of the outcome cohort: a case has an entry overlapping the period")
-    denominator: _Key | None = Field(
-        None,
-        description="key of the cohort whose members on the date (or in the interval) are the "
-        "denominator; None: everyone in observation then",
-    )
-    settings: dict[str, Any] = Field(
-        default_factory=dict,
-        description="the prevalence settings; `points` or `intervals` must be given",
-    )
-
-    @field_validator("settings")
-    @classmethod
-    def _settings(cls, v: dict[str, Any]) -> dict[str, Any]:
-        _no_ids(v, "prevalence", {"outcome_cohort_id": "outcome", "denominator_cohort_id": "denominator"})
-        return PrevalenceSettings(**v, outcome_cohort_id=0).model_dump(
-            mode="json", exclude={"outcome_cohort_id", "denominator_cohort_id"}
-        )
-
-    def cohorts_used(self) -> list[str]:
-        return [self.outcome, *([self.denominator] if self.denominator else [])]
-
-    def build(self, ids: dict[str, int]) -> PrevalenceSettings:
-        return PrevalenceSettings(
-            **self.settings,
-            outcome_cohort_id=ids[self.outcome],
-            denominator_cohort_id=ids[self.denominator] if self.denominator else None,
-        )
-
-
-class KaplanMeierAnalysis(_Analysis):
-    """Kaplan-Meier curves of time to an outcome, one per target cohort, with a median per curve."""
-
-    type: Literal["kaplan_meier"]
-    targets: list[_Key] = Field(
-        min_length=1, max_length=limits.MAX_LIST,
-        description="keys of the cohorts followed from their start (index); one curve each",
-    )
-    outcome: _Key = Field(description="key of the outcome cohort: its first start in time at risk is the event")
-    settings: SurvivalSettings = Field(SurvivalSettings(), description="time at risk and censoring")
-    alpha: float = Field(
-        0.05, gt=0, lt=1, description="1 - confidence level of the curves' (log-log) intervals: 0.05 gives 95%"
-    )
-
-    def cohorts_used(self) -> list[str]:
-        return [*self.targets, self.outcome]
-
-
-class CoxAnalysis(_Analysis):
-    """A Cox proportional-hazards model of time to an outcome, target vs comparator, adjusted as set."""
-
-    type: Literal["cox"]
-    target: _Key = Field(description="key of the target cohort (treatment = 1)")
-    comparator: _Key = Field(description="key of the comparator cohort (treatment = 0)")
-    outcome: _Key = Field(description="key of the outcome cohort: its first start in time at risk is the event")
-    settings: CoxSettings = Field(CoxSettings(), description="time at risk, adjustment and fitting")
-
-    def cohorts_used(self) -> list[str]:
-        return [self.target, self.comparator, self.outcome]
-
-
-class PredictionAnalysis(_Analysis):
-    """Patient-level prediction: a model of `outcome` in `target`, internally validated."""
-
-    type: Literal["prediction"]
-    target: _Key = Field(description="key of the cohort whose entries are predicted for (index = its start)")
-    outcome: _Key = Field(description="key of the outcome cohort predicted (an entry starting in time at risk)")
-    settings: PredictionSettings = Field(
-        PredictionSettings(), description="population, covariates, model, split and evaluation"
-    )
-
-    def cohorts_used(self) -> list[str]:
-        return [self.target, self.outcome]
-
-
-class CohortMethodAnalysis(_Analysis):
-    """Comparative cohort analysis (OHDSI CohortMethod): target vs comparator new users, a large-scale
-    propensity model, matching or stratification, balance, outcome models; negative controls are
-    outcome cohorts with no effect, run through the same steps and used to calibrate."""
-
-    type: Literal["cohort_method"]
-    target: _Key = Field(description="key of the target cohort (new users of the drug studied)")
-    comparator: _Key = Field(description="key of the comparator cohort (new users of the alternative)")
-    outcomes: list[_Key] = Field(
-        min_length=1, max_length=limits.MAX_LIST, description="keys of the outcome cohorts; one estimate each"
-    )
-    negative_controls: list[_Key] = Field(
-        default_factory=list, max_length=limits.MAX_LIST,
-        description="keys of outcome cohorts believed unaffected by either exposure (true effect 1); "
-        "run through the same steps, and with 5 or more estimable the estimates are empirically calibrated",
-    )
-    settings: CohortMethodSettings = Field(
-        CohortMethodSettings(), description="covariates, population, propensity model, adjustment"
-    )
-
-    def cohorts_used(self) -> list[str]:
-        return [self.target, self.comparator, *self.outcomes, *self.negative_controls]
-
-
-Analysis = Annotated[
-    CharacterizationAnalysis
-    | CompareCohortsAnalysis
-    | CohortEntriesAnalysis
-    | IncidenceAnalysis
-    | PrevalenceAnalysis
-    | KaplanMeierAnalysis
-    | CoxAnalysis
-    | PredictionAnalysis
-    | CohortMethodAnalysis,
-    Field(discriminator="type"),
-]
-ANALYSIS_TYPES = (
-    "characterization",
-    "compare_cohorts",
-    "cohort_entries",
-    "incidence",
-    "prevalence",
-    "kaplan_meier",
-    "cox",
-    "prediction",
-    "cohort_method",
-)
-
-
-class StudySpec(_Strict):
+class StudySpec(Strict):
     """A study package as written: a name, cohorts by key, the analyses that use them, and the
     disclosure policy asked for (`load_package` and `StudyPackage.from_dict` validate one and resolve
     its cohorts)."""
@@ -392,6 +143,20 @@ _UNION_TAGS = {
     "analyses": set(ANALYSIS_TYPES),
     "model": {"lasso_logistic", "gradient_boosting"},
 }
+
+
+def _registry_changed() -> None:
+    """A type was registered or removed: the schema's `analyses:` union is made again from the registry."""
+    global Analysis, ANALYSIS_TYPES
+    Analysis = _analysis_union()
+    ANALYSIS_TYPES = kinds.types()
+    _UNION_TAGS["analyses"] = set(ANALYSIS_TYPES)
+    field = StudySpec.model_fields["analyses"]
+    field.annotation = list[Analysis]  # type: ignore[valid-type]
+    StudySpec.model_rebuild(force=True)
+
+
+kinds.on_change(_registry_changed)
 # The `disclosure:` union: the name of a built-in policy, or a policy written out (validated after).
 _POLICY_BRANCHES = ("literal[", "DisclosurePolicy", "function-after[")
 

@@ -2,8 +2,8 @@
 
     python -m mercia.study.package_doc > docs/reference/study-package.md
 
-Every table is read from the pydantic models (`StudySpec`, `CohortRef`, each analysis of the
-`Analysis` union and its settings models, `DisclosurePolicy`): field names, types, constraints,
+Every table is read from the pydantic models (`StudySpec`, `CohortRef`, each registered analysis
+type (`mercia.study.kinds`) and its settings models, `DisclosurePolicy`): field names, types, constraints,
 defaults and each field's `description=`. A field added to a model appears here without any change
 to this module; a test keeps the file in step with the code and every field described.
 """
@@ -50,11 +50,10 @@ leaving the key out where its default is null).
 
 
 def analysis_models() -> list[type[BaseModel]]:
-    """Each analysis type's model, in the order of the `Analysis` union."""
-    from mercia.study.package import Analysis
+    """Each analysis type's model, in the registry's order (`mercia.study.kinds`)."""
+    from mercia.study import kinds
 
-    union = get_args(Analysis)[0]
-    return list(get_args(union))
+    return list(kinds.all_kinds())
 
 
 def settings_model(analysis: type[BaseModel]) -> tuple[type[BaseModel], tuple[str, ...]] | None:
@@ -86,6 +85,7 @@ def documented_models() -> list[type[BaseModel]]:
     from mercia.study.package import CohortRef, StudySpec
 
     seen: list[type[BaseModel]] = []
+    analyses = analysis_models()
 
     def walk(m: type[BaseModel], exclude: tuple[str, ...] = ()) -> None:
         if m in seen:
@@ -95,7 +95,7 @@ def documented_models() -> list[type[BaseModel]]:
             if name in exclude:
                 continue
             for sub in _models_in(f.annotation):
-                if sub.__module__.startswith("mercia.study.package") and sub is not CohortRef:
+                if sub in analyses:
                     continue  # the analyses, walked below
                 walk(sub)
 

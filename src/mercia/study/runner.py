@@ -31,18 +31,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mercia.analyses import (
-    AnalysisResult,
-    characterize,
-    cohort_entries,
-    compare_cohorts,
-    cox_model,
-    incidence,
-    kaplan_meier,
-    prevalence,
-)
+from mercia.analyses import AnalysisResult
 from mercia.analyses.notes import Note, NoteCode, Notes, check_names
-from mercia.analyses.prediction import prediction
 from mercia.cdm import Cdm
 from mercia.cohorts.stats import remaining_after_rules
 from mercia.disclosure import DisclosureLog, DisclosurePolicy, ReleasedTable, ResultTable, release
@@ -225,35 +215,6 @@ def public_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     return m
 
 
-def _run_analysis(cdm: Cdm, pkg: StudyPackage, a: Any) -> AnalysisResult:
-    ids = pkg.cohort_ids
-    name = a.table_prefix()
-    if a.type == "characterization":
-        return characterize(cdm, [ids[c] for c in a.cohorts], a.settings, name=name)
-    if a.type == "compare_cohorts":
-        return compare_cohorts(cdm, ids[a.target], ids[a.comparator], a.settings, name=name)
-    if a.type == "cohort_entries":
-        return cohort_entries(cdm, [ids[c] for c in a.cohorts], a.interval, name=name)
-    if a.type == "incidence":
-        return incidence(cdm, a.build(ids), name=name)
-    if a.type == "prevalence":
-        return prevalence(cdm, a.build(ids), name=name)
-    if a.type == "kaplan_meier":
-        return kaplan_meier(cdm, [ids[c] for c in a.targets], ids[a.outcome], a.settings, alpha=a.alpha, name=name)
-    if a.type == "cox":
-        return cox_model(cdm, ids[a.target], ids[a.comparator], ids[a.outcome], a.settings, name=name)
-    if a.type == "prediction":
-        return prediction(cdm, ids[a.target], ids[a.outcome], a.settings, name=name)
-    if a.type == "cohort_method":
-        from mercia.analyses.cohort_method import cohort_method
-
-        keys = [*a.outcomes, *[k for k in a.negative_controls if k not in a.outcomes]]
-        return cohort_method(cdm, ids[a.target], ids[a.comparator], [ids[k] for k in a.outcomes], a.settings,
-                             negative_control_ids=[ids[k] for k in a.negative_controls if k not in a.outcomes],
-                             labels={ids[k]: k for k in keys}, name=name)
-    raise StudyError(f"analysis type {a.type!r} is not runnable")  # pragma: no cover - schema forbids it
-
-
 def _versions(cdm: Cdm) -> dict[str, str | None]:
     import sqlglot
 
@@ -294,7 +255,7 @@ def run_study(
     """
     from mercia.cohorts import registry
     from mercia.cohorts.generate import generate_cohorts
-    from mercia.study.report import render_report
+    from mercia.report.study import render_report
 
     pkg = package if isinstance(package, StudyPackage) else load_package(package)
     policy = pkg.effective_policy(site_policy)
@@ -402,15 +363,10 @@ def run_study(
         analyses_meta = []
         for a in pkg.analyses:
             t0 = time.perf_counter()
-            pre = Notes()
-            if a.type == "cohort_method":
-                # A negative control below the threshold is left out (the analysis stands without it);
-                # decided from released counts only.
-                dropped = [k for k in a.negative_controls if k in small and k not in a.outcomes]
-                for k in dropped:
-                    pre.append(Note(NoteCode.NEGATIVE_CONTROL_BELOW_THRESHOLD, cohort=k))
-                if dropped:
-                    a = a.model_copy(update={"negative_controls": [k for k in a.negative_controls if k not in dropped]})
+            # Cohorts below the threshold that the analysis can do without are left out (a note each);
+            # decided from released counts only.
+            a, dropped = a.without_small(small)
+            pre = Notes(dropped)
             blocking = [k for k in a.cohorts_used() if k in small]
             if blocking:
                 # Nothing runs: no table with suppressed cells, no note but the code, whatever the data.
@@ -420,7 +376,7 @@ def run_study(
             else:
                 try:
                     with registry.study_cohorts(cdm, pkg):
-                        res = _run_analysis(cdm, pkg, a)
+                        res = a.run(cdm, pkg.cohort_ids, name=a.table_prefix())
                     status = "done"
                 except MerciaError as e:
                     # The data defeated this analysis (e.g. a covariate constant in this site's cohort):

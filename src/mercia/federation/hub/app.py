@@ -47,7 +47,7 @@ from mercia.federation.hub.config import HubConfig
 from mercia.federation.hub.dispatcher import Dispatcher
 from mercia.federation.hub.federated import concept_count_across, feasibility_across, federated_fit
 from mercia.federation.hub.registry import HubStore, NotFoundError
-from mercia.federation.hub.report import render_pooled_report
+from mercia.report.hub import render_pooled_report
 from mercia.study.package import StudyPackage
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]

@@ -42,12 +42,12 @@ class FederatedError(MerciaError):
 
 def model_terms(pkg: StudyPackage, analysis: str, model: str) -> list[str]:
     """The design's terms as the nodes build them (see node/rounds.py)."""
-    found = [a for a in pkg.analyses if a.type == "cox" and a.table_prefix() == analysis]
+    federated = [a for a in pkg.analyses if a.federated]
+    found = [a for a in federated if a.table_prefix() == analysis]
     if not found:
-        names = [a.table_prefix() for a in pkg.analyses if a.type == "cox"]
+        names = [a.table_prefix() for a in federated]
         raise NotFoundError(f"study has no Cox analysis named {analysis!r}; its Cox analyses: {names or 'none'}")
-    s = found[0].settings
-    terms = ["treatment", *(["age"] if s.age else []), *(["male"] if s.sex else []), *(c.name for c in s.covariates)]
+    terms = found[0].regression_terms()
     return terms if model == "cox" else ["intercept", *terms]
 
 

@@ -3,7 +3,9 @@ score/information summary at the hub's current coefficients, released like any r
 
 Approving a package that holds a Cox analysis approves regression rounds on that analysis's rows:
 the node keeps the per-person rows (treatment, age, sex, covariates, time, event) that the Cox
-analysis used, in its own state folder (they never leave), and answers three models on them:
+analysis used, in its own state folder (they never leave), and answers three models on them (which
+analyses have such rows, and how they are built, is their type's federated form: `federated`,
+`regression_rows`, `regression_ties` in `mercia.study.kinds`):
 
   cox       the Cox model itself (each site its own stratum)
   logistic  event during follow-up ~ intercept + the same terms
@@ -32,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mercia.analyses.survival import CoxData, cox_data
+from mercia.analyses.survival import CoxData
 from mercia.cdm import Cdm
 from mercia.cohorts.registry import study_cohorts
 from mercia.disclosure import DisclosureLog, DisclosurePolicy, release
@@ -50,7 +52,8 @@ class RoundError(MerciaError):
 
 
 def cox_analyses(pkg: StudyPackage) -> list[Any]:
-    return [a for a in pkg.analyses if a.type == "cox"]
+    """The analyses whose rows a node keeps for regression rounds (those of a type with a federated form)."""
+    return [a for a in pkg.analyses if a.federated]
 
 
 def _path(folder: Path, analysis: str) -> Path:
@@ -64,7 +67,7 @@ def save_design(cdm: Cdm, pkg: StudyPackage, folder: Path) -> list[str]:
     saved = []
     for a in cox_analyses(pkg):
         with study_cohorts(cdm, pkg):
-            data = cox_data(cdm, ids[a.target], ids[a.comparator], ids[a.outcome], a.settings)
+            data = a.regression_rows(cdm, ids)
         fd, tmp = tempfile.mkstemp(prefix=".design-", suffix=".npz", dir=folder)
         os.close(fd)
         np.savez(tmp, X=data.X, time=data.time, event=data.event, terms=np.array(data.terms))
@@ -98,7 +101,7 @@ def load_design(pkg: StudyPackage, folder: Path, analysis: str) -> Design:
         raise RoundError(f"the rows of analysis {analysis!r} are not built yet; wait until the study is finished")
     with np.load(path) as z:
         data = CoxData(X=z["X"], time=z["time"], event=z["event"], terms=[str(t) for t in z["terms"]])
-    return Design(data, by_name[analysis].settings.ties)
+    return Design(data, by_name[analysis].regression_ties())
 
 
 def model_rows(design: Design, model: str) -> tuple[np.ndarray, np.ndarray]:

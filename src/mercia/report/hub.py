@@ -3,8 +3,8 @@
 Per site: its status and its released model estimates; pooled: fixed-effect and DerSimonian-Laird
 estimates with I² for every released model term, with a forest plot of each site's and the pooled
 ratios per model (plotly.js embedded once, nothing loaded from the network), and any federated
-regression fits. The table
-rendering is the site report's (mercia.study.report), so both read the same way.
+regression fits. Tables and figures are drawn as in the study report (`mercia.report.html`), so both
+read the same way.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from mercia.analyses.forest import forest_figure
-from mercia.study.report import _Plots, _table_html
+from mercia.report.forest import forest_figure
+from mercia.report.html import Plots, table_html
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -61,11 +61,11 @@ def render_pooled_report(study: dict[str, Any], sites: list[dict[str, Any]], poo
              "<h2>Sites</h2>"]
     site_df = pd.DataFrame([{"site": s["site"], "status": s["status"], "note": s.get("last_error") or s.get("detail")
                              or ""} for s in sites])
-    parts.append(_table_html(site_df))
+    parts.append(table_html(site_df))
     parts.append("<h2>Meta-analysis of released estimates</h2>")
     if not pooled.get("tables"):
         parts.append("<p>No site released a model estimate to pool.</p>")
-    plots = _Plots()
+    plots = Plots()
     for table, terms in pooled.get("tables", {}).items():
         rows = []
         for term, m in terms.items():
@@ -80,7 +80,7 @@ def render_pooled_report(study: dict[str, Any], sites: list[dict[str, Any]], poo
         parts.append(f"<h3>{e(table)}</h3>")
         if any(math.isfinite(r["ratio"]) for r in rows):
             parts.append(plots.html(_pooled_forest(table, rows)))
-        parts.append(_table_html(pd.DataFrame(rows)))
+        parts.append(table_html(pd.DataFrame(rows)))
     for note in pooled.get("notes", []):
         parts.append(f"<p class='note'>{e(note)}</p>")
     if pooled.get("excluded"):
@@ -89,7 +89,7 @@ def render_pooled_report(study: dict[str, Any], sites: list[dict[str, Any]], poo
         parts.append(f"<h2>Federated {e(fit['model'])} model on {e(fit['analysis'])} "
                      f"(exact, {len(fit['sites'])} sites)</h2>")
         s = fit["summary"]
-        parts.append(_table_html(pd.DataFrame(s["rows"], columns=s["columns"]), digits=3))
+        parts.append(table_html(pd.DataFrame(s["rows"], columns=s["columns"]), digits=3))
         parts.append(f"<p>{fit['n']:,} rows, {fit['n_events']:,} events, {fit['iterations']} Newton rounds; "
                      f"converged: {fit['converged']}.</p>")
         for site, why in fit.get("left_out", {}).items():

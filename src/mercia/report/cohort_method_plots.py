@@ -1,5 +1,6 @@
 """Report figures of a comparative cohort analysis, drawn from its *released* tables only:
-preference-score distributions, covariate balance before vs after, and a forest plot."""
+preference-score distributions, covariate balance before vs after, and a forest plot (the section they
+go in is the `cohort_method` type's, `mercia.study.kinds.cohort_method`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import numpy as np
 import pandas as pd
 
 from mercia.analyses.balance import SMD_THRESHOLD
-
-Data = Callable[[str], pd.DataFrame | None]
 
 
 def preference_figure(dist: pd.DataFrame | None, prefix: str, html: Callable[[object], str]) -> str:
@@ -56,7 +55,7 @@ def balance_figure(bal: pd.DataFrame | None, title: str, html: Callable[[object]
 
 
 def forest_figure(est: pd.DataFrame | None, prefix: str, html: Callable[[object], str]) -> str:
-    from mercia.analyses.forest import forest_figure as forest
+    from mercia.report.forest import forest_figure as forest
 
     if est is None or est.empty:
         return ""
@@ -88,27 +87,3 @@ def forest_figure(est: pd.DataFrame | None, prefix: str, html: Callable[[object]
                  axis_title="hazard / rate ratio (log scale)", groups=groups,
                  symbols={"estimate": "square", "calibrated": "diamond"})
     return html(fig)
-
-
-def cohort_method_section(data: Data, prefix: str, outcomes: list[str], html: Callable[[object], str],
-                          table_html: Callable[[pd.DataFrame, int], str]) -> dict[str, object]:
-    """Figures and tables of one cohort_method analysis for the study report."""
-    plots = [forest_figure(data(f"{prefix}_estimates"), prefix, html),
-             preference_figure(data(f"{prefix}_ps_distribution"), prefix, html)]
-    plots += [balance_figure(data(f"{prefix}_balance_{o}"), f"{prefix} · {o}", html) for o in outcomes]
-    tables = []
-    for title, name in (("Estimates", "estimates"), ("Subjects, events and days at risk", "counts"),
-                        ("Propensity model diagnostics", "ps_diagnostics")):
-        d = data(f"{prefix}_{name}")
-        if d is not None:
-            tables.append((title, table_html(d, 3)))
-    for o in outcomes:
-        att = data(f"{prefix}_attrition_{o}")
-        if att is not None:
-            tables.append((f"Attrition: {o}", table_html(att, 0)))
-        bal = data(f"{prefix}_balance_{o}")
-        if bal is not None and len(bal):
-            worst = bal.reindex(bal["before_smd"].abs().sort_values(ascending=False).index).head(20)
-            tables.append((f"Balance: {o} (20 covariates least balanced before)",
-                           table_html(worst[["covariate_name", "before_smd", "after_smd"]], 3)))
-    return {"title": prefix, "plots": [p for p in plots if p], "tables": tables}

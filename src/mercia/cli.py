@@ -1099,5 +1099,39 @@ def concept_import_codelist(
         console.print(t)
 
 
+# ---- dq (data quality) ------------------------------------------------------------------------
+dq_app = typer.Typer(help="Data quality: DataQualityDashboard-style checks of a whole CDM.", no_args_is_help=True)
+app.add_typer(dq_app, name="dq")
+
+
+@dq_app.command("check")
+@user_errors
+def dq_check(
+    cdm: TargetOpt,
+    out: Annotated[Path, typer.Option(help="Folder for checks.parquet and dq-results.json (DQD's viewer format).")],
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+    results_schema: ResultsSchemaOpt = None,
+) -> None:
+    """Run the data-quality checks (DQD's check types and thresholds) and write their results."""
+    from mercia.dq import run_checks
+    from mercia.dq.output import write_results
+
+    with (open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True, require=None) as handle,
+          progress_bar() as progress):
+        run = run_checks(handle, progress=progress)
+    from mercia.cdm.engines import local_path
+
+    path = local_path(cdm)
+    paths = write_results(run, out, source_name=path.stem if path is not None else "cdm")
+    r = run.results
+    console.print(f"{len(r):,} checks: {int(r.passed.sum()):,} passed, {int(r.failed.sum()):,} failed, "
+                  f"{int(r.isError.sum()):,} errors, {int(r.notApplicable.sum()):,} not applicable", highlight=False)
+    for row in r[r.failed == 1].itertuples():
+        console.print(f"FAILED {row.checkId}: {row.numViolatedRows:,} of {row.numDenominatorRows:,} "
+                      f"({100 * row.pctViolatedRows:.2f}% > {row.thresholdValue:g}%)", highlight=False, soft_wrap=True)
+    console.print(f"wrote {paths['parquet']} and {paths['json']}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

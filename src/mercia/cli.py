@@ -81,12 +81,17 @@ def synth(
     sites: Annotated[int, typer.Option(min=1, max=26, help="Number of sites (one DuckDB CDM each).")] = 3,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives identical data.")] = 42,
     out: Annotated[Path, typer.Option(help="Folder to write the site databases into.")] = Path("synth"),
+    faults: Annotated[str | None, typer.Option(help="Data-quality faults to plant, as name=rate,... (rate: the "
+                                               "fraction of candidate rows), written into truth.json.")] = None,
 ) -> None:
     """Write a synthetic UK population as one OMOP CDM (DuckDB) per site."""
     from mercia.synth import generate_federation
+    from mercia.synth.faults import parse_faults
 
+    planted = parse_faults(faults)
     with progress_bar() as progress:
-        paths = generate_federation(out, persons=persons, sites=sites, seed=seed, progress=progress)
+        paths = generate_federation(out, persons=persons, sites=sites, seed=seed, progress=progress,
+                                    faults=planted)
     for p in paths:
         console.print(f"wrote {p}")
 

@@ -137,3 +137,12 @@ def test_cli_dq_check(tmp_path: Path) -> None:
     assert r.exit_code == 1
     assert r.output.strip().splitlines()[-1].startswith("error: data-quality checks need the CDM table(s) "
                                                         "observation_period")
+
+
+def test_check_catalogue_reference_is_up_to_date() -> None:
+    from mercia.dq.catalogue_doc import catalogue_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "reference" / "data-quality-checks.md"
+    assert doc.read_text() == catalogue_markdown(), (
+        "docs/reference/data-quality-checks.md is stale: regenerate it with "
+        "`python -m mercia.dq.catalogue_doc > docs/reference/data-quality-checks.md`")

@@ -150,18 +150,32 @@ def _execute(cdm: Cdm, checks: list[Check], rows: list[dict[str, Any]], pending:
         done += 1
         if progress:
             progress(step, done, total)
-    for _, num, den in pending:
+    # Scalars whose answer the aggregates already give, exactly, are not run: every violation these
+    # checks count needs a value in the checked field, so a table without rows or a field without values
+    # has none (0), as has a check whose aggregate denominator is 0 (the violations are among those rows).
+    # Identical queries (the same denominator for every date field of a table) run once.
+    nulls = _field_nulls(checks, pending, values)
+    cache: dict[tuple[str, str], Any] = {}
+    for i, num, den in pending:
+        check = checks[i]
         for p in (num, den):
-            if isinstance(p, Scalar):
-                t0 = time.perf_counter()
-                try:
-                    values[id(p)] = _int(cdm.scalar(p.select, p.params or None))
-                except Exception as e:  # a check whose SQL fails is reported, as DQD does, not fatal
-                    values[id(p)] = e
-                times[id(p)] = time.perf_counter() - t0
-                done += 1
-                if progress:
-                    progress(step, done, total)
+            if not isinstance(p, Scalar):
+                continue
+            t0 = time.perf_counter()
+            if p is num and _surely_none(check, den, nulls, values):
+                values[id(p)] = 0
+            else:
+                key = (cdm.render(p.select), repr(sorted(p.params.items())))
+                if key not in cache:
+                    try:
+                        cache[key] = _int(cdm.scalar(p.select, p.params or None))
+                    except Exception as e:  # a check whose SQL fails is reported, as DQD does, not fatal
+                        cache[key] = e
+                values[id(p)] = cache[key]
+            times[id(p)] = time.perf_counter() - t0
+            done += 1
+            if progress:
+                progress(step, done, total)
     for i, num, den in pending:
         row = rows[i]
         n, d = values[id(num)], values[id(den)]
@@ -173,6 +187,31 @@ def _execute(cdm: Cdm, checks: list[Check], rows: list[dict[str, Any]], pending:
             continue
         row["numViolatedRows"], row["numDenominatorRows"] = n, d
         row["pctViolatedRows"] = 0.0 if d == 0 else n / d
+
+
+# Checks whose violations all have a value in the checked field (a NULL never violates them).
+_NEEDS_VALUE = {"isForeignKey", "fkDomain", "fkClass", "isStandardValidConcept", "sourceValueCompleteness",
+                "plausibleDuringLife", "plausibleAfterBirth", "withinVisitDates", "plausibleGender"}
+
+
+def _field_nulls(checks: list[Check], pending: list[tuple[int, Part, Part]],
+                 values: dict[int, Any]) -> dict[tuple[str, str], tuple[Any, Any]]:
+    """(NULLs, rows) of each field, from its measureValueCompleteness aggregates."""
+    out = {}
+    for i, num, den in pending:
+        if checks[i].name == "measureValueCompleteness":
+            out[(checks[i].table, checks[i].field)] = (values.get(id(num)), values.get(id(den)))
+    return out
+
+
+def _surely_none(check: Check, den: Part, nulls: dict[tuple[str, str], tuple[Any, Any]],
+                 values: dict[int, Any]) -> bool:
+    if check.name not in _NEEDS_VALUE:
+        return False
+    if isinstance(den, Agg) and values.get(id(den)) == 0:
+        return True
+    n, rows = nulls.get((check.table, check.field or ""), (None, None))
+    return isinstance(n, int) and isinstance(rows, int) and n == rows
 
 
 def _run_aggregates(cdm: Cdm, table: str, parts_: list[Agg], values: dict[int, Any]) -> None:

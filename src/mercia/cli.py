@@ -1138,5 +1138,29 @@ def dq_check(
     console.print(f"wrote {paths['parquet']} and {paths['json']}", highlight=False, soft_wrap=True)
 
 
+@dq_app.command("profile")
+@user_errors
+def dq_profile(
+    cdm: TargetOpt,
+    out: Annotated[Path, typer.Option(help="Folder for achilles_results(.parquet), achilles_results_dist, "
+                                      "achilles_analyses.")],
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+    results_schema: ResultsSchemaOpt = None,
+) -> None:
+    """Profile a CDM: Achilles's most-read analyses under its analysis ids."""
+    from mercia.dq.profile import run_profile, write_profile
+
+    with (open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True, require=None) as handle,
+          progress_bar() as progress):
+        profile = run_profile(handle, progress=progress)
+    a = profile.analyses
+    console.print(f"{int((a.status == 'done').sum())} analyses done, {int((a.status == 'absent').sum())} absent "
+                  f"(tables missing): {len(profile.results):,} count rows, {len(profile.results_dist):,} "
+                  "distribution rows", highlight=False)
+    for p in write_profile(profile, out):
+        console.print(f"wrote {p}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

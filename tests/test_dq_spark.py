@@ -76,3 +76,22 @@ def test_checks_on_spark_equal_duckdb(spark_cdm: Cdm, eunomia_dir: Path) -> None
     cols = ["numViolatedRows", "numDenominatorRows", "failed", "notApplicable", "notApplicableReason"]
     assert on_spark[cols].equals(on_duck.loc[on_spark.index, cols])
     assert (on_spark.notApplicable == 0).sum() > 300 and on_spark.failed.sum() > 10
+
+
+def test_profile_on_spark_equals_duckdb(spark_cdm: Cdm, eunomia_dir: Path) -> None:
+    from mercia.dq.profile import run_profile
+
+    on_spark = run_profile(spark_cdm)
+    with Cdm.open() as duck:
+        load_folder(duck, eunomia_dir)
+        on_duck = run_profile(duck)
+
+    def norm(df):
+        cols = list(df.columns)
+        return df.sort_values(cols).reset_index(drop=True)
+
+    assert norm(on_spark.results).equals(norm(on_duck.results))
+    pd_cols = ["analysis_id", "stratum_1", "stratum_2", "count_value"]
+    assert norm(on_spark.results_dist[pd_cols]).equals(norm(on_duck.results_dist[pd_cols]))
+    assert (on_spark.results_dist.sort_values(pd_cols)["median_value"].to_numpy()
+            == on_duck.results_dist.sort_values(pd_cols)["median_value"].to_numpy()).all()

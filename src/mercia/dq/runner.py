@@ -125,7 +125,7 @@ def _row(check: Check) -> dict[str, Any]:
         "category": t.category, "subcategory": t.subcategory, "context": t.context, "severity": t.severity,
         "thresholdValue": float(check.threshold), "numViolatedRows": None, "pctViolatedRows": None,
         "numDenominatorRows": None, "executionTime": None, "queryText": None, "warning": None, "error": None,
-        "notApplicableReason": None,
+        "notApplicableReason": None, "notesValue": None,
     }
 
 

@@ -81,12 +81,17 @@ def synth(
     sites: Annotated[int, typer.Option(min=1, max=26, help="Number of sites (one DuckDB CDM each).")] = 3,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives identical data.")] = 42,
     out: Annotated[Path, typer.Option(help="Folder to write the site databases into.")] = Path("synth"),
+    faults: Annotated[str | None, typer.Option(help="Data-quality faults to plant, as name=rate,... (rate: the "
+                                               "fraction of candidate rows), written into truth.json.")] = None,
 ) -> None:
     """Write a synthetic UK population as one OMOP CDM (DuckDB) per site."""
     from mercia.synth import generate_federation
+    from mercia.synth.faults import parse_faults
 
+    planted = parse_faults(faults)
     with progress_bar() as progress:
-        paths = generate_federation(out, persons=persons, sites=sites, seed=seed, progress=progress)
+        paths = generate_federation(out, persons=persons, sites=sites, seed=seed, progress=progress,
+                                    faults=planted)
     for p in paths:
         console.print(f"wrote {p}")
 
@@ -1161,6 +1166,64 @@ def trial_check(
         console.print(f"  {i}. {r.name}", highlight=False, soft_wrap=True, markup=False)
     for name in t.not_applied:
         console.print(f"  not applied: {name}", highlight=False, soft_wrap=True, markup=False)
+
+
+# ---- dq (data quality) ------------------------------------------------------------------------
+dq_app = typer.Typer(help="Data quality: DataQualityDashboard-style checks of a whole CDM.", no_args_is_help=True)
+app.add_typer(dq_app, name="dq")
+
+
+@dq_app.command("check")
+@user_errors
+def dq_check(
+    cdm: TargetOpt,
+    out: Annotated[Path, typer.Option(help="Folder for checks.parquet and dq-results.json (DQD's viewer format).")],
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+    results_schema: ResultsSchemaOpt = None,
+) -> None:
+    """Run the data-quality checks (DQD's check types and thresholds) and write their results."""
+    from mercia.dq import run_checks
+    from mercia.dq.output import write_results
+
+    with (open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True, require=None) as handle,
+          progress_bar() as progress):
+        run = run_checks(handle, progress=progress)
+    from mercia.cdm.engines import local_path
+
+    path = local_path(cdm)
+    paths = write_results(run, out, source_name=path.stem if path is not None else "cdm")
+    r = run.results
+    console.print(f"{len(r):,} checks: {int(r.passed.sum()):,} passed, {int(r.failed.sum()):,} failed, "
+                  f"{int(r.isError.sum()):,} errors, {int(r.notApplicable.sum()):,} not applicable", highlight=False)
+    for row in r[r.failed == 1].itertuples():
+        console.print(f"FAILED {row.checkId}: {row.numViolatedRows:,} of {row.numDenominatorRows:,} "
+                      f"({100 * row.pctViolatedRows:.2f}% > {row.thresholdValue:g}%)", highlight=False, soft_wrap=True)
+    console.print(f"wrote {paths['parquet']} and {paths['json']}", highlight=False, soft_wrap=True)
+
+
+@dq_app.command("profile")
+@user_errors
+def dq_profile(
+    cdm: TargetOpt,
+    out: Annotated[Path, typer.Option(help="Folder for achilles_results(.parquet), achilles_results_dist, "
+                                      "achilles_analyses.")],
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+    results_schema: ResultsSchemaOpt = None,
+) -> None:
+    """Profile a CDM: Achilles's most-read analyses under its analysis ids."""
+    from mercia.dq.profile import run_profile, write_profile
+
+    with (open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True, require=None) as handle,
+          progress_bar() as progress):
+        profile = run_profile(handle, progress=progress)
+    a = profile.analyses
+    console.print(f"{int((a.status == 'done').sum())} analyses done, {int((a.status == 'absent').sum())} absent "
+                  f"(tables missing): {len(profile.results):,} count rows, {len(profile.results_dist):,} "
+                  "distribution rows", highlight=False)
+    for p in write_profile(profile, out):
+        console.print(f"wrote {p}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -264,6 +264,16 @@ class Cdm:
             for name in names:
                 self.execute(self.create_table_expr(self.spec.table(name)))
 
+    def allow_nulls(self, name: str, column: str) -> None:
+        """Let a required column of an existing table hold NULLs (drop its NOT NULL constraint, on engines
+        that have them): for data that must break the specification on purpose (`mercia synth --faults`)."""
+        if not self.engine.not_null_constraints:
+            return
+        self.spec.table(name).field(column)  # a spec column, or a CdmError
+        self.execute(exp.Alter(this=self.table(name), kind="TABLE",
+                               actions=[exp.AlterColumn(this=exp.to_identifier(column, quoted=True), drop=True,
+                                                        allow_null=True)]))
+
     def table_exists(self, name: str) -> bool:
         return self.engine.table_columns(self.schema_of(name), name.lower()) is not None
 

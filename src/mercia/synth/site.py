@@ -17,6 +17,7 @@ import pyarrow as pa
 from mercia.errors import ConfigError, MerciaError
 from mercia.synth.concepts import concept_tables
 from mercia.synth.eras import condition_eras, drug_eras
+from mercia.synth.faults import FaultInjector
 from mercia.synth.nhs import MAX_PERSON_ID, nhs_numbers
 from mercia.synth.population import ChunkResult, simulate_chunk
 from mercia.synth.profiles import SiteProfile, federation_profiles
@@ -213,13 +214,16 @@ def chunk_rng(seed: int, profile: SiteProfile, chunk: int) -> np.random.Generato
 
 
 def generate_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, first_person_id: int = 1,
-                  progress: Progress | None = None) -> dict[str, Any]:
+                  progress: Progress | None = None, faults: dict[str, float] | None = None) -> dict[str, Any]:
     """Write one synthetic site into ``cdm`` (tables created when missing); return its truth dict.
 
     Persons are simulated in chunks of 50,000; while one chunk is written the next is simulated. Memory
     is bounded: at most three chunks are held at once (being simulated, queued, being written), and the
     database's cache is held to ``DB_MEMORY``: memory stops growing once that cache is full (peak RSS
     2.0 GiB at 1,000,000 persons, 2.7 GiB at 10,000,000).
+
+    ``faults`` ({name: rate}, `mercia.synth.faults`) plants data-quality faults; truth["planted_faults"]
+    says exactly what was planted.
     """
     if persons < 1:
         raise ConfigError(f"persons must be at least 1, got {persons}")
@@ -233,12 +237,16 @@ def generate_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, fi
             raise MerciaError(f"table {name} already has rows; write a synthetic site into an empty CDM")
     with cdm.bounded_bulk_write(DB_MEMORY):
         return _write_site(cdm, persons=persons, seed=seed, profile=profile, first_person_id=first_person_id,
-                           progress=progress)
+                           progress=progress, faults=faults or {})
 
 
 def _write_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, first_person_id: int,
-                progress: Progress | None) -> dict[str, Any]:
+                progress: Progress | None, faults: dict[str, float]) -> dict[str, Any]:
     cdm.create_tables()
+    injector = (FaultInjector(faults, seed=seed, site=profile.name, first_person_id=first_person_id, persons=persons)
+                if faults else None)
+    if injector is not None:
+        injector.prepare(cdm)
     _load_vocabulary(cdm)
     # The site is one GP practice: every person is registered there.
     cdm.insert_arrow("care_site", pa.table({
@@ -278,6 +286,8 @@ def _write_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, firs
             n = min(CHUNK, persons - i * CHUNK)
             res = simulate_chunk(n, chunk_rng(seed, profile, i), profile)
             tables = _arrow_tables(res, ids)
+            if injector is not None:
+                tables = injector.apply(tables, i)
             for k2, v2 in res.stats.items():
                 stats[k2] = stats.get(k2, 0.0) + v2
             for name, table in tables.items():
@@ -293,8 +303,11 @@ def _write_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, firs
         th.join()
     if errors:
         raise errors[0]
-    return build_truth(profile=profile, seed=seed, persons=persons, first_person_id=first_person_id,
-                       stats=stats, rows=rows)
+    truth = build_truth(profile=profile, seed=seed, persons=persons, first_person_id=first_person_id,
+                        stats=stats, rows=rows)
+    if injector is not None:
+        truth["planted_faults"] = injector.truth()
+    return truth
 
 
 def _load_vocabulary(cdm: Any) -> None:
@@ -307,7 +320,7 @@ def _load_vocabulary(cdm: Any) -> None:
 
 
 def generate_federation(out_dir: str | Path, *, persons: int, sites: int, seed: int,
-                        progress: Progress | None = None) -> list[Path]:
+                        progress: Progress | None = None, faults: dict[str, float] | None = None) -> list[Path]:
     """Write ``sites`` synthetic sites as ``out_dir/<site>.duckdb`` with ``out_dir/<site>.truth.json``.
 
     Persons are split as evenly as possible; person_ids are unique across the federation. Existing
@@ -338,7 +351,7 @@ def generate_federation(out_dir: str | Path, *, persons: int, sites: int, seed: 
         try:
             cdm = Cdm.open(partial)
             truth = generate_site(cdm, persons=n, seed=seed, profile=profile, first_person_id=first,
-                                  progress=progress)
+                                  progress=progress, faults=faults)
             cdm.close()
             cdm = None
             partial.rename(db)

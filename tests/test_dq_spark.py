@@ -1,0 +1,97 @@
+"""Data-quality checks on Apache Spark give the numbers DuckDB gives, on OHDSI's Eunomia sample.
+Runs with MERCIA_TEST_SPARK=1 (pyspark and Java 17 needed); in CI a missing pyspark is a failure."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mercia.cdm import Cdm
+from mercia.cdm.load import load_folder
+from mercia.dq import run_checks
+
+pytestmark = pytest.mark.spark
+TODAY = dt.date(2026, 1, 1)
+
+
+def _require_spark() -> None:
+    if os.environ.get("MERCIA_TEST_SPARK") != "1":
+        pytest.skip("Spark tests not run: set MERCIA_TEST_SPARK=1 (needs pyspark and Java 17)")
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("MERCIA_TEST_SPARK=1 and CI=true but pyspark is not installed: install it in .ci/run")
+        pytest.skip("pyspark is not installed (pip install 'pyspark==4.3.*')")
+
+
+@pytest.fixture(scope="module")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    _require_spark()
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark.sql import SparkSession
+
+    warehouse = tmp_path_factory.mktemp("spark-warehouse")
+    session = (
+        SparkSession.builder.master("local[2]").appName("mercia-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.warehouse.dir", str(warehouse))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def spark_cdm(spark: object, eunomia_dir: Path) -> Cdm:
+    # External tables over the Parquet files: nothing is copied, and the CDM tables stay read-only.
+    spark.sql("CREATE DATABASE IF NOT EXISTS eunomia_dq")  # type: ignore[attr-defined]
+    for p in sorted(eunomia_dir.glob("*.parquet")):
+        if not spark.catalog.tableExists(f"eunomia_dq.{p.stem}"):  # type: ignore[attr-defined]
+            spark.catalog.createTable(f"eunomia_dq.{p.stem}", path=str(p), source="parquet")  # type: ignore[attr-defined]
+    return Cdm.from_spark(spark, cdm_schema="eunomia_dq", results_schema="mercia_results")
+
+
+def test_checks_on_spark_equal_duckdb(spark_cdm: Cdm, eunomia_dir: Path) -> None:
+    on_spark = run_checks(spark_cdm, today=TODAY).results.set_index("checkId")
+    with Cdm.open() as duck:
+        # The same tables as Spark's, no others (a table DuckDB lacks fails cdmTable on both).
+        load_folder(duck, eunomia_dir)
+        present = {p.stem for p in eunomia_dir.glob("*.parquet")}
+        for t in duck.spec.tables:
+            if t not in present and duck.table_exists(t):
+                duck.execute(f"DROP TABLE {duck.qualified(t)}")
+        on_duck = run_checks(duck, today=TODAY).results.set_index("checkId")
+    assert on_spark.isError.sum() == 0, on_spark.loc[on_spark.isError == 1, "error"].head().to_dict()
+    cols = ["numViolatedRows", "numDenominatorRows", "failed", "notApplicable", "notApplicableReason"]
+    assert on_spark[cols].equals(on_duck.loc[on_spark.index, cols])
+    assert (on_spark.notApplicable == 0).sum() > 300 and on_spark.failed.sum() > 10
+
+
+def test_profile_on_spark_equals_duckdb(spark_cdm: Cdm, eunomia_dir: Path) -> None:
+    from mercia.dq.profile import run_profile
+
+    on_spark = run_profile(spark_cdm)
+    with Cdm.open() as duck:
+        load_folder(duck, eunomia_dir)
+        on_duck = run_profile(duck)
+
+    def norm(df):
+        cols = list(df.columns)
+        return df.sort_values(cols).reset_index(drop=True)
+
+    assert norm(on_spark.results).equals(norm(on_duck.results))
+    pd_cols = ["analysis_id", "stratum_1", "stratum_2", "count_value"]
+    assert norm(on_spark.results_dist[pd_cols]).equals(norm(on_duck.results_dist[pd_cols]))
+    assert (on_spark.results_dist.sort_values(pd_cols)["median_value"].to_numpy()
+            == on_duck.results_dist.sort_values(pd_cols)["median_value"].to_numpy()).all()

@@ -169,7 +169,7 @@ def test_report_has_the_projection_plot_and_embeds_plotly_once(site: Path) -> No
     with Cdm.open(site) as cdm:
         out = local_feasibility(cdm, trial.cohort, EXACT, trial=trial.name, history_months=120,
                                 not_applied=["willing to comply <script>"])
-    out["recruitment"] = projection(out["monthly"]["months"], out["monthly"]["persons"], 20, 0.5)
+    out["recruitment"] = projection(out["monthly"], 20, 0.5)
     assert "projection" in out["recruitment"]
     text = render_feasibility_report(out)
     assert "Consented recruits at local (consent 0.5)" in text

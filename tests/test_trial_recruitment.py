@@ -83,7 +83,32 @@ def test_suppressed_months_are_left_out_and_too_few_is_a_clear_error() -> None:
     assert fit_rate(MONTHS, counts).months_used == 24
     with pytest.raises(ProjectionError, match="needs at least 6"):
         fit_rate(MONTHS[:5], [3, 4, 5, 6, 7])
-    assert "error" in projection(MONTHS, [None] * 48, 10, 0.5)
+    assert "error" in projection({"months": MONTHS, "persons": [None] * 48}, 10, 0.5)
+
+
+def test_suppressed_months_are_censored_and_the_fit_is_the_censored_mle() -> None:
+    """Small months suppressed (1..7, as OpenSAFELY's policy does): leaving them out biases the rate up;
+    taken as censored, the fit is the maximum of the censored likelihood, found here by scipy directly."""
+    from scipy import optimize, stats
+
+    y = np.random.default_rng(6).poisson(6.0, 48)
+    released = [int(v) if v == 0 or v > 7 else None for v in y]
+    bounds = [None if v is not None else (1, 7) for v in released]
+    assert released.count(None) > 20
+    m = fit_rate(MONTHS, released, bounds)
+    assert not m.seasonal and m.family == "poisson"
+
+    def nll(b: float) -> float:
+        mu = math.exp(b)
+        obs = [v for v in released if v is not None]
+        cens = released.count(None)
+        return -(stats.poisson.logpmf(obs, mu).sum() + cens * math.log(stats.poisson.cdf(7, mu) - stats.poisson.pmf(0, mu)))
+
+    ref = optimize.minimize_scalar(nll, bounds=(0, 4), method="bounded", options={"xatol": 1e-10})
+    assert m.rate == pytest.approx(math.exp(ref.x), rel=1e-4)
+    assert m.rate_ci[0] < y.mean() < m.rate_ci[1]
+    dropped = fit_rate(MONTHS, released)  # without bounds the suppressed months are left out: too high
+    assert dropped.rate > m.rate_ci[1]
 
 
 def _constant(rate: float, se: float = 1e-6) -> RateModel:
@@ -122,7 +147,8 @@ def test_bad_projection_settings_are_one_line(target: int, consent: float, messa
         project(_constant(10.0), target, consent)
 
 
-def test_pooled_months_sum_sites_and_leave_out_a_month_suppressed_anywhere() -> None:
-    a = {"months": ["2024-01", "2024-02"], "persons": [10, None]}
-    b = {"months": ["2024-01", "2024-02"], "persons": [15, 20]}
-    assert pooled_months([a, b]) == {"months": ["2024-01", "2024-02"], "persons": [25, None]}
+def test_pooled_months_sum_sites_and_censor_a_month_suppressed_anywhere() -> None:
+    a = {"months": ["2024-01", "2024-02"], "persons": [10, None], "bounds": [None, [1, 7]]}
+    b = {"months": ["2024-01", "2024-02"], "persons": [15, 20], "bounds": [None, None]}
+    assert pooled_months([a, b]) == {"months": ["2024-01", "2024-02"], "persons": [25, None],
+                                     "bounds": [None, [21, 27]]}

@@ -1148,7 +1148,7 @@ def trial_feasibility(
         with open_cdm(cdm, cdm_schema, vocab_schema, None, read_only=True, require="vocabulary") as handle:
             answer = local_feasibility(handle, t.cohort, policy_from_name(site_policy), trial=t.name,
                                        not_applied=t.not_applied, history_months=history_months)
-        answer["recruitment"] = projection(answer["monthly"]["months"], answer["monthly"]["persons"], target, consent)
+        answer["recruitment"] = projection(answer["monthly"], target, consent)
     if report is not None:
         from mercia.trials.report import render_feasibility_report
 

@@ -309,7 +309,10 @@ def released_feasibility(counts: TrialCounts, policy: DisclosurePolicy, *, trial
     mvals = _noisy([counts.months.get(m, 0) for m in months], noise, "months", third)
     rel_m = _released_column(_counts_table("trial_monthly", "month", "persons", list(zip(months, mvals, strict=True))),
                              policy, site, log, "month", "persons")
-    out["monthly"] = {"months": months, "persons": [rel_m.get(m) for m in months]}
+    # A suppressed month lies between these (what the policy suppresses): the projection takes it as censored.
+    low = 0 if policy.zeros_disclosive else 1
+    out["monthly"] = {"months": months, "persons": [rel_m.get(m) for m in months],
+                      "bounds": [None if rel_m.get(m) is not None else [low, policy.suppress_up_to] for m in months]}
     out["disclosure"] = json.loads(log.to_json(public=True))
     out["policy"] = policy.rule_summary()
     if noise is None:

@@ -1,7 +1,11 @@
 """Recruitment projection: a count model of newly eligible persons per month, and time to reach a target.
 
-Input: released monthly counts (a site's, or several sites' summed month by month); a month whose count
-was suppressed is left out of the fit. The model (statsmodels), chosen by stated rules:
+Input: released monthly counts (a site's, or several sites' summed month by month). A month whose count
+was suppressed is not left out (that would bias the rate upwards: the suppressed months are the small
+ones) but taken as censored between the bounds the policy implies (1 to its suppression limit, or 0 to
+it where zeros are suppressed too): the fit is then the censored-data maximum likelihood by EM (each
+suppressed month replaced by its expectation given the bounds under the current fit, refitted until the
+coefficients settle). The model (statsmodels), chosen by stated rules:
 
 1. The mean: a constant rate (log link, intercept only: no trend is extrapolated), plus, with at least
    24 months, possibly one 12-month harmonic pair (sin and cos of 2 pi month-of-year / 12).
@@ -79,7 +83,38 @@ def overdispersion_p(y: np.ndarray, mu: np.ndarray) -> float:
     return float(stats.t.sf(t, df=fit.df_resid)) if np.isfinite(t) else 1.0
 
 
-def _fit(y: np.ndarray, X: np.ndarray, nb: bool) -> tuple[np.ndarray, np.ndarray, float, float]:
+def _fit(y: np.ndarray, X: np.ndarray, nb: bool, censored: np.ndarray | None = None,
+         bounds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float, float, np.ndarray]:
+    """The fit, and y with any censored months at their expectation under it (EM: see the docstring)."""
+    y = y.astype(float).copy()
+    if censored is None or not censored.any():
+        return (*_fit_once(y, X, nb), y)
+    assert bounds is not None
+    y[censored] = bounds[censored].mean(axis=1)
+    params = None
+    for _ in range(200):
+        new, cov, alpha, aic = _fit_once(y, X, nb)
+        mu = np.exp(X @ new)
+        for i in np.flatnonzero(censored):
+            ks = np.arange(int(bounds[i, 0]), int(bounds[i, 1]) + 1, dtype=float)
+            pk = _pmf(ks, mu[i], alpha)
+            y[i] = float((ks * pk).sum() / pk.sum()) if pk.sum() > 0 else float(ks.mean())
+        if params is not None and np.max(np.abs(new - params)) < 1e-9:
+            break
+        params = new
+    return new, cov, alpha, aic, y
+
+
+def _pmf(ks: np.ndarray, mu: float, alpha: float) -> np.ndarray:
+    from scipy import stats
+
+    if alpha <= 0:
+        return stats.poisson.pmf(ks, mu)
+    n = 1 / alpha
+    return stats.nbinom.pmf(ks, n, n / (n + mu))
+
+
+def _fit_once(y: np.ndarray, X: np.ndarray, nb: bool) -> tuple[np.ndarray, np.ndarray, float, float]:
     import statsmodels.api as sm
 
     if not nb:
@@ -93,28 +128,34 @@ def _fit(y: np.ndarray, X: np.ndarray, nb: bool) -> tuple[np.ndarray, np.ndarray
             float(r.aic))
 
 
-def fit_rate(months: list[str], counts: list[int | float | None]) -> RateModel:
-    """The count model of newly eligible persons per month (module docstring); suppressed months
-    (None) are left out."""
-    pairs = [(m, float(c)) for m, c in zip(months, counts, strict=True) if c is not None]
-    if len(pairs) < MIN_MONTHS:
-        raise ProjectionError(f"monthly counts: {len(pairs)} months released; the projection needs at least "
+def fit_rate(months: list[str], counts: list[int | float | None],
+             bounds: list[tuple[int, int] | None] | None = None) -> RateModel:
+    """The count model of newly eligible persons per month (module docstring). A suppressed month (None)
+    is censored between its `bounds` (lowest, highest); without bounds it is left out."""
+    if bounds is None:
+        bounds = [None] * len(months)
+    rows = [(m, c, b) for m, c, b in zip(months, counts, bounds, strict=True) if c is not None or b is not None]
+    released = sum(c is not None for _, c, _ in rows)
+    if released < MIN_MONTHS:
+        raise ProjectionError(f"monthly counts: {released} months released; the projection needs at least "
                               f"{MIN_MONTHS} (a longer history, or a site with more eligible persons)")
-    y = np.array([c for _, c in pairs])
-    if y.sum() <= 0:
+    y = np.array([c if c is not None else np.nan for _, c, _ in rows], dtype=float)
+    censored = np.isnan(y)
+    lims = np.array([b if b is not None else (0, 0) for _, _, b in rows], dtype=float)
+    if np.nansum(y) + lims[censored, 1].sum() <= 0:
         raise ProjectionError("monthly counts: no newly eligible person in the released history; nothing to project")
-    moy = np.array([int(m.split("-")[1]) for m, _ in pairs], dtype=float)
+    moy = np.array([int(m.split("-")[1]) for m, _, _ in rows], dtype=float)
     can_season = len(y) >= 24
     # The family first, on the richer mean (so seasonality is not taken for overdispersion) ...
     Xr = _design(moy, can_season)
-    pr, _, _, _ = _fit(y, Xr, False)
-    p_over = overdispersion_p(y, np.exp(Xr @ pr))
+    pr, _, _, _, yr = _fit(y, Xr, False, censored, lims)
+    p_over = overdispersion_p(yr, np.exp(Xr @ pr))
     nb = p_over < ALPHA_TEST
     # ... then the seasonal terms within that family, by AIC.
-    params, cov, alpha, aic = _fit(y, _design(moy, False), nb)
+    params, cov, alpha, aic, _ = _fit(y, _design(moy, False), nb, censored, lims)
     seasonal = False
     if can_season:
-        p1, c1, a1, aic1 = _fit(y, Xr, nb)
+        p1, c1, a1, aic1, _ = _fit(y, Xr, nb, censored, lims)
         if aic1 < aic - AIC_GAIN:
             params, cov, alpha, aic, seasonal = p1, c1, a1, aic1, True
     if seasonal:
@@ -128,7 +169,7 @@ def fit_rate(months: list[str], counts: list[int | float | None]) -> RateModel:
         rate = math.exp(params[0])
         lo, hi = math.exp(params[0] - 1.959964 * se), math.exp(params[0] + 1.959964 * se)
     return RateModel(family="negative binomial" if nb else "poisson", seasonal=seasonal, params=params, cov=cov,
-                     alpha=alpha, aic=aic, overdispersion_p=p_over, months_used=len(y), last_month=pairs[-1][0],
+                     alpha=alpha, aic=aic, overdispersion_p=p_over, months_used=len(y), last_month=rows[-1][0],
                      rate=rate, rate_ci=(lo, hi))
 
 
@@ -153,7 +194,7 @@ def project(model: RateModel, target: int, consent: float, *, simulations: int =
     cum = np.cumsum(recruits, axis=1)
     reached = cum >= target
     months = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, horizon + 1).astype(float)
-    lo, med, hi = (float(x) for x in np.quantile(months, [0.025, 0.5, 0.975]))
+    lo, med, hi = (float(x) for x in np.quantile(months, [0.025, 0.5, 0.975], method="inverted_cdf"))
     expected = target / (model.rate * consent)
     return {"target": target, "consent": consent, "expected_months": round(expected, 2),
             "median_months": med, "interval_months": [lo, hi], "simulations": simulations,
@@ -170,11 +211,14 @@ def _curve(cum: np.ndarray, target: int) -> dict[str, list[float]]:
             "high": q[2, :upto].tolist()}
 
 
-def projection(months: list[str], counts: list[int | float | None], target: int | None, consent: float | None,
-               ) -> dict[str, Any]:
-    """The fitted model's summary and, with a target and a consent rate, the projection; or the reason not."""
+def projection(monthly: dict[str, Any], target: int | None, consent: float | None) -> dict[str, Any]:
+    """The fitted model's summary and, with a target and a consent rate, the projection; or the reason not.
+    `monthly`: {"months", "persons", and optionally "bounds" (per month, [lowest, highest] of a suppressed
+    count, or null)}."""
+    bounds = monthly.get("bounds")
     try:
-        model = fit_rate(months, counts)
+        model = fit_rate(monthly["months"], monthly["persons"],
+                         [tuple(b) if b is not None else None for b in bounds] if bounds is not None else None)
     except ProjectionError as e:
         return {"error": str(e)}
     out: dict[str, Any] = {"model": model.summary()}
@@ -184,12 +228,23 @@ def projection(months: list[str], counts: list[int | float | None], target: int 
 
 
 def pooled_months(site_monthly: list[dict[str, Any]]) -> dict[str, Any]:
-    """Sites' released monthly counts summed month by month; a month suppressed at any site is left out."""
+    """Sites' released monthly counts summed month by month. A month suppressed at some site is censored
+    in the pool: the released counts plus each suppressed site's bounds."""
     if not site_monthly:
-        return {"months": [], "persons": []}
+        return {"months": [], "persons": [], "bounds": []}
     months = site_monthly[0]["months"]
+    same = [m for m in site_monthly if m["months"] == months]
     persons: list[int | None] = []
+    bounds: list[list[int] | None] = []
     for i, _ in enumerate(months):
-        vals = [m["persons"][i] if m["months"] == months else None for m in site_monthly]
-        persons.append(None if any(v is None for v in vals) else int(sum(vals)))
-    return {"months": months, "persons": persons}
+        known = sum(m["persons"][i] for m in same if m["persons"][i] is not None)
+        missing = [m for m in same if m["persons"][i] is None]
+        if not missing:
+            persons.append(int(known))
+            bounds.append(None)
+            continue
+        site_bounds = [(m.get("bounds") or [None] * len(months))[i] for m in missing]
+        persons.append(None)
+        bounds.append(None if any(b is None for b in site_bounds) else
+                      [int(known + sum(b[0] for b in site_bounds)), int(known + sum(b[1] for b in site_bounds))])
+    return {"months": months, "persons": persons, "bounds": bounds}

@@ -214,7 +214,7 @@ def trial_feasibility_across(store: HubStore, sites: list[str], definition: dict
                 levels[cell["level"]] = levels.get(cell["level"], 0) + (cell["persons"] or 0)
         breakdowns[dim] = [{"level": lv, "persons": n} for lv, n in levels.items()]
     for a in ok:
-        a["recruitment"] = projection(a["monthly"]["months"], a["monthly"]["persons"], target, consent)
+        a["recruitment"] = projection(a["monthly"], target, consent)
     pooled = pooled_months([a["monthly"] for a in ok])
     return {
         "trial": ok[0]["trial"] if ok else None,
@@ -224,7 +224,7 @@ def trial_feasibility_across(store: HubStore, sites: list[str], definition: dict
         "what_if": what_if,
         "breakdowns": breakdowns,
         "monthly": pooled,
-        "recruitment": projection(pooled["months"], pooled["persons"], target, consent) if ok else None,
+        "recruitment": projection(pooled, target, consent) if ok else None,
         "not_applied": list(not_applied or []),
         "counted_sites": [a["site"] for a in ok if a.get("eligible") is not None],
         "not_counted": sorted(a["site"] for a in answers if a.get("eligible") is None),

@@ -3,9 +3,9 @@
 Input: released monthly counts (a site's, or several sites' summed month by month). A month whose count
 was suppressed is not left out (that would bias the rate upwards: the suppressed months are the small
 ones) but taken as censored between the bounds the policy implies (1 to its suppression limit, or 0 to
-it where zeros are suppressed too): the fit is then the censored-data maximum likelihood by EM (each
-suppressed month replaced by its expectation given the bounds under the current fit, refitted until the
-coefficients settle). The model (statsmodels), chosen by stated rules:
+it where zeros are suppressed too): the fit is then the censored-data maximum likelihood (each suppressed
+month contributes the probability of a count between its bounds), maximised directly with scipy.
+Without suppressed months the fits are statsmodels'. The model, chosen by stated rules:
 
 1. The mean: a constant rate (log link, intercept only: no trend is extrapolated), plus, with at least
    24 months, possibly one 12-month harmonic pair (sin and cos of 2 pi month-of-year / 12).
@@ -85,33 +85,59 @@ def overdispersion_p(y: np.ndarray, mu: np.ndarray) -> float:
 
 def _fit(y: np.ndarray, X: np.ndarray, nb: bool, censored: np.ndarray | None = None,
          bounds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float, float, np.ndarray]:
-    """The fit, and y with any censored months at their expectation under it (EM: see the docstring)."""
+    """The maximum-likelihood fit, and y with any censored months at their expectation under it.
+
+    Without censored months: statsmodels (Poisson GLM, or NegativeBinomial NB2). With them: the censored
+    likelihood (a suppressed month contributes P(lo <= Y <= hi)) maximised directly (scipy, BFGS), with
+    the covariance from the numerical Hessian at the optimum."""
     y = y.astype(float).copy()
     if censored is None or not censored.any():
         return (*_fit_once(y, X, nb), y)
+    from scipy import optimize
+    from statsmodels.tools.numdiff import approx_hess3
+
     assert bounds is not None
-    y[censored] = bounds[censored].mean(axis=1)
-    params = None
-    for _ in range(200):
-        new, cov, alpha, aic = _fit_once(y, X, nb)
-        mu = np.exp(X @ new)
-        for i in np.flatnonzero(censored):
-            ks = np.arange(int(bounds[i, 0]), int(bounds[i, 1]) + 1, dtype=float)
-            pk = _pmf(ks, mu[i], alpha)
-            y[i] = float((ks * pk).sum() / pk.sum()) if pk.sum() > 0 else float(ks.mean())
-        if params is not None and np.max(np.abs(new - params)) < 1e-9:
-            break
-        params = new
-    return new, cov, alpha, aic, y
+    obs, idx = np.flatnonzero(~censored), np.flatnonzero(censored)
+    ks = np.arange(int(bounds[idx, 0].min()), int(bounds[idx, 1].max()) + 1, dtype=float)
+    inside = (ks[None, :] >= bounds[idx, 0:1]) & (ks[None, :] <= bounds[idx, 1:2])
+    k = X.shape[1]
+
+    def nll(theta: np.ndarray) -> float:
+        alpha = float(np.exp(theta[k])) if nb else 0.0
+        mu = np.exp(np.clip(X @ theta[:k], -30, 30))
+        ll = _logpmf(y[obs], mu[obs], alpha).sum()
+        pk = _pmf(ks[None, :], mu[idx][:, None], alpha) * inside
+        ll += np.log(np.maximum(pk.sum(axis=1), 1e-300)).sum()
+        return float(-ll)
+
+    start = np.zeros(k + (1 if nb else 0))
+    start[0] = math.log(max(np.mean(np.r_[y[obs], bounds[idx].mean(axis=1)]), 0.1))
+    if nb:
+        start[k] = math.log(0.1)
+    r = optimize.minimize(nll, start, method="BFGS", options={"gtol": 1e-8})
+    theta = r.x
+    cov_full = np.linalg.pinv(approx_hess3(theta, nll))
+    alpha = float(np.exp(theta[k])) if nb else 0.0
+    mu = np.exp(X @ theta[:k])
+    pk = _pmf(ks[None, :], mu[idx][:, None], alpha) * inside
+    total = pk.sum(axis=1)
+    y[idx] = np.where(total > 0, (pk * ks).sum(axis=1) / np.where(total > 0, total, 1), bounds[idx].mean(axis=1))
+    aic = 2 * len(theta) + 2 * float(r.fun)
+    return theta[:k], cov_full[:k, :k], alpha, aic, y
 
 
-def _pmf(ks: np.ndarray, mu: float, alpha: float) -> np.ndarray:
-    from scipy import stats
+def _logpmf(y: np.ndarray, mu: np.ndarray, alpha: float) -> np.ndarray:
+    """log P(Y = y): Poisson(mu), or NB2 with mean mu and variance mu + alpha mu^2."""
+    from scipy.special import gammaln
 
     if alpha <= 0:
-        return stats.poisson.pmf(ks, mu)
+        return y * np.log(mu) - mu - gammaln(y + 1)
     n = 1 / alpha
-    return stats.nbinom.pmf(ks, n, n / (n + mu))
+    return (gammaln(y + n) - gammaln(n) - gammaln(y + 1) + n * np.log(n / (n + mu)) + y * np.log(mu / (n + mu)))
+
+
+def _pmf(ks: np.ndarray, mu: np.ndarray, alpha: float) -> np.ndarray:
+    return np.exp(_logpmf(ks, mu, alpha))
 
 
 def _fit_once(y: np.ndarray, X: np.ndarray, nb: bool) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -183,19 +209,21 @@ def project(model: RateModel, target: int, consent: float, *, simulations: int =
                               "more than 0 and at most 1")
     rng = np.random.default_rng(seed)
     m0 = int((start_month or model.last_month).split("-")[1])
-    horizon = MAX_PROJECTION_MONTHS
+    expected = target / (model.rate * consent)
+    # Long enough for nearly every simulation to get there (three times the expected time, plus a year),
+    # and never more than MAX_PROJECTION_MONTHS; those that do not are reported as beyond the horizon.
+    horizon = int(min(MAX_PROJECTION_MONTHS, max(24, math.ceil(3 * expected) + 12)))
     moy = ((m0 + np.arange(1, horizon + 1) - 1) % 12 + 1).astype(float)
     X = _design(moy, model.seasonal)
     betas = rng.multivariate_normal(model.params, model.cov, size=simulations)
     mu = np.exp(betas @ X.T)  # simulations x horizon
     if model.alpha > 0:  # NB2 as gamma-Poisson: lambda ~ Gamma(1/alpha, alpha mu)
         mu = rng.gamma(1 / model.alpha, model.alpha * mu)
-    recruits = rng.binomial(rng.poisson(mu), consent)
+    recruits = rng.poisson(mu * consent)  # each eligible person consenting with probability c: Poisson thinning
     cum = np.cumsum(recruits, axis=1)
     reached = cum >= target
     months = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, horizon + 1).astype(float)
     lo, med, hi = (float(x) for x in np.quantile(months, [0.025, 0.5, 0.975], method="inverted_cdf"))
-    expected = target / (model.rate * consent)
     return {"target": target, "consent": consent, "expected_months": round(expected, 2),
             "median_months": med, "interval_months": [lo, hi], "simulations": simulations,
             "beyond_horizon": float((months > horizon).mean()), "horizon_months": horizon,

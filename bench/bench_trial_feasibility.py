@@ -41,7 +41,7 @@ def _window(days_before: int | str) -> list[str]:
 
 
 def trial(min_age: int = 18) -> dict[str, Any]:
-    """Adults with type 2 diabetes on metformin: 20 criteria (ages, measurements with ranges and units,
+    """New metformin users with type 2 diabetes: 20 criteria (ages, measurements with ranges and units,
     drugs and conditions in look-back windows, exclusions)."""
     def need(kind: str, concept: str, days: int | str, **extra: Any) -> dict[str, Any]:
         return {"require": {kind: concept, "between": _window(days), **extra}}
@@ -52,12 +52,12 @@ def trial(min_age: int = 18) -> dict[str, Any]:
     rules = [
         ("aged at least the minimum", {"require": {"age": {"min": min_age}}}),
         ("aged 80 or under", {"require": {"age": {"max": 80}}}),
-        ("HbA1c 48-97 mmol/mol in the prior year",
-         need("measurement", "hba1c", 365, value={"min": 48, "max": 97}, unit="mmol_per_mol")),
-        ("eGFR >= 30 in the prior year", need("measurement", "egfr", 365, value={"min": 30}, unit="ml_min_173m2")),
-        ("BMI 25-45 in the prior 2 years", need("measurement", "bmi", 730, value={"min": 25, "max": 45}, unit="kg_m2")),
-        ("systolic BP < 180 in the prior year", need("measurement", "sbp", 365, value={"max": 179}, unit="mmhg")),
-        ("metformin in the prior 90 days", need("drug", "metformin", 90)),
+        ("HbA1c 48-97 mmol/mol before index",
+         need("measurement", "hba1c", "all", value={"min": 48, "max": 97}, unit="mmol_per_mol")),
+        ("eGFR >= 30 before index", need("measurement", "egfr", "all", value={"min": 30}, unit="ml_min_173m2")),
+        ("BMI 25-45 before index", need("measurement", "bmi", "all", value={"min": 25, "max": 45}, unit="kg_m2")),
+        ("systolic BP < 180 before index", need("measurement", "sbp", "all", value={"max": 179}, unit="mmhg")),
+        ("type 2 diabetes on or before index", need("condition", "t2d", "all")),
         ("hypertension on or before index", need("condition", "htn", "all")),
         ("no SGLT2 inhibitor in the prior year", no("drug", "sglt2", 365)),
         ("no warfarin in the prior 90 days", no("drug", "warfarin", 90)),
@@ -94,8 +94,8 @@ def trial(min_age: int = 18) -> dict[str, Any]:
         "bmi": {"name": "BMI", "measurements": ["bmi"]},
         "sbp": {"name": "Systolic BP", "measurements": ["systolic_bp"]},
     }
-    return {"name": "T2D on metformin (20 criteria)", "concepts": concepts,
-            "entry": [{"condition": "t2d", "first": True}], "observation": {"prior_days": 365},
+    return {"name": "New metformin users with T2D (20 criteria)", "concepts": concepts,
+            "entry": [{"drug": "metformin", "first": True}], "observation": {"prior_days": 365},
             "inclusion_rules": [{"name": n, **r} for n, r in rules]}
 
 

@@ -508,10 +508,10 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         """A trial's released feasibility: eligible persons, the funnel criterion by criterion, the what-if
         gain of removing each criterion, breakdowns by age band, sex and ethnicity, and newly eligible
         persons per month, all with differentially private noise on disjoint buckets, then the site policy
-        (node/trial_feasibility.py). The same walls as feasibility counts (feasibility_roles, project,
-        auto_approve.feasibility, rate limits, the hub's attestation); each distinct question costs the
-        asker TRIAL_COST x epsilon_per_query from their budget at this site (429 when spent); a repeat
-        gets the same answer at no cost."""
+        (node/trial_feasibility.py). Roles: those in the site's feasibility_roles (hub, researcher), when
+        the custodian allows automatic counts; the same walls as feasibility counts (project, rate
+        limits, the hub's attestation). Each distinct question costs the asker 3 x epsilon_per_query
+        from their budget at this site (429 when spent); a repeat gets the same answer at no cost."""
         if principal.role not in config.feasibility_roles:
             raise HTTPException(403, detail=f"this site answers feasibility counts for "
                                             f"{', '.join(config.feasibility_roles)} only")

@@ -195,3 +195,15 @@ def test_cli_bad_input_is_one_line(site: Path, args: list[str], message: str) ->
 def test_cli_unknown_trial_file_is_one_line(site: Path, tmp_path: Path) -> None:
     r = _run("trial", "feasibility", str(tmp_path / "nope.yaml"), "--cdm", str(site))
     assert r.exit_code == 1 and "not found" in r.output and "Traceback" not in r.output
+
+
+def test_a_trial_without_criteria_and_one_that_finds_no_one(site: Path) -> None:
+    trial = load_trial(TRIAL)
+    with Cdm.open(site) as cdm:
+        bare = local_feasibility(cdm, _with_rules(trial.cohort, []), EXACT, trial="bare")
+        data = trial.cohort.to_dict()
+        data["expression"]["inclusion_rules"][0]["expression"]["demographic_criteria_list"][0]["age"]["value"] = 200
+        empty = local_feasibility(cdm, CohortDefinition.from_dict(data), EXACT, trial="empty")
+    assert bare["funnel"] == [] and bare["what_if"] == [] and bare["eligible"] > 0
+    assert empty["eligible"] == 0 and empty["funnel"][0]["remaining"] == 0
+    assert empty["what_if"][0]["gained"] > 0  # the criterion that empties the cohort is the one to drop

@@ -9,7 +9,8 @@ comes from one compiled pipeline, read twice:
   arithmetic on inclusion-rule masks;
 - one grouped query over the eligible persons' first entry (the cohort's rows joined to `person`):
   breakdowns by age band (at first eligibility), sex and ethnicity (`race_concept_id`, where OMOP CDMs
-  in the UK keep the ethnic group), and the newly eligible persons per calendar month (incident
+  in the UK keep the ethnic group; its levels are the vocabulary's standard Race concepts and
+  "Unknown", fixed before the data are read), and the newly eligible persons per calendar month (incident
   eligibility: the month a person first meets every criterion) over a history window.
 
 Every number leaves through `mercia.disclosure.release`. Locally (`noise=None`) the counts are exact
@@ -144,18 +145,16 @@ UNION ALL SELECT 'month', CAST(EXTRACT(YEAR FROM d) AS BIGINT), CAST(EXTRACT(MON
   FROM e GROUP BY EXTRACT(YEAR FROM d), EXTRACT(MONTH FROM d)
 """
 _END_SQL = "SELECT MAX(observation_period_end_date) FROM observation_period"
-_NAMES_SQL = "SELECT concept_id, concept_name FROM concept WHERE concept_id IN (SELECT id FROM ids)"
+_RACE_SQL = ("SELECT concept_id, concept_name FROM concept WHERE domain_id = 'Race' AND standard_concept = 'S' "
+             "AND invalid_reason IS NULL")
+UNKNOWN = "Unknown"
 
 
-def _ethnicity_names(cdm: Cdm, ids: list[int]) -> dict[int, str]:
-    ids = [i for i in ids if i]
-    if not ids:
-        return {}
-    try:
-        df = fetch_df(cdm, build(_NAMES_SQL, cdm, {"ids": (["id"], [[i] for i in ids])}))
-    except Exception:  # no vocabulary at this site: concept ids stand for themselves
-        return {}
-    return {int(c): str(n) for c, n in zip(df["concept_id"], df["concept_name"], strict=True)}
+def ethnicity_levels(cdm: Cdm) -> dict[int, str]:
+    """The ethnicity levels: the vocabulary's standard Race concepts (public reference data, so the levels
+    shown do not depend on who is in the data), by name; any other concept falls under "Unknown"."""
+    df = fetch_df(cdm, build(_RACE_SQL, cdm))
+    return {int(c): str(n) for c, n in sorted(zip(df["concept_id"], df["concept_name"], strict=True))}
 
 
 def count_trial(cdm: Cdm, definition: CohortDefinition, *, history_months: int = HISTORY_MONTHS,
@@ -208,11 +207,11 @@ def count_trial(cdm: Cdm, definition: CohortDefinition, *, history_months: int =
             key = f"{int(a):04d}-{int(b):02d}"
             if key in inside:
                 months[key] += n
-    names = _ethnicity_names(cdm, sorted(eth_ids))
-    ethnicity: dict[str, int] = {}
-    for cid, n in sorted(eth_ids.items()):
-        label = names.get(cid) or ("Unknown" if cid == 0 else f"concept {cid}")
-        ethnicity[label] = ethnicity.get(label, 0) + n
+    names = ethnicity_levels(cdm)
+    ethnicity: dict[str, int] = {**dict.fromkeys(sorted(set(names.values())), 0), UNKNOWN: 0}
+    for cid, n in eth_ids.items():
+        label = names.get(cid, UNKNOWN)
+        ethnicity[label] += n
     return TrialCounts(rule_names=list(compiled.rule_names), masks=masks, eligible=eligible, age=age, sex=sex,
                        ethnicity=ethnicity, months=months, window=window)
 
@@ -294,7 +293,7 @@ def released_feasibility(counts: TrialCounts, policy: DisclosurePolicy, *, trial
     # Breakdowns of the eligible: three partitions.
     breakdowns: dict[str, list[dict[str, Any]]] = {}
     for dim, cells, from_data in (("age_band", counts.age, False), ("sex", counts.sex, False),
-                                  ("ethnicity", counts.ethnicity, True)):
+                                  ("ethnicity", counts.ethnicity, False)):
         levels = list(cells)
         values = _noisy([cells[lv] for lv in levels], noise, f"breakdown|{dim}", third / 3)
         rel = (_released_column(_counts_table(f"trial_{dim}", "level", "persons", list(zip(levels, values,

@@ -322,6 +322,7 @@ def released_feasibility(counts: TrialCounts, policy: DisclosurePolicy, *, trial
                           "threshold and rounding; what-if gains are noisy buckets, never differences"),
             "epsilon": noise.epsilon,
             "funnel_bucket_noise_sd": round(noise_sd(third, SENSITIVITY), 1),
+            "breakdown_cell_noise_sd": round(noise_sd(third / 3, SENSITIVITY), 1),
             "monthly_noise_sd": round(noise_sd(third, SENSITIVITY), 1),
         }
     return out

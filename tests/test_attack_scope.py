@@ -248,6 +248,7 @@ def test_every_node_route_checks_role_and_project(fed: Federation) -> None:
                                                             "beta": [0.0]},
         ("POST", f"{API}/feasibility"): {"definition": definition, "project": PROJECT},
         ("POST", f"{API}/concepts/count"): {"concept_id": 201826, "project": PROJECT},
+        ("POST", f"{API}/trials/feasibility"): {"definition": definition, "project": PROJECT},
     }
     allowed = {  # the roles each route serves (in the caller's projects)
         ("POST", f"{API}/studies"): {"hub"},
@@ -259,6 +260,7 @@ def test_every_node_route_checks_role_and_project(fed: Federation) -> None:
         ("POST", f"{API}/studies/{{content_hash}}/rounds"): {"hub"},
         ("POST", f"{API}/feasibility"): {"hub", "researcher"},
         ("POST", f"{API}/concepts/count"): {"hub", "researcher"},
+        ("POST", f"{API}/trials/feasibility"): {"hub", "researcher"},
     }
     assert node_routes(node) == set(allowed), "a route was added: say here who may call it"
     decisions = {"approve", "reject"}
@@ -313,7 +315,8 @@ def test_every_hub_route_checks_the_project(fed: Federation) -> None:
         r = hub_call("POST", "/studies", who, json={"package": pkg.canonical(), "project": PROJECT})
         assert r.status_code == 403 and "not a member" in r.json()["detail"]
         for path, body in (("/feasibility", {"definition": pkg.canonical()["cohorts"]["sglt2"]["definition"]}),
-                           ("/concepts/count", {"concept_id": 201826})):
+                           ("/concepts/count", {"concept_id": 201826}),
+                           ("/trials/feasibility", {"definition": pkg.canonical()["cohorts"]["sglt2"]["definition"]})):
             r = hub_call("POST", path, who, json={**body, "project": PROJECT})
             assert r.status_code == 403 and "not a member" in r.json()["detail"], (path, r.text)
             r = hub_call("POST", path, who, json={**body, "project": OTHER, "sites": ["alpha"]})

@@ -1105,7 +1105,8 @@ def concept_import_codelist(
 
 
 # ---- trial -------------------------------------------------------------------------------------
-trial_app = typer.Typer(help="Plan clinical trials: eligibility as named criteria, import from ClinicalTrials.gov.",
+trial_app = typer.Typer(help="Clinical trials: eligibility as named criteria, import from ClinicalTrials.gov, "
+                        "feasibility across sites, recruitment.",
                         no_args_is_help=True)
 app.add_typer(trial_app, name="trial")
 
@@ -1166,6 +1167,91 @@ def trial_check(
         console.print(f"  {i}. {r.name}", highlight=False, soft_wrap=True, markup=False)
     for name in t.not_applied:
         console.print(f"  not applied: {name}", highlight=False, soft_wrap=True, markup=False)
+
+
+@trial_app.command("feasibility")
+@user_errors
+def trial_feasibility(
+    trial: Annotated[Path, typer.Argument(help="The trial: a cohort definition whose inclusion rules are the criteria.")],
+    cdm: Annotated[str | None, typer.Option("--cdm", help="Locally: a .duckdb path or a postgresql:// URL.")] = None,
+    hub: Annotated[str | None, typer.Option("--hub", envvar="MERCIA_HUB", help="Across sites: the hub's URL.")] = None,
+    project: Annotated[str | None, typer.Option(help="Across sites: the project whose sites to ask.")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="MERCIA_TOKEN", help="Your hub token.")] = None,
+    site: Annotated[list[str] | None, typer.Option("--site", help="A site (repeat); default all of the project.")] = None,
+    site_policy: Annotated[str, typer.Option("--site-policy", help="Locally: the disclosure policy, opensafely or sacro.")] = "opensafely",
+    history_months: Annotated[int, typer.Option(min=1, max=240, help="Months of incident eligibility.")] = 36,
+    target: Annotated[int | None, typer.Option(min=1, help="Persons to recruit, for the projection.")] = None,
+    consent: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Share of eligible expected to consent.")] = None,
+    format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    report: Annotated[Path | None, typer.Option("--report", help="Write the HTML feasibility report here.")] = None,
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+) -> None:
+    """Eligible persons, the funnel, what-if removal of each criterion, breakdowns and recruitment projection."""
+    from mercia.trials.source import load_trial
+
+    if format not in ("table", "json"):
+        raise MerciaError(f"--format: unknown format {format!r}; use table or json")
+    if (cdm is None) == (hub is None):
+        raise MerciaError("give --cdm (one CDM, locally) or --hub with --project (across sites), not both")
+    if (target is None) != (consent is None):
+        raise MerciaError("--target and --consent go together: the projection needs both")
+    t = load_trial(trial)
+    if hub is not None:
+        if not project or not token:
+            raise MerciaError("--hub needs --project and --token (or MERCIA_TOKEN)")
+        with _client(hub, token) as c:
+            answer = c.trial_feasibility(t.cohort.to_dict(), project=project, sites=site, history_months=history_months,
+                                         not_applied=list(t.not_applied), target=target, consent=consent)
+    else:
+        from mercia.study.package import policy_from_name
+        from mercia.trials.feasibility import local_feasibility
+        from mercia.trials.recruitment import projection
+
+        assert cdm is not None
+        with open_cdm(cdm, cdm_schema, vocab_schema, None, read_only=True, require="vocabulary") as handle:
+            answer = local_feasibility(handle, t.cohort, policy_from_name(site_policy), trial=t.name,
+                                       not_applied=t.not_applied, history_months=history_months)
+        answer["recruitment"] = projection(answer["monthly"], target, consent)
+    if report is not None:
+        from mercia.report.trial import render_feasibility_report
+
+        report.write_text(render_feasibility_report(answer), encoding="utf-8")
+        err_console.print(f"wrote {report}", highlight=False)
+    if format == "json":
+        sys.stdout.write(json.dumps(answer, indent=2) + "\n")
+        return
+    _print_trial_feasibility(answer)
+
+
+def _print_trial_feasibility(answer: dict[str, Any]) -> None:
+    sites = [a for a in answer.get("sites", [answer]) if "error" not in a]
+    n = lambda v: "suppressed" if v is None else f"{v:,}"  # noqa: E731
+    t = Table("criterion", *[f"remaining ({a.get('site') or 'local'})" for a in sites], "gained if removed",
+              title=f"{answer['trial']}: eligible {n(answer['eligible'])}")
+    for j, f in enumerate(answer["funnel"]):
+        t.add_row(f"{j + 1}. {f['criterion']}", *[n(a["funnel"][j]["remaining"]) for a in sites],
+                  n(answer["what_if"][j]["gained"]))
+    console.print(t)
+    for a in answer.get("sites", []):
+        if "error" in a:
+            err_console.print(f"{a['site']}: {a['error']}", highlight=False, soft_wrap=True)
+    for dim, cells in answer["breakdowns"].items():
+        console.print(f"{dim}: " + ", ".join(f"{c['level']} {n(c['persons'])}" for c in cells), highlight=False)
+    rec = answer.get("recruitment") or {}
+    if "model" in rec:
+        m = rec["model"]
+        console.print(f"newly eligible per month: {m['rate_per_month']:.1f} (95% CI {m['rate_ci'][0]:.1f} to "
+                      f"{m['rate_ci'][1]:.1f}; {m['family']}{', seasonal' if m['seasonal'] else ''})", highlight=False)
+    if "projection" in rec:
+        p = rec["projection"]
+        console.print(f"months to recruit {p['target']:,} at consent {p['consent']:g}: {p['median_months']:g} "
+                      f"(95% interval {p['interval_months'][0]:g} to {p['interval_months'][1]:g}; "
+                      f"N/(rate x consent) = {p['expected_months']:g})", highlight=False)
+    elif "error" in rec:
+        console.print(f"recruitment: {rec['error']}", highlight=False, soft_wrap=True)
+    for item in answer.get("not_applied") or []:
+        console.print(f"not applied: {item}", highlight=False, soft_wrap=True)
 
 
 # ---- dq (data quality) ------------------------------------------------------------------------

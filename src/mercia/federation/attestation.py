@@ -7,7 +7,8 @@ Ed25519 key the node already trusts for packages, a statement binding the resear
 project, the definition asked about and an expiry; the node charges that researcher only when the
 signature verifies, and refuses a `requested_by` without one. The signed message has its own prefix, so
 it can never be taken for a package signature (which signs a bare content hash). A concept count is
-attested the same way, its question (`concept_question`) standing for the definition.
+attested the same way, its question (`concept_question`) standing for the definition, and so is a
+trial feasibility question (`trial_question`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def definition_digest(definition: Any) -> str:
 def concept_question(concept_id: int, descendants: bool) -> dict[str, Any]:
     """What the hub attests for a concept count: the question, in a form no cohort definition takes."""
     return {"concept_count": {"concept_id": int(concept_id), "descendants": bool(descendants)}}
+
+
+def trial_question(definition: Any, history_months: int) -> dict[str, Any]:
+    """What the hub attests for a trial feasibility question: the definition and its history window."""
+    return {"trial_feasibility": {"definition": definition, "history_months": int(history_months)}}
 
 
 def _message(requested_by: str, project: str, digest: str, expires: int) -> bytes:

@@ -111,6 +111,17 @@ class Client:
                     ) -> dict[str, Any]:
         return self._call("POST", "/feasibility", {"definition": definition, "project": project, "sites": sites})
 
+    def trial_feasibility(self, definition: dict[str, Any], *, project: str, sites: list[str] | None = None,
+                          history_months: int = 36, not_applied: list[str] | None = None,
+                          target: int | None = None, consent: float | None = None) -> dict[str, Any]:
+        """A trial's released feasibility at each site and in total (`{"trial", "eligible", "funnel",
+        "what_if", "breakdowns", "monthly", "recruitment", "not_applied", "sites": [...]}`); with `target`
+        and `consent`, the months to recruit `target` persons, per site and pooled. Each distinct trial
+        question costs your privacy budget at each site."""
+        return self._call("POST", "/trials/feasibility", {
+            "definition": definition, "project": project, "sites": sites, "history_months": history_months,
+            "not_applied": list(not_applied or []), "target": target, "consent": consent})
+
     def concept_count(self, concept_id: int, *, project: str, descendants: bool = True,
                       sites: list[str] | None = None) -> dict[str, Any]:
         """Each site's released number of persons with a record of the concept (and, with `descendants`,

@@ -45,7 +45,12 @@ from mercia.federation.http_common import (
 )
 from mercia.federation.hub.config import HubConfig
 from mercia.federation.hub.dispatcher import Dispatcher
-from mercia.federation.hub.federated import concept_count_across, feasibility_across, federated_fit
+from mercia.federation.hub.federated import (
+    concept_count_across,
+    feasibility_across,
+    federated_fit,
+    trial_feasibility_across,
+)
 from mercia.federation.hub.registry import HubStore, NotFoundError
 from mercia.report.hub import render_pooled_report
 from mercia.study.package import StudyPackage
@@ -119,6 +124,14 @@ class FeasibilityQuery(RequestBody):
         except MerciaError as e:
             raise ValueError(str(e)) from None
         return v
+
+
+class TrialFeasibilityQuery(FeasibilityQuery):
+    history_months: int = Field(36, ge=1, le=240, description="months of incident eligibility each site releases")
+    not_applied: list[str] = Field(default_factory=list, max_length=200, description=(
+        "the trial's items not applied (a draft's items still to review): listed in the answer, not counted"))
+    target: int | None = Field(None, ge=1, le=10_000_000, description="persons to recruit, for the projection")
+    consent: float | None = Field(None, gt=0, le=1, description="share of eligible persons expected to consent")
 
 
 class ConceptCountQuery(RequestBody):
@@ -386,6 +399,31 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
                                     signing_key=config.signing_key, timeout=config.node_timeout_seconds)
         services.audit.append("feasibility.asked", principal.name, project=body.project, sites=sites,
                               persons=answer["persons"])
+        return answer
+
+    @app.post(f"{API}/trials/feasibility", response_model=dict[str, Any], responses=ERRORS, tags=["feasibility"])
+    def trial_feasibility(body: TrialFeasibilityQuery, principal: Annotated[Principal, role("researcher", "admin")]
+                          ) -> dict[str, Any]:
+        """A trial's released feasibility at each site of the project and in total: eligible persons, the
+        funnel criterion by criterion, the what-if gain of removing each criterion, breakdowns by age band,
+        sex and ethnicity, newly eligible persons per month, and from those released monthly counts the
+        recruitment model and (with `target` and `consent`) the months to reach the target, per site and
+        pooled. Each node charges the caller's privacy budget there (a site that refuses gives its reason
+        in `error`). Roles: researcher (in the project), admin; rate-limited with a lockout after repeats
+        (429); a site not in the project is 403."""
+        require_project(principal, body.project)
+        project_sites = store.project_sites(body.project)
+        sites = sorted(set(body.sites)) if body.sites else project_sites
+        outside = sorted(set(sites) - set(project_sites))
+        if outside:
+            raise HTTPException(403, detail=f"sites {outside} are not in project {body.project!r}")
+        services.guard.check(principal, "trial:" + count_query_key(body.definition))
+        answer = trial_feasibility_across(
+            store, sites, body.definition, body.project, requested_by=principal.name, signing_key=config.signing_key,
+            history_months=body.history_months, not_applied=body.not_applied, target=body.target,
+            consent=body.consent, timeout=config.node_timeout_seconds)
+        services.audit.append("trial_feasibility.asked", principal.name, project=body.project, sites=sites,
+                              eligible=answer["eligible"])
         return answer
 
     @app.post(f"{API}/concepts/count", response_model=ConceptCounts, responses=ERRORS, tags=["feasibility"])

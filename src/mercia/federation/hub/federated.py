@@ -23,7 +23,7 @@ import numpy as np
 
 from mercia.disclosure.model_support import MODEL_REFUSED, MODEL_REFUSED_STATUS, ModelRefused
 from mercia.errors import MerciaError
-from mercia.federation.attestation import attest, concept_question
+from mercia.federation.attestation import attest, concept_question, trial_question
 from mercia.federation.glm import (
     ConvergenceError,
     SiteRefusedError,
@@ -183,3 +183,50 @@ def concept_count_across(store: HubStore, sites: list[str], concept_id: int, des
     answers = _ask_each(store, sites, timeout, lambda link: link.concept_count(
         concept_id, descendants, project, requested_by, attestation=signed))
     return {"concept_id": int(concept_id), "descendants": bool(descendants), "sites": answers}
+
+
+def trial_feasibility_across(store: HubStore, sites: list[str], definition: dict[str, Any], project: str, *,
+                             requested_by: str, signing_key: str | Path, history_months: int = 36,
+                             not_applied: list[str] | None = None, target: int | None = None,
+                             consent: float | None = None, timeout: float = 60.0) -> dict[str, Any]:
+    """Each site's released trial feasibility (asked at once, attested for the researcher the hub
+    authenticated), the totals over the sites that released each number, and, from the released monthly
+    counts only, the recruitment model and projection per site and pooled (trials/recruitment.py)."""
+    from mercia.trials.recruitment import pooled_months, projection
+
+    signed = attest(signing_key, requested_by, project, trial_question(definition, history_months))
+    answers = _ask_each(store, sites, timeout, lambda link: link.trial_feasibility(
+        definition, history_months, project, requested_by, attestation=signed))
+    ok = [a for a in answers if "error" not in a]
+
+    def total(values: list[int | None]) -> int:
+        return sum(v for v in values if v is not None)
+
+    names = [f["criterion"] for f in ok[0]["funnel"]] if ok else []
+    funnel = [{"criterion": n, "remaining": total([a["funnel"][j]["remaining"] for a in ok])}
+              for j, n in enumerate(names)]
+    what_if = [{"criterion": n, "gained": total([a["what_if"][j]["gained"] for a in ok])} for j, n in enumerate(names)]
+    breakdowns: dict[str, list[dict[str, Any]]] = {}
+    for dim in ("age_band", "sex", "ethnicity"):
+        levels: dict[str, int] = {}
+        for a in ok:
+            for cell in a["breakdowns"].get(dim, []):
+                levels[cell["level"]] = levels.get(cell["level"], 0) + (cell["persons"] or 0)
+        breakdowns[dim] = [{"level": lv, "persons": n} for lv, n in levels.items()]
+    for a in ok:
+        a["recruitment"] = projection(a["monthly"], target, consent)
+    pooled = pooled_months([a["monthly"] for a in ok])
+    return {
+        "trial": ok[0]["trial"] if ok else None,
+        "sites": answers,
+        "eligible": total([a["eligible"] for a in ok]),
+        "funnel": funnel,
+        "what_if": what_if,
+        "breakdowns": breakdowns,
+        "monthly": pooled,
+        "recruitment": projection(pooled, target, consent) if ok else None,
+        "not_applied": list(not_applied or []),
+        "counted_sites": [a["site"] for a in ok if a.get("eligible") is not None],
+        "not_counted": sorted(a["site"] for a in answers if a.get("eligible") is None),
+        "note": "totals add the numbers each site released; a suppressed number adds nothing",
+    }

@@ -81,6 +81,12 @@ class NodeLink:
         return self._call("POST", "/feasibility", {"definition": definition, "project": project,
                                                    "requested_by": requested_by, "attestation": attestation})
 
+    def trial_feasibility(self, definition: dict[str, Any], history_months: int, project: str, requested_by: str,
+                          attestation: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._call("POST", "/trials/feasibility", {
+            "definition": definition, "history_months": history_months, "project": project,
+            "requested_by": requested_by, "attestation": attestation})
+
     def concept_count(self, concept_id: int, descendants: bool, project: str, requested_by: str,
                       attestation: dict[str, Any] | None = None) -> dict[str, Any]:
         return self._call("POST", "/concepts/count", {"concept_id": concept_id, "descendants": descendants,

@@ -63,6 +63,7 @@ from mercia.federation.node.feasibility import feasibility_count, feasibility_la
 from mercia.federation.node.privacy_budget import PrivacyLedger
 from mercia.federation.node.rounds import load_design, released_round
 from mercia.federation.node.state import NodeStore, StudyRecord, StudyStatusValue, UnknownStudyError
+from mercia.federation.node.trial_feasibility import TRIAL_COST, released_trial, trial_label
 from mercia.federation.node.worker import StudyWorker, designs_dir, results_dir
 from mercia.study.package import StudyPackage
 from mercia.study.runner import public_manifest
@@ -128,6 +129,30 @@ class FeasibilityAnswer(BaseModel):
     disclosure: dict[str, Any]
     privacy: dict[str, Any] = Field(description=(
         "the differential privacy of the numbers: mechanism, epsilon, and the asker's budget spent and left"))
+
+
+class TrialFeasibilityQuery(RequestBody):
+    definition: dict[str, Any] = Field(description="the trial's cohort definition: its inclusion rules are the criteria")
+    history_months: int = Field(36, ge=1, le=240, description="months of incident eligibility released")
+    project: str = Field(pattern=NAME_PATTERN)
+    requested_by: str | None = Field(None, pattern=NAME_PATTERN, description=(
+        "the researcher a hub asks for (hub role only, with the hub's attestation of this question)"))
+    attestation: Attestation | None = Field(None, description=(
+        "the hub's signature that it authenticated `requested_by` for this question (trial_question)"))
+
+
+class TrialFeasibilityAnswer(BaseModel):
+    trial: str
+    site: str
+    eligible: int | None = Field(description="released eligible persons; null where suppressed")
+    initial: int | None
+    funnel: list[dict[str, Any]] = Field(description="per criterion in order: persons remaining after it")
+    what_if: list[dict[str, Any]] = Field(description="per criterion: eligible persons gained if it were removed")
+    breakdowns: dict[str, list[dict[str, Any]]]
+    monthly: dict[str, Any] = Field(description="newly eligible persons per month (incident eligibility)")
+    disclosure: dict[str, Any]
+    policy: str
+    privacy: dict[str, Any]
 
 
 class ConceptCountQuery(RequestBody):
@@ -475,6 +500,64 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         answer = {**answer, "privacy": {**answer["privacy"], "budget": privacy.budget, "spent": round(spent, 9),
                                         "left": round(max(privacy.budget - spent, 0.0), 9), "charged": charged}}
         return FeasibilityAnswer(**answer)
+
+    @app.post(f"{API}/trials/feasibility", response_model=TrialFeasibilityAnswer, responses=ERRORS,
+              tags=["feasibility"])
+    async def trial_feasibility(body: TrialFeasibilityQuery, principal: Annotated[Principal, role("hub", "researcher")]
+                                ) -> TrialFeasibilityAnswer:
+        """A trial's released feasibility: eligible persons, the funnel criterion by criterion, the what-if
+        gain of removing each criterion, breakdowns by age band, sex and ethnicity, and newly eligible
+        persons per month, all with differentially private noise on disjoint buckets, then the site policy
+        (node/trial_feasibility.py). Roles: those in the site's feasibility_roles (hub, researcher), when
+        the custodian allows automatic counts; the same walls as feasibility counts (project, rate
+        limits, the hub's attestation). Each distinct question costs the asker 3 x epsilon_per_query
+        from their budget at this site (429 when spent); a repeat gets the same answer at no cost."""
+        if principal.role not in config.feasibility_roles:
+            raise HTTPException(403, detail=f"this site answers feasibility counts for "
+                                            f"{', '.join(config.feasibility_roles)} only")
+        require_project(principal, body.project)
+        if not config.auto_approve.feasibility:
+            raise HTTPException(403, detail="this site's custodian has not allowed automatic feasibility counts "
+                                            "(auto_approve.feasibility in node.yaml)")
+        definition = parse_definition(body.definition)
+        who = budget_holder(principal, body.project, body.requested_by, body.attestation,
+                            attestation.trial_question(body.definition, body.history_months))
+        services.guard.check(who, "trial:" + count_query_key(definition))
+        cost = privacy.model_copy(update={"epsilon_per_query": TRIAL_COST * privacy.epsilon_per_query})
+        label = trial_label(definition, body.history_months, config.site_policy, privacy)
+        key = hashlib.sha256(label.encode()).hexdigest()
+
+        def count() -> dict[str, Any]:
+            with services.cdm.reader() as cdm:
+                answer = released_trial(cdm, definition, config.site_policy, site=config.site,
+                                        epsilon=cost.epsilon_per_query, noise_key=services.ledger.noise_key(),
+                                        label=label, history_months=body.history_months)
+            return services.ledger.keep(key, cost.epsilon_per_query, answer)
+
+        if "limiter" not in count_threads:
+            count_threads["limiter"] = anyio.CapacityLimiter(COUNT_THREADS)
+            count_threads["audit"] = anyio.CapacityLimiter(2)
+        small = count_threads["audit"]
+        charged = await anyio.to_thread.run_sync(services.ledger.charge, who, key, cost, limiter=small)
+        try:
+            answer = await anyio.to_thread.run_sync(services.ledger.answer, key, limiter=small)
+            if answer is None:
+                answer = await services.counts.answer(
+                    key, lambda: anyio.to_thread.run_sync(count, limiter=count_threads["limiter"]))
+        except BaseException:
+            if charged:  # nothing was released: the question costs nothing
+                await anyio.to_thread.run_sync(services.ledger.refund, who, key, limiter=small)
+            raise
+        await anyio.to_thread.run_sync(functools.partial(
+            services.audit.append, "trial_feasibility.released", principal.name, project=body.project,
+            budget_of=who, definition_hash=answer["definition_hash"], eligible=answer["eligible"],
+            epsilon=cost.epsilon_per_query if charged else 0.0), limiter=small)
+        spent = await anyio.to_thread.run_sync(services.ledger.spent, who, limiter=small)
+        answer = {**answer, "trial": definition.name,  # the kept answer may carry an earlier asker's name
+                  "privacy": {**answer["privacy"], "budget": privacy.budget, "spent": round(spent, 9),
+                              "left": round(max(privacy.budget - spent, 0.0), 9), "charged": charged}}
+        answer.pop("definition_hash", None)
+        return TrialFeasibilityAnswer(**answer)
 
     @app.post(f"{API}/concepts/count", response_model=ConceptCountAnswer, responses=ERRORS, tags=["feasibility"])
     async def concept_count(body: ConceptCountQuery, principal: Annotated[Principal, role("hub", "researcher")]

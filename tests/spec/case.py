@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
@@ -75,13 +76,12 @@ def _render(v: Any, decimals: int | None) -> str:
         return ""
     if hasattr(v, "isoformat"):
         return v.isoformat()[:10]
-    if decimals is not None and isinstance(v, (int, float)) or hasattr(v, "dtype"):
-        try:
-            x = float(v)
-        except (TypeError, ValueError):
-            return str(v)
-        text = f"{x:.{decimals or 0}f}"
-        return "0" + text[2:] if text.startswith("-0") and float(text) == 0 else text  # no "-0.000"
+    if isinstance(v, int | float | np.number) and not isinstance(v, bool | np.bool_):
+        x = float(v)
+        if decimals is None:
+            return str(int(x)) if x.is_integer() else repr(x)
+        text = f"{x:.{decimals}f}"
+        return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.000"
     return str(v)
 
 

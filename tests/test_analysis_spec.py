@@ -8,12 +8,17 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 
+import numpy as np
+import pandas as pd
 import pytest
+from lifelines import CoxPHFitter, KaplanMeierFitter
+from sklearn.linear_model import LogisticRegression
 
 from mercia.cdm import Cdm
-from spec import all_cases
+from spec import all_cases, cohort_method, cox, kaplan_meier
+from spec.case import compare
 from spec.render import DOC, render
-from spec.tables import load_tables
+from spec.tables import load_tables, table
 
 CASES = all_cases()
 
@@ -119,13 +124,45 @@ def test_doc_is_up_to_date() -> None:
 
 def test_check_catches_a_wrong_number() -> None:
     # The comparison itself can fail: a released value off in the last written digit is a failure.
-    import pandas as pd
-
-    from spec.case import compare
-    from spec.tables import table
-
     want = table("a | x\n1 | 0.667")
     assert compare("t", want, pd.DataFrame({"a": [1], "x": [2 / 3]})) == []
     assert compare("t", want, pd.DataFrame({"a": [1], "x": [0.668]}))
     assert compare("t", want, pd.DataFrame({"a": [1], "x": [None]}))
     assert compare("t", table("a | x\n1 |"), pd.DataFrame({"a": [1], "x": [float("nan")]})) == []
+
+
+# ---- the expected numbers that came from a reference library, re-derived from it here -------------------
+def _expected(module: object, case_id: str, table_name: str) -> pd.DataFrame:
+    case = next(c for c in module.CASES if c.id == case_id)  # type: ignore[attr-defined]
+    t = case.expected_tables()[table_name]
+    return pd.DataFrame(list(t.rows), columns=list(t.columns))
+
+
+def test_cox_expected_is_lifelines() -> None:
+    rows = pd.DataFrame(cox.REFERENCE_ROWS, columns=["time", "event", "treatment", "male"])
+    fit = CoxPHFitter().fit(rows, "time", "event", fit_options={"precision": 1e-12})
+    want = _expected(cox, "treatment_and_sex", "cox").set_index("term")
+    s = fit.summary
+    for col, ref in (("coef", "coef"), ("se", "se(coef)"), ("hr", "exp(coef)"), ("hr_lower", "exp(coef) lower 95%"),
+                     ("hr_upper", "exp(coef) upper 95%"), ("p", "p")):
+        np.testing.assert_allclose(want.loc[s.index, col].to_numpy(float), s[ref].to_numpy(), atol=5e-4, err_msg=col)
+
+
+def test_kaplan_meier_expected_is_lifelines() -> None:
+    t, e = zip(*kaplan_meier.REFERENCE_ROWS, strict=True)
+    km = KaplanMeierFitter().fit(list(t), list(e))
+    want = _expected(kaplan_meier, "curve", "km")
+    times = want["time"].to_numpy(float)
+    np.testing.assert_allclose(want["estimate"], km.survival_function_at_times(times).to_numpy(), atol=5e-4)
+    ci = km.confidence_interval_.loc[times]
+    np.testing.assert_allclose(want["ci_lower"], ci.iloc[:, 0].to_numpy(), atol=5e-4)
+    np.testing.assert_allclose(want["ci_upper"], ci.iloc[:, 1].to_numpy(), atol=5e-4)
+    table = km.event_table.loc[times[1:]]
+    assert want["n_events"].tolist()[1:] == table["observed"].tolist()
+
+
+def test_propensity_expected_is_scikit_learn() -> None:
+    x, y = (np.array(v) for v in zip(*cohort_method.REFERENCE_ROWS, strict=True))
+    model = LogisticRegression(C=np.inf).fit(x.reshape(-1, 1), y)
+    want = _expected(cohort_method, "ps_matching_balance", "cm_ps_model").set_index("covariate_id")["coef"]
+    np.testing.assert_allclose([want[0], want[300102]], [model.intercept_[0], model.coef_[0, 0]], atol=5e-4)

@@ -84,6 +84,8 @@ SETTINGS = CohortMethodSettings(
     ps=PsSettings(variance=1_000_000.0),
 )
 THRESHOLD_2 = DisclosurePolicy(name="threshold 2", threshold=2, rounding_base=1)
+# The same persons as (covariate 300102, treatment): what the reference (scikit-learn) is fitted on.
+REFERENCE_ROWS = [(1, 1)] * 4 + [(0, 1)] * 2 + [(1, 0)] * 2 + [(0, 0)] * 4
 
 
 def _runner(policy: DisclosurePolicy):

@@ -55,6 +55,9 @@ TABLES = {
 }
 
 SETTINGS = CoxSettings(age=False, ph_test=False)
+# The same persons as (time, event, treatment, male): what the reference (lifelines) is fitted on.
+REFERENCE_ROWS = [(5, 1, 1, 1), (8, 1, 1, 0), (15, 1, 1, 1), (20, 0, 1, 0),
+                  (6, 0, 0, 1), (15, 1, 0, 1), (25, 1, 0, 0), (30, 0, 0, 0)]
 THRESHOLD_2 = DisclosurePolicy(name="threshold 2", threshold=2, rounding_base=1)
 
 _WHY = ("Per person (time in days from index, event): target (5, 1) (8, 1) (15, 1) (20, 0), comparator "

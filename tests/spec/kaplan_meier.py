@@ -49,6 +49,8 @@ TABLES = {
 }
 
 SETTINGS = SurvivalSettings()
+# The same persons as (days from index, event): what the reference (lifelines) is fitted on.
+REFERENCE_ROWS = [(10, 1), (20, 0), (30, 1), (30, 0), (60, 0)]
 COARSE = DisclosurePolicy(name="threshold 1", threshold=1, rounding_base=1)
 
 

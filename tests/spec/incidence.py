@@ -42,6 +42,7 @@ def _runner(settings: IncidenceSettings, policy: DisclosurePolicy):
 
 
 FIRST = IncidenceSettings(denominator_cohort_id=1, outcome_cohort_id=2, by=[])
+BY_SEX = IncidenceSettings(denominator_cohort_id=1, outcome_cohort_id=2, by=["sex"])
 TAR = IncidenceSettings(
     denominator_cohort_id=1, outcome_cohort_id=2, by=[],
     time_at_risk=[TimeAtRisk(start_with="start", start_offset=0, end_with="start", end_offset=199),
@@ -96,6 +97,27 @@ CASES = [
                 3. days in an entry after washout_days and in the study window  | 3
                 4. persons with the outcome before time at risk removed         | 3
                 5. time at risk in an age group                                 | 3
+            """,
+        },
+    ),
+    Case(
+        id="by_sex",
+        title="split by sex, with the total",
+        tables=TABLES,
+        call="incidence(cdm, settings)",
+        settings=BY_SEX,
+        run=_runner(BY_SEX, EXACT),
+        why="Men: person 1 alone, 730 days (2.00 years, released as 2), no event. Women: persons 2 and 3, "
+            "366 + 181 = 547 days (1.498 years, released as 1), "
+            "2 events: 2,000 per 1,000 person-years. The total is the first example's row, without persons: "
+            "distinct persons do not add up over cells (one person can be in several), so totals of them are "
+            "not derived.",
+        expected={
+            "incidence": """
+                sex    | n_events | n_persons | person_years | incidence_per_1000py
+                Male   | 0        | 1         | 2            | 0.000
+                Female | 2        | 2         | 1            | 2000.000
+                Total  | 2        |           | 3            | 666.667
             """,
         },
     ),

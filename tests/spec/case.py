@@ -39,6 +39,7 @@ class Case:
     policy: DisclosurePolicy | None = EXACT
     why: str = ""  # how the expected numbers were worked out
     site_only: tuple[str, ...] = ()  # expected tables that are row-level and never leave the site
+    arguments: dict[str, Any] = field(default_factory=dict)  # other inputs shown in the docs, by label
     id: str = field(default="")
 
     def input_tables(self) -> dict[str, Table]:

@@ -96,6 +96,7 @@ CASES = [
         title="persons after each inclusion rule",
         tables=TABLES,
         call="feasibility_count(cdm, definition, policy, privacy=privacy, ...)",
+        arguments={"Cohort definition (ATLAS/Circe JSON, as YAML)": DEFINITION},
         settings=PRIVACY,
         run=_runner(EXACT),
         why="Entry events: the first asthma record in observation of persons 1-6 (person 7 has none, person "
@@ -121,6 +122,7 @@ CASES = [
         title="under a threshold of 3 the final count is suppressed",
         tables=TABLES,
         call="feasibility_count(cdm, definition, policy, privacy=privacy, ...)",
+        arguments={"Cohort definition (ATLAS/Circe JSON, as YAML)": DEFINITION},
         settings=PRIVACY,
         policy=THRESHOLD_3,
         run=_runner(THRESHOLD_3),

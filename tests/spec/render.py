@@ -55,9 +55,11 @@ def _case(c: Case) -> str:
     parts = [f"### {c.title}", f"`{c.call}`"]
     for name, t in c.input_tables().items():
         parts += [f"Input `{name}`:", markdown(t)]
+    for label, value in c.arguments.items():
+        parts += [f"{label}:", _yaml(value, flow=False)]
     if c.settings is not None:
         settings = c.settings.model_dump(mode="json", exclude_defaults=True)
-        parts += ["Settings (those not at their defaults):", _yaml(settings) if settings else "(all defaults)"]
+        parts += ["Settings (those not at their defaults):", _yaml(settings, flow=False) if settings else "(all defaults)"]
     if c.policy is not None:
         parts += ["Disclosure policy:", _yaml(c.policy.model_dump(mode="json", exclude_defaults=True), flow=False)]
     for name, text in c.expected.items():

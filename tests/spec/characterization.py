@@ -43,12 +43,21 @@ TABLES = {
 }
 
 SETTINGS = CharacterizationSettings(domains=["condition"], measurement_values=False)
+MEASUREMENTS = {**TABLES, "measurement": """
+        person_id | measurement_concept_id | measurement_date | value_as_number | unit_concept_id
+        1         | 3000                   | 2019-06-01       | 5.0             | 8840
+        1         | 3000                   | 2019-12-01       | 7.0             | 8840
+        2         | 3000                   | 2020-05-01       | 4.0             | 8840
+        3         | 3000                   | 2018-01-01       | 6.0             | 8840
+        3         | 3000                   | 2020-03-02       | 9.0             | 8840
+    """}
+VALUES = CharacterizationSettings(domains=["measurement"], measurement_values=True)
 THRESHOLD_1 = DisclosurePolicy(name="threshold 1", threshold=1, rounding_base=1)
 
 
-def _runner(policy: DisclosurePolicy):
+def _runner(policy: DisclosurePolicy, settings: CharacterizationSettings = SETTINGS):
     def run(cdm):
-        return {k: v.data for k, v in characterize(cdm, [1], SETTINGS).release(policy).items()}
+        return {k: v.data for k, v in characterize(cdm, [1], settings).release(policy).items()}
     return run
 
 
@@ -89,6 +98,31 @@ CASES = [
                 1         | -30..0    | 202        | Cough        | 1 | 3        | 33.333
                 1         | any prior | 201        | Asthma       | 3 | 3        | 100.000
                 1         | any prior | 202        | Cough        | 1 | 3        | 33.333
+            """,
+        },
+    ),
+    Case(
+        id="measurement_values",
+        title="measurement values: each person's latest value in the window",
+        tables=MEASUREMENTS,
+        call="characterize(cdm, [1], settings)",
+        settings=VALUES,
+        run=_runner(EXACT, VALUES),
+        why="-365..0: person 1's latest value is 7.0 (2019-12-01; the 5.0 is older), person 2's 4.0; person "
+            "3's 6.0 is older than a year and her 9.0 is the day after index. n 2, mean 5.5, sample SD "
+            "sqrt((1.5^2 + 1.5^2) / 1) = 2.121. Any time prior adds person 3's 6.0: mean 17 / 3 = 5.667, SD "
+            "sqrt((1.333^2 + 1.667^2 + 0.333^2) / 2) = 1.528. Both values of -30..0 would be 31 days "
+            "before index: no row.",
+        expected={
+            "table1_measurements": """
+                cohort_id | window    | concept_id | unit_concept_id | n | mean  | sd
+                1         | -365..0   | 3000       | 8840            | 2 | 5.500 | 2.121
+                1         | any prior | 3000       | 8840            | 3 | 5.667 | 1.528
+            """,
+            "table1_covariates": """
+                cohort_id | window    | domain      | concept_id | n
+                1         | -365..0   | measurement | 3000       | 2
+                1         | any prior | measurement | 3000       | 3
             """,
         },
     ),

@@ -167,3 +167,12 @@ def test_propensity_expected_is_scikit_learn() -> None:
     model = LogisticRegression(C=np.inf).fit(x.reshape(-1, 1), y)
     want = _expected(cohort_method, "ps_matching_balance", "cm_ps_model").set_index("covariate_id")["coef"]
     np.testing.assert_allclose([want[0], want[300102]], [model.intercept_[0], model.coef_[0, 0]], atol=5e-4)
+
+
+def test_cohort_method_crude_estimate_is_lifelines() -> None:
+    rows = pd.DataFrame(cohort_method.CRUDE_ROWS, columns=["time", "event", "treatment"])
+    s = CoxPHFitter().fit(rows, "time", "event", fit_options={"precision": 1e-12}).summary.loc["treatment"]
+    want = _expected(cohort_method, "ps_matching_balance", "cm_estimates").iloc[0]
+    np.testing.assert_allclose(
+        [want["log_rr"], want["se_log_rr"], want["rr"], want["ci_lower"], want["ci_upper"]],
+        [s["coef"], s["se(coef)"], s["exp(coef)"], s["exp(coef) lower 95%"], s["exp(coef) upper 95%"]], atol=5e-4)

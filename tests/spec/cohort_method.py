@@ -86,6 +86,9 @@ SETTINGS = CohortMethodSettings(
 THRESHOLD_2 = DisclosurePolicy(name="threshold 2", threshold=2, rounding_base=1)
 # The same persons as (covariate 300102, treatment): what the reference (scikit-learn) is fitted on.
 REFERENCE_ROWS = [(1, 1)] * 4 + [(0, 1)] * 2 + [(1, 0)] * 2 + [(0, 0)] * 4
+# The crude outcome model's rows as (days, event, treatment): time at risk is index + 0 to cohort end + 0,
+# 366 days (2020 is a leap year); an event's time is its day - risk start + 1.
+CRUDE_ROWS = [(32, 1, 1)] + [(366, 0, 1)] * 5 + [(61, 1, 0)] + [(366, 0, 0)] * 5
 
 
 def _runner(policy: DisclosurePolicy):
@@ -103,7 +106,10 @@ _WHY = ("Condition 300 (covariate 300102, long term) is recorded for 4 of the 6 
         "preference score lies in 0.3..0.7 (equipoise 1). Matching: the logits are +-0.693, their SD "
         "0.724, so the caliper (0.145) keeps matches within a score; 1:1 gives 2 pairs with the "
         "condition and 2 without, 4 + 4 persons. Balance: before, 0.667 vs 0.333, population SDs 0.471 "
-        "both, SMD 0.333 / 0.471 = 0.707; after, 0.5 vs 0.5, SMD 0.")
+        "both, SMD 0.333 / 0.471 = 0.707; after, 0.5 vs 0.5, SMD 0. The crude estimate: a Cox model of "
+        "treatment alone on everyone, person 1's outcome on day 32 of the time at risk, person 7's on day "
+        "61, the others censored after 366 days; lifelines' CoxPHFitter on these 12 rows gives log HR "
+        "0.091 (SE 1.416, HR 1.095, 95% CI 0.068..17.564). Days at risk: 6 x 366 = 2,196 per arm.")
 
 CASES = [
     Case(
@@ -136,7 +142,17 @@ CASES = [
                 covariate_id | before_mean_target | before_mean_comparator | before_smd | after_mean_target | after_mean_comparator | after_smd
                 300102       | 0.667              | 0.333                  | 0.707      | 0.500             | 0.500                 | 0.000
             """,
+            "cm_estimates": """
+                outcome_id | adjustment | log_rr | se_log_rr | rr    | ci_lower | ci_upper
+                3          | crude      | 0.091  | 1.416     | 1.095 | 0.068    | 17.564
+            """,
+            "cm_counts": """
+                adjustment | target_subjects | comparator_subjects | target_events | comparator_events | target_days | comparator_days
+                crude      | 6               | 6                   | 1             | 1                 | 2196        | 2196
+            """,
         },
+        # Which equal-score persons are matched is not worked out here: the estimate after matching is not shown.
+        only_rows={"cm_estimates": {"adjustment": "crude"}, "cm_counts": {"adjustment": "crude"}},
     ),
     Case(
         id="suppressed",

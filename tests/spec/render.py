@@ -63,8 +63,10 @@ def _case(c: Case) -> str:
     if c.policy is not None:
         parts += ["Disclosure policy:", _yaml(c.policy.model_dump(mode="json", exclude_defaults=True), flow=False)]
     for name, text in c.expected.items():
-        label = f"At the site (row-level, never released) `{name}`:" if name in c.site_only else f"Released `{name}`:"
-        parts += [label, markdown(table(text))]
+        label = f"At the site (row-level, never released) `{name}`" if name in c.site_only else f"Released `{name}`"
+        if name in c.only_rows:
+            label += " (the rows with " + ", ".join(f"{k} = {v}" for k, v in c.only_rows[name].items()) + ")"
+        parts += [label + ":", markdown(table(text))]
     if c.why:
         parts.append(f"_Why:_ {c.why}")
     return "\n\n".join(parts)

@@ -341,6 +341,22 @@ def test_survival_estimate_close_to_lifelines() -> None:
     assert np.max(np.abs(out["estimate"].to_numpy() - truth)) < 0.03
 
 
+def test_survival_censoring_before_an_event_leaves_the_risk_set() -> None:
+    # A censoring-only time pooled into the next step must not count its persons at risk at the event:
+    # under a policy that pools nothing the released curve is the Kaplan-Meier estimate itself.
+    lifelines = pytest.importorskip("lifelines")
+    time, event = np.array([10, 20, 30, 30, 60]), np.array([1, 0, 1, 0, 0])
+    km = lifelines.KaplanMeierFitter().fit(time, event)
+    et = km.event_table.iloc[1:]
+    data = pd.DataFrame({"time": et.index.to_numpy(), "n_at_risk": et["at_risk"].to_numpy(),
+                         "n_events": et["observed"].to_numpy(), "n_censored": et["censored"].to_numpy()})
+    exact = DisclosurePolicy(name="exact", threshold=0, rounding_base=1)
+    out = release(ResultTable(name="km", kind="survival", data=data), exact, log=DisclosureLog()).data
+    steps = out[out["n_events"] > 0]
+    np.testing.assert_allclose(steps["estimate"], km.survival_function_at_times(steps["time"]).to_numpy())
+    assert steps["n_at_risk"].tolist() == [5, 3]  # lifelines' risk sets at the two event times
+
+
 def test_survival_time_coarsening_and_tiny_groups() -> None:
     events = _event_table(300, seed=2)
     small = _event_table(8, seed=5)

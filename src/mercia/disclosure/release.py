@@ -893,12 +893,16 @@ def _coarsen_curve(
                 reason=f"curve cut where fewer than {policy.risk_set_minimum} remain at risk",
             )
             break
-        if pool_risk is None:
+        if pool_risk is None and d > 0:
+            # The step's risk set is the one at its first event: persons censored at earlier times of the
+            # pool left before it (taking the risk set of a censoring-only time before the event would
+            # put them back at risk and bias the estimate upwards).
             pool_risk = int(r)
         pool_d += int(d)
         pool_c += int(c)
         pooled_steps += 1
-        if pool_d >= policy.step_min_events and not is_small(pool_c, policy.suppress_up_to, False):
+        if (pool_risk is not None and pool_d >= policy.step_min_events
+                and not is_small(pool_c, policy.suppress_up_to, False)):
             n_rel, d_rel, c_rel = (round_count(x, base) for x in (pool_risk, pool_d, pool_c))
             if n_rel > 0:
                 surv *= 1 - d_rel / n_rel

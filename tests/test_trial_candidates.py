@@ -52,6 +52,12 @@ TRIAL = {
          "require": {"any": [
              {"measurement": "egfr", "value": {"min": 60}, "between": ["365 days before", "0 days after"]},
              {"drug": "metformin", "between": ["90 days before", "0 days after"]}]}},
+        {"name": "not both eGFR below 45 and HbA1c above 75",
+         "require": {"at_most": 1, "of": [
+             {"measurement": "egfr", "value": {"below": 45}, "between": ["365 days before", "0 days after"]},
+             {"measurement": "hba1c", "value": {"above": 75}, "between": ["365 days before", "0 days after"]}]}},
+        {"name": "no eGFR below 15 in the prior year",
+         "exclude": {"measurement": "egfr", "value": {"below": 15}, "between": ["365 days before", "0 days after"]}},
     ],
 }
 RULES = [r["name"] for r in TRIAL["inclusion_rules"]]
@@ -159,8 +165,13 @@ def oracle(t: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
         egfr60 = lab(EGFR, lambda v: v >= 60)
         either = ("met" if "met" in (egfr60, metformin) else
                   "fail" if (egfr60, metformin) == ("fail", "fail") else "missing")
+        # At most one of two: met if at most one could be true, failed if both are, else missing.
+        pair = (lab(EGFR, lambda v: v < 45), lab(HBA1C, lambda v: v > 75))
+        at_most_one = ("met" if sum(v != "fail" for v in pair) <= 1 else
+                       "fail" if pair == ("met", "met") else "missing")
         status = ["met" if 40 <= age <= 80 else "fail", lab(HBA1C, lambda v: 53 <= v <= 91),
-                  lab(EGFR, lambda v: v >= 30), hf_status, metformin, either]
+                  lab(EGFR, lambda v: v >= 30), hf_status, metformin, either, at_most_one,
+                  {"met": "fail", "fail": "met", "missing": "missing"}[lab(EGFR, lambda v: v < 15)]]
         if "fail" in status:
             continue
         out.append({"person_source_value": person.loc[pid].person_source_value, "person_id": int(pid), "age": age,

@@ -270,8 +270,13 @@ def test_cli_candidates_json_csv_and_audit(node_yaml: Path, tables: dict[str, pd
     lines = r.stdout.splitlines()
     assert lines[0] == "person_source_value,person_id,age,index_date,meets,missing" and len(lines) == len(expected) + 1
     assert lines[1].startswith(f"{expected[0]['person_source_value']},{expected[0]['person_id']},")
+    r = runner.invoke(app, ["trial", "candidates", "t2d_test", "--config", str(node_yaml)], env={"COLUMNS": "150"})
+    assert r.exit_code == 0, r.output
+    assert f"{len(expected)} candidate(s) for t2d_test" in r.stdout
+    assert "3. eGFR 30 or more in the prior year (missing data: no measurement 'egfr' in its window)" in r.stdout
+    assert "\n1. aged 40 to 80\n" in r.stdout and expected[-1]["person_source_value"] in r.stdout
     records = [a for a in _audit(node_yaml) if a["event"] == "trial.candidates"]
-    assert [a["details"] for a in records] == [{"trial": "t2d_test", "persons": len(expected), "via": "cli"}] * 2
+    assert [a["details"] for a in records] == [{"trial": "t2d_test", "persons": len(expected), "via": "cli"}] * 3
     text = (node_yaml.parent / "state" / "audit.jsonl").read_text()
     assert not any(c["person_source_value"] in text for c in expected)  # counts, never persons
 

@@ -1128,13 +1128,18 @@ def trial_candidates(
     if format != "table":
         sys.stdout.write(json.dumps(found.to_dict(), indent=2) + "\n" if format == "json" else candidates_csv(found.candidates))
         return
+    number = {c.name: str(i + 1) for i, c in enumerate(found.criteria)}
     t = Table("person_source_value", "age", "index date", "meets", "missing data",
-              title=f"{len(found.candidates)} candidate(s) for {found.trial}",
-              caption="not applied: " + "; ".join(found.not_applied) if found.not_applied else None)
+              title=f"{len(found.candidates)} candidate(s) for {found.trial}")
     for c in found.candidates:
         t.add_row(c.person_source_value or f"(person_id {c.person_id})", str(c.age), c.index_date,
-                  "; ".join(c.meets), "; ".join(c.missing))
+                  " ".join(number[n] for n in c.meets), " ".join(number[n] for n in c.missing))
     console.print(t)
+    for c in found.criteria:
+        console.print(f"{number[c.name]}. {c.name}" + (f" (missing data: {c.missing_means})" if c.missing_means else ""),
+                      highlight=False)
+    if found.not_applied:
+        console.print("not applied: " + "; ".join(found.not_applied), highlight=False)
 
 
 @trial_app.command("match")

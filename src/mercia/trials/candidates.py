@@ -178,7 +178,7 @@ def criteria_of(trial: TrialEligibility) -> tuple[Criterion, ...]:
     for i, rule in enumerate(trial.cohort.expression.inclusion_rules):
         reads = _reads(rule.expression, {cs.id: cs.name for cs in trial.cohort.expression.concept_sets})
         out.append(Criterion(rule.name or f"criterion {i + 1}",
-                             f"no record of {', '.join(reads)} in the criterion's window" if reads else ""))
+                             f"no {' or '.join(reads)} in its window" if reads else ""))
     return tuple(out)
 
 
@@ -190,7 +190,7 @@ def _reads(g: m.CriteriaGroup, names: dict[int, str]) -> list[str]:
         domain, body = cc.criteria.domain, cc.criteria.body
         cs = getattr(body, "codeset_id", None)
         what = (f"{domain} '{names.get(cs, cs)}'" if domain in CONCEPT_READ_DOMAINS and cs is not None
-                else f"any {domain}")
+                else f"{domain} record")
         if what not in out:
             out.append(what)
     for s in g.groups:

@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import csv
 import io
+import secrets
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,17 +201,16 @@ def _reads(g: m.CriteriaGroup, names: dict[int, str]) -> list[str]:
 
 
 # ---- the query ------------------------------------------------------------------------------------
-def _query(cdm: Cdm, plan: _Plan, person: bool) -> tuple[exp.Select, dict[str, Any]]:
-    """person_source_value, person_id, age, index date, rules met and mask of each listed person's best
-    event (one person's, with `person`): one read-only query over the compiled pipeline's CTEs."""
-    compiled = compile_cohort(cdm, plan.definition.expression)
+def _final(plan: _Plan, cdm: Cdm, masked_events: str, person: bool) -> exp.Select:
+    """person_source_value, person_id, age, index date and rule mask of each listed person's best event
+    (one person's, with `person`), read from the pipeline's masked events."""
     upper = sum(1 << u for _, u in plan.bits)
     last = plan.definition.expression.expression_limit.type == "Last"
     mask = col(None, "inclusion_rule_mask")
     ranked = (select("person_id", "start_date", "inclusion_rule_mask", "rule_count",
                      row_number([col(None, "person_id")], [(col(None, "rule_count"), True), (col(None, "start_date"), last),
                                                            (col(None, "event_id"), False)]).as_("best", copy=False))
-              .from_(cte_table("cohort_masked_events"), copy=False)
+              .from_(cte_table(masked_events), copy=False)
               .where(eq(exp.paren(exp.BitwiseAnd(this=mask, expression=lit(upper)), copy=False), lit(upper)), copy=False))
     q = (select(col("P", "person_source_value"), col("P", "person_id"),
                 exp.Sub(this=exp.Year(this=col("B", "start_date")), expression=col("P", "year_of_birth")).as_("age", copy=False),
@@ -223,22 +224,43 @@ def _query(cdm: Cdm, plan: _Plan, person: bool) -> tuple[exp.Select, dict[str, A
         exp.Ordered(this=col("B", "rule_count"), desc=True),
         exp.Ordered(this=col("P", "person_source_value"), nulls_first=False),
         exp.Ordered(this=col("P", "person_id")), copy=False)
-    return compiled.over_pipeline(q), compiled.params
+    return q
+
+
+def _rows(cdm: Cdm, plan: _Plan, person: str | None) -> list[tuple[Any, ...]]:
+    """The listed persons' rows, read-only. Where the engine has temporary tables the pipeline's steps
+    become temporary tables (connection-local, dropped after; PostgreSQL plans a long CTE chain badly),
+    as feasibility counts do; elsewhere (Spark) one query over the CTEs."""
+    try:
+        compiled = compile_cohort(cdm, plan.definition.expression)
+    except MerciaError:
+        raise
+    except Exception as e:  # a definition the model accepted but the compiler cannot take
+        raise CohortDefinitionError(f"trial: cannot be compiled ({type(e).__name__})") from None
+    params = dict(compiled.params)
+    if person is not None:
+        params[_PERSON_PARAM] = person
+    if not cdm.engine.supports_temp_tables:
+        q = compiled.over_pipeline(_final(plan, cdm, "cohort_masked_events", person is not None))
+        return cdm.fetch_all(q, bound(q, params))
+    prefix = f"mercia_cand_{secrets.token_hex(6)}_"
+    steps = compiled.steps(prefix)
+    try:
+        for stmt in steps.creates:
+            cdm.execute(stmt, bound(stmt, compiled.params))
+        q = _final(plan, cdm, f"{prefix}cohort_masked_events", person is not None)
+        return cdm.fetch_all(q, bound(q, params))
+    finally:
+        for stmt in steps.drops:
+            with suppress(Exception):  # after a failure PostgreSQL drops them with the rollback
+                cdm.execute(stmt)
 
 
 def _candidates(cdm: Cdm, trial: TrialEligibility, person: str | None) -> CandidateList:
     plan = candidate_plan(trial)
     criteria = criteria_of(trial)
-    try:
-        q, params = _query(cdm, plan, person is not None)
-    except MerciaError:
-        raise
-    except Exception as e:  # a definition the model accepted but the compiler cannot take
-        raise CohortDefinitionError(f"trial {trial.name!r}: cannot be compiled ({type(e).__name__})") from None
-    if person is not None:
-        params = {**params, _PERSON_PARAM: person}
     found = []
-    for psv, pid, age, index_date, mask in cdm.fetch_all(q, bound(q, params)):
+    for psv, pid, age, index_date, mask in _rows(cdm, plan, person):
         met = rules_met(int(mask), MAX_MASK_BITS + 1)
         meets = tuple(c.name for c, (lo, _) in zip(criteria, plan.bits, strict=True) if met[lo])
         missing = tuple(c.name for c, (lo, _) in zip(criteria, plan.bits, strict=True) if not met[lo])

@@ -314,3 +314,25 @@ def test_bad_input_is_one_line(node_yaml: Path, args: list[str], config: dict[st
     assert r.exit_code == 1, r.output
     lines = r.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), r.output
+
+
+# ---- where a look-up may come from ----------------------------------------------------------------------
+def test_peer_addresses_are_checked_against_the_networks() -> None:
+    from mercia.federation.node.trial_lookup import peer_allowed, proxied
+
+    local = ["127.0.0.1/32", "::1/128"]
+    assert peer_allowed("127.0.0.1", local) and peer_allowed("::1", local)
+    assert peer_allowed("::ffff:127.0.0.1", local)  # IPv4 mapped into IPv6 is the IPv4 address
+    assert not peer_allowed("127.0.0.2", local) and not peer_allowed("10.1.2.3", local)
+    assert peer_allowed("10.1.2.3", ["10.0.0.0/8"]) and not peer_allowed("11.1.2.3", ["10.0.0.0/8"])
+    for nothing in (None, "", "testclient", "localhost"):  # not an address: not the site's network
+        assert not peer_allowed(nothing, local)
+    assert proxied(["host", "X-Forwarded-For"]) and not proxied(["host", "authorization"])
+
+
+def test_a_bad_network_in_node_yaml_is_one_line(node_yaml: Path) -> None:
+    data = yaml.safe_load(node_yaml.read_text())
+    node_yaml.write_text(yaml.safe_dump({**data, "clinician_networks": ["10.0.0.0/8", "the ward"]}))
+    r = runner.invoke(app, ["trial", "candidates", "t2d_test", "--config", str(node_yaml)])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "clinician_networks: 'the ward' is not a network: write an address or CIDR block" in r.output, r.output

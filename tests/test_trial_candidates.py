@@ -336,3 +336,15 @@ def test_a_bad_network_in_node_yaml_is_one_line(node_yaml: Path) -> None:
     r = runner.invoke(app, ["trial", "candidates", "t2d_test", "--config", str(node_yaml)])
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
     assert "clinician_networks: 'the ward' is not a network: write an address or CIDR block" in r.output, r.output
+
+
+
+def test_an_engine_without_temporary_tables_is_refused(duck_cdm: Cdm, tables: dict[str, pd.DataFrame],
+                                                       trial_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spark (no temporary tables) computed one bound unlike DuckDB and PostgreSQL: refused, not wrong."""
+    from mercia.errors import CdmError
+
+    cdm = load_tables(duck_cdm, tables)
+    monkeypatch.setattr(type(cdm.engine), "supports_temp_tables", False)
+    with pytest.raises(CdmError, match="not available on this engine yet"):
+        find_candidates(cdm, load_trial(trial_file))

@@ -45,7 +45,7 @@ from mercia.cdm import Cdm
 from mercia.cohorts import model as m
 from mercia.cohorts.compiler import bound, col, compile_cohort, cte_table, eq, lit, row_number, select
 from mercia.cohorts.stats import rules_met
-from mercia.errors import CohortDefinitionError, MerciaError
+from mercia.errors import CdmError, CohortDefinitionError, MerciaError
 from mercia.trials.source import TrialEligibility
 
 # Tables whose absence of records within a window is missing data (see the module docstring), and
@@ -228,9 +228,8 @@ def _final(plan: _Plan, cdm: Cdm, masked_events: str, person: bool) -> exp.Selec
 
 
 def _rows(cdm: Cdm, plan: _Plan, person: str | None) -> list[tuple[Any, ...]]:
-    """The listed persons' rows, read-only. Where the engine has temporary tables the pipeline's steps
-    become temporary tables (connection-local, dropped after; PostgreSQL plans a long CTE chain badly),
-    as feasibility counts do; elsewhere (Spark) one query over the CTEs."""
+    """The listed persons' rows, read-only: the pipeline's steps become temporary tables (connection-local,
+    dropped after; PostgreSQL plans a long CTE chain badly), as feasibility counts do."""
     try:
         compiled = compile_cohort(cdm, plan.definition.expression)
     except MerciaError:
@@ -241,8 +240,12 @@ def _rows(cdm: Cdm, plan: _Plan, person: str | None) -> list[tuple[Any, ...]]:
     if person is not None:
         params[_PERSON_PARAM] = person
     if not cdm.engine.supports_temp_tables:
-        q = compiled.over_pipeline(_final(plan, cdm, "cohort_masked_events", person is not None))
-        return cdm.fetch_all(q, bound(q, params))
+        # The one engine without temporary tables (Spark) ran the derived definition's rules with one
+        # rule's bits unlike DuckDB's and PostgreSQL's (an exclusion on a measurement: its upper bound,
+        # "none, or nothing measured"), so its lists would be wrong: refused until that is found.
+        raise CdmError("trial candidates are not available on this engine yet (no temporary tables): a "
+                       "criterion's missing-data bound is computed differently there; use a DuckDB or "
+                       "PostgreSQL copy of the CDM")
     prefix = f"mercia_cand_{secrets.token_hex(6)}_"
     steps = compiled.steps(prefix)
     try:

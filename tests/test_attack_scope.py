@@ -249,6 +249,8 @@ def test_every_node_route_checks_role_and_project(fed: Federation) -> None:
         ("POST", f"{API}/feasibility"): {"definition": definition, "project": PROJECT},
         ("POST", f"{API}/concepts/count"): {"concept_id": 201826, "project": PROJECT},
         ("POST", f"{API}/trials/feasibility"): {"definition": definition, "project": PROJECT},
+
+        ("POST", f"{API}/trials/match"): {"person_source_value": "1"},
     }
     allowed = {  # the roles each route serves (in the caller's projects)
         ("POST", f"{API}/studies"): {"hub"},
@@ -261,11 +263,15 @@ def test_every_node_route_checks_role_and_project(fed: Federation) -> None:
         ("POST", f"{API}/feasibility"): {"hub", "researcher"},
         ("POST", f"{API}/concepts/count"): {"hub", "researcher"},
         ("POST", f"{API}/trials/feasibility"): {"hub", "researcher"},
+
+        # a trial's candidates: the clinician only (test_trial_candidates_http.py), none of the roles here
+        ("GET", f"{API}/trials/{{trial}}/candidates"): {"clinician"},
+        ("POST", f"{API}/trials/match"): {"clinician"},
     }
     assert node_routes(node) == set(allowed), "a route was added: say here who may call it"
     decisions = {"approve", "reject"}
     for (method, template), roles in sorted(allowed.items()):
-        path = template.replace("{content_hash}", h)
+        path = template.replace("{content_hash}", h).replace("{trial}", "t2d")
         for role in NODE_ROLES:
             for project in (OTHER, PROJECT):
                 if project == PROJECT and role in roles and path.rsplit("/", 1)[-1] in decisions:

@@ -1106,7 +1106,7 @@ def concept_import_codelist(
 
 # ---- trial -------------------------------------------------------------------------------------
 trial_app = typer.Typer(help="Clinical trials: eligibility as named criteria, import from ClinicalTrials.gov, "
-                        "feasibility across sites, recruitment.",
+                        "feasibility across sites, recruitment, candidates inside a site.",
                         no_args_is_help=True)
 app.add_typer(trial_app, name="trial")
 
@@ -1252,6 +1252,71 @@ def _print_trial_feasibility(answer: dict[str, Any]) -> None:
         console.print(f"recruitment: {rec['error']}", highlight=False, soft_wrap=True)
     for item in answer.get("not_applied") or []:
         console.print(f"not applied: {item}", highlight=False, soft_wrap=True)
+
+
+TrialFormatOpt = Annotated[str, typer.Option("--format", help="table, json or csv")]
+
+
+def _trial_format(value: str) -> str:
+    if value not in ("table", "json", "csv"):
+        raise MerciaError(f"--format: {value!r} is not one of table, json, csv")
+    return value
+
+
+@trial_app.command("candidates")
+@user_errors
+def trial_candidates(
+    trial: Annotated[str, typer.Argument(metavar="TRIAL", help="A trial file, or a trial's name in node.yaml's trials folder.")],
+    config: NodeConfigOpt,
+    format: TrialFormatOpt = "table",
+) -> None:
+    """The site's candidates for a trial (row-level: stays at the site; audited in the node's log)."""
+    from mercia.federation.node import load_node_config
+    from mercia.federation.node.trial_lookup import local_candidates
+    from mercia.trials.candidates import candidates_csv
+
+    _trial_format(format)
+    found = local_candidates(load_node_config(config), trial)
+    if format != "table":
+        sys.stdout.write(json.dumps(found.to_dict(), indent=2) + "\n" if format == "json" else candidates_csv(found.candidates))
+        return
+    number = {c.name: str(i + 1) for i, c in enumerate(found.criteria)}
+    t = Table("person_source_value", "age", "index date", "meets", "missing data",
+              title=f"{len(found.candidates)} candidate(s) for {found.trial}")
+    for c in found.candidates:
+        t.add_row(c.person_source_value or f"(person_id {c.person_id})", str(c.age), c.index_date,
+                  " ".join(number[n] for n in c.meets), " ".join(number[n] for n in c.missing))
+    console.print(t)
+    for c in found.criteria:
+        console.print(f"{number[c.name]}. {c.name}" + (f" (missing data: {c.missing_means})" if c.missing_means else ""),
+                      highlight=False)
+    if found.not_applied:
+        console.print("not applied: " + "; ".join(found.not_applied), highlight=False)
+
+
+@trial_app.command("match")
+@user_errors
+def trial_match(
+    person: Annotated[str, typer.Argument(metavar="PERSON", help="The person's person_source_value.")],
+    config: NodeConfigOpt,
+    format: TrialFormatOpt = "table",
+) -> None:
+    """The trials of node.yaml's trials folder a person is a candidate for (audited; the person is not)."""
+    from mercia.federation.node import load_node_config
+    from mercia.federation.node.trial_lookup import local_match
+    from mercia.trials.candidates import matches_csv
+
+    _trial_format(format)
+    searched, matches = local_match(load_node_config(config), person)
+    if format != "table":
+        sys.stdout.write(json.dumps({"trials_searched": searched, "matches": [m.to_dict() for m in matches]}, indent=2)
+                         + "\n" if format == "json" else matches_csv(matches))
+        return
+    t = Table("trial", "age", "index date", "meets", "missing data", title=f"{len(matches)} of {searched} trial(s)")
+    for m in matches:
+        t.add_row(m.trial, str(m.candidate.age), m.candidate.index_date, "; ".join(m.candidate.meets),
+                  "; ".join(m.candidate.missing))
+    console.print(t)
 
 
 # ---- dq (data quality) ------------------------------------------------------------------------

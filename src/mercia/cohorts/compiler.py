@@ -418,6 +418,10 @@ class CompiledCohort:
                                                  for name, q in self.ctes]))
         return final
 
+    def over_pipeline(self, final: exp.Select) -> exp.Select:
+        """`final` reading the pipeline's steps by name (cohort_masked_events, ...), with their CTEs."""
+        return self._with(final)
+
     def rows_query(self) -> exp.Select:
         """subject_id, cohort_start_date, cohort_end_date: the cohort's rows."""
         return self._with(select("subject_id", "cohort_start_date", "cohort_end_date").from_(cte_table("cohort_out"), copy=False))

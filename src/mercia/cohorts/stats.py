@@ -18,7 +18,7 @@ Five tables in the results schema, with OHDSI's columns (CohortGenerator's DDL) 
 The arithmetic on the per-mask counts lives here, once: `inclusion_stats` (per rule: meeting it, meeting
 every rule but it; before and after the rules) and `attrition_stages` / `remaining_after_rules` (the
 attrition view: what is left after rules 1..j in turn), which generation, the CLI, the study runner
-and feasibility counts all use.
+and feasibility counts all use; `rules_met` reads one mask (a trial's candidates, per person).
 
 As in Circe, the inclusion tables get rows only for definitions with inclusion rules. Unlike Circe,
 which leaves an id's old inclusion rows in place when its new definition has no rules, every table's
@@ -103,6 +103,11 @@ def inclusion_stats(
                 gain_count=masks.get(all_bits - (1 << i), 0),
             ))
     return stats, summary
+
+
+def rules_met(mask: int, rules: int) -> list[bool]:
+    """[i]: whether rule i is met in an inclusion-rule mask (bit i), for rules 0 .. rules-1."""
+    return [bool(mask >> i & 1) for i in range(rules)]
 
 
 def attrition_stages(mask_counts: MaskCounts, mode: int, rules: int) -> list[int]:

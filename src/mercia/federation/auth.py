@@ -9,7 +9,8 @@ guess came. Issuing again for a name rotates its token; revoking removes it.
 
 Roles. researcher (submits studies and feasibility queries for their projects), custodian (approves or
 rejects studies at their site), admin (manages users, nodes and projects), node and hub (the services,
-each with its own token for the other). A principal's projects is a set of project names, "*" for all.
+each with its own token for the other), clinician (a node's own: a trial's candidates at that site,
+from the site's network only). A principal's projects is a set of project names, "*" for all.
 
 Signing. The hub signs each package's content hash together with the project, the target sites, the
 requester and an expiry (canonical JSON, Ed25519); a node runs only packages whose signature verifies
@@ -63,9 +64,10 @@ from mercia.errors import ConfigError, MerciaError
 
 logger = logging.getLogger("mercia.auth")
 
-ROLES = ("researcher", "custodian", "admin", "node", "hub")
-# The roles that mean something to each service: its routes accept no other.
-NODE_ROLES = ("hub", "custodian", "researcher", "admin")
+ROLES = ("researcher", "custodian", "admin", "node", "hub", "clinician")
+# The roles that mean something to each service: its routes accept no other. A clinician exists only
+# at a node (a trial's candidates, inside the site); the hub never issues or accepts one.
+NODE_ROLES = ("hub", "custodian", "researcher", "admin", "clinician")
 HUB_ROLES = ("researcher", "admin")
 ALL_PROJECTS = "*"
 TOKEN_PREFIX = "mct_"

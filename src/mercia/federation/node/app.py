@@ -7,12 +7,15 @@ Every route but /health needs a bearer token (see mercia.federation.auth). What 
     custodian   list studies, approve or reject one by its content hash
     researcher  feasibility counts only, in their projects, if the site allows it
     admin       list studies and read their status
+    clinician   a trial's candidates and the trials a person may join: row-level, so only from the
+                site's own networks (node.yaml clinician_networks), never proxied (node/trial_lookup.py)
 
 Every role acts only in its token's projects: a study of another project is listed to no one and
 answers 404 to everything, as if it did not exist.
 
 No route returns a package's rows or anything built from rows but released tables: results are read
 from the study's results folder, which `run_study` fills only with tables that passed `release()`.
+The one exception is the clinician's trial look-ups above, which answer inside the site only.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' Annotated types.
@@ -27,6 +30,7 @@ from typing import Annotated, Any, Literal
 import anyio
 import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from pydantic import BaseModel, Field
 
 from mercia.disclosure.model_support import ModelRefused
@@ -64,9 +68,20 @@ from mercia.federation.node.privacy_budget import PrivacyLedger
 from mercia.federation.node.rounds import load_design, released_round
 from mercia.federation.node.state import NodeStore, StudyRecord, StudyStatusValue, UnknownStudyError
 from mercia.federation.node.trial_feasibility import TRIAL_COST, released_trial, trial_label
+from mercia.federation.node.trial_lookup import (
+    TRIAL_NAME_PATTERN,
+    all_trials,
+    audit_candidates,
+    audit_refused,
+    matched,
+    peer_allowed,
+    proxied,
+    trial_by_name,
+)
 from mercia.federation.node.worker import StudyWorker, designs_dir, results_dir
 from mercia.study.package import StudyPackage
 from mercia.study.runner import public_manifest
+from mercia.trials.candidates import find_candidates
 
 logger = logging.getLogger("mercia.node")
 
@@ -195,6 +210,28 @@ class RoundAnswer(BaseModel):
     n: int = Field(description="released (rounded) rows")
     n_events: int = Field(description="released (rounded) events")
     policy: dict[str, Any]
+
+
+class CandidateAnswer(BaseModel):
+    site: str
+    trial: str
+    criteria: list[dict[str, Any]] = Field(description="each criterion's name and what 'missing data' means for it")
+    not_applied: list[str] = Field(description="criteria of the trial not applied (still to review)")
+    persons: int = Field(description="how many candidates are listed")
+    candidates: list[dict[str, Any]] = Field(description=(
+        "person_source_value, person_id, age (at the index event), index_date, the criteria met and those "
+        "with missing data; persons failing a criterion are not listed"))
+
+
+class MatchQuery(RequestBody):
+    person_source_value: str = Field(min_length=1, max_length=256, description="the site's own patient identifier")
+
+
+class MatchAnswer(BaseModel):
+    site: str
+    trials_searched: int
+    matches: list[dict[str, Any]] = Field(description="each trial the person fails no criterion of: the trial, "
+                                                      "the criteria met and those with missing data")
 
 
 # ---- the app ----------------------------------------------------------------------------------------
@@ -611,6 +648,45 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         answer = {**answer, "privacy": {**answer["privacy"], "budget": privacy.budget, "spent": round(spent, 9),
                                         "left": round(max(privacy.budget - spent, 0.0), 9), "charged": charged}}
         return ConceptCountAnswer(**answer)
+
+    def on_site_network(request: Request, principal: Principal) -> None:
+        """403 unless the request came straight (no proxy headers) from a network node.yaml allows."""
+        host = request.client.host if request.client else None
+        if proxied(list(request.headers.keys())):
+            audit_refused(services.audit, principal.name, "proxied request")
+            raise HTTPException(403, detail="trial look-ups are answered only to requests made straight from "
+                                            "the site's network, not through a proxy")
+        if not peer_allowed(host, config.clinician_networks):
+            audit_refused(services.audit, principal.name, "outside clinician_networks")
+            raise HTTPException(403, detail="trial look-ups are answered only on the site's own network "
+                                            "(node.yaml clinician_networks)")
+
+    @app.get(f"{API}/trials/{{trial}}/candidates", response_model=CandidateAnswer, responses=ERRORS, tags=["trials"])
+    def trial_candidates(trial: Annotated[str, PathParam(pattern=TRIAL_NAME_PATTERN)], request: Request,
+                         principal: Annotated[Principal, role("clinician")]) -> CandidateAnswer:
+        """The site's candidates for a trial of its trials folder: each person failing no criterion, with
+        the criteria met and those with missing data. Role: clinician, from the site's own networks
+        only (node.yaml clinician_networks, default this host), never through a proxy or the hub.
+        Audited with who, which trial and how many persons, never the persons."""
+        on_site_network(request, principal)
+        t = trial_by_name(config, trial)
+        with services.cdm.reader() as cdm:
+            found = find_candidates(cdm, t)
+        audit_candidates(services.audit, principal.name, t.name, len(found.candidates), via="http")
+        return CandidateAnswer(site=config.site, **found.to_dict())
+
+    @app.post(f"{API}/trials/match", response_model=MatchAnswer, responses=ERRORS, tags=["trials"])
+    def trial_match(body: MatchQuery, request: Request,
+                    principal: Annotated[Principal, role("clinician")]) -> MatchAnswer:
+        """The trials of the site's trials folder a person (person_source_value, sent in the body so it is
+        in no URL or log) fails no criterion of, with the criteria met and those with missing data; 404
+        for a person not in the CDM. Role: clinician, from the site's own networks only, as candidates.
+        Audited with who and how many trials, never the person."""
+        on_site_network(request, principal)
+        trials = all_trials(config)
+        with services.cdm.reader() as cdm:
+            matches = matched(cdm, body.person_source_value, trials, services.audit, principal.name, via="http")
+        return MatchAnswer(site=config.site, trials_searched=len(trials), matches=[m.to_dict() for m in matches])
 
     def budget_holder(principal: Principal, project: str, requested_by: str | None,
                       signed_by_hub: Attestation | None, question: Any) -> str:

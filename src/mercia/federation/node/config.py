@@ -14,14 +14,17 @@
     feasibility_privacy: {epsilon_per_query: 0.1, budget: 1.0}   # differential privacy of counts
     tls: {cert: node.crt, key: node.key}
     federated_rounds: true             # approving a package with a Cox analysis allows score rounds on it
+    trials: trials                     # the site's trial files: clinicians' candidate look-ups (optional)
+    clinician_networks: [127.0.0.1/32, ::1/128]   # where candidate look-ups may come from (the default)
 """
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mercia.disclosure import BUILTIN_POLICIES, DisclosurePolicy
 from mercia.errors import ConfigError
@@ -59,6 +62,21 @@ class NodeConfig(StrictModel):
     tls: Tls | None = None
     federated_rounds: bool = True
     feasibility_privacy: FeasibilityPrivacy = FeasibilityPrivacy()
+    trials: Path | None = Field(None, description="a folder of the site's trial files (candidate look-ups)")
+    clinician_networks: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"], max_length=100,
+        description="client networks (CIDR) the clinician's candidate look-ups may come from")
+
+    @field_validator("clinician_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for n in v:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError:
+                raise ValueError(f"{n!r} is not a network: write an address or CIDR block, e.g. 127.0.0.1/32 "
+                                 "or 10.1.0.0/16") from None
+        return v
 
     @property
     def site_policy(self) -> DisclosurePolicy:
@@ -85,7 +103,7 @@ def load_node_config(path: str | Path, *, cdm: str | None = None) -> NodeConfig:
     if cdm is not None:
         data["cdm"] = cdm
     base = p.resolve().parent
-    for key in ("state_dir", "hub_public_key", "tokens"):
+    for key in ("state_dir", "hub_public_key", "tokens", "trials"):
         if key in data:
             data[key] = _resolve(base, data[key])
     if isinstance(data.get("tls"), dict):

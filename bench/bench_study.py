@@ -1,15 +1,23 @@
 """The demo study end to end on one synthetic site, phase by phase; its survival and incidence phases
 against lifelines and pandas on rows exported from the same CDM.
 
-    .venv/bin/python bench/bench_study.py [--persons 1000000]
+    .venv/bin/python bench/bench_study.py [--persons 1000000] [--engine duckdb postgres] [--pg-url URL]
 
 Target (issue 4): the demo study (examples/studies/sglt2_heart_failure: 3 cohorts, Table 1 and balance,
 cohort entries, incidence, prevalence, Kaplan-Meier, adjusted Cox; SACRO policy) on 1,000,000 persons
 in under 60 s.
 
-Data: the cached synthetic site of bench/bench_cohorts.py (bench/out/synth_<persons>.duckdb, seed
-20261125), copied before each run to bench/out/study_<persons>.duckdb (a study writes its cohorts into
-the CDM; the copy is not timed).
+Target (issue 14): the same at 10,000,000 persons on DuckDB in under 5 minutes and 8 GiB peak memory;
+the study at 1,000,000 persons on DuckDB and PostgreSQL side by side, the same released tables on both.
+
+Engines (`--engine`, in turn): duckdb, the file below; postgres, the same site copied once into schema
+synth_<persons> of the server at --pg-url (OHDSI's CDM indexes, ANALYZE; the copy is not timed), the
+study's cohorts in a fresh results_<persons> schema per run, the peer exporting through COPY. With two
+engines their released tables are compared row by row. (Spark: not yet; run_study does not run there.)
+
+Data: the cached synthetic site of bench/bench_cohorts.py (bench/out/synth_<persons>.duckdb, or in
+$MERCIA_BENCH_OUT; seed 20261125), copied before each run to study_<persons>.duckdb beside it (a study
+writes its cohorts into the CDM; the copy is not timed).
 
 Mercia: `run_study(example_package(), cdm, out)` in a fresh process (bench/harness.py); the phases
 are the run's own `StudyRun.timings` (cohort generation, then each analysis including the release of

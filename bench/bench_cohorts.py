@@ -6,7 +6,7 @@
 For each population size a synthetic site is made with mercia.synth (cached as
 bench/out/synth_<persons>.duckdb, gitignored) and these definitions are generated on it:
 
-* the 9 Circe definitions in /work/shared/data/cohorts/ (OHDSI CohortGenerator tests, Phenotype Library);
+* the 9 Circe definitions in the shared data's cohorts/ folder (tests/shared_data.py; OHDSI CohortGenerator tests, Phenotype Library);
 * 4 of our own on the synthetic vocabulary (new metformin users, T2DM with HbA1c > 58 mmol/mol, AF on
   anticoagulants, long statin eras with hypertension), written as Circe JSON to bench/out/defs/.
 

@@ -1,13 +1,19 @@
 """Cohort generation: Mercia's compiler vs OHDSI's Circe SQL (ohdsi-circepy) on the same DuckDB CDM.
 
     .venv/bin/python bench/bench_cohorts.py [--persons 100000 1000000] [--repeat 3] [--skip-oracle]
+    .venv/bin/python bench/bench_cohorts.py --eunomia-copies 400 [--repeat 3]
 
 For each population size a synthetic site is made with mercia.synth (cached as
 bench/out/synth_<persons>.duckdb, gitignored) and these definitions are generated on it:
 
-* the 9 Circe definitions in /work/shared/data/cohorts/ (OHDSI CohortGenerator tests, Phenotype Library);
+* the 9 Circe definitions in the shared data's cohorts/ folder (tests/shared_data.py; OHDSI CohortGenerator tests, Phenotype Library);
 * 4 of our own on the synthetic vocabulary (new metformin users, T2DM with HbA1c > 58 mmol/mol, AF on
   anticoagulants, long statin eras with hypertension), written as Circe JSON to bench/out/defs/.
+
+With ``--eunomia-copies N`` the population is instead OHDSI's Eunomia GiBleed sample replicated N times
+(person ids offset by 10,000 and record ids by 1,000,000 per copy; cached as eunomia_x<N>.duckdb), data
+shaped unlike Mercia's own, and only the 9 shared definitions run. The cached files go to bench/out, or
+to the folder named by $MERCIA_BENCH_OUT (a 10M-person site takes about 5 GiB).
 
 Mercia: one ``generate_cohorts`` call for the whole set (compile, render, insert into the cohort table,
 counts, inclusion masks), in one fresh process (bench/harness.py), timed in total; its Python part
@@ -32,7 +38,9 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-OUT = BENCH / "out"
+# Where the cached sites and the figures go: bench/out, or the folder in MERCIA_BENCH_OUT (a 10M-person site
+# is 4-5 GiB: keep it outside the repository).
+OUT = Path(os.environ.get("MERCIA_BENCH_OUT") or BENCH / "out")
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO / "tests"))
 
@@ -58,6 +66,61 @@ def database(persons: int) -> Path:
         cdm.close()
     partial.rename(path)
     print(f"generated {path.name} in {time.perf_counter() - t0:.0f} s", flush=True)
+    return path
+
+
+# Eunomia replicated: ids of copy k are the original's plus k times these (Eunomia's largest person_id is
+# 5,343 and its largest record or visit id 355,951, so copies never collide).
+EUNOMIA_PERSON_STEP = 10_000
+EUNOMIA_RECORD_STEP = 1_000_000
+
+
+def eunomia_database(copies: int) -> Path:
+    """OHDSI's Eunomia GiBleed sample replicated `copies` times into one DuckDB file (cached), with plain
+    duckdb (independent of Mercia's loader, as the oracle tests' Eunomia is): in copy k every person id is
+    offset by k * 10,000 and every record, visit and era id by k * 1,000,000; the vocabulary and the other
+    tables are Eunomia's, once. 400 copies make 1,077,600 persons."""
+    import duckdb
+
+    from oracle_support import EUNOMIA_DIR
+
+    path = OUT / f"eunomia_x{copies}.duckdb"
+    if path.exists():
+        return path
+    files = sorted(EUNOMIA_DIR.glob("*.parquet"))
+    if not files:
+        raise SystemExit(f"--eunomia-copies: no Eunomia Parquet files in {EUNOMIA_DIR}")
+    OUT.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    con = duckdb.connect(str(partial))
+    try:
+        for f in files:
+            cols = [r[0] for r in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(f)]).fetchall()]
+            if "person_id" not in cols:
+                con.execute(f'CREATE TABLE main."{f.stem}" AS SELECT * FROM read_parquet(?)', [str(f)])
+                continue
+            # The table's own id, the visit it points to and the visit before it (0 or NULL: no visit, kept).
+            own = {f"{f.stem}_id", "visit_occurrence_id", "preceding_visit_occurrence_id"}
+            shifted = []
+            for c in cols:
+                if c == "person_id":
+                    shifted.append(f"person_id + k * {EUNOMIA_PERSON_STEP} AS person_id")
+                elif c in own:
+                    shifted.append(f'CASE WHEN "{c}" > 0 THEN "{c}" + k * {EUNOMIA_RECORD_STEP} ELSE "{c}" END AS "{c}"')
+                else:
+                    shifted.append(f'"{c}"')
+            con.execute(
+                f'CREATE TABLE main."{f.stem}" AS SELECT {", ".join(shifted)} FROM read_parquet(?), '
+                f"range({int(copies)}) AS r(k) ORDER BY k, person_id",
+                [str(f)],
+            )
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    partial.rename(path)
+    print(f"made {path.name} ({copies} copies of Eunomia) in {time.perf_counter() - t0:.0f} s", flush=True)
     return path
 
 
@@ -155,11 +218,13 @@ def own_definitions() -> dict[str, dict[str, Any]]:
     }
 
 
-def definitions() -> list[tuple[int, str, Path]]:
-    """(cohort_id, name, Circe JSON file): the shared definitions, then ours (ids 1001...)."""
+def definitions(own: bool = True) -> list[tuple[int, str, Path]]:
+    """(cohort_id, name, Circe JSON file): the shared definitions, then ours (ids 1001...) unless own=False."""
     from oracle_support import COHORTS_DIR
 
     out = [(int(p.stem), f"{p.parent.name}/{p.stem}", p) for p in sorted(COHORTS_DIR.glob("*/*.json"))]
+    if not own:
+        return out
     defs_dir = OUT / "defs"
     defs_dir.mkdir(parents=True, exist_ok=True)
     for i, (name, d) in enumerate(own_definitions().items()):
@@ -217,14 +282,27 @@ def run_oracle(db: Path, defs: list[tuple[int, str, Path]]) -> dict[int, Any]:
     return out
 
 
-def bench(persons: int, skip_oracle: bool, repeat: int) -> dict[str, Any]:
+def bench(persons: int, skip_oracle: bool, repeat: int, eunomia_copies: int = 0) -> dict[str, Any]:
+    """One population: the synthetic site of `persons`, or (eunomia_copies > 0) Eunomia replicated, where
+    only the nine shared definitions run (ours name concepts of Mercia's synthetic vocabulary)."""
     import statistics
 
+    import duckdb
     from harness import machine, measure
 
-    db = database(persons)
-    defs = definitions()
-    print(f"\n== {persons:,} persons: {len(defs)} cohorts on {db.name}, each side {repeat} time(s) ==", flush=True)
+    if eunomia_copies:
+        db = eunomia_database(eunomia_copies)
+        defs = definitions(own=False)
+        con = duckdb.connect(str(db), read_only=True)
+        persons = con.execute("SELECT COUNT(*) FROM person").fetchall()[0][0]
+        con.close()
+        label = f"eunomia_x{eunomia_copies}"
+    else:
+        db = database(persons)
+        defs = definitions()
+        label = str(persons)
+    print(f"\n== {persons:,} persons: {len(defs)} cohorts on {db.name}, each side {repeat} time(s); "
+          f"load average {os.getloadavg()[0]:.1f} ==", flush=True)
     # The two sides take turns, so a slow spell of the machine falls on both; the medians are compared.
     runs, circe_runs = [], []
     for _ in range(repeat):
@@ -269,14 +347,14 @@ def bench(persons: int, skip_oracle: bool, repeat: int) -> dict[str, Any]:
     else:
         print("Circe not run (--skip-oracle): no ratio, rows not compared")
     print(f"Mercia process (median run): {m['seconds']:.1f} s wall incl. parsing and reading rows back, "
-          f"peak RSS {m['peak_rss_mib']:.0f} MiB")
-    result = {"persons": persons, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+          f"peak RSS {m['peak_rss_mib']:.0f} MiB; load average now {os.getloadavg()[0]:.1f}")
+    result = {"persons": persons, "population": label, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "load_average": os.getloadavg(), "mercia_total_s": total_m, "mercia_cpu_s": mercia["cpu_s"],
               "mercia_python_s": mercia["python_s"], "circe_total_s": total_c, "ratio": ratio,
               "rows_identical": identical if oracle else None, "mercia_peak_rss_mib": m["peak_rss_mib"],
               "repeat": repeat, "mercia_totals_s": mercia_totals, "circe_totals_s": circe_totals,
               "cohorts": per}
-    (OUT / f"bench_cohorts_{persons}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    (OUT / f"bench_cohorts_{label}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
 
 
@@ -285,7 +363,15 @@ def main() -> None:
     ap.add_argument("--persons", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--skip-oracle", action="store_true", help="time Mercia only")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each side; the medians are compared")
+    ap.add_argument("--eunomia-copies", type=int, default=0, metavar="N",
+                    help="instead of the synthetic sites: OHDSI's Eunomia replicated N times (400: 1,077,600 "
+                    "persons), ids offset per copy; the nine shared definitions")
     args = ap.parse_args()
+    if args.eunomia_copies < 0:
+        ap.error("--eunomia-copies: a whole number of copies, 1 or more")
+    if args.eunomia_copies:
+        bench(0, args.skip_oracle, args.repeat, args.eunomia_copies)
+        return
     for n in args.persons:
         bench(n, args.skip_oracle, args.repeat)
 

@@ -915,7 +915,7 @@ def client_quality(
     token: TokenOpt,
     as_json: Annotated[bool, typer.Option("--json", help="Print the hub's whole answer as JSON.")] = False,
 ) -> None:
-    """The project's sites' released data-quality summaries side by side (pass rates, failed checks)."""
+    """The released data-quality summaries of the sites of a project, side by side (pass rates, failed checks)."""
     with _client(hub, token) as c:
         answer = c.quality(project)
     if as_json:

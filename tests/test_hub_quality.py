@@ -273,3 +273,20 @@ def test_roles_project_walls_and_bad_input(fed: Federation, tmp_path: Path) -> N
         for params in ({}, {"project": "a b"}):
             r = c.get(f"{API}/quality", params=params)
             assert r.status_code == 422 and "project" in r.text, r.text
+
+
+def test_a_node_runs_its_checks_at_start_only_when_told(tmp_path: Path) -> None:
+    from federation_support import HubKey, NodeServer
+
+    key = HubKey(tmp_path / "hub")
+    site = make_site(tmp_path / "solo.duckdb", persons=1500, seed=41)
+    with NodeServer(tmp_path / "plain", cdm=site, hub_key=key, site="plain") as node, node.client("custodian") as c:
+        r = c.get(f"{API}/quality", params={"project": PROJECT})
+        assert r.status_code == 409 and "not run yet" in r.json()["detail"] and "POST quality/run" in r.text
+    with NodeServer(tmp_path / "eager", cdm=site, hub_key=key, site="eager", quality_at_start=True) as node:
+        summary = _wait_summary(node)
+        assert summary["site"] == "eager" and summary["overview"]["overall"]["checks"] > 1000
+        with node.client("custodian") as c:  # a second run: started, and the stored summary still answered
+            r = c.post(f"{API}/quality/run")
+            assert r.status_code == 202 and r.json()["last_run_date"] == summary["run_date"]
+            assert c.get(f"{API}/quality", params={"project": PROJECT}).status_code == 200

@@ -52,7 +52,7 @@ from mercia.federation.hub.federated import (
     federated_fit,
     trial_feasibility_across,
 )
-from mercia.federation.hub.quality import quality_across, site_status
+from mercia.federation.hub.quality import quality_across
 from mercia.federation.hub.registry import HubStore, NotFoundError
 from mercia.report.hub import render_network_quality, render_pooled_report
 from mercia.study.package import StudyPackage
@@ -369,12 +369,9 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         runs = [r.public() for r in store.site_runs(content_hash)]
         # Each site that ran it: its data-quality status now (run day, pass rate, failed checks).
         ran = [r["site"] for r in runs if r["status"] == "collected"]
-        quality = [site_status(a) for a in quality_across(store, ran, study["project"],
-                                                          timeout=config.node_timeout_seconds)["summaries"].values()]
-        quality += [site_status({"site": s, "error": "no data-quality summary"})
-                    for s in ran if s not in {q["site"] for q in quality}]
+        quality = quality_across(store, ran, study["project"], timeout=config.node_timeout_seconds)["sites"]
         html = render_pooled_report(study, runs, json.loads(study["pooled"] or "{}"), services.federated(content_hash),
-                                    quality=sorted(quality, key=lambda q: q["site"]))
+                                    quality=quality)
         return HTMLResponse(html)
 
     @app.post(f"{API}/studies/{{content_hash}}/federated", response_model=dict[str, Any], responses=ERRORS,

@@ -288,7 +288,7 @@ class NodeServices:
         if self._start_worker:
             self.worker.start()
         self.audit.append("node.started", "node", site=self.config.site)
-        if self.config.quality_at_start and self.quality.summary() is None:
+        if self.config.quality_at_start and self.quality.summary(self.config.site_policy) is None:
             self.run_quality("node")
 
     def run_quality(self, actor: str) -> bool:
@@ -299,7 +299,7 @@ class NodeServices:
 
         def done(summary: dict[str, Any] | None, error: str | None) -> None:
             if summary is not None:
-                self.audit.append("quality.released", actor, run_date=summary["run_date"],
+                self.audit.append("quality.released", actor, run_date=summary["run_date"], policy=summary["policy"],
                                   overview=summary["overview"]["overall"])
             else:
                 self.audit.append("quality.failed", actor, error=error)
@@ -708,9 +708,9 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
             raise HTTPException(403, detail=f"this site answers data-quality summaries for custodian, admin, "
                                             f"{', '.join(config.feasibility_roles)} only (feasibility_roles)")
         require_project(principal, project)
-        summary = services.quality.summary()
+        summary = services.quality.summary(config.site_policy)
         if summary is None:
-            state = "running now" if services.quality.running else "not run yet"
+            state = "running now" if services.quality.running else "not run yet under the site's current policy"
             raise HTTPException(409, detail=f"no data-quality summary at this site yet ({state}); the custodian "
                                             "starts a run with POST quality/run")
         services.audit.append("quality.sent", principal.name, project=project, run_date=summary["run_date"])
@@ -723,7 +723,7 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         until then the previous one is answered. One run at a time: asking during a run starts none.
         Roles: custodian, admin (a site-wide action, in no project)."""
         started = services.run_quality(principal.name)
-        summary = services.quality.summary()
+        summary = services.quality.summary(config.site_policy)
         return QualityRun(site=config.site, started=started, running=services.quality.running,
                           last_run_date=summary["run_date"] if summary else None)
 

@@ -24,6 +24,7 @@ Error messages, query text and the exact counts stay at the site (`mercia dq che
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -150,7 +151,12 @@ def released_quality(cdm: Cdm, policy: DisclosurePolicy, *, site: str, today: dt
         "trends": trends,
         # What was rounded, suppressed and dropped, per table (the per-cell entries stay at the site).
         "disclosure": {"summary": json.loads(log.to_json(public=True))["summary"]},
+        "policy_key": policy_key(policy),  # kept in the store, never answered (QualityStore.summary)
     }
+
+
+def policy_key(policy: DisclosurePolicy) -> str:
+    return hashlib.sha256(policy.model_dump_json().encode()).hexdigest()
 
 
 class QualityStore:
@@ -163,11 +169,16 @@ class QualityStore:
         self._running: threading.Thread | None = None
         self.last_error: str | None = None
 
-    def summary(self) -> dict[str, Any] | None:
+    def summary(self, policy: DisclosurePolicy) -> dict[str, Any] | None:
+        """The stored summary if it was released under `policy` (the site's policy now): one released
+        under another (say, before node.yaml was made stricter) is not answered; run again."""
         try:
-            return json.loads(self.path.read_text())
+            stored = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
+        if stored.pop("policy_key", None) != policy_key(policy):
+            return None
+        return stored
 
     @property
     def running(self) -> bool:

@@ -252,6 +252,7 @@ def test_every_node_route_checks_role_and_project(fed: Federation) -> None:
 
         ("POST", f"{API}/trials/match"): {"person_source_value": "1"},
     }
+    params = {("GET", f"{API}/quality"): {"project": PROJECT}}  # a query string, not a body
     allowed = {  # the roles each route serves (in the caller's projects)
         ("POST", f"{API}/studies"): {"hub"},
         ("GET", f"{API}/studies"): {"hub", "custodian", "admin"},
@@ -263,6 +264,10 @@ def test_every_node_route_checks_role_and_project(fed: Federation) -> None:
         ("POST", f"{API}/feasibility"): {"hub", "researcher"},
         ("POST", f"{API}/concepts/count"): {"hub", "researcher"},
         ("POST", f"{API}/trials/feasibility"): {"hub", "researcher"},
+        # the released data-quality summary (hub and researcher as feasibility_roles lists them), and
+        # starting a run of the checks: site-wide, in no project
+        ("GET", f"{API}/quality"): {"hub", "researcher", "custodian", "admin"},
+        ("POST", f"{API}/quality/run"): {"custodian", "admin"},
 
         # a trial's candidates: the clinician only (test_trial_candidates_http.py), none of the roles here
         ("GET", f"{API}/trials/{{trial}}/candidates"): {"clinician"},
@@ -276,10 +281,13 @@ def test_every_node_route_checks_role_and_project(fed: Federation) -> None:
             for project in (OTHER, PROJECT):
                 if project == PROJECT and role in roles and path.rsplit("/", 1)[-1] in decisions:
                     continue  # a real decision: made once, below
-                r = call(node, method, path, f"{role}@{project}", json=bodies.get((method, template)))
+                r = call(node, method, path, f"{role}@{project}", json=bodies.get((method, template)),
+                         params=params.get((method, template)))
                 what = (method, template, role, project, r.status_code, r.text[:200])
                 if role not in roles:
                     assert r.status_code == 403 and ("needs role" in r.text or "feasibility counts for" in r.text), what
+                elif template == f"{API}/quality/run":
+                    assert r.status_code == 202 and r.json()["site"] == "alpha", what  # site-wide, any project
                 elif project == OTHER:
                     if template == f"{API}/studies" and method == "GET":
                         assert r.status_code == 200 and h not in r.text, what
@@ -289,7 +297,9 @@ def test_every_node_route_checks_role_and_project(fed: Federation) -> None:
                         assert r.status_code in (403, 404), what
                 else:
                     assert r.status_code in (200, 202, 409), what
-                    if method == "GET" or template.endswith(("/results", "/rounds")):
+                    if template == f"{API}/quality":
+                        assert r.status_code == 200 or "data-quality summary" in r.text, what
+                    elif method == "GET" or template.endswith(("/results", "/rounds")):
                         assert h[:12] in r.text, what  # the study itself, or "study <hash> is pending..."
     assert call(node, "GET", f"{API}/studies/{h}", "hub").json()["status"] == "pending_approval"
     r = call(node, "POST", f"{API}/studies/{h}/reject", f"custodian@{PROJECT}", json={"reason": "matrix"})
@@ -318,6 +328,9 @@ def test_every_hub_route_checks_the_project(fed: Federation) -> None:
             assert r.status_code == absent.status_code == 404, (role, method, path, r.status_code, r.text)
             assert r.json()["detail"].replace(h, missing) == absent.json()["detail"]
         assert h not in hub_call("GET", "/studies", who).text
+        for path in ("/quality", "/quality/report"):  # the sites' data quality of a project not theirs
+            r = hub_call("GET", path, who, params={"project": PROJECT})
+            assert r.status_code == 403 and "not a member" in r.json()["detail"], (path, r.text)
         r = hub_call("POST", "/studies", who, json={"package": pkg.canonical(), "project": PROJECT})
         assert r.status_code == 403 and "not a member" in r.json()["detail"]
         for path, body in (("/feasibility", {"definition": pkg.canonical()["cohorts"]["sglt2"]["definition"]}),

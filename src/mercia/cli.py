@@ -907,6 +907,31 @@ def _site_concept_counts(answer: dict[str, Any]) -> Table:
     return t
 
 
+@client_app.command("quality")
+@user_errors
+def client_quality(
+    project: Annotated[str, typer.Option(help="The project whose sites to show.")],
+    hub: HubUrlOpt,
+    token: TokenOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the hub's whole answer as JSON.")] = False,
+) -> None:
+    """The released data-quality summaries of the sites of a project, side by side (pass rates, failed checks)."""
+    with _client(hub, token) as c:
+        answer = c.quality(project)
+    if as_json:
+        print(json.dumps(answer, indent=1))
+        return
+    t = Table("site", "DQ run", "pass rate %", "conformance", "completeness", "plausibility", "failed checks",
+              "note", title=f"Data quality of the sites of {project}",
+              caption="from each site's released summary; pass rate: passed over passed, failed and error")
+    pct = lambda v: "" if v is None else f"{v:g}"  # noqa: E731
+    for s in answer["sites"]:
+        t.add_row(s["site"], s["run_date"] or "", pct(s["pass_rate"]), pct(s.get("pass_rate_conformance")),
+                  pct(s.get("pass_rate_completeness")), pct(s.get("pass_rate_plausibility")),
+                  "" if s["failed_checks"] is None else str(s["failed_checks"]), s.get("error") or "")
+    console.print(t)
+
+
 # ---- audit -------------------------------------------------------------------------------------
 audit_app = typer.Typer(help="Check the hash-chained audit logs of nodes and the hub.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")

@@ -7,6 +7,7 @@
     fit = client.federated(study["hash"], "cox_adjusted", "cox")   # exact federated Cox
     client.feasibility({"name": ..., "concepts": ..., "entry": ...}, project="diabetes")
     client.concept_count(201826, project="diabetes")       # each site's released persons with a concept
+    client.quality("diabetes")                # the sites' released data-quality summaries side by side
 
 Errors the hub reports (4xx) raise ClientError with the hub's message; the HTTP status is `.status`.
 """
@@ -131,6 +132,14 @@ class Client:
         privacy budget at each site, as feasibility counts do."""
         return self._call("POST", "/concepts/count", {"concept_id": concept_id, "descendants": descendants,
                                                       "project": project, "sites": sites})
+
+    def quality(self, project: str) -> dict[str, Any]:
+        """The project's sites' released data-quality summaries side by side: `{"project", "sites": [{"site",
+        "run_date", "pass_rate", "pass_rate_<category>", "failed_checks", ..., "error"}], "failed": [...],
+        "trends": [{"site", "domain", "month", "records"}], "summaries": {site: the node's summary}}`."""
+        from urllib.parse import quote
+
+        return self._call("GET", f"/quality?project={quote(project, safe='')}")
 
     # ---- administration (admin tokens) --------------------------------------------------------------
     def add_node(self, name: str, url: str, token: str, verify: str | None = None) -> dict[str, Any]:

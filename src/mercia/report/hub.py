@@ -47,8 +47,50 @@ def _pooled_forest(table: str, rows: list[dict[str, Any]]) -> Any:
     )
 
 
+def quality_status_html(status: list[dict[str, Any]]) -> str:
+    """Each site's data-quality status in one table row: the day of its run, pass rate, failed checks."""
+    df = pd.DataFrame([{"site": s["site"], "DQ run": s["run_date"] or "", "pass rate %": s["pass_rate"],
+                        "failed checks": s["failed_checks"], "note": s.get("error") or ""} for s in status])
+    return table_html(df)
+
+
+def render_network_quality(answer: dict[str, Any]) -> str:
+    """The hub's data-quality page of a project: the sites side by side (pass rates per category, failed
+    checks) and each domain's released records per month by site, from the sites' released summaries."""
+    import plotly.graph_objects as go
+
+    e = html.escape
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>Data quality: "
+             f"{e(answer['project'])}</title><style>{_STYLE}</style></head><body>",
+             f"<h1>Data quality across project {e(answer['project'])}</h1>",
+             "<p>Every number here was released by a site's disclosure control: a count it suppressed shows "
+             "as a dash, and concept-level checks appear only where the site released their denominator. "
+             "Pass rate: passed checks over those passed, failed or in error (not applicable ones left out).</p>",
+             "<h2>Sites side by side</h2>"]
+    cols = ["site", "run_date", "pass_rate", "pass_rate_conformance", "pass_rate_completeness",
+            "pass_rate_plausibility", "checks", "passed", "failed_checks", "not_applicable", "errors", "error"]
+    parts.append(table_html(pd.DataFrame([{c: s.get(c) for c in cols} for s in answer["sites"]], columns=cols)))
+    parts.append("<h2>Failed checks</h2>")
+    parts.append(table_html(pd.DataFrame(answer["failed"])) if answer["failed"] else "<p>No site has a failed check.</p>")
+    parts.append("<h2>Records per month</h2>")
+    trends = pd.DataFrame(answer["trends"], columns=["site", "domain", "month", "records"])
+    plots = Plots()
+    for domain, d in trends.groupby("domain", sort=True):
+        fig = go.Figure([go.Scatter(x=g["month"], y=g["records"], mode="lines+markers", name=str(site))
+                         for site, g in d.groupby("site", sort=True)])
+        fig.update_layout(title=f"{domain}: released records per month", xaxis_title="month",
+                          yaxis_title="records", height=320, margin={"t": 40, "b": 40})
+        parts.append(plots.html(fig))
+    if trends.empty:
+        parts.append("<p>No site released a monthly count.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
 def render_pooled_report(study: dict[str, Any], sites: list[dict[str, Any]], pooled: dict[str, Any],
-                         federated: list[dict[str, Any]] | None = None) -> str:
+                         federated: list[dict[str, Any]] | None = None,
+                         quality: list[dict[str, Any]] | None = None) -> str:
     e = html.escape
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
              f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{e(study['name'])}: pooled "
@@ -62,6 +104,9 @@ def render_pooled_report(study: dict[str, Any], sites: list[dict[str, Any]], poo
     site_df = pd.DataFrame([{"site": s["site"], "status": s["status"], "note": s.get("last_error") or s.get("detail")
                              or ""} for s in sites])
     parts.append(table_html(site_df))
+    if quality is not None:
+        parts.append("<h2>Data quality of the sites</h2>")
+        parts.append(quality_status_html(quality))
     parts.append("<h2>Meta-analysis of released estimates</h2>")
     if not pooled.get("tables"):
         parts.append("<p>No site released a model estimate to pool.</p>")

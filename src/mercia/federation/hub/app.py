@@ -3,6 +3,7 @@
     researcher  submit a package to sites of a project they belong to; status; pooled results and
                 report; close a study with the sites that answered; federated regression; counts
                 (feasibility counts of a cohort definition, persons counts of a concept)
+                and the sites' data-quality summaries side by side
     admin       everything a researcher can, in every project, plus nodes, projects and users
 
 The hub never sees rows: it stores what nodes released and pools it.
@@ -13,7 +14,7 @@ The hub never sees rows: it stores what nodes released and pools it.
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field, field_validator
@@ -51,8 +52,9 @@ from mercia.federation.hub.federated import (
     federated_fit,
     trial_feasibility_across,
 )
+from mercia.federation.hub.quality import quality_across
 from mercia.federation.hub.registry import HubStore, NotFoundError
-from mercia.report.hub import render_pooled_report
+from mercia.report.hub import render_network_quality, render_pooled_report
 from mercia.study.package import StudyPackage
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -364,8 +366,12 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         study = visible(principal, content_hash)
         if study["status"] != "closed":
             raise HTTPException(409, detail="the study is still open; the pooled report comes when it is closed")
-        html = render_pooled_report(study, [r.public() for r in store.site_runs(content_hash)],
-                                    json.loads(study["pooled"] or "{}"), services.federated(content_hash))
+        runs = [r.public() for r in store.site_runs(content_hash)]
+        # Each site that ran it: its data-quality status now (run day, pass rate, failed checks).
+        ran = [r["site"] for r in runs if r["status"] == "collected"]
+        quality = quality_across(store, ran, study["project"], timeout=config.node_timeout_seconds)["sites"]
+        html = render_pooled_report(study, runs, json.loads(study["pooled"] or "{}"), services.federated(content_hash),
+                                    quality=quality)
         return HTMLResponse(html)
 
     @app.post(f"{API}/studies/{{content_hash}}/federated", response_model=dict[str, Any], responses=ERRORS,
@@ -450,6 +456,35 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         return ConceptCounts(concept_id=answer["concept_id"], descendants=answer["descendants"],
                              sites=[SiteConceptCount(**{k: a.get(k) for k in SiteConceptCount.model_fields})
                                     for a in answer["sites"]])
+
+    def quality_sites(principal: Principal, project: str) -> list[str]:
+        require_project(principal, project)
+        return store.project_sites(project)
+
+    @app.get(f"{API}/quality", response_model=dict[str, Any], responses=ERRORS, tags=["quality"])
+    def quality(project: Annotated[str, Query(pattern=NAME_PATTERN, description="the project whose sites to show")],
+                principal: Annotated[Principal, role("researcher", "admin")]) -> dict[str, Any]:
+        """The data-quality summaries of the project's sites side by side (federation/hub/quality.py):
+        per site the day of its run, pass rates overall and per category, counts of checks by status;
+        every failed check with its released numbers; released records per month per domain; and each
+        site's released summary as it sent it. A site without a summary, or that did not answer, gives
+        its reason in `error`. Roles: researcher (in the project), admin."""
+        sites = quality_sites(principal, project)
+        answer = quality_across(store, sites, project, timeout=config.node_timeout_seconds)
+        services.audit.append("quality.asked", principal.name, project=project, sites=sites)
+        return answer
+
+    @app.get(f"{API}/quality/report", response_class=HTMLResponse, tags=["quality"],
+             responses={code: {**spec, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+                        for code, spec in ERRORS.items()})
+    def quality_report(project: Annotated[str, Query(pattern=NAME_PATTERN, description="the project")],
+                       principal: Annotated[Principal, role("researcher", "admin")]) -> HTMLResponse:
+        """The same side by side as an HTML page, with each domain's records per month by site plotted.
+        Roles: researcher (in the project), admin."""
+        sites = quality_sites(principal, project)
+        answer = quality_across(store, sites, project, timeout=config.node_timeout_seconds)
+        services.audit.append("quality.asked", principal.name, project=project, sites=sites, page=True)
+        return HTMLResponse(render_network_quality(answer))
 
     # ---- administration -------------------------------------------------------------------------------
     @app.post(f"{API}/nodes", response_model=NodeOut, status_code=201, responses=ERRORS, tags=["admin"])

@@ -92,3 +92,14 @@ class NodeLink:
         return self._call("POST", "/concepts/count", {"concept_id": concept_id, "descendants": descendants,
                                                       "project": project, "requested_by": requested_by,
                                                       "attestation": attestation})
+
+    def quality(self, project: str) -> dict[str, Any]:
+        try:
+            r = self.client.get(API + "/quality", params={"project": project})
+        except httpx.HTTPError as e:
+            raise NodeUnavailable(f"node {self.node.name!r} did not answer ({type(e).__name__})") from None
+        if r.status_code == 200:
+            return r.json()
+        if r.status_code >= 500 or r.status_code == 429:
+            raise NodeUnavailable(f"node {self.node.name!r} answered {r.status_code}: {_detail(r)}")
+        raise NodeRefused(f"node {self.node.name!r} refused ({r.status_code}): {_detail(r)}", r.status_code)

@@ -7,6 +7,8 @@ Every route but /health needs a bearer token (see mercia.federation.auth). What 
     custodian   list studies, approve or reject one by its content hash
     researcher  feasibility counts only, in their projects, if the site allows it
     admin       list studies and read their status
+    quality     the released data-quality summary: custodian and admin, and hub and researcher where
+                `feasibility_roles` lists them, in their projects; custodian and admin start a run
     clinician   a trial's candidates and the trials a person may join: row-level, so only from the
                 site's own networks (node.yaml clinician_networks), never proxied (node/trial_lookup.py)
 
@@ -65,6 +67,7 @@ from mercia.federation.node.config import NodeConfig
 from mercia.federation.node.count_cache import ReleasedCountCache
 from mercia.federation.node.feasibility import feasibility_count, feasibility_label, parse_definition
 from mercia.federation.node.privacy_budget import PrivacyLedger
+from mercia.federation.node.quality import QualityStore, released_quality
 from mercia.federation.node.rounds import load_design, released_round
 from mercia.federation.node.state import NodeStore, StudyRecord, StudyStatusValue, UnknownStudyError
 from mercia.federation.node.trial_feasibility import TRIAL_COST, released_trial, trial_label
@@ -234,6 +237,28 @@ class MatchAnswer(BaseModel):
                                                       "the criteria met and those with missing data")
 
 
+class QualitySummary(BaseModel):
+    site: str
+    run_date: str = Field(description="the day the checks ran (UTC)")
+    cdm_version: str
+    policy: str = Field(description="the site policy every number below passed")
+    overview: dict[str, Any] = Field(description="released checks by status, overall and per category, and "
+                                                 "the pass rate (passed over passed, failed and error, in percent)")
+    checks: dict[str, Any] = Field(description="table- and field-level checks: columns and rows; numerator and "
+                                               "denominator null unless both were released")
+    concept_checks: dict[str, Any] = Field(description="concept-level checks, only those whose denominator "
+                                                       "was released")
+    trends: dict[str, Any] = Field(description="released records per calendar month per domain")
+    disclosure: dict[str, Any]
+
+
+class QualityRun(BaseModel):
+    site: str
+    started: bool = Field(description="false if a run was already going on")
+    running: bool
+    last_run_date: str | None = Field(description="the day of the stored summary's run, if any")
+
+
 # ---- the app ----------------------------------------------------------------------------------------
 class NodeServices:
     """What the routes share: the queue, the audit log, the CDM, the worker and the count guard."""
@@ -251,6 +276,7 @@ class NodeServices:
                                      max_repeats=limits.near_identical)
         self.counts = ReleasedCountCache(config.count_cache_seconds)
         self.ledger = PrivacyLedger(config.state_dir)
+        self.quality = QualityStore(config.state_dir)
         self.worker = StudyWorker(config, self.store, self.cdm, self.audit)
         self._start_worker = start_worker
         # Regression rounds load a study's rows from disk once, then keep them while rounds go on.
@@ -262,6 +288,26 @@ class NodeServices:
         if self._start_worker:
             self.worker.start()
         self.audit.append("node.started", "node", site=self.config.site)
+        if self.config.quality_at_start and self.quality.summary(self.config.site_policy) is None:
+            self.run_quality("node")
+
+    def run_quality(self, actor: str) -> bool:
+        """Start a data-quality run in the background (unless one is going on); audited at start and end."""
+        def compute() -> dict[str, Any]:
+            with self.cdm.reader() as cdm:
+                return released_quality(cdm, self.config.site_policy, site=self.config.site)
+
+        def done(summary: dict[str, Any] | None, error: str | None) -> None:
+            if summary is not None:
+                self.audit.append("quality.released", actor, run_date=summary["run_date"], policy=summary["policy"],
+                                  overview=summary["overview"]["overall"])
+            else:
+                self.audit.append("quality.failed", actor, error=error)
+
+        started = self.quality.start(compute, done)
+        if started:
+            self.audit.append("quality.started", actor)
+        return started
 
     def stop(self) -> None:
         self.worker.stop()
@@ -648,6 +694,38 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         answer = {**answer, "privacy": {**answer["privacy"], "budget": privacy.budget, "spent": round(spent, 9),
                                         "left": round(max(privacy.budget - spent, 0.0), 9), "charged": charged}}
         return ConceptCountAnswer(**answer)
+
+    @app.get(f"{API}/quality", response_model=QualitySummary, responses=ERRORS, tags=["quality"])
+    def quality(project: Annotated[str, Query(pattern=NAME_PATTERN, description="a project of the caller")],
+                principal: Annotated[Principal, role("custodian", "admin", "hub", "researcher")]) -> QualitySummary:
+        """The site's released data-quality summary (node/quality.py): each check's status, its violated
+        and denominator rows only where both pass the site policy, concept-level checks only where their
+        denominator is released, records per month per domain, pass rates per category, and the day of
+        the run. Answered from the stored summary of the last run (409 before the first): the same for
+        every caller until the next run. Roles: custodian and admin, and hub and researcher where the
+        site's feasibility_roles lists them; in the caller's projects (403 otherwise)."""
+        if principal.role in ("hub", "researcher") and principal.role not in config.feasibility_roles:
+            raise HTTPException(403, detail=f"this site answers data-quality summaries for custodian, admin, "
+                                            f"{', '.join(config.feasibility_roles)} only (feasibility_roles)")
+        require_project(principal, project)
+        summary = services.quality.summary(config.site_policy)
+        if summary is None:
+            state = "running now" if services.quality.running else "not run yet under the site's current policy"
+            raise HTTPException(409, detail=f"no data-quality summary at this site yet ({state}); the custodian "
+                                            "starts a run with POST quality/run")
+        services.audit.append("quality.sent", principal.name, project=project, run_date=summary["run_date"])
+        return QualitySummary(**summary)
+
+    @app.post(f"{API}/quality/run", status_code=202, response_model=QualityRun, responses=ERRORS, tags=["quality"])
+    def quality_run(principal: Annotated[Principal, role("custodian", "admin")]) -> QualityRun:
+        """Start a data-quality run of the site's CDM in the background (every check and the monthly
+        trends; minutes on a large CDM); its released summary replaces the stored one when done, and
+        until then the previous one is answered. One run at a time: asking during a run starts none.
+        Roles: custodian, admin (a site-wide action, in no project)."""
+        started = services.run_quality(principal.name)
+        summary = services.quality.summary(config.site_policy)
+        return QualityRun(site=config.site, started=started, running=services.quality.running,
+                          last_run_date=summary["run_date"] if summary else None)
 
     def on_site_network(request: Request, principal: Principal) -> None:
         """403 unless the request came straight (no proxy headers) from a network node.yaml allows."""

@@ -16,6 +16,7 @@
     federated_rounds: true             # approving a package with a Cox analysis allows score rounds on it
     trials: trials                     # the site's trial files: clinicians' candidate look-ups (optional)
     clinician_networks: [127.0.0.1/32, ::1/128]   # where candidate look-ups may come from (the default)
+    quality_at_start: false            # run the data-quality checks at start if no summary is stored
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ class NodeConfig(StrictModel):
     federated_rounds: bool = True
     feasibility_privacy: FeasibilityPrivacy = FeasibilityPrivacy()
     trials: Path | None = Field(None, description="a folder of the site's trial files (candidate look-ups)")
+    quality_at_start: bool = Field(False, description=(
+        "run the data-quality checks when the node starts and holds no released summary yet (else the "
+        "custodian or an admin starts a run: POST /api/v1/quality/run)"))
     clinician_networks: list[str] = Field(
         default_factory=lambda: ["127.0.0.1/32", "::1/128"], max_length=100,
         description="client networks (CIDR) the clinician's candidate look-ups may come from")

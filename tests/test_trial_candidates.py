@@ -289,7 +289,7 @@ def test_cli_match_lists_the_trials_and_audits_without_the_person(node_yaml: Pat
     assert r.exit_code == 0, r.output
     answer = json.loads(r.stdout)
     assert answer["trials_searched"] == 1
-    assert answer["matches"] == [{"trial": "t2d_test", **first, "not_applied": []}]
+    assert answer["matches"] == [{"trial": "t2d_test", "trial_name": "t2d_test", **first, "not_applied": []}]
     rec = _audit(node_yaml)[-1]
     assert rec["event"] == "trial.match" and rec["details"] == {
         "trials_searched": 1, "trials_listed": 1, "person_found": True, "via": "cli"}
@@ -339,12 +339,38 @@ def test_a_bad_network_in_node_yaml_is_one_line(node_yaml: Path) -> None:
 
 
 
-def test_an_engine_without_temporary_tables_is_refused(duck_cdm: Cdm, tables: dict[str, pd.DataFrame],
-                                                       trial_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Spark (no temporary tables) computed one bound unlike DuckDB and PostgreSQL: refused, not wrong."""
-    from mercia.errors import CdmError
-
+def test_an_engine_without_temporary_tables_runs_one_query(duck_cdm: Cdm, tables: dict[str, pd.DataFrame],
+                                                           trial_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path Spark takes (no temporary tables: one query over the pipeline's CTEs) gives the oracle's list."""
     cdm = load_tables(duck_cdm, tables)
     monkeypatch.setattr(type(cdm.engine), "supports_temp_tables", False)
-    with pytest.raises(CdmError, match="not available on this engine yet"):
-        find_candidates(cdm, load_trial(trial_file))
+    assert [c.to_dict() for c in find_candidates(cdm, load_trial(trial_file)).candidates] == oracle(tables)
+
+
+DISPLAY_TRIAL = {"name": "T2D, aged 40 to 80 (display name)", "concepts": {"t2d": {"include": [T2D]}},
+                 "index": {"entry": [{"condition": "t2d"}]},
+                 "criteria": [{"name": "aged 40 to 80", "type": "inclusion", "rule": {"age": {"min": 40, "max": 80}}}]}
+
+
+def test_a_trial_is_reported_by_the_file_name_that_addresses_it(node_yaml: Path) -> None:
+    """A trial.yaml's name is a display name; `trial match` and `trial candidates` report the file name
+    (what `trial candidates TRIAL` and GET /trials/{trial}/candidates take) with the display name beside it."""
+    from mercia.federation.node import load_node_config
+    from mercia.federation.node.trial_lookup import trial_by_name
+
+    (node_yaml.parent / "trials" / "t2d_display.yaml").write_text(yaml.safe_dump(DISPLAY_TRIAL, sort_keys=False))
+    r = runner.invoke(app, ["trial", "candidates", "t2d_display", "--config", str(node_yaml), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    answer = json.loads(r.stdout)
+    assert (answer["trial"], answer["trial_name"]) == ("t2d_display", DISPLAY_TRIAL["name"]) and answer["candidates"]
+    person = answer["candidates"][0]["person_source_value"]
+    r = runner.invoke(app, ["trial", "match", person, "--config", str(node_yaml), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    found = {m["trial"]: m["trial_name"] for m in json.loads(r.stdout)["matches"]}
+    assert found["t2d_display"] == DISPLAY_TRIAL["name"]
+    config = load_node_config(node_yaml)
+    for ref, name in found.items():  # each reported trial is the one its identifier addresses
+        assert trial_by_name(config, ref).name == name
+    r = runner.invoke(app, ["trial", "match", person, "--config", str(node_yaml), "--format", "csv"])
+    assert r.stdout.splitlines()[0].startswith("trial,trial_name,person_source_value,")
+    assert f"t2d_display,{DISPLAY_TRIAL['name']!r}".replace("'", '"') in r.stdout

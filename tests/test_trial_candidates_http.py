@@ -96,7 +96,7 @@ def test_the_clinician_gets_the_candidates_and_each_look_up_is_audited(fed: Fede
     listed = expected["candidates"][0]
     r = call(node, "POST", f"{API}/trials/match", token, json={"person_source_value": listed["person_source_value"]})
     assert r.status_code == 200, r.text
-    assert r.json()["matches"] == [{"trial": "t2d", **listed,
+    assert r.json()["matches"] == [{"trial": "t2d", "trial_name": "t2d", **listed,
                                     "not_applied": []}]
     r = call(node, "POST", f"{API}/trials/match", token, json={"person_source_value": "MRN-no-such-person"})
     assert r.status_code == 404 and "no person with this person_source_value" in r.json()["detail"]

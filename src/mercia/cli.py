@@ -1339,7 +1339,7 @@ def trial_match(
         return
     t = Table("trial", "age", "index date", "meets", "missing data", title=f"{len(matches)} of {searched} trial(s)")
     for m in matches:
-        t.add_row(m.trial, str(m.candidate.age), m.candidate.index_date, "; ".join(m.candidate.meets),
+        t.add_row(m.trial if m.trial_name in ("", m.trial) else f"{m.trial} ({m.trial_name})", str(m.candidate.age), m.candidate.index_date, "; ".join(m.candidate.meets),
                   "; ".join(m.candidate.missing))
     console.print(t)
 

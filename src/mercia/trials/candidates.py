@@ -45,7 +45,7 @@ from mercia.cdm import Cdm
 from mercia.cohorts import model as m
 from mercia.cohorts.compiler import bound, col, compile_cohort, cte_table, eq, lit, row_number, select
 from mercia.cohorts.stats import rules_met
-from mercia.errors import CdmError, CohortDefinitionError, MerciaError
+from mercia.errors import CohortDefinitionError, MerciaError
 from mercia.trials.source import TrialEligibility
 
 # Tables whose absence of records within a window is missing data (see the module docstring), and
@@ -89,13 +89,14 @@ class Candidate:
 
 @dataclass(frozen=True)
 class CandidateList:
-    trial: str
+    trial: str  # the trial's file name, as it is addressed (TrialEligibility.ref)
     criteria: tuple[Criterion, ...]
     not_applied: tuple[str, ...]
     candidates: tuple[Candidate, ...] = field(default=())
+    trial_name: str = ""  # its display name
 
     def to_dict(self) -> dict[str, Any]:
-        return {"trial": self.trial,
+        return {"trial": self.trial, "trial_name": self.trial_name,
                 "criteria": [{"name": c.name, "missing_means": c.missing_means} for c in self.criteria],
                 "not_applied": list(self.not_applied), "persons": len(self.candidates),
                 "candidates": [c.to_dict() for c in self.candidates]}
@@ -228,8 +229,9 @@ def _final(plan: _Plan, cdm: Cdm, masked_events: str, person: bool) -> exp.Selec
 
 
 def _rows(cdm: Cdm, plan: _Plan, person: str | None) -> list[tuple[Any, ...]]:
-    """The listed persons' rows, read-only: the pipeline's steps become temporary tables (connection-local,
-    dropped after; PostgreSQL plans a long CTE chain badly), as feasibility counts do."""
+    """The listed persons' rows, read-only. Where the engine has temporary tables the pipeline's steps
+    become temporary tables (connection-local, dropped after; PostgreSQL plans a long CTE chain badly),
+    as feasibility counts do; elsewhere (Spark) one query over the CTEs."""
     try:
         compiled = compile_cohort(cdm, plan.definition.expression)
     except MerciaError:
@@ -240,12 +242,8 @@ def _rows(cdm: Cdm, plan: _Plan, person: str | None) -> list[tuple[Any, ...]]:
     if person is not None:
         params[_PERSON_PARAM] = person
     if not cdm.engine.supports_temp_tables:
-        # The one engine without temporary tables (Spark) ran the derived definition's rules with one
-        # rule's bits unlike DuckDB's and PostgreSQL's (an exclusion on a measurement: its upper bound,
-        # "none, or nothing measured"), so its lists would be wrong: refused until that is found.
-        raise CdmError("trial candidates are not available on this engine yet (no temporary tables): a "
-                       "criterion's missing-data bound is computed differently there; use a DuckDB or "
-                       "PostgreSQL copy of the CDM")
+        q = compiled.over_pipeline(_final(plan, cdm, "cohort_masked_events", person is not None))
+        return cdm.fetch_all(q, bound(q, params))
     prefix = f"mercia_cand_{secrets.token_hex(6)}_"
     steps = compiled.steps(prefix)
     try:
@@ -270,7 +268,7 @@ def _candidates(cdm: Cdm, trial: TrialEligibility, person: str | None) -> Candid
         found.append(Candidate(None if psv is None else str(psv), int(pid), None if age is None else int(age),
                                index_date.isoformat() if hasattr(index_date, "isoformat") else str(index_date),
                                meets, missing))
-    return CandidateList(trial.name, criteria, tuple(trial.not_applied), tuple(found))
+    return CandidateList(trial.ref, criteria, tuple(trial.not_applied), tuple(found), trial.name)
 
 
 def find_candidates(cdm: Cdm, trial: TrialEligibility) -> CandidateList:
@@ -287,12 +285,14 @@ def person_exists(cdm: Cdm, person_source_value: str) -> bool:
 
 @dataclass(frozen=True)
 class TrialMatch:
-    trial: str
+    trial: str  # the trial's file name, as /trials/{trial}/candidates and `trial candidates` address it
     candidate: Candidate
     not_applied: tuple[str, ...]
+    trial_name: str = ""  # its display name
 
     def to_dict(self) -> dict[str, Any]:
-        return {"trial": self.trial, **self.candidate.to_dict(), "not_applied": list(self.not_applied)}
+        return {"trial": self.trial, "trial_name": self.trial_name, **self.candidate.to_dict(),
+                "not_applied": list(self.not_applied)}
 
 
 def match_person(cdm: Cdm, person_source_value: str, trials: Iterable[TrialEligibility]) -> list[TrialMatch]:
@@ -305,7 +305,7 @@ def match_person(cdm: Cdm, person_source_value: str, trials: Iterable[TrialEligi
     out: list[TrialMatch] = []
     for trial in trials:
         found = _candidates(cdm, trial, person_source_value)
-        out += [TrialMatch(trial.name, c, tuple(trial.not_applied)) for c in found.candidates]
+        out += [TrialMatch(trial.ref, c, tuple(trial.not_applied), trial.name) for c in found.candidates]
     return out
 
 
@@ -327,4 +327,4 @@ def candidates_csv(candidates: Iterable[Candidate]) -> str:
 
 
 def matches_csv(matches: Iterable[TrialMatch]) -> str:
-    return _csv([m.to_dict() for m in matches], ["trial", *_CSV_COLUMNS, "not_applied"])
+    return _csv([m.to_dict() for m in matches], ["trial", "trial_name", *_CSV_COLUMNS, "not_applied"])

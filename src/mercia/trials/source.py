@@ -20,11 +20,21 @@ from mercia.trials.trial_yaml import is_trial_data
 
 @dataclass(frozen=True)
 class TrialEligibility:
-    """A trial's name, its eligibility as one cohort (criteria = inclusion rules) and the items not applied."""
+    """A trial's name, its eligibility as one cohort (criteria = inclusion rules) and the items not applied.
+
+    `file_name` is its file's name without the suffix: what a site's trials folder, `mercia trial
+    candidates TRIAL` and the node's /trials/{trial}/ routes address it by. A trial.yaml's `name` is
+    its display name, and may differ."""
 
     name: str
     cohort: CohortDefinition
     not_applied: tuple[str, ...] = field(default=())
+    file_name: str = ""
+
+    @property
+    def ref(self) -> str:
+        """How the trial is addressed: its file's name, or its name when it was not read from a file."""
+        return self.file_name or self.name
 
 
 def load_trial(path: str | Path) -> TrialEligibility:
@@ -36,6 +46,7 @@ def load_trial(path: str | Path) -> TrialEligibility:
         data = load_yaml(p.read_text(encoding="utf-8"))
         if is_trial_data(data):
             trial = trial_from_dict(data)
-            return TrialEligibility(name=trial.name, cohort=trial.cohort(), not_applied=trial.not_applied)
+            return TrialEligibility(name=trial.name, cohort=trial.cohort(), not_applied=trial.not_applied,
+                                    file_name=p.stem)
     definition = load_definition(p)
-    return TrialEligibility(name=p.stem, cohort=definition)
+    return TrialEligibility(name=p.stem, cohort=definition, file_name=p.stem)

@@ -16,6 +16,15 @@ from mercia.cdm.engines.base import Engine
 
 # Tables partitioned on Spark, and by which column: a cohort's rows are replaced by overwriting its partition.
 PARTITIONS = {"cohort": "cohort_definition_id"}
+# Session settings the engine needs for correct answers, set on the session it is given.
+# spark.sql.unionOutputPartitioning (Spark 4.1+, on by default; SPARK-52921) lets a UNION ALL report its
+# children's hash partitioning so that a GROUP BY or join above it skips its shuffle. With adaptive query
+# execution the children's shuffles are then coalesced or reused independently, so the union's inputs no
+# longer agree partition by partition: a cohort's criteria group over several criteria counting zero (an
+# "any of" whose parts are LEFT JOIN + GROUP BY + HAVING COUNT(...) = 0) lost events or failed with "Can't
+# zip RDDs with unequal numbers of partitions" (tests/test_trial_candidates_spark.py). Off, the union is a
+# plain concatenation followed by a shuffle, as before Spark 4.1.
+SESSION_CONF = {"spark.sql.unionOutputPartitioning": "false"}
 
 
 class SparkEngine(Engine):
@@ -33,6 +42,8 @@ class SparkEngine(Engine):
     def __init__(self, session: Any) -> None:
         self.spark = session
         self.target = "spark"
+        for key, value in SESSION_CONF.items():
+            session.conf.set(key, value)
 
     def _execute(self, sql: str, params: dict[str, Any] | None) -> None:
         self.spark.sql(sql, args=params).collect()

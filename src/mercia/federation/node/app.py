@@ -217,7 +217,8 @@ class RoundAnswer(BaseModel):
 
 class CandidateAnswer(BaseModel):
     site: str
-    trial: str
+    trial: str = Field(description="the trial's file name in the site's trials folder, as the route addresses it")
+    trial_name: str = Field(description="the trial's display name (a trial.yaml's name)")
     criteria: list[dict[str, Any]] = Field(description="each criterion's name and what 'missing data' means for it")
     not_applied: list[str] = Field(description="criteria of the trial not applied (still to review)")
     persons: int = Field(description="how many candidates are listed")
@@ -233,8 +234,10 @@ class MatchQuery(RequestBody):
 class MatchAnswer(BaseModel):
     site: str
     trials_searched: int
-    matches: list[dict[str, Any]] = Field(description="each trial the person fails no criterion of: the trial, "
-                                                      "the criteria met and those with missing data")
+    matches: list[dict[str, Any]] = Field(description="each trial the person fails no criterion of: the trial "
+                                                      "(its file name, as /trials/{trial}/candidates takes it) "
+                                                      "and its display name, the criteria met and those with "
+                                                      "missing data")
 
 
 class QualitySummary(BaseModel):
@@ -750,7 +753,7 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         t = trial_by_name(config, trial)
         with services.cdm.reader() as cdm:
             found = find_candidates(cdm, t)
-        audit_candidates(services.audit, principal.name, t.name, len(found.candidates), via="http")
+        audit_candidates(services.audit, principal.name, t.ref, len(found.candidates), via="http")
         return CandidateAnswer(site=config.site, **found.to_dict())
 
     @app.post(f"{API}/trials/match", response_model=MatchAnswer, responses=ERRORS, tags=["trials"])

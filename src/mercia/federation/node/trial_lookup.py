@@ -156,7 +156,7 @@ def local_candidates(config: NodeConfig, trial: str) -> CandidateList:
     t = resolve_trial(config, trial)
     with _open_cdm(config) as cdm:
         found = find_candidates(cdm, t)
-    audit_candidates(_audit_log(config), _actor(), t.name, len(found.candidates), via="cli")
+    audit_candidates(_audit_log(config), _actor(), t.ref, len(found.candidates), via="cli")
     return found
 
 

@@ -404,6 +404,7 @@ h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 2px solid #ddd; padding-bottom
 table { border-collapse: collapse; margin: 0.6rem 0 1.2rem; font-size: 0.85rem; max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: 0.2rem 0.4rem; text-align: left; vertical-align: top; }
 table.sortable { width: 100%; font-size: 0.8rem; } table.sortable td { overflow-wrap: anywhere; }
+table.sortable td:first-child { overflow-wrap: normal; }
 @media (min-width: 1000px) { table.sortable td:nth-child(2) { min-width: 13em; }
   table.failed td:nth-child(3) { min-width: 9em; } table.failed td:nth-child(4) { min-width: 6em; } }
 table.sortable th.num, table.dist th.num { white-space: normal; }

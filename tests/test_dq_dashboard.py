@@ -235,3 +235,23 @@ def test_cli_dashboard_bad_folders(folder: Path, tmp_path: Path) -> None:
     (tmp_path / "checks.parquet").write_bytes((folder / "checks.parquet").read_bytes())
     r = CliRunner().invoke(app, ["dq", "dashboard", str(tmp_path), "--profile", str(tmp_path / "nope")])
     assert r.exit_code == 1 and "holds no achilles_results.parquet" in r.output
+
+
+def test_an_error_is_shown_apart_with_its_message(folder: Path, checks: pd.DataFrame) -> None:
+    """A check whose SQL failed (none on a healthy site, so one is made here): counted as an error, not a
+    failure, listed among the failed checks, and its message shown under its field."""
+    data = load_folder(folder)
+    i = checks.index[(checks.checkName == "isRequired") & (checks.cdmTableName == "PERSON")
+                     & (checks.cdmFieldName == "YEAR_OF_BIRTH")][0]
+    c = data.checks
+    c.loc[i, ["isError", "failed", "passed"]] = [1, 0, 0]
+    c.loc[i, ["error", "numViolatedRows", "numDenominatorRows", "pctViolatedRows"]] = ["boom: no such column", None,
+                                                                                     None, None]
+    page = lxml.html.fromstring(render_dashboard(data))
+    total = _rows(page.xpath("//table[@class='overview']")[0])[-1]
+    assert _int(total[3]) == 1 and _int(total[2]) == int(checks.failed.sum())
+    failed = _rows(page.xpath("//table[contains(@class, 'failed')]")[0])
+    assert ["error", "isRequired"] in [r[:2] for r in failed]
+    field = _rows(page.xpath("//details[@id='f-person-year_of_birth']/table")[0])
+    row = next(r for r in field if r[1] == "isRequired")
+    assert row[0] == "error" and row[-1] == "boom: no such column" and row[4:7] == ["—", "—", "—"]

@@ -16,6 +16,7 @@ results are.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,11 @@ def _count(v: Any) -> str:
     return "—" if v is None or pd.isna(v) else f"{int(v):,}"
 
 
+def _wbr(text: Any) -> str:
+    """Escaped text that may wrap inside identifiers: after _ and ., and between camelCase humps."""
+    return re.sub(r"([_.])|(?<=[a-z])(?=[A-Z])", lambda m: (m.group(1) or "") + "<wbr>", esc(text))
+
+
 def _anchor(table: Any, field: Any = None) -> str:
     t = str(table).lower()
     return f"t-{t}" if field is None or pd.isna(field) else f"f-{t}-{str(field).lower()}"
@@ -130,7 +136,7 @@ def _where(row: Any) -> str:
     field = row.cdmFieldName if row.cdmFieldName is not None and not pd.isna(row.cdmFieldName) else None
     text = str(row.cdmTableName) + (f".{field}" if field else "")
     concept = _concept(row)
-    link = f'<a href="#{esc(_anchor(row.cdmTableName, field))}">{esc(text)}</a>'
+    link = f'<a href="#{esc(_anchor(row.cdmTableName, field))}">{_wbr(text)}</a>'
     return link + (f" <span class=concept>({esc(concept)})</span>" if concept else "")
 
 
@@ -164,7 +170,7 @@ def failed_table(checks: pd.DataFrame) -> str:
     rows = []
     for r in bad.itertuples():
         rows.append([(f'<span class="st {r.status_}">{esc(r.status_)}</span>', r.status_, False),
-                     (f'<span title="{esc(r.checkDescription or "")}">{esc(r.checkName)}</span>', r.checkName, False),
+                     (f'<span title="{esc(r.checkDescription or "")}">{_wbr(r.checkName)}</span>', r.checkName, False),
                      (esc(f"{r.category} · {r.subcategory}" if r.subcategory else r.category), r.category, False),
                      (esc(r.context), r.context, False),
                      (_where(r), f"{r.cdmTableName}.{r.cdmFieldName or ''}", False),
@@ -186,14 +192,14 @@ def _checks_table(df: pd.DataFrame, st: pd.Series, label: str) -> str:
         note = r.notApplicableReason if r.status_ == "not applicable" else (
             r.error if r.status_ == "error" else r.checkDescription)
         rows.append([(f'<span class="st {r.status_.replace(" ", "-")}">{esc(r.status_)}</span>', r.status_, False),
-                     (esc(r.checkName), r.checkName, False),
+                     (_wbr(r.checkName), r.checkName, False),
                      (esc(f"{r.category}, {r.context}"), f"{r.category}, {r.context}", False),
                      (esc(_concept(r)), _concept(r), False),
                      (_count(r.numViolatedRows), _num_key(r.numViolatedRows), True),
                      (_count(r.numDenominatorRows), _num_key(r.numDenominatorRows), True),
                      (_pct(r.pctViolatedRows), _num_key(r.pctViolatedRows), True),
                      (_threshold(r.thresholdValue), _num_key(r.thresholdValue), True),
-                     (esc(note or ""), note or "", False)])
+                     (_wbr(note or ""), note or "", False)])
     return _sortable(head, rows, "checks", label)
 
 
@@ -403,10 +409,10 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2r
 h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2rem; margin-top: 2.5rem; }
 table { border-collapse: collapse; margin: 0.6rem 0 1.2rem; font-size: 0.85rem; max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: 0.2rem 0.4rem; text-align: left; vertical-align: top; }
-table.sortable { width: 100%; font-size: 0.8rem; } table.sortable td { overflow-wrap: anywhere; }
-table.sortable td:first-child { overflow-wrap: normal; }
-@media (min-width: 1000px) { table.sortable td:nth-child(2) { min-width: 13em; }
-  table.failed td:nth-child(3) { min-width: 9em; } table.failed td:nth-child(4) { min-width: 6em; } }
+table.sortable { width: 100%; font-size: 0.8rem; } table.sortable td { overflow-wrap: break-word; }
+table.checks td:last-child { overflow-wrap: anywhere; }
+@media (max-width: 900px) { table.sortable { font-size: 0.75rem; }
+  table.sortable td, table.sortable th { padding: 0.15rem 0.25rem; } }
 table.sortable th.num, table.dist th.num { white-space: normal; }
 th { background: #f2f2f2; } td.num, th.num { text-align: right; white-space: nowrap; }
 table.overview tbody th { background: none; font-weight: normal; } tr.total { font-weight: 600; }

@@ -343,10 +343,12 @@ def measurement_figure(dist: pd.DataFrame) -> Any:
 
     df = measurement_values(dist)
     names = [f"concept {r.measurement_concept_id}, unit {r.unit_concept_id}" for r in df.itertuples()]
-    fig = make_subplots(rows=len(df), cols=1, subplot_titles=names, vertical_spacing=min(0.3 / max(len(df), 1), 0.08))
+    height = 100 + 115 * len(df)
+    spacing = min(55 / (height - 100), 1 / max(len(df) - 1, 1))  # room for a row's ticks and the next title
+    fig = make_subplots(rows=len(df), cols=1, subplot_titles=names, vertical_spacing=spacing)
     for i, (name, row) in enumerate(zip(names, df.itertuples(), strict=True)):
         fig.add_trace(_box(name, row, y=[""]), row=i + 1, col=1)
-    fig.update_layout(title="Measurement values, by concept and unit", height=90 + 95 * len(df),
+    fig.update_layout(title="Measurement values, by concept and unit", height=height,
                       margin={"l": 20, "r": 20, "t": 70, "b": 30})
     fig.update_annotations(font_size=12)
     return fig

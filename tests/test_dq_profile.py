@@ -56,6 +56,10 @@ def test_eunomia_profile_matches_pandas(eunomia_dir: Path, cdm_factory: Callable
     month = month.dt.year * 100 + month.dt.month
     want = co.assign(m=month).groupby(["condition_concept_id", "m"]).person_id.nunique()
     assert _counts(res, 402) == {(str(c), str(m)): int(v) for (c, m), v in want.items()}
+    # 420 and 720: records by start month (the trends)
+    assert _counts(res, 420) == {(str(m),): int(v) for m, v in month.value_counts().items()}
+    dmonth = pd.to_datetime(de.drug_exposure_start_date)
+    assert _counts(res, 720) == {(str(m),): int(v) for m, v in (dmonth.dt.year * 100 + dmonth.dt.month).value_counts().items()}
     # 105: length of each person's first observation period, in days
     first = op.sort_values("observation_period_start_date").groupby("person_id").head(1)
     days = (pd.to_datetime(first.observation_period_end_date) - pd.to_datetime(first.observation_period_start_date)).dt.days

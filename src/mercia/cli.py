@@ -1402,5 +1402,19 @@ def dq_profile(
         console.print(f"wrote {p}", highlight=False, soft_wrap=True)
 
 
+@dq_app.command("dashboard")
+@user_errors
+def dq_dashboard(
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="The folder `mercia dq check --out` wrote.")],
+    profile: Annotated[Path | None, typer.Option(help="The folder `mercia dq profile --out` wrote "
+                                                    "(default: DIR, when it holds a profile).")] = None,
+    out: Annotated[Path | None, typer.Option(help="The HTML file to write (default: DIR/dashboard.html).")] = None,
+) -> None:
+    """Write the data-quality dashboard: one self-contained HTML file of the checks (and the profile)."""
+    from mercia.report.dq import write_dashboard
+
+    console.print(f"wrote {write_dashboard(folder, out, profile)}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()

@@ -99,6 +99,12 @@ def _domain(base: int, table: str, concept: str, start: str, type_: str | None) 
     return out
 
 
+def _records_by_month(analysis_id: int, table: str, start: str) -> Analysis:
+    """Achilles's x20 analyses: a domain's records by the month of their start date (YYYYMM), its trend."""
+    return Analysis(analysis_id, f"Number of {table} records by {start} month", table,
+                    _grouped(table, [_month(start)], _count()), strata=("calendar month",))
+
+
 ANALYSES: list[Analysis] = [
     Analysis(1, "Number of persons", "person", _grouped("person", [], _count())),
     Analysis(2, "Number of persons by gender", "person", _grouped("person", [_c("gender_concept_id")], _count()),
@@ -130,6 +136,12 @@ ANALYSES: list[Analysis] = [
              strata=("drug_concept_id",)),
     *_domain(800, "observation", "observation_concept_id", "observation_date", None)[:2],
     *_domain(1800, "measurement", "measurement_concept_id", "measurement_date", None)[:2],
+    _records_by_month(220, "visit_occurrence", "visit_start_date"),
+    _records_by_month(420, "condition_occurrence", "condition_start_date"),
+    _records_by_month(620, "procedure_occurrence", "procedure_date"),
+    _records_by_month(720, "drug_exposure", "drug_exposure_start_date"),
+    _records_by_month(820, "observation", "observation_date"),
+    _records_by_month(1820, "measurement", "measurement_date"),
     Analysis(1815, "Distribution of numeric values, by measurement_concept_id and unit_concept_id", "measurement",
              _frequencies("measurement", [_c("measurement_concept_id"), _c("unit_concept_id")], _c("value_as_number")),
              distribution=True, strata=("measurement_concept_id", "unit_concept_id")),

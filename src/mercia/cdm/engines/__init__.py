@@ -15,7 +15,7 @@ from mercia.cdm.engines.postgres import redact
 from mercia.errors import ConfigError
 
 __all__ = ["CHECKPOINTS", "EVERY_STEP", "Engine", "Materialise", "ParamStyle", "engine_class", "is_driver_error",
-           "library_versions", "local_path", "open_engine", "redact", "spark_engine"]
+           "library_versions", "local_path", "open_engine", "redact", "resolve_target", "spark_engine"]
 
 _URL_SCHEMES = ("postgresql://", "postgres://")
 
@@ -33,6 +33,16 @@ def local_path(target: str | Path | None) -> Path | None:
     if target is None or str(target) == ":memory:" or _is_url(str(target)) or str(target).startswith(_SPARK_LOCAL):
         return None
     return Path(target)
+
+
+def resolve_target(target: str, base: Path) -> str:
+    """A target whose path is relative (a DuckDB file, a `spark:` folder) made relative to `base` (the folder
+    of the config file naming it); URLs and memory as they are."""
+    if target.startswith(_SPARK_LOCAL):
+        folder = target.removeprefix(_SPARK_LOCAL)
+        return f"{_SPARK_LOCAL}{(base / folder).resolve()}" if folder and not Path(folder).is_absolute() else target
+    path = local_path(target)
+    return str((base / path).resolve()) if path is not None and not path.is_absolute() else target
 
 
 def open_engine(target: str | Path | None, *, create: bool = True, read_only: bool = False) -> Engine:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,10 +164,19 @@ def test_cdm_load_writes_parquet_tables_spark_reads_back(spark: object, site: di
     pd.testing.assert_frame_equal(
         written[cols].sort_values("person_id").reset_index(drop=True),
         want.sort_values("person_id").reset_index(drop=True), check_dtype=False)
-    # A new session's catalogue knows nothing: the folder is registered again when it is opened.
-    _drop_databases(spark, "cdm", "results")
-    with Cdm.open(f"spark:{folder}", create=False) as cdm:
-        assert cdm.row_count("drug_exposure") == pd.read_parquet(site["parquet"] / "drug_exposure.parquet").shape[0]
+    # Another session (another process) knows nothing of this one's catalogue: the folder's tables are
+    # registered again when it is opened.
+    code = ("import sys; from mercia.cdm import Cdm\n"
+            "with Cdm.open(sys.argv[1], create=False) as cdm: print(cdm.row_count('drug_exposure'))")
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", code, f"spark:{folder}"], capture_output=True, text=True,
+                          env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) == pd.read_parquet(site["parquet"] / "drug_exposure.parquet").shape[0]
+    # --mode replace empties the tables first (Spark has no DELETE: each table is overwritten).
+    r = CliRunner().invoke(app, ["cdm", "load", str(site["parquet"]), "--cdm", f"spark:{folder}", "--mode", "replace"])
+    assert r.exit_code == 0, r.output
+    assert len(pd.read_parquet(folder / "person")) == PERSONS
 
 
 def test_spark_targets_that_cannot_be_opened_say_why(tmp_path: Path) -> None:

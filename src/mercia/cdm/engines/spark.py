@@ -107,6 +107,10 @@ class SparkEngine(Engine):
         db = exp.to_identifier(schema).sql(dialect="spark")
         location = exp.Literal.string(str(where)).sql(dialect="spark")
         self._execute(f"CREATE DATABASE IF NOT EXISTS {db} LOCATION {location}", None)
+        held = Path(self.spark.catalog.getDatabase(schema).locationUri.removeprefix("file:"))
+        if held.resolve() != where.resolve():
+            raise ConfigError(f"this Spark session's database {schema!r} is at {str(held)!r}, not in {str(where)!r}: "
+                              "open one folder per session, or give other schemas (--cdm-schema, --results-schema)")
         for entry in sorted(where.iterdir()):
             name = entry.name.removesuffix(".parquet")
             if name in skip or not _TABLE_NAME.match(name) or (entry.is_dir() and not any(entry.rglob("*.parquet"))):

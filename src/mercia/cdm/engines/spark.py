@@ -14,6 +14,7 @@ Connect server (a cluster), whose catalogue already holds the tables.
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class SparkEngine(Engine):
         self.target = target
         self.folder = folder
         self._stop_on_close = stop_on_close
+        self._warehouse: str | None = None  # a session's scratch warehouse made here, removed on close
         if folder is not None:
             self.default_cdm_schema = "cdm"  # type: ignore[misc]  # the folder's own database
 
@@ -70,17 +72,20 @@ class SparkEngine(Engine):
             folder.mkdir()
         SparkSession = _session_class(target)
         running = SparkSession.getActiveSession()
+        warehouse = None if running else tempfile.mkdtemp(prefix="mercia-spark-warehouse-")
         session = running or (
             SparkSession.builder.master("local[*]").appName("mercia")
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
             .config("spark.sql.session.timeZone", "UTC")
             # Nothing lasting is kept in the warehouse (the folder's databases have locations of their own).
-            .config("spark.sql.warehouse.dir", tempfile.mkdtemp(prefix="mercia-spark-warehouse-"))
+            .config("spark.sql.warehouse.dir", warehouse)
             .getOrCreate())
         if running is None:
             session.sparkContext.setLogLevel("ERROR")
-        return cls(session, target=f"{LOCAL_PREFIX}{folder}", folder=folder.resolve(), stop_on_close=running is None)
+        engine = cls(session, target=f"{LOCAL_PREFIX}{folder}", folder=folder.resolve(), stop_on_close=running is None)
+        engine._warehouse = warehouse
+        return engine
 
     @classmethod
     def connect(cls, url: str) -> SparkEngine:
@@ -132,6 +137,8 @@ class SparkEngine(Engine):
     def close(self) -> None:
         if self._stop_on_close:
             self.spark.stop()
+        if self._warehouse is not None:
+            shutil.rmtree(self._warehouse, ignore_errors=True)
 
     def transform(self, tree: exp.Expression) -> exp.Expression:
         """Constructs of the templates' DuckDB dialect that sqlglot does not carry to Spark SQL."""

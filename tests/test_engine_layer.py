@@ -124,6 +124,22 @@ def test_template_rewrites_are_the_engines() -> None:
     assert duckdb.transform(tree.copy()) == tree  # DuckDB reads the templates' own dialect as written
 
 
+def test_the_templates_spark_rewrites() -> None:
+    """Spark reads neither an interval of a computed length nor LEAST/GREATEST of one argument."""
+    spark = object.__new__(engine_class("spark"))  # no session needed
+    tree = sqlglot.parse_one("SELECT CAST(d + INTERVAL (k + 1) YEAR AS DATE), LEAST(e), GREATEST(a, b) FROM t",
+                             read="duckdb")
+    assert spark.transform(tree.copy()).sql(dialect="spark") == (
+        "SELECT CAST(d + (INTERVAL '1' YEAR * (k + 1)) AS DATE), e, GREATEST(a, b) FROM t")
+    assert tree.sql(dialect="spark") != spark.transform(tree.copy()).sql(dialect="spark")
+
+
+def test_spark_targets_are_not_files() -> None:
+    assert local_path("spark:data/cdm") is None and local_path("sc://cluster:15002") is None
+    with pytest.raises(ConfigError, match=r"spark:FOLDER \(Parquet tables\) or sc://host:port"):
+        open_engine("jdbc://somewhere")
+
+
 def _people(cdm: Cdm) -> None:
     cdm.create_tables(["cohort"])
     cdm.insert_arrow("cohort", pa.table({
@@ -193,3 +209,13 @@ def test_driver_errors_are_told_from_mercias_own() -> None:
         duckdb.connect().execute("SELECT * FROM no_such_table")
     assert is_driver_error(caught.value)
     assert not is_driver_error(CdmError("x")) and not is_driver_error(ValueError("x"))
+
+
+def test_a_config_files_relative_target_is_relative_to_the_file(tmp_path: Path) -> None:
+    from mercia.cdm.engines import resolve_target
+
+    assert resolve_target("site.duckdb", tmp_path) == str(tmp_path.resolve() / "site.duckdb")
+    assert resolve_target("spark:parquet", tmp_path) == f"spark:{tmp_path.resolve() / 'parquet'}"
+    assert resolve_target("spark:/data/cdm", tmp_path) == "spark:/data/cdm"
+    for url in ("postgresql://u@h/db", "sc://cluster:15002", ":memory:"):
+        assert resolve_target(url, tmp_path) == url

@@ -49,7 +49,7 @@ def progress_bar() -> Iterator[Callable[[str, int, int], None]]:
         yield update
 
 
-TargetOpt = Annotated[str, typer.Option("--cdm", help="A .duckdb path or a postgresql:// URL.")]
+TargetOpt = Annotated[str, typer.Option("--cdm", help="A .duckdb path, a postgresql:// URL, spark:FOLDER (Parquet tables) or sc://host:port (Spark Connect).")]
 CdmSchemaOpt = Annotated[str | None, typer.Option("--cdm-schema", help="Schema of the clinical tables.")]
 VocabSchemaOpt = Annotated[str | None, typer.Option("--vocab-schema", help="Schema of the vocabulary tables.")]
 ResultsSchemaOpt = Annotated[str | None, typer.Option("--results-schema", help="Schema of the cohort tables.")]

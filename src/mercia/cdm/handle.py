@@ -79,17 +79,25 @@ class Cdm:
         create: bool = True,
         read_only: bool = False,
     ) -> Cdm:
-        """Open a CDM. `target` is None (in-memory DuckDB), a `.duckdb` path, or a `postgresql://` URL
-        (`mercia.cdm.engines.open_engine` decides which engine opens it).
+        """Open a CDM. `target` is None (in-memory DuckDB), a `.duckdb` path, a `postgresql://` URL,
+        `spark:FOLDER` (Parquet tables) or `sc://host:port` (Spark Connect); `mercia.cdm.engines.open_engine`
+        decides which engine opens it.
 
         With `create=False` a DuckDB file that does not exist is an error rather than a new database.
         """
         engine = open_engine(target, create=create, read_only=read_only)
+        cdm_s = _check_ident("CDM schema", _default(cdm_schema, engine.default_cdm_schema))
+        results_s = _check_ident("results schema", _default(results_schema, RESULTS_SCHEMA))
+        try:
+            engine.prepare_schemas(cdm_s, _check_ident("vocabulary schema", _default(vocab_schema, cdm_s)), results_s)
+        except BaseException:
+            engine.close()
+            raise
         return cls(
             engine,
-            cdm_schema=_default(cdm_schema, engine.default_cdm_schema),
+            cdm_schema=cdm_s,
             vocab_schema=vocab_schema,
-            results_schema=_default(results_schema, RESULTS_SCHEMA),
+            results_schema=results_s,
             version=version,
             target=engine.target,
         )

@@ -115,7 +115,7 @@ def _load(cdm: Cdm, folder: Path, version: str | None, mode: str, interrupt: Int
             check = mode == "append" and name in held
             before = _surplus(cdm, name, key or table_spec.column_names) if check else 0
             if mode == "replace" and name in held:
-                cdm.execute(exp.delete(cdm.table(name)))
+                cdm.delete(cdm.table(name), exp.true())  # Spark, without DELETE: the table overwritten
             cdm.insert_arrow(name, data)
             if check:
                 interrupt.check()

@@ -15,9 +15,13 @@ from mercia.cdm.engines.postgres import redact
 from mercia.errors import ConfigError
 
 __all__ = ["CHECKPOINTS", "EVERY_STEP", "Engine", "Materialise", "ParamStyle", "engine_class", "is_driver_error",
-           "library_versions", "local_path", "open_engine", "redact", "spark_engine"]
+           "library_versions", "local_path", "open_engine", "redact", "resolve_target", "spark_engine"]
 
 _URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+_SPARK_LOCAL = "spark:"  # spark:FOLDER, a local Spark session over a folder of Parquet CDM tables
+_SPARK_CONNECT = "sc://"  # sc://host:port, a Spark Connect server
 
 
 def _is_url(target: str) -> bool:
@@ -25,15 +29,26 @@ def _is_url(target: str) -> bool:
 
 
 def local_path(target: str | Path | None) -> Path | None:
-    """The file a target names (a DuckDB database), or None for memory or a server's URL."""
-    if target is None or str(target) == ":memory:" or _is_url(str(target)):
+    """The file a target names (a DuckDB database), or None for memory, a server's URL or a Spark folder."""
+    if target is None or str(target) == ":memory:" or _is_url(str(target)) or str(target).startswith(_SPARK_LOCAL):
         return None
     return Path(target)
 
 
+def resolve_target(target: str, base: Path) -> str:
+    """A target whose path is relative (a DuckDB file, a `spark:` folder) made relative to `base` (the folder
+    of the config file naming it); URLs and memory as they are."""
+    if target.startswith(_SPARK_LOCAL):
+        folder = target.removeprefix(_SPARK_LOCAL)
+        return f"{_SPARK_LOCAL}{(base / folder).resolve()}" if folder and not Path(folder).is_absolute() else target
+    path = local_path(target)
+    return str((base / path).resolve()) if path is not None and not path.is_absolute() else target
+
+
 def open_engine(target: str | Path | None, *, create: bool = True, read_only: bool = False) -> Engine:
     """The engine for a target: None or ":memory:" an in-memory DuckDB, a `postgresql://` URL PostgreSQL,
-    any other text a DuckDB file (`create=False`: it must exist)."""
+    `spark:FOLDER` a local Spark session over a folder of Parquet CDM tables, `sc://host:port` a Spark
+    Connect server, any other text a DuckDB file (`create=False`: the file or folder must exist)."""
     if target is None or str(target) == ":memory:":
         from mercia.cdm.engines.duckdb import DuckDBEngine
 
@@ -43,8 +58,13 @@ def open_engine(target: str | Path | None, *, create: bool = True, read_only: bo
         from mercia.cdm.engines.postgres import PostgresEngine
 
         return PostgresEngine(t)
+    if t.startswith((_SPARK_LOCAL, _SPARK_CONNECT)):
+        from mercia.cdm.engines.spark import SparkEngine
+
+        return SparkEngine.connect(t) if t.startswith(_SPARK_CONNECT) else SparkEngine.local(t, create=create)
     if _is_url(t):
-        raise ConfigError(f"unsupported CDM target {t!r}: give a .duckdb path or a postgresql:// URL")
+        raise ConfigError(f"unsupported CDM target {t!r}: give a .duckdb path, a postgresql:// URL, "
+                          "spark:FOLDER (Parquet tables) or sc://host:port (Spark Connect)")
     from mercia.cdm.engines.duckdb import DuckDBEngine
 
     return DuckDBEngine.open(t, create=create, read_only=read_only)

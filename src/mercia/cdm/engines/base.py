@@ -96,6 +96,10 @@ class Engine:
     def close(self) -> None:
         pass
 
+    def prepare_schemas(self, cdm_schema: str, vocab_schema: str, results_schema: str) -> None:
+        """Make the schemas a handle will use known to the database before it is used (Spark over a folder
+        registers the folder's Parquet tables); nothing by default."""
+
     def another_connection(self) -> Engine:
         """A second connection to the same database, for work on another thread: its own transaction and
         temporary tables; it sees what this one has committed."""

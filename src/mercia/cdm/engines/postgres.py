@@ -11,6 +11,7 @@ import pyarrow.csv as pacsv
 from sqlglot import exp
 
 from mercia.cdm.engines.base import EVERY_STEP, Engine
+from mercia.cdm.engines.transforms import interval_times_unit, make_date
 from mercia.errors import CdmError
 
 
@@ -75,15 +76,7 @@ class PostgresEngine(Engine):
 
 
 def _portable(node: exp.Expression) -> exp.Expression:
-    # sqlglot renders MAKE_DATE as DATE_FROM_PARTS on PostgreSQL, which has make_date instead.
-    if isinstance(node, exp.DateFromParts):
-        return exp.Anonymous(this="MAKE_DATE", expressions=[node.args["year"], node.args["month"], node.args["day"]])
-    # INTERVAL (expr) YEAR has no PostgreSQL rendering; INTERVAL '1' YEAR * expr works.
-    if isinstance(node, exp.Interval) and not isinstance(node.this, exp.Literal):
-        inner = node.this.unnest() if isinstance(node.this, exp.Paren) else node.this
-        return exp.Paren(this=exp.Mul(this=exp.Interval(this=exp.Literal.string("1"), unit=node.args.get("unit")),
-                                      expression=exp.Paren(this=inner)))
-    return node
+    return interval_times_unit(make_date(node))
 
 
 def redact(url: str) -> str:

@@ -3,16 +3,28 @@
 Spark SQL has no multi-statement transactions (`begin`, `commit` and `rollback` do nothing, so writers
 stage and swap tables themselves), no DELETE on its file tables (rows are replaced by overwriting a
 table or a partition), no temporary tables of a connection and no information_schema.
+
+Three ways in: a session the caller made (`Cdm.from_spark`); `spark:FOLDER`, a local session in this
+process over a folder of Parquet CDM tables (`FOLDER/person.parquet` or `FOLDER/person/`, a file or a
+folder of parts, each registered as a table of the CDM schema; the results schema's tables are kept in
+`FOLDER/results/`, so cohorts written by one run are there for the next); and `sc://host:port`, a Spark
+Connect server (a cluster), whose catalogue already holds the tables.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 from sqlglot import exp
 
 from mercia.cdm.engines.base import Engine
+from mercia.cdm.engines.transforms import interval_times_unit, single_argument_extrema
+from mercia.errors import CdmError, ConfigError
 
 # Tables partitioned on Spark, and by which column: a cohort's rows are replaced by overwriting its partition.
 PARTITIONS = {"cohort": "cohort_definition_id"}
@@ -25,6 +37,9 @@ PARTITIONS = {"cohort": "cohort_definition_id"}
 # zip RDDs with unequal numbers of partitions" (tests/test_trial_candidates_spark.py). Off, the union is a
 # plain concatenation followed by a shuffle, as before Spark 4.1.
 SESSION_CONF = {"spark.sql.unionOutputPartitioning": "false"}
+LOCAL_PREFIX = "spark:"  # spark:FOLDER, a local session over a folder of Parquet tables
+CONNECT_PREFIX = "sc://"  # a Spark Connect server
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class SparkEngine(Engine):
@@ -39,11 +54,106 @@ class SparkEngine(Engine):
     not_null_constraints = False
     binds_insert_values = False
 
-    def __init__(self, session: Any) -> None:
+    def __init__(self, session: Any, *, target: str = "spark", folder: Path | None = None,
+                 stop_on_close: bool = False) -> None:
         self.spark = session
-        self.target = "spark"
+        self.target = target
         for key, value in SESSION_CONF.items():
             session.conf.set(key, value)
+        self.folder = folder
+        self._stop_on_close = stop_on_close
+        self._warehouse: str | None = None  # a session's scratch warehouse made here, removed on close
+        if folder is not None:
+            self.default_cdm_schema = "cdm"  # type: ignore[misc]  # the folder's own database
+
+    @classmethod
+    def local(cls, target: str, *, create: bool = True) -> SparkEngine:
+        """`spark:FOLDER`: a local Spark session over a folder of Parquet CDM tables (created if missing
+        and `create`); the session is this process's, made here unless one is running already."""
+        folder = Path(target.removeprefix(LOCAL_PREFIX)).expanduser()
+        if not str(target.removeprefix(LOCAL_PREFIX)):
+            raise ConfigError(f"CDM target {target!r}: give a folder after 'spark:', e.g. spark:data/cdm")
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"CDM target {target!r}: {str(folder)!r} is a file; give a folder of Parquet tables")
+        if not folder.exists():
+            if not create:
+                raise CdmError(f"no CDM at {target!r} (folder not found)")
+            if not folder.parent.exists():
+                raise ConfigError(f"cannot create {str(folder)!r}: folder {str(folder.parent)!r} does not exist")
+            folder.mkdir()
+        SparkSession = _session_class(target)
+        running = SparkSession.getActiveSession()
+        warehouse = None if running else tempfile.mkdtemp(prefix="mercia-spark-warehouse-")
+        session = running or (
+            SparkSession.builder.master("local[*]").appName("mercia")
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+            .config("spark.sql.session.timeZone", "UTC")
+            # Nothing lasting is kept in the warehouse (the folder's databases have locations of their own).
+            .config("spark.sql.warehouse.dir", warehouse)
+            .getOrCreate())
+        if running is None:
+            session.sparkContext.setLogLevel("ERROR")
+        engine = cls(session, target=f"{LOCAL_PREFIX}{folder}", folder=folder.resolve(), stop_on_close=running is None)
+        engine._warehouse = warehouse
+        return engine
+
+    @classmethod
+    def connect(cls, url: str) -> SparkEngine:
+        """`sc://host:port`: a Spark Connect server (not executed in Mercia's CI)."""
+        SparkSession = _session_class(url)
+        try:
+            session = SparkSession.builder.remote(url).getOrCreate()
+        except ImportError as e:
+            raise ConfigError(f"CDM target {url!r}: Spark Connect needs pyspark's connect client "
+                              f"(pip install 'pyspark[connect]'): {e}") from None
+        return cls(session, target=url)
+
+    def prepare_schemas(self, cdm_schema: str, vocab_schema: str, results_schema: str) -> None:
+        """Over a folder: the CDM (and vocabulary) schema is a database located at the folder, each of its
+        Parquet tables registered; the results schema one at FOLDER/results, its tables registered too."""
+        if self.folder is None:
+            return
+        for schema in dict.fromkeys((cdm_schema, vocab_schema, results_schema)):
+            where = self.folder / "results" if schema == results_schema and schema != cdm_schema else self.folder
+            self._register(schema, where, skip={"results"} if where == self.folder else set())
+
+    def _register(self, schema: str, where: Path, skip: set[str]) -> None:
+        where.mkdir(exist_ok=True)
+        db = exp.to_identifier(schema).sql(dialect="spark")
+        location = exp.Literal.string(str(where)).sql(dialect="spark")
+        self._execute(f"CREATE DATABASE IF NOT EXISTS {db} LOCATION {location}", None)
+        held = Path(self.spark.catalog.getDatabase(schema).locationUri.removeprefix("file:"))
+        if held.resolve() != where.resolve():
+            raise ConfigError(f"this Spark session's database {schema!r} is at {str(held)!r}, not in {str(where)!r}: "
+                              "open one folder per session, or give other schemas (--cdm-schema, --results-schema)")
+        for entry in sorted(where.iterdir()):
+            name = entry.name.removesuffix(".parquet")
+            if name in skip or not _TABLE_NAME.match(name) or (entry.is_dir() and not any(entry.rglob("*.parquet"))):
+                continue  # not a table, or one without files (Spark cannot read an empty one's columns)
+            if entry.is_file() and entry.suffix != ".parquet":
+                continue
+            if not self.spark.catalog.tableExists(f"{schema}.{name.lower()}"):
+                table = exp.Table(this=exp.to_identifier(name.lower()), db=exp.to_identifier(schema)).sql(dialect="spark")
+                path = exp.Literal.string(str(entry)).sql(dialect="spark")
+                self._execute(f"CREATE TABLE {table} USING PARQUET LOCATION {path}", None)
+                if any(c.isPartition for c in self.spark.catalog.listColumns(f"{schema}.{name.lower()}")):
+                    # The catalogue keeps a partitioned table's partitions: find those in its folder.
+                    self._execute(f"ALTER TABLE {table} RECOVER PARTITIONS", None)
+
+    def another_connection(self) -> SparkEngine:
+        """The same session (Spark runs the queries of several threads of one session)."""
+        return SparkEngine(self.spark, target=self.target, folder=self.folder)
+
+    def close(self) -> None:
+        if self._stop_on_close:
+            self.spark.stop()
+        if self._warehouse is not None:
+            shutil.rmtree(self._warehouse, ignore_errors=True)
+
+    def transform(self, tree: exp.Expression) -> exp.Expression:
+        """Constructs of the templates' DuckDB dialect that sqlglot does not carry to Spark SQL."""
+        return tree.transform(_portable)
 
     def _execute(self, sql: str, params: dict[str, Any] | None) -> None:
         self.spark.sql(sql, args=params).collect()
@@ -105,3 +215,15 @@ class SparkEngine(Engine):
         table = table.copy()
         table.set("partition", exp.Partition(expressions=[exp.EQ(this=exp.column(key), expression=value.copy())]))
         return [exp.Insert(this=table, expression=rows.select(*columns, append=False), overwrite=True)]
+
+
+def _portable(node: exp.Expression) -> exp.Expression:
+    return single_argument_extrema(interval_times_unit(node))
+
+
+def _session_class(target: str) -> Any:
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise ConfigError(f"CDM target {target!r} needs pyspark (pip install 'pyspark==4.*') and Java 17") from None
+    return SparkSession

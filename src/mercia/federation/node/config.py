@@ -112,9 +112,8 @@ def load_node_config(path: str | Path, *, cdm: str | None = None) -> NodeConfig:
             data[key] = _resolve(base, data[key])
     if isinstance(data.get("tls"), dict):
         data["tls"] = {k: _resolve(base, v) for k, v in data["tls"].items()}
-    from mercia.cdm.engines import local_path
+    from mercia.cdm.engines import resolve_target
 
-    target = data.get("cdm")
-    if isinstance(target, str) and local_path(target) is not None:  # a database file, not a server's URL
-        data["cdm"] = _resolve(base, target)
+    if isinstance(data.get("cdm"), str):  # a database file or folder relative to node.yaml; a URL as it is
+        data["cdm"] = resolve_target(data["cdm"], base)
     return validate_config(NodeConfig, data, p, "node config")

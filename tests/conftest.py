@@ -32,6 +32,46 @@ def pg_url() -> str:
     return _pg_url()
 
 
+def require_spark() -> None:
+    """Spark tests run with MERCIA_TEST_SPARK=1 (pyspark and Java 17); in CI a gap fails, never skips."""
+    ci = os.environ.get("CI", "").lower() == "true"
+    if os.environ.get("MERCIA_TEST_SPARK") != "1":
+        if ci:
+            pytest.fail("CI=true but MERCIA_TEST_SPARK is not 1: the Spark tests must run in CI")
+        pytest.skip("Spark tests not run: set MERCIA_TEST_SPARK=1 (needs pyspark and Java 17)")
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        if ci:
+            pytest.fail("MERCIA_TEST_SPARK=1 and CI=true but pyspark is not installed: install it in .ci/run")
+        pytest.skip("pyspark is not installed (pip install 'pyspark==4.3.*')")
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One local Spark session per test process, shared by every Spark test module: starting one takes
+    seconds and a JVM of about 1 GB. Modules keep apart by database names of their own; `spark:FOLDER`
+    targets opened while it runs use it (and leave it running)."""
+    require_spark()
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]").appName("mercia-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.warehouse.dir", str(tmp_path_factory.mktemp("spark-warehouse")))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
 @pytest.fixture
 def pg_cdm_factory(pg_url: str) -> Iterator[Callable[..., Cdm]]:
     """Opens CDMs on PostgreSQL, each in its own fresh schema, dropped afterwards."""

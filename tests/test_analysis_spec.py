@@ -4,7 +4,6 @@ and docs/reference/analysis-spec.md, rendered from the same cases, is up to date
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Callable, Iterator
 
@@ -22,20 +21,11 @@ from spec.tables import load_tables, table
 
 CASES = all_cases()
 
-# Cases that fail on Spark today: analyses do not run there yet (issue 14 item 2 is building it). strict:
-# a case that starts passing fails until its entry is removed here, so this list is always the gap.
-SPARK_XFAIL_REASON = "analyses on Spark: being built (issue 14 item 2)"
-SPARK_XFAIL: set[str] = {
-    "incidence/first_events",
-    "incidence/by_sex",
-    "incidence/time_at_risk",
-    "incidence/clean_window",
-    "incidence/no_clean_window",
-    "incidence/suppressed",
-    "prevalence/point_and_period",
-    "prevalence/lookback",
-    "prevalence/suppressed",
-}
+# Cases that fail on Spark (none since the Spark engine's transform carried the incidence and prevalence
+# templates). strict: a case that starts passing fails until its entry is removed here, so this list is
+# always the gap.
+SPARK_XFAIL_REASON = "fails on Spark"
+SPARK_XFAIL: set[str] = set()
 
 
 def _params() -> list[object]:
@@ -55,37 +45,6 @@ def test_spark_xfail_names_cases() -> None:
     assert not unknown, f"SPARK_XFAIL names no case: {sorted(unknown)}"
 
 
-@pytest.fixture(scope="module")
-def spark_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """One local Spark session for the module (starting one takes seconds). In CI a missing pyspark
-    fails rather than skips, so the Spark cases cannot silently stop running."""
-    if os.environ.get("MERCIA_TEST_SPARK") != "1":
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("CI=true but MERCIA_TEST_SPARK is not 1: the Spark spec cases must run in CI")
-        pytest.skip("Spark tests not run: set MERCIA_TEST_SPARK=1 (needs pyspark and Java 17)")
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("MERCIA_TEST_SPARK=1 and CI=true but pyspark is not installed: install it in .ci/run")
-        pytest.skip("pyspark is not installed (pip install 'pyspark==4.*')")
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    session = (
-        SparkSession.builder.master("local[2]").appName("mercia-spec")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.sql.warehouse.dir", str(tmp_path_factory.mktemp("spark-warehouse")))
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
-
-
 @pytest.fixture
 def open_cdm(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Cdm]]:
     """A fresh, empty CDM on the engine asked for."""
@@ -98,7 +57,7 @@ def open_cdm(request: pytest.FixtureRequest) -> Iterator[Callable[[str], Cdm]]:
             return cdm
         if engine == "postgres":
             return request.getfixturevalue("pg_cdm_factory")()  # dropped by that fixture
-        session = request.getfixturevalue("spark_session")
+        session = request.getfixturevalue("spark")
         schema = "spec_" + secrets.token_hex(5)
         cdm = Cdm.from_spark(session, cdm_schema=schema, results_schema=schema)
         opened.append((cdm, schema))

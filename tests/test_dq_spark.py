@@ -4,8 +4,6 @@ Runs with MERCIA_TEST_SPARK=1 (pyspark and Java 17 needed); in CI a missing pysp
 from __future__ import annotations
 
 import datetime as dt
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,40 +14,6 @@ from mercia.dq import run_checks
 
 pytestmark = pytest.mark.spark
 TODAY = dt.date(2026, 1, 1)
-
-
-def _require_spark() -> None:
-    if os.environ.get("MERCIA_TEST_SPARK") != "1":
-        pytest.skip("Spark tests not run: set MERCIA_TEST_SPARK=1 (needs pyspark and Java 17)")
-    try:
-        import pyspark  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("MERCIA_TEST_SPARK=1 and CI=true but pyspark is not installed: install it in .ci/run")
-        pytest.skip("pyspark is not installed (pip install 'pyspark==4.3.*')")
-
-
-@pytest.fixture(scope="module")
-def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    _require_spark()
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from pyspark.sql import SparkSession
-
-    warehouse = tmp_path_factory.mktemp("spark-warehouse")
-    session = (
-        SparkSession.builder.master("local[2]").appName("mercia-tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.sql.warehouse.dir", str(warehouse))
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
 
 
 @pytest.fixture(scope="module")

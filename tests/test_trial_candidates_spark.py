@@ -21,7 +21,6 @@ from mercia.cohorts import model as m
 from mercia.cohorts.compiler import bound, compile_cohort
 from mercia.trials.candidates import find_candidates
 from mercia.trials.source import load_trial
-from test_cohort_spark import spark  # noqa: F401  (the module's one Spark session)
 from test_trial_candidates import EGFR, T2D, TRIAL, load_tables, oracle, random_tables
 
 pytestmark = pytest.mark.spark
@@ -60,7 +59,7 @@ def tables() -> dict[str, pd.DataFrame]:
 
 
 @pytest.fixture(scope="module")
-def spark_cdm(spark: Any, tables: dict[str, pd.DataFrame]) -> Cdm:  # noqa: F811
+def spark_cdm(spark: Any, tables: dict[str, pd.DataFrame]) -> Cdm:
     for schema in ("cand_cdm", "cand_results"):
         spark.sql(f"CREATE DATABASE IF NOT EXISTS {schema}")
     return load_tables(Cdm.from_spark(spark, cdm_schema="cand_cdm", results_schema="cand_results"), tables)

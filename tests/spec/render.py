@@ -28,8 +28,8 @@ Each example below is a test. The input tables are written into an empty OMOP CD
 are filled with zeros or numbered ids), the analysis runs with the settings shown, every result table
 passes `mercia.disclosure.release()` under the policy shown, and the released table must be the one
 shown: the columns listed, every row, numbers to the digits written; an empty cell is a suppressed
-value. Each runs on DuckDB, PostgreSQL and Spark (on Spark, the cases listed in `SPARK_XFAIL` in
-`tests/test_analysis_spec.py` are expected to fail until analyses run there). The expected numbers were worked out by hand
+value. Each runs on DuckDB, PostgreSQL and Spark in CI, and must give the same released table on all
+three. The expected numbers were worked out by hand
 (the reasoning is under each example) or with an independent library (lifelines, scikit-learn), never
 copied from Mercia's output.
 

@@ -223,3 +223,29 @@ def test_the_same_counts_on_every_engine(cdm_factory: Any) -> None:
         ref = count_trial(duck, trial.cohort, history_months=120, end_month="2024-11")
     assert counts == ref
     assert counts.eligible > 0 and sum(counts.months.values()) > 0
+
+
+def test_a_repeated_trial_reuses_its_rendered_plan_and_leaves_no_tables(site: Path, monkeypatch: Any) -> None:
+    """The trial's pipeline is the cohort plan generate_cohorts runs (the engine's steps, cached per
+    process by the definition's content): asked again, the definition is not compiled again, the counts
+    are the same, and no temporary table is left on the connection."""
+    import mercia.trials.feasibility as feasibility
+    from mercia.cohorts.plan import PLANS
+
+    trial = load_trial(TRIAL)
+    PLANS.clear()
+    compiled: list[int] = []
+    real = feasibility.compile_cohort
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        compiled.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(feasibility, "compile_cohort", counting)
+    with Cdm.open(site) as cdm:
+        first = count_trial(cdm, trial.cohort, end_month="2024-11")
+        second = count_trial(cdm, trial.cohort, end_month="2024-11")
+        left = cdm.fetch_all("SELECT table_name FROM duckdb_tables() WHERE temporary")
+    assert len(compiled) == 1
+    assert first == second and first.eligible > 0
+    assert left == []

@@ -48,6 +48,7 @@ from mercia.cdm import Cdm
 from mercia.cdm.query import build, fetch_df
 from mercia.cohorts.compiler import CompiledCohort, bound, compile_cohort
 from mercia.cohorts.model import CohortDefinition
+from mercia.cohorts.plan import PLANS, CohortPlan, plan_cohort
 from mercia.cohorts.stats import attrition_stages, inclusion_stats
 from mercia.disclosure import DisclosureLog, DisclosurePolicy, ResultTable, release
 from mercia.disclosure.noise import noise_sd, two_sided_geometric
@@ -112,22 +113,74 @@ class Noise:
     epsilon: float
 
 
-@contextmanager
-def _pipeline(cdm: Cdm, compiled: CompiledCohort) -> Iterator[tuple[exp.Select, exp.Select]]:
-    """The rows and mask-count queries; where the engine has temporary tables, the pipeline's steps are
-    temporary tables (connection-local, nothing written to the CDM) that both reads share."""
-    if not cdm.engine.supports_temp_tables:
-        yield compiled.rows_query(), compiled.mask_counts_query()
-        return
-    steps = compiled.steps(f"mercia_trial_{secrets.token_hex(6)}_")
+# The connection's own temporary table for a trial's cohort rows (fixed per process, so a cached plan's
+# insert stays valid; temporary tables are per connection, and a node reads on a connection of its own).
+_ROWS_TABLE = f"mercia_trial_{secrets.token_hex(4)}_rows"
+
+
+def _plan(cdm: Cdm, definition: CohortDefinition) -> CohortPlan:
+    """The definition's rendered plan (mercia.cohorts.plan), inserting into _ROWS_TABLE, from this
+    process's plan cache when the same definition was planned for the same dialect and schemas before
+    (a node asked several trials, or one trial twice; generate_cohorts keys its plans the same way)."""
+    key = (definition.definition_hash(), cdm.dialect, cdm.cdm_schema, cdm.vocab_schema, cdm.results_schema,
+           cdm.version, _ROWS_TABLE)
+    plan = PLANS.get(key)
+    if plan is None:
+        plan = plan_cohort(_compile(cdm, definition), cdm.engine, exp.Table(this=exp.to_identifier(_ROWS_TABLE)))
+        PLANS.put(key, plan)
+    return plan
+
+
+def _compile(cdm: Cdm, definition: CohortDefinition) -> CompiledCohort:
     try:
-        for stmt in steps.creates:
-            cdm.execute(stmt, bound(stmt, compiled.params))
-        yield steps.rows, steps.mask_counts
+        return compile_cohort(cdm, definition.expression)
+    except MerciaError:
+        raise
+    except Exception as e:  # a definition the model accepted but the compiler cannot take
+        raise CohortDefinitionError(f"definition: cannot be compiled ({type(e).__name__})") from None
+
+
+@contextmanager
+def _pipeline(cdm: Cdm, definition: CohortDefinition
+              ) -> Iterator[tuple[list[str], dict[tuple[int, int], int], exp.Expression, dict[str, Any]]]:
+    """The rule names, the mask counts, the rows (a table or a query) and the parameters a read of them binds.
+
+    Where the engine has temporary tables, the cohort's plan (mercia.cohorts.plan: the engine's choice
+    of steps materialised, its node rewrites, rendered once per process) fills them and inserts the rows
+    into a temporary table of their own (connection-local, nothing written to the CDM), which the
+    grouped read takes. Otherwise (Spark) the rows and mask counts are the compiled CTE queries."""
+    if not cdm.engine.supports_temp_tables:
+        compiled = _compile(cdm, definition)
+        mask_q = compiled.mask_counts_query()
+        masks = ({(int(md), int(k)): int(n) for md, k, n in cdm.fetch_all(mask_q, bound(mask_q, compiled.params))}
+                 if compiled.rule_count else {})
+        yield list(compiled.rule_names), masks, compiled.rows_query(), compiled.params
+        return
+    plan = _plan(cdm, definition)
+    values = plan.values(0)
+    rows = exp.Table(this=exp.to_identifier(_ROWS_TABLE))
+    columns = [exp.ColumnDef(this=exp.to_identifier(c), kind=exp.DataType.build(t))
+               for c, t in (("cohort_definition_id", "BIGINT"), ("subject_id", "BIGINT"),
+                            ("cohort_start_date", "DATE"), ("cohort_end_date", "DATE"))]
+    drops = [step.drop.sql for step in reversed(plan.steps)]
+    drops.append(cdm.render(exp.Drop(tables=[rows.copy()], kind="TABLE", exists=True)))
+    try:
+        cdm.execute(exp.Create(this=exp.Schema(this=rows.copy(), expressions=columns), kind="TABLE",
+                               properties=exp.Properties(expressions=[exp.TemporaryProperty()])))
+        for step in plan.steps:
+            cdm.execute(step.create.sql, step.create.bind(values))
+            if step.analyse is not None:
+                cdm.execute(step.analyse.sql)
+        cdm.execute(plan.insert.sql, plan.insert.bind(values))
+        masks: dict[tuple[int, int], int] = {}
+        if plan.mask_counts is not None:
+            masks = {(int(md), int(k)): int(n)
+                     for md, k, n in cdm.fetch_all(plan.mask_counts.sql, plan.mask_counts.bind(values))}
+        yield list(plan.rule_names), masks, rows, {}
     finally:
-        for stmt in steps.drops:
+        for sql in drops:
             with suppress(Exception):
-                cdm.execute(stmt)
+                cdm.execute(sql)
 
 
 # The eligible persons' first entry, their age then, sex and ethnic group; grouped four ways in one read.
@@ -165,20 +218,13 @@ def count_trial(cdm: Cdm, definition: CohortDefinition, *, history_months: int =
     period end (that month is usually partial), or ending at `end_month` ('YYYY-MM')."""
     if not 1 <= history_months <= MAX_HISTORY_MONTHS:
         raise MerciaError(f"history_months: {history_months} is out of range; use 1 to {MAX_HISTORY_MONTHS}")
-    try:
-        compiled = compile_cohort(cdm, definition.expression)
-    except MerciaError:
-        raise
-    except Exception as e:  # a definition the model accepted but the compiler cannot take
-        raise CohortDefinitionError(f"definition: cannot be compiled ({type(e).__name__})") from None
-    with _pipeline(cdm, compiled) as (rows_q, mask_q):
-        masks = ({(int(md), int(k)): int(n) for md, k, n in cdm.fetch_all(mask_q, bound(mask_q, compiled.params))}
-                 if compiled.rule_count else {})
+    with _pipeline(cdm, definition) as (rule_names, masks, rows_q, params):
         tree = build(_ELIGIBLE_SQL, cdm)
         for t in list(tree.find_all(exp.Table)):
             if t.name == "trial_rows":
-                t.replace(rows_q.copy().subquery("trial_rows"))
-        grouped = cdm.fetch_all(tree, bound(tree, compiled.params))
+                t.replace(rows_q.copy().subquery("trial_rows") if isinstance(rows_q, exp.Select)
+                          else rows_q.copy().as_("trial_rows"))
+        grouped = cdm.fetch_all(tree, bound(tree, params))
         if end_month is None:
             last = cdm.scalar(build(_END_SQL, cdm))
     if end_month is None:
@@ -212,7 +258,7 @@ def count_trial(cdm: Cdm, definition: CohortDefinition, *, history_months: int =
     for cid, n in eth_ids.items():
         label = names.get(cid, UNKNOWN)
         ethnicity[label] += n
-    return TrialCounts(rule_names=list(compiled.rule_names), masks=masks, eligible=eligible, age=age, sex=sex,
+    return TrialCounts(rule_names=rule_names, masks=masks, eligible=eligible, age=age, sex=sex,
                        ethnicity=ethnicity, months=months, window=window)
 
 

@@ -1,7 +1,8 @@
 """Trial feasibility at one site: eligible persons, the funnel, what-if, breakdowns and incident eligibility.
 
 A trial is a cohort definition whose inclusion rules are its criteria (trials/source.py). Everything
-comes from one compiled pipeline, read twice:
+comes from one pipeline, the cohort's plan as generate_cohorts runs it (mercia.cohorts.plan: the steps
+the engine materialises, rendered once per process and definition), read twice:
 
 - the per-mask person counts (one query, as Circe's cohort_inclusion_result, mode 1: each person by
   their best event): the funnel (persons remaining after criteria 1..j in turn) and the what-if (persons

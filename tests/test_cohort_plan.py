@@ -277,3 +277,24 @@ def test_a_read_only_duckdb_cdm_gets_its_own_error_and_keeps_its_threads(tmp_pat
             generate_cohorts(cdm, [(1, definition("plain")), (2, definition("first only", First=True))])
         assert cdm.engine.threads == threads  # type: ignore[attr-defined]
         assert cohort_rows(cdm, 1) == []
+
+
+def test_a_one_criterion_rule_reads_its_events_directly_with_the_same_counts(world: Cdm) -> None:
+    """A rule of one criterion (ALL or ANY) over the qualified events is that criterion's events: no join
+    back to the events and regroup per rule. The same rules as "at least 1 of 1" keep the regrouping form
+    (Circe's), and must give the same rows and masks, with a person-level demographic and a nested
+    correlated criterion (whose events may repeat) beside them."""
+    adult = {"Age": {"Value": 18, "Op": "gte"}}
+    nested = correlated({"DrugExposure": {"CodesetId": DRUG["id"], "CorrelatedCriteria": group(DRUG_BEFORE)}},
+                        window(None, 0), at_least=1)
+    rules = [("drug", [DRUG_BEFORE], {}), ("adult", [], {"demographics": [adult]}), ("nested", [nested], {})]
+    direct = definition("direct", [rule(n, *c, type_=t, **kw) for (n, c, kw), t in zip(rules, ("ALL", "ANY", "ALL"),
+                                                                                          strict=True)])
+    regroup = definition("regroup", [rule(n, *c, type_="AT_LEAST", count=1, **kw) for n, c, kw in rules])
+    sql = {name: dict(compile_cohort(world, d.expression).ctes)["cohort_inclusion_events"].sql()
+           for name, d in (("direct", direct), ("regroup", regroup))}
+    assert sql["direct"].count("COUNT(CQ.index_id)") == 1  # only the nested group over repeatable events
+    assert sql["regroup"].count("COUNT(CQ.index_id)") == 4
+    a, b = generate_cohorts(world, [(1, direct), (2, regroup)])
+    assert cohort_rows(world, 1) == cohort_rows(world, 2) != []
+    assert a.mask_counts == b.mask_counts and len({m for (_, m) in a.mask_counts}) > 2

@@ -223,3 +223,60 @@ def test_the_same_counts_on_every_engine(cdm_factory: Any) -> None:
         ref = count_trial(duck, trial.cohort, history_months=120, end_month="2024-11")
     assert counts == ref
     assert counts.eligible > 0 and sum(counts.months.values()) > 0
+
+
+def test_a_repeated_trial_reuses_its_rendered_plan_and_leaves_no_tables(site: Path, monkeypatch: Any) -> None:
+    """The trial's pipeline is the cohort plan generate_cohorts runs (the engine's steps, cached per
+    process by the definition's content): asked again, the definition is not compiled again, the counts
+    are the same, and no temporary table is left on the connection."""
+    import mercia.cohorts.reading as reading
+    from mercia.cohorts.plan import PLANS
+
+    trial = load_trial(TRIAL)
+    PLANS.clear()
+    compiled: list[int] = []
+    real = reading.compile_cohort
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        compiled.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(reading, "compile_cohort", counting)
+    with Cdm.open(site) as cdm:
+        first = count_trial(cdm, trial.cohort, end_month="2024-11")
+        second = count_trial(cdm, trial.cohort, end_month="2024-11")
+        left = cdm.fetch_all("SELECT table_name FROM duckdb_tables() WHERE temporary")
+    assert len(compiled) == 1
+    assert first == second and first.eligible > 0
+    assert left == []
+
+
+def test_a_node_feasibility_count_runs_the_same_cached_plan(site: Path, monkeypatch: Any) -> None:
+    """A node's feasibility count reads the cohort the same way (mercia.cohorts.reading): its persons are
+    the cohort's rows counted by plain SQL, a repeat compiles nothing, and no temporary table is left."""
+    import mercia.cohorts.reading as reading
+    from mercia.cohorts.plan import PLANS
+    from mercia.federation.node.feasibility import feasibility_count
+    from mercia.federation.node.privacy_budget import FeasibilityPrivacy
+
+    trial = load_trial(TRIAL)
+    PLANS.clear()
+    compiled: list[int] = []
+    real = reading.compile_cohort
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        compiled.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(reading, "compile_cohort", counting)
+    privacy = FeasibilityPrivacy(epsilon_per_query=10)
+    with Cdm.open(site) as cdm:
+        answers = [feasibility_count(cdm, trial.cohort, EXACT, site="s", privacy=privacy, noise_key=b"k" * 32,
+                                     label="q") for _ in range(2)]
+        left = cdm.fetch_all("SELECT table_name FROM duckdb_tables() WHERE temporary")
+        monkeypatch.setattr(reading, "compile_cohort", real)
+        persons = len(_persons(cdm, trial.cohort))
+    assert len(compiled) == 1 and left == []
+    assert answers[0] == answers[1]
+    released = json.dumps(answers[0])
+    assert persons > 0 and abs(answers[0]["persons"] - persons) <= 10, released  # epsilon 10: noise is small

@@ -487,6 +487,8 @@ class _Compiler:
         self._n = 0
         self.concept_set_query = concept_set_query or (lambda cs: vocab_concept_set_query(tables, cs))
         self.codeset_ids = {cs.id for cs in expression.concept_sets}
+        # Event steps with one row per (person_id, event_id) (the primary and qualified events).
+        self.unique_events: set[str] = set()
 
     # ---- plumbing ---------------------------------------------------------------------------
     def cte(self, name: str, q: exp.Select) -> str:
@@ -774,6 +776,12 @@ class _Compiler:
         for k, sub in enumerate(g.groups):
             parts.append(self.group(sub, ev, i, f"{path}.Groups[{k}]"))
             i += 1
+        if len(parts) == 1 and (g.type == "ANY" or (g.type == "ALL" and ev in self.unique_events)):
+            # One criterion (a trial's criterion, most inclusion rules): its events are the group's. Each
+            # part has one row per (person_id, event_id) of `ev`, so "met by any" is "in the part", and
+            # where `ev` has one row per event, "met by all (one)" too: no join back to `ev` and regroup.
+            return select(lit(index).as_("index_id", copy=False), "person_id", "event_id").from_(
+                parts[0].subquery("G", copy=False), copy=False)
         union: exp.Select | exp.Union = parts[0]
         for p in parts[1:]:
             union = exp.union(union, p, distinct=False, copy=False)
@@ -931,6 +939,7 @@ class _Compiler:
         if pc.primary_limit.type != "All":
             primary = primary.where(eq(col("P", "ordinal"), lit(1)), copy=False)
         pe = self.cte("cohort_primary_events", primary)
+        self.unique_events.add(pe)  # event_id: the ordinal within the person
 
         # qualified events: primary events meeting the additional criteria, then the qualified limit
         q_last = x.qualified_limit.type == "Last"
@@ -948,6 +957,7 @@ class _Compiler:
         if ac is not None and x.qualified_limit.type != "All":
             qualified = qualified.where(eq(col("QE", "ordinal"), lit(1)), copy=False)
         qe = self.cte("cohort_qualified_events", qualified)
+        self.unique_events.add(qe)  # primary events, joined to at most one row each
 
         # inclusion rules: one bit per rule, set on the qualified events that satisfy it
         n_rules = len(x.inclusion_rules)

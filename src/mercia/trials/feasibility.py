@@ -1,7 +1,9 @@
 """Trial feasibility at one site: eligible persons, the funnel, what-if, breakdowns and incident eligibility.
 
 A trial is a cohort definition whose inclusion rules are its criteria (trials/source.py). Everything
-comes from one compiled pipeline, read twice:
+comes from one pipeline, the cohort's plan as generate_cohorts runs it (mercia.cohorts.plan: the steps
+the engine materialises, rendered once per process and definition: mercia.cohorts.reading), read
+twice:
 
 - the per-mask person counts (one query, as Circe's cohort_inclusion_result, mode 1: each person by
   their best event): the funnel (persons remaining after criteria 1..j in turn) and the what-if (persons
@@ -35,9 +37,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,12 +45,13 @@ from sqlglot import exp
 
 from mercia.cdm import Cdm
 from mercia.cdm.query import build, fetch_df
-from mercia.cohorts.compiler import CompiledCohort, bound, compile_cohort
+from mercia.cohorts.compiler import bound
 from mercia.cohorts.model import CohortDefinition
+from mercia.cohorts.reading import cohort_for_reading
 from mercia.cohorts.stats import attrition_stages, inclusion_stats
 from mercia.disclosure import DisclosureLog, DisclosurePolicy, ResultTable, release
 from mercia.disclosure.noise import noise_sd, two_sided_geometric
-from mercia.errors import CohortDefinitionError, MerciaError
+from mercia.errors import MerciaError
 
 AGE_BANDS: tuple[tuple[int, int | None], ...] = ((0, 17), (18, 29), (30, 39), (40, 49), (50, 59), (60, 69),
                                                  (70, 79), (80, None))
@@ -112,24 +112,6 @@ class Noise:
     epsilon: float
 
 
-@contextmanager
-def _pipeline(cdm: Cdm, compiled: CompiledCohort) -> Iterator[tuple[exp.Select, exp.Select]]:
-    """The rows and mask-count queries; where the engine has temporary tables, the pipeline's steps are
-    temporary tables (connection-local, nothing written to the CDM) that both reads share."""
-    if not cdm.engine.supports_temp_tables:
-        yield compiled.rows_query(), compiled.mask_counts_query()
-        return
-    steps = compiled.steps(f"mercia_trial_{secrets.token_hex(6)}_")
-    try:
-        for stmt in steps.creates:
-            cdm.execute(stmt, bound(stmt, compiled.params))
-        yield steps.rows, steps.mask_counts
-    finally:
-        for stmt in steps.drops:
-            with suppress(Exception):
-                cdm.execute(stmt)
-
-
 # The eligible persons' first entry, their age then, sex and ethnic group; grouped four ways in one read.
 _ELIGIBLE_SQL = """
 WITH pp AS (SELECT subject_id, MIN(cohort_start_date) AS d FROM trial_rows GROUP BY subject_id),
@@ -165,20 +147,13 @@ def count_trial(cdm: Cdm, definition: CohortDefinition, *, history_months: int =
     period end (that month is usually partial), or ending at `end_month` ('YYYY-MM')."""
     if not 1 <= history_months <= MAX_HISTORY_MONTHS:
         raise MerciaError(f"history_months: {history_months} is out of range; use 1 to {MAX_HISTORY_MONTHS}")
-    try:
-        compiled = compile_cohort(cdm, definition.expression)
-    except MerciaError:
-        raise
-    except Exception as e:  # a definition the model accepted but the compiler cannot take
-        raise CohortDefinitionError(f"definition: cannot be compiled ({type(e).__name__})") from None
-    with _pipeline(cdm, compiled) as (rows_q, mask_q):
-        masks = ({(int(md), int(k)): int(n) for md, k, n in cdm.fetch_all(mask_q, bound(mask_q, compiled.params))}
-                 if compiled.rule_count else {})
+    with cohort_for_reading(cdm, definition) as (rule_names, masks, rows_q, params):
         tree = build(_ELIGIBLE_SQL, cdm)
         for t in list(tree.find_all(exp.Table)):
             if t.name == "trial_rows":
-                t.replace(rows_q.copy().subquery("trial_rows"))
-        grouped = cdm.fetch_all(tree, bound(tree, compiled.params))
+                t.replace(rows_q.copy().subquery("trial_rows") if isinstance(rows_q, exp.Select)
+                          else rows_q.copy().as_("trial_rows"))
+        grouped = cdm.fetch_all(tree, bound(tree, params))
         if end_month is None:
             last = cdm.scalar(build(_END_SQL, cdm))
     if end_month is None:
@@ -212,7 +187,7 @@ def count_trial(cdm: Cdm, definition: CohortDefinition, *, history_months: int =
     for cid, n in eth_ids.items():
         label = names.get(cid, UNKNOWN)
         ethnicity[label] += n
-    return TrialCounts(rule_names=list(compiled.rule_names), masks=masks, eligible=eligible, age=age, sex=sex,
+    return TrialCounts(rule_names=rule_names, masks=masks, eligible=eligible, age=age, sex=sex,
                        ethnicity=ethnicity, months=months, window=window)
 
 

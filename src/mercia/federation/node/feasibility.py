@@ -1,20 +1,18 @@
 """Feasibility counts: how many persons (and entries) a cohort definition finds, released.
 
-The definition is compiled to one read-only query (the CTE form; nothing is written to the CDM, so a
-count answers while a study runs). Persons after each inclusion rule come from the compiler's
-per-mask counts, as a study's attrition table does. Interactive counts are what differencing and
-tracker attacks use (two definitions that differ by one person), so the numbers get differentially
-private noise before the policy's threshold and rounding (see `feasibility_count`); the route keeps
-the privacy budget and gives a repeated question its first answer (node/privacy_budget.py).
+The definition runs as the cohort's plan in temporary tables of the reader's connection
+(mercia.cohorts.reading; nothing is written to the CDM, so a count answers while a study runs).
+Persons after each inclusion rule come from the compiler's per-mask counts, as a study's attrition
+table does. Interactive counts are what differencing and tracker attacks use (two definitions that
+differ by one person), so the numbers get differentially private noise before the policy's threshold
+and rounding (see `feasibility_count`); the route keeps the privacy budget and gives a repeated
+question its first answer (node/privacy_budget.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from typing import Any
 
 import pandas as pd
@@ -22,34 +20,15 @@ from sqlglot import exp
 
 from mercia.cdm import Cdm
 from mercia.cohorts.canonical import canonical_hash, parse_definition
-from mercia.cohorts.compiler import CompiledCohort, bound, compile_cohort
+from mercia.cohorts.compiler import bound
 from mercia.cohorts.model import CohortDefinition
+from mercia.cohorts.reading import cohort_for_reading
 from mercia.cohorts.stats import attrition_stages
 from mercia.disclosure import DisclosureLog, DisclosurePolicy, ResultTable, release
 from mercia.disclosure.noise import noise_sd, two_sided_geometric
-from mercia.errors import CohortDefinitionError, MerciaError
 from mercia.federation.node.privacy_budget import FeasibilityPrivacy
 
 __all__ = ["feasibility_count", "feasibility_label", "parse_definition"]
-
-
-@contextmanager
-def _pipeline(cdm: Cdm, compiled: CompiledCohort) -> Iterator[tuple[exp.Select, exp.Select]]:
-    """The rows and mask-count queries. Where the engine has temporary tables the pipeline's steps become
-    temporary tables (connection-local: nothing is written to the CDM) that both counts read, which
-    is faster than running the CTE chain twice; elsewhere (Spark) the CTE queries as they are."""
-    if not cdm.engine.supports_temp_tables:
-        yield compiled.rows_query(), compiled.mask_counts_query()
-        return
-    steps = compiled.steps(f"mercia_feas_{secrets.token_hex(6)}_")
-    try:
-        for stmt in steps.creates:
-            cdm.execute(stmt, bound(stmt, compiled.params))
-        yield steps.rows, steps.mask_counts
-    finally:
-        for stmt in steps.drops:
-            with suppress(Exception):  # after a failure PostgreSQL drops them with the rollback
-                cdm.execute(stmt)
 
 
 def feasibility_label(definition: CohortDefinition, policy: DisclosurePolicy, privacy: FeasibilityPrivacy) -> str:
@@ -78,26 +57,19 @@ def feasibility_count(cdm: Cdm, definition: CohortDefinition, policy: Disclosure
 
     Three quarters of the epsilon go to persons, the question a trial planner asks; the rest to entries.
     """
-    try:
-        compiled = compile_cohort(cdm, definition.expression)
-    except MerciaError:
-        raise
-    except Exception as e:  # a definition the model accepted but the compiler cannot take: the sender's
-        raise CohortDefinitionError(f"definition: cannot be compiled ({type(e).__name__})") from None
     cap = privacy.entries_cap
-    with _pipeline(cdm, compiled) as (rows_query, mask_q):
+    with cohort_for_reading(cdm, definition) as (rule_names, masks, rows, params):
+        source = rows.copy().subquery("c") if isinstance(rows, exp.Select) else rows.copy().as_("c")
         per_person = (exp.select(exp.column("subject_id"), exp.Count(this=exp.Star()).as_("n"))
-                      .from_(rows_query.subquery("c")).group_by(exp.column("subject_id")))
+                      .from_(source).group_by(exp.column("subject_id")))
         clipped = exp.Case(ifs=[exp.If(this=exp.GT(this=exp.column("n"), expression=exp.Literal.number(cap)),
                                        true=exp.Literal.number(cap))], default=exp.column("n"))
         count_q = exp.select(exp.Count(this=exp.Star()).as_("persons"),
                              exp.func("COALESCE", exp.Sum(this=clipped), exp.Literal.number(0)).as_("entries")
                              ).from_(per_person.subquery("p"))
-        persons, entries = cdm.fetch_all(count_q, bound(count_q, compiled.params))[0]
-        masks = ({(int(md), int(k)): int(n) for md, k, n in cdm.fetch_all(mask_q, bound(mask_q, compiled.params))}
-                 if compiled.rule_count else {})
+        persons, entries = cdm.fetch_all(count_q, bound(count_q, params))[0]
     persons, entries = int(persons), int(entries or 0)
-    k = compiled.rule_count
+    k = len(rule_names)
     if k:
         stage = attrition_stages(masks, 1, k)  # persons whose best event passed exactly the first j rules
         buckets = [*stage[:k], max(stage[k] - persons, 0), persons]
@@ -116,7 +88,7 @@ def feasibility_count(cdm: Cdm, definition: CohortDefinition, policy: Disclosure
     steps: list[tuple[str, int]] = []
     if k:
         steps.append(("initial events", sum(noisy)))
-        for i, name in enumerate(compiled.rule_names):
+        for i, name in enumerate(rule_names):
             steps.append((f"{i + 1}. {name}", sum(noisy[i + 1:])))
     steps.append(("final cohort", final_persons))
     log = DisclosureLog()

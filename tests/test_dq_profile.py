@@ -230,3 +230,14 @@ def test_eunomia_visits_death_outside_observation_and_eras(eunomia_dir: Path, cd
     obs = read["observation"]
     assert _dists(dist, 815) == pytest.approx(_want_dists(obs, ["observation_concept_id", "unit_concept_id"],
                                                           obs.value_as_number))
+
+
+def test_profile_reference_is_up_to_date() -> None:
+    from mercia.dq.profile_doc import profile_markdown
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "reference" / "data-quality-profiles.md"
+    text = profile_markdown()
+    assert doc.read_text() == text, (
+        "docs/reference/data-quality-profiles.md is stale: regenerate it with "
+        "`python -m mercia.dq.profile_doc > docs/reference/data-quality-profiles.md`")
+    assert "| 211 | Distribution of length of stay by visit_concept_id |" in text

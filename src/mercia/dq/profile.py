@@ -51,6 +51,19 @@ def _grouped(table: str, strata: list[exp.Expression], value: exp.Expression) ->
     return build
 
 
+def _persons(table: str, strata: list[exp.Expression]) -> Callable[[Cdm], exp.Select]:
+    """Distinct persons by strata, counted in two steps (the distinct (strata, person) rows, then a plain
+    count), which DuckDB does about twice as fast as COUNT(DISTINCT person_id) grouped by the strata."""
+    def build(cdm: Cdm) -> exp.Select:
+        cols = [s.copy().as_(f"s{i + 1}") for i, s in enumerate(strata)]
+        inner = (exp.select(*cols, _c("person_id")).distinct().from_(cdm.table(table, alias="t"))
+                 .where(_c("person_id").is_(exp.null()).not_()).subquery("x"))
+        keys = [exp.column(f"s{i + 1}", "x") for i in range(len(strata))]
+        return (exp.select(*[k.copy().as_(k.name) for k in keys], exp.Count(this=exp.Star()).as_("count_value"))
+                .from_(inner).group_by(*keys))
+    return build
+
+
 def _month(col: str) -> exp.Expression:
     return exp.Add(this=exp.Mul(this=exp.Year(this=_c(col)), expression=exp.Literal.number(100)),
                    expression=exp.Month(this=_c(col)))
@@ -145,11 +158,11 @@ def _domain(base: int, table: str, label: str, concept: str, start: str, type_: 
     month (x02), records by concept and type (x05), by concept and unit (x07), records outside observation (x10),
     records by start month (x20)."""
     out = [Analysis(base, f"Number of persons with at least one {label}, by {concept}", table,
-                    _grouped(table, [_c(concept)], _count("person_id")), strata=(concept,)),
+                    _persons(table, [_c(concept)]), strata=(concept,)),
            Analysis(base + 1, f"Number of {label} records, by {concept}", table,
                     _grouped(table, [_c(concept)], _count()), strata=(concept,)),
            Analysis(base + 2, f"Number of persons by {label} start month, by {concept}", table,
-                    _grouped(table, [_c(concept), _month(start)], _count("person_id")),
+                    _persons(table, [_c(concept), _month(start)]),
                     strata=(concept, "calendar month"))]
     if type_:
         out.append(Analysis(base + 5, f"Number of {label} records, by {concept} by {type_}", table,
@@ -188,10 +201,10 @@ ANALYSES: list[Analysis] = [
     Analysis(108, "Number of persons by length of observation period, in 30d increments", "observation_period",
              _first_period_30d, strata=("observation period length 30d increments",)),
     Analysis(111, "Number of persons by observation period start month", "observation_period",
-             _grouped("observation_period", [_month("observation_period_start_date")], _count("person_id")),
+             _persons("observation_period", [_month("observation_period_start_date")]),
              strata=("calendar month",)),
     Analysis(112, "Number of persons by observation period end month", "observation_period",
-             _grouped("observation_period", [_month("observation_period_end_date")], _count("person_id")),
+             _persons("observation_period", [_month("observation_period_end_date")]),
              strata=("calendar month",)),
     Analysis(113, "Number of persons by number of observation periods", "observation_period",
              _obs_periods_per_person, strata=("number of observation periods",)),
@@ -205,11 +218,11 @@ ANALYSES: list[Analysis] = [
     *_domain(400, "condition_occurrence", "condition occurrence", "condition_concept_id", "condition_start_date",
              "condition_type_concept_id"),
     Analysis(500, "Number of persons with death, by cause_concept_id", "death",
-             _grouped("death", [_c("cause_concept_id")], _count("person_id")), strata=("cause_concept_id",)),
+             _persons("death", [_c("cause_concept_id")]), strata=("cause_concept_id",)),
     Analysis(501, "Number of records of death, by cause_concept_id", "death",
              _grouped("death", [_c("cause_concept_id")], _count()), strata=("cause_concept_id",)),
     Analysis(502, "Number of persons by death month", "death",
-             _grouped("death", [_month("death_date")], _count("person_id")), strata=("calendar month",)),
+             _persons("death", [_month("death_date")]), strata=("calendar month",)),
     Analysis(505, "Number of death records, by death_type_concept_id", "death",
              _grouped("death", [_c("death_type_concept_id")], _count()), strata=("death_type_concept_id",)),
     Analysis(506, "Distribution of age at death by gender", "death", _age_at_death, distribution=True,

@@ -85,6 +85,11 @@ def test_absent_tables_are_listed(duck_cdm: Cdm) -> None:
     a = prof.analyses.set_index("analysis_id")
     assert a.at[401, "status"] == "absent" and a.at[401, "reason"] == "table condition_occurrence does not exist"
     assert a.at[2, "status"] == "done" and _counts(prof.results, 2) == {("8507",): 1}
+    # an analysis reading two tables is absent when either is missing (death timing needs the domain's table)
+    duck_cdm.create_tables(["death"])
+    a = run_profile(duck_cdm).analyses.set_index("analysis_id")
+    assert a.at[506, "status"] == "done" and a.at[510, "status"] == "done"
+    assert a.at[511, "status"] == "absent" and a.at[511, "reason"] == "table condition_occurrence does not exist"
 
 
 def test_cli_profile(tmp_path: Path) -> None:

@@ -118,7 +118,7 @@ def _first_period_30d(cdm: Cdm) -> exp.Select:
 
 
 def _outside_observation(table: str, date: str) -> Callable[[Cdm], exp.Select]:
-    """Records whose `date` lies in none of the person's observation periods (Achilles x10/x09)."""
+    """Records whose `date` lies in none of the person's observation periods (208, 410, ..., 909, 1009, 1810)."""
     def build(cdm: Cdm) -> exp.Select:
         on = exp.and_(_c("person_id", "op").eq(_c("person_id")),
                       _c(date) >= _c("observation_period_start_date", "op"),

@@ -171,6 +171,19 @@ def test_eunomia_visits_death_outside_observation_and_eras(eunomia_dir: Path, cd
                           "cause_concept_id": [0 if i % 4 else 4306655 for i in range(41)]})
     cdm.insert_rows("death", death.to_dict("records"))
     read["death"] = death
+    # Eunomia has no numeric values: some are added to observation and measurement (815, 1815)
+    for table, key, concept in (("observation", "observation_id", "observation_concept_id"),
+                                ("measurement", "measurement_id", "measurement_concept_id")):
+        df = read[table]
+        rows = pd.DataFrame({key: [int(df[key].max()) + 1 + i for i in range(60)],
+                             "person_id": [ids[i % 40] for i in range(60)],
+                             concept: [3004249 if i % 2 else 3025315 for i in range(60)],
+                             f"{table}_date": [dt.date(2000, 1, 1) + dt.timedelta(days=97 * i) for i in range(60)],
+                             f"{table}_type_concept_id": [32817] * 60,
+                             "value_as_number": [float((i * 37) % 23) + 0.5 * (i % 3) for i in range(60)],
+                             "unit_concept_id": [8876 if i % 3 else 8587 for i in range(60)]})
+        cdm.insert_rows(table, rows.to_dict("records"))
+        read[table] = pd.concat([df.dropna(axis=1, how="all"), rows], ignore_index=True)
     prof = run_profile(cdm)
     res, dist = prof.results, prof.results_dist
     assert set(prof.analyses.status) == {"done"}
@@ -232,9 +245,10 @@ def test_eunomia_visits_death_outside_observation_and_eras(eunomia_dir: Path, cd
         c = "drug_concept_id" if table == "drug_era" else "condition_concept_id"
         want = _want_dists(df, [c], _days(df[f"{table}_end_date"], df[f"{table}_start_date"]))
         assert _dists(dist, aid) == pytest.approx(want) and len(want) > 100
-    obs = read["observation"]
-    assert _dists(dist, 815) == pytest.approx(_want_dists(obs, ["observation_concept_id", "unit_concept_id"],
-                                                          obs.value_as_number))
+    for aid, table in ((815, "observation"), (1815, "measurement")):
+        df = read[table]
+        want = _want_dists(df, [f"{table}_concept_id", "unit_concept_id"], df.value_as_number)
+        assert _dists(dist, aid) == pytest.approx(want) and len(want) == 4 * len(_DIST), aid
 
 
 def test_profile_reference_is_up_to_date() -> None:

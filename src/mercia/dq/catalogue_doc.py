@@ -1,4 +1,4 @@
-"""docs/reference/data-quality-checks.md, written from the catalogue and the profile analyses
+"""docs/reference/data-quality-checks.md, written from the catalogue
 (`python -m mercia.dq.catalogue_doc`)."""
 
 from __future__ import annotations
@@ -63,15 +63,8 @@ def catalogue_markdown() -> str:
     lines += ["", "| concept | plausible gender (`plausibleGender`) |", "|---|---|"]
     for concept, (label, gender) in CONCEPT_GENDER.items():
         lines.append(f"| {concept} {label} | {gender} |")
-    from mercia.dq.profile import ANALYSES
-
-    lines += ["", "## Profiles (`mercia dq profile`)", "",
-              "Achilles's analyses, under its analysis ids; counts in `achilles_results`, distributions (count, min,",
-              "max, mean, standard deviation, median, 10th, 25th, 75th and 90th percentiles) in `achilles_results_dist`.",
-              "", "| analysis id | name | table | strata | kind |", "|---|---|---|---|---|"]
-    for a in ANALYSES:
-        kind = "distribution" if a.distribution else "count"
-        lines.append(f"| {a.analysis_id} | {a.name} | {a.table} | {', '.join(a.strata) or '–'} | {kind} |")
+    lines += ["", "The profiles of `mercia dq profile` (Achilles's analyses) are listed in the",
+              "[profile reference](data-quality-profiles.md)."]
     return "\n".join(lines) + "\n"
 
 

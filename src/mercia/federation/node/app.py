@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -66,7 +67,7 @@ from mercia.federation.node.concept_count import concept_count_label, released_c
 from mercia.federation.node.config import NodeConfig
 from mercia.federation.node.count_cache import ReleasedCountCache
 from mercia.federation.node.feasibility import feasibility_count, feasibility_label, parse_definition
-from mercia.federation.node.privacy_budget import PrivacyLedger
+from mercia.federation.node.privacy_budget import FeasibilityPrivacy, PrivacyLedger
 from mercia.federation.node.quality import QualityStore, released_quality
 from mercia.federation.node.rounds import load_design, released_round
 from mercia.federation.node.state import NodeStore, StudyRecord, StudyStatusValue, UnknownStudyError
@@ -374,6 +375,37 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     count_threads: dict[str, Any] = {}
     privacy = config.feasibility_privacy
 
+    async def budgeted_answer(who: str, key: str, cost: FeasibilityPrivacy, count: Callable[[], dict[str, Any]],
+                              audit: Callable[[dict[str, Any], bool], None]) -> dict[str, Any]:
+        """The one path of every noised count (feasibility, trials, concepts): charge the asker's budget,
+        answer from the kept answer or count once, refund if nothing was released, audit, and say what is
+        left of the budget.
+
+        Counts run COUNT_THREADS at a time, first come first served, on threads of their own. In the
+        shared pool (40 threads) a burst of counts took every thread, and each request's other steps
+        (its auth dependency, its audit line) queued behind the whole burst: no answer came out until
+        nearly all were done. Bounded here, the rest of the API stays responsive under load. A
+        question counted recently, or being counted now, is answered from that one count."""
+        if "limiter" not in count_threads:
+            count_threads["limiter"] = anyio.CapacityLimiter(COUNT_THREADS)
+            count_threads["audit"] = anyio.CapacityLimiter(2)
+        small = count_threads["audit"]
+        # Charged before counting, in one transaction: concurrent questions cannot overspend together.
+        charged = await anyio.to_thread.run_sync(services.ledger.charge, who, key, cost, limiter=small)
+        try:
+            answer = await anyio.to_thread.run_sync(services.ledger.answer, key, limiter=small)
+            if answer is None:
+                answer = await services.counts.answer(
+                    key, lambda: anyio.to_thread.run_sync(count, limiter=count_threads["limiter"]))
+        except BaseException:
+            if charged:  # nothing was released: the question costs nothing
+                await anyio.to_thread.run_sync(services.ledger.refund, who, key, limiter=small)
+            raise
+        await anyio.to_thread.run_sync(audit, answer, charged, limiter=small)
+        spent = await anyio.to_thread.run_sync(services.ledger.spent, who, limiter=small)
+        return {**answer, "privacy": {**answer["privacy"], "budget": privacy.budget, "spent": round(spent, 9),
+                                      "left": round(max(privacy.budget - spent, 0.0), 9), "charged": charged}}
+
     @app.middleware("http")
     async def _audit_requests(request: Request, call_next: Any) -> Any:
         response = await call_next(request)
@@ -561,31 +593,7 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
                                   definition_hash=answer["definition_hash"], persons=answer["persons"],
                                   epsilon=privacy.epsilon_per_query if charged else 0.0)
 
-        # Counts run COUNT_THREADS at a time, first come first served, on threads of their own. In the
-        # shared pool (40 threads) a burst of counts took every thread, and each request's other steps
-        # (its auth dependency, its audit line) queued behind the whole burst: no answer came out until
-        # nearly all were done. Bounded here, the rest of the API stays responsive under load. A
-        # definition counted recently, or being counted now, is answered from that one count.
-        if "limiter" not in count_threads:
-            count_threads["limiter"] = anyio.CapacityLimiter(COUNT_THREADS)
-            count_threads["audit"] = anyio.CapacityLimiter(2)
-        # Charged before counting, in one transaction: concurrent questions cannot overspend together.
-        charged = await anyio.to_thread.run_sync(services.ledger.charge, who, key, privacy,
-                                                 limiter=count_threads["audit"])
-        try:
-            answer = await anyio.to_thread.run_sync(services.ledger.answer, key, limiter=count_threads["audit"])
-            if answer is None:
-                answer = await services.counts.answer(
-                    key, lambda: anyio.to_thread.run_sync(count, limiter=count_threads["limiter"]))
-        except BaseException:
-            if charged:  # nothing was released: the question costs nothing
-                await anyio.to_thread.run_sync(services.ledger.refund, who, key, limiter=count_threads["audit"])
-            raise
-        await anyio.to_thread.run_sync(audit, answer, charged, limiter=count_threads["audit"])
-        spent = await anyio.to_thread.run_sync(services.ledger.spent, who, limiter=count_threads["audit"])
-        answer = {**answer, "privacy": {**answer["privacy"], "budget": privacy.budget, "spent": round(spent, 9),
-                                        "left": round(max(privacy.budget - spent, 0.0), 9), "charged": charged}}
-        return FeasibilityAnswer(**answer)
+        return FeasibilityAnswer(**await budgeted_answer(who, key, privacy, count, audit))
 
     @app.post(f"{API}/trials/feasibility", response_model=TrialFeasibilityAnswer, responses=ERRORS,
               tags=["feasibility"])
@@ -620,28 +628,13 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
                                         label=label, history_months=body.history_months)
             return services.ledger.keep(key, cost.epsilon_per_query, answer)
 
-        if "limiter" not in count_threads:
-            count_threads["limiter"] = anyio.CapacityLimiter(COUNT_THREADS)
-            count_threads["audit"] = anyio.CapacityLimiter(2)
-        small = count_threads["audit"]
-        charged = await anyio.to_thread.run_sync(services.ledger.charge, who, key, cost, limiter=small)
-        try:
-            answer = await anyio.to_thread.run_sync(services.ledger.answer, key, limiter=small)
-            if answer is None:
-                answer = await services.counts.answer(
-                    key, lambda: anyio.to_thread.run_sync(count, limiter=count_threads["limiter"]))
-        except BaseException:
-            if charged:  # nothing was released: the question costs nothing
-                await anyio.to_thread.run_sync(services.ledger.refund, who, key, limiter=small)
-            raise
-        await anyio.to_thread.run_sync(functools.partial(
-            services.audit.append, "trial_feasibility.released", principal.name, project=body.project,
-            budget_of=who, definition_hash=answer["definition_hash"], eligible=answer["eligible"],
-            epsilon=cost.epsilon_per_query if charged else 0.0), limiter=small)
-        spent = await anyio.to_thread.run_sync(services.ledger.spent, who, limiter=small)
-        answer = {**answer, "trial": definition.name,  # the kept answer may carry an earlier asker's name
-                  "privacy": {**answer["privacy"], "budget": privacy.budget, "spent": round(spent, 9),
-                              "left": round(max(privacy.budget - spent, 0.0), 9), "charged": charged}}
+        def audit(answer: dict[str, Any], charged: bool) -> None:
+            services.audit.append("trial_feasibility.released", principal.name, project=body.project, budget_of=who,
+                                  definition_hash=answer["definition_hash"], eligible=answer["eligible"],
+                                  epsilon=cost.epsilon_per_query if charged else 0.0)
+
+        answer = await budgeted_answer(who, key, cost, count, audit)
+        answer["trial"] = definition.name  # the kept answer may carry an earlier asker's name
         answer.pop("definition_hash", None)
         return TrialFeasibilityAnswer(**answer)
 
@@ -675,28 +668,12 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
                                                 noise_key=services.ledger.noise_key(), label=label)
             return services.ledger.keep(key, privacy.epsilon_per_query, answer)
 
-        if "limiter" not in count_threads:
-            count_threads["limiter"] = anyio.CapacityLimiter(COUNT_THREADS)
-            count_threads["audit"] = anyio.CapacityLimiter(2)
-        small = count_threads["audit"]
-        charged = await anyio.to_thread.run_sync(services.ledger.charge, who, key, privacy, limiter=small)
-        try:
-            answer = await anyio.to_thread.run_sync(services.ledger.answer, key, limiter=small)
-            if answer is None:
-                answer = await services.counts.answer(
-                    key, lambda: anyio.to_thread.run_sync(count, limiter=count_threads["limiter"]))
-        except BaseException:
-            if charged:  # nothing was released: the question costs nothing
-                await anyio.to_thread.run_sync(services.ledger.refund, who, key, limiter=small)
-            raise
-        await anyio.to_thread.run_sync(functools.partial(
-            services.audit.append, "concept_count.released", principal.name, project=body.project, budget_of=who,
-            concept_id=body.concept_id, descendants=body.descendants, persons=answer["persons"],
-            epsilon=privacy.epsilon_per_query if charged else 0.0), limiter=small)
-        spent = await anyio.to_thread.run_sync(services.ledger.spent, who, limiter=small)
-        answer = {**answer, "privacy": {**answer["privacy"], "budget": privacy.budget, "spent": round(spent, 9),
-                                        "left": round(max(privacy.budget - spent, 0.0), 9), "charged": charged}}
-        return ConceptCountAnswer(**answer)
+        def audit(answer: dict[str, Any], charged: bool) -> None:
+            services.audit.append("concept_count.released", principal.name, project=body.project, budget_of=who,
+                                  concept_id=body.concept_id, descendants=body.descendants, persons=answer["persons"],
+                                  epsilon=privacy.epsilon_per_query if charged else 0.0)
+
+        return ConceptCountAnswer(**await budgeted_answer(who, key, privacy, count, audit))
 
     @app.get(f"{API}/quality", response_model=QualitySummary, responses=ERRORS, tags=["quality"])
     def quality(project: Annotated[str, Query(pattern=NAME_PATTERN, description="a project of the caller")],

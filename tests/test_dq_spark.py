@@ -4,6 +4,7 @@ Runs with MERCIA_TEST_SPARK=1 (pyspark and Java 17 needed); in CI a missing pysp
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,16 @@ def test_profile_on_spark_equals_duckdb(spark_cdm: Cdm, eunomia_dir: Path) -> No
     assert norm(on_spark.results_dist[pd_cols]).equals(norm(on_duck.results_dist[pd_cols]))
     assert (on_spark.results_dist.sort_values(pd_cols)["median_value"].to_numpy()
             == on_duck.results_dist.sort_values(pd_cols)["median_value"].to_numpy()).all()
+
+
+def test_check_types_spec_on_spark(spark: object) -> None:
+    """The hand-counted numerators and denominators of every check type (tests/test_dq_spec.py, on DuckDB
+    and PostgreSQL there) on Spark too."""
+    from test_dq_spec import assert_spec, results_for
+
+    schema = "dq_spec_" + secrets.token_hex(4)
+    cdm = Cdm.from_spark(spark, cdm_schema=schema, results_schema=schema)
+    try:
+        assert_spec(results_for(cdm))
+    finally:
+        cdm.execute(f"DROP DATABASE IF EXISTS {schema} CASCADE")

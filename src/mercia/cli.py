@@ -1314,9 +1314,9 @@ def trial_candidates(
     console.print(t)
     for c in found.criteria:
         console.print(f"{number[c.name]}. {c.name}" + (f" (missing data: {c.missing_means})" if c.missing_means else ""),
-                      highlight=False)
+                      highlight=False, soft_wrap=True, markup=False)
     if found.not_applied:
-        console.print("not applied: " + "; ".join(found.not_applied), highlight=False)
+        console.print("not applied: " + "; ".join(found.not_applied), highlight=False, soft_wrap=True, markup=False)
 
 
 @trial_app.command("match")

@@ -111,29 +111,17 @@ WITH codesets AS (
         event_id
       FROM (
         SELECT
+          0 AS index_id,
           E.person_id,
           E.event_id
         FROM cohort_qualified_events AS E
-        INNER JOIN (
-          SELECT
-            0 AS index_id,
-            E.person_id,
-            E.event_id
-          FROM cohort_qualified_events AS E
-          JOIN cdm.person AS P
-            ON P.person_id = E.person_id
-          WHERE
-            EXTRACT(YEAR FROM E.start_date) - P.year_of_birth > 40
-          GROUP BY
-            E.person_id,
-            E.event_id
-        ) AS CQ
-          ON E.person_id = CQ.person_id AND E.event_id = CQ.event_id
+        JOIN cdm.person AS P
+          ON P.person_id = E.person_id
+        WHERE
+          EXTRACT(YEAR FROM E.start_date) - P.year_of_birth > 40
         GROUP BY
           E.person_id,
           E.event_id
-        HAVING
-          COUNT(CQ.index_id) = 1
       ) AS G
     ) AS g
   ) AS ir

@@ -186,56 +186,44 @@ WITH codesets AS (
         event_id AS event_id
       FROM (
         SELECT
-          E.person_id AS person_id,
-          E.event_id AS event_id
-        FROM cohort_primary_events AS E
-        INNER JOIN (
+          0 AS index_id,
+          cc.person_id AS person_id,
+          cc.event_id AS event_id
+        FROM (
           SELECT
-            0 AS index_id,
-            cc.person_id AS person_id,
-            cc.event_id AS event_id
-          FROM (
+            P.person_id AS person_id,
+            P.event_id AS event_id
+          FROM cohort_primary_events AS P
+          JOIN (
             SELECT
-              P.person_id AS person_id,
-              P.event_id AS event_id
-            FROM cohort_primary_events AS P
-            JOIN (
+              C.person_id AS person_id,
+              C.visit_occurrence_id AS event_id,
+              C.start_date AS start_date,
+              C.end_date AS end_date,
+              C.visit_occurrence_id AS visit_occurrence_id,
+              C.start_date AS sort_date,
+              C.visit_concept_id AS domain_concept_id
+            FROM (
               SELECT
-                C.person_id AS person_id,
-                C.visit_occurrence_id AS event_id,
-                C.start_date AS start_date,
-                C.end_date AS end_date,
-                C.visit_occurrence_id AS visit_occurrence_id,
-                C.start_date AS sort_date,
-                C.visit_concept_id AS domain_concept_id
-              FROM (
-                SELECT
-                  vo.*,
-                  vo.visit_start_date AS start_date,
-                  vo.visit_end_date AS end_date
-                FROM cdm.visit_occurrence AS vo
-                JOIN codesets AS cs
-                  ON vo.visit_concept_id = cs.concept_id AND cs.codeset_id = 2
-              ) AS C
-            ) AS A
-              ON A.person_id = P.person_id
-              AND A.start_date >= P.op_start_date
-              AND A.start_date <= P.op_end_date
-              AND A.start_date >= CAST(DATEADD(DAY, -30, P.start_date) AS DATE)
-              AND A.start_date <= P.start_date
-          ) AS cc
-          GROUP BY
-            cc.person_id,
-            cc.event_id
-          HAVING
-            COUNT(cc.event_id) >= 1
-        ) AS CQ
-          ON E.person_id = CQ.person_id AND E.event_id = CQ.event_id
+                vo.*,
+                vo.visit_start_date AS start_date,
+                vo.visit_end_date AS end_date
+              FROM cdm.visit_occurrence AS vo
+              JOIN codesets AS cs
+                ON vo.visit_concept_id = cs.concept_id AND cs.codeset_id = 2
+            ) AS C
+          ) AS A
+            ON A.person_id = P.person_id
+            AND A.start_date >= P.op_start_date
+            AND A.start_date <= P.op_end_date
+            AND A.start_date >= CAST(DATEADD(DAY, -30, P.start_date) AS DATE)
+            AND A.start_date <= P.start_date
+        ) AS cc
         GROUP BY
-          E.person_id,
-          E.event_id
+          cc.person_id,
+          cc.event_id
         HAVING
-          COUNT(CQ.index_id) = 1
+          COUNT(cc.event_id) >= 1
       ) AS G
     ) AS AC
       ON AC.person_id = pe.person_id AND AC.event_id = pe.event_id
@@ -372,60 +360,48 @@ WITH codesets AS (
         event_id AS event_id
       FROM (
         SELECT
-          E.person_id AS person_id,
-          E.event_id AS event_id
-        FROM cohort_qualified_events AS E
-        INNER JOIN (
+          0 AS index_id,
+          p.person_id AS person_id,
+          p.event_id AS event_id
+        FROM cohort_qualified_events AS p
+        LEFT JOIN (
           SELECT
-            0 AS index_id,
-            p.person_id AS person_id,
-            p.event_id AS event_id
-          FROM cohort_qualified_events AS p
-          LEFT JOIN (
+            P.person_id AS person_id,
+            P.event_id AS event_id
+          FROM cohort_qualified_events AS P
+          JOIN (
             SELECT
-              P.person_id AS person_id,
-              P.event_id AS event_id
-            FROM cohort_qualified_events AS P
-            JOIN (
+              C.person_id AS person_id,
+              C.condition_occurrence_id AS event_id,
+              C.start_date AS start_date,
+              C.end_date AS end_date,
+              C.visit_occurrence_id AS visit_occurrence_id,
+              C.start_date AS sort_date,
+              C.condition_concept_id AS domain_concept_id
+            FROM (
               SELECT
-                C.person_id AS person_id,
-                C.condition_occurrence_id AS event_id,
-                C.start_date AS start_date,
-                C.end_date AS end_date,
-                C.visit_occurrence_id AS visit_occurrence_id,
-                C.start_date AS sort_date,
-                C.condition_concept_id AS domain_concept_id
-              FROM (
-                SELECT
-                  co.*,
-                  co.condition_start_date AS start_date,
-                  COALESCE(co.condition_end_date, CAST(DATEADD(DAY, 1, co.condition_start_date) AS DATE)) AS end_date
-                FROM cdm.condition_occurrence AS co
-                JOIN codesets AS cs
-                  ON co.condition_concept_id = cs.concept_id AND cs.codeset_id = 1
-              ) AS C
-            ) AS A
-              ON A.person_id = P.person_id
-              AND A.start_date >= P.op_start_date
-              AND A.start_date <= P.op_end_date
-              AND A.start_date >= CAST(DATEADD(DAY, -365, P.start_date) AS DATE)
-              AND A.start_date <= P.start_date
-              AND A.end_date >= CAST(DATEADD(DAY, -365, P.start_date) AS DATE)
-              AND A.end_date <= P.start_date
-          ) AS cc
-            ON p.person_id = cc.person_id AND p.event_id = cc.event_id
-          GROUP BY
-            p.person_id,
-            p.event_id
-          HAVING
-            COUNT(cc.event_id) = 0
-        ) AS CQ
-          ON E.person_id = CQ.person_id AND E.event_id = CQ.event_id
+                co.*,
+                co.condition_start_date AS start_date,
+                COALESCE(co.condition_end_date, CAST(DATEADD(DAY, 1, co.condition_start_date) AS DATE)) AS end_date
+              FROM cdm.condition_occurrence AS co
+              JOIN codesets AS cs
+                ON co.condition_concept_id = cs.concept_id AND cs.codeset_id = 1
+            ) AS C
+          ) AS A
+            ON A.person_id = P.person_id
+            AND A.start_date >= P.op_start_date
+            AND A.start_date <= P.op_end_date
+            AND A.start_date >= CAST(DATEADD(DAY, -365, P.start_date) AS DATE)
+            AND A.start_date <= P.start_date
+            AND A.end_date >= CAST(DATEADD(DAY, -365, P.start_date) AS DATE)
+            AND A.end_date <= P.start_date
+        ) AS cc
+          ON p.person_id = cc.person_id AND p.event_id = cc.event_id
         GROUP BY
-          E.person_id,
-          E.event_id
+          p.person_id,
+          p.event_id
         HAVING
-          COUNT(CQ.index_id) = 1
+          COUNT(cc.event_id) = 0
       ) AS G
     ) AS g
     UNION ALL
@@ -441,56 +417,44 @@ WITH codesets AS (
         event_id AS event_id
       FROM (
         SELECT
-          E.person_id AS person_id,
-          E.event_id AS event_id
-        FROM cohort_qualified_events AS E
-        INNER JOIN (
+          0 AS index_id,
+          p.person_id AS person_id,
+          p.event_id AS event_id
+        FROM cohort_qualified_events AS p
+        LEFT JOIN (
           SELECT
-            0 AS index_id,
-            p.person_id AS person_id,
-            p.event_id AS event_id
-          FROM cohort_qualified_events AS p
-          LEFT JOIN (
+            P.person_id AS person_id,
+            P.event_id AS event_id
+          FROM cohort_qualified_events AS P
+          JOIN (
             SELECT
-              P.person_id AS person_id,
-              P.event_id AS event_id
-            FROM cohort_qualified_events AS P
-            JOIN (
+              C.person_id AS person_id,
+              C.person_id AS event_id,
+              C.start_date AS start_date,
+              C.end_date AS end_date,
+              CAST(NULL AS BIGINT) AS visit_occurrence_id,
+              C.start_date AS sort_date,
+              COALESCE(C.cause_concept_id, 0) AS domain_concept_id
+            FROM (
               SELECT
-                C.person_id AS person_id,
-                C.person_id AS event_id,
-                C.start_date AS start_date,
-                C.end_date AS end_date,
-                CAST(NULL AS BIGINT) AS visit_occurrence_id,
-                C.start_date AS sort_date,
-                COALESCE(C.cause_concept_id, 0) AS domain_concept_id
-              FROM (
-                SELECT
-                  d.*,
-                  d.death_date AS start_date,
-                  CAST(DATEADD(DAY, 1, d.death_date) AS DATE) AS end_date
-                FROM cdm.death AS d
-              ) AS C
-            ) AS A
-              ON A.person_id = P.person_id
-              AND A.start_date >= P.op_start_date
-              AND A.start_date <= P.op_end_date
-              AND A.start_date >= CAST(DATEADD(DAY, -10000, P.start_date) AS DATE)
-              AND A.start_date <= P.start_date
-          ) AS cc
-            ON p.person_id = cc.person_id AND p.event_id = cc.event_id
-          GROUP BY
-            p.person_id,
-            p.event_id
-          HAVING
-            COUNT(cc.event_id) = 0
-        ) AS CQ
-          ON E.person_id = CQ.person_id AND E.event_id = CQ.event_id
+                d.*,
+                d.death_date AS start_date,
+                CAST(DATEADD(DAY, 1, d.death_date) AS DATE) AS end_date
+              FROM cdm.death AS d
+            ) AS C
+          ) AS A
+            ON A.person_id = P.person_id
+            AND A.start_date >= P.op_start_date
+            AND A.start_date <= P.op_end_date
+            AND A.start_date >= CAST(DATEADD(DAY, -10000, P.start_date) AS DATE)
+            AND A.start_date <= P.start_date
+        ) AS cc
+          ON p.person_id = cc.person_id AND p.event_id = cc.event_id
         GROUP BY
-          E.person_id,
-          E.event_id
+          p.person_id,
+          p.event_id
         HAVING
-          COUNT(CQ.index_id) = 1
+          COUNT(cc.event_id) = 0
       ) AS G
     ) AS g
   ) AS ir

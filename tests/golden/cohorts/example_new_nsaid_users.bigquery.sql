@@ -152,61 +152,49 @@ WITH codesets AS (
         event_id
       FROM (
         SELECT
-          E.person_id,
-          E.event_id
-        FROM cohort_qualified_events AS E
-        INNER JOIN (
+          0 AS index_id,
+          p.person_id,
+          p.event_id
+        FROM cohort_qualified_events AS p
+        LEFT JOIN (
           SELECT
-            0 AS index_id,
-            p.person_id,
-            p.event_id
-          FROM cohort_qualified_events AS p
-          LEFT JOIN (
+            P.person_id,
+            P.event_id
+          FROM cohort_qualified_events AS P
+          JOIN (
             SELECT
-              P.person_id,
-              P.event_id
-            FROM cohort_qualified_events AS P
-            JOIN (
+              C.person_id,
+              C.condition_occurrence_id AS event_id,
+              C.start_date,
+              C.end_date,
+              C.visit_occurrence_id AS visit_occurrence_id,
+              C.start_date AS sort_date,
+              C.condition_concept_id AS domain_concept_id
+            FROM (
               SELECT
-                C.person_id,
-                C.condition_occurrence_id AS event_id,
-                C.start_date,
-                C.end_date,
-                C.visit_occurrence_id AS visit_occurrence_id,
-                C.start_date AS sort_date,
-                C.condition_concept_id AS domain_concept_id
-              FROM (
-                SELECT
-                  co.*,
-                  co.condition_start_date AS start_date,
-                  COALESCE(
-                    co.condition_end_date,
-                    CAST(DATE_ADD(co.condition_start_date, INTERVAL 1 DAY) AS DATE)
-                  ) AS end_date
-                FROM cdm.condition_occurrence AS co
-                JOIN codesets AS cs
-                  ON co.condition_concept_id = cs.concept_id AND cs.codeset_id = 1
-              ) AS C
-            ) AS A
-              ON A.person_id = P.person_id
-              AND A.start_date >= P.op_start_date
-              AND A.start_date <= P.op_end_date
-              AND A.start_date >= CAST(DATE_ADD(P.start_date, INTERVAL -365 DAY) AS DATE)
-              AND A.start_date <= P.start_date
-          ) AS cc
-            ON p.person_id = cc.person_id AND p.event_id = cc.event_id
-          GROUP BY
-            p.person_id,
-            p.event_id
-          HAVING
-            COUNT(cc.event_id) = 0
-        ) AS CQ
-          ON E.person_id = CQ.person_id AND E.event_id = CQ.event_id
+                co.*,
+                co.condition_start_date AS start_date,
+                COALESCE(
+                  co.condition_end_date,
+                  CAST(DATE_ADD(co.condition_start_date, INTERVAL 1 DAY) AS DATE)
+                ) AS end_date
+              FROM cdm.condition_occurrence AS co
+              JOIN codesets AS cs
+                ON co.condition_concept_id = cs.concept_id AND cs.codeset_id = 1
+            ) AS C
+          ) AS A
+            ON A.person_id = P.person_id
+            AND A.start_date >= P.op_start_date
+            AND A.start_date <= P.op_end_date
+            AND A.start_date >= CAST(DATE_ADD(P.start_date, INTERVAL -365 DAY) AS DATE)
+            AND A.start_date <= P.start_date
+        ) AS cc
+          ON p.person_id = cc.person_id AND p.event_id = cc.event_id
         GROUP BY
-          E.person_id,
-          E.event_id
+          p.person_id,
+          p.event_id
         HAVING
-          COUNT(CQ.index_id) = 1
+          COUNT(cc.event_id) = 0
       ) AS G
     ) AS g
   ) AS ir

@@ -170,56 +170,44 @@ WITH codesets AS (
         event_id
       FROM (
         SELECT
-          E.person_id,
-          E.event_id
-        FROM cohort_qualified_events AS E
-        INNER JOIN (
+          0 AS index_id,
+          cc.person_id,
+          cc.event_id
+        FROM (
           SELECT
-            0 AS index_id,
-            cc.person_id,
-            cc.event_id
-          FROM (
+            P.person_id,
+            P.event_id
+          FROM cohort_qualified_events AS P
+          JOIN (
             SELECT
-              P.person_id,
-              P.event_id
-            FROM cohort_qualified_events AS P
-            JOIN (
+              C.person_id,
+              C.condition_occurrence_id AS event_id,
+              C.start_date,
+              C.end_date,
+              C.visit_occurrence_id AS visit_occurrence_id,
+              C.start_date AS sort_date,
+              C.condition_concept_id AS domain_concept_id
+            FROM (
               SELECT
-                C.person_id,
-                C.condition_occurrence_id AS event_id,
-                C.start_date,
-                C.end_date,
-                C.visit_occurrence_id AS visit_occurrence_id,
-                C.start_date AS sort_date,
-                C.condition_concept_id AS domain_concept_id
-              FROM (
-                SELECT
-                  co.*,
-                  co.condition_start_date AS start_date,
-                  COALESCE(co.condition_end_date, CAST(DATE_ADD('DAY', 1, co.condition_start_date) AS DATE)) AS end_date
-                FROM cdm.condition_occurrence AS co
-                JOIN codesets AS cs
-                  ON co.condition_concept_id = cs.concept_id AND cs.codeset_id = 1
-              ) AS C
-            ) AS A
-              ON A.person_id = P.person_id
-              AND A.start_date >= P.op_start_date
-              AND A.start_date <= P.op_end_date
-              AND A.start_date >= P.op_start_date
-              AND A.start_date <= P.start_date
-          ) AS cc
-          GROUP BY
-            cc.person_id,
-            cc.event_id
-          HAVING
-            COUNT(cc.event_id) >= 1
-        ) AS CQ
-          ON E.person_id = CQ.person_id AND E.event_id = CQ.event_id
+                co.*,
+                co.condition_start_date AS start_date,
+                COALESCE(co.condition_end_date, CAST(DATE_ADD('DAY', 1, co.condition_start_date) AS DATE)) AS end_date
+              FROM cdm.condition_occurrence AS co
+              JOIN codesets AS cs
+                ON co.condition_concept_id = cs.concept_id AND cs.codeset_id = 1
+            ) AS C
+          ) AS A
+            ON A.person_id = P.person_id
+            AND A.start_date >= P.op_start_date
+            AND A.start_date <= P.op_end_date
+            AND A.start_date >= P.op_start_date
+            AND A.start_date <= P.start_date
+        ) AS cc
         GROUP BY
-          E.person_id,
-          E.event_id
+          cc.person_id,
+          cc.event_id
         HAVING
-          COUNT(CQ.index_id) = 1
+          COUNT(cc.event_id) >= 1
       ) AS G
     ) AS g
     UNION ALL
@@ -235,29 +223,17 @@ WITH codesets AS (
         event_id
       FROM (
         SELECT
+          0 AS index_id,
           E.person_id,
           E.event_id
         FROM cohort_qualified_events AS E
-        INNER JOIN (
-          SELECT
-            0 AS index_id,
-            E.person_id,
-            E.event_id
-          FROM cohort_qualified_events AS E
-          JOIN cdm.person AS P
-            ON P.person_id = E.person_id
-          WHERE
-            YEAR(E.start_date) - P.year_of_birth >= 18
-          GROUP BY
-            E.person_id,
-            E.event_id
-        ) AS CQ
-          ON E.person_id = CQ.person_id AND E.event_id = CQ.event_id
+        JOIN cdm.person AS P
+          ON P.person_id = E.person_id
+        WHERE
+          YEAR(E.start_date) - P.year_of_birth >= 18
         GROUP BY
           E.person_id,
           E.event_id
-        HAVING
-          COUNT(CQ.index_id) = 1
       ) AS G
     ) AS g
     UNION ALL
@@ -273,58 +249,46 @@ WITH codesets AS (
         event_id
       FROM (
         SELECT
-          E.person_id,
-          E.event_id
-        FROM cohort_qualified_events AS E
-        INNER JOIN (
+          0 AS index_id,
+          cc.person_id,
+          cc.event_id
+        FROM (
           SELECT
-            0 AS index_id,
-            cc.person_id,
-            cc.event_id
-          FROM (
+            P.person_id,
+            P.event_id
+          FROM cohort_qualified_events AS P
+          JOIN (
             SELECT
-              P.person_id,
-              P.event_id
-            FROM cohort_qualified_events AS P
-            JOIN (
+              C.person_id,
+              C.measurement_id AS event_id,
+              C.start_date,
+              C.end_date,
+              C.visit_occurrence_id AS visit_occurrence_id,
+              C.start_date AS sort_date,
+              C.measurement_concept_id AS domain_concept_id
+            FROM (
               SELECT
-                C.person_id,
-                C.measurement_id AS event_id,
-                C.start_date,
-                C.end_date,
-                C.visit_occurrence_id AS visit_occurrence_id,
-                C.start_date AS sort_date,
-                C.measurement_concept_id AS domain_concept_id
-              FROM (
-                SELECT
-                  m.*,
-                  m.measurement_date AS start_date,
-                  CAST(DATE_ADD('DAY', 1, m.measurement_date) AS DATE) AS end_date
-                FROM cdm.measurement AS m
-                JOIN codesets AS cs
-                  ON m.measurement_concept_id = cs.concept_id AND cs.codeset_id = 2
-              ) AS C
-              WHERE
-                C.unit_concept_id IN (9579) AND C.value_as_number >= 48.0000
-            ) AS A
-              ON A.person_id = P.person_id
-              AND A.start_date >= P.op_start_date
-              AND A.start_date <= P.op_end_date
-              AND A.start_date >= CAST(DATE_ADD('DAY', -365, P.start_date) AS DATE)
-              AND A.start_date <= P.start_date
-          ) AS cc
-          GROUP BY
-            cc.person_id,
-            cc.event_id
-          HAVING
-            COUNT(cc.event_id) >= 1
-        ) AS CQ
-          ON E.person_id = CQ.person_id AND E.event_id = CQ.event_id
+                m.*,
+                m.measurement_date AS start_date,
+                CAST(DATE_ADD('DAY', 1, m.measurement_date) AS DATE) AS end_date
+              FROM cdm.measurement AS m
+              JOIN codesets AS cs
+                ON m.measurement_concept_id = cs.concept_id AND cs.codeset_id = 2
+            ) AS C
+            WHERE
+              C.unit_concept_id IN (9579) AND C.value_as_number >= 48.0000
+          ) AS A
+            ON A.person_id = P.person_id
+            AND A.start_date >= P.op_start_date
+            AND A.start_date <= P.op_end_date
+            AND A.start_date >= CAST(DATE_ADD('DAY', -365, P.start_date) AS DATE)
+            AND A.start_date <= P.start_date
+        ) AS cc
         GROUP BY
-          E.person_id,
-          E.event_id
+          cc.person_id,
+          cc.event_id
         HAVING
-          COUNT(CQ.index_id) = 1
+          COUNT(cc.event_id) >= 1
       ) AS G
     ) AS g
   ) AS ir

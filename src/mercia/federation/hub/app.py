@@ -247,6 +247,19 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
     install_error_handlers(app)
     install_request_limits(app)
 
+    def asked_sites(principal: Principal, project: str, asked: list[str] | None, *,
+                    name_project_sites: bool = False) -> list[str]:
+        """The sites a request goes to: those asked (default: all of the project), each in the project
+        the caller acts in (403 naming those outside it)."""
+        require_project(principal, project)
+        project_sites = store.project_sites(project)
+        sites = sorted(set(asked)) if asked else project_sites
+        outside = sorted(set(sites) - set(project_sites))
+        if outside:
+            detail = f"sites {outside} are not in project {project!r}"
+            raise HTTPException(403, detail=detail + (f" (its sites: {project_sites})" if name_project_sites else ""))
+        return sites
+
     @app.middleware("http")
     async def _audit_requests(request: Request, call_next: Any) -> Any:
         response = await call_next(request)
@@ -290,13 +303,7 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
     def submit(body: SubmitStudy, principal: Annotated[Principal, role("researcher", "admin")]) -> StudyState:
         """Hash and sign the package and send it to the chosen sites of the project (idempotent on hash).
         Roles: researcher (in the project), admin."""
-        require_project(principal, body.project)
-        project_sites = store.project_sites(body.project)
-        sites = sorted(set(body.sites)) if body.sites else project_sites
-        outside = sorted(set(sites) - set(project_sites))
-        if outside:
-            raise HTTPException(403, detail=f"sites {outside} are not in project {body.project!r} "
-                                            f"(its sites: {project_sites})")
+        sites = asked_sites(principal, body.project, body.sites, name_project_sites=True)
         try:
             pkg = StudyPackage.from_dict(body.package, source="submitted package")
         except MerciaError:
@@ -393,12 +400,7 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
                     ) -> dict[str, Any]:
         """Released persons counts of a cohort definition at each site of the project, and their sum.
         Roles: researcher (in the project), admin; rate-limited with a lockout after repeats (429)."""
-        require_project(principal, body.project)
-        project_sites = store.project_sites(body.project)
-        sites = sorted(set(body.sites)) if body.sites else project_sites
-        outside = sorted(set(sites) - set(project_sites))
-        if outside:
-            raise HTTPException(403, detail=f"sites {outside} are not in project {body.project!r}")
+        sites = asked_sites(principal, body.project, body.sites)
         services.guard.check(principal, count_query_key(body.definition))
         # The researcher is the one this hub authenticated: the request names none (its model forbids it).
         answer = feasibility_across(store, sites, body.definition, body.project, requested_by=principal.name,
@@ -417,12 +419,7 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         pooled. Each node charges the caller's privacy budget there (a site that refuses gives its reason
         in `error`). Roles: researcher (in the project), admin; rate-limited with a lockout after repeats
         (429); a site not in the project is 403."""
-        require_project(principal, body.project)
-        project_sites = store.project_sites(body.project)
-        sites = sorted(set(body.sites)) if body.sites else project_sites
-        outside = sorted(set(sites) - set(project_sites))
-        if outside:
-            raise HTTPException(403, detail=f"sites {outside} are not in project {body.project!r}")
+        sites = asked_sites(principal, body.project, body.sites)
         services.guard.check(principal, "trial:" + count_query_key(body.definition))
         answer = trial_feasibility_across(
             store, sites, body.definition, body.project, requested_by=principal.name, signing_key=config.signing_key,
@@ -440,12 +437,7 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         feasibility counts, and says so in `privacy`; a site that refuses (its budget spent, a concept not
         in its vocabulary) gives its reason in `error`. Roles: researcher (in the project), admin;
         rate-limited with a lockout after repeats (429)."""
-        require_project(principal, body.project)
-        project_sites = store.project_sites(body.project)
-        sites = sorted(set(body.sites)) if body.sites else project_sites
-        outside = sorted(set(sites) - set(project_sites))
-        if outside:
-            raise HTTPException(403, detail=f"sites {outside} are not in project {body.project!r}")
+        sites = asked_sites(principal, body.project, body.sites)
         services.guard.check(principal, f"concept:{body.concept_id}:{int(body.descendants)}")
         answer = concept_count_across(store, sites, body.concept_id, body.descendants, body.project,
                                       requested_by=principal.name, signing_key=config.signing_key,

@@ -521,6 +521,41 @@ def study_run(
                   highlight=False, soft_wrap=True)
 
 
+# ---- evaluate (methods benchmark) ------------------------------------------------------------
+evaluate_app = typer.Typer(help="Benchmark the estimators on negative and injected positive controls.",
+                           no_args_is_help=True)
+app.add_typer(evaluate_app, name="evaluate")
+
+
+@evaluate_app.command("methods")
+@user_errors
+def evaluate_methods(
+    config: Annotated[Path, typer.Argument(help="The benchmark configuration (.yaml).")],
+    target: TargetOpt,
+    out: Annotated[Path, typer.Option("--out", help="A new (or empty) folder for the results.")],
+    cdm_schema: CdmSchemaOpt = None,
+    vocab_schema: VocabSchemaOpt = None,
+    results_schema: ResultsSchemaOpt = None,
+) -> None:
+    """Inject positive controls, run every estimator on all controls, write estimates, metrics and plots
+    (site-internal: releasing them goes through the disclosure door)."""
+    from mercia.evaluation.methods import load_config, run_methods_benchmark, write_outputs
+
+    cfg, base = load_config(config)
+    with open_cdm(target, cdm_schema, vocab_schema, results_schema, require="vocabulary") as cdm, \
+            progress_bar() as progress:
+        result = run_methods_benchmark(cdm, cfg, base, progress=progress)
+    write_outputs(result, out)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    overall = result.metrics[result.metrics["true_effect_size"] == "all"]
+    table = Table("method", "coverage", "auc", "mse", "type 1", "type 2", "non-estimable")
+    for r in overall.itertuples(index=False):
+        table.add_row(r.method, *(f"{v:.2f}" for v in (r.coverage, r.auc, r.mse, r.type1, r.type2, r.non_estimable)))
+    console.print(table)
+    console.print(f"[bold]results:[/] {out} (site-internal; summary.md, report.html)", highlight=False)
+
+
 # ---- model -----------------------------------------------------------------------------------
 model_app = typer.Typer(help="Apply saved prediction models (external validation).", no_args_is_help=True)
 app.add_typer(model_app, name="model")

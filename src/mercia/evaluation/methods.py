@@ -183,16 +183,25 @@ EVENTS_PER_VARIABLE = 10
 
 def _adjusted_cox(X: np.ndarray, d: pd.DataFrame) -> cm.Estimate:
     """Cox with treatment first and the covariate columns (in order of preference) that the events
-    support: each with MIN_EVENTS_PER_LEVEL events among persons with and without it, at most one per
-    EVENTS_PER_VARIABLE events."""
+    support: each with MIN_EVENTS_PER_LEVEL events among persons with and without it, not determined by
+    the ones before it, at most one per EVENTS_PER_VARIABLE events."""
     event = d["event"].to_numpy(dtype=float)
     if not len(d) or event.sum() == 0:
         return cm.Estimate(math.nan, math.nan, False)
     nonzero = X != 0
     with_it = event @ nonzero
     supported = np.flatnonzero((with_it >= MIN_EVENTS_PER_LEVEL) & (event.sum() - with_it >= MIN_EVENTS_PER_LEVEL))
-    keep = supported[: int(event.sum() // EVENTS_PER_VARIABLE)]
-    Z = np.column_stack([d["treatment"].to_numpy(dtype=float), X[:, keep]])
+    t = d["treatment"].to_numpy(dtype=float)
+    keep: list[int] = []
+    for j in supported[: 2 * int(event.sum() // EVENTS_PER_VARIABLE)]:
+        if len(keep) >= event.sum() // EVENTS_PER_VARIABLE:
+            break
+        # a covariate the others (or treatment) already determine (a concept and its rolled-up parent)
+        # would make the model singular: left out
+        M = np.column_stack([np.ones(len(t)), t, X[:, [*keep, j]]])
+        if np.linalg.matrix_rank(M) == M.shape[1]:
+            keep.append(int(j))
+    Z = np.column_stack([t, X[:, keep]])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -17,6 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mercia.analyses.cohort_method import CohortMethodSettings, cohort_method
+from mercia.analyses.propensity import PsSettings
 from mercia.cdm import Cdm
 from mercia.cli import app
 from mercia.evaluation.methods import ESTIMATORS, estimate_pair, load_config, parse_config
@@ -188,8 +189,8 @@ def test_too_few_outcomes_are_refused_with_the_minimum_named(randomised: Path) -
 
 def test_benchmark_estimates_are_cohort_methods_own(injected) -> None:
     """The matched and crude estimates of the benchmark are those a cohort_method study gives."""
-    path, truth = injected
-    s = CohortMethodSettings()
+    path, _truth = injected
+    s = CohortMethodSettings(ps=PsSettings(variance=0.1))
     outcomes = [UTI, FIRST + 2]
     with Cdm.open(path) as cdm:
         est = estimate_pair(cdm, 1, 2, outcomes, s)
@@ -217,6 +218,7 @@ def _config_for(tmp_path: Path) -> Path:
         shutil.copy(src, tmp_path / src.name)
         data["cohorts"][key]["file"] = src.name
     data["injection"].update({"min_outcomes_for_model": 5, "min_outcomes_for_injection": 5})
+    data["cohort_method"]["ps"]["variance"] = 0.1  # no cross-validation: seconds, not a minute
     path = tmp_path / "methods.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -255,7 +257,7 @@ def test_evaluate_methods_end_to_end(site: Path, tmp_path: Path) -> None:
 
 
 def test_the_example_configuration_is_valid() -> None:
-    cfg, base = load_config(EXAMPLE)
+    cfg, _base = load_config(EXAMPLE)
     assert cfg.effect_sizes == [1.5, 2.0, 4.0] and len(cfg.pairs[0].negative_controls) == 6
 
 

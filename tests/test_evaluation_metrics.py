@@ -55,8 +55,8 @@ def test_auc_matches_scikit_learn_with_ties() -> None:
 
 
 def test_benchmark_metrics_per_method_and_effect_size() -> None:
-    est = pd.DataFrame({"method": ["a"] * 5 + ["b"] * 2, "log_rr": LOG_RR + [0.0, 1.4], "se_log_rr": SE + [0.2, 0.2],
-                        "true_effect_size": TRUE + [1, 4]})
+    est = pd.DataFrame({"method": ["a"] * 5 + ["b"] * 2, "log_rr": [*LOG_RR, 0.0, 1.4], "se_log_rr": [*SE, 0.2, 0.2],
+                        "true_effect_size": [*TRUE, 1, 4]})
     m = benchmark_metrics(est).set_index(["method", "true_effect_size"])
     assert list(m.index) == [("a", "1"), ("a", "2"), ("a", "all"), ("b", "1"), ("b", "4"), ("b", "all")]
     # "all" is computeMetrics over every control of the method.

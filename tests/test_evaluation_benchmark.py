@@ -283,3 +283,19 @@ def test_bad_configuration_names_the_field(change: dict, message: str, tmp_path:
     res = CliRunner().invoke(app, ["evaluate", "methods", str(path), "--cdm", str(tmp_path / "x.duckdb"),
                                    "--out", str(tmp_path / "out")])
     assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output
+
+
+def test_condition_outcome_builds_a_cohort_of_every_record(randomised: Path, tmp_path: Path) -> None:
+    from mercia.cohorts import dsl
+    from mercia.cohorts.generate import generate_cohorts
+    from mercia.evaluation.methods import condition_outcome
+
+    path = tmp_path / "site.duckdb"
+    shutil.copy(randomised, path)
+    concept = c.CONDITIONS["hip_fracture"].concept_id
+    with Cdm.open(path) as cdm:
+        generate_cohorts(cdm, [(40, dsl.from_dict(condition_outcome("Hip fracture", [concept])))], stats=False)
+        got = _cohort(cdm, 40)
+        want = _cohort(cdm, HIP)  # written from condition_occurrence directly by the fixture
+    pd.testing.assert_frame_equal(got[["subject_id", "cohort_start_date"]], want[["subject_id", "cohort_start_date"]])
+    assert ((got["cohort_end_date"] - got["cohort_start_date"]).dt.days <= 1).all()  # one day (cut at observation end)

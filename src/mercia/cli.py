@@ -539,9 +539,10 @@ def evaluate_methods(
 ) -> None:
     """Inject positive controls, run every estimator on all controls, write estimates, metrics and plots
     (site-internal: releasing them goes through the disclosure door)."""
-    from mercia.evaluation.methods import load_config, run_methods_benchmark, write_outputs
+    from mercia.evaluation.methods import check_out_dir, load_config, run_methods_benchmark, write_outputs
 
     cfg, base = load_config(config)
+    check_out_dir(out)
     with open_cdm(target, cdm_schema, vocab_schema, results_schema, require="vocabulary") as cdm, \
             progress_bar() as progress:
         result = run_methods_benchmark(cdm, cfg, base, progress=progress)

@@ -144,6 +144,19 @@ class MethodsConfig(BaseModel):
                 for k in sorted(self.cohorts)}
 
 
+def condition_outcome(name: str, concepts: Sequence[int | str], *, in_visit: str | None = None) -> dict[str, Any]:
+    """The cohort-language definition of an outcome cohort: every record of the given conditions
+    (concept ids or catalog names, with descendants), optionally recorded in a visit of a kind
+    ("inpatient"), each one day long. For building a configuration's `cohorts:` in code, e.g. from a
+    synthetic site's list of negative-control outcomes:
+    ``{"id": 30, "definition": condition_outcome("Hip fracture", [4230399])}``."""
+    entry: dict[str, Any] = {"condition": "outcome"}
+    if in_visit is not None:
+        entry["in_visit"] = in_visit
+    return {"name": name, "concepts": {"outcome": {"name": name, "include": list(concepts), "descendants": True}},
+            "entry": [entry], "keep": "all", "exit": {"after": {"days": 1}}}
+
+
 def load_config(path: str | Path) -> tuple[MethodsConfig, Path]:
     """The configuration from a YAML file (and its folder, which `file:` paths are relative to)."""
     path = Path(path)
@@ -328,9 +341,7 @@ def run_methods_benchmark(cdm: Cdm, config: MethodsConfig, base_dir: str | Path 
             defs.append((ids[key], _resolve(config.cohorts[key], base)))
         except MerciaError as e:
             raise EvaluationError(f"cohort {key!r}: {e}") from None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        generate_cohorts(cdm, defs, stats=False)
+    generate_cohorts(cdm, defs, stats=False)
     sizes = config.effect_sizes
     inj = config.injection.model_copy(update={"effect_sizes": sizes})
     next_id = config.positive_control_first_id
@@ -385,14 +396,20 @@ def run_methods_benchmark(cdm: Cdm, config: MethodsConfig, base_dir: str | Path 
     return BenchmarkResult(estimates, pd.concat(truths, ignore_index=True), metrics, by_pair, config, notes)
 
 
+def check_out_dir(out: str | Path) -> Path:
+    """`out` if it is a new or empty folder (results are never overwritten); check it before a long run."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EvaluationError(f"--out {out.name}: give a new or empty folder")
+    return out
+
+
 def write_outputs(result: BenchmarkResult, out: str | Path) -> list[Path]:
     """estimates.parquet/.csv, truth.csv, metrics.csv, metrics_by_pair.csv, report.html (plots) and
     summary.md into `out` (a new or empty folder)."""
     from mercia.evaluation.report import report_html, summary_markdown
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise EvaluationError(f"--out {out.name}: give a new or empty folder")
+    out = check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "estimates.parquet", out / "estimates.csv", out / "truth.csv", out / "metrics.csv",
              out / "metrics_by_pair.csv", out / "report.html", out / "summary.md"]

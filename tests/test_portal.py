@@ -252,9 +252,12 @@ def test_an_expired_session_signs_in_again(visitor: Any, hub: HubServer) -> None
     assert v.get("/portal/concepts").status_code == 200
     accounts(hub).expire_sessions_of("rita")
     r = v.get("/portal/concepts")
-    assert r.status_code == 303 and r.headers["location"].startswith("/portal/sign-in?next=")
+    assert r.status_code == 303 and r.headers["location"] == "/portal/sign-in?next=%2Fportal%2Fconcepts&ended=1"
+    assert "Your session has ended" in T(v.get(r.headers["location"]))
+    assert "mercia_session" not in v.jar  # the dead cookie is cleared
+    v.jar["mercia_session"] = "stale"
     r = v.post(f"/portal/concepts/{T2D}/counts", {"csrf": "x", "project": "proj"})
-    assert r.status_code == 303
+    assert r.status_code == 303 and r.headers["location"] == "/portal/sign-in?ended=1"
 
 
 def test_sign_in_goes_back_to_the_page_asked_for_and_never_elsewhere(visitor: Any) -> None:

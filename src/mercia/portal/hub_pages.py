@@ -71,18 +71,20 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
         return web.page(request, "home.html", session, title="Home", projects=my_projects(principal))
 
     def sign_in_page(request: Request, *, message: str | None = None, name: str = "", nxt: str = "",
-                     status_code: int = 200) -> Response:
+                     status_code: int = 200, notice: str | None = None) -> Response:
         token = secrets.token_urlsafe(32)
         response = web.page(request, "sign_in.html", None, title="Sign in", message=message, name=name,
-                            next=nxt, sign_in_csrf=token, status_code=status_code)
+                            next=nxt, sign_in_csrf=token, status_code=status_code, notice=notice,
+                            lockout=(accounts.max_failures, round(accounts.lockout_seconds / 60)))
         web.set_sign_in_token(response, token)
         return response
 
     @app.get("/sign-in", response_class=HTMLResponse)
-    def sign_in_get(request: Request, next: Annotated[str, Query(max_length=500)] = "") -> Response:
+    def sign_in_get(request: Request, next: Annotated[str, Query(max_length=500)] = "",
+                    ended: Annotated[str, Query(max_length=1)] = "") -> Response:
         if web.session_of(request) is not None:
             return RedirectResponse(_safe_next(next, prefix), status_code=303)
-        return sign_in_page(request, nxt=next)
+        return sign_in_page(request, nxt=next, notice="Your session has ended: sign in again." if ended else None)
 
     @app.post("/sign-in", response_class=HTMLResponse)
     async def sign_in_post(request: Request) -> Response:

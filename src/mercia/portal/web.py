@@ -81,9 +81,13 @@ class PortalWeb:
         async def _sign_in(request: Request, e: NeedSignIn) -> Response:
             path = request.url.path
             target = path + (f"?{request.url.query}" if request.url.query else "")
-            nxt = "" if request.method != "GET" or path == f"{self.prefix}/" else f"?next={quote(target, safe='')}"
-            response = RedirectResponse(f"{self.prefix}/sign-in{nxt}", status_code=303)
-            if request.cookies.get(SESSION_COOKIE):
+            query = [] if request.method != "GET" or path == f"{self.prefix}/" else [f"next={quote(target, safe='')}"]
+            ended = bool(request.cookies.get(SESSION_COOKIE))  # a session that was there has ended
+            if ended:
+                query.append("ended=1")
+            response = RedirectResponse(f"{self.prefix}/sign-in" + ("?" + "&".join(query) if query else ""),
+                                        status_code=303)
+            if ended:
                 self.clear_session_cookie(response)
             return response
 

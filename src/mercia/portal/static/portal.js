@@ -11,3 +11,12 @@ document.addEventListener("click", (e) => {
   const source = document.getElementById(button.dataset.copy);
   if (source) navigator.clipboard.writeText(source.textContent.trim()).then(() => { button.textContent = "Copied"; });
 });
+// A table wider than the window scrolls inside its region: make that region reachable by keyboard.
+function markScrollable() {
+  for (const wrap of document.querySelectorAll(".table-wrap")) {
+    if (wrap.scrollWidth > wrap.clientWidth + 1) wrap.setAttribute("tabindex", "0");
+    else wrap.removeAttribute("tabindex");
+  }
+}
+window.addEventListener("load", markScrollable);
+window.addEventListener("resize", markScrollable);

@@ -465,3 +465,38 @@ def test_static_files_are_served_locally(hub: HubServer) -> None:
     for name, kind in (("portal.css", "text/css"), ("portal.js", "javascript")):
         r = httpx.get(f"{hub.url}/portal/static/{name}")
         assert r.status_code == 200 and kind in r.headers["content-type"]
+
+
+# ---- the accounts store on its own ------------------------------------------------------------------------------
+def test_sessions_end_by_age_and_by_idleness(tmp_path: Path) -> None:
+    import time
+
+    from mercia.portal.accounts import Accounts
+
+    aged = Accounts(tmp_path / "a.sqlite", session_minutes=0.02, idle_minutes=60)  # 1.2 s
+    aged.add_user("u", "researcher", ["p"], PASSWORD)
+    sid, _ = aged.sign_in("u", PASSWORD)
+    assert aged.session(sid) is not None
+    time.sleep(1.5)
+    assert aged.session(sid) is None
+    idle = Accounts(tmp_path / "b.sqlite", session_minutes=60, idle_minutes=0.02)
+    idle.add_user("u", "researcher", ["p"], PASSWORD)
+    sid, _ = idle.sign_in("u", PASSWORD)
+    assert idle.session(sid).user.principal().projects == frozenset({"p"})
+    time.sleep(1.5)
+    assert idle.session(sid) is None
+    assert idle.session("not-a-session") is None and idle.session("") is None and idle.session("x" * 500) is None
+
+
+def test_a_user_acts_as_a_token_of_the_same_role_and_projects(tmp_path: Path) -> None:
+    from mercia.federation.auth import Principal
+    from mercia.portal.accounts import AccountError, Accounts
+
+    acc = Accounts(tmp_path / "a.sqlite")
+    user = acc.add_user("u", "researcher", ["p2", "p1", "p1"], PASSWORD)
+    assert user.principal() == Principal("u", "researcher", frozenset({"p1", "p2"}))
+    for bad, field in ((dict(role="custodian"), "role 'custodian' is not one of researcher, admin"),
+                       (dict(projects=["a b"]), "project name 'a b' is invalid")):
+        kw: dict[str, Any] = {"role": "researcher", "projects": ["p"], **bad}
+        with pytest.raises(AccountError, match=field):
+            acc.add_user("v", kw["role"], kw["projects"], PASSWORD)

@@ -87,3 +87,33 @@ def test_the_pages_counts_are_the_released_counts(fed: Federation, descendants: 
 def test_password_is_not_logged(fed: Federation) -> None:
     for path in [fed.hub.state_dir / "audit.jsonl", fed.hub.folder / "server.log"]:
         assert PASSWORD not in path.read_text()
+
+
+@pytest.mark.browser
+def test_the_counts_in_the_browser(fed: Federation, chromium: Any, artifacts_dir: Any) -> None:
+    """A researcher asks the sites from the concept's page in Chromium; every number in the counts table
+    is the site's released answer (or the budget the site says it has charged), and the page passes
+    axe-core."""
+    from test_portal_browser import check_a11y, sign_in
+
+    ctx = chromium.new_context(viewport={"width": 1280, "height": 900}, base_url=fed.hub.url, bypass_csp=True)
+    try:
+        page = ctx.new_page()
+        sign_in(page, "rosa")
+        page.goto(f"/portal/concepts/{T2D}")
+        page.get_by_role("button", name="Ask the sites").click()
+        page.wait_for_url(f"**/portal/concepts/{T2D}/counts")
+        table = page.locator("#released-counts")
+        rows = [[c.inner_text() for c in row.locator("th, td").all()] for row in table.locator("tbody tr").all()]
+        caption = table.locator("caption").inner_text()
+        page.screenshot(path=str(artifacts_dir / "portal-concept-counts.png"), full_page=True)
+        check_a11y(page, "concept counts")
+    finally:
+        ctx.close()
+    assert sorted(r[0] for r in rows) == sorted(fed.nodes)
+    for site, persons, note in rows:
+        node = _node_answer(fed, site, T2D, True)
+        assert persons == str(node["persons"])
+        spent = f"{node['privacy']['spent']:.2f}"
+        assert re.findall(r"\d+(?:\.\d+)?", note) == [spent], note
+    assert re.findall(r"\d+", caption.replace("Type 2 diabetes", "")) == []

@@ -21,7 +21,6 @@ clears it.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
 import secrets
@@ -103,9 +102,9 @@ def check_name(name: str) -> str:
     return name
 
 
-def check_role(role: str) -> str:
-    if role not in HUB_ROLES:
-        raise AccountError(f"role {role!r} is not one of {', '.join(HUB_ROLES)}")
+def check_role(role: str, roles: tuple[str, ...] = HUB_ROLES) -> str:
+    if role not in roles:
+        raise AccountError(f"role {role!r} is not one of {', '.join(roles)}")
     return role
 
 
@@ -123,11 +122,13 @@ def check_password(password: str) -> str:
 
 
 class Accounts(SqliteStore):
-    """Users, sessions and failed sign-ins in `path` (the service's state file)."""
+    """Users, sessions and failed sign-ins in `path` (the service's state file). `roles`: those the
+    service accepts (the hub's researcher and admin; a node's would be auth.NODE_ROLES)."""
 
     def __init__(self, path: str | Path, *, session_minutes: float = 480.0, idle_minutes: float = 60.0,
-                 max_failures: int = 5, lockout_minutes: float = 15.0) -> None:
+                 max_failures: int = 5, lockout_minutes: float = 15.0, roles: tuple[str, ...] = HUB_ROLES) -> None:
         super().__init__(path, _SCHEMA, private=True)
+        self.roles = roles
         self.session_seconds = session_minutes * 60.0
         self.idle_seconds = idle_minutes * 60.0
         self.max_failures = max_failures
@@ -149,7 +150,7 @@ class Accounts(SqliteStore):
     def add_user(self, name: str, role: str, projects: list[str] | tuple[str, ...], password: str) -> User:
         """A new account; an existing name is an error (change it with `update_user`)."""
         check_name(name)
-        check_role(role)
+        check_role(role, self.roles)
         projects = check_projects(projects)
         digest = _hasher.hash(check_password(password))
         now = timestamp()
@@ -164,7 +165,7 @@ class Accounts(SqliteStore):
 
     def update_user(self, name: str, *, role: str, projects: list[str] | tuple[str, ...], disabled: bool) -> User:
         """Change a user's role, projects or disabled flag; their sessions end (they sign in again)."""
-        check_role(role)
+        check_role(role, self.roles)
         projects = check_projects(projects)
         with self._tx() as con:
             n = con.execute("UPDATE portal_users SET role = ?, projects = ?, disabled = ?, updated_at = ? "
@@ -242,7 +243,7 @@ class Accounts(SqliteStore):
         r = self._con().execute(
             "SELECT s.csrf, s.expires, s.last_seen, u.* FROM portal_sessions s JOIN portal_users u "
             "ON u.name = s.name WHERE s.id_hash = ?", (digest,)).fetchone()
-        if r is None or not hmac.compare_digest(digest, hash_session_id(session_id)):
+        if r is None:  # looked up by the id's hash: the time taken says nothing about the id
             return None
         if r["expires"] <= now or r["last_seen"] + self.idle_seconds <= now or r["disabled"]:
             self.end_session(session_id)

@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from mercia.errors import MerciaError
 from mercia.federation.auth import ALL_PROJECTS, HUB_ROLES, Principal, require_grant, require_project
-from mercia.portal.accounts import AccountError, LockedOut, SignInRefused, accounts_for, check_name
+from mercia.portal.accounts import NAME, AccountError, LockedOut, SignInRefused, accounts_for, check_name
 from mercia.portal.web import PortalWeb, one
 
 ANY_ROLE = HUB_ROLES
@@ -90,13 +90,14 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
     async def sign_in_post(request: Request) -> Response:
         fields = await web.sign_in_form(request)
         name, password, nxt = one(fields, "name").strip(), one(fields, "password"), one(fields, "next")
+        who = name if NAME.match(name) else "-"  # the audit log names no text that could not be a user
         try:
             session_id, session = accounts.sign_in(name, password)
         except LockedOut as e:
-            audit.append("portal.sign_in_locked", name[:128] or "-", client=request.client.host if request.client else None)
+            audit.append("portal.sign_in_locked", who, client=request.client.host if request.client else None)
             return sign_in_page(request, message=str(e), name=name, nxt=nxt, status_code=429)
         except SignInRefused as e:
-            audit.append("portal.sign_in_failed", name[:128] or "-",
+            audit.append("portal.sign_in_failed", who,
                          client=request.client.host if request.client else None,
                          locked=accounts.locked_for(name) > 0 if name else False)
             return sign_in_page(request, message=str(e), name=name, nxt=nxt, status_code=401)

@@ -806,6 +806,26 @@ def hub_user_revoke(
     console.print(f"revoked the token of {name}", highlight=False)
 
 
+@hub_app.command("portal-user-add")
+@user_errors
+def hub_portal_user_add(
+    name: Annotated[str, typer.Argument(help="The user's name (they sign in with it).")],
+    config: HubConfigOpt,
+    role: Annotated[str, typer.Option(help="researcher or admin.")] = "admin",
+    project: Annotated[list[str] | None, typer.Option("--project", help="A project (repeat); * for all.")] = None,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
+) -> None:
+    """Add a portal user (the first admin, say) who signs in at /portal with a password (asked for)."""
+    from mercia.federation.hub import load_hub_config
+    from mercia.portal.accounts import accounts_for
+
+    cfg = load_hub_config(config)
+    password = (sys.stdin.readline().rstrip("\n") if password_stdin
+                else typer.prompt("password", hide_input=True, confirmation_prompt=True))
+    user = accounts_for(cfg.state_dir / "hub.sqlite", cfg.portal).add_user(name, role, project or ["*"], password)
+    console.print(f"portal user {user.name} ({user.role}; projects {', '.join(user.projects)})", highlight=False)
+
+
 # ---- client ----------------------------------------------------------------------------------
 client_app = typer.Typer(help="Use a hub: submit studies, follow them, get pooled results.", no_args_is_help=True)
 app.add_typer(client_app, name="client")

@@ -25,6 +25,10 @@ values past Mercia's limits (`mercia.limits`) with 422 or 400 naming the field: 
 text that is not valid UTF-8 (lone surrogates), NaN or infinity, integers past 64 bits, and in cohort
 definitions days past ±99,999, range bounds past ±1e9, groups nested more than 20 deep. A body over
 16 MiB is refused with 413 before it is read.
+
+The hub also serves web pages under `/portal/` (the portal, [how-to](../how-to/use-the-portal.md)): they
+are not part of this API, sign in with a password and a session cookie instead of a token, and call
+the same permission checks and code as the routes below.
 """
 
 

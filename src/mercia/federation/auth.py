@@ -287,6 +287,22 @@ def _role_allowed(principal: Principal, roles: tuple[str, ...]) -> Principal:
     return principal
 
 
+def check_role(principal: Principal, *roles: str) -> Principal:
+    """The principal if its role is one of `roles`, else 403: what `require_role` checks, for callers
+    that authenticate otherwise (the portal's sessions)."""
+    _check_roles(roles)
+    return _role_allowed(principal, roles)
+
+
+def require_grant(principal: Principal, projects: Iterable[str]) -> None:
+    """403 unless an admin `principal` may give (or take) these projects: only those they administer,
+    and "*" only an admin of every project."""
+    outside = [p for p in projects if not principal.in_project(p) or
+               (p == ALL_PROJECTS and ALL_PROJECTS not in principal.projects)]
+    if outside:
+        raise HTTPException(403, detail=f"{principal.name} does not administer projects {outside}")
+
+
 def require_role(*roles: str) -> Callable[..., Principal]:
     """A dependency giving the Principal (via `app.state.authenticator`) if its role is in `roles`,
     else 403 (or 401 when unauthenticated). `Depends(require_role("custodian", "admin"))`."""

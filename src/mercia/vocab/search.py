@@ -115,8 +115,9 @@ def _record_counts_query(cdm: Cdm, ids: exp.Query) -> exp.Query | None:
 
 
 def search_query(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: str | None = None,
-                 standard: bool = False, limit: int = 50) -> tuple[exp.Select, dict[str, Any]]:
-    """The search as one tree and its bound parameters."""
+                 standard: bool = False, limit: int = 50, counts: bool = True) -> tuple[exp.Select, dict[str, Any]]:
+    """The search as one tree and its bound parameters (without `counts`, no record counts: 0 for each,
+    and the clinical tables are not read)."""
     text = text.strip()
     if not text:
         raise VocabularyError("search text: give some text to look for (a word, a phrase or a concept code)")
@@ -158,7 +159,8 @@ def search_query(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: 
     if standard:
         conds.append(exp.EQ(this=_c("standard_concept", "c"), expression=exp.Literal.string("S")))
 
-    counts = _record_counts_query(cdm, exp.select(_c("concept_id")).from_(matched.subquery("m_ids")))
+    counts = (_record_counts_query(cdm, exp.select(_c("concept_id")).from_(matched.subquery("m_ids")))
+              if counts else None)
     n_expr: exp.Expression = (exp.func("COALESCE", _c("n", "rc"), _n(0)) if counts is not None else _n(0))
     query = (
         exp.select(*[_c(f, "c") for f in _CONCEPT_FIELDS], _c("rnk", "m"), exp.alias_(n_expr, "record_count"))
@@ -178,9 +180,11 @@ def search_query(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: 
 
 
 def search_concepts(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: str | None = None,
-                    standard: bool = False, limit: int = 50) -> list[SearchHit]:
-    """Concepts matching `text`, best first (see the module's docstring for the order)."""
-    query, params = search_query(cdm, text, domain=domain, vocabulary=vocabulary, standard=standard, limit=limit)
+                    standard: bool = False, limit: int = 50, counts: bool = True) -> list[SearchHit]:
+    """Concepts matching `text`, best first (see the module's docstring for the order); without
+    `counts`, no local record counts (the hub's search: it shows released counts only)."""
+    query, params = search_query(cdm, text, domain=domain, vocabulary=vocabulary, standard=standard, limit=limit,
+                                 counts=counts)
     rows = cdm.fetch_all(query, params)
     return [
         SearchHit(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), r[5] or None, str(r[6]), r[7] or None,

@@ -14,7 +14,7 @@ The hub never sees rows: it stores what nodes released and pools it.
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field, field_validator
@@ -29,6 +29,7 @@ from mercia.federation.auth import (
     Principal,
     TokenStore,
     authenticator,
+    require_grant,
     require_project,
     sign_package,
 )
@@ -54,6 +55,7 @@ from mercia.federation.hub.federated import (
 )
 from mercia.federation.hub.quality import quality_across
 from mercia.federation.hub.registry import HubStore, NotFoundError
+from mercia.federation.hub.vocabulary import HubVocabulary
 from mercia.report.hub import render_network_quality, render_pooled_report
 from mercia.study.package import StudyPackage
 
@@ -161,6 +163,28 @@ class ConceptCounts(BaseModel):
     sites: list[SiteConceptCount]
 
 
+class ConceptHit(BaseModel):
+    concept_id: int
+    concept_name: str
+    domain_id: str
+    vocabulary_id: str
+    concept_class_id: str
+    standard_concept: str | None
+    concept_code: str
+    invalid_reason: str | None
+    match: Literal["exact", "prefix", "substring"]
+
+
+class ConceptDetailsOut(BaseModel):
+    concept: dict[str, Any]
+    synonyms: list[str]
+    maps_to: list[dict[str, Any]]
+    mapped_from: list[dict[str, Any]]
+    ancestors: list[dict[str, Any]] = Field(description="with min_levels and max_levels of separation")
+    descendants: list[dict[str, Any]]
+    descendants_total: int
+
+
 class NodeIn(RequestBody):
     name: Name
     url: str = Field(pattern=r"^https?://[^\s]+$", max_length=500)
@@ -205,6 +229,7 @@ class HubServices:
         self.tokens = TokenStore(config.tokens)
         self.guard = CountQueryGuard()
         self.dispatcher = Dispatcher(config, self.store, self.audit)
+        self.vocabulary = HubVocabulary(config.portal.vocabulary, config.portal.vocabulary_schema)
         self._start_dispatcher = start_dispatcher
 
     def start(self) -> None:
@@ -214,7 +239,65 @@ class HubServices:
 
     def stop(self) -> None:
         self.dispatcher.stop()
+        self.vocabulary.close()
         self.audit.append("hub.stopped", "hub")
+
+    def asked_sites(self, principal: Principal, project: str, asked: list[str] | None, *,
+                    name_project_sites: bool = False) -> list[str]:
+        """The sites a request goes to: those asked (default: all of the project), each in the project
+        the caller acts in (403 naming those outside it)."""
+        require_project(principal, project)
+        project_sites = self.store.project_sites(project)
+        sites = sorted(set(asked)) if asked else project_sites
+        outside = sorted(set(sites) - set(project_sites))
+        if outside:
+            detail = f"sites {outside} are not in project {project!r}"
+            raise HTTPException(403, detail=detail + (f" (its sites: {project_sites})" if name_project_sites else ""))
+        return sites
+
+    def concept_counts(self, principal: Principal, concept_id: int, descendants: bool, project: str,
+                       asked: list[str] | None = None) -> dict[str, Any]:
+        """Each asked site's released persons count of a concept, for `principal` (the API's
+        POST /concepts/count and the portal's concept page): the sites checked against the project, the
+        count-query guard, each node asked with the hub's attestation, and the question audited."""
+        sites = self.asked_sites(principal, project, asked)
+        self.guard.check(principal, f"concept:{concept_id}:{int(descendants)}")
+        answer = concept_count_across(self.store, sites, concept_id, descendants, project,
+                                      requested_by=principal.name, signing_key=self.config.signing_key,
+                                      timeout=self.config.node_timeout_seconds)
+        self.audit.append("concept_count.asked", principal.name, project=project, sites=sites,
+                          concept_id=concept_id, descendants=descendants,
+                          persons=[[a["site"], a.get("persons")] for a in answer["sites"]])
+        return answer
+
+    # ---- administration (the API's admin routes and the portal's admin pages) ---------------------
+    def issue_token(self, principal: Principal, name: str, role: str, projects: list[str]) -> str:
+        """Issue (or rotate) `name`'s API token for an admin `principal`, audited; the token is returned
+        once. A scoped admin grants only projects they administer and rotates no existing account."""
+        require_grant(principal, projects)
+        if ALL_PROJECTS not in principal.projects and name in {p.name for p in self.tokens.principals()}:
+            # Reissuing replaces the account: a scoped admin could lock out a wider one (the hub's admin).
+            raise HTTPException(403, detail=f"{principal.name} administers some projects only and may not "
+                                            f"rotate the existing account {name!r}")
+        token = self.tokens.issue(name, role, projects, roles=HUB_ROLES)
+        self.audit.append("user.token_issued", principal.name, user=name, role=role, projects=projects)
+        return token
+
+    def revoke_token(self, principal: Principal, name: str) -> None:
+        """Revoke `name`'s API token for an admin `principal` who administers all its projects, audited."""
+        held = next((p for p in self.tokens.principals() if p.name == name), None)
+        if held is None:
+            raise NotFoundError(f"no token is issued to {name!r}")
+        require_grant(principal, sorted(held.projects))
+        self.tokens.revoke(name)
+        self.audit.append("user.token_revoked", principal.name, user=name)
+
+    def save_project(self, principal: Principal, name: str, sites: list[str]) -> dict[str, Any]:
+        """Create or change a project for an admin of it (or of every project), audited."""
+        require_project(principal, name)
+        p = self.store.add_project(name, sites)
+        self.audit.append("project.saved", principal.name, project=name, sites=p["sites"])
+        return p
 
     def federated(self, content_hash: str) -> list[dict[str, Any]]:
         path = self.config.state_dir / "federated" / f"{content_hash}.json"
@@ -249,16 +332,7 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
 
     def asked_sites(principal: Principal, project: str, asked: list[str] | None, *,
                     name_project_sites: bool = False) -> list[str]:
-        """The sites a request goes to: those asked (default: all of the project), each in the project
-        the caller acts in (403 naming those outside it)."""
-        require_project(principal, project)
-        project_sites = store.project_sites(project)
-        sites = sorted(set(asked)) if asked else project_sites
-        outside = sorted(set(sites) - set(project_sites))
-        if outside:
-            detail = f"sites {outside} are not in project {project!r}"
-            raise HTTPException(403, detail=detail + (f" (its sites: {project_sites})" if name_project_sites else ""))
-        return sites
+        return services.asked_sites(principal, project, asked, name_project_sites=name_project_sites)
 
     @app.middleware("http")
     async def _audit_requests(request: Request, call_next: Any) -> Any:
@@ -429,6 +503,29 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
                               eligible=answer["eligible"])
         return answer
 
+    @app.get(f"{API}/concepts", response_model=list[ConceptHit], responses=ERRORS, tags=["concepts"])
+    def concept_search(
+        text: Annotated[str, Query(min_length=1, max_length=200, description="words of a name or synonym, or a code")],
+        principal: Annotated[Principal, role("researcher", "admin")],
+        domain: Annotated[str | None, Query(max_length=50, description="only this domain")] = None,
+        vocabulary: Annotated[str | None, Query(max_length=50, description="only this vocabulary")] = None,
+        standard: Annotated[bool, Query(description="only standard concepts")] = False,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> list[ConceptHit]:
+        """Concepts of the hub's vocabulary (hub.yaml `portal: vocabulary:`) matching `text`, best match
+        first: an exact name, synonym or code, then a prefix, then a substring. No counts (the sites'
+        released counts are POST /concepts/count). Roles: researcher, admin; 404 when the hub has no
+        vocabulary."""
+        return [ConceptHit(**h) for h in services.vocabulary.search(
+            text, domain=domain, vocabulary=vocabulary, standard=standard, limit=limit)]
+
+    @app.get(f"{API}/concepts/{{concept_id}}", response_model=ConceptDetailsOut, responses=ERRORS, tags=["concepts"])
+    def concept_show(concept_id: Annotated[int, Path(ge=0, le=2_147_483_647, description="an OMOP concept_id")],
+                     principal: Annotated[Principal, role("researcher", "admin")]) -> ConceptDetailsOut:
+        """One concept of the hub's vocabulary: its fields, synonyms, the concepts it maps to and from,
+        its ancestors and (the first 100 of) its descendants. Roles: researcher, admin."""
+        return ConceptDetailsOut(**services.vocabulary.details(concept_id))
+
     @app.post(f"{API}/concepts/count", response_model=ConceptCounts, responses=ERRORS, tags=["feasibility"])
     def concept_count(body: ConceptCountQuery, principal: Annotated[Principal, role("researcher", "admin")]
                       ) -> ConceptCounts:
@@ -437,14 +534,7 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         feasibility counts, and says so in `privacy`; a site that refuses (its budget spent, a concept not
         in its vocabulary) gives its reason in `error`. Roles: researcher (in the project), admin;
         rate-limited with a lockout after repeats (429)."""
-        sites = asked_sites(principal, body.project, body.sites)
-        services.guard.check(principal, f"concept:{body.concept_id}:{int(body.descendants)}")
-        answer = concept_count_across(store, sites, body.concept_id, body.descendants, body.project,
-                                      requested_by=principal.name, signing_key=config.signing_key,
-                                      timeout=config.node_timeout_seconds)
-        services.audit.append("concept_count.asked", principal.name, project=body.project, sites=sites,
-                              concept_id=body.concept_id, descendants=body.descendants,
-                              persons=[[a["site"], a.get("persons")] for a in answer["sites"]])
+        answer = services.concept_counts(principal, body.concept_id, body.descendants, body.project, body.sites)
         return ConceptCounts(concept_id=answer["concept_id"], descendants=answer["descendants"],
                              sites=[SiteConceptCount(**{k: a.get(k) for k in SiteConceptCount.model_fields})
                                     for a in answer["sites"]])
@@ -499,10 +589,7 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
     @app.post(f"{API}/projects", response_model=ProjectOut, status_code=201, responses=ERRORS, tags=["admin"])
     def add_project(body: ProjectIn, principal: Annotated[Principal, role("admin")]) -> ProjectOut:
         """Create or change a project and its sites. Role: admin (of that project, or of every project)."""
-        require_project(principal, body.name)
-        p = store.add_project(body.name, body.sites)
-        services.audit.append("project.saved", principal.name, project=body.name, sites=p["sites"])
-        return ProjectOut(**p)
+        return ProjectOut(**services.save_project(principal, body.name, body.sites))
 
     @app.get(f"{API}/projects", response_model=list[ProjectOut], responses=ERRORS, tags=["admin"])
     def list_projects(principal: Annotated[Principal, role("admin", "researcher")]) -> list[ProjectOut]:
@@ -513,17 +600,12 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
     def add_user(body: UserIn, principal: Annotated[Principal, role("admin")]) -> UserToken:
         """Issue (or rotate) a user's token, shown once; the hub keeps its hash. Role: admin, for projects
         they administer (only an admin of every project gives "*")."""
-        outside = [p for p in body.projects if not principal.in_project(p) or
-                   (p == ALL_PROJECTS and ALL_PROJECTS not in principal.projects)]
-        if outside:
-            raise HTTPException(403, detail=f"{principal.name} does not administer projects {outside}")
-        if ALL_PROJECTS not in principal.projects and body.name in {p.name for p in services.tokens.principals()}:
-            # Reissuing replaces the account: a scoped admin could lock out a wider one (the hub's admin).
-            raise HTTPException(403, detail=f"{principal.name} administers some projects only and may not "
-                                            f"rotate the existing account {body.name!r}")
-        token = services.tokens.issue(body.name, body.role, body.projects, roles=HUB_ROLES)
-        services.audit.append("user.token_issued", principal.name, user=body.name, role=body.role,
-                              projects=body.projects)
+        token = services.issue_token(principal, body.name, body.role, body.projects)
         return UserToken(name=body.name, role=body.role, token=token)
 
+    # The portal's pages (mercia.portal) sit above the federation layer: imported here, as run_study imports
+    # its report, so the API's module does not depend on them at import time.
+    from mercia.portal import create_portal
+
+    app.mount("/portal", create_portal(services))
     return app

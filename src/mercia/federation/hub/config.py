@@ -8,6 +8,10 @@
     poll_seconds: 1.0                # how often the dispatcher asks nodes about open studies
     node_timeout_seconds: 30
     signature_valid_days: 7          # a node refuses a package whose hub signature is older
+    portal:                          # the web portal under /portal (mercia.portal)
+      vocabulary: vocab.duckdb       # a vocabulary to search (a DuckDB file or postgresql:// URL)
+      session_minutes: 480           # a signed-in session ends this long after sign-in
+      secure_cookie: true            # the session cookie only over HTTPS (and http://127.0.0.1)
 """
 
 from __future__ import annotations
@@ -26,6 +30,17 @@ class Retry(StrictModel):
     max_seconds: float = Field(30.0, gt=0, description="the longest wait between calls to one node")
 
 
+class Portal(StrictModel):
+    vocabulary: str | None = Field(None, description="the vocabulary the portal searches: a DuckDB file or a "
+                                                     "postgresql:// URL holding CONCEPT and its tables")
+    vocabulary_schema: str | None = Field(None, description="the schema of the vocabulary tables")
+    session_minutes: float = Field(480.0, gt=0, le=7 * 24 * 60, description="a session ends this long after sign-in")
+    idle_minutes: float = Field(60.0, gt=0, le=7 * 24 * 60, description="a session unused this long ends")
+    secure_cookie: bool = Field(True, description="mark the session cookie Secure (sent over HTTPS only)")
+    max_failures: int = Field(5, ge=1, le=100, description="failed sign-ins that lock an account ...")
+    lockout_minutes: float = Field(15.0, gt=0, le=24 * 60, description="... within this many minutes, for as long")
+
+
 class HubConfig(StrictModel):
     state_dir: Path
     tokens: Path
@@ -36,6 +51,7 @@ class HubConfig(StrictModel):
     node_timeout_seconds: float = Field(30.0, gt=0)
     signature_valid_days: float = Field(
         7.0, gt=0, le=366, description="days a node accepts a package after the hub signed it")
+    portal: Portal = Portal()
 
 
 def load_hub_config(path: str | Path) -> HubConfig:
@@ -49,6 +65,11 @@ def load_hub_config(path: str | Path) -> HubConfig:
     if isinstance(data.get("tls"), dict):
         data["tls"] = {k: str(base / v) if isinstance(v, str) and not Path(v).is_absolute() else v
                        for k, v in data["tls"].items()}
+    portal = data.get("portal")
+    if isinstance(portal, dict) and isinstance(portal.get("vocabulary"), str):
+        v = portal["vocabulary"]
+        if "://" not in v and ":" not in v[:6] and not Path(v).is_absolute():
+            data["portal"] = {**portal, "vocabulary": str(base / v)}
     return validate_config(HubConfig, data, p, "hub config")
 
 

@@ -1,0 +1,310 @@
+"""The hub's portal pages: sign-in, concepts (search, a concept, the sites' released counts), admin.
+
+    /portal/                        home (signed in)
+    /portal/sign-in                 GET the form, POST name + password (lockout after repeated failures)
+    /portal/sign-out                POST
+    /portal/concepts                search: text, domain, vocabulary, standard only     researcher, admin
+    /portal/concepts/{id}           a concept; POST .../counts: each site's released persons count
+    /portal/admin/users             users: list, POST add                                admin
+    /portal/admin/users/{name}      POST change role/projects/disabled; POST .../password: reset
+    /portal/admin/projects          projects: list, POST add or change                   admin
+    /portal/admin/tokens            API tokens: list, POST create (shown once); POST .../{name}/revoke
+
+Every permission is the API's: a user acts as `Principal(name, role, projects)` and each page calls the
+checks and the `HubServices` methods the API's routes call (`check_role`, `require_project`,
+`require_grant`, `concept_counts`, `issue_token`, `save_project`), so a portal user may do exactly what
+an API token of that role and those projects may. The numbers shown are the nodes' released answers,
+as `POST /api/v1/concepts/count` returns them. Every action is in the hub's audit log.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route signatures.
+
+import secrets
+from typing import Annotated, Any
+
+from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from mercia.errors import MerciaError
+from mercia.federation.auth import ALL_PROJECTS, HUB_ROLES, Principal, require_grant, require_project
+from mercia.portal.accounts import NAME, AccountError, LockedOut, SignInRefused, accounts_for, check_name
+from mercia.portal.web import PortalWeb, one
+
+ANY_ROLE = HUB_ROLES
+NAV = [("Home", "/", ANY_ROLE), ("Concepts", "/concepts", ("researcher", "admin")),
+       ("Users", "/admin/users", ("admin",)), ("Projects", "/admin/projects", ("admin",)),
+       ("API tokens", "/admin/tokens", ("admin",))]
+
+
+def _safe_next(value: str, prefix: str) -> str:
+    """Only a path of this portal (no other host, no scheme): an open redirect otherwise."""
+    if value.startswith(prefix + "/") and not value.startswith("//") and "\\" not in value and "\n" not in value:
+        return value
+    return prefix + "/"
+
+
+def _projects(fields: dict[str, list[str]]) -> list[str]:
+    """Projects from the form: checked boxes and/or a comma-separated text field."""
+    out = [p for p in fields.get("projects", []) if p]
+    out += [p.strip() for p in one(fields, "projects_text").split(",") if p.strip()]
+    return sorted(set(out))
+
+
+def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
+    """The hub's portal as an app to mount at `prefix` (mercia.federation.hub.app does)."""
+    config = services.config
+    accounts = accounts_for(config.state_dir / "hub.sqlite", config.portal)
+    web = PortalWeb(accounts, secure_cookie=config.portal.secure_cookie, title="Mercia hub", prefix=prefix, nav=NAV)
+    app = web.app()
+    app.state.accounts = accounts
+    audit = services.audit
+    store = services.store
+
+    def my_projects(principal: Principal) -> list[str]:
+        return [p["name"] for p in store.projects() if principal.in_project(p["name"])]
+
+    # ---- home, sign-in, sign-out ---------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse)
+    def home(request: Request) -> Response:
+        session = web.signed_in(request)
+        principal = session.user.principal()
+        return web.page(request, "home.html", session, title="Home", projects=my_projects(principal))
+
+    def sign_in_page(request: Request, *, message: str | None = None, name: str = "", nxt: str = "",
+                     status_code: int = 200, notice: str | None = None) -> Response:
+        token = secrets.token_urlsafe(32)
+        response = web.page(request, "sign_in.html", None, title="Sign in", message=message, name=name,
+                            next=nxt, sign_in_csrf=token, status_code=status_code, notice=notice,
+                            lockout=(accounts.max_failures, round(accounts.lockout_seconds / 60)))
+        web.set_sign_in_token(response, token)
+        return response
+
+    @app.get("/sign-in", response_class=HTMLResponse)
+    def sign_in_get(request: Request, next: Annotated[str, Query(max_length=500)] = "",
+                    ended: Annotated[str, Query(max_length=1)] = "") -> Response:
+        if web.session_of(request) is not None:
+            return RedirectResponse(_safe_next(next, prefix), status_code=303)
+        return sign_in_page(request, nxt=next, notice="Your session has ended: sign in again." if ended else None)
+
+    @app.post("/sign-in", response_class=HTMLResponse)
+    async def sign_in_post(request: Request) -> Response:
+        fields = await web.sign_in_form(request)
+        name, password, nxt = one(fields, "name").strip(), one(fields, "password"), one(fields, "next")
+        who = name if NAME.match(name) else "-"  # the audit log names no text that could not be a user
+        try:
+            session_id, session = accounts.sign_in(name, password)
+        except LockedOut as e:
+            audit.append("portal.sign_in_locked", who, client=request.client.host if request.client else None)
+            return sign_in_page(request, message=str(e), name=name, nxt=nxt, status_code=429)
+        except SignInRefused as e:
+            audit.append("portal.sign_in_failed", who,
+                         client=request.client.host if request.client else None,
+                         locked=accounts.locked_for(name) > 0 if name else False)
+            return sign_in_page(request, message=str(e), name=name, nxt=nxt, status_code=401)
+        audit.append("portal.signed_in", name, role=session.user.role)
+        response = RedirectResponse(_safe_next(nxt, prefix), status_code=303)
+        web.set_session_cookie(response, session_id, int(accounts.session_seconds))
+        return response
+
+    @app.post("/sign-out")
+    async def sign_out(request: Request) -> Response:
+        session = web.signed_in(request)
+        await web.form(request, session)
+        accounts.end_session(request.cookies.get("mercia_session", ""))
+        audit.append("portal.signed_out", session.user.name)
+        response = RedirectResponse(f"{prefix}/sign-in", status_code=303)
+        web.clear_session_cookie(response)
+        return response
+
+    # ---- concepts --------------------------------------------------------------------------------------
+    @app.get("/concepts", response_class=HTMLResponse)
+    def concepts(request: Request,
+                 text: Annotated[str, Query(max_length=200)] = "",
+                 domain: Annotated[str, Query(max_length=50)] = "",
+                 vocabulary: Annotated[str, Query(max_length=50)] = "",
+                 standard: Annotated[str, Query(max_length=5)] = "") -> Response:
+        session = web.signed_in(request)
+        web.with_role(session, "researcher", "admin")
+        vocab = services.vocabulary
+        facets = vocab.facets() if vocab.configured else {"domain_id": [], "vocabulary_id": []}
+        hits: list[dict[str, Any]] | None = None
+        message = None
+        if text.strip():
+            try:
+                hits = vocab.search(text, domain=domain, vocabulary=vocabulary, standard=bool(standard), limit=100)
+            except MerciaError as e:
+                message = str(e)
+        elif not vocab.configured:
+            message = ("This hub has no vocabulary to search: its operator sets portal: vocabulary: in hub.yaml "
+                       "to a DuckDB file or postgresql:// URL holding the OMOP vocabulary tables.")
+        return web.page(request, "concepts.html", session, title="Concepts", text=text, domain=domain,
+                        vocabulary=vocabulary, standard=bool(standard), facets=facets, hits=hits, message=message)
+
+    def concept_page(request: Request, session: Any, concept_id: int, **extra: Any) -> Response:
+        principal = web.with_role(session, "researcher", "admin")
+        details = services.vocabulary.details(concept_id)
+        return web.page(request, "concept.html", session, title=details["concept"]["concept_name"], d=details,
+                        projects=my_projects(principal), **extra)
+
+    ConceptId = Annotated[int, Path(ge=0, le=2_147_483_647)]
+
+    @app.get("/concepts/{concept_id}", response_class=HTMLResponse)
+    def concept(request: Request, concept_id: ConceptId) -> Response:
+        return concept_page(request, web.signed_in(request), concept_id)
+
+    @app.post("/concepts/{concept_id}/counts", response_class=HTMLResponse)
+    async def concept_counts(request: Request, concept_id: ConceptId) -> Response:
+        session = web.signed_in(request)
+        fields = await web.form(request, session)
+        principal = web.with_role(session, "researcher", "admin")
+        project = one(fields, "project")
+        descendants = one(fields, "descendants") == "1"
+        answer = services.concept_counts(principal, concept_id, descendants, project)
+        return concept_page(request, session, concept_id, counts=answer, project=project)
+
+    # ---- admin: users ------------------------------------------------------------------------------------
+    def admin(request: Request) -> tuple[Any, Principal]:
+        session = web.signed_in(request)
+        return session, web.with_role(session, "admin")
+
+    def manages(principal: Principal, projects: tuple[str, ...] | list[str]) -> bool:
+        try:
+            require_grant(principal, projects)
+        except HTTPException:
+            return False
+        return True
+
+    def users_page(request: Request, session: Any, principal: Principal, *, status_code: int = 200,
+                   **extra: Any) -> Response:
+        users = [u for u in accounts.users() if manages(principal, u.projects)]
+        return web.page(request, "users.html", session, title="Users", users=users, roles=HUB_ROLES,
+                        projects=my_projects(principal), all_projects=ALL_PROJECTS in principal.projects,
+                        status_code=status_code, **extra)
+
+    @app.get("/admin/users", response_class=HTMLResponse)
+    def users(request: Request) -> Response:
+        session, principal = admin(request)
+        return users_page(request, session, principal)
+
+    @app.post("/admin/users", response_class=HTMLResponse)
+    async def user_add(request: Request) -> Response:
+        session, principal = admin(request)
+        fields = await web.form(request, session)
+        name, role, projects = one(fields, "name").strip(), one(fields, "role"), _projects(fields)
+        require_grant(principal, projects)
+        try:
+            accounts.add_user(name, role, projects, one(fields, "password"))
+        except AccountError as e:
+            return users_page(request, session, principal, status_code=400, message=str(e),
+                              form={"name": name, "role": role, "projects": projects})
+        audit.append("portal.user_added", principal.name, user=name, role=role, projects=projects)
+        return users_page(request, session, principal, notice=f"Added {name} ({role}).")
+
+    def managed_user(principal: Principal, name: str) -> Any:
+        user = accounts.user(name)
+        if user is None or not manages(principal, user.projects):
+            # as for a user who does not exist: a scoped admin learns nothing of other projects' users
+            raise HTTPException(404, detail=f"no user named {name!r} in the projects you administer")
+        return user
+
+    UserName = Annotated[str, Path(max_length=128)]
+
+    @app.get("/admin/users/{name}", response_class=HTMLResponse)
+    def user_page(request: Request, name: UserName) -> Response:
+        session, principal = admin(request)
+        user = managed_user(principal, name)
+        return web.page(request, "user.html", session, title=f"User {user.name}", u=user, roles=HUB_ROLES,
+                        projects=sorted(set(my_projects(principal)) | set(user.projects)),
+                        all_projects=ALL_PROJECTS in principal.projects)
+
+    @app.post("/admin/users/{name}", response_class=HTMLResponse)
+    async def user_change(request: Request, name: UserName) -> Response:
+        session, principal = admin(request)
+        fields = await web.form(request, session)
+        user = managed_user(principal, name)
+        role, projects, disabled = one(fields, "role"), _projects(fields), one(fields, "disabled") == "1"
+        require_grant(principal, projects)
+        if name == principal.name and (disabled or role != user.role or set(projects) != set(user.projects)):
+            raise AccountError("you cannot disable your own account or change your own role or projects: "
+                               "ask another admin")
+        user = accounts.update_user(name, role=role, projects=projects, disabled=disabled)
+        audit.append("portal.user_changed", principal.name, user=name, role=role, projects=list(user.projects),
+                     disabled=disabled)
+        return web.page(request, "user.html", session, title=f"User {user.name}", u=user, roles=HUB_ROLES,
+                        projects=sorted(set(my_projects(principal)) | set(user.projects)),
+                        all_projects=ALL_PROJECTS in principal.projects, notice="Saved; their sessions ended.")
+
+    @app.post("/admin/users/{name}/password", response_class=HTMLResponse)
+    async def user_password(request: Request, name: UserName) -> Response:
+        session, principal = admin(request)
+        fields = await web.form(request, session)
+        user = managed_user(principal, name)
+        password = one(fields, "password") or secrets.token_urlsafe(12)
+        shown = None if one(fields, "password") else password
+        accounts.set_password(name, password)
+        audit.append("portal.password_reset", principal.name, user=name)
+        return web.page(request, "user.html", session, title=f"User {user.name}", u=user, roles=HUB_ROLES,
+                        projects=sorted(set(my_projects(principal)) | set(user.projects)),
+                        all_projects=ALL_PROJECTS in principal.projects, new_password=shown,
+                        notice="Password reset; their sessions ended and any lockout is cleared.")
+
+    # ---- admin: projects -----------------------------------------------------------------------------------
+    def projects_page(request: Request, session: Any, principal: Principal, *, status_code: int = 200,
+                      **extra: Any) -> Response:
+        projects = [p for p in store.projects() if principal.in_project(p["name"])]
+        return web.page(request, "projects.html", session, title="Projects", projects_list=projects,
+                        nodes=[n.name for n in store.nodes()], status_code=status_code, **extra)
+
+    @app.get("/admin/projects", response_class=HTMLResponse)
+    def projects(request: Request) -> Response:
+        session, principal = admin(request)
+        return projects_page(request, session, principal)
+
+    @app.post("/admin/projects", response_class=HTMLResponse)
+    async def project_save(request: Request) -> Response:
+        session, principal = admin(request)
+        fields = await web.form(request, session)
+        name, sites = one(fields, "name").strip(), sorted({s for s in fields.get("sites", []) if s})
+        require_project(principal, name)
+        try:
+            check_name(name)
+            if not sites:
+                raise AccountError("sites: choose at least one site for the project")
+            services.save_project(principal, name, sites)
+        except MerciaError as e:
+            return projects_page(request, session, principal, status_code=400, message=str(e))
+        return projects_page(request, session, principal, notice=f"Saved project {name}: {', '.join(sites)}.")
+
+    # ---- admin: API tokens -----------------------------------------------------------------------------------
+    def tokens_page(request: Request, session: Any, principal: Principal, *, status_code: int = 200,
+                    **extra: Any) -> Response:
+        held = [p for p in services.tokens.principals() if p.role in HUB_ROLES and manages(principal, p.projects)]
+        return web.page(request, "tokens.html", session, title="API tokens", tokens=held, roles=HUB_ROLES,
+                        projects=my_projects(principal), all_projects=ALL_PROJECTS in principal.projects,
+                        status_code=status_code, **extra)
+
+    @app.get("/admin/tokens", response_class=HTMLResponse)
+    def tokens(request: Request) -> Response:
+        session, principal = admin(request)
+        return tokens_page(request, session, principal)
+
+    @app.post("/admin/tokens", response_class=HTMLResponse)
+    async def token_create(request: Request) -> Response:
+        session, principal = admin(request)
+        fields = await web.form(request, session)
+        name, role, projects = one(fields, "name").strip(), one(fields, "role"), _projects(fields)
+        try:
+            token = services.issue_token(principal, name, role, projects)
+        except MerciaError as e:
+            return tokens_page(request, session, principal, status_code=400, message=str(e))
+        return tokens_page(request, session, principal, new_token={"name": name, "token": token})
+
+    @app.post("/admin/tokens/{name}/revoke", response_class=HTMLResponse)
+    async def token_revoke(request: Request, name: UserName) -> Response:
+        session, principal = admin(request)
+        await web.form(request, session)
+        services.revoke_token(principal, name)
+        return tokens_page(request, session, principal, notice=f"Revoked the token of {name}.")
+
+    return app
+

@@ -672,6 +672,39 @@ def node_token_revoke(
     console.print(f"revoked the token of {name}", highlight=False)
 
 
+@node_app.command("quality-run")
+@user_errors
+def node_quality_run(
+    config: Annotated[Path | None, typer.Option("--config", help="Run here, as the node does, on the CDM of "
+                                                "this node.yaml (a node not running, or a CDM on PostgreSQL).")] = None,
+    node: Annotated[str | None, typer.Option("--node", envvar="MERCIA_NODE",
+                                             help="Or ask the running node at this URL (or MERCIA_NODE).")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="MERCIA_TOKEN",
+                                              help="With --node: a custodian or admin token of the node.")] = None,
+) -> None:
+    """Start a data-quality run of the site's CDM: its released summary replaces the stored one."""
+    from mercia.federation.node.quality_run import QualityRunError, ask_node, run_here
+
+    if (config is None) == (node is None):
+        raise QualityRunError("give either --config node.yaml (run here) or --node URL --token TOKEN (ask the "
+                              "running node)")
+    if node is not None:
+        a = ask_node(node, token or "")
+        when = f"the stored summary is from {a['last_run_date']}" if a["last_run_date"] else "no summary stored yet"
+        say = "started a data-quality run" if a["started"] else "a data-quality run is already going on"
+        console.print(f"{say} at site {a['site']} ({when}; the new one replaces it when the run ends)",
+                      highlight=False)
+        return
+    from mercia.federation.node import load_node_config
+
+    with progress_bar() as bar:
+        s = run_here(load_node_config(config), progress=bar)
+    o = s["overview"]["overall"]
+    console.print(f"site {s['site']}, run {s['run_date']}: {o['checks']:,} checks released, {o['passed']:,} passed, "
+                  f"{o['failed']:,} failed, {o['errors']:,} errors, {o['not_applicable']:,} not applicable "
+                  f"(pass rate {o['pass_rate']}%)", highlight=False)
+
+
 # ---- hub -------------------------------------------------------------------------------------
 hub_app = typer.Typer(help="Run the hub; register nodes, projects and users.", no_args_is_help=True)
 app.add_typer(hub_app, name="hub")

@@ -130,10 +130,10 @@ def overview(checks: dict[str, Any]) -> dict[str, Any]:
     return {"overall": count(rows), **{c: count([r for r in rows if r[ci] == c]) for c in CATEGORIES}}
 
 
-def released_quality(cdm: Cdm, policy: DisclosurePolicy, *, site: str, today: dt.date | None = None
-                     ) -> dict[str, Any]:
+def released_quality(cdm: Cdm, policy: DisclosurePolicy, *, site: str, today: dt.date | None = None,
+                     progress: Any = None) -> dict[str, Any]:
     """Run the checks and the trends on the CDM and release the summary under `policy`."""
-    run = run_checks(cdm, today=today)
+    run = run_checks(cdm, today=today, progress=progress)
     log = DisclosureLog()
     checks = _both_or_neither(release(_check_table(run.results, "dq_checks", False), policy, site=site, log=log))
     concepts = _both_or_neither(release(_check_table(run.results, "dq_concept_checks", True), policy, site=site,
@@ -184,7 +184,8 @@ class QualityStore:
     def running(self) -> bool:
         return self._running is not None and self._running.is_alive()
 
-    def _save(self, summary: dict[str, Any]) -> None:
+    def save(self, summary: dict[str, Any]) -> None:
+        """Replace the stored summary (atomically: a reader sees the old one or the new one)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
         with os.fdopen(fd, "w") as f:
@@ -200,7 +201,7 @@ class QualityStore:
             def work() -> None:
                 try:
                     summary = compute()
-                    self._save(summary)
+                    self.save(summary)
                     self.last_error = None
                     on_done(summary, None)
                 except Exception as e:  # kept at the site: the log and the audit, never an answer

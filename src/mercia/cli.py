@@ -1393,22 +1393,25 @@ def dq_check(
 ) -> None:
     """Run the data-quality checks (DQD's check types and thresholds) and write their results."""
     from mercia.dq import run_checks
+    from mercia.dq.names import check_concepts, concept_names, write_names
     from mercia.dq.output import write_results
 
     with (open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True, require=None) as handle,
           progress_bar() as progress):
         run = run_checks(handle, progress=progress)
+        names = concept_names(handle, check_concepts(run.results))
     from mercia.cdm.engines import local_path
 
     path = local_path(cdm)
     paths = write_results(run, out, source_name=path.stem if path is not None else "cdm")
+    files = [str(f) for f in (paths["parquet"], paths["json"], write_names(names, out)) if f is not None]
     r = run.results
     console.print(f"{len(r):,} checks: {int(r.passed.sum()):,} passed, {int(r.failed.sum()):,} failed, "
                   f"{int(r.isError.sum()):,} errors, {int(r.notApplicable.sum()):,} not applicable", highlight=False)
     for row in r[r.failed == 1].itertuples():
         console.print(f"FAILED {row.checkId}: {row.numViolatedRows:,} of {row.numDenominatorRows:,} "
                       f"({100 * row.pctViolatedRows:.2f}% > {row.thresholdValue:g}%)", highlight=False, soft_wrap=True)
-    console.print(f"wrote {paths['parquet']} and {paths['json']}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {', '.join(files[:-1])} and {files[-1]}", highlight=False, soft_wrap=True)
 
 
 @dq_app.command("profile")
@@ -1422,17 +1425,20 @@ def dq_profile(
     results_schema: ResultsSchemaOpt = None,
 ) -> None:
     """Profile a CDM: Achilles's most-read analyses under its analysis ids."""
+    from mercia.dq.names import concept_names, profile_concepts, write_names
     from mercia.dq.profile import run_profile, write_profile
 
     with (open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True, require=None) as handle,
           progress_bar() as progress):
         profile = run_profile(handle, progress=progress)
+        names = concept_names(handle, profile_concepts(profile.results, profile.results_dist))
     a = profile.analyses
     console.print(f"{int((a.status == 'done').sum())} analyses done, {int((a.status == 'absent').sum())} absent "
                   f"(tables missing): {len(profile.results):,} count rows, {len(profile.results_dist):,} "
                   "distribution rows", highlight=False)
-    for p in write_profile(profile, out):
-        console.print(f"wrote {p}", highlight=False, soft_wrap=True)
+    for p in [*write_profile(profile, out), write_names(names, out)]:
+        if p is not None:
+            console.print(f"wrote {p}", highlight=False, soft_wrap=True)
 
 
 @dq_app.command("dashboard")

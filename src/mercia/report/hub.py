@@ -54,6 +54,16 @@ def quality_status_html(status: list[dict[str, Any]]) -> str:
     return table_html(df)
 
 
+def _failed_frame(failed: list[dict[str, Any]]) -> pd.DataFrame:
+    """The sites' failed checks, a concept shown as 'name (id)' where the site named it (its id otherwise)."""
+    df = pd.DataFrame(failed)
+    if "conceptId" in df.columns:
+        names = df["conceptName"] if "conceptName" in df.columns else pd.Series("", index=df.index)
+        df["conceptId"] = [f"{n} ({c})" if n and c else (c or "") for c, n in zip(df["conceptId"], names, strict=True)]
+        df = df.drop(columns=[c for c in ("conceptName",) if c in df.columns]).rename(columns={"conceptId": "concept"})
+    return df
+
+
 def render_network_quality(answer: dict[str, Any]) -> str:
     """The hub's data-quality page of a project: the sites side by side (pass rates per category, failed
     checks) and each domain's released records per month by site, from the sites' released summaries."""
@@ -72,7 +82,8 @@ def render_network_quality(answer: dict[str, Any]) -> str:
             "pass_rate_plausibility", "checks", "passed", "failed_checks", "not_applicable", "errors", "error"]
     parts.append(table_html(pd.DataFrame([{c: s.get(c) for c in cols} for s in answer["sites"]], columns=cols)))
     parts.append("<h2>Failed checks</h2>")
-    parts.append(table_html(pd.DataFrame(answer["failed"])) if answer["failed"] else "<p>No site has a failed check.</p>")
+    parts.append(table_html(_failed_frame(answer["failed"])) if answer["failed"] else
+                 "<p>No site has a failed check.</p>")
     parts.append("<h2>Records per month</h2>")
     trends = pd.DataFrame(answer["trends"], columns=["site", "domain", "month", "records"])
     plots = Plots()

@@ -93,6 +93,22 @@ def _both_or_neither(table: ReleasedTable) -> dict[str, Any]:
     return {**d, "columns": [*_LABELS, *_NUMBERS, "pctViolatedRows"], "rows": rows}
 
 
+def _named(cdm: Cdm, table: dict[str, Any]) -> dict[str, Any]:
+    """The released concept rows with the names of their concept and unit from the site's concept table
+    (labels from the vocabulary, added after release: no number changes); '' where the site has none."""
+    from mercia.dq.names import concept_names
+
+    at = {c: k for k, c in enumerate(table["columns"])}
+    ids = {v for r in table["rows"] for v in (r[at["conceptId"]], r[at["unitConceptId"]]) if str(v).isdigit()}
+    names = concept_names(cdm, {int(v) for v in ids})
+
+    def name(v: Any) -> str:
+        return names.get(int(v), "") if str(v).isdigit() else ""
+
+    rows = [[*r, name(r[at["conceptId"]]), name(r[at["unitConceptId"]])] for r in table["rows"]]
+    return {**table, "columns": [*table["columns"], "conceptName", "unitName"], "rows": rows}
+
+
 def _trend_table(cdm: Cdm) -> ResultTable:
     todo = [Analysis(aid, f"Number of {table} records by start month", table, _grouped(table, [_month(col)],
                      exp.Count(this=exp.Star())), strata=("calendar month",)) for aid, _, table, col in TRENDS]
@@ -136,10 +152,11 @@ def released_quality(cdm: Cdm, policy: DisclosurePolicy, *, site: str, today: dt
     run = run_checks(cdm, today=today, progress=progress)
     log = DisclosureLog()
     checks = _both_or_neither(release(_check_table(run.results, "dq_checks", False), policy, site=site, log=log))
-    concepts = _both_or_neither(release(_check_table(run.results, "dq_concept_checks", True), policy, site=site,
-                                        log=log))
+    concepts = _named(cdm, _both_or_neither(release(_check_table(run.results, "dq_concept_checks", True), policy,
+                                                    site=site, log=log)))
     trends = release(_trend_table(cdm), policy, site=site, log=log).to_dict()
-    both = {"columns": checks["columns"], "rows": checks["rows"] + concepts["rows"]}
+    width = len(checks["columns"])  # the concept rows' names come after the columns both share
+    both = {"columns": checks["columns"], "rows": checks["rows"] + [r[:width] for r in concepts["rows"]]}
     return {
         "site": site,
         "run_date": run.end.date().isoformat(),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -355,10 +356,13 @@ def measurement_figure(dist: pd.DataFrame, names: dict[int, str] | None = None) 
     from plotly.subplots import make_subplots
 
     df = measurement_values(dist, names)
-    def named(v: str) -> str:
-        return v if not v.isdigit() else f"concept {v}"
+    def short(v: str, width: int) -> str:
+        """A long name shortened (whole words, then its id) to fit the plot; the table below has it whole."""
+        name, _, cid = v.rpartition(" (")
+        return v if v.isdigit() or len(name) <= width else f"{textwrap.shorten(name, width, placeholder='…')} ({cid}"
 
-    titles = [f"{named(r.measurement_concept_id)}, unit {r.unit_concept_id or 'none'}" for r in df.itertuples()]
+    titles = [f"{'concept ' if c.isdigit() else ''}{short(c, 48)}, unit {short(u, 32) if u else 'none'}"
+              for c, u in zip(df.measurement_concept_id, df.unit_concept_id, strict=True)]
     height = 100 + 115 * len(df)
     spacing = min(55 / (height - 100), 1 / max(len(df) - 1, 1))  # room for a row's ticks and the next title
     fig = make_subplots(rows=len(df), cols=1, subplot_titles=titles, vertical_spacing=spacing)
@@ -428,7 +432,7 @@ h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 2px solid #ddd; padding-bottom
 table { border-collapse: collapse; margin: 0.6rem 0 1.2rem; font-size: 0.85rem; max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: 0.2rem 0.4rem; text-align: left; vertical-align: top; }
 table.sortable { width: 100%; font-size: 0.8rem; } table.sortable td { overflow-wrap: break-word; }
-table.checks td:last-child { overflow-wrap: anywhere; }
+table.checks td:last-child, table.checks td:nth-child(4) { overflow-wrap: anywhere; }
 @media (max-width: 900px) { table.sortable { font-size: 0.75rem; }
   table.sortable td, table.sortable th { padding: 0.15rem 0.25rem; } }
 table.sortable th.num, table.dist th.num { white-space: normal; }

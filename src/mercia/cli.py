@@ -708,6 +708,39 @@ def node_token_revoke(
     console.print(f"revoked the token of {name}", highlight=False)
 
 
+@node_app.command("quality-run")
+@user_errors
+def node_quality_run(
+    config: Annotated[Path | None, typer.Option("--config", help="Run here, as the node does, on the CDM of "
+                                                "this node.yaml (a node not running, or a CDM on PostgreSQL).")] = None,
+    node: Annotated[str | None, typer.Option("--node", envvar="MERCIA_NODE",
+                                             help="Or ask the running node at this URL (or MERCIA_NODE).")] = None,
+    token: Annotated[str | None, typer.Option("--token", envvar="MERCIA_TOKEN",
+                                              help="With --node: a custodian or admin token of the node.")] = None,
+) -> None:
+    """Start a data-quality run of the site's CDM: its released summary replaces the stored one."""
+    from mercia.federation.node.quality_run import QualityRunError, ask_node, run_here
+
+    if (config is None) == (node is None):
+        raise QualityRunError("give either --config node.yaml (run here) or --node URL --token TOKEN (ask the "
+                              "running node)")
+    if node is not None:
+        a = ask_node(node, token or "")
+        when = f"the stored summary is from {a['last_run_date']}" if a["last_run_date"] else "no summary stored yet"
+        say = "started a data-quality run" if a["started"] else "a data-quality run is already going on"
+        console.print(f"{say} at site {a['site']} ({when}; the new one replaces it when the run ends)",
+                      highlight=False)
+        return
+    from mercia.federation.node import load_node_config
+
+    with progress_bar() as bar:
+        s = run_here(load_node_config(config), progress=bar)
+    o = s["overview"]["overall"]
+    console.print(f"site {s['site']}, run {s['run_date']}: {o['checks']:,} checks released, {o['passed']:,} passed, "
+                  f"{o['failed']:,} failed, {o['errors']:,} errors, {o['not_applicable']:,} not applicable "
+                  f"(pass rate {o['pass_rate']}%)", highlight=False)
+
+
 # ---- hub -------------------------------------------------------------------------------------
 hub_app = typer.Typer(help="Run the hub; register nodes, projects and users.", no_args_is_help=True)
 app.add_typer(hub_app, name="hub")
@@ -1416,22 +1449,25 @@ def dq_check(
 ) -> None:
     """Run the data-quality checks (DQD's check types and thresholds) and write their results."""
     from mercia.dq import run_checks
+    from mercia.dq.names import check_concepts, concept_names, write_names
     from mercia.dq.output import write_results
 
     with (open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True, require=None) as handle,
           progress_bar() as progress):
         run = run_checks(handle, progress=progress)
+        names = concept_names(handle, check_concepts(run.results))
     from mercia.cdm.engines import local_path
 
     path = local_path(cdm)
     paths = write_results(run, out, source_name=path.stem if path is not None else "cdm")
+    files = [str(f) for f in (paths["parquet"], paths["json"], write_names(names, out)) if f is not None]
     r = run.results
     console.print(f"{len(r):,} checks: {int(r.passed.sum()):,} passed, {int(r.failed.sum()):,} failed, "
                   f"{int(r.isError.sum()):,} errors, {int(r.notApplicable.sum()):,} not applicable", highlight=False)
     for row in r[r.failed == 1].itertuples():
         console.print(f"FAILED {row.checkId}: {row.numViolatedRows:,} of {row.numDenominatorRows:,} "
                       f"({100 * row.pctViolatedRows:.2f}% > {row.thresholdValue:g}%)", highlight=False, soft_wrap=True)
-    console.print(f"wrote {paths['parquet']} and {paths['json']}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {', '.join(files[:-1])} and {files[-1]}", highlight=False, soft_wrap=True)
 
 
 @dq_app.command("profile")
@@ -1445,17 +1481,20 @@ def dq_profile(
     results_schema: ResultsSchemaOpt = None,
 ) -> None:
     """Profile a CDM: Achilles's most-read analyses under its analysis ids."""
+    from mercia.dq.names import concept_names, profile_concepts, write_names
     from mercia.dq.profile import run_profile, write_profile
 
     with (open_cdm(cdm, cdm_schema, vocab_schema, results_schema, read_only=True, require=None) as handle,
           progress_bar() as progress):
         profile = run_profile(handle, progress=progress)
+        names = concept_names(handle, profile_concepts(profile.results, profile.results_dist))
     a = profile.analyses
     console.print(f"{int((a.status == 'done').sum())} analyses done, {int((a.status == 'absent').sum())} absent "
                   f"(tables missing): {len(profile.results):,} count rows, {len(profile.results_dist):,} "
                   "distribution rows", highlight=False)
-    for p in write_profile(profile, out):
-        console.print(f"wrote {p}", highlight=False, soft_wrap=True)
+    for p in [*write_profile(profile, out), write_names(names, out)]:
+        if p is not None:
+            console.print(f"wrote {p}", highlight=False, soft_wrap=True)
 
 
 @dq_app.command("dashboard")

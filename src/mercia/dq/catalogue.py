@@ -6,7 +6,7 @@ field and concept level threshold files for CDM v5.4). Nothing is copied from th
 are derived here from Mercia's own CDM specification (`mercia.cdm.spec`: tables, fields, types, required
 flags, primary and foreign keys) by the rules below, and each rule's threshold is DQD's default for the
 fields the rule covers. The concept-level ranges (`CONCEPT_RANGES`, `CONCEPT_GENDER`, `CONCEPT_UNITS`)
-are Mercia's own, for the concepts its bundled vocabulary names.
+are Mercia's own, written from clinical knowledge in `mercia.dq.concepts`.
 
 A threshold is a percentage: a check fails when its percentage of violated rows is above it, or, for a
 threshold of 0, when any row violates it (DQD's rule).
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mercia.cdm.spec import CdmSpec, FieldSpec, TableSpec
+from mercia.dq.concepts import GENDER_TABLE, MEASURES, SEX_SPECIFIC
 
 
 @dataclass(frozen=True)
@@ -183,30 +184,16 @@ WITHIN_VISIT = {("condition_occurrence", "condition_start_date"): 5, ("drug_expo
                 ("note", "note_date"): 5, ("visit_detail", "visit_detail_start_date"): 1,
                 ("visit_detail", "visit_detail_end_date"): 1}
 
-# ---- concept level (Mercia's own table, for the concepts of its bundled vocabulary) ---------------------
+# ---- concept level (Mercia's own table, mercia.dq.concepts) ---------------------------------------------
 # plausibleValueLow/High by (measurement concept, unit): physiologically possible limits, far outside
 # clinical reference ranges (a value outside them is an error of entry or of units). Threshold 5%.
 CONCEPT_RANGES: dict[tuple[int, int], tuple[str, float, float]] = {
-    (3004249, 8876): ("Systolic blood pressure, mm[Hg]", 40, 300),
-    (3012888, 8876): ("Diastolic blood pressure, mm[Hg]", 20, 200),
-    (3038553, 9531): ("Body mass index, kg/m2", 10, 100),
-    (3004410, 9579): ("Hemoglobin A1c, mmol/mol", 15, 200),
-    (3004410, 8554): ("Hemoglobin A1c, percent", 3, 20),
-    (3049187, 720870): ("eGFR (CKD-EPI), mL/min/1.73m2", 1, 200),
-    (3016723, 8749): ("Creatinine, umol/L", 10, 2500),
-    (3027114, 8753): ("Total cholesterol, mmol/L", 0.5, 30),
-}
-# plausibleUnitConceptIds (5%): the units each measurement may be recorded in.
-CONCEPT_UNITS: dict[int, tuple[str, tuple[int, ...]]] = {
-    3004249: ("Systolic blood pressure", (8876,)), 3012888: ("Diastolic blood pressure", (8876,)),
-    3038553: ("Body mass index", (9531,)), 3004410: ("Hemoglobin A1c", (9579, 8554)),
-    3049187: ("eGFR (CKD-EPI)", (720870,)), 3016723: ("Creatinine", (8749,)),
-    3027114: ("Total cholesterol", (8753,)),
-}
-# plausibleGender (5%): conditions of one sex (by the person's gender concept: 8507 male, 8532 female).
-CONCEPT_GENDER: dict[int, tuple[str, str]] = {
-    4163261: ("Malignant tumor of prostate", "Male"),
-}
+    (m.concept_id, unit): (m.name, low, high) for m in MEASURES for unit, (low, high) in m.ranges.items()}
+# plausibleUnitConceptIds (5%): the units each measurement may be recorded in (those it has a range in).
+CONCEPT_UNITS: dict[int, tuple[str, tuple[int, ...]]] = {m.concept_id: (m.name, tuple(m.ranges)) for m in MEASURES}
+# plausibleGender (5%): conditions and procedures of one sex (by the person's gender concept: 8507 male,
+# 8532 female): concept -> (name, sex, domain).
+CONCEPT_GENDER: dict[int, tuple[str, str, str]] = {c: (name, sex, domain) for c, name, domain, sex in SEX_SPECIFIC}
 GENDER_CONCEPT = {"Male": 8507, "Female": 8532}
 CONCEPT_THRESHOLD = 5
 
@@ -292,10 +279,10 @@ def catalogue(spec: CdmSpec) -> list[Check]:
         for name, bound in (("plausibleValueLow", ("low", low)), ("plausibleValueHigh", ("high", high))):
             out.append(Check(name, "CONCEPT", "measurement", "value_as_number", concept, unit, CONCEPT_THRESHOLD,
                              (bound, ("concept_name", label))))
-    for concept, (label, gender) in CONCEPT_GENDER.items():
-        for table, fld in (("condition_occurrence", "condition_concept_id"),):
-            out.append(Check("plausibleGender", "CONCEPT", table, fld, concept, None, CONCEPT_THRESHOLD,
-                             (("gender", gender), ("concept_name", label))))
+    for concept, (label, gender, domain) in CONCEPT_GENDER.items():
+        table, fld = GENDER_TABLE[domain]
+        out.append(Check("plausibleGender", "CONCEPT", table, fld, concept, None, CONCEPT_THRESHOLD,
+                         (("gender", gender), ("concept_name", label))))
     for concept, (label, units) in CONCEPT_UNITS.items():
         out.append(Check("plausibleUnitConceptIds", "CONCEPT", "measurement", "measurement_concept_id", concept, None,
                          CONCEPT_THRESHOLD, (("units", units), ("concept_name", label))))

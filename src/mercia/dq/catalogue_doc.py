@@ -15,6 +15,11 @@ from mercia.dq.catalogue import (
     CONCEPT_UNITS,
     catalogue,
 )
+from mercia.dq.concepts import GENDER_TABLE, UNIT_NAMES
+
+
+def _unit(unit: int) -> str:
+    return f"{unit} ({UNIT_NAMES[unit]})" if unit in UNIT_NAMES else str(unit)
 
 
 def catalogue_markdown() -> str:
@@ -53,16 +58,19 @@ def catalogue_markdown() -> str:
     lines += ["", "Every field also has `cdmField` and `measureValueCompleteness` (threshold 0 for required fields,",
               "100 for the others); every integer field has `cdmDatatype` (0).", "",
               "## Concept-level instances", "",
-              f"Mercia's own table of limits for the concepts of its bundled vocabulary; threshold {CONCEPT_THRESHOLD}%.",
-              "", "| concept | unit | measurement | low | high |", "|---|---|---|---|---|"]
+              "Mercia's own table (`mercia.dq.concepts`, written from clinical knowledge; the source of each group",
+              f"of limits is given there), threshold {CONCEPT_THRESHOLD}%: {len(CONCEPT_UNITS)} measurements with",
+              f"{len(CONCEPT_RANGES)} ranges by unit, and {len(CONCEPT_GENDER)} sex-specific concepts.", "",
+              "`plausibleValueLow` / `plausibleValueHigh` (by measurement and unit):", "",
+              "| concept | unit | measurement | low | high |", "|---|---|---|---|---|"]
     for (concept, unit), (label, low, high) in CONCEPT_RANGES.items():
-        lines.append(f"| {concept} | {unit} | {label} | {low:g} | {high:g} |")
+        lines.append(f"| {concept} | {_unit(unit)} | {label} | {low:g} | {high:g} |")
     lines += ["", "| concept | plausible units (`plausibleUnitConceptIds`) |", "|---|---|"]
     for concept, (label, units) in CONCEPT_UNITS.items():
-        lines.append(f"| {concept} {label} | {', '.join(str(u) for u in units)} |")
-    lines += ["", "| concept | plausible gender (`plausibleGender`) |", "|---|---|"]
-    for concept, (label, gender) in CONCEPT_GENDER.items():
-        lines.append(f"| {concept} {label} | {gender} |")
+        lines.append(f"| {concept} {label} | {', '.join(_unit(u) for u in units)} |")
+    lines += ["", "| concept | domain (table) | plausible gender (`plausibleGender`) |", "|---|---|---|"]
+    for concept, (label, gender, domain) in CONCEPT_GENDER.items():
+        lines.append(f"| {concept} {label} | {domain} ({GENDER_TABLE[domain][0]}) | {gender} |")
     lines += ["", "The profiles of `mercia dq profile` (Achilles's analyses) are listed in the",
               "[profile reference](data-quality-profiles.md)."]
     return "\n".join(lines) + "\n"

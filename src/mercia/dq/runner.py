@@ -215,13 +215,15 @@ def _surely_none(check: Check, den: Part, nulls: dict[tuple[str, str], tuple[Any
 
 
 def _run_aggregates(cdm: Cdm, table: str, parts_: list[Agg], values: dict[int, Any]) -> None:
-    # Identical aggregates without parameters (COUNT(*), a field's non-NULL count) are computed once.
+    # Identical aggregates are computed once: those without parameters (COUNT(*), a field's non-NULL
+    # count), and those equal once their parameters' values are put in (the denominator of a concept's
+    # low and high value checks).
     unique: dict[str, int] = {}
     exprs: list[exp.Expression] = []
     params: dict[str, Any] = {}
     slot: dict[int, int] = {}
     for p in parts_:
-        key = p.expr.sql() if not p.params else f"#{id(p)}"
+        key = p.expr.sql() if not p.params else _valued(p)
         if key not in unique:
             unique[key] = len(exprs)
             exprs.append(p.expr.copy().as_(f"a{len(exprs)}"))
@@ -240,6 +242,15 @@ def _run_aggregates(cdm: Cdm, table: str, parts_: list[Agg], values: dict[int, A
                                                 p.params or None))
             except Exception as e:
                 values[id(p)] = e
+
+
+def _valued(p: Agg) -> str:
+    """The aggregate's SQL with each parameter's value in place of its name: equal for equal aggregates."""
+    def put(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Placeholder) and node.name in p.params:
+            return exp.Literal.string(repr(p.params[node.name]))
+        return node
+    return "$" + p.expr.transform(put).sql()
 
 
 def _int(v: Any) -> int:

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from mercia.dq.names import label as concept_label
+from mercia.dq.names import read_names
 from mercia.errors import ConfigError
 from mercia.report.html import Plots, esc, fmt
 
@@ -44,6 +47,7 @@ class DqFolder:
     results: pd.DataFrame | None = None  # achilles_results
     results_dist: pd.DataFrame | None = None
     analyses: pd.DataFrame | None = None
+    names: dict[int, str] = field(default_factory=dict)  # concept_id -> name (concept_names.parquet)
 
 
 def load_folder(check_dir: str | Path, profile_dir: str | Path | None = None) -> DqFolder:
@@ -59,7 +63,7 @@ def load_folder(check_dir: str | Path, profile_dir: str | Path | None = None) ->
         meta = {"source": md.get("cdmSourceName"), "cdm_version": md.get("cdmVersion"),
                 "start": js.get("startTimestamp"), "end": js.get("endTimestamp"), "time": js.get("executionTime")}
     prof = Path(profile_dir) if profile_dir is not None else folder
-    out = DqFolder(checks=checks, meta=meta)
+    out = DqFolder(checks=checks, meta=meta, names=read_names(folder, profile_dir))
     if (prof / "achilles_results.parquet").is_file():
         out.results = pd.read_parquet(prof / "achilles_results.parquet")
         dist = prof / "achilles_results_dist.parquet"
@@ -123,12 +127,20 @@ def _anchor(table: Any, field: Any = None) -> str:
     return f"t-{t}" if field is None or pd.isna(field) else f"f-{t}-{str(field).lower()}"
 
 
+def with_names(checks: pd.DataFrame, names: dict[int, str]) -> pd.DataFrame:
+    """The checks with `conceptLabel` and `unitLabel`: 'name (id)' where the CDM named the concept, else the id."""
+    out = checks.copy()
+    for col, lab in (("conceptId", "conceptLabel"), ("unitConceptId", "unitLabel")):
+        out[lab] = [concept_label(v, names) for v in out[col]] if col in out.columns else ""
+    return out
+
+
 def _concept(row: Any) -> str:
     parts = []
-    if row.conceptId is not None and not pd.isna(row.conceptId):
-        parts.append(f"concept {row.conceptId}")
-    if row.unitConceptId is not None and not pd.isna(row.unitConceptId):
-        parts.append(f"unit {row.unitConceptId}")
+    if getattr(row, "conceptLabel", ""):
+        parts.append(f"concept {row.conceptLabel}")
+    if getattr(row, "unitLabel", ""):
+        parts.append(f"unit {row.unitLabel}")
     return ", ".join(parts)
 
 
@@ -329,24 +341,32 @@ def observation_length_figure(dist: pd.DataFrame) -> Any:
     return fig
 
 
-def measurement_values(dist: pd.DataFrame) -> pd.DataFrame:
-    """The most frequent measurement concepts by unit (Achilles 1815), most frequent first."""
+def measurement_values(dist: pd.DataFrame, names: dict[int, str] | None = None) -> pd.DataFrame:
+    """The most frequent measurement concepts by unit (Achilles 1815), most frequent first; each id as
+    'name (id)' where the CDM named it."""
     d = dist[dist.analysis_id == 1815]
     d = d.sort_values(["count_value", "stratum_1", "stratum_2"], ascending=[False, True, True], kind="stable")
     d = d.head(MAX_MEASUREMENTS)
-    return pd.DataFrame({"measurement_concept_id": d.stratum_1.astype(str), "unit_concept_id": d.stratum_2.astype(str),
-                         **{c: d[c] for c in _BOX}}).reset_index(drop=True)
+    return pd.DataFrame({"measurement_concept_id": [concept_label(v, names or {}) for v in d.stratum_1],
+                         "unit_concept_id": [concept_label(v, names or {}) for v in d.stratum_2],
+                         **{c: d[c].to_numpy() for c in _BOX}}).reset_index(drop=True)
 
 
-def measurement_figure(dist: pd.DataFrame) -> Any:
+def measurement_figure(dist: pd.DataFrame, names: dict[int, str] | None = None) -> Any:
     from plotly.subplots import make_subplots
 
-    df = measurement_values(dist)
-    names = [f"concept {r.measurement_concept_id}, unit {r.unit_concept_id}" for r in df.itertuples()]
+    df = measurement_values(dist, names)
+    def short(v: str, width: int) -> str:
+        """A long name shortened (whole words, then its id) to fit the plot; the table below has it whole."""
+        name, _, cid = v.rpartition(" (")
+        return v if v.isdigit() or len(name) <= width else f"{textwrap.shorten(name, width, placeholder='…')} ({cid}"
+
+    titles = [f"{'concept ' if c.isdigit() else ''}{short(c, 48)}, unit {short(u, 32) if u else 'none'}"
+              for c, u in zip(df.measurement_concept_id, df.unit_concept_id, strict=True)]
     height = 100 + 115 * len(df)
     spacing = min(55 / (height - 100), 1 / max(len(df) - 1, 1))  # room for a row's ticks and the next title
-    fig = make_subplots(rows=len(df), cols=1, subplot_titles=names, vertical_spacing=spacing)
-    for i, (name, row) in enumerate(zip(names, df.itertuples(), strict=True)):
+    fig = make_subplots(rows=len(df), cols=1, subplot_titles=titles, vertical_spacing=spacing)
+    for i, (name, row) in enumerate(zip(titles, df.itertuples(), strict=True)):
         fig.add_trace(_box(name, row, y=[""]), row=i + 1, col=1)
     fig.update_layout(title="Measurement values, by concept and unit", height=height,
                       margin={"l": 20, "r": 20, "t": 70, "b": 30})
@@ -393,8 +413,8 @@ def profile_html(data: DqFolder, plots: Plots) -> str:
         parts.append(f"<h3>Measurement values</h3><p>The {min(n, MAX_MEASUREMENTS)} most frequent of {n:,} "
                      "measurement concepts by unit (Achilles analysis 1815). Boxes from the 25th to the 75th "
                      "percentile, whiskers at the 10th and 90th, median and mean (dashed) marked.</p>")
-        parts.append(plots.html(measurement_figure(dist)))
-        parts.append(_dist_table(measurement_values(dist)))
+        parts.append(plots.html(measurement_figure(dist, data.names)))
+        parts.append(_dist_table(measurement_values(dist, data.names)))
     if data.analyses is not None:
         absent = data.analyses[data.analyses.status == "absent"]
         if len(absent):
@@ -412,7 +432,7 @@ h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 2px solid #ddd; padding-bottom
 table { border-collapse: collapse; margin: 0.6rem 0 1.2rem; font-size: 0.85rem; max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: 0.2rem 0.4rem; text-align: left; vertical-align: top; }
 table.sortable { width: 100%; font-size: 0.8rem; } table.sortable td { overflow-wrap: break-word; }
-table.checks td:last-child { overflow-wrap: anywhere; }
+table.checks td:last-child, table.checks td:nth-child(4) { overflow-wrap: anywhere; }
 @media (max-width: 900px) { table.sortable { font-size: 0.75rem; }
   table.sortable td, table.sortable th { padding: 0.15rem 0.25rem; } }
 table.sortable th.num, table.dist th.num { white-space: normal; }
@@ -474,7 +494,7 @@ _SCRIPT = """
 
 
 def render_dashboard(data: DqFolder) -> str:
-    checks = data.checks.reset_index(drop=True)
+    checks = with_names(data.checks.reset_index(drop=True), data.names)
     st = status(checks)
     n = {s: int((st == s).sum()) for s in STATUSES}
     plots = Plots()

@@ -54,6 +54,55 @@ def quality_status_html(status: list[dict[str, Any]]) -> str:
     return table_html(df)
 
 
+_SIDE = {"site": "site", "run_date": "DQ run", "pass_rate": "pass rate %", "pass_rate_conformance": "conformance %",
+         "pass_rate_completeness": "completeness %", "pass_rate_plausibility": "plausibility %", "checks": "checks",
+         "passed": "passed", "failed_checks": "failed", "not_applicable": "not applicable", "errors": "errors",
+         "error": "note"}
+# Headers wrap between words only (never inside one), dates never wrap; the failed checks' identifiers
+# wrap at their <wbr>s.
+_QUALITY_STYLE = ("th{overflow-wrap:normal!important}th,td{padding:.25em .4em}td:nth-child(2){white-space:nowrap}"
+                  "table.failed td{white-space:normal}"
+                  "@media (max-width:960px){th,td{padding:.15rem .2rem}}")
+_COUNTS = ("checks", "passed", "failed", "not applicable", "errors")
+
+
+def _sites_frame(sites: list[dict[str, Any]]) -> pd.DataFrame:
+    """The sites side by side under readable headers; counts whole, a site without a summary says why."""
+    df = pd.DataFrame([{c: s.get(c) for c in _SIDE} for s in sites], columns=list(_SIDE)).rename(columns=_SIDE)
+    for c in _COUNTS:
+        df[c] = pd.array([None if v is None or pd.isna(v) else int(v) for v in df[c]], dtype="Int64")
+    df["note"] = df["note"].fillna("")
+    return df if df["note"].astype(bool).any() else df.drop(columns="note")
+
+
+def _failed_html(failed: list[dict[str, Any]]) -> str:
+    """The sites' failed checks, worst first per site: a table and field may wrap at their underscores, a
+    concept shows as 'name (id)' where the site named it, a count the site withheld as a dash."""
+    from mercia.report.dq import _wbr
+
+    def count(v: Any) -> str:
+        return "—" if v is None else f"{int(v):,}"
+
+    def key(f: dict[str, Any]) -> tuple[Any, ...]:
+        pct = f.get("pctViolatedRows")
+        return (str(f["site"]), -(pct if pct is not None else -1), str(f["checkName"]), str(f["cdmTableName"]))
+
+    rows = []
+    for f in sorted(failed, key=key):
+        where = str(f["cdmTableName"]).lower() + (f".{str(f['cdmFieldName']).lower()}" if f.get("cdmFieldName") else "")
+        cid, name = f.get("conceptId") or "", f.get("conceptName") or ""
+        concept = f"{name} ({cid})" if name and cid else str(cid)
+        pct = f.get("pctViolatedRows")
+        rows.append(f"<tr><td>{html.escape(str(f['site']))}</td><td>{_wbr(f['checkName'])}</td>"
+                    f"<td>{html.escape(str(f['category']))}</td><td>{_wbr(where)}</td><td>{html.escape(concept)}</td>"
+                    f"<td class=num>{count(f.get('numViolatedRows'))}</td>"
+                    f"<td class=num>{count(f.get('numDenominatorRows'))}</td>"
+                    f"<td class=num>{'—' if pct is None else f'{100 * pct:.2f}'}</td></tr>")
+    head = ("<tr><th>site</th><th>check</th><th>category</th><th>table.field</th><th>concept</th>"
+            "<th class=num>violated rows</th><th class=num>rows checked</th><th class=num>% violated</th></tr>")
+    return f'<table class="failed"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
+
+
 def render_network_quality(answer: dict[str, Any]) -> str:
     """The hub's data-quality page of a project: the sites side by side (pass rates per category, failed
     checks) and each domain's released records per month by site, from the sites' released summaries."""
@@ -61,18 +110,17 @@ def render_network_quality(answer: dict[str, Any]) -> str:
 
     e = html.escape
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>Data quality: "
-             f"{e(answer['project'])}</title><style>{_STYLE}</style></head><body>",
+             f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
+             f"<link rel='icon' href='data:,'><title>Data quality: "
+             f"{e(answer['project'])}</title><style>{_STYLE}{_QUALITY_STYLE}</style></head><body>",
              f"<h1>Data quality across project {e(answer['project'])}</h1>",
              "<p>Every number here was released by a site's disclosure control: a count it suppressed shows "
              "as a dash, and concept-level checks appear only where the site released their denominator. "
              "Pass rate: passed checks over those passed, failed or in error (not applicable ones left out).</p>",
              "<h2>Sites side by side</h2>"]
-    cols = ["site", "run_date", "pass_rate", "pass_rate_conformance", "pass_rate_completeness",
-            "pass_rate_plausibility", "checks", "passed", "failed_checks", "not_applicable", "errors", "error"]
-    parts.append(table_html(pd.DataFrame([{c: s.get(c) for c in cols} for s in answer["sites"]], columns=cols)))
+    parts.append(table_html(_sites_frame(answer["sites"])))
     parts.append("<h2>Failed checks</h2>")
-    parts.append(table_html(pd.DataFrame(answer["failed"])) if answer["failed"] else "<p>No site has a failed check.</p>")
+    parts.append(_failed_html(answer["failed"]) if answer["failed"] else "<p>No site has a failed check.</p>")
     parts.append("<h2>Records per month</h2>")
     trends = pd.DataFrame(answer["trends"], columns=["site", "domain", "month", "records"])
     plots = Plots()

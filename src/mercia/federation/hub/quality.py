@@ -49,7 +49,7 @@ def quality_across(store: HubStore, sites: list[str], project: str, *, timeout: 
                 if r["status"] == "fail":
                     failed.append({"site": a["site"], **{k: r[k] for k in (
                         "checkName", "category", "cdmTableName", "cdmFieldName", "conceptId", "numViolatedRows",
-                        "numDenominatorRows", "pctViolatedRows")}})
+                        "numDenominatorRows", "pctViolatedRows")}, "conceptName": r.get("conceptName", "")})
             trends += [{"site": a["site"], **r} for r in _rows(a["trends"])]
         side.append(row)
     return {"project": project, "sites": side, "failed": failed, "trends": trends,

@@ -93,6 +93,22 @@ def _both_or_neither(table: ReleasedTable) -> dict[str, Any]:
     return {**d, "columns": [*_LABELS, *_NUMBERS, "pctViolatedRows"], "rows": rows}
 
 
+def _named(cdm: Cdm, table: dict[str, Any]) -> dict[str, Any]:
+    """The released concept rows with the names of their concept and unit from the site's concept table
+    (labels from the vocabulary, added after release: no number changes); '' where the site has none."""
+    from mercia.dq.names import concept_names
+
+    at = {c: k for k, c in enumerate(table["columns"])}
+    ids = {v for r in table["rows"] for v in (r[at["conceptId"]], r[at["unitConceptId"]]) if str(v).isdigit()}
+    names = concept_names(cdm, {int(v) for v in ids})
+
+    def name(v: Any) -> str:
+        return names.get(int(v), "") if str(v).isdigit() else ""
+
+    rows = [[*r, name(r[at["conceptId"]]), name(r[at["unitConceptId"]])] for r in table["rows"]]
+    return {**table, "columns": [*table["columns"], "conceptName", "unitName"], "rows": rows}
+
+
 def _trend_table(cdm: Cdm) -> ResultTable:
     todo = [Analysis(aid, f"Number of {table} records by start month", table, _grouped(table, [_month(col)],
                      exp.Count(this=exp.Star())), strata=("calendar month",)) for aid, _, table, col in TRENDS]
@@ -130,16 +146,17 @@ def overview(checks: dict[str, Any]) -> dict[str, Any]:
     return {"overall": count(rows), **{c: count([r for r in rows if r[ci] == c]) for c in CATEGORIES}}
 
 
-def released_quality(cdm: Cdm, policy: DisclosurePolicy, *, site: str, today: dt.date | None = None
-                     ) -> dict[str, Any]:
+def released_quality(cdm: Cdm, policy: DisclosurePolicy, *, site: str, today: dt.date | None = None,
+                     progress: Any = None) -> dict[str, Any]:
     """Run the checks and the trends on the CDM and release the summary under `policy`."""
-    run = run_checks(cdm, today=today)
+    run = run_checks(cdm, today=today, progress=progress)
     log = DisclosureLog()
     checks = _both_or_neither(release(_check_table(run.results, "dq_checks", False), policy, site=site, log=log))
-    concepts = _both_or_neither(release(_check_table(run.results, "dq_concept_checks", True), policy, site=site,
-                                        log=log))
+    concepts = _named(cdm, _both_or_neither(release(_check_table(run.results, "dq_concept_checks", True), policy,
+                                                    site=site, log=log)))
     trends = release(_trend_table(cdm), policy, site=site, log=log).to_dict()
-    both = {"columns": checks["columns"], "rows": checks["rows"] + concepts["rows"]}
+    width = len(checks["columns"])  # the concept rows' names come after the columns both share
+    both = {"columns": checks["columns"], "rows": checks["rows"] + [r[:width] for r in concepts["rows"]]}
     return {
         "site": site,
         "run_date": run.end.date().isoformat(),
@@ -184,7 +201,8 @@ class QualityStore:
     def running(self) -> bool:
         return self._running is not None and self._running.is_alive()
 
-    def _save(self, summary: dict[str, Any]) -> None:
+    def save(self, summary: dict[str, Any]) -> None:
+        """Replace the stored summary (atomically: a reader sees the old one or the new one)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
         with os.fdopen(fd, "w") as f:
@@ -200,7 +218,7 @@ class QualityStore:
             def work() -> None:
                 try:
                     summary = compute()
-                    self._save(summary)
+                    self.save(summary)
                     self.last_error = None
                     on_done(summary, None)
                 except Exception as e:  # kept at the site: the log and the audit, never an answer

@@ -502,7 +502,10 @@ class Chunk:
         lam = np.empty((len(p), k))
         for j, r in enumerate(rates):
             lam[:, j] = r * length
-        cell = np.repeat(np.arange(len(p) * k), self.rng.poisson(lam).ravel())
+        counts = self.rng.poisson(lam).ravel()
+        # Most cells have no event: repeat only the others (the same cells, in the same order).
+        hit = np.flatnonzero(counts)
+        cell = np.repeat(hit, counts[hit])
         idx = cell // k
         d = s[idx] + np.floor(self.rng.random(len(idx)) * (e[idx] - s[idx] + 1)).astype(np.int64)
         return p[idx], d, cell - idx * k

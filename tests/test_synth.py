@@ -81,6 +81,37 @@ def test_nhs_numbers_valid_unique_and_outside_issued_ranges():
     assert (nums // 10**9 == 9).all()
 
 
+def test_nhs_numbers_follow_their_definition():
+    # Reference straight from nhs.py's docstring: d2..d8 scramble r, d9 is the q-th valid digit counted
+    # cyclically from r mod 10 (valid: is_valid accepts some check digit), then the check digit.
+    rng = np.random.default_rng(7)
+    pid = np.concatenate([np.arange(0, 2000), rng.integers(0, 90_000_000, 3000), [89_999_999]])
+    expected = []
+    for x in pid.tolist():
+        q, r = divmod(x, 10**7)
+        prefix = (9 * 10**7 + (7_654_321 * r + 3_141_592) % 10**7) * 10
+        valid = [d for d in ((r % 10 + s) % 10 for s in range(10))
+                 if any(is_valid(np.array([(prefix + d) * 10 + c]))[0] for c in range(10))]
+        body = prefix + valid[q]
+        expected.append(body * 10 + int(check_digit(np.array([body]))[0]))
+    assert nhs_numbers(pid).tolist() == expected
+
+
+@pytest.mark.parametrize("high", [1 << 35, 1 << 61])  # packed sort, and the argsort fallback
+def test_unique_inverse_equals_numpy(high):
+    from mercia.synth.population import _unique_inverse
+
+    rng = np.random.default_rng(3)
+    key = rng.integers(0, high, 50_000)
+    key[rng.random(len(key)) < 0.2] = -1
+    key[25_000:] = key[:25_000]
+    uniq, inv = _unique_inverse(key)
+    ref_uniq, ref_inv = np.unique(key, return_inverse=True)
+    assert uniq.tolist() == ref_uniq.tolist()
+    assert inv.tolist() == ref_inv.tolist()
+    assert len(_unique_inverse(key[:0])[0]) == 0
+
+
 def test_person_source_values_are_valid_nhs_numbers(site):
     cdm, _ = site
     vals = np.array([int(r[0]) for r in cdm.fetch_all("SELECT person_source_value FROM person")])

@@ -26,10 +26,15 @@ _SCRAMBLE_B = 3_141_592
 _WEIGHTS = np.array([10, 9, 8, 7, 6, 5, 4, 3, 2], dtype=np.int64)
 
 
+def _weighted_sum(body: np.ndarray) -> np.ndarray:
+    """Modulus-11 weighted digit sums of 9-digit bodies (int64 array)."""
+    digits = (body[..., None] // 10 ** np.arange(8, -1, -1, dtype=np.int64)) % 10
+    return digits @ _WEIGHTS
+
+
 def check_digit(body: np.ndarray) -> np.ndarray:
     """Check digits for 9-digit bodies (int64 array); 10 marks a body that has no valid check digit."""
-    digits = (body[:, None] // 10 ** np.arange(8, -1, -1, dtype=np.int64)) % 10
-    c = 11 - (digits @ _WEIGHTS) % 11
+    c = 11 - _weighted_sum(body) % 11
     return np.where(c == 11, 0, c)
 
 
@@ -53,9 +58,12 @@ def nhs_numbers(person_ids: np.ndarray) -> np.ndarray:
     seen = np.zeros(pid.shape, dtype=np.int64)  # valid d9 values passed so far
     # A d9 that depends on the person (not always 0): the q-th valid one counted from r mod 10.
     start = r % 10
+    # d9 has weight 2: the weighted sum of prefix + d9 is that of the prefix plus 2 * d9, and the body
+    # has no valid check digit (check_digit's 10) exactly when that sum is 1 mod 11.
+    wsum = _weighted_sum(prefix)
     for step in range(10):
         d9 = (start + step) % 10
-        valid = check_digit(prefix + d9) != 10
+        valid = (wsum + 2 * d9) % 11 != 1
         best = np.where((best < 0) & valid & (seen == q), d9, best)
         seen += valid
     body = prefix + best

@@ -236,10 +236,9 @@ def estimate_pair(cdm: Cdm, target_id: int, comparator_id: int, outcome_ids: Seq
     population, covariates and propensity model are built once, as `cohort_method` builds them."""
     s_match = settings.model_copy(update={"adjustment": "match"})
     s_strat = settings.model_copy(update={"adjustment": "stratify"})
-    notes: list[Any] = []
-    pop = cm._population(cdm, target_id, comparator_id, s_match, notes)
+    pop = cm.build_population(cdm, target_id, comparator_id, s_match)
     p = settings.population
-    hits = cm._outcome_hits(cdm, target_id, comparator_id, list(outcome_ids), p)
+    hits = cm.outcome_hits(cdm, [target_id, comparator_id], outcome_ids, p)
     X_pop = pop.covariates.X[pop.frame["row"].to_numpy()]
     if pop.ps.ok and adjusted_cox_covariates:
         nz = np.flatnonzero(pop.ps.coef != 0)
@@ -249,7 +248,7 @@ def estimate_pair(cdm: Cdm, target_id: int, comparator_id: int, outcome_ids: Seq
         cols = np.zeros(0, dtype=np.int64)
     rows: list[dict[str, Any]] = []
     for n, o in enumerate(outcome_ids):
-        d, keep, _ = cm._outcome_population(pop.frame, hits, o, pop.attrition, p)
+        d, keep, _ = cm.outcome_population(pop.frame, hits, o, pop.attrition, p)
         idx = np.flatnonzero(keep)
         dk = d.iloc[idx].reset_index(drop=True)
         t = dk["treatment"].to_numpy()
@@ -262,7 +261,7 @@ def estimate_pair(cdm: Cdm, target_id: int, comparator_id: int, outcome_ids: Seq
             if not pop.ps.ok or not len(dk):
                 fits[name] = (nan, np.zeros(len(dk), bool))
                 continue
-            strata = cm._adjust(pop.ps.ps[idx], t, s)
+            strata = cm.adjust_on_ps(pop.ps.ps[idx], t, s)
             k = strata >= 0
             ok = k.any() and event[k].sum() > 0
             fits[name] = (cm.fit_cox_strata(x[k], time[k], event[k], strata[k]) if ok else nan, k)
@@ -331,14 +330,14 @@ def run_methods_benchmark(cdm: Cdm, config: MethodsConfig, base_dir: str | Path 
                           progress: Progress | None = None) -> BenchmarkResult:
     """Generate the cohorts, inject positive controls, estimate with every method, calibrate, score."""
     from mercia.cohorts.generate import generate_cohorts
-    from mercia.study.package import _resolve
+    from mercia.study.package import resolve_cohort
 
     ids = config.cohort_ids()
     base = Path(base_dir) if base_dir is not None else None
     defs = []
     for key in sorted(ids, key=ids.get):  # type: ignore[arg-type]
         try:
-            defs.append((ids[key], _resolve(config.cohorts[key], base)))
+            defs.append((ids[key], resolve_cohort(config.cohorts[key], base)))
         except MerciaError as e:
             raise EvaluationError(f"cohort {key!r}: {e}") from None
     generate_cohorts(cdm, defs, stats=False)

@@ -144,4 +144,6 @@ def test_evaluate_methods_pools_the_sites(sites: list[Path], tmp_path: Path) -> 
     assert set(truth["site"]) == {"east", "west"}
     cal = est[(est["site"] == "pooled fixed") & est["calibrated"]]
     assert cal["log_rr"].notna().sum() > 0
+    assert "positive controls over 2 sites" in (out / "summary.md").read_text()
+    assert "pooled" in res.output  # the table of metrics (wrapped to the terminal) shows the pooled methods
 

@@ -532,8 +532,8 @@ app.add_typer(evaluate_app, name="evaluate")
 def evaluate_methods(
     config: Annotated[Path, typer.Argument(help="The benchmark configuration (.yaml).")],
     targets: Annotated[list[str], typer.Option(
-        "--cdm", help="A site's CDM (as --cdm elsewhere); repeat it for several sites: each site's estimates and "
-        "their fixed- and random-effects pooled estimates are benchmarked.")],
+        "--cdm", metavar="CDM", help="A .duckdb path, a postgresql:// URL, spark:FOLDER or sc://host:port; repeat "
+        "it, once per site, to benchmark every site and the fixed- and random-effects pooled estimates across them.")],
     out: Annotated[Path, typer.Option("--out", help="A new (or empty) folder for the results.")],
     cdm_schema: CdmSchemaOpt = None,
     vocab_schema: VocabSchemaOpt = None,

@@ -13,10 +13,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from mercia.analyses.survival import CoxData
 from mercia.cdm import Cdm
 from mercia.cli import app
 from mercia.evaluation.methods import ESTIMATORS
-from mercia.evaluation.pooled import pool_site_estimates, site_names
+from mercia.evaluation.pooled import federated_cox_estimates, pool_site_estimates, site_names
 from mercia.synth import DEFAULT_SITES, generate_site
 
 combine_effects = pytest.importorskip("statsmodels.stats.meta_analysis").combine_effects
@@ -57,6 +58,35 @@ def test_sites_without_an_estimate_are_left_out_and_none_gives_no_estimate() -> 
     assert one["events"] == 10  # the counts of the sites pooled
     none = pooled[pooled["outcome_id"] == 8]
     assert len(none) == 2 and none["log_rr"].isna().all() and (none["sites_pooled"] == 0).all()
+
+
+def _cox_site(seed: int, n: int, hr: float) -> CoxData:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2, n).astype(float)
+    stratum = rng.integers(0, 4, n)
+    t = np.ceil(rng.exponential(100 / (hr**x * (1 + stratum / 2)))).clip(1, 60)
+    event = (t < 60).astype(float)
+    return CoxData(x[:, None], t, event, ["treatment"], stratum)
+
+
+def test_federated_cox_is_lifelines_stratified_by_site_and_stratum() -> None:
+    lifelines = pytest.importorskip("lifelines")
+    sites = {"a": _cox_site(1, 400, 1.8), "b": _cox_site(2, 300, 1.3), "c": _cox_site(3, 40, 1.0)}
+    sites["c"].event[:] = 0
+    sites["c"].event[:3] = 1  # 3 events: under the minimum of 10, refused and left out
+    key = ("a vs b", 7, "ps_match")
+    controls = _site_rows([0.1], [0.2]).drop(columns="site")
+    got = federated_cox_estimates({s: {key: d} for s, d in sites.items()}, controls).iloc[0]
+    frames = []
+    for name in ("a", "b"):
+        d = sites[name]
+        frames.append(pd.DataFrame({"treatment": d.X[:, 0], "time": d.time, "event": d.event,
+                                    "stratum": [f"{name}{k}" for k in d.strata]}))
+    ref = lifelines.CoxPHFitter().fit(pd.concat(frames), "time", "event", strata=["stratum"])
+    assert got["log_rr"] == pytest.approx(ref.params_["treatment"], rel=1e-6)
+    assert got["se_log_rr"] == pytest.approx(ref.standard_errors_["treatment"], rel=1e-5)
+    assert got["sites_pooled"] == 2 and got["site"] == "federated cox" and got["true_effect_size"] == 2.0
+    assert got["events"] == int(sites["a"].event.sum() + sites["b"].event.sum())
 
 
 def test_site_names() -> None:
@@ -120,6 +150,7 @@ def test_evaluate_methods_pools_the_sites(sites: list[Path], tmp_path: Path) -> 
     est = pd.read_parquet(out / "estimates.parquet")
     expected = {f"{s}: {e}{c}" for s in ("east", "west", "pooled fixed", "pooled random")
                 for e in ESTIMATORS for c in ("", " (calibrated)")}
+    expected |= {f"federated cox: {e}{c}" for e in ("crude", "ps_match", "ps_stratify") for c in ("", " (calibrated)")}
     assert set(est["method"]) == expected
     metrics = pd.read_csv(out / "metrics.csv", dtype={"true_effect_size": str})
     assert expected == set(metrics["method"])
@@ -144,6 +175,14 @@ def test_evaluate_methods_pools_the_sites(sites: list[Path], tmp_path: Path) -> 
     assert set(truth["site"]) == {"east", "west"}
     cal = est[(est["site"] == "pooled fixed") & est["calibrated"]]
     assert cal["log_rr"].notna().sum() > 0
+    fed = est[(est["site"] == "federated cox") & ~est["calibrated"]]
+    assert fed["log_rr"].notna().sum() >= 10 and (fed["sites_pooled"] <= 2).all()
+    # with one site's rows (the other refused) the federated fit is that site's own Cox fit
+    for r in fed[fed["sites_pooled"] == 1].itertuples(index=False):
+        one = site_rows[(site_rows["estimator"] == r.estimator) & (site_rows["outcome_id"] == r.outcome_id)
+                        & (site_rows["events"] >= 10)]
+        if len(one) == 1 and math.isfinite(r.log_rr):
+            assert r.log_rr == pytest.approx(one["log_rr"].iloc[0], rel=1e-6)
     assert "positive controls over 2 sites" in (out / "summary.md").read_text()
     assert "pooled" in res.output  # the table of metrics (wrapped to the terminal) shows the pooled methods
 

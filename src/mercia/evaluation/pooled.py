@@ -7,12 +7,15 @@ the same true effect sizes, injected at each site from its own data under the sa
 per exposure pair, estimator and control, `pool_site_estimates` meta-analyses the sites' uncalibrated
 log hazard ratios as the hub pools released estimates (`mercia.federation.hub.pool`, with
 `mercia.federation.pooling.meta_analyse`): the sites with a finite estimate and a positive standard
-error, fixed effect (inverse variance) and DerSimonian-Laird random effects. Each pooled method is
-then calibrated as the site methods are (leave-one-out over the pooled controls).
+error, fixed effect (inverse variance) and DerSimonian-Laird random effects. For the estimators whose
+model is Cox on treatment alone (crude, ps_match, ps_stratify), `federated_cox_estimates` also fits
+the federated Cox model the hub fits in rounds (`mercia.federation.glm.federated_cox`, run in process
+on the sites' rows): stratified by site and by the matched sets or strata within each. Each pooled
+method is then calibrated as the site methods are (leave-one-out over the pooled controls).
 
-The methods of the result are named `SITE: ESTIMATOR` for one site's estimates and
-`pooled fixed: ESTIMATOR`, `pooled random: ESTIMATOR` for the pooled ones, with ` (calibrated)` after
-the calibrated ones.
+The methods of the result are named `SITE: ESTIMATOR` for one site's estimates,
+`pooled fixed: ESTIMATOR`, `pooled random: ESTIMATOR` and `federated cox: ESTIMATOR` for the pooled
+ones, with ` (calibrated)` after the calibrated ones.
 
 Everything here is site-internal, as in the one-site benchmark: the sites' estimates are pooled as
 computed, before disclosure control (a hub would pool the released values: the same numbers unless
@@ -27,8 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
+from mercia.analyses.survival import CoxData
 from mercia.cdm import Cdm
+from mercia.errors import MerciaError
 from mercia.evaluation.methods import (
     ESTIMATORS,
     BenchmarkResult,
@@ -38,6 +44,7 @@ from mercia.evaluation.methods import (
 )
 from mercia.evaluation.metrics import benchmark_metrics
 from mercia.evaluation.positive_controls import EvaluationError
+from mercia.federation.glm import DEFAULT_MIN_COUNT, cox_summary, federated_cox, in_process
 from mercia.federation.pooling import PoolingError, meta_analyse
 
 POOLING = ("fixed", "random")
@@ -86,6 +93,48 @@ def pool_site_estimates(estimates: pd.DataFrame, alpha: float = 0.05) -> pd.Data
     return out
 
 
+def federated_cox_estimates(site_data: dict[str, dict[tuple[str, int, str], CoxData]], controls: pd.DataFrame,
+                            min_count: int = DEFAULT_MIN_COUNT, alpha: float = 0.05) -> pd.DataFrame:
+    """Per pair, control and treatment-only estimator (crude, ps_match, ps_stratify), the federated Cox
+    model the hub fits in rounds (`mercia.federation.glm.federated_cox`, run in process): one
+    treatment log hazard ratio from the sites' summed partial likelihoods, stratified by site (and by
+    the matched sets or strata within a site). A site with fewer than `min_count` rows or events for a
+    control is refused, as its node would refuse it, and left out. `controls` gives each control's
+    columns (pair, outcome_id, negative_control_id, negative_control, true_effect_size)."""
+    info = controls.drop_duplicates(["pair", "outcome_id"]).set_index(["pair", "outcome_id"])
+    keys = sorted({k for d in site_data.values() for k in d}, key=lambda k: (k[0], k[2], k[1]))
+    z = float(stats.norm.ppf(1 - alpha / 2))
+    rows = []
+    for key in keys:
+        pair, o, estimator = key
+        ok = [(site, d[key]) for site, d in sorted(site_data.items())
+              if key in d and d[key].n_obs >= min_count and d[key].n_events >= min_count]
+        lr = se = math.nan
+        if ok:
+            fn = in_process(lambda sd, b: cox_summary(sd[1], b, site=sd[0], min_count=min_count), ok)
+            try:
+                fit = federated_cox(fn, 1, terms=["treatment"], min_count=min_count, alpha=alpha)
+                if fit.converged and math.isfinite(fit.se[0]) and fit.se[0] > 0:
+                    lr, se = float(fit.coef[0]), float(fit.se[0])
+            except MerciaError:
+                pass
+        c = info.loc[(pair, o)]
+        with np.errstate(over="ignore"):
+            lo, hi = np.exp([lr - z * se, lr + z * se])
+        rows.append({"pair": pair, "estimator": estimator, "outcome_id": o,
+                     **{k: c[k] for k in _CONTROL},
+                     "target_subjects": sum(int((d.X[:, 0] == 1).sum()) for _, d in ok),
+                     "comparator_subjects": sum(int((d.X[:, 0] == 0).sum()) for _, d in ok),
+                     "events": sum(d.n_events for _, d in ok), "sites_pooled": len(ok), "site": "federated cox",
+                     "log_rr": lr, "se_log_rr": se, "ci_lower": float(lo), "ci_upper": float(hi),
+                     "p": float(2 * stats.norm.sf(abs(lr / se))) if math.isfinite(lr) else math.nan})
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["rr"] = np.exp(out["log_rr"])
+        out["calibrated"] = False
+    return out
+
+
 def site_names(targets: Sequence[str]) -> list[str]:
     """A short name per site target: a .duckdb file's stem, else site1, site2, ...; repeats numbered."""
     names: list[str] = []
@@ -110,11 +159,15 @@ def run_methods_benchmark_sites(sites: Sequence[tuple[str, Cdm]], config: Method
     if len(set(names)) != len(names):
         raise EvaluationError(f"site names {names} repeat; give each site its own name")
     results = []
+    cox_data: dict[str, dict[tuple[str, int, str], CoxData]] = {}
     for name, cdm in sites:
         tick = (lambda what, d, t, n=name: progress(f"{n}: {what}", d, t)) if progress else None
-        results.append((name, run_methods_benchmark(cdm, config, base_dir, progress=tick)))
+        cox_data[name] = {}
+        results.append((name, run_methods_benchmark(cdm, config, base_dir, progress=tick, cox_data=cox_data[name])))
     site_est = pd.concat([r.estimates.assign(site=name) for name, r in results], ignore_index=True)
-    pooled = pool_site_estimates(site_est)
+    pooled = pd.concat([pool_site_estimates(site_est),
+                        federated_cox_estimates(cox_data, site_est[~site_est["calibrated"].astype(bool)])],
+                       ignore_index=True)
     parts = [site_est, pooled]
     for (_pair, _est, _site), g in pooled.groupby(["pair", "estimator", "site"], sort=False):
         parts.append(calibrate_leave_one_out(g).assign(calibrated=True))
@@ -122,7 +175,7 @@ def run_methods_benchmark_sites(sites: Sequence[tuple[str, Cdm]], config: Method
     estimates["method"] = (estimates["site"] + ": " + estimates["estimator"]
                            + np.where(estimates["calibrated"].astype(bool), " (calibrated)", ""))
     # order: each site's methods, then the pooled ones; estimators in their usual order
-    estimates["_s"] = estimates["site"].map({n: i for i, n in enumerate([*names, "pooled fixed", "pooled random"])})
+    estimates["_s"] = estimates["site"].map({n: i for i, n in enumerate([*names, "pooled fixed", "pooled random", "federated cox"])})
     estimates["_e"] = estimates["estimator"].map({e: i for i, e in enumerate(ESTIMATORS)})
     estimates = estimates.sort_values(["_s", "_e", "calibrated", "pair", "outcome_id"], kind="stable")
     order = ["site", "pair", "method", "estimator", "calibrated", "outcome_id", "negative_control_id",

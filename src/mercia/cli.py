@@ -533,7 +533,7 @@ def evaluate_methods(
     config: Annotated[Path, typer.Argument(help="The benchmark configuration (.yaml).")],
     targets: Annotated[list[str], typer.Option(
         "--cdm", metavar="CDM", help="A .duckdb path, a postgresql:// URL, spark:FOLDER or sc://host:port; repeat "
-        "it, once per site, to benchmark every site and the fixed- and random-effects pooled estimates across them.")],
+        "it, once per site, to benchmark every site and the pooled estimates across them (meta-analyses, federated Cox).")],
     out: Annotated[Path, typer.Option("--out", help="A new (or empty) folder for the results.")],
     cdm_schema: CdmSchemaOpt = None,
     vocab_schema: VocabSchemaOpt = None,

@@ -531,7 +531,9 @@ app.add_typer(evaluate_app, name="evaluate")
 @user_errors
 def evaluate_methods(
     config: Annotated[Path, typer.Argument(help="The benchmark configuration (.yaml).")],
-    target: TargetOpt,
+    targets: Annotated[list[str], typer.Option(
+        "--cdm", metavar="CDM", help="A .duckdb path, a postgresql:// URL, spark:FOLDER or sc://host:port; repeat "
+        "it, once per site, to benchmark every site and the pooled estimates across them (meta-analyses, federated Cox).")],
     out: Annotated[Path, typer.Option("--out", help="A new (or empty) folder for the results.")],
     cdm_schema: CdmSchemaOpt = None,
     vocab_schema: VocabSchemaOpt = None,
@@ -539,13 +541,22 @@ def evaluate_methods(
 ) -> None:
     """Inject positive controls, run every estimator on all controls, write estimates, metrics and plots
     (site-internal: releasing them goes through the disclosure door)."""
+    from contextlib import ExitStack
+
     from mercia.evaluation.methods import check_out_dir, load_config, run_methods_benchmark, write_outputs
+    from mercia.evaluation.pooled import run_methods_benchmark_sites, site_names
 
     cfg, base = load_config(config)
     check_out_dir(out)
-    with open_cdm(target, cdm_schema, vocab_schema, results_schema, require="vocabulary") as cdm, \
-            progress_bar() as progress:
-        result = run_methods_benchmark(cdm, cfg, base, progress=progress)
+    with ExitStack() as stack:
+        cdms = [stack.enter_context(open_cdm(t, cdm_schema, vocab_schema, results_schema, require="vocabulary"))
+                for t in targets]
+        progress = stack.enter_context(progress_bar())
+        if len(cdms) == 1:
+            result = run_methods_benchmark(cdms[0], cfg, base, progress=progress)
+        else:
+            result = run_methods_benchmark_sites(list(zip(site_names(targets), cdms, strict=True)), cfg, base,
+                                                 progress=progress)
     write_outputs(result, out)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)

@@ -25,6 +25,11 @@ event day - start + 1.
 
 Row-level data (covariates, scores, per-person times) never leave this function: it returns
 ResultTables for `release()`.
+
+Its building blocks are public for other site-internal code that estimates the same way (the methods
+benchmark, `mercia.evaluation`): `entry_windows` and `outcome_hits` (steps 1 and 4's data),
+`build_population` (steps 1-3), `outcome_population` (step 4's population per outcome) and
+`adjust_on_ps` (matching or stratification).
 """
 
 from __future__ import annotations
@@ -246,10 +251,11 @@ def _outcomes_sql(p: StudyPopulationSettings) -> str:
     """
 
 
-_KEY = ["cohort_definition_id", "person_id", "cohort_start_date"]
+ENTRY_KEY = ["cohort_definition_id", "person_id", "cohort_start_date"]
 
 
-def _frame_dates(df: pd.DataFrame) -> pd.DataFrame:
+def frame_dates(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy with ENTRY_KEY's columns in one form (dates as dates, ids as int64), for merging."""
     df = df.copy()
     df["cohort_start_date"] = pd.to_datetime(df["cohort_start_date"]).dt.date
     for c in ("cohort_definition_id", "person_id"):
@@ -359,7 +365,7 @@ def mdrr(p_target: float, total_events: int, alpha: float = 0.05, power: float =
 
 
 @dataclass
-class _Population:
+class Population:
     """The PS population (rows of the covariate matrix) with treatment and time at risk."""
 
     frame: pd.DataFrame  # row (into covariates), treatment, person_id, risk_start, risk_end, ...
@@ -368,7 +374,9 @@ class _Population:
     attrition: list[dict[str, object]]
 
 
-def _adjust(ps: np.ndarray, t: np.ndarray, s: CohortMethodSettings) -> np.ndarray:
+def adjust_on_ps(ps: np.ndarray, t: np.ndarray, s: CohortMethodSettings) -> np.ndarray:
+    """Each row's matched set or stratum on the propensity score per `s.adjustment` (-1: not matched;
+    all 0 with no adjustment)."""
     if s.adjustment == "match":
         m = s.match
         return match_on_ps(ps, t, caliper=m.caliper, caliper_scale=m.caliper_scale, max_ratio=m.max_ratio,
@@ -438,17 +446,20 @@ def cohort_method(
     require_tables(cdm, ["cohort", "observation_period", "person"], "comparative cohort analysis")
     labels = {o: str(o) for o in all_outcomes} | (labels or {})
     notes: list[Note] = []
-    pop = _population(cdm, t_id, c_id, s, notes)
+    pop = build_population(cdm, t_id, c_id, s, notes)
     return _analyse(cdm, pop, t_id, c_id, outcomes, ncs, all_outcomes, s, labels, name, notes)
 
 
-def _population(cdm: Cdm, t_id: int, c_id: int, s: CohortMethodSettings, notes: list[Note]) -> _Population:
+def build_population(cdm: Cdm, t_id: int, c_id: int, s: CohortMethodSettings,
+                     notes: list[Note] | None = None) -> Population:
+    """The propensity-score population of target `t_id` vs comparator `c_id` (steps 1-3 above): its
+    rows with treatment and time at risk, their covariates, the propensity model and the attrition.
+    Row-level: for the site's own analyses, never released. A note is appended to `notes` when the
+    propensity model could not be fitted."""
     p = s.population
-    values = {"cohort_ids": (["cid"], [[t_id], [c_id]])}
     cov = build_covariates(cdm, [t_id, c_id], s.covariates, first_entry_only=p.first_exposure_only)
-    info = fetch_df(cdm, build(_population_sql(p), cdm, values), {"ws": p.risk_window_start, "we": p.risk_window_end})
-    rows = _frame_dates(cov.rows).rename(columns={"row_id": "row"})
-    frame = rows.merge(_frame_dates(info), on=_KEY, how="left")
+    rows = frame_dates(cov.rows).rename(columns={"row_id": "row"})
+    frame = rows.merge(entry_windows(cdm, [t_id, c_id], p), on=ENTRY_KEY, how="left")
     frame["treatment"] = (frame["cohort_definition_id"] == t_id).astype(int)
     frame = frame.sort_values("row").reset_index(drop=True)
     attrition = [_counts(frame, "original cohorts" + (" (first exposure)" if p.first_exposure_only else ""))]
@@ -460,19 +471,19 @@ def _population(cdm: Cdm, t_id: int, c_id: int, s: CohortMethodSettings, notes: 
     attrition.append(_counts(frame, f"in observation at index with >= {p.washout_period} days before"))
     X = cov.X[frame["row"].to_numpy()]
     ps = fit_ps(X, cov.covariate_ids, frame["treatment"].to_numpy(), s.ps)
-    if ps.error:
+    if ps.error and notes is not None:
         notes.append(Note(NoteCode.PS_NOT_FITTED))
-    return _Population(frame, cov, ps, attrition)
+    return Population(frame, cov, ps, attrition)
 
 
-def _outcome_population(frame: pd.DataFrame, hits: pd.DataFrame, o: int, attrition0: list[dict[str, object]],
+def outcome_population(frame: pd.DataFrame, hits: pd.DataFrame, o: int, attrition0: list[dict[str, object]],
                         p: StudyPopulationSettings) -> tuple[pd.DataFrame, np.ndarray, list[dict[str, object]]]:
     """The PS population with this outcome's time at risk and events, the rows that stay, and the
     attrition so far."""
     h = hits[hits["outcome_id"] == o].drop(columns="outcome_id") if len(hits) else None
     d = frame.copy()
     if h is not None and len(h):
-        d = d.merge(h, on=_KEY, how="left")
+        d = d.merge(h, on=ENTRY_KEY, how="left")
     else:
         d["prior_outcome"], d["first_event"], d["n_events"] = 0, np.nan, 0
     d["prior_outcome"] = d["prior_outcome"].fillna(0).astype(int)
@@ -490,11 +501,25 @@ def _outcome_population(frame: pd.DataFrame, hits: pd.DataFrame, o: int, attriti
     return d, keep, attrition
 
 
-def _outcome_hits(cdm: Cdm, t_id: int, c_id: int, outcome_ids: list[int], p: StudyPopulationSettings) -> pd.DataFrame:
-    values = {"cohort_ids": (["cid"], [[t_id], [c_id]]), "outcome_ids": (["oid"], [[o] for o in outcome_ids])}
+def entry_windows(cdm: Cdm, cohort_ids: Sequence[int], p: StudyPopulationSettings) -> pd.DataFrame:
+    """Per entry of the exposure cohorts (the first per person with `first_exposure_only`):
+    cohort_definition_id, person_id, cohort_start_date, days_from_obs_start (NaN when the entry is
+    outside every observation period), risk_start and risk_end (day offsets from the cohort start)."""
+    values = {"cohort_ids": (["cid"], [[int(c)] for c in cohort_ids])}
+    info = fetch_df(cdm, build(_population_sql(p), cdm, values), {"ws": p.risk_window_start, "we": p.risk_window_end})
+    return frame_dates(info)
+
+
+def outcome_hits(cdm: Cdm, cohort_ids: Sequence[int], outcome_ids: Sequence[int],
+                 p: StudyPopulationSettings) -> pd.DataFrame:
+    """Per entry of the exposure cohorts and outcome with a record: prior_outcome (1 when one starts
+    in the lookback before the risk window), first_event (the first one's day offset in the window,
+    else NaN) and n_events in the window; keyed by ENTRY_KEY and outcome_id."""
+    values = {"cohort_ids": (["cid"], [[int(c)] for c in cohort_ids]),
+              "outcome_ids": (["oid"], [[int(o)] for o in outcome_ids])}
     hits = fetch_df(cdm, build(_outcomes_sql(p), cdm, values),
                     {"ws": p.risk_window_start, "we": p.risk_window_end, "lookback": p.prior_outcome_lookback})
-    return _frame_dates(hits) if len(hits) else hits
+    return frame_dates(hits) if len(hits) else hits
 
 
 def cohort_method_populations(
@@ -505,34 +530,34 @@ def cohort_method_populations(
     released): person_id, treatment, propensity_score, stratum (-1: not matched), time, event,
     n_events, days_at_risk, for the persons left after the population steps."""
     s = settings or CohortMethodSettings()
-    pop = _population(cdm, target_cohort_id, comparator_cohort_id, s, [])
-    hits = _outcome_hits(cdm, target_cohort_id, comparator_cohort_id, list(outcome_cohort_ids), s.population)
+    pop = build_population(cdm, target_cohort_id, comparator_cohort_id, s, [])
+    hits = outcome_hits(cdm, [target_cohort_id, comparator_cohort_id], outcome_cohort_ids, s.population)
     out = {}
     for o in outcome_cohort_ids:
-        d, keep, _ = _outcome_population(pop.frame, hits, o, pop.attrition, s.population)
+        d, keep, _ = outcome_population(pop.frame, hits, o, pop.attrition, s.population)
         idx = np.flatnonzero(keep)
         dk = d.iloc[idx].reset_index(drop=True)
         dk["propensity_score"] = pop.ps.ps[idx]
-        dk["stratum"] = _adjust(pop.ps.ps[idx], dk["treatment"].to_numpy(), s) if pop.ps.ok else -1
+        dk["stratum"] = adjust_on_ps(pop.ps.ps[idx], dk["treatment"].to_numpy(), s) if pop.ps.ok else -1
         out[o] = dk[["person_id", "treatment", "propensity_score", "stratum", "time", "event", "n_events",
                      "days_at_risk"]]
     return pop.ps, out
 
 
-def _analyse(cdm: Cdm, pop: _Population, t_id: int, c_id: int, outcomes: list[int], ncs: list[int],
+def _analyse(cdm: Cdm, pop: Population, t_id: int, c_id: int, outcomes: list[int], ncs: list[int],
              all_outcomes: list[int], s: CohortMethodSettings, labels: dict[int, str], name: str,
              notes: list[Note]) -> AnalysisResult:
     p = s.population
     frame = pop.frame
     X_pop = pop.covariates.X[frame["row"].to_numpy()]
     ps_all = pop.ps.ps
-    hits = _outcome_hits(cdm, t_id, c_id, all_outcomes, p)
+    hits = outcome_hits(cdm, [t_id, c_id], all_outcomes, p)
     tables: dict[str, ResultTable] = {}
     estimates: list[dict[str, object]] = []
     dist_frames = [_pref_hist(pop.ps.preference, frame["treatment"].to_numpy(), "before", s.preference_bins)]
     for o in all_outcomes:
         kind = "outcome" if o in outcomes else "negative_control"
-        d, keep, attrition = _outcome_population(frame, hits, o, pop.attrition, p)
+        d, keep, attrition = outcome_population(frame, hits, o, pop.attrition, p)
         idx = np.flatnonzero(keep)
         dk = d.iloc[idx].reset_index(drop=True)
         t = dk["treatment"].to_numpy()
@@ -546,7 +571,7 @@ def _analyse(cdm: Cdm, pop: _Population, t_id: int, c_id: int, outcomes: list[in
                                      else "stratified on propensity score"))
             tables[f"{name}_attrition_{labels[o]}"] = _attrition_table(f"{name}_attrition_{labels[o]}", attrition)
             continue
-        strata = _adjust(ps_all[idx], t, s)
+        strata = adjust_on_ps(ps_all[idx], t, s)
         kept = strata >= 0
         if s.adjustment == "match":
             attrition.append(_counts(dk[kept], "matched on propensity score"))
@@ -646,7 +671,7 @@ def _pref_hist(pref: np.ndarray, t: np.ndarray, population: str, bins: int) -> p
     return pd.DataFrame(rows)
 
 
-def _ps_tables(pop: _Population, name: str, s: CohortMethodSettings) -> dict[str, ResultTable]:
+def _ps_tables(pop: Population, name: str, s: CohortMethodSettings) -> dict[str, ResultTable]:
     fit, frame = pop.ps, pop.frame
     t = frame["treatment"].to_numpy()
     n = len(frame)

@@ -184,7 +184,10 @@ def parse_config(data: Any, *, source: str = "benchmark configuration") -> Metho
 
 
 def _row(est: cm.Estimate) -> dict[str, float]:
-    return est.row(0.05)
+    try:
+        return est.row(0.05)
+    except OverflowError:  # an SE so large (a separated model at a small site) that the CI overflows:
+        return cm.Estimate(math.nan, math.nan, False).row(0.05)  # no estimate
 
 
 # Adjusted Cox: a covariate enters only with this many events among the persons with it and without it
@@ -230,16 +233,18 @@ def _adjusted_cox(X: np.ndarray, d: pd.DataFrame) -> cm.Estimate:
 
 def estimate_pair(cdm: Cdm, target_id: int, comparator_id: int, outcome_ids: Sequence[int],
                   settings: cm.CohortMethodSettings, adjusted_cox_covariates: int = 20,
-                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+                  progress: Callable[[int, int], None] | None = None,
+                  cox_data: dict[tuple[int, str], CoxData] | None = None) -> pd.DataFrame:
     """Per outcome, the four estimators' log HR, SE, CI and p (one row each: outcome_id, estimator,
     log_rr, se_log_rr, rr, ci_lower, ci_upper, p, target_subjects, comparator_subjects, events). The
-    population, covariates and propensity model are built once, as `cohort_method` builds them."""
+    population, covariates and propensity model are built once, as `cohort_method` builds them.
+    With `cox_data`, the rows behind each treatment-only Cox fit (crude, ps_match, ps_stratify) are
+    kept in it by (outcome_id, estimator), row-level, for a federated fit at the same site."""
     s_match = settings.model_copy(update={"adjustment": "match"})
     s_strat = settings.model_copy(update={"adjustment": "stratify"})
-    notes: list[Any] = []
-    pop = cm._population(cdm, target_id, comparator_id, s_match, notes)
+    pop = cm.build_population(cdm, target_id, comparator_id, s_match)
     p = settings.population
-    hits = cm._outcome_hits(cdm, target_id, comparator_id, list(outcome_ids), p)
+    hits = cm.outcome_hits(cdm, [target_id, comparator_id], outcome_ids, p)
     X_pop = pop.covariates.X[pop.frame["row"].to_numpy()]
     if pop.ps.ok and adjusted_cox_covariates:
         nz = np.flatnonzero(pop.ps.coef != 0)
@@ -249,12 +254,13 @@ def estimate_pair(cdm: Cdm, target_id: int, comparator_id: int, outcome_ids: Seq
         cols = np.zeros(0, dtype=np.int64)
     rows: list[dict[str, Any]] = []
     for n, o in enumerate(outcome_ids):
-        d, keep, _ = cm._outcome_population(pop.frame, hits, o, pop.attrition, p)
+        d, keep, _ = cm.outcome_population(pop.frame, hits, o, pop.attrition, p)
         idx = np.flatnonzero(keep)
         dk = d.iloc[idx].reset_index(drop=True)
         t = dk["treatment"].to_numpy()
         x, time, event = t.astype(float), dk["time"].to_numpy(dtype=float), dk["event"].to_numpy(dtype=float)
         fits: dict[str, tuple[cm.Estimate, np.ndarray]] = {}
+        strata_of: dict[str, np.ndarray | None] = {"crude": None}  # the treatment-only Cox fits' strata
         nan = cm.Estimate(math.nan, math.nan, False)
         fits["crude"] = (cm.fit_cox_strata(x, time, event) if len(dk) and event.sum() else nan, np.ones(len(dk), bool))
         fits["adjusted_cox"] = (_adjusted_cox(X_pop[idx][:, cols].toarray(), dk), np.ones(len(dk), bool))
@@ -262,10 +268,16 @@ def estimate_pair(cdm: Cdm, target_id: int, comparator_id: int, outcome_ids: Seq
             if not pop.ps.ok or not len(dk):
                 fits[name] = (nan, np.zeros(len(dk), bool))
                 continue
-            strata = cm._adjust(pop.ps.ps[idx], t, s)
+            strata = cm.adjust_on_ps(pop.ps.ps[idx], t, s)
             k = strata >= 0
+            strata_of[name] = strata[k]
             ok = k.any() and event[k].sum() > 0
             fits[name] = (cm.fit_cox_strata(x[k], time[k], event[k], strata[k]) if ok else nan, k)
+        if cox_data is not None:
+            for name, (_est, used) in fits.items():
+                if name in strata_of and used.any():
+                    cox_data[(int(o), name)] = CoxData(x[used, None], time[used], event[used], ["treatment"],
+                                                       strata_of[name])
         for name, (est, used) in fits.items():
             rows.append({"outcome_id": int(o), "estimator": name, **_row(est),
                          "target_subjects": int((t[used] == 1).sum()), "comparator_subjects": int((t[used] == 0).sum()),
@@ -328,17 +340,20 @@ class BenchmarkResult:
 
 
 def run_methods_benchmark(cdm: Cdm, config: MethodsConfig, base_dir: str | Path | None = None,
-                          progress: Progress | None = None) -> BenchmarkResult:
-    """Generate the cohorts, inject positive controls, estimate with every method, calibrate, score."""
+                          progress: Progress | None = None,
+                          cox_data: dict[tuple[str, int, str], CoxData] | None = None) -> BenchmarkResult:
+    """Generate the cohorts, inject positive controls, estimate with every method, calibrate, score.
+    With `cox_data`, the rows of the treatment-only Cox fits are kept in it by (pair, outcome_id,
+    estimator) (row-level: for a federated fit in the same process, see `mercia.evaluation.pooled`)."""
     from mercia.cohorts.generate import generate_cohorts
-    from mercia.study.package import _resolve
+    from mercia.study.package import resolve_cohort
 
     ids = config.cohort_ids()
     base = Path(base_dir) if base_dir is not None else None
     defs = []
     for key in sorted(ids, key=ids.get):  # type: ignore[arg-type]
         try:
-            defs.append((ids[key], _resolve(config.cohorts[key], base)))
+            defs.append((ids[key], resolve_cohort(config.cohorts[key], base)))
         except MerciaError as e:
             raise EvaluationError(f"cohort {key!r}: {e}") from None
     generate_cohorts(cdm, defs, stats=False)
@@ -373,8 +388,11 @@ def run_methods_benchmark(cdm: Cdm, config: MethodsConfig, base_dir: str | Path 
             "outcome_id": made["outcome_id"].to_numpy(), "negative_control_id": made["negative_control_id"].to_numpy(),
             "true_effect_size": made["target_effect_size"].to_numpy()})], ignore_index=True)
         tick = (lambda d, t, lab=label: progress(f"estimates: {lab}", d, t)) if progress else None
+        kept: dict[tuple[int, str], CoxData] | None = {} if cox_data is not None else None
         est = estimate_pair(cdm, t_id, c_id, controls["outcome_id"].tolist(), s, config.adjusted_cox_covariates,
-                            progress=tick)
+                            progress=tick, cox_data=kept)
+        if cox_data is not None and kept is not None:
+            cox_data.update({(label, o, e): d for (o, e), d in kept.items()})
         est = est.merge(controls, on="outcome_id", how="left")
         est.insert(0, "pair", label)
         est["negative_control"] = est["negative_control_id"].map(names)

@@ -44,7 +44,7 @@ from sqlglot import exp
 from mercia import limits
 from mercia.analyses import cohort_method as cm
 from mercia.cdm import Cdm
-from mercia.cdm.query import build, check_cohort_id, fetch_df, require_tables
+from mercia.cdm.query import check_cohort_id, require_tables
 from mercia.errors import MerciaError
 from mercia.features import CovariateData, CovariateSettings, build_covariates
 from mercia.model_doc import field_docs
@@ -118,19 +118,14 @@ def _exposed_entries(cdm: Cdm, exposure_id: int, outcome_ids: list[int], p: cm.S
                      covariates: CovariateSettings) -> tuple[pd.DataFrame, CovariateData, pd.DataFrame]:
     """Entries of the exposure with their time at risk (offsets in days from the cohort start), their
     covariates (row = position in the covariate matrix), and the outcome hits per entry and outcome."""
-    values = {"cohort_ids": (["cid"], [[exposure_id]])}
     cov = build_covariates(cdm, [exposure_id], covariates, first_entry_only=p.first_exposure_only)
-    info = fetch_df(cdm, build(cm._population_sql(p), cdm, values),
-                    {"ws": p.risk_window_start, "we": p.risk_window_end})
-    rows = cm._frame_dates(cov.rows).rename(columns={"row_id": "row"})
-    frame = rows.merge(cm._frame_dates(info), on=cm._KEY, how="left").sort_values("row").reset_index(drop=True)
+    rows = cm.frame_dates(cov.rows).rename(columns={"row_id": "row"})
+    frame = rows.merge(cm.entry_windows(cdm, [exposure_id], p), on=cm.ENTRY_KEY, how="left")
+    frame = frame.sort_values("row").reset_index(drop=True)
     ok = frame["days_from_obs_start"].notna() & (frame["days_from_obs_start"] >= p.washout_period)
     frame = frame[ok].reset_index(drop=True)
     frame["days_at_risk"] = frame["risk_end"] - frame["risk_start"] + 1
-    values["outcome_ids"] = (["oid"], [[o] for o in outcome_ids])
-    hits = fetch_df(cdm, build(cm._outcomes_sql(p), cdm, values),
-                    {"ws": p.risk_window_start, "we": p.risk_window_end, "lookback": p.prior_outcome_lookback})
-    hits = cm._frame_dates(hits) if len(hits) else hits
+    hits = cm.outcome_hits(cdm, [exposure_id], outcome_ids, p)
     return frame, cov, hits
 
 
@@ -250,7 +245,7 @@ def synthesize_positive_controls(
     writes: list[pd.DataFrame] = []
     for i, nc in enumerate(ncs):
         h = hits[hits["outcome_id"] == nc] if len(hits) else hits
-        d = frame.merge(h.drop(columns="outcome_id"), on=cm._KEY, how="left") if len(h) else frame.assign(
+        d = frame.merge(h.drop(columns="outcome_id"), on=cm.ENTRY_KEY, how="left") if len(h) else frame.assign(
             prior_outcome=0, n_events=0)
         d["prior_outcome"] = d["prior_outcome"].fillna(0).astype(int)
         d["n_events"] = d["n_events"].fillna(0).astype(int)

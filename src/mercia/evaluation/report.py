@@ -87,11 +87,12 @@ def _md_table(df: pd.DataFrame) -> str:
 def summary_markdown(result: BenchmarkResult) -> str:
     est, truth = result.estimates, result.truth
     n_nc = est[est["true_effect_size"] == 1][["pair", "outcome_id"]].drop_duplicates().shape[0]
-    n_pc = int((truth["status"] == "injected").sum())
+    n_pc = int((truth["status"] == "injected").sum())  # over all sites when there are several
     overall = result.metrics[result.metrics["true_effect_size"] == "all"].drop(columns="true_effect_size")
     cov = result.metrics.pivot(index="method", columns="true_effect_size", values="coverage").reset_index()
     lines = [f"# {result.config.name}", "", NOTICE, "",
-             f"{len(result.config.pairs)} exposure pair(s), {n_nc} negative controls, {n_pc} positive controls "
+             f"{len(result.config.pairs)} exposure pair(s), {n_nc} negative controls, {n_pc} positive controls"
+             + (f" over {truth['site'].nunique()} sites " if "site" in truth else " ") +
              f"(true effect sizes {', '.join(f'{s:g}' for s in result.config.effect_sizes)}).", ""]
     lines += [f"- {n}" for n in result.notes] + ([""] if result.notes else [])
     lines += ["## Metrics over all controls", "", _md_table(overall), "## Coverage by true effect size", "",

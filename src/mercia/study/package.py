@@ -267,7 +267,7 @@ class StudyPackage:
         defs: dict[str, CohortDefinition] = {}
         for key, ref in spec.cohorts.items():
             try:
-                defs[key] = _resolve(ref, base)
+                defs[key] = resolve_cohort(ref, base)
             except MerciaError as e:
                 raise StudyError(f"{source}: cohort {key!r}: {e}") from None
         return cls(spec, defs)
@@ -341,7 +341,9 @@ def policy_from_name(name: str) -> DisclosurePolicy:
         ) from None
 
 
-def _resolve(ref: CohortRef, base: Path | None) -> CohortDefinition:
+def resolve_cohort(ref: CohortRef, base: Path | None) -> CohortDefinition:
+    """The cohort definition a package's (or benchmark configuration's) `CohortRef` names: its embedded
+    `definition:` (cohort language, or ATLAS JSON with `expression`) or its `file:`, relative to `base`."""
     from mercia.cohorts import dsl
     from mercia.cohorts.loader import load_definition
 

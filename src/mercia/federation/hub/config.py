@@ -67,9 +67,9 @@ def load_hub_config(path: str | Path) -> HubConfig:
                        for k, v in data["tls"].items()}
     portal = data.get("portal")
     if isinstance(portal, dict) and isinstance(portal.get("vocabulary"), str):
-        v = portal["vocabulary"]
-        if "://" not in v and ":" not in v[:6] and not Path(v).is_absolute():
-            data["portal"] = {**portal, "vocabulary": str(base / v)}
+        from mercia.cdm.engines import resolve_target
+
+        data["portal"] = {**portal, "vocabulary": resolve_target(portal["vocabulary"], base)}
     return validate_config(HubConfig, data, p, "hub config")
 
 

@@ -83,6 +83,10 @@ def synth(
     out: Annotated[Path, typer.Option(help="Folder to write the site databases into.")] = Path("synth"),
     faults: Annotated[str | None, typer.Option(help="Data-quality faults to plant, as name=rate,... (rate: the "
                                                "fraction of candidate rows), written into truth.json.")] = None,
+    acute_rate_multiplier: Annotated[float, typer.Option(help="Multiplies every acute-event hazard (hazard ratios "
+                                                         "unchanged): more events from fewer persons; > 0, at most 100.")] = 1.0,
+    negative_controls: Annotated[int, typer.Option(help="Negative-control outcomes to add (0-103): acute conditions "
+                                                   "no drug affects, listed in truth.json.")] = 0,
 ) -> None:
     """Write a synthetic UK population as one OMOP CDM (DuckDB) per site."""
     from mercia.synth import generate_federation
@@ -91,7 +95,8 @@ def synth(
     planted = parse_faults(faults)
     with progress_bar() as progress:
         paths = generate_federation(out, persons=persons, sites=sites, seed=seed, progress=progress,
-                                    faults=planted)
+                                    faults=planted, acute_rate_multiplier=acute_rate_multiplier,
+                                    negative_control_outcomes=negative_controls)
     for p in paths:
         console.print(f"wrote {p}")
 

@@ -84,7 +84,7 @@ def test_negative_control_rows_are_inside_observation_and_before_death(pair):
 
 
 def test_truth_lists_the_negative_controls_per_exposure_pair(pair):
-    off, on, t_off, t_on = pair
+    _, on, t_off, t_on = pair
     assert "negative_control_outcomes" not in t_off
     nc = json.loads(json.dumps(t_on))["negative_control_outcomes"]
     assert [o["concept_id"] for o in nc["outcomes"]] == [c for c, _ in NC_CONCEPTS[:20]]

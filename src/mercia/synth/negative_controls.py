@@ -175,7 +175,7 @@ def simulate_negative_controls(chunk: Any, n_outcomes: int, rng: np.random.Gener
                                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Events (person, day, outcome index) of a simulated chunk (`population.Chunk` after `acute()`,
     so periods are already cut at deaths from acute events). Uses only `rng` and reads the chunk."""
-    from mercia.synth.population import JAN1, YEAR, Y0, year_of
+    from mercia.synth.population import JAN1, Y0, YEAR, year_of
 
     prm = nc_parameters(n_outcomes)
     sp, ss, se = chunk.seg_p, chunk.seg_s, chunk.seg_e

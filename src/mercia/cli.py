@@ -1430,12 +1430,12 @@ app.add_typer(evaluate_app, name="evaluate")
 @evaluate_app.command("seeds")
 @user_errors
 def evaluate_seeds(
-    out: Annotated[Path, typer.Option(help="New or empty folder for the tables and the plot.")],
+    out: Annotated[Path, typer.Option(help="New or empty folder for the tables and the plot.")] = Path("seeds"),
     seeds: Annotated[int, typer.Option(min=1, max=10_000, help="Seeds: one synthetic site each.")] = 20,
     first_seed: Annotated[int, typer.Option(min=0, help="The first seed; the others follow it.")] = 1,
-    persons: Annotated[int, typer.Option(min=500, max=10_000_000, help="Persons per site.")] = 100_000,
+    persons: Annotated[int, typer.Option(min=500, max=10_000_000, help="Persons per site.")] = 200_000,
     acute_rate_multiplier: Annotated[float, typer.Option(help="Multiplies every acute hazard (> 0, at most 100): "
-                                                         "events enough from fewer persons.")] = 20.0,
+                                                         "events enough from fewer persons.")] = 50.0,
     profiles: Annotated[str, typer.Option(help="Site profiles (case-mixes), comma-separated, taken in turn "
                                           "by seed.")] = "riverside",
     effects: Annotated[str, typer.Option(help="Planted effects, comma-separated.")] = "nsaid_gi_bleeding,sglt2_hf_admission",

@@ -82,8 +82,8 @@ class SeedsSettings(BaseModel):
 
     seeds: int = Field(20, ge=1, le=10_000, description="number of seeds (one synthetic site each)")
     first_seed: int = Field(1, ge=0, le=2**32 - 1, description="seeds are first_seed, first_seed + 1, ...")
-    persons: int = Field(100_000, ge=500, le=10_000_000, description="persons per site")
-    acute_rate_multiplier: float = Field(20.0, gt=0, le=100, description="SiteProfile.acute_rate_multiplier")
+    persons: int = Field(200_000, ge=500, le=10_000_000, description="persons per site")
+    acute_rate_multiplier: float = Field(50.0, gt=0, le=100, description="SiteProfile.acute_rate_multiplier")
     profiles: tuple[str, ...] = Field(("riverside",), min_length=1,
                                       description="site profiles (case-mixes), taken in turn by seed")
     effects: tuple[str, ...] = Field(tuple(STUDIES), min_length=1, description="planted effects to estimate")

@@ -83,6 +83,10 @@ def synth(
     out: Annotated[Path, typer.Option(help="Folder to write the site databases into.")] = Path("synth"),
     faults: Annotated[str | None, typer.Option(help="Data-quality faults to plant, as name=rate,... (rate: the "
                                                "fraction of candidate rows), written into truth.json.")] = None,
+    acute_rate_multiplier: Annotated[float, typer.Option(help="Multiplies every acute-event hazard (hazard ratios "
+                                                         "unchanged): more events from fewer persons; > 0, at most 100.")] = 1.0,
+    negative_controls: Annotated[int, typer.Option(help="Negative-control outcomes to add (0-103): acute conditions "
+                                                   "no drug affects, listed in truth.json.")] = 0,
 ) -> None:
     """Write a synthetic UK population as one OMOP CDM (DuckDB) per site."""
     from mercia.synth import generate_federation
@@ -91,7 +95,8 @@ def synth(
     planted = parse_faults(faults)
     with progress_bar() as progress:
         paths = generate_federation(out, persons=persons, sites=sites, seed=seed, progress=progress,
-                                    faults=planted)
+                                    faults=planted, acute_rate_multiplier=acute_rate_multiplier,
+                                    negative_control_outcomes=negative_controls)
     for p in paths:
         console.print(f"wrote {p}")
 
@@ -522,7 +527,7 @@ def study_run(
 
 
 # ---- evaluate (methods benchmark) ------------------------------------------------------------
-evaluate_app = typer.Typer(help="Benchmark the estimators on negative and injected positive controls.",
+evaluate_app = typer.Typer(help="Evaluate the estimators: negative and injected positive controls, planted effects across seeds.",
                            no_args_is_help=True)
 app.add_typer(evaluate_app, name="evaluate")
 
@@ -1520,6 +1525,56 @@ def dq_dashboard(
     from mercia.report.dq import write_dashboard
 
     console.print(f"wrote {write_dashboard(folder, out, profile)}", highlight=False, soft_wrap=True)
+
+
+# ---- evaluate (methods benchmark: many seeds) ---------------------------------------------------
+
+
+@evaluate_app.command("seeds")
+@user_errors
+def evaluate_seeds(
+    out: Annotated[Path, typer.Option(help="New or empty folder for the tables and the plot.")] = Path("seeds"),
+    seeds: Annotated[int, typer.Option(min=1, max=10_000, help="Seeds: one synthetic site each.")] = 20,
+    first_seed: Annotated[int, typer.Option(min=0, help="The first seed; the others follow it.")] = 1,
+    persons: Annotated[int, typer.Option(min=500, max=10_000_000, help="Persons per site.")] = 200_000,
+    acute_rate_multiplier: Annotated[float, typer.Option(help="Multiplies every acute hazard (> 0, at most 100): "
+                                                         "events enough from fewer persons.")] = 50.0,
+    profiles: Annotated[str, typer.Option(help="Site profiles (case-mixes), comma-separated, taken in turn "
+                                          "by seed.")] = "riverside",
+    effects: Annotated[str, typer.Option(help="Planted effects, comma-separated.")] = "nsaid_gi_bleeding,sglt2_hf_admission",
+    policy: Annotated[str, typer.Option(help="Disclosure policy the estimates are released under.")] = "opensafely",
+) -> None:
+    """Regenerate synthetic sites across seeds, estimate their planted effects (crude and PS-matched Cox),
+    and report coverage and bias per estimator (mercia.evaluation.seeds)."""
+    import time
+
+    from mercia.evaluation import seeds as ev
+
+    settings = ev.seeds_settings(seeds=seeds, first_seed=first_seed, persons=persons,
+                                 acute_rate_multiplier=acute_rate_multiplier,
+                                 profiles=tuple(x.strip() for x in profiles.split(",") if x.strip()),
+                                 effects=tuple(x.strip() for x in effects.split(",") if x.strip()), policy=policy)
+    ev.check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "seeds_estimates.partial.csv"  # the seeds done so far, while the run goes on
+    t0 = time.perf_counter()
+    with progress_bar() as progress:
+        est = ev.run_seeds(settings, progress=progress, on_seed=lambda done: done.to_csv(partial, index=False))
+    partial.unlink(missing_ok=True)
+    summary = ev.summarise(est)
+    ev.write_outputs(est, summary, out, settings, time.perf_counter() - t0)
+    table = Table("effect", "estimator", "estimable", "coverage", "mean bias (log HR)", "MC SE", "CI width (log)",
+                  "excl. 1")
+
+    def f(v: float, d: int = 3) -> str:
+        return "-" if v != v else f"{v:.{d}f}"  # NaN (nothing estimable) prints as -
+
+    for r in summary.itertuples():
+        table.add_row(str(r.effect), str(r.estimator), f"{r.estimable}/{r.seeds}", f(r.coverage, 2),
+                      f(r.mean_bias_log_hr), f(r.bias_mc_se), f(r.mean_ci_width_log, 2), f(r.share_excluding_1, 2))
+    console.print(table)
+    console.print(f"wrote {out}/seeds_estimates.csv, seeds_summary.csv (and .parquet), seeds.png",
+                  highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console entry point

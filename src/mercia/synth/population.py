@@ -133,9 +133,11 @@ class ChunkResult:
 class Chunk:
     """One chunk of ``n`` persons. Call ``run()``; read ``result``."""
 
-    def __init__(self, n: int, rng: np.random.Generator, profile: SiteProfile) -> None:
+    def __init__(self, n: int, rng: np.random.Generator, profile: SiteProfile,
+                 nc_rng: np.random.Generator | None = None) -> None:
         self.n = n
         self.rng = rng
+        self.nc_rng = nc_rng  # negative-control outcomes' own stream (mercia.synth.negative_controls)
         self.profile = profile
         self.req = Requests()
         self.stats: dict[str, float] = {}
@@ -641,6 +643,7 @@ class Chunk:
         courses, rows = self.expand(*self.episodes)
         self.courses = courses
         self.acute()
+        nc = self.negative_controls()
         self.amox: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.background()
 
@@ -697,7 +700,27 @@ class Chunk:
             "req": np.concatenate([rows_q, aq]),
         }
         meas = self.measurements()
-        return self.finish(cond, drug, meas)
+        res = self.finish(cond, drug, meas)
+        if nc is not None:
+            res.tables["negative_control_condition"] = nc
+        return res
+
+    def negative_controls(self) -> dict[str, np.ndarray] | None:
+        """Negative-control outcome events, from their own random stream (None when off). Drawn after
+        acute() (deaths known), before anything else reads the chunk's stream, and touching nothing of
+        the chunk: the other tables are those of the same seed without them."""
+        n_nc = self.profile.negative_control_outcomes
+        if n_nc <= 0:
+            return None
+        if self.nc_rng is None:
+            raise ValueError("negative-control outcomes need their own random stream (nc_rng)")
+        from mercia.synth.negative_controls import NC_CONCEPTS, simulate_negative_controls
+
+        p, d, k = simulate_negative_controls(self, n_nc, self.nc_rng)
+        counts = np.bincount(k, minlength=n_nc)
+        for i in range(n_nc):
+            self.stats[f"negative_control.{NC_CONCEPTS[i][0]}.events"] = float(counts[i])
+        return {"p": p, "day": d, "code": k}
 
     def finish(self, cond, drug, meas) -> ChunkResult:
         """Drop what fell after a death, dedupe visits, and lay out the tables (local ids).
@@ -799,5 +822,6 @@ def _in_intervals(ep, ed, ip, is_, ie) -> np.ndarray:
     return np.where(hit, o[jj], -1)
 
 
-def simulate_chunk(n: int, rng: np.random.Generator, profile: SiteProfile) -> ChunkResult:
-    return Chunk(n, rng, profile).run()
+def simulate_chunk(n: int, rng: np.random.Generator, profile: SiteProfile,
+                   nc_rng: np.random.Generator | None = None) -> ChunkResult:
+    return Chunk(n, rng, profile, nc_rng).run()

@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mercia.errors import ConfigError
+from mercia.synth.negative_controls import MAX_NEGATIVE_CONTROLS
 
 # ONS mid-2021 estimates for England, share of the population in 5-year bands 0-4 ... 85-89, 90+
 # (rounded; the shape, not the decimals, is what matters here).
@@ -51,6 +52,9 @@ class SiteProfile(BaseModel):
     # admission). 1.0 is realistic; tests raise it to get events from few persons. Hazard *ratios* do
     # not change.
     acute_rate_multiplier: float = Field(1.0, gt=0.0, le=100.0)
+    # Synthetic negative-control outcomes (mercia.synth.negative_controls): 0 (off) or the first N of
+    # its concept table, each an acute condition no exposure affects. Off, the data are unchanged.
+    negative_control_outcomes: int = Field(0, ge=0, le=MAX_NEGATIVE_CONTROLS)
 
     @field_validator("race_mix", "deprivation_mix")
     @classmethod
@@ -116,6 +120,18 @@ DEFAULT_SITES: list[SiteProfile] = [
         description="Suburban practice close to the England average.",
     ),
 ]
+
+
+def with_settings(profile: SiteProfile, **settings: object) -> SiteProfile:
+    """`profile` with some fields changed, validated (a bad value is a ConfigError naming the field)."""
+    from pydantic import ValidationError
+
+    try:
+        return SiteProfile.model_validate({**profile.model_dump(), **settings})
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"{field}: {err['msg']} (got {err.get('input')!r})") from None
 
 
 def federation_profiles(sites: int) -> list[SiteProfile]:

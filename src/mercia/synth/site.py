@@ -18,9 +18,10 @@ from mercia.errors import ConfigError, MerciaError
 from mercia.synth.concepts import concept_tables
 from mercia.synth.eras import condition_eras, drug_eras
 from mercia.synth.faults import FaultInjector
+from mercia.synth.negative_controls import NC_CONCEPTS, NC_ID_BASE
 from mercia.synth.nhs import MAX_PERSON_ID, nhs_numbers
 from mercia.synth.population import ChunkResult, simulate_chunk
-from mercia.synth.profiles import SiteProfile, federation_profiles
+from mercia.synth.profiles import SiteProfile, federation_profiles, with_settings
 from mercia.synth.truth import build_truth
 
 # Persons per chunk. Part of the data's definition: chunk i draws from its own seeded stream, so the
@@ -69,6 +70,9 @@ class _Ids:
         self.measurement = 1
         self.drug_era = 1
         self.condition_era = 1
+        # Negative-control records (opt-in) are numbered apart, so they never shift another row's id.
+        self.nc_condition = NC_ID_BASE
+        self.nc_condition_era = NC_ID_BASE
 
 
 def _arrow_tables(res: ChunkResult, ids: _Ids) -> dict[str, pa.Table]:
@@ -198,6 +202,8 @@ def _arrow_tables(res: ChunkResult, ids: _Ids) -> dict[str, pa.Table]:
         "condition_occurrence_count": _i32(er["count"]),
     })
     ids.condition_era += k
+    if "negative_control_condition" in t:
+        _negative_control_rows(t["negative_control_condition"], out, ids, pid0)
 
     ids.person += n
     ids.observation_period += len(o["p"])
@@ -208,9 +214,53 @@ def _arrow_tables(res: ChunkResult, ids: _Ids) -> dict[str, pa.Table]:
     return out
 
 
+def _negative_control_rows(nc: dict[str, np.ndarray], out: dict[str, pa.Table], ids: _Ids, pid0: int) -> None:
+    """Append a chunk's negative-control records (and their eras) to its condition tables, with ids
+    of their own and no visit (mercia.synth.negative_controls)."""
+    ct = concept_tables()
+    concept = np.array([c for c, _ in NC_CONCEPTS], dtype=np.int64)[nc["code"]]
+    k = len(nc["p"])
+    rows = pa.table({
+        "condition_occurrence_id": _i64(np.arange(ids.nc_condition, ids.nc_condition + k)),
+        "person_id": _i64(nc["p"] + pid0),
+        "condition_concept_id": _i64(concept),
+        "condition_start_date": _date(nc["day"]),
+        "condition_type_concept_id": _i64(np.full(k, ct.type_ehr)),
+        "visit_occurrence_id": pa.nulls(k, pa.int64()),
+        "condition_source_value": pa.nulls(k, pa.string()),
+        "condition_source_concept_id": _i64(np.zeros(k)),
+    })
+    ids.nc_condition += k
+    base = out["condition_occurrence"]
+    out["condition_occurrence"] = pa.concat_tables([base, rows.cast(base.schema)])
+    er = condition_eras(nc["p"], concept, nc["day"])
+    k = len(er["person"])
+    eras = pa.table({
+        "condition_era_id": _i64(np.arange(ids.nc_condition_era, ids.nc_condition_era + k)),
+        "person_id": _i64(er["person"] + pid0),
+        "condition_concept_id": _i64(er["concept"]),
+        "condition_era_start_date": _date(er["start"]),
+        "condition_era_end_date": _date(er["end"]),
+        "condition_occurrence_count": _i32(er["count"]),
+    })
+    ids.nc_condition_era += k
+    out["condition_era"] = pa.concat_tables([out["condition_era"], eras])
+
+
 def chunk_rng(seed: int, profile: SiteProfile, chunk: int) -> np.random.Generator:
     site_key = zlib.crc32(profile.name.encode())
     return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, site_key, chunk]))
+
+
+# The spawn key of the negative-control outcomes' streams: a stream apart from chunk_rng's, so turning
+# them on leaves every other draw as it was.
+NC_STREAM = 0x4E43
+
+
+def nc_rng(seed: int, profile: SiteProfile, chunk: int) -> np.random.Generator:
+    site_key = zlib.crc32(profile.name.encode())
+    return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, site_key, chunk],
+                                                        spawn_key=(NC_STREAM,)))
 
 
 def generate_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, first_person_id: int = 1,
@@ -248,6 +298,8 @@ def _write_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, firs
     if injector is not None:
         injector.prepare(cdm)
     _load_vocabulary(cdm)
+    if profile.negative_control_outcomes:
+        _add_negative_control_concepts(cdm, profile.negative_control_outcomes)
     # The site is one GP practice: every person is registered there.
     cdm.insert_arrow("care_site", pa.table({
         "care_site_id": pa.array([CARE_SITE_ID], pa.int64()),
@@ -284,7 +336,8 @@ def _write_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, firs
             progress(step, 0, persons)
         for i in range(nchunks):
             n = min(CHUNK, persons - i * CHUNK)
-            res = simulate_chunk(n, chunk_rng(seed, profile, i), profile)
+            res = simulate_chunk(n, chunk_rng(seed, profile, i), profile,
+                                 nc_rng(seed, profile, i) if profile.negative_control_outcomes else None)
             tables = _arrow_tables(res, ids)
             if injector is not None:
                 tables = injector.apply(tables, i)
@@ -305,9 +358,47 @@ def _write_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, firs
         raise errors[0]
     truth = build_truth(profile=profile, seed=seed, persons=persons, first_person_id=first_person_id,
                         stats=stats, rows=rows)
+    if profile.negative_control_outcomes:
+        from mercia.synth.negative_controls import nc_truth
+
+        truth["negative_control_outcomes"] = nc_truth(profile.negative_control_outcomes, stats,
+                                                      truth["planted_effects"])
     if injector is not None:
         truth["planted_faults"] = injector.truth()
     return truth
+
+
+def _add_negative_control_concepts(cdm: Any, n: int) -> None:
+    """The negative-control concepts a vocabulary lacks (the bundled subset holds some), with their
+    self-row in concept_ancestor, so concept sets (with descendants or not) find them. Their
+    concept_code (the SNOMED code) is not held here and left empty."""
+    from mercia.vocab.concept_sets import unknown_concept_ids
+
+    names = dict(NC_CONCEPTS[:n])
+    missing = unknown_concept_ids(cdm, list(names))
+    if not missing:
+        return
+    k = len(missing)
+    valid = (np.datetime64("1970-01-01", "D"), np.datetime64("2099-12-31", "D"))
+    cdm.insert_arrow("concept", pa.table({
+        "concept_id": pa.array(missing, pa.int64()),
+        "concept_name": pa.array([names[c] for c in missing]),
+        "domain_id": pa.array(["Condition"] * k),
+        "vocabulary_id": pa.array(["SNOMED"] * k),
+        "concept_class_id": pa.array(["Clinical Finding"] * k),
+        "standard_concept": pa.array(["S"] * k),
+        "concept_code": pa.array([""] * k),
+        "valid_start_date": pa.array(np.full(k, valid[0])),
+        "valid_end_date": pa.array(np.full(k, valid[1])),
+        "invalid_reason": pa.nulls(k, pa.string()),
+    }))
+    if cdm.table_exists("concept_ancestor"):
+        cdm.insert_arrow("concept_ancestor", pa.table({
+            "ancestor_concept_id": pa.array(missing, pa.int64()),
+            "descendant_concept_id": pa.array(missing, pa.int64()),
+            "min_levels_of_separation": pa.array([0] * k, pa.int32()),
+            "max_levels_of_separation": pa.array([0] * k, pa.int32()),
+        }))
 
 
 def _load_vocabulary(cdm: Any) -> None:
@@ -320,17 +411,21 @@ def _load_vocabulary(cdm: Any) -> None:
 
 
 def generate_federation(out_dir: str | Path, *, persons: int, sites: int, seed: int,
-                        progress: Progress | None = None, faults: dict[str, float] | None = None) -> list[Path]:
+                        progress: Progress | None = None, faults: dict[str, float] | None = None,
+                        acute_rate_multiplier: float = 1.0, negative_control_outcomes: int = 0) -> list[Path]:
     """Write ``sites`` synthetic sites as ``out_dir/<site>.duckdb`` with ``out_dir/<site>.truth.json``.
 
     Persons are split as evenly as possible; person_ids are unique across the federation. Existing
-    files are never overwritten. Returns the database paths.
+    files are never overwritten. Returns the database paths. ``acute_rate_multiplier`` and
+    ``negative_control_outcomes`` set those SiteProfile fields at every site.
     """
     from mercia.cdm import Cdm
 
     if persons < sites:
         raise ConfigError(f"need at least one person per site: {persons} persons for {sites} sites")
-    profiles = federation_profiles(sites)
+    profiles = [with_settings(p, acute_rate_multiplier=acute_rate_multiplier,
+                              negative_control_outcomes=negative_control_outcomes)
+                for p in federation_profiles(sites)]
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a folder")

@@ -273,6 +273,7 @@ def test_paste_a_definition_and_see_the_counts_in_chromium(fed: Federation, chro
     try:
         page = ctx.new_page()
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
         sign_in(page, "rosa2")
         page.goto("/portal/cohorts")
         page.screenshot(path=str(artifacts_dir / "portal-cohorts.png"), full_page=True)

@@ -45,7 +45,8 @@ function askLive(form) {
   lastAsked.set(form, key);
   const result = document.getElementById("cohort-result");
   if (result) result.setAttribute("aria-busy", "true");
-  fetch(form.action, { method: "POST", body, credentials: "same-origin" })
+  // form.action would be the buttons named "action": read the attribute
+  fetch(form.getAttribute("action"), { method: "POST", body, credentials: "same-origin" })
     .then((r) => r.text())
     .then((html) => {
       const fresh = new DOMParser().parseFromString(html, "text/html");

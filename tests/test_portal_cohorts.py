@@ -301,3 +301,18 @@ def test_paste_a_definition_and_see_the_counts_in_chromium(fed: Federation, chro
     assert errors == []
     check_against_nodes(fed, first, load_definition(EXAMPLES / "type2_diabetes_metformin.yaml").to_dict())
     check_against_nodes(fed, live, dsl.from_yaml(edited).to_dict())
+
+
+# ---- the loader's text entry point -------------------------------------------------------------------------
+def test_definition_from_text_reads_as_the_files_are_read() -> None:
+    from mercia.cohorts.loader import definition_from_text
+    from mercia.errors import CohortDefinitionError
+
+    assert definition_from_text(T2D_YAML, "yaml") == load_definition(EXAMPLES / "type2_diabetes_metformin.yaml")
+    assert definition_from_text(ATLAS_JSON, "json", name="gi_bleed_atlas") == load_definition(
+        EXAMPLES / "gi_bleed_atlas.json")
+    model_yaml = load_definition(EXAMPLES / "new_nsaid_users.yaml").to_yaml()  # the model's own YAML
+    assert definition_from_text(model_yaml, "yaml") == load_definition(EXAMPLES / "new_nsaid_users.yaml")
+    for text, form, problem in (("x: 1", "toml", "form: 'toml' is not a form"), ("\n", "yaml", "is empty")):
+        with pytest.raises(CohortDefinitionError, match=problem):
+            definition_from_text(text, form)

@@ -147,9 +147,11 @@ def audit_events(hub: HubServer) -> list[dict[str, Any]]:
 
 
 # ---- routes x visitors -------------------------------------------------------------------------------
-GETS = ["/portal/", "/portal/concepts", "/portal/concepts?text=diabetes", f"/portal/concepts/{T2D}",
+GETS = ["/portal/", "/portal/concepts", "/portal/concepts?text=diabetes", f"/portal/concepts/{T2D}", "/portal/cohorts",
         "/portal/admin/users", "/portal/admin/users/rita", "/portal/admin/projects", "/portal/admin/tokens"]
 POSTS = [(f"/portal/concepts/{T2D}/counts", {"project": "proj", "descendants": "1"}),
+         ("/portal/cohorts", {"definition": "name: x\n", "action": "count", "project": "proj"}),
+         ("/portal/cohorts/build", {"b_entry_concepts": str(T2D), "action": "count", "project": "proj"}),
          ("/portal/admin/users", {"name": "newbie", "role": "researcher", "projects": "proj", "password": PASSWORD}),
          ("/portal/admin/users/rita", {"role": "researcher", "projects": "proj"}),
          ("/portal/admin/users/rita/password", {"password": PASSWORD}),

@@ -112,6 +112,17 @@ def definition_from_data(data: Any) -> CohortDefinition:
         raise CohortDefinitionError(f"definition: {e}") from None
 
 
+def definition_from_text(text: str, form: str, *, name: str = "cohort") -> CohortDefinition:
+    """A definition pasted or uploaded as text: `form` is "json" (ATLAS/Circe, or Mercia's JSON) or "yaml"
+    (the cohort language, or Mercia's model YAML), read exactly as a .json or .yaml file is; `name` names
+    a Circe export that carries none. Anything wrong is a CohortDefinitionError naming the element."""
+    if form not in ("json", "yaml"):
+        raise CohortDefinitionError(f"form: {form!r} is not a form of cohort definition; use json or yaml")
+    if not text.strip():
+        raise CohortDefinitionError("the definition is empty; paste a cohort (YAML or ATLAS JSON)")
+    return _from_json(text, Path(f"{name}.json")) if form == "json" else _from_yaml(text)
+
+
 def load_definition(path: str | Path) -> CohortDefinition:
     """The cohort definition in a .json (Circe or Mercia), .yaml/.yml or .py file."""
     p = Path(path)

@@ -5,6 +5,8 @@
     /portal/sign-out                POST
     /portal/concepts                search: text, domain, vocabulary, standard only     researcher, admin
     /portal/concepts/{id}           a concept; POST .../counts: each site's released persons count
+    /portal/cohorts                 paste/upload/build a definition; POST: checked, YAML, released counts
+                                    and attrition per site (cohort_pages.py)            researcher, admin
     /portal/admin/users             users: list, POST add                                admin
     /portal/admin/users/{name}      POST change role/projects/disabled; POST .../password: reset
     /portal/admin/projects          projects: list, POST add or change                   admin
@@ -12,7 +14,7 @@
 
 Every permission is the API's: a user acts as `Principal(name, role, projects)` and each page calls the
 checks and the `HubServices` methods the API's routes call (`check_role`, `require_project`,
-`require_grant`, `concept_counts`, `issue_token`, `save_project`), so a portal user may do exactly what
+`require_grant`, `concept_counts`, `feasibility`, `issue_token`, `save_project`), so a portal user may do exactly what
 an API token of that role and those projects may. The numbers shown are the nodes' released answers,
 as `POST /api/v1/concepts/count` returns them. Every action is in the hub's audit log.
 """
@@ -28,10 +30,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from mercia.errors import MerciaError
 from mercia.federation.auth import ALL_PROJECTS, HUB_ROLES, Principal, require_grant, require_project
 from mercia.portal.accounts import NAME, AccountError, LockedOut, SignInRefused, accounts_for, check_name
+from mercia.portal.cohort_pages import add_cohort_pages
 from mercia.portal.web import PortalWeb, one
 
 ANY_ROLE = HUB_ROLES
 NAV = [("Home", "/", ANY_ROLE), ("Concepts", "/concepts", ("researcher", "admin")),
+       ("Cohorts", "/cohorts", ("researcher", "admin")),
        ("Users", "/admin/users", ("admin",)), ("Projects", "/admin/projects", ("admin",)),
        ("API tokens", "/admin/tokens", ("admin",))]
 
@@ -161,6 +165,9 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
         descendants = one(fields, "descendants") == "1"
         answer = services.concept_counts(principal, concept_id, descendants, project)
         return concept_page(request, session, concept_id, counts=answer, project=project)
+
+    # ---- cohorts (cohort_pages.py) ----------------------------------------------------------------------
+    add_cohort_pages(app, web, services, my_projects)
 
     # ---- admin: users ------------------------------------------------------------------------------------
     def admin(request: Request) -> tuple[Any, Principal]:

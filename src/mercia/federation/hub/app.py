@@ -270,6 +270,21 @@ class HubServices:
                           persons=[[a["site"], a.get("persons")] for a in answer["sites"]])
         return answer
 
+    def feasibility(self, principal: Principal, definition: dict[str, Any], project: str,
+                    asked: list[str] | None = None) -> dict[str, Any]:
+        """Each asked site's released persons count and attrition of a cohort definition, and their sum,
+        for `principal` (the API's POST /feasibility and the portal's cohort page): the sites checked
+        against the project, the count-query guard, each node asked with the hub's attestation (so it
+        charges that researcher's privacy budget), and the question audited."""
+        sites = self.asked_sites(principal, project, asked)
+        self.guard.check(principal, count_query_key(definition))
+        # The researcher is the one this hub authenticated: the request names none (its model forbids it).
+        answer = feasibility_across(self.store, sites, definition, project, requested_by=principal.name,
+                                    signing_key=self.config.signing_key, timeout=self.config.node_timeout_seconds)
+        self.audit.append("feasibility.asked", principal.name, project=project, sites=sites,
+                          persons=answer["persons"])
+        return answer
+
     # ---- administration (the API's admin routes and the portal's admin pages) ---------------------
     def issue_token(self, principal: Principal, name: str, role: str, projects: list[str]) -> str:
         """Issue (or rotate) `name`'s API token for an admin `principal`, audited; the token is returned
@@ -474,14 +489,7 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
                     ) -> dict[str, Any]:
         """Released persons counts of a cohort definition at each site of the project, and their sum.
         Roles: researcher (in the project), admin; rate-limited with a lockout after repeats (429)."""
-        sites = asked_sites(principal, body.project, body.sites)
-        services.guard.check(principal, count_query_key(body.definition))
-        # The researcher is the one this hub authenticated: the request names none (its model forbids it).
-        answer = feasibility_across(store, sites, body.definition, body.project, requested_by=principal.name,
-                                    signing_key=config.signing_key, timeout=config.node_timeout_seconds)
-        services.audit.append("feasibility.asked", principal.name, project=body.project, sites=sites,
-                              persons=answer["persons"])
-        return answer
+        return services.feasibility(principal, body.definition, body.project, body.sites)
 
     @app.post(f"{API}/trials/feasibility", response_model=dict[str, Any], responses=ERRORS, tags=["feasibility"])
     def trial_feasibility(body: TrialFeasibilityQuery, principal: Annotated[Principal, role("researcher", "admin")]

@@ -20,3 +20,50 @@ function markScrollable() {
 }
 window.addEventListener("load", markScrollable);
 window.addEventListener("resize", markScrollable);
+// Cohorts page: a file chosen fills the definition box; with "Ask again as I edit" on, the form is sent
+// (action=count) a moment after the last change and the result replaces the one on the page. Only a
+// definition that changed is sent again (the hub refuses a repeated question after a few tries).
+for (const el of document.querySelectorAll(".file-field, .live-field")) el.hidden = false;
+document.addEventListener("change", (e) => {
+  const input = e.target;
+  if (!(input instanceof HTMLInputElement) || input.type !== "file" || !input.dataset.fills) return;
+  const file = input.files && input.files[0];
+  const target = document.getElementById(input.dataset.fills);
+  if (!file || !target) return;
+  file.text().then((text) => {
+    target.value = text;
+    target.dispatchEvent(new Event("input", { bubbles: true }));
+  });
+});
+const liveTimers = new WeakMap();
+const lastAsked = new WeakMap();
+function askLive(form) {
+  const body = new URLSearchParams(new FormData(form));
+  body.set("action", "count");
+  const key = body.toString();
+  if (lastAsked.get(form) === key) return;
+  lastAsked.set(form, key);
+  const result = document.getElementById("cohort-result");
+  if (result) result.setAttribute("aria-busy", "true");
+  // form.action would be the buttons named "action": read the attribute
+  fetch(form.getAttribute("action"), { method: "POST", body, credentials: "same-origin" })
+    .then((r) => r.text())
+    .then((html) => {
+      const fresh = new DOMParser().parseFromString(html, "text/html");
+      const next = fresh.getElementById("cohort-result");
+      const problem = fresh.querySelector("main .problem");
+      if (!result) return;
+      result.replaceChildren(...(next ? next.childNodes : []));
+      if (problem) result.prepend(problem);
+    })
+    .finally(() => { if (result) result.removeAttribute("aria-busy"); });
+}
+function onEdit(e) {
+  const form = e.target instanceof Element ? e.target.closest("form[data-live]") : null;
+  const live = form ? form.querySelector("input.live") : null;
+  if (!form || !live || !live.checked) return;
+  clearTimeout(liveTimers.get(form));
+  liveTimers.set(form, setTimeout(() => askLive(form), 1200));
+}
+document.addEventListener("input", onEdit);
+document.addEventListener("change", onEdit);

@@ -155,3 +155,17 @@ def test_demo_study_through_spark_connect_releases_the_duckdb_tables(connect_url
     want_ids = pd.read_parquet(site["parquet"] / "person.parquet", columns=["person_id"])
     assert sorted(persons["person_id"]) == sorted(want_ids["person_id"])
 
+
+
+def test_a_connect_target_opens_beside_a_local_session(spark: object, connect_url: str) -> None:
+    """A process running a local Spark session (a node, a notebook, this test run) opens an sc:// target
+    too, and its local session goes on working: pyspark's generic builder refuses a remote session there
+    (SESSION_ALREADY_EXIST) and, once it made one, marks the process Connect-only."""
+    with Cdm.open(connect_url, cdm_schema="beside", results_schema="beside_results") as cdm:
+        assert cdm.fetch_all("SELECT 40 + 2") == [(42,)]
+        assert type(cdm.engine.spark).__module__.startswith("pyspark.sql.connect")
+    assert spark.sql("SELECT 1").collect()[0][0] == 1  # type: ignore[attr-defined]
+    assert "SPARK_CONNECT_MODE_ENABLED" not in os.environ
+    from pyspark.sql import SparkSession
+
+    assert SparkSession.builder.getOrCreate() is spark  # still the local session

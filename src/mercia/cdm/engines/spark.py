@@ -100,14 +100,24 @@ class SparkEngine(Engine):
 
     @classmethod
     def connect(cls, url: str) -> SparkEngine:
-        """`sc://host:port`: a Spark Connect server (not executed in Mercia's CI)."""
-        SparkSession = _session_class(url)
+        """`sc://host:port`: a session of its own on a Spark Connect server (a cluster), closed with the engine.
+
+        Made by the Connect client's own builder: pyspark's generic builder refuses a remote session in a
+        process that runs a local one, and marks the whole process as Connect-only once it made one."""
+        _session_class(url)  # pyspark itself
         try:
-            session = SparkSession.builder.remote(url).getOrCreate()
+            from pyspark.sql.connect.session import SparkSession as ConnectSession
         except ImportError as e:
             raise ConfigError(f"CDM target {url!r}: Spark Connect needs pyspark's connect client "
                               f"(pip install 'pyspark[connect]'): {e}") from None
-        return cls(session, target=url)
+        try:
+            session = ConnectSession.builder.remote(url).create()
+        except ImportError as e:  # grpcio, pandas, zstandard, ... checked when the client starts
+            raise ConfigError(f"CDM target {url!r}: Spark Connect needs pyspark's connect client "
+                              f"(pip install 'pyspark[connect]'): {e}") from None
+        except ValueError as e:  # a malformed sc:// URL
+            raise ConfigError(f"CDM target {url!r}: not a Spark Connect URL (sc://host:port): {e}") from None
+        return cls(session, target=url, stop_on_close=True)
 
     def prepare_schemas(self, cdm_schema: str, vocab_schema: str, results_schema: str) -> None:
         """Over a folder: the CDM (and vocabulary) schema is a database located at the folder, each of its

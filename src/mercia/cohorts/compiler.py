@@ -1135,9 +1135,15 @@ class _Compiler:
             end_expr: exp.Expression = date_add(col("de", "drug_exposure_start_date"), s.days_supply_override)
         else:
             end_expr = _coalesce_end("drug_exposure_end_date", "drug_exposure_start_date", True)("de")
+        # The exposures whose drug or source concept is in the codeset, each once. Circe's UNION ALL of the
+        # two matches has an exposure matching both twice; an exact copy of a row never changes the eras
+        # an event can fall in (it joins its twin's era, or, when its end is before its start, makes an
+        # era of its own that ends before it starts: no start date lies in it, GapDays being >= 0), and on
+        # a site whose source concepts are the standard ones it doubles the rows the era's two window
+        # passes sort (new metformin users at 10M persons: 5.8M rows, two thirds of its time).
         parts = []
         for concept_col in ("drug_concept_id", "drug_source_concept_id"):
-            parts.append(
+            part = (
                 select(col("de", "person_id"), col("de", "drug_exposure_start_date").as_("start_date", copy=False),
                        end_expr.copy().as_("end_date", copy=False))
                 .from_(self.t("drug_exposure", "de"), copy=False)
@@ -1145,6 +1151,12 @@ class _Compiler:
                 .join(self.ref("codesets", "cs"), on=and_(eq(col("cs", "codeset_id"), lit(s.drug_codeset_id)),
                                                           eq(col("de", concept_col), col("cs", "concept_id"))), copy=False)
             )
+            if parts:  # matched by its source concept only: not by its drug concept (the first part)
+                part = (part.join(self.ref("codesets", "cx"), join_type="left", on=and_(
+                            eq(col("cx", "codeset_id"), lit(s.drug_codeset_id)),
+                            eq(col("de", "drug_concept_id"), col("cx", "concept_id"))), copy=False)
+                        .where(exp.Is(this=col("cx", "concept_id"), expression=exp.Null()), copy=False))
+            parts.append(part)
         target = self.cte("era_drug_target", select("*").from_(
             exp.union(parts[0], parts[1], distinct=False, copy=False).subquery("dt", copy=False), copy=False))
         shifted = self.cte("era_shifted", select(

@@ -278,6 +278,10 @@ WITH codesets AS (
       ON de.person_id = p.person_id
     JOIN codesets AS cs
       ON cs.codeset_id = 0 AND de.drug_source_concept_id = cs.concept_id
+    LEFT JOIN codesets AS cx
+      ON cx.codeset_id = 0 AND de.drug_concept_id = cx.concept_id
+    WHERE
+      cx.concept_id IS NULL
   ) AS dt
 ), era_shifted_8 AS (
   SELECT

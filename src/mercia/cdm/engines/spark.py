@@ -181,8 +181,12 @@ class SparkEngine(Engine):
                 continue  # a table there that was not registered (not a CDM one of this name): leave it
             target = folder / "part-00000-empty.parquet" if folder.is_dir() else entry
             tmp = target.with_name(f".{target.name}.partial")
-            pq.write_table(schema.empty_table(), tmp)
-            tmp.rename(target)
+            try:
+                pq.write_table(schema.empty_table(), tmp)
+                tmp.rename(target)
+            except OSError:  # a folder this process may not write: the table stays missing, as before
+                tmp.unlink(missing_ok=True)
+                continue
             self._register_table(db, name, entry)
 
     def _location(self, schema: str) -> Path | None:

@@ -103,7 +103,6 @@ def test_demo_study_on_spark_releases_the_duckdb_tables(spark: object, site: dic
     _drop_databases(spark, "cdm", "results")
     with Cdm.open(f"spark:{folder}") as cdm:
         assert cdm.dialect == "spark" and cdm.row_count("person") == PERSONS
-        cdm.create_tables()  # the tables the site has empty
         run = run_study(example_package(), cdm, tmp_path / "out", site_policy="sacro", site="site")
     assert {a["status"] for a in run.manifest["analyses"]} == {"done"}
     assert_same_tables(released(tmp_path / "out"), on_duckdb)

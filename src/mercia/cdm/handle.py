@@ -93,7 +93,7 @@ class Cdm:
         except BaseException:
             engine.close()
             raise
-        return cls(
+        cdm = cls(
             engine,
             cdm_schema=cdm_s,
             vocab_schema=vocab_schema,
@@ -101,6 +101,14 @@ class Cdm:
             version=version,
             target=engine.target,
         )
+        try:
+            # A CDM's empty tables exist on every engine (Spark over a folder keeps no file for them).
+            engine.add_empty_tables({(cdm.schema_of(name), name): t.arrow_schema()
+                                     for name, t in cdm.spec.tables.items() if t.schema_role != "RESULTS"})
+        except BaseException:
+            engine.close()
+            raise
+        return cdm
 
     @classmethod
     def from_spark(

@@ -100,6 +100,11 @@ class Engine:
         """Make the schemas a handle will use known to the database before it is used (Spark over a folder
         registers the folder's Parquet tables); nothing by default."""
 
+    def add_empty_tables(self, tables: dict[tuple[str, str], pa.Schema]) -> None:
+        """Make known, as empty tables of these columns, the (schema, table) pairs a CDM's specification
+        has but the database does not (Spark over a folder, whose empty tables leave no Parquet file);
+        nothing by default: a database keeps its empty tables."""
+
     def another_connection(self) -> Engine:
         """A second connection to the same database, for work on another thread: its own transaction and
         temporary tables; it sees what this one has committed."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from sqlglot import exp
 
 from mercia.cdm.engines.base import Engine
@@ -144,12 +145,54 @@ class SparkEngine(Engine):
             if entry.is_file() and entry.suffix != ".parquet":
                 continue
             if not self.spark.catalog.tableExists(f"{schema}.{name.lower()}"):
-                table = exp.Table(this=exp.to_identifier(name.lower()), db=exp.to_identifier(schema)).sql(dialect="spark")
-                path = exp.Literal.string(str(entry)).sql(dialect="spark")
-                self._execute(f"CREATE TABLE {table} USING PARQUET LOCATION {path}", None)
-                if any(c.isPartition for c in self.spark.catalog.listColumns(f"{schema}.{name.lower()}")):
-                    # The catalogue keeps a partitioned table's partitions: find those in its folder.
-                    self._execute(f"ALTER TABLE {table} RECOVER PARTITIONS", None)
+                self._register_table(schema, name.lower(), entry)
+
+    def _register_table(self, schema: str, name: str, entry: Path) -> None:
+        table = exp.Table(this=exp.to_identifier(name), db=exp.to_identifier(schema)).sql(dialect="spark")
+        path = exp.Literal.string(str(entry)).sql(dialect="spark")
+        self._execute(f"CREATE TABLE {table} USING PARQUET LOCATION {path}", None)
+        if any(c.isPartition for c in self.spark.catalog.listColumns(f"{schema}.{name}")):
+            # The catalogue keeps a partitioned table's partitions: find those in its folder.
+            self._execute(f"ALTER TABLE {table} RECOVER PARTITIONS", None)
+
+    def add_empty_tables(self, tables: dict[tuple[str, str], pa.Schema]) -> None:
+        """Over a folder that holds a CDM: each table of the specification that the folder lacks, or holds
+        without Parquet files (an empty table written by `cdm load`, or left out by `cdm export`), is written
+        as a Parquet file of no rows with the specification's columns and types, and registered.
+
+        A file rather than a table known only to this session's catalogue: the folder then reads the same
+        in the next process and in other tools (DuckDB, pandas, another Spark), which cannot tell the
+        columns of a folder with no files. Tables of the results schema are left alone (they are made, and
+        partitioned, when first written). A folder with none of the tables (a new one, before a load) is left
+        empty, so that a load of another CDM version still finds it empty."""
+        if self.folder is None:
+            return
+        at_folder = {schema for schema, _ in tables if self._location(schema) == self.folder}
+        mine = {key: schema for key, schema in tables.items() if key[0] in at_folder}
+        missing = {key: schema for key, schema in mine.items()
+                   if not self.spark.catalog.tableExists(f"{key[0]}.{key[1].lower()}")}
+        if not missing or len(missing) == len(mine):
+            return
+        for (db, name), schema in missing.items():
+            name = name.lower()
+            folder = self.folder / name
+            entry = folder if folder.is_dir() else self.folder / f"{name}.parquet"
+            if entry.exists() and (entry.is_file() or any(entry.rglob("*.parquet"))):
+                continue  # a table there that was not registered (not a CDM one of this name): leave it
+            target = folder / "part-00000-empty.parquet" if folder.is_dir() else entry
+            tmp = target.with_name(f".{target.name}.partial")
+            try:
+                pq.write_table(schema.empty_table(), tmp)
+                tmp.rename(target)
+            except OSError:  # a folder this process may not write: the table stays missing, as before
+                tmp.unlink(missing_ok=True)
+                continue
+            self._register_table(db, name, entry)
+
+    def _location(self, schema: str) -> Path | None:
+        if not self.spark.catalog.databaseExists(schema):
+            return None
+        return Path(self.spark.catalog.getDatabase(schema).locationUri.removeprefix("file:")).resolve()
 
     def another_connection(self) -> SparkEngine:
         """The same session (Spark runs the queries of several threads of one session)."""

@@ -299,3 +299,46 @@ def test_condition_outcome_builds_a_cohort_of_every_record(randomised: Path, tmp
         want = _cohort(cdm, HIP)  # written from condition_occurrence directly by the fixture
     pd.testing.assert_frame_equal(got[["subject_id", "cohort_start_date"]], want[["subject_id", "cohort_start_date"]])
     assert ((got["cohort_end_date"] - got["cohort_start_date"]).dt.days <= 1).all()  # one day (cut at observation end)
+
+
+def test_predicted_counts_do_not_follow_the_entries_own_outcomes() -> None:
+    # An outcome no covariate predicts, and hundreds of covariates for some hundred events (the 1M site's
+    # negative controls): the added outcomes must fall on persons in proportion to their days at risk, not on
+    # those who already have the outcome (where a first-outcome Cox model cannot see them). Fitted and
+    # predicted on the same entries, the model put 5 times their share of the days on them.
+    from mercia.evaluation.positive_controls import _predicted_counts
+
+    rng = np.random.default_rng(3)
+    n, k = 1500, 400
+    import scipy.sparse as sp
+
+    X = sp.random(n, k, density=0.05, format="csr", random_state=4, data_rvs=lambda m: np.ones(m))
+    days = rng.integers(30, 366, n).astype(float)
+    y = rng.poisson(0.0004 * days).astype(float)
+    mu, n_cov = _predicted_counts(X, y, days, InjectionSettings(), np.random.default_rng(5))
+    assert n_cov > 300
+    assert mu.sum() == pytest.approx(y.sum())
+    case = y > 0
+    share_of_days = days[case].sum() / days.sum()
+    share_of_predicted = mu[case].sum() / mu.sum()
+    assert share_of_predicted < 1.5 * share_of_days, (share_of_predicted, share_of_days)
+    # With the prior cross-validated, nor on a few persons the noise of a weakly shrunk model singles out.
+    mu, _ = _predicted_counts(X, y, days, InjectionSettings(prior_variance=None), np.random.default_rng(5))
+    rate = mu / days
+    assert rate.std() / rate.mean() < 0.5
+
+
+def test_predicted_counts_still_follow_a_covariate_that_predicts_the_outcome() -> None:
+    from mercia.evaluation.positive_controls import _predicted_counts
+
+    rng = np.random.default_rng(6)
+    n = 3000
+    import scipy.sparse as sp
+
+    female = rng.random(n) < 0.5
+    X = sp.csr_matrix(female.astype(float).reshape(-1, 1))
+    days = rng.integers(30, 366, n).astype(float)
+    y = rng.poisson(np.where(female, 0.0005, 0.0001) * days).astype(float)
+    mu, _ = _predicted_counts(X, y, days, InjectionSettings(), np.random.default_rng(7))
+    ratio = (mu[female].sum() / days[female].sum()) / (mu[~female].sum() / days[~female].sum())
+    assert 3 < ratio < 8

@@ -745,7 +745,7 @@ def node_quality_run(
         when = f"the stored summary is from {a['last_run_date']}" if a["last_run_date"] else "no summary stored yet"
         say = "started a data-quality run" if a["started"] else "a data-quality run is already going on"
         console.print(f"{say} at site {a['site']} ({when}; the new one replaces it when the run ends)",
-                      highlight=False)
+                      highlight=False, markup=False, soft_wrap=True)
         return
     from mercia.federation.node import load_node_config
 
@@ -754,7 +754,7 @@ def node_quality_run(
     o = s["overview"]["overall"]
     console.print(f"site {s['site']}, run {s['run_date']}: {o['checks']:,} checks released, {o['passed']:,} passed, "
                   f"{o['failed']:,} failed, {o['errors']:,} errors, {o['not_applicable']:,} not applicable "
-                  f"(pass rate {o['pass_rate']}%)", highlight=False)
+                  f"(pass rate {o['pass_rate']}%)", highlight=False, markup=False, soft_wrap=True)
 
 
 # ---- hub -------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def _count(v: Any) -> str:
     return "—" if v is None or pd.isna(v) else f"{int(v):,}"
 
 
-def _wbr(text: Any) -> str:
+def wbr(text: Any) -> str:
     """Escaped text that may wrap inside identifiers: after _ and ., and between camelCase humps."""
     return re.sub(r"([_.])|(?<=[a-z])(?=[A-Z])", lambda m: (m.group(1) or "") + "<wbr>", esc(text))
 
@@ -148,7 +148,7 @@ def _where(row: Any) -> str:
     field = row.cdmFieldName if row.cdmFieldName is not None and not pd.isna(row.cdmFieldName) else None
     text = str(row.cdmTableName) + (f".{field}" if field else "")
     concept = _concept(row)
-    link = f'<a href="#{esc(_anchor(row.cdmTableName, field))}">{_wbr(text)}</a>'
+    link = f'<a href="#{esc(_anchor(row.cdmTableName, field))}">{wbr(text)}</a>'
     return link + (f" <span class=concept>({esc(concept)})</span>" if concept else "")
 
 
@@ -182,7 +182,7 @@ def failed_table(checks: pd.DataFrame) -> str:
     rows = []
     for r in bad.itertuples():
         rows.append([(f'<span class="st {r.status_}">{esc(r.status_)}</span>', r.status_, False),
-                     (f'<span title="{esc(r.checkDescription or "")}">{_wbr(r.checkName)}</span>', r.checkName, False),
+                     (f'<span title="{esc(r.checkDescription or "")}">{wbr(r.checkName)}</span>', r.checkName, False),
                      (esc(f"{r.category} · {r.subcategory}" if r.subcategory else r.category), r.category, False),
                      (esc(r.context), r.context, False),
                      (_where(r), f"{r.cdmTableName}.{r.cdmFieldName or ''}", False),
@@ -204,14 +204,14 @@ def _checks_table(df: pd.DataFrame, st: pd.Series, label: str) -> str:
         note = r.notApplicableReason if r.status_ == "not applicable" else (
             r.error if r.status_ == "error" else r.checkDescription)
         rows.append([(f'<span class="st {r.status_.replace(" ", "-")}">{esc(r.status_)}</span>', r.status_, False),
-                     (_wbr(r.checkName), r.checkName, False),
+                     (wbr(r.checkName), r.checkName, False),
                      (esc(f"{r.category}, {r.context}"), f"{r.category}, {r.context}", False),
                      (esc(_concept(r)), _concept(r), False),
                      (_count(r.numViolatedRows), _num_key(r.numViolatedRows), True),
                      (_count(r.numDenominatorRows), _num_key(r.numDenominatorRows), True),
                      (_pct(r.pctViolatedRows), _num_key(r.pctViolatedRows), True),
                      (_threshold(r.thresholdValue), _num_key(r.thresholdValue), True),
-                     (_wbr(note or ""), note or "", False)])
+                     (wbr(note or ""), note or "", False)])
     return _sortable(head, rows, "checks", label)
 
 

@@ -78,7 +78,7 @@ def _sites_frame(sites: list[dict[str, Any]]) -> pd.DataFrame:
 def _failed_html(failed: list[dict[str, Any]]) -> str:
     """The sites' failed checks, worst first per site: a table and field may wrap at their underscores, a
     concept shows as 'name (id)' where the site named it, a count the site withheld as a dash."""
-    from mercia.report.dq import _wbr
+    from mercia.report.dq import wbr
 
     def count(v: Any) -> str:
         return "—" if v is None else f"{int(v):,}"
@@ -93,8 +93,8 @@ def _failed_html(failed: list[dict[str, Any]]) -> str:
         cid, name = f.get("conceptId") or "", f.get("conceptName") or ""
         concept = f"{name} ({cid})" if name and cid else str(cid)
         pct = f.get("pctViolatedRows")
-        rows.append(f"<tr><td>{html.escape(str(f['site']))}</td><td>{_wbr(f['checkName'])}</td>"
-                    f"<td>{html.escape(str(f['category']))}</td><td>{_wbr(where)}</td><td>{html.escape(concept)}</td>"
+        rows.append(f"<tr><td>{html.escape(str(f['site']))}</td><td>{wbr(f['checkName'])}</td>"
+                    f"<td>{html.escape(str(f['category']))}</td><td>{wbr(where)}</td><td>{html.escape(concept)}</td>"
                     f"<td class=num>{count(f.get('numViolatedRows'))}</td>"
                     f"<td class=num>{count(f.get('numDenominatorRows'))}</td>"
                     f"<td class=num>{'—' if pct is None else f'{100 * pct:.2f}'}</td></tr>")

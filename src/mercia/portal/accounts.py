@@ -16,6 +16,12 @@ Lockout. `max_failures` failed sign-ins for one name within `lockout_minutes` lo
 `lockout_minutes` from the last failure, whether or not the account exists (so a lockout does not say
 which names exist); a good password is not even checked while locked. An admin's password reset
 clears it.
+
+Password spraying (a few guesses at each of many names, under every name's lockout): `max_client_failures`
+failed sign-ins from one client address within `lockout_minutes`, whatever the names, block that address
+for `lockout_minutes` from its last failure, good passwords included. A good sign-in does not clear the
+address's count (one account of the sprayer's own would). Behind a reverse proxy the client address is
+the proxy's unless the server is told to trust its forwarded-for header (uvicorn --proxy-headers).
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ CREATE TABLE IF NOT EXISTS portal_sessions (
 CREATE INDEX IF NOT EXISTS portal_sessions_name ON portal_sessions (name);
 CREATE TABLE IF NOT EXISTS portal_failures (name TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS portal_failures_name ON portal_failures (name, at);
+CREATE TABLE IF NOT EXISTS portal_client_failures (client TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS portal_client_failures_client ON portal_client_failures (client, at);
 """
 
 _hasher = PasswordHasher()
@@ -126,13 +134,15 @@ class Accounts(SqliteStore):
     service accepts (the hub's researcher and admin; a node's would be auth.NODE_ROLES)."""
 
     def __init__(self, path: str | Path, *, session_minutes: float = 480.0, idle_minutes: float = 60.0,
-                 max_failures: int = 5, lockout_minutes: float = 15.0, roles: tuple[str, ...] = HUB_ROLES) -> None:
+                 max_failures: int = 5, lockout_minutes: float = 15.0, max_client_failures: int = 30,
+                 roles: tuple[str, ...] = HUB_ROLES) -> None:
         super().__init__(path, _SCHEMA, private=True)
         self.roles = roles
         self.session_seconds = session_minutes * 60.0
         self.idle_seconds = idle_minutes * 60.0
         self.max_failures = max_failures
         self.lockout_seconds = lockout_minutes * 60.0
+        self.max_client_failures = max_client_failures
 
     # ---- users -------------------------------------------------------------------------------------
     @staticmethod
@@ -199,13 +209,29 @@ class Accounts(SqliteStore):
             return 0.0
         return max(0.0, rows[-1] + self.lockout_seconds - now)
 
-    def sign_in(self, name: str, password: str) -> tuple[str, Session]:
+    def client_locked_for(self, client: str, now: float | None = None) -> float:
+        """Seconds until the client address `client` may try again (0 when not blocked)."""
+        now = time.time() if now is None else now
+        rows = [r["at"] for r in self._con().execute(
+            "SELECT at FROM portal_client_failures WHERE client = ? AND at > ? ORDER BY at",
+            (client, now - self.lockout_seconds))]
+        if len(rows) < self.max_client_failures:
+            return 0.0
+        return max(0.0, rows[-1] + self.lockout_seconds - now)
+
+    def sign_in(self, name: str, password: str, client: str | None = None) -> tuple[str, Session]:
         """A new session for `name` if the password is right: (the session id for the cookie, the session).
-        Raises LockedOut while locked, SignInRefused otherwise (one message for a wrong password, an
-        unknown name and a disabled account)."""
+        Raises LockedOut while the name or the client address is locked, SignInRefused otherwise (one
+        message for a wrong password, an unknown name and a disabled account)."""
         now = time.time()
+        client = (client or "-")[:100]
+        wait = self.client_locked_for(client, now)
+        if wait > 0:
+            raise LockedOut(f"too many failed sign-ins from your address: try again in {max(1, round(wait / 60))} "
+                            "minute(s)")
         if not isinstance(name, str) or not NAME.match(name) or not isinstance(password, str) \
                 or len(password) > MAX_PASSWORD:
+            self._failed(None, client, now)
             raise SignInRefused("the name or the password is wrong")
         wait = self.locked_for(name, now)
         if wait > 0:
@@ -218,21 +244,37 @@ class Accounts(SqliteStore):
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             good = False
         if not good:
-            with self._tx() as con:
-                con.execute("INSERT INTO portal_failures (name, at) VALUES (?, ?)", (name, now))
-                con.execute("DELETE FROM portal_failures WHERE at < ?", (now - 24 * 3600,))
+            self._failed(name, client, now)
             raise SignInRefused("the name or the password is wrong")
+        with self._tx() as con:
+            con.execute("DELETE FROM portal_failures WHERE name = ?", (name,))
+            if _hasher.check_needs_rehash(stored):
+                con.execute("UPDATE portal_users SET password_hash = ? WHERE name = ?", (_hasher.hash(password), name))
+        return self.start_session(name)
+
+    def _failed(self, name: str | None, client: str, now: float) -> None:
+        with self._tx() as con:
+            if name is not None:
+                con.execute("INSERT INTO portal_failures (name, at) VALUES (?, ?)", (name, now))
+            con.execute("INSERT INTO portal_client_failures (client, at) VALUES (?, ?)", (client, now))
+            con.execute("DELETE FROM portal_failures WHERE at < ?", (now - 24 * 3600,))
+            con.execute("DELETE FROM portal_client_failures WHERE at < ?", (now - 24 * 3600,))
+
+    def start_session(self, name: str) -> tuple[str, Session]:
+        """A new session for the existing, enabled user `name`, whose identity the caller has checked (a
+        password above; an OpenID Connect provider's signed ID token in portal/oidc.py)."""
+        now = time.time()
+        user = self.user(name)
+        if user is None or user.disabled:
+            raise SignInRefused(f"no enabled portal user named {name!r}")
         session_id = secrets.token_urlsafe(32)
         csrf = secrets.token_urlsafe(32)
         with self._tx() as con:
-            con.execute("DELETE FROM portal_failures WHERE name = ?", (name,))
             con.execute("DELETE FROM portal_sessions WHERE expires < ?", (now,))
             con.execute("INSERT INTO portal_sessions (id_hash, name, csrf, created, expires, last_seen) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
                         (hash_session_id(session_id), name, csrf, now, now + self.session_seconds, now))
-            if _hasher.check_needs_rehash(stored):
-                con.execute("UPDATE portal_users SET password_hash = ? WHERE name = ?", (_hasher.hash(password), name))
-        return session_id, Session(self._user(r), csrf, now + self.session_seconds)
+        return session_id, Session(user, csrf, now + self.session_seconds)
 
     def session(self, session_id: str | None) -> Session | None:
         """The live session with this id, or None (unknown, ended, expired, idle too long, user disabled)."""
@@ -266,4 +308,5 @@ class Accounts(SqliteStore):
 def accounts_for(state_file: str | Path, settings: Any) -> Accounts:
     """The accounts of a service, with its `portal:` settings (mercia.federation.hub.config.Portal)."""
     return Accounts(state_file, session_minutes=settings.session_minutes, idle_minutes=settings.idle_minutes,
-                    max_failures=settings.max_failures, lockout_minutes=settings.lockout_minutes)
+                    max_failures=settings.max_failures, lockout_minutes=settings.lockout_minutes,
+                    max_client_failures=getattr(settings, "max_client_failures", 30))

@@ -2,6 +2,8 @@
 
     /portal/                        home (signed in)
     /portal/sign-in                 GET the form, POST name + password (lockout after repeated failures)
+    /portal/sign-in/oidc            GET: OpenID Connect sign-in, when hub.yaml configures it (oidc.py);
+                                    .../callback the provider's answer
     /portal/sign-out                POST
     /portal/concepts                search: text, domain, vocabulary, standard only     researcher, admin
     /portal/concepts/{id}           a concept; POST .../counts: each site's released persons count
@@ -31,6 +33,7 @@ from mercia.errors import MerciaError
 from mercia.federation.auth import ALL_PROJECTS, HUB_ROLES, Principal, require_grant, require_project
 from mercia.portal.accounts import NAME, AccountError, LockedOut, SignInRefused, accounts_for, check_name
 from mercia.portal.cohort_pages import add_cohort_pages
+from mercia.portal.oidc import add_oidc_routes
 from mercia.portal.web import PortalWeb, one
 
 ANY_ROLE = HUB_ROLES
@@ -79,7 +82,8 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
         token = secrets.token_urlsafe(32)
         response = web.page(request, "sign_in.html", None, title="Sign in", message=message, name=name,
                             next=nxt, sign_in_csrf=token, status_code=status_code, notice=notice,
-                            lockout=(accounts.max_failures, round(accounts.lockout_seconds / 60)))
+                            lockout=(accounts.max_failures, round(accounts.lockout_seconds / 60)),
+                            oidc_label=config.portal.oidc.label if config.portal.oidc else None)
         web.set_sign_in_token(response, token)
         return response
 
@@ -95,20 +99,23 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
         fields = await web.sign_in_form(request)
         name, password, nxt = one(fields, "name").strip(), one(fields, "password"), one(fields, "next")
         who = name if NAME.match(name) else "-"  # the audit log names no text that could not be a user
+        client = request.client.host if request.client else None
         try:
-            session_id, session = accounts.sign_in(name, password)
+            session_id, session = accounts.sign_in(name, password, client)
         except LockedOut as e:
-            audit.append("portal.sign_in_locked", who, client=request.client.host if request.client else None)
+            audit.append("portal.sign_in_locked", who, client=client)
             return sign_in_page(request, message=str(e), name=name, nxt=nxt, status_code=429)
         except SignInRefused as e:
-            audit.append("portal.sign_in_failed", who,
-                         client=request.client.host if request.client else None,
+            audit.append("portal.sign_in_failed", who, client=client,
                          locked=accounts.locked_for(name) > 0 if name else False)
             return sign_in_page(request, message=str(e), name=name, nxt=nxt, status_code=401)
         audit.append("portal.signed_in", name, role=session.user.role)
         response = RedirectResponse(_safe_next(nxt, prefix), status_code=303)
         web.set_session_cookie(response, session_id, int(accounts.session_seconds))
         return response
+
+    if config.portal.oidc is not None:  # OpenID Connect sign-in (oidc.py)
+        add_oidc_routes(app, web, accounts, config.portal.oidc, audit, prefix, _safe_next)
 
     @app.post("/sign-out")
     async def sign_out(request: Request) -> Response:

@@ -7,6 +7,8 @@
     /portal/sign-out                POST
     /portal/concepts                search: text, domain, vocabulary, standard only     researcher, admin
     /portal/concepts/{id}           a concept; POST .../counts: each site's released persons count
+    /portal/concept-sets            concept sets: build, resolve, released counts, ATLAS JSON
+                                    (concept_set_pages.py)                               researcher, admin
     /portal/cohorts                 paste/upload/build a definition; POST: checked, YAML, released counts
                                     and attrition per site (cohort_pages.py)            researcher, admin
     /portal/admin/users             users: list, POST add                                admin
@@ -33,12 +35,13 @@ from mercia.errors import MerciaError
 from mercia.federation.auth import ALL_PROJECTS, HUB_ROLES, Principal, require_grant, require_project
 from mercia.portal.accounts import NAME, AccountError, LockedOut, SignInRefused, accounts_for, check_name
 from mercia.portal.cohort_pages import add_cohort_pages
+from mercia.portal.concept_set_pages import add_concept_set_pages
 from mercia.portal.oidc import add_oidc_routes
 from mercia.portal.web import PortalWeb, one
 
 ANY_ROLE = HUB_ROLES
 NAV = [("Home", "/", ANY_ROLE), ("Concepts", "/concepts", ("researcher", "admin")),
-       ("Cohorts", "/cohorts", ("researcher", "admin")),
+       ("Concept sets", "/concept-sets", ("researcher", "admin")), ("Cohorts", "/cohorts", ("researcher", "admin")),
        ("Users", "/admin/users", ("admin",)), ("Projects", "/admin/projects", ("admin",)),
        ("API tokens", "/admin/tokens", ("admin",))]
 
@@ -155,7 +158,7 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
         principal = web.with_role(session, "researcher", "admin")
         details = services.vocabulary.details(concept_id)
         return web.page(request, "concept.html", session, title=details["concept"]["concept_name"], d=details,
-                        projects=my_projects(principal), **extra)
+                        projects=my_projects(principal), concept_sets=editable_sets(principal), **extra)
 
     ConceptId = Annotated[int, Path(ge=0, le=2_147_483_647)]
 
@@ -173,7 +176,8 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
         answer = services.concept_counts(principal, concept_id, descendants, project)
         return concept_page(request, session, concept_id, counts=answer, project=project)
 
-    # ---- cohorts (cohort_pages.py) ----------------------------------------------------------------------
+    # ---- concept sets (concept_set_pages.py), cohorts (cohort_pages.py) ----------------------------------
+    editable_sets = add_concept_set_pages(app, web, services, my_projects)
     add_cohort_pages(app, web, services, my_projects)
 
     # ---- admin: users ------------------------------------------------------------------------------------

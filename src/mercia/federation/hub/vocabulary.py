@@ -79,6 +79,41 @@ class HubVocabulary:
         d.pop("record_counts")
         return d
 
+    def concepts(self, ids: list[int]) -> dict[int, dict[str, Any]]:
+        """The CONCEPT rows of `ids` (those in the vocabulary), by id."""
+        from sqlglot import exp
+
+        from mercia.vocab.search import _CONCEPT_FIELDS
+
+        wanted = sorted({int(i) for i in ids})
+        if not wanted:
+            return {}
+        with self._lock:
+            cdm = self._handle()
+            q = exp.select(*[exp.column(f) for f in _CONCEPT_FIELDS]).from_(cdm.table("concept")).where(
+                exp.column("concept_id").isin(*[exp.Literal.number(i) for i in wanted]))
+            return {int(r[0]): dict(zip(_CONCEPT_FIELDS, r, strict=True)) for r in cdm.fetch_all(q)}
+
+    def resolve(self, items: list[dict[str, Any]], *, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
+        """The concepts a concept set expression resolves to, as OHDSI Circe resolves it
+        (`mercia.vocab.concept_sets`): (the first `limit` CONCEPT rows by id, how many in all)."""
+        from sqlglot import exp
+
+        from mercia.vocab.concept_sets import ConceptSet, ConceptSetItem, concept_set_query
+        from mercia.vocab.search import _CONCEPT_FIELDS
+
+        expression = ConceptSet(id=0, items=[ConceptSetItem(**i) for i in items])
+        with self._lock:
+            cdm = self._handle()
+            ids = concept_set_query(cdm, expression).subquery("r")
+            base = exp.select().from_(ids).join(cdm.table("concept", alias="c"), on=exp.EQ(
+                this=exp.column("concept_id", "r"), expression=exp.column("concept_id", "c")), join_type="left")
+            total = int(cdm.fetch_all(base.select(exp.Count(this=exp.Star())))[0][0])
+            q = base.select(exp.column("concept_id", "r"), *[exp.column(f, "c") for f in _CONCEPT_FIELDS[1:]]
+                            ).order_by(exp.column("concept_id", "r")).limit(limit)
+            rows = [dict(zip(_CONCEPT_FIELDS, r, strict=True)) for r in cdm.fetch_all(q)]
+        return rows, total
+
     def facets(self) -> dict[str, list[str]]:
         """The domains and vocabularies in the vocabulary (for the search form's choices)."""
         from sqlglot import exp

@@ -1,8 +1,9 @@
 """A small OpenID Connect provider for the tests, on 127.0.0.1 in a thread (written by hand on joserfc).
 
     /.well-known/openid-configuration   discovery
-    /authorize                           GET: as a signed-in user `login_as` (a test parameter), redirects
-                                         to the registered redirect_uri with a code and the state
+    /authorize                           GET: as a signed-in user `login_as` (a test parameter, or
+                                         `provider.default_user`), redirects to the registered
+                                         redirect_uri with a code and the state
     /token                               POST: client_secret_basic, the code once, redirect_uri, PKCE S256
     /jwks                                the public key
 
@@ -35,6 +36,7 @@ class Provider:
         self.codes: dict[str, dict[str, Any]] = {}
         self.next_token: dict[str, Any] = {}
         self.token_requests: list[dict[str, Any]] = []
+        self.default_user: str | None = None  # who is signed in at the provider when the test names no one
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.issuer = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -104,7 +106,10 @@ class Provider:
                             or "openid" not in q.get("scope", "").split():
                         return self.send(400, {"error": "invalid_request"})
                     code = secrets.token_urlsafe(24)
-                    provider.codes[code] = {"user": q["login_as"], "nonce": q.get("nonce", ""),
+                    user = q.get("login_as") or provider.default_user
+                    if user is None:
+                        return self.send(400, {"error": "login_required"})
+                    provider.codes[code] = {"user": user, "nonce": q.get("nonce", ""),
                                             "challenge": q["code_challenge"], "redirect_uri": q["redirect_uri"],
                                             "used": False}
                     target = q["redirect_uri"] + "?" + urlencode({"code": code, "state": q.get("state", "")})

@@ -140,6 +140,31 @@ def test_a_next_outside_the_portal_goes_home(visitor: Any) -> None:
     assert r.status_code == 303 and r.headers["location"] == "/portal/"
 
 
+@pytest.mark.browser
+def test_single_sign_on_in_the_browser(hub: HubServer, provider: Provider, chromium: Any, artifacts_dir: Any) -> None:
+    """In Chromium, by keyboard: the sign-in page's single sign-on button, the provider (signed in there
+    as rita), back to the page asked for, signed in; the sign-in page passes axe-core."""
+    from test_portal_browser import check_a11y
+
+    ctx = chromium.new_context(viewport={"width": 1280, "height": 900}, base_url=hub.url, bypass_csp=True)
+    provider.default_user = "rita"
+    try:
+        page = ctx.new_page()
+        page.goto("/portal/concepts")
+        page.wait_for_url("**/portal/sign-in?next=*")
+        page.screenshot(path=str(artifacts_dir / "portal-sign-in-oidc.png"), full_page=True)
+        check_a11y(page, "sign-in with single sign-on")
+        page.focus("#oidc-sign-in")
+        page.keyboard.press("Enter")
+        page.wait_for_url("**/portal/concepts")
+        assert "Signed in as" in page.inner_text("header") and "rita" in page.inner_text("header")
+        cookies = {c["name"]: c for c in ctx.cookies()}
+        assert cookies["mercia_session"]["httpOnly"] and "mercia_oidc_state" not in cookies
+    finally:
+        provider.default_user = None
+        ctx.close()
+
+
 # ---- the attacks ----------------------------------------------------------------------------------------
 def test_a_wrong_state_is_refused(visitor: Any, hub: HubServer) -> None:
     v = visitor()

@@ -1,19 +1,24 @@
 """The demo study end to end on one synthetic site, phase by phase; its survival and incidence phases
 against lifelines and pandas on rows exported from the same CDM.
 
-    .venv/bin/python bench/bench_study.py [--persons 1000000] [--engine duckdb postgres] [--pg-url URL]
+    .venv/bin/python bench/bench_study.py [--persons 1000000] [--engine duckdb postgres spark] [--pg-url URL]
 
 Target (issue 4): the demo study (examples/studies/sglt2_heart_failure: 3 cohorts, Table 1 and balance,
 cohort entries, incidence, prevalence, Kaplan-Meier, adjusted Cox; SACRO policy) on 1,000,000 persons
 in under 60 s.
 
 Target (issue 14): the same at 10,000,000 persons on DuckDB in under 5 minutes and 8 GiB peak memory;
-the study at 1,000,000 persons on DuckDB and PostgreSQL side by side, the same released tables on both.
+the study at 1,000,000 persons on DuckDB, PostgreSQL and Spark (local) side by side, the same released
+tables on all three.
 
 Engines (`--engine`, in turn): duckdb, the file below; postgres, the same site copied once into schema
 synth_<persons> of the server at --pg-url (OHDSI's CDM indexes, ANALYZE; the copy is not timed), the
 study's cohorts in a fresh results_<persons> schema per run, the peer exporting through COPY. With two
-engines their released tables are compared row by row. (Spark: not yet; run_study does not run there.)
+engines their released tables are compared row by row. spark: the same site exported once to a folder of
+Parquet tables (not timed), the study run on `spark:FOLDER` (a local Spark session, local[2]; its start
+counted in the process time, not in run_study's); no peer there (the peer's plain SQL reads DuckDB or
+PostgreSQL), so Spark is measured against the other engines' run of the same study. Peak memory on Spark
+is the Python process and, separately, its child processes (the driver JVM), sampled every half second.
 
 Data: the cached synthetic site of bench/bench_cohorts.py (bench/out/synth_<persons>.duckdb, or in
 $MERCIA_BENCH_OUT; seed 20261125), copied before each run to study_<persons>.duckdb beside it (a study
@@ -57,7 +62,7 @@ sys.path.insert(0, str(BENCH))
 
 from harness import machine, measure  # noqa: E402
 
-ENGINES = ("duckdb", "postgres")
+ENGINES = ("duckdb", "postgres", "spark")
 PEER_PHASES = ("km", "cox_adjusted", "hf_incidence_population")
 DAYS_PER_YEAR = 365.25
 
@@ -103,6 +108,21 @@ def _canonical(df: Any) -> list[tuple]:
         return str(v)
 
     return sorted(tuple(cell(v) for v in row) for row in df.itertuples(index=False, name=None))
+
+
+# ---- the site on Spark ---------------------------------------------------------------------------------
+def spark_site(persons: int) -> Path:
+    """The cached site as a folder of Parquet CDM tables (made once; a fresh results folder per run)."""
+    from mercia.cdm import Cdm
+    from mercia.cdm.export import export_parquet
+
+    folder = OUT / f"spark_{persons}"
+    if not (folder / "person.parquet").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        with Cdm.open(site(persons), read_only=True) as cdm:
+            export_parquet(cdm, folder)
+    shutil.rmtree(folder / "results", ignore_errors=True)  # the study's cohorts: a fresh results schema
+    return folder
 
 
 # ---- the site on PostgreSQL ----------------------------------------------------------------------------
@@ -442,6 +462,9 @@ def run_engine(engine: str, persons: int, pg_url: str | None) -> dict[str, Any]:
             con.execute(f'DROP SCHEMA IF EXISTS "{results}" CASCADE')
         schemas = {"cdm": cdm_schema, "vocab": cdm_schema, "results": results}
         target, cleanup = pg_url, None
+    elif engine == "spark":
+        folder = spark_site(persons)
+        schemas, target, cleanup = None, f"spark:{folder}", None
     else:
         work = OUT / f"study_{persons}.duckdb"
         shutil.copyfile(site(persons), work)  # a study writes its cohorts into the CDM: a copy (not timed)
@@ -451,17 +474,22 @@ def run_engine(engine: str, persons: int, pg_url: str | None) -> dict[str, Any]:
           f"{time.strftime('%H:%M UTC', time.gmtime())} ==", flush=True)
     with tempfile.TemporaryDirectory(dir=OUT) as tmp:
         ours = measure(run_mercia, target, str(Path(tmp) / "run"), schemas)
-    peer = measure(run_peer, target, schemas)
-    if cleanup is not None:
-        cleanup.unlink(missing_ok=True)
-    o, p = ours["value"], peer["value"]
+    o = ours["value"]
     t = o["timings"]
     print(f"demo study (sglt2_heart_failure, SACRO) on {persons:,} persons, {engine}; cohorts "
           + ", ".join(f"{c}: {n:,}" for c, n in zip(o["cohorts"]["cohort_id"], o["cohorts"]["persons"], strict=True))
           + " persons")
     print("Mercia phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
+    jvm = f", child processes (the JVM) peak RSS {ours['peak_child_rss_mib']:,.0f} MiB" if engine == "spark" else ""
     print(f"Mercia run_study {t['total']:.2f} s; process {ours['seconds']:.1f} s (with imports), "
-          f"peak RSS {ours['peak_rss_mib']:,.0f} MiB")
+          f"peak RSS {ours['peak_rss_mib']:,.0f} MiB{jvm}")
+    if engine == "spark":
+        print(f"load average now {os.getloadavg()[0]:.1f}", flush=True)
+        return o
+    peer = measure(run_peer, target, schemas)
+    if cleanup is not None:
+        cleanup.unlink(missing_ok=True)
+    p = peer["value"]
     mercia_s = sum(t[k] for k in PEER_PHASES)
     peer_s = p["export_s"] + p["survival_s"] + p["incidence_s"]
     print(f"peer    export {p['export_s']:.2f} s ({p['exported_rows']:,} rows) + lifelines KM/Cox/PH "

@@ -28,13 +28,60 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class _DescendantsPeak:
+    """The peak of the summed resident memory of this process's descendants (Spark's driver JVM), sampled
+    every half second from /proc: the JVM is not waited for by Python, so RUSAGE_CHILDREN misses it."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import os
+
+        me = os.getpid()
+        while not self._stop.wait(0.5):
+            parents: dict[int, int] = {}
+            rss: dict[int, int] = {}
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry}/status", encoding="ascii", errors="replace") as f:
+                        fields = dict(line.split(":", 1) for line in f if ":" in line)
+                except OSError:
+                    continue
+                parents[int(entry)] = int(fields.get("PPid", "0").strip() or 0)
+                rss[int(entry)] = int(fields.get("VmRSS", "0 kB").split()[0]) if "VmRSS" in fields else 0
+            total = 0
+            for pid in rss:
+                p = parents.get(pid, 0)
+                while p and p != me:
+                    p = parents.get(p, 0)
+                if p == me:
+                    total += rss[pid]
+            self.peak_kib = max(self.peak_kib, total)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kib / 1024
+
+
 def _child(fn: Callable[..., Any], args: tuple, kwargs: dict, queue: Any) -> None:
     try:
+        descendants = _DescendantsPeak()
         t0 = time.perf_counter()
         value = fn(*args, **kwargs)
         seconds = time.perf_counter() - t0
         peak_mib = _peak_rss_mib()
-        queue.put({"ok": True, "seconds": seconds, "peak_rss_mib": peak_mib, "value": value})
+        child_mib = descendants.stop()
+        queue.put({"ok": True, "seconds": seconds, "peak_rss_mib": peak_mib, "peak_child_rss_mib": child_mib,
+                   "value": value})
     except BaseException as e:  # report, never hang the parent
         queue.put({"ok": False, "error": f"{type(e).__name__}: {e}"})
 

@@ -236,11 +236,17 @@ def definitions(own: bool = True) -> list[tuple[int, str, Path]]:
 
 
 # ---- the two runs -----------------------------------------------------------------------------------
-def run_mercia(db: str, defs: list[tuple[int, str, str]]) -> dict[str, Any]:
-    """In a fresh process: the Python part alone, then the whole set in one generate_cohorts call."""
+def run_mercia(db: str, defs: list[tuple[int, str, str]], connections: int | None = None) -> dict[str, Any]:
+    """In a fresh process: the Python part alone, then the whole set in one generate_cohorts call.
+    `connections`: DuckDB's parallel connections for this run (None: the engine's own, 2); 1 computes
+    on one connection with all of DuckDB's threads."""
     import resource
 
     from mercia.cdm import Cdm
+    from mercia.cdm.engines.duckdb import DuckDBEngine
+
+    if connections is not None:
+        DuckDBEngine.parallel_connections = connections  # this benchmark process only
     from mercia.cohorts.circe import load_circe_file
     from mercia.cohorts.compiler import compile_cohort
     from mercia.cohorts.generate import cohort_rows, generate_cohorts
@@ -297,7 +303,8 @@ def read_through(path: Path) -> None:
             pass
 
 
-def bench(persons: int, skip_oracle: bool, repeat: int, eunomia_copies: int = 0) -> dict[str, Any]:
+def bench(persons: int, skip_oracle: bool, repeat: int, eunomia_copies: int = 0,
+          connections: int | None = None) -> dict[str, Any]:
     """One population: the synthetic site of `persons`, or (eunomia_copies > 0) Eunomia replicated, where
     only the nine shared definitions run (ours name concepts of Mercia's synthetic vocabulary)."""
     import statistics
@@ -316,13 +323,14 @@ def bench(persons: int, skip_oracle: bool, repeat: int, eunomia_copies: int = 0)
         db = database(persons)
         defs = definitions()
         label = str(persons)
-    print(f"\n== {persons:,} persons: {len(defs)} cohorts on {db.name}, each side {repeat} time(s); "
-          f"load average {os.getloadavg()[0]:.1f} ==", flush=True)
+    on = f"{connections} connection(s)" if connections else "the engine's connections"
+    print(f"\n== {persons:,} persons: {len(defs)} cohorts on {db.name}, each side {repeat} time(s); Mercia on "
+          f"{on}; load average {os.getloadavg()[0]:.1f} ==", flush=True)
     # The two sides take turns, so a slow spell of the machine falls on both; the medians are compared.
     runs, circe_runs = [], []
     for _ in range(repeat):
         read_through(db)
-        runs.append(measure(run_mercia, str(db), [(cid, name, str(p)) for cid, name, p in defs]))
+        runs.append(measure(run_mercia, str(db), [(cid, name, str(p)) for cid, name, p in defs], connections))
         if not skip_oracle:
             read_through(db)
             circe_runs.append(run_oracle(db, defs))
@@ -369,7 +377,7 @@ def bench(persons: int, skip_oracle: bool, repeat: int, eunomia_copies: int = 0)
               "load_average": os.getloadavg(), "mercia_total_s": total_m, "mercia_cpu_s": mercia["cpu_s"],
               "mercia_python_s": mercia["python_s"], "circe_total_s": total_c, "ratio": ratio,
               "rows_identical": identical if oracle else None, "mercia_peak_rss_mib": m["peak_rss_mib"],
-              "repeat": repeat, "mercia_totals_s": mercia_totals, "circe_totals_s": circe_totals,
+              "repeat": repeat, "connections": connections, "mercia_totals_s": mercia_totals, "circe_totals_s": circe_totals,
               "cohorts": per}
     (OUT / f"bench_cohorts_{label}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
@@ -383,14 +391,19 @@ def main() -> None:
     ap.add_argument("--eunomia-copies", type=int, default=0, metavar="N",
                     help="instead of the synthetic sites: OHDSI's Eunomia replicated N times (400: 1,077,600 "
                     "persons), ids offset per copy; the nine shared definitions")
+    ap.add_argument("--connections", type=int, metavar="N",
+                    help="Mercia's parallel DuckDB connections (default: the engine's own, 2; 1: one "
+                    "connection with all of DuckDB's threads)")
     args = ap.parse_args()
     if args.eunomia_copies < 0:
         ap.error("--eunomia-copies: a whole number of copies, 1 or more")
+    if args.connections is not None and args.connections < 1:
+        ap.error("--connections: a whole number of connections, 1 or more")
     if args.eunomia_copies:
-        bench(0, args.skip_oracle, args.repeat, args.eunomia_copies)
+        bench(0, args.skip_oracle, args.repeat, args.eunomia_copies, args.connections)
         return
     for n in args.persons:
-        bench(n, args.skip_oracle, args.repeat)
+        bench(n, args.skip_oracle, args.repeat, connections=args.connections)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
     /portal/concepts/{id}           a concept; POST .../counts: each site's released persons count
     /portal/cohorts                 paste/upload/build a definition; POST: checked, YAML, released counts
                                     and attrition per site (cohort_pages.py)            researcher, admin
+    /portal/trials                  a trial's feasibility per site: funnel, what-if, breakdowns, projection
+                                    (trial_pages.py)                                    researcher, admin
     /portal/admin/users             users: list, POST add                                admin
     /portal/admin/users/{name}      POST change role/projects/disabled; POST .../password: reset
     /portal/admin/projects          projects: list, POST add or change                   admin
@@ -31,11 +33,12 @@ from mercia.errors import MerciaError
 from mercia.federation.auth import ALL_PROJECTS, HUB_ROLES, Principal, require_grant, require_project
 from mercia.portal.accounts import NAME, AccountError, LockedOut, SignInRefused, accounts_for, check_name
 from mercia.portal.cohort_pages import add_cohort_pages
+from mercia.portal.trial_pages import add_trial_pages
 from mercia.portal.web import PortalWeb, one
 
 ANY_ROLE = HUB_ROLES
 NAV = [("Home", "/", ANY_ROLE), ("Concepts", "/concepts", ("researcher", "admin")),
-       ("Cohorts", "/cohorts", ("researcher", "admin")),
+       ("Cohorts", "/cohorts", ("researcher", "admin")), ("Trials", "/trials", ("researcher", "admin")),
        ("Users", "/admin/users", ("admin",)), ("Projects", "/admin/projects", ("admin",)),
        ("API tokens", "/admin/tokens", ("admin",))]
 
@@ -167,7 +170,9 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
         return concept_page(request, session, concept_id, counts=answer, project=project)
 
     # ---- cohorts (cohort_pages.py) ----------------------------------------------------------------------
-    add_cohort_pages(app, web, services, my_projects)
+    app.state.saved_cohorts = add_cohort_pages(app, web, services, my_projects)
+    # ---- trials (trial_pages.py) ------------------------------------------------------------------------
+    app.state.trial_answers = add_trial_pages(app, web, services, my_projects)
 
     # ---- admin: users ------------------------------------------------------------------------------------
     def admin(request: Request) -> tuple[Any, Principal]:

@@ -274,7 +274,7 @@ def table_cells(page: str, table_id: str) -> list[list[str]]:
 
 
 def num(v: str) -> int | None:
-    return None if v == "–" else int(v.replace(",", ""))
+    return None if v in ("–", "") else int(v.replace(",", ""))
 
 
 def released_numbers(answer: Any) -> set[float]:
@@ -304,7 +304,7 @@ def check_page_against_api(page: str, api: dict[str, Any], definition_words: str
     assert funnel[0][1:] == [*sites, "All sites"]
     order = list(sites)
     rows = {r[0]: r[1:] for r in funnel[1:]}
-    assert [num(x) for x in rows["Initial events (persons)"][:-1]] == [sites[s]["initial"] for s in order]
+    assert [num(x) for x in rows["Initial events (persons)"]] == [*(sites[s]["initial"] for s in order), None]
     for j, f in enumerate(api["funnel"]):
         row = rows[f"{j + 1}. {f['criterion']}"]
         assert [num(x) for x in row] == [*(sites[s]["funnel"][j]["remaining"] for s in order), f["remaining"]]
@@ -317,15 +317,21 @@ def check_page_against_api(page: str, api: dict[str, Any], definition_words: str
         cells = {r[0]: r[1:] for r in table_cells(page, f"trial-{dim}")[1:]}
         for level in {c["level"] for s in order for c in sites[s]["breakdowns"][dim]}:
             per = [next((c["persons"] for c in sites[s]["breakdowns"][dim] if c["level"] == level), None) for s in order]
-            assert [num(x) for x in cells[level][:-1]] == per
+            total = next(c["persons"] for c in api["breakdowns"][dim] if c["level"] == level)
+            assert [num(x) for x in cells[level]] == [*per, total]
     # every number anywhere on the page: a released one (or the hub's sum / model of released ones), or
     # one of the question's own words (criterion numbers and names, months, the target and consent)
     allowed = released_numbers(api)
+    # the what-if's one derived number: eligible without criterion j = released eligible + released gain
+    for whole in (api, *sites.values()):
+        allowed |= {float(whole["eligible"] + w["gained"]) for w in whole["what_if"]
+                    if whole["eligible"] is not None and w["gained"] is not None}
     allowed |= {float(x) for x in re.findall(r"\d+(?:\.\d+)?", definition_words)}
     shown = re.findall(r"(?<![\w.-])\d[\d,]*(?:\.\d+)?", result_text(page))
     assert shown
     stray = [x for x in shown if float(x.replace(",", "")) not in allowed]
-    assert stray == [], stray[:20]
+    text = result_text(page)
+    assert stray == [], [(x, text[max(0, text.find(x) - 200):text.find(x) + 50]) for x in stray[:5]]
 
 
 @pytest.mark.slow
@@ -354,6 +360,7 @@ def test_every_number_on_the_trial_pages_is_a_released_answer_of_the_api(fed: Fe
     expected = [None if s["eligible"] is None or s["what_if"][1]["gained"] is None
                 else s["eligible"] + s["what_if"][1]["gained"] for s in api["sites"]]
     assert [num(x) for x in without[1][1:-1]] == expected
+    assert num(without[1][-1]) == api["eligible"] + api["what_if"][1]["gained"]
     check_page_against_api(single, api, words)
     assert 'action="' + where + '/without"' in several and 'id="trial-without"' not in several
 

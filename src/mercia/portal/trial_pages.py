@@ -82,25 +82,22 @@ class TrialAnswers:
         return item
 
 
-def _total(values: list[Any]) -> int | None:
-    """The sum of the released values, as the hub totals them; None when none was released."""
-    kept = [v for v in values if v is not None]
-    return sum(kept) if kept else None
-
-
 def answer_view(item: TrialAnswer, off: list[int]) -> dict[str, Any]:
     """The answer as the page's tables: each a list of rows (label, per-site values, total). Every value
-    is a released number, the hub's sum of released numbers, or None (suppressed / not answered)."""
+    is a site's released number or the hub's total of them as the API answers it, or None (suppressed /
+    not answered); the one derived number is the what-if's "eligible without criterion j", the released
+    eligible plus the released gain of dropping j (per site, and the totals' likewise)."""
     a = item.answer
     ok = [s for s in a["sites"] if "error" not in s]
     sites = [s["site"] for s in ok]
     errors = [(s["site"], s["error"]) for s in a["sites"] if "error" in s]
     names = [f["criterion"] for f in a.get("funnel") or []]
 
-    def row(label: str, values: list[Any], total: Any = "sum") -> dict[str, Any]:
-        return {"label": label, "values": values, "total": _total(values) if total == "sum" else total}
+    def row(label: str, values: list[Any], total: Any) -> dict[str, Any]:
+        return {"label": label, "values": values, "total": total}
 
-    funnel = [row("Initial events (persons)", [s.get("initial") for s in ok])]
+    # the hub's answer totals no initial events: that cell stays empty rather than show a sum of its own
+    funnel = [row("Initial events (persons)", [s.get("initial") for s in ok], "")]
     funnel += [row(f"{j + 1}. {n}", [s["funnel"][j]["remaining"] for s in ok], a["funnel"][j]["remaining"])
                for j, n in enumerate(names)]
     funnel.append(row("Eligible", [s.get("eligible") for s in ok], a.get("eligible")))
@@ -111,15 +108,18 @@ def answer_view(item: TrialAnswer, off: list[int]) -> dict[str, Any]:
         j = off[0]
         values = [None if s.get("eligible") is None or s["what_if"][j]["gained"] is None
                   else s["eligible"] + s["what_if"][j]["gained"] for s in ok]
-        single = {"criterion": f"{j + 1}. {names[j]}", "row": row("Eligible without it", values)}
+        total = (None if a.get("eligible") is None or a["what_if"][j]["gained"] is None
+                 else a["eligible"] + a["what_if"][j]["gained"])
+        single = {"criterion": f"{j + 1}. {names[j]}", "row": row("Eligible without it", values, total)}
     breakdowns = []
     for dim, label in DIMENSIONS:
         levels: list[str] = []
         for s in ok:
             levels += [c["level"] for c in s["breakdowns"].get(dim, []) if c["level"] not in levels]
         per = [{c["level"]: c["persons"] for c in s["breakdowns"].get(dim, [])} for s in ok]
+        totals = {c["level"]: c["persons"] for c in (a.get("breakdowns") or {}).get(dim, [])}
         breakdowns.append({"dim": dim, "label": label,
-                           "rows": [row(lv, [p.get(lv) for p in per]) for lv in levels]})
+                           "rows": [row(lv, [p.get(lv) for p in per], totals.get(lv)) for lv in levels]})
     months = (a.get("monthly") or {}).get("months") or []
     monthly = [row(m, [(s["monthly"]["persons"][i] if s["monthly"]["months"] == months else None) for s in ok],
                    a["monthly"]["persons"][i]) for i, m in enumerate(months)]

@@ -16,7 +16,7 @@
 
 Every permission is the API's: a user acts as `Principal(name, role, projects)` and each page calls the
 checks and the `HubServices` methods the API's routes call (`check_role`, `require_project`,
-`require_grant`, `concept_counts`, `feasibility`, `issue_token`, `save_project`), so a portal user may do exactly what
+`require_grant`, `concept_counts`, `feasibility`, `trial_feasibility`, `issue_token`, `save_project`), so a portal user may do exactly what
 an API token of that role and those projects may. The numbers shown are the nodes' released answers,
 as `POST /api/v1/concepts/count` returns them. Every action is in the hub's audit log.
 """

@@ -189,7 +189,14 @@ def test_an_answer_is_its_askers_only(visitor: Any, hub: HubServer) -> None:
     r = rita.get(where + "?whatif=1&apply=x")
     assert r.status_code == 400 and "apply: each value is a criterion's number" in T(r)
     r = rita.post(where + "/without", {"drop": "9"})
-    assert r.status_code == 400, T(r)
+    assert r.status_code == 400 and "criteria to drop: 10 is not a criterion of this trial (1 to 3)" in T(r), T(r)
+    # two criteria off: a new question, the trial without them, asked of the same sites for the same user
+    before = len(asked(hub))
+    r = rita.post(where + "/without", {"drop": ["0", "1"]})
+    assert r.status_code == 303 and r.headers["location"] != where, T(r)
+    assert "without criteria 1, 2" in T(rita.get(r.headers["location"]))
+    assert len(asked(hub)) == before + 1 and asked(hub)[-1]["actor"] == "rita"
+    assert visitor("oscar").post(where + "/without", {"drop": "1"}).status_code == 404
     r = rita.post(where + "/without", {"drop": "1"}, csrf=False)
     assert r.status_code == 403
 
@@ -363,6 +370,7 @@ def test_every_number_on_the_trial_pages_is_a_released_answer_of_the_api(fed: Fe
     assert num(without[1][-1]) == api["eligible"] + api["what_if"][1]["gained"]
     check_page_against_api(single, api, words)
     assert 'action="' + where + '/without"' in several and 'id="trial-without"' not in several
+    assert re.findall(r'name="drop" value="(\d+)"', several) == ["0", "1"]
 
 
 def _token(fed: Federation, name: str) -> str:
@@ -373,7 +381,7 @@ def _token(fed: Federation, name: str) -> str:
 @pytest.mark.slow
 def test_a_reopened_cohort_counts_are_the_apis(fed: Federation) -> None:
     """Saved, reopened and counted: every number on the cohort page is a node's released answer."""
-    from test_portal_cohorts import check_against_nodes, page_numbers
+    from test_portal_cohorts import check_against_nodes, node_answer, page_numbers
 
     v = Visitor(fed.hub.url)
     try:
@@ -386,7 +394,23 @@ def test_a_reopened_cohort_counts_are_the_apis(fed: Federation) -> None:
         assert r.status_code == 200, T(r)
     finally:
         v.close()
-    check_against_nodes(fed, page_numbers(r.text), dsl.from_yaml(text).to_dict())
+    definition = dsl.from_yaml(text).to_dict()
+    check_against_nodes(fed, page_numbers(r.text), definition)
+    # every number in the result (outside the definition's own text) is a node's released answer or their sum
+    released: set[int] = set()
+    for site in fed.nodes:
+        node = node_answer(fed, site, definition)
+        released |= {v for v in (node["persons"], node["entries"]) if v is not None}
+        released |= {p for _, p in node["attrition"]["rows"] if p is not None}
+    shown_counts = page_numbers(r.text)
+    released |= {v for v in shown_counts["total"] if v is not None}
+    result = r.text.split('id="cohort-result"', 1)[1].split('aria-labelledby="saved-h"', 1)[0]
+    result = re.sub(r"<pre.*?</pre>|<form.*?</form>", " ", result, flags=re.S)  # the YAML and the save form
+    # numbers of the definition itself: in its rule names, and how many rules it has
+    words = set(re.findall(r"\d+", text)) | {str(len(definition["expression"]["inclusion_rules"]))}
+    stray = [x for x in re.findall(r"(?<![\w.-])\d[\d,]*", html.unescape(re.sub(r"<[^>]+>", " ", result)))
+             if int(x.replace(",", "")) not in released and x not in words]
+    assert stray == []
 
 
 # ---- in Chromium ---------------------------------------------------------------------------------------------

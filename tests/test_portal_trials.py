@@ -334,6 +334,9 @@ def check_page_against_api(page: str, api: dict[str, Any], definition_words: str
         allowed |= {float(whole["eligible"] + w["gained"]) for w in whole["what_if"]
                     if whole["eligible"] is not None and w["gained"] is not None}
     allowed |= {float(x) for x in re.findall(r"\d+(?:\.\d+)?", definition_words)}
+    # and the levels' own names (age bands "60-69", "80+"): labels, not counts
+    levels = " ".join(c["level"] for dim in api["breakdowns"].values() for c in dim)
+    allowed |= {float(x) for x in re.findall(r"\d+", levels)}
     shown = re.findall(r"(?<![\w.-])\d[\d,]*(?:\.\d+)?", result_text(page))
     assert shown
     stray = [x for x in shown if float(x.replace(",", "")) not in allowed]
@@ -360,7 +363,8 @@ def test_every_number_on_the_trial_pages_is_a_released_answer_of_the_api(fed: Fe
         api = c.trial_feasibility(definition, project=PROJECT, history_months=36, target=50, consent=0.5)
     assert api["eligible"] is not None and any(s.get("eligible") for s in api["sites"])
     months = " ".join(api["monthly"]["months"])
-    words = COHORT_TRIAL + " 1 2 3 4 5 6 7 8 9 95 36 50 0.5 " + months
+    numbering = " ".join(str(j + 1) for j in range(len(api["funnel"])))  # criteria 1 to n
+    words = COHORT_TRIAL + f" {numbering} 95 36 50 0.5 " + months  # 95% CI; the question asked
     check_page_against_api(page, api, words)
     # toggled: eligible without criterion 2 = each site's released eligible plus its released gain
     without = table_cells(single, "trial-without")

@@ -84,8 +84,9 @@ def _domain(fields: dict[str, list[str]], name: str, label: str) -> Any:
 
 def build_from_form(fields: dict[str, list[str]]) -> CohortDefinition:
     """The builder's cohort: entry events of a concept set (with descendants), age at entry, observation
-    before and after, inclusion criteria "has / has not concept X in [a, b] days, at least n times", and
-    exit at the end of observation or a fixed number of days after entry."""
+    before and after, inclusion criteria "has / has not concept X in [a, b] days, at least n times", exit
+    at the end of observation or a fixed number of days after entry, and censoring (leaving early) at
+    death or at the first record of a concept set after entry."""
     name = _one(fields, "b_name") or "Portal cohort"
     entry_set = dsl.concepts("entry concepts", *_ids(fields, "b_entry_concepts", "entry concepts"),
                              descendants=_one(fields, "b_entry_descendants") == "1")
@@ -127,6 +128,15 @@ def build_from_form(fields: dict[str, list[str]]) -> CohortDefinition:
             c = c.require(crit.at_least(n), name=f"{label}: has {where}" + (f", at least {n} times" if n > 1 else ""))
         else:
             c = c.exclude(crit, name=f"{label}: has no {where}")
+    censor = _one(fields, "x_mode")
+    if censor == "death":
+        c = c.censor_at(dsl.death())
+    elif censor == "event":
+        cs = dsl.concepts("censoring concepts", *_ids(fields, "x_concepts", "censoring concepts"),
+                          descendants=_one(fields, "x_descendants") == "1")
+        c = c.censor_at(_domain(fields, "x_domain", "censoring domain")(cs))
+    elif censor:
+        raise CohortDefinitionError(f"censoring: {censor!r} is not a choice; use death or event")
     exit_ = _one(fields, "b_exit") or "observation"
     if exit_ == "days":
         days = _int(fields, "b_exit_days", "exit after (days)", high=36_500)

@@ -3,6 +3,10 @@ sites' released counts with the attrition by inclusion rule.
 
     /portal/cohorts         GET the page; POST a pasted/uploaded definition (action=check or count)
     /portal/cohorts/build   POST the criteria builder's form (action=check or count)
+    /portal/cohorts/save    POST a checked definition, saved by name in a project (saved_cohorts.py)
+    /portal/cohorts/saved   GET ?project=P&name=N: a saved cohort reopened (checked, its YAML, to count)
+
+A file is uploaded with the form itself (multipart, read by web.py), so uploading needs no script.
 
 The counts are `HubServices.feasibility`, the code path of the API's POST /api/v1/feasibility: the
 sites checked against the project, the count-query guard, each node asked for the signed-in researcher
@@ -13,13 +17,15 @@ status 400 and the reader's message naming the field.
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures.
 
-from typing import Any
+import json
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from mercia.cohorts.model import CohortDefinition
-from mercia.errors import CohortDefinitionError
+from mercia.errors import CohortDefinitionError, MerciaError
+from mercia.federation.auth import require_project
 from mercia.portal.cohort_forms import (
     CRITERIA_ROWS,
     DOMAINS,
@@ -28,7 +34,8 @@ from mercia.portal.cohort_forms import (
     read_pasted,
     yaml_view,
 )
-from mercia.portal.web import PortalWeb, one
+from mercia.portal.saved_cohorts import SavedCohorts, check_cohort_name
+from mercia.portal.web import PortalWeb, one, upload_or_text
 
 
 def attrition_table(answer: dict[str, Any]) -> dict[str, Any]:
@@ -48,14 +55,16 @@ def attrition_table(answer: dict[str, Any]) -> dict[str, Any]:
     return {"sites": sites, "rows": [(s, [per_site.get(site, {}).get(s) for site in sites]) for s in steps]}
 
 
-def add_cohort_pages(app: FastAPI, web: PortalWeb, services: Any, my_projects: Any) -> None:
-    """The cohorts routes on the hub portal's app."""
+def add_cohort_pages(app: FastAPI, web: PortalWeb, services: Any, my_projects: Any) -> SavedCohorts:
+    """The cohorts routes on the hub portal's app; returns the store of saved cohorts."""
+    saved = SavedCohorts(services.config.state_dir / "hub.sqlite")
 
     def page(request: Request, session: Any, *, status_code: int = 200, **extra: Any) -> Response:
         principal = web.with_role(session, "researcher", "admin")
-        return web.page(request, "cohorts.html", session, title="Cohorts", projects=my_projects(principal),
+        projects = my_projects(principal)
+        return web.page(request, "cohorts.html", session, title="Cohorts", projects=projects,
                         domains=list(DOMAINS), rows=range(1, CRITERIA_ROWS + 1), max_text=MAX_TEXT,
-                        status_code=status_code, **extra)
+                        saved=[c for p in projects for c in saved.list(p)], status_code=status_code, **extra)
 
     def answer(request: Request, session: Any, fields: dict[str, list[str]], definition: CohortDefinition,
                **extra: Any) -> Response:
@@ -78,7 +87,7 @@ def add_cohort_pages(app: FastAPI, web: PortalWeb, services: Any, my_projects: A
         session = web.signed_in(request)
         fields = await web.form(request, session)
         web.with_role(session, "researcher", "admin")
-        text = one(fields, "definition")
+        text = upload_or_text(fields, "definition_file", "definition")
         try:
             definition, form = read_pasted(text)
         except CohortDefinitionError as e:
@@ -99,3 +108,35 @@ def add_cohort_pages(app: FastAPI, web: PortalWeb, services: Any, my_projects: A
                         project=one(fields, "project"))
         text, _ = yaml_view(definition)
         return answer(request, session, fields, definition, b=b, text=text or "", built=True)
+
+    @app.post("/cohorts/save", response_class=HTMLResponse)
+    async def cohorts_save(request: Request) -> Response:
+        session = web.signed_in(request)
+        fields = await web.form(request, session)
+        principal = web.with_role(session, "researcher", "admin")
+        project, name, text = one(fields, "project"), one(fields, "save_name").strip(), one(fields, "definition")
+        require_project(principal, project)  # as the API checks a project: 403 outside one's own
+        try:
+            check_cohort_name(name)
+            definition, form = read_pasted(text)
+        except MerciaError as e:
+            return page(request, session, status_code=400, message=f"The cohort cannot be saved: {e}", text=text,
+                        project=project)
+        saved.save(project, name, definition, saved_by=principal.name)
+        services.audit.append("portal.cohort_saved", principal.name, project=project, name=name)
+        return answer(request, session, {"project": [project]}, definition, text=text, form=form,
+                      notice=f"Saved as {name} in project {project}.")
+
+    @app.get("/cohorts/saved", response_class=HTMLResponse)
+    def cohorts_saved(request: Request, project: Annotated[str, Query(max_length=128)],
+                      name: Annotated[str, Query(max_length=128)]) -> Response:
+        session = web.signed_in(request)
+        principal = web.with_role(session, "researcher", "admin")
+        require_project(principal, project)
+        definition = saved.get(project, name)
+        text, _ = yaml_view(definition)
+        return answer(request, session, {"project": [project]}, definition,
+                      text=text or json.dumps(definition.to_dict(), indent=2), saved_name=name,
+                      notice=f"Reopened {name} from project {project}.")
+
+    return saved

@@ -11,6 +11,8 @@
                                     (concept_set_pages.py)                               researcher, admin
     /portal/cohorts                 paste/upload/build a definition; POST: checked, YAML, released counts
                                     and attrition per site (cohort_pages.py)            researcher, admin
+    /portal/trials                  a trial's feasibility per site: funnel, what-if, breakdowns, projection
+                                    (trial_pages.py)                                    researcher, admin
     /portal/admin/users             users: list, POST add                                admin
     /portal/admin/users/{name}      POST change role/projects/disabled; POST .../password: reset
     /portal/admin/projects          projects: list, POST add or change                   admin
@@ -18,7 +20,7 @@
 
 Every permission is the API's: a user acts as `Principal(name, role, projects)` and each page calls the
 checks and the `HubServices` methods the API's routes call (`check_role`, `require_project`,
-`require_grant`, `concept_counts`, `feasibility`, `issue_token`, `save_project`), so a portal user may do exactly what
+`require_grant`, `concept_counts`, `feasibility`, `trial_feasibility`, `issue_token`, `save_project`), so a portal user may do exactly what
 an API token of that role and those projects may. The numbers shown are the nodes' released answers,
 as `POST /api/v1/concepts/count` returns them. Every action is in the hub's audit log.
 """
@@ -37,11 +39,13 @@ from mercia.portal.accounts import NAME, AccountError, LockedOut, SignInRefused,
 from mercia.portal.cohort_pages import add_cohort_pages
 from mercia.portal.concept_set_pages import add_concept_set_pages
 from mercia.portal.oidc import add_oidc_routes
+from mercia.portal.trial_pages import add_trial_pages
 from mercia.portal.web import PortalWeb, one
 
 ANY_ROLE = HUB_ROLES
 NAV = [("Home", "/", ANY_ROLE), ("Concepts", "/concepts", ("researcher", "admin")),
        ("Concept sets", "/concept-sets", ("researcher", "admin")), ("Cohorts", "/cohorts", ("researcher", "admin")),
+       ("Trials", "/trials", ("researcher", "admin")),
        ("Users", "/admin/users", ("admin",)), ("Projects", "/admin/projects", ("admin",)),
        ("API tokens", "/admin/tokens", ("admin",))]
 
@@ -178,7 +182,9 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
 
     # ---- concept sets (concept_set_pages.py), cohorts (cohort_pages.py) ----------------------------------
     editable_sets = add_concept_set_pages(app, web, services, my_projects)
-    add_cohort_pages(app, web, services, my_projects)
+    app.state.saved_cohorts = add_cohort_pages(app, web, services, my_projects)
+    # ---- trials (trial_pages.py) ------------------------------------------------------------------------
+    app.state.trial_answers = add_trial_pages(app, web, services, my_projects)
 
     # ---- admin: users ------------------------------------------------------------------------------------
     def admin(request: Request) -> tuple[Any, Principal]:

@@ -9,7 +9,8 @@
 
 Pages are rendered on the server (Jinja2, autoescaped); styles and the one small script are files of
 this package served under /portal/static: nothing comes from another origin, and the Content Security
-Policy says so. Forms are URL-encoded and read here (no multipart).
+Policy says so. Forms are URL-encoded, or multipart when they carry a file (a cohort or trial uploaded
+without JavaScript): both read here, at most MAX_FORM_BYTES, with files as UTF-8 text.
 
 The session cookie is HttpOnly, SameSite=Lax and (unless configured off) Secure, and holds only the
 random session id. CSRF: a signed-in form carries its session's token (bound to the session in the
@@ -20,6 +21,8 @@ second cookie (double submit). A POST without the right token is the 403 page, b
 from __future__ import annotations
 
 import hmac
+from email.parser import BytesParser
+from email.policy import HTTP
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -35,6 +38,9 @@ from mercia.federation.auth import Principal, check_role
 from mercia.portal.accounts import Accounts, Session
 
 HERE = Path(__file__).parent
+MAX_FORM_BYTES = 2_000_000  # a form with an uploaded file: a large ATLAS export is ~100 kB
+MAX_FORM_FIELDS = 200
+FILE_SUFFIX = ".filename"  # a file field's name in the fields read: its text under the name, its name here
 SESSION_COOKIE = "mercia_session"
 SIGNIN_CSRF_COOKIE = "mercia_signin_csrf"
 SECURITY_HEADERS = {
@@ -119,7 +125,7 @@ class PortalWeb:
 
     def error(self, request: Request, status_code: int, message: str) -> HTMLResponse:
         titles = {400: "That did not work", 401: "Sign-in refused", 403: "Not allowed", 404: "Not found",
-                  409: "Not yet", 422: "Check the form", 429: "Too many attempts"}
+                  409: "Not yet", 413: "Too large", 422: "Check the form", 429: "Too many attempts"}
         session = self.session_of(request)
         return self.page(request, "error.html", session, status_code=status_code,
                          title=titles.get(status_code, "Something went wrong"), message=message, code=status_code)
@@ -149,12 +155,24 @@ class PortalWeb:
     # ---- forms and CSRF ----------------------------------------------------------------------------------
     @staticmethod
     async def _fields(request: Request) -> dict[str, list[str]]:
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind != "application/x-www-form-urlencoded":
+        content_type = request.headers.get("content-type", "")
+        kind = content_type.split(";")[0].strip().lower()
+        if kind not in ("application/x-www-form-urlencoded", "multipart/form-data"):
             return {}  # not one of the portal's forms: it has no token, so the caller's check refuses it
-        body = await request.body()
+        too_large = HTTPException(413, detail=f"the form is larger than {MAX_FORM_BYTES // 1_000_000} MB: "
+                                              "send a smaller file")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+            raise too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:
+                raise too_large
+        if kind == "multipart/form-data":
+            return read_multipart(content_type, bytes(body))
         try:
-            return parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=200)
+            return parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
         except (UnicodeDecodeError, ValueError):
             raise HTTPException(400, detail="the form could not be read") from None
 
@@ -186,3 +204,44 @@ class PortalWeb:
 def one(fields: dict[str, list[str]], name: str, default: str = "") -> str:
     """A form field's single value (the first one sent)."""
     return (fields.get(name) or [default])[0]
+
+
+def read_multipart(content_type: str, body: bytes) -> dict[str, list[str]]:
+    """A multipart/form-data body's fields (already bounded in size by the caller), with the standard
+    library's MIME parser: text fields as text, a file as its UTF-8 text under the field's name and its
+    file name under name + FILE_SUFFIX; a file input left empty is no value. Anything else is a 400."""
+    if "boundary=" not in content_type.lower():
+        raise HTTPException(400, detail="the form could not be read (multipart without a boundary)")
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise HTTPException(400, detail="the form could not be read")
+    fields: dict[str, list[str]] = {}
+    parts = list(message.iter_parts())
+    if len(parts) > MAX_FORM_FIELDS:
+        raise HTTPException(400, detail=f"the form has more than {MAX_FORM_FIELDS} fields")
+    for part in parts:
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            continue
+        filename = part.get_filename()
+        raw = part.get_payload(decode=True) or b""
+        if filename is not None and not filename and not raw:
+            continue  # a file input with no file chosen
+        try:
+            text = raw.decode("utf-8-sig" if filename is not None else "utf-8")
+        except UnicodeDecodeError:
+            raise HTTPException(400, detail=f"{name}: the file is not UTF-8 text (upload the .yaml or .json "
+                                            "file itself)") from None
+        fields.setdefault(name, []).append(text)
+        if filename is not None:
+            fields.setdefault(name + FILE_SUFFIX, []).append(Path(filename).name[:200])
+    return fields
+
+
+def upload_or_text(fields: dict[str, list[str]], file_field: str, text_field: str) -> str:
+    """The uploaded file's text when a file was sent, else the text box's: the form's one definition."""
+    uploaded = fields.get(file_field)
+    if uploaded and uploaded[0].strip():
+        return uploaded[0]
+    return one(fields, text_field)

@@ -285,6 +285,24 @@ class HubServices:
                           persons=answer["persons"])
         return answer
 
+    def trial_feasibility(self, principal: Principal, definition: dict[str, Any], project: str,
+                          asked: list[str] | None = None, *, history_months: int = 36,
+                          not_applied: list[str] | None = None, target: int | None = None,
+                          consent: float | None = None) -> dict[str, Any]:
+        """A trial's released feasibility at each asked site and in total, for `principal` (the API's
+        POST /trials/feasibility and the portal's trial pages): the sites checked against the project, the
+        count-query guard, each node asked with the hub's attestation (charging that researcher's budget
+        there), and the question audited."""
+        sites = self.asked_sites(principal, project, asked)
+        self.guard.check(principal, "trial:" + count_query_key(definition))
+        answer = trial_feasibility_across(
+            self.store, sites, definition, project, requested_by=principal.name,
+            signing_key=self.config.signing_key, history_months=history_months, not_applied=not_applied,
+            target=target, consent=consent, timeout=self.config.node_timeout_seconds)
+        self.audit.append("trial_feasibility.asked", principal.name, project=project, sites=sites,
+                          eligible=answer["eligible"])
+        return answer
+
     # ---- administration (the API's admin routes and the portal's admin pages) ---------------------
     def issue_token(self, principal: Principal, name: str, role: str, projects: list[str]) -> str:
         """Issue (or rotate) `name`'s API token for an admin `principal`, audited; the token is returned
@@ -501,15 +519,9 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         pooled. Each node charges the caller's privacy budget there (a site that refuses gives its reason
         in `error`). Roles: researcher (in the project), admin; rate-limited with a lockout after repeats
         (429); a site not in the project is 403."""
-        sites = asked_sites(principal, body.project, body.sites)
-        services.guard.check(principal, "trial:" + count_query_key(body.definition))
-        answer = trial_feasibility_across(
-            store, sites, body.definition, body.project, requested_by=principal.name, signing_key=config.signing_key,
-            history_months=body.history_months, not_applied=body.not_applied, target=body.target,
-            consent=body.consent, timeout=config.node_timeout_seconds)
-        services.audit.append("trial_feasibility.asked", principal.name, project=body.project, sites=sites,
-                              eligible=answer["eligible"])
-        return answer
+        return services.trial_feasibility(principal, body.definition, body.project, body.sites,
+                                          history_months=body.history_months, not_applied=body.not_applied,
+                                          target=body.target, consent=body.consent)
 
     @app.get(f"{API}/concepts", response_model=list[ConceptHit], responses=ERRORS, tags=["concepts"])
     def concept_search(

@@ -23,7 +23,7 @@ window.addEventListener("resize", markScrollable);
 // Cohorts page: a file chosen fills the definition box; with "Ask again as I edit" on, the form is sent
 // (action=count) a moment after the last change and the result replaces the one on the page. Only a
 // definition that changed is sent again (the hub refuses a repeated question after a few tries).
-for (const el of document.querySelectorAll(".file-field, .live-field")) el.hidden = false;
+for (const el of document.querySelectorAll(".live-field")) el.hidden = false;
 document.addEventListener("change", (e) => {
   const input = e.target;
   if (!(input instanceof HTMLInputElement) || input.type !== "file" || !input.dataset.fills) return;
@@ -32,13 +32,16 @@ document.addEventListener("change", (e) => {
   if (!file || !target) return;
   file.text().then((text) => {
     target.value = text;
+    input.value = ""; // the box now holds the text: edits to it are what is sent
     target.dispatchEvent(new Event("input", { bubbles: true }));
   });
 });
 const liveTimers = new WeakMap();
 const lastAsked = new WeakMap();
 function askLive(form) {
-  const body = new URLSearchParams(new FormData(form));
+  const data = new FormData(form);
+  for (const [k, v] of [...data.entries()]) if (v instanceof File) data.delete(k);
+  const body = new URLSearchParams(data);
   body.set("action", "count");
   const key = body.toString();
   if (lastAsked.get(form) === key) return;

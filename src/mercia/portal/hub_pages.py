@@ -7,6 +7,8 @@
     /portal/concepts/{id}           a concept; POST .../counts: each site's released persons count
     /portal/cohorts                 paste/upload/build a definition; POST: checked, YAML, released counts
                                     and attrition per site (cohort_pages.py)            researcher, admin
+    /portal/studies                 list, compose (YAML and hash), submit, status per site, pooled report,
+                                    released results as CSV/Parquet (study_pages.py)    researcher, admin
     /portal/admin/users             users: list, POST add                                admin
     /portal/admin/users/{name}      POST change role/projects/disabled; POST .../password: reset
     /portal/admin/projects          projects: list, POST add or change                   admin
@@ -31,11 +33,12 @@ from mercia.errors import MerciaError
 from mercia.federation.auth import ALL_PROJECTS, HUB_ROLES, Principal, require_grant, require_project
 from mercia.portal.accounts import NAME, AccountError, LockedOut, SignInRefused, accounts_for, check_name
 from mercia.portal.cohort_pages import add_cohort_pages
+from mercia.portal.study_pages import add_study_pages
 from mercia.portal.web import PortalWeb, one
 
 ANY_ROLE = HUB_ROLES
 NAV = [("Home", "/", ANY_ROLE), ("Concepts", "/concepts", ("researcher", "admin")),
-       ("Cohorts", "/cohorts", ("researcher", "admin")),
+       ("Cohorts", "/cohorts", ("researcher", "admin")), ("Studies", "/studies", ("researcher", "admin")),
        ("Users", "/admin/users", ("admin",)), ("Projects", "/admin/projects", ("admin",)),
        ("API tokens", "/admin/tokens", ("admin",))]
 
@@ -168,6 +171,9 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
 
     # ---- cohorts (cohort_pages.py) ----------------------------------------------------------------------
     add_cohort_pages(app, web, services, my_projects)
+
+    # ---- studies (study_pages.py) -----------------------------------------------------------------------
+    add_study_pages(app, web, services, my_projects)
 
     # ---- admin: users ------------------------------------------------------------------------------------
     def admin(request: Request) -> tuple[Any, Principal]:

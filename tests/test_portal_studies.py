@@ -517,3 +517,15 @@ def test_a_suppressed_value_is_a_dash_and_never_a_number() -> None:
     view = report_view({"sites": {"a": {"tables": [km]}}, "pooled": {}}, {1: "Hypertension"})
     (plot,) = view["km"]
     assert "a: Hypertension: day 30, survival 0.9 (0.8 to 0.97) at risk –" in plot["svg"]
+
+
+def test_an_incidence_line_breaks_at_a_level_not_released() -> None:
+    from mercia.portal.study_report import report_view
+
+    rates = {"name": "inc", "kind": "rates", "site": "a", "status": "released",
+             "columns": ["calendar_year", "n_events", "person_years", "incidence_per_1000py"],
+             "rows": [["2012", 8, 1000.0, 8.0], ["2013", None, 900.0, None], ["2014", 10, 1000.0, 10.0],
+                      ["2015", 12, 1000.0, 12.0]]}
+    (plot,) = report_view({"sites": {"a": {"tables": [rates]}}, "pooled": {}}, {})["incidence"]
+    d = re.search(r'<path d="([^"]+)" fill="none" stroke-width="1.5"/>', plot["svg"]).group(1)
+    assert [c[0] for c in d.split()] == ["M", "M", "L"]  # 2012 alone; 2014 to 2015

@@ -109,7 +109,7 @@ def _inputs(model: type[BaseModel], prefix: str, path: tuple[str, ...], exclude:
         inner, _ = _unwrap(f.annotation)
         default = _default(f)
         required = default is PydanticUndefined
-        hint = type_text(f.annotation, list(f.metadata)) + (f": {f.description}" if f.description else "")
+        hint = (type_text(f.annotation, list(f.metadata)) + (f": {f.description}" if f.description else "")).replace("`", "")
         label = " › ".join(p)
         shown = "" if required or default is None else default
         origin = get_origin(inner)

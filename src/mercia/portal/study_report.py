@@ -209,17 +209,20 @@ def incidence_plot(tables: list[dict[str, Any]], name: str, plot_id: str) -> dic
         return None
     dim = "calendar_year" if "calendar_year" in dims else dims[0]
     lines = []
+    seen: set[str] = set()  # every level of the axis, released or not (a suppressed year keeps its place)
     for t in found:
         df = pd.DataFrame(t["rows"], columns=t["columns"])
         for other in dims:
             if other != dim:
                 df = df[df[other].astype(str) == TOTAL]
-        df = df[(df[dim].astype(str) != TOTAL) & df[RATE].notna()]
+        df = df[df[dim].astype(str) != TOTAL]
+        seen |= {str(v) for v in df[dim]}
+        df = df[df[RATE].notna()]
         if not df.empty:
             lines.append((t["site"], df))
     if not lines:
         return None
-    levels = sorted({str(v) for _, df in lines for v in df[dim]}, key=natural_key)
+    levels = sorted(seen, key=natural_key)
     pos = {v: i for i, v in enumerate(levels)}
     top = max(float(df[RATE].max()) for _, df in lines) or 1.0
     cv = _Canvas(-0.5, len(levels) - 0.5, 0, top * 1.1)
@@ -232,7 +235,11 @@ def incidence_plot(tables: list[dict[str, Any]], name: str, plot_id: str) -> dic
         sid = f"{plot_id}-{k}"
         df = df.assign(_x=[pos[str(v)] for v in df[dim]]).sort_values("_x")
         pts = [(cv.x(x), cv.y(float(r))) for x, r in zip(df["_x"], df[RATE], strict=True)]
-        path = " ".join(f"{'M' if i == 0 else 'L'}{x:.1f},{y:.1f}" for i, (x, y) in enumerate(pts))
+        # a level the site did not release (suppressed, or nobody at risk) breaks the line: no segment
+        # is drawn across it, so a missing year never looks like a value between its neighbours
+        xs = list(df["_x"])
+        path = " ".join(f"{'M' if i == 0 or xs[i] - xs[i - 1] > 1 else 'L'}{x:.1f},{y:.1f}"
+                        for i, (x, y) in enumerate(pts))
         dots = [_point(x, y, colour, f"{site}, {dim.replace('_', ' ')} {v}: {show(r)} per 1,000 person-years "
                        f"({show(e)} events in {show(py)} person-years)")
                 for (x, y), v, r, e, py in zip(pts, df[dim], df[RATE], df.get("n_events", [None] * len(df)),

@@ -246,6 +246,8 @@ BAD = [
     ({"a.kaplan_meier.outcome": "nobody"}, "refers to cohort(s) ['nobody']"),
     ({"a.cohort_entries.on": "", "a.incidence.on": "", "a.kaplan_meier.on": ""}, "analyses: tick at least one"),
     ({"disclosure": "none"}, "disclosure: 'none' is not allowed"),
+    ({"cohort1_definition": "- 1\n- 2\n"}, "cohort 1 (htn) definition:"),
+    ({"a.incidence.settings.age_groups": "hello"}, "analyses[1].settings.age_groups"),
 ]
 
 
@@ -261,10 +263,28 @@ def test_bad_input_is_a_page_naming_the_field(visitor: Any, change: dict[str, An
 @pytest.mark.parametrize("text,message", [("", "package: paste a study package"),
                                           ("{not json", "package: malformed JSON at line 1"),
                                           ("- a\n- b\n", "package: a study package is a mapping"),
-                                          ("name: x\ncohorts: {}\nanalyses: []\n", "cohorts:")])
+                                          ("name: x\ncohorts: {}\nanalyses: []\n", "cohorts:"),
+                                          ('{"name": "x", "cohorts": {"a": 5}, "analyses": '
+                                           '[{"type": "cohort_entries", "cohorts": ["a"]}]}', "cohorts.a")])
 def test_a_bad_pasted_package_is_a_page_naming_the_field(visitor: Any, text: str, message: str) -> None:
     r = visitor("rita").post("/portal/studies/package", {"package_text": text})
     assert r.status_code == 400 and message in T(r), T(r)[:2000]
+
+
+def test_garbage_in_any_generated_field_is_a_page_never_a_500(visitor: Any) -> None:
+    from mercia.portal.study_forms import analysis_forms
+
+    v = visitor("rita")
+    ticked = {"cohort_entries", "incidence", "kaplan_meier"}
+    for form in analysis_forms():
+        if form.type not in ticked:
+            continue
+        for i in form.inputs:
+            for junk in ("{[", "-1e309", "x" * 2000, "[1, {a: b}]"):
+                r = v.post("/portal/studies/new", {**compose_fields(), i.name: junk, f"{i.name}.shown": "1"})
+                assert r.status_code in (200, 400), (i.name, junk, r.status_code)
+                if r.status_code == 400:
+                    assert 'class="problem" role="alert"' in r.text
 
 
 def test_submit_refuses_a_changed_package_a_site_outside_the_project_and_another_project(fed: Federation,

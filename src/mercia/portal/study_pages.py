@@ -22,7 +22,7 @@ released tables and the hub's meta-analysis of them (study_report.py).
 import io
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Path, Request
+from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from mercia.errors import MerciaError, StudyError
@@ -156,7 +156,7 @@ def add_study_pages(app: FastAPI, web: PortalWeb, services: Any, my_projects: An
 
     # ---- a study ----------------------------------------------------------------------------------------------
     @app.get("/studies/{content_hash}", response_class=HTMLResponse)
-    def study(request: Request, content_hash: Hash, sent: str = "") -> Response:
+    def study(request: Request, content_hash: Hash, sent: Annotated[str, Query(max_length=1)] = "") -> Response:
         session, principal = researcher(request)
         state = services.study_state(principal, content_hash)
         return web.page(request, "study.html", session, title=state["name"], s=state, words=status_words,

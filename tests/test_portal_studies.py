@@ -25,49 +25,55 @@ import pandas as pd
 import pytest
 import yaml
 
-from federation_support import PROJECT, Federation, make_site
+from federation_support import FEMALE, MALE, PROJECT, Federation, hypertension, make_site
+from mercia.study.package import EXAMPLES_DIR
 from test_portal import PASSWORD, T, Visitor
 
-HTN = """name: Hypertension
-concepts:
-  htn: {name: Hypertension, include: [320128], descendants: true}
-entry:
-  - condition: htn
-    first: true
-"""
-T2D = """name: Type 2 diabetes
-concepts:
-  t2d: {name: Type 2 diabetes, include: [201826], descendants: true}
-entry:
-  - condition: t2d
-    first: true
-"""
+# Women and men with a first hypertension diagnosis (pasted as JSON: the model form, as ATLAS exports
+# are JSON) and heart-failure admission (pasted as the cohort language's YAML): at 20,000 persons a site
+# releases the Cox model of women vs men, so the hub pools it.
+WOMEN = json.dumps(hypertension(FEMALE))
+MEN = json.dumps(hypertension(MALE))
+HF = yaml.safe_dump(yaml.safe_load((EXAMPLES_DIR / "sglt2_heart_failure" / "study.yaml").read_text())
+                    ["cohorts"]["hf_admission"]["definition"], sort_keys=False)
+PERSONS = 20_000
 
 
 def compose_fields(name: str = "portal study") -> dict[str, Any]:
-    """The composer's fields for a small study: two pasted cohorts, cohort entries, incidence and KM."""
+    """The composer's fields for a small study: three pasted cohorts, cohort entries, incidence,
+    Kaplan-Meier curves and a Cox model."""
     return {
-        "study_name": name, "cohort1_key": "htn", "cohort1_definition": HTN,
-        "cohort2_key": "t2d", "cohort2_definition": T2D,
-        "a.cohort_entries.on": "1", "a.cohort_entries.cohorts": "htn, t2d", "a.cohort_entries.interval": "year",
-        "a.incidence.on": "1", "a.incidence.outcome": "t2d", "a.incidence.settings.washout_days": "0",
+        "study_name": name, "cohort1_key": "women", "cohort1_definition": WOMEN,
+        "cohort2_key": "men", "cohort2_definition": MEN, "cohort3_key": "hf", "cohort3_definition": HF,
+        "a.cohort_entries.on": "1", "a.cohort_entries.cohorts": "women, men", "a.cohort_entries.interval": "year",
+        "a.incidence.on": "1", "a.incidence.outcome": "hf", "a.incidence.settings.washout_days": "0",
         "a.incidence.settings.by.shown": "1", "a.incidence.settings.by": ["calendar_year"],
-        "a.kaplan_meier.on": "1", "a.kaplan_meier.targets": "htn", "a.kaplan_meier.outcome": "t2d",
+        "a.kaplan_meier.on": "1", "a.kaplan_meier.targets": "women, men", "a.kaplan_meier.outcome": "hf",
         "a.kaplan_meier.settings.censor_at": "observation_end",
+        "a.cox.on": "1", "a.cox.target": "women", "a.cox.comparator": "men", "a.cox.outcome": "hf",
+        "a.cox.settings.sex": "false", "a.cox.settings.covariates": "[]", "a.cox.settings.ph_test": "false",
+    }
+
+
+def package_data(name: str = "portal study") -> dict[str, Any]:
+    """The same study written as a package by hand."""
+    return {
+        "name": name,
+        "cohorts": {"women": {"definition": hypertension(FEMALE)}, "men": {"definition": hypertension(MALE)},
+                    "hf": {"definition": yaml.safe_load(HF)}},
+        "analyses": [{"type": "cohort_entries", "cohorts": ["women", "men"]},
+                     {"type": "incidence", "outcome": "hf", "settings": {"by": ["calendar_year"]}},
+                     {"type": "kaplan_meier", "targets": ["women", "men"], "outcome": "hf"},
+                     {"type": "cox", "target": "women", "comparator": "men", "outcome": "hf",
+                      "settings": {"sex": False, "covariates": [], "ph_test": False}}],
     }
 
 
 def expected_package(name: str = "portal study") -> Any:
-    """The same study written as a package by hand: its hash is what the composer must show."""
+    """The hand-written package: its hash is what the composer must show."""
     from mercia.study import StudyPackage
 
-    return StudyPackage.from_dict({
-        "name": name,
-        "cohorts": {"htn": {"definition": yaml.safe_load(HTN)}, "t2d": {"definition": yaml.safe_load(T2D)}},
-        "analyses": [{"type": "cohort_entries", "cohorts": ["htn", "t2d"]},
-                     {"type": "incidence", "outcome": "t2d", "settings": {"by": ["calendar_year"]}},
-                     {"type": "kaplan_meier", "targets": ["htn"], "outcome": "t2d"}],
-    })
+    return StudyPackage.from_dict(package_data(name))
 
 
 def add_portal_user(fed: Federation, name: str, role: str, projects: list[str]) -> None:
@@ -84,8 +90,8 @@ def add_portal_user(fed: Federation, name: str, role: str, projects: list[str]) 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     root = tmp_path_factory.mktemp("portal-studies")
-    sites = {"east": make_site(root / "east.duckdb", persons=3000, seed=1),
-             "west": make_site(root / "west.duckdb", persons=3000, seed=2, first_person_id=100_000)}
+    sites = {"east": make_site(root / "east.duckdb", persons=PERSONS, seed=11),
+             "west": make_site(root / "west.duckdb", persons=PERSONS, seed=12, first_person_id=100_000)}
     with Federation(root, sites) as f:
         with f.admin() as admin:
             admin.add_project("other", ["west"])
@@ -212,31 +218,28 @@ def test_check_shows_the_yaml_and_the_hash_of_the_package(visitor: Any) -> None:
     assert StudyPackage.from_dict(yaml.safe_load(shown)).content_hash == want.content_hash
 
 
-def test_an_atlas_json_cohort_gives_the_same_hash_as_its_model_form(visitor: Any) -> None:
+def test_a_json_cohort_gives_the_same_hash_as_its_yaml(visitor: Any) -> None:
     from mercia.cohorts import dsl
 
-    as_json = json.dumps(dsl.from_dict(yaml.safe_load(HTN)).to_dict())
-    fields = {**compose_fields("json cohort"), "cohort1_definition": as_json}
+    as_json = json.dumps(dsl.from_dict(yaml.safe_load(HF)).to_dict())
+    fields = {**compose_fields("json cohort"), "cohort3_definition": as_json}
     page = T(visitor("rita").post("/portal/studies/new", fields))
     assert expected_package("json cohort").content_hash in page
 
 
 def test_a_whole_package_pasted_is_checked(visitor: Any) -> None:
     pkg = expected_package("pasted")
-    text = yaml.safe_dump({"name": "pasted", "cohorts": {"htn": {"definition": yaml.safe_load(HTN)},
-                                                         "t2d": {"definition": yaml.safe_load(T2D)}},
-                           "analyses": [{"type": "cohort_entries", "cohorts": ["htn", "t2d"]},
-                                        {"type": "incidence", "outcome": "t2d", "settings": {"by": ["calendar_year"]}},
-                                        {"type": "kaplan_meier", "targets": ["htn"], "outcome": "t2d"}]})
-    r = visitor("rita").post("/portal/studies/package", {"package_text": text})
-    assert r.status_code == 200 and pkg.content_hash in T(r)
+    for text in (yaml.safe_dump(package_data("pasted")), json.dumps(package_data("pasted"))):
+        r = visitor("rita").post("/portal/studies/package", {"package_text": text})
+        assert r.status_code == 200 and pkg.content_hash in T(r)
 
 
 BAD = [
     ({"study_name": ""}, "study name: give the study a name"),
     ({"cohort1_key": "1bad"}, "cohort 1 key: '1bad' is not a key"),
-    ({"cohort2_key": "htn"}, "cohort 2 key: 'htn' is given twice"),
-    ({"cohort1_definition": "name: x\nentry: [{condition: nowhere}]\n"}, "cohort 1 (htn) definition:"),
+    ({"cohort2_key": "women"}, "cohort 2 key: 'women' is given twice"),
+    ({"cohort1_definition": "name: x\nentry: [{condition: nowhere}]\n"}, "cohort 1 (women) definition:"),
+    ({"cohort1_definition": '{"expression": 5}'}, "cohort 1 (women) definition:"),
     ({"a.incidence.settings.washout_days": "ten"}, "analysis incidence.settings.washout_days: 'ten' is not a whole number"),
     ({"a.incidence.settings.washout_days": "-3"}, "analyses[1].settings.washout_days"),
     ({"a.kaplan_meier.settings.censor_at": "never"}, "'never' is not allowed (allowed: observation_end, cohort_end)"),
@@ -244,9 +247,11 @@ BAD = [
     ({"a.incidence.settings.age_groups": "[[0, 17"}, "analysis incidence.settings.age_groups: not valid YAML"),
     ({"a.kaplan_meier.outcome": ""}, "analyses[2].outcome: required, missing"),
     ({"a.kaplan_meier.outcome": "nobody"}, "refers to cohort(s) ['nobody']"),
-    ({"a.cohort_entries.on": "", "a.incidence.on": "", "a.kaplan_meier.on": ""}, "analyses: tick at least one"),
+    ({"a.cohort_entries.on": "", "a.incidence.on": "", "a.kaplan_meier.on": "", "a.cox.on": ""},
+     "analyses: tick at least one"),
+    ({"a.cox.settings.ties": "exact"}, "'exact' is not allowed (allowed: efron, breslow)"),
     ({"disclosure": "none"}, "disclosure: 'none' is not allowed"),
-    ({"cohort1_definition": "- 1\n- 2\n"}, "cohort 1 (htn) definition:"),
+    ({"cohort1_definition": "- 1\n- 2\n"}, "cohort 1 (women) definition:"),
     ({"a.incidence.settings.age_groups": "hello"}, "analyses[1].settings.age_groups"),
 ]
 
@@ -275,7 +280,7 @@ def test_garbage_in_any_generated_field_is_a_page_never_a_500(visitor: Any) -> N
     from mercia.portal.study_forms import analysis_forms
 
     v = visitor("rita")
-    ticked = {"cohort_entries", "incidence", "kaplan_meier"}
+    ticked = {"cohort_entries", "incidence", "kaplan_meier", "cox"}
     for form in analysis_forms():
         if form.type not in ticked:
             continue
@@ -355,7 +360,9 @@ def test_the_report_shows_released_results_with_plots(visitor: Any, released: di
     page = r.text
     assert "<script" not in page.split("</head>")[1]  # no inline script: the plots are SVG
     assert 'id="km0"' in page and 'id="inc0"' in page  # Kaplan-Meier curves and incidence drawn
-    assert page.count('data-toggles="km0-') == 2  # one curve per site
+    assert page.count('data-toggles="km0-') == 4  # one curve per site and cohort
+    assert 'id="forest0"' in page  # the pooled Cox model: each site's ratio and the pooled ones
+    assert "treatment · pooled, random" in page
     for site in ("east", "west"):
         assert f"/results/{site}/cohort_counts.csv" in page
 
@@ -404,6 +411,7 @@ def test_every_number_on_the_report_is_a_released_one(visitor: Any, released: di
     cells = re.findall(r'<td class="num">([^<]*)</td>', page)
     points = re.findall(r'class="pt"[^>]*><title>([^<]*)</title>', page)
     assert len(cells) > 50 and len(points) > 10
+    assert re.search(r'<table id="pooled"', page)  # the meta-analysis is among them
     shown = [n for c in cells for n in numbers_in(c)]
     # a point's label after "site: cohort name: ", without the unit of rates ("per 1,000 person-years")
     shown += [n for p in points for n in numbers_in(p.split(": ", 1)[1].replace("per 1,000 person-years", ""))]

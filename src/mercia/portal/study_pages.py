@@ -131,7 +131,7 @@ def add_study_pages(app: FastAPI, web: PortalWeb, services: Any, my_projects: An
         try:
             pkg, _ = checked_package(read_package_text(text))
             if pkg.content_hash != expected:
-                raise StudyError(f"hash: the package's hash is {pkg.content_hash}, not the {expected or '(none)'} "
+                raise StudyError(f"hash: the package's hash is {pkg.content_hash}, not the {expected[:64] or '(none)'} "
                                  "shown when it was checked; check it again before sending it")
             if not project:
                 raise StudyError("project: choose the project the study belongs to")

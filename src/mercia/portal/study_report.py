@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from html import escape
+from statistics import NormalDist
 from typing import Any
 
 import pandas as pd
@@ -68,26 +69,44 @@ def released_frame(results: dict[str, Any], site: str, table: str) -> pd.DataFra
     return None
 
 
+def _z(m: dict[str, Any]) -> float:
+    """The normal quantile of the pooling's confidence level (the sites' own, 95% by default)."""
+    return NormalDist().inv_cdf(1 - float(m.get("alpha") or 0.05) / 2)
+
+
+def _exp(v: Any) -> float | None:
+    return math.exp(v) if isinstance(v, int | float) and math.isfinite(v) and abs(v) < 700 else None
+
+
+POOLED_COLUMNS = ["model", "term", "source", "estimate", "se", "ci_lower", "ci_upper", "ratio", "ratio_lower",
+                  "ratio_upper", "i2"]
+
+
 def pooled_rows(pooled: dict[str, Any]) -> list[dict[str, Any]]:
-    """The meta-analysis as rows: per table and term, each site's released estimate and the pooled
-    fixed- and random-effect estimates (log scale, as pooled), with their ratios."""
+    """The meta-analysis as rows: per table and term, each site's released estimate (coefficient and
+    standard error; its interval as the site computes it, coef ± z·se) and the pooled fixed- and
+    random-effect estimates, on the log scale as pooled and as ratios."""
     rows = []
     for table, terms in pooled.get("tables", {}).items():
         for term, m in terms.items():
+            z = _z(m)
             for site, est, se in zip(m["sites"], m["estimates"], m["se"], strict=True):
+                lo, hi = est - z * se, est + z * se
                 rows.append({"model": table, "term": term, "source": site, "estimate": est, "se": se,
-                             "ci_lower": None, "ci_upper": None, "i2": None})
+                             "ci_lower": lo, "ci_upper": hi, "ratio": _exp(est), "ratio_lower": _exp(lo),
+                             "ratio_upper": _exp(hi), "i2": None})
             for kind in ("fixed", "random"):
                 p = m[kind]
                 rows.append({"model": table, "term": term, "source": f"pooled, {kind} effect",
                              "estimate": p["estimate"], "se": p["se"], "ci_lower": p["ci_lower"],
-                             "ci_upper": p["ci_upper"], "i2": m["i2"] if kind == "random" else None})
+                             "ci_upper": p["ci_upper"], "ratio": _exp(p["estimate"]),
+                             "ratio_lower": _exp(p["ci_lower"]), "ratio_upper": _exp(p["ci_upper"]),
+                             "i2": m["i2"] if kind == "random" else None})
     return rows
 
 
 def pooled_frame(pooled: dict[str, Any]) -> pd.DataFrame:
-    return pd.DataFrame(pooled_rows(pooled), columns=["model", "term", "source", "estimate", "se", "ci_lower",
-                                                      "ci_upper", "i2"])
+    return pd.DataFrame(pooled_rows(pooled), columns=POOLED_COLUMNS)
 
 
 # ---- SVG ----------------------------------------------------------------------------------------------
@@ -253,13 +272,13 @@ def incidence_plot(tables: list[dict[str, Any]], name: str, plot_id: str) -> dic
 def forest_plot(pooled: dict[str, Any], table: str, plot_id: str) -> dict[str, Any] | None:
     """Per-site and pooled ratios (95% CI) of every term of one pooled model, on a log axis."""
     rows = []
-    for term, m in pooled.get("tables", {}).get(table, {}).items():
-        for site, est, se in zip(m["sites"], m["estimates"], m["se"], strict=True):
-            rows.append((f"{term} · {site}", est, est - 1.96 * se, est + 1.96 * se, "square", site))
-        for kind in ("fixed", "random"):
-            p = m[kind]
-            rows.append((f"{term} · pooled, {kind}", p["estimate"], p["ci_lower"], p["ci_upper"], "diamond",
-                         f"pooled {kind}"))
+    for r in pooled_rows(pooled):
+        if r["model"] != table:
+            continue
+        pooled_row = r["source"].startswith("pooled")
+        short = r["source"].removesuffix(" effect")  # "east", or "pooled, fixed"
+        rows.append((f"{r['term']} · {short}", r["estimate"], r["ci_lower"], r["ci_upper"],
+                     "diamond" if pooled_row else "square", short.replace(",", "") if pooled_row else short))
     rows = [r for r in rows if all(isinstance(v, int | float) and math.isfinite(v) for v in r[1:4])]
     if not rows:
         return None
@@ -318,7 +337,8 @@ def report_view(results: dict[str, Any], cohort_names: dict[int, str]) -> dict[s
             inc.append(p)
     forest = [p for i, n in enumerate(sorted(pooled.get("tables", {}))) if (p := forest_plot(pooled, n, f"forest{i}"))]
     shown = [{**t, "cells": [[(show(v), is_number(v)) for v in row] for row in t["rows"]]} for t in tables]
-    prows = [{**r, "cells": [(show(r[k]), is_number(r[k])) for k in ("estimate", "se", "ci_lower", "ci_upper", "i2")]}
+    prows = [{**r, "cells": [(show(r[k]), is_number(r[k])) for k in ("estimate", "se", "ratio", "ratio_lower",
+                                                                       "ratio_upper", "i2")]}
              for r in pooled_rows(pooled)]
     return {"tables": shown, "km": km, "incidence": inc, "forest": forest, "pooled_rows": prows,
             "notes": pooled.get("notes", []), "excluded": pooled.get("excluded", []),

@@ -1,7 +1,7 @@
 """The studies pages in a real browser (Debian's Chromium driven by Playwright) against a real hub and
 two nodes on 127.0.0.1 (issue 17, item 4).
 
-A researcher signs in, composes a small study in the composer (two pasted cohorts, three analyses whose
+A researcher signs in, composes a small study in the composer (three pasted cohorts, four analyses whose
 settings forms are made from their models), checks it and reads its YAML and hash, sends it to both
 sites, watches each site's status change as the custodians approve it through the node's API, opens
 the pooled report (plots drawn as SVG; a legend button hides a series), and downloads a released table
@@ -21,7 +21,7 @@ import pytest
 
 from federation_support import PROJECT, Federation, make_site
 from test_portal_browser import check_a11y
-from test_portal_studies import HTN, T2D, add_portal_user, expected_package
+from test_portal_studies import HF, MEN, PERSONS, WOMEN, add_portal_user, expected_package
 
 pytestmark = pytest.mark.browser
 
@@ -29,8 +29,8 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     root = tmp_path_factory.mktemp("portal-studies-browser")
-    sites = {"east": make_site(root / "east.duckdb", persons=3000, seed=1),
-             "west": make_site(root / "west.duckdb", persons=3000, seed=2, first_person_id=100_000)}
+    sites = {"east": make_site(root / "east.duckdb", persons=PERSONS, seed=11),
+             "west": make_site(root / "west.duckdb", persons=PERSONS, seed=12, first_person_id=100_000)}
     with Federation(root, sites) as f:
         add_portal_user(f, "rita", "researcher", [PROJECT])
         yield f
@@ -69,24 +69,30 @@ def test_compose_submit_approve_and_read_the_report(context: Any, fed: Federatio
     page.wait_for_url("**/portal/studies/new")
     shot(page, artifacts_dir, "composer")
 
-    # compose: name, two cohorts pasted as YAML, three analyses
+    # compose: name, three cohorts (two pasted as JSON, one as YAML), four analyses
     page.get_by_label("Study name").fill("portal study")
-    page.get_by_label("Cohort 1 key").fill("htn")
-    page.get_by_label("Cohort 1 definition (YAML or ATLAS JSON)").fill(HTN)
-    page.get_by_label("Cohort 2 key").fill("t2d")
-    page.get_by_label("Cohort 2 definition (YAML or ATLAS JSON)").fill(T2D)
+    for n, (key, text) in enumerate((("women", WOMEN), ("men", MEN), ("hf", HF)), start=1):
+        page.get_by_label(f"Cohort {n} key").fill(key)
+        page.get_by_label(f"Cohort {n} definition (YAML or ATLAS JSON)").fill(text)
     page.locator("summary", has_text="cohort_entries:").click()
     page.get_by_label("Run cohort_entries").check()
-    page.locator("#a-cohort_entries-cohorts").fill("htn, t2d")
+    page.locator("#a-cohort_entries-cohorts").fill("women, men")
     page.locator("summary", has_text="incidence:").first.click()
     page.get_by_label("Run incidence").check()
-    page.locator("#a-incidence-outcome").fill("t2d")
+    page.locator("#a-incidence-outcome").fill("hf")
     for dim in ("age_group", "sex"):
         page.locator(f"#a-incidence-settings-by-{dim}").uncheck()
     page.locator("summary", has_text="kaplan_meier:").click()
     page.get_by_label("Run kaplan_meier").check()
-    page.locator("#a-kaplan_meier-targets").fill("htn")
-    page.locator("#a-kaplan_meier-outcome").fill("t2d")
+    page.locator("#a-kaplan_meier-targets").fill("women, men")
+    page.locator("#a-kaplan_meier-outcome").fill("hf")
+    page.locator("summary", has_text="cox:").click()
+    page.get_by_label("Run cox").check()
+    page.locator("#a-cox-target").fill("women")
+    page.locator("#a-cox-comparator").fill("men")
+    page.locator("#a-cox-outcome").fill("hf")
+    page.locator("#a-cox-settings-sex").select_option("false")
+    page.locator("#a-cox-settings-ph_test").select_option("false")
     shot(page, artifacts_dir, "composer-filled")
 
     # a mistake first: the page names the field
@@ -128,6 +134,10 @@ def test_compose_submit_approve_and_read_the_report(context: Any, fed: Federatio
     page.get_by_role("link", name="Read the pooled report").click()
     page.wait_for_url(f"**/portal/studies/{want}/report")
     assert page.locator("svg#km0").is_visible() and page.locator("svg#inc0").is_visible()
+    assert page.locator("svg#forest0").is_visible()  # the pooled Cox model
+    rows = page.locator("#pooled tbody tr")
+    assert rows.count() % 4 == 0 and rows.count() >= 4  # per term: east, west, pooled fixed and random
+    assert rows.filter(has_text="treatment").count() == 4
     shot(page, artifacts_dir, "report")
     # a legend button hides its series (by keyboard)
     toggle = page.locator("button[data-toggles='km0-0']")
@@ -139,7 +149,7 @@ def test_compose_submit_approve_and_read_the_report(context: Any, fed: Federatio
     assert page.locator("g[data-series='km0-0']").is_visible()
     # hover: the point's released value in its title
     title = page.locator("g[data-series='km0-0'] .pt title").first.text_content()
-    assert re.match(r"east: Hypertension: day \d+, survival ", title), title
+    assert re.match(r"east: (wo)?men with hypertension: day \d+, survival ", title), title
 
     # download a released table as CSV
     page.locator("summary", has_text="east: cohort_counts").click()
@@ -148,7 +158,7 @@ def test_compose_submit_approve_and_read_the_report(context: Any, fed: Federatio
     path = info.value.path()
     got = pd.read_csv(path)
     assert list(got.columns) == ["cohort_id", "cohort", "cohort_name", "persons", "entries"]
-    assert set(got["cohort"]) <= {"htn", "t2d"}
+    assert set(got["cohort"]) <= {"women", "men", "hf"}
     shot(page, artifacts_dir, "report-table")
 
     # the list shows the study with each site's status

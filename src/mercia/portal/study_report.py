@@ -337,8 +337,9 @@ def report_view(results: dict[str, Any], cohort_names: dict[int, str]) -> dict[s
             inc.append(p)
     forest = [p for i, n in enumerate(sorted(pooled.get("tables", {}))) if (p := forest_plot(pooled, n, f"forest{i}"))]
     shown = [{**t, "cells": [[(show(v), is_number(v)) for v in row] for row in t["rows"]]} for t in tables]
-    prows = [{**r, "cells": [(show(r[k]), is_number(r[k])) for k in ("estimate", "se", "ratio", "ratio_lower",
-                                                                       "ratio_upper", "i2")]}
+    # I² is a pooled row's only: blank (not a dash, which means suppressed) on a site's row
+    prows = [{**r, "cells": [("" if r[k] is None and k == "i2" else show(r[k]), is_number(r[k]))
+                             for k in ("estimate", "se", "ratio", "ratio_lower", "ratio_upper", "i2")]}
              for r in pooled_rows(pooled)]
     return {"tables": shown, "km": km, "incidence": inc, "forest": forest, "pooled_rows": prows,
             "notes": pooled.get("notes", []), "excluded": pooled.get("excluded", []),

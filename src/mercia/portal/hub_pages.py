@@ -13,6 +13,8 @@
                                     and attrition per site (cohort_pages.py)            researcher, admin
     /portal/trials                  a trial's feasibility per site: funnel, what-if, breakdowns, projection
                                     (trial_pages.py)                                    researcher, admin
+    /portal/studies                 list, compose (YAML and hash), submit, status per site, pooled report,
+                                    released results as CSV/Parquet (study_pages.py)    researcher, admin
     /portal/admin/users             users: list, POST add                                admin
     /portal/admin/users/{name}      POST change role/projects/disabled; POST .../password: reset
     /portal/admin/projects          projects: list, POST add or change                   admin
@@ -39,13 +41,14 @@ from mercia.portal.accounts import NAME, AccountError, LockedOut, SignInRefused,
 from mercia.portal.cohort_pages import add_cohort_pages
 from mercia.portal.concept_set_pages import add_concept_set_pages
 from mercia.portal.oidc import add_oidc_routes
+from mercia.portal.study_pages import add_study_pages
 from mercia.portal.trial_pages import add_trial_pages
 from mercia.portal.web import PortalWeb, one
 
 ANY_ROLE = HUB_ROLES
 NAV = [("Home", "/", ANY_ROLE), ("Concepts", "/concepts", ("researcher", "admin")),
        ("Concept sets", "/concept-sets", ("researcher", "admin")), ("Cohorts", "/cohorts", ("researcher", "admin")),
-       ("Trials", "/trials", ("researcher", "admin")),
+       ("Studies", "/studies", ("researcher", "admin")), ("Trials", "/trials", ("researcher", "admin")),
        ("Users", "/admin/users", ("admin",)), ("Projects", "/admin/projects", ("admin",)),
        ("API tokens", "/admin/tokens", ("admin",))]
 
@@ -185,6 +188,9 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
     app.state.saved_cohorts = add_cohort_pages(app, web, services, my_projects)
     # ---- trials (trial_pages.py) ------------------------------------------------------------------------
     app.state.trial_answers = add_trial_pages(app, web, services, my_projects)
+
+    # ---- studies (study_pages.py) -----------------------------------------------------------------------
+    add_study_pages(app, web, services, my_projects)
 
     # ---- admin: users ------------------------------------------------------------------------------------
     def admin(request: Request) -> tuple[Any, Principal]:

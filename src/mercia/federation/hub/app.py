@@ -332,6 +332,76 @@ class HubServices:
         self.audit.append("project.saved", principal.name, project=name, sites=p["sites"])
         return p
 
+    # ---- studies (the API's /studies routes and the portal's study pages) ----------------------------
+    def studies(self, principal: Principal) -> list[dict[str, Any]]:
+        """The studies of the caller's projects (GET /studies)."""
+        return [s for s in self.store.studies() if principal.in_project(s["project"])]
+
+    def visible_study(self, principal: Principal, content_hash: str) -> dict[str, Any]:
+        """The study if the caller is in its project; otherwise 404 exactly as for a hash the hub does
+        not hold, so a researcher of one project learns nothing of another's studies."""
+        try:
+            study = self.store.study(content_hash)
+        except NotFoundError:
+            study = None
+        if study is None or not principal.in_project(study["project"]):
+            raise NotFoundError(f"no study with hash {content_hash!r} at this hub")
+        return study
+
+    def study_state(self, principal: Principal, content_hash: str) -> dict[str, Any]:
+        """The study and each site's status (GET /studies/{hash})."""
+        self.visible_study(principal, content_hash)
+        s = self.store.study(content_hash)
+        return {"hash": s["hash"], "name": s["name"], "project": s["project"], "submitted_by": s["submitted_by"],
+                "status": s["status"], "submitted_at": s["submitted_at"], "closed_at": s["closed_at"],
+                "sites": [r.public() for r in self.store.site_runs(content_hash)]}
+
+    def submit_study(self, principal: Principal, package: dict[str, Any], project: str,
+                     asked: list[str] | None = None) -> dict[str, Any]:
+        """Hash and sign the package and send it to the chosen sites of the project (POST /studies;
+        idempotent on hash); the study's state."""
+        sites = self.asked_sites(principal, project, asked, name_project_sites=True)
+        try:
+            pkg = StudyPackage.from_dict(package, source="submitted package")
+        except MerciaError:
+            raise
+        except Exception as e:  # odd shapes deep inside a definition: still bad input, never a 500
+            raise StudyError(f"the package could not be read ({type(e).__name__}); check it with "
+                             "mercia study run on a local CDM first") from None
+        h = pkg.content_hash
+        if not sites:
+            raise HTTPException(400, detail=f"project {project!r} has no sites to send the study to")
+        # The signature binds the package to this project, these sites and this researcher, for a
+        # limited time: a node refuses it anywhere else, under another project, or once it expires.
+        signature = sign_package(self.config.signing_key, h, project=project, sites=sites,
+                                 requested_by=principal.name, valid_days=self.config.signature_valid_days)
+        created = self.store.add_study(h, name=pkg.name, project=project, submitted_by=principal.name,
+                                       package=pkg.canonical(), signature=signature, sites=sites)
+        if created:
+            self.audit.append("study.submitted", principal.name, hash=h, project=project, sites=sites)
+            self.dispatcher.wake()
+        elif self.store.study(h)["project"] != project:
+            # One hash, one study: the other project's record is not this caller's to see.
+            raise HTTPException(409, detail="this exact package is already a study of another project; change "
+                                            "the package (e.g. its name) to submit it in this one")
+        return self.study_state(principal, h)
+
+    def close_study(self, principal: Principal, content_hash: str) -> dict[str, Any]:
+        """Finish now with the sites that answered (POST /studies/{hash}/close)."""
+        self.visible_study(principal, content_hash)
+        self.dispatcher.close_study(content_hash, by=principal.name)
+        return self.study_state(principal, content_hash)
+
+    def study_results(self, principal: Principal, content_hash: str) -> dict[str, Any]:
+        """Pooled estimates and every site's released tables (GET /studies/{hash}/results); 409 while
+        the study is open."""
+        study = self.visible_study(principal, content_hash)
+        if study["status"] != "closed":
+            raise HTTPException(409, detail="the study is still open: results come when every site has answered, "
+                                            "or close it with the sites that answered (POST .../close)")
+        return {"hash": content_hash, "status": study["status"], "pooled": json.loads(study["pooled"] or "{}"),
+                "sites": self.store.results(content_hash), "federated": self.federated(content_hash)}
+
     def federated(self, content_hash: str) -> list[dict[str, Any]]:
         path = self.config.state_dir / "federated" / f"{content_hash}.json"
         return json.loads(path.read_text()) if path.exists() else []
@@ -380,26 +450,12 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         return Depends(auth.require_role(*roles))
 
     def visible(principal: Principal, content_hash: str) -> dict[str, Any]:
-        """The study if the caller is in its project; otherwise 404 exactly as for a hash the hub does
-        not hold, so a researcher of one project learns nothing of another's studies."""
-        try:
-            study = store.study(content_hash)
-        except NotFoundError:
-            study = None
-        if study is None or not principal.in_project(study["project"]):
-            raise NotFoundError(f"no study with hash {content_hash!r} at this hub")
-        return study
+        return services.visible_study(principal, content_hash)
 
     def require_all_projects(principal: Principal, what: str) -> None:
         if ALL_PROJECTS not in principal.projects:
             raise HTTPException(403, detail=f"{what} needs an admin of every project (*); {principal.name} "
                                             f"administers {sorted(principal.projects)} only")
-
-    def state(content_hash: str) -> StudyState:
-        s = store.study(content_hash)
-        return StudyState(hash=s["hash"], name=s["name"], project=s["project"], submitted_by=s["submitted_by"],
-                          status=s["status"], submitted_at=s["submitted_at"], closed_at=s["closed_at"],
-                          sites=[SiteState(**r.public()) for r in store.site_runs(content_hash)])
 
     @app.get("/health", response_model=Health, tags=["service"])
     def health() -> Health:
@@ -410,53 +466,26 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
     def submit(body: SubmitStudy, principal: Annotated[Principal, role("researcher", "admin")]) -> StudyState:
         """Hash and sign the package and send it to the chosen sites of the project (idempotent on hash).
         Roles: researcher (in the project), admin."""
-        sites = asked_sites(principal, body.project, body.sites, name_project_sites=True)
-        try:
-            pkg = StudyPackage.from_dict(body.package, source="submitted package")
-        except MerciaError:
-            raise
-        except Exception as e:  # odd shapes deep inside a definition: still bad input, never a 500
-            raise StudyError(f"the package could not be read ({type(e).__name__}); check it with "
-                             "mercia study run on a local CDM first") from None
-        h = pkg.content_hash
-        if not sites:
-            raise HTTPException(400, detail=f"project {body.project!r} has no sites to send the study to")
-        # The signature binds the package to this project, these sites and this researcher, for a
-        # limited time: a node refuses it anywhere else, under another project, or once it expires.
-        signature = sign_package(config.signing_key, h, project=body.project, sites=sites,
-                                 requested_by=principal.name, valid_days=config.signature_valid_days)
-        created = store.add_study(h, name=pkg.name, project=body.project, submitted_by=principal.name,
-                                  package=pkg.canonical(), signature=signature, sites=sites)
-        if created:
-            services.audit.append("study.submitted", principal.name, hash=h, project=body.project, sites=sites)
-            services.dispatcher.wake()
-        elif store.study(h)["project"] != body.project:
-            # One hash, one study: the other project's record is not this caller's to see.
-            raise HTTPException(409, detail="this exact package is already a study of another project; change "
-                                            "the package (e.g. its name) to submit it in this one")
-        return state(h)
+        return StudyState(**services.submit_study(principal, body.package, body.project, body.sites))
 
     @app.get(f"{API}/studies", response_model=list[StudySummary], responses=ERRORS, tags=["studies"])
     def list_studies(principal: Annotated[Principal, role("researcher", "admin")]) -> list[StudySummary]:
         """The studies of the caller's projects. Roles: researcher, admin."""
-        return [StudySummary(**s) for s in store.studies() if principal.in_project(s["project"])]
+        return [StudySummary(**s) for s in services.studies(principal)]
 
     @app.get(f"{API}/studies/{{content_hash}}", response_model=StudyState, responses=ERRORS, tags=["studies"])
     def study_state(content_hash: HashParam, principal: Annotated[Principal, role("researcher", "admin")]
                     ) -> StudyState:
         """The study and each site's status (including whether the site's node is answering).
         Roles: researcher (in the project), admin."""
-        visible(principal, content_hash)
-        return state(content_hash)
+        return StudyState(**services.study_state(principal, content_hash))
 
     @app.post(f"{API}/studies/{{content_hash}}/close", response_model=StudyState, responses=ERRORS,
               tags=["studies"])
     def close(content_hash: HashParam, principal: Annotated[Principal, role("researcher", "admin")]) -> StudyState:
         """Finish now with the sites that answered; the others are excluded (their late results are not
         used). Roles: researcher (in the project), admin."""
-        visible(principal, content_hash)
-        services.dispatcher.close_study(content_hash, by=principal.name)
-        return state(content_hash)
+        return StudyState(**services.close_study(principal, content_hash))
 
     @app.get(f"{API}/studies/{{content_hash}}/results", response_model=StudyResults, responses=ERRORS,
              tags=["studies"])
@@ -464,12 +493,7 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
                 ) -> StudyResults:
         """Pooled estimates and every site's released tables; 409 while the study is open.
         Roles: researcher (in the project), admin."""
-        study = visible(principal, content_hash)
-        if study["status"] != "closed":
-            raise HTTPException(409, detail="the study is still open: results come when every site has answered, "
-                                            "or close it with the sites that answered (POST .../close)")
-        return StudyResults(hash=content_hash, status=study["status"], pooled=json.loads(study["pooled"] or "{}"),
-                            sites=store.results(content_hash), federated=services.federated(content_hash))
+        return StudyResults(**services.study_results(principal, content_hash))
 
     # The report is HTML but its errors are JSON: say so, or the errors are documented as text/html.
     @app.get(f"{API}/studies/{{content_hash}}/report", response_class=HTMLResponse, tags=["studies"],

@@ -70,3 +70,30 @@ function onEdit(e) {
 }
 document.addEventListener("input", onEdit);
 document.addEventListener("change", onEdit);
+// Studies: a plot's legend buttons show or hide a series; a study's status refreshes while it is open.
+document.addEventListener("click", (e) => {
+  const button = e.target instanceof Element ? e.target.closest("button[data-toggles]") : null;
+  if (!button) return;
+  const on = button.getAttribute("aria-pressed") !== "true";
+  button.setAttribute("aria-pressed", on ? "true" : "false");
+  for (const g of document.querySelectorAll(`g[data-series="${CSS.escape(button.dataset.toggles)}"]`)) {
+    g.classList.toggle("off", !on);
+  }
+});
+const statusBox = document.getElementById("site-status");
+if (statusBox && statusBox.dataset.refresh) {
+  const every = Math.max(2, Number(statusBox.dataset.refresh)) * 1000;
+  const refresh = () => {
+    fetch(window.location.pathname, { credentials: "same-origin" })
+      .then((r) => r.text())
+      .then((html) => {
+        const fresh = new DOMParser().parseFromString(html, "text/html").getElementById("site-status");
+        if (!fresh) return;
+        if (!fresh.dataset.refresh) { window.location.reload(); return; }
+        statusBox.replaceChildren(...fresh.childNodes);
+        setTimeout(refresh, every);
+      })
+      .catch(() => setTimeout(refresh, every * 2));
+  };
+  setTimeout(refresh, every);
+}

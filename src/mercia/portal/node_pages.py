@@ -245,8 +245,10 @@ def create_node_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
             raise HTTPException(409, detail=f"study {rec.name} ({content_hash[:12]}) is {rec.status}; its released "
                                             "results are here when it is finished")
         tables, _disclosure, manifest = services.released_results(content_hash)
+        numeric = {t["name"]: [any(isinstance(row[i], int | float) and not isinstance(row[i], bool)
+                                   for row in t["rows"]) for i in range(len(t["columns"]))] for t in tables}
         return web.page(request, "node_results.html", session, title=f"Released results: {rec.name}", rec=rec,
-                        tables=tables, analyses=manifest.get("analyses") or [], site=config.site)
+                        tables=tables, numeric=numeric, analyses=manifest.get("analyses") or [], site=config.site)
 
     # ---- the audit log ------------------------------------------------------------------------------------------
     @app.get("/audit", response_class=HTMLResponse)

@@ -18,6 +18,9 @@ answers 404 to everything, as if it did not exist.
 No route returns a package's rows or anything built from rows but released tables: results are read
 from the study's results folder, which `run_study` fills only with tables that passed `release()`.
 The one exception is the clinician's trial look-ups above, which answer inside the site only.
+
+Under /portal the node serves its custodian's web pages (mercia.portal.node_pages), with accounts of
+their own; they decide and read results through the same NodeServices methods as these routes.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' Annotated types.

@@ -493,3 +493,41 @@ def test_the_api_decides_with_the_same_code(node: Node) -> None:
         assert r.status_code == 409 and "not pending_approval" in r.text
     with httpx.Client(base_url=node.url, headers={"Authorization": f"Bearer {node.server.tokens['admin']}"}) as c:
         assert c.post(f"/api/v1/studies/{third}/approve").status_code == 403
+
+
+def test_the_portals_incremental_check_agrees_with_verify_log(tmp_path: Path) -> None:
+    """The audit page checks only what was added since its last view, unless anything before changed:
+    after each append, edit and repair it says what `verify_log` (the full check) says."""
+    from mercia.federation.audit import AuditLog, verify_log
+    from mercia.portal.node_review import AuditChecker, audit_view
+
+    log = AuditLog(tmp_path / "audit.jsonl")
+    checker = AuditChecker(log.path)
+
+    def agree() -> Any:
+        full = verify_log(log.path)
+        view = audit_view(log.path, checker=checker)
+        assert (view.ok, view.records, view.head, view.problems) == (full.ok, full.records, full.head,
+                                                                      full.problems[:20])
+        return view
+
+    for i in range(5):
+        log.append("study.received", "hub", hash=f"{i:064d}")
+    assert agree().ok
+    log.append("study.approved", "cal", hash=f"{1:064d}")
+    assert agree().records == 6
+    raw = log.path.read_text().splitlines(keepends=True)
+    original = raw[1]
+    raw[1] = raw[1].replace('"study.received"', '"study.rejected"')  # an edit inside the checked part
+    log.path.write_text("".join(raw))
+    view = agree()
+    assert not view.ok and view.broken_at == 2
+    raw[1] = original
+    log.path.write_text("".join(raw))
+    assert agree().ok
+    log.append("release", "node", hash=f"{1:064d}", tables=3)
+    with open(log.path, "a") as f:  # a write cut off: the complete lines are checked, the tail reported
+        f.write('{"seq": 8')
+    view = audit_view(log.path, checker=checker)
+    assert not view.ok and view.records == 7 and view.broken_at == 8
+    assert "the last line is incomplete" in view.problems[0]

@@ -36,6 +36,8 @@ from mercia.federation.http_common import HASH_PATTERN
 from mercia.federation.node.state import StudyRecord, StudyStateError
 from mercia.portal.accounts import NAME, LockedOut, SignInRefused, accounts_for
 from mercia.portal.node_review import (
+    STUDY_TABLES,
+    AuditChecker,
     audit_view,
     package_diff,
     package_yaml,
@@ -80,6 +82,7 @@ def create_node_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
     app.state.accounts = accounts
     audit = services.audit
     store = services.store
+    checker = AuditChecker(services.audit.path)  # checks only what was added since the last view
 
     def viewer(request: Request) -> tuple[Any, Principal]:
         session = web.signed_in(request)
@@ -160,13 +163,15 @@ def create_node_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
                 and (r.submitted_at, r.hash) < (rec.submitted_at, rec.hash)]
         return sorted(same, key=lambda r: (r.submitted_at, r.hash), reverse=True)
 
-    def shapes(principal: Principal) -> dict[str, tuple[str, list[tuple[str, list[str]]]]]:
-        """Per analysis type, the tables (names, columns) the newest finished study of the viewer's
-        projects released with it here."""
+    def shapes(principal: Principal, needed: set[str]) -> dict[str, tuple[str, list[tuple[str, list[str]]]]]:
+        """Per analysis type in `needed`, the tables (names, columns) the newest finished study of the
+        viewer's projects released with it here (read until each is found)."""
         out: dict[str, tuple[str, list[tuple[str, list[str]]]]] = {}
         done = sorted((r for r in visible(principal) if r.status == "finished"), key=lambda r: r.updated_at,
                       reverse=True)
         for r in done:
+            if needed <= out.keys():
+                break
             try:
                 tables, _, manifest = services.released_results(r.hash)
             except (OSError, ValueError):
@@ -189,9 +194,10 @@ def create_node_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
                                             f"{rec.name!r} at this node; choose one from the list")
         diff = (package_diff(package_yaml(store.package(base.hash)), text, f"{base.hash[:12]} ({base.submitted_at})",
                              f"{rec.hash[:12]} ({rec.submitted_at})") if base is not None else None)
+        needed = {STUDY_TABLES} | {a.type_name() for a in pkg.analyses}
+        release = release_plan(pkg, shapes(principal, needed), config.site_policy, config.federated_rounds)
         return web.page(request, "node_study.html", session, title=f"Study {rec.name}", rec=rec, yaml_text=text,
-                        runs=what_it_runs(pkg), release=release_plan(pkg, shapes(principal), config.site_policy,
-                                                                       config.federated_rounds),
+                        runs=what_it_runs(pkg), release=release,
                         description=canonical.get("description"), earlier=earlier, base=base, diff=diff,
                         can_decide=principal.role == "custodian" and rec.status == "pending_approval",
                         max_reason=MAX_REASON, status_code=status_code, **extra)
@@ -255,7 +261,7 @@ def create_node_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
     def audit_log(request: Request, before: Annotated[int | None, Query(ge=1, le=2**53)] = None,
                   requests: Annotated[str, Query(max_length=1)] = "") -> Response:
         session, _principal = viewer(request)
-        view = audit_view(services.audit.path, before=before, include_requests=requests == "1")
+        view = audit_view(services.audit.path, before=before, include_requests=requests == "1", checker=checker)
         return web.page(request, "node_audit.html", session, title="Audit log", view=view,
                         requests=requests == "1", before=before)
 

@@ -14,8 +14,13 @@ never their numbers), and the numbers the pages show are released tables as the 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
+import json
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,7 @@ from typing import Any
 import yaml
 
 from mercia.errors import MerciaError
-from mercia.federation.audit import read_records, verify_log
+from mercia.federation.audit import GENESIS_HASH, ChainCheck, check_lines
 
 # Audit details a page does not show: a run's error text can quote values read from the rows
 # (federation/node/worker.py keeps it for the node's own log); the page says where it is.
@@ -137,6 +142,43 @@ def release_plan(pkg: Any, shapes: dict[str, tuple[str, list[tuple[str, list[str
 
 
 # ---- the audit log -----------------------------------------------------------------------------------------
+class AuditChecker:
+    """The node log's hash chain (mercia.federation.audit.check_lines, what `verify_log` runs), checked
+    in full the first time and afterwards only past the part already checked, provided that part's bytes
+    are unchanged: their sha256 is taken again on every check, so an edit anywhere means a full check
+    again. One per portal: the log grows by a line per request, and a full check of a long log takes
+    seconds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._offset = 0
+        self._digest = hashlib.sha256().hexdigest()
+        self._state = ChainCheck()
+
+    def check(self) -> tuple[ChainCheck, bytes, list[str]]:
+        """(the chain's state after every complete line, those lines' bytes, problems of the tail)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return ChainCheck(), b"", []
+        end = data.rfind(b"\n") + 1  # complete lines only
+        with self._lock:
+            h = hashlib.sha256(data[:self._offset]) if end >= self._offset else None
+            if h is not None and h.hexdigest() == self._digest:
+                state = dataclasses.replace(self._state, problems=list(self._state.problems))
+                check_lines(data[self._offset:end], state)
+                h.update(data[self._offset:end])
+            else:
+                state = ChainCheck()
+                check_lines(data[:end], state)
+                h = hashlib.sha256(data[:end])
+            self._offset, self._digest = end, h.hexdigest()
+            self._state = dataclasses.replace(state, problems=list(state.problems))
+        tail = ["the last line is incomplete (a cut-off write, an edit, or a write going on now)"] if end < len(data) else []
+        return state, data[:end], tail
+
+
 @dataclass
 class AuditView:
     ok: bool
@@ -145,38 +187,57 @@ class AuditView:
     broken_at: int | None  # the first entry (line) a problem names
     problems: list[str]
     entries: list[dict[str, Any]] = field(default_factory=list)
-    shown_from: int = 0
     older: int | None = None  # `before=` for the next page of older entries
-    unreadable: str | None = None
 
 
 _LINE = re.compile(r"^line (\d+)")
+_REQUEST = b'"event":"request"'  # as canonical_json writes it (sorted keys, no spaces)
 
 
 def audit_view(path: Path, *, before: int | None = None, include_requests: bool = False,
-               page: int = AUDIT_PAGE) -> AuditView:
+               page: int = AUDIT_PAGE, checker: AuditChecker | None = None) -> AuditView:
     """The log verified (every record's hash and link, as `mercia audit verify`), and the `page` newest
-    entries before entry `before` (newest first); HTTP request lines only with `include_requests`."""
-    v = verify_log(path)
-    lines = [int(m.group(1)) for p in v.problems if (m := _LINE.match(p))]
-    problems = v.problems if path.exists() else []
-    view = AuditView(ok=v.ok or (not path.exists()), records=v.records, head=v.head,
-                     broken_at=min(lines) if lines else (None if v.ok or not path.exists() else v.records),
-                     problems=problems[:20])
-    try:
-        records = list(read_records(path))
-    except MerciaError as e:
-        view.unreadable = str(e)
-        return view
-    chosen = [r for r in records if (include_requests or r.get("event") != "request")
-              and (before is None or (isinstance(r.get("seq"), int) and r["seq"] < before))]
-    shown = chosen[-page:][::-1]
+    entries before entry `before` (newest first; read from the end); HTTP request lines only with
+    `include_requests`."""
+    state, data, tail = (checker or AuditChecker(path)).check()
+    problems = tail + state.problems
+    lines = [int(m.group(1)) for p in problems if (m := _LINE.match(p))]
+    head = {"seq": state.count, "hash": state.prev_hash} if state.count else {"seq": 0, "hash": GENESIS_HASH}
+    view = AuditView(ok=not problems, records=state.count, head=head,
+                     broken_at=min(lines) if lines else (state.count + 1 if problems else None), problems=problems[:20])
+    chosen: list[dict[str, Any]] = []
+    for raw in _lines_backwards(data):
+        if not include_requests and _REQUEST in raw:
+            continue
+        try:
+            r = json.loads(raw)
+        except ValueError:
+            continue
+        if not isinstance(r, dict) or (not include_requests and r.get("event") == "request"):
+            continue
+        if before is not None and not (isinstance(r.get("seq"), int) and r["seq"] < before):
+            continue
+        chosen.append(r)
+        if len(chosen) > page:
+            break
+    shown = chosen[:page]
     view.entries = [{"seq": r.get("seq"), "time": str(r.get("time", ""))[:19].replace("T", " "),
                      "event": r.get("event"), "actor": r.get("actor"),
                      "details": _details(r.get("details")), "hash": str(r.get("hash", ""))[:16]} for r in shown]
     if len(chosen) > page and shown:
         view.older = shown[-1]["seq"]
     return view
+
+
+def _lines_backwards(data: bytes) -> Iterator[bytes]:
+    """The lines of `data`, last first, without splitting all of it (a long log is read from its end)."""
+    end = len(data)
+    while end > 0:
+        start = data.rfind(b"\n", 0, end - 1) + 1
+        line = data[start:end].rstrip(b"\n")
+        if line:
+            yield line
+        end = start
 
 
 def _details(details: Any) -> str:

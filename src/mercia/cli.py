@@ -724,6 +724,28 @@ def node_token_revoke(
     console.print(f"revoked the token of {name}", highlight=False)
 
 
+@node_app.command("portal-user-add")
+@user_errors
+def node_portal_user_add(
+    name: Annotated[str, typer.Argument(help="The user's name (they sign in with it).")],
+    config: NodeConfigOpt,
+    role: Annotated[str, typer.Option(help="custodian or admin.")] = "custodian",
+    project: Annotated[list[str] | None, typer.Option("--project", help="A project (repeat); * for all.")] = None,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin.")] = False,
+) -> None:
+    """Add a user of the node's custodian portal (/portal) who signs in with a password (asked for)."""
+    from mercia.federation.node import load_node_config
+    from mercia.portal.accounts import accounts_for
+    from mercia.portal.node_pages import NODE_PORTAL_ROLES
+
+    cfg = load_node_config(config)
+    password = (sys.stdin.readline().rstrip("\n") if password_stdin
+                else typer.prompt("password", hide_input=True, confirmation_prompt=True))
+    user = accounts_for(cfg.state_dir / "portal.sqlite", cfg.portal, roles=NODE_PORTAL_ROLES).add_user(
+        name, role, project or ["*"], password)
+    console.print(f"portal user {user.name} ({user.role}; projects {', '.join(user.projects)})", highlight=False)
+
+
 @node_app.command("quality-run")
 @user_errors
 def node_quality_run(

@@ -205,56 +205,73 @@ class AuditVerification:
     head: dict[str, Any] = field(default_factory=lambda: {"seq": 0, "hash": GENESIS_HASH})
 
 
-def verify_log(path: str | Path, anchor: dict[str, Any] | None = None) -> AuditVerification:
-    """Check every record of the log at `path`: its fields, its hash, its seq and its link to the one
-    before. With `anchor` ({"seq", "hash"} kept elsewhere, e.g. an earlier `AuditLog.head()`), also check
-    the anchored record is still there unchanged, which detects a cut tail or a rewritten chain."""
-    p = Path(path)
-    problems: list[str] = []
-    if not p.exists():
-        return AuditVerification(False, 0, [f"{p}: no such audit log"])
-    prev_hash = GENESIS_HASH
-    expected_seq = 1
-    count = 0
-    by_seq: dict[int, str] = {}
-    with open(p, "rb") as f:
-        data = f.read()
-    if data and not data.endswith(b"\n"):
-        problems.append("the last line is incomplete (a cut-off write or an edit)")
-    for n, raw in enumerate(data.splitlines(), start=1):
-        count += 1
+@dataclass
+class ChainCheck:
+    """Where a check of the chain has got to: resumable, so a log that only grew is checked from where
+    the last check stopped (`check_lines`); `by_seq` (each record's hash by seq, for anchors) is kept
+    only when asked for."""
+
+    prev_hash: str = GENESIS_HASH
+    expected_seq: int = 1
+    count: int = 0
+    problems: list[str] = field(default_factory=list)
+    by_seq: dict[int, str] | None = None
+
+
+def check_lines(data: bytes, state: ChainCheck) -> None:
+    """Check each complete line of `data` (records following those `state` has seen) and advance it."""
+    for raw in data.splitlines():
+        state.count += 1
+        n = state.count
         try:
             rec = json.loads(raw.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
-            problems.append(f"line {n}: not a JSON record ({e})")
-            prev_hash = "?"  # the chain is broken here; the next record will say so too
-            expected_seq += 1
+            state.problems.append(f"line {n}: not a JSON record ({e})")
+            state.prev_hash = "?"  # the chain is broken here; the next record will say so too
+            state.expected_seq += 1
             continue
         if not isinstance(rec, dict) or set(rec) != set(RECORD_FIELDS):
             keys = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
-            problems.append(f"line {n}: fields are {keys}, expected {sorted(RECORD_FIELDS)}")
-            prev_hash = rec.get("hash", "?") if isinstance(rec, dict) else "?"
-            expected_seq += 1
+            state.problems.append(f"line {n}: fields are {keys}, expected {sorted(RECORD_FIELDS)}")
+            state.prev_hash = rec.get("hash", "?") if isinstance(rec, dict) else "?"
+            state.expected_seq += 1
             continue
         seq = rec["seq"]
-        if seq != expected_seq:
-            problems.append(f"line {n}: seq is {seq}, expected {expected_seq} (a record was deleted, "
-                            "inserted or moved)")
-        if rec["prev_hash"] != prev_hash:
-            problems.append(f"line {n} (seq {seq}): prev_hash does not match the record before it "
-                            "(a record before it was edited, deleted, inserted or moved)")
+        if seq != state.expected_seq:
+            state.problems.append(f"line {n}: seq is {seq}, expected {state.expected_seq} (a record was deleted, "
+                                  "inserted or moved)")
+        if rec["prev_hash"] != state.prev_hash:
+            state.problems.append(f"line {n} (seq {seq}): prev_hash does not match the record before it "
+                                  "(a record before it was edited, deleted, inserted or moved)")
         try:
             actual = record_hash(rec)
         except (TypeError, ValueError) as e:
             actual = f"unhashable: {e}"
         if actual != rec["hash"]:
-            problems.append(f"line {n} (seq {seq}): hash does not match its content (the record was edited)")
+            state.problems.append(f"line {n} (seq {seq}): hash does not match its content (the record was edited)")
         if isinstance(seq, int):
-            by_seq[seq] = rec["hash"]
-            expected_seq = seq + 1
+            if state.by_seq is not None:
+                state.by_seq[seq] = rec["hash"]
+            state.expected_seq = seq + 1
         else:
-            expected_seq += 1
-        prev_hash = rec["hash"]
+            state.expected_seq += 1
+        state.prev_hash = rec["hash"]
+
+
+def verify_log(path: str | Path, anchor: dict[str, Any] | None = None) -> AuditVerification:
+    """Check every record of the log at `path`: its fields, its hash, its seq and its link to the one
+    before. With `anchor` ({"seq", "hash"} kept elsewhere, e.g. an earlier `AuditLog.head()`), also check
+    the anchored record is still there unchanged, which detects a cut tail or a rewritten chain."""
+    p = Path(path)
+    if not p.exists():
+        return AuditVerification(False, 0, [f"{p}: no such audit log"])
+    with open(p, "rb") as f:
+        data = f.read()
+    state = ChainCheck(by_seq={})
+    if data and not data.endswith(b"\n"):
+        state.problems.append("the last line is incomplete (a cut-off write or an edit)")
+    check_lines(data, state)
+    problems, count, by_seq = state.problems, state.count, state.by_seq or {}
     if anchor is not None:
         a_seq, a_hash = anchor.get("seq"), anchor.get("hash")
         if a_seq == 0:
@@ -264,5 +281,5 @@ def verify_log(path: str | Path, anchor: dict[str, Any] | None = None) -> AuditV
         elif by_seq[a_seq] != a_hash:
             problems.append(f"anchor: record seq {a_seq} has hash {by_seq[a_seq][:16]}..., the anchor says "
                             f"{str(a_hash)[:16]}... (the chain was rewritten)")
-    head = {"seq": count, "hash": prev_hash} if count else {"seq": 0, "hash": GENESIS_HASH}
+    head = {"seq": count, "hash": state.prev_hash} if count else {"seq": 0, "hash": GENESIS_HASH}
     return AuditVerification(not problems, count, problems, head)

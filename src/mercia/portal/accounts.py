@@ -305,8 +305,9 @@ class Accounts(SqliteStore):
             con.execute("UPDATE portal_sessions SET expires = ? WHERE name = ?", (time.time() - 1, name))
 
 
-def accounts_for(state_file: str | Path, settings: Any) -> Accounts:
-    """The accounts of a service, with its `portal:` settings (mercia.federation.hub.config.Portal)."""
+def accounts_for(state_file: str | Path, settings: Any, roles: tuple[str, ...] = HUB_ROLES) -> Accounts:
+    """The accounts of a service, with its `portal:` settings (mercia.federation.hub.config.Portal, or a
+    node's NodePortal with `roles` NODE_PORTAL_ROLES)."""
     return Accounts(state_file, session_minutes=settings.session_minutes, idle_minutes=settings.idle_minutes,
                     max_failures=settings.max_failures, lockout_minutes=settings.lockout_minutes,
-                    max_client_failures=getattr(settings, "max_client_failures", 30))
+                    max_client_failures=getattr(settings, "max_client_failures", 30), roles=roles)

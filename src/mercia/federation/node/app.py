@@ -18,6 +18,9 @@ answers 404 to everything, as if it did not exist.
 No route returns a package's rows or anything built from rows but released tables: results are read
 from the study's results folder, which `run_study` fills only with tables that passed `release()`.
 The one exception is the clinician's trial look-ups above, which answer inside the site only.
+
+Under /portal the node serves its custodian's web pages (mercia.portal.node_pages), with accounts of
+their own; they decide and read results through the same NodeServices methods as these routes.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures' Annotated types.
@@ -317,6 +320,30 @@ class NodeServices:
         self.worker.stop()
         self.audit.append("node.stopped", "node", site=self.config.site)
 
+    def decide(self, principal: Principal, content_hash: str, approve: bool, reason: str | None,
+               **audited: Any) -> StudyRecord:
+        """The custodian's decision on exactly this hash, in their projects only (the API's approve and
+        reject, and the portal's): recorded in the queue and the audit log; an approval wakes the worker.
+        A study not pending approval (decided already, or running) is refused (409)."""
+        scoped_study(self.store, principal, content_hash)
+        rec = self.store.decide(content_hash, approve=approve, actor=principal.name, reason=reason)
+        self.audit.append("study.approved" if approve else "study.rejected", principal.name,
+                          hash=content_hash, reason=reason, **audited)
+        if approve:
+            self.worker.wake()
+        return rec
+
+    def released_results(self, content_hash: str) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+        """A finished study's released tables, public disclosure log and public manifest, exactly as
+        GET studies/{hash}/results sends them (the portal shows the same)."""
+        out = results_dir(self.config.state_dir, content_hash)
+        tables = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
+        disclosure = json.loads((out / "disclosure.json").read_text())
+        # Filtered again at the door: a manifest left by an older version (paths, row counts, free-text
+        # notes) leaves only with its released fields.
+        manifest = public_manifest(json.loads((out / "manifest.json").read_text()))
+        return tables, disclosure, manifest
+
     def design(self, content_hash: str, analysis: str) -> Any:
         key = (content_hash, analysis)
         with self._designs_lock:
@@ -489,13 +516,7 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         return _status(scoped_study(services.store, principal, content_hash))
 
     def decide(content_hash: str, principal: Principal, approve: bool, reason: str | None) -> StudyStatus:
-        scoped_study(services.store, principal, content_hash)  # a custodian decides in their projects only
-        rec = services.store.decide(content_hash, approve=approve, actor=principal.name, reason=reason)
-        services.audit.append("study.approved" if approve else "study.rejected", principal.name,
-                              hash=content_hash, reason=reason)
-        if approve:
-            services.worker.wake()
-        return _status(rec)
+        return _status(services.decide(principal, content_hash, approve, reason))
 
     @app.post(f"{API}/studies/{{content_hash}}/approve", response_model=StudyStatus, responses=ERRORS,
               tags=["studies"])
@@ -519,12 +540,7 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         if rec.status != "finished":
             raise HTTPException(409, detail=f"study {content_hash[:12]} is {rec.status}; results come when it "
                                             "is finished")
-        out = results_dir(config.state_dir, content_hash)
-        tables = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
-        disclosure = json.loads((out / "disclosure.json").read_text())
-        # Filtered again at the door: a manifest left by an older version (paths, row counts, free-text
-        # notes) leaves only with its released fields.
-        manifest = public_manifest(json.loads((out / "manifest.json").read_text()))
+        tables, disclosure, manifest = services.released_results(content_hash)
         services.audit.append("results.sent", principal.name, hash=content_hash, tables=len(tables))
         return StudyResults(hash=content_hash, site=config.site, tables=tables,
                             disclosure=disclosure,
@@ -766,5 +782,10 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
                                             "this question and project (expired or missing here)")
         return f"{principal.name}/{requested_by}"
 
+    # The custodian's portal (mercia.portal) sits above the federation layer: imported here, as the hub
+    # mounts its own, so the API's module does not depend on it at import time.
+    from mercia.portal.node_pages import create_node_portal
+
+    app.mount("/portal", create_node_portal(services))
     return app
 

@@ -17,6 +17,7 @@
     trials: trials                     # the site's trial files: clinicians' candidate look-ups (optional)
     clinician_networks: [127.0.0.1/32, ::1/128]   # where candidate look-ups may come from (the default)
     quality_at_start: false            # run the data-quality checks at start if no summary is stored
+    portal: {secure_cookie: true}      # the custodian's web portal under /portal (mercia.portal.node_pages)
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ class CountLimits(StrictModel):
     per_window: int = Field(60, ge=1, description="count queries one principal may ask per window")
     window_seconds: float = Field(60.0, gt=0)
     near_identical: int = Field(5, ge=1, description="repeats of one query before the principal is locked out")
+
+
+class NodePortal(StrictModel):
+    """The custodian's portal (/portal): its accounts live in state_dir/portal.sqlite
+    (`mercia node portal-user-add`)."""
+
+    session_minutes: float = Field(480.0, gt=0, le=7 * 24 * 60, description="a session ends this long after sign-in")
+    idle_minutes: float = Field(60.0, gt=0, le=7 * 24 * 60, description="a session unused this long ends")
+    secure_cookie: bool = Field(True, description="mark the session cookie Secure (sent over HTTPS only)")
+    max_failures: int = Field(5, ge=1, le=100, description="failed sign-ins that lock an account ...")
+    lockout_minutes: float = Field(15.0, gt=0, le=24 * 60, description="... within this many minutes, for as long")
 
 
 class NodeConfig(StrictModel):
@@ -70,6 +82,7 @@ class NodeConfig(StrictModel):
     clinician_networks: list[str] = Field(
         default_factory=lambda: ["127.0.0.1/32", "::1/128"], max_length=100,
         description="client networks (CIDR) the clinician's candidate look-ups may come from")
+    portal: NodePortal = NodePortal()
 
     @field_validator("clinician_networks")
     @classmethod

@@ -20,6 +20,7 @@ second cookie (double submit). A POST without the right token is the 403 page, b
 from __future__ import annotations
 
 import hmac
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -70,7 +71,11 @@ class PortalWeb:
 
         @app.middleware("http")
         async def _headers(request: Request, call_next: Any) -> Any:
+            started = time.perf_counter()
             response = await call_next(request)
+            # The time this server took (handler and rendering; a streamed body's sending not included),
+            # as browsers' developer tools show it: bench/bench_portal.py reads it.
+            response.headers["Server-Timing"] = f"app;dur={1000 * (time.perf_counter() - started):.1f}"
             for k, v in SECURITY_HEADERS.items():
                 if k == "Cache-Control" and request.url.path.startswith(f"{self.prefix}/static/"):
                     continue

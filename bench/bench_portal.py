@@ -221,7 +221,7 @@ def run(databases: list[Path], vocabulary: Path, n: int, run_study: bool) -> dic
             accounts.add_user(name, role, projects, PASSWORD)
             users[server].append((name, role))
     pkg = example_package()
-    figures: dict[str, Any] = {"pages": [], "not_measured": [], "counts": []}
+    figures: dict[str, Any] = {"pages": [], "not_measured": []}
     with _running(root / "logs") as servers:
         urls = {s: servers.start(f"node-{s}", ["node", "serve", "--config", str(nd["config"])], _free_port())
                 for s, nd in nodes.items()}
@@ -268,93 +268,101 @@ def run(databases: list[Path], vocabulary: Path, n: int, run_study: bool) -> dic
                 wait_for_package(urls, nodes, pkg.content_hash)
         figures["samples"], figures["ran_study"] = samples, run_study
 
-        # ---- the pages
+        # ---- the pages, then the live counts
         for server, app in apps.items():
-            kind = "hub" if server == "hub" else "node"
             for template in get_routes(app):
                 for query in QUERIES.get(template, [""]):
-                    shown = template + (f"?{query}" if query else "")
-                    path, missing = fill(template, samples)
-                    if path is None:
-                        figures["not_measured"].append((server, shown, f"no sample for {', '.join(missing)}"))
-                        continue
-                    path += f"?{query}" if query else ""
-                    who = None
-                    for v, user in zip(visitors.get(server, []), users.get(server, []), strict=True):
-                        r = v.request("GET", path)  # also the warm-up
-                        if r.status_code == 200:
-                            who = (v, user)
-                            break
-                    if who is None:
-                        figures["not_measured"].append((server, shown, f"no role answered 200 (last: {r.status_code})"))
-                        continue
-                    v, (name, role) = who
-                    page = timed(lambda v=v, path=path: v.request("GET", path), n)
-                    row = {"at": server, "route": shown, "user": name, "bytes": len(r.content), **page}
-                    peer = API_PEERS.get((kind, shown))
-                    if isinstance(peer, tuple):
-                        peer, role = peer
-                    if peer and role in tokens[server]:
-                        headers = {"Authorization": f"Bearer {tokens[server][role]}"}
-                        peer_path = fill(peer, samples)[0]
-                        row["api"] = peer_path
-                        answer = api[server].get(peer_path, headers=headers)  # the warm-up
-                        if answer.status_code == 200:
-                            row["api_client"] = timed(lambda s=server, p=peer_path, h=headers: api[s].get(
-                                p, headers=h), n)["client"]
-                        else:
-                            figures["not_measured"].append((server, f"API peer {peer_path} of {shown}",
-                                                            f"status {answer.status_code} for {role}"))
-                    figures["pages"].append(row)
+                    measure_page(figures, server, template, query, samples, visitors.get(server, []),
+                                 users.get(server, []), api[server], tokens[server], n)
             if server in visitors:
                 v = visitors[server][0]
                 v.request("GET", FLOOR)
                 figures.setdefault("floor", {})[server] = timed(lambda v=v: v.request("GET", FLOOR), n)
-
-        # ---- the live counts
-        cohorts = pkg.canonical()["cohorts"]
-        feasibility_api = lambda d: api["hub"].post(  # noqa: E731
-            "/api/v1/feasibility", json={"definition": d, "project": PROJECT},
-            headers={"Authorization": f"Bearer {api_token}"})
-
-        def count(label: str, how: str, project: str, call: Any) -> None:
-            t0 = time.perf_counter()
-            r = call()
-            ms = 1000 * (time.perf_counter() - t0)
-            if r.headers.get("content-type", "").startswith("application/json"):
-                persons = [f"{a['site']}={a.get('persons')}" for a in r.json().get("sites", [])]
-            else:
-                table = re.search(r'id="(?:cohort|released)-counts".*?</table>', r.text, re.S)
-                persons = ["=".join(m) for m in re.findall(r'<tr><th scope="row">([^<]+)</th><td class="num">'
-                                                           r'([^<]*)</td>', table.group(0) if table else "")]
-            figures["counts"].append({"what": label, "how": how, "project": project, "status": r.status_code,
-                                      "client": ms, "server": server_ms(r), "persons": persons})
-
-        for name in ("sglt2", "gliclazide"):
-            text = json.dumps(cohorts[name]["definition"])
-            for s in sorted(nodes):
-                count(f"cohort {name}", f"cold, site {s} alone", f"only-{s}", lambda s=s, text=text: rita.post(
-                    "/portal/cohorts", {"definition": text, "action": "count", "project": f"only-{s}"}))
-            count(f"cohort {name}", "warm, 3 sites", PROJECT, lambda text=text: rita.post(
-                "/portal/cohorts", {"definition": text, "action": "count", "project": PROJECT}))
-            count(f"cohort {name}", "API peer, warm, 3 sites", PROJECT,
-                  lambda name=name: feasibility_api(cohorts[name]["definition"]))
-        text = json.dumps(cohorts["hf_admission"]["definition"])
-        for how in ("cold, 3 sites at once", "warm, 3 sites"):
-            count("cohort hf_admission", how, PROJECT, lambda text=text: rita.post(
-                "/portal/cohorts", {"definition": text, "action": "count", "project": PROJECT}))
-        cid = samples["concept_id"]
-        for s in sorted(nodes):
-            count(f"concept {cid} + descendants", f"cold, site {s} alone", f"only-{s}", lambda s=s: rita.post(
-                f"/portal/concepts/{cid}/counts", {"project": f"only-{s}", "descendants": "1"}))
-        count(f"concept {cid} + descendants", "warm, 3 sites", PROJECT, lambda: rita.post(
-            f"/portal/concepts/{cid}/counts", {"project": PROJECT, "descendants": "1"}))
-        count(f"concept {cid} + descendants", "API peer, warm, 3 sites", PROJECT, lambda: api["hub"].post(
-            "/api/v1/concepts/count", json={"concept_id": int(cid), "descendants": True, "project": PROJECT},
-            headers={"Authorization": f"Bearer {api_token}"}))
+        figures["counts"] = measure_counts(rita, api["hub"], api_token, sorted(nodes), pkg.canonical()["cohorts"],
+                                           samples["concept_id"])
         for c in api.values():
             c.close()
     return figures
+
+
+def measure_page(figures: dict[str, Any], server: str, template: str, query: str, samples: dict[str, str],
+                 visitors: list[Visitor], users: list[tuple[str, str]], api: httpx.Client, tokens: dict[str, str],
+                 n: int) -> None:
+    """One page: asked by each user in turn until one sees it (the warm-up), then timed n times, with
+    its API peer; or the reason it was not measured."""
+    shown = template + (f"?{query}" if query else "")
+    path, missing = fill(template, samples)
+    if path is None:
+        figures["not_measured"].append((server, shown, f"no sample for {', '.join(missing)}"))
+        return
+    path += f"?{query}" if query else ""
+    status = None
+    for v, user in zip(visitors, users, strict=True):
+        status = v.request("GET", path).status_code
+        if status == 200:
+            name, role = user
+            break
+    else:
+        figures["not_measured"].append((server, shown, f"no role answered 200 (last: {status})"))
+        return
+    row = {"at": server, "route": shown, "user": name, **timed(lambda: v.request("GET", path), n)}
+    peer = API_PEERS.get(("hub" if server == "hub" else "node", shown))
+    if isinstance(peer, tuple):
+        peer, role = peer
+    if peer and role in tokens:
+        headers = {"Authorization": f"Bearer {tokens[role]}"}
+        row["api"] = peer_path = fill(peer, samples)[0]
+        answer = api.get(peer_path, headers=headers)  # the warm-up
+        if answer.status_code == 200:
+            row["api_client"] = timed(lambda: api.get(peer_path, headers=headers), n)["client"]
+        else:
+            figures["not_measured"].append((server, f"API peer {peer_path} of {shown}",
+                                            f"status {answer.status_code} for {role}"))
+    figures["pages"].append(row)
+
+
+def measure_counts(rita: Visitor, api: httpx.Client, api_token: str, sites: list[str], cohorts: dict[str, Any],
+                   concept_id: str) -> list[dict[str, Any]]:
+    """The live counts of the cohort page and the concept page, cold per site and warm (see the top)."""
+    out: list[dict[str, Any]] = []
+    auth = {"Authorization": f"Bearer {api_token}"}
+
+    def count(label: str, how: str, call: Any) -> None:
+        t0 = time.perf_counter()
+        r = call()
+        ms = 1000 * (time.perf_counter() - t0)
+        if r.headers.get("content-type", "").startswith("application/json"):
+            persons = [f"{a['site']}={a.get('persons')}" for a in r.json().get("sites", [])]
+        else:  # the page's table of released counts
+            table = re.search(r'id="(?:cohort|released)-counts".*?</table>', r.text, re.S)
+            persons = ["=".join(m) for m in re.findall(r'<tr><th scope="row">([^<]+)</th><td class="num">([^<]*)</td>',
+                                                       table.group(0) if table else "")]
+        out.append({"what": label, "how": how, "status": r.status_code, "client": ms, "server": server_ms(r),
+                    "persons": persons})
+
+    def cohort_page(name: str, project: str) -> httpx.Response:
+        text = json.dumps(cohorts[name]["definition"])
+        return rita.post("/portal/cohorts", {"definition": text, "action": "count", "project": project})
+
+    def concept_page(project: str) -> httpx.Response:
+        return rita.post(f"/portal/concepts/{concept_id}/counts", {"project": project, "descendants": "1"})
+
+    for name in ("sglt2", "gliclazide"):
+        for s in sites:
+            count(f"cohort {name}", f"cold, site {s} alone", lambda n=name, s=s: cohort_page(n, f"only-{s}"))
+        count(f"cohort {name}", "warm, 3 sites", lambda n=name: cohort_page(n, PROJECT))
+        count(f"cohort {name}", "API peer, warm, 3 sites", lambda n=name: api.post(
+            "/api/v1/feasibility", json={"definition": cohorts[n]["definition"], "project": PROJECT}, headers=auth))
+    for how in ("cold, 3 sites at once", "warm, 3 sites"):
+        count("cohort hf_admission", how, lambda: cohort_page("hf_admission", PROJECT))
+    label = f"concept {concept_id} + descendants"
+    for s in sites:
+        count(label, f"cold, site {s} alone", lambda s=s: concept_page(f"only-{s}"))
+    count(label, "warm, 3 sites", lambda: concept_page(PROJECT))
+    count(label, "API peer, warm, 3 sites", lambda: api.post(
+        "/api/v1/concepts/count", json={"concept_id": int(concept_id), "descendants": True, "project": PROJECT},
+        headers=auth))
+    return out
 
 
 def wait_for_package(urls: dict[str, str], nodes: dict[str, Any], content_hash: str, timeout: float = 120) -> None:

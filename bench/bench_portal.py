@@ -2,6 +2,7 @@
 hub's JSON API for the same data and a static file of the same server.
 
     .venv/bin/python bench/bench_portal.py [--persons 1000000] [--site SITE.duckdb] [--n 20] [--run-study]
+                                           [--vocabulary VOCAB.duckdb|postgresql://...]
 
 Targets (issue 17): every page renders in under 300 ms at the server with three nodes of 1,000,000
 persons (counts excluded); a live cohort count per site in under 2 s.
@@ -9,7 +10,8 @@ persons (counts excluded); a live cohort count per site in under 2 s.
 Sites: three synthetic sites of `persons` each (`mercia.demo.build_federation`, seed 2026, cached in
 bench/out/federation_<persons>/ as bench_federation.py caches them), or `--site`: one DuckDB site (such
 as bench/out/synth_<n>.duckdb made by bench_cohorts.py) copied three times. The hub's vocabulary
-(hub.yaml `portal: vocabulary:`) is a fourth copy of a site (a node holds its own file open for writing).
+(hub.yaml `portal: vocabulary:`) is a fourth copy of a site (a node holds its own file open for writing),
+whose vocabulary is the bundled subset (557 concepts), or `--vocabulary`: a full OMOP vocabulary.
 
 Servers: `mercia demo`'s set-up (a hub and one node per site, separate processes). Portal users, one per
 role of each portal (the hub's, and a node's if it serves one), are added with the portal's accounts
@@ -17,10 +19,11 @@ API as `mercia hub portal-user-add` does, and sign in over HTTP with the CSRF fl
 
 Pages: every GET route of every portal, read from the route table of the app the server runs (built
 here from the same configuration), so pages added later are measured without editing this file. Path
-parameters are filled from SAMPLES (found at run time: a concept of the vocabulary, a user, a project,
+parameters are filled from samples found at run time (a concept of the vocabulary, a user, a project,
 a submitted study's hash, a concept set); a route that cannot be filled, or that answers no role with
 200, is listed as not measured. Each page is asked once per role until one may see it (not timed), then
-`n` times: the server's own time from the portal's Server-Timing header (median, p95) and the client's
+`n` times: the server's own time from the portal's Server-Timing header (median, p95: the portal's
+handler and rendering; the hub's request audit line and the HTTP stack are outside it) and the client's
 round trip. Pages make no count (counts are POSTs). Peers: the API route serving the same data
 (`API_PEERS`), asked `n` times with a token of the same role (round trip against round trip), and the
 portal's stylesheet from the same server (the floor of a request).
@@ -79,7 +82,7 @@ FLOOR = "/portal/static/portal.css"
 
 
 # ---- the sites ---------------------------------------------------------------------------------------
-def sites(persons: int, site: Path | None) -> tuple[list[Path], Path]:
+def sites(persons: int, site: Path | None) -> tuple[list[Path], str]:
     """Three site files and a copy of one for the hub's vocabulary."""
     if site is not None:
         folder = OUT / f"portal_{site.stem}"
@@ -87,13 +90,13 @@ def sites(persons: int, site: Path | None) -> tuple[list[Path], Path]:
         copies = [folder / f"{name}.duckdb" for name in ("north", "midlands", "south", "vocabulary")]
         for c in copies:  # fresh copies: a node may write to its file
             shutil.copyfile(site, c)
-        return copies[:3], copies[3]
+        return copies[:3], str(copies[3].resolve())
     from mercia.demo import build_federation
 
     databases = build_federation(OUT / f"federation_{persons}", persons=3 * persons, seed=SEED)
     vocabulary = OUT / f"portal_{persons}_vocabulary.duckdb"
     shutil.copyfile(databases[0], vocabulary)
-    return databases, vocabulary
+    return databases, str(vocabulary.resolve())
 
 
 # ---- routes and their parameters ----------------------------------------------------------------------
@@ -188,7 +191,7 @@ def p95(values: list[float]) -> float:
 
 
 # ---- the run ----------------------------------------------------------------------------------------------
-def run(databases: list[Path], vocabulary: Path, n: int, run_study: bool) -> dict[str, Any]:
+def run(databases: list[Path], vocabulary: str, n: int, run_study: bool) -> dict[str, Any]:
     import yaml
 
     from mercia.demo import _approve_as_custodian, _configure, _free_port, _running
@@ -202,7 +205,7 @@ def run(databases: list[Path], vocabulary: Path, n: int, run_study: bool) -> dic
     root = OUT / "portal_servers"
     hub_config, admin_token, nodes = _configure(root, databases)
     data = yaml.safe_load(hub_config.read_text())
-    data["portal"] = {"vocabulary": str(vocabulary.resolve())}
+    data["portal"] = {"vocabulary": vocabulary}
     hub_config.write_text(yaml.safe_dump(data))
     # The apps the servers will run, built here from the same files for their route tables and accounts.
     apps = {"hub": hub_app(load_hub_config(hub_config), start_dispatcher=False)}
@@ -417,6 +420,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--persons", type=int, default=1_000_000, help="persons per generated site")
     ap.add_argument("--site", type=Path, help="a DuckDB site to copy three times instead of generating sites")
+    ap.add_argument("--vocabulary", help="the hub's vocabulary (a DuckDB file or postgresql:// URL; default: a "
+                                         "copy of a site)")
     ap.add_argument("--n", type=int, default=20, help="times each page is asked")
     ap.add_argument("--run-study", action="store_true", help="approve and run the demo study so that its report "
                                                              "and results pages are measured too")
@@ -426,6 +431,8 @@ def main() -> None:
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}")
     t0 = time.perf_counter()
     databases, vocabulary = sites(args.persons, args.site)
+    if args.vocabulary:
+        vocabulary = args.vocabulary if "://" in args.vocabulary else str(Path(args.vocabulary).resolve())
     print(f"sites: {', '.join(d.stem for d in databases)} ({args.site.name if args.site else args.persons})"
           f" ready in {time.perf_counter() - t0:.1f} s")
     figures = run(databases, vocabulary, args.n, args.run_study)

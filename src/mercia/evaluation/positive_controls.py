@@ -12,8 +12,9 @@ For one exposure cohort (the target of a comparison) and each negative-control o
    MethodEvaluation) and the control is refused: a model of so few events says little about who has them;
 3. a Poisson regression of that count on the entry's baseline covariates (`mercia.features`, index =
    exposure start) with log(days at risk) as offset; the covariates are scaled to a maximum of 1 and
-   shrunk by a normal prior (ridge, variance `prior_variance`, or cross-validated when null; the
-   intercept is not shrunk). MethodEvaluation cross-validates a Laplace prior. Each entry's count is predicted by the model
+   shrunk by a normal prior (ridge; its variance chosen by held-out likelihood over the cross-fitting
+   folds, or fixed by `prior_variance`; the intercept is not shrunk). MethodEvaluation cross-validates
+   a Laplace prior. Each entry's count is predicted by the model
    fitted on the other entries (`cross_fit_folds` folds), and the predictions are scaled to sum to the
    observed count: in-sample predictions of a model of hundreds of covariates follow the entry's own
    outcomes, and would put the added outcomes on persons who already have one;
@@ -91,9 +92,10 @@ class InjectionSettings(BaseModel):
         True, description="leave out (of model and injection) persons with the outcome before their time at risk"
     )
     prior_variance: float | None = Field(
-        1.0, gt=0, le=1e6, allow_inf_nan=False,
+        None, gt=0, le=1e6, allow_inf_nan=False,
         description="variance of the normal prior on the outcome model's coefficients (covariates scaled to max 1); "
-                    "null: the one of 0.0001, 0.001, 0.01, 0.1 and 1 with the best cross-validated likelihood",
+                    "null (the default, as MethodEvaluation cross-validates its prior): the one of 0.0001, 0.001, "
+                    "0.01, 0.1 and 1 with the best held-out likelihood over the cross-fitting folds",
     )
     min_covariate_count: int = Field(
         10, ge=1, le=limits.MAX_INT32, description="covariates non-zero in fewer modelled entries are left out"

@@ -49,6 +49,26 @@ def test_metrics_match_a_hand_computation():
     assert s.loc[("all", "match")]["estimable"] == 3
 
 
+def test_scored_against_the_marginal_hr_too():
+    """Each estimate is scored against the planted (conditional) HR and the marginal HR in the treated
+    of its seed's truth.json; without a marginal HR the `_marginal` metrics are NaN."""
+    rows = _est([
+        (1, "e", "match", 0.7, 0.74, 0.60, 0.90),  # covers both
+        (2, "e", "match", 0.7, 0.85, 0.72, 1.00),  # covers the marginal (0.75) only
+        (3, "e", "match", 0.7, 0.62, 0.50, 0.69),  # covers neither
+    ])
+    rows["marginal_hr"] = [0.74, 0.75, 0.73]
+    s = ev.summarise(ev.score(rows)).set_index(["effect", "estimator"]).loc[("e", "match")]
+    assert s["coverage"] == pytest.approx(1 / 3)
+    assert s["coverage_marginal"] == pytest.approx(2 / 3)
+    bm = np.log([0.74, 0.85, 0.62]) - np.log([0.74, 0.75, 0.73])
+    assert s["mean_bias_log_hr_marginal"] == pytest.approx(bm.mean())
+    assert s["bias_marginal_mc_se"] == pytest.approx(bm.std(ddof=1) / math.sqrt(3))
+    assert s["mean_marginal_hr"] == pytest.approx(math.exp(np.log([0.74, 0.75, 0.73]).mean()))
+    old = ev.summarise(ev.score(_est([(1, "e", "match", 0.7, 0.74, 0.60, 0.90)]))).iloc[0]
+    assert math.isnan(old["coverage_marginal"]) and math.isnan(old["mean_bias_log_hr_marginal"])
+
+
 def test_end_to_end_fast(tmp_path):
     out = tmp_path / "sim"
     r = CliRunner().invoke(app, ["evaluate", "seeds", "--seeds", "2", "--persons", "4000",
@@ -59,6 +79,10 @@ def test_end_to_end_fast(tmp_path):
     assert list(est["profile"].unique()) == ["fenwold", "ashby"]
     assert set(est["estimator"]) == {"crude", "match"}
     assert set(est["true_hr"]) == {1.5, 0.7}
+    # Each seed's truth.json states the marginal HR in the treated: nearer 1 than the planted one.
+    m = est.groupby("effect")["marginal_hr"].agg(["min", "max"])
+    assert m.loc["nsaid_gi_bleeding", "min"] > 1 and m.loc["nsaid_gi_bleeding", "max"] < 1.5
+    assert m.loc["sglt2_hf_admission", "min"] > 0.7 and m.loc["sglt2_hf_admission", "max"] < 1
     # The estimates released are those the analysis computes for that seed's site (nothing altered):
     # every estimable interval holds its point estimate.
     ok = est[est["estimable"]]

@@ -1586,14 +1586,15 @@ def evaluate_seeds(
     summary = ev.summarise(est)
     ev.write_outputs(est, summary, out, settings, time.perf_counter() - t0)
     table = Table("effect", "estimator", "estimable", "coverage", "mean bias (log HR)", "MC SE", "CI width (log)",
-                  "excl. 1")
+                  "excl. 1", "marginal HR", "coverage (marginal)", "bias (marginal)")
 
     def f(v: float, d: int = 3) -> str:
         return "-" if v != v else f"{v:.{d}f}"  # NaN (nothing estimable) prints as -
 
     for r in summary.itertuples():
         table.add_row(str(r.effect), str(r.estimator), f"{r.estimable}/{r.seeds}", f(r.coverage, 2),
-                      f(r.mean_bias_log_hr), f(r.bias_mc_se), f(r.mean_ci_width_log, 2), f(r.share_excluding_1, 2))
+                      f(r.mean_bias_log_hr), f(r.bias_mc_se), f(r.mean_ci_width_log, 2), f(r.share_excluding_1, 2),
+                      f(r.mean_marginal_hr), f(r.coverage_marginal, 2), f(r.mean_bias_log_hr_marginal))
     console.print(table)
     console.print(f"wrote {out}/seeds_estimates.csv, seeds_summary.csv (and .parquet), seeds.png",
                   highlight=False, soft_wrap=True)

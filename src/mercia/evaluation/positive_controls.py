@@ -12,8 +12,9 @@ For one exposure cohort (the target of a comparison) and each negative-control o
    MethodEvaluation) and the control is refused: a model of so few events says little about who has them;
 3. a Poisson regression of that count on the entry's baseline covariates (`mercia.features`, index =
    exposure start) with log(days at risk) as offset; the covariates are scaled to a maximum of 1 and
-   shrunk by a normal prior (ridge, variance `prior_variance`, or cross-validated when null; the
-   intercept is not shrunk). MethodEvaluation cross-validates a Laplace prior. Each entry's count is predicted by the model
+   shrunk by a prior (`prior`: normal, ridge, or Laplace, L1; its variance `prior_variance`, 1 by
+   default, or chosen by held-out likelihood over the cross-fitting folds when null; the intercept is
+   not shrunk). MethodEvaluation cross-validates a Laplace prior. Each entry's count is predicted by the model
    fitted on the other entries (`cross_fit_folds` folds), and the predictions are scaled to sum to the
    observed count: in-sample predictions of a model of hundreds of covariates follow the entry's own
    outcomes, and would put the added outcomes on persons who already have one;
@@ -90,10 +91,16 @@ class InjectionSettings(BaseModel):
     remove_people_with_prior_outcomes: bool = Field(
         True, description="leave out (of model and injection) persons with the outcome before their time at risk"
     )
+    prior: Literal["normal", "laplace"] = Field(
+        "normal",
+        description="prior on the outcome model's coefficients: normal (ridge: shrinks all alike) or laplace "
+                    "(L1, as MethodEvaluation: drops the covariates that do not predict)",
+    )
     prior_variance: float | None = Field(
         1.0, gt=0, le=1e6, allow_inf_nan=False,
-        description="variance of the normal prior on the outcome model's coefficients (covariates scaled to max 1); "
-                    "null: the one of 0.0001, 0.001, 0.01, 0.1 and 1 with the best cross-validated likelihood",
+        description="variance of the prior on the outcome model's coefficients (covariates scaled to max 1); "
+                    "null: the one of 0.0001, 0.001, 0.01, 0.1 and 1 with the best held-out likelihood over the "
+                    "cross-fitting folds (MethodEvaluation cross-validates a Laplace prior)",
     )
     min_covariate_count: int = Field(
         10, ge=1, le=limits.MAX_INT32, description="covariates non-zero in fewer modelled entries are left out"
@@ -137,9 +144,13 @@ def _exposed_entries(cdm: Cdm, exposure_id: int, outcome_ids: list[int], p: cm.S
     return frame, cov, hits
 
 
-def _fit_poisson(X: sp.csr_matrix, y: np.ndarray, offset: np.ndarray, variance: float) -> np.ndarray:
-    """Ridge Poisson regression: (intercept, coefficients) maximising the log-likelihood less
-    |b|^2 / (2 variance) (intercept not shrunk)."""
+def _fit_poisson(X: sp.csr_matrix, y: np.ndarray, offset: np.ndarray, variance: float,
+                 prior: str = "normal") -> np.ndarray:
+    """Penalised Poisson regression: (intercept, coefficients) maximising the log-likelihood less
+    |b|^2 / (2 variance) (normal prior, ridge) or sqrt(2 / variance) |b|_1 (Laplace prior of that
+    variance, L1, as Cyclops parameterises it); the intercept is not shrunk."""
+    if prior == "laplace":
+        return _fit_poisson_l1(X, y, offset, math.sqrt(2 / variance))
     XT = X.T.tocsr()
 
     def f(w: np.ndarray) -> tuple[float, np.ndarray]:
@@ -155,6 +166,28 @@ def _fit_poisson(X: sp.csr_matrix, y: np.ndarray, offset: np.ndarray, variance: 
     w0[0] = math.log(max(y.sum(), 0.5) / np.exp(offset).sum())
     res = optimize.minimize(f, w0, jac=True, method="L-BFGS-B", options={"maxiter": 500, "gtol": 1e-7})
     return res.x
+
+
+def _fit_poisson_l1(X: sp.csr_matrix, y: np.ndarray, offset: np.ndarray, lam: float) -> np.ndarray:
+    """L1-penalised Poisson regression, each coefficient split into its positive and negative parts
+    (both >= 0, bounded L-BFGS), so the penalty lam * sum(parts) is smooth."""
+    XT = X.T.tocsr()
+    k = X.shape[1]
+
+    def f(w: np.ndarray) -> tuple[float, np.ndarray]:
+        b0, b = w[0], w[1:k + 1] - w[k + 1:]
+        eta = np.minimum(b0 + X @ b + offset, 50.0)
+        mu = np.exp(eta)
+        r = y - mu
+        value = -(float(y @ eta) - float(mu.sum())) + lam * float(w[1:].sum())
+        g = -(XT @ r)
+        return value, np.concatenate([[-r.sum()], g + lam, -g + lam])
+
+    w0 = np.zeros(2 * k + 1)
+    w0[0] = math.log(max(y.sum(), 0.5) / np.exp(offset).sum())
+    res = optimize.minimize(f, w0, jac=True, method="L-BFGS-B", bounds=[(None, None)] + [(0.0, None)] * (2 * k),
+                            options={"maxiter": 1000, "gtol": 1e-7})
+    return np.concatenate([[res.x[0]], res.x[1:k + 1] - res.x[k + 1:]])
 
 
 PRIOR_VARIANCES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # the grid cross-validated when prior_variance is not given
@@ -183,7 +216,7 @@ def _predicted_counts(X: sp.csr_matrix, y: np.ndarray, days: np.ndarray, s: Inje
     A weak prior gives noisy predictions that pile the injected outcomes on a few persons. A first-outcome
     (Cox) model sees one outcome per person, so both made every method under-estimate the positive
     controls (2.8 for a true RR of 4). Without `prior_variance`, the variance of PRIOR_VARIANCES with the
-    best held-out likelihood is used (MethodEvaluation cross-validates its prior too)."""
+    best held-out likelihood is used (MethodEvaluation cross-validates a Laplace prior, `prior`)."""
     n = X.shape[0]
     offset = np.log(days)
 
@@ -200,7 +233,7 @@ def _predicted_counts(X: sp.csr_matrix, y: np.ndarray, days: np.ndarray, s: Inje
     for variance in ([s.prior_variance] if s.prior_variance is not None else PRIOR_VARIANCES):
         eta = np.empty(n)
         for f, (rows, Xs) in enumerate(zip(fits, designs, strict=True)):
-            w = _fit_poisson(Xs[rows], y[rows], offset[rows], variance)
+            w = _fit_poisson(Xs[rows], y[rows], offset[rows], variance, s.prior)
             held = folds == f
             eta[held] = np.minimum(w[0] + Xs[held] @ w[1:] + offset[held], 50.0)
         mu = np.exp(eta)

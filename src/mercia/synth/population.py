@@ -128,6 +128,9 @@ class Requests:
 class ChunkResult:
     tables: dict[str, dict[str, np.ndarray]]  # local ids; see site.py for the id offsets
     stats: dict[str, float]
+    # Expected risk sets of the planted effects' counterfactual worlds (mercia.synth.marginal),
+    # additive over chunks.
+    marginal: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Chunk:
@@ -643,6 +646,9 @@ class Chunk:
         courses, rows = self.expand(*self.episodes)
         self.courses = courses
         self.acute()
+        from mercia.synth.marginal import chunk_counts
+
+        marginal = chunk_counts(self)  # draws nothing
         nc = self.negative_controls()
         self.amox: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.background()
@@ -701,6 +707,7 @@ class Chunk:
         }
         meas = self.measurements()
         res = self.finish(cond, drug, meas)
+        res.marginal = marginal
         if nc is not None:
             res.tables["negative_control_condition"] = nc
         return res

@@ -308,6 +308,7 @@ def _write_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, firs
     }))
     ids = _Ids(first_person_id)
     stats: dict[str, float] = {}
+    marginal: dict[str, np.ndarray] = {}
     rows = dict.fromkeys(TABLES, 0)
     rows["care_site"] = 1
     nchunks = (persons + CHUNK - 1) // CHUNK
@@ -343,6 +344,8 @@ def _write_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, firs
                 tables = injector.apply(tables, i)
             for k2, v2 in res.stats.items():
                 stats[k2] = stats.get(k2, 0.0) + v2
+            for k2, a2 in res.marginal.items():
+                marginal[k2] = marginal[k2] + a2 if k2 in marginal else a2.copy()
             for name, table in tables.items():
                 rows[name] += table.num_rows
             if errors:
@@ -357,7 +360,7 @@ def _write_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, firs
     if errors:
         raise errors[0]
     truth = build_truth(profile=profile, seed=seed, persons=persons, first_person_id=first_person_id,
-                        stats=stats, rows=rows)
+                        stats=stats, rows=rows, marginal=marginal)
     if profile.negative_control_outcomes:
         from mercia.synth.negative_controls import nc_truth
 

@@ -76,7 +76,8 @@ def _rate_ratio(stats: dict[str, float], a: list[str], b: list[str], tag: str) -
 
 
 def build_truth(*, profile: SiteProfile, seed: int, persons: int, first_person_id: int,
-                stats: dict[str, float], rows: dict[str, int]) -> dict[str, Any]:
+                stats: dict[str, float], rows: dict[str, int],
+                marginal: dict[str, Any] | None = None) -> dict[str, Any]:
     gi = P.ACUTE_BY_KEY["gi_bleeding"]
     hf = P.ACUTE_BY_KEY["heart_failure_admission"]
     nsaid = {
@@ -139,6 +140,15 @@ def build_truth(*, profile: SiteProfile, seed: int, persons: int, first_person_i
                                 "the course start",
         "realised": _rate_ratio(stats, list(P.SGLT2S), ["gliclazide"], "heart_failure_admission"),
     }
+    if marginal:
+        from mercia.synth.marginal import CONTRASTS, marginal_truth
+
+        by_id = {c.effect: c for c in CONTRASTS}
+        for effect in (nsaid, sglt2):
+            # The contrast's hazard_ratio is conditional on the covariates; what a PS-matched analysis
+            # estimates is marginal (the hazard ratio is not collapsible): both are stated.
+            effect["contrast"]["hazard_ratio_scale"] = "conditional on the covariates of the hazard model"
+            effect["contrast"]["marginal_in_treated"] = marginal_truth(marginal, by_id[effect["id"]])
     negative_controls = [
         {"exposure": _drug(d)["name"], "ingredient_concept_id": _drug(d)["ingredient_concept_id"],
          "outcome": _cond(o)["name"], "outcome_concept_id": _cond(o)["concept_id"], "hazard_ratio": 1.0}

@@ -35,6 +35,7 @@ CARE_SITE_ID = 1
 # The tables each writer thread appends to, when the engine runs that many connections at once: the
 # second writer takes the two tables that hold about half of a site's rows (visits and measurements).
 WRITER_TABLES = (None, ("visit_occurrence", "measurement"))
+SECOND_WRITER_MEMORY = 256 << 20
 TABLES = ("person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
           "measurement", "death", "drug_era", "condition_era", "care_site")
 Progress = Callable[[str, int, int], None]
@@ -328,7 +329,10 @@ def _write_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, firs
     # while it inserts, so simulating the next chunk and writing this one overlap. Each table is always
     # written by the same writer, in chunk order, so its rows (and their order) are those of one writer.
     # Each queue holds one chunk, which bounds memory to about three chunks.
-    writers = max(1, min(len(WRITER_TABLES), cdm.engine.parallel_connections))
+    # Two appends at once pin blocks of the engine's cache at once: with a cache held very small (tests)
+    # one writer, or DuckDB runs out of memory.
+    writers = (max(1, min(len(WRITER_TABLES), cdm.engine.parallel_connections))
+               if DB_MEMORY >= SECOND_WRITER_MEMORY else 1)
     queues: list[queue.Queue[dict[str, pa.Table] | None]] = [queue.Queue(maxsize=1) for _ in range(writers)]
     errors: list[BaseException] = []
 

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -136,41 +135,3 @@ def test_site_past_the_last_nhs_number_is_refused_in_one_line():
             generate_site(cdm, persons=10, seed=1, profile=DEFAULT_SITES[0], first_person_id=89_999_991)
     finally:
         cdm.close()
-
-
-def _rows(cdm: Cdm, table: str) -> list[tuple]:
-    return cdm.fetch_all(f"SELECT rowid, * FROM {table} ORDER BY rowid")
-
-
-def test_visits_and_measurements_written_on_a_second_connection_rows_unchanged(tmp_path, monkeypatch):
-    # Three chunks, so the writers overlap; every table compared row by row (rowid: the order written)
-    # with a site written by one writer, as before two writers were used.
-    monkeypatch.setattr(site_mod, "CHUNK", 1_000)
-    seen: list[tuple[int, str, str]] = []
-    insert = Cdm.insert_arrow
-
-    def spy(self: Cdm, name: str, data) -> None:
-        seen.append((id(self), name, threading.current_thread().name))
-        insert(self, name, data)
-
-    def write(path: Path, writer_tables: tuple) -> dict[str, list[tuple]]:
-        monkeypatch.setattr(site_mod, "WRITER_TABLES", writer_tables, raising=False)
-        cdm = Cdm.open(path)
-        try:
-            generate_site(cdm, persons=2_500, seed=11, profile=DEFAULT_SITES[1], first_person_id=7,
-                          faults={"orphan_foreign_keys": 0.05, "events_after_death": 0.5})
-            return {t: _rows(cdm, t) for t in site_mod.TABLES}
-        finally:
-            cdm.close()
-
-    monkeypatch.setattr(Cdm, "insert_arrow", spy)
-    two = write(tmp_path / "two.duckdb", (None, ("visit_occurrence", "measurement")))
-    by_table: dict[str, set[tuple[int, str]]] = {}
-    for handle, name, thread in seen:
-        by_table.setdefault(name, set()).add((handle, thread))
-    assert len(by_table["measurement"]) == 1 and by_table["measurement"] == by_table["visit_occurrence"]
-    assert by_table["measurement"].isdisjoint(by_table["drug_exposure"] | by_table["person"])
-    one = write(tmp_path / "one.duckdb", (None,))
-    assert all(len(two[t]) > 0 for t in ("visit_occurrence", "measurement", "drug_exposure", "person"))
-    for t in site_mod.TABLES:
-        assert two[t] == one[t], t

@@ -32,10 +32,6 @@ CHUNK = 50_000
 # persons), with it the peak is a few chunks in flight plus this, whatever the number of persons.
 DB_MEMORY = 1 << 30
 CARE_SITE_ID = 1
-# The tables each writer thread appends to, when the engine runs that many connections at once: the
-# second writer takes the two tables that hold about half of a site's rows (visits and measurements).
-WRITER_TABLES = (None, ("visit_occurrence", "measurement"))
-SECOND_WRITER_MEMORY = 256 << 20
 TABLES = ("person", "observation_period", "visit_occurrence", "condition_occurrence", "drug_exposure",
           "measurement", "death", "drug_era", "condition_era", "care_site")
 Progress = Callable[[str, int, int], None]
@@ -251,11 +247,6 @@ def _negative_control_rows(nc: dict[str, np.ndarray], out: dict[str, pa.Table], 
     out["condition_era"] = pa.concat_tables([out["condition_era"], eras])
 
 
-def _writer_of(table: str, writers: int) -> int:
-    """The writer thread that appends `table`'s rows (the first takes every table not named for another)."""
-    return next((k for k in range(1, writers) if table in (WRITER_TABLES[k] or ())), 0)
-
-
 def chunk_rng(seed: int, profile: SiteProfile, chunk: int) -> np.random.Generator:
     site_key = zlib.crc32(profile.name.encode())
     return np.random.default_rng(np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32, site_key, chunk]))
@@ -276,11 +267,8 @@ def generate_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, fi
                   progress: Progress | None = None, faults: dict[str, float] | None = None) -> dict[str, Any]:
     """Write one synthetic site into ``cdm`` (tables created when missing); return its truth dict.
 
-    Persons are simulated in chunks of 50,000; while one chunk is written the next is simulated. On an
-    engine that runs two connections at once (DuckDB) a second writer thread, on a connection of its own,
-    appends the visits and measurements (about half of the rows) while the first appends the other
-    tables; each table's rows are those, in the order, that one writer would write. Memory is bounded:
-    at most about three chunks are held at once (being simulated, queued, being written), and the
+    Persons are simulated in chunks of 50,000; while one chunk is written the next is simulated. Memory
+    is bounded: at most three chunks are held at once (being simulated, queued, being written), and the
     database's cache is held to ``DB_MEMORY``: memory stops growing once that cache is full (peak RSS
     2.0 GiB at 1,000,000 persons, 2.7 GiB at 10,000,000).
 
@@ -325,32 +313,23 @@ def _write_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, firs
     nchunks = (persons + CHUNK - 1) // CHUNK
     step = f"{profile.name}: persons"
 
-    # Writer threads, each on its own connection, simulation on this one: the engine releases the GIL
-    # while it inserts, so simulating the next chunk and writing this one overlap. Each table is always
-    # written by the same writer, in chunk order, so its rows (and their order) are those of one writer.
-    # Each queue holds one chunk, which bounds memory to about three chunks.
-    # Two appends at once pin blocks of the engine's cache at once: with a cache held very small (tests)
-    # one writer, or DuckDB runs out of memory.
-    writers = (max(1, min(len(WRITER_TABLES), cdm.engine.parallel_connections))
-               if DB_MEMORY >= SECOND_WRITER_MEMORY else 1)
-    queues: list[queue.Queue[dict[str, pa.Table] | None]] = [queue.Queue(maxsize=1) for _ in range(writers)]
+    # One writer thread: DuckDB releases the GIL while it inserts, so simulation and writing overlap.
+    # The queue holds one chunk, which bounds memory to about three chunks.
+    q: queue.Queue[dict[str, pa.Table] | None] = queue.Queue(maxsize=1)
     errors: list[BaseException] = []
 
-    def writer(handle: Any, q: queue.Queue[dict[str, pa.Table] | None]) -> None:
+    def writer() -> None:
         while (item := q.get()) is not None:
             if errors:
                 continue
             try:
                 for name, table in item.items():
-                    handle.insert_arrow(name, table)
+                    cdm.insert_arrow(name, table)
             except BaseException as e:  # re-raised in the caller's thread
                 errors.append(e)
 
-    handles = [cdm] + [cdm.another_connection() for _ in range(writers - 1)]
-    threads = [threading.Thread(target=writer, args=(h, q), name=f"mercia-synth-writer-{k}", daemon=True)
-               for k, (h, q) in enumerate(zip(handles, queues, strict=True))]
-    for th in threads:
-        th.start()
+    th = threading.Thread(target=writer, name="mercia-synth-writer", daemon=True)
+    th.start()
     done = 0
     try:
         if progress:
@@ -368,18 +347,13 @@ def _write_site(cdm: Any, *, persons: int, seed: int, profile: SiteProfile, firs
                 rows[name] += table.num_rows
             if errors:
                 break
-            for k, q in enumerate(queues):
-                q.put({name: t for name, t in tables.items() if _writer_of(name, writers) == k})
+            q.put(tables)
             done += n
             if progress:
                 progress(step, done, persons)
     finally:
-        for q in queues:
-            q.put(None)
-        for th in threads:
-            th.join()
-        for h in handles[1:]:
-            h.close()
+        q.put(None)
+        th.join()
     if errors:
         raise errors[0]
     truth = build_truth(profile=profile, seed=seed, persons=persons, first_person_id=first_person_id,

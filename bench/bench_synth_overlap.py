@@ -2,8 +2,9 @@
 how long the simulating thread waited for the writers (and the writers for it).
 
 Usage: .venv/bin/python bench/bench_synth_overlap.py [--before REV] [--repeat K] [persons ...]
-  (default 1000000; --before: also run each size with the src/ tree of git revision REV, e.g. the commit
-  before the second writer, 85e222f; runs alternate after/before, each in a fresh process)
+  (default 1000000; --before: also run each size with the src/ tree of git revision REV; runs alternate
+  this code / REV, each in a fresh process. The two-writer trial of bench/RESULTS.md: check out 2f76531
+  and give --before 85e222f)
 Target (issue 14): 10,000,000 persons in under 10 minutes on 2 cores, i.e. about 60 s wall per million.
 One site (riverside, seed 42) in a fresh DuckDB file, then CHECKPOINT, as bench/bench_synth.py writes it.
 The machine's load average is printed beside each run: on a shared machine wall time follows the load,

@@ -2,6 +2,7 @@
 the generator's speed leaves its data unchanged.
 
 Usage: .venv/bin/python bench/synth_digest.py OUT.json [--persons N] [--sites S] [--profile NAME] [--seed 42]
+       [--faults name=rate,...] [--negative-controls K] [--acute-rate-multiplier X]
   --sites S: `generate_federation` (S sites, N persons in all); --profile NAME: one site of that profile
   (`generate_site`, then CHECKPOINT, as bench_synth.py writes it). Prints the digests and writes them to
   OUT.json; compare two such files with `--compare A.json B.json`.
@@ -50,6 +51,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--profile")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--faults")
+    ap.add_argument("--negative-controls", type=int, default=0)
+    ap.add_argument("--acute-rate-multiplier", type=float, default=1.0)
     ap.add_argument("--compare", nargs=2)
     a = ap.parse_args(argv)
     if a.compare:
@@ -67,6 +70,7 @@ def main(argv: list[str]) -> None:
     from mercia.cdm import Cdm
     from mercia.synth import DEFAULT_SITES, generate_federation, generate_site
     from mercia.synth.faults import parse_faults
+    from mercia.synth.profiles import with_settings
 
     faults = parse_faults(a.faults)
     result: dict[str, dict] = {}
@@ -74,9 +78,12 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if a.sites:
             paths = generate_federation(Path(tmp) / "out", persons=a.persons, sites=a.sites, seed=a.seed,
-                                        faults=faults)
+                                        faults=faults, negative_control_outcomes=a.negative_controls,
+                                        acute_rate_multiplier=a.acute_rate_multiplier)
         else:
             profile = next(p for p in DEFAULT_SITES if p.name == (a.profile or "riverside"))
+            profile = with_settings(profile, acute_rate_multiplier=a.acute_rate_multiplier,
+                                    negative_control_outcomes=a.negative_controls)
             path = Path(tmp) / f"{profile.name}.duckdb"
             cdm = Cdm.open(path)
             try:

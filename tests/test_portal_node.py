@@ -215,6 +215,27 @@ def test_sign_in_refusals_are_audited(node: Node, visitor: Any) -> None:
     assert ("portal.sign_in_failed", "cal") in events and ("portal.signed_in", "cal") in events
 
 
+def test_password_spraying_from_one_address_is_blocked_at_the_node(tmp_path: Path) -> None:
+    """The node's sign-in is the hub's (portal/sign_in.py): failures from one address across names block the
+    address, even for a right password; the name itself is not locked (the limit here: 4 failures)."""
+    key = HubKey(tmp_path / "hubkey")
+    server = NodeServer(tmp_path / "node", cdm=make_site(tmp_path / "site.duckdb", persons=300, seed=2), hub_key=key,
+                        site="york", portal={"max_client_failures": 4, "secure_cookie": False})
+    with server:
+        node_accounts(server).add_user("cal", "custodian", ["proj"], PASSWORD)
+        v = Visitor(server.url)
+        try:
+            for i in range(4):
+                assert v.sign_in(f"guess{i}", "Spring2026!spray").status_code == 401
+            r = v.sign_in("cal", PASSWORD)
+            assert r.status_code == 429 and "too many failed sign-ins from your address" in T(r)
+            assert "mercia_session" not in v.jar
+        finally:
+            v.close()
+        session_id, _ = node_accounts(server).sign_in("cal", PASSWORD, "10.0.0.2")
+        assert session_id
+
+
 def test_bad_input_is_one_line(node: Node, visitor: Any) -> None:
     cal = visitor("cal")
     r = cal.get("/portal/studies/not-a-hash")

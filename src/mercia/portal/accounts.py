@@ -310,4 +310,4 @@ def accounts_for(state_file: str | Path, settings: Any, roles: tuple[str, ...] =
     node's NodePortal with `roles` NODE_PORTAL_ROLES)."""
     return Accounts(state_file, session_minutes=settings.session_minutes, idle_minutes=settings.idle_minutes,
                     max_failures=settings.max_failures, lockout_minutes=settings.lockout_minutes,
-                    max_client_failures=getattr(settings, "max_client_failures", 30), roles=roles)
+                    max_client_failures=settings.max_client_failures, roles=roles)

@@ -33,14 +33,15 @@ import secrets
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
 from mercia.errors import MerciaError
 from mercia.federation.auth import ALL_PROJECTS, HUB_ROLES, Principal, require_grant, require_project
-from mercia.portal.accounts import NAME, AccountError, LockedOut, SignInRefused, accounts_for, check_name
+from mercia.portal.accounts import AccountError, accounts_for, check_name
 from mercia.portal.cohort_pages import add_cohort_pages
 from mercia.portal.concept_set_pages import add_concept_set_pages
 from mercia.portal.oidc import add_oidc_routes
+from mercia.portal.sign_in import add_sign_in_routes, safe_next
 from mercia.portal.study_pages import add_study_pages
 from mercia.portal.trial_pages import add_trial_pages
 from mercia.portal.web import PortalWeb, one
@@ -51,13 +52,6 @@ NAV = [("Home", "/", ANY_ROLE), ("Concepts", "/concepts", ("researcher", "admin"
        ("Studies", "/studies", ("researcher", "admin")), ("Trials", "/trials", ("researcher", "admin")),
        ("Users", "/admin/users", ("admin",)), ("Projects", "/admin/projects", ("admin",)),
        ("API tokens", "/admin/tokens", ("admin",))]
-
-
-def _safe_next(value: str, prefix: str) -> str:
-    """Only a path of this portal (no other host, no scheme): an open redirect otherwise."""
-    if value.startswith(prefix + "/") and not value.startswith("//") and "\\" not in value and "\n" not in value:
-        return value
-    return prefix + "/"
 
 
 def _projects(fields: dict[str, list[str]]) -> list[str]:
@@ -87,55 +81,10 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
         principal = session.user.principal()
         return web.page(request, "home.html", session, title="Home", projects=my_projects(principal))
 
-    def sign_in_page(request: Request, *, message: str | None = None, name: str = "", nxt: str = "",
-                     status_code: int = 200, notice: str | None = None) -> Response:
-        token = secrets.token_urlsafe(32)
-        response = web.page(request, "sign_in.html", None, title="Sign in", message=message, name=name,
-                            next=nxt, sign_in_csrf=token, status_code=status_code, notice=notice,
-                            lockout=(accounts.max_failures, round(accounts.lockout_seconds / 60)),
-                            oidc_label=config.portal.oidc.label if config.portal.oidc else None)
-        web.set_sign_in_token(response, token)
-        return response
-
-    @app.get("/sign-in", response_class=HTMLResponse)
-    def sign_in_get(request: Request, next: Annotated[str, Query(max_length=500)] = "",
-                    ended: Annotated[str, Query(max_length=1)] = "") -> Response:
-        if web.session_of(request) is not None:
-            return RedirectResponse(_safe_next(next, prefix), status_code=303)
-        return sign_in_page(request, nxt=next, notice="Your session has ended: sign in again." if ended else None)
-
-    @app.post("/sign-in", response_class=HTMLResponse)
-    async def sign_in_post(request: Request) -> Response:
-        fields = await web.sign_in_form(request)
-        name, password, nxt = one(fields, "name").strip(), one(fields, "password"), one(fields, "next")
-        who = name if NAME.match(name) else "-"  # the audit log names no text that could not be a user
-        client = request.client.host if request.client else None
-        try:
-            session_id, session = accounts.sign_in(name, password, client)
-        except LockedOut as e:
-            audit.append("portal.sign_in_locked", who, client=client)
-            return sign_in_page(request, message=str(e), name=name, nxt=nxt, status_code=429)
-        except SignInRefused as e:
-            audit.append("portal.sign_in_failed", who, client=client,
-                         locked=accounts.locked_for(name) > 0 if name else False)
-            return sign_in_page(request, message=str(e), name=name, nxt=nxt, status_code=401)
-        audit.append("portal.signed_in", name, role=session.user.role)
-        response = RedirectResponse(_safe_next(nxt, prefix), status_code=303)
-        web.set_session_cookie(response, session_id, int(accounts.session_seconds))
-        return response
-
+    add_sign_in_routes(app, web, accounts, audit, prefix, template="sign_in.html",
+                       extra=lambda: {"oidc_label": config.portal.oidc.label if config.portal.oidc else None})
     if config.portal.oidc is not None:  # OpenID Connect sign-in (oidc.py)
-        add_oidc_routes(app, web, accounts, config.portal.oidc, audit, prefix, _safe_next)
-
-    @app.post("/sign-out")
-    async def sign_out(request: Request) -> Response:
-        session = web.signed_in(request)
-        await web.form(request, session)
-        accounts.end_session(request.cookies.get("mercia_session", ""))
-        audit.append("portal.signed_out", session.user.name)
-        response = RedirectResponse(f"{prefix}/sign-in", status_code=303)
-        web.clear_session_cookie(response)
-        return response
+        add_oidc_routes(app, web, accounts, config.portal.oidc, audit, prefix, safe_next)
 
     # ---- concepts --------------------------------------------------------------------------------------
     @app.get("/concepts", response_class=HTMLResponse)

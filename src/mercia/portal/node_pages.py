@@ -25,7 +25,6 @@ only. Every sign-in and decision is in the node's audit log.
 
 import hmac
 import json
-import secrets
 from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
@@ -34,7 +33,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from mercia.federation.auth import Principal
 from mercia.federation.http_common import HASH_PATTERN
 from mercia.federation.node.state import StudyRecord, StudyStateError
-from mercia.portal.accounts import NAME, LockedOut, SignInRefused, accounts_for
+from mercia.portal.accounts import accounts_for
 from mercia.portal.node_review import (
     STUDY_TABLES,
     AuditChecker,
@@ -45,19 +44,13 @@ from mercia.portal.node_review import (
     released_shapes,
     what_it_runs,
 )
-from mercia.portal.web import SESSION_COOKIE, PortalWeb, one
+from mercia.portal.sign_in import add_sign_in_routes
+from mercia.portal.web import PortalWeb, one
 
 NODE_PORTAL_ROLES = ("custodian", "admin")
 NAV = [("Approval queue", "/", NODE_PORTAL_ROLES), ("Audit log", "/audit", NODE_PORTAL_ROLES)]
 MAX_REASON = 2000
 DECIDED = {"approved": "Approved", "rejected": "Rejected"}
-
-
-def _safe_next(value: str, prefix: str) -> str:
-    """Only a path of this portal (no other host, no scheme): an open redirect otherwise."""
-    if value.startswith(prefix + "/") and not value.startswith("//") and "\\" not in value and "\n" not in value:
-        return value
-    return prefix + "/"
 
 
 def cell(value: Any) -> str:
@@ -97,50 +90,8 @@ def create_node_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
         return scoped_study(store, principal, content_hash)  # 404 for another project's, as the API
 
     # ---- sign-in, sign-out ------------------------------------------------------------------------------
-    def sign_in_page(request: Request, *, message: str | None = None, name: str = "", nxt: str = "",
-                     status_code: int = 200, notice: str | None = None) -> Response:
-        token = secrets.token_urlsafe(32)
-        response = web.page(request, "node_sign_in.html", None, title="Sign in", message=message, name=name,
-                            next=nxt, sign_in_csrf=token, status_code=status_code, notice=notice,
-                            site=config.site, lockout=(accounts.max_failures, round(accounts.lockout_seconds / 60)))
-        web.set_sign_in_token(response, token)
-        return response
-
-    @app.get("/sign-in", response_class=HTMLResponse)
-    def sign_in_get(request: Request, next: Annotated[str, Query(max_length=500)] = "",
-                    ended: Annotated[str, Query(max_length=1)] = "") -> Response:
-        if web.session_of(request) is not None:
-            return RedirectResponse(_safe_next(next, prefix), status_code=303)
-        return sign_in_page(request, nxt=next, notice="Your session has ended: sign in again." if ended else None)
-
-    @app.post("/sign-in", response_class=HTMLResponse)
-    async def sign_in_post(request: Request) -> Response:
-        fields = await web.sign_in_form(request)
-        name, password, nxt = one(fields, "name").strip(), one(fields, "password"), one(fields, "next")
-        who = name if NAME.match(name) else "-"  # the audit log names no text that could not be a user
-        client = request.client.host if request.client else None
-        try:
-            session_id, session = accounts.sign_in(name, password)
-        except LockedOut as e:
-            audit.append("portal.sign_in_locked", who, client=client)
-            return sign_in_page(request, message=str(e), name=name, nxt=nxt, status_code=429)
-        except SignInRefused as e:
-            audit.append("portal.sign_in_failed", who, client=client)
-            return sign_in_page(request, message=str(e), name=name, nxt=nxt, status_code=401)
-        audit.append("portal.signed_in", name, role=session.user.role)
-        response = RedirectResponse(_safe_next(nxt, prefix), status_code=303)
-        web.set_session_cookie(response, session_id, int(accounts.session_seconds))
-        return response
-
-    @app.post("/sign-out")
-    async def sign_out(request: Request) -> Response:
-        session = web.signed_in(request)
-        await web.form(request, session)
-        accounts.end_session(request.cookies.get(SESSION_COOKIE, ""))
-        audit.append("portal.signed_out", session.user.name)
-        response = RedirectResponse(f"{prefix}/sign-in", status_code=303)
-        web.clear_session_cookie(response)
-        return response
+    add_sign_in_routes(app, web, accounts, audit, prefix, template="node_sign_in.html",
+                       extra=lambda: {"site": config.site})
 
     # ---- the queue ----------------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse)

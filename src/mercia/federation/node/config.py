@@ -54,6 +54,8 @@ class NodePortal(StrictModel):
     secure_cookie: bool = Field(True, description="mark the session cookie Secure (sent over HTTPS only)")
     max_failures: int = Field(5, ge=1, le=100, description="failed sign-ins that lock an account ...")
     lockout_minutes: float = Field(15.0, gt=0, le=24 * 60, description="... within this many minutes, for as long")
+    max_client_failures: int = Field(30, ge=1, le=10_000, description="failed sign-ins from one client address, "
+                                     "whatever the names, that block that address for lockout_minutes")
 
 
 class NodeConfig(StrictModel):

@@ -739,10 +739,15 @@ def node_portal_user_add(
     from mercia.portal.node_pages import NODE_PORTAL_ROLES
 
     cfg = load_node_config(config)
+    _add_portal_user(accounts_for(cfg.state_dir / "portal.sqlite", cfg.portal, roles=NODE_PORTAL_ROLES),
+                     name, role, project, password_stdin)
+
+
+def _add_portal_user(accounts: Any, name: str, role: str, project: list[str] | None, password_stdin: bool) -> None:
+    """`hub portal-user-add` and `node portal-user-add`: the password from stdin or asked twice."""
     password = (sys.stdin.readline().rstrip("\n") if password_stdin
                 else typer.prompt("password", hide_input=True, confirmation_prompt=True))
-    user = accounts_for(cfg.state_dir / "portal.sqlite", cfg.portal, roles=NODE_PORTAL_ROLES).add_user(
-        name, role, project or ["*"], password)
+    user = accounts.add_user(name, role, project or ["*"], password)
     console.print(f"portal user {user.name} ({user.role}; projects {', '.join(user.projects)})", highlight=False)
 
 
@@ -891,10 +896,7 @@ def hub_portal_user_add(
     from mercia.portal.accounts import accounts_for
 
     cfg = load_hub_config(config)
-    password = (sys.stdin.readline().rstrip("\n") if password_stdin
-                else typer.prompt("password", hide_input=True, confirmation_prompt=True))
-    user = accounts_for(cfg.state_dir / "hub.sqlite", cfg.portal).add_user(name, role, project or ["*"], password)
-    console.print(f"portal user {user.name} ({user.role}; projects {', '.join(user.projects)})", highlight=False)
+    _add_portal_user(accounts_for(cfg.state_dir / "hub.sqlite", cfg.portal), name, role, project, password_stdin)
 
 
 # ---- client ----------------------------------------------------------------------------------

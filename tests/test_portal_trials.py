@@ -329,6 +329,8 @@ def check_page_against_api(page: str, api: dict[str, Any], definition_words: str
     # every number anywhere on the page: a released one (or the hub's sum / model of released ones), or
     # one of the question's own words (criterion numbers and names, months, the target and consent)
     allowed = released_numbers(api)
+    # the noise each site states for its numbers (its mechanism's public parameters, shown beside them)
+    allowed |= {float(v) for s in api["sites"] for k, v in (s.get("privacy") or {}).items() if k.endswith("_noise_sd")}
     # the what-if's one derived number: eligible without criterion j = released eligible + released gain
     for whole in (api, *sites.values()):
         allowed |= {float(whole["eligible"] + w["gained"]) for w in whole["what_if"]
@@ -366,6 +368,9 @@ def test_every_number_on_the_trial_pages_is_a_released_answer_of_the_api(fed: Fe
     numbering = " ".join(str(j + 1) for j in range(len(api["funnel"])))  # criteria 1 to n
     words = COHORT_TRIAL + f" {numbering} 95 36 50 0.5 " + months  # 95% CI; the question asked
     check_page_against_api(page, api, words)
+    sds = {s["site"]: s["privacy"]["breakdown_cell_noise_sd"] for s in api["sites"] if s.get("privacy")}
+    note = html.unescape(re.sub(r"\s+", " ", page.split('id="trial-breakdown-noise">', 1)[1].split("</p>", 1)[0]))
+    assert sds and all(f"{sd} persons at {site}" in note for site, sd in sds.items()), note
     # toggled: eligible without criterion 2 = each site's released eligible plus its released gain
     without = table_cells(single, "trial-without")
     expected = [None if s["eligible"] is None or s["what_if"][1]["gained"] is None

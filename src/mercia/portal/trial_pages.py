@@ -124,7 +124,12 @@ def answer_view(item: TrialAnswer, off: list[int]) -> dict[str, Any]:
     monthly = [row(m, [(s["monthly"]["persons"][i] if s["monthly"]["months"] == months else None) for s in ok],
                    a["monthly"]["persons"][i]) for i, m in enumerate(months)]
     recruitment = [(s["site"], s.get("recruitment") or {}) for s in ok] + [("All sites", a.get("recruitment") or {})]
-    return {"sites": sites, "errors": errors, "names": names, "funnel": funnel, "what_if": what_if,
+    # The noise each site put on its numbers (its mechanism's public parameters, not data): a breakdown's
+    # cells get a ninth of the answer's epsilon, so a small cell can show persons where there are none.
+    noise = {part: [(s["site"], (s.get("privacy") or {}).get(f"{part}_noise_sd")) for s in ok
+                    if (s.get("privacy") or {}).get(f"{part}_noise_sd") is not None]
+             for part in ("funnel_bucket", "breakdown_cell")}
+    return {"noise": noise, "sites": sites, "errors": errors, "names": names, "funnel": funnel, "what_if": what_if,
             "single": single, "breakdowns": breakdowns, "monthly": monthly, "recruitment": recruitment,
             "eligible": a.get("eligible"), "counted": a.get("counted_sites") or [],
             "not_counted": a.get("not_counted") or [], "not_applied": a.get("not_applied") or []}

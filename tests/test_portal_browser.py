@@ -73,8 +73,9 @@ def context(chromium: Any, hub: HubServer) -> Iterator[Any]:
     ctx.close()
 
 
-def sign_in(page: Any, name: str, artifacts: Path | None = None) -> None:
-    """By keyboard only: the sign-in form's fields in tab order, Enter to send."""
+def sign_in(page: Any, name: str, artifacts: Path | None = None, shot: str = "portal-sign-in") -> None:
+    """By keyboard only: the sign-in form's fields in tab order, Enter to send (the hub's and a node's
+    portal share the form); with `artifacts`, its screenshot `shot`.png and the axe check."""
     page.goto("/portal/")
     assert page.url.endswith("/portal/sign-in")
     page.keyboard.press("Tab")  # the skip link comes first
@@ -85,8 +86,8 @@ def sign_in(page: Any, name: str, artifacts: Path | None = None) -> None:
     assert page.evaluate("document.activeElement.id") == "password"
     page.keyboard.type(PASSWORD)
     if artifacts is not None:
-        page.screenshot(path=str(artifacts / "portal-sign-in.png"), full_page=True)
-        check_a11y(page, "sign-in")
+        page.screenshot(path=str(artifacts / f"{shot}.png"), full_page=True)
+        check_a11y(page, shot)
     page.keyboard.press("Enter")
     page.wait_for_url("**/portal/")
 

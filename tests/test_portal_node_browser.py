@@ -19,7 +19,7 @@ import pytest
 
 from federation_support import HubKey, NodeServer, make_site, small_study
 from test_portal import PASSWORD
-from test_portal_browser import check_a11y
+from test_portal_browser import check_a11y, sign_in
 from test_portal_node import node_accounts, study_v2, submit
 
 pytestmark = pytest.mark.browser
@@ -60,24 +60,6 @@ def context(chromium: Any, site: Site) -> Iterator[Any]:
     ctx.close()
 
 
-def sign_in(page: Any, name: str, artifacts: Path | None = None) -> None:
-    """By keyboard only: the sign-in form's fields in tab order, Enter to send."""
-    page.goto("/portal/")
-    assert page.url.endswith("/portal/sign-in")
-    page.keyboard.press("Tab")  # the skip link comes first
-    assert page.evaluate("document.activeElement.className") == "skip-link"
-    page.focus("#name")
-    page.keyboard.type(name)
-    page.keyboard.press("Tab")
-    assert page.evaluate("document.activeElement.id") == "password"
-    page.keyboard.type(PASSWORD)
-    if artifacts is not None:
-        page.screenshot(path=str(artifacts / "node-portal-sign-in.png"), full_page=True)
-        check_a11y(page, "node sign-in")
-    page.keyboard.press("Enter")
-    page.wait_for_url("**/portal/")
-
-
 def shot(page: Any, artifacts: Path, name: str) -> None:
     page.screenshot(path=str(artifacts / f"node-portal-{name}.png"), full_page=True)
     check_a11y(page, name)
@@ -88,7 +70,7 @@ def shot(page: Any, artifacts: Path, name: str) -> None:
 
 def test_the_custodian_reviews_decides_and_reads_the_results(context: Any, site: Site, artifacts_dir: Path) -> None:
     page = context.new_page()
-    sign_in(page, "cal", artifacts_dir)
+    sign_in(page, "cal", artifacts_dir, shot="node-portal-sign-in")
     # the queue: the two pending packages
     pending = page.locator("#pending")
     assert pending.get_by_role("link", name="small test study").is_visible()

@@ -352,13 +352,13 @@ def bench(persons: int, skip_oracle: bool, repeat: int, eunomia_copies: int = 0,
             row["same_rows"] = mine == theirs
             row["same_counts"] = (row["entries"], row["persons"]) == (len(theirs), row["circe_persons"])
         per.append(row)
+    # Each turn's two runs share the machine's state of the moment: their ratio varies less than either
+    # side's time (Circe's median moves by a third from one quiet run to the next).
+    paired = [a / b for a, b in zip(mercia_totals, circe_totals, strict=True) if b] if circe_totals else []
     if len(runs) > 1:
         print(f"Mercia totals (s): {', '.join(f'{t:.2f}' for t in mercia_totals)}; median {statistics.median(mercia_totals):.2f}")
         if circe_totals:
             print(f"Circe totals (s):  {', '.join(f'{t:.2f}' for t in circe_totals)}; median {statistics.median(circe_totals):.2f}")
-            # Each turn's two runs share the machine's state of the moment: their ratio varies less than
-            # either side's time (Circe's median moves by a third from one quiet run to the next).
-            paired = [a / b for a, b in zip(mercia_totals, circe_totals, strict=True) if b]
             print(f"Mercia / Circe per turn: {', '.join(f'{r:.2f}' for r in paired)}; "
                   f"median {statistics.median(paired):.2f}")
     total_m = mercia["total_s"]
@@ -383,8 +383,7 @@ def bench(persons: int, skip_oracle: bool, repeat: int, eunomia_copies: int = 0,
               "mercia_python_s": mercia["python_s"], "circe_total_s": total_c, "ratio": ratio,
               "rows_identical": identical if oracle else None, "mercia_peak_rss_mib": m["peak_rss_mib"],
               "repeat": repeat, "connections": connections, "mercia_totals_s": mercia_totals, "circe_totals_s": circe_totals,
-              "paired_ratio_median": (statistics.median([a / b for a, b in zip(mercia_totals, circe_totals, strict=True) if b])
-                                      if len(circe_totals) > 1 else None),
+              "paired_ratio_median": statistics.median(paired) if len(paired) > 1 else None,
               "cohorts": per}
     (OUT / f"bench_cohorts_{label}.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result

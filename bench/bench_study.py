@@ -473,7 +473,7 @@ def run_engine(engine: str, persons: int, pg_url: str | None) -> dict[str, Any]:
     print(f"\n== {engine}: load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} at "
           f"{time.strftime('%H:%M UTC', time.gmtime())} ==", flush=True)
     with tempfile.TemporaryDirectory(dir=OUT) as tmp:
-        ours = measure(run_mercia, target, str(Path(tmp) / "run"), schemas)
+        ours = measure(run_mercia, target, str(Path(tmp) / "run"), schemas, children=engine == "spark")
     o = ours["value"]
     t = o["timings"]
     print(f"demo study (sglt2_heart_failure, SACRO) on {persons:,} persons, {engine}; cohorts "

@@ -72,25 +72,26 @@ class _DescendantsPeak:
         return self.peak_kib / 1024
 
 
-def _child(fn: Callable[..., Any], args: tuple, kwargs: dict, queue: Any) -> None:
+def _child(fn: Callable[..., Any], args: tuple, kwargs: dict, queue: Any, children: bool) -> None:
     try:
-        descendants = _DescendantsPeak()
+        descendants = _DescendantsPeak() if children else None
         t0 = time.perf_counter()
         value = fn(*args, **kwargs)
         seconds = time.perf_counter() - t0
-        peak_mib = _peak_rss_mib()
-        child_mib = descendants.stop()
-        queue.put({"ok": True, "seconds": seconds, "peak_rss_mib": peak_mib, "peak_child_rss_mib": child_mib,
-                   "value": value})
+        result = {"ok": True, "seconds": seconds, "peak_rss_mib": _peak_rss_mib(), "value": value}
+        if descendants is not None:
+            result["peak_child_rss_mib"] = descendants.stop()
+        queue.put(result)
     except BaseException as e:  # report, never hang the parent
         queue.put({"ok": False, "error": f"{type(e).__name__}: {e}"})
 
 
-def measure(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Run fn(*args, **kwargs) in a spawned process; return seconds, peak_rss_mib and fn's return value."""
+def measure(fn: Callable[..., Any], *args: Any, children: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Run fn(*args, **kwargs) in a spawned process; return seconds, peak_rss_mib and fn's return value;
+    with `children`, also peak_child_rss_mib (sampled from /proc by a thread, so only when asked)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(fn, args, kwargs, queue))
+    proc = ctx.Process(target=_child, args=(fn, args, kwargs, queue, children))
     proc.start()
     result = queue.get()
     proc.join()

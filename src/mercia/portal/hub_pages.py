@@ -41,7 +41,7 @@ from mercia.portal.accounts import AccountError, accounts_for, check_name
 from mercia.portal.cohort_pages import add_cohort_pages
 from mercia.portal.concept_set_pages import add_concept_set_pages
 from mercia.portal.oidc import add_oidc_routes
-from mercia.portal.sign_in import add_sign_in_routes, safe_next
+from mercia.portal.sign_in import add_sign_in_routes
 from mercia.portal.study_pages import add_study_pages
 from mercia.portal.trial_pages import add_trial_pages
 from mercia.portal.web import PortalWeb, one
@@ -84,7 +84,7 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
     add_sign_in_routes(app, web, accounts, audit, prefix, template="sign_in.html",
                        extra=lambda: {"oidc_label": config.portal.oidc.label if config.portal.oidc else None})
     if config.portal.oidc is not None:  # OpenID Connect sign-in (oidc.py)
-        add_oidc_routes(app, web, accounts, config.portal.oidc, audit, prefix, safe_next)
+        add_oidc_routes(app, web, accounts, config.portal.oidc, audit, prefix)
 
     # ---- concepts --------------------------------------------------------------------------------------
     @app.get("/concepts", response_class=HTMLResponse)

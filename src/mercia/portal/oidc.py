@@ -52,6 +52,7 @@ from joserfc.jwk import KeySet
 from mercia.errors import ConfigError, MerciaError
 from mercia.federation.sqlite_store import SqliteStore
 from mercia.portal.accounts import NAME, Accounts
+from mercia.portal.sign_in import safe_next
 
 STATE_COOKIE = "mercia_oidc_state"
 FLOW_SECONDS = 600.0
@@ -258,8 +259,8 @@ class OidcClient:
         return dict(claims)
 
 
-def add_oidc_routes(app: FastAPI, web: Any, accounts: Accounts, settings: Any, audit: Any, prefix: str,
-                    safe_next: Any) -> OidcClient:
+def add_oidc_routes(app: FastAPI, web: Any, accounts: Accounts, settings: Any, audit: Any,
+                    prefix: str) -> OidcClient:
     """The two OIDC routes on the portal's app (when hub.yaml configures portal: oidc:)."""
     client = OidcClient(settings)
     flows = OidcFlows(accounts.path)

@@ -354,3 +354,247 @@ def test_build_a_set_and_see_its_counts_in_the_browser(fed: Federation, chromium
     assert sorted(r[0] for r in rows) == ["east", "west"]
     for site, persons, _ in rows:
         assert persons == str(node_answer(fed, site, definition)["persons"])
+
+
+# ---- import from ATLAS JSON (the inverse of the export) ------------------------------------------------------
+def set_ids(fed: Federation) -> list[int]:
+    from mercia.portal.concept_sets import ConceptSetStore
+
+    return [cs.id for cs in ConceptSetStore(fed.hub.state_dir / "hub.sqlite").in_projects([PROJECT, "elsewhere"])]
+
+
+def flags_of(atlas: dict[str, Any]) -> list[tuple[int, bool, bool, bool]]:
+    """(id, excluded, descendants, mapped) of each item of ATLAS JSON, read with no Mercia code; a flag
+    ATLAS left out is false."""
+    return [(i["concept"]["CONCEPT_ID"], bool(i.get("isExcluded")), bool(i.get("includeDescendants")),
+             bool(i.get("includeMapped"))) for i in atlas["items"]]
+
+
+def test_export_then_import_gives_the_same_set(fed: Federation, visitor: Any) -> None:
+    rosa = visitor("rosa")
+    set_id = new_set(rosa, "Round trip")
+    rosa.post(f"/portal/concept-sets/{set_id}/items", {"concept_id": str(T2D), "descendants": "1", "mapped": "1"})
+    rosa.post(f"/portal/concept-sets/{set_id}/items", {"concept_id": str(T2D_KETO), "excluded": "1"})
+    rosa.post(f"/portal/concept-sets/{set_id}/items", {"concept_id": str(GI_BLEED), "mapped": "1"})
+    exported = rosa.get(f"/portal/concept-sets/{set_id}/atlas.json")
+    body = exported.json()
+    assert flags_of(body) == [(T2D, False, True, True), (T2D_KETO, True, False, False), (GI_BLEED, False, False, True)]
+    # uploaded as the file ATLAS (or this portal) wrote, multipart
+    r = rosa.post("/portal/concept-sets/import", {"project": PROJECT},
+                  files={"atlas_file": ("Round-trip.json", exported.content, "application/json")})
+    assert r.status_code == 303, T(r)[:2000]
+    new_id = int(r.headers["location"].rsplit("/", 1)[1])
+    assert new_id != set_id
+    assert rosa.get(f"/portal/concept-sets/{new_id}/atlas.json").json() == body  # every field, every flag
+    page = rosa.get(f"/portal/concept-sets/{new_id}")
+    assert "<h1>Concept set: Round-trip</h1>" in page.text  # named after the file
+    assert table_ids(page.text, "set-resolved") == table_ids(rosa.get(f"/portal/concept-sets/{set_id}").text,
+                                                             "set-resolved")
+    # pasted, with a name
+    r = rosa.post("/portal/concept-sets/import", {"project": PROJECT, "name": "Pasted", "atlas_text": exported.text})
+    assert r.status_code == 303, T(r)[:2000]
+    again = int(r.headers["location"].rsplit("/", 1)[1])
+    assert rosa.get(f"/portal/concept-sets/{again}/atlas.json").json() == body
+    assert "<h1>Concept set: Pasted</h1>" in rosa.get(f"/portal/concept-sets/{again}").text
+    assert any(e["event"] == "portal.concept_set_imported" and e["details"]["concept_set"] == again
+               for e in audit_events(fed.hub))
+
+
+def atlas_files() -> list[Path]:
+    from shared_data import COHORTS
+
+    return sorted(COHORTS.glob("*/*.json"))
+
+
+def test_the_ohdsi_concept_sets_import(fed: Federation, visitor: Any) -> None:
+    """Every concept set of the ATLAS cohort JSON in the shared data (OHDSI's CohortGenerator tests and
+    Phenotype Library): uploaded whole (a cohort: each of its ConceptSets) and as one concept set with
+    its expression; each set here has the file's name and items, flag for flag."""
+    files = atlas_files()
+    assert len(files) >= 9, "the shared test data (cohorts/) is missing"
+    rosa = visitor("rosa")
+    for path in files:
+        cohort = json.loads(path.read_text())
+        before = set(set_ids(fed))
+        r = rosa.post("/portal/concept-sets/import", {"project": PROJECT},
+                      files={"atlas_file": (path.name, path.read_bytes(), "application/json")})
+        assert r.status_code in (200, 303), (path, T(r)[:2000])
+        created = sorted(set(set_ids(fed)) - before)
+        assert len(created) == len(cohort["ConceptSets"]), path
+        for set_id, wanted in zip(created, cohort["ConceptSets"], strict=True):
+            page = rosa.get(f"/portal/concept-sets/{set_id}").text
+            assert f"<h1>Concept set: {wanted['name']}</h1>" in T(rosa.get(f"/portal/concept-sets/{set_id}")), path
+            assert flags_of(rosa.get(f"/portal/concept-sets/{set_id}/atlas.json").json()) == \
+                flags_of(wanted["expression"]), (path, wanted["name"])
+            assert table_ids(page, "set-items") == [i["concept"]["CONCEPT_ID"] for i in wanted["expression"]["items"]]
+        if len(created) > 1:
+            assert f"Imported {len(created)} concept sets" in T(r)
+    # one concept set of a cohort, with its expression, pasted
+    one_set = json.loads(files[-1].read_text())["ConceptSets"][-1]
+    r = rosa.post("/portal/concept-sets/import", {"project": PROJECT, "atlas_text": json.dumps(one_set)})
+    assert r.status_code == 303
+    new_id = int(r.headers["location"].rsplit("/", 1)[1])
+    assert flags_of(rosa.get(f"/portal/concept-sets/{new_id}/atlas.json").json()) == flags_of(one_set["expression"])
+
+
+def _gi_with(bad_item: dict[str, Any]) -> str:
+    good = {"concept": {"CONCEPT_ID": GI_BLEED}, "isExcluded": False, "includeDescendants": True,
+            "includeMapped": False}
+    return json.dumps({"ConceptSets": [
+        {"id": 0, "name": "fine", "expression": {"items": [good]}},
+        {"id": 1, "name": "broken", "expression": {"items": [good, bad_item]}}]})
+
+
+@pytest.mark.parametrize(("text", "status", "words"), [
+    ("", 400, "atlas_file: choose an ATLAS concept-set JSON file"),
+    ("{not json", 400, "ATLAS JSON: not JSON (line 1 column 2"),
+    ('{"expressionz": 1}', 400, 'ATLAS JSON: expected ATLAS concept-set JSON: {"items": [...]}'),
+    ('{"items": 3}', 400, 'items: expected a list of {"concept": ...} items'),
+    ('{"items": [{"concept": {"CONCEPT_ID": 201826}}, {"concept": {}}]}', 400, "items[1]: expected {\"concept\""),
+    (_gi_with({"concept": {"CONCEPT_ID": "abc"}}), 400,
+     "ConceptSets[1] 'broken': items[1].concept.CONCEPT_ID: 'abc' is not a concept id"),
+    (_gi_with({"concept": {"CONCEPT_ID": 201826}, "isExcluded": "yes"}), 400,
+     "ConceptSets[1] 'broken': items[1].isExcluded: 'yes' is not true or false"),
+    (_gi_with({"concept": {"CONCEPT_ID": 999999999}}), 400,
+     "ConceptSets[1] 'broken': items[1]: concept 999999999 is not in the hub's vocabulary; nothing was imported"),
+    ('{"ConceptSets": []}', 400, "ConceptSets: the JSON holds no concept set"),
+    (json.dumps({"items": [{"concept": {"CONCEPT_ID": T2D + k}} for k in range(501)]}), 400,
+     "items: a concept set holds at most 500 concepts, this one 501"),
+])
+def test_a_bad_import_is_one_clear_line_and_saves_nothing(fed: Federation, visitor: Any, text: str, status: int,
+                                                          words: str) -> None:
+    rosa = visitor("rosa")
+    before = set_ids(fed)
+    r = rosa.post("/portal/concept-sets/import", {"project": PROJECT, "atlas_text": text})
+    assert r.status_code == status and words in T(r), T(r)[:3000]
+    assert "Traceback" not in r.text
+    assert set_ids(fed) == before  # nothing half-saved: not even the good first set
+    if text:
+        assert html_escape(text)[:40] in r.text  # the pasted text is kept to correct
+
+
+def html_escape(text: str) -> str:
+    from markupsafe import escape
+
+    return str(escape(text))
+
+
+def test_import_refusals(fed: Federation, visitor: Any) -> None:
+    from mercia.portal.web import MAX_FORM_BYTES
+
+    rosa, olga = visitor("rosa"), visitor("olga")
+    before = set_ids(fed)
+    body = json.dumps({"items": [{"concept": {"CONCEPT_ID": T2D}}]})
+    r = olga.post("/portal/concept-sets/import", {"project": PROJECT, "atlas_text": body})
+    assert r.status_code == 403 and f"not a member of project '{PROJECT}'" in T(r)
+    r = rosa.post("/portal/concept-sets/import", {"project": PROJECT, "atlas_text": body}, csrf=False)
+    assert r.status_code == 403 and "security token" in T(r)
+    big = b'{"items": [' + b" " * MAX_FORM_BYTES + b"]}"
+    r = rosa.post("/portal/concept-sets/import", {"project": PROJECT},
+                  files={"atlas_file": ("big.json", big, "application/json")})
+    assert r.status_code == 413 and "larger than 2 MB" in T(r)
+    assert set_ids(fed) == before
+
+
+# ---- released persons per concept of a set ---------------------------------------------------------------------
+def shown_concept_counts(page: str) -> tuple[list[str], dict[int, list[str]]]:
+    table = page.split('id="set-concept-counts"', 1)[1].split("</table>", 1)[0]
+    sites = re.findall(r'<th scope="col" class="num">([^<]+)</th>', table)
+    rows = {}
+    for row in re.findall(r"<tr><th scope=\"row\">.*?</tr>", table.split("<tbody>", 1)[1], flags=re.S):
+        cid = int(re.search(r"</th><td>(\d+)</td>", row).group(1))  # type: ignore[union-attr]
+        rows[cid] = re.findall(r'<td class="num">([^<]*)</td>', row)
+    return sites, rows
+
+
+def test_per_concept_counts_are_the_released_answers(fed: Federation, visitor: Any) -> None:
+    import httpx
+
+    rosa = visitor("rosa")
+    set_id = new_set(rosa, "Per concept")
+    rosa.post(f"/portal/concept-sets/{set_id}/items", {"concept_id": str(T2D), "descendants": "1"})
+    rosa.post(f"/portal/concept-sets/{set_id}/items", {"concept_id": str(T2D_KETO), "excluded": "1"})
+    rosa.post(f"/portal/concept-sets/{set_id}/items", {"concept_id": str(GI_BLEED)})
+    r = rosa.post(f"/portal/concept-sets/{set_id}/concept-counts", {})
+    assert r.status_code == 200, T(r)[:3000]
+    sites, rows = shown_concept_counts(r.text)
+    assert sites == ["east", "west"] and sorted(rows) == sorted([T2D, T2D_KETO, GI_BLEED])
+    assert rows[T2D_KETO] == ["–", "–"] and "excluded from the set: not asked" in T(r)
+    # the hub's API, asked by a token of the same role and project (a repeat: the very same released number)
+    with fed.admin() as admin:
+        token = admin.add_user("rosa-api-sets", "researcher", [PROJECT])["token"]
+    released = []
+    for cid, descendants in ((T2D, True), (GI_BLEED, False)):
+        api = httpx.post(f"{fed.hub.url}/api/v1/concepts/count", headers={"Authorization": f"Bearer {token}"},
+                         json={"concept_id": cid, "descendants": descendants, "project": PROJECT}, timeout=60)
+        assert api.status_code == 200, api.text
+        by_site = {a["site"]: a["persons"] for a in api.json()["sites"]}
+        want = ["–" if by_site[s] is None else str(by_site[s]) for s in sites]
+        assert rows[cid] == want, (cid, rows[cid], want)
+        released += [v for v in by_site.values() if v is not None]
+    assert released and all(v % 5 == 0 for v in released)
+    # every number in the table is one of those released (ids, in their own column, aside)
+    table = r.text.split('id="set-concept-counts"', 1)[1].split("</table>", 1)[0]
+    numbers = [int(x) for x in re.findall(r'<td class="num">(\d+)</td>', table)]
+    assert sorted(numbers) == sorted(released)
+    asked = [e for e in audit_events(fed.hub) if e["event"] == "concept_count.asked" and e["actor"] == "rosa"]
+    assert {(e["details"]["concept_id"], e["details"]["descendants"]) for e in asked} >= {(T2D, True),
+                                                                                       (GI_BLEED, False)}
+    # rosa's own budget at each node was charged, through the hub's attestation
+    for node in fed.nodes.values():
+        lines = [json.loads(x) for x in (node.state_dir / "audit.jsonl").read_text().splitlines()]
+        assert any(x.get("event") == "concept_count.released" and x["details"].get("budget_of") == "hub/rosa"
+                   for x in lines)
+    # who: another project's researcher does not see the set; CSRF
+    olga = visitor("olga")
+    assert olga.post(f"/portal/concept-sets/{set_id}/concept-counts", {}).status_code == 404
+    r = rosa.post(f"/portal/concept-sets/{set_id}/concept-counts", {}, csrf=False)
+    assert r.status_code == 403 and "security token" in T(r)
+
+
+# ---- "Add to a concept set" from the concept search's results -----------------------------------------------------
+def test_add_to_a_set_from_the_search_results(fed: Federation, visitor: Any) -> None:
+    from mercia.portal.concept_sets import ConceptSetStore
+
+    rosa, ravi = visitor("rosa"), visitor("ravi")
+    mine = new_set(rosa, "From the search")
+    ravis = new_set(ravi, "Ravi's set")
+    page = rosa.get("/portal/concepts?text=type 2 diabetes")
+    form = page.text.split('id="add-to-set"', 1)[1].split("</form>", 1)[0]
+    assert f'<option value="{mine}"' in form and f'<option value="{ravis}"' not in form  # only sets she may change
+    assert f'name="concept_id" value="{T2D}"' in form and 'name="search_text" value="type 2 diabetes"' in form
+    r = rosa.post("/portal/concept-sets/add", {"set": str(mine), "concept_id": str(T2D), "descendants": "1",
+                                               "from": "search", "search_text": "type 2 diabetes",
+                                               "search_domain": "Condition", "search_standard": "1"})
+    assert r.status_code == 303, T(r)[:2000]
+    location = r.headers["location"]
+    assert location.startswith("/portal/concepts?") and f"added={T2D}" in location and f"to={mine}" in location
+    back = rosa.get(location)
+    assert back.status_code == 200
+    assert f"Added Type 2 diabetes mellitus ({T2D}) with its descendants to concept set From the search." in T(back)
+    assert f'<option value="{mine}" selected>' in back.text and 'value="type 2 diabetes"' in back.text
+    assert '<option selected>Condition</option>' in back.text
+    items = ConceptSetStore(fed.hub.state_dir / "hub.sqlite").get(mine).items
+    assert [(i.concept_id, i.include_descendants, i.is_excluded, i.include_mapped) for i in items] == \
+        [(T2D, True, False, False)]
+    # without descendants
+    rosa.post("/portal/concept-sets/add", {"set": str(mine), "concept_id": str(GI_BLEED), "from": "search",
+                                           "search_text": "bleeding"})
+    items = ConceptSetStore(fed.hub.state_dir / "hub.sqlite").get(mine).items
+    assert [(i.concept_id, i.include_descendants) for i in items] == [(T2D, True), (GI_BLEED, False)]
+    # a confirmation is only ever about a set she may change and a concept in it
+    assert "Added" not in T(rosa.get(f"/portal/concepts?text=x&added={T2D}&to={ravis}"))
+    assert "Added" not in T(rosa.get(f"/portal/concepts?text=x&added={T2D_KETO}&to={mine}"))
+    # another user's set: refused, unchanged; another project's: not found; no CSRF token: refused
+    r = rosa.post("/portal/concept-sets/add", {"set": str(ravis), "concept_id": str(T2D), "from": "search"})
+    assert r.status_code == 403 and "only its author or an admin" in T(r)
+    assert ConceptSetStore(fed.hub.state_dir / "hub.sqlite").get(ravis).items == ()
+    r = visitor("olga").post("/portal/concept-sets/add", {"set": str(mine), "concept_id": str(T2D), "from": "search"})
+    assert r.status_code == 404
+    r = rosa.post("/portal/concept-sets/add", {"set": str(mine), "concept_id": str(T2D_KETO), "from": "search"},
+                  csrf=False)
+    assert r.status_code == 403 and "security token" in T(r)
+    assert len(ConceptSetStore(fed.hub.state_dir / "hub.sqlite").get(mine).items) == 2
+    # a researcher with no set of her own is told how to make one
+    olga_page = visitor("olga").get("/portal/concepts?text=type 2 diabetes")
+    assert 'id="add-to-set"' not in olga_page.text and "create a concept set" in olga_page.text

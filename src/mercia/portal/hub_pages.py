@@ -92,9 +92,11 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
                  text: Annotated[str, Query(max_length=200)] = "",
                  domain: Annotated[str, Query(max_length=50)] = "",
                  vocabulary: Annotated[str, Query(max_length=50)] = "",
-                 standard: Annotated[str, Query(max_length=5)] = "") -> Response:
+                 standard: Annotated[str, Query(max_length=5)] = "",
+                 added: Annotated[int | None, Query(ge=0, le=2_147_483_647)] = None,
+                 to: Annotated[int | None, Query(ge=1, le=2**62)] = None) -> Response:
         session = web.signed_in(request)
-        web.with_role(session, "researcher", "admin")
+        principal = web.with_role(session, "researcher", "admin")
         vocab = services.vocabulary
         facets = vocab.facets() if vocab.configured else {"domain_id": [], "vocabulary_id": []}
         hits: list[dict[str, Any]] | None = None
@@ -107,8 +109,21 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
         elif not vocab.configured:
             message = ("This hub has no vocabulary to search: its operator sets portal: vocabulary: in hub.yaml "
                        "to a DuckDB file or postgresql:// URL holding the OMOP vocabulary tables.")
+        sets = editable_sets(principal)  # "Add to a concept set" on each result (concept_set_pages.py)
         return web.page(request, "concepts.html", session, title="Concepts", text=text, domain=domain,
-                        vocabulary=vocabulary, standard=bool(standard), facets=facets, hits=hits, message=message)
+                        vocabulary=vocabulary, standard=standard, facets=facets, hits=hits, message=message,
+                        concept_sets=sets, notice=added_notice(sets, added, to), chosen_set=to)
+
+    def added_notice(sets: list[Any], concept_id: int | None, set_id: int | None) -> str | None:
+        """The confirmation after "Add to a concept set" from the results, from the set itself."""
+        cs = next((s for s in sets if s.id == set_id), None)
+        item = next((i for i in cs.items if i.concept_id == concept_id), None) if cs else None
+        if cs is None or item is None:
+            return None
+        name = services.vocabulary.concepts([item.concept_id]).get(item.concept_id, {}).get("concept_name") \
+            if services.vocabulary.configured else None
+        what = f"{name} ({item.concept_id})" if name else f"concept {item.concept_id}"
+        return f"Added {what}{' with its descendants' if item.include_descendants else ''} to concept set {cs.name}."
 
     def concept_page(request: Request, session: Any, concept_id: int, **extra: Any) -> Response:
         principal = web.with_role(session, "researcher", "admin")

@@ -598,3 +598,80 @@ def test_add_to_a_set_from_the_search_results(fed: Federation, visitor: Any) -> 
     # a researcher with no set of her own is told how to make one
     olga_page = visitor("olga").get("/portal/concepts?text=type 2 diabetes")
     assert 'id="add-to-set"' not in olga_page.text and "create a concept set" in olga_page.text
+
+
+@pytest.mark.browser
+def test_import_add_from_search_and_counts_per_concept_in_the_browser(fed: Federation, chromium: Any,
+                                                                       artifacts_dir: Any) -> None:
+    """In Chromium: import an OHDSI Phenotype Library definition's concept set from its file, see a bad
+    paste refused, add a search result to the set by keyboard (Enter on its Add button), ask the sites
+    per concept; the numbers are the hub API's released answers; each page passes axe-core."""
+    import httpx
+
+    from shared_data import COHORTS
+    from test_portal_browser import check_a11y, sign_in
+
+    source = COHORTS / "phenotypelibrary" / "503.json"
+    wanted = json.loads(source.read_text())["ConceptSets"][0]
+    ctx = chromium.new_context(viewport={"width": 1280, "height": 900}, base_url=fed.hub.url, bypass_csp=True)
+    try:
+        page = ctx.new_page()
+        sign_in(page, "rosa")
+        page.goto("/portal/concept-sets")
+        page.fill("#import-text", '{"items": [{"concept": {"CONCEPT_ID": 999999999}}]}')
+        page.get_by_role("button", name="Import").click()
+        problem = page.get_by_role("alert").inner_text()
+        page.screenshot(path=str(artifacts_dir / "portal-concept-set-import-refused.png"), full_page=True)
+        check_a11y(page, "concept set import refused")
+        page.fill("#import-text", "")
+        page.set_input_files("#import-file", str(source))
+        page.get_by_role("button", name="Import").click()
+        page.wait_for_url(re.compile(r".*/portal/concept-sets/\d+$"))
+        set_id = int(page.url.rsplit("/", 1)[1])
+        title = page.locator("h1").inner_text()
+        imported = [int(x) for x in page.locator("#set-items tbody tr td:nth-child(2)").all_inner_texts()]
+        page.screenshot(path=str(artifacts_dir / "portal-concept-set-imported.png"), full_page=True)
+        check_a11y(page, "imported concept set")
+        # the search's results: choose the set and the option by keyboard, Enter on a result's Add
+        page.goto("/portal/concepts")
+        page.fill("#text", "gastrointestinal hemorrhage")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#concept-hits")
+        page.select_option("#add-set", str(set_id))
+        page.focus("#add-descendants")
+        page.keyboard.press("Space")  # off: the concept alone
+        page.locator("#concept-hits tbody tr", has=page.locator(f"td:text-is('{GI_BLEED}')")).get_by_role(
+            "button", name=re.compile("^Add ")).focus()
+        page.screenshot(path=str(artifacts_dir / "portal-concepts-add-to-set.png"), full_page=True)
+        check_a11y(page, "concept search with add to a set")
+        page.keyboard.press("Enter")
+        page.wait_for_url(re.compile(r".*/portal/concepts\?.*added=.*"))
+        notice = page.get_by_role("status").inner_text()
+        page.screenshot(path=str(artifacts_dir / "portal-concepts-added.png"), full_page=True)
+        check_a11y(page, "concept search after adding")
+        # released persons per concept
+        page.goto(f"/portal/concept-sets/{set_id}")
+        page.get_by_role("button", name="Ask each site, per concept").click()
+        page.wait_for_selector("#set-concept-counts")
+        sites = page.locator("#set-concept-counts thead th.num").all_inner_texts()
+        rows = {int(row.locator("td").nth(0).inner_text()): row.locator("td.num").all_inner_texts()
+                for row in page.locator("#set-concept-counts tbody tr").all()}
+        page.screenshot(path=str(artifacts_dir / "portal-concept-set-per-concept-counts.png"), full_page=True)
+        check_a11y(page, "concept set counts per concept")
+    finally:
+        ctx.close()
+    assert "items[0]: concept 999999999 is not in the hub's vocabulary; nothing was imported" in problem
+    assert title == f"Concept set: {wanted['name']}"
+    assert imported == [i["concept"]["CONCEPT_ID"] for i in wanted["expression"]["items"]]
+    assert notice.startswith("Added ") and f"({GI_BLEED}) to concept set {wanted['name']}." in notice
+    assert sites == ["east", "west"]
+    item = wanted["expression"]["items"][0]
+    asked = [(item["concept"]["CONCEPT_ID"], bool(item.get("includeDescendants"))), (GI_BLEED, False)]
+    assert sorted(rows) == sorted(cid for cid, _ in asked)
+    with fed.admin() as admin:
+        token = admin.add_user("rosa-api-browser", "researcher", [PROJECT])["token"]
+    for cid, descendants in asked:
+        api = httpx.post(f"{fed.hub.url}/api/v1/concepts/count", headers={"Authorization": f"Bearer {token}"},
+                         json={"concept_id": cid, "descendants": descendants, "project": PROJECT}, timeout=60).json()
+        by_site = {a["site"]: a["persons"] for a in api["sites"]}
+        assert rows[cid] == ["–" if by_site[s] is None else str(by_site[s]) for s in sites], cid

@@ -550,6 +550,11 @@ def test_per_concept_counts_are_the_released_answers(fed: Federation, visitor: A
     assert olga.post(f"/portal/concept-sets/{set_id}/concept-counts", {}).status_code == 404
     r = rosa.post(f"/portal/concept-sets/{set_id}/concept-counts", {}, csrf=False)
     assert r.status_code == 403 and "security token" in T(r)
+    # a set with no concept to ask
+    empty = new_set(rosa, "Only excluded")
+    rosa.post(f"/portal/concept-sets/{empty}/items", {"concept_id": str(T2D), "excluded": "1"})
+    r = rosa.post(f"/portal/concept-sets/{empty}/concept-counts", {})
+    assert r.status_code == 400 and "items: add at least one concept that is not excluded" in T(r)
 
 
 # ---- "Add to a concept set" from the concept search's results -----------------------------------------------------

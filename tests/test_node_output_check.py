@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -306,3 +307,71 @@ def test_the_custodian_reads_then_releases_and_the_hub_gets_exactly_those_tables
     page = held.hub_page()
     assert "withheld by the custodian" in page and WITHHOLD_REASON in page and "released" in page
 
+
+
+# ---- the CLI, on the node's machine ------------------------------------------------------------------------------------
+def test_the_cli_lists_releases_and_withholds_held_runs(tmp_path: Path) -> None:
+    """`mercia node held | release | withhold` on a node's state (two held runs written as a run leaves
+    them), with the same checks and audit lines as the API; the queue file of an older version (without
+    the output-check columns) opens as it is."""
+    import sqlite3
+    import subprocess
+
+    import yaml
+
+    from federation_support import MERCIA, HubKey
+    from mercia.federation.node.state import NodeStore
+    from mercia.federation.node.worker import results_dir
+
+    key = HubKey(tmp_path / "key")
+    site = make_site(tmp_path / "site.duckdb", persons=3000, seed=1)
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(yaml.safe_dump({"site": "w", "cdm": str(site), "state_dir": "state", "policy": "opensafely",
+                                   "hub_public_key": str(key.public), "tokens": "tokens.json", "hold_results": True}))
+    state = tmp_path / "state"
+    state.mkdir()
+    old = sqlite3.connect(state / "node.sqlite")  # the queue as an older node wrote it
+    old.executescript("CREATE TABLE studies (hash TEXT PRIMARY KEY, name TEXT NOT NULL, project TEXT NOT NULL, "
+                      "requested_by TEXT NOT NULL, package TEXT NOT NULL, signature TEXT NOT NULL, status TEXT NOT "
+                      "NULL, submitted_at TEXT NOT NULL, updated_at TEXT NOT NULL, decided_by TEXT, reason TEXT, "
+                      "error TEXT, runs INTEGER NOT NULL DEFAULT 0);")
+    old.close()
+    store = NodeStore(state / "node.sqlite")
+    hashes = []
+    for name in ("one", "two"):
+        pkg = small_study(name)
+        h = pkg.content_hash
+        store.submit(h, name=name, project="p", requested_by="r", package=pkg.canonical(), signature="s", approved=True)
+        assert store.claim_next() is not None
+        out = results_dir(state, h)
+        (out / "results").mkdir(parents=True)
+        (out / "results" / "cohort_counts.json").write_text(json.dumps(
+            {"name": "cohort_counts", "columns": ["cohort", "persons"], "rows": [["a", 15]]}))
+        (out / "disclosure.json").write_text("{}")
+        (out / "manifest.json").write_text(json.dumps({"package_hash": h}))
+        store.hold(h)
+        hashes.append(h)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([MERCIA, "node", *args, "--config", str(cfg)], capture_output=True, text=True,
+                              timeout=120)
+
+    listed = run("held")
+    assert listed.returncode == 0 and hashes[0][:16] in listed.stdout and hashes[1][:16] in listed.stdout
+    r = run("withhold", hashes[1][:12], "--run", "1", "--reason", " ")
+    assert r.returncode != 0 and "reason: say why the results are withheld" in r.stderr and "Traceback" not in r.stderr
+    r = run("release", hashes[0][:12], "--run", "2")
+    assert r.returncode != 0 and "run: study" in r.stderr
+    r = run("release", hashes[0][:12], "--run", "1")
+    assert r.returncode == 0 and f"released the results of {hashes[0]} (one), run 1" in r.stdout, r.stderr
+    r = run("withhold", hashes[1][:12], "--run", "1", "--reason", "cohort_counts: not this year")
+    assert r.returncode == 0 and "withheld the results" in r.stdout, r.stderr
+    r = run("release", hashes[1][:12], "--run", "1")
+    assert r.returncode != 0 and "is withheld, not held" in r.stderr
+    assert store.require(hashes[0]).status == "finished" and store.require(hashes[0]).released_at is not None
+    rec = store.require(hashes[1])
+    assert rec.status == "withheld" and rec.output_reason == "cohort_counts: not this year" and rec.released_at is None
+    lines = [json.loads(x) for x in (state / "audit.jsonl").read_text().splitlines()]
+    assert [(x["event"], x["details"]["hash"], x["details"]["via"]) for x in lines] == [
+        ("release", hashes[0], "cli"), ("results.withheld", hashes[1], "cli")]
+    assert verify_log(state / "audit.jsonl").ok

@@ -77,6 +77,7 @@ from mercia.federation.node.output_check import (
     MAX_REASON,
     decide_output,
     held_runs,
+    read_results,
     require_held,
     results_sha256,
 )
@@ -97,7 +98,6 @@ from mercia.federation.node.trial_lookup import (
 )
 from mercia.federation.node.worker import StudyWorker, designs_dir, results_dir
 from mercia.study.package import StudyPackage
-from mercia.study.runner import public_manifest
 from mercia.trials.candidates import find_candidates
 
 logger = logging.getLogger("mercia.node")
@@ -160,7 +160,7 @@ class HeldResults(StudyResults):
 
 class ReleaseDecision(RequestBody):
     run: int = Field(ge=1, description="the held run being released (as GET held names it)")
-    reason: str | None = Field(None, max_length=MAX_REASON)
+    reason: str | None = Field(None, max_length=MAX_REASON, description="a note kept in the audit log")
     results_sha256: str | None = Field(None, pattern=HASH_PATTERN, description=(
         "the results_sha256 of the results read (GET studies/{hash}/held): 409 if they differ now"))
 
@@ -381,13 +381,7 @@ class NodeServices:
     def released_results(self, content_hash: str) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
         """A finished study's released tables, public disclosure log and public manifest, exactly as
         GET studies/{hash}/results sends them (the portal shows the same)."""
-        out = results_dir(self.config.state_dir, content_hash)
-        tables = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
-        disclosure = json.loads((out / "disclosure.json").read_text())
-        # Filtered again at the door: a manifest left by an older version (paths, row counts, free-text
-        # notes) leaves only with its released fields.
-        manifest = public_manifest(json.loads((out / "manifest.json").read_text()))
-        return tables, disclosure, manifest
+        return read_results(self.config.state_dir, content_hash)
 
     def held(self, principal: Principal) -> list[tuple[StudyRecord, list[str]]]:
         """The held runs of the principal's projects with their tables' names (GET held, the portal's list)."""
@@ -409,7 +403,7 @@ class NodeServices:
         """The custodian's output check of exactly this hash and run (the API's release and withhold, and
         the portal's): recorded in the queue and the audit log (node/output_check.py)."""
         rec = scoped_study(self.store, principal, content_hash)
-        return decide_output(self.store, self.audit, principal, rec, run=run, release=release, reason=reason,
+        return decide_output(self.store, self.audit, principal.name, rec, run=run, release=release, reason=reason,
                              results=self.released_results, expected_sha256=expected_sha256, **audited)
 
     def design(self, content_hash: str, analysis: str) -> Any:
@@ -603,7 +597,8 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     @app.get(f"{API}/studies/{{content_hash}}/results", response_model=StudyResults, responses=ERRORS,
              tags=["studies"])
     def study_results(content_hash: HashParam, principal: Annotated[Principal, role("hub")]) -> StudyResults:
-        """The released tables, the public disclosure log and the manifest; 409 until finished. Role: hub."""
+        """The released tables, the public disclosure log and the manifest; 409 until finished (and while
+        held for the custodian's output check, or for good once withheld, with their reason). Role: hub."""
         rec = scoped_study(services.store, principal, content_hash)
         if rec.status != "finished":
             after = {"held": "; its results wait for the custodian's output check",

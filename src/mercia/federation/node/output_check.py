@@ -20,11 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mercia.errors import MerciaError
 from mercia.federation.auth import Principal
 from mercia.federation.node.state import NodeStore, StudyRecord, StudyStateError
+from mercia.federation.node.worker import results_dir
 
 MAX_REASON = 2000
 Results = tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]
@@ -32,6 +34,20 @@ Results = tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]
 
 class ReasonRequired(MerciaError):
     status_code = 422
+
+
+def read_results(state_dir: Path, content_hash: str) -> Results:
+    """A run's released tables, public disclosure log and public manifest, as GET studies/{hash}/results
+    sends them once finished (and GET studies/{hash}/held while held)."""
+    from mercia.study.runner import public_manifest
+
+    out = results_dir(state_dir, content_hash)
+    tables = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
+    disclosure = json.loads((out / "disclosure.json").read_text())
+    # Filtered again at the door: a manifest left by an older version (paths, row counts, free-text
+    # notes) leaves only with its released fields.
+    manifest = public_manifest(json.loads((out / "manifest.json").read_text()))
+    return tables, disclosure, manifest
 
 
 def results_sha256(tables: list[dict[str, Any]], disclosure: dict[str, Any], manifest: dict[str, Any]) -> str:
@@ -65,11 +81,11 @@ def check_reason(release: bool, reason: str | None) -> str | None:
     return text or None
 
 
-def decide_output(store: NodeStore, audit: Any, principal: Principal, rec: StudyRecord, *, run: int,
+def decide_output(store: NodeStore, audit: Any, actor: str, rec: StudyRecord, *, run: int,
                   release: bool, reason: str | None, results: Callable[[str], Results],
                   expected_sha256: str | None = None, **audited: Any) -> StudyRecord:
-    """Release or withhold the held run `run` of `rec` (in the principal's projects, checked by the
-    caller); recorded in the queue and the audit log. 409 if it is not held, holds another run, or
+    """`actor` releases or withholds the held run `run` of `rec` (the caller checked they may: a
+    custodian in its project); recorded in the queue and the audit log. 409 if it is not held, holds another run, or
     (with `expected_sha256`, the digest of the results the custodian read) its results differ."""
     recorded_reason = check_reason(release, reason)
     require_held(rec)
@@ -78,13 +94,13 @@ def decide_output(store: NodeStore, audit: Any, principal: Principal, rec: Study
     if expected_sha256 is not None and expected_sha256 != digest:
         raise StudyStateError(f"results_sha256: the held results of study {rec.hash[:12]} are not the ones read "
                               "(their sha256 differs); read them again and decide on what they show")
-    new, recorded = store.check_output(rec.hash, run=run, release=release, actor=principal.name,
+    new, recorded = store.check_output(rec.hash, run=run, release=release, actor=actor,
                                        reason=recorded_reason, tables=len(tables))
     if release:
         if recorded:
-            audit.append("release", principal.name, hash=rec.hash, run=run, tables=len(tables),
+            audit.append("release", actor, hash=rec.hash, run=run, tables=len(tables),
                          results_sha256=digest, reason=recorded_reason, **audited)
     else:
-        audit.append("results.withheld", principal.name, hash=rec.hash, run=run, tables=len(tables),
+        audit.append("results.withheld", actor, hash=rec.hash, run=run, tables=len(tables),
                      results_sha256=digest, reason=recorded_reason, **audited)
     return new

@@ -280,7 +280,7 @@ def test_the_custodian_reads_then_releases_and_the_hub_gets_exactly_those_tables
 
     s = wait_for(closed, what="the hub closes the study")
     sites = {x["site"]: x for x in s["sites"]}
-    assert sites["north"]["status"] == "collected"
+    assert sites["north"]["status"] == "collected" and sites["north"]["detail"] is None  # no longer "held"
     assert sites["south"]["status"] == "withheld" and sites["south"]["detail"] == WITHHOLD_REASON
     with held.fed.client() as client:
         res = client.results(held.h)

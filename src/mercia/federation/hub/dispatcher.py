@@ -96,7 +96,7 @@ class Dispatcher:
                                           tables=len(results.get("tables", [])))
                     return
                 fields: dict[str, Any] = {"status": status, "reachable": 1, "attempts": 0, "last_error": None,
-                                          "next_try": time.time() + self.config.poll_seconds}
+                                          "detail": None, "next_try": time.time() + self.config.poll_seconds}
                 if status in ("failed", "rejected"):
                     fields["detail"] = answer.get("error") or answer.get("reason")
                 elif status == "withheld":

@@ -196,8 +196,8 @@ class HubStore(SqliteStore):
                 return False  # the study was closed without this site: a late answer is not counted
             cur = con.execute("INSERT OR IGNORE INTO site_results (hash, site, received_at, results) VALUES (?, ?, ?, ?)",
                               (content_hash, site, timestamp(), json.dumps(results)))
-            con.execute("UPDATE site_runs SET status = 'collected', reachable = 1, last_error = NULL, updated_at = ? "
-                        "WHERE hash = ? AND site = ?", (timestamp(), content_hash, site))
+            con.execute("UPDATE site_runs SET status = 'collected', reachable = 1, last_error = NULL, detail = NULL, "
+                        "updated_at = ? WHERE hash = ? AND site = ?", (timestamp(), content_hash, site))
             return cur.rowcount == 1
 
     def results(self, content_hash: str) -> dict[str, dict[str, Any]]:

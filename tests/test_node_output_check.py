@@ -375,3 +375,20 @@ def test_the_cli_lists_releases_and_withholds_held_runs(tmp_path: Path) -> None:
     assert [(x["event"], x["details"]["hash"], x["details"]["via"]) for x in lines] == [
         ("release", hashes[0], "cli"), ("results.withheld", hashes[1], "cli")]
     assert verify_log(state / "audit.jsonl").ok
+
+
+def test_hold_results_is_off_unless_set_and_a_bad_value_is_one_line(tmp_path: Path) -> None:
+    import yaml
+
+    from mercia.errors import ConfigError
+    from mercia.federation.node.config import load_node_config
+
+    base = {"site": "w", "cdm": "site.duckdb", "state_dir": "state", "hub_public_key": "k.pem", "tokens": "t.json"}
+    (tmp_path / "node.yaml").write_text(yaml.safe_dump(base))
+    assert load_node_config(tmp_path / "node.yaml").hold_results is False  # results leave on approval, as before
+    (tmp_path / "node.yaml").write_text(yaml.safe_dump({**base, "hold_results": True}))
+    assert load_node_config(tmp_path / "node.yaml").hold_results is True
+    (tmp_path / "node.yaml").write_text(yaml.safe_dump({**base, "hold_results": "sometimes"}))
+    with pytest.raises(ConfigError, match="hold_results") as e:
+        load_node_config(tmp_path / "node.yaml")
+    assert "\n" not in str(e.value).strip(), str(e.value)

@@ -693,6 +693,50 @@ def node_reject(
     _node_decide(config, content_hash, approve=False, reason=reason)
 
 
+# ---- node: the output check of held results (node.yaml hold_results; federation/node/output_check.py)
+@node_app.command("held")
+@user_errors
+def node_held(config: NodeConfigOpt) -> None:
+    """The runs whose released results wait for your output check (release or withhold)."""
+    from mercia.federation.node import load_node_config
+    from mercia.federation.node.local import held
+
+    t = Table("hash", "study", "project", "run", "held since")
+    for r in held(load_node_config(config)):
+        t.add_row(r.hash[:16], r.name, r.project, str(r.runs), r.updated_at)
+    console.print(t)
+
+
+def _node_check(config: Path, content_hash: str, run: int, *, release: bool, reason: str | None) -> None:
+    from mercia.federation.node import load_node_config
+    from mercia.federation.node.local import check_output
+
+    rec = check_output(load_node_config(config), content_hash, run=run, release=release, reason=reason)
+    console.print(f"{'released' if release else 'withheld'} the results of {rec.hash} ({rec.name}), run {run}",
+                  highlight=False, soft_wrap=True)
+
+
+HeldHash = Annotated[str, typer.Argument(metavar="HASH", help="The package's hash (or a unique prefix).")]
+HeldRun = Annotated[int, typer.Option("--run", min=1, help="The held run (as mercia node held lists it).")]
+
+
+@node_app.command("release")
+@user_errors
+def node_release(content_hash: HeldHash, config: NodeConfigOpt, run: HeldRun,
+                 reason: Annotated[str | None, typer.Option(help="A note kept in the audit log.")] = None) -> None:
+    """Release a held run's results: the hub then collects them."""
+    _node_check(config, content_hash, run, release=True, reason=reason)
+
+
+@node_app.command("withhold")
+@user_errors
+def node_withhold(content_hash: HeldHash, config: NodeConfigOpt, run: HeldRun,
+                  reason: Annotated[str, typer.Option(help="Why (required); the hub shows it to the researcher.")]
+                  ) -> None:
+    """Withhold a held run's results: nothing of the run leaves the site."""
+    _node_check(config, content_hash, run, release=False, reason=reason)
+
+
 @node_app.command("token")
 @user_errors
 def node_token(

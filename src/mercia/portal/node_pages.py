@@ -10,6 +10,8 @@ the released results.
     /portal/studies/{hash}/reject       POST hash + reason (required): reject it             custodian
     /portal/studies/{hash}/results      a finished study's released tables, as the hub gets them
     /portal/audit                       the audit log, verified (whole, or broken at entry N); newest first
+    /portal/held, /portal/held/{hash}   results held for the custodian's output check, released or withheld
+                                        (mercia.portal.node_output_check)
 
 Roles: custodian and admin see every page, in their projects (a study of another project is not
 found, as in the API); only a custodian decides. Accounts are the node's own (state_dir/portal.sqlite,
@@ -34,6 +36,7 @@ from mercia.federation.auth import Principal
 from mercia.federation.http_common import HASH_PATTERN
 from mercia.federation.node.state import StudyRecord, StudyStateError
 from mercia.portal.accounts import accounts_for
+from mercia.portal.node_output_check import add_output_check_pages
 from mercia.portal.node_review import (
     STUDY_TABLES,
     AuditChecker,
@@ -48,7 +51,8 @@ from mercia.portal.sign_in import add_sign_in_routes
 from mercia.portal.web import PortalWeb, one
 
 NODE_PORTAL_ROLES = ("custodian", "admin")
-NAV = [("Approval queue", "/", NODE_PORTAL_ROLES), ("Audit log", "/audit", NODE_PORTAL_ROLES)]
+NAV = [("Approval queue", "/", NODE_PORTAL_ROLES), ("Results to check", "/held", NODE_PORTAL_ROLES),
+       ("Audit log", "/audit", NODE_PORTAL_ROLES)]
 MAX_REASON = 2000
 DECIDED = {"approved": "Approved", "rejected": "Rejected"}
 
@@ -206,6 +210,8 @@ def create_node_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
                                    for row in t["rows"]) for i in range(len(t["columns"]))] for t in tables}
         return web.page(request, "node_results.html", session, title=f"Released results: {rec.name}", rec=rec,
                         tables=tables, numeric=numeric, analyses=manifest.get("analyses") or [], site=config.site)
+
+    add_output_check_pages(app, web, services)
 
     # ---- the audit log ------------------------------------------------------------------------------------------
     @app.get("/audit", response_class=HTMLResponse)

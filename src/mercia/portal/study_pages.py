@@ -46,8 +46,10 @@ Format = Literal["csv", "parquet"]
 # A site's status at the hub, in the words a researcher reads.
 STATUS_WORDS = {
     "queued": "queued at the hub", "pending_approval": "pending approval", "approved": "approved",
-    "running": "running", "finished": "released (being collected)", "collected": "released",
-    "failed": "failed", "rejected": "rejected", "excluded": "excluded (study closed without it)",
+    "running": "running", "held": "held for the custodian's output check",
+    "finished": "released (being collected)", "collected": "released",
+    "failed": "failed", "rejected": "rejected", "withheld": "withheld by the custodian",
+    "excluded": "excluded (study closed without it)",
 }
 
 

@@ -3,11 +3,13 @@
 A thread. Each pass takes the site runs that are due, and for each:
   not yet submitted -> POST the signed package (the node is idempotent on the hash)
   submitted         -> GET its status; when 'finished', GET the released results and store them
-                       once per (hash, site); the site becomes 'collected'
+                       once per (hash, site); the site becomes 'collected'. 'held' (the node's
+                       custodian checks the results before they leave) is polled like 'running';
+                       'withheld' ends the site with the custodian's reason and no results
 A node that does not answer (or answers 5xx/429) is retried after base * 2^attempts seconds (with
 jitter, capped at max_seconds); its status stays what it last was and `reachable` turns false, so
 the researcher sees it. A node that says no (4xx) fails that site with the node's message. A study
-whose sites are all done (collected, failed, rejected) is pooled and closed; `close_study` closes it
+whose sites are all done (collected, failed, rejected, withheld) is pooled and closed; `close_study` closes it
 with the sites that answered when the researcher says so.
 """
 
@@ -28,6 +30,7 @@ from mercia.federation.hub.pool import pool_results
 from mercia.federation.hub.registry import TERMINAL, HubStore, SiteRun
 
 logger = logging.getLogger("mercia.hub")
+HELD = "the site's custodian is checking the released results before they leave"
 
 
 class Dispatcher:
@@ -93,9 +96,13 @@ class Dispatcher:
                                           tables=len(results.get("tables", [])))
                     return
                 fields: dict[str, Any] = {"status": status, "reachable": 1, "attempts": 0, "last_error": None,
-                                          "next_try": time.time() + self.config.poll_seconds}
+                                          "detail": None, "next_try": time.time() + self.config.poll_seconds}
                 if status in ("failed", "rejected"):
                     fields["detail"] = answer.get("error") or answer.get("reason")
+                elif status == "withheld":
+                    fields["detail"] = answer.get("output_reason")
+                elif status == "held":
+                    fields["detail"] = HELD
                 self.store.update_run(h, site, **fields)
         except NodeUnavailable as e:
             attempts = run.attempts + 1

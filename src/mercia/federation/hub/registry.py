@@ -21,10 +21,12 @@ from mercia.errors import ConfigError, MerciaError
 from mercia.federation.sqlite_store import SqliteStore, timestamp
 
 # Site states at the hub: the node's own study statuses, and the hub's view of the link.
-NODE_STATUSES = ("pending_approval", "approved", "running", "finished", "failed", "rejected")
+NODE_STATUSES = ("pending_approval", "approved", "running", "held", "finished", "failed", "rejected", "withheld")
 SITE_STATUSES = ("queued", *NODE_STATUSES, "collected", "excluded")
 # A site in one of these needs nothing more from the dispatcher.
-TERMINAL = frozenset({"collected", "failed", "rejected", "excluded"})
+TERMINAL = frozenset({"collected", "failed", "rejected", "withheld", "excluded"})
+# ... of which these end without results: closing a study leaves them as they are.
+ANSWERED = ("collected", "failed", "rejected", "withheld")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -194,8 +196,8 @@ class HubStore(SqliteStore):
                 return False  # the study was closed without this site: a late answer is not counted
             cur = con.execute("INSERT OR IGNORE INTO site_results (hash, site, received_at, results) VALUES (?, ?, ?, ?)",
                               (content_hash, site, timestamp(), json.dumps(results)))
-            con.execute("UPDATE site_runs SET status = 'collected', reachable = 1, last_error = NULL, updated_at = ? "
-                        "WHERE hash = ? AND site = ?", (timestamp(), content_hash, site))
+            con.execute("UPDATE site_runs SET status = 'collected', reachable = 1, last_error = NULL, detail = NULL, "
+                        "updated_at = ? WHERE hash = ? AND site = ?", (timestamp(), content_hash, site))
             return cur.rowcount == 1
 
     def results(self, content_hash: str) -> dict[str, dict[str, Any]]:
@@ -213,11 +215,11 @@ class HubStore(SqliteStore):
                 raise NotFoundError(f"no study with hash {content_hash!r} at this hub")
             if row["status"] == "closed":
                 return [], json.loads(row["pooled"] or "{}")
+            answered = ", ".join(f"'{s}'" for s in ANSWERED)  # fixed names above
             excluded = [r["site"] for r in con.execute(
-                "SELECT site FROM site_runs WHERE hash = ? AND status NOT IN ('collected', 'failed', 'rejected')",
-                (content_hash,))]
-            con.execute("UPDATE site_runs SET status = 'excluded', updated_at = ? WHERE hash = ? AND "
-                        "status NOT IN ('collected', 'failed', 'rejected')", (timestamp(), content_hash))
+                f"SELECT site FROM site_runs WHERE hash = ? AND status NOT IN ({answered})", (content_hash,))]
+            con.execute(f"UPDATE site_runs SET status = 'excluded', updated_at = ? WHERE hash = ? AND "
+                        f"status NOT IN ({answered})", (timestamp(), content_hash))
             results = {r["site"]: json.loads(r["results"]) for r in con.execute(
                 "SELECT site, results FROM site_results WHERE hash = ? ORDER BY site", (content_hash,))}
             pooled = {**pool(results), "excluded": excluded}

@@ -4,7 +4,8 @@ Every route but /health needs a bearer token (see mercia.federation.auth). What 
 
     hub         submit studies, read their status and released results, ask regression rounds,
                 ask feasibility counts (if `feasibility_roles` lists it)
-    custodian   list studies, approve or reject one by its content hash
+    custodian   list studies, approve or reject one by its content hash; with `hold_results`, read
+                each run's released results before they leave and release or withhold them
     researcher  feasibility counts only, in their projects, if the site allows it
     admin       list studies and read their status
     quality     the released data-quality summary: custodian and admin, and hub and researcher where
@@ -17,6 +18,8 @@ answers 404 to everything, as if it did not exist.
 
 No route returns a package's rows or anything built from rows but released tables: results are read
 from the study's results folder, which `run_study` fills only with tables that passed `release()`.
+With node.yaml `hold_results`, a run's results are 'held' until the custodian's output check
+(node/output_check.py): only custodian and admin read them, and the hub only once released.
 The one exception is the clinician's trial look-ups above, which answer inside the site only.
 
 Under /portal the node serves its custodian's web pages (mercia.portal.node_pages), with accounts of
@@ -70,6 +73,14 @@ from mercia.federation.node.concept_count import concept_count_label, released_c
 from mercia.federation.node.config import NodeConfig
 from mercia.federation.node.count_cache import ReleasedCountCache
 from mercia.federation.node.feasibility import feasibility_count, feasibility_label, parse_definition
+from mercia.federation.node.output_check import (
+    MAX_REASON,
+    decide_output,
+    held_runs,
+    read_results,
+    require_held,
+    results_sha256,
+)
 from mercia.federation.node.privacy_budget import FeasibilityPrivacy, PrivacyLedger
 from mercia.federation.node.quality import QualityStore, released_quality
 from mercia.federation.node.rounds import load_design, released_round
@@ -87,7 +98,6 @@ from mercia.federation.node.trial_lookup import (
 )
 from mercia.federation.node.worker import StudyWorker, designs_dir, results_dir
 from mercia.study.package import StudyPackage
-from mercia.study.runner import public_manifest
 from mercia.trials.candidates import find_candidates
 
 logger = logging.getLogger("mercia.node")
@@ -125,6 +135,41 @@ class StudyResults(BaseModel):
     tables: list[dict[str, Any]] = Field(description="ReleasedTable.to_dict() of every released table")
     disclosure: dict[str, Any] = Field(description="the public disclosure log of the run (summary, entries)")
     manifest: dict[str, Any]
+
+
+class HeldRun(BaseModel):
+    hash: str
+    name: str
+    project: str
+    requested_by: str
+    run: int = Field(description="the run whose results are held (the decision names it)")
+    held_at: str
+    tables: list[str] = Field(description="the names of its released tables")
+
+
+class HeldList(BaseModel):
+    site: str
+    held: list[HeldRun]
+
+
+class HeldResults(StudyResults):
+    run: int = Field(description="the run whose results these are")
+    results_sha256: str = Field(description="sha256 of these tables, disclosure log and manifest as the hub would "
+                                            "receive them (the audit line of the release names it)")
+
+
+class ReleaseDecision(RequestBody):
+    run: int = Field(ge=1, description="the held run being released (as GET held names it)")
+    reason: str | None = Field(None, max_length=MAX_REASON, description="a note kept in the audit log")
+    results_sha256: str | None = Field(None, pattern=HASH_PATTERN, description=(
+        "the results_sha256 of the results read (GET studies/{hash}/held): 409 if they differ now"))
+
+
+class WithholdDecision(RequestBody):
+    run: int = Field(ge=1, description="the held run being withheld (as GET held names it)")
+    reason: str = Field(min_length=1, max_length=MAX_REASON, description=(
+        "why (required): the hub shows it to the researcher instead of the results; name the table or "
+        "rule, not its numbers"))
 
 
 class Attestation(RequestBody):
@@ -336,13 +381,30 @@ class NodeServices:
     def released_results(self, content_hash: str) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
         """A finished study's released tables, public disclosure log and public manifest, exactly as
         GET studies/{hash}/results sends them (the portal shows the same)."""
-        out = results_dir(self.config.state_dir, content_hash)
-        tables = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
-        disclosure = json.loads((out / "disclosure.json").read_text())
-        # Filtered again at the door: a manifest left by an older version (paths, row counts, free-text
-        # notes) leaves only with its released fields.
-        manifest = public_manifest(json.loads((out / "manifest.json").read_text()))
-        return tables, disclosure, manifest
+        return read_results(self.config.state_dir, content_hash)
+
+    def held(self, principal: Principal) -> list[tuple[StudyRecord, list[str]]]:
+        """The held runs of the principal's projects with their tables' names (GET held, the portal's list)."""
+        out = []
+        for rec in held_runs(self.store, principal):
+            folder = results_dir(self.config.state_dir, rec.hash) / "results"
+            out.append((rec, [p.stem for p in sorted(folder.glob("*.json"))]))
+        return out
+
+    def held_results(self, principal: Principal, content_hash: str
+                     ) -> tuple[StudyRecord, list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+        """A held run's results exactly as GET studies/{hash}/results would send them once released; in
+        the principal's projects (404 otherwise), 409 unless held."""
+        rec = require_held(scoped_study(self.store, principal, content_hash))
+        return (rec, *self.released_results(content_hash))
+
+    def check_output(self, principal: Principal, content_hash: str, run: int, release: bool, reason: str | None,
+                     expected_sha256: str | None = None, **audited: Any) -> StudyRecord:
+        """The custodian's output check of exactly this hash and run (the API's release and withhold, and
+        the portal's): recorded in the queue and the audit log (node/output_check.py)."""
+        rec = scoped_study(self.store, principal, content_hash)
+        return decide_output(self.store, self.audit, principal.name, rec, run=run, release=release, reason=reason,
+                             results=self.released_results, expected_sha256=expected_sha256, **audited)
 
     def design(self, content_hash: str, analysis: str) -> Any:
         key = (content_hash, analysis)
@@ -535,16 +597,58 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
     @app.get(f"{API}/studies/{{content_hash}}/results", response_model=StudyResults, responses=ERRORS,
              tags=["studies"])
     def study_results(content_hash: HashParam, principal: Annotated[Principal, role("hub")]) -> StudyResults:
-        """The released tables, the public disclosure log and the manifest; 409 until finished. Role: hub."""
+        """The released tables, the public disclosure log and the manifest; 409 until finished (and while
+        held for the custodian's output check, or for good once withheld, with their reason). Role: hub."""
         rec = scoped_study(services.store, principal, content_hash)
         if rec.status != "finished":
-            raise HTTPException(409, detail=f"study {content_hash[:12]} is {rec.status}; results come when it "
-                                            "is finished")
+            after = {"held": "; its results wait for the custodian's output check",
+                     "withheld": f"; the custodian withheld its results: {rec.output_reason}"}
+            raise HTTPException(409, detail=f"study {content_hash[:12]} is {rec.status}"
+                                            f"{after.get(rec.status, '; results come when it is finished')}")
         tables, disclosure, manifest = services.released_results(content_hash)
         services.audit.append("results.sent", principal.name, hash=content_hash, tables=len(tables))
         return StudyResults(hash=content_hash, site=config.site, tables=tables,
                             disclosure=disclosure,
                             manifest=manifest)
+
+    @app.get(f"{API}/held", response_model=HeldList, responses=ERRORS, tags=["output check"])
+    def list_held(principal: Annotated[Principal, role("custodian", "admin")]) -> HeldList:
+        """The runs whose released results wait for the custodian's output check (node.yaml
+        hold_results), oldest first, in the caller's projects: each run and its tables' names. Roles:
+        custodian, admin."""
+        return HeldList(site=config.site, held=[
+            HeldRun(hash=r.hash, name=r.name, project=r.project, requested_by=r.requested_by, run=r.runs,
+                    held_at=r.updated_at, tables=names) for r, names in services.held(principal)])
+
+    @app.get(f"{API}/studies/{{content_hash}}/held", response_model=HeldResults, responses=ERRORS,
+             tags=["output check"])
+    def held_results(content_hash: HashParam, principal: Annotated[Principal, role("custodian", "admin")]
+                     ) -> HeldResults:
+        """A held run's released tables, public disclosure log and manifest, exactly as the hub receives
+        them once released, and their sha256; 409 unless the study is held. Roles: custodian, admin (the
+        hub reads results only with GET studies/{hash}/results, once released)."""
+        rec, tables, disclosure, manifest = services.held_results(principal, content_hash)
+        services.audit.append("results.checked", principal.name, hash=content_hash, run=rec.runs, tables=len(tables))
+        return HeldResults(hash=content_hash, site=config.site, run=rec.runs, tables=tables, disclosure=disclosure,
+                           manifest=manifest, results_sha256=results_sha256(tables, disclosure, manifest))
+
+    @app.post(f"{API}/studies/{{content_hash}}/release", response_model=StudyStatus, responses=ERRORS,
+              tags=["output check"])
+    def release_held(content_hash: HashParam, body: ReleaseDecision,
+                     principal: Annotated[Principal, role("custodian")]) -> StudyStatus:
+        """The custodian releases the held results of exactly this hash and run: the study is then
+        finished and the hub collects them. 409 if it is not held or holds another run. Role: custodian."""
+        return _status(services.check_output(principal, content_hash, body.run, True, body.reason,
+                                             body.results_sha256))
+
+    @app.post(f"{API}/studies/{{content_hash}}/withhold", response_model=StudyStatus, responses=ERRORS,
+              tags=["output check"])
+    def withhold_held(content_hash: HashParam, body: WithholdDecision,
+                      principal: Annotated[Principal, role("custodian")]) -> StudyStatus:
+        """The custodian withholds the held results of exactly this hash and run, with a reason: the
+        study is then withheld (final); nothing of it leaves, and the hub shows the reason to the
+        researcher. 409 if it is not held or holds another run. Role: custodian."""
+        return _status(services.check_output(principal, content_hash, body.run, False, body.reason))
 
     @app.post(f"{API}/studies/{{content_hash}}/rounds", response_model=RoundAnswer, responses=ERRORS,
               tags=["regression"])

@@ -17,6 +17,8 @@
     trials: trials                     # the site's trial files: clinicians' candidate look-ups (optional)
     clinician_networks: [127.0.0.1/32, ::1/128]   # where candidate look-ups may come from (the default)
     quality_at_start: false            # run the data-quality checks at start if no summary is stored
+    hold_results: false                # true: each run's released results wait for the custodian's output
+                                       # check (release or withhold) before the hub can collect them
     portal: {secure_cookie: true}      # the custodian's web portal under /portal (mercia.portal.node_pages)
 """
 
@@ -85,6 +87,13 @@ class NodeConfig(StrictModel):
         default_factory=lambda: ["127.0.0.1/32", "::1/128"], max_length=100,
         description="client networks (CIDR) the clinician's candidate look-ups may come from")
     portal: NodePortal = NodePortal()
+    # Off by default: the custodian's approval of a package's exact hash already decides what it may
+    # release (its analyses' tables, each number through the site's disclosure policy), and a node
+    # that held every run would stop each study until someone signed in, which a site opts into.
+    hold_results: bool = Field(False, description=(
+        "hold each run's released tables at the node until the custodian releases them (then the hub "
+        "collects them) or withholds them with a reason (the hub shows the reason, never the tables): "
+        "the output check of OpenSAFELY and SACRO; off, results leave when the approved run ends"))
 
     @field_validator("clinician_networks")
     @classmethod

@@ -1,4 +1,5 @@
-"""The custodian's commands on the node's own machine (no HTTP): list, approve, reject.
+"""The custodian's commands on the node's own machine (no HTTP): list, approve, reject, and the output
+check of held results (held, release, withhold).
 
 They change the node's SQLite queue directly (a running node's worker sees an approval within its
 poll interval) and write the same audit records as the API does.
@@ -51,3 +52,20 @@ def decide(config: NodeConfig, hash_prefix: str, *, approve: bool, reason: str |
     audit.append("study.approved" if approve else "study.rejected", actor, hash=content_hash, reason=reason,
                  via="cli")
     return rec
+
+
+def held(config: NodeConfig) -> list[StudyRecord]:
+    """The runs whose released results wait for the custodian's output check, oldest first."""
+    store, _ = _open(config)
+    return sorted(store.list("held"), key=lambda r: (r.updated_at, r.hash))
+
+
+def check_output(config: NodeConfig, hash_prefix: str, *, run: int, release: bool,
+                 reason: str | None = None) -> StudyRecord:
+    """Release or withhold a held run's results (node/output_check.py), as the API and the portal do."""
+    from mercia.federation.node.output_check import decide_output, read_results
+
+    store, audit = _open(config)
+    rec = store.require(resolve_hash(store, hash_prefix))
+    return decide_output(store, audit, _actor(), rec, run=run, release=release, reason=reason,
+                         results=lambda h: read_results(config.state_dir, h), via="cli")

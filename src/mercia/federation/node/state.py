@@ -2,12 +2,15 @@
 
 One row per study, keyed by the package's content hash, so a resubmitted package is the same study
 and can never run twice. A release is recorded once per hash, in the same transaction that marks the
-study finished. The API, the worker and `mercia node approve` (another process) share the file: WAL
+study finished. With node.yaml `hold_results`, a finished run is 'held' instead: its released tables
+are written but not served, and the release is recorded only when the custodian releases them
+('finished'); withheld results ('withheld') never leave. The API, the worker and `mercia node approve` (another process) share the file: WAL
 lets them read while one writes, and every change is a single short transaction.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
@@ -18,7 +21,8 @@ from pydantic import BaseModel, ConfigDict
 from mercia.errors import MerciaError
 from mercia.federation.sqlite_store import SqliteStore, timestamp
 
-StudyStatusValue = Literal["pending_approval", "approved", "running", "finished", "failed", "rejected"]
+StudyStatusValue = Literal["pending_approval", "approved", "running", "held", "finished", "failed", "rejected",
+                           "withheld"]
 STATUSES: tuple[str, ...] = get_args(StudyStatusValue)
 
 _SCHEMA = """
@@ -35,7 +39,9 @@ CREATE TABLE IF NOT EXISTS studies (
     decided_by TEXT,
     reason TEXT,
     error TEXT,
-    runs INTEGER NOT NULL DEFAULT 0
+    runs INTEGER NOT NULL DEFAULT 0,
+    output_checked_by TEXT,
+    output_reason TEXT
 );
 CREATE TABLE IF NOT EXISTS releases (
     hash TEXT PRIMARY KEY REFERENCES studies(hash),
@@ -43,6 +49,8 @@ CREATE TABLE IF NOT EXISTS releases (
     tables INTEGER NOT NULL
 );
 """
+# Columns added after the first release: a queue file written before them gets them (NULL) on open.
+_ADDED_COLUMNS = {"output_checked_by": "TEXT", "output_reason": "TEXT"}
 
 
 class StudyStateError(MerciaError):
@@ -72,6 +80,8 @@ class StudyRecord(BaseModel):
     error: str | None
     runs: int
     released_at: str | None
+    output_checked_by: str | None = None  # the custodian who released or withheld a held run's results
+    output_reason: str | None = None  # their reason; for withheld results, what the researcher reads
 
     def public(self) -> dict[str, Any]:
         """The status record the API returns."""
@@ -83,6 +93,12 @@ class NodeStore(SqliteStore):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path, _SCHEMA)
+        con = self._con()
+        have = {r["name"] for r in con.execute("PRAGMA table_info(studies)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in have:  # names and types from the fixed mapping above
+                with contextlib.suppress(sqlite3.OperationalError):  # another process added it meanwhile
+                    con.execute(f"ALTER TABLE studies ADD COLUMN {column} {kind}")
 
     # ---- reading ---------------------------------------------------------------------------------
     _SELECT = (
@@ -95,7 +111,8 @@ class NodeStore(SqliteStore):
             hash=row["hash"], name=row["name"], project=row["project"], requested_by=row["requested_by"],
             status=row["status"], submitted_at=row["submitted_at"], updated_at=row["updated_at"],
             decided_by=row["decided_by"], reason=row["reason"], error=row["error"], runs=row["runs"],
-            released_at=row["released_at"],
+            released_at=row["released_at"], output_checked_by=row["output_checked_by"],
+            output_reason=row["output_reason"],
         )
 
     def get(self, content_hash: str) -> StudyRecord | None:
@@ -178,6 +195,40 @@ class NodeStore(SqliteStore):
             con.execute("UPDATE studies SET status = 'finished', updated_at = ? WHERE hash = ?",
                         (now, content_hash))
             return cur.rowcount == 1
+
+    def hold(self, content_hash: str) -> None:
+        """A run ended with its released tables written, held for the custodian's output check: not
+        served and no release recorded until `check_output` releases them."""
+        with self._tx() as con:
+            con.execute("UPDATE studies SET status = 'held', updated_at = ? WHERE hash = ?",
+                        (timestamp(), content_hash))
+
+    def check_output(self, content_hash: str, *, run: int, release: bool, actor: str, reason: str | None,
+                     tables: int) -> tuple[StudyRecord, bool]:
+        """The custodian's output check of exactly this held run: released (then 'finished', the release
+        recorded once, as after an unheld run) or withheld (terminal). (record, release recorded now)."""
+        now = timestamp()
+        with self._tx() as con:
+            row = con.execute("SELECT status, runs FROM studies WHERE hash = ?", (content_hash,)).fetchone()
+            if row is None:
+                raise UnknownStudyError(f"no study with hash {content_hash!r} at this node")
+            if row["status"] != "held":
+                raise StudyStateError(
+                    f"study {content_hash[:12]} is {row['status']}, not held; only a held run's results can be "
+                    "released or withheld")
+            if row["runs"] != run:
+                raise StudyStateError(
+                    f"run: study {content_hash[:12]} holds the results of run {row['runs']}, not run {run}; "
+                    "check the results of the run it holds")
+            recorded = False
+            if release:
+                cur = con.execute("INSERT OR IGNORE INTO releases (hash, released_at, tables) VALUES (?, ?, ?)",
+                                  (content_hash, now, tables))
+                recorded = cur.rowcount == 1
+            con.execute(
+                "UPDATE studies SET status = ?, output_checked_by = ?, output_reason = ?, updated_at = ? "
+                "WHERE hash = ?", ("finished" if release else "withheld", actor, reason, now, content_hash))
+        return self.require(content_hash), recorded
 
     def fail(self, content_hash: str, error: str) -> None:
         with self._tx() as con:

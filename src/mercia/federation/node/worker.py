@@ -5,7 +5,8 @@ use connections to the same database, so counts still answer while a study runs.
 'running' when the node starts was interrupted (the node stopped mid-run): it goes back to the queue
 and re-runs from scratch into a fresh staging folder. Nothing of it had left the node (results are
 served only once a study is finished), and the release is recorded once per hash, so a restart never
-releases twice.
+releases twice. With node.yaml `hold_results`, a run that ends is 'held' instead of 'finished': its
+released tables wait, unserved, for the custodian's output check (NodeServices.check_output).
 
 A failed run's status says only one of the codes in `FAILURES`: an error's text can be built from the
 data (a count, a value, a concept), so it goes to the node's own log and audit line, never into the
@@ -126,7 +127,10 @@ class StudyWorker:
             self.store.fail(h, failure_message(code))
             self.audit.append("run.failed", "node", hash=h, code=code, error=f"{type(e).__name__}: {e}"[:2000])
             return True
-        if self.store.finish(h, tables=tables):
+        if self.config.hold_results:  # the custodian checks them first; nothing is released yet
+            self.store.hold(h)
+            self.audit.append("results.held", "node", hash=h, run=rec.runs, tables=tables)
+        elif self.store.finish(h, tables=tables):
             self.audit.append("release", "node", hash=h, tables=tables)
         self.audit.append("run.finished", "node", hash=h, tables=tables)
         return True

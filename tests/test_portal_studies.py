@@ -234,6 +234,53 @@ def test_a_whole_package_pasted_is_checked(visitor: Any) -> None:
         assert r.status_code == 200 and pkg.content_hash in T(r)
 
 
+def test_two_analyses_of_one_type_with_other_settings(visitor: Any) -> None:
+    """'Add another' gives a second incidence form (a.incidence.2.*, named incidence_2, at its defaults and
+    ticked); the package made has both, as a package written by hand with two incidence analyses."""
+    v = visitor("rita")
+    r = v.post("/portal/studies/new", {**compose_fields("two incidences"), "action": "add", "add_type": "incidence"})
+    assert r.status_code == 200, T(r)[:3000]
+    page = r.text
+    assert "Added another incidence analysis (#2), named incidence_2" in T(r)
+    assert '<input type="hidden" name="a.incidence.copies" value="2">' in page
+    assert re.search(r'name="a\.incidence\.2\.on" value="1" checked', page)
+    assert re.search(r'name="a\.incidence\.2\.name" type="text" value="incidence_2"', page)
+    assert re.search(r'name="a\.incidence\.2\.settings\.washout_days" type="text" inputmode="decimal" value="0"', page)
+    assert 'name="a.incidence.settings.washout_days" type="text" inputmode="decimal" value="0"' in page  # kept
+    assert "<package" not in page and 'id="package-hash"' not in page  # nothing checked yet
+    second = {"a.incidence.copies": "2", "a.incidence.2.on": "1", "a.incidence.2.name": "incidence_washout",
+              "a.incidence.2.outcome": "hf", "a.incidence.2.settings.washout_days": "365",
+              "a.incidence.2.settings.by.shown": "1", "a.incidence.2.settings.by": ["sex", "age_group"]}
+    r = v.post("/portal/studies/new", {**compose_fields("two incidences"), **second})
+    assert r.status_code == 200, T(r)[:3000]
+    data = package_data("two incidences")
+    data["analyses"].insert(2, {"type": "incidence", "name": "incidence_washout", "outcome": "hf",
+                                "settings": {"washout_days": 365, "by": ["sex", "age_group"]}})
+    from mercia.study import StudyPackage
+
+    want = StudyPackage.from_dict(data)
+    assert re.search(r'<code id="package-hash">([0-9a-f]{64})</code>', r.text).group(1) == want.content_hash
+    assert "incidence_washout (incidence)" in T(r)
+    # the same name twice: the package's own refusal, naming the field
+    r = v.post("/portal/studies/new", {**compose_fields("two incidences"), **second, "a.incidence.2.name": ""})
+    assert r.status_code == 400 and "analyses ['incidence'] appear more than once; give each a distinct `name:`" in T(r)
+    # a wrong value in the second form names it
+    r = v.post("/portal/studies/new", {**compose_fields(), **second, "a.incidence.2.settings.washout_days": "x"})
+    assert r.status_code == 400 and "analysis incidence #2.settings.washout_days: 'x' is not a whole number" in T(r)
+    # the second one unticked: the package has one incidence analysis, as before
+    r = v.post("/portal/studies/new", {**compose_fields(), **second, "a.incidence.2.on": ""})
+    assert r.status_code == 200 and expected_package().content_hash in r.text
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"add_type": "nothing"}, "add another: 'nothing' is not allowed (allowed: "),
+    ({"add_type": "incidence", "a.incidence.copies": "5"}, "add another: a package here runs at most 5 incidence"),
+])
+def test_adding_an_analysis_of_a_bad_type_names_the_field(visitor: Any, change: dict[str, str], message: str) -> None:
+    r = visitor("rita").post("/portal/studies/new", {**compose_fields(), "action": "add", **change})
+    assert r.status_code == 400 and message in T(r), T(r)[:3000]
+
+
 BAD = [
     ({"study_name": ""}, "study name: give the study a name"),
     ({"cohort1_key": "1bad"}, "cohort 1 key: '1bad' is not a key"),
@@ -687,12 +734,12 @@ def test_a_fit_no_site_can_answer_is_a_message_on_the_page(fed: Federation, visi
 
 
 def test_a_model_the_sites_do_not_release_is_the_one_fixed_answer(fed: Federation, visitor: Any) -> None:
-    """A package whose Cox analysis no site can release (no women in the comparator: the treatment
-    column is all ones) is refused with the API's one model_refused line, never a 5xx."""
+    """A Cox model adjusted for sex of women vs men (the term `male` is 1 - treatment: no fit exists) is
+    refused with the API's one model_refused line, never a 5xx."""
     from mercia.disclosure.model_support import MODEL_REFUSED
 
     v = visitor("rita")
-    fields = {**compose_fields("refused model"), "a.cox.comparator": "women"}
+    fields = {**compose_fields("refused model"), "a.cox.settings.sex": "true"}
     page = v.post("/portal/studies/new", fields)
     assert page.status_code == 200, T(page)[:3000]
     sent = form_of(page.text, "/portal/studies/submit")

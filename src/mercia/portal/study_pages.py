@@ -3,6 +3,7 @@ its released results to download.
 
     /portal/studies                          the studies of the user's projects, each site's status
     /portal/studies/new                      GET the composer; POST: the package checked, its YAML and hash
+                                             (action=add: the form with one more analysis of a type)
     /portal/studies/package                  POST a whole package pasted (YAML or JSON): checked, YAML, hash
     /portal/studies/submit                   POST the checked package (its hash again) to chosen sites
     /portal/studies/{hash}                   the study, each site's status; POST .../close
@@ -32,8 +33,11 @@ from mercia.federation.auth import Principal
 from mercia.portal.study_federated import add_federated_pages, federated_view
 from mercia.portal.study_forms import (
     COHORT_ROWS,
+    MAX_COPIES,
+    add_copy,
     analysis_forms,
     checked_package,
+    copies_from,
     package_from_form,
     read_package_text,
 )
@@ -84,7 +88,8 @@ def add_study_pages(app: FastAPI, web: PortalWeb, services: Any, my_projects: An
         cohorts = extra.pop("cohort_rows", None) or [{"key": (sent.get(f"cohort{i}_key") or [""])[0],
                                                        "definition": (sent.get(f"cohort{i}_definition") or [""])[0]}
                                                       for i in range(1, COHORT_ROWS + 1)]
-        return web.page(request, "studies_new.html", session, title="Compose a study", forms=analysis_forms(),
+        return web.page(request, "studies_new.html", session, title="Compose a study",
+                        forms=analysis_forms(copies_from(sent)), max_copies=MAX_COPIES,
                         cohorts=cohorts, sent=sent, projects=project_sites(principal), status_code=status_code,
                         **extra)
 
@@ -105,6 +110,15 @@ def add_study_pages(app: FastAPI, web: PortalWeb, services: Any, my_projects: An
         session = web.signed_in(request)
         fields = await web.form(request, session)
         principal = web.with_role(session, "researcher", "admin")
+        if one(fields, "action") == "add":  # one more analysis of a type: the form again, nothing checked
+            try:
+                fields, form = add_copy(fields)
+            except StudyError as e:
+                return composer(request, session, principal, fields=fields, status_code=400,
+                                message=f"No analysis was added: {e}")
+            return composer(request, session, principal, fields=fields, added=form.prefix,
+                            notice=f"Added another {form.type} analysis (#{form.copy}), named {form.type}_{form.copy}: "
+                                   "set it below, then check the package.")
         try:
             data = package_from_form(fields)
             return preview(request, session, principal, data, fields)

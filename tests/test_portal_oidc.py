@@ -161,6 +161,14 @@ def test_single_sign_on_in_the_browser(hub: HubServer, provider: Provider, chrom
         assert "Signed in as" in page.inner_text("header") and "rita" in page.inner_text("header")
         cookies = {c["name"]: c for c in ctx.cookies()}
         assert cookies["mercia_session"]["httpOnly"] and "mercia_oidc_state" not in cookies
+        # signing out goes through the provider's sign-out and back to the sign-in page
+        done = len(provider.logouts)
+        page.get_by_role("button", name="Sign out").click()
+        page.wait_for_url(f"{hub.url}/portal/sign-in")
+        assert len(provider.logouts) == done + 1
+        assert "mercia_session" not in {c["name"] for c in ctx.cookies()}
+        page.screenshot(path=str(artifacts_dir / "portal-signed-out-oidc.png"), full_page=True)
+        check_a11y(page, "signed out at the provider")
     finally:
         provider.default_user = None
         ctx.close()

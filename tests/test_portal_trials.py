@@ -6,7 +6,7 @@ every POST (URL-encoded and multipart), bad input as one 400 line naming the fie
 uploaded without JavaScript (multipart, size-limited), a ClinicalTrials.gov record drafted for review,
 and saved cohorts (per project, named, listed, reopened). With a hub and two nodes (slow): every number on
 the trial answer and cohort pages is a released answer of the API (the disclosure check), and in Chromium
-(browser) the funnel, a what-if toggle, and saving and reopening a cohort.
+(browser) the funnel, a what-if toggle, and saving, reopening and deleting a cohort.
 """
 
 from __future__ import annotations
@@ -522,6 +522,23 @@ def test_trial_funnel_what_if_and_a_saved_cohort_in_chromium(fed: Federation, ch
         check_a11y(page, "cohort reopened")
         page.screenshot(path=str(artifacts_dir / "portal-cohort-reopened.png"), full_page=True)
         reopened = page.locator("#definition").input_value()
+        # delete it, confirming in the browser's dialog (dismissed first: nothing happens)
+        dialogs: list[str] = []
+
+        def answer(dialog: Any, accept: bool) -> None:
+            dialogs.append(dialog.message)
+            dialog.accept() if accept else dialog.dismiss()
+
+        page.once("dialog", lambda d: answer(d, False))
+        page.get_by_role("button", name="Delete this saved cohort").click()
+        page.get_by_text("Reopened t2d browser from project proj.").wait_for()
+        page.once("dialog", lambda d: answer(d, True))
+        page.get_by_role("button", name="Delete this saved cohort").click()
+        page.get_by_text("Deleted the saved cohort t2d browser from project proj.").wait_for()
+        assert dialogs == ["Delete the saved cohort t2d browser from project proj? This cannot be undone."] * 2
+        assert page.get_by_role("link", name="t2d browser").count() == 0
+        check_a11y(page, "cohort deleted")
+        page.screenshot(path=str(artifacts_dir / "portal-cohort-deleted.png"), full_page=True)
     finally:
         ctx.close()
     assert errors == []

@@ -28,14 +28,19 @@ from mercia.portal.web import PortalWeb, one
 Hash = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="the package's content hash")]
 
 # The models the API accepts (FederatedQuery.model), in the words a researcher reads.
-MODELS = {"cox": "Cox proportional hazards (hazard ratios, stratified by site)",
-          "logistic": "logistic regression of the event (odds ratios)",
-          "poisson": "Poisson regression of events with person-time (rate ratios)"}
-# The fit's summary columns, as headers.
+MODELS = {"cox": "Cox (hazard ratios)", "logistic": "logistic (odds ratios)", "poisson": "Poisson (rate ratios)"}
+MODEL_WORDS = {"cox": "Cox proportional hazards, stratified by site", "logistic": "logistic regression of the event",
+               "poisson": "Poisson regression of events with person-time"}
+# The fit's summary columns, as headers (the ratio's columns: hr, or, rr and their _lower, _upper).
 HEADERS = {"term": "Term", "coef": "Coefficient (log)", "se": "SE", "z": "z", "p": "p", "ci_lower": "Lower 95%",
-           "ci_upper": "Upper 95%", "HR": "HR", "HR_lower": "HR lower", "HR_upper": "HR upper", "OR": "OR",
-           "OR_lower": "OR lower", "OR_upper": "OR upper", "RR": "RR", "RR_lower": "RR lower",
-           "RR_upper": "RR upper"}
+           "ci_upper": "Upper 95%"}
+
+
+def header(column: str) -> str:
+    if column in HEADERS:
+        return HEADERS[column]
+    ratio, _, bound = column.partition("_")
+    return f"{ratio.upper()} {bound}".strip() if ratio in ("hr", "or", "rr") else column
 
 
 def cell(column: str, value: Any) -> tuple[str, bool]:
@@ -48,8 +53,8 @@ def cell(column: str, value: Any) -> tuple[str, bool]:
 def fit_view(fit: dict[str, Any]) -> dict[str, Any]:
     """One fit (the API's answer) as the page shows it: its summary table and its counts."""
     columns = list(fit["summary"]["columns"])
-    return {"analysis": fit["analysis"], "model": fit["model"], "model_words": MODELS.get(fit["model"], fit["model"]),
-            "headers": [HEADERS.get(c, c) for c in columns],
+    return {"analysis": fit["analysis"], "model": fit["model"],
+            "model_words": MODEL_WORDS.get(fit["model"], fit["model"]), "headers": [header(c) for c in columns],
             "rows": [[cell(c, v) for c, v in zip(columns, row, strict=True)] for row in fit["summary"]["rows"]],
             "sites": list(fit["sites"]), "left_out": dict(fit.get("left_out") or {}), "n": show(fit.get("n")),
             "n_events": show(fit.get("n_events")), "iterations": show(fit.get("iterations")),

@@ -6,6 +6,9 @@
                                          redirect_uri with a code and the state
     /token                               POST: client_secret_basic, the code once, redirect_uri, PKCE S256
     /jwks                                the public key
+    /logout                              GET (when `end_session`): RP-initiated logout; the id_token_hint must
+                                         be one it issued to this client, the post_logout_redirect_uri one of
+                                         `post_logout_uris`; it records the request and redirects there
 
 It is honest by default; `provider.next_token` changes the next ID token it issues (claims replaced or
 removed, another signing key, another header) to play the attacks the hub must refuse.
@@ -28,10 +31,14 @@ from joserfc.jwk import RSAKey
 
 
 class Provider:
-    def __init__(self, client_id: str, client_secret: str) -> None:
+    def __init__(self, client_id: str, client_secret: str, *, end_session: bool = True) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
         self.redirect_uris: set[str] = set()
+        self.end_session = end_session  # whether discovery names an end_session_endpoint
+        self.post_logout_uris: set[str] = set()
+        self.issued: list[str] = []  # every ID token it issued, in order
+        self.logouts: list[dict[str, str]] = []  # the logout requests it accepted
         self.key = RSAKey.generate_key(2048, parameters={"kid": "k1", "use": "sig", "alg": "RS256"})
         self.codes: dict[str, dict[str, Any]] = {}
         self.next_token: dict[str, Any] = {}
@@ -50,11 +57,14 @@ class Provider:
         self.server.server_close()
 
     def metadata(self) -> dict[str, Any]:
-        return {"issuer": self.issuer, "authorization_endpoint": f"{self.issuer}/authorize",
+        data = {"issuer": self.issuer, "authorization_endpoint": f"{self.issuer}/authorize",
                 "token_endpoint": f"{self.issuer}/token", "jwks_uri": f"{self.issuer}/jwks",
                 "response_types_supported": ["code"], "subject_types_supported": ["public"],
                 "id_token_signing_alg_values_supported": ["RS256"], "code_challenge_methods_supported": ["S256"],
                 "token_endpoint_auth_methods_supported": ["client_secret_basic"]}
+        if self.end_session:
+            data["end_session_endpoint"] = f"{self.issuer}/logout"
+        return data
 
     def id_token(self, grant: dict[str, Any]) -> str:
         now = int(time.time())
@@ -73,7 +83,9 @@ class Provider:
             from joserfc.jwk import OctKey
 
             return jwt.encode(header, claims, OctKey.import_key(self.client_secret.encode()))
-        return jwt.encode(header, claims, key)
+        token = jwt.encode(header, claims, key)
+        self.issued.append(token)
+        return token
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         provider = self
@@ -114,6 +126,17 @@ class Provider:
                                             "used": False}
                     target = q["redirect_uri"] + "?" + urlencode({"code": code, "state": q.get("state", "")})
                     return self.send(302, headers={"Location": target})
+                if u.path == "/logout" and provider.end_session:
+                    hint = q.get("id_token_hint", "")
+                    try:  # a hint it issued, signed by its key, to this client (expired is fine for a hint)
+                        claims = jwt.decode(hint, provider.key).claims
+                    except Exception:
+                        return self.send(400, {"error": "invalid_request", "error_description": "id_token_hint"})
+                    if claims.get("aud") != provider.client_id or q.get("client_id") != provider.client_id \
+                            or q.get("post_logout_redirect_uri") not in provider.post_logout_uris:
+                        return self.send(400, {"error": "invalid_request"})
+                    provider.logouts.append(q)
+                    return self.send(302, headers={"Location": q["post_logout_redirect_uri"]})
                 return self.send(404, {"error": "not_found"})
 
             def do_POST(self) -> None:

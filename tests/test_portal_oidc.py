@@ -41,6 +41,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory, provider: Provider) -> Iterato
     (server.folder / "oidc_secret.txt").write_text(SECRET + "\n")
     callback = f"{server.url}/portal/sign-in/oidc/callback"
     provider.redirect_uris.add(callback)
+    provider.post_logout_uris.add(f"{server.url}/portal/sign-in")
     data = yaml.safe_load(server.config_path.read_text())
     data["portal"]["oidc"] = {"issuer": provider.issuer, "client_id": "mercia-hub",
                               "client_secret_file": "oidc_secret.txt", "redirect_uri": callback,
@@ -160,9 +161,113 @@ def test_single_sign_on_in_the_browser(hub: HubServer, provider: Provider, chrom
         assert "Signed in as" in page.inner_text("header") and "rita" in page.inner_text("header")
         cookies = {c["name"]: c for c in ctx.cookies()}
         assert cookies["mercia_session"]["httpOnly"] and "mercia_oidc_state" not in cookies
+        # signing out goes through the provider's sign-out and back to the sign-in page
+        done = len(provider.logouts)
+        page.get_by_role("button", name="Sign out").click()
+        page.wait_for_url(f"{hub.url}/portal/sign-in")
+        assert len(provider.logouts) == done + 1
+        assert "mercia_session" not in {c["name"] for c in ctx.cookies()}
+        page.screenshot(path=str(artifacts_dir / "portal-signed-out-oidc.png"), full_page=True)
+        check_a11y(page, "signed out at the provider")
     finally:
         provider.default_user = None
         ctx.close()
+
+
+# ---- signing out at the provider ------------------------------------------------------------------------
+def oidc_tokens(hub: HubServer) -> int:
+    con = sqlite3.connect(hub.state_dir / "hub.sqlite")
+    try:
+        return con.execute("SELECT count(*) FROM portal_oidc_sessions").fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_signing_out_also_signs_out_at_the_provider(visitor: Any, hub: HubServer, provider: Provider) -> None:
+    """RP-initiated logout: the session ends here, then the browser goes to the provider's
+    end_session_endpoint with the session's ID token as id_token_hint and the sign-in page to come back to."""
+    v = visitor()
+    _, callback = authorize(v, "rita")
+    assert v.get(callback).status_code == 303
+    issued = provider.issued[-1]
+    before = sessions(hub)
+    assert oidc_tokens(hub) >= 1
+    r = v.post("/portal/sign-out")
+    assert r.status_code == 303, T(r)[:2000]
+    where = urlsplit(r.headers["location"])
+    assert f"{where.scheme}://{where.netloc}{where.path}" == f"{provider.issuer}/logout"
+    q = {k: x[0] for k, x in parse_qs(where.query).items()}
+    assert q == {"id_token_hint": issued, "post_logout_redirect_uri": f"{hub.url}/portal/sign-in",
+                 "client_id": "mercia-hub"}
+    assert "mercia_session" not in v.jar and sessions(hub) == before - 1  # ended here first
+    assert v.get("/portal/").status_code == 303
+    back = httpx.get(r.headers["location"], follow_redirects=False, timeout=30)  # the provider's sign-out
+    assert back.status_code == 302 and back.headers["location"] == f"{hub.url}/portal/sign-in"
+    assert provider.logouts[-1]["id_token_hint"] == issued
+    assert v.get("/portal/sign-in").status_code == 200
+    # the ID token is kept no longer than its session
+    assert not any(issued in line for line in (hub.state_dir / "audit.jsonl").read_text().splitlines())
+    con = sqlite3.connect(hub.state_dir / "hub.sqlite")
+    try:
+        assert con.execute("SELECT count(*) FROM portal_oidc_sessions WHERE id_token = ?", (issued,)).fetchone()[0] == 0
+    finally:
+        con.close()
+    assert any(e["event"] == "portal.signed_out" and e["actor"] == "rita" and e["details"] == {"at_provider": True}
+               for e in audit_events(hub))
+
+
+def test_a_password_session_signs_out_here_only(visitor: Any, hub: HubServer, provider: Provider) -> None:
+    v = visitor()
+    assert v.sign_in("dora").status_code == 303
+    done = len(provider.logouts)
+    r = v.post("/portal/sign-out")
+    assert r.status_code == 303 and r.headers["location"] == "/portal/sign-in"
+    assert "mercia_session" not in v.jar and len(provider.logouts) == done
+    # a sign-out without its CSRF token is refused and signs out nowhere
+    w = visitor()
+    _, callback = authorize(w, "rita")
+    assert w.get(callback).status_code == 303
+    r = w.post("/portal/sign-out", csrf=False)
+    assert r.status_code == 403 and "mercia_session" in w.jar and w.get("/portal/").status_code == 200
+
+
+def test_without_an_end_session_endpoint_the_sign_out_is_local(tmp_path: Path) -> None:
+    with Provider("mercia-hub", SECRET, end_session=False) as plain:
+        server = start_hub(tmp_path)
+        (server.folder / "oidc_secret.txt").write_text(SECRET)
+        callback = f"{server.url}/portal/sign-in/oidc/callback"
+        plain.redirect_uris.add(callback)
+        data = yaml.safe_load(server.config_path.read_text())
+        data["portal"]["oidc"] = {"issuer": plain.issuer, "client_id": "mercia-hub",
+                                  "client_secret_file": "oidc_secret.txt", "redirect_uri": callback}
+        server.config_path.write_text(yaml.safe_dump(data))
+        with server:
+            add_user(server, "rita", "researcher", ["proj"])
+            v = Visitor(server.url)
+            try:
+                _, back = authorize(v, "rita")
+                assert v.get(back).status_code == 303 and v.get("/portal/").status_code == 200
+                r = v.post("/portal/sign-out")
+                assert r.status_code == 303 and r.headers["location"] == "/portal/sign-in"
+                assert "mercia_session" not in v.jar and v.get("/portal/").status_code == 303
+                assert oidc_tokens(server) == 0 and plain.logouts == []
+            finally:
+                v.close()
+
+
+def test_the_post_logout_uri_is_the_sign_in_page_beside_the_callback() -> None:
+    from mercia.federation.hub.config import Oidc
+    from mercia.portal.oidc import post_logout_uri
+
+    base = {"issuer": "https://id.example", "client_id": "c"}
+    assert post_logout_uri(Oidc(**base, redirect_uri="https://hub.example/mercia/portal/sign-in/oidc/callback"),
+                           "/portal") == "https://hub.example/mercia/portal/sign-in"
+    assert post_logout_uri(Oidc(**base, redirect_uri="https://hub.example/cb"), "/portal") == \
+        "https://hub.example/portal/sign-in"
+    given = Oidc(**base, redirect_uri="https://hub.example/cb", post_logout_redirect_uri="https://hub.example/bye")
+    assert post_logout_uri(given, "/portal") == "https://hub.example/bye"
+    with pytest.raises(ValueError, match="use an https:// URL"):
+        Oidc(**base, redirect_uri="https://hub.example/cb", post_logout_redirect_uri="http://hub.example/bye")
 
 
 # ---- the attacks ----------------------------------------------------------------------------------------

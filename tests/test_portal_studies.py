@@ -234,6 +234,53 @@ def test_a_whole_package_pasted_is_checked(visitor: Any) -> None:
         assert r.status_code == 200 and pkg.content_hash in T(r)
 
 
+def test_two_analyses_of_one_type_with_other_settings(visitor: Any) -> None:
+    """'Add another' gives a second incidence form (a.incidence.2.*, named incidence_2, at its defaults and
+    ticked); the package made has both, as a package written by hand with two incidence analyses."""
+    v = visitor("rita")
+    r = v.post("/portal/studies/new", {**compose_fields("two incidences"), "action": "add", "add_type": "incidence"})
+    assert r.status_code == 200, T(r)[:3000]
+    page = r.text
+    assert "Added another incidence analysis (#2), named incidence_2" in T(r)
+    assert '<input type="hidden" name="a.incidence.copies" value="2">' in page
+    assert re.search(r'name="a\.incidence\.2\.on" value="1" checked', page)
+    assert re.search(r'name="a\.incidence\.2\.name" type="text" value="incidence_2"', page)
+    assert re.search(r'name="a\.incidence\.2\.settings\.washout_days" type="text" inputmode="decimal" value="0"', page)
+    assert 'name="a.incidence.settings.washout_days" type="text" inputmode="decimal" value="0"' in page  # kept
+    assert "<package" not in page and 'id="package-hash"' not in page  # nothing checked yet
+    second = {"a.incidence.copies": "2", "a.incidence.2.on": "1", "a.incidence.2.name": "incidence_washout",
+              "a.incidence.2.outcome": "hf", "a.incidence.2.settings.washout_days": "365",
+              "a.incidence.2.settings.by.shown": "1", "a.incidence.2.settings.by": ["sex", "age_group"]}
+    r = v.post("/portal/studies/new", {**compose_fields("two incidences"), **second})
+    assert r.status_code == 200, T(r)[:3000]
+    data = package_data("two incidences")
+    data["analyses"].insert(2, {"type": "incidence", "name": "incidence_washout", "outcome": "hf",
+                                "settings": {"washout_days": 365, "by": ["sex", "age_group"]}})
+    from mercia.study import StudyPackage
+
+    want = StudyPackage.from_dict(data)
+    assert re.search(r'<code id="package-hash">([0-9a-f]{64})</code>', r.text).group(1) == want.content_hash
+    assert "incidence_washout (incidence)" in T(r)
+    # the same name twice: the package's own refusal, naming the field
+    r = v.post("/portal/studies/new", {**compose_fields("two incidences"), **second, "a.incidence.2.name": ""})
+    assert r.status_code == 400 and "analyses ['incidence'] appear more than once; give each a distinct `name:`" in T(r)
+    # a wrong value in the second form names it
+    r = v.post("/portal/studies/new", {**compose_fields(), **second, "a.incidence.2.settings.washout_days": "x"})
+    assert r.status_code == 400 and "analysis incidence #2.settings.washout_days: 'x' is not a whole number" in T(r)
+    # the second one unticked: the package has one incidence analysis, as before
+    r = v.post("/portal/studies/new", {**compose_fields(), **second, "a.incidence.2.on": ""})
+    assert r.status_code == 200 and expected_package().content_hash in r.text
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"add_type": "nothing"}, "add another: 'nothing' is not allowed (allowed: "),
+    ({"add_type": "incidence", "a.incidence.copies": "5"}, "add another: a package here runs at most 5 incidence"),
+])
+def test_adding_an_analysis_of_a_bad_type_names_the_field(visitor: Any, change: dict[str, str], message: str) -> None:
+    r = visitor("rita").post("/portal/studies/new", {**compose_fields(), "action": "add", **change})
+    assert r.status_code == 400 and message in T(r), T(r)[:3000]
+
+
 BAD = [
     ({"study_name": ""}, "study name: give the study a name"),
     ({"cohort1_key": "1bad"}, "cohort 1 key: '1bad' is not a key"),
@@ -450,7 +497,7 @@ def routes(h: str) -> list[str]:
 def posts(h: str) -> list[tuple[str, dict[str, Any]]]:
     return [("/portal/studies/new", compose_fields()), ("/portal/studies/package", {"package_text": "name: x"}),
             ("/portal/studies/submit", {"package_text": "name: x", "hash": "0" * 64, "project": PROJECT}),
-            (f"/portal/studies/{h}/close", {})]
+            (f"/portal/studies/{h}/close", {}), (f"/portal/studies/{h}/federated", {"analysis": "cox", "model": "cox"})]
 
 
 def test_no_session_goes_to_the_sign_in_page(visitor: Any, released: dict[str, Any]) -> None:
@@ -480,6 +527,8 @@ def test_another_projects_researcher_sees_no_study(visitor: Any, released: dict[
         assert r.status_code == 404, path  # as for a hash the hub does not hold, as the API answers
         assert "no study with hash" in T(r)
     assert v.post(f"/portal/studies/{released['hash']}/close").status_code == 404
+    r = v.post(f"/portal/studies/{released['hash']}/federated", {"analysis": "cox", "model": "cox"})
+    assert r.status_code == 404 and "no study with hash" in T(r)  # as the API answers another project's study
     # an admin of every project sees it
     assert visitor("root").get(f"/portal/studies/{released['hash']}/report").status_code == 200
 
@@ -557,3 +606,148 @@ def test_an_incidence_line_breaks_at_a_level_not_released() -> None:
     (plot,) = report_view({"sites": {"a": {"tables": [rates]}}, "pooled": {}}, {})["incidence"]
     d = re.search(r'<path d="([^"]+)" fill="none" stroke-width="1.5"/>', plot["svg"]).group(1)
     assert [c[0] for c in d.split()] == ["M", "M", "L"]  # 2012 alone; 2014 to 2015
+
+
+# ---- federated regression from the study page ----------------------------------------------------------------
+def fit_cells(page: str, table_id: str) -> list[list[str]]:
+    """The cells of one fit's table as shown (row header first)."""
+    import html
+
+    body = re.search(rf'<table id="{table_id}"[^>]*>.*?<tbody>(.*?)</tbody>', page, re.S)
+    assert body, table_id
+    return [[html.unescape(c) for c in re.findall(r"<t[hd][^>]*>([^<]*)</t[hd]>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", body.group(1), re.S)]
+
+
+def fit_numbers(fit: dict[str, Any]) -> list[float]:
+    """Every number of the API's answer to a fit: the only numbers its part of the page may show."""
+    out: list[float] = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, bool):
+            return
+        if isinstance(x, int | float) and math.isfinite(x):
+            out.append(float(x))
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk({k: v for k, v in fit.items() if k not in ("analysis", "model", "sites", "left_out")})
+    return out
+
+
+@pytest.fixture(scope="module")
+def fitted(fed: Federation, released: dict[str, Any]) -> dict[str, Any]:
+    """The study's Cox model fitted from the study page by rita, and then through the API."""
+    v = Visitor(fed.hub.url)
+    try:
+        assert v.sign_in("rita").status_code == 303
+        page = v.get(f"/portal/studies/{released['hash']}").text
+        assert 'action="/portal/studies/' + released["hash"] + '/federated"' in page and "<option>cox</option>" in page
+        r = v.post(f"/portal/studies/{released['hash']}/federated", {"analysis": "cox", "model": "cox"})
+    finally:
+        v.close()
+    api = httpx.post(f"{fed.hub.url}/api/v1/studies/{released['hash']}/federated", timeout=120,
+                     json={"analysis": "cox", "model": "cox"},
+                     headers={"Authorization": f"Bearer {fed.researcher_token}"})
+    assert api.status_code == 200, api.text
+    return {"page": r, "api": api.json()}
+
+
+def test_a_federated_fit_from_the_study_page_is_the_apis(fed: Federation, released: dict[str, Any],
+                                                        fitted: dict[str, Any]) -> None:
+    from mercia.portal.study_federated import cell
+
+    r, fit = fitted["page"], fitted["api"]
+    assert r.status_code == 200, T(r)[:3000]
+    assert fit["converged"] and sorted(fit["sites"]) == ["east", "west"], fit
+    assert "Fitted cox as a cox model across east, west." in T(r)
+    # the page's table is the API's summary, value for value, as the page prints numbers
+    want = [[cell(c, v)[0] for c, v in zip(fit["summary"]["columns"], row, strict=True)]
+            for row in fit["summary"]["rows"]]
+    assert fit_cells(r.text, "fit-cox-cox") == want
+    assert want[0][0] == "treatment"
+    # the hub keeps the fit with the results, as the API's answer
+    results = httpx.get(f"{fed.hub.url}/api/v1/studies/{released['hash']}/results", timeout=60,
+                        headers={"Authorization": f"Bearer {fed.researcher_token}"}).json()
+    (kept,) = [f for f in results["federated"] if (f["analysis"], f["model"]) == ("cox", "cox")]
+    assert kept["coef"] == fit["coef"] and kept["se"] == fit["se"]
+    # audited as the API's fit is, under the portal user's name
+    from test_portal import audit_events
+
+    fits = [e for e in audit_events(fed.hub)
+            if e["event"] == "federated.fit" and e["details"].get("hash") == released["hash"]]
+    assert {e["actor"] for e in fits} >= {"rita", "alice"}
+    assert all(e["details"] == {"hash": released["hash"], "analysis": "cox", "model": "cox", "sites": ["east", "west"]}
+               for e in fits)
+
+
+def test_every_number_of_the_fit_on_the_page_is_one_the_api_returned(visitor: Any, released: dict[str, Any],
+                                                                      fitted: dict[str, Any]) -> None:
+    page = visitor("rita").get(f"/portal/studies/{released['hash']}").text
+    section = page.split('id="federated"')[1].split("</section>")[0]
+    reference = fit_numbers(fitted["api"])
+    shown = re.sub(r"<[^>]+>", " ", section)
+    bounds = re.findall(r"&lt; (0\.0001)", section)
+    shown = re.sub(r"&lt; 0\.0001", " ", shown)
+    shown = shown.replace("95%", " ")  # the column headers' own words
+    numbers = numbers_in(shown)
+    assert len(numbers) >= 10, shown
+    bad = [n for n in numbers if not matches(n, reference)]
+    assert bad == [], bad
+    p = fitted["api"]["summary"]["columns"].index("p")
+    assert len(bounds) == sum(1 for row in fitted["api"]["summary"]["rows"] if row[p] < 0.0001)
+    assert not matches("987654", reference)  # the check finds a number that was not returned
+
+
+@pytest.mark.parametrize("change,status,message", [
+    ({"model": "probit"}, 400, "model: 'probit' is not allowed (allowed: cox, logistic, poisson)"),
+    ({"model": ""}, 400, "model: '' is not allowed"),
+    ({"analysis": "nope"}, 400, "analysis: 'nope' is not allowed (allowed: cox)"),
+    ({"analysis": "<script>"}, 400, "analysis: '<script>' is not allowed"),
+])
+def test_a_bad_federated_choice_is_a_page_naming_the_field(visitor: Any, released: dict[str, Any],
+                                                           change: dict[str, str], status: int, message: str) -> None:
+    r = visitor("rita").post(f"/portal/studies/{released['hash']}/federated", {"analysis": "cox", "model": "cox",
+                                                                               **change})
+    assert r.status_code == status and message in T(r), T(r)[:3000]
+    assert 'class="problem" role="alert"' in r.text and 'id="federated-form"' in r.text
+    assert "<script>" not in r.text.split("</head>")[1]  # escaped
+
+
+def test_a_fit_no_site_can_answer_is_a_message_on_the_page(fed: Federation, visitor: Any) -> None:
+    v = visitor("rita")
+    sent = form_of(v.post("/portal/studies/new", compose_fields("nobody finished")).text, "/portal/studies/submit")
+    r = v.post("/portal/studies/submit", {**sent, "project": PROJECT, "sites": ["west"]})
+    h = r.headers["location"].split("/")[-1].split("?")[0]
+    r = v.post(f"/portal/studies/{h}/federated", {"analysis": "cox", "model": "logistic"})
+    assert r.status_code == 409, T(r)[:3000]
+    assert "The model was not fitted: no site has finished this study yet" in T(r)
+    assert 'id="federated-form"' in r.text
+    # the API answers the same
+    api = httpx.post(f"{fed.hub.url}/api/v1/studies/{h}/federated", json={"analysis": "cox", "model": "logistic"},
+                     headers={"Authorization": f"Bearer {fed.researcher_token}"}, timeout=60)
+    assert api.status_code == 409 and "no site has finished this study yet" in api.text
+
+
+def test_a_model_the_sites_do_not_release_is_the_one_fixed_answer(fed: Federation, visitor: Any) -> None:
+    """A Cox model adjusted for sex of women vs men (the term `male` is 1 - treatment: no fit exists) is
+    refused with the API's one model_refused line, never a 5xx."""
+    from mercia.disclosure.model_support import MODEL_REFUSED
+
+    v = visitor("rita")
+    fields = {**compose_fields("refused model"), "a.cox.settings.sex": "true"}
+    page = v.post("/portal/studies/new", fields)
+    assert page.status_code == 200, T(page)[:3000]
+    sent = form_of(page.text, "/portal/studies/submit")
+    h = v.post("/portal/studies/submit", {**sent, "project": PROJECT, "sites": ["east"]}).headers["location"]
+    h = h.split("/")[-1].split("?")[0]
+    fed.nodes["east"].wait_status(h, {"pending_approval"})
+    fed.nodes["east"].approve(h)
+    wait_for(lambda: "Read the pooled report" in v.get(f"/portal/studies/{h}").text)
+    r = v.post(f"/portal/studies/{h}/federated", {"analysis": "cox", "model": "cox"})
+    assert r.status_code == 422, T(r)[:3000]
+    assert f"The model was not fitted: {MODEL_REFUSED}" in T(r)

@@ -5,7 +5,8 @@ A researcher signs in, composes a small study in the composer (three pasted coho
 settings forms are made from their models), checks it and reads its YAML and hash, sends it to both
 sites, watches each site's status change as the custodians approve it through the node's API, opens
 the pooled report (plots drawn as SVG; a legend button hides a series), and downloads a released table
-as CSV. Every page is checked with axe-core (no serious or critical violation) and screenshotted into
+as CSV, and fits the Cox model by federated regression from the study's page; a second analysis of one
+type is added in the composer. Every page is checked with axe-core (no serious or critical violation) and screenshotted into
 the artefacts folder; nothing is loaded from another origin and no page logs an error.
 """
 
@@ -161,6 +162,18 @@ def test_compose_submit_approve_and_read_the_report(context: Any, fed: Federatio
     assert set(got["cohort"]) <= {"women", "men", "hf"}
     shot(page, artifacts_dir, "report-table")
 
+    # federated regression from the study's page: the Cox model across both sites, by keyboard
+    page.goto(f"/portal/studies/{want}")
+    page.get_by_label("Analysis").select_option("cox")
+    page.get_by_label("Model").select_option("cox")
+    page.get_by_role("button", name="Fit across the finished sites").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_load_state()
+    page.locator("#fit-cox-cox").wait_for(timeout=120_000)
+    assert "Fitted cox as a cox model across east, west." in page.get_by_role("status").first.inner_text()
+    assert page.locator("#fit-cox-cox tbody th").first.inner_text() == "treatment"
+    shot(page, artifacts_dir, "federated")
+
     # the list shows the study with each site's status
     page.goto("/portal/studies")
     assert page.locator("#studies").get_by_role("link", name="portal study").is_visible()
@@ -170,4 +183,26 @@ def test_compose_submit_approve_and_read_the_report(context: Any, fed: Federatio
     page.goto(f"/portal/studies/{want}/report")
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
     shot(page, artifacts_dir, "report-narrow")
+    assert context.errors == []
+
+
+def test_add_a_second_analysis_of_a_type(context: Any, artifacts_dir: Path) -> None:
+    page = context.new_page()
+    page.goto("/portal/sign-in")
+    page.fill("#name", "rita")
+    page.fill("#password", "correct horse battery staple")
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url("**/portal/")
+    page.goto("/portal/studies/new")
+    page.get_by_label("Study name").fill("two incidences")
+    page.get_by_label("Analysis type").select_option("incidence")
+    page.get_by_role("button", name="Add another analysis of this type").click()
+    page.wait_for_load_state()
+    assert "Added another incidence analysis (#2)" in page.get_by_role("status").first.inner_text()
+    assert page.get_by_label("Study name").input_value() == "two incidences"  # what was typed stays
+    second = page.locator("details#a-incidence-2")
+    assert second.get_attribute("open") is not None and page.get_by_label("Run incidence #2").is_checked()
+    assert page.locator("#a-incidence-2-name").input_value() == "incidence_2"
+    second.scroll_into_view_if_needed()
+    shot(page, artifacts_dir, "composer-two-incidences")
     assert context.errors == []

@@ -6,7 +6,7 @@ every POST (URL-encoded and multipart), bad input as one 400 line naming the fie
 uploaded without JavaScript (multipart, size-limited), a ClinicalTrials.gov record drafted for review,
 and saved cohorts (per project, named, listed, reopened). With a hub and two nodes (slow): every number on
 the trial answer and cohort pages is a released answer of the API (the disclosure check), and in Chromium
-(browser) the funnel, a what-if toggle, and saving and reopening a cohort.
+(browser) the funnel, a what-if toggle, and saving, reopening and deleting a cohort.
 """
 
 from __future__ import annotations
@@ -261,6 +261,56 @@ def test_save_list_and_reopen_a_cohort(visitor: Any, hub: HubServer) -> None:
     assert r.status_code == 400 and "The cohort cannot be saved: malformed YAML" in T(r)
 
 
+def test_delete_a_saved_cohort_by_its_owner_or_an_admin(visitor: Any, hub: HubServer) -> None:
+    from mercia.federation.hub import load_hub_config
+    from mercia.portal.saved_cohorts import SavedCohorts
+
+    store = SavedCohorts(load_hub_config(hub.config_path).state_dir / "hub.sqlite")
+    if accounts_user(hub, "rex") is None:
+        add_user(hub, "rex", "researcher", ["proj"])
+    rita, rex, pa, oscar = visitor("rita"), visitor("rex"), visitor("pa"), visitor("oscar")
+    for name in ("to delete", "by an admin"):
+        assert rita.post("/portal/cohorts/save", {"definition": T2D_YAML, "save_name": name,
+                                                  "project": "proj"}).status_code == 200
+    page = rita.get("/portal/cohorts/saved?project=proj&name=to%20delete").text
+    form = re.search(r'<form method="post" action="/portal/cohorts/saved/delete"[^>]*>(.*?)</form>', page, re.S)
+    assert form and 'data-confirm="Delete the saved cohort to delete from project proj?' in page
+    assert 'name="project" value="proj"' in form.group(1) and 'name="name" value="to delete"' in form.group(1)
+    # another researcher of the project sees no button, and is refused when posting anyway
+    assert "/cohorts/saved/delete" not in rex.get("/portal/cohorts/saved?project=proj&name=to%20delete").text
+    r = rex.post("/portal/cohorts/saved/delete", {"project": "proj", "name": "to delete"})
+    assert r.status_code == 403 and "only the user who saved to delete (rita) or an admin may delete it" in T(r)
+    # another project's researcher: 403 on the project, before the name is looked at
+    r = oscar.post("/portal/cohorts/saved/delete", {"project": "proj", "name": "to delete"})
+    assert r.status_code == 403 and "not a member of project 'proj'" in T(r)
+    # no CSRF token, or another session's: refused
+    for token in (None, rex.csrf):
+        body = {"project": "proj", "name": "to delete", **({"csrf": token} if token else {})}
+        r = rita.post("/portal/cohorts/saved/delete", body, csrf=False)
+        assert r.status_code == 403 and "security token is missing or wrong" in T(r)
+    assert [c.name for c in store.list("proj")].count("to delete") == 1
+    # its owner deletes it
+    r = rita.post("/portal/cohorts/saved/delete", {"project": "proj", "name": "to delete"})
+    assert r.status_code == 200 and "Deleted the saved cohort to delete from project proj." in T(r)
+    assert "to delete" not in [c.name for c in store.list("proj")]
+    assert "to%20delete" not in rita.get("/portal/cohorts").text
+    r = rita.post("/portal/cohorts/saved/delete", {"project": "proj", "name": "to delete"})
+    assert r.status_code == 404 and "no saved cohort 'to delete' in project 'proj'" in T(r)
+    # an admin of the project deletes another user's, and sees the button
+    assert "/cohorts/saved/delete" in pa.get("/portal/cohorts/saved?project=proj&name=by%20an%20admin").text
+    r = pa.post("/portal/cohorts/saved/delete", {"project": "proj", "name": "by an admin"})
+    assert r.status_code == 200 and "by an admin" not in [c.name for c in store.list("proj")]
+    deleted = [(e["actor"], e["details"]) for e in audit_events(hub) if e["event"] == "portal.cohort_deleted"]
+    assert deleted == [("rita", {"project": "proj", "name": "to delete", "saved_by": "rita"}),
+                       ("pa", {"project": "proj", "name": "by an admin", "saved_by": "rita"})]
+
+
+def accounts_user(hub: HubServer, name: str) -> Any:
+    from test_portal import accounts
+
+    return accounts(hub).user(name)
+
+
 # ---- with a hub and two nodes: every number shown passed disclosure control -----------------------------------
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
@@ -472,6 +522,23 @@ def test_trial_funnel_what_if_and_a_saved_cohort_in_chromium(fed: Federation, ch
         check_a11y(page, "cohort reopened")
         page.screenshot(path=str(artifacts_dir / "portal-cohort-reopened.png"), full_page=True)
         reopened = page.locator("#definition").input_value()
+        # delete it, confirming in the browser's dialog (dismissed first: nothing happens)
+        dialogs: list[str] = []
+
+        def answer(dialog: Any, accept: bool) -> None:
+            dialogs.append(dialog.message)
+            dialog.accept() if accept else dialog.dismiss()
+
+        page.once("dialog", lambda d: answer(d, False))
+        page.get_by_role("button", name="Delete this saved cohort").click()
+        page.get_by_text("Reopened t2d browser from project proj.").wait_for()
+        page.once("dialog", lambda d: answer(d, True))
+        page.get_by_role("button", name="Delete this saved cohort").click()
+        page.get_by_text("Deleted the saved cohort t2d browser from project proj.").wait_for()
+        assert dialogs == ["Delete the saved cohort t2d browser from project proj? This cannot be undone."] * 2
+        assert page.get_by_role("link", name="t2d browser").count() == 0
+        check_a11y(page, "cohort deleted")
+        page.screenshot(path=str(artifacts_dir / "portal-cohort-deleted.png"), full_page=True)
     finally:
         ctx.close()
     assert errors == []

@@ -5,6 +5,7 @@ sites' released counts with the attrition by inclusion rule.
     /portal/cohorts/build   POST the criteria builder's form (action=check or count)
     /portal/cohorts/save    POST a checked definition, saved by name in a project (saved_cohorts.py)
     /portal/cohorts/saved   GET ?project=P&name=N: a saved cohort reopened (checked, its YAML, to count)
+    /portal/cohorts/saved/delete   POST project, name: deleted, by the user who saved it or an admin
 
 A file is uploaded with the form itself (multipart, read by web.py), so uploading needs no script.
 
@@ -20,12 +21,12 @@ status 400 and the reader's message naming the field.
 import json
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from mercia.cohorts.model import CohortDefinition
 from mercia.errors import CohortDefinitionError, MerciaError
-from mercia.federation.auth import require_project
+from mercia.federation.auth import Principal, require_project
 from mercia.portal.cohort_forms import (
     CRITERIA_ROWS,
     DOMAINS,
@@ -34,7 +35,7 @@ from mercia.portal.cohort_forms import (
     read_pasted,
     yaml_view,
 )
-from mercia.portal.saved_cohorts import SavedCohorts, check_cohort_name
+from mercia.portal.saved_cohorts import SavedCohort, SavedCohorts, check_cohort_name
 from mercia.portal.web import PortalWeb, one, upload_or_text
 
 
@@ -134,9 +135,31 @@ def add_cohort_pages(app: FastAPI, web: PortalWeb, services: Any, my_projects: A
         principal = web.with_role(session, "researcher", "admin")
         require_project(principal, project)
         definition = saved.get(project, name)
+        entry = saved.entry(project, name)
         text, _ = yaml_view(definition)
         return answer(request, session, {"project": [project]}, definition,
                       text=text or json.dumps(definition.to_dict(), indent=2), saved_name=name,
+                      saved_entry=entry if may_delete(principal, entry) else None,
                       notice=f"Reopened {name} from project {project}.")
+
+    def may_delete(principal: Principal, entry: SavedCohort) -> bool:
+        """Its owner, or an admin of its project (the caller's project is checked before)."""
+        return principal.name == entry.saved_by or principal.role == "admin"
+
+    @app.post("/cohorts/saved/delete", response_class=HTMLResponse)
+    async def cohorts_saved_delete(request: Request) -> Response:
+        session = web.signed_in(request)
+        fields = await web.form(request, session)
+        principal = web.with_role(session, "researcher", "admin")
+        project, name = one(fields, "project"), one(fields, "name")
+        require_project(principal, project)  # 403 outside one's own projects, as for saving
+        entry = saved.entry(project, name)  # 404 if there is none
+        if not may_delete(principal, entry):
+            raise HTTPException(403, detail=f"only the user who saved {name} ({entry.saved_by}) or an admin may "
+                                            f"delete it; {principal.name} is a {principal.role}")
+        saved.delete(project, name)
+        services.audit.append("portal.cohort_deleted", principal.name, project=project, name=name,
+                              saved_by=entry.saved_by)
+        return page(request, session, project=project, notice=f"Deleted the saved cohort {name} from project {project}.")
 
     return saved

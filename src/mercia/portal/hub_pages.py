@@ -4,7 +4,7 @@
     /portal/sign-in                 GET the form, POST name + password (lockout after repeated failures)
     /portal/sign-in/oidc            GET: OpenID Connect sign-in, when hub.yaml configures it (oidc.py);
                                     .../callback the provider's answer
-    /portal/sign-out                POST
+    /portal/sign-out                POST (and on to the OIDC provider's sign-out, when it has one)
     /portal/concepts                search: text, domain, vocabulary, standard only     researcher, admin
     /portal/concepts/{id}           a concept; POST .../counts: each site's released persons count
     /portal/concept-sets            concept sets: build, resolve, released counts, ATLAS JSON
@@ -81,10 +81,10 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
         principal = session.user.principal()
         return web.page(request, "home.html", session, title="Home", projects=my_projects(principal))
 
-    add_sign_in_routes(app, web, accounts, audit, prefix, template="sign_in.html",
+    # OpenID Connect sign-in (oidc.py), and sign-out at the provider when it offers one
+    oidc = add_oidc_routes(app, web, accounts, config.portal.oidc, audit, prefix) if config.portal.oidc else None
+    add_sign_in_routes(app, web, accounts, audit, prefix, template="sign_in.html", sign_out_to=oidc,
                        extra=lambda: {"oidc_label": config.portal.oidc.label if config.portal.oidc else None})
-    if config.portal.oidc is not None:  # OpenID Connect sign-in (oidc.py)
-        add_oidc_routes(app, web, accounts, config.portal.oidc, audit, prefix)
 
     # ---- concepts --------------------------------------------------------------------------------------
     @app.get("/concepts", response_class=HTMLResponse)

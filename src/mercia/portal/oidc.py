@@ -24,6 +24,14 @@ exist and be enabled: an admin adds them with their role and projects (the users
 portal-user-add`), as OHDSI WebAPI's administrators give each signed-in user their roles; the provider
 only says who someone is, never what they may do. Anyone else is refused and no account is made.
 
+Sign-out. When the provider's discovery document has an `end_session_endpoint`, signing out of a session
+made by single sign-on ends it here and then sends the browser to the provider's sign-out (OpenID
+Connect RP-Initiated Logout: `id_token_hint` the session's ID token, `post_logout_redirect_uri` the
+portal's sign-in page, `client_id`), so the next sign-in asks for the provider's password again. The ID
+token is kept for that only, in the hub's private state file beside the session's hash, and removed at
+sign-out. Without that endpoint (or when the provider cannot be read then), and for a password sign-in,
+the sign-out is this portal's alone, as before.
+
 Every refusal is the sign-in page's error page with one line naming what was wrong (status 401; 502 when
 the provider could not be reached or answered nonsense), no session is made, and the hub's audit log
 has a `portal.oidc_refused` line (the reason; no token, code or claim other than the user name).
@@ -51,7 +59,7 @@ from joserfc.jwk import KeySet
 
 from mercia.errors import ConfigError, MerciaError
 from mercia.federation.sqlite_store import SqliteStore
-from mercia.portal.accounts import NAME, Accounts
+from mercia.portal.accounts import NAME, Accounts, hash_session_id
 from mercia.portal.sign_in import safe_next
 
 STATE_COOKIE = "mercia_oidc_state"
@@ -64,7 +72,10 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS portal_oidc_flows (
     state_hash TEXT PRIMARY KEY, nonce TEXT NOT NULL, verifier TEXT NOT NULL, next TEXT NOT NULL,
     created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS portal_oidc_sessions (
+    id_hash TEXT PRIMARY KEY, id_token TEXT NOT NULL, created REAL NOT NULL);
 """
+MAX_SESSION_SECONDS = 7 * 24 * 3600.0  # the longest session hub.yaml allows (portal: session_minutes)
 
 
 class OidcRefused(MerciaError):
@@ -79,6 +90,23 @@ class ProviderUnreachable(OidcRefused):
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _usable(url: Any) -> bool:
+    """An endpoint of the discovery document this hub may use: https, or http on this machine only."""
+    u = urlsplit(str(url or ""))
+    return u.scheme in ("https", "http") and bool(u.hostname) and (
+        u.scheme == "https" or u.hostname in ("127.0.0.1", "localhost", "::1"))
+
+
+def post_logout_uri(settings: Any, prefix: str) -> str:
+    """Where the provider sends the browser after its sign-out: the portal's sign-in page, at the address
+    the provider already knows (the callback's): hub.yaml's post_logout_redirect_uri when given."""
+    if getattr(settings, "post_logout_redirect_uri", None):
+        return str(settings.post_logout_redirect_uri)
+    u = urlsplit(settings.redirect_uri)
+    path = u.path.removesuffix("/oidc/callback") if u.path.endswith("/oidc/callback") else f"{prefix}/sign-in"
+    return u._replace(path=path, query="", fragment="").geturl()
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -111,6 +139,22 @@ class OidcFlows(SqliteStore):
             raise OidcRefused("the sign-in's state is unknown, already used or more than ten minutes old: "
                               "start the sign-in again")
         return r["nonce"], r["verifier"], r["next"]
+
+    def remember(self, session_id: str, id_token: str) -> None:
+        """The ID token a session was made from, for the provider's sign-out (keyed by the session id's hash)."""
+        now = time.time()
+        with self._tx() as con:
+            con.execute("DELETE FROM portal_oidc_sessions WHERE created < ?", (now - MAX_SESSION_SECONDS,))
+            con.execute("INSERT OR REPLACE INTO portal_oidc_sessions (id_hash, id_token, created) VALUES (?, ?, ?)",
+                        (hash_session_id(session_id), id_token, now))
+
+    def forget(self, session_id: str) -> str | None:
+        """The session's ID token, if it was made by single sign-on; removed now (a session signs out once)."""
+        digest = hash_session_id(session_id)
+        with self._tx() as con:
+            r = con.execute("SELECT id_token FROM portal_oidc_sessions WHERE id_hash = ?", (digest,)).fetchone()
+            con.execute("DELETE FROM portal_oidc_sessions WHERE id_hash = ?", (digest,))
+        return r["id_token"] if r is not None else None
 
 
 class OidcClient:
@@ -148,9 +192,7 @@ class OidcClient:
             raise ProviderUnreachable(f"the sign-in provider's discovery document names issuer "
                                       f"{str(data.get('issuer'))[:200]!r}, not the configured {issuer!r}")
         for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
-            u = urlsplit(str(data.get(key) or ""))
-            if u.scheme not in ("https", "http") or not u.hostname or (
-                    u.scheme == "http" and u.hostname not in ("127.0.0.1", "localhost", "::1")):
+            if not _usable(data.get(key)):
                 raise ProviderUnreachable(f"the sign-in provider's discovery document has no usable {key}")
         with self._lock:
             self._metadata, self._metadata_at = data, time.time()
@@ -222,6 +264,20 @@ class OidcClient:
             raise OidcRefused("the sign-in provider's token response holds no ID token (is openid in scopes?)")
         return token
 
+    def end_session_url(self, id_token: str, post_logout_redirect_uri: str) -> str | None:
+        """The provider's sign-out (OpenID Connect RP-Initiated Logout 1.0) for a session made from
+        `id_token`, coming back to `post_logout_redirect_uri`; None when the provider's discovery document
+        has no usable `end_session_endpoint` (or cannot be read now): then the sign-out is this portal's only."""
+        try:
+            endpoint = self.metadata().get("end_session_endpoint")
+        except OidcRefused:
+            return None
+        if not _usable(endpoint):
+            return None
+        query = {"id_token_hint": id_token, "post_logout_redirect_uri": post_logout_redirect_uri,
+                 "client_id": self.settings.client_id}
+        return str(endpoint) + ("&" if "?" in str(endpoint) else "?") + urlencode(query)
+
     def verify(self, id_token: str, nonce: str) -> dict[str, Any]:
         """The ID token's claims if its signature, issuer, audience, expiry and nonce are right."""
         s = self.settings
@@ -259,9 +315,24 @@ class OidcClient:
         return dict(claims)
 
 
+class OidcSignOut:
+    """Sign-out at the provider too (sign_in.py's `sign_out_to`): the provider's end-session URL for a
+    session made by single sign-on, when its discovery document has an `end_session_endpoint`."""
+
+    def __init__(self, client: OidcClient, flows: OidcFlows, prefix: str) -> None:
+        self.client, self.flows, self.prefix = client, flows, prefix
+
+    def __call__(self, session_id: str) -> str | None:
+        id_token = self.flows.forget(session_id)
+        if id_token is None:  # a password sign-in: nothing to end at the provider
+            return None
+        return self.client.end_session_url(id_token, post_logout_uri(self.client.settings, self.prefix))
+
+
 def add_oidc_routes(app: FastAPI, web: Any, accounts: Accounts, settings: Any, audit: Any,
-                    prefix: str) -> OidcClient:
-    """The two OIDC routes on the portal's app (when hub.yaml configures portal: oidc:)."""
+                    prefix: str) -> OidcSignOut:
+    """The two OIDC routes on the portal's app (when hub.yaml configures portal: oidc:); the sign-out
+    at the provider, for the sign-out route."""
     client = OidcClient(settings)
     flows = OidcFlows(accounts.path)
     cookie_path = f"{prefix}/sign-in/oidc"
@@ -299,7 +370,8 @@ def add_oidc_routes(app: FastAPI, web: Any, accounts: Accounts, settings: Any, a
             if not held or not hmac.compare_digest(held.encode(), state.encode()):
                 raise OidcRefused("the sign-in's state does not match this browser's: start the sign-in again")
             nonce, verifier, nxt = flows.finish(state)
-            claims = client.verify(client.exchange(code, verifier), nonce)
+            id_token = client.exchange(code, verifier)
+            claims = client.verify(id_token, nonce)
         except OidcRefused as e:
             return refused(request, e)
         except MerciaError as e:  # the hub's own configuration (a missing secret): the operator's to fix
@@ -313,6 +385,7 @@ def add_oidc_routes(app: FastAPI, web: Any, accounts: Accounts, settings: Any, a
             return refused(request, OidcRefused(f"{name} has no enabled account on this portal: ask an admin of "
                                                 "the hub to add you (with your role and projects)"), name)
         session_id, session = accounts.start_session(name)
+        flows.remember(session_id, id_token)  # the id_token_hint of the provider's sign-out
         audit.append("portal.signed_in", name, role=session.user.role, method="oidc")
         response = RedirectResponse(nxt, status_code=303)
         web.set_session_cookie(response, session_id, int(accounts.session_seconds))
@@ -320,4 +393,4 @@ def add_oidc_routes(app: FastAPI, web: Any, accounts: Accounts, settings: Any, a
                                samesite="lax")
         return response
 
-    return client
+    return OidcSignOut(client, flows, prefix)

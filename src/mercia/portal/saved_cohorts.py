@@ -4,6 +4,7 @@
     cohorts.save("diabetes", "t2d-metformin", definition, saved_by="rita")   # adds, or replaces that name
     cohorts.list("diabetes")           # [SavedCohort(project, name, cohort_name, saved_by, saved_at)], by name
     cohorts.get("diabetes", "t2d-metformin")  # the CohortDefinition (NotFoundError if none)
+    cohorts.entry("diabetes", "t2d-metformin")  # its SavedCohort: who saved it, when (NotFoundError if none)
     cohorts.delete("diabetes", "t2d-metformin")
 
 A saved cohort belongs to its project: the pages check the caller's project (`require_project`) before
@@ -81,6 +82,14 @@ class SavedCohorts(SqliteStore):
         if row is None:
             raise NotFoundError(f"no saved cohort {name!r} in project {project!r}")
         return definition_from_data(json.loads(row["definition"]))
+
+    def entry(self, project: str, name: str) -> SavedCohort:
+        row = self._con().execute("SELECT project, name, definition, saved_by, saved_at FROM portal_cohorts "
+                                  "WHERE project = ? AND name = ?", (project, name)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no saved cohort {name!r} in project {project!r}")
+        return SavedCohort(row["project"], row["name"], json.loads(row["definition"]).get("name", row["name"]),
+                           row["saved_by"], row["saved_at"])
 
     def delete(self, project: str, name: str) -> None:
         with self._tx() as con:

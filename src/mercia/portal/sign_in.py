@@ -28,8 +28,10 @@ def safe_next(value: str, prefix: str) -> str:
 
 
 def add_sign_in_routes(app: FastAPI, web: PortalWeb, accounts: Accounts, audit: Any, prefix: str, *,
-                       template: str, extra: Callable[[], dict[str, Any]] = dict) -> None:
-    """The sign-in page (`template`, given `extra()`'s names too), its form and sign-out."""
+                       template: str, extra: Callable[[], dict[str, Any]] = dict,
+                       sign_out_to: Callable[[str], str | None] | None = None) -> None:
+    """The sign-in page (`template`, given `extra()`'s names too), its form and sign-out. `sign_out_to`
+    (oidc.py): given the ending session's id, where the browser goes next (the provider's sign-out) or None."""
 
     def sign_in_page(request: Request, *, message: str | None = None, name: str = "", nxt: str = "",
                      status_code: int = 200, notice: str | None = None) -> Response:
@@ -71,8 +73,10 @@ def add_sign_in_routes(app: FastAPI, web: PortalWeb, accounts: Accounts, audit: 
     async def sign_out(request: Request) -> Response:
         session = web.signed_in(request)
         await web.form(request, session)
-        accounts.end_session(request.cookies.get(SESSION_COOKIE, ""))
-        audit.append("portal.signed_out", session.user.name)
-        response = RedirectResponse(f"{prefix}/sign-in", status_code=303)
+        session_id = request.cookies.get(SESSION_COOKIE, "")
+        accounts.end_session(session_id)
+        provider = sign_out_to(session_id) if sign_out_to is not None else None
+        audit.append("portal.signed_out", session.user.name, **({"at_provider": True} if provider else {}))
+        response = RedirectResponse(provider or f"{prefix}/sign-in", status_code=303)
         web.clear_session_cookie(response)
         return response

@@ -1,6 +1,8 @@
 """The study composer's forms, generated from the study package's models, and the package they make.
 
     forms = analysis_forms()                       # one form per registered analysis type (mercia.study.kinds)
+    forms = analysis_forms({"incidence": 2})       # ... and two incidence analyses (a.incidence.*, a.incidence.2.*)
+    fields, form = add_copy(fields)                # the composer's "add another analysis of this type"
     data = package_from_form(fields)               # the composer's fields -> a package as data (or StudyError)
     pkg, text = checked_package(data)              # validated by StudyPackage.from_dict: hash and YAML
 
@@ -9,7 +11,9 @@ reference is, `mercia.study.package_doc`): a field's input follows its type (a n
 choice of a Literal, yes/no, a set of choices), its hint is its type in words and its `description=`,
 and its initial value is its default. A field the form cannot show as one input (a list of windows, a
 pair of ages, a model of its own choosing) is a small YAML box holding its default. A field left empty
-takes its default; a type added to the registry has its form without any change here.
+takes its default; a type added to the registry has its form without any change here. A package may
+run a type more than once (two incidence analyses with other settings): each further one is a copy of
+the type's form under a.TYPE.N, whose `name` (its tables' prefix) starts as TYPE_N.
 
 A cohort is pasted as the cohort language's YAML or an ATLAS/Circe JSON export (the cohorts page's
 reader, `cohort_forms.read_pasted`). Anything wrong is a StudyError naming the field.
@@ -37,6 +41,7 @@ from mercia.study.package import StudyPackage
 from mercia.study.package_doc import settings_model, type_text
 
 COHORT_ROWS = 4  # cohorts the composer offers
+MAX_COPIES = 5  # analyses of one type the composer offers (a pasted package may have more)
 MAX_PACKAGE_TEXT = 2_000_000
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SPLIT = re.compile(r"[\s,;]+")
@@ -64,6 +69,12 @@ class AnalysisForm:
     type: str
     title: str
     inputs: list[Input]
+    copy: int = 1  # the first, second, ... analysis of this type in the package
+    copies: int = 1  # how many of this type the composer shows
+
+    @property
+    def prefix(self) -> str:
+        return form_prefix(self.type, self.copy)
 
 
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
@@ -144,20 +155,66 @@ def _inputs(model: type[BaseModel], prefix: str, path: tuple[str, ...], exclude:
     return out
 
 
-def analysis_forms() -> list[AnalysisForm]:
-    """One form per registered analysis type, in the registry's order."""
+def form_prefix(tag: str, copy: int = 1) -> str:
+    """The form names' prefix of an analysis: a.incidence for the first incidence analysis, a.incidence.2
+    for the second (no field of a model is named by a number)."""
+    return f"a.{tag}" if copy == 1 else f"a.{tag}.{copy}"
+
+
+def analysis_forms(copies: dict[str, int] | None = None) -> list[AnalysisForm]:
+    """One form per registered analysis type, in the registry's order; `copies[type]` forms of a type
+    the package runs more than once (each a distinct `name`, by default the type and its number)."""
     forms = []
     for kind in kinds.all_kinds():
         tag = kind.type_name()
-        prefix = f"a.{tag}"
-        inputs = _inputs(kind, prefix, (), ("settings",))  # settings: from its model, below
-        s = settings_model(kind)
-        if s is not None:
-            model, excluded = s
-            inputs += _inputs(model, prefix, ("settings",), excluded)
         first = (kind.__doc__ or tag).strip().splitlines()[0]
-        forms.append(AnalysisForm(tag, first, inputs))
+        n = (copies or {}).get(tag, 1)
+        for copy in range(1, n + 1):
+            prefix = form_prefix(tag, copy)
+            inputs = _inputs(kind, prefix, (), ("settings",))  # settings: from its model, below
+            s = settings_model(kind)
+            if s is not None:
+                model, excluded = s
+                inputs += _inputs(model, prefix, ("settings",), excluded)
+            if copy > 1:
+                for i in inputs:
+                    if i.path == ("name",):
+                        i.value = f"{tag}_{copy}"  # distinct table names, as the package needs
+            forms.append(AnalysisForm(tag, first, inputs, copy, n))
     return forms
+
+
+def copies_from(fields: dict[str, list[str]]) -> dict[str, int]:
+    """How many analyses of each type the composer's form shows (its hidden a.TYPE.copies fields)."""
+    out = {}
+    for tag in kinds.types():
+        raw = _one(fields, f"a.{tag}.copies")
+        if raw.isdigit() and int(raw) > 1:
+            out[tag] = min(int(raw), MAX_COPIES)
+    return out
+
+
+def add_copy(fields: dict[str, list[str]]) -> tuple[dict[str, list[str]], AnalysisForm]:
+    """The composer's fields with one more analysis of the type in `add_type`, its inputs at their
+    defaults and ticked; StudyError naming the field when the type is unknown or at its limit."""
+    tag = _one(fields, "add_type")
+    types_ = list(kinds.types())
+    if tag not in types_:
+        raise StudyError(f"add another: {tag[:100]!r} is not allowed (allowed: {', '.join(types_)})")
+    copies = copies_from(fields)
+    n = copies.get(tag, 1) + 1
+    if n > MAX_COPIES:
+        raise StudyError(f"add another: a package here runs at most {MAX_COPIES} {tag} analyses; paste the "
+                         "package as YAML below for more")
+    copies[tag] = n
+    form = next(f for f in analysis_forms(copies) if f.type == tag and f.copy == n)
+    out = {**fields, f"a.{tag}.copies": [str(n)], f"{form.prefix}.on": ["1"]}
+    for i in form.inputs:
+        if i.widget == "choices":
+            out[i.name], out[i.name + ".shown"] = list(i.chosen), ["1"]
+        else:
+            out[i.name] = [i.value]
+    return out, form
 
 
 # ---- reading the composer's form --------------------------------------------------------------------
@@ -249,12 +306,12 @@ def package_from_form(fields: dict[str, list[str]]) -> dict[str, Any]:
         data["description"] = description
     data["cohorts"], _ = read_cohorts(fields)
     analyses = []
-    for form in analysis_forms():
-        if _one(fields, f"a.{form.type}.on") != "1":
+    for form in analysis_forms(copies_from(fields)):
+        if _one(fields, f"{form.prefix}.on") != "1":
             continue
         a: dict[str, Any] = {"type": form.type}
         for i in form.inputs:
-            v = _value(i, fields, f"analysis {form.type}")
+            v = _value(i, fields, f"analysis {form.type}" + (f" #{form.copy}" if form.copy > 1 else ""))
             if v is not PydanticUndefined:
                 _put(a, i.path, v)
         analyses.append(a)

@@ -3,15 +3,18 @@ its released results to download.
 
     /portal/studies                          the studies of the user's projects, each site's status
     /portal/studies/new                      GET the composer; POST: the package checked, its YAML and hash
+                                             (action=add: the form with one more analysis of a type)
     /portal/studies/package                  POST a whole package pasted (YAML or JSON): checked, YAML, hash
     /portal/studies/submit                   POST the checked package (its hash again) to chosen sites
     /portal/studies/{hash}                   the study, each site's status; POST .../close
+    /portal/studies/{hash}/federated         POST: a federated regression fit (study_federated.py)
     /portal/studies/{hash}/report            the pooled report (plots drawn as SVG) and every released table
     /portal/studies/{hash}/results/{site}/{table}.csv|.parquet     one released table of one site
     /portal/studies/{hash}/pooled.csv|.parquet                     the meta-analysis of released estimates
 
 Researchers and admins, in the study's project. Every page calls the `HubServices` methods the API's
-/api/v1/studies routes call (`studies`, `study_state`, `submit_study`, `close_study`, `study_results`),
+/api/v1/studies routes call (`studies`, `study_state`, `submit_study`, `close_study`, `study_results`,
+`federated_fit`),
 so the portal may do exactly what an API token of the same role and projects may: a study of another
 project is 404 as in the API, a site outside the project 403. Numbers come only from the sites'
 released tables and the hub's meta-analysis of them (study_report.py).
@@ -27,10 +30,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from mercia.errors import MerciaError, StudyError
 from mercia.federation.auth import Principal
+from mercia.portal.study_federated import add_federated_pages, federated_view
 from mercia.portal.study_forms import (
     COHORT_ROWS,
+    MAX_COPIES,
+    add_copy,
     analysis_forms,
     checked_package,
+    copies_from,
     package_from_form,
     read_package_text,
 )
@@ -83,7 +90,8 @@ def add_study_pages(app: FastAPI, web: PortalWeb, services: Any, my_projects: An
         cohorts = extra.pop("cohort_rows", None) or [{"key": (sent.get(f"cohort{i}_key") or [""])[0],
                                                        "definition": (sent.get(f"cohort{i}_definition") or [""])[0]}
                                                       for i in range(1, COHORT_ROWS + 1)]
-        return web.page(request, "studies_new.html", session, title="Compose a study", forms=analysis_forms(),
+        return web.page(request, "studies_new.html", session, title="Compose a study",
+                        forms=analysis_forms(copies_from(sent)), max_copies=MAX_COPIES,
                         cohorts=cohorts, sent=sent, projects=project_sites(principal), status_code=status_code,
                         **extra)
 
@@ -104,6 +112,15 @@ def add_study_pages(app: FastAPI, web: PortalWeb, services: Any, my_projects: An
         session = web.signed_in(request)
         fields = await web.form(request, session)
         principal = web.with_role(session, "researcher", "admin")
+        if one(fields, "action") == "add":  # one more analysis of a type: the form again, nothing checked
+            try:
+                fields, form = add_copy(fields)
+            except StudyError as e:
+                return composer(request, session, principal, fields=fields, status_code=400,
+                                message=f"No analysis was added: {e}")
+            return composer(request, session, principal, fields=fields, added=form.prefix,
+                            notice=f"Added another {form.type} analysis (#{form.copy}), named {form.type}_{form.copy}: "
+                                   "set it below, then check the package.")
         try:
             data = package_from_form(fields)
             return preview(request, session, principal, data, fields)
@@ -157,21 +174,29 @@ def add_study_pages(app: FastAPI, web: PortalWeb, services: Any, my_projects: An
             return composer(request, session, principal, status_code=400, message=message, pasted=text)
 
     # ---- a study ----------------------------------------------------------------------------------------------
+    def study_page(request: Request, session: Any, principal: Principal, content_hash: str, *,
+                   status_code: int = 200, fed_sent: dict[str, str] | None = None, **extra: Any) -> Response:
+        state = services.study_state(principal, content_hash)
+        fed = federated_view(services, principal, content_hash, **(fed_sent or {}))
+        return web.page(request, "study.html", session, title=state["name"], s=state, words=status_words, fed=fed,
+                        status_code=status_code, **extra)
+
     @app.get("/studies/{content_hash}", response_class=HTMLResponse)
     def study(request: Request, content_hash: Hash, sent: Annotated[str, Query(max_length=1)] = "") -> Response:
         session, principal = researcher(request)
-        state = services.study_state(principal, content_hash)
-        return web.page(request, "study.html", session, title=state["name"], s=state, words=status_words,
-                        notice="Sent: each site's custodian approves it by its hash before it runs." if sent else None)
+        return study_page(request, session, principal, content_hash,
+                          notice="Sent: each site's custodian approves it by its hash before it runs." if sent else None)
 
     @app.post("/studies/{content_hash}/close", response_class=HTMLResponse)
     async def close(request: Request, content_hash: Hash) -> Response:
         session = web.signed_in(request)
         await web.form(request, session)
         principal = web.with_role(session, "researcher", "admin")
-        state = services.close_study(principal, content_hash)
-        return web.page(request, "study.html", session, title=state["name"], s=state, words=status_words,
-                        notice="Closed: the sites that answered are pooled; the others are excluded.")
+        services.close_study(principal, content_hash)
+        return study_page(request, session, principal, content_hash,
+                          notice="Closed: the sites that answered are pooled; the others are excluded.")
+
+    add_federated_pages(app, web, services, study_page)  # POST .../federated (study_federated.py)
 
     def cohort_names(results: dict[str, Any]) -> dict[int, str]:
         names: dict[int, str] = {}

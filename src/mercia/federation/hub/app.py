@@ -402,6 +402,25 @@ class HubServices:
         return {"hash": content_hash, "status": study["status"], "pooled": json.loads(study["pooled"] or "{}"),
                 "sites": self.store.results(content_hash), "federated": self.federated(content_hash)}
 
+    def federated_analyses(self, principal: Principal, content_hash: str) -> list[str]:
+        """The names (table prefixes) of the study's analyses that federated regression can fit, for a
+        caller who may see the study."""
+        study = self.visible_study(principal, content_hash)
+        pkg = StudyPackage.from_canonical(json.loads(study["package"]))
+        return [a.table_prefix() for a in pkg.analyses if a.federated]
+
+    def federated_fit(self, principal: Principal, content_hash: str, analysis: str, model: str) -> dict[str, Any]:
+        """Fit `model` exactly across the finished sites of a study the caller may see (the API's POST
+        /studies/{hash}/federated and the portal's study page): the fit kept with the study's results
+        and the question audited. A model no site releases, or that does not converge, is the one
+        `ModelRefused`; no finished site, or a site lost during the fit, a `FederatedError`."""
+        self.visible_study(principal, content_hash)
+        fit = federated_fit(self.store, content_hash, analysis, model, timeout=self.config.node_timeout_seconds)
+        self.add_federated(content_hash, fit)
+        self.audit.append("federated.fit", principal.name, hash=content_hash, analysis=analysis, model=model,
+                          sites=fit["sites"])
+        return fit
+
     def federated(self, content_hash: str) -> list[dict[str, Any]]:
         path = self.config.state_dir / "federated" / f"{content_hash}.json"
         return json.loads(path.read_text()) if path.exists() else []
@@ -519,12 +538,7 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         """Fit the model exactly across the finished sites (Newton-Raphson on their score and information).
         Roles: researcher (in the project), admin. When no site releases the model, or the fit does not
         converge, the answer is one fixed 422 `model_refused`, the same whatever the reason."""
-        visible(principal, content_hash)
-        fit = federated_fit(store, content_hash, body.analysis, body.model, timeout=config.node_timeout_seconds)
-        services.add_federated(content_hash, fit)
-        services.audit.append("federated.fit", principal.name, hash=content_hash, analysis=body.analysis,
-                              model=body.model, sites=fit["sites"])
-        return fit
+        return services.federated_fit(principal, content_hash, body.analysis, body.model)
 
     @app.post(f"{API}/feasibility", response_model=dict[str, Any], responses=ERRORS, tags=["feasibility"])
     def feasibility(body: FeasibilityQuery, principal: Annotated[Principal, role("researcher", "admin")]

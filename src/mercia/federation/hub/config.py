@@ -51,12 +51,18 @@ class Oidc(StrictModel):
     user_claim: str = Field("preferred_username", pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,99}$",
                             description="the ID token claim holding the portal user's name")
     scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"], max_length=20)
+    post_logout_redirect_uri: str | None = Field(
+        None, description="where the provider's sign-out sends the browser back to, as registered at the "
+                          "provider; default: the portal's sign-in page beside redirect_uri "
+                          "(https://HOST/portal/sign-in)")
     label: str = Field("Sign in with single sign-on", max_length=100, description="the sign-in button's text")
     timeout_seconds: float = Field(10.0, gt=0, le=120, description="the longest wait for the provider")
 
-    @field_validator("issuer", "redirect_uri")
+    @field_validator("issuer", "redirect_uri", "post_logout_redirect_uri")
     @classmethod
-    def _https(cls, v: str) -> str:
+    def _https(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         u = urlsplit(v)
         local = u.hostname in ("127.0.0.1", "localhost", "::1")
         if (u.scheme != "https" and not (u.scheme == "http" and local)) or not u.hostname or u.query or u.fragment:

@@ -166,6 +166,17 @@ def test_the_record_count_passes_release(sites: dict[str, Any], monkeypatch: pyt
     assert _released(sites["with_heavy"], FeasibilityPrivacy(), strict)["records"] is None
 
 
+def test_the_released_persons_count_is_the_floor_of_the_records(sites: dict[str, Any]) -> None:
+    privacy = FeasibilityPrivacy()
+    label = cc.concept_records_label(CONCEPT, True, SACRO, privacy)
+    with Cdm.open(sites["without"], read_only=True, create=False) as cdm:
+        free = cc.released_concept_records(cdm, CONCEPT, True, SACRO, site="s", privacy=privacy, noise_key=KEY,
+                                           label=label)["records"]
+        floored = cc.released_concept_records(cdm, CONCEPT, True, SACRO, site="s", privacy=privacy, noise_key=KEY,
+                                              label=label, at_least=free + 100)["records"]
+    assert floored == free + 100
+
+
 def test_the_cap_is_part_of_the_question(sites: dict[str, Any]) -> None:
     a = cc.concept_records_label(CONCEPT, True, SACRO, FeasibilityPrivacy(concept_records_cap=10))
     b = cc.concept_records_label(CONCEPT, True, SACRO, FeasibilityPrivacy(concept_records_cap=5))

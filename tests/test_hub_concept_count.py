@@ -91,7 +91,7 @@ def test_each_sites_count_is_the_nodes_released_answer(fed: Federation) -> None:
 def test_records_through_the_hub_are_the_nodes_released_records_with_the_cap(fed: Federation) -> None:
     """With `records`, each site's answer carries the node's released records and its cap; the hub asks
     with an attestation of that question, and each node charges the researcher for both questions."""
-    client, _ = _researcher(fed, "rita")
+    client, token = _researcher(fed, "rita")
     with client as c:
         answer = c.concept_count(T2D, project=PROJECT, records=True)
         assert answer["records"] is True
@@ -110,6 +110,13 @@ def test_records_through_the_hub_are_the_nodes_released_records_with_the_cap(fed
     hub_events = [json.loads(x) for x in (fed.hub.state_dir / "audit.jsonl").read_text().splitlines()]
     asked = [e for e in hub_events if e["event"] == "concept_count.asked" and e["actor"] == "rita"]
     assert sorted(asked[0]["details"]["record_counts"]) == sorted([a["site"], a["records"]] for a in answer["sites"])
+    # the command line: a records column, and the cap in the caption (a repeat: the same numbers, free)
+    r = _run(fed, "client", "concept-count", str(T2D), "--project", PROJECT, "--records", token=token)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split("│")[1].strip(): [x.strip() for x in line.split("│")[2:4]] for line in r.stdout.splitlines()
+            if line.count("│") >= 5 and line.split("│")[1].strip() in ("east", "west")}
+    assert rows == {a["site"]: [f"{a['persons']:,}", f"{a['records']:,}"] for a in answer["sites"]}, r.stdout
+    assert "records counted up to 10 per person" in " ".join(r.stdout.split())
 
 
 def test_a_researcher_outside_the_project_is_refused(fed: Federation) -> None:

@@ -24,7 +24,8 @@ The persons of a set are not the sum of its concepts' persons (people have sever
 added up from per-concept counts. "Use in a cohort" sends that same definition to the cohorts page.
 Per concept: each item (not excluded; its own "include descendants" flag) is asked through
 `HubServices.concept_counts` (the API's POST /concepts/count), exactly as the concept page asks it: the
-same guard, budget charge at each node and audit, one question per item, at most MAX_COUNTED_ITEMS.
+same guard, budget charge at each node and audit, one question per item, at most MAX_COUNTED_ITEMS;
+with "Records too" (`records`), each site's released records too, capped per person at the node.
 Import: ATLAS JSON (concept_sets.parse_atlas), every concept id checked against the hub's vocabulary
 before anything is saved; all the sets of one file are saved in one transaction, or none.
 """

@@ -725,10 +725,14 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
             records_key = hashlib.sha256(records_label.encode()).hexdigest()
 
             def count_records() -> dict[str, Any]:
+                # The persons answer is kept before this runs (the parts are answered in order): its
+                # released number is the floor of the records, never the exact count or its noise.
+                persons = (services.ledger.answer(key) or {}).get("persons") or 0
                 with services.cdm.reader() as cdm:
                     answer = released_concept_records(cdm, body.concept_id, body.descendants, config.site_policy,
                                                       site=config.site, privacy=privacy,
-                                                      noise_key=services.ledger.noise_key(), label=records_label)
+                                                      noise_key=services.ledger.noise_key(), label=records_label,
+                                                      at_least=persons)
                 return services.ledger.keep(records_key, privacy.epsilon_per_query, answer)
 
             parts.append((records_key, count_records))
@@ -736,7 +740,11 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         answer = dict(answers[0])
         if body.records:
             rec = answers[1]
-            answer.update(records=rec["records"], records_per_person_counted=rec["records_per_person_counted"],
+            # Where the persons count is suppressed, so are its records (withholding more is always safe;
+            # a record count beside a blank persons count would only invite guessing). The charge stands
+            # either way: a charge that depended on the data would itself tell something.
+            answer.update(records=rec["records"] if answer["persons"] is not None else None,
+                          records_per_person_counted=rec["records_per_person_counted"],
                           records_disclosure=rec["disclosure"],
                           privacy={**answer["privacy"], "records": rec["privacy"]})
         epsilon = privacy.epsilon_per_query * sum(charged)

@@ -93,9 +93,12 @@ def released_concept_count(cdm: Cdm, concept_id: int, descendants: bool, policy:
 
 
 def released_concept_records(cdm: Cdm, concept_id: int, descendants: bool, policy: DisclosurePolicy, *,
-                             site: str, privacy: FeasibilityPrivacy, noise_key: bytes, label: str) -> dict[str, Any]:
+                             site: str, privacy: FeasibilityPrivacy, noise_key: bytes, label: str,
+                             at_least: int = 0) -> dict[str, Any]:
     """The released records of the concept, at most `privacy.concept_records_cap` counted per person
-    (noised at sensitivity cap, then the policy), and how it was made."""
+    (noised at sensitivity cap, then the policy), and how it was made. `at_least`: the persons count
+    already released for the same concept (every person counted has a record, so fewer records than
+    persons would only be noise showing); a released number, so using it is post-processing."""
     if not _known(cdm, concept_id):
         raise VocabularyError(f"concept_id: {int(concept_id)} is not in this site's vocabulary")
     cap = privacy.concept_records_cap
@@ -103,7 +106,7 @@ def released_concept_records(cdm: Cdm, concept_id: int, descendants: bool, polic
     # One person's data replaced moves the clipped sum by at most `cap`: the noise is scaled to it.
     z = two_sided_geometric(noise_key, f"{label}|records", 1, epsilon=privacy.epsilon_per_query,
                             sensitivity=float(cap))[0]
-    noisy = max(0, exact + z)
+    noisy = max(0, int(at_least), exact + z)
     log = DisclosureLog()
     table = release(ResultTable(
         name="concept_records", kind="counts", dimensions=["concept_id"], count_columns=["records"],

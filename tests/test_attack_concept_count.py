@@ -97,9 +97,9 @@ def _researcher(node: NodeServer, name: str, projects: list[str] | None = None) 
     return httpx.Client(base_url=node.url, headers={"Authorization": f"Bearer {token}"}, timeout=120)
 
 
-def _count(c: httpx.Client, concept_id: int, descendants: bool) -> dict[str, Any]:
+def _count(c: httpx.Client, concept_id: int, descendants: bool, records: bool = False) -> dict[str, Any]:
     r = c.post(f"{API}/concepts/count", json={"concept_id": concept_id, "descendants": descendants,
-                                              "project": PROJECT})
+                                              "project": PROJECT, **({"records": True} if records else {})})
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -175,9 +175,17 @@ def test_an_answer_holds_no_exact_count(world):
     p = world["targets"][2][0]
     with _researcher(node, "reader") as c:
         a = _count(c, p, False)
-    assert set(a) == {"site", "concept_id", "descendants", "persons", "disclosure", "privacy"}
+    assert set(a) == {"site", "concept_id", "descendants", "persons", "disclosure", "privacy", "records",
+                      "records_per_person_counted", "records_disclosure"}
+    assert a["records"] is None and a["records_per_person_counted"] is None  # not asked: not released
     assert a["privacy"]["mechanism"].startswith("two-sided geometric")
     assert a["persons"] is None or a["persons"] >= 10  # SACRO: below 10 is suppressed
+    with _researcher(node, "reader-records") as c:
+        b = _count(c, p, False, records=True)
+    assert b["persons"] == a["persons"]  # the persons answer is the same question's, records or not
+    assert b["records"] is None or b["records"] >= 10
+    assert b["records_disclosure"]["entries"] or b["records_disclosure"]["summary"]  # it went through release
+    assert "up to 10 per person" in b["privacy"]["records"]["mechanism"]
 
 
 def test_the_hub_names_a_researcher_only_with_its_attestation_of_that_question(world):
@@ -209,3 +217,67 @@ def test_the_hub_names_a_researcher_only_with_its_attestation_of_that_question(w
     records = [json.loads(x) for x in (node.state_dir / "audit.jsonl").read_text().splitlines()]
     assert any(x["event"] == "concept_count.released" and x["details"].get("budget_of") == "hub/alice"
                for x in records)
+
+
+def test_records_come_with_their_cap_and_a_charge_of_their_own(world):
+    """Records are a second question: asked with persons, the request costs 2 x epsilon (both charged
+    together); a repeat costs nothing, persons alone afterwards is a repeat, and records asked after
+    persons cost one epsilon more. The persons count is the one asked without records."""
+    node = world["node"]
+    p, q = world["targets"][5][0], world["targets"][6][0]
+    with _researcher(node, "records-1") as c:
+        first = _count(c, p, True, records=True)
+        assert first["records_per_person_counted"] == 10
+        # never fewer records than persons (the released persons count is their floor); none beside a
+        # suppressed persons count
+        assert first["records"] is None if first["persons"] is None else first["records"] >= first["persons"]
+        assert first["privacy"]["charged"] and first["privacy"]["epsilon_charged"] == pytest.approx(0.2)
+        assert first["privacy"]["spent"] == pytest.approx(0.2)
+        assert first["privacy"]["records"]["epsilon"] == pytest.approx(0.1)
+        again = _count(c, p, True, records=True)
+        assert (again["persons"], again["records"]) == (first["persons"], first["records"])
+        assert not again["privacy"]["charged"] and again["privacy"]["spent"] == pytest.approx(0.2)
+    with _researcher(node, "records-2") as c:
+        persons_only = _count(c, p, True)
+        assert persons_only["persons"] == first["persons"] and persons_only["privacy"]["spent"] == pytest.approx(0.1)
+        both = _count(c, p, True, records=True)
+        assert both["records"] == first["records"] and both["privacy"]["epsilon_charged"] == pytest.approx(0.1)
+        assert both["privacy"]["spent"] == pytest.approx(0.2)
+    with _researcher(node, "records-3") as c:
+        for k in range(7, 14):  # 0.7 spent
+            assert _count(c, world["targets"][k][0], True)["privacy"]["charged"]
+        assert _count(c, q, True, records=True)["privacy"]["spent"] == pytest.approx(0.9)
+        # 0.2 more would pass the budget: refused, and nothing charged (not even the persons part)
+        r = c.post(f"{API}/concepts/count", json={"concept_id": world["targets"][14][0], "records": True,
+                                                  "project": PROJECT})
+        assert r.status_code == 429 and "privacy budget" in r.json()["detail"], r.text
+        last = _count(c, world["targets"][14][0], True)  # persons alone still fit
+        assert last["privacy"]["spent"] == pytest.approx(1.0)
+        # bad input: one line naming the field
+        r = c.post(f"{API}/concepts/count", json={"concept_id": p, "records": "many", "project": PROJECT})
+        assert r.status_code == 422 and "records" in r.text, r.text
+    lines = [json.loads(x) for x in (node.state_dir / "audit.jsonl").read_text().splitlines()]
+    mine = [x["details"] for x in lines if x["event"] == "concept_count.released"
+            and x["details"].get("budget_of") == "records-1"]
+    assert [d.get("epsilon") for d in mine] == [pytest.approx(0.2), 0.0]
+    assert mine[0]["record_count"] == first["records"] and mine[0]["record_cap"] == 10
+
+
+def test_the_hubs_attestation_names_the_records_question(world):
+    """An attestation of the persons question does not buy records (which cost more): the hub signs the
+    question with its records."""
+    node, key = world["node"], world["key"]
+    p = world["targets"][15][0]
+
+    def ask(body: dict[str, Any]) -> httpx.Response:
+        with node.client("hub") as h:
+            return h.post(f"{API}/concepts/count", json={"project": PROJECT, **body})
+
+    persons_only = attest(key.private, "dora", PROJECT, concept_question(p, True))
+    r = ask({"concept_id": p, "descendants": True, "records": True, "requested_by": "dora",
+             "attestation": persons_only})
+    assert r.status_code == 403, r.text
+    signed = attest(key.private, "dora", PROJECT, concept_question(p, True, records=True))
+    r = ask({"concept_id": p, "descendants": True, "records": True, "requested_by": "dora", "attestation": signed})
+    assert r.status_code == 200 and r.json()["records_per_person_counted"] == 10, r.text
+    assert r.json()["privacy"]["spent"] == pytest.approx(0.2)

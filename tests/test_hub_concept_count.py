@@ -88,6 +88,37 @@ def test_each_sites_count_is_the_nodes_released_answer(fed: Federation) -> None:
         assert len(released) == 2, [x for x in lines if x.get("event") == "concept_count.released"]
 
 
+def test_records_through_the_hub_are_the_nodes_released_records_with_the_cap(fed: Federation) -> None:
+    """With `records`, each site's answer carries the node's released records and its cap; the hub asks
+    with an attestation of that question, and each node charges the researcher for both questions."""
+    client, token = _researcher(fed, "rita")
+    with client as c:
+        answer = c.concept_count(T2D, project=PROJECT, records=True)
+        assert answer["records"] is True
+        for a in answer["sites"]:
+            assert a["error"] is None, a
+            assert a["records_per_person_counted"] == 10
+            assert a["privacy"]["spent"] == pytest.approx(0.2) and a["privacy"]["epsilon_charged"] == pytest.approx(0.2)
+            node = fed.nodes[a["site"]]
+            with node.client("researcher") as n:
+                r = n.post(f"{API}/concepts/count", json={"concept_id": T2D, "project": PROJECT, "records": True})
+            assert r.status_code == 200, r.text
+            assert (a["records"], a["persons"]) == (r.json()["records"], r.json()["persons"])
+            assert a["records"] is not None and a["records"] % 5 == 0  # opensafely rounding, as persons
+        r = c._http.post(f"{API}/concepts/count", json={"concept_id": T2D, "project": PROJECT, "records": [1]})
+        assert r.status_code == 422 and "records" in r.text, r.text
+    hub_events = [json.loads(x) for x in (fed.hub.state_dir / "audit.jsonl").read_text().splitlines()]
+    asked = [e for e in hub_events if e["event"] == "concept_count.asked" and e["actor"] == "rita"]
+    assert sorted(asked[0]["details"]["record_counts"]) == sorted([a["site"], a["records"]] for a in answer["sites"])
+    # the command line: a records column, and the cap in the caption (a repeat: the same numbers, free)
+    r = _run(fed, "client", "concept-count", str(T2D), "--project", PROJECT, "--records", token=token)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split("│")[1].strip(): [x.strip() for x in line.split("│")[2:4]] for line in r.stdout.splitlines()
+            if line.count("│") >= 5 and line.split("│")[1].strip() in ("east", "west")}
+    assert rows == {a["site"]: [f"{a['persons']:,}", f"{a['records']:,}"] for a in answer["sites"]}, r.stdout
+    assert "records counted up to 10 per person" in " ".join(r.stdout.split())
+
+
 def test_a_researcher_outside_the_project_is_refused(fed: Federation) -> None:
     client, _ = _researcher(fed, "olga", ["elsewhere"])
     with client as c:

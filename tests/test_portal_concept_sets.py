@@ -557,6 +557,42 @@ def test_per_concept_counts_are_the_released_answers(fed: Federation, visitor: A
     assert r.status_code == 400 and "items: add at least one concept that is not excluded" in T(r)
 
 
+def test_per_concept_records_are_the_released_answers(fed: Federation, visitor: Any) -> None:
+    """With "Records too", each site's released records stand beside its persons, as the API releases
+    them (the same questions: repeats, at no further cost), with the cap said on the page."""
+    import httpx
+
+    rosa = visitor("rosa")
+    set_id = new_set(rosa, "Per concept records")
+    rosa.post(f"/portal/concept-sets/{set_id}/items", {"concept_id": str(T2D), "descendants": "1"})
+    rosa.post(f"/portal/concept-sets/{set_id}/items", {"concept_id": str(GI_BLEED)})
+    r = rosa.post(f"/portal/concept-sets/{set_id}/concept-counts", {"records": "1"})
+    assert r.status_code == 200, T(r)[:3000]
+    sites, persons = shown_concept_counts(r.text)
+    table = r.text.split('id="set-concept-counts"', 1)[1].split("</table>", 1)[0]
+    assert re.findall(r'<th scope="col" class="num records">([^<]+)</th>', table) == [f"{s} records" for s in sites]
+    records = {int(re.search(r"</th><td>(\d+)</td>", row).group(1)):  # type: ignore[union-attr]
+               re.findall(r'<td class="num records">([^<]*)</td>', row)
+               for row in re.findall(r"<tr><th scope=\"row\">.*?</tr>", table.split("<tbody>", 1)[1], flags=re.S)}
+    with fed.admin() as admin:
+        token = admin.add_user("rosa-api-set-records", "researcher", [PROJECT])["token"]
+    released = []
+    for cid, descendants in ((T2D, True), (GI_BLEED, False)):
+        api = httpx.post(f"{fed.hub.url}/api/v1/concepts/count", headers={"Authorization": f"Bearer {token}"},
+                         json={"concept_id": cid, "descendants": descendants, "project": PROJECT, "records": True},
+                         timeout=60)
+        assert api.status_code == 200, api.text
+        for a in api.json()["sites"]:
+            i = sites.index(a["site"])
+            assert persons[cid][i] == ("–" if a["persons"] is None else str(a["persons"])), (cid, a)
+            assert records[cid][i] == ("–" if a["records"] is None else str(a["records"])), (cid, a)
+            assert a["records_per_person_counted"] == 10
+            released += [v for v in (a["persons"], a["records"]) if v is not None]
+    numbers = [int(x) for x in re.findall(r'<td class="num(?: records)?">(\d+)</td>', table)]
+    assert sorted(numbers) == sorted(released)
+    assert "counted up to 10 per person" in " ".join(T(r).split())
+
+
 # ---- "Add to a concept set" from the concept search's results -----------------------------------------------------
 def test_add_to_a_set_from_the_search_results(fed: Federation, visitor: Any) -> None:
     from mercia.portal.concept_sets import ConceptSetStore
@@ -658,9 +694,11 @@ def test_import_add_from_search_and_counts_per_concept_in_the_browser(fed: Feder
         page.goto(f"/portal/concept-sets/{set_id}")
         page.get_by_role("button", name="Ask each site, per concept").click()
         page.wait_for_selector("#set-concept-counts")
-        sites = page.locator("#set-concept-counts thead th.num").all_inner_texts()
-        rows = {int(row.locator("td").nth(0).inner_text()): row.locator("td.num").all_inner_texts()
+        sites = page.locator("#set-concept-counts thead th.num:not(.records)").all_inner_texts()
+        rows = {int(row.locator("td").nth(0).inner_text()): row.locator("td.num:not(.records)").all_inner_texts()
                 for row in page.locator("#set-concept-counts tbody tr").all()}
+        records = {int(row.locator("td").nth(0).inner_text()): row.locator("td.num.records").all_inner_texts()
+                   for row in page.locator("#set-concept-counts tbody tr").all()}  # asked by default
         page.screenshot(path=str(artifacts_dir / "portal-concept-set-per-concept-counts.png"), full_page=True)
         check_a11y(page, "concept set counts per concept")
     finally:
@@ -677,6 +715,9 @@ def test_import_add_from_search_and_counts_per_concept_in_the_browser(fed: Feder
         token = admin.add_user("rosa-api-browser", "researcher", [PROJECT])["token"]
     for cid, descendants in asked:
         api = httpx.post(f"{fed.hub.url}/api/v1/concepts/count", headers={"Authorization": f"Bearer {token}"},
-                         json={"concept_id": cid, "descendants": descendants, "project": PROJECT}, timeout=60).json()
+                         json={"concept_id": cid, "descendants": descendants, "project": PROJECT, "records": True},
+                         timeout=60).json()
         by_site = {a["site"]: a["persons"] for a in api["sites"]}
         assert rows[cid] == ["–" if by_site[s] is None else str(by_site[s]) for s in sites], cid
+        rec = {a["site"]: a["records"] for a in api["sites"]}
+        assert records[cid] == ["–" if rec[s] is None else str(rec[s]) for s in sites], cid

@@ -46,10 +46,11 @@ def _page_counts(html: str) -> dict[str, int | None]:
     return {site: (None if value == "–" else int(value)) for site, value in rows}
 
 
-def _node_answer(fed: Federation, site: str, concept_id: int, descendants: bool) -> dict[str, Any]:
+def _node_answer(fed: Federation, site: str, concept_id: int, descendants: bool,
+                 records: bool = False) -> dict[str, Any]:
     with fed.nodes[site].client("researcher") as c:
         r = c.post("/api/v1/concepts/count", json={"concept_id": concept_id, "descendants": descendants,
-                                                   "project": PROJECT})
+                                                   "project": PROJECT, "records": records})
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -84,6 +85,45 @@ def test_the_pages_counts_are_the_released_counts(fed: Federation, descendants: 
     assert any(e["event"] == "concept_count.asked" and e["actor"] == "rosa" for e in hub_events)
 
 
+def _page_records(html: str) -> dict[str, int | None]:
+    table = html.split('id="released-counts"', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r'<th scope="row">([^<]+)</th><td class="num">[^<]+</td><td class="num records">([^<]+)</td>',
+                      table)
+    return {site: (None if value == "–" else int(value)) for site, value in rows}
+
+
+def test_records_on_the_page_are_the_released_records(fed: Federation) -> None:
+    """Records too: every number in the table is the API's released persons or records, and the page
+    says each person's records are counted up to the sites' cap."""
+    v = Visitor(fed.hub.url)
+    try:
+        assert v.sign_in("rosa").status_code == 303
+        r = v.post(f"/portal/concepts/{T2D}/counts", {"project": PROJECT, "descendants": "1", "records": "1"})
+        assert r.status_code == 200, T(r)
+        persons, records = _page_counts(r.text), _page_records(r.text)
+        # without the box, no records are asked and none shown
+        plain = v.post(f"/portal/concepts/{T2D}/counts", {"project": PROJECT, "descendants": "1"})
+        assert 'class="num records"' not in plain.text and "records-cap" not in plain.text
+    finally:
+        v.close()
+    assert sorted(records) == ["east", "west"]
+    with fed.admin() as admin:
+        token = admin.add_user("rosa-api-records", "researcher", [PROJECT])["token"]
+    api = httpx.post(f"{fed.hub.url}/api/v1/concepts/count", headers={"Authorization": f"Bearer {token}"},
+                     json={"concept_id": T2D, "descendants": True, "project": PROJECT, "records": True},
+                     timeout=60).json()
+    released = []
+    for a in api["sites"]:
+        assert (persons[a["site"]], records[a["site"]]) == (a["persons"], a["records"])
+        assert a["records"] is not None and a["records"] % 5 == 0
+        released += [a["persons"], a["records"]]
+    table = r.text.split('id="released-counts"', 1)[1].split("</table>", 1)[0]
+    numbers = [int(x) for x in re.findall(r'<td class="num(?: records)?">(\d+)</td>', table)]
+    assert sorted(numbers) == sorted(released)
+    cap = re.search(r'id="records-cap">([^<]+)<', r.text).group(1)  # type: ignore[union-attr]
+    assert "counted up to 10 per person" in " ".join(cap.split())
+
+
 def test_password_is_not_logged(fed: Federation) -> None:
     for path in [fed.hub.state_dir / "audit.jsonl", fed.hub.folder / "server.log"]:
         assert PASSWORD not in path.read_text()
@@ -111,9 +151,9 @@ def test_the_counts_in_the_browser(fed: Federation, chromium: Any, artifacts_dir
     finally:
         ctx.close()
     assert sorted(r[0] for r in rows) == sorted(fed.nodes)
-    for site, persons, note in rows:
-        node = _node_answer(fed, site, T2D, True)
-        assert persons == str(node["persons"])
+    for site, persons, records, note in rows:  # records are asked by default (the box is checked)
+        node = _node_answer(fed, site, T2D, True, records=True)
+        assert persons == str(node["persons"]) and records == str(node["records"])
         spent = f"{node['privacy']['spent']:.2f}"
         assert re.findall(r"\d+(?:\.\d+)?", note) == [spent], note
     assert re.findall(r"\d+", caption.replace("Type 2 diabetes", "")) == []

@@ -1058,10 +1058,13 @@ def client_concept_count(
     descendants: Annotated[bool, typer.Option(
         "--descendants/--exact", help="Persons with the concept or any descendant, or with the concept alone.")] = True,
     site: Annotated[list[str] | None, typer.Option("--site", help="A site (repeat); default all of the project.")] = None,
+    records: Annotated[bool, typer.Option(
+        "--records", help="Also the released records, each person's counted up to the site's cap (one more "
+        "question: charged again).")] = False,
 ) -> None:
     """Released persons counts of a concept at each site (each question costs your privacy budget there)."""
     with _client(hub, token) as c:
-        answer = c.concept_count(concept_id, project=project, descendants=descendants, sites=site)
+        answer = c.concept_count(concept_id, project=project, descendants=descendants, sites=site, records=records)
     console.print(_site_concept_counts(answer))
 
 
@@ -1070,13 +1073,17 @@ def _site_concept_counts(answer: dict[str, Any]) -> Table:
     what = "or a descendant" if answer["descendants"] else "itself (no descendants)"
     title = f"Persons with concept {answer['concept_id']} {what}, at each site"
     caption = "released counts: noised, then each site's disclosure policy"
-    t = Table("site", "persons", "budget left", "note", title=title, caption=caption,
-              min_width=max(len(title), len(caption)))
+    if answer.get("records"):
+        caps = sorted({a["records_per_person_counted"] for a in answer["sites"] if a.get("records_per_person_counted")})
+        caption += f"; records counted up to {' or '.join(map(str, caps)) or '?'} per person"
+    t = Table("site", "persons", *(["records"] if answer.get("records") else []), "budget left", "note", title=title,
+              caption=caption, min_width=max(len(title), len(caption)))
     for a in answer["sites"]:
         left = (a.get("privacy") or {}).get("left")
-        persons = ("not released" if a.get("error") else "suppressed") if a.get("persons") is None \
-            else f"{a['persons']:,}"
-        t.add_row(a["site"], persons, "" if left is None else f"{left:g}", a.get("error") or "")
+        persons, recs = (("not released" if a.get("error") else "suppressed") if a.get(k) is None else f"{a[k]:,}"
+                         for k in ("persons", "records"))
+        t.add_row(a["site"], persons, *([recs] if answer.get("records") else []), "" if left is None else f"{left:g}",
+                  a.get("error") or "")
     return t
 
 

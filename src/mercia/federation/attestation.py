@@ -33,9 +33,14 @@ def definition_digest(definition: Any) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-def concept_question(concept_id: int, descendants: bool) -> dict[str, Any]:
-    """What the hub attests for a concept count: the question, in a form no cohort definition takes."""
-    return {"concept_count": {"concept_id": int(concept_id), "descendants": bool(descendants)}}
+def concept_question(concept_id: int, descendants: bool, records: bool = False) -> dict[str, Any]:
+    """What the hub attests for a concept count: the question, in a form no cohort definition takes. Asking
+    for records too is another question (it costs more), attested as such; without them the statement is
+    the one it always was."""
+    question: dict[str, Any] = {"concept_id": int(concept_id), "descendants": bool(descendants)}
+    if records:
+        question["records"] = True
+    return {"concept_count": question}
 
 
 def trial_question(definition: Any, history_months: int) -> dict[str, Any]:

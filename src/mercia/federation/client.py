@@ -124,14 +124,19 @@ class Client:
             "not_applied": list(not_applied or []), "target": target, "consent": consent})
 
     def concept_count(self, concept_id: int, *, project: str, descendants: bool = True,
-                      sites: list[str] | None = None) -> dict[str, Any]:
+                      sites: list[str] | None = None, records: bool = False) -> dict[str, Any]:
         """Each site's released number of persons with a record of the concept (and, with `descendants`,
         of any descendant): `{"concept_id", "descendants", "sites": [{"site", "persons", "privacy",
         "disclosure", "error"}]}`; `persons` is None where suppressed or where the site refused (then
         `error` says why, e.g. your privacy budget there is spent). Each distinct question costs your
-        privacy budget at each site, as feasibility counts do."""
-        return self._call("POST", "/concepts/count", {"concept_id": concept_id, "descendants": descendants,
-                                                      "project": project, "sites": sites})
+        privacy budget at each site, as feasibility counts do. With `records`, each site's answer also has
+        `records` (the concept's records, at most `records_per_person_counted` per person; a second
+        question, charged on its own)."""
+        body: dict[str, Any] = {"concept_id": concept_id, "descendants": descendants, "project": project,
+                                "sites": sites}
+        if records:
+            body["records"] = True
+        return self._call("POST", "/concepts/count", body)
 
     def quality(self, project: str) -> dict[str, Any]:
         """The project's sites' released data-quality summaries side by side: `{"project", "sites": [{"site",

@@ -24,7 +24,8 @@ The persons of a set are not the sum of its concepts' persons (people have sever
 added up from per-concept counts. "Use in a cohort" sends that same definition to the cohorts page.
 Per concept: each item (not excluded; its own "include descendants" flag) is asked through
 `HubServices.concept_counts` (the API's POST /concepts/count), exactly as the concept page asks it: the
-same guard, budget charge at each node and audit, one question per item, at most MAX_COUNTED_ITEMS.
+same guard, budget charge at each node and audit, one question per item, at most MAX_COUNTED_ITEMS;
+with "Records too" (`records`), each site's released records too, capped per person at the node.
 Import: ATLAS JSON (concept_sets.parse_atlas), every concept id checked against the hub's vocabulary
 before anything is saved; all the sets of one file are saved in one transaction, or none.
 """
@@ -276,7 +277,8 @@ def add_concept_set_pages(app: FastAPI, web: PortalWeb, services: Any, my_projec
     @app.post("/concept-sets/{set_id}/concept-counts", response_class=HTMLResponse)
     async def concept_set_concept_counts(request: Request, set_id: SetId) -> Response:
         session = web.signed_in(request)
-        await web.form(request, session)
+        fields = await web.form(request, session)
+        records = one(fields, "records") == "1"
         principal = web.with_role(session, "researcher", "admin")
         cs = visible(principal, set_id)
         asked = [i for i in cs.items if not i.is_excluded]
@@ -296,7 +298,7 @@ def add_concept_set_pages(app: FastAPI, web: PortalWeb, services: Any, my_projec
             else:
                 try:  # the concept page's and the API's question: same guard, budget charge, audit
                     row["answer"] = services.concept_counts(principal, item.concept_id, item.include_descendants,
-                                                            cs.project)
+                                                            cs.project, records=records)
                 except RateLimitedError as e:
                     row["error"] = str(e)
                     stopped = "not asked: " + str(e)
@@ -306,6 +308,9 @@ def add_concept_set_pages(app: FastAPI, web: PortalWeb, services: Any, my_projec
         sites = sorted({a["site"] for r in rows for a in r.get("answer", {}).get("sites", [])})
         for r in rows:
             r["by_site"] = {a["site"]: a for a in r.get("answer", {}).get("sites", [])}
-        return set_page(request, session, cs, concept_counts={"rows": rows, "sites": sites})
+        caps = sorted({a["records_per_person_counted"] for r in rows for a in r.get("answer", {}).get("sites", [])
+                       if a.get("records_per_person_counted")})
+        return set_page(request, session, cs, concept_counts={"rows": rows, "sites": sites, "records": records,
+                                                              "caps": caps})
 
     return editable

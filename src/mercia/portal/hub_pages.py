@@ -6,7 +6,7 @@
                                     .../callback the provider's answer
     /portal/sign-out                POST (and on to the OIDC provider's sign-out, when it has one)
     /portal/concepts                search: text, domain, vocabulary, standard only     researcher, admin
-    /portal/concepts/{id}           a concept; POST .../counts: each site's released persons count
+    /portal/concepts/{id}           a concept; POST .../counts: each site's released persons (and records)
     /portal/concept-sets            concept sets: build, resolve, released counts, ATLAS JSON
                                     (concept_set_pages.py)                               researcher, admin
     /portal/cohorts                 paste/upload/build a definition; POST: checked, YAML, released counts
@@ -144,7 +144,8 @@ def create_portal(services: Any, *, prefix: str = "/portal") -> FastAPI:
         principal = web.with_role(session, "researcher", "admin")
         project = one(fields, "project")
         descendants = one(fields, "descendants") == "1"
-        answer = services.concept_counts(principal, concept_id, descendants, project)
+        records = one(fields, "records") == "1"
+        answer = services.concept_counts(principal, concept_id, descendants, project, records=records)
         return concept_page(request, session, concept_id, counts=answer, project=project)
 
     # ---- concept sets (concept_set_pages.py), cohorts (cohort_pages.py) ----------------------------------

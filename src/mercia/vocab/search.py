@@ -8,8 +8,8 @@ CDM's clinical tables carry the concept, then by concept_id.
 
 Every query is a sqlglot tree; the search text, domain and vocabulary are bound parameters, never
 SQL text. The counts here are exact: they are for the user's own CDM (`mercia concept search/show
---cdm`). A node releases a person count only through `federation/node/concept_count.py`, with noise
-and disclosure control.
+--cdm`). A node releases a person count, and a record count capped per person, only through
+`federation/node/concept_count.py`, with noise and disclosure control.
 """
 
 from __future__ import annotations
@@ -284,9 +284,9 @@ def concept_details(cdm: Cdm, concept_id: int, *, max_descendants: int = 100, co
     )
 
 
-def concept_persons_query(cdm: Cdm, concept_id: int, *, descendants: bool) -> exp.Select:
-    """``SELECT COUNT(DISTINCT person_id)``: persons with a record of the concept (or, with
-    `descendants`, of it or any descendant) as the concept of a row in any clinical table."""
+def _concept_record_rows(cdm: Cdm, concept_id: int, *, descendants: bool) -> exp.Query | None:
+    """``person_id`` of every row of a clinical table whose concept is `concept_id` (or, with
+    `descendants`, it or any descendant), one row per record (UNION ALL); None if no table has one."""
     cid = int(concept_id)
     if descendants:
         ids: exp.Query = (exp.select(_c("descendant_concept_id")).from_(cdm.table("concept_ancestor"))
@@ -300,17 +300,46 @@ def concept_persons_query(cdm: Cdm, concept_id: int, *, descendants: bool) -> ex
                 else exp.EQ(this=_c(col), expression=_n(cid)))
         parts.append(exp.select(_c("person_id")).from_(cdm.table(table)).where(cond))
     if not parts:
-        return exp.select(exp.alias_(_n(0), "persons"))
+        return None
     union = parts[0]
     for q in parts[1:]:
         union = exp.union(union, q, distinct=False)
+    return union
+
+
+def concept_persons_query(cdm: Cdm, concept_id: int, *, descendants: bool) -> exp.Select:
+    """``SELECT COUNT(DISTINCT person_id)``: persons with a record of the concept (or, with
+    `descendants`, of it or any descendant) as the concept of a row in any clinical table."""
+    union = _concept_record_rows(cdm, concept_id, descendants=descendants)
+    if union is None:
+        return exp.select(exp.alias_(_n(0), "persons"))
     return exp.select(exp.alias_(exp.Count(this=exp.Distinct(expressions=[_c("person_id")])), "persons")
                       ).from_(union.subquery("cp"))
+
+
+def concept_records_query(cdm: Cdm, concept_id: int, *, descendants: bool, cap: int) -> exp.Select:
+    """``SELECT SUM(LEAST(records of the person, cap))``: the records of the concept (or, with
+    `descendants`, of it or any descendant) in the clinical tables, at most `cap` counted per person."""
+    union = _concept_record_rows(cdm, concept_id, descendants=descendants)
+    if union is None:
+        return exp.select(exp.alias_(_n(0), "records"))
+    per_person = (exp.select(_c("person_id"), exp.alias_(exp.Count(this=exp.Star()), "n"))
+                  .from_(union.subquery("cr")).group_by(_c("person_id")))
+    clipped = exp.Case(ifs=[exp.If(this=exp.GT(this=_c("n"), expression=_n(int(cap))), true=_n(int(cap)))],
+                       default=_c("n"))
+    return exp.select(exp.alias_(exp.func("COALESCE", exp.Sum(this=clipped), _n(0)), "records")
+                      ).from_(per_person.subquery("pp"))
 
 
 def concept_persons(cdm: Cdm, concept_id: int, *, descendants: bool) -> int:
     """The exact number of persons with the concept (see concept_persons_query). Not for release."""
     return int(cdm.scalar(concept_persons_query(cdm, concept_id, descendants=descendants)) or 0)
+
+
+def concept_records(cdm: Cdm, concept_id: int, *, descendants: bool, cap: int) -> int:
+    """The exact records of the concept, at most `cap` per person (see concept_records_query). Not for
+    release."""
+    return int(cdm.scalar(concept_records_query(cdm, concept_id, descendants=descendants, cap=cap)) or 0)
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,9 @@ class TrialFeasibilityQuery(FeasibilityQuery):
 class ConceptCountQuery(RequestBody):
     concept_id: int = Field(ge=0, le=2_147_483_647, description="an OMOP concept_id")
     descendants: bool = Field(True, description="count persons with the concept or any of its descendants")
+    records: bool = Field(False, description=(
+        "also ask each site for the concept's records, each person's counted up to the site's cap: a "
+        "second question, charged to your budget at each site on its own"))
     project: Name
     sites: list[Name] | None = Field(None, min_length=1, max_length=100,
                                      description="sites to ask; default every site of the project")
@@ -150,6 +153,11 @@ class SiteConceptCount(BaseModel):
     site: str
     persons: int | None = Field(None, description="the site's released persons count; null where suppressed "
                                                   "or where the site did not answer (then `error` says why)")
+    records: int | None = Field(None, description=(
+        "the site's released records of the concept, at most `records_per_person_counted` per person; null "
+        "where suppressed, not asked, or where the site did not answer"))
+    records_per_person_counted: int | None = Field(None, description=(
+        "the site's cap on records counted per person (its noise is scaled to it); null when not asked"))
     privacy: dict[str, Any] | None = Field(None, description="the node's account of the noise and of the "
                                                              "researcher's budget at the site")
     disclosure: dict[str, Any] | None = None
@@ -160,6 +168,7 @@ class SiteConceptCount(BaseModel):
 class ConceptCounts(BaseModel):
     concept_id: int
     descendants: bool
+    records: bool = False
     sites: list[SiteConceptCount]
 
 
@@ -256,7 +265,7 @@ class HubServices:
         return sites
 
     def concept_counts(self, principal: Principal, concept_id: int, descendants: bool, project: str,
-                       asked: list[str] | None = None) -> dict[str, Any]:
+                       asked: list[str] | None = None, records: bool = False) -> dict[str, Any]:
         """Each asked site's released persons count of a concept, for `principal` (the API's
         POST /concepts/count and the portal's concept page): the sites checked against the project, the
         count-query guard, each node asked with the hub's attestation, and the question audited."""
@@ -264,10 +273,11 @@ class HubServices:
         self.guard.check(principal, f"concept:{concept_id}:{int(descendants)}")
         answer = concept_count_across(self.store, sites, concept_id, descendants, project,
                                       requested_by=principal.name, signing_key=self.config.signing_key,
-                                      timeout=self.config.node_timeout_seconds)
+                                      timeout=self.config.node_timeout_seconds, records=records)
         self.audit.append("concept_count.asked", principal.name, project=project, sites=sites,
                           concept_id=concept_id, descendants=descendants,
-                          persons=[[a["site"], a.get("persons")] for a in answer["sites"]])
+                          persons=[[a["site"], a.get("persons")] for a in answer["sites"]],
+                          **({"record_counts": [[a["site"], a.get("records")] for a in answer["sites"]]} if records else {}))
         return answer
 
     def feasibility(self, principal: Principal, definition: dict[str, Any], project: str,
@@ -590,10 +600,14 @@ def create_app(config: HubConfig, *, start_dispatcher: bool = True) -> FastAPI:
         """Each site's released number of persons with a record of a concept (with its descendants by
         default), asked for the caller: each node charges the caller's privacy budget at that site, as for
         feasibility counts, and says so in `privacy`; a site that refuses (its budget spent, a concept not
-        in its vocabulary) gives its reason in `error`. Roles: researcher (in the project), admin;
+        in its vocabulary) gives its reason in `error`. With `records`, each site also releases the
+        concept's records, each person's counted up to the site's cap (`records_per_person_counted`): one
+        more question, charged at each site. Roles: researcher (in the project), admin;
         rate-limited with a lockout after repeats (429)."""
-        answer = services.concept_counts(principal, body.concept_id, body.descendants, body.project, body.sites)
+        answer = services.concept_counts(principal, body.concept_id, body.descendants, body.project, body.sites,
+                                         records=body.records)
         return ConceptCounts(concept_id=answer["concept_id"], descendants=answer["descendants"],
+                             records=answer["records"],
                              sites=[SiteConceptCount(**{k: a.get(k) for k in SiteConceptCount.model_fields})
                                     for a in answer["sites"]])
 

@@ -175,14 +175,17 @@ def feasibility_across(store: HubStore, sites: list[str], definition: dict[str, 
 
 
 def concept_count_across(store: HubStore, sites: list[str], concept_id: int, descendants: bool, project: str, *,
-                         requested_by: str, signing_key: str | Path, timeout: float = 30.0) -> dict[str, Any]:
+                         requested_by: str, signing_key: str | Path, timeout: float = 30.0,
+                         records: bool = False) -> dict[str, Any]:
     """Each site's released persons count of a concept, asked for the researcher the hub authenticated
     (attested as for feasibility counts, so each node charges that researcher's privacy budget). Per
-    site only, with no sum: it is for looking a concept up; feasibility counts size a cohort."""
-    signed = attest(signing_key, requested_by, project, concept_question(concept_id, descendants))
+    site only, with no sum: it is for looking a concept up; feasibility counts size a cohort. With
+    `records`, each site also releases the concept's records, capped per person (its own question)."""
+    signed = attest(signing_key, requested_by, project, concept_question(concept_id, descendants, records))
     answers = _ask_each(store, sites, timeout, lambda link: link.concept_count(
-        concept_id, descendants, project, requested_by, attestation=signed))
-    return {"concept_id": int(concept_id), "descendants": bool(descendants), "sites": answers}
+        concept_id, descendants, project, requested_by, attestation=signed, records=records))
+    return {"concept_id": int(concept_id), "descendants": bool(descendants), "records": bool(records),
+            "sites": answers}
 
 
 def trial_feasibility_across(store: HubStore, sites: list[str], definition: dict[str, Any], project: str, *,

@@ -88,10 +88,12 @@ class NodeLink:
             "requested_by": requested_by, "attestation": attestation})
 
     def concept_count(self, concept_id: int, descendants: bool, project: str, requested_by: str,
-                      attestation: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self._call("POST", "/concepts/count", {"concept_id": concept_id, "descendants": descendants,
-                                                      "project": project, "requested_by": requested_by,
-                                                      "attestation": attestation})
+                      attestation: dict[str, Any] | None = None, records: bool = False) -> dict[str, Any]:
+        body = {"concept_id": concept_id, "descendants": descendants, "project": project,
+                "requested_by": requested_by, "attestation": attestation}
+        if records:  # only then: a node that predates records is asked exactly what it was
+            body["records"] = True
+        return self._call("POST", "/concepts/count", body)
 
     def quality(self, project: str) -> dict[str, Any]:
         try:

@@ -69,7 +69,12 @@ from mercia.federation.http_common import (
     service_lifespan,
 )
 from mercia.federation.node.cdm_access import CdmAccess
-from mercia.federation.node.concept_count import concept_count_label, released_concept_count
+from mercia.federation.node.concept_count import (
+    concept_count_label,
+    concept_records_label,
+    released_concept_count,
+    released_concept_records,
+)
 from mercia.federation.node.config import NodeConfig
 from mercia.federation.node.count_cache import ReleasedCountCache
 from mercia.federation.node.feasibility import feasibility_count, feasibility_label, parse_definition
@@ -225,6 +230,9 @@ class TrialFeasibilityAnswer(BaseModel):
 class ConceptCountQuery(RequestBody):
     concept_id: int = Field(ge=0, le=2_147_483_647, description="an OMOP concept_id in the site's vocabulary")
     descendants: bool = Field(True, description="count persons with the concept or any of its descendants")
+    records: bool = Field(False, description=(
+        "also release the records of the concept, at most feasibility_privacy.concept_records_cap counted per "
+        "person: a second question, charged epsilon_per_query of its own"))
     project: str = Field(pattern=NAME_PATTERN)
     requested_by: str | None = Field(None, pattern=NAME_PATTERN, description=(
         "the researcher a hub asks for (hub role only, with the hub's attestation): the count limits and "
@@ -241,6 +249,12 @@ class ConceptCountAnswer(BaseModel):
     persons: int | None = Field(description="released persons count (noised, then the site policy); null where "
                                             "suppressed")
     disclosure: dict[str, Any]
+    records: int | None = Field(None, description=(
+        "released records of the concept, at most `records_per_person_counted` per person (noised at that "
+        "sensitivity, then the site policy); null where suppressed or not asked (`records` false)"))
+    records_per_person_counted: int | None = Field(None, description=(
+        "the cap: a person's records beyond it are not in `records` (null when records were not asked)"))
+    records_disclosure: dict[str, Any] | None = Field(None, description="the release log of `records`")
     privacy: dict[str, Any] = Field(description=(
         "the differential privacy of the number: mechanism, epsilon, and the asker's budget spent and left"))
 
@@ -475,23 +489,41 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         (its auth dependency, its audit line) queued behind the whole burst: no answer came out until
         nearly all were done. Bounded here, the rest of the API stays responsive under load. A
         question counted recently, or being counted now, is answered from that one count."""
+        answers, charged = await budgeted_answers(who, [(key, count)], cost)
+        await anyio.to_thread.run_sync(audit, answers[0], charged[0], limiter=count_threads["audit"])
+        return await with_budget(who, answers[0], charged[0])
+
+    async def budgeted_answers(who: str, parts: list[tuple[str, Callable[[], dict[str, Any]]]],
+                               cost: FeasibilityPrivacy) -> tuple[list[dict[str, Any]], list[bool]]:
+        """`budgeted_answer` for a request made of several distinct questions (a concept's persons and its
+        records): every one charged in one transaction, all or none (429 names the budget), each answered
+        from its kept answer or counted once, and every new charge refunded if any fails (nothing is
+        released then). Gives the answers and which were charged now; the caller audits."""
         if "limiter" not in count_threads:
             count_threads["limiter"] = anyio.CapacityLimiter(COUNT_THREADS)
             count_threads["audit"] = anyio.CapacityLimiter(2)
         small = count_threads["audit"]
+        keys = [key for key, _ in parts]
         # Charged before counting, in one transaction: concurrent questions cannot overspend together.
-        charged = await anyio.to_thread.run_sync(services.ledger.charge, who, key, cost, limiter=small)
+        charged = await anyio.to_thread.run_sync(services.ledger.charge_all, who, keys, cost, limiter=small)
+        answers: list[dict[str, Any]] = []
         try:
-            answer = await anyio.to_thread.run_sync(services.ledger.answer, key, limiter=small)
-            if answer is None:
-                answer = await services.counts.answer(
-                    key, lambda: anyio.to_thread.run_sync(count, limiter=count_threads["limiter"]))
+            for key, count in parts:
+                answer = await anyio.to_thread.run_sync(services.ledger.answer, key, limiter=small)
+                if answer is None:
+                    answer = await services.counts.answer(
+                        key, lambda count=count: anyio.to_thread.run_sync(count, limiter=count_threads["limiter"]))
+                answers.append(answer)
         except BaseException:
-            if charged:  # nothing was released: the question costs nothing
-                await anyio.to_thread.run_sync(services.ledger.refund, who, key, limiter=small)
+            for key, was_charged in zip(keys, charged, strict=True):
+                if was_charged:  # nothing was released: the question costs nothing
+                    await anyio.to_thread.run_sync(services.ledger.refund, who, key, limiter=small)
             raise
-        await anyio.to_thread.run_sync(audit, answer, charged, limiter=small)
-        spent = await anyio.to_thread.run_sync(services.ledger.spent, who, limiter=small)
+        return answers, charged
+
+    async def with_budget(who: str, answer: dict[str, Any], charged: bool) -> dict[str, Any]:
+        """The answer with what is left of the asker's budget."""
+        spent = await anyio.to_thread.run_sync(services.ledger.spent, who, limiter=count_threads["audit"])
         return {**answer, "privacy": {**answer["privacy"], "budget": privacy.budget, "spent": round(spent, 9),
                                       "left": round(max(privacy.budget - spent, 0.0), 9), "charged": charged}}
 
@@ -767,7 +799,10 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
         defences as feasibility counts (node/concept_count.py): the same per-asker privacy budget (each
         distinct question costs epsilon; a repeat gets the same answer at no cost; 429 when spent), rate
         limits and lockout; 400 for a concept id not in the site's vocabulary. The hub asks for the
-        researcher it authenticated (`requested_by` with its attestation), as for feasibility counts."""
+        researcher it authenticated (`requested_by` with its attestation), as for feasibility counts.
+        With `records`, also the released records of the concept, each person's counted up to the site's
+        cap (`records_per_person_counted`) with noise scaled to that cap: a second distinct question,
+        charged epsilon of its own (both charged together or neither)."""
         if principal.role not in config.feasibility_roles:
             raise HTTPException(403, detail=f"this site answers feasibility counts for "
                                             f"{', '.join(config.feasibility_roles)} only")
@@ -776,7 +811,7 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
             raise HTTPException(403, detail="this site's custodian has not allowed automatic counts "
                                             "(auto_approve.feasibility in node.yaml)")
         who = budget_holder(principal, body.project, body.requested_by, body.attestation,
-                            attestation.concept_question(body.concept_id, body.descendants))
+                            attestation.concept_question(body.concept_id, body.descendants, body.records))
         services.guard.check(who, f"concept:{body.concept_id}:{int(body.descendants)}")
         label = concept_count_label(body.concept_id, body.descendants, config.site_policy, privacy)
         key = hashlib.sha256(label.encode()).hexdigest()
@@ -788,12 +823,44 @@ def create_app(config: NodeConfig, *, start_worker: bool = True) -> FastAPI:
                                                 noise_key=services.ledger.noise_key(), label=label)
             return services.ledger.keep(key, privacy.epsilon_per_query, answer)
 
-        def audit(answer: dict[str, Any], charged: bool) -> None:
-            services.audit.append("concept_count.released", principal.name, project=body.project, budget_of=who,
-                                  concept_id=body.concept_id, descendants=body.descendants, persons=answer["persons"],
-                                  epsilon=privacy.epsilon_per_query if charged else 0.0)
+        parts: list[tuple[str, Callable[[], dict[str, Any]]]] = [(key, count)]
+        if body.records:  # a second distinct question, kept and charged on its own (node/concept_count.py)
+            records_label = concept_records_label(body.concept_id, body.descendants, config.site_policy, privacy)
+            records_key = hashlib.sha256(records_label.encode()).hexdigest()
 
-        return ConceptCountAnswer(**await budgeted_answer(who, key, privacy, count, audit))
+            def count_records() -> dict[str, Any]:
+                # The persons answer is kept before this runs (the parts are answered in order): its
+                # released number is the floor of the records, never the exact count or its noise.
+                persons = (services.ledger.answer(key) or {}).get("persons") or 0
+                with services.cdm.reader() as cdm:
+                    answer = released_concept_records(cdm, body.concept_id, body.descendants, config.site_policy,
+                                                      site=config.site, privacy=privacy,
+                                                      noise_key=services.ledger.noise_key(), label=records_label,
+                                                      at_least=persons)
+                return services.ledger.keep(records_key, privacy.epsilon_per_query, answer)
+
+            parts.append((records_key, count_records))
+        answers, charged = await budgeted_answers(who, parts, privacy)
+        answer = dict(answers[0])
+        if body.records:
+            rec = answers[1]
+            # Where the persons count is suppressed, so are its records (withholding more is always safe;
+            # a record count beside a blank persons count would only invite guessing). The charge stands
+            # either way: a charge that depended on the data would itself tell something.
+            answer.update(records=rec["records"] if answer["persons"] is not None else None,
+                          records_per_person_counted=rec["records_per_person_counted"],
+                          records_disclosure=rec["disclosure"],
+                          privacy={**answer["privacy"], "records": rec["privacy"]})
+        epsilon = privacy.epsilon_per_query * sum(charged)
+        await anyio.to_thread.run_sync(functools.partial(
+            services.audit.append, "concept_count.released", principal.name, project=body.project, budget_of=who,
+            concept_id=body.concept_id, descendants=body.descendants, persons=answer["persons"],
+            **({"record_count": answer["records"], "record_cap": answer["records_per_person_counted"]}
+               if body.records else {}),
+            epsilon=epsilon), limiter=count_threads["audit"])
+        answer = await with_budget(who, answer, any(charged))
+        answer["privacy"]["epsilon_charged"] = epsilon
+        return ConceptCountAnswer(**answer)
 
     @app.get(f"{API}/quality", response_model=QualitySummary, responses=ERRORS, tags=["quality"])
     def quality(project: Annotated[str, Query(pattern=NAME_PATTERN, description="a project of the caller")],

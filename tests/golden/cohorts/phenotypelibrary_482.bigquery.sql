@@ -195,9 +195,15 @@ WITH codesets AS (
             person_id,
             start_date,
             CAST(DATE_ADD(end_date, INTERVAL 1 DAY) AS DATE) AS end_date
-          FROM era_rows_6
-          WHERE
-            n_rows > 1
+          FROM (
+            SELECT
+              person_id,
+              start_date,
+              end_date
+            FROM era_rows_6
+            WHERE
+              n_rows > 1
+          ) AS R
         ) AS CR
       ) AS ST
     ) AS GR

@@ -192,9 +192,15 @@ WITH codesets AS (
             person_id AS person_id,
             start_date AS start_date,
             CAST(DATEADD(DAY, 1, end_date) AS DATE) AS end_date
-          FROM era_rows_6
-          WHERE
-            n_rows > 1
+          FROM (
+            SELECT
+              person_id AS person_id,
+              start_date AS start_date,
+              end_date AS end_date
+            FROM era_rows_6
+            WHERE
+              n_rows > 1
+          ) AS R
         ) AS CR
       ) AS ST
     ) AS GR

@@ -1108,10 +1108,10 @@ class _Compiler:
         With `split`, only the rows of persons with more than one go through the two ordered window
         passes: a person with one row has one era, that row unchanged (its pad is added and taken off
         again), and a count per person tells them apart. Most cohorts have one row per person even where
-        no limit makes it so: at 10,000,000 persons (bench/bench_cohorts.py's data, one thread, CPU) the
-        era step of phenotype 503 (717,140 rows, one per person) 0.65 -> 0.47 s, CohortGenerator 2
-        0.40 -> 0.30 s; rows identical. Not for a custom era's drug exposures, where most persons have
-        several (the count would only add to the passes).
+        no limit makes it so: at 10,000,000 persons (bench/bench_cohorts.py's data, one thread, CPU)
+        phenotype 503 (717,140 rows, one per person) 0.59-0.67 -> 0.44-0.50 s, rows identical; over the
+        13 benchmark definitions about 2% of the CPU, within run-to-run noise. Where most persons have
+        several rows the count adds to the passes, hence not for a custom era's drug exposures.
         """
         part = [col(None, "person_id")]
         single = None

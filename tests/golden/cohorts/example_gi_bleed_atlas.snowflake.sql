@@ -254,47 +254,74 @@ WITH codesets AS (
       THEN I.op_end_date
       ELSE CAST(DATEADD(DAY, 7, I.start_date) AS DATE)
     END >= I.start_date
+), era_rows_7 AS (
+  SELECT
+    S.person_id,
+    S.start_date,
+    S.end_date,
+    COUNT(*) OVER (PARTITION BY S.person_id) AS n_rows
+  FROM cohort_rows AS S
 ), cohort_final AS (
   SELECT
-    person_id,
-    MIN(start_date) AS start_date,
-    MAX(end_date) AS end_date
+    *
   FROM (
     SELECT
       person_id,
       start_date,
-      end_date,
-      SUM(is_start) OVER (
-        PARTITION BY person_id
-        ORDER BY start_date NULLS FIRST, is_start DESC NULLS LAST, end_date NULLS FIRST
-        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
-      ) AS group_idx
+      end_date
+    FROM era_rows_7
+    WHERE
+      n_rows = 1
+    UNION ALL
+    SELECT
+      person_id,
+      MIN(start_date) AS start_date,
+      MAX(end_date) AS end_date
     FROM (
       SELECT
         person_id,
         start_date,
         end_date,
-        CASE
-          WHEN MAX(end_date) OVER (
-            PARTITION BY person_id
-            ORDER BY start_date NULLS FIRST, end_date NULLS FIRST
-            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
-          ) >= start_date
-          THEN 0
-          ELSE 1
-        END AS is_start
+        SUM(is_start) OVER (
+          PARTITION BY person_id
+          ORDER BY start_date NULLS FIRST, is_start DESC NULLS LAST, end_date NULLS FIRST
+          ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+        ) AS group_idx
       FROM (
         SELECT
           person_id,
           start_date,
-          end_date AS end_date
-        FROM cohort_rows
-      ) AS CR
-    ) AS ST
-  ) AS GR
-  GROUP BY
-    person_id,
-    group_idx
+          end_date,
+          CASE
+            WHEN MAX(end_date) OVER (
+              PARTITION BY person_id
+              ORDER BY start_date NULLS FIRST, end_date NULLS FIRST
+              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+            ) >= start_date
+            THEN 0
+            ELSE 1
+          END AS is_start
+        FROM (
+          SELECT
+            person_id,
+            start_date,
+            end_date AS end_date
+          FROM (
+            SELECT
+              person_id,
+              start_date,
+              end_date
+            FROM era_rows_7
+            WHERE
+              n_rows > 1
+          ) AS R
+        ) AS CR
+      ) AS ST
+    ) AS GR
+    GROUP BY
+      person_id,
+      group_idx
+  ) AS EU
 ), cohort_out AS (
   SELECT
     person_id AS subject_id,

@@ -114,10 +114,45 @@ def _record_counts_query(cdm: Cdm, ids: exp.Query) -> exp.Query | None:
     )
 
 
+@dataclass(frozen=True)
+class SearchIndex:
+    """A vocabulary's search text lowered once (`prepare_search_index`), for a process that searches the
+    same vocabulary many times (the hub): lowering millions of names, synonyms and codes is most of a
+    search's time on a full Athena vocabulary. `texts` holds (concept_id, t = lower(name)) for every
+    CONCEPT row and (concept_id, t = lower(synonym)) for every CONCEPT_SYNONYM row; `codes` holds
+    (t = lower(concept_code), concept_id), sorted by t (so an equality skips most of it). A search through
+    it gives exactly the rows and order of a search without it (tests/test_vocab_search_index.py)."""
+
+    texts: exp.Table
+    codes: exp.Table
+
+
+def prepare_search_index(cdm: Cdm, *, prefix: str = "mercia_search") -> SearchIndex | None:
+    """Build the SearchIndex of `cdm`'s vocabulary as temporary tables of its connection (DuckDB only: a
+    read-only DuckDB file still takes temporary tables; None on other databases, which search directly).
+    The tables last as long as the connection and reflect the vocabulary as it was when built."""
+    if cdm.dialect != "duckdb":
+        return None
+    texts, codes = exp.to_table(f"{prefix}_text"), exp.to_table(f"{prefix}_code")
+    src: exp.Query = exp.select(_c("concept_id"), exp.alias_(exp.Lower(this=_c("concept_name")), "t")).from_(
+        cdm.table("concept"))
+    if "concept_synonym_name" in (cdm.columns("concept_synonym") or []):
+        src = exp.union(src, exp.select(_c("concept_id"), exp.alias_(exp.Lower(this=_c("concept_synonym_name")), "t"))
+                        .from_(cdm.table("concept_synonym")), distinct=False)
+    code = (exp.select(exp.alias_(exp.Lower(this=_c("concept_code")), "t"), _c("concept_id"))
+            .from_(cdm.table("concept")).order_by(_c("t")))
+    for table, query in ((texts, src), (codes, code)):
+        cdm.execute(exp.Create(this=table.copy(), kind="TABLE", replace=True, expression=query,
+                               properties=exp.Properties(expressions=[exp.TemporaryProperty()])))
+    return SearchIndex(texts=texts, codes=codes)
+
+
 def search_query(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: str | None = None,
-                 standard: bool = False, limit: int = 50, counts: bool = True) -> tuple[exp.Select, dict[str, Any]]:
+                 standard: bool = False, limit: int = 50, counts: bool = True,
+                 index: SearchIndex | None = None) -> tuple[exp.Select, dict[str, Any]]:
     """The search as one tree and its bound parameters (without `counts`, no record counts: 0 for each,
-    and the clinical tables are not read)."""
+    and the clinical tables are not read; with `index`, the names, synonyms and codes are read from it,
+    already lowered)."""
     text = text.strip()
     if not text:
         raise VocabularyError("search text: give some text to look for (a word, a phrase or a concept code)")
@@ -126,23 +161,30 @@ def search_query(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: 
     params: dict[str, Any] = {"q": text.lower()}
     q = _p("q")
 
+    def low(col: exp.Expression) -> exp.Expression:
+        return col if index is not None else exp.Lower(this=col)  # the index's text is lowered already
+
     def rank(col: exp.Expression) -> exp.Expression:
-        pos = exp.StrPosition(this=exp.Lower(this=col), substr=q.copy())
+        pos = exp.StrPosition(this=low(col), substr=q.copy())
         return exp.Case(ifs=[
-            exp.If(this=exp.EQ(this=exp.Lower(this=col.copy()), expression=q.copy()), true=_n(0)),
+            exp.If(this=exp.EQ(this=low(col.copy()), expression=q.copy()), true=_n(0)),
             exp.If(this=exp.EQ(this=pos.copy(), expression=_n(1)), true=_n(1)),
         ], default=_n(2))
 
     def contains(col: exp.Expression) -> exp.Expression:
-        return exp.GT(this=exp.StrPosition(this=exp.Lower(this=col), substr=q.copy()), expression=_n(0))
+        return exp.GT(this=exp.StrPosition(this=low(col), substr=q.copy()), expression=_n(0))
 
-    by_name = (exp.select(_c("concept_id"), exp.alias_(rank(_c("concept_name")), "rnk"))
-               .from_(cdm.table("concept")).where(contains(_c("concept_name"))))
-    by_code = (exp.select(_c("concept_id"), exp.alias_(_n(0), "rnk")).from_(cdm.table("concept"))
-               .where(exp.EQ(this=exp.Lower(this=_c("concept_code")), expression=q.copy())))
+    name_col, name_table = (_c("t"), index.texts.copy()) if index is not None else (
+        _c("concept_name"), cdm.table("concept"))
+    code_col, code_table = (_c("t"), index.codes.copy()) if index is not None else (
+        _c("concept_code"), cdm.table("concept"))
+    by_name = (exp.select(_c("concept_id"), exp.alias_(rank(name_col), "rnk"))
+               .from_(name_table).where(contains(name_col.copy())))
+    by_code = (exp.select(_c("concept_id"), exp.alias_(_n(0), "rnk")).from_(code_table)
+               .where(exp.EQ(this=low(code_col), expression=q.copy())))
     union: exp.Query = exp.union(by_name, by_code, distinct=False)
     syn_cols = cdm.columns("concept_synonym") or []
-    if "concept_synonym_name" in syn_cols:
+    if "concept_synonym_name" in syn_cols and index is None:  # the index's texts hold the synonyms
         by_syn = (exp.select(_c("concept_id"), exp.alias_(rank(_c("concept_synonym_name")), "rnk"))
                   .from_(cdm.table("concept_synonym")).where(contains(_c("concept_synonym_name"))))
         union = exp.union(union, by_syn, distinct=False)
@@ -180,11 +222,13 @@ def search_query(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: 
 
 
 def search_concepts(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: str | None = None,
-                    standard: bool = False, limit: int = 50, counts: bool = True) -> list[SearchHit]:
+                    standard: bool = False, limit: int = 50, counts: bool = True,
+                    index: SearchIndex | None = None) -> list[SearchHit]:
     """Concepts matching `text`, best first (see the module's docstring for the order); without
-    `counts`, no local record counts (the hub's search: it shows released counts only)."""
+    `counts`, no local record counts (the hub's search: it shows released counts only); with `index`
+    (prepare_search_index), the same answer from text lowered once."""
     query, params = search_query(cdm, text, domain=domain, vocabulary=vocabulary, standard=standard, limit=limit,
-                                 counts=counts)
+                                 counts=counts, index=index)
     rows = cdm.fetch_all(query, params)
     return [
         SearchHit(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), r[5] or None, str(r[6]), r[7] or None,
@@ -271,15 +315,21 @@ def concept_details(cdm: Cdm, concept_id: int, *, max_descendants: int = 100, co
         synonyms = sorted({str(r[0]) for r in cdm.fetch_all(
             exp.select(_c("concept_synonym_name")).from_(cdm.table("concept_synonym"))
             .where(exp.EQ(this=_c("concept_id"), expression=_n(cid))))} - {rows[0]["concept_name"]})
-    descendants = _concept_rows(cdm, _relatives(cdm, cid, up=False))
+    # The first `max_descendants` in SQL (LIMIT) and the total by COUNT: a concept high in a full
+    # vocabulary's hierarchy has hundreds of thousands of descendants, none of which need leave the database.
+    below = _relatives(cdm, cid, up=False)
+    descendants = _concept_rows(cdm, below.limit(_n(max(0, int(max_descendants)))))
+    every = below.copy()
+    every.set("order", None)
+    total = int(cdm.scalar(exp.select(exp.Count(this=exp.Star())).from_(every.subquery("d_all"))) or 0)
     return ConceptDetails(
         concept=rows[0],
         synonyms=synonyms,
         maps_to=_concept_rows(cdm, _mapping(cdm, cid, forward=True)),
         mapped_from=_concept_rows(cdm, _mapping(cdm, cid, forward=False)),
         ancestors=_concept_rows(cdm, _relatives(cdm, cid, up=True)),
-        descendants=descendants[:max_descendants],
-        descendants_total=len(descendants),
+        descendants=descendants,
+        descendants_total=total,
         record_counts=record_counts(cdm, cid) if counts else [],
     )
 

@@ -273,21 +273,26 @@ def _concept_select(alias: str = "c") -> list[exp.Expression]:
     return [_c(f, alias) for f in _CONCEPT_FIELDS]
 
 
-def _relatives(cdm: Cdm, concept_id: int, *, up: bool) -> exp.Select:
-    """Ancestors (up) or descendants of a concept via CONCEPT_ANCESTOR, itself excluded, nearest first."""
+def _relatives(cdm: Cdm, concept_id: int, *, up: bool, limit: int | None = None) -> exp.Select:
+    """Ancestors (up) or descendants of a concept via CONCEPT_ANCESTOR, itself excluded, nearest first
+    (the first `limit` only, cut before CONCEPT is joined: a root of a full vocabulary has a million)."""
     mine, theirs = ("descendant_concept_id", "ancestor_concept_id") if up else (
         "ancestor_concept_id", "descendant_concept_id")
+    levels = ("min_levels_of_separation", "max_levels_of_separation")
+    rows = (exp.select(_c(theirs), *[_c(f) for f in levels]).from_(cdm.table("concept_ancestor"))
+            .where(exp.and_(exp.EQ(this=_c(mine), expression=_n(concept_id)),
+                            exp.NEQ(this=_c(theirs), expression=_n(concept_id)))))
+    if limit is not None:
+        rows = rows.order_by(_c(levels[0]), _c(theirs)).limit(_n(limit))
     # A LEFT JOIN: a trimmed vocabulary (Eunomia's) keeps ancestry rows whose concept it dropped;
     # they are shown by id, with no name, rather than hidden.
     return (
         exp.select(exp.alias_(_c(theirs, "ca"), "concept_id"), *_concept_select()[1:],
-                   _c("min_levels_of_separation", "ca"), _c("max_levels_of_separation", "ca"))
-        .from_(cdm.table("concept_ancestor", alias="ca"))
+                   *[_c(f, "ca") for f in levels])
+        .from_(rows.subquery("ca"))
         .join(exp.Join(this=cdm.table("concept", alias="c"), side="LEFT",
                        on=exp.EQ(this=_c("concept_id", "c"), expression=_c(theirs, "ca"))))
-        .where(exp.and_(exp.EQ(this=_c(mine, "ca"), expression=_n(concept_id)),
-                        exp.NEQ(this=_c(theirs, "ca"), expression=_n(concept_id))))
-        .order_by(_c("min_levels_of_separation", "ca"), _c(theirs, "ca"))
+        .order_by(_c(levels[0], "ca"), _c(theirs, "ca"))
     )
 
 
@@ -343,11 +348,10 @@ def concept_details(cdm: Cdm, concept_id: int, *, max_descendants: int = 100, co
             .where(exp.EQ(this=_c("concept_id"), expression=_n(cid))))} - {rows[0]["concept_name"]})
     # The first `max_descendants` in SQL (LIMIT) and the total by COUNT: a concept high in a full
     # vocabulary's hierarchy has hundreds of thousands of descendants, none of which need leave the database.
-    below = _relatives(cdm, cid, up=False)
-    descendants = _concept_rows(cdm, below.limit(_n(max(0, int(max_descendants)))))
-    every = below.copy()
-    every.set("order", None)
-    total = int(cdm.scalar(exp.select(exp.Count(this=exp.Star())).from_(every.subquery("d_all"))) or 0)
+    descendants = _concept_rows(cdm, _relatives(cdm, cid, up=False, limit=max(0, int(max_descendants))))
+    total = int(cdm.scalar(exp.select(exp.Count(this=exp.Star())).from_(cdm.table("concept_ancestor")).where(
+        exp.and_(exp.EQ(this=_c("ancestor_concept_id"), expression=_n(cid)),
+                 exp.NEQ(this=_c("descendant_concept_id"), expression=_n(cid))))) or 0)
     return ConceptDetails(
         concept=rows[0],
         synonyms=synonyms,

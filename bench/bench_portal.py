@@ -3,6 +3,7 @@ hub's JSON API for the same data and a static file of the same server.
 
     .venv/bin/python bench/bench_portal.py [--persons 1000000] [--site SITE.duckdb] [--n 20] [--run-study]
                                            [--vocabulary VOCAB.duckdb|postgresql://...]
+                                           [--vocabulary-concepts 6500000 [--vocabulary-seed 2026]]
 
 Targets (issue 17): every page renders in under 300 ms at the server with three nodes of 1,000,000
 persons (counts excluded); a live cohort count per site in under 2 s.
@@ -11,7 +12,14 @@ Sites: three synthetic sites of `persons` each (`mercia.demo.build_federation`, 
 bench/out/federation_<persons>/ as bench_federation.py caches them), or `--site`: one DuckDB site (such
 as bench/out/synth_<n>.duckdb made by bench_cohorts.py) copied three times. The hub's vocabulary
 (hub.yaml `portal: vocabulary:`) is a fourth copy of a site (a node holds its own file open for writing),
-whose vocabulary is the bundled subset (557 concepts), or `--vocabulary`: a full OMOP vocabulary.
+whose vocabulary is the bundled subset (557 concepts), or `--vocabulary`: a full OMOP vocabulary, or
+`--vocabulary-concepts N`: that copy's vocabulary plus N generated concepts of the full OMOP vocabulary's
+shape (bench/vocab_shape.py: domains, vocabularies, standard share, synonyms, 'Maps to', a deep
+hierarchy with about 12 CONCEPT_ANCESTOR rows per concept at 6.5M), cached in
+bench/out/vocabulary_<N>_<seed>.duckdb. With it, the concept pages are also measured on what a full
+vocabulary makes slow: a search for a common word ("tablet"), a rare one and a concept code; the concept
+page of a hierarchy's root (every concept of its group below it) and of a concept with about 5,000
+descendants; and a concept set holding that concept with its descendants (resolving thousands).
 
 Servers: `mercia demo`'s set-up (a hub and one node per site, separate processes). Portal users, one per
 role of each portal (the hub's, and a node's if it serves one), are added with the portal's accounts
@@ -191,7 +199,45 @@ def p95(values: list[float]) -> float:
 
 
 # ---- the run ----------------------------------------------------------------------------------------------
-def run(databases: list[Path], vocabulary: str, n: int, run_study: bool) -> dict[str, Any]:
+def generated_vocabulary(base: str, concepts: int, seed: int) -> tuple[str, dict[str, Any]]:
+    """The hub's vocabulary with `concepts` generated concepts (bench/vocab_shape.py), built once per
+    (concepts, seed) from `base` (the bundled subset) and reused; its landmarks (what to ask of it)."""
+    import vocab_shape
+
+    out = OUT / f"vocabulary_{concepts}_{seed}.duckdb"
+    t0 = time.perf_counter()
+    if not out.is_file():
+        part = out.with_suffix(".part")
+        vocab_shape.build(part, concepts, seed=seed, base=Path(base))
+        part.replace(out)
+    shape = vocab_shape.describe(out)
+    lm = vocab_shape.landmarks(out, seed=seed)
+    print(f"vocabulary: {out.name}: {shape['concepts']:,} concepts ({shape['standard']:,} standard), "
+          f"{shape['ancestor_rows']:,} ancestor rows ({shape['ancestor_rows_per_concept']} per concept, "
+          f"{shape['max_levels']} levels), {sum(shape['relationships'].values()):,} relationships, "
+          f"{shape['synonyms']:,} synonyms; ready in {time.perf_counter() - t0:.1f} s")
+    print(f"vocabulary landmarks: '{lm['common']}' in {lm['common_names']:,} names, '{lm['rare']}' in "
+          f"{lm['rare_names']:,}, code {lm['code']}; root {lm['root']} with {lm['root_descendants']:,} "
+          f"descendants; concept {lm['set_concept']} with {lm['set_descendants']:,}")
+    return str(out.resolve()), lm
+
+
+def vocabulary_pages(lm: dict[str, Any]) -> list[tuple[str, str]]:
+    """The concept pages a full vocabulary makes slow (templates filled from the samples) and their API
+    peers (added to API_PEERS)."""
+    pages = [("/portal/concepts", f"text={lm['common']}"), ("/portal/concepts", f"text={lm['rare']}"),
+             ("/portal/concepts", f"text={lm['code']}"), ("/portal/concepts/{root_id}", ""),
+             ("/portal/concepts/{set_concept_id}", ""), ("/portal/concept-sets/{big_set_id}", "")]
+    for template, query in pages:
+        if template == "/portal/concepts":
+            API_PEERS[("hub", f"{template}?{query}")] = f"/api/v1/concepts?{query}"
+        elif template.startswith("/portal/concepts/"):
+            API_PEERS[("hub", template)] = template.replace("/portal/", "/api/v1/")
+    return pages
+
+
+def run(databases: list[Path], vocabulary: str, n: int, run_study: bool,
+        landmarks: dict[str, Any] | None = None) -> dict[str, Any]:
     import yaml
 
     from mercia.demo import _approve_as_custodian, _configure, _free_port, _running
@@ -257,6 +303,13 @@ def run(databases: list[Path], vocabulary: str, n: int, run_study: bool) -> dict
             samples["set_id"] = r.headers["location"].rstrip("/").rsplit("/", 1)[-1]
             rita.post(f"/portal/concept-sets/{samples['set_id']}/items",
                       {"concept_id": samples["concept_id"], "descendants": "1"})
+        if landmarks is not None:  # a generated vocabulary: a set resolving thousands of concepts
+            samples.update(root_id=str(landmarks["root"]), set_concept_id=str(landmarks["set_concept"]))
+            r = rita.post("/portal/concept-sets", {"project": PROJECT, "name": "bench big set"})
+            if r.status_code == 303:
+                samples["big_set_id"] = r.headers["location"].rstrip("/").rsplit("/", 1)[-1]
+                rita.post(f"/portal/concept-sets/{samples['big_set_id']}/items",
+                          {"concept_id": samples["set_concept_id"], "descendants": "1"})
         with Client(urls["hub"], api_token, timeout=3600) as researcher:
             researcher.submit(pkg, project=PROJECT)
             samples["content_hash"] = samples["hash"] = pkg.content_hash
@@ -275,6 +328,10 @@ def run(databases: list[Path], vocabulary: str, n: int, run_study: bool) -> dict
         for server, app in apps.items():
             for template in get_routes(app):
                 for query in QUERIES.get(template, [""]):
+                    measure_page(figures, server, template, query, samples, visitors.get(server, []),
+                                 users.get(server, []), api[server], tokens[server], n)
+            if server == "hub" and landmarks is not None:
+                for template, query in vocabulary_pages(landmarks):
                     measure_page(figures, server, template, query, samples, visitors.get(server, []),
                                  users.get(server, []), api[server], tokens[server], n)
             if server in visitors:
@@ -422,10 +479,19 @@ def main() -> None:
     ap.add_argument("--site", type=Path, help="a DuckDB site to copy three times instead of generating sites")
     ap.add_argument("--vocabulary", help="the hub's vocabulary (a DuckDB file or postgresql:// URL; default: a "
                                          "copy of a site)")
+    ap.add_argument("--vocabulary-concepts", type=int, default=0, metavar="N",
+                    help="add N generated concepts of the full OMOP vocabulary's shape to the hub's vocabulary "
+                         "(Athena: about 6500000) and measure the concept pages a full vocabulary makes slow")
+    ap.add_argument("--vocabulary-seed", type=int, default=SEED, help="the seed of the generated vocabulary")
     ap.add_argument("--n", type=int, default=20, help="times each page is asked")
     ap.add_argument("--run-study", action="store_true", help="approve and run the demo study so that its report "
                                                              "and results pages are measured too")
     args = ap.parse_args()
+    if args.vocabulary_concepts and args.vocabulary:
+        ap.error("--vocabulary-concepts: generates the hub's vocabulary; give it or --vocabulary, not both")
+    if args.vocabulary_concepts < 0:
+        ap.error(f"--vocabulary-concepts: a number of concepts, 0 or more (Athena: about 6500000), not "
+                 f"{args.vocabulary_concepts}")
     if args.site is not None and not args.site.is_file():
         ap.error(f"--site: {args.site} is not a file (give a DuckDB site, e.g. one bench_cohorts.py made)")
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.1f}")
@@ -435,7 +501,10 @@ def main() -> None:
         vocabulary = args.vocabulary if "://" in args.vocabulary else str(Path(args.vocabulary).resolve())
     print(f"sites: {', '.join(d.stem for d in databases)} ({args.site.name if args.site else args.persons})"
           f" ready in {time.perf_counter() - t0:.1f} s")
-    figures = run(databases, vocabulary, args.n, args.run_study)
+    landmarks = None
+    if args.vocabulary_concepts:
+        vocabulary, landmarks = generated_vocabulary(vocabulary, args.vocabulary_concepts, args.vocabulary_seed)
+    figures = run(databases, vocabulary, args.n, args.run_study, landmarks)
     report(figures)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 

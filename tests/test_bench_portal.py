@@ -71,3 +71,20 @@ def test_a_portal_answer_carries_the_servers_own_time(bench: Any, hub_app: Any) 
     assert ms is not None and 0 <= ms < 60_000, r.headers.get("server-timing")
     assert r.headers["server-timing"].startswith("app;dur=")
     assert bench.server_ms(client.get("/portal/static/portal.css")) is not None
+
+
+def test_a_generated_vocabulary_adds_the_pages_a_full_vocabulary_makes_slow(bench: Any, hub_app: Any) -> None:
+    lm = {"common": "tablet", "rare": "zuzu", "code": "OMOP7", "root": 100000000, "set_concept": 100000118}
+    pages = bench.vocabulary_pages(lm)
+    shown = [t + (f"?{q}" if q else "") for t, q in pages]
+    assert shown == ["/portal/concepts?text=tablet", "/portal/concepts?text=zuzu", "/portal/concepts?text=OMOP7",
+                     "/portal/concepts/{root_id}", "/portal/concepts/{set_concept_id}",
+                     "/portal/concept-sets/{big_set_id}"]
+    samples = {"root_id": "100000000", "set_concept_id": "100000118", "big_set_id": "3"}
+    routes = bench.get_routes(hub_app)
+    for template, _ in pages:  # every one is a page of the portal, filled from the samples run() adds
+        assert bench.PARAM.sub(lambda m: "{" + m.group(1) + "}", template).replace("root_id", "concept_id").replace(
+            "set_concept_id", "concept_id").replace("big_set_id", "set_id") in routes
+        assert bench.fill(template, samples)[0] is not None
+    assert bench.API_PEERS[("hub", "/portal/concepts?text=zuzu")] == "/api/v1/concepts?text=zuzu"
+    assert bench.API_PEERS[("hub", "/portal/concepts/{root_id}")] == "/api/v1/concepts/{root_id}"

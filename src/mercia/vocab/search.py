@@ -65,6 +65,7 @@ class ConceptDetails:
 
 
 MATCH_NAMES = {0: "exact", 1: "prefix", 2: "substring"}
+_FACETS = ("domain_id", "vocabulary_id", "standard_concept")  # a SearchIndex's copy of the filters' columns
 _CONCEPT_FIELDS = ("concept_id", "concept_name", "domain_id", "vocabulary_id", "concept_class_id",
                    "standard_concept", "concept_code", "invalid_reason")
 
@@ -114,10 +115,50 @@ def _record_counts_query(cdm: Cdm, ids: exp.Query) -> exp.Query | None:
     )
 
 
+@dataclass(frozen=True)
+class SearchIndex:
+    """A vocabulary's search text lowered once (`prepare_search_index`), for a process that searches the
+    same vocabulary many times (the hub): lowering millions of names, synonyms and codes is most of a
+    search's time on a full Athena vocabulary. `texts` holds (concept_id, t = lower(name)) for every
+    CONCEPT row and (concept_id, t = lower(synonym)) for every CONCEPT_SYNONYM row; `codes` holds
+    (t = lower(concept_code), concept_id), sorted by t (so an equality skips most of it). A search through
+    it gives exactly the rows and order of a search without it (tests/test_vocab_search_index.py)."""
+
+    texts: exp.Table
+    codes: exp.Table
+
+
+def prepare_search_index(cdm: Cdm, *, prefix: str = "mercia_search") -> SearchIndex | None:
+    """Build the SearchIndex of `cdm`'s vocabulary as temporary tables of its connection (DuckDB only: a
+    read-only DuckDB file still takes temporary tables; None on other databases, which search directly).
+    The tables last as long as the connection and reflect the vocabulary as it was when built."""
+    if cdm.dialect != "duckdb":
+        return None
+    texts, codes = exp.to_table(f"{prefix}_text"), exp.to_table(f"{prefix}_code")
+    facets = [_c(f, "c") for f in _FACETS]
+    src: exp.Query = exp.select(_c("concept_id", "c"), exp.alias_(exp.Lower(this=_c("concept_name", "c")), "t"),
+                                *facets).from_(cdm.table("concept", alias="c"))
+    if "concept_synonym_name" in (cdm.columns("concept_synonym") or []):
+        # a synonym of a concept missing from CONCEPT is never found (the search joins CONCEPT): left out here
+        src = exp.union(src, exp.select(
+            _c("concept_id", "c"), exp.alias_(exp.Lower(this=_c("concept_synonym_name", "s")), "t"),
+            *[f.copy() for f in facets]).from_(cdm.table("concept_synonym", alias="s")).join(
+            cdm.table("concept", alias="c"), on=exp.EQ(this=_c("concept_id", "c"), expression=_c("concept_id", "s"))),
+            distinct=False)
+    code = (exp.select(exp.alias_(exp.Lower(this=_c("concept_code")), "t"), _c("concept_id"), *[_c(f) for f in _FACETS])
+            .from_(cdm.table("concept")).order_by(_c("t")))
+    for table, query in ((texts, src), (codes, code)):
+        cdm.execute(exp.Create(this=table.copy(), kind="TABLE", replace=True, expression=query,
+                               properties=exp.Properties(expressions=[exp.TemporaryProperty()])))
+    return SearchIndex(texts=texts, codes=codes)
+
+
 def search_query(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: str | None = None,
-                 standard: bool = False, limit: int = 50, counts: bool = True) -> tuple[exp.Select, dict[str, Any]]:
+                 standard: bool = False, limit: int = 50, counts: bool = True,
+                 index: SearchIndex | None = None) -> tuple[exp.Select, dict[str, Any]]:
     """The search as one tree and its bound parameters (without `counts`, no record counts: 0 for each,
-    and the clinical tables are not read)."""
+    and the clinical tables are not read; with `index`, the names, synonyms and codes are read from it,
+    already lowered)."""
     text = text.strip()
     if not text:
         raise VocabularyError("search text: give some text to look for (a word, a phrase or a concept code)")
@@ -126,38 +167,65 @@ def search_query(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: 
     params: dict[str, Any] = {"q": text.lower()}
     q = _p("q")
 
+    def low(col: exp.Expression) -> exp.Expression:
+        return col if index is not None else exp.Lower(this=col)  # the index's text is lowered already
+
     def rank(col: exp.Expression) -> exp.Expression:
-        pos = exp.StrPosition(this=exp.Lower(this=col), substr=q.copy())
+        pos = exp.StrPosition(this=low(col), substr=q.copy())
         return exp.Case(ifs=[
-            exp.If(this=exp.EQ(this=exp.Lower(this=col.copy()), expression=q.copy()), true=_n(0)),
+            exp.If(this=exp.EQ(this=low(col.copy()), expression=q.copy()), true=_n(0)),
             exp.If(this=exp.EQ(this=pos.copy(), expression=_n(1)), true=_n(1)),
         ], default=_n(2))
 
     def contains(col: exp.Expression) -> exp.Expression:
-        return exp.GT(this=exp.StrPosition(this=exp.Lower(this=col), substr=q.copy()), expression=_n(0))
+        return exp.GT(this=exp.StrPosition(this=low(col), substr=q.copy()), expression=_n(0))
 
-    by_name = (exp.select(_c("concept_id"), exp.alias_(rank(_c("concept_name")), "rnk"))
-               .from_(cdm.table("concept")).where(contains(_c("concept_name"))))
-    by_code = (exp.select(_c("concept_id"), exp.alias_(_n(0), "rnk")).from_(cdm.table("concept"))
-               .where(exp.EQ(this=exp.Lower(this=_c("concept_code")), expression=q.copy())))
+    name_col, name_table = (_c("t"), index.texts.copy()) if index is not None else (
+        _c("concept_name"), cdm.table("concept"))
+    code_col, code_table = (_c("t"), index.codes.copy()) if index is not None else (
+        _c("concept_code"), cdm.table("concept"))
+    by_name = (exp.select(_c("concept_id"), exp.alias_(rank(name_col), "rnk"))
+               .from_(name_table).where(contains(name_col.copy())))
+    by_code = (exp.select(_c("concept_id"), exp.alias_(_n(0), "rnk")).from_(code_table)
+               .where(exp.EQ(this=low(code_col), expression=q.copy())))
     union: exp.Query = exp.union(by_name, by_code, distinct=False)
     syn_cols = cdm.columns("concept_synonym") or []
-    if "concept_synonym_name" in syn_cols:
+    if "concept_synonym_name" in syn_cols and index is None:  # the index's texts hold the synonyms
         by_syn = (exp.select(_c("concept_id"), exp.alias_(rank(_c("concept_synonym_name")), "rnk"))
                   .from_(cdm.table("concept_synonym")).where(contains(_c("concept_synonym_name"))))
         union = exp.union(union, by_syn, distinct=False)
     matched = (exp.select(_c("concept_id"), exp.alias_(exp.Min(this=_c("rnk")), "rnk"))
                .from_(union.subquery("m_all")).group_by(_c("concept_id")))
 
-    conds: list[exp.Expression] = []
-    if domain:
-        params["domain"] = domain.lower()
-        conds.append(exp.EQ(this=exp.Lower(this=_c("domain_id", "c")), expression=_p("domain")))
-    if vocabulary:
-        params["vocabulary"] = vocabulary.lower()
-        conds.append(exp.EQ(this=exp.Lower(this=_c("vocabulary_id", "c")), expression=_p("vocabulary")))
-    if standard:
-        conds.append(exp.EQ(this=_c("standard_concept", "c"), expression=exp.Literal.string("S")))
+    def filters(alias: str | None) -> list[exp.Expression]:
+        conds: list[exp.Expression] = []
+        if domain:
+            params["domain"] = domain.lower()
+            conds.append(exp.EQ(this=exp.Lower(this=_c("domain_id", alias)), expression=_p("domain")))
+        if vocabulary:
+            params["vocabulary"] = vocabulary.lower()
+            conds.append(exp.EQ(this=exp.Lower(this=_c("vocabulary_id", alias)), expression=_p("vocabulary")))
+        if standard:
+            conds.append(exp.EQ(this=_c("standard_concept", alias), expression=exp.Literal.string("S")))
+        return conds
+
+    if index is not None and not counts:
+        # Filter, rank and cut on the index; read CONCEPT for the `limit` concepts kept. The order is the
+        # plain query's: rank, then (no counts: all 0) concept_id.
+        for part in (by_name, by_code):
+            for cond in filters(None):
+                part.where(cond, copy=False)
+        top = (exp.select(_c("concept_id"), exp.alias_(exp.Min(this=_c("rnk")), "rnk"))
+               .from_(exp.union(by_name, by_code, distinct=False).subquery("m_all")).group_by(_c("concept_id"))
+               .order_by(exp.Min(this=_c("rnk")), _c("concept_id")).limit(_n(limit)))
+        query = (exp.select(*[_c(f, "c") for f in _CONCEPT_FIELDS], _c("rnk", "m"),
+                            exp.alias_(_n(0), "record_count"))
+                 .from_(top.subquery("m"))
+                 .join(cdm.table("concept", alias="c"),
+                       on=exp.EQ(this=_c("concept_id", "c"), expression=_c("concept_id", "m")))
+                 .order_by(_c("rnk", "m"), _c("concept_id", "c")))
+        return query, params
+    conds = filters("c")
 
     counts = (_record_counts_query(cdm, exp.select(_c("concept_id")).from_(matched.subquery("m_ids")))
               if counts else None)
@@ -180,11 +248,13 @@ def search_query(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: 
 
 
 def search_concepts(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: str | None = None,
-                    standard: bool = False, limit: int = 50, counts: bool = True) -> list[SearchHit]:
+                    standard: bool = False, limit: int = 50, counts: bool = True,
+                    index: SearchIndex | None = None) -> list[SearchHit]:
     """Concepts matching `text`, best first (see the module's docstring for the order); without
-    `counts`, no local record counts (the hub's search: it shows released counts only)."""
+    `counts`, no local record counts (the hub's search: it shows released counts only); with `index`
+    (prepare_search_index), the same answer from text lowered once."""
     query, params = search_query(cdm, text, domain=domain, vocabulary=vocabulary, standard=standard, limit=limit,
-                                 counts=counts)
+                                 counts=counts, index=index)
     rows = cdm.fetch_all(query, params)
     return [
         SearchHit(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), r[5] or None, str(r[6]), r[7] or None,
@@ -203,21 +273,26 @@ def _concept_select(alias: str = "c") -> list[exp.Expression]:
     return [_c(f, alias) for f in _CONCEPT_FIELDS]
 
 
-def _relatives(cdm: Cdm, concept_id: int, *, up: bool) -> exp.Select:
-    """Ancestors (up) or descendants of a concept via CONCEPT_ANCESTOR, itself excluded, nearest first."""
+def _relatives(cdm: Cdm, concept_id: int, *, up: bool, limit: int | None = None) -> exp.Select:
+    """Ancestors (up) or descendants of a concept via CONCEPT_ANCESTOR, itself excluded, nearest first
+    (the first `limit` only, cut before CONCEPT is joined: a root of a full vocabulary has a million)."""
     mine, theirs = ("descendant_concept_id", "ancestor_concept_id") if up else (
         "ancestor_concept_id", "descendant_concept_id")
+    levels = ("min_levels_of_separation", "max_levels_of_separation")
+    rows = (exp.select(_c(theirs), *[_c(f) for f in levels]).from_(cdm.table("concept_ancestor"))
+            .where(exp.and_(exp.EQ(this=_c(mine), expression=_n(concept_id)),
+                            exp.NEQ(this=_c(theirs), expression=_n(concept_id)))))
+    if limit is not None:
+        rows = rows.order_by(_c(levels[0]), _c(theirs)).limit(_n(limit))
     # A LEFT JOIN: a trimmed vocabulary (Eunomia's) keeps ancestry rows whose concept it dropped;
     # they are shown by id, with no name, rather than hidden.
     return (
         exp.select(exp.alias_(_c(theirs, "ca"), "concept_id"), *_concept_select()[1:],
-                   _c("min_levels_of_separation", "ca"), _c("max_levels_of_separation", "ca"))
-        .from_(cdm.table("concept_ancestor", alias="ca"))
+                   *[_c(f, "ca") for f in levels])
+        .from_(rows.subquery("ca"))
         .join(exp.Join(this=cdm.table("concept", alias="c"), side="LEFT",
                        on=exp.EQ(this=_c("concept_id", "c"), expression=_c(theirs, "ca"))))
-        .where(exp.and_(exp.EQ(this=_c(mine, "ca"), expression=_n(concept_id)),
-                        exp.NEQ(this=_c(theirs, "ca"), expression=_n(concept_id))))
-        .order_by(_c("min_levels_of_separation", "ca"), _c(theirs, "ca"))
+        .order_by(_c(levels[0], "ca"), _c(theirs, "ca"))
     )
 
 
@@ -271,15 +346,20 @@ def concept_details(cdm: Cdm, concept_id: int, *, max_descendants: int = 100, co
         synonyms = sorted({str(r[0]) for r in cdm.fetch_all(
             exp.select(_c("concept_synonym_name")).from_(cdm.table("concept_synonym"))
             .where(exp.EQ(this=_c("concept_id"), expression=_n(cid))))} - {rows[0]["concept_name"]})
-    descendants = _concept_rows(cdm, _relatives(cdm, cid, up=False))
+    # The first `max_descendants` in SQL (LIMIT) and the total by COUNT: a concept high in a full
+    # vocabulary's hierarchy has hundreds of thousands of descendants, none of which need leave the database.
+    descendants = _concept_rows(cdm, _relatives(cdm, cid, up=False, limit=max(0, int(max_descendants))))
+    total = int(cdm.scalar(exp.select(exp.Count(this=exp.Star())).from_(cdm.table("concept_ancestor")).where(
+        exp.and_(exp.EQ(this=_c("ancestor_concept_id"), expression=_n(cid)),
+                 exp.NEQ(this=_c("descendant_concept_id"), expression=_n(cid))))) or 0)
     return ConceptDetails(
         concept=rows[0],
         synonyms=synonyms,
         maps_to=_concept_rows(cdm, _mapping(cdm, cid, forward=True)),
         mapped_from=_concept_rows(cdm, _mapping(cdm, cid, forward=False)),
         ancestors=_concept_rows(cdm, _relatives(cdm, cid, up=True)),
-        descendants=descendants[:max_descendants],
-        descendants_total=len(descendants),
+        descendants=descendants,
+        descendants_total=total,
         record_counts=record_counts(cdm, cid) if counts else [],
     )
 

@@ -29,6 +29,7 @@ class HubVocabulary:
         self._lock = threading.Lock()
         self._cdm: Any = None
         self._facets: dict[str, list[str]] | None = None
+        self._index: Any = None
 
     @property
     def configured(self) -> bool:
@@ -52,6 +53,9 @@ class HubVocabulary:
             except BaseException:
                 cdm.close()
                 raise
+            from mercia.vocab.search import prepare_search_index
+
+            self._index = prepare_search_index(cdm)  # names, synonyms and codes lowered once (DuckDB)
             self._cdm = cdm
         return self._cdm
 
@@ -62,7 +66,7 @@ class HubVocabulary:
 
         with self._lock:
             hits = search_concepts(self._handle(), text, domain=domain or None, vocabulary=vocabulary or None,
-                                   standard=standard, limit=limit, counts=False)
+                                   standard=standard, limit=limit, counts=False, index=self._index)
         out = []
         for h in hits:
             d = asdict(h)
@@ -134,3 +138,4 @@ class HubVocabulary:
             if self._cdm is not None:
                 self._cdm.close()
                 self._cdm = None
+                self._index = None

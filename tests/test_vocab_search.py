@@ -17,6 +17,7 @@ from mercia.vocab.search import (
     DOMAIN_TABLES,
     concept_details,
     concept_persons,
+    prepare_search_index,
     search_concepts,
 )
 
@@ -226,6 +227,12 @@ def test_search_and_show_agree_on_postgres(eunomia, pg_cdm_factory: Callable[...
     for cid in (192671, 1118084):
         assert concept_details(pg, cid) == concept_details(duck, cid)
         assert concept_persons(pg, cid, descendants=True) == o.persons(cid, True)
+    # the hub's search index (names, synonyms and codes lowered once) is built on PostgreSQL too
+    index = prepare_search_index(pg)
+    assert index is not None
+    for text, filters in QUERIES:
+        plain = search_concepts(pg, text, limit=1000, counts=False, **filters)
+        assert search_concepts(pg, text, limit=1000, counts=False, index=index, **filters) == plain, text
 
 
 # ---- the command ------------------------------------------------------------------------------------

@@ -108,7 +108,9 @@ def test_details_take_the_first_descendants_and_count_them_all(cdm: Any, vocab: 
 def test_no_index_on_another_database() -> None:
     from mercia.vocab.search import prepare_search_index
 
-    class Other:
-        dialect = "postgres"
+    from mercia.cdm.engines.spark import SparkEngine
+
+    class Other:  # a CDM on an engine without connection-local temporary tables (Spark's)
+        engine = SparkEngine
 
     assert prepare_search_index(Other()) is None  # type: ignore[arg-type]

@@ -129,10 +129,11 @@ class SearchIndex:
 
 
 def prepare_search_index(cdm: Cdm, *, prefix: str = "mercia_search") -> SearchIndex | None:
-    """Build the SearchIndex of `cdm`'s vocabulary as temporary tables of its connection (DuckDB only: a
-    read-only DuckDB file still takes temporary tables; None on other databases, which search directly).
-    The tables last as long as the connection and reflect the vocabulary as it was when built."""
-    if cdm.dialect != "duckdb":
+    """Build the SearchIndex of `cdm`'s vocabulary as temporary tables of its connection (a read-only
+    DuckDB file still takes them; None on an engine without connection-local temporary tables, which
+    searches directly). The tables last as long as the connection and reflect the vocabulary as it was
+    when built."""
+    if not cdm.engine.supports_temp_tables:
         return None
     texts, codes = exp.to_table(f"{prefix}_text"), exp.to_table(f"{prefix}_code")
     facets = [_c(f, "c") for f in _FACETS]
@@ -148,7 +149,9 @@ def prepare_search_index(cdm: Cdm, *, prefix: str = "mercia_search") -> SearchIn
     code = (exp.select(exp.alias_(exp.Lower(this=_c("concept_code")), "t"), _c("concept_id"), *[_c(f) for f in _FACETS])
             .from_(cdm.table("concept")).order_by(_c("t")))
     for table, query in ((texts, src), (codes, code)):
-        cdm.execute(exp.Create(this=table.copy(), kind="TABLE", replace=True, expression=query,
+        # drop, then create: PostgreSQL has no CREATE OR REPLACE TABLE
+        cdm.execute(exp.Drop(tables=[table.copy()], kind="TABLE", exists=True))
+        cdm.execute(exp.Create(this=table.copy(), kind="TABLE", expression=query,
                                properties=exp.Properties(expressions=[exp.TemporaryProperty()])))
     return SearchIndex(texts=texts, codes=codes)
 

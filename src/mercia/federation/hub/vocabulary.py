@@ -55,7 +55,7 @@ class HubVocabulary:
                 raise
             from mercia.vocab.search import prepare_search_index
 
-            self._index = prepare_search_index(cdm)  # names, synonyms and codes lowered once (DuckDB)
+            self._index = prepare_search_index(cdm)  # names, synonyms and codes lowered once
             self._cdm = cdm
         return self._cdm
 

@@ -106,9 +106,8 @@ def test_details_take_the_first_descendants_and_count_them_all(cdm: Any, vocab: 
 
 
 def test_no_index_on_another_database() -> None:
-    from mercia.vocab.search import prepare_search_index
-
     from mercia.cdm.engines.spark import SparkEngine
+    from mercia.vocab.search import prepare_search_index
 
     class Other:  # a CDM on an engine without connection-local temporary tables (Spark's)
         engine = SparkEngine

@@ -20,7 +20,7 @@ from federation_support import HubKey, NodeServer, make_site, small_study
 from test_portal import PASSWORD
 from test_portal_browser import sign_in
 from test_portal_node import node_accounts, submit
-from test_portal_node_browser import shot
+from test_portal_node_browser import shot, watched_context
 
 pytestmark = pytest.mark.browser
 
@@ -49,15 +49,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
 @pytest.fixture
 def context(chromium: Any, site: Site) -> Iterator[Any]:
-    # bypass_csp: the test injects axe-core (the hub's browser test checks the policy itself)
-    ctx = chromium.new_context(viewport={"width": 1280, "height": 900}, base_url=site.server.url, bypass_csp=True)
-    ctx.requests = []  # type: ignore[attr-defined]
-    ctx.errors = []  # type: ignore[attr-defined]
-    ctx.on("request", lambda r: ctx.requests.append(r.url))
-    ctx.on("console", lambda m: ctx.errors.append(m.text) if m.type == "error" else None)
-    yield ctx
-    assert [u for u in ctx.requests if not u.startswith(site.server.url)] == []  # nothing from elsewhere
-    ctx.close()
+    with watched_context(chromium, site.server.url) as ctx:
+        yield ctx
 
 
 def test_the_custodian_checks_releases_and_withholds(context: Any, site: Site, artifacts_dir: Path) -> None:

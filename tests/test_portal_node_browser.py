@@ -11,6 +11,7 @@ axe-core (no serious or critical violation); screenshots go to the artefacts fol
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,17 +48,25 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         yield Site(server, v1, v2, other)
 
 
-@pytest.fixture
-def context(chromium: Any, site: Site) -> Iterator[Any]:
+@contextlib.contextmanager
+def watched_context(chromium: Any, base_url: str) -> Iterator[Any]:
+    """A browser context on a node's portal that records its requests and console errors, and fails if
+    anything was fetched from elsewhere."""
     # bypass_csp: the test injects axe-core (the hub's browser test checks the policy itself)
-    ctx = chromium.new_context(viewport={"width": 1280, "height": 900}, base_url=site.server.url, bypass_csp=True)
+    ctx = chromium.new_context(viewport={"width": 1280, "height": 900}, base_url=base_url, bypass_csp=True)
     ctx.requests = []  # type: ignore[attr-defined]
     ctx.errors = []  # type: ignore[attr-defined]
     ctx.on("request", lambda r: ctx.requests.append(r.url))
     ctx.on("console", lambda m: ctx.errors.append(m.text) if m.type == "error" else None)
     yield ctx
-    assert [u for u in ctx.requests if not u.startswith(site.server.url)] == []  # nothing from elsewhere
+    assert [u for u in ctx.requests if not u.startswith(base_url)] == []  # nothing from elsewhere
     ctx.close()
+
+
+@pytest.fixture
+def context(chromium: Any, site: Site) -> Iterator[Any]:
+    with watched_context(chromium, site.server.url) as ctx:
+        yield ctx
 
 
 def shot(page: Any, artifacts: Path, name: str) -> None:

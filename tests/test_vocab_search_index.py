@@ -70,6 +70,37 @@ def test_search_through_the_index_gives_the_same_rows_in_the_same_order(cdm: Any
     assert compared > 50  # most of the searches found something
 
 
+def test_exact_and_prefix_matches_first_and_the_substring_scan_only_when_they_are_too_few(
+        cdm: Any, vocab: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A common word has `limit` names starting with it: the search reads only those (STARTS_WITH on the
+    index sorted by text) and never tests every text for a substring; a piece of a word that begins no
+    name needs the substring scan too. Either way the answer is the plain query's."""
+    from mercia.vocab.search import prepare_search_index, search_concepts, search_query
+
+    index = prepare_search_index(cdm)
+    ran: list[str] = []
+    fetch_all = cdm.fetch_all
+
+    def spy(query: Any, params: Any = None) -> Any:
+        ran.append(query if isinstance(query, str) else query.sql("duckdb"))
+        return fetch_all(query, params)
+
+    near, _ = search_query(cdm, "tablet", limit=100, counts=False, index=index, near_only=True)
+    assert "STRPOS" not in near.sql("duckdb").upper()
+    for text, substring_scan in (("tablet", False), ("abet", True)):
+        plain = search_concepts(cdm, text, limit=100, counts=False)
+        assert len(plain) == 100
+        monkeypatch.setattr(cdm, "fetch_all", spy)
+        ran.clear()
+        fast = search_concepts(cdm, text, limit=100, counts=False, index=index)
+        monkeypatch.setattr(cdm, "fetch_all", fetch_all)
+        assert fast == plain, text
+        assert any("STRPOS" in sql.upper() for sql in ran) is substring_scan, (text, ran)
+        assert substring_scan or {h.match for h in fast} <= {"exact", "prefix"}
+    with pytest.raises(ValueError, match="near_only"):
+        search_query(cdm, "tablet", counts=True, index=index, near_only=True)
+
+
 def test_the_hub_searches_through_the_index(vocab: Any, cdm: Any) -> None:
     from dataclasses import asdict
 

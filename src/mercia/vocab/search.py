@@ -120,7 +120,8 @@ class SearchIndex:
     """A vocabulary's search text lowered once (`prepare_search_index`), for a process that searches the
     same vocabulary many times (the hub): lowering millions of names, synonyms and codes is most of a
     search's time on a full Athena vocabulary. `texts` holds (concept_id, t = lower(name)) for every
-    CONCEPT row and (concept_id, t = lower(synonym)) for every CONCEPT_SYNONYM row; `codes` holds
+    CONCEPT row and (concept_id, t = lower(synonym)) for every CONCEPT_SYNONYM row, sorted by t (so the
+    exact and prefix matches, which a search asks for first, skip most of it); `codes` holds
     (t = lower(concept_code), concept_id), sorted by t (so an equality skips most of it). A search through
     it gives exactly the rows and order of a search without it (tests/test_vocab_search_index.py)."""
 
@@ -146,6 +147,9 @@ def prepare_search_index(cdm: Cdm, *, prefix: str = "mercia_search") -> SearchIn
             *[f.copy() for f in facets]).from_(cdm.table("concept_synonym", alias="s")).join(
             cdm.table("concept", alias="c"), on=exp.EQ(this=_c("concept_id", "c"), expression=_c("concept_id", "s"))),
             distinct=False)
+    # sorted by t: the concepts whose text equals or starts with the search text are a narrow run of rows
+    # that a scan finds from the zone maps (min/max per block) without reading the rest
+    src = exp.select(exp.Star()).from_(src.subquery("st")).order_by(_c("t"), _c("concept_id"))
     code = (exp.select(exp.alias_(exp.Lower(this=_c("concept_code")), "t"), _c("concept_id"), *[_c(f) for f in _FACETS])
             .from_(cdm.table("concept")).order_by(_c("t")))
     for table, query in ((texts, src), (codes, code)):
@@ -158,10 +162,12 @@ def prepare_search_index(cdm: Cdm, *, prefix: str = "mercia_search") -> SearchIn
 
 def search_query(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: str | None = None,
                  standard: bool = False, limit: int = 50, counts: bool = True,
-                 index: SearchIndex | None = None) -> tuple[exp.Select, dict[str, Any]]:
+                 index: SearchIndex | None = None, near_only: bool = False) -> tuple[exp.Select, dict[str, Any]]:
     """The search as one tree and its bound parameters (without `counts`, no record counts: 0 for each,
     and the clinical tables are not read; with `index`, the names, synonyms and codes are read from it,
-    already lowered)."""
+    already lowered). With `near_only` (an `index` and no `counts` only), only the concepts with an exact
+    or a prefix match: the first `limit` of them, if there are that many, are the first `limit` of the
+    whole search (a substring match ranks after every one of them)."""
     text = text.strip()
     if not text:
         raise VocabularyError("search text: give some text to look for (a word, a phrase or a concept code)")
@@ -173,14 +179,23 @@ def search_query(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: 
     def low(col: exp.Expression) -> exp.Expression:
         return col if index is not None else exp.Lower(this=col)  # the index's text is lowered already
 
+    if near_only and (index is None or counts):
+        raise ValueError("near_only: only for a search through an index without counts")
+
+    def starts(col: exp.Expression) -> exp.Expression:
+        if index is not None:  # STARTS_WITH: cheaper than a position, and the sorted index's zone maps serve it
+            return exp.StartsWith(this=low(col), expression=q.copy())
+        return exp.EQ(this=exp.StrPosition(this=low(col), substr=q.copy()), expression=_n(1))
+
     def rank(col: exp.Expression) -> exp.Expression:
-        pos = exp.StrPosition(this=low(col), substr=q.copy())
         return exp.Case(ifs=[
             exp.If(this=exp.EQ(this=low(col.copy()), expression=q.copy()), true=_n(0)),
-            exp.If(this=exp.EQ(this=pos.copy(), expression=_n(1)), true=_n(1)),
-        ], default=_n(2))
+            exp.If(this=starts(col.copy()), true=_n(1)),
+        ], default=_n(2 if not near_only else 1))
 
     def contains(col: exp.Expression) -> exp.Expression:
+        if near_only:
+            return starts(col)
         return exp.GT(this=exp.StrPosition(this=low(col), substr=q.copy()), expression=_n(0))
 
     name_col, name_table = (_c("t"), index.texts.copy()) if index is not None else (
@@ -256,9 +271,18 @@ def search_concepts(cdm: Cdm, text: str, *, domain: str | None = None, vocabular
     """Concepts matching `text`, best first (see the module's docstring for the order); without
     `counts`, no local record counts (the hub's search: it shows released counts only); with `index`
     (prepare_search_index), the same answer from text lowered once."""
-    query, params = search_query(cdm, text, domain=domain, vocabulary=vocabulary, standard=standard, limit=limit,
-                                 counts=counts, index=index)
-    rows = cdm.fetch_all(query, params)
+    rows: list[tuple] = []
+    near_first = index is not None and not counts
+    if near_first:
+        # first the exact and prefix matches alone (a narrow run of the index sorted by text): when there
+        # are `limit` of them they are the answer, and the scan of every text for a substring is not needed
+        query, params = search_query(cdm, text, domain=domain, vocabulary=vocabulary, standard=standard,
+                                     limit=limit, counts=False, index=index, near_only=True)
+        rows = cdm.fetch_all(query, params)
+    if not near_first or len(rows) < limit:
+        query, params = search_query(cdm, text, domain=domain, vocabulary=vocabulary, standard=standard,
+                                     limit=limit, counts=counts, index=index)
+        rows = cdm.fetch_all(query, params)
     return [
         SearchHit(int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), r[5] or None, str(r[6]), r[7] or None,
                   MATCH_NAMES[int(r[8])], int(r[9] or 0))

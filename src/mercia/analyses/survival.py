@@ -264,6 +264,15 @@ def time_to_event_counts(
     return df
 
 
+# Persons of `{p}` in more than one of the cohorts left out. NOT EXISTS, not `person_id NOT IN (subquery)`:
+# Spark plans a NOT IN as a null-aware nested-loop join of every row against every person of the subquery
+# (cost persons x persons; tests/test_spark_plans.py). The two give the same rows: they differ only when
+# an id is NULL, and tte's person_id never is (it is the cohort's subject_id joined by equality to
+# observation_period.person_id in `base`), on either side.
+_NOT_IN_BOTH = ("NOT EXISTS (SELECT 1 FROM (SELECT person_id FROM tte GROUP BY person_id "
+                "HAVING COUNT(DISTINCT cohort_id) > 1) both_arms WHERE both_arms.person_id = {p}.person_id)")
+
+
 def tte_attrition(
     cdm: Cdm, cohort_ids: Sequence[int], outcome_id: int, settings: SurvivalSettings, *, drop_both: bool = False
 ) -> tuple[list[str], dict[int, list[int]]]:
@@ -281,8 +290,7 @@ def tte_attrition(
         parts.append("SELECT cohort_id, person_id FROM tte")
     if drop_both:
         steps.append("persons in both target and comparator removed")
-        parts.append("SELECT cohort_id, person_id FROM tte WHERE person_id NOT IN "
-                     "(SELECT person_id FROM tte GROUP BY person_id HAVING COUNT(DISTINCT cohort_id) > 1)")
+        parts.append(f"SELECT t.cohort_id, t.person_id FROM tte t WHERE {_NOT_IN_BOTH.format(p='t')}")
     union = " UNION ALL ".join(f"SELECT {k} AS k, cohort_id, person_id FROM ({q}) q{k}" for k, q in enumerate(parts))
     sql = (_tte_template(settings, with_person=False)
            + f", steps AS ({union}) SELECT k, cohort_id, COUNT(DISTINCT person_id) AS n FROM steps GROUP BY k, cohort_id")
@@ -644,7 +652,7 @@ def cox_data(
            EXTRACT(YEAR FROM b.index_date) - p.year_of_birth AS age,
            CASE WHEN p.gender_concept_id = 8507 THEN 1 ELSE 0 END AS male
     FROM tte b JOIN person p ON p.person_id = b.person_id
-    WHERE b.person_id NOT IN (SELECT person_id FROM tte GROUP BY person_id HAVING COUNT(DISTINCT cohort_id) > 1)
+    WHERE """ + _NOT_IN_BOTH.format(p="b") + """
     ORDER BY b.person_id, b.index_date
     """
     )

@@ -89,6 +89,16 @@ def _domains(settings: CovariateSettings) -> list[_Domain]:
     return out
 
 
+def _not_excluded(col: str) -> str:
+    """`col` is not an excluded concept. NOT EXISTS, not `col NOT IN (SELECT concept_id FROM excluded)`:
+    Spark plans a NOT IN as a null-aware nested-loop join of every record against every excluded concept
+    (tests/test_spark_plans.py). The two give the same rows: they differ only when an id is NULL, and
+    neither side is: `col` is tested `<> 0` in the same WHERE (or comes from an equality join on it), and
+    `excluded` holds the settings' integers and concept_ancestor.descendant_concept_id (NOT NULL in the
+    CDM)."""
+    return f"NOT EXISTS (SELECT 1 FROM excluded xc WHERE xc.concept_id = {col})"
+
+
 def _domain_sql(d: _Domain, first_entry_only: bool) -> str:
     """Per (entry, covariate concept): the offset (days from index) of the latest record in
     [index + $lo, index + $hi]."""
@@ -100,7 +110,7 @@ def _domain_sql(d: _Domain, first_entry_only: bool) -> str:
       WHERE x.{d.date_col} >= CAST(r.cohort_start_date + CAST($lo AS INTEGER) AS DATE)
         AND x.{d.date_col} <= CAST(r.cohort_start_date + CAST($hi AS INTEGER) AS DATE)
         AND x.{d.concept_col} <> 0
-        AND x.{d.concept_col} NOT IN (SELECT concept_id FROM excluded)
+        AND {_not_excluded('x.' + d.concept_col)}
       GROUP BY r.row_id, x.{d.concept_col}
     )"""
     if d.keep is None:
@@ -116,7 +126,7 @@ def _domain_sql(d: _Domain, first_entry_only: bool) -> str:
     )
     SELECT e.row_id, e.concept_id, MAX(e.last_off) AS last_off
     FROM expanded e JOIN concept a ON a.concept_id = e.concept_id
-    WHERE ({d.keep}) AND e.concept_id NOT IN (SELECT concept_id FROM excluded)
+    WHERE ({d.keep}) AND {_not_excluded('e.concept_id')}
     GROUP BY e.row_id, e.concept_id
     """
 
@@ -131,7 +141,7 @@ def _measurement_sql(first_entry_only: bool) -> str:
                                 ORDER BY m.measurement_date DESC, m.measurement_id DESC) AS rn
       FROM cohort_rows r JOIN measurement m ON m.person_id = r.person_id
       WHERE m.value_as_number IS NOT NULL AND m.measurement_concept_id <> 0
-        AND m.measurement_concept_id NOT IN (SELECT concept_id FROM excluded)
+        AND {_not_excluded('m.measurement_concept_id')}
         AND m.measurement_date >= CAST(r.cohort_start_date + CAST($lo AS INTEGER) AS DATE)
         AND m.measurement_date <= CAST(r.cohort_start_date + CAST($hi AS INTEGER) AS DATE)
     ) x WHERE rn = 1

@@ -251,6 +251,8 @@ def test_every_node_route_checks_role_and_project(fed: Federation) -> None:
         ("POST", f"{API}/trials/feasibility"): {"definition": definition, "project": PROJECT},
 
         ("POST", f"{API}/trials/match"): {"person_source_value": "1"},
+        ("POST", f"{API}/studies/{{content_hash}}/release"): {"run": 1},
+        ("POST", f"{API}/studies/{{content_hash}}/withhold"): {"run": 1, "reason": "matrix"},
     }
     params = {("GET", f"{API}/quality"): {"project": PROJECT}}  # a query string, not a body
     allowed = {  # the roles each route serves (in the caller's projects)
@@ -272,6 +274,12 @@ def test_every_node_route_checks_role_and_project(fed: Federation) -> None:
         # a trial's candidates: the clinician only (test_trial_candidates_http.py), none of the roles here
         ("GET", f"{API}/trials/{{trial}}/candidates"): {"clinician"},
         ("POST", f"{API}/trials/match"): {"clinician"},
+        # the custodian's output check (node.yaml hold_results): held runs read by the site's custodian
+        # and admin, released or withheld by the custodian only (test_node_output_check.py holds runs)
+        ("GET", f"{API}/held"): {"custodian", "admin"},
+        ("GET", f"{API}/studies/{{content_hash}}/held"): {"custodian", "admin"},
+        ("POST", f"{API}/studies/{{content_hash}}/release"): {"custodian"},
+        ("POST", f"{API}/studies/{{content_hash}}/withhold"): {"custodian"},
     }
     assert node_routes(node) == set(allowed), "a route was added: say here who may call it"
     decisions = {"approve", "reject"}
@@ -289,7 +297,7 @@ def test_every_node_route_checks_role_and_project(fed: Federation) -> None:
                 elif template == f"{API}/quality/run":
                     assert r.status_code == 202 and r.json()["site"] == "alpha", what  # site-wide, any project
                 elif project == OTHER:
-                    if template == f"{API}/studies" and method == "GET":
+                    if template in (f"{API}/studies", f"{API}/held") and method == "GET":
                         assert r.status_code == 200 and h not in r.text, what
                     elif "{content_hash}" in template:
                         assert r.status_code == 404 and UNSEEN in r.text, what  # as if it did not exist
@@ -297,7 +305,9 @@ def test_every_node_route_checks_role_and_project(fed: Federation) -> None:
                         assert r.status_code in (403, 404), what
                 else:
                     assert r.status_code in (200, 202, 409), what
-                    if template == f"{API}/quality":
+                    if template == f"{API}/held":
+                        assert r.status_code == 200 and h not in r.text, what  # pending: nothing held
+                    elif template == f"{API}/quality":
                         assert r.status_code == 200 or "data-quality summary" in r.text, what
                     elif method == "GET" or template.endswith(("/results", "/rounds")):
                         assert h[:12] in r.text, what  # the study itself, or "study <hash> is pending..."

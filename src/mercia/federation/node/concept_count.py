@@ -35,6 +35,7 @@ from mercia.cdm import Cdm
 from mercia.disclosure import DisclosureLog, DisclosurePolicy, ResultTable, release
 from mercia.disclosure.noise import noise_sd, two_sided_geometric
 from mercia.errors import VocabularyError
+from mercia.federation.node.feasibility import released_count
 from mercia.federation.node.privacy_budget import FeasibilityPrivacy
 from mercia.vocab.search import concept_persons, concept_records
 
@@ -77,7 +78,7 @@ def released_concept_count(cdm: Cdm, concept_id: int, descendants: bool, policy:
         name="concept_count", kind="counts", dimensions=["concept_id"], count_columns=["persons"],
         data=pd.DataFrame([(str(int(concept_id)), noisy)], columns=["concept_id", "persons"]).astype(
             {"persons": "int64"})), policy, site=site, log=log)
-    persons = _count(table.data.iloc[0]["persons"])
+    persons = released_count(table.data.iloc[0]["persons"])
     return {
         "site": site,
         "concept_id": int(concept_id),
@@ -113,7 +114,7 @@ def released_concept_records(cdm: Cdm, concept_id: int, descendants: bool, polic
         data=pd.DataFrame([(str(int(concept_id)), noisy)], columns=["concept_id", "records"]).astype(
             {"records": "int64"})), policy, site=site, log=log)
     return {
-        "records": _count(table.data.iloc[0]["records"]),
+        "records": released_count(table.data.iloc[0]["records"]),
         "records_per_person_counted": cap,
         "disclosure": json.loads(log.to_json(public=True)),
         "privacy": {
@@ -125,9 +126,3 @@ def released_concept_records(cdm: Cdm, concept_id: int, descendants: bool, polic
         },
     }
 
-
-def _count(v: Any) -> int | None:
-    """A released count, or None where disclosure control suppressed it."""
-    if v is None or v is pd.NA or (isinstance(v, float) and v != v):
-        return None
-    return int(v)

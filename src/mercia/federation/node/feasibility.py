@@ -103,8 +103,8 @@ def feasibility_count(cdm: Cdm, definition: CohortDefinition, policy: Disclosure
     return {
         "site": site,
         "definition_hash": canonical_hash(definition),
-        "persons": _count(attrition.data.iloc[-1]["persons"]),
-        "entries": _count(entries_table.data.iloc[-1]["entries"]),
+        "persons": released_count(attrition.data.iloc[-1]["persons"]),
+        "entries": released_count(entries_table.data.iloc[-1]["entries"]),
         "attrition": attrition.to_dict(),
         "disclosure": json.loads(log.to_json(public=True)),
         "privacy": {
@@ -116,7 +116,7 @@ def feasibility_count(cdm: Cdm, definition: CohortDefinition, policy: Disclosure
     }
 
 
-def _count(v: Any) -> int | None:
+def released_count(v: Any) -> int | None:
     """A released count, or None where disclosure control suppressed it."""
     if v is None or v is pd.NA or (isinstance(v, float) and v != v):
         return None

@@ -56,8 +56,10 @@ def decide(config: NodeConfig, hash_prefix: str, *, approve: bool, reason: str |
 
 def held(config: NodeConfig) -> list[StudyRecord]:
     """The runs whose released results wait for the custodian's output check, oldest first."""
+    from mercia.federation.node.output_check import held_runs
+
     store, _ = _open(config)
-    return sorted(store.list("held"), key=lambda r: (r.updated_at, r.hash))
+    return held_runs(store)
 
 
 def check_output(config: NodeConfig, hash_prefix: str, *, run: int, release: bool,

@@ -57,9 +57,10 @@ def results_sha256(tables: list[dict[str, Any]], disclosure: dict[str, Any], man
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def held_runs(store: NodeStore, principal: Principal) -> list[StudyRecord]:
-    """The held runs of the principal's projects, oldest first."""
-    return sorted((r for r in store.list("held") if principal.in_project(r.project)),
+def held_runs(store: NodeStore, principal: Principal | None = None) -> list[StudyRecord]:
+    """The held runs of the principal's projects (every project for None: the site's own command line),
+    oldest first."""
+    return sorted((r for r in store.list("held") if principal is None or principal.in_project(r.project)),
                   key=lambda r: (r.updated_at, r.hash))
 
 

@@ -188,13 +188,10 @@ class NodeStore(SqliteStore):
         """Mark finished and record the release; False if it was already released (never twice)."""
         now = timestamp()
         with self._tx() as con:
-            cur = con.execute(
-                "INSERT OR IGNORE INTO releases (hash, released_at, tables) VALUES (?, ?, ?)",
-                (content_hash, now, tables),
-            )
+            recorded = _record_release(con, content_hash, now, tables)
             con.execute("UPDATE studies SET status = 'finished', updated_at = ? WHERE hash = ?",
                         (now, content_hash))
-            return cur.rowcount == 1
+            return recorded
 
     def hold(self, content_hash: str) -> None:
         """A run ended with its released tables written, held for the custodian's output check: not
@@ -220,11 +217,7 @@ class NodeStore(SqliteStore):
                 raise StudyStateError(
                     f"run: study {content_hash[:12]} holds the results of run {row['runs']}, not run {run}; "
                     "check the results of the run it holds")
-            recorded = False
-            if release:
-                cur = con.execute("INSERT OR IGNORE INTO releases (hash, released_at, tables) VALUES (?, ?, ?)",
-                                  (content_hash, now, tables))
-                recorded = cur.rowcount == 1
+            recorded = release and _record_release(con, content_hash, now, tables)
             con.execute(
                 "UPDATE studies SET status = ?, output_checked_by = ?, output_reason = ?, updated_at = ? "
                 "WHERE hash = ?", ("finished" if release else "withheld", actor, reason, now, content_hash))
@@ -242,3 +235,11 @@ class NodeStore(SqliteStore):
             con.execute("UPDATE studies SET status = 'approved', updated_at = ? WHERE status = 'running'",
                         (timestamp(),))
         return hashes
+
+
+def _record_release(con: sqlite3.Connection, content_hash: str, now: str, tables: int) -> bool:
+    """Record the release of a study's results in the caller's transaction; False if it was recorded
+    before (a hash is released once, whether its run was held or not)."""
+    cur = con.execute("INSERT OR IGNORE INTO releases (hash, released_at, tables) VALUES (?, ?, ?)",
+                      (content_hash, now, tables))
+    return cur.rowcount == 1

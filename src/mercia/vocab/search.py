@@ -206,15 +206,6 @@ def search_query(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: 
                .from_(name_table).where(contains(name_col.copy())))
     by_code = (exp.select(_c("concept_id"), exp.alias_(_n(0), "rnk")).from_(code_table)
                .where(exp.EQ(this=low(code_col), expression=q.copy())))
-    union: exp.Query = exp.union(by_name, by_code, distinct=False)
-    syn_cols = cdm.columns("concept_synonym") or []
-    if "concept_synonym_name" in syn_cols and index is None:  # the index's texts hold the synonyms
-        by_syn = (exp.select(_c("concept_id"), exp.alias_(rank(_c("concept_synonym_name")), "rnk"))
-                  .from_(cdm.table("concept_synonym")).where(contains(_c("concept_synonym_name"))))
-        union = exp.union(union, by_syn, distinct=False)
-    matched = (exp.select(_c("concept_id"), exp.alias_(exp.Min(this=_c("rnk")), "rnk"))
-               .from_(union.subquery("m_all")).group_by(_c("concept_id")))
-
     def filters(alias: str | None) -> list[exp.Expression]:
         conds: list[exp.Expression] = []
         if domain:
@@ -227,15 +218,24 @@ def search_query(cdm: Cdm, text: str, *, domain: str | None = None, vocabulary: 
             conds.append(exp.EQ(this=_c("standard_concept", alias), expression=exp.Literal.string("S")))
         return conds
 
-    if index is not None and not counts:
-        # Filter, rank and cut on the index; read CONCEPT for the `limit` concepts kept. The order is the
-        # plain query's: rank, then (no counts: all 0) concept_id.
+    on_index = index is not None and not counts
+    if on_index:  # filtered on the index, so that only the `limit` concepts kept are read from CONCEPT
         for part in (by_name, by_code):
             for cond in filters(None):
                 part.where(cond, copy=False)
-        top = (exp.select(_c("concept_id"), exp.alias_(exp.Min(this=_c("rnk")), "rnk"))
-               .from_(exp.union(by_name, by_code, distinct=False).subquery("m_all")).group_by(_c("concept_id"))
-               .order_by(exp.Min(this=_c("rnk")), _c("concept_id")).limit(_n(limit)))
+    union: exp.Query = exp.union(by_name, by_code, distinct=False)
+    syn_cols = cdm.columns("concept_synonym") or []
+    if "concept_synonym_name" in syn_cols and index is None:  # the index's texts hold the synonyms
+        by_syn = (exp.select(_c("concept_id"), exp.alias_(rank(_c("concept_synonym_name")), "rnk"))
+                  .from_(cdm.table("concept_synonym")).where(contains(_c("concept_synonym_name"))))
+        union = exp.union(union, by_syn, distinct=False)
+    matched = (exp.select(_c("concept_id"), exp.alias_(exp.Min(this=_c("rnk")), "rnk"))
+               .from_(union.subquery("m_all")).group_by(_c("concept_id")))
+
+    if on_index:
+        # Ranked and cut on the index; the order is the plain query's: rank, then (no counts: all 0)
+        # concept_id.
+        top = matched.order_by(exp.Min(this=_c("rnk")), _c("concept_id")).limit(_n(limit))
         query = (exp.select(*[_c(f, "c") for f in _CONCEPT_FIELDS], _c("rnk", "m"),
                             exp.alias_(_n(0), "record_count"))
                  .from_(top.subquery("m"))
